@@ -1,0 +1,19 @@
+//! Configuration: the typed tree pgwarden runs on.
+//!
+//! This room owns reading the TOML file, applying `PGWARDEN_*` environment overrides,
+//! validating the result with errors that name the key, and nothing else. The rest of
+//! the code receives typed pieces of [`Config`]; nothing downstream reads strings or
+//! environment variables on its own.
+
+mod endpoint;
+mod env;
+mod error;
+mod load;
+mod schema;
+
+pub use endpoint::Endpoint;
+pub use error::ConfigError;
+pub use load::{load, load_from_str};
+pub use schema::{
+    AuthConfig, AuthMethod, Config, DatabaseConfig, PoolConfig, PoolMode, ProxyConfig, UserConfig,
+};

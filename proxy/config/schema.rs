@@ -1,0 +1,248 @@
+//! The typed configuration tree and its defaults. Every key is documented in
+//! `config/pgwarden.toml`; the defaults here and there must agree.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::{ConfigError, Endpoint};
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub proxy: ProxyConfig,
+    pub auth: AuthConfig,
+    pub pool: PoolConfig,
+    /// One entry per database name clients connect to.
+    pub databases: BTreeMap<String, DatabaseConfig>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProxyConfig {
+    pub listen: String,
+    pub http_listen: String,
+    pub max_client_connections: usize,
+    /// Close client connections idle (outside a transaction) this long; 0 disables.
+    pub idle_client_timeout_ms: u64,
+    /// Largest protocol message a client may send.
+    pub max_message_bytes: usize,
+    pub tls_cert: Option<String>,
+    pub tls_key: Option<String>,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        ProxyConfig {
+            listen: "127.0.0.1:6432".into(),
+            http_listen: "127.0.0.1:9930".into(),
+            max_client_connections: 10_000,
+            idle_client_timeout_ms: 0,
+            max_message_bytes: 64 * 1024 * 1024,
+            tls_cert: None,
+            tls_key: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AuthMethod {
+    ScramSha256,
+    Md5,
+    Trust,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    pub method: AuthMethod,
+    pub users: Vec<UserConfig>,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            method: AuthMethod::ScramSha256,
+            users: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserConfig {
+    pub name: String,
+    /// Plain text, `SCRAM-SHA-256$...` (as in `pg_authid`) or `md5...`.
+    pub password: Option<String>,
+    /// Password pgwarden uses to log in to PostgreSQL as this user, when `password`
+    /// is a hash. Defaults to `password` when that is plain text.
+    pub server_password: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PoolMode {
+    Transaction,
+    Session,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PoolConfig {
+    pub mode: PoolMode,
+    /// Server connections per (database, role) and backend.
+    pub size: u32,
+    pub min_idle: u32,
+    /// How long a client waits for a server connection before SQLSTATE 53300.
+    pub checkout_timeout_ms: u64,
+    pub connect_timeout_ms: u64,
+    /// Close server connections idle this long.
+    pub idle_timeout_ms: u64,
+    /// Check a server connection with an empty query before use when it sat idle this long.
+    pub health_check_idle_ms: u64,
+    /// Close server connections older than this.
+    pub max_lifetime_ms: u64,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        PoolConfig {
+            mode: PoolMode::Transaction,
+            size: 20,
+            min_idle: 0,
+            checkout_timeout_ms: 5_000,
+            connect_timeout_ms: 5_000,
+            idle_timeout_ms: 600_000,
+            health_check_idle_ms: 30_000,
+            max_lifetime_ms: 3_600_000,
+        }
+    }
+}
+
+impl PoolConfig {
+    pub fn checkout_timeout(&self) -> Duration {
+        Duration::from_millis(self.checkout_timeout_ms)
+    }
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_millis(self.connect_timeout_ms)
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// `postgres://user:pass@host:port/db` of the primary.
+    pub primary: String,
+    /// Streaming replicas, same URL form.
+    pub replicas: Vec<String>,
+    /// Overrides `pool.mode` for this database.
+    pub pool_mode: Option<PoolMode>,
+    /// Overrides `pool.size` for this database.
+    pub pool_size: Option<u32>,
+    /// The database name on the server, when it differs from the name clients use.
+    pub server_database: Option<String>,
+}
+
+impl DatabaseConfig {
+    pub fn primary_endpoint(&self, name: &str) -> Result<Endpoint, ConfigError> {
+        Endpoint::parse(&format!("databases.{name}.primary"), &self.primary)
+    }
+    pub fn replica_endpoints(&self, name: &str) -> Result<Vec<Endpoint>, ConfigError> {
+        self.replicas
+            .iter()
+            .enumerate()
+            .map(|(i, url)| Endpoint::parse(&format!("databases.{name}.replicas[{i}]"), url))
+            .collect()
+    }
+}
+
+impl Config {
+    pub fn pool_mode_for(&self, database: &str) -> PoolMode {
+        self.databases
+            .get(database)
+            .and_then(|d| d.pool_mode)
+            .unwrap_or(self.pool.mode)
+    }
+
+    pub fn pool_size_for(&self, database: &str) -> u32 {
+        self.databases
+            .get(database)
+            .and_then(|d| d.pool_size)
+            .unwrap_or(self.pool.size)
+    }
+
+    pub fn user(&self, name: &str) -> Option<&UserConfig> {
+        self.auth.users.iter().find(|u| u.name == name)
+    }
+
+    /// Checks what serde cannot: URLs parse, numbers are in range, TLS files come in pairs.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        parse_socket_addr("proxy.listen", &self.proxy.listen)?;
+        parse_socket_addr("proxy.http_listen", &self.proxy.http_listen)?;
+        if self.proxy.max_client_connections == 0 {
+            return Err(ConfigError::invalid(
+                "proxy.max_client_connections",
+                "must be at least 1",
+            ));
+        }
+        if self.proxy.max_message_bytes < 1024 {
+            return Err(ConfigError::invalid(
+                "proxy.max_message_bytes",
+                "must be at least 1024",
+            ));
+        }
+        if self.proxy.tls_cert.is_some() != self.proxy.tls_key.is_some() {
+            return Err(ConfigError::invalid(
+                "proxy.tls_cert",
+                "tls_cert and tls_key must be set together",
+            ));
+        }
+        if self.pool.size == 0 {
+            return Err(ConfigError::invalid("pool.size", "must be at least 1"));
+        }
+        if self.pool.min_idle > self.pool.size {
+            return Err(ConfigError::invalid(
+                "pool.min_idle",
+                "must not exceed pool.size",
+            ));
+        }
+        if self.pool.checkout_timeout_ms == 0 {
+            return Err(ConfigError::invalid(
+                "pool.checkout_timeout_ms",
+                "must be at least 1",
+            ));
+        }
+        for (name, db) in &self.databases {
+            if db.primary.trim().is_empty() {
+                return Err(ConfigError::invalid(
+                    format!("databases.{name}.primary"),
+                    "is required",
+                ));
+            }
+            db.primary_endpoint(name)?;
+            db.replica_endpoints(name)?;
+            if db.pool_size == Some(0) {
+                return Err(ConfigError::invalid(
+                    format!("databases.{name}.pool_size"),
+                    "must be at least 1",
+                ));
+            }
+        }
+        for (i, user) in self.auth.users.iter().enumerate() {
+            if user.name.is_empty() {
+                return Err(ConfigError::invalid(
+                    format!("auth.users[{i}].name"),
+                    "must not be empty",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn parse_socket_addr(key: &str, text: &str) -> Result<std::net::SocketAddr, ConfigError> {
+    text.parse()
+        .map_err(|_| ConfigError::invalid(key, format!("expected HOST:PORT, got {text:?}")))
+}

@@ -1,0 +1,247 @@
+//! Opening a server connection: TCP, `StartupMessage`, authentication with
+//! postgres-protocol, then `ParameterStatus`/`BackendKeyData` up to `ReadyForQuery`.
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use fallible_iterator::FallibleIterator;
+use postgres_protocol::authentication::md5_hash;
+use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256, SCRAM_SHA_256};
+use postgres_protocol::message::backend::{ErrorFields, Message};
+use postgres_protocol::message::frontend;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::{BackendKey, PoolError, ServerConnection};
+
+/// Where and as whom a pool logs in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerTarget {
+    /// `host:port`.
+    pub address: String,
+    pub user: String,
+    pub password: Option<String>,
+    pub database: String,
+}
+
+impl ServerTarget {
+    pub async fn connect(&self, timeout: Duration) -> Result<ServerConnection, PoolError> {
+        tokio::time::timeout(timeout, self.connect_unbounded())
+            .await
+            .map_err(|_| PoolError::ConnectTimeout(self.address.clone()))?
+    }
+
+    async fn connect_unbounded(&self) -> Result<ServerConnection, PoolError> {
+        let stream =
+            TcpStream::connect(&self.address)
+                .await
+                .map_err(|source| PoolError::Connect {
+                    address: self.address.clone(),
+                    source,
+                })?;
+        let _ = stream.set_nodelay(true);
+        let mut login = Login {
+            target: self,
+            stream,
+            buf: BytesMut::with_capacity(8192),
+        };
+        let (key, parameters) = login.run().await?;
+        Ok(ServerConnection {
+            stream: login.stream,
+            read_buf: login.buf,
+            address: self.address.clone(),
+            key,
+            parameters,
+            prepared: HashSet::new(),
+            settings_hash: 0,
+            broken: false,
+            last_used: Instant::now(),
+        })
+    }
+}
+
+struct Login<'a> {
+    target: &'a ServerTarget,
+    stream: TcpStream,
+    buf: BytesMut,
+}
+
+impl Login<'_> {
+    async fn run(&mut self) -> Result<(BackendKey, Vec<(String, String)>), PoolError> {
+        let mut out = BytesMut::new();
+        let params = [
+            ("user", self.target.user.as_str()),
+            ("database", self.target.database.as_str()),
+            ("application_name", "pgwarden"),
+        ];
+        frontend::startup_message(params.iter().copied(), &mut out).map_err(|e| self.io(e))?;
+        self.send(&mut out).await?;
+        self.authenticate().await?;
+
+        let mut key = BackendKey { pid: 0, secret: 0 };
+        let mut parameters = Vec::new();
+        loop {
+            match self.next().await? {
+                Message::ParameterStatus(body) => {
+                    let name = body.name().map_err(|e| self.io(e))?.to_string();
+                    let value = body.value().map_err(|e| self.io(e))?.to_string();
+                    parameters.push((name, value));
+                }
+                Message::BackendKeyData(body) => {
+                    key = BackendKey {
+                        pid: body.process_id(),
+                        secret: body.secret_key(),
+                    };
+                }
+                Message::ReadyForQuery(_) => return Ok((key, parameters)),
+                Message::NoticeResponse(_) => {}
+                Message::ErrorResponse(body) => return Err(self.rejected(body.fields())),
+                _ => return Err(self.protocol("unexpected message during login")),
+            }
+        }
+    }
+
+    async fn authenticate(&mut self) -> Result<(), PoolError> {
+        let mut out = BytesMut::new();
+        loop {
+            match self.next().await? {
+                Message::AuthenticationOk => return Ok(()),
+                Message::AuthenticationCleartextPassword => {
+                    let password = self.password()?;
+                    frontend::password_message(password.as_bytes(), &mut out)
+                        .map_err(|e| self.io(e))?;
+                }
+                Message::AuthenticationMd5Password(body) => {
+                    let password = self.password()?;
+                    let hash = md5_hash(
+                        self.target.user.as_bytes(),
+                        password.as_bytes(),
+                        body.salt(),
+                    );
+                    frontend::password_message(hash.as_bytes(), &mut out)
+                        .map_err(|e| self.io(e))?;
+                }
+                Message::AuthenticationSasl(body) => {
+                    let mut mechanisms = body.mechanisms();
+                    let mut has_scram = false;
+                    while let Some(m) = mechanisms.next().map_err(|e| self.io(e))? {
+                        has_scram |= m == SCRAM_SHA_256;
+                    }
+                    if !has_scram {
+                        return Err(PoolError::UnsupportedAuth {
+                            address: self.target.address.clone(),
+                            method: "SASL without SCRAM-SHA-256".into(),
+                        });
+                    }
+                    let password = self.password()?.to_string();
+                    self.scram(password.as_bytes()).await?;
+                    continue;
+                }
+                Message::ErrorResponse(body) => return Err(self.rejected(body.fields())),
+                _ => {
+                    return Err(PoolError::UnsupportedAuth {
+                        address: self.target.address.clone(),
+                        method: "GSS/SSPI/Kerberos".into(),
+                    })
+                }
+            }
+            self.send(&mut out).await?;
+        }
+    }
+
+    async fn scram(&mut self, password: &[u8]) -> Result<(), PoolError> {
+        let mut scram = ScramSha256::new(password, ChannelBinding::unsupported());
+        let mut out = BytesMut::new();
+        frontend::sasl_initial_response(SCRAM_SHA_256, scram.message(), &mut out)
+            .map_err(|e| self.io(e))?;
+        self.send(&mut out).await?;
+        match self.next().await? {
+            Message::AuthenticationSaslContinue(body) => {
+                scram.update(body.data()).map_err(|e| self.io(e))?
+            }
+            Message::ErrorResponse(body) => return Err(self.rejected(body.fields())),
+            _ => return Err(self.protocol("expected SASL continue")),
+        }
+        frontend::sasl_response(scram.message(), &mut out).map_err(|e| self.io(e))?;
+        self.send(&mut out).await?;
+        match self.next().await? {
+            Message::AuthenticationSaslFinal(body) => {
+                scram.finish(body.data()).map_err(|e| self.io(e))
+            }
+            Message::ErrorResponse(body) => Err(self.rejected(body.fields())),
+            _ => Err(self.protocol("expected SASL final")),
+        }
+    }
+
+    fn password(&self) -> Result<&str, PoolError> {
+        self.target
+            .password
+            .as_deref()
+            .ok_or_else(|| PoolError::NoPassword {
+                address: self.target.address.clone(),
+                user: self.target.user.clone(),
+            })
+    }
+
+    async fn send(&mut self, out: &mut BytesMut) -> Result<(), PoolError> {
+        self.stream
+            .write_all(out)
+            .await
+            .map_err(|source| PoolError::Io {
+                address: self.target.address.clone(),
+                source,
+            })?;
+        out.clear();
+        Ok(())
+    }
+
+    async fn next(&mut self) -> Result<Message, PoolError> {
+        loop {
+            if let Some(message) = Message::parse(&mut self.buf).map_err(|e| self.io(e))? {
+                return Ok(message);
+            }
+            if self.buf.len() > 1 << 20 {
+                return Err(self.protocol("login message over 1 MiB"));
+            }
+            let n = self
+                .stream
+                .read_buf(&mut self.buf)
+                .await
+                .map_err(|e| self.io(e))?;
+            if n == 0 {
+                return Err(self.protocol("server closed the connection during login"));
+            }
+        }
+    }
+
+    fn io(&self, source: std::io::Error) -> PoolError {
+        PoolError::Io {
+            address: self.target.address.clone(),
+            source,
+        }
+    }
+
+    fn protocol(&self, message: &str) -> PoolError {
+        PoolError::Protocol {
+            address: self.target.address.clone(),
+            message: message.to_string(),
+        }
+    }
+
+    fn rejected(&self, mut fields: ErrorFields<'_>) -> PoolError {
+        let (mut code, mut message) = (String::new(), String::new());
+        while let Ok(Some(field)) = fields.next() {
+            match field.type_() {
+                b'C' => code = String::from_utf8_lossy(field.value_bytes()).into_owned(),
+                b'M' => message = String::from_utf8_lossy(field.value_bytes()).into_owned(),
+                _ => {}
+            }
+        }
+        PoolError::Rejected {
+            address: self.target.address.clone(),
+            code,
+            message,
+        }
+    }
+}

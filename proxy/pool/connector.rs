@@ -1,0 +1,44 @@
+//! The bb8 `ManageConnection` for server connections: connect, validate, discard.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::{PoolError, ServerConnection, ServerTarget};
+
+/// Creates and checks the server connections of one pool.
+#[derive(Debug, Clone)]
+pub struct ServerConnector {
+    pub target: Arc<ServerTarget>,
+    pub connect_timeout: Duration,
+    /// A connection idle longer than this is checked with an empty query on checkout.
+    pub health_check_idle: Duration,
+}
+
+impl bb8::ManageConnection for ServerConnector {
+    type Connection = ServerConnection;
+    type Error = PoolError;
+
+    async fn connect(&self) -> Result<ServerConnection, PoolError> {
+        let connection = self.target.connect(self.connect_timeout).await?;
+        tracing::debug!(server = %self.target.address, pid = connection.key.pid, "server connection opened");
+        Ok(connection)
+    }
+
+    async fn is_valid(&self, connection: &mut ServerConnection) -> Result<(), PoolError> {
+        if connection.last_used.elapsed() < self.health_check_idle {
+            return Ok(());
+        }
+        match tokio::time::timeout(self.connect_timeout, connection.run_internal("")).await {
+            Ok(Ok(())) => {
+                connection.last_used = std::time::Instant::now();
+                Ok(())
+            }
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(PoolError::Unhealthy("health check timed out".into())),
+        }
+    }
+
+    fn has_broken(&self, connection: &mut ServerConnection) -> bool {
+        connection.broken
+    }
+}

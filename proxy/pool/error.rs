@@ -1,0 +1,35 @@
+//! What can go wrong between pgwarden and a PostgreSQL server.
+
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum PoolError {
+    #[error("cannot connect to {address}: {source}")]
+    Connect {
+        address: String,
+        source: std::io::Error,
+    },
+    #[error("timed out connecting to {0}")]
+    ConnectTimeout(String),
+    #[error("server {address} rejected login: {message} (SQLSTATE {code})")]
+    Rejected {
+        address: String,
+        code: String,
+        message: String,
+    },
+    #[error("server {address} asked for a password but none is configured for user {user}")]
+    NoPassword { address: String, user: String },
+    #[error("server {address} asked for unsupported authentication: {0}", .method)]
+    UnsupportedAuth { address: String, method: String },
+    #[error("protocol error talking to {address}: {message}")]
+    Protocol { address: String, message: String },
+    #[error("i/o error with {address}: {source}")]
+    Io {
+        address: String,
+        source: std::io::Error,
+    },
+    #[error("no server connection available within {0} ms")]
+    CheckoutTimeout(u64),
+    #[error("server connection is not healthy: {0}")]
+    Unhealthy(String),
+}

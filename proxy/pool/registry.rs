@@ -1,0 +1,191 @@
+//! Pools by (database, role, backend), created on first use.
+//!
+//! The map is behind a std `RwLock` that is only ever held to clone an `Arc`, never
+//! across an `.await`. A reload replaces entries whose settings changed; sessions that
+//! still hold the old pool finish their transactions on it.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock, RwLock};
+use std::time::Duration;
+
+use bb8::RunError;
+
+use super::{PoolError, PooledServer, ServerConnector, ServerTarget};
+
+/// Which pool: the database clients name, the role they log in as, and the backend
+/// (0 = primary, 1.. = replicas in configuration order).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PoolKey {
+    pub database: String,
+    pub user: String,
+    pub backend: usize,
+}
+
+/// Sizing of one pool, from configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolSettings {
+    pub size: u32,
+    pub min_idle: u32,
+    pub checkout_timeout: Duration,
+    pub connect_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub max_lifetime: Duration,
+    pub health_check_idle: Duration,
+}
+
+/// Counters kept per pool for the admin console and metrics.
+#[derive(Debug, Default)]
+pub struct PoolStats {
+    pub checkouts: AtomicU64,
+    pub checkout_wait_us: AtomicU64,
+    pub checkout_timeouts: AtomicU64,
+    pub connect_errors: AtomicU64,
+}
+
+/// One bb8 pool plus what pgwarden learned about its server.
+pub struct ServerPool {
+    pub key: PoolKey,
+    pub target: Arc<ServerTarget>,
+    pub settings: PoolSettings,
+    pool: bb8::Pool<ServerConnector>,
+    /// `ParameterStatus` of the first server connection, replayed to logging-in clients.
+    server_parameters: OnceLock<Vec<(String, String)>>,
+    pub stats: PoolStats,
+    /// Statement definitions some server of this pool has prepared successfully; a
+    /// client's `Parse` of one of them is answered without taking a server.
+    known_statements: moka::sync::Cache<u64, ()>,
+}
+
+impl ServerPool {
+    fn new(key: PoolKey, target: ServerTarget, settings: PoolSettings) -> ServerPool {
+        let target = Arc::new(target);
+        let connector = ServerConnector {
+            target: target.clone(),
+            connect_timeout: settings.connect_timeout,
+            health_check_idle: settings.health_check_idle,
+        };
+        let pool = bb8::Pool::builder()
+            .max_size(settings.size)
+            .min_idle(Some(settings.min_idle).filter(|n| *n > 0))
+            .connection_timeout(settings.checkout_timeout)
+            .idle_timeout(Some(settings.idle_timeout))
+            .max_lifetime(Some(settings.max_lifetime))
+            .test_on_check_out(true)
+            .retry_connection(false)
+            .build_unchecked(connector);
+        ServerPool {
+            key,
+            target,
+            settings,
+            pool,
+            server_parameters: OnceLock::new(),
+            stats: PoolStats::default(),
+            known_statements: moka::sync::Cache::new(100_000),
+        }
+    }
+
+    /// Checks a server connection out, waiting at most the configured checkout timeout.
+    pub async fn checkout(&self) -> Result<PooledServer, PoolError> {
+        let started = std::time::Instant::now();
+        let result = self.pool.get_owned().await;
+        self.stats
+            .checkout_wait_us
+            .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+        match result {
+            Ok(server) => {
+                self.stats.checkouts.fetch_add(1, Ordering::Relaxed);
+                if self.server_parameters.get().is_none() {
+                    let _ = self.server_parameters.set(server.parameters.clone());
+                }
+                Ok(server)
+            }
+            Err(RunError::TimedOut) => {
+                self.stats.checkout_timeouts.fetch_add(1, Ordering::Relaxed);
+                Err(PoolError::CheckoutTimeout(
+                    self.settings.checkout_timeout.as_millis() as u64,
+                ))
+            }
+            Err(RunError::User(e)) => {
+                self.stats.connect_errors.fetch_add(1, Ordering::Relaxed);
+                Err(e)
+            }
+        }
+    }
+
+    /// Server parameters to announce to clients; checks out a connection once to learn them.
+    pub async fn server_parameters(&self) -> Result<Vec<(String, String)>, PoolError> {
+        if let Some(parameters) = self.server_parameters.get() {
+            return Ok(parameters.clone());
+        }
+        let server = self.checkout().await?;
+        Ok(server.parameters.clone())
+    }
+
+    pub fn remember_statement(&self, id: u64) {
+        self.known_statements.insert(id, ());
+    }
+
+    pub fn knows_statement(&self, id: u64) -> bool {
+        self.known_statements.contains_key(&id)
+    }
+
+    /// (connections open, idle) right now.
+    pub fn state(&self) -> (u32, u32) {
+        let state = self.pool.state();
+        (state.connections, state.idle_connections)
+    }
+}
+
+/// All pools of the process.
+#[derive(Default)]
+pub struct PoolRegistry {
+    pools: RwLock<HashMap<PoolKey, Arc<ServerPool>>>,
+}
+
+impl PoolRegistry {
+    /// The pool for `key`, made by `make` on first use.
+    pub fn get_or_create(
+        &self,
+        key: &PoolKey,
+        make: impl FnOnce() -> (ServerTarget, PoolSettings),
+    ) -> Arc<ServerPool> {
+        if let Some(pool) = self.read().get(key) {
+            return pool.clone();
+        }
+        let mut pools = self.pools.write().unwrap_or_else(|e| e.into_inner());
+        pools
+            .entry(key.clone())
+            .or_insert_with(|| {
+                let (target, settings) = make();
+                Arc::new(ServerPool::new(key.clone(), target, settings))
+            })
+            .clone()
+    }
+
+    /// Forgets every pool (after a reload changed servers or sizes). Sessions holding a
+    /// pool keep using it until they are done; its connections close when it is dropped.
+    pub fn clear(&self) {
+        self.pools
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+    }
+
+    /// A snapshot of every pool, for the admin console and metrics.
+    pub fn all(&self) -> Vec<Arc<ServerPool>> {
+        let mut pools: Vec<_> = self.read().values().cloned().collect();
+        pools.sort_by(|a, b| {
+            (&a.key.database, &a.key.user, a.key.backend).cmp(&(
+                &b.key.database,
+                &b.key.user,
+                b.key.backend,
+            ))
+        });
+        pools
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<PoolKey, Arc<ServerPool>>> {
+        self.pools.read().unwrap_or_else(|e| e.into_inner())
+    }
+}

@@ -1,0 +1,93 @@
+//! One authenticated connection to a PostgreSQL server, as the pool holds it.
+
+use std::collections::HashSet;
+use std::time::Instant;
+
+use bytes::BytesMut;
+use tokio::net::TcpStream;
+
+/// `BackendKeyData` of a server connection: what a `CancelRequest` must name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BackendKey {
+    pub pid: i32,
+    pub secret: i32,
+}
+
+/// The socket plus what the proxy must remember about the server session behind it.
+#[derive(Debug)]
+pub struct ServerConnection {
+    pub stream: TcpStream,
+    /// Bytes read from the server and not yet relayed.
+    pub read_buf: BytesMut,
+    /// `host:port`, for cancel requests and logs.
+    pub address: String,
+    pub key: BackendKey,
+    /// `ParameterStatus` values reported at login.
+    pub parameters: Vec<(String, String)>,
+    /// Proxy-wide names of statements prepared on this connection.
+    pub prepared: HashSet<u64>,
+    /// Fingerprint of the client settings (`SET`) last applied; 0 = server defaults.
+    pub settings_hash: u64,
+    /// Set when the connection's state is unknown (error mid-message, client vanished
+    /// mid-transaction): the pool discards it instead of reusing it.
+    pub broken: bool,
+    pub last_used: Instant,
+}
+
+impl ServerConnection {
+    pub fn mark_broken(&mut self) {
+        self.broken = true;
+    }
+}
+
+impl ServerConnection {
+    /// Runs a proxy-internal simple query (health check, `DISCARD ALL`, settings
+    /// replay) and discards its answer. Any `ErrorResponse` fails it; the connection is
+    /// then in an unknown state and should be marked broken by the caller.
+    pub async fn run_internal(&mut self, sql: &str) -> Result<(), super::PoolError> {
+        use crate::protocol::frame::check_frame;
+        use crate::protocol::tag::backend as tag;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+        let mut out = BytesMut::new();
+        postgres_protocol::message::frontend::query(sql, &mut out).map_err(|e| self.io(e))?;
+        self.stream.write_all(&out).await.map_err(|e| self.io(e))?;
+        let mut failure = None;
+        loop {
+            while let Some(len) = check_frame(&self.read_buf, 1 << 30)
+                .map_err(|e| self.io(std::io::Error::other(e)))?
+            {
+                let frame = self.read_buf.split_to(len);
+                match frame[0] {
+                    tag::ERROR_RESPONSE => {
+                        failure = Some(String::from_utf8_lossy(&frame[5..]).replace('\0', " "))
+                    }
+                    tag::READY_FOR_QUERY => {
+                        return match failure {
+                            Some(message) => Err(super::PoolError::Unhealthy(message)),
+                            None => Ok(()),
+                        };
+                    }
+                    _ => {}
+                }
+            }
+            let n = self
+                .stream
+                .read_buf(&mut self.read_buf)
+                .await
+                .map_err(|e| self.io(e))?;
+            if n == 0 {
+                return Err(super::PoolError::Unhealthy(
+                    "server closed the connection".into(),
+                ));
+            }
+        }
+    }
+
+    fn io(&self, source: std::io::Error) -> super::PoolError {
+        super::PoolError::Io {
+            address: self.address.clone(),
+            source,
+        }
+    }
+}

@@ -1,0 +1,17 @@
+//! The PostgreSQL v3 wire protocol as bytes and messages, with no I/O.
+//!
+//! This room knows message boundaries (`frame`), the tags of the messages pgwarden
+//! acts on (`tag`), borrowed views over the extended-protocol messages it rewrites
+//! (`extended`), the first packet of a connection (`startup`), and how to encode the
+//! few messages the proxy itself sends (`backend`, `error`). It never touches a socket,
+//! a pool or configuration.
+
+pub mod backend;
+pub mod error;
+pub mod extended;
+pub mod frame;
+pub mod startup;
+pub mod tag;
+
+pub use error::{ErrorFields, SqlState};
+pub use frame::{check_frame, FrameError};

@@ -1,0 +1,179 @@
+//! The process-wide state every session shares: the current configuration (swapped
+//! atomically on reload), client credentials, TLS, the pool registry and the cancel
+//! registry. Sessions read a snapshot (`Arc<Config>`) once per decision; nothing here
+//! is locked across an `.await`.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::{ArcSwap, ArcSwapOption};
+use tokio_rustls::TlsAcceptor;
+
+use crate::config::{self, Config, ConfigError};
+use crate::pool::{PoolKey, PoolRegistry, PoolSettings, ServerPool, ServerTarget};
+use crate::server::cancel::CancelRegistry;
+use crate::server::credentials::Credentials;
+use crate::server::SessionError;
+
+pub struct Runtime {
+    config: ArcSwap<Config>,
+    credentials: ArcSwap<Credentials>,
+    tls: ArcSwapOption<TlsAcceptor>,
+    config_path: Option<PathBuf>,
+    pub pools: PoolRegistry,
+    pub cancels: Arc<CancelRegistry>,
+    clients: AtomicUsize,
+}
+
+/// Counts a connected client; the count drops when this is dropped.
+pub struct ClientSlot {
+    runtime: Arc<Runtime>,
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        self.runtime.clients.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Runtime {
+    pub fn new(config: Config, config_path: Option<PathBuf>) -> Result<Arc<Runtime>, ConfigError> {
+        let tls = build_tls(&config)?;
+        Ok(Arc::new(Runtime {
+            credentials: ArcSwap::from_pointee(Credentials::from_config(&config)),
+            config: ArcSwap::from_pointee(config),
+            tls: ArcSwapOption::from(tls.map(Arc::new)),
+            config_path,
+            pools: PoolRegistry::default(),
+            cancels: Arc::new(CancelRegistry::default()),
+            clients: AtomicUsize::new(0),
+        }))
+    }
+
+    pub fn config(&self) -> Arc<Config> {
+        self.config.load_full()
+    }
+
+    pub fn credentials(&self) -> Arc<Credentials> {
+        self.credentials.load_full()
+    }
+
+    pub fn tls(&self) -> Option<Arc<TlsAcceptor>> {
+        self.tls.load_full()
+    }
+
+    pub fn client_count(&self) -> usize {
+        self.clients.load(Ordering::Relaxed)
+    }
+
+    /// Admits one more client, or refuses past `proxy.max_client_connections`.
+    pub fn admit_client(self: &Arc<Self>) -> Result<ClientSlot, SessionError> {
+        let max = self.config.load().proxy.max_client_connections;
+        let previous = self.clients.fetch_add(1, Ordering::Relaxed);
+        let slot = ClientSlot {
+            runtime: self.clone(),
+        };
+        if previous >= max {
+            return Err(SessionError::TooManyClients(max));
+        }
+        Ok(slot)
+    }
+
+    /// Re-reads the configuration file and environment and swaps it in. Pools whose
+    /// settings changed are rebuilt on next use; transactions in flight finish on the
+    /// pool they started on.
+    pub fn reload(&self) -> Result<(), ConfigError> {
+        let fresh = config::load(self.config_path.as_deref())?;
+        let tls = build_tls(&fresh)?;
+        let old = self.config.load_full();
+        let pools_changed = serde_json::to_value(&old.databases).ok()
+            != serde_json::to_value(&fresh.databases).ok()
+            || serde_json::to_value(&old.pool).ok() != serde_json::to_value(&fresh.pool).ok()
+            || serde_json::to_value(&old.auth).ok() != serde_json::to_value(&fresh.auth).ok();
+        self.credentials
+            .store(Arc::new(Credentials::from_config(&fresh)));
+        self.tls.store(tls.map(Arc::new));
+        self.config.store(Arc::new(fresh));
+        if pools_changed {
+            self.pools.clear();
+        }
+        tracing::info!(pools_rebuilt = pools_changed, "configuration reloaded");
+        Ok(())
+    }
+
+    /// The pool serving `user` on `database`'s backend number `backend`
+    /// (0 = primary, n = replica n).
+    pub fn pool(
+        &self,
+        database: &str,
+        user: &str,
+        backend: usize,
+    ) -> Result<Arc<ServerPool>, SessionError> {
+        let config = self.config.load();
+        let db = config
+            .databases
+            .get(database)
+            .ok_or_else(|| SessionError::UnknownDatabase(database.to_string()))?;
+        let key = PoolKey {
+            database: database.to_string(),
+            user: user.to_string(),
+            backend,
+        };
+        Ok(self.pools.get_or_create(&key, || {
+            let endpoint = if backend == 0 {
+                db.primary_endpoint(database)
+            } else {
+                db.replica_endpoints(database)
+                    .map(|mut list| list.swap_remove((backend - 1).min(list.len() - 1)))
+            }
+            .expect("validated at load");
+            let user_config = config.user(user);
+            let password = user_config
+                .and_then(|u| u.server_password.clone())
+                .or_else(|| {
+                    user_config
+                        .and_then(|u| u.password.clone())
+                        .filter(|p| !p.starts_with("SCRAM-SHA-256$") && !is_md5_hash(p))
+                })
+                .or_else(|| {
+                    (endpoint.user.as_deref() == Some(user))
+                        .then(|| endpoint.password.clone())
+                        .flatten()
+                });
+            let target = ServerTarget {
+                address: endpoint.address(),
+                user: user.to_string(),
+                password,
+                database: db
+                    .server_database
+                    .clone()
+                    .or(endpoint.database.clone())
+                    .unwrap_or_else(|| database.to_string()),
+            };
+            let pool = &config.pool;
+            let settings = PoolSettings {
+                size: config.pool_size_for(database),
+                min_idle: pool.min_idle,
+                checkout_timeout: pool.checkout_timeout(),
+                connect_timeout: pool.connect_timeout(),
+                idle_timeout: Duration::from_millis(pool.idle_timeout_ms.max(1_000)),
+                max_lifetime: Duration::from_millis(pool.max_lifetime_ms.max(1_000)),
+                health_check_idle: Duration::from_millis(pool.health_check_idle_ms),
+            };
+            (target, settings)
+        }))
+    }
+}
+
+fn is_md5_hash(password: &str) -> bool {
+    password.len() == 35 && password.starts_with("md5")
+}
+
+fn build_tls(config: &Config) -> Result<Option<TlsAcceptor>, ConfigError> {
+    match (&config.proxy.tls_cert, &config.proxy.tls_key) {
+        (Some(cert), Some(key)) => crate::server::tls::acceptor(cert, key).map(Some),
+        _ => Ok(None),
+    }
+}

@@ -1,0 +1,123 @@
+//! `CancelRequest` routing. Clients get proxy-made `BackendKeyData`; while a client
+//! holds a server connection its slot names that server's key, so a cancel arriving on
+//! a new connection is forwarded to the right PostgreSQL backend.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use bytes::BytesMut;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+use crate::pool::BackendKey;
+
+/// Which server a client's queries are running on right now, if any.
+#[derive(Debug, Default)]
+pub struct CancelSlot {
+    current: Mutex<Option<(String, BackendKey)>>,
+}
+
+impl CancelSlot {
+    pub fn attach(&self, address: &str, key: BackendKey) {
+        *self.current.lock().unwrap_or_else(|e| e.into_inner()) = Some((address.to_string(), key));
+    }
+
+    pub fn detach(&self) {
+        *self.current.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+
+    fn target(&self) -> Option<(String, BackendKey)> {
+        self.current
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+struct Entry {
+    secret: i32,
+    slot: Arc<CancelSlot>,
+}
+
+/// Proxy-issued keys of every connected client.
+#[derive(Default)]
+pub struct CancelRegistry {
+    entries: Mutex<HashMap<i32, Entry>>,
+}
+
+/// Removes the client's key when its session ends.
+pub struct CancelRegistration {
+    registry: Arc<CancelRegistry>,
+    pub pid: i32,
+    pub secret: i32,
+    pub slot: Arc<CancelSlot>,
+}
+
+impl Drop for CancelRegistration {
+    fn drop(&mut self) {
+        self.registry
+            .entries
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.pid);
+    }
+}
+
+impl CancelRegistry {
+    /// Issues a fresh (pid, secret) for a client.
+    pub fn register(self: &Arc<Self>) -> CancelRegistration {
+        let slot = Arc::new(CancelSlot::default());
+        let secret: i32 = rand::random();
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        let pid = loop {
+            let pid = rand::random::<i32>() & 0x3fff_ffff;
+            if pid != 0 && !entries.contains_key(&pid) {
+                break pid;
+            }
+        };
+        entries.insert(
+            pid,
+            Entry {
+                secret,
+                slot: slot.clone(),
+            },
+        );
+        CancelRegistration {
+            registry: self.clone(),
+            pid,
+            secret,
+            slot,
+        }
+    }
+
+    /// Forwards a cancel for a client's running query. Unknown keys and wrong secrets
+    /// are ignored silently, as PostgreSQL does.
+    pub async fn cancel(&self, pid: i32, secret: i32) {
+        let target = {
+            let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+            match entries.get(&pid) {
+                Some(entry) if entry.secret == secret => entry.slot.target(),
+                _ => None,
+            }
+        };
+        let Some((address, key)) = target else {
+            return;
+        };
+        let mut buf = BytesMut::new();
+        postgres_protocol::message::frontend::cancel_request(key.pid, key.secret, &mut buf);
+        match TcpStream::connect(&address).await {
+            Ok(mut stream) => {
+                if let Err(e) = stream.write_all(&buf).await {
+                    tracing::warn!(server = %address, error = %e, "could not forward cancel request");
+                }
+            }
+            Err(e) => {
+                tracing::warn!(server = %address, error = %e, "could not forward cancel request")
+            }
+        }
+    }
+
+    pub fn client_count(&self) -> usize {
+        self.entries.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+}

@@ -1,0 +1,272 @@
+//! What each client message does: forwarded as is, renamed (pooled prepared
+//! statements), answered by the proxy, or refused.
+
+use bytes::{Bytes, BytesMut};
+
+use super::responses::Expect;
+use super::session::Session;
+use super::settings::{classify, discards_server_state};
+use super::statements::StatementId;
+use super::SessionError;
+use crate::config::PoolMode;
+use crate::protocol::backend;
+use crate::protocol::extended::{
+    write_bind, write_parse, write_statement_target, BindView, ParseView, TargetKind, TargetView,
+};
+use crate::protocol::frame::{body, check_frame};
+use crate::protocol::tag::{frontend as tag, TransactionStatus};
+
+impl Session {
+    /// Handles every complete message in the client buffer.
+    pub(super) async fn handle_client_messages(&mut self) -> Result<(), SessionError> {
+        while let Some(len) = check_frame(&self.client_buf, self.max_message)? {
+            let frame = self.client_buf.split_to(len).freeze();
+            self.handle_client_message(frame).await?;
+        }
+        if self.client_buf.is_empty() && self.server.is_none() {
+            self.client_buf = BytesMut::new();
+        }
+        Ok(())
+    }
+
+    async fn handle_client_message(&mut self, frame: Bytes) -> Result<(), SessionError> {
+        let message_tag = frame[0];
+        if self.skip_until_sync {
+            if message_tag == tag::SYNC {
+                self.skip_until_sync = false;
+                backend::ready_for_query(&mut self.to_client, TransactionStatus::Idle);
+            }
+            return Ok(());
+        }
+        match message_tag {
+            tag::TERMINATE => return Err(SessionError::ClientClosed),
+            tag::QUERY
+            | tag::PARSE
+            | tag::BIND
+            | tag::DESCRIBE
+            | tag::EXECUTE
+            | tag::CLOSE
+            | tag::SYNC
+            | tag::FLUSH
+            | tag::FUNCTION_CALL => {}
+            tag::COPY_DATA | tag::COPY_DONE | tag::COPY_FAIL => {
+                // Outside COPY, PostgreSQL ignores these; with no server there is no COPY.
+                if self.server.is_some() {
+                    self.to_server.extend_from_slice(&frame);
+                }
+                return Ok(());
+            }
+            other => {
+                return Err(SessionError::Protocol(format!(
+                    "unknown message type {:?} (0x{other:02x})",
+                    other as char
+                )))
+            }
+        }
+        if self.answer_without_server(message_tag, &frame)? {
+            return Ok(());
+        }
+        if let Err(error) = self.acquire().await {
+            if !error.is_recoverable() {
+                return Err(error);
+            }
+            self.report_recoverable(message_tag, &error);
+            return Ok(());
+        }
+        let pooled_statements = self.mode == PoolMode::Transaction;
+        match message_tag {
+            tag::QUERY => self.forward_query(&frame),
+            tag::FUNCTION_CALL => self.forward(&frame, Expect::Query),
+            tag::SYNC => self.forward(&frame, Expect::Sync),
+            tag::FLUSH => self.to_server.extend_from_slice(&frame),
+            tag::EXECUTE => self.forward(&frame, Expect::Execute),
+            tag::PARSE if pooled_statements => self.forward_parse(&frame)?,
+            tag::PARSE => self.forward(&frame, Expect::Parse(None)),
+            tag::BIND if pooled_statements => self.forward_bind(&frame)?,
+            tag::BIND => self.forward(&frame, Expect::Bind),
+            tag::DESCRIBE => self.forward_describe(&frame, pooled_statements)?,
+            tag::CLOSE => self.forward(&frame, Expect::Close),
+            _ => unreachable!("filtered above"),
+        }
+        Ok(())
+    }
+
+    /// Messages the proxy answers itself. Returns true when handled.
+    fn answer_without_server(
+        &mut self,
+        message_tag: u8,
+        frame: &[u8],
+    ) -> Result<bool, SessionError> {
+        match message_tag {
+            tag::CLOSE if self.mode == PoolMode::Transaction => {
+                let target = TargetView::parse(body(frame), "Close")
+                    .map_err(|e| SessionError::Protocol(e.to_string()))?;
+                if target.kind == TargetKind::Statement && !target.name.is_empty() {
+                    // Pooled statements stay prepared on the servers for others to reuse.
+                    self.statements.remove(target.name);
+                    let mut answer = BytesMut::with_capacity(5);
+                    backend::close_complete(&mut answer);
+                    self.responses
+                        .push(Expect::Synthetic(answer.freeze()), &mut self.to_client);
+                    return Ok(true);
+                }
+                Ok(false)
+            }
+            tag::PARSE if self.mode == PoolMode::Transaction && self.server.is_none() => {
+                // A statement some server already accepted: remember it for this client
+                // and prepare it lazily where it is used. Taking a server here would
+                // make clients that prepare synchronously (pgbench) wait for each other.
+                let view = ParseView::parse(body(frame))
+                    .map_err(|e| SessionError::Protocol(e.to_string()))?;
+                if view.statement.is_empty()
+                    || !self
+                        .pool
+                        .knows_statement(StatementId::of(view.definition).0)
+                {
+                    return Ok(false);
+                }
+                self.statements.define(view.statement, view.definition);
+                let mut answer = BytesMut::with_capacity(5);
+                backend::parse_complete(&mut answer);
+                self.responses
+                    .push(Expect::Synthetic(answer.freeze()), &mut self.to_client);
+                Ok(true)
+            }
+            tag::SYNC | tag::FLUSH if self.server.is_none() => {
+                // Nothing in flight: the answer to Sync is an idle ReadyForQuery.
+                if message_tag == tag::SYNC {
+                    let mut answer = BytesMut::with_capacity(6);
+                    backend::ready_for_query(&mut answer, TransactionStatus::Idle);
+                    self.responses
+                        .push(Expect::Synthetic(answer.freeze()), &mut self.to_client);
+                }
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    /// Reports a failure to get a server in the protocol's own shape: a simple query gets
+    /// `ErrorResponse` + `ReadyForQuery`; an extended batch gets `ErrorResponse` and the
+    /// rest of the batch is ignored up to its `Sync`.
+    fn report_recoverable(&mut self, message_tag: u8, error: &SessionError) {
+        if let Some(fields) = error.to_error_fields() {
+            fields.encode(&mut self.to_client);
+        }
+        match message_tag {
+            tag::QUERY | tag::FUNCTION_CALL | tag::SYNC => {
+                backend::ready_for_query(&mut self.to_client, TransactionStatus::Idle)
+            }
+            _ => self.skip_until_sync = true,
+        }
+    }
+
+    fn forward(&mut self, frame: &[u8], expect: Expect) {
+        self.to_server.extend_from_slice(frame);
+        self.responses.push(expect, &mut self.to_client);
+    }
+
+    fn forward_query(&mut self, frame: &[u8]) {
+        let sql = body(frame);
+        let sql = &sql[..sql.len().saturating_sub(1)];
+        // Only statements that start with S/R/D (SET, RESET, DISCARD, DEALLOCATE) can
+        // change session state; everything else skips the inspection.
+        let first = sql.iter().find(|b| !b.is_ascii_whitespace()).copied();
+        if matches!(first, Some(b's' | b'S' | b'r' | b'R' | b'd' | b'D')) {
+            let text = String::from_utf8_lossy(sql);
+            if let Some(change) = classify(&text) {
+                self.pending_settings.in_flight.push(change);
+                self.server_settings_changed();
+            } else if discards_server_state(&text) {
+                self.server_settings_changed();
+                if let Some(server) = self.server.as_mut() {
+                    server.prepared.clear();
+                }
+                if text
+                    .trim_start()
+                    .to_ascii_lowercase()
+                    .starts_with("discard all")
+                    || text
+                        .trim_start()
+                        .to_ascii_lowercase()
+                        .starts_with("deallocate all")
+                {
+                    self.statements.clear();
+                }
+            }
+        }
+        self.forward(frame, Expect::Query);
+    }
+
+    fn forward_parse(&mut self, frame: &[u8]) -> Result<(), SessionError> {
+        let view =
+            ParseView::parse(body(frame)).map_err(|e| SessionError::Protocol(e.to_string()))?;
+        if view.statement.is_empty() {
+            self.forward(frame, Expect::Parse(None));
+            return Ok(());
+        }
+        let id = self.statements.define(view.statement, view.definition);
+        let server = self.server.as_mut().expect("acquired");
+        if server.prepared.contains(&id.0) {
+            let mut answer = BytesMut::with_capacity(5);
+            backend::parse_complete(&mut answer);
+            self.responses
+                .push(Expect::Synthetic(answer.freeze()), &mut self.to_client);
+        } else {
+            server.prepared.insert(id.0);
+            write_parse(&mut self.to_server, &id.server_name(), view.definition);
+            self.responses
+                .push(Expect::Parse(Some(id)), &mut self.to_client);
+        }
+        Ok(())
+    }
+
+    /// Makes sure the server has the pooled statement `name`; returns its server name.
+    fn ensure_prepared(&mut self, name: &[u8]) -> Option<[u8; 20]> {
+        let statement = self.statements.get(name)?;
+        let id = statement.id;
+        let server = self.server.as_mut().expect("acquired");
+        if !server.prepared.contains(&id.0) {
+            server.prepared.insert(id.0);
+            write_parse(
+                &mut self.to_server,
+                &id.server_name(),
+                &statement.definition,
+            );
+            self.responses
+                .push(Expect::Swallow(id), &mut self.to_client);
+        }
+        Some(id.server_name())
+    }
+
+    fn forward_bind(&mut self, frame: &[u8]) -> Result<(), SessionError> {
+        let view =
+            BindView::parse(body(frame)).map_err(|e| SessionError::Protocol(e.to_string()))?;
+        match self.ensure_prepared(view.statement) {
+            Some(server_name) => {
+                write_bind(&mut self.to_server, view.portal, &server_name, view.rest);
+                self.responses.push(Expect::Bind, &mut self.to_client);
+            }
+            None => self.forward(frame, Expect::Bind),
+        }
+        Ok(())
+    }
+
+    fn forward_describe(&mut self, frame: &[u8], pooled: bool) -> Result<(), SessionError> {
+        let target = TargetView::parse(body(frame), "Describe")
+            .map_err(|e| SessionError::Protocol(e.to_string()))?;
+        if target.kind == TargetKind::Portal {
+            self.forward(frame, Expect::DescribePortal);
+            return Ok(());
+        }
+        match pooled.then(|| self.ensure_prepared(target.name)).flatten() {
+            Some(server_name) => {
+                write_statement_target(&mut self.to_server, tag::DESCRIBE, &server_name);
+                self.responses
+                    .push(Expect::DescribeStatement, &mut self.to_client);
+            }
+            None => self.forward(frame, Expect::DescribeStatement),
+        }
+        Ok(())
+    }
+}

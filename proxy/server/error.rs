@@ -1,0 +1,79 @@
+//! Everything that can end or interrupt a client session, and the one place where it
+//! becomes the `ErrorResponse` the client reads.
+
+use thiserror::Error;
+
+use crate::pool::PoolError;
+use crate::protocol::{ErrorFields, FrameError, SqlState};
+
+#[derive(Debug, Error)]
+pub enum SessionError {
+    /// The client went away or its socket failed: nobody to tell.
+    #[error("client connection: {0}")]
+    ClientIo(#[source] std::io::Error),
+    #[error("client closed the connection")]
+    ClientClosed,
+    #[error("{0}")]
+    Frame(#[from] FrameError),
+    #[error("protocol violation: {0}")]
+    Protocol(String),
+    #[error("password authentication failed for user \"{0}\"")]
+    AuthFailed(String),
+    #[error("no such database \"{0}\" in pgwarden's configuration")]
+    UnknownDatabase(String),
+    #[error("too many client connections (proxy.max_client_connections = {0})")]
+    TooManyClients(usize),
+    #[error("client idle longer than proxy.idle_client_timeout_ms ({0} ms)")]
+    IdleTimeout(u64),
+    #[error("{0}")]
+    Pool(#[from] PoolError),
+    /// The server connection failed while serving this client.
+    #[error("lost the server connection: {0}")]
+    ServerLost(String),
+    #[error("pgwarden is shutting down")]
+    Shutdown,
+}
+
+impl SessionError {
+    /// The `ErrorResponse` to send, if the client can still receive one.
+    pub fn to_error_fields(&self) -> Option<ErrorFields> {
+        let message = self.to_string();
+        Some(match self {
+            SessionError::ClientIo(_) | SessionError::ClientClosed => return None,
+            SessionError::Frame(_) | SessionError::Protocol(_) => {
+                ErrorFields::fatal(SqlState::PROTOCOL_VIOLATION, message)
+            }
+            SessionError::AuthFailed(_) => ErrorFields::fatal(SqlState::INVALID_PASSWORD, message),
+            SessionError::UnknownDatabase(_) => {
+                ErrorFields::fatal(SqlState::INVALID_CATALOG_NAME, message)
+                    .with_hint("add it under [databases.NAME] or set PGWARDEN_PRIMARY_URL")
+            }
+            SessionError::TooManyClients(_) => {
+                ErrorFields::fatal(SqlState::TOO_MANY_CONNECTIONS, message)
+            }
+            SessionError::IdleTimeout(_) => {
+                ErrorFields::fatal(SqlState::IDLE_SESSION_TIMEOUT, message)
+            }
+            SessionError::Pool(PoolError::CheckoutTimeout(_)) => {
+                ErrorFields::error(SqlState::TOO_MANY_CONNECTIONS, message).with_hint(
+                    "all server connections are busy; raise pool.size or pool.checkout_timeout_ms",
+                )
+            }
+            SessionError::Pool(PoolError::Rejected { code, .. }) if code.starts_with("28") => {
+                ErrorFields::error(SqlState::SQLCLIENT_UNABLE_TO_ESTABLISH, message).with_hint(
+                    "pgwarden logs in to PostgreSQL with the password from its configuration",
+                )
+            }
+            SessionError::Pool(_) => ErrorFields::error(SqlState::CONNECTION_FAILURE, message),
+            SessionError::ServerLost(_) => {
+                ErrorFields::fatal(SqlState::CONNECTION_FAILURE, message)
+            }
+            SessionError::Shutdown => ErrorFields::fatal(SqlState::ADMIN_SHUTDOWN, message),
+        })
+    }
+
+    /// Whether the session can go on after reporting this error.
+    pub fn is_recoverable(&self) -> bool {
+        matches!(self, SessionError::Pool(_))
+    }
+}

@@ -1,0 +1,72 @@
+//! The accept loop: one task per client connection, admission against
+//! `proxy.max_client_connections`, and the connection-level log lines.
+
+use std::sync::Arc;
+
+use tokio::net::{TcpListener, TcpStream};
+
+use super::handshake::open;
+use super::login::log_in;
+use super::{report, SessionError};
+use crate::runtime::Runtime;
+
+/// Accepts clients until the listener fails.
+pub async fn serve(runtime: Arc<Runtime>, listener: TcpListener) -> std::io::Result<()> {
+    loop {
+        let (tcp, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                // EMFILE and friends: back off briefly instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = tcp.set_nodelay(true);
+        let runtime = runtime.clone();
+        tokio::spawn(async move {
+            if let Err(e) = handle_client(runtime, tcp).await {
+                match e {
+                    SessionError::ClientClosed | SessionError::ClientIo(_) => {
+                        tracing::debug!(%peer, error = %e, "client connection ended")
+                    }
+                    _ => tracing::info!(%peer, error = %e, "client connection closed with error"),
+                }
+            }
+        });
+    }
+}
+
+async fn handle_client(runtime: Arc<Runtime>, tcp: TcpStream) -> Result<(), SessionError> {
+    let slot = match runtime.admit_client() {
+        Ok(slot) => slot,
+        Err(e) => {
+            let mut stream = super::stream::ClientStream::Plain(tcp);
+            report(&mut stream, &e).await;
+            return Err(e);
+        }
+    };
+    let Some(opened) = open(tcp, &runtime).await? else {
+        return Ok(()); // a cancel request, handled
+    };
+    let session = match log_in(runtime.clone(), opened).await {
+        Ok(session) => session,
+        Err((mut opened, e)) => {
+            report(&mut opened.stream, &e).await;
+            return Err(e);
+        }
+    };
+    tracing::info!(
+        user = %session.identity.user,
+        database = %session.identity.database,
+        peer = %session.identity.peer,
+        application_name = %session.identity.application_name,
+        tls = session.client.is_tls(),
+        "client logged in"
+    );
+    let identity = session.identity.clone();
+    let result = session.run().await;
+    tracing::info!(user = %identity.user, database = %identity.database, peer = %identity.peer, "client disconnected");
+    drop(slot);
+    result
+}

@@ -1,0 +1,157 @@
+//! From a decoded `StartupMessage` to a ready session: who the client is, which
+//! database, authentication, and the `ParameterStatus`/`BackendKeyData`/
+//! `ReadyForQuery` sequence a PostgreSQL client expects.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::io::AsyncWriteExt;
+
+use super::auth::authenticate;
+use super::handshake::{Opened, LOGIN_TIMEOUT};
+use super::responses::ResponseQueue;
+use super::session::{ClientIdentity, PendingSettings, Session};
+use super::settings::SessionSettings;
+use super::statements::ClientStatements;
+use super::SessionError;
+use crate::protocol::backend;
+use crate::protocol::startup::parse_options;
+use crate::protocol::tag::TransactionStatus;
+use crate::runtime::Runtime;
+
+/// Startup parameters that are about the connection, not session settings.
+const NOT_SETTINGS: &[&str] = &["user", "database", "options", "replication"];
+
+/// Authenticates the client and builds its session. Errors are reported by the caller.
+pub async fn log_in(
+    runtime: Arc<Runtime>,
+    opened: Opened,
+) -> Result<Session, (Opened, SessionError)> {
+    let Opened { mut stream, params } = opened;
+    match tokio::time::timeout(LOGIN_TIMEOUT, log_in_inner(&runtime, &mut stream, &params)).await {
+        Ok(Ok((identity, settings, out))) => {
+            let config = runtime.config();
+            let mode = config.pool_mode_for(&identity.database);
+            let pool = match runtime.pool(&identity.database, &identity.user, 0) {
+                Ok(pool) => pool,
+                Err(e) => return Err((Opened { stream, params }, e)),
+            };
+            let cancel = runtime.cancels.register();
+            let mut to_client = out;
+            backend::backend_key_data(&mut to_client, cancel.pid, cancel.secret);
+            backend::ready_for_query(&mut to_client, TransactionStatus::Idle);
+            if let Err(e) = stream.write_all(&to_client).await {
+                return Err((Opened { stream, params }, SessionError::ClientIo(e)));
+            }
+            let idle = config.proxy.idle_client_timeout_ms;
+            Ok(Session {
+                client: stream,
+                identity,
+                mode,
+                pool,
+                server: None,
+                client_buf: BytesMut::new(),
+                to_client: BytesMut::new(),
+                to_server: BytesMut::new(),
+                responses: ResponseQueue::default(),
+                statements: ClientStatements::default(),
+                settings,
+                pending_settings: PendingSettings::default(),
+                cancel,
+                status: TransactionStatus::Idle,
+                skip_until_sync: false,
+                max_message: config.proxy.max_message_bytes,
+                idle_timeout: (idle > 0).then(|| Duration::from_millis(idle)),
+            })
+        }
+        Ok(Err(e)) => Err((Opened { stream, params }, e)),
+        Err(_) => Err((
+            Opened { stream, params },
+            SessionError::Protocol("login took longer than 15 s".into()),
+        )),
+    }
+}
+
+async fn log_in_inner(
+    runtime: &Arc<Runtime>,
+    stream: &mut super::stream::ClientStream,
+    params: &BTreeMap<String, String>,
+) -> Result<(ClientIdentity, SessionSettings, BytesMut), SessionError> {
+    let user = params
+        .get("user")
+        .filter(|u| !u.is_empty())
+        .cloned()
+        .ok_or_else(|| SessionError::Protocol("no user name in startup packet".into()))?;
+    if params.contains_key("replication") {
+        return Err(SessionError::Protocol(
+            "replication connections are not proxied; connect to PostgreSQL directly".into(),
+        ));
+    }
+    let database = params
+        .get("database")
+        .filter(|d| !d.is_empty())
+        .cloned()
+        .unwrap_or_else(|| user.clone());
+    let config = runtime.config();
+    let credentials = runtime.credentials();
+    let mut out = BytesMut::with_capacity(512);
+    authenticate(
+        stream,
+        config.auth.method,
+        &user,
+        credentials.get(&user),
+        &mut out,
+    )
+    .await?;
+    if !config.databases.contains_key(&database) {
+        return Err(SessionError::UnknownDatabase(database));
+    }
+
+    let pool = runtime.pool(&database, &user, 0)?;
+    let server_parameters = pool.server_parameters().await?;
+
+    // Client settings: startup parameters and `options -c name=value` pairs that differ
+    // from what the server connection already has.
+    let mut requested: Vec<(String, String)> = params
+        .iter()
+        .filter(|(k, _)| !NOT_SETTINGS.contains(&k.as_str()))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    if let Some(options) = params.get("options") {
+        requested.extend(parse_options(options));
+    }
+    let mut settings = SessionSettings::default();
+    let mut announced: BTreeMap<String, String> = server_parameters.into_iter().collect();
+    for (name, value) in &requested {
+        if name.starts_with("pgwarden.") {
+            continue; // proxy-level settings, never sent to PostgreSQL
+        }
+        let current = announced
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(k, v)| (k.clone(), v.clone()));
+        match current {
+            Some((_, v)) if v.eq_ignore_ascii_case(value) => {}
+            Some((key, _)) => {
+                settings.set_value(name, value);
+                announced.insert(key, value.clone());
+            }
+            None => settings.set_value(name, value),
+        }
+    }
+    for (name, value) in &announced {
+        backend::parameter_status(&mut out, name, value);
+    }
+    let identity = ClientIdentity {
+        application_name: params.get("application_name").cloned().unwrap_or_default(),
+        peer: stream
+            .peer_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default(),
+        user,
+        database,
+    };
+    Ok((identity, settings, out))
+}

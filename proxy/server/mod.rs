@@ -1,0 +1,41 @@
+//! The client side of the proxy: accepting connections, the startup and
+//! authentication exchange, and the per-client session that relays frames.
+//!
+//! This room talks to clients. It asks `pool` for server connections and uses
+//! `protocol` for bytes; it never opens server sockets itself (cancel requests aside,
+//! which PostgreSQL requires on a fresh connection).
+
+mod auth;
+pub mod cancel;
+mod client_messages;
+pub mod credentials;
+mod error;
+mod handshake;
+mod listener;
+mod login;
+mod pump;
+mod responses;
+mod server_messages;
+mod session;
+mod settings;
+mod statements;
+pub mod stream;
+pub mod tls;
+
+pub use error::SessionError;
+pub use listener::serve;
+
+use tokio::io::AsyncWriteExt;
+
+/// Best-effort: tells the client why it is being refused.
+pub(crate) async fn report(stream: &mut stream::ClientStream, error: &SessionError) {
+    if let Some(fields) = error.to_error_fields() {
+        let mut out = bytes::BytesMut::new();
+        fields.encode(&mut out);
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), async {
+            let _ = stream.write_all(&out).await;
+            let _ = stream.flush().await;
+        })
+        .await;
+    }
+}

@@ -1,0 +1,129 @@
+//! Full-duplex byte pumping between one client and its server connection.
+//!
+//! One poll function drives all four directions (client→proxy, proxy→server,
+//! server→proxy, proxy→client) on borrowed buffers, so a pipelining client or a server
+//! streaming a large result can never deadlock the session, and both sides get
+//! backpressure: the proxy stops reading a side while the bytes it owes the other side
+//! pile up past a high-water mark.
+
+use std::future::poll_fn;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::{Buf, BytesMut};
+use tokio::io::AsyncWrite;
+use tokio_util::io::poll_read_buf;
+
+use super::stream::ClientStream;
+use crate::pool::ServerConnection;
+
+/// Stop reading a side while this many bytes wait to be written to the other.
+const HIGH_WATER: usize = 1 << 20;
+/// Read buffers grow by at least this much.
+const READ_CHUNK: usize = 16 * 1024;
+
+/// What the pump saw.
+#[derive(Debug)]
+pub enum Pumped {
+    /// New client bytes are in the client buffer.
+    ClientData,
+    /// New server bytes are in the server's read buffer.
+    ServerData,
+    /// Everything owed has been written.
+    Drained,
+}
+
+#[derive(Debug)]
+pub enum PumpError {
+    Client(io::Error),
+    ClientClosed,
+    Server(io::Error),
+    ServerClosed,
+}
+
+/// The buffers and streams of one session, borrowed for one pump call.
+pub struct Pump<'a> {
+    pub client: &'a mut ClientStream,
+    pub client_buf: &'a mut BytesMut,
+    pub to_client: &'a mut BytesMut,
+    pub server: Option<&'a mut ServerConnection>,
+    pub to_server: &'a mut BytesMut,
+    /// Whether to read from the client at all (false while a request is being served
+    /// by something that is not the server, e.g. while waiting for a pool).
+    pub read_client: bool,
+    /// Return `Drained` once all writes are done, instead of waiting for reads.
+    pub until_drained: bool,
+}
+
+impl Pump<'_> {
+    pub async fn run(&mut self) -> Result<Pumped, PumpError> {
+        poll_fn(|cx| self.poll(cx)).await
+    }
+
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Result<Pumped, PumpError>> {
+        // Writes first: they free buffer space and unblock the peers.
+        while !self.to_client.is_empty() {
+            match Pin::new(&mut *self.client).poll_write(cx, self.to_client) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(PumpError::ClientClosed)),
+                Poll::Ready(Ok(n)) => self.to_client.advance(n),
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(PumpError::Client(e))),
+                Poll::Pending => break,
+            }
+        }
+        if self.to_client.is_empty() && self.client.is_tls() {
+            if let Poll::Ready(Err(e)) = Pin::new(&mut *self.client).poll_flush(cx) {
+                return Poll::Ready(Err(PumpError::Client(e)));
+            }
+        }
+        if let Some(server) = self.server.as_deref_mut() {
+            while !self.to_server.is_empty() {
+                match Pin::new(&mut server.stream).poll_write(cx, self.to_server) {
+                    Poll::Ready(Ok(0)) => return Poll::Ready(Err(PumpError::ServerClosed)),
+                    Poll::Ready(Ok(n)) => self.to_server.advance(n),
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(PumpError::Server(e))),
+                    Poll::Pending => break,
+                }
+            }
+        }
+        if self.until_drained && self.to_client.is_empty() && self.to_server.is_empty() {
+            return Poll::Ready(Ok(Pumped::Drained));
+        }
+        // Server first: answers in flight matter more than new requests.
+        if let Some(server) = self.server.as_deref_mut() {
+            if self.to_client.len() < HIGH_WATER {
+                if server.read_buf.capacity() - server.read_buf.len() < READ_CHUNK / 2 {
+                    server.read_buf.reserve(READ_CHUNK);
+                }
+                match poll_read_buf(Pin::new(&mut server.stream), cx, &mut server.read_buf) {
+                    Poll::Ready(Ok(0)) => return Poll::Ready(Err(PumpError::ServerClosed)),
+                    Poll::Ready(Ok(_)) => return Poll::Ready(Ok(Pumped::ServerData)),
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(PumpError::Server(e))),
+                    Poll::Pending => {}
+                }
+            }
+        }
+        if self.read_client && self.to_server.len() < HIGH_WATER {
+            if self.client_buf.capacity() == 0 {
+                // Idle clients keep no read buffer: wait for readability first.
+                if let ClientStream::Plain(tcp) = &*self.client {
+                    match tcp.poll_read_ready(cx) {
+                        Poll::Ready(Err(e)) => return Poll::Ready(Err(PumpError::Client(e))),
+                        Poll::Ready(Ok(())) => {}
+                        Poll::Pending => return Poll::Pending,
+                    }
+                }
+            }
+            if self.client_buf.capacity() - self.client_buf.len() < READ_CHUNK / 4 {
+                self.client_buf.reserve(READ_CHUNK / 2);
+            }
+            match poll_read_buf(Pin::new(&mut *self.client), cx, &mut *self.client_buf) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(PumpError::ClientClosed)),
+                Poll::Ready(Ok(_)) => return Poll::Ready(Ok(Pumped::ClientData)),
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(PumpError::Client(e))),
+                Poll::Pending => {}
+            }
+        }
+        Poll::Pending
+    }
+}

@@ -1,0 +1,230 @@
+//! The order of answers owed to the client.
+//!
+//! Every client message that the server answers pushes one [`Expect`] entry; messages
+//! the proxy answers itself (a `Parse` of a statement the server already has, a `Close`
+//! of a pooled statement) push a `Synthetic` entry holding the answer's bytes, and a
+//! `Parse` the proxy injects pushes `Swallow`. Server messages then pop entries in
+//! order, so synthetic answers reach the client exactly where PostgreSQL would have put
+//! them. The queue being empty (with the server idle) is what lets the session return
+//! the server connection to the pool.
+
+use std::collections::VecDeque;
+
+use bytes::{Bytes, BytesMut};
+
+use super::statements::StatementId;
+use crate::protocol::tag::backend as tag;
+
+/// What the client is owed for one message, and which server message ends it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Expect {
+    /// `Query` or `FunctionCall`: ends with `ReadyForQuery`.
+    Query,
+    Sync,
+    /// `Parse`; a pooled statement carries its id so a failure can be forgotten.
+    Parse(Option<StatementId>),
+    Bind,
+    DescribeStatement,
+    DescribePortal,
+    Execute,
+    Close,
+    /// A proxy-injected `Parse`: its `ParseComplete` is not shown to the client.
+    Swallow(StatementId),
+    /// A proxy-made answer, sent when it reaches the head of the queue.
+    Synthetic(Bytes),
+}
+
+impl Expect {
+    fn ends_with(&self, server_tag: u8) -> bool {
+        match self {
+            Expect::Query | Expect::Sync => server_tag == tag::READY_FOR_QUERY,
+            Expect::Parse(_) | Expect::Swallow(_) => server_tag == tag::PARSE_COMPLETE,
+            Expect::Bind => server_tag == tag::BIND_COMPLETE,
+            Expect::Close => server_tag == tag::CLOSE_COMPLETE,
+            Expect::DescribeStatement | Expect::DescribePortal => {
+                server_tag == tag::ROW_DESCRIPTION || server_tag == tag::NO_DATA
+            }
+            Expect::Execute => matches!(
+                server_tag,
+                tag::COMMAND_COMPLETE | tag::EMPTY_QUERY_RESPONSE | tag::PORTAL_SUSPENDED
+            ),
+            Expect::Synthetic(_) => false,
+        }
+    }
+
+    /// Extended-protocol messages: after an error the server skips them up to `Sync`.
+    fn skipped_after_error(&self) -> bool {
+        !matches!(self, Expect::Query | Expect::Sync)
+    }
+}
+
+/// What to do with one server message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Disposition {
+    Relay,
+    Drop,
+}
+
+#[derive(Debug, Default)]
+pub struct ResponseQueue {
+    entries: VecDeque<Expect>,
+    /// Pooled statements whose `Parse` failed or was skipped after an error: the
+    /// server does not have them after all.
+    failed_parses: Vec<StatementId>,
+}
+
+impl ResponseQueue {
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    pub fn clear(&mut self) {
+        self.entries.clear();
+        self.failed_parses.clear();
+    }
+
+    /// Statements the server turned out not to have prepared (drained by the caller).
+    pub fn take_failed_parses(&mut self) -> Vec<StatementId> {
+        std::mem::take(&mut self.failed_parses)
+    }
+
+    /// Queues an entry; synthetic answers at the head go out at once (into `out`).
+    pub fn push(&mut self, expect: Expect, out: &mut BytesMut) {
+        self.entries.push_back(expect);
+        self.flush_synthetic(out);
+    }
+
+    /// Accounts for one server message with type `server_tag`; writes any synthetic
+    /// answers that become due into `out` (after the caller relays this message, so
+    /// the caller passes `out` and relays first when told to).
+    pub fn on_server_message(&mut self, server_tag: u8) -> (Disposition, Option<Expect>) {
+        let Some(head) = self.entries.front() else {
+            // Asynchronous messages (notices, notifications, parameter status, a FATAL
+            // before the server closes) belong to nobody; relay them.
+            return (Disposition::Relay, None);
+        };
+        if server_tag == tag::ERROR_RESPONSE && head.skipped_after_error() {
+            // The server now ignores everything up to the next Sync.
+            let mut first = None;
+            while let Some(front) = self.entries.front() {
+                if matches!(front, Expect::Sync | Expect::Query) {
+                    break;
+                }
+                let popped = self.entries.pop_front();
+                if let Some(Expect::Parse(Some(id)) | Expect::Swallow(id)) = &popped {
+                    self.failed_parses.push(*id);
+                }
+                if first.is_none() {
+                    first = popped;
+                }
+            }
+            return (Disposition::Relay, first);
+        }
+        if head.ends_with(server_tag) {
+            let head = self.entries.pop_front();
+            let disposition = if matches!(head, Some(Expect::Swallow(_))) {
+                Disposition::Drop
+            } else {
+                Disposition::Relay
+            };
+            return (disposition, head);
+        }
+        (Disposition::Relay, None)
+    }
+
+    /// Writes synthetic answers now at the head of the queue.
+    pub fn flush_synthetic(&mut self, out: &mut BytesMut) {
+        while let Some(Expect::Synthetic(bytes)) = self.entries.front() {
+            out.extend_from_slice(bytes);
+            self.entries.pop_front();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn step(q: &mut ResponseQueue, t: u8) -> (Disposition, bool) {
+        let (d, popped) = q.on_server_message(t);
+        (d, popped.is_some())
+    }
+
+    fn synth(byte: u8) -> Expect {
+        Expect::Synthetic(Bytes::from(vec![byte, 0, 0, 0, 4]))
+    }
+
+    #[test]
+    fn synthetic_answer_waits_for_earlier_replies() {
+        let mut q = ResponseQueue::default();
+        let mut out = BytesMut::new();
+        q.push(Expect::Bind, &mut out);
+        q.push(synth(b'1'), &mut out);
+        q.push(Expect::Sync, &mut out);
+        assert!(out.is_empty());
+        assert_eq!(step(&mut q, b'2'), (Disposition::Relay, true));
+        q.flush_synthetic(&mut out);
+        assert_eq!(&out[..], &[b'1', 0, 0, 0, 4]);
+        assert_eq!(step(&mut q, b'Z'), (Disposition::Relay, true));
+        assert!(q.is_empty());
+    }
+
+    #[test]
+    fn synthetic_answer_at_head_goes_out_immediately() {
+        let mut q = ResponseQueue::default();
+        let mut out = BytesMut::new();
+        q.push(synth(b'3'), &mut out);
+        assert_eq!(out.len(), 5);
+        assert!(q.is_empty());
+    }
+
+    #[test]
+    fn swallowed_parse_complete_is_dropped() {
+        let mut q = ResponseQueue::default();
+        let mut out = BytesMut::new();
+        q.push(Expect::Swallow(StatementId(7)), &mut out);
+        q.push(Expect::Bind, &mut out);
+        assert_eq!(step(&mut q, b'1'), (Disposition::Drop, true));
+        assert_eq!(step(&mut q, b'2'), (Disposition::Relay, true));
+    }
+
+    #[test]
+    fn error_skips_to_sync() {
+        let mut q = ResponseQueue::default();
+        let mut out = BytesMut::new();
+        for e in [
+            Expect::Parse(Some(StatementId(3))),
+            Expect::Bind,
+            synth(b'1'),
+            Expect::Execute,
+            Expect::Sync,
+        ] {
+            q.push(e, &mut out);
+        }
+        assert_eq!(step(&mut q, b'E'), (Disposition::Relay, true));
+        assert_eq!(q.entries.len(), 1);
+        assert_eq!(q.take_failed_parses(), vec![StatementId(3)]);
+        assert_eq!(step(&mut q, b'Z'), (Disposition::Relay, true));
+        assert!(q.is_empty());
+    }
+
+    #[test]
+    fn query_collects_everything_until_ready() {
+        let mut q = ResponseQueue::default();
+        let mut out = BytesMut::new();
+        q.push(Expect::Query, &mut out);
+        for t in [b'T', b'D', b'C', b'E', b'N'] {
+            assert_eq!(step(&mut q, t), (Disposition::Relay, false));
+        }
+        assert_eq!(step(&mut q, b'Z'), (Disposition::Relay, true));
+    }
+
+    #[test]
+    fn describe_statement_ends_at_row_description() {
+        let mut q = ResponseQueue::default();
+        let mut out = BytesMut::new();
+        q.push(Expect::DescribeStatement, &mut out);
+        assert_eq!(step(&mut q, b't'), (Disposition::Relay, false));
+        assert_eq!(step(&mut q, b'n'), (Disposition::Relay, true));
+    }
+}

@@ -1,0 +1,113 @@
+//! What each server message does: relayed byte for byte (the common case, copied in
+//! runs, never decoded), dropped (answers to proxy-injected messages), or observed on
+//! the way (`ReadyForQuery` status, errors and command tags for settings tracking).
+
+use bytes::Buf;
+
+use super::responses::{Disposition, Expect};
+use super::session::{PendingSettings, Session};
+use super::settings::SessionSettings;
+use super::SessionError;
+use crate::protocol::backend::command_tag;
+use crate::protocol::frame::check_frame;
+use crate::protocol::tag::{backend as tag, TransactionStatus};
+
+/// PostgreSQL's own limit on one message is 1 GiB.
+const MAX_SERVER_MESSAGE: usize = (1 << 30) + 64;
+
+impl Session {
+    pub(super) fn handle_server_messages(&mut self) -> Result<(), SessionError> {
+        let Some(server) = self.server.as_mut() else {
+            return Ok(());
+        };
+        let watch_settings = !self.pending_settings.is_idle();
+        // Bytes at the front of the server buffer already known to be relayed.
+        let mut relay_run = 0usize;
+        loop {
+            let rest = &server.read_buf[relay_run..];
+            let len = match check_frame(rest, MAX_SERVER_MESSAGE) {
+                Ok(Some(len)) => len,
+                Ok(None) => break,
+                Err(e) => {
+                    server.mark_broken();
+                    return Err(SessionError::ServerLost(e.to_string()));
+                }
+            };
+            let message_tag = rest[0];
+            let (disposition, popped) = self.responses.on_server_message(message_tag);
+            if let Some(Expect::Parse(Some(id))) = &popped {
+                if message_tag == tag::PARSE_COMPLETE {
+                    self.pool.remember_statement(id.0);
+                }
+            }
+            match message_tag {
+                tag::READY_FOR_QUERY => {
+                    self.status = rest
+                        .get(5)
+                        .copied()
+                        .and_then(TransactionStatus::from_byte)
+                        .unwrap_or(TransactionStatus::Failed);
+                }
+                tag::ERROR_RESPONSE if watch_settings => self.pending_settings.failed = true,
+                tag::COMMAND_COMPLETE
+                    if watch_settings && command_tag(&rest[5..len]) == b"ROLLBACK" =>
+                {
+                    self.pending_settings.rolled_back = true;
+                }
+                _ => {}
+            }
+            match disposition {
+                Disposition::Relay => relay_run += len,
+                Disposition::Drop => {
+                    self.to_client
+                        .extend_from_slice(&server.read_buf[..relay_run]);
+                    server.read_buf.advance(relay_run + len);
+                    relay_run = 0;
+                }
+            }
+            if popped.is_some() {
+                self.to_client
+                    .extend_from_slice(&server.read_buf[..relay_run]);
+                server.read_buf.advance(relay_run);
+                relay_run = 0;
+                self.responses.flush_synthetic(&mut self.to_client);
+                for id in self.responses.take_failed_parses() {
+                    server.prepared.remove(&id.0);
+                }
+            }
+            if message_tag == tag::READY_FOR_QUERY && watch_settings {
+                settle_settings(&mut self.pending_settings, &mut self.settings, self.status);
+            }
+        }
+        if relay_run > 0 {
+            self.to_client
+                .extend_from_slice(&server.read_buf[..relay_run]);
+            server.read_buf.advance(relay_run);
+        }
+        Ok(())
+    }
+}
+
+/// At `ReadyForQuery`: settings changes that succeeded become the client's own.
+fn settle_settings(
+    pending: &mut PendingSettings,
+    settings: &mut SessionSettings,
+    status: TransactionStatus,
+) {
+    {
+        let in_flight = std::mem::take(&mut pending.in_flight);
+        if !pending.failed {
+            pending.in_transaction.extend(in_flight);
+        }
+        pending.failed = false;
+        if status == TransactionStatus::Idle {
+            let changes = std::mem::take(&mut pending.in_transaction);
+            if !pending.rolled_back {
+                for change in &changes {
+                    settings.apply(change);
+                }
+            }
+            pending.rolled_back = false;
+        }
+    }
+}

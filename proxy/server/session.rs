@@ -1,0 +1,246 @@
+//! One logged-in client: read its messages, get a server connection when one is
+//! needed, forward, relay the answers, and give the server back when the transaction
+//! is over. The steps live in sibling files: `client_messages` (what each client
+//! message does), `server_messages` (what each server message does), `pump` (bytes in
+//! both directions), `responses` (the order of answers owed).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+
+use super::cancel::CancelRegistration;
+use super::pump::{Pump, PumpError, Pumped};
+use super::responses::ResponseQueue;
+use super::settings::{SessionSettings, SettingChange, UNKNOWN_SETTINGS};
+use super::statements::ClientStatements;
+use super::stream::ClientStream;
+use super::SessionError;
+use crate::config::PoolMode;
+use crate::pool::{PooledServer, ServerPool};
+use crate::protocol::tag::TransactionStatus;
+
+/// Who the client is, as established at login.
+#[derive(Debug, Clone)]
+pub struct ClientIdentity {
+    pub user: String,
+    pub database: String,
+    pub application_name: String,
+    pub peer: String,
+}
+
+pub struct Session {
+    pub(super) client: ClientStream,
+    pub(super) identity: ClientIdentity,
+    pub(super) mode: PoolMode,
+    pub(super) pool: Arc<ServerPool>,
+    pub(super) server: Option<PooledServer>,
+    /// Bytes read from the client, not yet handled.
+    pub(super) client_buf: BytesMut,
+    /// Bytes owed to the client.
+    pub(super) to_client: BytesMut,
+    /// Bytes owed to the server.
+    pub(super) to_server: BytesMut,
+    pub(super) responses: ResponseQueue,
+    pub(super) statements: ClientStatements,
+    pub(super) settings: SessionSettings,
+    /// Setting changes of the statement in flight, and of the open transaction.
+    pub(super) pending_settings: PendingSettings,
+    pub(super) cancel: CancelRegistration,
+    pub(super) status: TransactionStatus,
+    /// After a proxy-side error in an extended-protocol batch: ignore until `Sync`.
+    pub(super) skip_until_sync: bool,
+    pub(super) max_message: usize,
+    pub(super) idle_timeout: Option<Duration>,
+}
+
+/// `SET`/`RESET` statements that become session settings only once they succeed (and,
+/// inside a transaction, once it commits).
+#[derive(Debug, Default)]
+pub struct PendingSettings {
+    pub in_flight: Vec<SettingChange>,
+    pub in_transaction: Vec<SettingChange>,
+    pub failed: bool,
+    pub rolled_back: bool,
+}
+
+impl PendingSettings {
+    pub fn is_idle(&self) -> bool {
+        self.in_flight.is_empty() && self.in_transaction.is_empty()
+    }
+}
+
+impl Session {
+    /// Serves the client until it leaves. Errors that the client can still read have
+    /// been reported when this returns.
+    pub async fn run(mut self) -> Result<(), SessionError> {
+        let result = self.serve().await;
+        if let Err(error) = &result {
+            if let Some(fields) = error.to_error_fields() {
+                fields.encode(&mut self.to_client);
+                let _ = self.drain().await;
+            }
+        }
+        self.finish().await;
+        match result {
+            Err(SessionError::ClientClosed) => Ok(()),
+            other => other,
+        }
+    }
+
+    async fn serve(&mut self) -> Result<(), SessionError> {
+        let mut idle_since = Instant::now();
+        loop {
+            let pumped = self.pump_once(idle_since).await?;
+            match pumped {
+                Pumped::ClientData => self.handle_client_messages().await?,
+                Pumped::ServerData => self.handle_server_messages()?,
+                Pumped::Drained => {}
+            }
+            if self.server.is_none() {
+                idle_since = Instant::now();
+            } else {
+                self.maybe_release();
+            }
+        }
+    }
+
+    async fn pump_once(&mut self, idle_since: Instant) -> Result<Pumped, SessionError> {
+        let idle_limit = self.idle_timeout.filter(|_| self.server.is_none());
+        let mut pump = Pump {
+            client: &mut self.client,
+            client_buf: &mut self.client_buf,
+            to_client: &mut self.to_client,
+            server: self.server.as_deref_mut(),
+            to_server: &mut self.to_server,
+            read_client: true,
+            until_drained: false,
+        };
+        let result = match idle_limit {
+            Some(limit) => {
+                let deadline = idle_since + limit;
+                match tokio::time::timeout_at(deadline.into(), pump.run()).await {
+                    Ok(result) => result,
+                    Err(_) => return Err(SessionError::IdleTimeout(limit.as_millis() as u64)),
+                }
+            }
+            None => pump.run().await,
+        };
+        result.map_err(|e| self.pump_error(e))
+    }
+
+    /// Writes everything owed to both sides.
+    pub(super) async fn drain(&mut self) -> Result<(), SessionError> {
+        let mut pump = Pump {
+            client: &mut self.client,
+            client_buf: &mut self.client_buf,
+            to_client: &mut self.to_client,
+            server: self.server.as_deref_mut(),
+            to_server: &mut self.to_server,
+            read_client: false,
+            until_drained: true,
+        };
+        let result = pump.run().await;
+        result.map(|_| ()).map_err(|e| self.pump_error(e))
+    }
+
+    fn pump_error(&mut self, error: PumpError) -> SessionError {
+        match error {
+            PumpError::Client(e) => SessionError::ClientIo(e),
+            PumpError::ClientClosed => SessionError::ClientClosed,
+            PumpError::Server(e) => {
+                self.server_failed();
+                SessionError::ServerLost(e.to_string())
+            }
+            PumpError::ServerClosed => {
+                self.server_failed();
+                SessionError::ServerLost("server closed the connection".into())
+            }
+        }
+    }
+
+    fn server_failed(&mut self) {
+        if let Some(server) = self.server.as_mut() {
+            server.mark_broken();
+        }
+        self.release();
+    }
+
+    /// Transaction pooling: the server goes back once every answer is relayed and the
+    /// server reported idle.
+    fn maybe_release(&mut self) {
+        if self.mode == PoolMode::Transaction
+            && self.responses.is_empty()
+            && self.status == TransactionStatus::Idle
+            && self.to_server.is_empty()
+            && self.server.as_ref().is_some_and(|s| s.read_buf.is_empty())
+        {
+            self.release();
+        }
+    }
+
+    pub(super) fn release(&mut self) {
+        if let Some(mut server) = self.server.take() {
+            server.last_used = Instant::now();
+            self.cancel.slot.detach();
+            self.responses.clear();
+            self.to_server.clear();
+            // Dropping returns it to the pool (or closes it if marked broken).
+        }
+        if self.client_buf.is_empty() && self.client_buf.capacity() > 0 {
+            self.client_buf = BytesMut::new();
+        }
+    }
+
+    /// Checks a server connection out of the pool and gives it this client's settings.
+    pub(super) async fn acquire(&mut self) -> Result<(), SessionError> {
+        if self.server.is_some() {
+            return Ok(());
+        }
+        let mut server = self.pool.checkout().await?;
+        if server.settings_hash != self.settings.hash() {
+            let sql = self.settings.replay_sql();
+            if let Err(e) = server.run_internal(&sql).await {
+                server.mark_broken();
+                tracing::warn!(user = %self.identity.user, error = %e, "could not apply session settings");
+                return Err(SessionError::Pool(e));
+            }
+            server.settings_hash = self.settings.hash();
+        }
+        self.cancel.slot.attach(&server.address, server.key);
+        self.server = Some(server);
+        Ok(())
+    }
+
+    /// Marks the attached server's settings as unknown (a `SET` went through it).
+    pub(super) fn server_settings_changed(&mut self) {
+        if let Some(server) = self.server.as_mut() {
+            server.settings_hash = UNKNOWN_SETTINGS;
+        }
+    }
+
+    async fn finish(&mut self) {
+        let Some(server) = self.server.as_mut() else {
+            return;
+        };
+        let clean = self.responses.is_empty()
+            && self.status == TransactionStatus::Idle
+            && self.to_server.is_empty();
+        if !clean {
+            // Mid-transaction or mid-answer: the server's state is unknown.
+            server.mark_broken();
+        } else if self.mode == PoolMode::Session {
+            let reset =
+                tokio::time::timeout(Duration::from_secs(5), server.run_internal("DISCARD ALL"))
+                    .await;
+            match reset {
+                Ok(Ok(())) => {
+                    server.prepared.clear();
+                    server.settings_hash = 0;
+                }
+                _ => server.mark_broken(),
+            }
+        }
+        self.release();
+    }
+}
