@@ -4,7 +4,9 @@
 //! messages, no I/O), `pool` (server connections), `server` (clients and sessions),
 //! `runtime` (shared process state). The binary in `main.rs` wires them together.
 
+pub mod cluster;
 pub mod config;
+pub mod demo;
 pub mod pool;
 pub mod protocol;
 pub mod runtime;

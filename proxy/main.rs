@@ -24,6 +24,8 @@ struct Cli {
 enum Command {
     /// Run the proxy (the default).
     Run,
+    /// Start a throwaway primary + replica, run a workload through pgwarden, report, clean up.
+    Demo,
     /// Load and validate a configuration file, print the effective configuration, exit.
     CheckConfig {
         /// The file to check (defaults to --config).
@@ -31,7 +33,17 @@ enum Command {
     },
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
+    match run_cli() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("pgwarden: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_cli() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -43,7 +55,16 @@ fn main() -> anyhow::Result<()> {
     match cli.command.unwrap_or(Command::Run) {
         Command::Run => run(cli.config),
         Command::CheckConfig { file } => check_config(file.or(cli.config)),
+        Command::Demo => demo(),
     }
+}
+
+fn demo() -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(pgwarden::demo::run())?;
+    Ok(())
 }
 
 fn check_config(file: Option<PathBuf>) -> anyhow::Result<()> {

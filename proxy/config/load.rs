@@ -135,6 +135,20 @@ mod tests {
     }
 
     #[test]
+    fn documented_example_file_is_valid_and_matches_defaults() {
+        let text = include_str!("../../config/pgwarden.toml");
+        let c = load_from_str(text, "config/pgwarden.toml", vars(&[])).unwrap();
+        let defaults = Config::default();
+        assert_eq!(
+            toml::to_string(&c).unwrap(),
+            toml::to_string(&defaults).unwrap(),
+            "config/pgwarden.toml must document the defaults"
+        );
+        let c = load_from_str("[auth]\nmethod = \"md5\"\n", "t", vars(&[])).unwrap();
+        assert_eq!(c.auth.method, AuthMethod::Md5);
+    }
+
+    #[test]
     fn replica_urls_attach_to_the_primary_database() {
         let c = load_from_str(
             "",

@@ -47,10 +47,12 @@ impl Default for ProxyConfig {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
 pub enum AuthMethod {
+    #[serde(rename = "scram-sha-256")]
     ScramSha256,
+    #[serde(rename = "md5")]
     Md5,
+    #[serde(rename = "trust")]
     Trust,
 }
 

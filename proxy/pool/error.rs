@@ -30,6 +30,8 @@ pub enum PoolError {
     },
     #[error("no server connection available within {0} ms")]
     CheckoutTimeout(u64),
+    #[error("server unreachable: {0}")]
+    Unreachable(String),
     #[error("server connection is not healthy: {0}")]
     Unhealthy(String),
 }

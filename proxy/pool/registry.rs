@@ -6,8 +6,8 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock, RwLock};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::time::{Duration, Instant};
 
 use bb8::RunError;
 
@@ -55,6 +55,25 @@ pub struct ServerPool {
     /// Statement definitions some server of this pool has prepared successfully; a
     /// client's `Parse` of one of them is answered without taking a server.
     known_statements: moka::sync::Cache<u64, ()>,
+    /// The most recent failure to open a server connection, so a client that waited
+    /// in vain learns why (server down) instead of just "timed out".
+    last_connect_error: Arc<Mutex<Option<(Instant, String)>>>,
+}
+
+/// Receives bb8's connection errors (which it does not hand to the waiting client).
+#[derive(Debug, Clone)]
+struct ConnectErrorSink(Arc<Mutex<Option<(Instant, String)>>>);
+
+impl bb8::ErrorSink<PoolError> for ConnectErrorSink {
+    fn sink(&self, error: PoolError) {
+        tracing::warn!(error = %error, "server connection failed");
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some((Instant::now(), error.to_string()));
+    }
+
+    fn boxed_clone(&self) -> Box<dyn bb8::ErrorSink<PoolError>> {
+        Box::new(self.clone())
+    }
 }
 
 impl ServerPool {
@@ -65,6 +84,7 @@ impl ServerPool {
             connect_timeout: settings.connect_timeout,
             health_check_idle: settings.health_check_idle,
         };
+        let last_connect_error = Arc::new(Mutex::new(None));
         let pool = bb8::Pool::builder()
             .max_size(settings.size)
             .min_idle(Some(settings.min_idle).filter(|n| *n > 0))
@@ -73,6 +93,7 @@ impl ServerPool {
             .max_lifetime(Some(settings.max_lifetime))
             .test_on_check_out(true)
             .retry_connection(false)
+            .error_sink(Box::new(ConnectErrorSink(last_connect_error.clone())))
             .build_unchecked(connector);
         ServerPool {
             key,
@@ -82,13 +103,38 @@ impl ServerPool {
             server_parameters: OnceLock::new(),
             stats: PoolStats::default(),
             known_statements: moka::sync::Cache::new(100_000),
+            last_connect_error,
         }
     }
 
     /// Checks a server connection out, waiting at most the configured checkout timeout.
     pub async fn checkout(&self) -> Result<PooledServer, PoolError> {
-        let started = std::time::Instant::now();
-        let result = self.pool.get_owned().await;
+        let started = Instant::now();
+        if let Some(error) = self.recent_connect_error(started, Duration::from_millis(500)) {
+            // The server was unreachable a moment ago and nothing is pooled: fail fast
+            // instead of making every client wait out the checkout timeout.
+            if self.pool.state().connections == 0 {
+                self.stats.connect_errors.fetch_add(1, Ordering::Relaxed);
+                return Err(PoolError::Unreachable(error));
+            }
+        }
+        let waiting = self.pool.get_owned();
+        tokio::pin!(waiting);
+        let result = loop {
+            tokio::select! {
+                result = &mut waiting => break result,
+                _ = tokio::time::sleep(Duration::from_millis(25)) => {
+                    // bb8 keeps connect errors to itself; if opening a connection failed
+                    // while we wait and none exists, the server is down: say so now.
+                    if self.pool.state().connections == 0 {
+                        if let Some(error) = self.connect_error_since(started) {
+                            self.stats.connect_errors.fetch_add(1, Ordering::Relaxed);
+                            return Err(PoolError::Unreachable(error));
+                        }
+                    }
+                }
+            }
+        };
         self.stats
             .checkout_wait_us
             .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
@@ -102,6 +148,11 @@ impl ServerPool {
             }
             Err(RunError::TimedOut) => {
                 self.stats.checkout_timeouts.fetch_add(1, Ordering::Relaxed);
+                if let Some(error) =
+                    self.recent_connect_error(started, self.settings.checkout_timeout)
+                {
+                    return Err(PoolError::Unreachable(error));
+                }
                 Err(PoolError::CheckoutTimeout(
                     self.settings.checkout_timeout.as_millis() as u64,
                 ))
@@ -120,6 +171,30 @@ impl ServerPool {
         }
         let server = self.checkout().await?;
         Ok(server.parameters.clone())
+    }
+
+    fn connect_error_since(&self, since: Instant) -> Option<String> {
+        let last = self
+            .last_connect_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        match &*last {
+            Some((at, error)) if *at >= since => Some(error.clone()),
+            _ => None,
+        }
+    }
+
+    fn recent_connect_error(&self, now: Instant, window: Duration) -> Option<String> {
+        let last = self
+            .last_connect_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        match &*last {
+            Some((at, error)) if now.saturating_duration_since(*at) <= window || *at >= now => {
+                Some(error.clone())
+            }
+            _ => None,
+        }
     }
 
     pub fn remember_statement(&self, id: u64) {

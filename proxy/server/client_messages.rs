@@ -5,7 +5,7 @@ use bytes::{Bytes, BytesMut};
 
 use super::responses::Expect;
 use super::session::Session;
-use super::settings::{classify, discards_server_state};
+use super::settings::{classify, discards_server_state, may_change_session, split_statements};
 use super::statements::StatementId;
 use super::SessionError;
 use crate::config::PoolMode;
@@ -31,6 +31,7 @@ impl Session {
 
     async fn handle_client_message(&mut self, frame: Bytes) -> Result<(), SessionError> {
         let message_tag = frame[0];
+        tracing::trace!(tag = %(message_tag as char), len = frame.len(), "client message");
         if self.skip_until_sync {
             if message_tag == tag::SYNC {
                 self.skip_until_sync = false;
@@ -53,6 +54,9 @@ impl Session {
                 // Outside COPY, PostgreSQL ignores these; with no server there is no COPY.
                 if self.server.is_some() {
                     self.to_server.extend_from_slice(&frame);
+                    if message_tag != tag::COPY_DATA {
+                        self.responses.on_client_copy_end();
+                    }
                 }
                 return Ok(());
             }
@@ -77,7 +81,8 @@ impl Session {
         match message_tag {
             tag::QUERY => self.forward_query(&frame),
             tag::FUNCTION_CALL => self.forward(&frame, Expect::Query),
-            tag::SYNC => self.forward(&frame, Expect::Sync),
+            tag::SYNC if self.responses.sync_is_answered() => self.forward(&frame, Expect::Sync),
+            tag::SYNC => self.to_server.extend_from_slice(&frame),
             tag::FLUSH => self.to_server.extend_from_slice(&frame),
             tag::EXECUTE => self.forward(&frame, Expect::Execute),
             tag::PARSE if pooled_statements => self.forward_parse(&frame)?,
@@ -169,33 +174,30 @@ impl Session {
     fn forward_query(&mut self, frame: &[u8]) {
         let sql = body(frame);
         let sql = &sql[..sql.len().saturating_sub(1)];
-        // Only statements that start with S/R/D (SET, RESET, DISCARD, DEALLOCATE) can
-        // change session state; everything else skips the inspection.
-        let first = sql.iter().find(|b| !b.is_ascii_whitespace()).copied();
-        if matches!(first, Some(b's' | b'S' | b'r' | b'R' | b'd' | b'D')) {
-            let text = String::from_utf8_lossy(sql);
-            if let Some(change) = classify(&text) {
+        if may_change_session(sql) {
+            self.track_session_changes(&String::from_utf8_lossy(sql));
+        }
+        self.forward(frame, Expect::Query);
+    }
+
+    /// Notes `SET`/`RESET` (kept once they succeed) and `DISCARD`/`DEALLOCATE` (which
+    /// wipe server-side state) in a simple-query string.
+    fn track_session_changes(&mut self, sql: &str) {
+        for statement in split_statements(sql) {
+            if let Some(change) = classify(statement) {
                 self.pending_settings.in_flight.push(change);
                 self.server_settings_changed();
-            } else if discards_server_state(&text) {
+            } else if discards_server_state(statement) {
                 self.server_settings_changed();
                 if let Some(server) = self.server.as_mut() {
                     server.prepared.clear();
                 }
-                if text
-                    .trim_start()
-                    .to_ascii_lowercase()
-                    .starts_with("discard all")
-                    || text
-                        .trim_start()
-                        .to_ascii_lowercase()
-                        .starts_with("deallocate all")
-                {
+                let lower = statement.to_ascii_lowercase();
+                if lower.starts_with("discard all") || lower.starts_with("deallocate all") {
                     self.statements.clear();
                 }
             }
         }
-        self.forward(frame, Expect::Query);
     }
 
     fn forward_parse(&mut self, frame: &[u8]) -> Result<(), SessionError> {

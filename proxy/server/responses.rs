@@ -32,6 +32,9 @@ pub enum Expect {
     Swallow(StatementId),
     /// A proxy-made answer, sent when it reaches the head of the queue.
     Synthetic(Bytes),
+    /// Where the client ended a COPY (`CopyDone`/`CopyFail`) before the server said
+    /// the COPY started: bounds the `Sync`s the server will ignore.
+    CopyEnd,
 }
 
 impl Expect {
@@ -48,7 +51,7 @@ impl Expect {
                 server_tag,
                 tag::COMMAND_COMPLETE | tag::EMPTY_QUERY_RESPONSE | tag::PORTAL_SUSPENDED
             ),
-            Expect::Synthetic(_) => false,
+            Expect::Synthetic(_) | Expect::CopyEnd => false,
         }
     }
 
@@ -71,6 +74,9 @@ pub struct ResponseQueue {
     /// Pooled statements whose `Parse` failed or was skipped after an error: the
     /// server does not have them after all.
     failed_parses: Vec<StatementId>,
+    /// The server is in COPY IN mode and the client has not ended the COPY yet: the
+    /// server ignores `Sync` now, so a `Sync` owes no `ReadyForQuery`.
+    copy_in_open: bool,
 }
 
 impl ResponseQueue {
@@ -81,6 +87,40 @@ impl ResponseQueue {
     pub fn clear(&mut self) {
         self.entries.clear();
         self.failed_parses.clear();
+        self.copy_in_open = false;
+    }
+
+    /// Whether a `Sync` sent now will be answered (it is not, during COPY IN).
+    pub fn sync_is_answered(&self) -> bool {
+        !self.copy_in_open
+    }
+
+    /// The server sent `CopyInResponse`: `Sync`s the client sent after the COPY's
+    /// command and before ending the COPY are ignored by the server.
+    pub fn on_copy_in_started(&mut self) {
+        let mut i = 1;
+        while i < self.entries.len() {
+            match self.entries[i] {
+                Expect::CopyEnd => {
+                    self.entries.remove(i);
+                    return;
+                }
+                Expect::Sync => {
+                    self.entries.remove(i);
+                }
+                _ => i += 1,
+            }
+        }
+        self.copy_in_open = true;
+    }
+
+    /// The client sent `CopyDone` or `CopyFail`.
+    pub fn on_client_copy_end(&mut self) {
+        if self.copy_in_open {
+            self.copy_in_open = false;
+        } else {
+            self.entries.push_back(Expect::CopyEnd);
+        }
     }
 
     /// Statements the server turned out not to have prepared (drained by the caller).
@@ -98,6 +138,9 @@ impl ResponseQueue {
     /// answers that become due into `out` (after the caller relays this message, so
     /// the caller passes `out` and relays first when told to).
     pub fn on_server_message(&mut self, server_tag: u8) -> (Disposition, Option<Expect>) {
+        while let Some(Expect::CopyEnd) = self.entries.front() {
+            self.entries.pop_front();
+        }
         let Some(head) = self.entries.front() else {
             // Asynchronous messages (notices, notifications, parameter status, a FATAL
             // before the server closes) belong to nobody; relay them.
@@ -217,6 +260,50 @@ mod tests {
             assert_eq!(step(&mut q, t), (Disposition::Relay, false));
         }
         assert_eq!(step(&mut q, b'Z'), (Disposition::Relay, true));
+    }
+
+    #[test]
+    fn syncs_sent_during_copy_in_are_not_answered() {
+        // Bind, Execute (COPY FROM STDIN), Sync sent together; then CopyData, CopyDone,
+        // Sync; then a Close answered by the proxy and another Sync.
+        let mut q = ResponseQueue::default();
+        let mut out = BytesMut::new();
+        q.push(Expect::Bind, &mut out);
+        q.push(Expect::Execute, &mut out);
+        q.push(Expect::Sync, &mut out);
+        assert_eq!(step(&mut q, b'2'), (Disposition::Relay, true));
+        q.on_copy_in_started();
+        assert!(!q.sync_is_answered());
+        q.on_client_copy_end();
+        q.push(Expect::Sync, &mut out);
+        q.push(synth(b'3'), &mut out);
+        q.push(Expect::Sync, &mut out);
+        assert_eq!(step(&mut q, b'E'), (Disposition::Relay, true));
+        assert_eq!(step(&mut q, b'Z'), (Disposition::Relay, true));
+        q.flush_synthetic(&mut out);
+        assert_eq!(
+            out.len(),
+            5,
+            "CloseComplete right after the first ReadyForQuery"
+        );
+        assert_eq!(step(&mut q, b'Z'), (Disposition::Relay, true));
+        assert!(q.is_empty());
+    }
+
+    #[test]
+    fn copy_end_before_copy_in_response_bounds_ignored_syncs() {
+        let mut q = ResponseQueue::default();
+        let mut out = BytesMut::new();
+        q.push(Expect::Query, &mut out);
+        q.push(Expect::Sync, &mut out); // sent during the copy: ignored
+        q.on_client_copy_end();
+        q.push(Expect::Sync, &mut out); // after CopyDone: answered
+        q.on_copy_in_started();
+        assert!(q.sync_is_answered());
+        assert_eq!(step(&mut q, b'C'), (Disposition::Relay, false));
+        assert_eq!(step(&mut q, b'Z'), (Disposition::Relay, true));
+        assert_eq!(step(&mut q, b'Z'), (Disposition::Relay, true));
+        assert!(q.is_empty());
     }
 
     #[test]

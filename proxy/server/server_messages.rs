@@ -34,6 +34,7 @@ impl Session {
                 }
             };
             let message_tag = rest[0];
+            tracing::trace!(tag = %(message_tag as char), len, "server message");
             let (disposition, popped) = self.responses.on_server_message(message_tag);
             if let Some(Expect::Parse(Some(id))) = &popped {
                 if message_tag == tag::PARSE_COMPLETE {
@@ -41,6 +42,7 @@ impl Session {
                 }
             }
             match message_tag {
+                tag::COPY_IN_RESPONSE => self.responses.on_copy_in_started(),
                 tag::READY_FOR_QUERY => {
                     self.status = rest
                         .get(5)

@@ -67,6 +67,70 @@ pub fn classify(sql: &str) -> Option<SettingChange> {
     }
 }
 
+/// Splits a simple-query string into statements at top-level semicolons, respecting
+/// quotes, dollar quotes and comments.
+pub fn split_statements(sql: &str) -> Vec<&str> {
+    let bytes = sql.as_bytes();
+    let mut statements = Vec::new();
+    let (mut start, mut i) = (0, 0);
+    while i < bytes.len() {
+        match bytes[i] {
+            b'\'' | b'"' => {
+                let quote = bytes[i];
+                i += 1;
+                while i < bytes.len() && bytes[i] != quote {
+                    i += 1;
+                }
+            }
+            b'-' if bytes.get(i + 1) == Some(&b'-') => {
+                while i < bytes.len() && bytes[i] != b'\n' {
+                    i += 1;
+                }
+            }
+            b'/' if bytes.get(i + 1) == Some(&b'*') => {
+                i += 2;
+                while i + 1 < bytes.len() && !(bytes[i] == b'*' && bytes[i + 1] == b'/') {
+                    i += 1;
+                }
+                i += 1;
+            }
+            b'$' => {
+                // $tag$ ... $tag$
+                let tag_end = bytes[i + 1..]
+                    .iter()
+                    .position(|b| !(b.is_ascii_alphanumeric() || *b == b'_'))
+                    .map(|p| i + 1 + p);
+                if let Some(end) = tag_end.filter(|e| bytes[*e] == b'$') {
+                    let tag = &sql[i..=end];
+                    match sql[end + 1..].find(tag) {
+                        Some(close) => i = end + 1 + close + tag.len() - 1,
+                        None => i = bytes.len(),
+                    }
+                }
+            }
+            b';' => {
+                statements.push(sql[start..i].trim());
+                start = i + 1;
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    if start < sql.len() {
+        statements.push(sql[start..].trim());
+    }
+    statements.retain(|s| !s.is_empty());
+    statements
+}
+
+/// Cheap pre-check: could this simple query change session state at all?
+pub fn may_change_session(sql: &[u8]) -> bool {
+    sql.windows(3).any(|w| w.eq_ignore_ascii_case(b"set"))
+        || sql
+            .windows(4)
+            .any(|w| w.eq_ignore_ascii_case(b"disc") || w.eq_ignore_ascii_case(b"deal"))
+}
+
 /// Statements that wipe server session state wholesale.
 pub fn discards_server_state(sql: &str) -> bool {
     let text = sql.trim_start().to_ascii_lowercase();
@@ -171,6 +235,24 @@ mod tests {
                 name: "work_mem".into()
             })
         );
+    }
+
+    #[test]
+    fn splits_statements_outside_quotes_and_comments() {
+        assert_eq!(
+            split_statements("BEGIN; SET a = 'x;y'; -- c;\nCOMMIT;"),
+            vec!["BEGIN", "SET a = 'x;y'", "-- c;\nCOMMIT"]
+        );
+        assert_eq!(
+            split_statements("select $f$ a; b $f$; /* ; */ select 2"),
+            vec!["select $f$ a; b $f$", "/* ; */ select 2"]
+        );
+        assert_eq!(
+            split_statements("select $1; select 'unterminated"),
+            vec!["select $1", "select 'unterminated"]
+        );
+        assert!(may_change_session(b"begin; Set x = 1"));
+        assert!(!may_change_session(b"select 1"));
     }
 
     #[test]

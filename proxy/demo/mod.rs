@@ -1,0 +1,85 @@
+//! `pgwarden demo`: a throwaway primary and streaming replica from the local
+//! PostgreSQL binaries, pgwarden in front of them, a small mixed workload through it,
+//! and a summary of where each statement ran. Everything is removed afterwards.
+//!
+//! This room only orchestrates; it uses `cluster` for PostgreSQL and the public proxy
+//! API like any embedding application would.
+
+mod workload;
+
+use std::time::Duration;
+
+use thiserror::Error;
+
+use crate::cluster::{ClusterError, ClusterSpec, LocalCluster, PgBinaries};
+use crate::config::load_from_str;
+use crate::RunningProxy;
+
+#[derive(Debug, Error)]
+pub enum DemoError {
+    #[error("{0}")]
+    Cluster(#[from] ClusterError),
+    #[error("configuration: {0}")]
+    Config(#[from] crate::config::ConfigError),
+    #[error("proxy: {0}")]
+    Proxy(#[from] std::io::Error),
+    #[error("workload: {0}")]
+    Workload(#[from] tokio_postgres::Error),
+}
+
+/// Runs the demo and prints its report to stdout.
+pub async fn run() -> Result<(), DemoError> {
+    let binaries = PgBinaries::locate()?;
+    println!("pgwarden demo");
+    println!("  PostgreSQL binaries: {}", binaries.bindir.display());
+    println!("  starting a primary and one streaming replica in a temp dir ...");
+    let cluster = tokio::task::spawn_blocking(|| {
+        LocalCluster::start(ClusterSpec {
+            replicas: 1,
+            ..ClusterSpec::default()
+        })
+    })
+    .await
+    .map_err(|e| DemoError::Proxy(std::io::Error::other(e)))??;
+    println!(
+        "  primary  127.0.0.1:{}\n  replica  127.0.0.1:{}",
+        cluster.primary().port,
+        cluster.replicas()[0].port
+    );
+
+    let mut vars = vec![
+        ("PGWARDEN_PRIMARY_URL".to_string(), cluster.primary_url()),
+        ("PGWARDEN_LISTEN".to_string(), "127.0.0.1:0".to_string()),
+        (
+            "PGWARDEN_HTTP_LISTEN".to_string(),
+            "127.0.0.1:0".to_string(),
+        ),
+        ("PGWARDEN_POOL_SIZE".to_string(), "4".to_string()),
+    ];
+    vars.push((
+        "PGWARDEN_REPLICA_URLS".to_string(),
+        cluster.replica_urls().join(","),
+    ));
+    let config = load_from_str("", "demo", vars)?;
+    let proxy = RunningProxy::start(config).await?;
+    let url = format!(
+        "postgres://{}:{}@127.0.0.1:{}/{}",
+        cluster.spec().user,
+        cluster.spec().password,
+        proxy.port(),
+        cluster.spec().database
+    );
+    println!(
+        "  pgwarden 127.0.0.1:{}  (DATABASE_URL={url})\n",
+        proxy.port()
+    );
+
+    let report = workload::run(&url, &cluster).await?;
+    report.print();
+
+    drop(proxy);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    drop(cluster);
+    println!("\ncleaned up: proxy stopped, PostgreSQL stopped, temp dirs removed");
+    Ok(())
+}

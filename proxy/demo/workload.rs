@@ -1,0 +1,123 @@
+//! The demo's workload: a small shop schema, writes, autocommit reads, a transaction,
+//! prepared statements reused across transactions, and an N+1 burst. Each statement is
+//! paired with `inet_server_port()` so the report shows which server answered.
+
+use std::collections::BTreeMap;
+
+use crate::cluster::LocalCluster;
+
+/// Where statements ran, by workload step.
+pub struct Report {
+    /// step → (server label → count)
+    served: BTreeMap<&'static str, BTreeMap<String, u32>>,
+}
+
+impl Report {
+    fn record(&mut self, step: &'static str, server: String) {
+        *self
+            .served
+            .entry(step)
+            .or_default()
+            .entry(server)
+            .or_default() += 1;
+    }
+
+    pub fn print(&self) {
+        println!("where statements ran (server answering each statement):");
+        println!("  {:<44} served by", "workload step");
+        for (step, servers) in &self.served {
+            let list: Vec<String> = servers.iter().map(|(s, n)| format!("{s} x{n}")).collect();
+            println!("  {:<44} {}", step, list.join(", "));
+        }
+    }
+}
+
+pub async fn run(url: &str, cluster: &LocalCluster) -> Result<Report, tokio_postgres::Error> {
+    let primary_port = cluster.primary().port;
+    let label = |port: i32| {
+        if port == i32::from(primary_port) {
+            format!("primary:{port}")
+        } else {
+            format!("replica:{port}")
+        }
+    };
+    let (mut client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
+    tokio::spawn(connection);
+    let mut report = Report {
+        served: BTreeMap::new(),
+    };
+
+    client
+        .batch_execute(
+            "CREATE TABLE customers (id serial primary key, name text not null);
+             CREATE TABLE orders (id serial primary key, customer_id int not null, total numeric not null);",
+        )
+        .await?;
+    println!("workload: schema created, writing 20 customers with 5 orders each ...");
+    for c in 1..=20 {
+        let row = client
+            .query_one(
+                "WITH c AS (INSERT INTO customers (name) VALUES ($1) RETURNING id)
+                 SELECT id, inet_server_port() FROM c",
+                &[&format!("customer {c}")],
+            )
+            .await?;
+        report.record("INSERT customers (write)", label(row.get(1)));
+        let id: i32 = row.get(0);
+        for o in 1..=5 {
+            let row = client
+                .query_one(
+                    "WITH o AS (INSERT INTO orders (customer_id, total) VALUES ($1, $2::text::numeric) RETURNING 1)
+                     SELECT inet_server_port() FROM o",
+                    &[&id, &format!("{}.50", o * 10)],
+                )
+                .await?;
+            report.record("INSERT orders (write)", label(row.get(0)));
+        }
+    }
+
+    let top = client
+        .prepare(
+            "SELECT c.name, sum(o.total)::text, inet_server_port()
+             FROM customers c JOIN orders o ON o.customer_id = c.id
+             GROUP BY c.name ORDER BY sum(o.total) DESC LIMIT 3",
+        )
+        .await?;
+    for _ in 0..10 {
+        for row in client.query(&top, &[]).await? {
+            report.record("SELECT top customers (autocommit read)", label(row.get(2)));
+        }
+    }
+
+    let tx = client.transaction().await?;
+    let row = tx
+        .query_one(
+            "UPDATE orders SET total = total + 1 WHERE id = 1 RETURNING inet_server_port()",
+            &[],
+        )
+        .await?;
+    report.record("UPDATE in a transaction", label(row.get(0)));
+    let row = tx
+        .query_one("SELECT count(*), inet_server_port() FROM orders", &[])
+        .await?;
+    report.record("SELECT in the same transaction", label(row.get(1)));
+    tx.commit().await?;
+
+    // The N+1 pattern: one parent query, then one child query per parent row.
+    let customers = client
+        .query(
+            "SELECT id, inet_server_port() FROM customers ORDER BY id",
+            &[],
+        )
+        .await?;
+    let child = client
+        .prepare("SELECT count(*), inet_server_port() FROM orders WHERE customer_id = $1")
+        .await?;
+    for customer in &customers {
+        report.record("N+1 parent: SELECT customers", label(customer.get(1)));
+        let id: i32 = customer.get(0);
+        let row = client.query_one(&child, &[&id]).await?;
+        report.record("N+1 child: SELECT orders per customer", label(row.get(1)));
+    }
+    Ok(report)
+}

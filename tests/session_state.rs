@@ -1,0 +1,179 @@
+//! Session state under pooling: `SET`/`RESET` follow a client across server
+//! connections and never leak to other clients; session pooling keeps one server per
+//! client (LISTEN/NOTIFY works) and cleans it with `DISCARD ALL` on release.
+
+mod support;
+
+use std::time::Duration;
+
+use pgwarden::config::PoolMode;
+use support::proxy;
+
+async fn show(client: &tokio_postgres::Client, name: &str) -> String {
+    let rows = client.simple_query(&format!("SHOW {name}")).await.unwrap();
+    rows.iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(String::from),
+            _ => None,
+        })
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settings_follow_the_client_and_do_not_leak() {
+    let cluster = support::cluster(0);
+    let proxy = proxy::start(&cluster, |c| c.pool.size = 2).await;
+    let a = proxy::connect(&proxy).await;
+    let b = proxy::connect(&proxy).await;
+    let default_timeout = show(&b, "statement_timeout").await;
+
+    a.batch_execute("SET statement_timeout = '4321ms'")
+        .await
+        .unwrap();
+    a.batch_execute("SET application_name = 'client-a'")
+        .await
+        .unwrap();
+    // Many transactions from both clients so each lands on both server connections.
+    for _ in 0..20 {
+        assert_eq!(show(&a, "statement_timeout").await, "4321ms");
+        assert_eq!(show(&b, "statement_timeout").await, default_timeout);
+        let backends: Vec<i32> = futures_util::future::join_all((0..4).map(|_| async {
+            a.query_one("SELECT pg_backend_pid()", &[])
+                .await
+                .unwrap()
+                .get(0)
+        }))
+        .await;
+        assert!(!backends.is_empty());
+    }
+    assert_eq!(show(&a, "application_name").await, "client-a");
+    assert_ne!(show(&b, "application_name").await, "client-a");
+
+    // SET inside a rolled-back transaction does not stick; a committed one does.
+    a.batch_execute("BEGIN; SET statement_timeout = '1s'; ROLLBACK;")
+        .await
+        .unwrap();
+    assert_eq!(show(&a, "statement_timeout").await, "4321ms");
+    a.batch_execute("BEGIN; SET statement_timeout = '2s'; COMMIT;")
+        .await
+        .unwrap();
+    assert_eq!(show(&a, "statement_timeout").await, "2s");
+    // A failed SET changes nothing.
+    assert!(a
+        .batch_execute("SET statement_timeout = 'banana'")
+        .await
+        .is_err());
+    assert_eq!(show(&a, "statement_timeout").await, "2s");
+
+    a.batch_execute("RESET statement_timeout").await.unwrap();
+    assert_eq!(show(&a, "statement_timeout").await, default_timeout);
+    for _ in 0..5 {
+        assert_eq!(show(&b, "statement_timeout").await, default_timeout);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn startup_options_are_session_settings() {
+    let cluster = support::cluster(0);
+    let proxy = proxy::start(&cluster, |c| c.pool.size = 1).await;
+    let url = format!(
+        "{}?options=-c%20statement_timeout%3D7777&application_name=opt-test",
+        proxy::url(&proxy)
+    );
+    let with_options = proxy::connect_url(&url).await.unwrap();
+    let plain = proxy::connect(&proxy).await;
+    for _ in 0..3 {
+        assert_eq!(show(&with_options, "statement_timeout").await, "7777ms");
+        assert_eq!(show(&with_options, "application_name").await, "opt-test");
+        assert_ne!(show(&plain, "statement_timeout").await, "7777ms");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_mode_listen_notify_and_discard_all() {
+    let cluster = support::cluster(0);
+    let proxy = proxy::start(&cluster, |c| {
+        c.pool.mode = PoolMode::Session;
+        c.pool.size = 1;
+    })
+    .await;
+
+    let (listener, mut connection) =
+        tokio_postgres::connect(&proxy::url(&proxy), tokio_postgres::NoTls)
+            .await
+            .unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+        use futures_util::StreamExt;
+        while let Some(Ok(message)) = messages.next().await {
+            if let tokio_postgres::AsyncMessage::Notification(n) = message {
+                let _ = tx.send(n.payload().to_string());
+            }
+        }
+    });
+    listener.batch_execute("LISTEN jobs").await.unwrap();
+    listener
+        .batch_execute("SET work_mem = '7MB'; PREPARE p AS SELECT 1")
+        .await
+        .unwrap();
+    // The pool has one server and the listener holds it: notify straight on the primary.
+    let direct = proxy::connect_direct(&cluster).await;
+    direct.batch_execute("NOTIFY jobs, 'job-1'").await.unwrap();
+    let payload = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+        .await
+        .expect("notification within 5 s")
+        .unwrap();
+    assert_eq!(payload, "job-1");
+    drop(listener);
+
+    // The next client gets the same server connection, cleaned.
+    let next = proxy::connect(&proxy).await;
+    assert_ne!(show(&next, "work_mem").await, "7MB");
+    let err = next.batch_execute("EXECUTE p").await.unwrap_err();
+    assert_eq!(
+        err.code().unwrap().code(),
+        "26000",
+        "prepared statement gone"
+    );
+    let listening: i64 = next
+        .query_one("SELECT count(*) FROM pg_listening_channels()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(listening, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_leaving_mid_transaction_does_not_leak_it() {
+    let cluster = support::cluster(0);
+    let proxy = proxy::start(&cluster, |c| c.pool.size = 1).await;
+    let direct = proxy::connect_direct(&cluster).await;
+    direct
+        .batch_execute("CREATE TABLE t (v int)")
+        .await
+        .unwrap();
+    {
+        let client = proxy::connect(&proxy).await;
+        client
+            .batch_execute("BEGIN; INSERT INTO t VALUES (1);")
+            .await
+            .unwrap();
+    } // dropped without COMMIT
+    let next = proxy::connect(&proxy).await;
+    let fresh: bool = next
+        .query_one("SELECT pg_current_xact_id_if_assigned() IS NULL", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(
+        fresh,
+        "the next client must not inherit an open transaction"
+    );
+    let n: i64 = next
+        .query_one("SELECT count(*) FROM t", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 0);
+}
