@@ -1,0 +1,331 @@
+//! Load harness: pgbench directly against PostgreSQL, through PgBouncer (transaction
+//! mode) and through pgwarden, in one run, plus RSS per idle client connection.
+//!
+//! Run with `bench/run.sh` (builds in release first). Knobs (environment):
+//!   DURATION=10  CLIENTS="1 16 64"  MODES="simple extended prepared"
+//!   SCRIPTS="select tpcb"  SCALE=10  TARGETS="direct pgbouncer pgwarden"
+//!   IDLE="1000 10000" (empty to skip)  POOL_SIZE=20
+//! Results: a table on stdout, bench/results/latest.md and latest.csv.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use pgwarden::cluster::{free_port, ClusterSpec, LocalCluster, PgBinaries};
+
+mod idle;
+
+const USER: &str = "pgwarden";
+const PASSWORD: &str = "pgwarden-secret";
+const DATABASE: &str = "app";
+
+fn env_list(name: &str, default: &str) -> Vec<String> {
+    std::env::var(name)
+        .unwrap_or_else(|_| default.to_string())
+        .split_whitespace()
+        .map(String::from)
+        .collect()
+}
+
+fn env_num(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// A child process killed on drop.
+struct Guard(Child, &'static str);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct Measure {
+    tps: f64,
+    latency_ms: f64,
+    failed: bool,
+}
+
+fn main() {
+    let duration = env_num("DURATION", 10);
+    let clients = env_list("CLIENTS", "1 16 64");
+    let modes = env_list("MODES", "simple extended prepared");
+    let scripts = env_list("SCRIPTS", "select tpcb");
+    let targets = env_list("TARGETS", "direct pgbouncer pgwarden");
+    let idle_counts = env_list("IDLE", "1000 10000");
+    let scale = env_num("SCALE", 10);
+    let pool_size = env_num("POOL_SIZE", 20);
+
+    let binaries = PgBinaries::locate().expect("PostgreSQL binaries");
+    let pgbench = binaries.path("pgbench");
+    println!("starting PostgreSQL ...");
+    let cluster = LocalCluster::start(ClusterSpec {
+        extra_conf: vec!["max_connections = 300".into(), "shared_buffers = 256MB".into()],
+        ..ClusterSpec::default()
+    })
+    .expect("start PostgreSQL");
+    let pg_port = cluster.primary().port;
+    let init = Command::new(&pgbench)
+        .args(["-h", "127.0.0.1", "-p", &pg_port.to_string(), "-U", USER, "-i", "-q"])
+        .args(["-s", &scale.to_string(), DATABASE])
+        .env("PGPASSWORD", PASSWORD)
+        .output()
+        .expect("pgbench -i");
+    assert!(init.status.success(), "pgbench -i failed: {init:?}");
+
+    let work = tempfile::Builder::new().prefix("pgw-bench-").tempdir_in("/tmp").unwrap();
+    let bouncer_port = free_port();
+    let _bouncer = targets
+        .iter()
+        .any(|t| t == "pgbouncer")
+        .then(|| start_pgbouncer(work.path(), pg_port, bouncer_port, pool_size));
+    let warden_port = free_port();
+    let _warden = targets
+        .iter()
+        .any(|t| t == "pgwarden")
+        .then(|| start_pgwarden(&cluster, warden_port, pool_size, "scram-sha-256"));
+
+    let port_of = |target: &str| match target {
+        "direct" => pg_port,
+        "pgbouncer" => bouncer_port,
+        _ => warden_port,
+    };
+    for target in &targets {
+        wait_ready(port_of(target), target);
+    }
+
+    let mut rows: Vec<(String, String, String, Vec<Measure>)> = Vec::new();
+    for script in &scripts {
+        for mode in &modes {
+            for n in &clients {
+                let mut measures = Vec::new();
+                for target in &targets {
+                    let m = run_pgbench(&pgbench, port_of(target), script, mode, n, duration);
+                    eprintln!(
+                        "{script:>6} {mode:>8} c={n:>3} {target:>9}: {:>9.0} tps {:>7.3} ms{}",
+                        m.tps,
+                        m.latency_ms,
+                        if m.failed { "  (errors)" } else { "" }
+                    );
+                    measures.push(m);
+                }
+                rows.push((script.clone(), mode.clone(), n.clone(), measures));
+            }
+        }
+    }
+
+    let mut idle_rows = Vec::new();
+    if !idle_counts.is_empty() {
+        for target in ["pgwarden", "pgbouncer"] {
+            if !targets.iter().any(|t| t == target) {
+                continue;
+            }
+            for count in &idle_counts {
+                let count: usize = count.parse().expect("IDLE counts are numbers");
+                // A fresh process per measurement, with trust auth so the scan measures
+                // connection state, not SCRAM work.
+                let port = free_port();
+                let process = if target == "pgwarden" {
+                    start_pgwarden(&cluster, port, pool_size, "trust")
+                } else {
+                    start_pgbouncer(&work.path().join(format!("idle{count}")), pg_port, port, pool_size)
+                };
+                wait_ready(port, target);
+                let result = idle::measure(process.0.id(), port, USER, DATABASE, count);
+                eprintln!("idle {target} x{count}: {result:?}");
+                idle_rows.push((target, count, result));
+                drop(process);
+            }
+        }
+    }
+
+    let report = render(&targets, &rows, &idle_rows, duration, scale, pool_size);
+    println!("\n{report}");
+    let results = Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/results");
+    std::fs::create_dir_all(&results).unwrap();
+    std::fs::write(results.join("latest.md"), &report).unwrap();
+    std::fs::write(results.join("latest.csv"), render_csv(&targets, &rows)).unwrap();
+}
+
+fn run_pgbench(pgbench: &Path, port: u16, script: &str, mode: &str, clients: &str, duration: u64) -> Measure {
+    let threads = clients.parse::<u32>().unwrap_or(1).min(2).to_string();
+    let mut command = Command::new(pgbench);
+    command
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", USER])
+        .args(["-c", clients, "-j", &threads, "-T", &duration.to_string(), "-M", mode])
+        .arg("--no-vacuum");
+    if script == "select" {
+        command.arg("-S");
+    }
+    let output = command
+        .arg(DATABASE)
+        .env("PGPASSWORD", PASSWORD)
+        .output()
+        .expect("run pgbench");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let find = |prefix: &str| {
+        stdout
+            .lines()
+            .find_map(|l| l.strip_prefix(prefix))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let failed_count = find("number of failed transactions: ");
+    Measure {
+        tps: find("tps = "),
+        latency_ms: find("latency average = "),
+        failed: !output.status.success() || failed_count > 0.0,
+    }
+}
+
+fn start_pgbouncer(dir: &Path, pg_port: u16, port: u16, pool_size: u64) -> Guard {
+    std::fs::create_dir_all(dir).unwrap();
+    let ini = dir.join("pgbouncer.ini");
+    let users = dir.join("userlist.txt");
+    std::fs::write(&users, format!("\"{USER}\" \"{PASSWORD}\"\n")).unwrap();
+    std::fs::write(
+        &ini,
+        format!(
+            "[databases]\n{DATABASE} = host=127.0.0.1 port={pg_port} dbname={DATABASE}\n\
+             [pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {port}\n\
+             unix_socket_dir =\nauth_type = scram-sha-256\nauth_file = {}\n\
+             pool_mode = transaction\ndefault_pool_size = {pool_size}\n\
+             max_client_conn = 20000\nmax_db_connections = 0\nlogfile = {}\n\
+             server_reset_query =\nignore_startup_parameters = extra_float_digits,options\n",
+            users.display(),
+            dir.join("pgbouncer.log").display()
+        ),
+    )
+    .unwrap();
+    for path in [dir.to_path_buf(), ini.clone(), users.clone()] {
+        let _ = Command::new("chown").arg("postgres").arg(&path).status();
+    }
+    let bin = PathBuf::from("/usr/sbin/pgbouncer");
+    let root = unsafe { libc::geteuid() } == 0;
+    let mut command = if root {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(&bin);
+        c
+    } else {
+        Command::new(&bin)
+    };
+    let child = command
+        .arg(&ini)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start pgbouncer (apt-get install -y pgbouncer)");
+    Guard(child, "pgbouncer")
+}
+
+fn start_pgwarden(cluster: &LocalCluster, port: u16, pool_size: u64, auth: &str) -> Guard {
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe.parent().unwrap().parent().unwrap().join("pgwarden");
+    assert!(bin.exists(), "build pgwarden first: cargo build --release ({})", bin.display());
+    let child = Command::new(bin)
+        .env("PGWARDEN_LISTEN", format!("127.0.0.1:{port}"))
+        .env("PGWARDEN_HTTP_LISTEN", format!("127.0.0.1:{}", free_port()))
+        .env("PGWARDEN_PRIMARY_URL", cluster.primary_url())
+        .env("PGWARDEN_POOL_SIZE", pool_size.to_string())
+        .env("PGWARDEN_AUTH_METHOD", auth)
+        .env("PGWARDEN_PROXY_MAX_CLIENT_CONNECTIONS", "20000")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start pgwarden");
+    Guard(child, "pgwarden")
+}
+
+fn wait_ready(port: u16, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "{what} did not start listening on {port}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn render(
+    targets: &[String],
+    rows: &[(String, String, String, Vec<Measure>)],
+    idle: &[(&str, usize, idle::IdleResult)],
+    duration: u64,
+    scale: u64,
+    pool: u64,
+) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "pgbench {duration}s per cell, scale {scale}, pool size {pool}, 2 pgbench threads; PgBouncer transaction mode\n"
+    );
+    let idx = |name: &str| targets.iter().position(|t| t == name);
+    let mut header = "| script | mode | clients |".to_string();
+    for t in targets {
+        let _ = write!(header, " {t} TPS |");
+    }
+    for t in targets {
+        let _ = write!(header, " {t} ms |");
+    }
+    let ratios = [("pgwarden", "direct"), ("pgwarden", "pgbouncer")];
+    for (a, b) in ratios {
+        if idx(a).is_some() && idx(b).is_some() {
+            let _ = write!(header, " {a}/{b} |");
+        }
+    }
+    let _ = writeln!(out, "{header}");
+    let _ = writeln!(out, "{}", header.chars().map(|c| if c == '|' { '|' } else { '-' }).collect::<String>());
+    for (script, mode, clients, m) in rows {
+        let mut line = format!("| {script} | {mode} | {clients} |");
+        for x in m {
+            if x.failed {
+                let _ = write!(line, " {:.0} (errors) |", x.tps);
+            } else {
+                let _ = write!(line, " {:.0} |", x.tps);
+            }
+        }
+        for x in m {
+            let _ = write!(line, " {:.3} |", x.latency_ms);
+        }
+        for (a, b) in ratios {
+            if let (Some(i), Some(j)) = (idx(a), idx(b)) {
+                if m[j].failed || m[j].tps == 0.0 {
+                    let _ = write!(line, " n/a |");
+                } else {
+                    let _ = write!(line, " {:.2} |", m[i].tps / m[j].tps);
+                }
+            }
+        }
+        let _ = writeln!(out, "{line}");
+    }
+    if !idle.is_empty() {
+        let _ = writeln!(out, "\n| idle clients | proxy | RSS before (KiB) | RSS with clients (KiB) | KiB per client |");
+        let _ = writeln!(out, "|---|---|---|---|---|");
+        for (target, count, r) in idle {
+            let _ = writeln!(
+                out,
+                "| {count} | {target} | {} | {} | {:.2} |",
+                r.rss_before_kib,
+                r.rss_after_kib,
+                (r.rss_after_kib as f64 - r.rss_before_kib as f64) / *count as f64
+            );
+        }
+    }
+    out
+}
+
+fn render_csv(targets: &[String], rows: &[(String, String, String, Vec<Measure>)]) -> String {
+    let mut out = String::from("script,mode,clients,target,tps,latency_ms,errors\n");
+    for (script, mode, clients, m) in rows {
+        for (t, x) in targets.iter().zip(m) {
+            let _ = writeln!(out, "{script},{mode},{clients},{t},{:.1},{:.3},{}", x.tps, x.latency_ms, x.failed);
+        }
+    }
+    out
+}

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Builds pgwarden in release and runs the load harness (bench/harness.rs):
+# pgbench direct vs PgBouncer vs pgwarden in one run, then idle-connection RSS.
+# Knobs: DURATION CLIENTS MODES SCRIPTS SCALE TARGETS IDLE POOL_SIZE (see harness.rs).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if ! command -v pgbouncer >/dev/null && [ ! -x /usr/sbin/pgbouncer ]; then
+  echo "pgbouncer is missing: apt-get install -y pgbouncer (or TARGETS=\"direct pgwarden\")" >&2
+fi
+ulimit -n "$(ulimit -Hn)" || true
+cargo build --release --bin pgwarden --example bench
+exec target/release/examples/bench
