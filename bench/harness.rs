@@ -36,7 +36,7 @@ fn env_num(name: &str, default: u64) -> u64 {
 }
 
 /// A child process killed on drop.
-struct Guard(Child, &'static str);
+struct Guard(Child);
 
 impl Drop for Guard {
     fn drop(&mut self) {
@@ -66,25 +66,45 @@ fn main() {
     let pgbench = binaries.path("pgbench");
     println!("starting PostgreSQL ...");
     let cluster = LocalCluster::start(ClusterSpec {
-        extra_conf: vec!["max_connections = 300".into(), "shared_buffers = 256MB".into()],
+        extra_conf: vec![
+            "max_connections = 300".into(),
+            "shared_buffers = 256MB".into(),
+        ],
         ..ClusterSpec::default()
     })
     .expect("start PostgreSQL");
     let pg_port = cluster.primary().port;
     let init = Command::new(&pgbench)
-        .args(["-h", "127.0.0.1", "-p", &pg_port.to_string(), "-U", USER, "-i", "-q"])
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &pg_port.to_string(),
+            "-U",
+            USER,
+            "-i",
+            "-q",
+        ])
         .args(["-s", &scale.to_string(), DATABASE])
         .env("PGPASSWORD", PASSWORD)
         .output()
         .expect("pgbench -i");
     assert!(init.status.success(), "pgbench -i failed: {init:?}");
 
-    let work = tempfile::Builder::new().prefix("pgw-bench-").tempdir_in("/tmp").unwrap();
+    let work = tempfile::Builder::new()
+        .prefix("pgw-bench-")
+        .tempdir_in("/tmp")
+        .unwrap();
     let bouncer_port = free_port();
-    let _bouncer = targets
-        .iter()
-        .any(|t| t == "pgbouncer")
-        .then(|| start_pgbouncer(work.path(), pg_port, bouncer_port, pool_size));
+    let _bouncer = targets.iter().any(|t| t == "pgbouncer").then(|| {
+        start_pgbouncer(
+            work.path(),
+            pg_port,
+            bouncer_port,
+            pool_size,
+            "scram-sha-256",
+        )
+    });
     let warden_port = free_port();
     let _warden = targets
         .iter()
@@ -134,7 +154,13 @@ fn main() {
                 let process = if target == "pgwarden" {
                     start_pgwarden(&cluster, port, pool_size, "trust")
                 } else {
-                    start_pgbouncer(&work.path().join(format!("idle{count}")), pg_port, port, pool_size)
+                    start_pgbouncer(
+                        &work.path().join(format!("idle{count}")),
+                        pg_port,
+                        port,
+                        pool_size,
+                        "trust",
+                    )
                 };
                 wait_ready(port, target);
                 let result = idle::measure(process.0.id(), port, USER, DATABASE, count);
@@ -153,12 +179,28 @@ fn main() {
     std::fs::write(results.join("latest.csv"), render_csv(&targets, &rows)).unwrap();
 }
 
-fn run_pgbench(pgbench: &Path, port: u16, script: &str, mode: &str, clients: &str, duration: u64) -> Measure {
+fn run_pgbench(
+    pgbench: &Path,
+    port: u16,
+    script: &str,
+    mode: &str,
+    clients: &str,
+    duration: u64,
+) -> Measure {
     let threads = clients.parse::<u32>().unwrap_or(1).min(2).to_string();
     let mut command = Command::new(pgbench);
     command
         .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", USER])
-        .args(["-c", clients, "-j", &threads, "-T", &duration.to_string(), "-M", mode])
+        .args([
+            "-c",
+            clients,
+            "-j",
+            &threads,
+            "-T",
+            &duration.to_string(),
+            "-M",
+            mode,
+        ])
         .arg("--no-vacuum");
     if script == "select" {
         command.arg("-S");
@@ -185,7 +227,7 @@ fn run_pgbench(pgbench: &Path, port: u16, script: &str, mode: &str, clients: &st
     }
 }
 
-fn start_pgbouncer(dir: &Path, pg_port: u16, port: u16, pool_size: u64) -> Guard {
+fn start_pgbouncer(dir: &Path, pg_port: u16, port: u16, pool_size: u64, auth: &str) -> Guard {
     std::fs::create_dir_all(dir).unwrap();
     let ini = dir.join("pgbouncer.ini");
     let users = dir.join("userlist.txt");
@@ -195,7 +237,7 @@ fn start_pgbouncer(dir: &Path, pg_port: u16, port: u16, pool_size: u64) -> Guard
         format!(
             "[databases]\n{DATABASE} = host=127.0.0.1 port={pg_port} dbname={DATABASE}\n\
              [pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {port}\n\
-             unix_socket_dir =\nauth_type = scram-sha-256\nauth_file = {}\n\
+             unix_socket_dir =\nauth_type = {auth}\nauth_file = {}\n\
              pool_mode = transaction\ndefault_pool_size = {pool_size}\n\
              max_client_conn = 20000\nmax_db_connections = 0\nlogfile = {}\n\
              server_reset_query =\nignore_startup_parameters = extra_float_digits,options\n",
@@ -222,13 +264,17 @@ fn start_pgbouncer(dir: &Path, pg_port: u16, port: u16, pool_size: u64) -> Guard
         .stderr(Stdio::null())
         .spawn()
         .expect("start pgbouncer (apt-get install -y pgbouncer)");
-    Guard(child, "pgbouncer")
+    Guard(child)
 }
 
 fn start_pgwarden(cluster: &LocalCluster, port: u16, pool_size: u64, auth: &str) -> Guard {
     let exe = std::env::current_exe().unwrap();
     let bin = exe.parent().unwrap().parent().unwrap().join("pgwarden");
-    assert!(bin.exists(), "build pgwarden first: cargo build --release ({})", bin.display());
+    assert!(
+        bin.exists(),
+        "build pgwarden first: cargo build --release ({})",
+        bin.display()
+    );
     let child = Command::new(bin)
         .env("PGWARDEN_LISTEN", format!("127.0.0.1:{port}"))
         .env("PGWARDEN_HTTP_LISTEN", format!("127.0.0.1:{}", free_port()))
@@ -241,13 +287,16 @@ fn start_pgwarden(cluster: &LocalCluster, port: u16, pool_size: u64, auth: &str)
         .stderr(Stdio::null())
         .spawn()
         .expect("start pgwarden");
-    Guard(child, "pgwarden")
+    Guard(child)
 }
 
 fn wait_ready(port: u16, what: &str) {
     let deadline = Instant::now() + Duration::from_secs(15);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "{what} did not start listening on {port}");
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not start listening on {port}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -280,7 +329,14 @@ fn render(
         }
     }
     let _ = writeln!(out, "{header}");
-    let _ = writeln!(out, "{}", header.chars().map(|c| if c == '|' { '|' } else { '-' }).collect::<String>());
+    let _ = writeln!(
+        out,
+        "{}",
+        header
+            .chars()
+            .map(|c| if c == '|' { '|' } else { '-' })
+            .collect::<String>()
+    );
     for (script, mode, clients, m) in rows {
         let mut line = format!("| {script} | {mode} | {clients} |");
         for x in m {
@@ -305,15 +361,16 @@ fn render(
         let _ = writeln!(out, "{line}");
     }
     if !idle.is_empty() {
-        let _ = writeln!(out, "\n| idle clients | proxy | RSS before (KiB) | RSS with clients (KiB) | KiB per client |");
-        let _ = writeln!(out, "|---|---|---|---|---|");
+        let _ = writeln!(out, "\n| idle clients | proxy | logged in | RSS before (KiB) | RSS with clients (KiB) | KiB per client |");
+        let _ = writeln!(out, "|---|---|---|---|---|---|");
         for (target, count, r) in idle {
             let _ = writeln!(
                 out,
-                "| {count} | {target} | {} | {} | {:.2} |",
+                "| {count} | {target} | {} | {} | {} | {:.2} |",
+                r.connected,
                 r.rss_before_kib,
                 r.rss_after_kib,
-                (r.rss_after_kib as f64 - r.rss_before_kib as f64) / *count as f64
+                (r.rss_after_kib as f64 - r.rss_before_kib as f64) / r.connected.max(1) as f64
             );
         }
     }
@@ -324,7 +381,11 @@ fn render_csv(targets: &[String], rows: &[(String, String, String, Vec<Measure>)
     let mut out = String::from("script,mode,clients,target,tps,latency_ms,errors\n");
     for (script, mode, clients, m) in rows {
         for (t, x) in targets.iter().zip(m) {
-            let _ = writeln!(out, "{script},{mode},{clients},{t},{:.1},{:.3},{}", x.tps, x.latency_ms, x.failed);
+            let _ = writeln!(
+                out,
+                "{script},{mode},{clients},{t},{:.1},{:.3},{}",
+                x.tps, x.latency_ms, x.failed
+            );
         }
     }
     out

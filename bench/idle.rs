@@ -38,21 +38,26 @@ fn startup(user: &str, database: &str) -> Vec<u8> {
 }
 
 async fn connect_idle(port: u16, packet: &[u8]) -> Option<TcpStream> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).await.ok()?;
-    stream.write_all(packet).await.ok()?;
-    let mut seen = Vec::new();
-    let mut chunk = [0u8; 2048];
-    loop {
-        let n = stream.read(&mut chunk).await.ok()?;
-        if n == 0 {
-            return None;
+    let login = async {
+        let mut stream = TcpStream::connect(("127.0.0.1", port)).await.ok()?;
+        stream.write_all(packet).await.ok()?;
+        let mut seen = Vec::new();
+        let mut chunk = [0u8; 2048];
+        loop {
+            let n = stream.read(&mut chunk).await.ok()?;
+            if n == 0 {
+                return None;
+            }
+            seen.extend_from_slice(&chunk[..n]);
+            // ReadyForQuery is the last message of the login answer.
+            if seen.len() >= 6 && seen[seen.len() - 6] == b'Z' {
+                return Some(stream);
+            }
         }
-        seen.extend_from_slice(&chunk[..n]);
-        // ReadyForQuery is the last message of the login answer.
-        if seen.len() >= 6 && seen[seen.len() - 6] == b'Z' {
-            return Some(stream);
-        }
-    }
+    };
+    tokio::time::timeout(Duration::from_secs(10), login)
+        .await
+        .ok()?
 }
 
 pub fn measure(pid: u32, port: u16, user: &str, database: &str, count: usize) -> IdleResult {
@@ -68,8 +73,13 @@ pub fn measure(pid: u32, port: u16, user: &str, database: &str, count: usize) ->
         let before = rss_kib(pid);
         let mut held = Vec::with_capacity(count);
         for chunk in 0..count.div_ceil(200) {
-            let batch = (chunk * 200..((chunk + 1) * 200).min(count)).map(|_| connect_idle(port, &packet));
-            for stream in futures_util::future::join_all(batch).await.into_iter().flatten() {
+            let batch =
+                (chunk * 200..((chunk + 1) * 200).min(count)).map(|_| connect_idle(port, &packet));
+            for stream in futures_util::future::join_all(batch)
+                .await
+                .into_iter()
+                .flatten()
+            {
                 held.push(stream);
             }
         }

@@ -9,6 +9,7 @@ pub mod config;
 pub mod demo;
 pub mod pool;
 pub mod protocol;
+pub mod route;
 pub mod runtime;
 pub mod server;
 

@@ -13,6 +13,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::config::{self, Config, ConfigError};
 use crate::pool::{PoolKey, PoolRegistry, PoolSettings, ServerPool, ServerTarget};
+use crate::route::{Routing, SharedPositions};
 use crate::server::cancel::CancelRegistry;
 use crate::server::credentials::Credentials;
 use crate::server::SessionError;
@@ -24,6 +25,8 @@ pub struct Runtime {
     config_path: Option<PathBuf>,
     pub pools: PoolRegistry,
     pub cancels: Arc<CancelRegistry>,
+    routing: ArcSwap<Routing>,
+    positions: Arc<SharedPositions>,
     clients: AtomicUsize,
 }
 
@@ -39,9 +42,15 @@ impl Drop for ClientSlot {
 }
 
 impl Runtime {
+    /// Builds the shared state and starts background tasks (lag monitors); call it
+    /// inside a tokio runtime.
     pub fn new(config: Config, config_path: Option<PathBuf>) -> Result<Arc<Runtime>, ConfigError> {
         let tls = build_tls(&config)?;
+        let positions = Arc::new(SharedPositions::default());
+        let routing = Routing::start(&config, positions.clone());
         Ok(Arc::new(Runtime {
+            routing: ArcSwap::from_pointee(routing),
+            positions,
             credentials: ArcSwap::from_pointee(Credentials::from_config(&config)),
             config: ArcSwap::from_pointee(config),
             tls: ArcSwapOption::from(tls.map(Arc::new)),
@@ -50,6 +59,10 @@ impl Runtime {
             cancels: Arc::new(CancelRegistry::default()),
             clients: AtomicUsize::new(0),
         }))
+    }
+
+    pub fn routing(&self) -> Arc<Routing> {
+        self.routing.load_full()
     }
 
     pub fn config(&self) -> Arc<Config> {
@@ -95,6 +108,13 @@ impl Runtime {
         self.credentials
             .store(Arc::new(Credentials::from_config(&fresh)));
         self.tls.store(tls.map(Arc::new));
+        let routing_changed = pools_changed
+            || serde_json::to_value(&old.routing).ok() != serde_json::to_value(&fresh.routing).ok()
+            || serde_json::to_value(&old.ryw).ok() != serde_json::to_value(&fresh.ryw).ok();
+        if routing_changed {
+            self.routing
+                .store(Arc::new(Routing::start(&fresh, self.positions.clone())));
+        }
         self.config.store(Arc::new(fresh));
         if pools_changed {
             self.pools.clear();

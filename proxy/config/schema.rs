@@ -14,6 +14,8 @@ pub struct Config {
     pub proxy: ProxyConfig,
     pub auth: AuthConfig,
     pub pool: PoolConfig,
+    pub routing: RoutingConfig,
+    pub ryw: RywConfig,
     /// One entry per database name clients connect to.
     pub databases: BTreeMap<String, DatabaseConfig>,
 }
@@ -129,6 +131,82 @@ impl PoolConfig {
     }
     pub fn connect_timeout(&self) -> Duration {
         Duration::from_millis(self.connect_timeout_ms)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Fallback {
+    /// Reads go to the primary when no replica can take them.
+    Primary,
+    /// Reads fail with SQLSTATE 08006 when no replica is healthy.
+    Error,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RoutingConfig {
+    /// Send autocommit reads (and READ ONLY transactions) to replicas.
+    pub enabled: bool,
+    /// What reads do when no replica is healthy.
+    pub fallback: Fallback,
+    /// Replicas further behind than this many WAL bytes get no reads (0 = no limit).
+    pub max_lag_bytes: u64,
+    /// Replicas further behind than this get no reads (0 = no limit).
+    pub max_lag_ms: u64,
+    /// How often the lag monitor polls every backend.
+    pub lag_poll_ms: u64,
+    /// Functions (besides built-in read-only ones) that may run on a replica.
+    pub read_only_functions: Vec<String>,
+    /// Statement texts whose classification is remembered.
+    pub classifier_cache_entries: u64,
+}
+
+impl Default for RoutingConfig {
+    fn default() -> Self {
+        RoutingConfig {
+            enabled: true,
+            fallback: Fallback::Primary,
+            max_lag_bytes: 16 * 1024 * 1024,
+            max_lag_ms: 10_000,
+            lag_poll_ms: 100,
+            read_only_functions: Vec::new(),
+            classifier_cache_entries: 10_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RywScope {
+    /// No read-your-writes: reads go to any replica within the lag limits.
+    Off,
+    /// A client connection reads its own writes.
+    Connection,
+    /// Connections with the same `pgwarden.session_key` read each other's writes.
+    SessionKey,
+    /// Connections of the same tenant (`pgwarden.tenant_id`) read each other's writes.
+    Tenant,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RywConfig {
+    pub scope: RywScope,
+    /// Wait up to this long for a replica to replay a session's last write before
+    /// sending the read to the primary instead (0 = go to the primary at once).
+    pub max_wait_ms: u64,
+    /// Share write positions with other pgwarden instances via LISTEN/NOTIFY.
+    pub share_between_instances: bool,
+}
+
+impl Default for RywConfig {
+    fn default() -> Self {
+        RywConfig {
+            scope: RywScope::Connection,
+            max_wait_ms: 0,
+            share_between_instances: true,
+        }
     }
 }
 

@@ -25,6 +25,11 @@ impl bb8::ManageConnection for ServerConnector {
     }
 
     async fn is_valid(&self, connection: &mut ServerConnection) -> Result<(), PoolError> {
+        if !connection.read_buf.is_empty() || !connection.idle_socket_is_clean() {
+            return Err(PoolError::Unhealthy(
+                "server sent data or closed while idle (restarting?)".into(),
+            ));
+        }
         if connection.last_used.elapsed() < self.health_check_idle {
             return Ok(());
         }

@@ -84,10 +84,95 @@ impl ServerConnection {
         }
     }
 
+    /// Runs a proxy-internal query and returns the text values of its first row.
+    pub async fn query_values(
+        &mut self,
+        sql: &str,
+    ) -> Result<Vec<Option<String>>, super::PoolError> {
+        use crate::protocol::frame::check_frame;
+        use crate::protocol::tag::backend as tag;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+        let mut out = BytesMut::new();
+        postgres_protocol::message::frontend::query(sql, &mut out).map_err(|e| self.io(e))?;
+        self.stream.write_all(&out).await.map_err(|e| self.io(e))?;
+        let mut values = None;
+        let mut failure = None;
+        loop {
+            while let Some(len) = check_frame(&self.read_buf, 1 << 30)
+                .map_err(|e| self.io(std::io::Error::other(e)))?
+            {
+                let frame = self.read_buf.split_to(len);
+                match frame[0] {
+                    tag::DATA_ROW if values.is_none() => {
+                        values = Some(decode_data_row(&frame[5..]))
+                    }
+                    tag::ERROR_RESPONSE => {
+                        failure = Some(String::from_utf8_lossy(&frame[5..]).replace('\0', " "))
+                    }
+                    tag::READY_FOR_QUERY => {
+                        return match failure {
+                            Some(message) => Err(super::PoolError::Unhealthy(message)),
+                            None => Ok(values.unwrap_or_default()),
+                        };
+                    }
+                    _ => {}
+                }
+            }
+            let n = self
+                .stream
+                .read_buf(&mut self.read_buf)
+                .await
+                .map_err(|e| self.io(e))?;
+            if n == 0 {
+                return Err(super::PoolError::Unhealthy(
+                    "server closed the connection".into(),
+                ));
+            }
+        }
+    }
+
+    /// True when the idle socket has nothing pending: no unsolicited message (such as a
+    /// FATAL sent by a server shutting down) and no EOF.
+    pub fn idle_socket_is_clean(&self) -> bool {
+        let mut probe = [0u8; 1];
+        matches!(
+            self.stream.try_read(&mut probe),
+            Err(ref e) if e.kind() == std::io::ErrorKind::WouldBlock
+        )
+    }
+
     fn io(&self, source: std::io::Error) -> super::PoolError {
         super::PoolError::Io {
             address: self.address.clone(),
             source,
         }
     }
+}
+
+/// Text values of a `DataRow` body (proxy-internal queries only).
+fn decode_data_row(body: &[u8]) -> Vec<Option<String>> {
+    let mut values = Vec::new();
+    if body.len() < 2 {
+        return values;
+    }
+    let count = i16::from_be_bytes([body[0], body[1]]).max(0) as usize;
+    let mut at = 2;
+    for _ in 0..count {
+        let Some(len) = body.get(at..at + 4) else {
+            break;
+        };
+        let len = i32::from_be_bytes([len[0], len[1], len[2], len[3]]);
+        at += 4;
+        if len < 0 {
+            values.push(None);
+            continue;
+        }
+        let Some(bytes) = body.get(at..at + len as usize) else {
+            break;
+        };
+        values.push(Some(String::from_utf8_lossy(bytes).into_owned()));
+        at += len as usize;
+    }
+    values
 }

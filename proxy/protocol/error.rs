@@ -29,6 +29,7 @@ impl SqlState {
     pub const INTERNAL_ERROR: SqlState = SqlState("XX000");
     pub const QUERY_CANCELED: SqlState = SqlState("57014");
     pub const INVALID_PREPARED_STATEMENT: SqlState = SqlState("26000");
+    pub const INVALID_PARAMETER_VALUE: SqlState = SqlState("22023");
 }
 
 /// Severity of an error the proxy reports: `ERROR` keeps the connection, `FATAL` ends it.

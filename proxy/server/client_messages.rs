@@ -29,7 +29,7 @@ impl Session {
         Ok(())
     }
 
-    async fn handle_client_message(&mut self, frame: Bytes) -> Result<(), SessionError> {
+    pub(super) async fn handle_client_message(&mut self, frame: Bytes) -> Result<(), SessionError> {
         let message_tag = frame[0];
         tracing::trace!(tag = %(message_tag as char), len = frame.len(), "client message");
         if self.skip_until_sync {
@@ -70,13 +70,18 @@ impl Session {
         if self.answer_without_server(message_tag, &frame)? {
             return Ok(());
         }
-        if let Err(error) = self.acquire().await {
+        if let Err(error) = self.attach_for(message_tag, &frame).await {
+            if matches!(error, SessionError::Answered) {
+                return Ok(());
+            }
             if !error.is_recoverable() {
                 return Err(error);
             }
             self.report_recoverable(message_tag, &error);
             return Ok(());
         }
+        self.note_forwarded(message_tag, &frame);
+        self.batch_open = !matches!(message_tag, tag::SYNC | tag::QUERY | tag::FUNCTION_CALL);
         let pooled_statements = self.mode == PoolMode::Transaction;
         match message_tag {
             tag::QUERY => self.forward_query(&frame),
@@ -92,6 +97,43 @@ impl Session {
             tag::DESCRIBE => self.forward_describe(&frame, pooled_statements)?,
             tag::CLOSE => self.forward(&frame, Expect::Close),
             _ => unreachable!("filtered above"),
+        }
+        Ok(())
+    }
+
+    /// Makes sure the right server is attached for this message: chooses a backend
+    /// when none is attached, and leaves a replica for the primary at a batch boundary
+    /// when the next statement must not run on a replica.
+    async fn attach_for(&mut self, message_tag: u8, frame: &Bytes) -> Result<(), SessionError> {
+        if self.server.is_some()
+            && self.backend > 0
+            && !self.batch_open
+            && self.status == TransactionStatus::Idle
+            && matches!(
+                message_tag,
+                tag::QUERY | tag::PARSE | tag::BIND | tag::FUNCTION_CALL
+            )
+            && self.choose_backend(message_tag, frame).await? == 0
+        {
+            self.settle_in_flight().await?;
+            self.release();
+        }
+        if self.server.is_none() {
+            if message_tag == tag::QUERY && self.answer_proxy_setting(frame)? {
+                return Err(SessionError::Answered);
+            }
+            let backend = self.choose_backend(message_tag, frame).await?;
+            self.acquire(backend).await?;
+        }
+        Ok(())
+    }
+
+    /// Relays the rest of the answers owed by the attached server.
+    async fn settle_in_flight(&mut self) -> Result<(), SessionError> {
+        while !self.responses.is_empty() && self.server.is_some() {
+            self.drain().await?;
+            self.read_server_once().await?;
+            self.handle_server_messages()?;
         }
         Ok(())
     }
@@ -130,7 +172,9 @@ impl Session {
                 {
                     return Ok(false);
                 }
-                self.statements.define(view.statement, view.definition);
+                let read_only = self.statement_read_only(view.query);
+                self.statements
+                    .define(view.statement, view.definition, read_only);
                 let mut answer = BytesMut::with_capacity(5);
                 backend::parse_complete(&mut answer);
                 self.responses
@@ -164,6 +208,14 @@ impl Session {
             }
             _ => self.skip_until_sync = true,
         }
+    }
+
+    /// Whether a statement may run on a replica (only computed when routing is on).
+    fn statement_read_only(&self, query: &[u8]) -> bool {
+        self.routing.as_ref().is_some_and(|state| {
+            state.routing.classify(&String::from_utf8_lossy(query))
+                == crate::route::StatementClass::Read
+        })
     }
 
     fn forward(&mut self, frame: &[u8], expect: Expect) {
@@ -207,7 +259,10 @@ impl Session {
             self.forward(frame, Expect::Parse(None));
             return Ok(());
         }
-        let id = self.statements.define(view.statement, view.definition);
+        let read_only = self.statement_read_only(view.query);
+        let id = self
+            .statements
+            .define(view.statement, view.definition, read_only);
         let server = self.server.as_mut().expect("acquired");
         if server.prepared.contains(&id.0) {
             let mut answer = BytesMut::with_capacity(5);

@@ -32,6 +32,13 @@ pub enum SessionError {
     ServerLost(String),
     #[error("pgwarden is shutting down")]
     Shutdown,
+    #[error("no healthy replica and routing.fallback = \"error\"")]
+    NoReplica,
+    #[error("invalid pgwarden setting: {0}")]
+    BadProxySetting(String),
+    /// Not an error: the message was answered by the proxy itself.
+    #[error("answered by the proxy")]
+    Answered,
 }
 
 impl SessionError {
@@ -69,11 +76,21 @@ impl SessionError {
                 ErrorFields::fatal(SqlState::CONNECTION_FAILURE, message)
             }
             SessionError::Shutdown => ErrorFields::fatal(SqlState::ADMIN_SHUTDOWN, message),
+            SessionError::NoReplica => ErrorFields::error(SqlState::CONNECTION_FAILURE, message)
+                .with_hint("set routing.fallback = \"primary\" to read from the primary instead"),
+            SessionError::BadProxySetting(_) => {
+                ErrorFields::error(SqlState::INVALID_PARAMETER_VALUE, message)
+                    .with_hint("pgwarden.route takes primary, replica or auto")
+            }
+            SessionError::Answered => return None,
         })
     }
 
     /// Whether the session can go on after reporting this error.
     pub fn is_recoverable(&self) -> bool {
-        matches!(self, SessionError::Pool(_))
+        matches!(
+            self,
+            SessionError::Pool(_) | SessionError::NoReplica | SessionError::BadProxySetting(_)
+        )
     }
 }

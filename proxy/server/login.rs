@@ -12,6 +12,7 @@ use tokio::io::AsyncWriteExt;
 use super::auth::authenticate;
 use super::handshake::{Opened, LOGIN_TIMEOUT};
 use super::responses::ResponseQueue;
+use super::routing::SessionRouting;
 use super::session::{ClientIdentity, PendingSettings, Session};
 use super::settings::SessionSettings;
 use super::statements::ClientStatements;
@@ -31,7 +32,7 @@ pub async fn log_in(
 ) -> Result<Session, (Opened, SessionError)> {
     let Opened { mut stream, params } = opened;
     match tokio::time::timeout(LOGIN_TIMEOUT, log_in_inner(&runtime, &mut stream, &params)).await {
-        Ok(Ok((identity, settings, out))) => {
+        Ok(Ok((identity, settings, proxy_options, out))) => {
             let config = runtime.config();
             let mode = config.pool_mode_for(&identity.database);
             let pool = match runtime.pool(&identity.database, &identity.user, 0) {
@@ -46,7 +47,20 @@ pub async fn log_in(
                 return Err((Opened { stream, params }, SessionError::ClientIo(e)));
             }
             let idle = config.proxy.idle_client_timeout_ms;
+            let routing = if mode == crate::config::PoolMode::Transaction {
+                let routes = runtime.routing();
+                routes.topology(&identity.database).map(|topology| {
+                    SessionRouting::new(routes.clone(), topology, &config, &proxy_options)
+                })
+            } else {
+                None
+            };
             Ok(Session {
+                runtime: runtime.clone(),
+                backend: 0,
+                failed_backend: None,
+                routing,
+                batch_open: false,
                 client: stream,
                 identity,
                 mode,
@@ -78,7 +92,15 @@ async fn log_in_inner(
     runtime: &Arc<Runtime>,
     stream: &mut super::stream::ClientStream,
     params: &BTreeMap<String, String>,
-) -> Result<(ClientIdentity, SessionSettings, BytesMut), SessionError> {
+) -> Result<
+    (
+        ClientIdentity,
+        SessionSettings,
+        Vec<(String, String)>,
+        BytesMut,
+    ),
+    SessionError,
+> {
     let user = params
         .get("user")
         .filter(|u| !u.is_empty())
@@ -123,10 +145,13 @@ async fn log_in_inner(
         requested.extend(parse_options(options));
     }
     let mut settings = SessionSettings::default();
+    let mut proxy_options = Vec::new();
     let mut announced: BTreeMap<String, String> = server_parameters.into_iter().collect();
     for (name, value) in &requested {
         if name.starts_with("pgwarden.") {
-            continue; // proxy-level settings, never sent to PostgreSQL
+            // Proxy-level settings, never sent to PostgreSQL.
+            proxy_options.push((name.clone(), value.clone()));
+            continue;
         }
         let current = announced
             .iter()
@@ -153,5 +178,5 @@ async fn log_in_inner(
         user,
         database,
     };
-    Ok((identity, settings, out))
+    Ok((identity, settings, proxy_options, out))
 }

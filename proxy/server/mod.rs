@@ -15,6 +15,7 @@ mod listener;
 mod login;
 mod pump;
 mod responses;
+mod routing;
 mod server_messages;
 mod session;
 mod settings;

@@ -17,6 +17,19 @@ const MAX_SERVER_MESSAGE: usize = (1 << 30) + 64;
 
 impl Session {
     pub(super) fn handle_server_messages(&mut self) -> Result<(), SessionError> {
+        if self.replica_failed_before_answering() {
+            self.server_failed();
+            return Err(SessionError::ServerLost(
+                "replica terminated the connection".into(),
+            ));
+        }
+        if let Some(state) = self.routing.as_mut() {
+            if !state.retry_frames.is_empty()
+                && self.server.as_ref().is_some_and(|s| !s.read_buf.is_empty())
+            {
+                state.forget_frames(); // the answer has started: no retry from here on
+            }
+        }
         let Some(server) = self.server.as_mut() else {
             return Ok(());
         };
@@ -88,6 +101,32 @@ impl Session {
         }
         Ok(())
     }
+}
+
+impl Session {
+    /// A replica answered a request that can still be retried with a FATAL error (it
+    /// is shutting down or restarting): treat it as a lost connection.
+    fn replica_failed_before_answering(&self) -> bool {
+        let (Some(state), Some(server)) = (self.routing.as_ref(), self.server.as_ref()) else {
+            return false;
+        };
+        if self.backend == 0 || state.retry_frames.is_empty() {
+            return false;
+        }
+        let buf = &server.read_buf;
+        let Ok(Some(len)) = check_frame(buf, MAX_SERVER_MESSAGE) else {
+            return false;
+        };
+        buf[0] == tag::ERROR_RESPONSE && is_fatal(&buf[5..len])
+    }
+}
+
+/// Whether an `ErrorResponse` body has severity FATAL or PANIC.
+fn is_fatal(body: &[u8]) -> bool {
+    body.split(|b| *b == 0).any(|field| {
+        matches!(field.first(), Some(b'S') | Some(b'V'))
+            && matches!(&field[1..], b"FATAL" | b"PANIC")
+    })
 }
 
 /// At `ReadyForQuery`: settings changes that succeeded become the client's own.

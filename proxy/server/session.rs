@@ -12,6 +12,7 @@ use bytes::BytesMut;
 use super::cancel::CancelRegistration;
 use super::pump::{Pump, PumpError, Pumped};
 use super::responses::ResponseQueue;
+use super::routing::SessionRouting;
 use super::settings::{SessionSettings, SettingChange, UNKNOWN_SETTINGS};
 use super::statements::ClientStatements;
 use super::stream::ClientStream;
@@ -19,6 +20,7 @@ use super::SessionError;
 use crate::config::PoolMode;
 use crate::pool::{PooledServer, ServerPool};
 use crate::protocol::tag::TransactionStatus;
+use crate::runtime::Runtime;
 
 /// Who the client is, as established at login.
 #[derive(Debug, Clone)]
@@ -30,11 +32,20 @@ pub struct ClientIdentity {
 }
 
 pub struct Session {
+    pub(super) runtime: Arc<Runtime>,
     pub(super) client: ClientStream,
     pub(super) identity: ClientIdentity,
     pub(super) mode: PoolMode,
     pub(super) pool: Arc<ServerPool>,
     pub(super) server: Option<PooledServer>,
+    /// Which backend `server` belongs to (0 = primary).
+    pub(super) backend: usize,
+    /// The backend whose connection just failed, for a retry elsewhere.
+    pub(super) failed_backend: Option<usize>,
+    /// Present when the database has replicas to route reads to.
+    pub(super) routing: Option<SessionRouting>,
+    /// An extended-protocol batch is open (messages sent since the last `Sync`).
+    pub(super) batch_open: bool,
     /// Bytes read from the client, not yet handled.
     pub(super) client_buf: BytesMut,
     /// Bytes owed to the client.
@@ -91,16 +102,27 @@ impl Session {
     async fn serve(&mut self) -> Result<(), SessionError> {
         let mut idle_since = Instant::now();
         loop {
-            let pumped = self.pump_once(idle_since).await?;
-            match pumped {
-                Pumped::ClientData => self.handle_client_messages().await?,
-                Pumped::ServerData => self.handle_server_messages()?,
-                Pumped::Drained => {}
+            let step = match self.pump_once(idle_since).await {
+                Ok(Pumped::ClientData) => self.handle_client_messages().await,
+                Ok(Pumped::ServerData) => self.handle_server_messages(),
+                Ok(Pumped::Drained) => Ok(()),
+                Err(e) => Err(e),
+            };
+            match step {
+                Ok(()) => {}
+                Err(SessionError::ServerLost(reason)) => {
+                    // A replica that died before answering an autocommit read: run the
+                    // read elsewhere; the client never notices.
+                    if !self.retry_elsewhere().await? {
+                        return Err(SessionError::ServerLost(reason));
+                    }
+                }
+                Err(e) => return Err(e),
             }
             if self.server.is_none() {
                 idle_since = Instant::now();
             } else {
-                self.maybe_release();
+                self.maybe_release().await;
             }
         }
     }
@@ -127,6 +149,21 @@ impl Session {
             None => pump.run().await,
         };
         result.map_err(|e| self.pump_error(e))
+    }
+
+    /// Waits for more bytes from the attached server (not reading the client).
+    pub(super) async fn read_server_once(&mut self) -> Result<(), SessionError> {
+        let mut pump = Pump {
+            client: &mut self.client,
+            client_buf: &mut self.client_buf,
+            to_client: &mut self.to_client,
+            server: self.server.as_deref_mut(),
+            to_server: &mut self.to_server,
+            read_client: false,
+            until_drained: false,
+        };
+        let result = pump.run().await;
+        result.map(|_| ()).map_err(|e| self.pump_error(e))
     }
 
     /// Writes everything owed to both sides.
@@ -159,22 +196,29 @@ impl Session {
         }
     }
 
-    fn server_failed(&mut self) {
+    pub(super) fn server_failed(&mut self) {
         if let Some(server) = self.server.as_mut() {
             server.mark_broken();
+            self.failed_backend = Some(self.backend);
+            if let Some(state) = self.routing.as_mut() {
+                state.failed_frames = std::mem::take(&mut state.retry_frames);
+            }
         }
         self.release();
     }
 
     /// Transaction pooling: the server goes back once every answer is relayed and the
     /// server reported idle.
-    fn maybe_release(&mut self) {
+    async fn maybe_release(&mut self) {
         if self.mode == PoolMode::Transaction
             && self.responses.is_empty()
             && self.status == TransactionStatus::Idle
             && self.to_server.is_empty()
             && self.server.as_ref().is_some_and(|s| s.read_buf.is_empty())
         {
+            if self.backend == 0 {
+                self.record_write_position().await;
+            }
             self.release();
         }
     }
@@ -183,6 +227,15 @@ impl Session {
         if let Some(mut server) = self.server.take() {
             server.last_used = Instant::now();
             self.cancel.slot.detach();
+            if let Some(state) = self.routing.as_mut() {
+                state.forget_frames();
+                state.wrote = false;
+                if let Some(b) = state.topology.backends.get(self.backend) {
+                    b.in_flight
+                        .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+            self.batch_open = false;
             self.responses.clear();
             self.to_server.clear();
             // Dropping returns it to the pool (or closes it if marked broken).
@@ -193,11 +246,33 @@ impl Session {
     }
 
     /// Checks a server connection out of the pool and gives it this client's settings.
-    pub(super) async fn acquire(&mut self) -> Result<(), SessionError> {
+    pub(super) async fn acquire(&mut self, mut backend: usize) -> Result<(), SessionError> {
         if self.server.is_some() {
             return Ok(());
         }
-        let mut server = self.pool.checkout().await?;
+        let mut server = loop {
+            let pool = if backend == 0 {
+                self.pool.clone()
+            } else {
+                self.runtime
+                    .pool(&self.identity.database, &self.identity.user, backend)?
+            };
+            match pool.checkout().await {
+                Ok(server) => break server,
+                Err(e) if backend > 0 => {
+                    // A replica we cannot reach: take it out and read from the primary.
+                    tracing::warn!(backend, error = %e, "replica connection failed");
+                    if let Some(state) = self.routing.as_ref() {
+                        state.topology.mark_unhealthy(backend);
+                        state.topology.backends[backend]
+                            .errors
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    backend = 0;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
         if server.settings_hash != self.settings.hash() {
             let sql = self.settings.replay_sql();
             if let Err(e) = server.run_internal(&sql).await {
@@ -209,6 +284,14 @@ impl Session {
         }
         self.cancel.slot.attach(&server.address, server.key);
         self.server = Some(server);
+        self.backend = backend;
+        if let Some(state) = self.routing.as_ref() {
+            if let Some(b) = state.topology.backends.get(backend) {
+                b.in_flight
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                b.routed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
         Ok(())
     }
 

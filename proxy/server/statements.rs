@@ -37,6 +37,8 @@ pub struct PooledStatement {
     pub id: StatementId,
     /// Query text with NUL, parameter count and types, exactly as the client sent them.
     pub definition: Bytes,
+    /// May run on a replica (decided when routing is on; false otherwise).
+    pub read_only: bool,
 }
 
 /// Cap on statements one client may keep; past it the oldest name is forgotten.
@@ -48,7 +50,7 @@ pub struct ClientStatements {
 }
 
 impl ClientStatements {
-    pub fn define(&mut self, name: &[u8], definition: &[u8]) -> StatementId {
+    pub fn define(&mut self, name: &[u8], definition: &[u8], read_only: bool) -> StatementId {
         let id = StatementId::of(definition);
         if self.by_name.len() >= MAX_STATEMENTS_PER_CLIENT && !self.by_name.contains_key(name) {
             if let Some(victim) = self.by_name.keys().next().cloned() {
@@ -60,6 +62,7 @@ impl ClientStatements {
             PooledStatement {
                 id,
                 definition: Bytes::copy_from_slice(definition),
+                read_only,
             },
         );
         id
@@ -86,10 +89,10 @@ mod tests {
     fn same_definition_same_server_name() {
         let mut a = ClientStatements::default();
         let mut b = ClientStatements::default();
-        let ia = a.define(b"s1", b"select 1\0\0\0");
-        let ib = b.define(b"other", b"select 1\0\0\0");
+        let ia = a.define(b"s1", b"select 1\0\0\0", true);
+        let ib = b.define(b"other", b"select 1\0\0\0", true);
         assert_eq!(ia, ib);
-        let ic = b.define(b"s2", b"select 1\0\0\x01\0\0\0\x17");
+        let ic = b.define(b"s2", b"select 1\0\0\x01\0\0\0\x17", true);
         assert_ne!(ia, ic);
         assert!(ia.server_name().starts_with(b"pgw_"));
         assert!(a.remove(b"s1"));

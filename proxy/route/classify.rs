@@ -1,0 +1,378 @@
+//! Read or write: what a statement may do, decided from its sqlparser AST.
+//!
+//! Reads may go to a replica. Everything else goes to the primary: writes, DDL,
+//! `SELECT ... FOR UPDATE/SHARE`, `SELECT INTO`, data-modifying CTEs, calls to functions
+//! not known to be read-only (`nextval`, `pg_advisory_lock`, user functions), and any
+//! statement the parser does not understand.
+
+use std::collections::HashSet;
+use std::ops::ControlFlow;
+
+use sqlparser::ast::{
+    Expr, ObjectName, Query, SetExpr, Statement, TransactionAccessMode, TransactionMode, Visit,
+    Visitor,
+};
+use sqlparser::dialect::PostgreSqlDialect;
+use sqlparser::parser::Parser;
+
+/// What one statement string (possibly several statements) is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StatementClass {
+    /// Only reads: may run on a replica.
+    Read,
+    /// Must run on the primary.
+    Write,
+    /// `BEGIN`/`START TRANSACTION`; `read_only` when it says `READ ONLY`.
+    Begin { read_only: bool },
+    /// `SET pgwarden.route = ...` and friends, handled by the proxy.
+    ProxySetting { name: String, value: String },
+}
+
+/// A routing hint written in a comment: `/* pgwarden:primary */`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hint {
+    Primary,
+    Replica,
+}
+
+pub fn hint(sql: &str) -> Option<Hint> {
+    if !sql.contains("pgwarden:") {
+        return None;
+    }
+    if sql.contains("pgwarden:primary") {
+        Some(Hint::Primary)
+    } else if sql.contains("pgwarden:replica") {
+        Some(Hint::Replica)
+    } else {
+        None
+    }
+}
+
+/// Functions that only read, beyond the user's `routing.read_only_functions`.
+const BUILTIN_READ_ONLY: &[&str] = &[
+    // aggregates and window functions
+    "count",
+    "sum",
+    "avg",
+    "min",
+    "max",
+    "array_agg",
+    "string_agg",
+    "json_agg",
+    "jsonb_agg",
+    "json_object_agg",
+    "jsonb_object_agg",
+    "bool_and",
+    "bool_or",
+    "every",
+    "stddev",
+    "variance",
+    "percentile_cont",
+    "percentile_disc",
+    "mode",
+    "row_number",
+    "rank",
+    "dense_rank",
+    "percent_rank",
+    "cume_dist",
+    "ntile",
+    "lag",
+    "lead",
+    "first_value",
+    "last_value",
+    "nth_value",
+    // scalar
+    "coalesce",
+    "nullif",
+    "greatest",
+    "least",
+    "lower",
+    "upper",
+    "length",
+    "char_length",
+    "substring",
+    "substr",
+    "trim",
+    "btrim",
+    "ltrim",
+    "rtrim",
+    "replace",
+    "concat",
+    "concat_ws",
+    "left",
+    "right",
+    "position",
+    "strpos",
+    "split_part",
+    "format",
+    "md5",
+    "abs",
+    "round",
+    "floor",
+    "ceil",
+    "ceiling",
+    "trunc",
+    "mod",
+    "power",
+    "sqrt",
+    "exp",
+    "ln",
+    "log",
+    "sign",
+    "now",
+    "current_date",
+    "current_timestamp",
+    "localtimestamp",
+    "statement_timestamp",
+    "transaction_timestamp",
+    "clock_timestamp",
+    "date_trunc",
+    "date_part",
+    "extract",
+    "age",
+    "make_date",
+    "make_interval",
+    "to_char",
+    "to_date",
+    "to_timestamp",
+    "to_number",
+    "array_length",
+    "cardinality",
+    "unnest",
+    "array_to_string",
+    "string_to_array",
+    "generate_series",
+    "jsonb_build_object",
+    "json_build_object",
+    "jsonb_build_array",
+    "json_build_array",
+    "to_json",
+    "to_jsonb",
+    "jsonb_array_elements",
+    "jsonb_each",
+    "jsonb_extract_path_text",
+    "regexp_replace",
+    "regexp_matches",
+    "exists",
+    "inet_server_port",
+    "inet_server_addr",
+    "pg_is_in_recovery",
+    "pg_backend_pid",
+    "version",
+    "current_setting",
+    "current_user",
+    "session_user",
+    "current_database",
+    "current_schema",
+    "pg_last_wal_replay_lsn",
+    "pg_sleep",
+    "random",
+];
+
+/// Decides read/write per statement text.
+#[derive(Debug, Clone)]
+pub struct Classifier {
+    read_only_functions: HashSet<String>,
+}
+
+impl Classifier {
+    pub fn new(extra_read_only_functions: &[String]) -> Classifier {
+        let mut read_only_functions: HashSet<String> =
+            BUILTIN_READ_ONLY.iter().map(|f| f.to_string()).collect();
+        read_only_functions.extend(extra_read_only_functions.iter().map(|f| f.to_lowercase()));
+        Classifier {
+            read_only_functions,
+        }
+    }
+
+    /// Classifies a (possibly multi-statement) string. Unparseable text is a write.
+    pub fn classify(&self, sql: &str) -> StatementClass {
+        let statements = match Parser::parse_sql(&PostgreSqlDialect {}, sql) {
+            Ok(statements) if !statements.is_empty() => statements,
+            _ => return StatementClass::Write,
+        };
+        if statements.len() == 1 {
+            return self.classify_one(&statements[0]);
+        }
+        // Several statements run as one implicit transaction: a replica only if every
+        // part is a plain read.
+        let all_read = statements
+            .iter()
+            .all(|s| self.classify_one(s) == StatementClass::Read);
+        if all_read {
+            StatementClass::Read
+        } else {
+            StatementClass::Write
+        }
+    }
+
+    fn classify_one(&self, statement: &Statement) -> StatementClass {
+        match statement {
+            Statement::Query(query) => {
+                if self.query_is_read_only(query) {
+                    StatementClass::Read
+                } else {
+                    StatementClass::Write
+                }
+            }
+            Statement::StartTransaction { modes, .. } => StatementClass::Begin {
+                read_only: modes.contains(&TransactionMode::AccessMode(
+                    TransactionAccessMode::ReadOnly,
+                )),
+            },
+            Statement::Set(set) => proxy_setting(set).unwrap_or(StatementClass::Write),
+            _ => StatementClass::Write,
+        }
+    }
+
+    fn query_is_read_only(&self, query: &Query) -> bool {
+        let mut check = ReadOnlyCheck {
+            functions: &self.read_only_functions,
+        };
+        query.visit(&mut check).is_continue()
+    }
+}
+
+/// Walks a query and breaks at the first thing a replica cannot run.
+struct ReadOnlyCheck<'a> {
+    functions: &'a HashSet<String>,
+}
+
+impl Visitor for ReadOnlyCheck<'_> {
+    type Break = ();
+
+    fn pre_visit_query(&mut self, query: &Query) -> ControlFlow<()> {
+        if !query.locks.is_empty() {
+            return ControlFlow::Break(()); // FOR UPDATE / SHARE
+        }
+        if let Some(with) = &query.with {
+            for cte in &with.cte_tables {
+                if !matches!(
+                    *cte.query.body,
+                    SetExpr::Select(_)
+                        | SetExpr::Query(_)
+                        | SetExpr::SetOperation { .. }
+                        | SetExpr::Values(_)
+                        | SetExpr::Table(_)
+                ) {
+                    return ControlFlow::Break(()); // WITH x AS (DELETE ...)
+                }
+            }
+        }
+        if matches!(
+            *query.body,
+            SetExpr::Insert(_) | SetExpr::Update(_) | SetExpr::Delete(_) | SetExpr::Merge(_)
+        ) {
+            return ControlFlow::Break(());
+        }
+        ControlFlow::Continue(())
+    }
+
+    fn pre_visit_select(&mut self, select: &sqlparser::ast::Select) -> ControlFlow<()> {
+        if select.into.is_some() {
+            return ControlFlow::Break(()); // SELECT ... INTO creates a table
+        }
+        ControlFlow::Continue(())
+    }
+
+    fn pre_visit_statement(&mut self, _statement: &Statement) -> ControlFlow<()> {
+        // Any statement nested inside a query is DML.
+        ControlFlow::Break(())
+    }
+
+    fn pre_visit_expr(&mut self, expr: &Expr) -> ControlFlow<()> {
+        if let Expr::Function(function) = expr {
+            if !self.functions.contains(&function_name(&function.name)) {
+                return ControlFlow::Break(());
+            }
+        }
+        ControlFlow::Continue(())
+    }
+}
+
+fn function_name(name: &ObjectName) -> String {
+    let parts: Vec<String> = name
+        .0
+        .iter()
+        .map(|part| part.to_string().trim_matches('"').to_lowercase())
+        .collect();
+    match parts.as_slice() {
+        [schema, name] if schema == "pg_catalog" => name.clone(),
+        _ => parts.join("."),
+    }
+}
+
+fn proxy_setting(set: &sqlparser::ast::Set) -> Option<StatementClass> {
+    let text = set.to_string();
+    let rest = text
+        .strip_prefix("SET ")
+        .map(|r| r.strip_prefix("SESSION ").unwrap_or(r))?;
+    let (name, value) = rest.split_once(" = ").or_else(|| rest.split_once(" TO "))?;
+    let name = name.trim().to_lowercase();
+    if !name.starts_with("pgwarden.") {
+        return None;
+    }
+    let value = value
+        .trim()
+        .trim_matches('\'')
+        .trim_matches('"')
+        .to_string();
+    Some(StatementClass::ProxySetting { name, value })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn class(sql: &str) -> StatementClass {
+        Classifier::new(&["my_report".to_string()]).classify(sql)
+    }
+
+    #[test]
+    fn table_of_cases() {
+        use StatementClass::*;
+        let cases: &[(&str, StatementClass)] = &[
+            ("SELECT 1", Read),
+            ("select * from orders where id = $1", Read),
+            ("SELECT count(*), max(total) FROM orders o JOIN customers c ON c.id = o.customer_id", Read),
+            ("WITH t AS (SELECT 1 AS x) SELECT x FROM t", Read),
+            ("SELECT a FROM t UNION SELECT b FROM u", Read),
+            ("SELECT my_report(3)", Read),
+            ("SELECT now(), inet_server_port()", Read),
+            ("INSERT INTO t VALUES (1)", Write),
+            ("UPDATE t SET a = 1", Write),
+            ("DELETE FROM t", Write),
+            ("CREATE TABLE x (a int)", Write),
+            ("WITH d AS (DELETE FROM t RETURNING *) SELECT * FROM d", Write),
+            ("WITH u AS (UPDATE t SET a = 2 RETURNING a) SELECT count(*) FROM u", Write),
+            ("SELECT * FROM t FOR UPDATE", Write),
+            ("SELECT * FROM t FOR SHARE", Write),
+            ("SELECT * FROM t FOR NO KEY UPDATE", Write),
+            ("SELECT nextval('s')", Write),
+            ("SELECT setval('s', 10)", Write),
+            ("SELECT pg_advisory_lock(1)", Write),
+            ("SELECT some_user_function(1)", Write),
+            ("SELECT * INTO TEMP t2 FROM t", Write),
+            ("SELECT 1; INSERT INTO t VALUES (1)", Write),
+            ("SELECT 1; SELECT 2", Read),
+            ("BEGIN", Begin { read_only: false }),
+            ("BEGIN READ ONLY", Begin { read_only: true }),
+            ("START TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY", Begin { read_only: true }),
+            ("this is not sql", Write),
+            ("VACUUM t", Write),
+            ("SET pgwarden.route = primary", ProxySetting { name: "pgwarden.route".into(), value: "primary".into() }),
+            ("SET pgwarden.session_key TO 'user-7'", ProxySetting { name: "pgwarden.session_key".into(), value: "user-7".into() }),
+            ("SET work_mem = '4MB'", Write),
+        ];
+        for (sql, expected) in cases {
+            assert_eq!(&class(sql), expected, "{sql}");
+        }
+    }
+
+    #[test]
+    fn hints_in_comments() {
+        assert_eq!(hint("/* pgwarden:primary */ SELECT 1"), Some(Hint::Primary));
+        assert_eq!(hint("SELECT 1 -- pgwarden:replica"), Some(Hint::Replica));
+        assert_eq!(hint("SELECT 1"), None);
+    }
+}

@@ -1,0 +1,100 @@
+//! Routing: which backend a statement goes to.
+//!
+//! This room owns the read/write classifier (sqlparser, cached by statement text),
+//! the topology of each database (primary, replicas, health, lag), the lag monitor,
+//! and the read-your-writes positions shared across connections and instances. It
+//! decides; the session carries out. It never touches client sockets.
+
+mod classify;
+mod monitor;
+pub mod ryw;
+pub mod topology;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use classify::{hint, Classifier, Hint, StatementClass};
+pub use ryw::SharedPositions;
+pub use topology::{format_lsn, parse_lsn, BackendState, LagLimits, Lsn, ReplicaChoice, Topology};
+
+use crate::config::{Config, RywScope};
+
+/// Routing state of the process, rebuilt on reload.
+pub struct Routing {
+    classifier: Classifier,
+    classes: moka::sync::Cache<String, StatementClass>,
+    topologies: HashMap<String, Arc<Topology>>,
+    pub positions: Arc<SharedPositions>,
+    pub limits: LagLimits,
+}
+
+impl Routing {
+    /// Builds routing for `config` and starts its background tasks (lag monitors and,
+    /// when enabled, the NOTIFY listener). Must run inside a tokio runtime.
+    pub fn start(config: &Config, positions: Arc<SharedPositions>) -> Routing {
+        let routing = &config.routing;
+        let mut topologies = HashMap::new();
+        for (name, db) in &config.databases {
+            if db.replicas.is_empty() || !routing.enabled {
+                continue;
+            }
+            let (Ok(primary), Ok(replicas)) =
+                (db.primary_endpoint(name), db.replica_endpoints(name))
+            else {
+                continue; // validated at load
+            };
+            let mut addresses = vec![primary.address()];
+            addresses.extend(replicas.iter().map(|r| r.address()));
+            let topology = Arc::new(Topology::new(name, addresses));
+            let mut urls = vec![db.primary.clone()];
+            urls.extend(db.replicas.iter().cloned());
+            monitor::spawn(
+                topology.clone(),
+                urls,
+                Duration::from_millis(routing.lag_poll_ms.max(10)),
+            );
+            if config.ryw.scope != RywScope::Off && config.ryw.share_between_instances {
+                ryw::spawn_listener(positions.clone(), db.primary.clone());
+            }
+            topologies.insert(name.clone(), topology);
+        }
+        Routing {
+            classifier: Classifier::new(&routing.read_only_functions),
+            classes: moka::sync::Cache::new(routing.classifier_cache_entries),
+            topologies,
+            positions,
+            limits: LagLimits {
+                max_lag_bytes: if routing.max_lag_bytes == 0 {
+                    u64::MAX
+                } else {
+                    routing.max_lag_bytes
+                },
+                max_lag_ms: if routing.max_lag_ms == 0 {
+                    u64::MAX
+                } else {
+                    routing.max_lag_ms
+                },
+            },
+        }
+    }
+
+    /// The topology of `database`, when it has replicas to route to.
+    pub fn topology(&self, database: &str) -> Option<Arc<Topology>> {
+        self.topologies.get(database).cloned()
+    }
+
+    pub fn topologies(&self) -> impl Iterator<Item = &Arc<Topology>> {
+        self.topologies.values()
+    }
+
+    /// Classifies statement text, from cache when seen before.
+    pub fn classify(&self, sql: &str) -> StatementClass {
+        if let Some(class) = self.classes.get(sql) {
+            return class;
+        }
+        let class = self.classifier.classify(sql);
+        self.classes.insert(sql.to_string(), class.clone());
+        class
+    }
+}

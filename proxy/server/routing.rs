@@ -1,0 +1,373 @@
+//! The session's side of routing: which backend a message needs, read-your-writes
+//! bookkeeping, proxy-level settings (`SET pgwarden.route`, `pgwarden.session_key`),
+//! and the invisible retry of an autocommit read whose replica failed before answering.
+//! Decisions come from the `route` room; this file applies them to one client.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+
+use super::responses::Expect;
+use super::session::Session;
+use super::SessionError;
+use crate::config::{Fallback, RywScope};
+use crate::protocol::backend;
+use crate::protocol::extended::{BindView, ParseView, TargetKind, TargetView};
+use crate::protocol::frame::body;
+use crate::protocol::tag::{frontend as tag, TransactionStatus};
+use crate::route::{hint, Hint, Lsn, ReplicaChoice, Routing, StatementClass, Topology};
+
+/// Requests bigger than this are not kept for a retry.
+const MAX_RETRY_BYTES: usize = 256 * 1024;
+
+/// `SET pgwarden.route = ...`
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouteMode {
+    Auto,
+    Primary,
+    Replica,
+}
+
+/// Per-client routing state; present only when the database has replicas.
+pub struct SessionRouting {
+    pub routing: Arc<Routing>,
+    pub topology: Arc<Topology>,
+    pub mode: RouteMode,
+    pub scope: RywScope,
+    pub fallback: Fallback,
+    pub max_wait: Duration,
+    /// `pgwarden.session_key` or the tenant, for shared read-your-writes.
+    pub shared_key: Option<String>,
+    pub session_key: Option<String>,
+    pub tenant: Option<String>,
+    /// Commit position of this connection's last write.
+    pub last_write: Option<Lsn>,
+    /// The current primary transaction wrote something.
+    pub wrote: bool,
+    /// Frames of the autocommit request in flight on a replica, until its first answer.
+    pub retry_frames: Vec<Bytes>,
+    retry_bytes: usize,
+    /// The frames of a request whose replica just failed, waiting to be retried.
+    pub failed_frames: Vec<Bytes>,
+    /// A replica that just failed this request.
+    pub exclude: Option<usize>,
+}
+
+impl SessionRouting {
+    pub fn new(
+        routing: Arc<Routing>,
+        topology: Arc<Topology>,
+        config: &crate::config::Config,
+        options: &[(String, String)],
+    ) -> SessionRouting {
+        let mut state = SessionRouting {
+            routing,
+            topology,
+            mode: RouteMode::Auto,
+            scope: config.ryw.scope,
+            fallback: config.routing.fallback,
+            max_wait: Duration::from_millis(config.ryw.max_wait_ms),
+            shared_key: None,
+            session_key: None,
+            tenant: None,
+            last_write: None,
+            wrote: false,
+            retry_frames: Vec::new(),
+            retry_bytes: 0,
+            failed_frames: Vec::new(),
+            exclude: None,
+        };
+        for (name, value) in options {
+            state.apply_setting(name, value);
+        }
+        state
+    }
+
+    /// Applies a `pgwarden.*` setting; false when the name or value is unknown.
+    pub fn apply_setting(&mut self, name: &str, value: &str) -> bool {
+        match name {
+            "pgwarden.route" => {
+                self.mode = match value.to_ascii_lowercase().as_str() {
+                    "primary" => RouteMode::Primary,
+                    "replica" => RouteMode::Replica,
+                    "auto" | "default" => RouteMode::Auto,
+                    _ => return false,
+                };
+            }
+            "pgwarden.session_key" => {
+                self.session_key = Some(value.to_string()).filter(|v| !v.is_empty())
+            }
+            "pgwarden.tenant_id" => self.tenant = Some(value.to_string()).filter(|v| !v.is_empty()),
+            _ => return false,
+        }
+        self.shared_key = match self.scope {
+            RywScope::SessionKey => self.session_key.clone(),
+            RywScope::Tenant => self.tenant.clone().map(|t| format!("tenant:{t}")),
+            _ => None,
+        };
+        true
+    }
+
+    /// The WAL position a replica must have replayed before serving this client.
+    fn required_lsn(&self) -> Option<Lsn> {
+        if self.scope == RywScope::Off {
+            return None;
+        }
+        let shared = self
+            .shared_key
+            .as_ref()
+            .and_then(|key| self.routing.positions.get(&self.topology.database, key));
+        match (self.last_write, shared) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    pub fn remember_frame(&mut self, frame: &Bytes) {
+        if self.retry_bytes + frame.len() <= MAX_RETRY_BYTES {
+            self.retry_bytes += frame.len();
+            self.retry_frames.push(frame.clone());
+        } else {
+            self.retry_bytes = usize::MAX / 2; // too big: no retry for this request
+            self.retry_frames.clear();
+        }
+    }
+
+    pub fn forget_frames(&mut self) {
+        self.retry_frames.clear();
+        self.retry_bytes = 0;
+    }
+}
+
+impl Session {
+    /// The read/write class of a message that may start work on a server.
+    fn message_class(
+        &self,
+        routing: &Routing,
+        message_tag: u8,
+        frame: &[u8],
+    ) -> (StatementClass, Option<Hint>) {
+        let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+        match message_tag {
+            tag::QUERY => {
+                let sql = body(frame);
+                let sql = text(&sql[..sql.len().saturating_sub(1)]);
+                (routing.classify(&sql), hint(&sql))
+            }
+            tag::PARSE => match ParseView::parse(body(frame)) {
+                Ok(view) => {
+                    let sql = text(view.query);
+                    (routing.classify(&sql), hint(&sql))
+                }
+                Err(_) => (StatementClass::Write, None),
+            },
+            tag::BIND => match BindView::parse(body(frame)) {
+                Ok(view) => self.stored_class(view.statement),
+                Err(_) => (StatementClass::Write, None),
+            },
+            tag::DESCRIBE => match TargetView::parse(body(frame), "Describe") {
+                Ok(view) if view.kind == TargetKind::Statement => self.stored_class(view.name),
+                _ => (StatementClass::Write, None),
+            },
+            _ => (StatementClass::Write, None),
+        }
+    }
+
+    fn stored_class(&self, name: &[u8]) -> (StatementClass, Option<Hint>) {
+        match self.statements.get(name) {
+            Some(statement) if statement.read_only => (StatementClass::Read, None),
+            _ => (StatementClass::Write, None),
+        }
+    }
+
+    /// Picks the backend for a message when no server is attached (0 = primary).
+    pub(super) async fn choose_backend(
+        &mut self,
+        message_tag: u8,
+        frame: &[u8],
+    ) -> Result<usize, SessionError> {
+        let Some(state) = self.routing.as_ref() else {
+            return Ok(0);
+        };
+        let (class, hint) = self.message_class(&state.routing, message_tag, frame);
+        let wants_replica = match (hint, state.mode, &class) {
+            (Some(Hint::Primary), _, _) | (None, RouteMode::Primary, _) => false,
+            (Some(Hint::Replica), _, _) | (None, RouteMode::Replica, _) => true,
+            (_, _, StatementClass::Read) => true,
+            (_, _, StatementClass::Begin { read_only }) => *read_only,
+            _ => false,
+        };
+        if !wants_replica {
+            return Ok(0);
+        }
+        let ignore_ryw = hint == Some(Hint::Replica) || state.mode == RouteMode::Replica;
+        let min_lsn = if ignore_ryw {
+            None
+        } else {
+            state.required_lsn()
+        };
+        let deadline = Instant::now() + state.max_wait;
+        loop {
+            let state = self.routing.as_ref().expect("checked above");
+            match state
+                .topology
+                .pick_replica(min_lsn, state.routing.limits, state.exclude)
+            {
+                ReplicaChoice::Replica(index) => return Ok(index),
+                ReplicaChoice::BehindWrites if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+                ReplicaChoice::BehindWrites => return Ok(0),
+                ReplicaChoice::NoneHealthy => {
+                    return match state.fallback {
+                        Fallback::Primary => Ok(0),
+                        Fallback::Error => Err(SessionError::NoReplica),
+                    };
+                }
+            }
+        }
+    }
+
+    /// Notes what a message forwarded to the attached server does, for
+    /// read-your-writes and retries.
+    pub(super) fn note_forwarded(&mut self, message_tag: u8, frame: &Bytes) {
+        let backend_index = self.backend;
+        let status = self.status;
+        let Some(state) = self.routing.as_ref() else {
+            return;
+        };
+        if backend_index == 0 {
+            if matches!(
+                message_tag,
+                tag::QUERY | tag::PARSE | tag::BIND | tag::FUNCTION_CALL
+            ) {
+                let routing = state.routing.clone();
+                let (class, _) = self.message_class(&routing, message_tag, frame);
+                if !matches!(
+                    class,
+                    StatementClass::Read | StatementClass::ProxySetting { .. }
+                ) {
+                    if let Some(state) = self.routing.as_mut() {
+                        state.wrote = true;
+                    }
+                }
+            }
+        } else if status == TransactionStatus::Idle {
+            if let Some(state) = self.routing.as_mut() {
+                state.remember_frame(frame);
+            }
+        }
+    }
+
+    /// Handles `SET pgwarden.*` in a simple query when no server is attached.
+    /// Returns true when answered.
+    pub(super) fn answer_proxy_setting(&mut self, frame: &[u8]) -> Result<bool, SessionError> {
+        let Some(state) = self.routing.as_ref() else {
+            return Ok(false);
+        };
+        let sql = body(frame);
+        let sql = String::from_utf8_lossy(&sql[..sql.len().saturating_sub(1)]).into_owned();
+        if !sql.to_ascii_lowercase().contains("pgwarden.") {
+            return Ok(false);
+        }
+        let StatementClass::ProxySetting { name, value } = state.routing.classify(&sql) else {
+            return Ok(false);
+        };
+        let state = self.routing.as_mut().expect("checked above");
+        if !state.apply_setting(&name, &value) {
+            return Err(SessionError::BadProxySetting(format!("{name} = {value}")));
+        }
+        let mut answer = BytesMut::new();
+        answer.extend_from_slice(&[b'C', 0, 0, 0, 8, b'S', b'E', b'T', 0]);
+        backend::ready_for_query(&mut answer, TransactionStatus::Idle);
+        self.responses
+            .push(Expect::Synthetic(answer.freeze()), &mut self.to_client);
+        Ok(true)
+    }
+
+    /// After a primary transaction that wrote: learn the commit position (and tell
+    /// other instances, for shared scopes) before the server goes back to the pool.
+    pub(super) async fn record_write_position(&mut self) {
+        let Some(state) = self.routing.as_mut() else {
+            return;
+        };
+        if !state.wrote || state.scope == RywScope::Off {
+            return;
+        }
+        state.wrote = false;
+        let key = state.shared_key.clone();
+        let database = state.topology.database.clone();
+        let sql = match &key {
+            Some(key) => format!(
+                "SELECT pg_notify('{channel}', {payload} || '|' || pg_current_wal_insert_lsn()::text), pg_current_wal_insert_lsn()::text",
+                channel = crate::route::ryw::CHANNEL,
+                payload = super::settings::quote_literal(&format!("{database}|{key}")),
+            ),
+            None => "SELECT 1, pg_current_wal_insert_lsn()::text".to_string(),
+        };
+        let Some(server) = self.server.as_mut() else {
+            return;
+        };
+        match server.query_values(&sql).await {
+            Ok(values) => {
+                let lsn = values
+                    .get(1)
+                    .and_then(|v| v.as_deref())
+                    .and_then(crate::route::parse_lsn);
+                if let (Some(lsn), Some(state)) = (lsn, self.routing.as_mut()) {
+                    state.last_write = Some(state.last_write.map_or(lsn, |l| l.max(lsn)));
+                    if let Some(key) = &key {
+                        state.routing.positions.observe(&database, key, lsn);
+                    }
+                }
+            }
+            Err(e) => {
+                server.mark_broken();
+                // Unknown position: be safe and read from the primary for a while.
+                if let Some(state) = self.routing.as_mut() {
+                    state.last_write = Some(u64::MAX);
+                }
+                tracing::warn!(error = %e, "could not read the commit position");
+            }
+        }
+    }
+
+    /// The attached replica failed before answering: mark it, and run the request
+    /// again on another backend. Returns false when no retry is possible.
+    pub(super) async fn retry_elsewhere(&mut self) -> Result<bool, SessionError> {
+        let failed = self.failed_backend.take();
+        let Some(state) = self.routing.as_mut() else {
+            return Ok(false);
+        };
+        let frames = std::mem::take(&mut state.failed_frames);
+        let Some(failed) = failed else {
+            return Ok(false);
+        };
+        if failed == 0 || frames.is_empty() || state.exclude.is_some() {
+            return Ok(false);
+        }
+        state.topology.mark_unhealthy(failed);
+        state.topology.backends[failed]
+            .errors
+            .fetch_add(1, Ordering::Relaxed);
+        state.forget_frames();
+        state.exclude = Some(failed);
+        tracing::info!(replica = %state.topology.backends[failed].address, "retrying a read on another backend");
+        self.responses.clear();
+        self.to_server.clear();
+        self.status = TransactionStatus::Idle;
+        let mut result = Ok(());
+        for frame in frames {
+            result = self.handle_client_message(frame).await;
+            if result.is_err() {
+                break;
+            }
+        }
+        if let Some(state) = self.routing.as_mut() {
+            state.exclude = None;
+        }
+        result.map(|_| true)
+    }
+}

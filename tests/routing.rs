@@ -1,0 +1,418 @@
+//! Read/write routing against a primary and two streaming replicas: where each kind of
+//! statement runs, hints, read-your-writes under real replication lag (replay paused),
+//! shared session keys, and a replica stopped under load.
+
+mod support;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use pgwarden::cluster::LocalCluster;
+use pgwarden::config::{Config, RywScope};
+use pgwarden::RunningProxy;
+use support::proxy::{self, DATABASE, PASSWORD, USER};
+
+fn with_replicas(cluster: &LocalCluster) -> impl FnOnce(&mut Config) + '_ {
+    move |c: &mut Config| {
+        let db = c.databases.get_mut(DATABASE).unwrap();
+        db.replicas = cluster.replica_urls();
+        c.routing.lag_poll_ms = 20;
+    }
+}
+
+/// Waits until the lag monitor has seen every replica.
+async fn wait_replicas_healthy(proxy: &RunningProxy) {
+    let topology = proxy
+        .runtime
+        .routing()
+        .topology(DATABASE)
+        .expect("routing on");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !topology
+        .replicas()
+        .iter()
+        .all(|r| r.healthy.load(std::sync::atomic::Ordering::Relaxed))
+    {
+        assert!(Instant::now() < deadline, "replicas never became healthy");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn port_of(client: &tokio_postgres::Client, sql: &str) -> i32 {
+    let rows = client
+        .simple_query(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    rows.iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(|v| v.parse().unwrap()),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("{sql}: no row"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_statement_kind_lands_where_it_must() {
+    let cluster = support::cluster(2);
+    let primary = i32::from(cluster.primary().port);
+    let replicas: Vec<i32> = cluster
+        .replicas()
+        .iter()
+        .map(|r| i32::from(r.port))
+        .collect();
+    let direct = proxy::connect_direct(&cluster).await;
+    direct
+        .batch_execute(
+            "CREATE TABLE t (id int primary key, v int);
+             INSERT INTO t SELECT g, g FROM generate_series(1, 10) g;
+             CREATE SEQUENCE s;",
+        )
+        .await
+        .unwrap();
+    cluster
+        .wait_for_replication(Duration::from_secs(30))
+        .unwrap();
+    let proxy = proxy::start(&cluster, with_replicas(&cluster)).await;
+    wait_replicas_healthy(&proxy).await;
+    let client = proxy::connect(&proxy).await;
+
+    #[derive(Debug, PartialEq)]
+    enum Lands {
+        Primary,
+        Replica,
+    }
+    use Lands::*;
+    // Each statement's first column is inet_server_port() of the server that ran it.
+    let cases: &[(&str, Lands)] = &[
+        ("SELECT inet_server_port()", Replica),
+        ("SELECT inet_server_port() FROM t WHERE id = 3", Replica),
+        ("SELECT inet_server_port() FROM t JOIN t u ON u.id = t.id LIMIT 1", Replica),
+        ("WITH x AS (SELECT 1) SELECT inet_server_port() FROM x", Replica),
+        ("SELECT inet_server_port() UNION ALL SELECT 1 LIMIT 1", Replica),
+        ("SELECT inet_server_port(), count(*), max(v) FROM t", Replica),
+        ("SELECT inet_server_port() FROM t FOR UPDATE LIMIT 1", Primary),
+        ("SELECT inet_server_port() FROM t FOR SHARE LIMIT 1", Primary),
+        ("SELECT inet_server_port() FROM t FOR NO KEY UPDATE LIMIT 1", Primary),
+        ("SELECT inet_server_port(), nextval('s')", Primary),
+        ("SELECT inet_server_port(), setval('s', 5)", Primary),
+        ("SELECT inet_server_port(), pg_advisory_xact_lock(7)", Primary),
+        ("SELECT inet_server_port(), md5(random()::text), upper('x')", Replica),
+        ("SELECT inet_server_port(), my_unknown_function()", Primary),
+        ("WITH d AS (DELETE FROM t WHERE id = 10 RETURNING id) SELECT inet_server_port() FROM (SELECT 1) x", Primary),
+        ("WITH u AS (UPDATE t SET v = v WHERE id = 1 RETURNING id) SELECT inet_server_port()", Primary),
+        ("INSERT INTO t SELECT max(id) + 1, 1 FROM t RETURNING inet_server_port()", Primary),
+        ("UPDATE t SET v = 2 WHERE id = 2 RETURNING inet_server_port()", Primary),
+        ("/* pgwarden:primary */ SELECT inet_server_port()", Primary),
+        ("SELECT inet_server_port() -- pgwarden:primary", Primary),
+    ];
+    direct
+        .batch_execute(
+            "CREATE FUNCTION my_unknown_function() RETURNS int LANGUAGE sql AS 'SELECT 1'",
+        )
+        .await
+        .unwrap();
+    cluster
+        .wait_for_replication(Duration::from_secs(30))
+        .unwrap();
+    // Reads are checked on a connection that never writes: after a write, a
+    // connection's reads stay on the primary until a replica has replayed it.
+    let reader = proxy::connect(&proxy).await;
+    for (sql, expected) in cases {
+        let session = if *expected == Replica {
+            &reader
+        } else {
+            &client
+        };
+        for _ in 0..3 {
+            let port = port_of(session, sql).await;
+            let landed = if port == primary {
+                Primary
+            } else {
+                assert!(replicas.contains(&port), "{sql}: unknown port {port}");
+                Replica
+            };
+            assert_eq!(&landed, expected, "{sql}");
+        }
+    }
+
+    // SELECT INTO and multi-statement strings with a write must not fail on a replica.
+    client
+        .batch_execute("SELECT * INTO TEMP copied FROM t")
+        .await
+        .unwrap();
+    client
+        .batch_execute("SELECT 1; INSERT INTO t VALUES (200, 1)")
+        .await
+        .unwrap();
+
+    // Transactions: plain BEGIN on the primary, READ ONLY on a replica.
+    client.batch_execute("BEGIN").await.unwrap();
+    assert_eq!(port_of(&client, "SELECT inet_server_port()").await, primary);
+    client.batch_execute("COMMIT").await.unwrap();
+    reader.batch_execute("BEGIN READ ONLY").await.unwrap();
+    assert!(replicas.contains(&port_of(&reader, "SELECT inet_server_port()").await));
+    reader.batch_execute("COMMIT").await.unwrap();
+
+    // SET pgwarden.route pins a session.
+    reader
+        .batch_execute("SET pgwarden.route = primary")
+        .await
+        .unwrap();
+    assert_eq!(port_of(&reader, "SELECT inet_server_port()").await, primary);
+    reader
+        .batch_execute("SET pgwarden.route = auto")
+        .await
+        .unwrap();
+    assert!(replicas.contains(&port_of(&reader, "SELECT inet_server_port()").await));
+    let err = reader
+        .batch_execute("SET pgwarden.route = sideways")
+        .await
+        .unwrap_err();
+    assert_eq!(err.code().unwrap().code(), "22023");
+
+    // Extended protocol: prepared reads on replicas, prepared writes on the primary.
+    let read = reader.prepare("SELECT inet_server_port()").await.unwrap();
+    let write = client
+        .prepare("INSERT INTO t VALUES ($1, 0) RETURNING inet_server_port()")
+        .await
+        .unwrap();
+    for i in 0..5 {
+        let port: i32 = reader.query_one(&read, &[]).await.unwrap().get(0);
+        assert!(replicas.contains(&port));
+        let port: i32 = client
+            .query_one(&write, &[&(1000 + i)])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(port, primary);
+    }
+    // Both replicas take reads (least outstanding requests, ties rotate).
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..20 {
+        seen.insert(port_of(&reader, "SELECT inet_server_port()").await);
+    }
+    assert_eq!(seen.len(), 2, "reads spread over both replicas: {seen:?}");
+}
+
+async fn pause_replay(cluster: &LocalCluster) {
+    for replica in cluster.replicas() {
+        replica
+            .psql(USER, DATABASE, "SELECT pg_wal_replay_pause()")
+            .unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_your_writes_under_lag_from_one_and_two_connections() {
+    let cluster = support::cluster(2);
+    let primary = i32::from(cluster.primary().port);
+    let direct = proxy::connect_direct(&cluster).await;
+    direct
+        .batch_execute("CREATE TABLE kv (k int primary key, owner text)")
+        .await
+        .unwrap();
+    cluster
+        .wait_for_replication(Duration::from_secs(30))
+        .unwrap();
+    let proxy = proxy::start(&cluster, |c| {
+        with_replicas(&cluster)(c);
+        c.ryw.scope = RywScope::SessionKey;
+    })
+    .await;
+    wait_replicas_healthy(&proxy).await;
+
+    // Replication lag made real: replay paused on both replicas.
+    pause_replay(&cluster).await;
+    let writer = proxy::connect(&proxy).await;
+    let key_url = format!(
+        "{}?options=-c%20pgwarden.session_key%3Duser-7",
+        proxy::url(&proxy)
+    );
+    let shared_writer = proxy::connect_url(&key_url).await.unwrap();
+    let shared_reader = proxy::connect_url(&key_url).await.unwrap();
+    let bystander = proxy::connect(&proxy).await;
+    let insert = writer
+        .prepare("INSERT INTO kv VALUES ($1, $2)")
+        .await
+        .unwrap();
+    let read = writer
+        .prepare("SELECT count(*), max(inet_server_port()) FROM kv WHERE k = $1")
+        .await
+        .unwrap();
+    let mut stale = 0;
+    for i in 0..1000i32 {
+        writer
+            .execute(&insert, &[&i, &"one-connection"])
+            .await
+            .unwrap();
+        let row = writer.query_one(&read, &[&i]).await.unwrap();
+        if row.get::<_, i64>(0) != 1 {
+            stale += 1;
+        }
+    }
+    assert_eq!(stale, 0, "stale reads on the writing connection");
+
+    let shared_read = shared_reader
+        .prepare("SELECT count(*) FROM kv WHERE k = $1")
+        .await
+        .unwrap();
+    for i in 1000..2000i32 {
+        shared_writer
+            .execute("INSERT INTO kv VALUES ($1, 'shared')", &[&i])
+            .await
+            .unwrap();
+        let n: i64 = shared_reader
+            .query_one(&shared_read, &[&i])
+            .await
+            .unwrap()
+            .get(0);
+        if n != 1 {
+            stale += 1;
+        }
+    }
+    assert_eq!(
+        stale, 0,
+        "stale reads across connections sharing a session key"
+    );
+
+    // Sessions without writes still read from the (lagging) replicas.
+    for _ in 0..10 {
+        let port = port_of(&bystander, "SELECT inet_server_port()").await;
+        assert_ne!(port, primary, "a session without writes must use replicas");
+    }
+    let lagging: i64 = bystander
+        .query_one("SELECT count(*) FROM kv", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(
+        lagging < 2000,
+        "the bystander sees the replicas' (paused) state"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_lag_reads_after_writes_return_to_replicas() {
+    let cluster = support::cluster(1);
+    let primary = i32::from(cluster.primary().port);
+    let proxy = proxy::start(&cluster, with_replicas(&cluster)).await;
+    wait_replicas_healthy(&proxy).await;
+    let client = proxy::connect(&proxy).await;
+    client
+        .batch_execute("CREATE TABLE events (id serial primary key, note text)")
+        .await
+        .unwrap();
+    let mut on_replica = 0;
+    for round in 0..20 {
+        client
+            .execute(
+                "INSERT INTO events (note) VALUES ($1)",
+                &[&format!("round {round}")],
+            )
+            .await
+            .unwrap();
+        // Poll (bounded) until the read is served by the replica, which happens as soon
+        // as it has replayed the write; every read must see the write.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let row = client
+                .query_one(
+                    "SELECT count(*), inet_server_port() FROM events WHERE note = $1",
+                    &[&format!("round {round}")],
+                )
+                .await
+                .unwrap();
+            assert_eq!(row.get::<_, i64>(0), 1, "read saw its own write");
+            if row.get::<_, i32>(1) != primary {
+                on_replica += 1;
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "reads never returned to the replica"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    assert_eq!(on_replica, 20);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_stopped_under_load_costs_no_client_errors() {
+    let mut cluster = support::cluster(2);
+    let init = Command::new(support::pgbench_path())
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &cluster.primary().port.to_string(),
+            "-U",
+            USER,
+        ])
+        .args(["-i", "-s", "1", "-q", DATABASE])
+        .env("PGPASSWORD", PASSWORD)
+        .output()
+        .unwrap();
+    assert!(init.status.success(), "{init:?}");
+    cluster
+        .wait_for_replication(Duration::from_secs(30))
+        .unwrap();
+    let proxy = proxy::start(&cluster, with_replicas(&cluster)).await;
+    wait_replicas_healthy(&proxy).await;
+    let topology = proxy.runtime.routing().topology(DATABASE).unwrap();
+    let port = proxy.port();
+    let bench = std::thread::spawn(move || {
+        Command::new(support::pgbench_path())
+            .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", USER])
+            .args([
+                "-S",
+                "-c",
+                "8",
+                "-j",
+                "2",
+                "-T",
+                "8",
+                "--no-vacuum",
+                DATABASE,
+            ])
+            .env("PGPASSWORD", PASSWORD)
+            .output()
+            .unwrap()
+    });
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let stopped_at = Instant::now();
+    tokio::task::block_in_place(|| cluster.stop_replica(0).unwrap());
+    let replica = &topology.replicas()[0];
+    while replica.healthy.load(std::sync::atomic::Ordering::Relaxed) {
+        assert!(
+            stopped_at.elapsed() < Duration::from_secs(2),
+            "not taken out within 2 s"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    tokio::task::block_in_place(|| cluster.start_replica(0).unwrap());
+    let restarted = Instant::now();
+    while !replica.healthy.load(std::sync::atomic::Ordering::Relaxed) {
+        assert!(
+            restarted.elapsed() < Duration::from_secs(10),
+            "never put back"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let output = tokio::task::block_in_place(|| bench.join().unwrap());
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("number of failed transactions: 0 "),
+        "{stdout}"
+    );
+    assert!(!stderr.contains("error"), "client errors: {stderr}");
+    let routed: u64 = topology
+        .replicas()
+        .iter()
+        .map(|r| r.routed.load(std::sync::atomic::Ordering::Relaxed))
+        .sum();
+    assert!(routed > 100, "reads went to replicas: {routed}");
+}
