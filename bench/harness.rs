@@ -61,11 +61,13 @@ fn main() {
     let idle_counts = env_list("IDLE", "1000 10000");
     let scale = env_num("SCALE", 10);
     let pool_size = env_num("POOL_SIZE", 20);
+    let replicas = env_num("REPLICAS", 0) as usize;
 
     let binaries = PgBinaries::locate().expect("PostgreSQL binaries");
     let pgbench = binaries.path("pgbench");
     println!("starting PostgreSQL ...");
     let cluster = LocalCluster::start(ClusterSpec {
+        replicas,
         extra_conf: vec![
             "max_connections = 300".into(),
             "shared_buffers = 256MB".into(),
@@ -90,6 +92,9 @@ fn main() {
         .output()
         .expect("pgbench -i");
     assert!(init.status.success(), "pgbench -i failed: {init:?}");
+    cluster
+        .wait_for_replication(Duration::from_secs(60))
+        .expect("replicas caught up");
 
     let work = tempfile::Builder::new()
         .prefix("pgw-bench-")
@@ -121,12 +126,30 @@ fn main() {
     }
 
     let mut rows: Vec<(String, String, String, Vec<Measure>)> = Vec::new();
+    let mut replica_shares = Vec::new();
     for script in &scripts {
         for mode in &modes {
             for n in &clients {
                 let mut measures = Vec::new();
                 for target in &targets {
+                    let before = transactions_per_node(&cluster);
                     let m = run_pgbench(&pgbench, port_of(target), script, mode, n, duration);
+                    if target == "pgwarden" && replicas > 0 {
+                        let after = transactions_per_node(&cluster);
+                        let delta: Vec<u64> =
+                            after.iter().zip(&before).map(|(a, b)| a - b).collect();
+                        let total: u64 = delta.iter().sum();
+                        let on_replicas: u64 = delta[1..].iter().sum();
+                        let share = on_replicas as f64 / total.max(1) as f64;
+                        eprintln!(
+                            "    transactions per node {delta:?}: {:.1}% on replicas",
+                            share * 100.0
+                        );
+                        replica_shares.push(format!(
+                            "| {script} | {mode} | {n} | {delta:?} | {:.1}% |",
+                            share * 100.0
+                        ));
+                    }
                     eprintln!(
                         "{script:>6} {mode:>8} c={n:>3} {target:>9}: {:>9.0} tps {:>7.3} ms{}",
                         m.tps,
@@ -163,7 +186,7 @@ fn main() {
                     )
                 };
                 wait_ready(port, target);
-                let result = idle::measure(process.0.id(), port, USER, DATABASE, count);
+                let result = idle::measure(server_pid(process.0.id()), port, USER, DATABASE, count);
                 eprintln!("idle {target} x{count}: {result:?}");
                 idle_rows.push((target, count, result));
                 drop(process);
@@ -171,12 +194,35 @@ fn main() {
         }
     }
 
-    let report = render(&targets, &rows, &idle_rows, duration, scale, pool_size);
+    let mut report = render(&targets, &rows, &idle_rows, duration, scale, pool_size);
+    if replicas > 0 {
+        report = format!(
+            "pgwarden routes reads to {replicas} streaming replica(s); direct and PgBouncer use the primary only.\n\n{report}\n| script | mode | clients | transactions per node (primary, replicas...) | on replicas |\n|---|---|---|---|---|\n{}\n",
+            replica_shares.join("\n")
+        );
+    }
     println!("\n{report}");
     let results = Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/results");
     std::fs::create_dir_all(&results).unwrap();
     std::fs::write(results.join("latest.md"), &report).unwrap();
     std::fs::write(results.join("latest.csv"), render_csv(&targets, &rows)).unwrap();
+}
+
+/// `xact_commit` of the benchmark database on every node (primary first).
+fn transactions_per_node(cluster: &LocalCluster) -> Vec<u64> {
+    std::iter::once(cluster.primary())
+        .chain(cluster.replicas())
+        .map(|node| {
+            node.psql(
+                USER,
+                DATABASE,
+                "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()",
+            )
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+        })
+        .collect()
 }
 
 fn run_pgbench(
@@ -279,6 +325,7 @@ fn start_pgwarden(cluster: &LocalCluster, port: u16, pool_size: u64, auth: &str)
         .env("PGWARDEN_LISTEN", format!("127.0.0.1:{port}"))
         .env("PGWARDEN_HTTP_LISTEN", format!("127.0.0.1:{}", free_port()))
         .env("PGWARDEN_PRIMARY_URL", cluster.primary_url())
+        .env("PGWARDEN_REPLICA_URLS", cluster.replica_urls().join(","))
         .env("PGWARDEN_POOL_SIZE", pool_size.to_string())
         .env("PGWARDEN_AUTH_METHOD", auth)
         .env("PGWARDEN_PROXY_MAX_CLIENT_CONNECTIONS", "20000")
@@ -288,6 +335,17 @@ fn start_pgwarden(cluster: &LocalCluster, port: u16, pool_size: u64, auth: &str)
         .spawn()
         .expect("start pgwarden");
     Guard(child)
+}
+
+/// The process doing the work: pgbouncer runs under `runuser` when we are root.
+fn server_pid(pid: u32) -> u32 {
+    let children =
+        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+    children
+        .split_whitespace()
+        .next()
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(pid)
 }
 
 fn wait_ready(port: u16, what: &str) {

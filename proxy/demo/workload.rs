@@ -6,20 +6,22 @@ use std::collections::BTreeMap;
 
 use crate::cluster::LocalCluster;
 
-/// Where statements ran, by workload step.
+/// Where statements ran, by workload step, in workload order.
 pub struct Report {
-    /// step → (server label → count)
-    served: BTreeMap<&'static str, BTreeMap<String, u32>>,
+    /// (step, server label → count)
+    served: Vec<(&'static str, BTreeMap<String, u32>)>,
 }
 
 impl Report {
     fn record(&mut self, step: &'static str, server: String) {
-        *self
-            .served
-            .entry(step)
-            .or_default()
-            .entry(server)
-            .or_default() += 1;
+        let index = match self.served.iter().position(|(s, _)| *s == step) {
+            Some(index) => index,
+            None => {
+                self.served.push((step, BTreeMap::new()));
+                self.served.len() - 1
+            }
+        };
+        *self.served[index].1.entry(server).or_default() += 1;
     }
 
     pub fn print(&self) {
@@ -43,9 +45,7 @@ pub async fn run(url: &str, cluster: &LocalCluster) -> Result<Report, tokio_post
     };
     let (mut client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
     tokio::spawn(connection);
-    let mut report = Report {
-        served: BTreeMap::new(),
-    };
+    let mut report = Report { served: Vec::new() };
 
     client
         .batch_execute(
@@ -75,6 +75,30 @@ pub async fn run(url: &str, cluster: &LocalCluster) -> Result<Report, tokio_post
             report.record("INSERT orders (write)", label(row.get(0)));
         }
     }
+
+    // Read-your-writes: a read right after this connection's write must see it, so it
+    // runs on the primary until the replica has replayed the write; a connection that
+    // never wrote reads from the replica at once.
+    let (fresh, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
+    tokio::spawn(connection);
+    for _ in 0..5 {
+        let row = client
+            .query_one("SELECT count(*), inet_server_port() FROM customers", &[])
+            .await?;
+        report.record(
+            "read right after own writes (read-your-writes)",
+            label(row.get(1)),
+        );
+        let row = fresh
+            .query_one("SELECT count(*), inet_server_port() FROM customers", &[])
+            .await?;
+        report.record(
+            "same read from a connection that never wrote",
+            label(row.get(1)),
+        );
+    }
+    // Once the replica has replayed the writes, this connection's reads go there too.
+    cluster_caught_up(&client).await?;
 
     let top = client
         .prepare(
@@ -120,4 +144,17 @@ pub async fn run(url: &str, cluster: &LocalCluster) -> Result<Report, tokio_post
         report.record("N+1 child: SELECT orders per customer", label(row.get(1)));
     }
     Ok(report)
+}
+
+/// Waits (bounded) until this connection's reads are served by a replica again.
+async fn cluster_caught_up(client: &tokio_postgres::Client) -> Result<(), tokio_postgres::Error> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while std::time::Instant::now() < deadline {
+        let row = client.query_one("SELECT pg_is_in_recovery()", &[]).await?;
+        if row.get::<_, bool>(0) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    Ok(())
 }

@@ -120,16 +120,22 @@ impl ServerPool {
         }
         let waiting = self.pool.get_owned();
         tokio::pin!(waiting);
-        let result = loop {
-            tokio::select! {
-                result = &mut waiting => break result,
-                _ = tokio::time::sleep(Duration::from_millis(25)) => {
-                    // bb8 keeps connect errors to itself; if opening a connection failed
-                    // while we wait and none exists, the server is down: say so now.
-                    if self.pool.state().connections == 0 {
-                        if let Some(error) = self.connect_error_since(started) {
-                            self.stats.connect_errors.fetch_add(1, Ordering::Relaxed);
-                            return Err(PoolError::Unreachable(error));
+        // Fast path: an idle connection is there; no timer needed.
+        let ready = futures_util::FutureExt::now_or_never(&mut waiting);
+        let result = if let Some(result) = ready {
+            result
+        } else {
+            loop {
+                tokio::select! {
+                    result = &mut waiting => break result,
+                    _ = tokio::time::sleep(Duration::from_millis(25)) => {
+                        // bb8 keeps connect errors to itself; if opening a connection failed
+                        // while we wait and none exists, the server is down: say so now.
+                        if self.pool.state().connections == 0 {
+                            if let Some(error) = self.connect_error_since(started) {
+                                self.stats.connect_errors.fetch_add(1, Ordering::Relaxed);
+                                return Err(PoolError::Unreachable(error));
+                            }
                         }
                     }
                 }

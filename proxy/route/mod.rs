@@ -8,6 +8,7 @@
 mod classify;
 mod monitor;
 pub mod ryw;
+pub mod shape;
 pub mod topology;
 
 use std::collections::HashMap;
@@ -88,13 +89,21 @@ impl Routing {
         self.topologies.values()
     }
 
-    /// Classifies statement text, from cache when seen before.
+    /// Classifies statement text, from cache when a statement of the same shape
+    /// (same text up to literal values) was seen before.
     pub fn classify(&self, sql: &str) -> StatementClass {
         if let Some(class) = self.classes.get(sql) {
             return class;
         }
+        let key = shape::shape(sql);
+        if let Some(class) = self.classes.get(&key) {
+            return class;
+        }
         let class = self.classifier.classify(sql);
-        self.classes.insert(sql.to_string(), class.clone());
+        // Proxy settings carry their value: never share them between shapes.
+        if !matches!(class, StatementClass::ProxySetting { .. }) {
+            self.classes.insert(key, class.clone());
+        }
         class
     }
 }

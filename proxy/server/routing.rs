@@ -149,16 +149,16 @@ impl Session {
         message_tag: u8,
         frame: &[u8],
     ) -> (StatementClass, Option<Hint>) {
-        let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+        let lossy = String::from_utf8_lossy;
         match message_tag {
             tag::QUERY => {
                 let sql = body(frame);
-                let sql = text(&sql[..sql.len().saturating_sub(1)]);
+                let sql = lossy(&sql[..sql.len().saturating_sub(1)]);
                 (routing.classify(&sql), hint(&sql))
             }
             tag::PARSE => match ParseView::parse(body(frame)) {
                 Ok(view) => {
-                    let sql = text(view.query);
+                    let sql = lossy(view.query);
                     (routing.classify(&sql), hint(&sql))
                 }
                 Err(_) => (StatementClass::Write, None),
