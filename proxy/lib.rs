@@ -4,6 +4,7 @@
 //! messages, no I/O), `pool` (server connections), `server` (clients and sessions),
 //! `runtime` (shared process state). The binary in `main.rs` wires them together.
 
+pub mod admin;
 pub mod cluster;
 pub mod config;
 pub mod demo;
@@ -12,6 +13,7 @@ pub mod protocol;
 pub mod route;
 pub mod runtime;
 pub mod server;
+pub mod stats;
 
 use std::sync::Arc;
 
@@ -19,29 +21,44 @@ use tokio::net::TcpListener;
 
 pub use runtime::Runtime;
 
-/// A running proxy: its listen address and the task serving it.
+/// A running proxy: its listen addresses and the tasks serving them.
 pub struct RunningProxy {
     pub runtime: Arc<Runtime>,
     pub address: std::net::SocketAddr,
+    /// Where the dashboard, `/api/`, `/metrics` and the probes are served.
+    pub http_address: std::net::SocketAddr,
     task: tokio::task::JoinHandle<()>,
+    http_task: tokio::task::JoinHandle<()>,
 }
 
 impl RunningProxy {
-    /// Binds `proxy.listen` (port 0 picks a free port) and starts accepting clients.
+    /// Binds `proxy.listen` and `proxy.http_listen` (port 0 picks a free port) and
+    /// starts serving clients and HTTP.
     pub async fn start(config: config::Config) -> std::io::Result<RunningProxy> {
         let listener = TcpListener::bind(&config.proxy.listen).await?;
         let address = listener.local_addr()?;
-        let runtime = Runtime::new(config, None).map_err(std::io::Error::other)?;
+        let http_listener = TcpListener::bind(&config.proxy.http_listen).await?;
+        let http_address = http_listener.local_addr()?;
+        let runtime =
+            Runtime::new(config, runtime::ConfigSource::Fixed).map_err(std::io::Error::other)?;
         let serving = runtime.clone();
         let task = tokio::spawn(async move {
             if let Err(e) = server::serve(serving, listener).await {
                 tracing::error!(error = %e, "listener failed");
             }
         });
+        let http_runtime = runtime.clone();
+        let http_task = tokio::spawn(async move {
+            if let Err(e) = admin::serve_http(http_runtime, http_listener).await {
+                tracing::error!(error = %e, "http server failed");
+            }
+        });
         Ok(RunningProxy {
             runtime,
             address,
+            http_address,
             task,
+            http_task,
         })
     }
 
@@ -53,5 +70,6 @@ impl RunningProxy {
 impl Drop for RunningProxy {
     fn drop(&mut self) {
         self.task.abort();
+        self.http_task.abort();
     }
 }

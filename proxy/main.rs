@@ -91,8 +91,20 @@ fn run(file: Option<PathBuf>) -> anyhow::Result<()> {
         let listener = TcpListener::bind(&config.proxy.listen)
             .await
             .with_context(|| format!("binding proxy.listen {}", config.proxy.listen))?;
-        tracing::info!(listen = %config.proxy.listen, databases = config.databases.len(), "pgwarden listening");
-        let state = pgwarden::Runtime::new(config, file)?;
+        let http = TcpListener::bind(&config.proxy.http_listen)
+            .await
+            .with_context(|| format!("binding proxy.http_listen {}", config.proxy.http_listen))?;
+        tracing::info!(listen = %config.proxy.listen, http = %config.proxy.http_listen, databases = config.databases.len(), "pgwarden listening");
+        let state = pgwarden::Runtime::new(
+            config,
+            pgwarden::runtime::ConfigSource::FileAndEnvironment(file),
+        )?;
+        let http_state = state.clone();
+        tokio::spawn(async move {
+            if let Err(e) = pgwarden::admin::serve_http(http_state, http).await {
+                tracing::error!(error = %e, "http server failed");
+            }
+        });
         spawn_reload_on_sighup(state.clone());
         let serving = pgwarden::server::serve(state, listener);
         tokio::select! {

@@ -17,16 +17,30 @@ use crate::route::{Routing, SharedPositions};
 use crate::server::cancel::CancelRegistry;
 use crate::server::credentials::Credentials;
 use crate::server::SessionError;
+use crate::stats::StatsRecorder;
+
+/// Where a reload reads configuration from.
+#[derive(Debug, Clone)]
+pub enum ConfigSource {
+    /// The TOML file (if any) plus `PGWARDEN_*` variables, as at start-up.
+    FileAndEnvironment(Option<PathBuf>),
+    /// Given in memory by an embedding program: a reload keeps it as it is.
+    Fixed,
+}
 
 pub struct Runtime {
     config: ArcSwap<Config>,
     credentials: ArcSwap<Credentials>,
     tls: ArcSwapOption<TlsAcceptor>,
-    config_path: Option<PathBuf>,
+    source: ConfigSource,
     pub pools: PoolRegistry,
     pub cancels: Arc<CancelRegistry>,
     routing: ArcSwap<Routing>,
     positions: Arc<SharedPositions>,
+    pub stats: StatsRecorder,
+    /// `PAUSE` from the admin console: new transactions wait while true.
+    pub paused: tokio::sync::watch::Sender<bool>,
+    pub started_at: std::time::SystemTime,
     clients: AtomicUsize,
 }
 
@@ -44,17 +58,26 @@ impl Drop for ClientSlot {
 impl Runtime {
     /// Builds the shared state and starts background tasks (lag monitors); call it
     /// inside a tokio runtime.
-    pub fn new(config: Config, config_path: Option<PathBuf>) -> Result<Arc<Runtime>, ConfigError> {
+    pub fn new(config: Config, source: ConfigSource) -> Result<Arc<Runtime>, ConfigError> {
         let tls = build_tls(&config)?;
         let positions = Arc::new(SharedPositions::default());
         let routing = Routing::start(&config, positions.clone());
+        crate::admin::metrics::install();
+        let stats = StatsRecorder::start(
+            config.stats.enabled,
+            config.stats.max_fingerprints.max(10),
+            config.stats.show_parameters,
+        );
         Ok(Arc::new(Runtime {
             routing: ArcSwap::from_pointee(routing),
             positions,
+            stats,
+            paused: tokio::sync::watch::Sender::new(false),
+            started_at: std::time::SystemTime::now(),
             credentials: ArcSwap::from_pointee(Credentials::from_config(&config)),
             config: ArcSwap::from_pointee(config),
             tls: ArcSwapOption::from(tls.map(Arc::new)),
-            config_path,
+            source,
             pools: PoolRegistry::default(),
             cancels: Arc::new(CancelRegistry::default()),
             clients: AtomicUsize::new(0),
@@ -75,6 +98,12 @@ impl Runtime {
 
     pub fn tls(&self) -> Option<Arc<TlsAcceptor>> {
         self.tls.load_full()
+    }
+
+    /// Waits while the admin console has paused the proxy.
+    pub async fn wait_unpaused(&self) {
+        let mut paused = self.paused.subscribe();
+        let _ = paused.wait_for(|p| !*p).await;
     }
 
     pub fn client_count(&self) -> usize {
@@ -98,7 +127,13 @@ impl Runtime {
     /// settings changed are rebuilt on next use; transactions in flight finish on the
     /// pool they started on.
     pub fn reload(&self) -> Result<(), ConfigError> {
-        let fresh = config::load(self.config_path.as_deref())?;
+        let fresh = match &self.source {
+            ConfigSource::FileAndEnvironment(path) => config::load(path.as_deref())?,
+            ConfigSource::Fixed => {
+                tracing::info!("configuration was given in memory; nothing to reload");
+                return Ok(());
+            }
+        };
         let tls = build_tls(&fresh)?;
         let old = self.config.load_full();
         let pools_changed = serde_json::to_value(&old.databases).ok()

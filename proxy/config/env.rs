@@ -75,7 +75,10 @@ fn apply_key(tree: &mut Value, var: &str, value: &str) -> Result<(), ConfigError
 
 /// Keys whose default is "unset", so they are absent from the serialized defaults.
 fn is_known_optional(section: &str, key: &str) -> bool {
-    matches!((section, key), ("proxy", "tls_cert") | ("proxy", "tls_key"))
+    matches!(
+        (section, key),
+        ("proxy", "tls_cert") | ("proxy", "tls_key") | ("admin", "http_token")
+    )
 }
 
 fn apply_primary_url(tree: &mut Value, var: &str, url: &str) -> Result<(), ConfigError> {

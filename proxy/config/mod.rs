@@ -15,6 +15,6 @@ pub use endpoint::Endpoint;
 pub use error::ConfigError;
 pub use load::{load, load_from_str};
 pub use schema::{
-    AuthConfig, AuthMethod, Config, DatabaseConfig, Fallback, PoolConfig, PoolMode, ProxyConfig,
-    RoutingConfig, RywConfig, RywScope, UserConfig,
+    AdminConfig, AuthConfig, AuthMethod, Config, DatabaseConfig, Fallback, PoolConfig, PoolMode,
+    ProxyConfig, RoutingConfig, RywConfig, RywScope, StatsConfig, UserConfig,
 };

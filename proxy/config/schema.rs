@@ -16,6 +16,8 @@ pub struct Config {
     pub pool: PoolConfig,
     pub routing: RoutingConfig,
     pub ryw: RywConfig,
+    pub stats: StatsConfig,
+    pub admin: AdminConfig,
     /// One entry per database name clients connect to.
     pub databases: BTreeMap<String, DatabaseConfig>,
 }
@@ -210,6 +212,37 @@ impl Default for RywConfig {
     }
 }
 
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StatsConfig {
+    /// Fingerprint and count every statement.
+    pub enabled: bool,
+    /// Fingerprints kept; past it the least costly are evicted.
+    pub max_fingerprints: usize,
+    /// Show one sample statement with its literal values in outputs.
+    pub show_parameters: bool,
+}
+
+impl Default for StatsConfig {
+    fn default() -> Self {
+        StatsConfig {
+            enabled: true,
+            max_fingerprints: 5_000,
+            show_parameters: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Users allowed on the admin console (database `pgwarden`). Empty: the users
+    /// named in the databases' primary URLs.
+    pub users: Vec<String>,
+    /// When set, the HTTP API and dashboard require `Authorization: Bearer <token>`.
+    pub http_token: Option<String>,
+}
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DatabaseConfig {
@@ -251,6 +284,17 @@ impl Config {
             .get(database)
             .and_then(|d| d.pool_size)
             .unwrap_or(self.pool.size)
+    }
+
+    /// Whether `user` may use the admin console.
+    pub fn is_admin(&self, user: &str) -> bool {
+        if !self.admin.users.is_empty() {
+            return self.admin.users.iter().any(|u| u == user);
+        }
+        self.databases.iter().any(|(name, db)| {
+            db.primary_endpoint(name)
+                .is_ok_and(|e| e.user.as_deref() == Some(user))
+        })
     }
 
     pub fn user(&self, name: &str) -> Option<&UserConfig> {

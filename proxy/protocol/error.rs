@@ -30,6 +30,7 @@ impl SqlState {
     pub const QUERY_CANCELED: SqlState = SqlState("57014");
     pub const INVALID_PREPARED_STATEMENT: SqlState = SqlState("26000");
     pub const INVALID_PARAMETER_VALUE: SqlState = SqlState("22023");
+    pub const SYNTAX_ERROR: SqlState = SqlState("42601");
 }
 
 /// Severity of an error the proxy reports: `ERROR` keeps the connection, `FATAL` ends it.

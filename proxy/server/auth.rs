@@ -17,7 +17,7 @@ use crate::protocol::tag::frontend as tag;
 const SCRAM_SHA_256: &str = "SCRAM-SHA-256";
 
 /// Authenticates `user`; on success `AuthenticationOk` has been written to `out`.
-pub async fn authenticate(
+pub(crate) async fn authenticate(
     stream: &mut ClientStream,
     method: AuthMethod,
     user: &str,

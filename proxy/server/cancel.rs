@@ -37,6 +37,27 @@ impl CancelSlot {
 struct Entry {
     secret: i32,
     slot: Arc<CancelSlot>,
+    info: Arc<ClientInfo>,
+}
+
+/// What the admin console shows about a connected client.
+#[derive(Debug, Clone)]
+pub struct ClientInfo {
+    pub user: String,
+    pub database: String,
+    pub peer: String,
+    pub application_name: String,
+    pub tls: bool,
+    pub connected_at: std::time::SystemTime,
+}
+
+/// One row of `SHOW CLIENTS`.
+#[derive(Debug, Clone)]
+pub struct ClientView {
+    pub pid: i32,
+    pub info: Arc<ClientInfo>,
+    /// The server connection the client holds right now, if any.
+    pub server: Option<(String, i32)>,
 }
 
 /// Proxy-issued keys of every connected client.
@@ -65,7 +86,7 @@ impl Drop for CancelRegistration {
 
 impl CancelRegistry {
     /// Issues a fresh (pid, secret) for a client.
-    pub fn register(self: &Arc<Self>) -> CancelRegistration {
+    pub fn register(self: &Arc<Self>, info: ClientInfo) -> CancelRegistration {
         let slot = Arc::new(CancelSlot::default());
         let secret: i32 = rand::random();
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
@@ -80,6 +101,7 @@ impl CancelRegistry {
             Entry {
                 secret,
                 slot: slot.clone(),
+                info: Arc::new(info),
             },
         );
         CancelRegistration {
@@ -119,5 +141,20 @@ impl CancelRegistry {
 
     pub fn client_count(&self) -> usize {
         self.entries.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// Every logged-in client, for the admin console and the HTTP API.
+    pub fn clients(&self) -> Vec<ClientView> {
+        let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        let mut clients: Vec<ClientView> = entries
+            .iter()
+            .map(|(pid, entry)| ClientView {
+                pid: *pid,
+                info: entry.info.clone(),
+                server: entry.slot.target().map(|(address, key)| (address, key.pid)),
+            })
+            .collect();
+        clients.sort_by_key(|c| c.info.connected_at);
+        clients
     }
 }

@@ -81,6 +81,7 @@ impl Session {
             return Ok(());
         }
         self.note_forwarded(message_tag, &frame);
+        self.stats_on_forward(message_tag, &frame);
         self.batch_open = !matches!(message_tag, tag::SYNC | tag::QUERY | tag::FUNCTION_CALL);
         let pooled_statements = self.mode == PoolMode::Transaction;
         match message_tag {

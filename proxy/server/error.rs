@@ -36,6 +36,8 @@ pub enum SessionError {
     NoReplica,
     #[error("invalid pgwarden setting: {0}")]
     BadProxySetting(String),
+    #[error("user \"{0}\" is not an admin (admin.users)")]
+    NotAdmin(String),
     /// Not an error: the message was answered by the proxy itself.
     #[error("answered by the proxy")]
     Answered,
@@ -83,6 +85,9 @@ impl SessionError {
                     .with_hint("pgwarden.route takes primary, replica or auto")
             }
             SessionError::Answered => return None,
+            SessionError::NotAdmin(_) => {
+                ErrorFields::fatal(SqlState::INSUFFICIENT_PRIVILEGE, message)
+            }
         })
     }
 

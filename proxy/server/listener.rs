@@ -49,6 +49,11 @@ async fn handle_client(runtime: Arc<Runtime>, tcp: TcpStream) -> Result<(), Sess
     let Some(opened) = open(tcp, &runtime).await? else {
         return Ok(()); // a cancel request, handled
     };
+    if opened.params.get("database").map(String::as_str) == Some(crate::admin::console::DATABASE) {
+        let result = crate::admin::serve_console(runtime.clone(), opened).await;
+        drop(slot);
+        return result;
+    }
     let session = match log_in(runtime.clone(), opened).await {
         Ok(session) => session,
         Err((mut opened, e)) => {

@@ -39,7 +39,14 @@ pub async fn log_in(
                 Ok(pool) => pool,
                 Err(e) => return Err((Opened { stream, params }, e)),
             };
-            let cancel = runtime.cancels.register();
+            let cancel = runtime.cancels.register(super::cancel::ClientInfo {
+                user: identity.user.clone(),
+                database: identity.database.clone(),
+                peer: identity.peer.clone(),
+                application_name: identity.application_name.clone(),
+                tls: stream.is_tls(),
+                connected_at: std::time::SystemTime::now(),
+            });
             let mut to_client = out;
             backend::backend_key_data(&mut to_client, cancel.pid, cancel.secret);
             backend::ready_for_query(&mut to_client, TransactionStatus::Idle);
@@ -61,6 +68,10 @@ pub async fn log_in(
                 failed_backend: None,
                 routing,
                 batch_open: false,
+                stats: runtime
+                    .stats
+                    .enabled
+                    .then(|| super::statistics::SessionStats::new(runtime.stats.clone())),
                 client: stream,
                 identity,
                 mode,

@@ -5,12 +5,12 @@
 //! `protocol` for bytes; it never opens server sockets itself (cancel requests aside,
 //! which PostgreSQL requires on a fresh connection).
 
-mod auth;
+pub(crate) mod auth;
 pub mod cancel;
 mod client_messages;
 pub mod credentials;
 mod error;
-mod handshake;
+pub(crate) mod handshake;
 mod listener;
 mod login;
 mod pump;
@@ -20,6 +20,7 @@ mod server_messages;
 mod session;
 mod settings;
 mod statements;
+mod statistics;
 pub mod stream;
 pub mod tls;
 

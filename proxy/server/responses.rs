@@ -77,6 +77,8 @@ pub struct ResponseQueue {
     /// The server is in COPY IN mode and the client has not ended the COPY yet: the
     /// server ignores `Sync` now, so a `Sync` owes no `ReadyForQuery`.
     copy_in_open: bool,
+    /// `Execute`s that ended with an error (failed or skipped after one), for stats.
+    failed_executes: usize,
 }
 
 impl ResponseQueue {
@@ -88,6 +90,7 @@ impl ResponseQueue {
         self.entries.clear();
         self.failed_parses.clear();
         self.copy_in_open = false;
+        self.failed_executes = 0;
     }
 
     /// Whether a `Sync` sent now will be answered (it is not, during COPY IN).
@@ -123,6 +126,11 @@ impl ResponseQueue {
         }
     }
 
+    /// `Execute`s ended by an error since the last call.
+    pub fn take_failed_executes(&mut self) -> usize {
+        std::mem::take(&mut self.failed_executes)
+    }
+
     /// Statements the server turned out not to have prepared (drained by the caller).
     pub fn take_failed_parses(&mut self) -> Vec<StatementId> {
         std::mem::take(&mut self.failed_parses)
@@ -156,6 +164,9 @@ impl ResponseQueue {
                 let popped = self.entries.pop_front();
                 if let Some(Expect::Parse(Some(id)) | Expect::Swallow(id)) = &popped {
                     self.failed_parses.push(*id);
+                }
+                if let Some(Expect::Execute) = &popped {
+                    self.failed_executes += 1;
                 }
                 if first.is_none() {
                     first = popped;

@@ -34,6 +34,11 @@ impl Session {
             return Ok(());
         };
         let watch_settings = !self.pending_settings.is_idle();
+        let served = if self.backend == 0 {
+            crate::stats::Served::Primary
+        } else {
+            crate::stats::Served::Replica
+        };
         // Bytes at the front of the server buffer already known to be relayed.
         let mut relay_run = 0usize;
         loop {
@@ -70,6 +75,25 @@ impl Session {
                     self.pending_settings.rolled_back = true;
                 }
                 _ => {}
+            }
+            if let Some(stats) = self.stats.as_mut() {
+                match message_tag {
+                    tag::COMMAND_COMPLETE => stats.on_command_complete(&rest[5..len]),
+                    tag::ERROR_RESPONSE if popped.is_some() => {
+                        // Extended protocol: the batch failed up to its Sync.
+                        for _ in 0..self.responses.take_failed_executes() {
+                            stats.finish_one(served, true);
+                        }
+                        stats.reset_error();
+                    }
+                    tag::ERROR_RESPONSE => stats.on_error(),
+                    _ => {}
+                }
+                if message_tag != tag::ERROR_RESPONSE
+                    && matches!(popped, Some(Expect::Query) | Some(Expect::Execute))
+                {
+                    stats.finish_one(served, false);
+                }
             }
             match disposition {
                 Disposition::Relay => relay_run += len,

@@ -46,6 +46,8 @@ pub struct Session {
     pub(super) routing: Option<SessionRouting>,
     /// An extended-protocol batch is open (messages sent since the last `Sync`).
     pub(super) batch_open: bool,
+    /// Statement timings for query statistics (None when `stats.enabled = false`).
+    pub(super) stats: Option<super::statistics::SessionStats>,
     /// Bytes read from the client, not yet handled.
     pub(super) client_buf: BytesMut,
     /// Bytes owed to the client.
@@ -236,6 +238,9 @@ impl Session {
                 }
             }
             self.batch_open = false;
+            if let Some(stats) = self.stats.as_mut() {
+                stats.clear();
+            }
             self.responses.clear();
             self.to_server.clear();
             // Dropping returns it to the pool (or closes it if marked broken).
@@ -249,6 +254,9 @@ impl Session {
     pub(super) async fn acquire(&mut self, mut backend: usize) -> Result<(), SessionError> {
         if self.server.is_some() {
             return Ok(());
+        }
+        if *self.runtime.paused.borrow() {
+            self.runtime.wait_unpaused().await;
         }
         let mut server = loop {
             let pool = if backend == 0 {

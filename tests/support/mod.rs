@@ -3,6 +3,7 @@
 //! started in-process in front of it.
 #![allow(dead_code)]
 
+pub mod http;
 pub mod proxy;
 
 use std::path::PathBuf;

@@ -1,0 +1,92 @@
+//! Prometheus metrics with the `metrics` crate: statement counters and latency come
+//! from the stats snapshot (off the data path); pools, clients and replica lag are
+//! read when `/metrics` is scraped.
+
+use std::sync::atomic::Ordering;
+use std::sync::OnceLock;
+
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+use crate::runtime::Runtime;
+
+/// Installs the Prometheus recorder (once per process) so metrics recorded from now on
+/// are kept.
+pub fn install() {
+    let _ = handle();
+}
+
+fn handle() -> &'static PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE.get_or_init(|| {
+        let recorder = PrometheusBuilder::new()
+            .set_buckets(&[
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+            ])
+            .expect("static buckets")
+            .build_recorder();
+        let handle = recorder.handle();
+        // Another recorder may exist (tests, embedding apps): then ours is local only.
+        let _ = metrics::set_global_recorder(recorder);
+        handle
+    })
+}
+
+/// Renders the Prometheus text exposition for this process.
+pub fn render(runtime: &Runtime) -> String {
+    let handle = handle();
+    metrics::gauge!("pgwarden_clients").set(runtime.cancels.client_count() as f64);
+    for pool in runtime.pools.all() {
+        let (open, idle) = pool.state();
+        let labels = [
+            ("database", pool.key.database.clone()),
+            ("user", pool.key.user.clone()),
+            ("backend", pool.key.backend.to_string()),
+        ];
+        metrics::gauge!("pgwarden_pool_server_connections", &labels).set(f64::from(open));
+        metrics::gauge!("pgwarden_pool_idle_server_connections", &labels).set(f64::from(idle));
+        metrics::gauge!("pgwarden_pool_size", &labels).set(f64::from(pool.settings.size));
+        metrics::counter!("pgwarden_pool_checkouts_total", &labels)
+            .absolute(pool.stats.checkouts.load(Ordering::Relaxed));
+        metrics::counter!("pgwarden_pool_checkout_wait_seconds_total", &labels)
+            .absolute(pool.stats.checkout_wait_us.load(Ordering::Relaxed) / 1_000_000);
+        metrics::counter!("pgwarden_pool_checkout_timeouts_total", &labels)
+            .absolute(pool.stats.checkout_timeouts.load(Ordering::Relaxed));
+    }
+    let routing = runtime.routing();
+    for topology in routing.topologies() {
+        for backend in topology.replicas() {
+            let labels = [
+                ("database", topology.database.clone()),
+                ("replica", backend.address.clone()),
+            ];
+            let lag = backend.lag_bytes.load(Ordering::Relaxed);
+            if lag != u64::MAX {
+                metrics::gauge!("pgwarden_replica_lag_bytes", &labels).set(lag as f64);
+            }
+            let lag_ms = backend.lag_ms.load(Ordering::Relaxed);
+            if lag_ms != u64::MAX {
+                metrics::gauge!("pgwarden_replica_lag_seconds", &labels)
+                    .set(lag_ms as f64 / 1000.0);
+            }
+            metrics::gauge!("pgwarden_replica_healthy", &labels).set(
+                if backend.healthy.load(Ordering::Relaxed) {
+                    1.0
+                } else {
+                    0.0
+                },
+            );
+        }
+    }
+    let snapshot = runtime.stats.snapshot();
+    let (mut primary, mut replica, mut errors) = (0u64, 0u64, 0u64);
+    for q in &snapshot.queries {
+        primary += q.primary_calls;
+        replica += q.replica_calls;
+        errors += q.errors;
+    }
+    metrics::counter!("pgwarden_queries_total", "route" => "primary").absolute(primary);
+    metrics::counter!("pgwarden_queries_total", "route" => "replica").absolute(replica);
+    metrics::counter!("pgwarden_query_errors_total").absolute(errors);
+    metrics::counter!("pgwarden_stats_dropped_events_total").absolute(snapshot.dropped_events);
+    handle.render()
+}

@@ -1,0 +1,185 @@
+//! Query statistics: every statement is fingerprinted and counted (calls, errors,
+//! rows, time percentiles, route) by a background aggregator.
+//!
+//! Sessions only hand over a small event with `try_send`; when the channel is full the
+//! event is dropped and counted, so recording never blocks the data path.
+//! Fingerprinting, histograms and eviction happen on the aggregator task. Readers (the
+//! admin console, the HTTP API, metrics) see the last published snapshot.
+
+mod aggregate;
+pub mod fingerprint;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot};
+
+pub use aggregate::{QuerySummary, Snapshot, TimePoint};
+
+/// Which kind of backend served a statement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Served {
+    Primary,
+    Replica,
+}
+
+/// One finished statement.
+#[derive(Debug)]
+pub struct StatementEvent {
+    pub sql: Bytes,
+    pub duration: Duration,
+    pub rows: u64,
+    pub error: bool,
+    pub served: Served,
+}
+
+enum Event {
+    Statement(StatementEvent),
+    Flush(oneshot::Sender<()>),
+}
+
+/// Handle sessions record through; cheap to clone.
+#[derive(Clone)]
+pub struct StatsRecorder {
+    tx: mpsc::Sender<Event>,
+    snapshot: Arc<ArcSwap<Snapshot>>,
+    dropped: Arc<AtomicU64>,
+    pub enabled: bool,
+}
+
+impl StatsRecorder {
+    /// Starts the aggregator task (needs a tokio runtime).
+    pub fn start(enabled: bool, max_fingerprints: usize, show_parameters: bool) -> StatsRecorder {
+        let (tx, rx) = mpsc::channel(65_536);
+        let snapshot = Arc::new(ArcSwap::from_pointee(Snapshot::default()));
+        let dropped = Arc::new(AtomicU64::new(0));
+        tokio::spawn(aggregate::run(
+            rx,
+            snapshot.clone(),
+            dropped.clone(),
+            max_fingerprints,
+            show_parameters,
+        ));
+        StatsRecorder {
+            tx,
+            snapshot,
+            dropped,
+            enabled,
+        }
+    }
+
+    /// Records a statement; never waits.
+    pub fn record(&self, event: StatementEvent) {
+        if self.tx.try_send(Event::Statement(event)).is_err() {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Waits until every event recorded before this call is in the snapshot.
+    pub async fn flush(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(Event::Flush(tx)).await.is_ok() {
+            let _ = rx.await;
+        }
+    }
+
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot.load_full()
+    }
+
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+}
+
+/// Rows a `CommandComplete` tag reports (`SELECT 5`, `INSERT 0 3`, `UPDATE 2`).
+pub fn rows_from_tag(tag: &[u8]) -> u64 {
+    let last = tag.rsplit(|b| *b == b' ').next().unwrap_or(b"");
+    std::str::from_utf8(last)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_from_command_tags() {
+        assert_eq!(rows_from_tag(b"SELECT 5"), 5);
+        assert_eq!(rows_from_tag(b"INSERT 0 3"), 3);
+        assert_eq!(rows_from_tag(b"CREATE TABLE"), 0);
+    }
+
+    #[tokio::test]
+    async fn aggregates_by_fingerprint() {
+        let stats = StatsRecorder::start(true, 100, false);
+        for (sql, error) in [
+            ("SELECT 1", false),
+            ("select 2", false),
+            ("SELECT x FROM t", true),
+        ] {
+            stats.record(StatementEvent {
+                sql: Bytes::from(sql),
+                duration: Duration::from_millis(2),
+                rows: 1,
+                error,
+                served: Served::Primary,
+            });
+        }
+        stats.flush().await;
+        let snapshot = stats.snapshot();
+        let select = snapshot
+            .queries
+            .iter()
+            .find(|q| q.query == "select ?")
+            .unwrap();
+        assert_eq!((select.calls, select.errors, select.rows), (2, 0, 2));
+        assert!(
+            select.p50_ms >= 1.9 && select.p50_ms <= 2.1,
+            "{}",
+            select.p50_ms
+        );
+        let other = snapshot
+            .queries
+            .iter()
+            .find(|q| q.query == "select x from t")
+            .unwrap();
+        assert_eq!(other.errors, 1);
+        assert_eq!(snapshot.queries.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn memory_is_bounded_and_cheap_fingerprints_go_first() {
+        let stats = StatsRecorder::start(true, 10, false);
+        stats.record(StatementEvent {
+            sql: Bytes::from("SELECT expensive FROM t"),
+            duration: Duration::from_secs(1),
+            rows: 0,
+            error: false,
+            served: Served::Replica,
+        });
+        for i in 0..50 {
+            stats.record(StatementEvent {
+                sql: Bytes::from(format!("SELECT c{i} FROM t")),
+                duration: Duration::from_micros(10),
+                rows: 0,
+                error: false,
+                served: Served::Primary,
+            });
+        }
+        stats.flush().await;
+        let snapshot = stats.snapshot();
+        assert!(snapshot.queries.len() <= 10);
+        assert!(snapshot
+            .queries
+            .iter()
+            .any(|q| q.query == "select expensive from t"));
+    }
+}

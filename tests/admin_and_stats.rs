@@ -1,0 +1,296 @@
+//! Query statistics checked against pg_stat_statements, the admin console through
+//! psql, and the HTTP API and Prometheus metrics.
+
+mod support;
+
+use std::process::Command;
+use std::time::Duration;
+
+use pgwarden::cluster::ClusterSpec;
+use support::proxy::{self, DATABASE, PASSWORD, USER};
+
+fn psql_admin(port: u16, user: &str, password: &str, sql: &str) -> std::process::Output {
+    Command::new(support::psql_path())
+        .args(["-X", "-A", "-F", "|", "-c", sql])
+        .arg(format!(
+            "host=127.0.0.1 port={port} user={user} dbname=pgwarden"
+        ))
+        .env("PGPASSWORD", password)
+        .output()
+        .unwrap()
+}
+
+fn stdout(output: &std::process::Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statistics_match_pg_stat_statements() {
+    let cluster = support::cluster_with(ClusterSpec {
+        extra_conf: vec!["shared_preload_libraries = 'pg_stat_statements'".into()],
+        ..ClusterSpec::default()
+    });
+    let direct = proxy::connect_direct(&cluster).await;
+    direct
+        .batch_execute(
+            "CREATE EXTENSION pg_stat_statements;
+             CREATE TABLE items (id int primary key, price int);
+             INSERT INTO items SELECT g, g % 100 FROM generate_series(1, 1000) g;
+             SELECT pg_stat_statements_reset();",
+        )
+        .await
+        .unwrap();
+    let proxy = proxy::start(&cluster, |c| c.pool.size = 3).await;
+    let client = proxy::connect(&proxy).await;
+    let by_id = client
+        .prepare("SELECT * FROM items WHERE id = $1")
+        .await
+        .unwrap();
+    for id in 1..=30 {
+        client.query(&by_id, &[&id]).await.unwrap();
+    }
+    for price in 0..20 {
+        client
+            .simple_query(&format!("SELECT count(*) FROM items WHERE price > {price}"))
+            .await
+            .unwrap();
+    }
+    let bump = client
+        .prepare("UPDATE items SET price = price + 1 WHERE id <= $1")
+        .await
+        .unwrap();
+    for n in 1..=10 {
+        client.execute(&bump, &[&n]).await.unwrap();
+    }
+    for _ in 0..4 {
+        assert!(client.simple_query("SELECT 1/0").await.is_err());
+    }
+    proxy.runtime.stats.flush().await;
+    let snapshot = proxy.runtime.stats.snapshot();
+    let ours = |query: &str| {
+        snapshot
+            .queries
+            .iter()
+            .find(|q| q.query == query)
+            .unwrap_or_else(|| {
+                panic!(
+                    "no stats for {query:?}: {:#?}",
+                    snapshot
+                        .queries
+                        .iter()
+                        .map(|q| &q.query)
+                        .collect::<Vec<_>>()
+                )
+            })
+            .clone()
+    };
+    let direct = &direct;
+    let theirs = |pattern: &'static str| async move {
+        let row = direct
+            .query_one(
+                "SELECT sum(calls)::bigint, sum(rows)::bigint FROM pg_stat_statements WHERE query ILIKE $1",
+                &[&pattern],
+            )
+            .await
+            .unwrap();
+        (
+            row.get::<_, Option<i64>>(0).unwrap_or(0) as u64,
+            row.get::<_, Option<i64>>(1).unwrap_or(0) as u64,
+        )
+    };
+    let select = ours("select * from items where id = ?");
+    assert_eq!(
+        (select.calls, select.rows),
+        theirs("SELECT * FROM items WHERE id = $1").await
+    );
+    assert_eq!(select.calls, 30);
+    let count = ours("select count(*) from items where price > ?");
+    assert_eq!(
+        count.calls,
+        theirs("SELECT count(*) FROM items WHERE price > $1")
+            .await
+            .0
+    );
+    assert_eq!(count.calls, 20);
+    let update = ours("update items set price = price + ? where id <= ?");
+    assert_eq!(
+        (update.calls, update.rows),
+        theirs("UPDATE items SET price = price + % WHERE id <= %").await
+    );
+    assert_eq!(update.rows, 55);
+    let failing = ours("select ? / ?");
+    assert_eq!((failing.calls, failing.errors), (4, 4));
+    assert!(
+        select.p50_ms > 0.0 && select.p99_ms >= select.p50_ms && select.max_ms >= select.p99_ms
+    );
+    assert_eq!(select.primary_calls, 30);
+    assert!(
+        select.sample.is_none(),
+        "parameters are redacted by default"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_console_through_psql() {
+    let cluster = support::cluster(0);
+    let proxy = proxy::start(&cluster, |c| c.pool.size = 2).await;
+    let client = proxy::connect(&proxy).await;
+    client
+        .batch_execute("CREATE TABLE t (v int)")
+        .await
+        .unwrap();
+    client.query("SELECT count(*) FROM t", &[]).await.unwrap();
+    let port = proxy.port();
+
+    let pools = tokio::task::block_in_place(|| psql_admin(port, USER, PASSWORD, "SHOW POOLS"));
+    let text = stdout(&pools);
+    assert!(
+        text.starts_with("database|user|backend|server|pool_mode|size|sv_active|sv_idle|cl_active"),
+        "{text}"
+    );
+    assert!(text.contains(&format!("app|{USER}|primary|")), "{text}");
+
+    let clients = tokio::task::block_in_place(|| psql_admin(port, USER, PASSWORD, "SHOW CLIENTS"));
+    assert!(
+        stdout(&clients).contains(&format!("|{USER}|app|")),
+        "{}",
+        stdout(&clients)
+    );
+
+    let queries = tokio::task::block_in_place(|| psql_admin(port, USER, PASSWORD, "SHOW QUERIES"));
+    assert!(
+        stdout(&queries).contains("select count(*) from t"),
+        "{}",
+        stdout(&queries)
+    );
+
+    let config = tokio::task::block_in_place(|| psql_admin(port, USER, PASSWORD, "SHOW CONFIG"));
+    let config = stdout(&config);
+    assert!(config.contains("pool.size|2"), "{config}");
+    assert!(
+        !config.contains(PASSWORD),
+        "SHOW CONFIG must not reveal passwords"
+    );
+
+    for command in [
+        "SHOW DATABASES",
+        "SHOW SERVERS",
+        "SHOW VERSION",
+        "SHOW BACKENDS",
+        "RELOAD",
+    ] {
+        let out = tokio::task::block_in_place(|| psql_admin(port, USER, PASSWORD, command));
+        assert!(out.status.success(), "{command}: {out:?}");
+    }
+    let bad = tokio::task::block_in_place(|| psql_admin(port, USER, PASSWORD, "DROP EVERYTHING"));
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("unknown admin command"),
+        "{bad:?}"
+    );
+    let wrong = tokio::task::block_in_place(|| psql_admin(port, USER, "nope", "SHOW POOLS"));
+    assert!(String::from_utf8_lossy(&wrong.stderr).contains("password authentication failed"));
+
+    // PAUSE holds new transactions until RESUME.
+    let out = tokio::task::block_in_place(|| psql_admin(port, USER, PASSWORD, "PAUSE"));
+    assert!(out.status.success());
+    let waiting = tokio::spawn(async move {
+        client
+            .query_one("SELECT 42", &[])
+            .await
+            .map(|r| r.get::<_, i32>(0))
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!waiting.is_finished(), "query must wait while paused");
+    let out = tokio::task::block_in_place(|| psql_admin(port, USER, PASSWORD, "RESUME"));
+    assert!(out.status.success());
+    let value = tokio::time::timeout(Duration::from_secs(5), waiting)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(value, 42);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_api_metrics_and_probes() {
+    let cluster = support::cluster(1);
+    let proxy = proxy::start(&cluster, |c| {
+        c.databases.get_mut(DATABASE).unwrap().replicas = cluster.replica_urls();
+        c.admin.http_token = Some("s3cret".into());
+    })
+    .await;
+    let client = proxy::connect(&proxy).await;
+    for i in 0..25 {
+        client.query("SELECT $1::int + 1", &[&i]).await.unwrap();
+    }
+    proxy.runtime.stats.flush().await;
+    let http = proxy.http_address;
+    assert_eq!(support::http::get(http, "/healthz", None).await.0, 200);
+    assert_eq!(support::http::get(http, "/readyz", None).await.0, 200);
+    assert_eq!(
+        support::http::get(http, "/metrics", None).await.0,
+        401,
+        "token required"
+    );
+    let (status, body) = support::http::get(http, "/metrics", Some("s3cret")).await;
+    assert_eq!(status, 200);
+    let lines = body.lines().map(|l| Ok(l.to_string()));
+    let scrape = prometheus_parse::Scrape::parse(lines).expect("valid Prometheus text");
+    let value = |name: &str| -> f64 {
+        scrape
+            .samples
+            .iter()
+            .filter(|s| s.metric == name)
+            .map(|s| match s.value {
+                prometheus_parse::Value::Counter(v)
+                | prometheus_parse::Value::Gauge(v)
+                | prometheus_parse::Value::Untyped(v) => v,
+                _ => 0.0,
+            })
+            .sum()
+    };
+    assert!(value("pgwarden_queries_total") >= 25.0, "{body}");
+    assert_eq!(value("pgwarden_clients"), 1.0);
+    assert!(value("pgwarden_pool_size") >= 20.0);
+    assert!(
+        scrape
+            .samples
+            .iter()
+            .any(|s| s.metric == "pgwarden_query_duration_seconds_count"
+                || s.metric == "pgwarden_query_duration_seconds"),
+        "latency histogram exported"
+    );
+
+    let (status, body) = support::http::get(http, "/api/queries", Some("s3cret")).await;
+    assert_eq!(status, 200);
+    let queries: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let entry = queries
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|q| q["query"] == "select ?::int + ?")
+        .unwrap_or_else(|| panic!("{body}"));
+    assert_eq!(entry["calls"], 25);
+    for path in [
+        "/api/pools",
+        "/api/backends",
+        "/api/timeline",
+        "/api/clients",
+        "/",
+    ] {
+        let (status, body) = support::http::get(http, path, Some("s3cret")).await;
+        assert_eq!(status, 200, "{path}");
+        assert!(!body.is_empty(), "{path}");
+    }
+    let (_, backends) = support::http::get(http, "/api/backends", Some("s3cret")).await;
+    assert!(backends.contains("replica1"), "{backends}");
+    drop(cluster);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while support::http::get(http, "/readyz", None).await.0 != 503 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "readyz must fail when the primary is gone"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
