@@ -114,11 +114,18 @@ fn main() {
     let _warden = targets
         .iter()
         .any(|t| t == "pgwarden")
-        .then(|| start_pgwarden(&cluster, warden_port, pool_size, "scram-sha-256"));
+        .then(|| start_pgwarden(&cluster, warden_port, pool_size, "scram-sha-256", true));
+    // The same proxy with query statistics off, to measure what they cost.
+    let nostats_port = free_port();
+    let _nostats = targets
+        .iter()
+        .any(|t| t == "pgwarden_nostats")
+        .then(|| start_pgwarden(&cluster, nostats_port, pool_size, "scram-sha-256", false));
 
     let port_of = |target: &str| match target {
         "direct" => pg_port,
         "pgbouncer" => bouncer_port,
+        "pgwarden_nostats" => nostats_port,
         _ => warden_port,
     };
     for target in &targets {
@@ -175,7 +182,7 @@ fn main() {
                 // connection state, not SCRAM work.
                 let port = free_port();
                 let process = if target == "pgwarden" {
-                    start_pgwarden(&cluster, port, pool_size, "trust")
+                    start_pgwarden(&cluster, port, pool_size, "trust", true)
                 } else {
                     start_pgbouncer(
                         &work.path().join(format!("idle{count}")),
@@ -313,7 +320,13 @@ fn start_pgbouncer(dir: &Path, pg_port: u16, port: u16, pool_size: u64, auth: &s
     Guard(child)
 }
 
-fn start_pgwarden(cluster: &LocalCluster, port: u16, pool_size: u64, auth: &str) -> Guard {
+fn start_pgwarden(
+    cluster: &LocalCluster,
+    port: u16,
+    pool_size: u64,
+    auth: &str,
+    stats: bool,
+) -> Guard {
     let exe = std::env::current_exe().unwrap();
     let bin = exe.parent().unwrap().parent().unwrap().join("pgwarden");
     assert!(
@@ -328,6 +341,7 @@ fn start_pgwarden(cluster: &LocalCluster, port: u16, pool_size: u64, auth: &str)
         .env("PGWARDEN_REPLICA_URLS", cluster.replica_urls().join(","))
         .env("PGWARDEN_POOL_SIZE", pool_size.to_string())
         .env("PGWARDEN_AUTH_METHOD", auth)
+        .env("PGWARDEN_STATS_ENABLED", stats.to_string())
         .env("PGWARDEN_PROXY_MAX_CLIENT_CONNECTIONS", "20000")
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
@@ -380,7 +394,11 @@ fn render(
     for t in targets {
         let _ = write!(header, " {t} ms |");
     }
-    let ratios = [("pgwarden", "direct"), ("pgwarden", "pgbouncer")];
+    let ratios = [
+        ("pgwarden", "direct"),
+        ("pgwarden", "pgbouncer"),
+        ("pgwarden", "pgwarden_nostats"),
+    ];
     for (a, b) in ratios {
         if idx(a).is_some() && idx(b).is_some() {
             let _ = write!(header, " {a}/{b} |");

@@ -27,6 +27,14 @@ fn handle() -> &'static PrometheusHandle {
         let handle = recorder.handle();
         // Another recorder may exist (tests, embedding apps): then ours is local only.
         let _ = metrics::set_global_recorder(recorder);
+        // Histograms keep raw samples until drained: drain them even when nobody scrapes.
+        let upkeep = handle.clone();
+        let _ = std::thread::Builder::new()
+            .name("pgwarden-metrics-upkeep".into())
+            .spawn(move || loop {
+                std::thread::sleep(std::time::Duration::from_secs(5));
+                upkeep.run_upkeep();
+            });
         handle
     })
 }

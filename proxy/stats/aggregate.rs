@@ -94,27 +94,46 @@ pub(super) async fn run(
     let mut timeline: VecDeque<(TimePoint, u64)> = VecDeque::new();
     // Fingerprints by exact text, so repeated statements skip normalization.
     let mut by_text: HashMap<bytes::Bytes, FingerprintId> = HashMap::new();
-    let mut publish = tokio::time::interval(Duration::from_millis(500));
+    let latency = [
+        metrics::histogram!("pgwarden_query_duration_seconds", "route" => "primary"),
+        metrics::histogram!("pgwarden_query_duration_seconds", "route" => "replica"),
+    ];
+    // Drain on a timer instead of waiting on the channel: senders then never have to
+    // wake this task, which keeps recording nearly free for the sessions.
+    let mut tick = tokio::time::interval(Duration::from_millis(20));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut since_publish = 0u32;
     let mut dirty = false;
     loop {
-        tokio::select! {
-            event = rx.recv() => match event {
-                Some(Event::Statement(event)) => {
-                    add(&mut entries, &mut by_text, &mut timeline, event, max_fingerprints, show_parameters);
+        tick.tick().await;
+        let mut waiting = Vec::new();
+        loop {
+            match rx.try_recv() {
+                Ok(Event::Statement(event)) => {
+                    let index = usize::from(event.served == Served::Replica);
+                    latency[index].record(event.duration.as_secs_f64());
+                    add(
+                        &mut entries,
+                        &mut by_text,
+                        &mut timeline,
+                        event,
+                        max_fingerprints,
+                        show_parameters,
+                    );
                     dirty = true;
                 }
-                Some(Event::Flush(done)) => {
-                    snapshot.store(Arc::new(build(&entries, &timeline, &dropped)));
-                    dirty = false;
-                    let _ = done.send(());
-                }
-                None => return,
-            },
-            _ = publish.tick() => {
-                if dirty {
-                    snapshot.store(Arc::new(build(&entries, &timeline, &dropped)));
-                    dirty = false;
-                }
+                Ok(Event::Flush(done)) => waiting.push(done),
+                Err(mpsc::error::TryRecvError::Empty) => break,
+                Err(mpsc::error::TryRecvError::Disconnected) => return,
+            }
+        }
+        since_publish += 1;
+        if !waiting.is_empty() || (dirty && since_publish >= 25) {
+            snapshot.store(Arc::new(build(&entries, &timeline, &dropped)));
+            dirty = false;
+            since_publish = 0;
+            for done in waiting {
+                let _ = done.send(());
             }
         }
     }
@@ -130,12 +149,6 @@ fn add(
 ) {
     let micros = event.duration.as_micros() as u64;
     let now = now_secs();
-    let route = match event.served {
-        Served::Primary => "primary",
-        Served::Replica => "replica",
-    };
-    metrics::histogram!("pgwarden_query_duration_seconds", "route" => route)
-        .record(event.duration.as_secs_f64());
     let (id, normalized) = match by_text.get(&event.sql) {
         Some(id) if entries.contains_key(id) => (*id, None),
         _ => {

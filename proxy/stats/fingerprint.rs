@@ -368,6 +368,68 @@ mod tests {
         assert_eq!(distinct.len(), 16, "distinct shapes among the SAME pairs");
     }
 
+    /// Twenty distinct shapes, each written with `{}` where a literal goes.
+    const SHAPES: &[&str] = &[
+        "SELECT * FROM users WHERE id = {}",
+        "SELECT * FROM users WHERE email = {}",
+        "SELECT id FROM users WHERE id = {}",
+        "SELECT * FROM orders WHERE user_id = {} ORDER BY created_at DESC LIMIT {}",
+        "SELECT count(*) FROM orders WHERE total > {}",
+        "SELECT sum(total) FROM orders WHERE user_id = {}",
+        "UPDATE users SET name = {} WHERE id = {}",
+        "UPDATE users SET email = {} WHERE id = {}",
+        "DELETE FROM sessions WHERE expires_at < {}",
+        "INSERT INTO events (kind, payload) VALUES ({}, {})",
+        "INSERT INTO events (kind) VALUES ({})",
+        "SELECT * FROM orders o JOIN users u ON u.id = o.user_id WHERE o.id = {}",
+        "SELECT * FROM orders o LEFT JOIN users u ON u.id = o.user_id WHERE o.id = {}",
+        "SELECT * FROM products WHERE id IN ({}, {}, {})",
+        "SELECT * FROM products WHERE sku = ANY({})",
+        "SELECT * FROM products WHERE price BETWEEN {} AND {}",
+        "SELECT name FROM products WHERE name LIKE {}",
+        "SELECT * FROM products WHERE id = {} FOR UPDATE",
+        "WITH recent AS (SELECT * FROM orders WHERE total > {}) SELECT count(*) FROM recent",
+        "SELECT * FROM audit WHERE at > now() - interval {}",
+    ];
+
+    fn fill(shape: &str, values: &[&str]) -> String {
+        let mut out = shape.to_string();
+        let mut i = 0;
+        while let Some(at) = out.find("{}") {
+            out.replace_range(at..at + 2, values[i % values.len()]);
+            i += 1;
+        }
+        out
+    }
+
+    #[test]
+    fn twenty_shapes_pairwise() {
+        // 20 shapes x 3 literal spellings: 60 "same" pairs; 190 "different" pairs.
+        let spellings: [&[&str]; 3] = [&["1", "'a'"], &["$1", "$2"], &["42", "'it''s'", "7.5"]];
+        let ids: Vec<_> = SHAPES
+            .iter()
+            .map(|s| fingerprint(&fill(s, spellings[0])).0)
+            .collect();
+        for (shape, id) in SHAPES.iter().zip(&ids) {
+            for values in &spellings[1..] {
+                assert_eq!(
+                    fingerprint(&fill(shape, values)).0,
+                    *id,
+                    "{shape} with {values:?}"
+                );
+            }
+            assert_eq!(
+                fingerprint(&fill(shape, spellings[0]).to_lowercase()).0,
+                *id
+            );
+        }
+        for i in 0..ids.len() {
+            for j in i + 1..ids.len() {
+                assert_ne!(ids[i], ids[j], "{} vs {}", SHAPES[i], SHAPES[j]);
+            }
+        }
+    }
+
     #[test]
     fn normalized_text_reads_well() {
         assert_eq!(
