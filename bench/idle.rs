@@ -24,17 +24,13 @@ fn rss_kib(pid: u32) -> u64 {
 }
 
 fn startup(user: &str, database: &str) -> Vec<u8> {
-    let mut body = 196608i32.to_be_bytes().to_vec();
-    for (k, v) in [("user", user), ("database", database)] {
-        body.extend_from_slice(k.as_bytes());
-        body.push(0);
-        body.extend_from_slice(v.as_bytes());
-        body.push(0);
-    }
-    body.push(0);
-    let mut packet = ((body.len() + 4) as i32).to_be_bytes().to_vec();
-    packet.extend_from_slice(&body);
-    packet
+    let mut packet = bytes::BytesMut::new();
+    postgres_protocol::message::frontend::startup_message(
+        [("user", user), ("database", database)],
+        &mut packet,
+    )
+    .expect("small startup packet");
+    packet.to_vec()
 }
 
 async fn connect_idle(port: u16, packet: &[u8]) -> Option<TcpStream> {

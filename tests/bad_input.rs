@@ -12,18 +12,13 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 fn startup_packet() -> Vec<u8> {
-    let mut body = Vec::new();
-    body.extend_from_slice(&196608i32.to_be_bytes());
-    for (k, v) in [("user", USER), ("database", DATABASE)] {
-        body.extend_from_slice(k.as_bytes());
-        body.push(0);
-        body.extend_from_slice(v.as_bytes());
-        body.push(0);
-    }
-    body.push(0);
-    let mut packet = ((body.len() + 4) as i32).to_be_bytes().to_vec();
-    packet.extend_from_slice(&body);
-    packet
+    let mut packet = bytes::BytesMut::new();
+    postgres_protocol::message::frontend::startup_message(
+        [("user", USER), ("database", DATABASE)],
+        &mut packet,
+    )
+    .expect("small startup packet");
+    packet.to_vec()
 }
 
 /// Reads until the connection closes (or 5 s pass) and returns all bytes.

@@ -45,43 +45,7 @@ impl ServerConnection {
     /// replay) and discards its answer. Any `ErrorResponse` fails it; the connection is
     /// then in an unknown state and should be marked broken by the caller.
     pub async fn run_internal(&mut self, sql: &str) -> Result<(), super::PoolError> {
-        use crate::protocol::frame::check_frame;
-        use crate::protocol::tag::backend as tag;
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-        let mut out = BytesMut::new();
-        postgres_protocol::message::frontend::query(sql, &mut out).map_err(|e| self.io(e))?;
-        self.stream.write_all(&out).await.map_err(|e| self.io(e))?;
-        let mut failure = None;
-        loop {
-            while let Some(len) = check_frame(&self.read_buf, 1 << 30)
-                .map_err(|e| self.io(std::io::Error::other(e)))?
-            {
-                let frame = self.read_buf.split_to(len);
-                match frame[0] {
-                    tag::ERROR_RESPONSE => {
-                        failure = Some(String::from_utf8_lossy(&frame[5..]).replace('\0', " "))
-                    }
-                    tag::READY_FOR_QUERY => {
-                        return match failure {
-                            Some(message) => Err(super::PoolError::Unhealthy(message)),
-                            None => Ok(()),
-                        };
-                    }
-                    _ => {}
-                }
-            }
-            let n = self
-                .stream
-                .read_buf(&mut self.read_buf)
-                .await
-                .map_err(|e| self.io(e))?;
-            if n == 0 {
-                return Err(super::PoolError::Unhealthy(
-                    "server closed the connection".into(),
-                ));
-            }
-        }
+        self.query_values(sql).await.map(|_| ())
     }
 
     /// Runs a proxy-internal query and returns the text values of its first row.

@@ -131,56 +131,57 @@ impl Session {
 
     async fn pump_once(&mut self, idle_since: Instant) -> Result<Pumped, SessionError> {
         let idle_limit = self.idle_timeout.filter(|_| self.server.is_none());
-        let mut pump = Pump {
-            client: &mut self.client,
-            client_buf: &mut self.client_buf,
-            to_client: &mut self.to_client,
-            server: self.server.as_deref_mut(),
-            to_server: &mut self.to_server,
-            read_client: true,
-            until_drained: false,
-        };
-        let result = match idle_limit {
-            Some(limit) => {
-                let deadline = idle_since + limit;
-                match tokio::time::timeout_at(deadline.into(), pump.run()).await {
-                    Ok(result) => result,
-                    Err(_) => return Err(SessionError::IdleTimeout(limit.as_millis() as u64)),
-                }
-            }
-            None => pump.run().await,
-        };
-        result.map_err(|e| self.pump_error(e))
+        let deadline = idle_limit.map(|limit| idle_since + limit);
+        match self.pump(true, false, deadline).await {
+            Err(None) => Err(SessionError::IdleTimeout(
+                idle_limit.map_or(0, |l| l.as_millis() as u64),
+            )),
+            Err(Some(e)) => Err(e),
+            Ok(pumped) => Ok(pumped),
+        }
     }
 
     /// Waits for more bytes from the attached server (not reading the client).
     pub(super) async fn read_server_once(&mut self) -> Result<(), SessionError> {
-        let mut pump = Pump {
-            client: &mut self.client,
-            client_buf: &mut self.client_buf,
-            to_client: &mut self.to_client,
-            server: self.server.as_deref_mut(),
-            to_server: &mut self.to_server,
-            read_client: false,
-            until_drained: false,
-        };
-        let result = pump.run().await;
-        result.map(|_| ()).map_err(|e| self.pump_error(e))
+        self.pump(false, false, None)
+            .await
+            .map(|_| ())
+            .map_err(without_deadline)
     }
 
     /// Writes everything owed to both sides.
     pub(super) async fn drain(&mut self) -> Result<(), SessionError> {
+        self.pump(false, true, None)
+            .await
+            .map(|_| ())
+            .map_err(without_deadline)
+    }
+
+    /// Moves bytes in both directions until something needs handling. `Err(None)`
+    /// means `deadline` passed first.
+    async fn pump(
+        &mut self,
+        read_client: bool,
+        until_drained: bool,
+        deadline: Option<Instant>,
+    ) -> Result<Pumped, Option<SessionError>> {
         let mut pump = Pump {
             client: &mut self.client,
             client_buf: &mut self.client_buf,
             to_client: &mut self.to_client,
             server: self.server.as_deref_mut(),
             to_server: &mut self.to_server,
-            read_client: false,
-            until_drained: true,
+            read_client,
+            until_drained,
         };
-        let result = pump.run().await;
-        result.map(|_| ()).map_err(|e| self.pump_error(e))
+        let result = match deadline {
+            Some(deadline) => match tokio::time::timeout_at(deadline.into(), pump.run()).await {
+                Ok(result) => result,
+                Err(_) => return Err(None),
+            },
+            None => pump.run().await,
+        };
+        result.map_err(|e| Some(self.pump_error(e)))
     }
 
     fn pump_error(&mut self, error: PumpError) -> SessionError {
@@ -334,4 +335,10 @@ impl Session {
         }
         self.release();
     }
+}
+
+/// A pump run without a deadline always ends with a real error.
+fn without_deadline(error: Option<SessionError>) -> SessionError {
+    error
+        .unwrap_or_else(|| SessionError::Protocol("internal: pump stopped without a reason".into()))
 }
