@@ -416,3 +416,68 @@ async fn a_replica_stopped_under_load_costs_no_client_errors() {
         .sum();
     assert!(routed > 100, "reads went to replicas: {routed}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_key_positions_travel_between_instances() {
+    let cluster = support::cluster(1);
+    let direct = proxy::connect_direct(&cluster).await;
+    direct
+        .batch_execute("CREATE TABLE notes (id int primary key)")
+        .await
+        .unwrap();
+    cluster
+        .wait_for_replication(Duration::from_secs(30))
+        .unwrap();
+    let configure = |c: &mut Config| {
+        with_replicas(&cluster)(c);
+        c.ryw.scope = RywScope::SessionKey;
+    };
+    let a = proxy::start(&cluster, configure).await;
+    let b = proxy::start(&cluster, configure).await;
+    wait_replicas_healthy(&a).await;
+    wait_replicas_healthy(&b).await;
+    pause_replay(&cluster).await;
+
+    let key = "options=-c%20pgwarden.session_key%3Dshared-9";
+    let writer = proxy::connect_url(&format!("{}?{key}", proxy::url(&a)))
+        .await
+        .unwrap();
+    let reader = proxy::connect_url(&format!("{}?{key}", proxy::url(&b)))
+        .await
+        .unwrap();
+    let positions = b.runtime.routing().positions.clone();
+    let mut longest = Duration::ZERO;
+    for i in 0..50i32 {
+        writer
+            .execute("INSERT INTO notes VALUES ($1)", &[&i])
+            .await
+            .unwrap();
+        // Instance B learns the write position through NOTIFY, asynchronously: wait
+        // (bounded) until it has, then its reads must see the write.
+        let known = a
+            .runtime
+            .routing()
+            .positions
+            .get(DATABASE, "shared-9")
+            .unwrap();
+        let started = Instant::now();
+        while positions
+            .get(DATABASE, "shared-9")
+            .is_none_or(|lsn| lsn < known)
+        {
+            assert!(
+                started.elapsed() < Duration::from_secs(5),
+                "position never reached instance B"
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        longest = longest.max(started.elapsed());
+        let n: i64 = reader
+            .query_one("SELECT count(*) FROM notes WHERE id = $1", &[&i])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(n, 1, "instance B read a stale replica");
+    }
+    eprintln!("longest NOTIFY propagation between instances: {longest:?}");
+}
