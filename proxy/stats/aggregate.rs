@@ -228,6 +228,15 @@ fn evict(entries: &mut HashMap<FingerprintId, Entry>, max: usize) {
     }
 }
 
+/// A percentile from the histogram, kept within what was observed (histogram buckets
+/// report their upper edge, which can exceed the true maximum).
+fn quantile(entry: &Entry, q: f64) -> u64 {
+    entry
+        .histogram
+        .value_at_quantile(q)
+        .clamp(entry.min_us.min(entry.max_us), entry.max_us)
+}
+
 fn build(
     entries: &HashMap<FingerprintId, Entry>,
     timeline: &VecDeque<(TimePoint, u64)>,
@@ -247,9 +256,9 @@ fn build(
             mean_ms: ms(e.total_us) / e.calls.max(1) as f64,
             min_ms: if e.calls == 0 { 0.0 } else { ms(e.min_us) },
             max_ms: ms(e.max_us),
-            p50_ms: ms(e.histogram.value_at_quantile(0.50)),
-            p95_ms: ms(e.histogram.value_at_quantile(0.95)),
-            p99_ms: ms(e.histogram.value_at_quantile(0.99)),
+            p50_ms: ms(quantile(e, 0.50)),
+            p95_ms: ms(quantile(e, 0.95)),
+            p99_ms: ms(quantile(e, 0.99)),
             primary_calls: e.primary_calls,
             replica_calls: e.replica_calls,
             first_seen: e.first_seen,
