@@ -304,15 +304,22 @@ fn start_pgbouncer(dir: &Path, pg_port: u16, port: u16, pool_size: u64, auth: &s
     }
     let bin = PathBuf::from("/usr/sbin/pgbouncer");
     let root = unsafe { libc::geteuid() } == 0;
+    // runuser's login session resets the open-files limit to 1024: raise it again.
+    let launch = format!(
+        "ulimit -n $(ulimit -Hn); exec {} {}",
+        bin.display(),
+        ini.display()
+    );
     let mut command = if root {
         let mut c = Command::new("runuser");
-        c.args(["-u", "postgres", "--"]).arg(&bin);
+        c.args(["-u", "postgres", "--", "sh", "-c", &launch]);
         c
     } else {
-        Command::new(&bin)
+        let mut c = Command::new("sh");
+        c.args(["-c", &launch]);
+        c
     };
     let child = command
-        .arg(&ini)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()

@@ -105,7 +105,9 @@ impl Session {
         let mut idle_since = Instant::now();
         loop {
             let step = match self.pump_once(idle_since).await {
-                Ok(Pumped::ClientData) => self.handle_client_messages().await,
+                // Boxed: the handling future (pool checkout, settings replay) is large
+                // and would otherwise be part of every idle client's task.
+                Ok(Pumped::ClientData) => Box::pin(self.handle_client_messages()).await,
                 Ok(Pumped::ServerData) => self.handle_server_messages(),
                 Ok(Pumped::Drained) => Ok(()),
                 Err(e) => Err(e),
@@ -115,7 +117,7 @@ impl Session {
                 Err(SessionError::ServerLost(reason)) => {
                     // A replica that died before answering an autocommit read: run the
                     // read elsewhere; the client never notices.
-                    if !self.retry_elsewhere().await? {
+                    if !Box::pin(self.retry_elsewhere()).await? {
                         return Err(SessionError::ServerLost(reason));
                     }
                 }
@@ -124,7 +126,7 @@ impl Session {
             if self.server.is_none() {
                 idle_since = Instant::now();
             } else {
-                self.maybe_release().await;
+                Box::pin(self.maybe_release()).await;
             }
         }
     }
