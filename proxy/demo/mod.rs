@@ -77,6 +77,21 @@ pub async fn run() -> Result<(), DemoError> {
     let report = workload::run(&url, &cluster).await?;
     report.print();
 
+    // What the statistics saw: the same workload by fingerprint.
+    proxy.runtime.stats.flush().await;
+    println!("\ntop statements by total time (SHOW QUERIES on the admin console):");
+    println!("   calls   mean ms  replica  fingerprint");
+    for q in proxy.runtime.stats.snapshot().queries.iter().take(6) {
+        let text: String = q.query.chars().take(90).collect();
+        println!(
+            "  {:>6} {:>9.3} {:>7.0}%  {}",
+            q.calls,
+            q.mean_ms,
+            100.0 * q.replica_calls as f64 / q.calls.max(1) as f64,
+            text
+        );
+    }
+
     drop(proxy);
     tokio::time::sleep(Duration::from_millis(100)).await;
     drop(cluster);

@@ -26,10 +26,10 @@ impl Report {
 
     pub fn print(&self) {
         println!("where statements ran (server answering each statement):");
-        println!("  {:<44} served by", "workload step");
+        println!("  {:<54} served by", "workload step");
         for (step, servers) in &self.served {
             let list: Vec<String> = servers.iter().map(|(s, n)| format!("{s} x{n}")).collect();
-            println!("  {:<44} {}", step, list.join(", "));
+            println!("  {:<54} {}", step, list.join(", "));
         }
     }
 }
@@ -76,11 +76,8 @@ pub async fn run(url: &str, cluster: &LocalCluster) -> Result<Report, tokio_post
         }
     }
 
-    // Read-your-writes: a read right after this connection's write must see it, so it
-    // runs on the primary until the replica has replayed the write; a connection that
-    // never wrote reads from the replica at once.
-    let (fresh, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
-    tokio::spawn(connection);
+    // Read-your-writes: a read right after this connection's writes must see them, so
+    // it runs on the primary until the replica has replayed them.
     for _ in 0..5 {
         let row = client
             .query_one("SELECT count(*), inet_server_port() FROM customers", &[])
@@ -89,16 +86,21 @@ pub async fn run(url: &str, cluster: &LocalCluster) -> Result<Report, tokio_post
             "read right after own writes (read-your-writes)",
             label(row.get(1)),
         );
+    }
+    // Once the replica has replayed the writes, reads go there again, from this
+    // connection and from one that never wrote.
+    cluster_caught_up(&client).await?;
+    let (fresh, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
+    tokio::spawn(connection);
+    for _ in 0..5 {
         let row = fresh
             .query_one("SELECT count(*), inet_server_port() FROM customers", &[])
             .await?;
         report.record(
-            "same read from a connection that never wrote",
+            "same read from another connection, replica caught up",
             label(row.get(1)),
         );
     }
-    // Once the replica has replayed the writes, this connection's reads go there too.
-    cluster_caught_up(&client).await?;
 
     let top = client
         .prepare(
