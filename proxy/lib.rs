@@ -35,12 +35,24 @@ impl RunningProxy {
     /// Binds `proxy.listen` and `proxy.http_listen` (port 0 picks a free port) and
     /// starts serving clients and HTTP.
     pub async fn start(config: config::Config) -> std::io::Result<RunningProxy> {
-        let listener = TcpListener::bind(&config.proxy.listen).await?;
+        Self::start_from(config, runtime::ConfigSource::Fixed).await
+    }
+
+    /// Like `start`, with the source a reload reads configuration from.
+    pub async fn start_from(
+        config: config::Config,
+        source: runtime::ConfigSource,
+    ) -> std::io::Result<RunningProxy> {
+        let bind = |key: &'static str, address: String| async move {
+            TcpListener::bind(&address)
+                .await
+                .map_err(|e| std::io::Error::new(e.kind(), format!("binding {key} {address}: {e}")))
+        };
+        let listener = bind("proxy.listen", config.proxy.listen.clone()).await?;
         let address = listener.local_addr()?;
-        let http_listener = TcpListener::bind(&config.proxy.http_listen).await?;
+        let http_listener = bind("proxy.http_listen", config.proxy.http_listen.clone()).await?;
         let http_address = http_listener.local_addr()?;
-        let runtime =
-            Runtime::new(config, runtime::ConfigSource::Fixed).map_err(std::io::Error::other)?;
+        let runtime = Runtime::new(config, source).map_err(std::io::Error::other)?;
         let serving = runtime.clone();
         let task = tokio::spawn(async move {
             if let Err(e) = server::serve(serving, listener).await {

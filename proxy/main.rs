@@ -4,7 +4,6 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use tokio::net::TcpListener;
 
 #[derive(Parser)]
 #[command(
@@ -88,29 +87,16 @@ fn run(file: Option<PathBuf>) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     runtime.block_on(async move {
-        let listener = TcpListener::bind(&config.proxy.listen)
-            .await
-            .with_context(|| format!("binding proxy.listen {}", config.proxy.listen))?;
-        let http = TcpListener::bind(&config.proxy.http_listen)
-            .await
-            .with_context(|| format!("binding proxy.http_listen {}", config.proxy.http_listen))?;
-        tracing::info!(listen = %config.proxy.listen, http = %config.proxy.http_listen, databases = config.databases.len(), "pgwarden listening");
-        let state = pgwarden::Runtime::new(
+        let databases = config.databases.len();
+        let proxy = pgwarden::RunningProxy::start_from(
             config,
             pgwarden::runtime::ConfigSource::FileAndEnvironment(file),
-        )?;
-        let http_state = state.clone();
-        tokio::spawn(async move {
-            if let Err(e) = pgwarden::admin::serve_http(http_state, http).await {
-                tracing::error!(error = %e, "http server failed");
-            }
-        });
-        spawn_reload_on_sighup(state.clone());
-        let serving = pgwarden::server::serve(state, listener);
-        tokio::select! {
-            result = serving => result.context("listener failed")?,
-            _ = shutdown_signal() => tracing::info!("shutting down"),
-        }
+        )
+        .await?;
+        tracing::info!(listen = %proxy.address, http = %proxy.http_address, databases, "pgwarden listening");
+        spawn_reload_on_sighup(proxy.runtime.clone());
+        shutdown_signal().await;
+        tracing::info!("shutting down");
         Ok(())
     })
 }
