@@ -10,6 +10,7 @@ mod env;
 mod error;
 mod load;
 mod schema;
+mod tenancy;
 
 pub use endpoint::Endpoint;
 pub use error::ConfigError;
@@ -18,3 +19,4 @@ pub use schema::{
     AdminConfig, AuthConfig, AuthMethod, Config, DatabaseConfig, Fallback, PoolConfig, PoolMode,
     ProxyConfig, RoutingConfig, RywConfig, RywScope, StatsConfig, UserConfig,
 };
+pub use tenancy::{TenancyConfig, TenancyMode, TenantValueType};

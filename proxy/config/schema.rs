@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::{ConfigError, Endpoint};
+use super::{ConfigError, Endpoint, TenancyConfig, TenancyMode};
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -18,6 +18,7 @@ pub struct Config {
     pub ryw: RywConfig,
     pub stats: StatsConfig,
     pub admin: AdminConfig,
+    pub tenancy: TenancyConfig,
     /// One entry per database name clients connect to.
     pub databases: BTreeMap<String, DatabaseConfig>,
 }
@@ -256,6 +257,8 @@ pub struct DatabaseConfig {
     pub pool_size: Option<u32>,
     /// The database name on the server, when it differs from the name clients use.
     pub server_database: Option<String>,
+    /// Overrides `tenancy.mode` for this database.
+    pub tenancy_mode: Option<TenancyMode>,
 }
 
 impl DatabaseConfig {
@@ -284,6 +287,13 @@ impl Config {
             .get(database)
             .and_then(|d| d.pool_size)
             .unwrap_or(self.pool.size)
+    }
+
+    pub fn tenancy_mode_for(&self, database: &str) -> TenancyMode {
+        self.databases
+            .get(database)
+            .and_then(|d| d.tenancy_mode)
+            .unwrap_or(self.tenancy.mode)
     }
 
     /// Whether `user` may use the admin console.
@@ -354,6 +364,7 @@ impl Config {
                 ));
             }
         }
+        self.tenancy.validate()?;
         for (i, user) in self.auth.users.iter().enumerate() {
             if user.name.is_empty() {
                 return Err(ConfigError::invalid(
