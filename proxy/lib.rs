@@ -14,6 +14,7 @@ pub mod route;
 pub mod runtime;
 pub mod server;
 pub mod stats;
+pub mod tenant;
 
 use std::sync::Arc;
 

@@ -1,0 +1,104 @@
+//! From statement text to a [`Decision`]: parse, walk every statement in the
+//! string with the mode's walker, and print the rewritten text when it changed.
+//! A string is judged as a whole: one refused part refuses all of it.
+
+use std::collections::HashSet;
+use std::ops::ControlFlow;
+
+use sqlparser::ast::{Query, Statement, Visit, Visitor};
+use sqlparser::dialect::PostgreSqlDialect;
+use sqlparser::parser::Parser;
+
+use super::decision::{Decision, Rejection, RejectionKind};
+use super::enforce::Checker;
+use super::policy::{ident_name, GuardContext};
+use super::rewrite::Rewriter;
+use crate::config::TenancyMode;
+
+pub fn decide(ctx: &GuardContext<'_>, mode: TenancyMode, sql: &str) -> Decision {
+    let mut statements = match Parser::parse_sql(&PostgreSqlDialect {}, sql) {
+        Ok(statements) => statements,
+        Err(error) => {
+            return Decision::Reject(Rejection::new(
+                RejectionKind::Unparseable,
+                error.to_string(),
+            ))
+        }
+    };
+    if statements.is_empty() {
+        return Decision::Pass;
+    }
+    let ctes = cte_names(&statements);
+    match mode {
+        TenancyMode::Off => Decision::Pass,
+        TenancyMode::Rewrite => {
+            let mut rewriter = Rewriter::new(ctx, &ctes);
+            for statement in &mut statements {
+                if let Err(rejection) = rewriter.rewrite(statement) {
+                    return Decision::Reject(rejection);
+                }
+            }
+            let tenant_params = std::mem::take(&mut rewriter.writes.tenant_params);
+            if !rewriter.changed {
+                return pass(tenant_params);
+            }
+            let mut text = String::new();
+            if let Some(hint) = routing_hint(sql) {
+                text.push_str(hint);
+                text.push(' ');
+            }
+            let printed: Vec<String> = statements.iter().map(Statement::to_string).collect();
+            text.push_str(&printed.join("; "));
+            Decision::Rewritten {
+                sql: text,
+                tenant_params,
+            }
+        }
+        TenancyMode::Enforce | TenancyMode::Audit => {
+            let mut checker = Checker::new(ctx, &ctes);
+            for statement in &statements {
+                if let Err(rejection) = checker.check(statement) {
+                    return Decision::Reject(rejection);
+                }
+            }
+            pass(std::mem::take(&mut checker.writes.tenant_params))
+        }
+    }
+}
+
+fn pass(tenant_params: Vec<usize>) -> Decision {
+    if tenant_params.is_empty() {
+        Decision::Pass
+    } else {
+        Decision::PassWithParams { tenant_params }
+    }
+}
+
+/// Routing hints live in comments, which printing drops: keep them.
+fn routing_hint(sql: &str) -> Option<&'static str> {
+    match crate::route::hint(sql)? {
+        crate::route::Hint::Primary => Some("/* pgwarden:primary */"),
+        crate::route::Hint::Replica => Some("/* pgwarden:replica */"),
+    }
+}
+
+/// Every CTE name defined anywhere in the statements.
+fn cte_names(statements: &[Statement]) -> HashSet<String> {
+    struct Collect(HashSet<String>);
+    impl Visitor for Collect {
+        type Break = ();
+        fn pre_visit_query(&mut self, query: &Query) -> ControlFlow<()> {
+            if let Some(with) = &query.with {
+                for cte in &with.cte_tables {
+                    self.0.insert(ident_name(&cte.alias.name));
+                }
+            }
+            ControlFlow::Continue(())
+        }
+    }
+    let mut collect = Collect(HashSet::new());
+    for statement in statements {
+        let _ = statement.visit(&mut collect);
+    }
+    collect.0
+}

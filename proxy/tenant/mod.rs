@@ -1,0 +1,202 @@
+//! The tenant guard: no tenant session reads or changes another tenant's rows.
+//!
+//! This room owns deciding, for one statement string and one tenant, whether it may
+//! run as is, must run rewritten, or must be refused — from the sqlparser AST and a
+//! catalog of which relations are tenant-scoped. It never touches sockets; the
+//! session (`server/tenancy.rs`) applies its decisions. It fails closed: whatever it
+//! cannot prove safe is refused with SQLSTATE 42501.
+//!
+//! - `catalog`/`refresh`: scoped relations, schemas and functions, kept current.
+//! - `policy`: the shared rules (names, functions, statement kinds, settings).
+//! - `rewrite` (mode `rewrite`) and `enforce` (modes `enforce`, `audit`): the walks.
+//! - `writes`: the tenant column of written rows; `predicates`: tenant conjuncts.
+//! - `bind`: parameters checked at Bind; `violations`: what was refused, counted.
+
+mod bind;
+pub mod catalog;
+mod decide;
+mod decision;
+mod enforce;
+mod policy;
+mod predicates;
+mod refresh;
+mod rewrite;
+mod violations;
+mod writes;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlparser::ast::{Query, Statement};
+use sqlparser::dialect::PostgreSqlDialect;
+use sqlparser::parser::Parser;
+
+pub use bind::params_are_tenant;
+pub use catalog::Catalog;
+pub use decision::{Decision, Rejection, RejectionKind};
+pub use policy::GuardContext;
+pub use refresh::CatalogHandle;
+pub use violations::{ViolationRow, Violations};
+
+use crate::config::{Config, TenancyConfig, TenancyMode};
+
+/// Parses a query the guard wrote itself (templates); they always parse.
+fn parse_query(sql: &str) -> Query {
+    match Parser::parse_sql(&PostgreSqlDialect {}, sql) {
+        Ok(mut statements) => match statements.pop() {
+            Some(Statement::Query(query)) => *query,
+            _ => unreachable!("template {sql:?} is a query"),
+        },
+        Err(e) => unreachable!("template {sql:?} parses: {e}"),
+    }
+}
+
+/// Decides `sql` for `tenant` against `catalog` (no caching); used by tests and by
+/// [`TenantGuard::decide`].
+pub fn decide(
+    config: &TenancyConfig,
+    catalog: &Catalog,
+    mode: TenancyMode,
+    tenant: Option<&str>,
+    sql: &str,
+) -> Decision {
+    let safe_functions: HashSet<String> = config
+        .safe_functions
+        .iter()
+        .map(|f| f.to_lowercase())
+        .collect();
+    decide_with(config, &safe_functions, catalog, mode, tenant, sql)
+}
+
+fn decide_with(
+    config: &TenancyConfig,
+    safe_functions: &HashSet<String>,
+    catalog: &Catalog,
+    mode: TenancyMode,
+    tenant: Option<&str>,
+    sql: &str,
+) -> Decision {
+    let ctx = GuardContext {
+        catalog,
+        column: &config.column,
+        value_type: config.value_type,
+        safe_functions,
+        set_config: config.set_config.as_deref(),
+        tenant,
+    };
+    decide::decide(&ctx, mode, sql)
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct DecisionKey {
+    database: Arc<str>,
+    mode: TenancyMode,
+    tenant: Option<Arc<str>>,
+    sql: Arc<str>,
+}
+
+/// The guard of the process: one catalog per guarded database, a cache of
+/// decisions, and the violation counts. Rebuilt when the configuration changes.
+pub struct TenantGuard {
+    pub config: TenancyConfig,
+    safe_functions: HashSet<String>,
+    catalogs: HashMap<String, Arc<CatalogHandle>>,
+    decisions: moka::sync::Cache<DecisionKey, Arc<Decision>>,
+    pub violations: Arc<Violations>,
+}
+
+impl TenantGuard {
+    /// Builds the guard and starts catalog refresh for every database whose mode is
+    /// not `off`. Must run inside a tokio runtime when any database is guarded.
+    pub fn start(config: &Config, violations: Arc<Violations>) -> TenantGuard {
+        let decisions = moka::sync::Cache::builder()
+            .max_capacity(config.tenancy.cache_entries.max(1))
+            .build();
+        let mut catalogs = HashMap::new();
+        for (name, db) in &config.databases {
+            if config.tenancy_mode_for(name) == TenancyMode::Off {
+                continue;
+            }
+            let handle = CatalogHandle::new();
+            let cache: moka::sync::Cache<DecisionKey, Arc<Decision>> = decisions.clone();
+            refresh::spawn(
+                handle.clone(),
+                db.primary.clone(),
+                config.tenancy.clone(),
+                move || cache.invalidate_all(),
+            );
+            catalogs.insert(name.clone(), handle);
+        }
+        TenantGuard {
+            config: config.tenancy.clone(),
+            safe_functions: config
+                .tenancy
+                .safe_functions
+                .iter()
+                .map(|f| f.to_lowercase())
+                .collect(),
+            catalogs,
+            decisions,
+            violations,
+        }
+    }
+
+    pub fn catalog_handle(&self, database: &str) -> Option<&Arc<CatalogHandle>> {
+        self.catalogs.get(database)
+    }
+
+    pub fn request_refresh(&self, database: &str) {
+        if let Some(handle) = self.catalogs.get(database) {
+            handle.request_refresh();
+        }
+    }
+
+    /// The decision for `sql`, from cache when the same text was judged for the
+    /// same tenant since the catalog last changed.
+    pub async fn decide(
+        &self,
+        database: &str,
+        mode: TenancyMode,
+        tenant: Option<&str>,
+        sql: &str,
+    ) -> Result<Arc<Decision>, String> {
+        let handle = self
+            .catalogs
+            .get(database)
+            .ok_or_else(|| format!("database {database} has no tenant catalog"))?;
+        let catalog = handle.ready(Duration::from_secs(10)).await?;
+        let key = DecisionKey {
+            database: database.into(),
+            mode,
+            tenant: tenant.map(Arc::from),
+            sql: sql.into(),
+        };
+        if let Some(decision) = self.decisions.get(&key) {
+            return Ok(decision);
+        }
+        let decision = Arc::new(decide_with(
+            &self.config,
+            &self.safe_functions,
+            &catalog,
+            mode,
+            tenant,
+            sql,
+        ));
+        if let Decision::Reject(rejection) = decision.as_ref() {
+            if rejection.kind == RejectionKind::UnknownRelation
+                || rejection.kind == RejectionKind::FunctionNotAllowed
+            {
+                // Perhaps created since the last load: look again, and do not
+                // remember this answer.
+                handle.request_refresh();
+                return Ok(decision);
+            }
+        }
+        self.decisions.insert(key, decision.clone());
+        Ok(decision)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,137 @@
+//! Keeps each guarded database's catalog current: a background task loads it at
+//! start, every `tenancy.refresh_interval_ms`, and whenever asked (after DDL, or
+//! when a statement names a relation the catalog does not know).
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
+use tokio::sync::{watch, Notify};
+
+use super::catalog::{self, Catalog};
+use crate::config::TenancyConfig;
+
+pub struct CatalogHandle {
+    current: ArcSwapOption<Catalog>,
+    /// Counts loads; sessions wait for the first.
+    generation: watch::Sender<u64>,
+    wake: Notify,
+    last_error: Mutex<Option<String>>,
+}
+
+impl CatalogHandle {
+    pub fn new() -> Arc<CatalogHandle> {
+        Arc::new(CatalogHandle {
+            current: ArcSwapOption::empty(),
+            generation: watch::Sender::new(0),
+            wake: Notify::new(),
+            last_error: Mutex::new(None),
+        })
+    }
+
+    pub fn current(&self) -> Option<Arc<Catalog>> {
+        self.current.load_full()
+    }
+
+    /// The catalog, waiting up to `wait` for the first load.
+    pub async fn ready(&self, wait: Duration) -> Result<Arc<Catalog>, String> {
+        if let Some(catalog) = self.current() {
+            return Ok(catalog);
+        }
+        let mut generation = self.generation.subscribe();
+        let _ = tokio::time::timeout(wait, generation.wait_for(|g| *g > 0)).await;
+        self.current().ok_or_else(|| {
+            self.last_error
+                .lock()
+                .map(|e| e.clone())
+                .ok()
+                .flatten()
+                .unwrap_or_else(|| "the catalog has not been loaded yet".into())
+        })
+    }
+
+    pub fn request_refresh(&self) {
+        self.wake.notify_one();
+    }
+
+    pub fn generation(&self) -> u64 {
+        *self.generation.borrow()
+    }
+
+    fn store(&self, catalog: Catalog) {
+        self.current.store(Some(Arc::new(catalog)));
+        if let Ok(mut error) = self.last_error.lock() {
+            *error = None;
+        }
+        self.generation.send_modify(|g| *g += 1);
+    }
+
+    fn failed(&self, error: String) {
+        if let Ok(mut last) = self.last_error.lock() {
+            *last = Some(error);
+        }
+    }
+}
+
+/// Starts the refresh task; it ends when the handle is dropped everywhere else.
+/// `on_change` runs after each successful load (it clears decision caches).
+pub fn spawn(
+    handle: Arc<CatalogHandle>,
+    url: String,
+    config: TenancyConfig,
+    on_change: impl Fn() + Send + 'static,
+) {
+    let interval = Duration::from_millis(config.refresh_interval_ms);
+    tokio::spawn(async move {
+        let mut client: Option<tokio_postgres::Client> = None;
+        loop {
+            if Arc::strong_count(&handle) == 1 {
+                return;
+            }
+            match load(&mut client, &url, &config).await {
+                Ok(catalog) => {
+                    handle.store(catalog);
+                    on_change();
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "tenant guard: could not load the catalog");
+                    client = None;
+                    handle.failed(error);
+                }
+            }
+            let retry = if handle.current().is_none() {
+                Duration::from_millis(500).min(interval)
+            } else {
+                interval
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(retry) => {}
+                _ = handle.wake.notified() => {
+                    // Coalesce a burst of requests into one load.
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        }
+    });
+}
+
+async fn load(
+    client: &mut Option<tokio_postgres::Client>,
+    url: &str,
+    config: &TenancyConfig,
+) -> Result<Catalog, String> {
+    if client.as_ref().is_none_or(|c| c.is_closed()) {
+        let (fresh, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+            .await
+            .map_err(|e| e.to_string())?;
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        *client = Some(fresh);
+    }
+    let client = client.as_ref().expect("connected above");
+    tokio::time::timeout(Duration::from_secs(10), catalog::load(client, config))
+        .await
+        .map_err(|_| "catalog query timed out".to_string())?
+        .map_err(|e| e.to_string())
+}

@@ -1,0 +1,196 @@
+//! Decisions on a small catalog: what is rewritten into what, and what is refused.
+//! The end-to-end proof (against PostgreSQL, with other tenants' rows present) is
+//! `tests/tenant_guard.rs`.
+
+use std::collections::HashSet;
+
+use super::catalog::{Catalog, RelationRow};
+use super::*;
+
+fn catalog() -> Catalog {
+    let row = |schema: &str, name: &str, has_column: bool, columns: &[&str]| RelationRow {
+        schema: schema.into(),
+        name: name.into(),
+        has_column,
+        columns: columns.iter().map(|c| c.to_string()).collect(),
+    };
+    Catalog::build(
+        &TenancyConfig::default(),
+        vec![
+            row("public", "orders", true, &["id", "tenant_id", "customer_id", "total"]),
+            row("public", "customers", true, &["id", "tenant_id", "name"]),
+            row("public", "products", false, &["id", "name"]),
+            row("public", "summary", false, &["n"]),
+            row("billing", "invoices", true, &["id", "tenant_id", "amount"]),
+        ],
+        vec![(
+            ("public".into(), "summary".into()),
+            ("public".into(), "orders".into()),
+        )],
+        HashSet::from(["public".into(), "billing".into(), "pg_catalog".into()]),
+        vec![
+            ("pg_catalog".into(), "count".into()),
+            ("pg_catalog".into(), "sum".into()),
+            ("pg_catalog".into(), "now".into()),
+            ("pg_catalog".into(), "query_to_xml".into()),
+            ("public".into(), "leak_everything".into()),
+        ],
+    )
+}
+
+fn decide_as(mode: TenancyMode, tenant: Option<&str>, sql: &str) -> Decision {
+    decide(&TenancyConfig::default(), &catalog(), mode, tenant, sql)
+}
+
+fn rewritten(sql: &str) -> String {
+    match decide_as(TenancyMode::Rewrite, Some("1"), sql) {
+        Decision::Rewritten { sql, .. } => sql,
+        other => panic!("{sql}: expected a rewrite, got {other:?}"),
+    }
+}
+
+fn rejected(mode: TenancyMode, sql: &str) -> RejectionKind {
+    match decide_as(mode, Some("1"), sql) {
+        Decision::Reject(r) => r.kind,
+        other => panic!("{sql}: expected a rejection, got {other:?}"),
+    }
+}
+
+#[test]
+fn every_reference_becomes_a_filtered_derived_table() {
+    assert_eq!(
+        rewritten("SELECT * FROM orders o WHERE o.total > 5 OR 1=1"),
+        "SELECT * FROM (SELECT * FROM orders WHERE \"tenant_id\" = 1) o WHERE o.total > 5 OR 1 = 1"
+    );
+    assert_eq!(
+        rewritten("SELECT c.name FROM customers c LEFT JOIN orders ON orders.customer_id = c.id"),
+        "SELECT c.name FROM (SELECT * FROM customers WHERE \"tenant_id\" = 1) c LEFT JOIN (SELECT * FROM orders WHERE \"tenant_id\" = 1) AS orders ON orders.customer_id = c.id"
+    );
+    let sql = rewritten(
+        "WITH t AS (SELECT * FROM billing.invoices) SELECT (SELECT count(*) FROM orders), * FROM t \
+         WHERE EXISTS (SELECT 1 FROM customers) UNION SELECT 1, 2, 3, 4 FROM products",
+    );
+    assert_eq!(sql.matches("\"tenant_id\" = 1").count(), 3, "{sql}");
+    assert!(sql.contains("FROM products"), "{sql}");
+}
+
+#[test]
+fn writes_are_limited_and_filled() {
+    assert_eq!(
+        rewritten("UPDATE orders SET total = 0 WHERE id = 7 OR true"),
+        "UPDATE orders SET total = 0 WHERE (id = 7 OR true) AND orders.\"tenant_id\" = 1"
+    );
+    assert_eq!(
+        rewritten("DELETE FROM orders o USING customers c WHERE o.customer_id = c.id"),
+        "DELETE FROM orders o USING (SELECT * FROM customers WHERE \"tenant_id\" = 1) c WHERE (o.customer_id = c.id) AND o.\"tenant_id\" = 1"
+    );
+    assert_eq!(
+        rewritten("INSERT INTO orders (id, total) VALUES (1, 2), (3, 4)"),
+        "INSERT INTO orders (id, total, \"tenant_id\") VALUES (1, 2, 1), (3, 4, 1)"
+    );
+    assert_eq!(
+        rewritten("INSERT INTO orders VALUES (5, 1, 3, 9)"),
+        "INSERT INTO orders (\"id\", \"tenant_id\", \"customer_id\", \"total\") VALUES (5, 1, 3, 9)"
+    );
+    assert!(rewritten("INSERT INTO orders (id) SELECT id FROM products")
+        .contains("SELECT pgw_src.*, 1 FROM (SELECT id FROM products) AS pgw_src"));
+    let sql = rewritten(
+        "INSERT INTO orders (id, tenant_id) VALUES (1, 1) ON CONFLICT (id) DO UPDATE SET total = 0",
+    );
+    assert!(sql.ends_with("DO UPDATE SET total = 0 WHERE orders.\"tenant_id\" = 1"), "{sql}");
+    assert_eq!(
+        decide_as(
+            TenancyMode::Rewrite,
+            Some("1"),
+            "INSERT INTO orders (id, tenant_id) VALUES (1, $2)"
+        ),
+        Decision::PassWithParams {
+            tenant_params: vec![2]
+        }
+    );
+    for sql in [
+        "INSERT INTO orders (id, tenant_id) VALUES (1, 2)",
+        "INSERT INTO orders (id, tenant_id) VALUES (1, 1 + 1)",
+        "INSERT INTO orders (id, tenant_id) SELECT id, 2 FROM products",
+        "UPDATE orders SET tenant_id = 2",
+        "UPDATE orders SET (total, tenant_id) = (1, 1)",
+    ] {
+        assert_eq!(rejected(TenancyMode::Rewrite, sql), RejectionKind::ForeignTenantValue, "{sql}");
+    }
+}
+
+#[test]
+fn what_cannot_be_proven_safe_is_refused() {
+    use RejectionKind::*;
+    let cases: &[(&str, RejectionKind)] = &[
+        ("DO $$ BEGIN DELETE FROM orders; END $$", Unparseable),
+        ("SELECT leak_everything()", FunctionNotAllowed),
+        ("SELECT public.leak_everything()", FunctionNotAllowed),
+        ("SELECT query_to_xml('select * from orders', true, true, '')", FunctionNotAllowed),
+        ("SELECT no_such_function()", FunctionNotAllowed),
+        ("SELECT * FROM summary", UnguardableView),
+        ("SELECT * FROM nowhere", UnknownRelation),
+        ("COPY orders TO STDOUT", CopyOfScopedTable),
+        ("SET ROLE postgres", SettingNotAllowed),
+        ("SET SESSION AUTHORIZATION postgres", SettingNotAllowed),
+        ("SET search_path TO evil", SettingNotAllowed),
+        ("CREATE TABLE x AS SELECT * FROM orders", StatementNotAllowed),
+        ("TRUNCATE orders", StatementNotAllowed),
+        ("PREPARE p AS SELECT * FROM orders", StatementNotAllowed),
+        ("SELECT 1; DROP TABLE orders", StatementNotAllowed),
+        ("SELECT * INTO copy_of_orders FROM orders", StatementNotAllowed),
+    ];
+    for (sql, kind) in cases {
+        assert_eq!(rejected(TenancyMode::Rewrite, sql), *kind, "{sql}");
+    }
+    assert_eq!(
+        decide_as(TenancyMode::Rewrite, None, "SELECT * FROM orders"),
+        Decision::Reject(Rejection::new(RejectionKind::NoTenant, "orders"))
+    );
+    for sql in [
+        "SELECT 1",
+        "SELECT * FROM products",
+        "SET search_path TO billing, public",
+        "SET statement_timeout = 1000",
+        "BEGIN",
+        "COPY products TO STDOUT",
+    ] {
+        assert_eq!(decide_as(TenancyMode::Rewrite, None, sql), Decision::Pass, "{sql}");
+    }
+}
+
+#[test]
+fn enforce_accepts_only_pinned_references() {
+    for sql in [
+        "SELECT * FROM orders WHERE tenant_id = 1",
+        "SELECT * FROM orders o JOIN customers c ON c.id = o.customer_id AND c.tenant_id = 1 WHERE o.tenant_id = 1",
+        "SELECT * FROM customers c LEFT JOIN orders o ON o.customer_id = c.id AND o.tenant_id = 1 WHERE c.tenant_id = 1",
+        "UPDATE orders SET total = 0 WHERE tenant_id = 1 AND id = 3",
+        "INSERT INTO orders (id, tenant_id) VALUES (1, 1)",
+        "SELECT * FROM products",
+    ] {
+        assert_eq!(decide_as(TenancyMode::Enforce, Some("1"), sql), Decision::Pass, "{sql}");
+    }
+    assert_eq!(
+        decide_as(TenancyMode::Enforce, Some("1"), "SELECT * FROM orders WHERE tenant_id = $1"),
+        Decision::PassWithParams {
+            tenant_params: vec![1]
+        }
+    );
+    for sql in [
+        "SELECT * FROM orders",
+        "SELECT * FROM orders WHERE tenant_id = 1 OR 1 = 1",
+        "SELECT * FROM orders WHERE tenant_id IN (1, 2)",
+        "SELECT * FROM orders WHERE tenant_id <> 2",
+        "SELECT * FROM orders o WHERE o.tenant_id = 1 AND EXISTS (SELECT 1 FROM customers)",
+        "SELECT * FROM customers c LEFT JOIN orders o ON o.tenant_id = 1 AND c.tenant_id = 1",
+        "DELETE FROM orders WHERE id = 3",
+        "INSERT INTO orders (id) VALUES (1)",
+        "TABLE orders",
+    ] {
+        assert!(
+            matches!(decide_as(TenancyMode::Enforce, Some("1"), sql), Decision::Reject(_)),
+            "{sql}"
+        );
+    }
+}
