@@ -18,6 +18,7 @@ use crate::server::cancel::CancelRegistry;
 use crate::server::credentials::Credentials;
 use crate::server::SessionError;
 use crate::stats::StatsRecorder;
+use crate::tenant::{TenantGuard, Violations};
 
 /// Where a reload reads configuration from.
 #[derive(Debug, Clone)]
@@ -37,6 +38,9 @@ pub struct Runtime {
     pub cancels: Arc<CancelRegistry>,
     routing: ArcSwap<Routing>,
     positions: Arc<SharedPositions>,
+    tenancy: ArcSwap<TenantGuard>,
+    /// Tenant guard violations; kept across reloads.
+    pub violations: Arc<Violations>,
     pub stats: StatsRecorder,
     /// `PAUSE` from the admin console: new transactions wait while true.
     pub paused: tokio::sync::watch::Sender<bool>,
@@ -62,6 +66,8 @@ impl Runtime {
         let tls = build_tls(&config)?;
         let positions = Arc::new(SharedPositions::default());
         let routing = Routing::start(&config, positions.clone());
+        let violations = Arc::new(Violations::default());
+        let tenancy = TenantGuard::start(&config, violations.clone());
         crate::admin::metrics::install();
         let stats = StatsRecorder::start(
             config.stats.enabled,
@@ -71,6 +77,8 @@ impl Runtime {
         Ok(Arc::new(Runtime {
             routing: ArcSwap::from_pointee(routing),
             positions,
+            tenancy: ArcSwap::from_pointee(tenancy),
+            violations,
             stats,
             paused: tokio::sync::watch::Sender::new(false),
             started_at: std::time::SystemTime::now(),
@@ -86,6 +94,10 @@ impl Runtime {
 
     pub fn routing(&self) -> Arc<Routing> {
         self.routing.load_full()
+    }
+
+    pub fn tenancy(&self) -> Arc<TenantGuard> {
+        self.tenancy.load_full()
     }
 
     pub fn config(&self) -> Arc<Config> {
@@ -149,6 +161,12 @@ impl Runtime {
         if routing_changed {
             self.routing
                 .store(Arc::new(Routing::start(&fresh, self.positions.clone())));
+        }
+        let tenancy_changed = pools_changed
+            || serde_json::to_value(&old.tenancy).ok() != serde_json::to_value(&fresh.tenancy).ok();
+        if tenancy_changed {
+            self.tenancy
+                .store(Arc::new(TenantGuard::start(&fresh, self.violations.clone())));
         }
         self.config.store(Arc::new(fresh));
         if pools_changed {

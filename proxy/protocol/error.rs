@@ -31,6 +31,8 @@ impl SqlState {
     pub const INVALID_PREPARED_STATEMENT: SqlState = SqlState("26000");
     pub const INVALID_PARAMETER_VALUE: SqlState = SqlState("22023");
     pub const SYNTAX_ERROR: SqlState = SqlState("42601");
+    pub const CANNOT_CONNECT_NOW: SqlState = SqlState("57P03");
+    pub const ACTIVE_SQL_TRANSACTION: SqlState = SqlState("25001");
 }
 
 /// Severity of an error the proxy reports: `ERROR` keeps the connection, `FATAL` ends it.

@@ -33,11 +33,18 @@ impl Session {
         let message_tag = frame[0];
         tracing::trace!(tag = %(message_tag as char), len = frame.len(), "client message");
         if self.skip_until_sync {
-            if message_tag == tag::SYNC {
-                self.skip_until_sync = false;
-                backend::ready_for_query(&mut self.to_client, TransactionStatus::Idle);
+            if message_tag != tag::SYNC {
+                return Ok(());
             }
-            return Ok(());
+            self.skip_until_sync = false;
+            if self.server.is_none() {
+                let mut answer = BytesMut::with_capacity(6);
+                backend::ready_for_query(&mut answer, TransactionStatus::Idle);
+                self.responses
+                    .push(Expect::Synthetic(answer.freeze()), &mut self.to_client);
+                return Ok(());
+            }
+            // Part of the batch already went to the server: its Sync ends it there.
         }
         match message_tag {
             tag::TERMINATE => return Err(SessionError::ClientClosed),
@@ -67,6 +74,15 @@ impl Session {
                 )))
             }
         }
+        let frame = match self.guard_message(message_tag, frame).await {
+            Ok(frame) => frame,
+            Err(SessionError::Answered) => return Ok(()),
+            Err(error) if error.is_recoverable() => {
+                self.report_guard_error(message_tag, &error);
+                return Ok(());
+            }
+            Err(error) => return Err(error),
+        };
         if self.answer_without_server(message_tag, &frame)? {
             return Ok(());
         }

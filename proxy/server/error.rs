@@ -38,6 +38,14 @@ pub enum SessionError {
     BadProxySetting(String),
     #[error("user \"{0}\" is not an admin (admin.users)")]
     NotAdmin(String),
+    /// The tenant guard refused the statement.
+    #[error("{}", .0.message())]
+    TenantGuard(crate::tenant::Rejection),
+    /// The tenant guard has no catalog to judge with.
+    #[error("pgwarden tenant guard is not ready: {0}")]
+    TenantGuardUnavailable(String),
+    #[error("pgwarden.tenant_id can only change outside a transaction")]
+    TenantChangeInTransaction,
     /// Not an error: the message was answered by the proxy itself.
     #[error("answered by the proxy")]
     Answered,
@@ -82,7 +90,19 @@ impl SessionError {
                 .with_hint("set routing.fallback = \"primary\" to read from the primary instead"),
             SessionError::BadProxySetting(_) => {
                 ErrorFields::error(SqlState::INVALID_PARAMETER_VALUE, message)
-                    .with_hint("pgwarden.route takes primary, replica or auto")
+                    .with_hint("pgwarden.route takes primary, replica or auto; pgwarden.tenant_id takes a tenant (an integer when tenancy.value_type = \"integer\")")
+            }
+            SessionError::TenantGuard(rejection) => {
+                ErrorFields::error(SqlState::INSUFFICIENT_PRIVILEGE, message)
+                    .with_hint(rejection.hint())
+            }
+            SessionError::TenantGuardUnavailable(_) => {
+                ErrorFields::error(SqlState::CANNOT_CONNECT_NOW, message)
+                    .with_hint("the guard reads the catalog from the primary at start; retry shortly")
+            }
+            SessionError::TenantChangeInTransaction => {
+                ErrorFields::error(SqlState::ACTIVE_SQL_TRANSACTION, message)
+                    .with_hint("COMMIT or ROLLBACK first")
             }
             SessionError::Answered => return None,
             SessionError::NotAdmin(_) => {
@@ -95,7 +115,12 @@ impl SessionError {
     pub fn is_recoverable(&self) -> bool {
         matches!(
             self,
-            SessionError::Pool(_) | SessionError::NoReplica | SessionError::BadProxySetting(_)
+            SessionError::Pool(_)
+                | SessionError::NoReplica
+                | SessionError::BadProxySetting(_)
+                | SessionError::TenantGuard(_)
+                | SessionError::TenantGuardUnavailable(_)
+                | SessionError::TenantChangeInTransaction
         )
     }
 }

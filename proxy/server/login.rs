@@ -16,6 +16,7 @@ use super::routing::SessionRouting;
 use super::session::{ClientIdentity, PendingSettings, Session};
 use super::settings::SessionSettings;
 use super::statements::ClientStatements;
+use super::tenancy::TenantSession;
 use super::SessionError;
 use crate::protocol::backend;
 use crate::protocol::startup::parse_options;
@@ -32,8 +33,18 @@ pub async fn log_in(
 ) -> Result<Session, (Opened, SessionError)> {
     let Opened { mut stream, params } = opened;
     match tokio::time::timeout(LOGIN_TIMEOUT, log_in_inner(&runtime, &mut stream, &params)).await {
-        Ok(Ok((identity, settings, proxy_options, out))) => {
+        Ok(Ok((identity, mut settings, proxy_options, out))) => {
             let config = runtime.config();
+            let tenancy = match TenantSession::for_login(
+                &config,
+                &identity.database,
+                &identity.user,
+                &proxy_options,
+                &mut settings,
+            ) {
+                Ok(tenancy) => tenancy,
+                Err(e) => return Err((Opened { stream, params }, e)),
+            };
             let mode = config.pool_mode_for(&identity.database);
             let pool = match runtime.pool(&identity.database, &identity.user, 0) {
                 Ok(pool) => pool,
@@ -67,6 +78,7 @@ pub async fn log_in(
                 backend: 0,
                 failed_backend: None,
                 routing,
+                tenancy,
                 batch_open: false,
                 stats: runtime
                     .stats

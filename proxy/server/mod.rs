@@ -21,6 +21,7 @@ mod session;
 mod settings;
 mod statements;
 mod statistics;
+mod tenancy;
 pub mod stream;
 pub mod tls;
 

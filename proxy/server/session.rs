@@ -44,6 +44,8 @@ pub struct Session {
     pub(super) failed_backend: Option<usize>,
     /// Present when the database has replicas to route reads to.
     pub(super) routing: Option<SessionRouting>,
+    /// Present when the database's tenancy mode is not `off`.
+    pub(super) tenancy: Option<super::tenancy::TenantSession>,
     /// An extended-protocol batch is open (messages sent since the last `Sync`).
     pub(super) batch_open: bool,
     /// Statement timings for query statistics (None when `stats.enabled = false`).

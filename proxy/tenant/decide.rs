@@ -18,6 +18,12 @@ use crate::config::TenancyMode;
 pub fn decide(ctx: &GuardContext<'_>, mode: TenancyMode, sql: &str) -> Decision {
     let mut statements = match Parser::parse_sql(&PostgreSqlDialect {}, sql) {
         Ok(statements) => statements,
+        Err(_) if first_word_is(sql, "do") => {
+            return Decision::Reject(Rejection::new(
+                RejectionKind::StatementNotAllowed,
+                "DO (an anonymous code block can run any SQL)",
+            ))
+        }
         Err(error) => {
             return Decision::Reject(Rejection::new(
                 RejectionKind::Unparseable,
@@ -64,6 +70,23 @@ pub fn decide(ctx: &GuardContext<'_>, mode: TenancyMode, sql: &str) -> Decision 
             pass(std::mem::take(&mut checker.writes.tenant_params))
         }
     }
+}
+
+/// Whether the first word of the text (after comments) is `word`.
+fn first_word_is(sql: &str, word: &str) -> bool {
+    let mut rest = sql.trim_start();
+    loop {
+        if let Some(after) = rest.strip_prefix("--") {
+            rest = after.split_once('\n').map_or("", |(_, r)| r).trim_start();
+        } else if let Some(after) = rest.strip_prefix("/*") {
+            rest = after.split_once("*/").map_or("", |(_, r)| r).trim_start();
+        } else {
+            break;
+        }
+    }
+    rest.split(|c: char| !c.is_ascii_alphanumeric() && c != '_')
+        .next()
+        .is_some_and(|w| w.eq_ignore_ascii_case(word))
 }
 
 fn pass(tenant_params: Vec<usize>) -> Decision {

@@ -70,40 +70,40 @@ impl Rejection {
         let what = &self.detail;
         match self.kind {
             RejectionKind::NoTenant => format!(
-                "pgwarden tenant guard: {what} is tenant-scoped and this session has no tenant"
+                "tenant guard: {what} is tenant-scoped and this session has no tenant"
             ),
             RejectionKind::Unparseable => {
-                format!("pgwarden tenant guard: cannot parse the statement, so cannot prove it safe ({what})")
+                format!("tenant guard: cannot parse the statement, so cannot prove it safe ({what})")
             }
             RejectionKind::StatementNotAllowed => {
-                format!("pgwarden tenant guard: {what} is not allowed in tenant sessions")
+                format!("tenant guard: {what} is not allowed in tenant sessions")
             }
             RejectionKind::FunctionNotAllowed => format!(
-                "pgwarden tenant guard: function {what} could read other tenants' rows"
+                "tenant guard: function {what} could read other tenants' rows"
             ),
             RejectionKind::UnknownRelation => format!(
-                "pgwarden tenant guard: relation {what} is not in the guard's catalog"
+                "tenant guard: relation {what} is not in the guard's catalog"
             ),
             RejectionKind::UnguardableView => format!(
-                "pgwarden tenant guard: view {what} reads tenant-scoped tables but has no tenant column"
+                "tenant guard: view {what} reads tenant-scoped tables but has no tenant column"
             ),
             RejectionKind::CopyOfScopedTable => {
-                format!("pgwarden tenant guard: COPY of tenant-scoped table {what}")
+                format!("tenant guard: COPY of tenant-scoped table {what}")
             }
             RejectionKind::ForeignTenantValue => {
-                format!("pgwarden tenant guard: {what}")
+                format!("tenant guard: {what}")
             }
             RejectionKind::SettingNotAllowed => {
-                format!("pgwarden tenant guard: {what} is not allowed in tenant sessions")
+                format!("tenant guard: {what} is not allowed in tenant sessions")
             }
             RejectionKind::MissingTenantPredicate => format!(
-                "pgwarden tenant guard: {what} is not limited to the session's tenant"
+                "tenant guard: {what} is not limited to the session's tenant"
             ),
             RejectionKind::Unsupported => {
-                format!("pgwarden tenant guard: {what} cannot be limited to one tenant")
+                format!("tenant guard: {what} cannot be limited to one tenant")
             }
             RejectionKind::PreparedForOtherTenant => format!(
-                "pgwarden tenant guard: prepared statement {what} was prepared for another tenant"
+                "tenant guard: prepared statement {what} was prepared for another tenant"
             ),
         }
     }

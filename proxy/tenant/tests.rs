@@ -123,7 +123,9 @@ fn writes_are_limited_and_filled() {
 fn what_cannot_be_proven_safe_is_refused() {
     use RejectionKind::*;
     let cases: &[(&str, RejectionKind)] = &[
-        ("DO $$ BEGIN DELETE FROM orders; END $$", Unparseable),
+        ("DO $$ BEGIN DELETE FROM orders; END $$", StatementNotAllowed),
+        ("/* x */ do language plpgsql $$ BEGIN END $$", StatementNotAllowed),
+        ("SELEC * FROM orders", Unparseable),
         ("SELECT leak_everything()", FunctionNotAllowed),
         ("SELECT public.leak_everything()", FunctionNotAllowed),
         ("SELECT query_to_xml('select * from orders', true, true, '')", FunctionNotAllowed),

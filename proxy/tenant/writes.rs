@@ -195,7 +195,7 @@ impl WriteGuard {
                             *subquery = query.clone();
                         }
                     }
-                    *query = Box::new(wrapper);
+                    **query = wrapper;
                     insert.columns.push(column());
                     changed = true;
                 }

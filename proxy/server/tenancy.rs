@@ -1,0 +1,402 @@
+//! The session's side of the tenant guard: which tenant this client is, `SET` /
+//! `RESET pgwarden.tenant_id`, and applying the guard's decisions to the client's
+//! messages before anything reaches a server — `Query` and `Parse` are judged (and
+//! rewritten), `Bind` of a guarded statement is checked against the tenant it was
+//! prepared for and its tenant parameters, `FunctionCall` is refused. Decisions come
+//! from the `tenant` room.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use super::responses::Expect;
+use super::session::Session;
+use super::settings::{SessionSettings, SettingChange};
+use super::SessionError;
+use crate::config::{Config, TenancyMode};
+use crate::protocol::backend;
+use crate::protocol::extended::{write_parse, BindView, ParseView, TargetKind, TargetView};
+use crate::protocol::frame::body;
+use crate::protocol::tag::{frontend as tag, TransactionStatus};
+use crate::tenant::{params_are_tenant, Decision, Rejection, RejectionKind, TenantGuard};
+
+/// What the guard remembers of a statement it judged at Parse.
+#[derive(Debug, Clone)]
+struct GuardedStatement {
+    tenant: Option<String>,
+    tenant_params: Vec<usize>,
+}
+
+/// Per-client tenant state; present when the database's tenancy mode is not `off`.
+pub struct TenantSession {
+    pub mode: TenancyMode,
+    pub tenant: Option<String>,
+    /// The tenant comes from `tenancy.roles` and cannot be changed.
+    pub fixed_by_role: bool,
+    /// The role is in `tenancy.bypass_roles`: statements are not judged.
+    pub bypass: bool,
+    statements: HashMap<Bytes, GuardedStatement>,
+}
+
+impl TenantSession {
+    /// The tenant state of a new client, or None when its database is not guarded.
+    /// `options` are the `pgwarden.*` startup options.
+    pub fn for_login(
+        config: &Config,
+        database: &str,
+        user: &str,
+        options: &[(String, String)],
+        settings: &mut SessionSettings,
+    ) -> Result<Option<TenantSession>, SessionError> {
+        let mode = config.tenancy_mode_for(database);
+        if mode == TenancyMode::Off {
+            return Ok(None);
+        }
+        let tenancy = &config.tenancy;
+        let bypass = tenancy.bypass_roles.iter().any(|r| r == user);
+        let role_tenant = tenancy.roles.get(user).cloned();
+        let mut tenant = role_tenant.clone();
+        if tenant.is_none() {
+            if let Some((_, value)) = options.iter().find(|(n, _)| n == "pgwarden.tenant_id") {
+                if !value.is_empty() {
+                    tenancy
+                        .check_tenant_value(value)
+                        .map_err(SessionError::BadProxySetting)?;
+                    tenant = Some(value.clone());
+                }
+            }
+        }
+        let session = TenantSession {
+            mode,
+            tenant,
+            fixed_by_role: role_tenant.is_some(),
+            bypass,
+            statements: HashMap::new(),
+        };
+        if !bypass {
+            session.apply_rls_setting(config, settings);
+        }
+        Ok(Some(session))
+    }
+
+    /// `tenancy.set_config` follows the tenant (and a client cannot set it itself).
+    fn apply_rls_setting(&self, config: &Config, settings: &mut SessionSettings) {
+        let Some(name) = config.tenancy.set_config.as_deref() else {
+            return;
+        };
+        settings.apply(&SettingChange::Reset {
+            name: name.to_ascii_lowercase(),
+        });
+        if let Some(tenant) = &self.tenant {
+            settings.set_value(name, tenant);
+        }
+    }
+}
+
+/// `SET pgwarden.tenant_id = '42'` → Some(Some("42")); `RESET pgwarden.tenant_id`
+/// → Some(None); anything else → None.
+fn tenant_setting(sql: &str) -> Option<Option<String>> {
+    let text = sql.trim().trim_end_matches(';').trim();
+    if text.contains(';') {
+        return None;
+    }
+    let lower = text.to_ascii_lowercase();
+    let mut words = lower.split_whitespace();
+    match words.next()? {
+        "reset" => (words.next()? == "pgwarden.tenant_id" && words.next().is_none()).then_some(None),
+        "set" => {
+            let rest = lower["set".len()..].trim_start();
+            let rest = rest.strip_prefix("session ").unwrap_or(rest).trim_start();
+            let rest = rest.strip_prefix("pgwarden.tenant_id")?.trim_start();
+            let value_start = if let Some(v) = rest.strip_prefix('=') {
+                v
+            } else {
+                rest.strip_prefix("to ")?
+            };
+            // Take the value from the original text to keep its case.
+            let value = text[text.len() - value_start.len()..].trim();
+            let value = value.trim_matches('\'').trim_matches('"');
+            match value.to_ascii_lowercase().as_str() {
+                "default" => Some(None),
+                _ => Some(Some(value.to_string())),
+            }
+        }
+        _ => None,
+    }
+}
+
+fn query_text(frame: &[u8]) -> String {
+    let sql = body(frame);
+    String::from_utf8_lossy(&sql[..sql.len().saturating_sub(1)]).into_owned()
+}
+
+fn query_frame(sql: &str) -> Bytes {
+    let mut out = BytesMut::with_capacity(sql.len() + 6);
+    out.put_u8(tag::QUERY);
+    out.put_i32((sql.len() + 5) as i32);
+    out.put_slice(sql.as_bytes());
+    out.put_u8(0);
+    out.freeze()
+}
+
+/// Looks like DDL: the catalog may have changed.
+fn may_change_catalog(sql: &str) -> bool {
+    let text = sql.trim_start().to_ascii_lowercase();
+    ["create", "alter", "drop", "comment", "grant", "revoke"]
+        .iter()
+        .any(|w| text.starts_with(w))
+}
+
+impl Session {
+    /// Judges a client message before it goes anywhere. Returns the frame to use
+    /// (the same one, or a rewritten one). `Answered` means the proxy answered it.
+    pub(super) async fn guard_message(
+        &mut self,
+        message_tag: u8,
+        frame: Bytes,
+    ) -> Result<Bytes, SessionError> {
+        let Some(state) = self.tenancy.as_ref() else {
+            return Ok(frame);
+        };
+        if state.bypass {
+            if message_tag == tag::QUERY && may_change_catalog(&query_text(&frame)) {
+                self.runtime.tenancy().request_refresh(&self.identity.database);
+            }
+            return Ok(frame);
+        }
+        match message_tag {
+            tag::QUERY => {
+                let sql = query_text(&frame);
+                if let Some(change) = tenant_setting(&sql) {
+                    self.change_tenant(change, &sql).await?;
+                    return Err(SessionError::Answered);
+                }
+                match self.judge(&sql).await? {
+                    Some(decision) => match decision.as_ref() {
+                        Decision::Rewritten { sql, .. } => Ok(query_frame(sql)),
+                        _ => Ok(frame),
+                    },
+                    None => Ok(frame),
+                }
+            }
+            tag::PARSE => {
+                let view = ParseView::parse(body(&frame))
+                    .map_err(|e| SessionError::Protocol(e.to_string()))?;
+                let sql = String::from_utf8_lossy(view.query).into_owned();
+                let name = Bytes::copy_from_slice(view.statement);
+                let decision = self.judge(&sql).await?;
+                let state = self.tenancy.as_mut().expect("checked above");
+                state.statements.insert(
+                    name,
+                    GuardedStatement {
+                        tenant: state.tenant.clone(),
+                        tenant_params: decision
+                            .as_ref()
+                            .map(|d| d.tenant_params().to_vec())
+                            .unwrap_or_default(),
+                    },
+                );
+                match decision.as_deref() {
+                    Some(Decision::Rewritten { sql, .. }) => {
+                        let types = &view.definition[view.query.len() + 1..];
+                        let mut definition = Vec::with_capacity(sql.len() + 1 + types.len());
+                        definition.extend_from_slice(sql.as_bytes());
+                        definition.push(0);
+                        definition.extend_from_slice(types);
+                        let mut out = BytesMut::new();
+                        write_parse(&mut out, view.statement, &definition);
+                        Ok(out.freeze())
+                    }
+                    _ => Ok(frame),
+                }
+            }
+            tag::BIND => {
+                self.check_bind(&frame)?;
+                Ok(frame)
+            }
+            tag::CLOSE => {
+                if let Ok(target) = TargetView::parse(body(&frame), "Close") {
+                    if target.kind == TargetKind::Statement {
+                        if let Some(state) = self.tenancy.as_mut() {
+                            state.statements.remove(target.name);
+                        }
+                    }
+                }
+                Ok(frame)
+            }
+            tag::FUNCTION_CALL => {
+                let rejection = Rejection::new(
+                    RejectionKind::StatementNotAllowed,
+                    "the FunctionCall protocol message (fast-path function calls)",
+                );
+                self.refuse(rejection, "<function call>").map(|_| frame)
+            }
+            _ => Ok(frame),
+        }
+    }
+
+    /// The guard's decision for `sql`; None when it may run unchanged. Refusals are
+    /// counted, and returned as errors unless the mode is `audit`.
+    async fn judge(&mut self, sql: &str) -> Result<Option<Arc<Decision>>, SessionError> {
+        let state = self.tenancy.as_ref().expect("guarded session");
+        let guard: Arc<TenantGuard> = self.runtime.tenancy();
+        let decision = guard
+            .decide(&self.identity.database, state.mode, state.tenant.as_deref(), sql)
+            .await
+            .map_err(SessionError::TenantGuardUnavailable)?;
+        if let Decision::Reject(rejection) = decision.as_ref() {
+            self.refuse(rejection.clone(), sql)?;
+            return Ok(None);
+        }
+        Ok(Some(decision))
+    }
+
+    /// Counts a refusal; an error unless the mode is `audit`.
+    fn refuse(&self, rejection: Rejection, sql: &str) -> Result<(), SessionError> {
+        let state = self.tenancy.as_ref().expect("guarded session");
+        let audited = state.mode == TenancyMode::Audit;
+        self.runtime.violations.record(
+            &self.identity.database,
+            state.tenant.as_deref(),
+            sql,
+            &rejection,
+            audited,
+        );
+        if audited {
+            tracing::warn!(
+                database = %self.identity.database,
+                tenant = state.tenant.as_deref().unwrap_or("(none)"),
+                reason = %rejection,
+                "tenant guard (audit): statement could reach other tenants"
+            );
+            return Ok(());
+        }
+        Err(SessionError::TenantGuard(rejection))
+    }
+
+    /// A guarded statement runs only for the tenant it was judged for, and with its
+    /// tenant parameters equal to that tenant.
+    fn check_bind(&self, frame: &[u8]) -> Result<(), SessionError> {
+        let view = BindView::parse(body(frame)).map_err(|e| SessionError::Protocol(e.to_string()))?;
+        let state = self.tenancy.as_ref().expect("guarded session");
+        let Some(statement) = state.statements.get(view.statement) else {
+            return Ok(());
+        };
+        let name = String::from_utf8_lossy(view.statement).into_owned();
+        if statement.tenant != state.tenant {
+            return self.refuse(
+                Rejection::new(RejectionKind::PreparedForOtherTenant, format!("{name:?}")),
+                &name,
+            );
+        }
+        if !statement.tenant_params.is_empty() {
+            let tenant = state.tenant.as_deref().unwrap_or_default();
+            let config = &self.runtime.tenancy().config;
+            if !params_are_tenant(view.rest, &statement.tenant_params, config.value_type, tenant) {
+                return self.refuse(
+                    Rejection::new(
+                        RejectionKind::ForeignTenantValue,
+                        format!(
+                            "a parameter compared with or written to {} is not the session's tenant",
+                            config.column
+                        ),
+                    ),
+                    &name,
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// `SET/RESET pgwarden.tenant_id`, answered by the proxy.
+    async fn change_tenant(&mut self, value: Option<String>, sql: &str) -> Result<(), SessionError> {
+        let config = self.runtime.config();
+        let state = self.tenancy.as_ref().expect("guarded session");
+        if state.fixed_by_role {
+            return Err(SessionError::TenantGuard(Rejection::new(
+                RejectionKind::SettingNotAllowed,
+                "changing pgwarden.tenant_id of a role mapped in tenancy.roles",
+            )));
+        }
+        let in_transaction = self.server.is_some() && self.status != TransactionStatus::Idle;
+        if in_transaction || !self.responses.is_empty() {
+            return Err(SessionError::TenantChangeInTransaction);
+        }
+        if let Some(value) = &value {
+            config
+                .tenancy
+                .check_tenant_value(value)
+                .map_err(SessionError::BadProxySetting)?;
+        }
+        let state = self.tenancy.as_mut().expect("guarded session");
+        state.tenant = value.clone();
+        if let Some(routing) = self.routing.as_mut() {
+            routing.apply_setting("pgwarden.tenant_id", value.as_deref().unwrap_or(""));
+        }
+        let state = self.tenancy.as_ref().expect("guarded session");
+        state.apply_rls_setting(&config, &mut self.settings);
+        if let (Some(name), Some(server)) = (config.tenancy.set_config.as_deref(), self.server.as_mut()) {
+            // Session pooling keeps its server: give it the new setting now.
+            if let Err(e) = server.run_internal(&self.settings.replay_sql()).await {
+                server.mark_broken();
+                tracing::warn!(setting = name, error = %e, "could not apply the tenant setting");
+                return Err(SessionError::Pool(e));
+            }
+            server.settings_hash = self.settings.hash();
+        }
+        let mut answer = BytesMut::new();
+        let command: &[u8] = if sql.trim_start().to_ascii_lowercase().starts_with("reset") {
+            b"RESET\0"
+        } else {
+            b"SET\0"
+        };
+        answer.put_u8(b'C');
+        answer.put_i32(4 + command.len() as i32);
+        answer.put_slice(command);
+        backend::ready_for_query(&mut answer, self.status);
+        self.responses
+            .push(Expect::Synthetic(answer.freeze()), &mut self.to_client);
+        Ok(())
+    }
+
+    /// Reports a guard error in the protocol's shape, in order with the answers still
+    /// owed: `ErrorResponse` (+ `ReadyForQuery` for a simple query); in an extended
+    /// batch the rest is skipped up to `Sync`.
+    pub(super) fn report_guard_error(&mut self, message_tag: u8, error: &SessionError) {
+        let mut answer = BytesMut::new();
+        if let Some(fields) = error.to_error_fields() {
+            fields.encode(&mut answer);
+        }
+        match message_tag {
+            tag::QUERY | tag::FUNCTION_CALL => {
+                let status = if self.server.is_some() {
+                    self.status
+                } else {
+                    TransactionStatus::Idle
+                };
+                backend::ready_for_query(&mut answer, status);
+            }
+            _ => self.skip_until_sync = true,
+        }
+        self.responses
+            .push(Expect::Synthetic(answer.freeze()), &mut self.to_client);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tenant_settings_are_recognised() {
+        assert_eq!(tenant_setting("SET pgwarden.tenant_id = '42'"), Some(Some("42".into())));
+        assert_eq!(tenant_setting("set pgwarden.tenant_id to Acme;"), Some(Some("Acme".into())));
+        assert_eq!(tenant_setting("SET SESSION pgwarden.tenant_id = 7"), Some(Some("7".into())));
+        assert_eq!(tenant_setting("RESET pgwarden.tenant_id"), Some(None));
+        assert_eq!(tenant_setting("SET pgwarden.tenant_id = DEFAULT"), Some(None));
+        assert_eq!(tenant_setting("SET pgwarden.tenant_id = 1; DELETE FROM t"), None);
+        assert_eq!(tenant_setting("SET pgwarden.route = primary"), None);
+        assert_eq!(tenant_setting("SELECT 1"), None);
+    }
+}
