@@ -165,8 +165,10 @@ impl Runtime {
         let tenancy_changed = pools_changed
             || serde_json::to_value(&old.tenancy).ok() != serde_json::to_value(&fresh.tenancy).ok();
         if tenancy_changed {
-            self.tenancy
-                .store(Arc::new(TenantGuard::start(&fresh, self.violations.clone())));
+            self.tenancy.store(Arc::new(TenantGuard::start(
+                &fresh,
+                self.violations.clone(),
+            )));
         }
         self.config.store(Arc::new(fresh));
         if pools_changed {

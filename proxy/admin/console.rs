@@ -1,5 +1,6 @@
 //! The admin console: `psql -p <proxy port> -U <admin> pgwarden`, simple query
-//! protocol, `SHOW POOLS|SERVERS|CLIENTS|DATABASES|BACKENDS|QUERIES|CONFIG|VERSION`,
+//! protocol, `SHOW POOLS|SERVERS|CLIENTS|DATABASES|BACKENDS|QUERIES|TENANCY|CONFIG|VERSION`,
+//! `SHOW TENANCY TABLES`,
 //! `RELOAD`, `PAUSE`, `RESUME`.
 
 use std::sync::Arc;
@@ -124,6 +125,8 @@ async fn run_command(runtime: &Runtime, sql: &str) -> Result<Reply, ErrorFields>
             Ok(Reply::Rows(tables::queries(runtime, 50)))
         }
         ["SHOW", "CONFIG"] => Ok(Reply::Rows(tables::config(runtime))),
+        ["SHOW", "TENANCY"] => Ok(Reply::Rows(super::tenancy::violations(runtime))),
+        ["SHOW", "TENANCY", "TABLES"] => Ok(Reply::Rows(super::tenancy::scoped_tables(runtime))),
         ["SHOW", "VERSION"] => Ok(Reply::Rows(tables::version())),
         ["RELOAD"] => runtime
             .reload()
@@ -141,7 +144,7 @@ async fn run_command(runtime: &Runtime, sql: &str) -> Result<Reply, ErrorFields>
             SqlState::SYNTAX_ERROR,
             format!("unknown admin command: {}", sql.trim()),
         )
-        .with_hint("try SHOW POOLS, SHOW SERVERS, SHOW CLIENTS, SHOW DATABASES, SHOW BACKENDS, SHOW QUERIES, SHOW CONFIG, SHOW VERSION, RELOAD, PAUSE, RESUME")),
+        .with_hint("try SHOW POOLS, SHOW SERVERS, SHOW CLIENTS, SHOW DATABASES, SHOW BACKENDS, SHOW QUERIES, SHOW TENANCY, SHOW TENANCY TABLES, SHOW CONFIG, SHOW VERSION, RELOAD, PAUSE, RESUME")),
     }
 }
 

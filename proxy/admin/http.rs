@@ -39,6 +39,10 @@ pub fn router(runtime: Arc<Runtime>) -> Router {
             get(|State(r): State<Arc<Runtime>>| async move { Json(tables::clients(&r).to_json()) }),
         )
         .route(
+            "/api/tenancy",
+            get(|State(r): State<Arc<Runtime>>| async move { Json(super::tenancy::json(&r)) }),
+        )
+        .route(
             "/api/advisories",
             get(|| async { Json(serde_json::json!([])) }),
         )

@@ -14,7 +14,7 @@ pub struct Table {
 }
 
 impl Table {
-    fn new(columns: &[&'static str]) -> Table {
+    pub(super) fn new(columns: &[&'static str]) -> Table {
         Table {
             columns: columns.to_vec(),
             rows: Vec::new(),

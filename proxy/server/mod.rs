@@ -21,8 +21,8 @@ mod session;
 mod settings;
 mod statements;
 mod statistics;
-mod tenancy;
 pub mod stream;
+mod tenancy;
 pub mod tls;
 
 pub use error::SessionError;

@@ -44,7 +44,7 @@ pub struct Session {
     pub(super) failed_backend: Option<usize>,
     /// Present when the database has replicas to route reads to.
     pub(super) routing: Option<SessionRouting>,
-    /// Present when the database's tenancy mode is not `off`.
+    /// Present when the database is guarded or `tenancy.set_config` is set.
     pub(super) tenancy: Option<super::tenancy::TenantSession>,
     /// An extended-protocol batch is open (messages sent since the last `Sync`).
     pub(super) batch_open: bool,

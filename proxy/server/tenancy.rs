@@ -28,7 +28,8 @@ struct GuardedStatement {
     tenant_params: Vec<usize>,
 }
 
-/// Per-client tenant state; present when the database's tenancy mode is not `off`.
+/// Per-client tenant state; present when the database's tenancy mode is not `off`,
+/// or `tenancy.set_config` is set (row-level security with the tenant from pgwarden).
 pub struct TenantSession {
     pub mode: TenancyMode,
     pub tenant: Option<String>,
@@ -50,7 +51,7 @@ impl TenantSession {
         settings: &mut SessionSettings,
     ) -> Result<Option<TenantSession>, SessionError> {
         let mode = config.tenancy_mode_for(database);
-        if mode == TenancyMode::Off {
+        if mode == TenancyMode::Off && config.tenancy.set_config.is_none() {
             return Ok(None);
         }
         let tenancy = &config.tenancy;
@@ -104,7 +105,9 @@ fn tenant_setting(sql: &str) -> Option<Option<String>> {
     let lower = text.to_ascii_lowercase();
     let mut words = lower.split_whitespace();
     match words.next()? {
-        "reset" => (words.next()? == "pgwarden.tenant_id" && words.next().is_none()).then_some(None),
+        "reset" => {
+            (words.next()? == "pgwarden.tenant_id" && words.next().is_none()).then_some(None)
+        }
         "set" => {
             let rest = lower["set".len()..].trim_start();
             let rest = rest.strip_prefix("session ").unwrap_or(rest).trim_start();
@@ -161,17 +164,27 @@ impl Session {
         };
         if state.bypass {
             if message_tag == tag::QUERY && may_change_catalog(&query_text(&frame)) {
-                self.runtime.tenancy().request_refresh(&self.identity.database);
+                self.runtime
+                    .tenancy()
+                    .request_refresh(&self.identity.database);
             }
             return Ok(frame);
+        }
+        if message_tag == tag::QUERY {
+            let sql = query_text(&frame);
+            if let Some(change) = tenant_setting(&sql) {
+                self.change_tenant(change, &sql).await?;
+                return Err(SessionError::Answered);
+            }
+        }
+        // In every mode (audit too): the row-level security setting is pgwarden's.
+        let frame = self.refuse_rls_setting_changes(message_tag, frame)?;
+        if state.mode == TenancyMode::Off {
+            return Ok(frame); // only `tenancy.set_config`: nothing to judge
         }
         match message_tag {
             tag::QUERY => {
                 let sql = query_text(&frame);
-                if let Some(change) = tenant_setting(&sql) {
-                    self.change_tenant(change, &sql).await?;
-                    return Err(SessionError::Answered);
-                }
                 match self.judge(&sql).await? {
                     Some(decision) => match decision.as_ref() {
                         Decision::Rewritten { sql, .. } => Ok(query_frame(sql)),
@@ -236,13 +249,49 @@ impl Session {
         }
     }
 
+    /// A statement that so much as names the row-level security setting is
+    /// refused: it could change it (`SET`, `set_config`, `RESET`).
+    fn refuse_rls_setting_changes(
+        &self,
+        message_tag: u8,
+        frame: Bytes,
+    ) -> Result<Bytes, SessionError> {
+        let Some(name) = self.runtime.config().tenancy.set_config.clone() else {
+            return Ok(frame);
+        };
+        let text = match message_tag {
+            tag::QUERY => query_text(&frame),
+            tag::PARSE => match ParseView::parse(body(&frame)) {
+                Ok(view) => String::from_utf8_lossy(view.query).into_owned(),
+                Err(_) => return Ok(frame),
+            },
+            tag::FUNCTION_CALL => name.clone(),
+            _ => return Ok(frame),
+        };
+        if text
+            .to_ascii_lowercase()
+            .contains(&name.to_ascii_lowercase())
+        {
+            return Err(SessionError::TenantGuard(Rejection::new(
+                RejectionKind::SettingNotAllowed,
+                format!("a statement naming {name} (tenancy.set_config)"),
+            )));
+        }
+        Ok(frame)
+    }
+
     /// The guard's decision for `sql`; None when it may run unchanged. Refusals are
     /// counted, and returned as errors unless the mode is `audit`.
     async fn judge(&mut self, sql: &str) -> Result<Option<Arc<Decision>>, SessionError> {
         let state = self.tenancy.as_ref().expect("guarded session");
         let guard: Arc<TenantGuard> = self.runtime.tenancy();
         let decision = guard
-            .decide(&self.identity.database, state.mode, state.tenant.as_deref(), sql)
+            .decide(
+                &self.identity.database,
+                state.mode,
+                state.tenant.as_deref(),
+                sql,
+            )
             .await
             .map_err(SessionError::TenantGuardUnavailable)?;
         if let Decision::Reject(rejection) = decision.as_ref() {
@@ -278,7 +327,8 @@ impl Session {
     /// A guarded statement runs only for the tenant it was judged for, and with its
     /// tenant parameters equal to that tenant.
     fn check_bind(&self, frame: &[u8]) -> Result<(), SessionError> {
-        let view = BindView::parse(body(frame)).map_err(|e| SessionError::Protocol(e.to_string()))?;
+        let view =
+            BindView::parse(body(frame)).map_err(|e| SessionError::Protocol(e.to_string()))?;
         let state = self.tenancy.as_ref().expect("guarded session");
         let Some(statement) = state.statements.get(view.statement) else {
             return Ok(());
@@ -293,7 +343,12 @@ impl Session {
         if !statement.tenant_params.is_empty() {
             let tenant = state.tenant.as_deref().unwrap_or_default();
             let config = &self.runtime.tenancy().config;
-            if !params_are_tenant(view.rest, &statement.tenant_params, config.value_type, tenant) {
+            if !params_are_tenant(
+                view.rest,
+                &statement.tenant_params,
+                config.value_type,
+                tenant,
+            ) {
                 return self.refuse(
                     Rejection::new(
                         RejectionKind::ForeignTenantValue,
@@ -310,7 +365,11 @@ impl Session {
     }
 
     /// `SET/RESET pgwarden.tenant_id`, answered by the proxy.
-    async fn change_tenant(&mut self, value: Option<String>, sql: &str) -> Result<(), SessionError> {
+    async fn change_tenant(
+        &mut self,
+        value: Option<String>,
+        sql: &str,
+    ) -> Result<(), SessionError> {
         let config = self.runtime.config();
         let state = self.tenancy.as_ref().expect("guarded session");
         if state.fixed_by_role {
@@ -336,7 +395,9 @@ impl Session {
         }
         let state = self.tenancy.as_ref().expect("guarded session");
         state.apply_rls_setting(&config, &mut self.settings);
-        if let (Some(name), Some(server)) = (config.tenancy.set_config.as_deref(), self.server.as_mut()) {
+        if let (Some(name), Some(server)) =
+            (config.tenancy.set_config.as_deref(), self.server.as_mut())
+        {
             // Session pooling keeps its server: give it the new setting now.
             if let Err(e) = server.run_internal(&self.settings.replay_sql()).await {
                 server.mark_broken();
@@ -390,12 +451,27 @@ mod tests {
 
     #[test]
     fn tenant_settings_are_recognised() {
-        assert_eq!(tenant_setting("SET pgwarden.tenant_id = '42'"), Some(Some("42".into())));
-        assert_eq!(tenant_setting("set pgwarden.tenant_id to Acme;"), Some(Some("Acme".into())));
-        assert_eq!(tenant_setting("SET SESSION pgwarden.tenant_id = 7"), Some(Some("7".into())));
+        assert_eq!(
+            tenant_setting("SET pgwarden.tenant_id = '42'"),
+            Some(Some("42".into()))
+        );
+        assert_eq!(
+            tenant_setting("set pgwarden.tenant_id to Acme;"),
+            Some(Some("Acme".into()))
+        );
+        assert_eq!(
+            tenant_setting("SET SESSION pgwarden.tenant_id = 7"),
+            Some(Some("7".into()))
+        );
         assert_eq!(tenant_setting("RESET pgwarden.tenant_id"), Some(None));
-        assert_eq!(tenant_setting("SET pgwarden.tenant_id = DEFAULT"), Some(None));
-        assert_eq!(tenant_setting("SET pgwarden.tenant_id = 1; DELETE FROM t"), None);
+        assert_eq!(
+            tenant_setting("SET pgwarden.tenant_id = DEFAULT"),
+            Some(None)
+        );
+        assert_eq!(
+            tenant_setting("SET pgwarden.tenant_id = 1; DELETE FROM t"),
+            None
+        );
         assert_eq!(tenant_setting("SET pgwarden.route = primary"), None);
         assert_eq!(tenant_setting("SELECT 1"), None);
     }

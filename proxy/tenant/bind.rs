@@ -131,6 +131,11 @@ mod tests {
         assert!(!params_are_tenant(&rest, &[1], int, "7"));
         assert!(!params_are_tenant(b"\xff", &[1], int, "7"));
         let rest = bind_rest(&[1], &[Some(b"acme")]);
-        assert!(params_are_tenant(&rest, &[1], TenantValueType::Text, "acme"));
+        assert!(params_are_tenant(
+            &rest,
+            &[1],
+            TenantValueType::Text,
+            "acme"
+        ));
     }
 }

@@ -81,8 +81,8 @@ impl Catalog {
         let mut by_name: HashMap<String, Vec<String>> = HashMap::new();
         for row in rows {
             let exempt = listed(&config.exempt_tables, &row.schema, &row.name);
-            let scoped = !exempt
-                && (row.has_column || listed(&config.tables, &row.schema, &row.name));
+            let scoped =
+                !exempt && (row.has_column || listed(&config.tables, &row.schema, &row.name));
             by_name
                 .entry(row.name.clone())
                 .or_default()
@@ -213,7 +213,10 @@ SELECT DISTINCT n.nspname::text, p.proname::text
 FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace";
 
 /// Reads the catalog through an open connection.
-pub async fn load(client: &Client, config: &TenancyConfig) -> Result<Catalog, tokio_postgres::Error> {
+pub async fn load(
+    client: &Client,
+    config: &TenancyConfig,
+) -> Result<Catalog, tokio_postgres::Error> {
     let rows = client
         .query(RELATIONS_SQL, &[&config.column])
         .await?

@@ -69,21 +69,23 @@ impl Rejection {
     pub fn message(&self) -> String {
         let what = &self.detail;
         match self.kind {
-            RejectionKind::NoTenant => format!(
-                "tenant guard: {what} is tenant-scoped and this session has no tenant"
-            ),
+            RejectionKind::NoTenant => {
+                format!("tenant guard: {what} is tenant-scoped and this session has no tenant")
+            }
             RejectionKind::Unparseable => {
-                format!("tenant guard: cannot parse the statement, so cannot prove it safe ({what})")
+                format!(
+                    "tenant guard: cannot parse the statement, so cannot prove it safe ({what})"
+                )
             }
             RejectionKind::StatementNotAllowed => {
                 format!("tenant guard: {what} is not allowed in tenant sessions")
             }
-            RejectionKind::FunctionNotAllowed => format!(
-                "tenant guard: function {what} could read other tenants' rows"
-            ),
-            RejectionKind::UnknownRelation => format!(
-                "tenant guard: relation {what} is not in the guard's catalog"
-            ),
+            RejectionKind::FunctionNotAllowed => {
+                format!("tenant guard: function {what} could read other tenants' rows")
+            }
+            RejectionKind::UnknownRelation => {
+                format!("tenant guard: relation {what} is not in the guard's catalog")
+            }
             RejectionKind::UnguardableView => format!(
                 "tenant guard: view {what} reads tenant-scoped tables but has no tenant column"
             ),
@@ -96,15 +98,15 @@ impl Rejection {
             RejectionKind::SettingNotAllowed => {
                 format!("tenant guard: {what} is not allowed in tenant sessions")
             }
-            RejectionKind::MissingTenantPredicate => format!(
-                "tenant guard: {what} is not limited to the session's tenant"
-            ),
+            RejectionKind::MissingTenantPredicate => {
+                format!("tenant guard: {what} is not limited to the session's tenant")
+            }
             RejectionKind::Unsupported => {
                 format!("tenant guard: {what} cannot be limited to one tenant")
             }
-            RejectionKind::PreparedForOtherTenant => format!(
-                "tenant guard: prepared statement {what} was prepared for another tenant"
-            ),
+            RejectionKind::PreparedForOtherTenant => {
+                format!("tenant guard: prepared statement {what} was prepared for another tenant")
+            }
         }
     }
 
@@ -165,9 +167,8 @@ pub enum Decision {
 impl Decision {
     pub fn tenant_params(&self) -> &[usize] {
         match self {
-            Decision::Rewritten { tenant_params, .. } | Decision::PassWithParams { tenant_params } => {
-                tenant_params
-            }
+            Decision::Rewritten { tenant_params, .. }
+            | Decision::PassWithParams { tenant_params } => tenant_params,
             _ => &[],
         }
     }

@@ -47,7 +47,10 @@ impl<'a, 'c> Checker<'a, 'c> {
             return Err(rejection);
         }
         if self.seen > 0 && self.ctx.tenant.is_none() {
-            return Err(Rejection::new(RejectionKind::NoTenant, "a tenant-scoped table"));
+            return Err(Rejection::new(
+                RejectionKind::NoTenant,
+                "a tenant-scoped table",
+            ));
         }
         if self.proven < self.seen {
             return Err(Rejection::new(
@@ -79,7 +82,10 @@ impl<'a, 'c> Checker<'a, 'c> {
         condition: Option<&Expr>,
     ) -> Result<(), Rejection> {
         let TableFactor::Table { name, alias, .. } = factor else {
-            return Err(Rejection::new(RejectionKind::Unsupported, factor.to_string()));
+            return Err(Rejection::new(
+                RejectionKind::Unsupported,
+                factor.to_string(),
+            ));
         };
         if let RelationUse::Scoped(_) = self.ctx.relation(name, self.ctes)? {
             let qualifier = qualifier_of(name, alias.as_ref().map(|a| &a.name));
@@ -100,7 +106,8 @@ impl<'a, 'c> Checker<'a, 'c> {
         match statement {
             Statement::Update(update) => {
                 self.check_target(&update.table.relation, update.selection.as_ref())?;
-                self.writes.check_assignments(self.ctx, &update.assignments)?;
+                self.writes
+                    .check_assignments(self.ctx, &update.assignments)?;
             }
             Statement::Delete(delete) => {
                 let from = match &delete.from {
@@ -145,8 +152,10 @@ impl<'a, 'c> Checker<'a, 'c> {
         self.check_factor(&item.relation, &shared, alone);
         for join in &item.joins {
             let mut own = shared.clone();
-            if let JoinOperator::Left(c) | JoinOperator::LeftOuter(c) | JoinOperator::Join(c) | JoinOperator::Inner(c) =
-                &join.join_operator
+            if let JoinOperator::Left(c)
+            | JoinOperator::LeftOuter(c)
+            | JoinOperator::Join(c)
+            | JoinOperator::Inner(c) = &join.join_operator
             {
                 if let JoinConstraint::On(on) = c {
                     own.extend(pins(self.ctx, on));
@@ -211,7 +220,9 @@ impl Visitor for Checker<'_, '_> {
     fn pre_visit_table_factor(&mut self, factor: &TableFactor) -> ControlFlow<Rejection> {
         let result = match factor {
             TableFactor::Table {
-                name, args: Some(_), ..
+                name,
+                args: Some(_),
+                ..
             } => self.ctx.check_function(name),
             TableFactor::Table { name, .. } => match self.ctx.relation(name, self.ctes) {
                 Ok(RelationUse::Scoped(_)) => {
@@ -226,7 +237,10 @@ impl Visitor for Checker<'_, '_> {
             | TableFactor::NestedJoin { .. }
             | TableFactor::UNNEST { .. }
             | TableFactor::TableFunction { .. } => Ok(()),
-            other => Err(Rejection::new(RejectionKind::Unsupported, other.to_string())),
+            other => Err(Rejection::new(
+                RejectionKind::Unsupported,
+                other.to_string(),
+            )),
         };
         match result {
             Ok(()) => ControlFlow::Continue(()),
@@ -256,9 +270,8 @@ impl Visitor for Checker<'_, '_> {
 
 fn on_condition(operator: &JoinOperator) -> Option<&Expr> {
     match operator {
-        JoinOperator::Join(JoinConstraint::On(on)) | JoinOperator::Inner(JoinConstraint::On(on)) => {
-            Some(on)
-        }
+        JoinOperator::Join(JoinConstraint::On(on))
+        | JoinOperator::Inner(JoinConstraint::On(on)) => Some(on),
         _ => None,
     }
 }

@@ -5,8 +5,7 @@
 use std::collections::HashSet;
 
 use sqlparser::ast::{
-    CopySource, CopyTarget, Expr, Ident, ObjectName, ObjectNamePart, Reset, Set, Statement,
-    Value,
+    CopySource, CopyTarget, Expr, Ident, ObjectName, ObjectNamePart, Reset, Set, Statement, Value,
 };
 
 use super::catalog::{Catalog, Lookup, RelationInfo, Scope};
@@ -111,7 +110,12 @@ impl GuardContext<'_> {
             [schema, relation] | [_, schema, relation] => {
                 (Some(schema.as_str()), relation.as_str())
             }
-            _ => return Err(Rejection::new(RejectionKind::UnknownRelation, name.to_string())),
+            _ => {
+                return Err(Rejection::new(
+                    RejectionKind::UnknownRelation,
+                    name.to_string(),
+                ))
+            }
         };
         match self.catalog.lookup(schema, relation) {
             Lookup::Found(info) => match info.scope {
@@ -167,7 +171,9 @@ impl GuardContext<'_> {
     pub fn tenant_literal(&self) -> Expr {
         let tenant = self.tenant.unwrap_or("0");
         match self.value_type {
-            TenantValueType::Integer => Expr::value(Value::Number(tenant.trim().to_string(), false)),
+            TenantValueType::Integer => {
+                Expr::value(Value::Number(tenant.trim().to_string(), false))
+            }
             TenantValueType::Text => Expr::value(Value::SingleQuotedString(tenant.to_string())),
         }
     }
@@ -271,11 +277,16 @@ impl GuardContext<'_> {
             } => self.check_assignment(variable, values),
             Set::MultipleAssignments { assignments } => {
                 for assignment in assignments {
-                    self.check_assignment(&assignment.name, std::slice::from_ref(&assignment.value))?;
+                    self.check_assignment(
+                        &assignment.name,
+                        std::slice::from_ref(&assignment.value),
+                    )?;
                 }
                 Ok(())
             }
-            Set::SetRole { .. } => Err(Rejection::new(RejectionKind::SettingNotAllowed, "SET ROLE")),
+            Set::SetRole { .. } => {
+                Err(Rejection::new(RejectionKind::SettingNotAllowed, "SET ROLE"))
+            }
             Set::SetSessionAuthorization(_) => Err(Rejection::new(
                 RejectionKind::SettingNotAllowed,
                 "SET SESSION AUTHORIZATION",
@@ -297,9 +308,10 @@ impl GuardContext<'_> {
                 let listed = match value {
                     Expr::Identifier(ident) => vec![ident_name(ident)],
                     Expr::Value(v) => match &v.value {
-                        Value::SingleQuotedString(s) => {
-                            s.split(',').map(|p| p.trim().trim_matches('"').to_string()).collect()
-                        }
+                        Value::SingleQuotedString(s) => s
+                            .split(',')
+                            .map(|p| p.trim().trim_matches('"').to_string())
+                            .collect(),
                         _ => vec![v.to_string()],
                     },
                     other => vec![other.to_string()],
@@ -336,10 +348,12 @@ impl GuardContext<'_> {
 /// Compares tenant values: numerically for integers, exactly for text.
 pub fn same_tenant(value_type: TenantValueType, value: &str, tenant: &str) -> bool {
     match value_type {
-        TenantValueType::Integer => match (value.trim().parse::<i64>(), tenant.trim().parse::<i64>()) {
-            (Ok(a), Ok(b)) => a == b,
-            _ => false,
-        },
+        TenantValueType::Integer => {
+            match (value.trim().parse::<i64>(), tenant.trim().parse::<i64>()) {
+                (Ok(a), Ok(b)) => a == b,
+                _ => false,
+            }
+        }
         TenantValueType::Text => value == tenant,
     }
 }

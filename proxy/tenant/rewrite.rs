@@ -17,14 +17,14 @@ use std::collections::HashSet;
 use std::ops::ControlFlow;
 
 use sqlparser::ast::{
-    BinaryOperator, Expr, FromTable, Ident, ObjectName, Query, SetExpr, Statement,
-    TableAlias, TableFactor, VisitMut, VisitorMut,
+    BinaryOperator, Expr, FromTable, Ident, ObjectName, Query, SetExpr, Statement, TableAlias,
+    TableFactor, VisitMut, VisitorMut,
 };
 
 use super::decision::{Rejection, RejectionKind};
+use super::parse_query;
 use super::policy::{last_ident, GuardContext, RelationUse};
 use super::writes::WriteGuard;
-use super::parse_query;
 
 /// Stands in for a DML target while the rest of the statement is walked.
 const TARGET_PLACEHOLDER: &str = "pgwarden_dml_target";
@@ -154,7 +154,10 @@ impl<'a, 'c> Rewriter<'a, 'c> {
             }
             Statement::Merge(merge) => {
                 if let Some(qualifier) = self.take_target(&mut merge.table)? {
-                    let on = std::mem::replace(merge.on.as_mut(), Expr::value(sqlparser::ast::Value::Null));
+                    let on = std::mem::replace(
+                        merge.on.as_mut(),
+                        Expr::value(sqlparser::ast::Value::Null),
+                    );
                     *merge.on = and(on, self.pinned(&qualifier));
                     self.writes
                         .guard_merge_clauses(self.ctx, &mut merge.clauses)?;
@@ -254,7 +257,9 @@ impl VisitorMut for Rewriter<'_, '_> {
     fn post_visit_table_factor(&mut self, factor: &mut TableFactor) -> ControlFlow<Rejection> {
         let result = match &*factor {
             TableFactor::Table {
-                name, args: Some(_), ..
+                name,
+                args: Some(_),
+                ..
             } => self.ctx.check_function(name).map(|_| false),
             TableFactor::Table { name, .. } if is_placeholder(name) => Ok(false),
             TableFactor::Table { name, .. } => match self.ctx.relation(name, self.ctes) {
@@ -267,7 +272,10 @@ impl VisitorMut for Rewriter<'_, '_> {
             | TableFactor::NestedJoin { .. }
             | TableFactor::UNNEST { .. }
             | TableFactor::TableFunction { .. } => Ok(false),
-            other => Err(Rejection::new(RejectionKind::Unsupported, other.to_string())),
+            other => Err(Rejection::new(
+                RejectionKind::Unsupported,
+                other.to_string(),
+            )),
         };
         match result {
             Ok(true) => {

@@ -17,7 +17,12 @@ fn catalog() -> Catalog {
     Catalog::build(
         &TenancyConfig::default(),
         vec![
-            row("public", "orders", true, &["id", "tenant_id", "customer_id", "total"]),
+            row(
+                "public",
+                "orders",
+                true,
+                &["id", "tenant_id", "customer_id", "total"],
+            ),
             row("public", "customers", true, &["id", "tenant_id", "name"]),
             row("public", "products", false, &["id", "name"]),
             row("public", "summary", false, &["n"]),
@@ -97,7 +102,10 @@ fn writes_are_limited_and_filled() {
     let sql = rewritten(
         "INSERT INTO orders (id, tenant_id) VALUES (1, 1) ON CONFLICT (id) DO UPDATE SET total = 0",
     );
-    assert!(sql.ends_with("DO UPDATE SET total = 0 WHERE orders.\"tenant_id\" = 1"), "{sql}");
+    assert!(
+        sql.ends_with("DO UPDATE SET total = 0 WHERE orders.\"tenant_id\" = 1"),
+        "{sql}"
+    );
     assert_eq!(
         decide_as(
             TenancyMode::Rewrite,
@@ -115,7 +123,11 @@ fn writes_are_limited_and_filled() {
         "UPDATE orders SET tenant_id = 2",
         "UPDATE orders SET (total, tenant_id) = (1, 1)",
     ] {
-        assert_eq!(rejected(TenancyMode::Rewrite, sql), RejectionKind::ForeignTenantValue, "{sql}");
+        assert_eq!(
+            rejected(TenancyMode::Rewrite, sql),
+            RejectionKind::ForeignTenantValue,
+            "{sql}"
+        );
     }
 }
 
@@ -123,12 +135,21 @@ fn writes_are_limited_and_filled() {
 fn what_cannot_be_proven_safe_is_refused() {
     use RejectionKind::*;
     let cases: &[(&str, RejectionKind)] = &[
-        ("DO $$ BEGIN DELETE FROM orders; END $$", StatementNotAllowed),
-        ("/* x */ do language plpgsql $$ BEGIN END $$", StatementNotAllowed),
+        (
+            "DO $$ BEGIN DELETE FROM orders; END $$",
+            StatementNotAllowed,
+        ),
+        (
+            "/* x */ do language plpgsql $$ BEGIN END $$",
+            StatementNotAllowed,
+        ),
         ("SELEC * FROM orders", Unparseable),
         ("SELECT leak_everything()", FunctionNotAllowed),
         ("SELECT public.leak_everything()", FunctionNotAllowed),
-        ("SELECT query_to_xml('select * from orders', true, true, '')", FunctionNotAllowed),
+        (
+            "SELECT query_to_xml('select * from orders', true, true, '')",
+            FunctionNotAllowed,
+        ),
         ("SELECT no_such_function()", FunctionNotAllowed),
         ("SELECT * FROM summary", UnguardableView),
         ("SELECT * FROM nowhere", UnknownRelation),
@@ -136,11 +157,17 @@ fn what_cannot_be_proven_safe_is_refused() {
         ("SET ROLE postgres", SettingNotAllowed),
         ("SET SESSION AUTHORIZATION postgres", SettingNotAllowed),
         ("SET search_path TO evil", SettingNotAllowed),
-        ("CREATE TABLE x AS SELECT * FROM orders", StatementNotAllowed),
+        (
+            "CREATE TABLE x AS SELECT * FROM orders",
+            StatementNotAllowed,
+        ),
         ("TRUNCATE orders", StatementNotAllowed),
         ("PREPARE p AS SELECT * FROM orders", StatementNotAllowed),
         ("SELECT 1; DROP TABLE orders", StatementNotAllowed),
-        ("SELECT * INTO copy_of_orders FROM orders", StatementNotAllowed),
+        (
+            "SELECT * INTO copy_of_orders FROM orders",
+            StatementNotAllowed,
+        ),
     ];
     for (sql, kind) in cases {
         assert_eq!(rejected(TenancyMode::Rewrite, sql), *kind, "{sql}");
@@ -157,7 +184,11 @@ fn what_cannot_be_proven_safe_is_refused() {
         "BEGIN",
         "COPY products TO STDOUT",
     ] {
-        assert_eq!(decide_as(TenancyMode::Rewrite, None, sql), Decision::Pass, "{sql}");
+        assert_eq!(
+            decide_as(TenancyMode::Rewrite, None, sql),
+            Decision::Pass,
+            "{sql}"
+        );
     }
 }
 
@@ -174,7 +205,11 @@ fn enforce_accepts_only_pinned_references() {
         assert_eq!(decide_as(TenancyMode::Enforce, Some("1"), sql), Decision::Pass, "{sql}");
     }
     assert_eq!(
-        decide_as(TenancyMode::Enforce, Some("1"), "SELECT * FROM orders WHERE tenant_id = $1"),
+        decide_as(
+            TenancyMode::Enforce,
+            Some("1"),
+            "SELECT * FROM orders WHERE tenant_id = $1"
+        ),
         Decision::PassWithParams {
             tenant_params: vec![1]
         }
@@ -191,7 +226,10 @@ fn enforce_accepts_only_pinned_references() {
         "TABLE orders",
     ] {
         assert!(
-            matches!(decide_as(TenancyMode::Enforce, Some("1"), sql), Decision::Reject(_)),
+            matches!(
+                decide_as(TenancyMode::Enforce, Some("1"), sql),
+                Decision::Reject(_)
+            ),
             "{sql}"
         );
     }

@@ -105,7 +105,11 @@ impl Violations {
             .lock()
             .map(|rows| rows.values().cloned().collect())
             .unwrap_or_default();
-        rows.sort_by(|a, b| b.count.cmp(&a.count).then(a.fingerprint.cmp(&b.fingerprint)));
+        rows.sort_by(|a, b| {
+            b.count
+                .cmp(&a.count)
+                .then(a.fingerprint.cmp(&b.fingerprint))
+        });
         rows
     }
 }

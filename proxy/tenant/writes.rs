@@ -10,9 +10,8 @@
 use std::collections::HashSet;
 
 use sqlparser::ast::{
-    Assignment, AssignmentTarget, BinaryOperator, Expr, Ident, Insert, MergeAction,
-    MergeClause, MergeInsertKind, ObjectName, OnConflictAction, OnInsert, SelectItem, SetExpr,
-    TableObject,
+    Assignment, AssignmentTarget, BinaryOperator, Expr, Ident, Insert, MergeAction, MergeClause,
+    MergeInsertKind, ObjectName, OnConflictAction, OnInsert, SelectItem, SetExpr, TableObject,
 };
 
 use super::decision::{Rejection, RejectionKind};
@@ -108,19 +107,24 @@ impl WriteGuard {
         let mut changed = false;
         if insert.columns.is_empty() {
             let width = match insert.source.as_deref().map(|q| q.body.as_ref()) {
-                Some(SetExpr::Values(values)) => {
-                    values.rows.iter().map(|r| r.content.len()).max().unwrap_or(0)
-                }
+                Some(SetExpr::Values(values)) => values
+                    .rows
+                    .iter()
+                    .map(|r| r.content.len())
+                    .max()
+                    .unwrap_or(0),
                 None => 0,
-                Some(_) => {
-                    return Err(Rejection::new(
-                        RejectionKind::Unsupported,
-                        format!("INSERT INTO {table} SELECT ... without a column list (name the columns)"),
-                    ))
-                }
+                Some(_) => return Err(Rejection::new(
+                    RejectionKind::Unsupported,
+                    format!(
+                        "INSERT INTO {table} SELECT ... without a column list (name the columns)"
+                    ),
+                )),
             };
             if width > info.columns.len() {
-                return Err(foreign(format!("INSERT INTO {table} has more values than columns")));
+                return Err(foreign(format!(
+                    "INSERT INTO {table} has more values than columns"
+                )));
             }
             insert.columns = info.columns[..width]
                 .iter()
@@ -204,7 +208,9 @@ impl WriteGuard {
         if let Some(on) = insert.on.as_mut() {
             let qualifier = match &insert.table_alias {
                 Some(alias) => alias.alias.clone(),
-                None => last_ident(name).cloned().unwrap_or_else(|| Ident::new(&info.name)),
+                None => last_ident(name)
+                    .cloned()
+                    .unwrap_or_else(|| Ident::new(&info.name)),
             };
             match on {
                 OnInsert::OnConflict(conflict) => {
@@ -213,7 +219,9 @@ impl WriteGuard {
                         if self.check_only {
                             let own = qualifier.value.to_lowercase();
                             let pinned = update.selection.as_ref().is_some_and(|s| {
-                                pins(ctx, s).iter().any(|p| p.qualifier.as_deref() == Some(own.as_str()))
+                                pins(ctx, s)
+                                    .iter()
+                                    .any(|p| p.qualifier.as_deref() == Some(own.as_str()))
                             });
                             if !pinned {
                                 return Err(Rejection::new(

@@ -1,0 +1,273 @@
+//! The tenant guard around the edges: row-level security as a second wall
+//! (`tenancy.set_config`), roles mapped to tenants, bypass roles whose DDL refreshes
+//! the guard's catalog, and violations visible in `SHOW TENANCY`, `/api/tenancy`
+//! and `/metrics`.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use pgwarden::config::{Config, TenancyMode, UserConfig};
+use pgwarden::RunningProxy;
+use support::proxy::{self, DATABASE, PASSWORD, USER};
+use tokio_postgres::{Client, SimpleQueryMessage};
+
+const APP_USER: &str = "app_rls";
+const APP_PASSWORD: &str = "rls-secret";
+
+const SCHEMA: &str = "
+CREATE TABLE orders (id bigint PRIMARY KEY, tenant_id bigint NOT NULL, note text);
+INSERT INTO orders SELECT g, 1 + g % 3, 'order ' || g FROM generate_series(1, 30) g;
+ALTER TABLE orders ENABLE ROW LEVEL SECURITY;
+CREATE POLICY tenant_rows ON orders
+    USING (tenant_id = current_setting('app.tenant_id')::bigint)
+    WITH CHECK (tenant_id = current_setting('app.tenant_id')::bigint);
+CREATE ROLE app_rls LOGIN PASSWORD 'rls-secret';
+GRANT SELECT, INSERT, UPDATE, DELETE ON orders TO app_rls;
+";
+
+fn add_app_user(config: &mut Config) {
+    config.auth.users.push(UserConfig {
+        name: APP_USER.into(),
+        password: Some(APP_PASSWORD.into()),
+        server_password: None,
+    });
+}
+
+fn app_url(proxy: &RunningProxy, options: &str) -> String {
+    format!(
+        "postgres://{APP_USER}:{APP_PASSWORD}@127.0.0.1:{}/{DATABASE}?options={}",
+        proxy.port(),
+        options.replace(' ', "%20").replace('=', "%3D")
+    )
+}
+
+/// Text of the first column of every row.
+async fn column(client: &Client, sql: &str) -> Result<Vec<String>, tokio_postgres::Error> {
+    Ok(client
+        .simple_query(sql)
+        .await?
+        .into_iter()
+        .filter_map(|m| match m {
+            SimpleQueryMessage::Row(row) => row.get(0).map(str::to_string),
+            _ => None,
+        })
+        .collect())
+}
+
+fn code(error: &tokio_postgres::Error) -> String {
+    error
+        .code()
+        .map(|c| c.code().to_string())
+        .unwrap_or_else(|| format!("no SQLSTATE: {error}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn row_level_security_is_a_second_wall() {
+    let cluster = support::cluster(0);
+    let direct = proxy::connect_direct(&cluster).await;
+    direct.batch_execute(SCHEMA).await.unwrap();
+    // Audit mode lets every statement through unchanged: only RLS limits the rows.
+    let proxy = proxy::start(&cluster, |c| {
+        add_app_user(c);
+        c.tenancy.mode = TenancyMode::Audit;
+        c.tenancy.set_config = Some("app.tenant_id".into());
+    })
+    .await;
+    // A client trying to set the RLS setting itself at startup is overruled.
+    let client = proxy::connect_url(&app_url(
+        &proxy,
+        "-c pgwarden.tenant_id=1 -c app.tenant_id=2",
+    ))
+    .await
+    .unwrap();
+    let tenants = column(&client, "SELECT DISTINCT tenant_id FROM orders")
+        .await
+        .unwrap();
+    assert_eq!(tenants, vec!["1"]);
+
+    // Many transactions over the pool: the setting follows each client's tenant.
+    let other = proxy::connect_url(&app_url(&proxy, "-c pgwarden.tenant_id=2"))
+        .await
+        .unwrap();
+    for _ in 0..20 {
+        let a = column(&client, "SELECT DISTINCT tenant_id FROM orders")
+            .await
+            .unwrap();
+        let b = column(&other, "SELECT DISTINCT tenant_id FROM orders")
+            .await
+            .unwrap();
+        assert_eq!((a, b), (vec!["1".to_string()], vec!["2".to_string()]));
+    }
+    client
+        .simple_query("SET pgwarden.tenant_id = '3'")
+        .await
+        .unwrap();
+    let tenants = column(&client, "SELECT DISTINCT tenant_id FROM orders")
+        .await
+        .unwrap();
+    assert_eq!(tenants, vec!["3"]);
+
+    // Writing another tenant's row is stopped by the policy's WITH CHECK.
+    let error = client
+        .simple_query("INSERT INTO orders VALUES (100, 1, 'sneaky')")
+        .await
+        .unwrap_err();
+    assert_eq!(code(&error), "42501", "{error}");
+
+    // The setting itself is out of the client's reach, even in audit mode.
+    for sql in [
+        "SET app.tenant_id = '1'",
+        "SELECT set_config('app.tenant_id', '1', false)",
+        "RESET app.tenant_id",
+    ] {
+        let error = client.simple_query(sql).await.unwrap_err();
+        assert_eq!(code(&error), "42501", "{sql}: {error}");
+    }
+    // No tenant: the setting is unset and the policy fails closed in PostgreSQL.
+    client
+        .simple_query("RESET pgwarden.tenant_id")
+        .await
+        .unwrap();
+    assert!(column(&client, "SELECT count(*) FROM orders")
+        .await
+        .is_err());
+    let direct_count = column(&direct, "SELECT count(*) FROM orders")
+        .await
+        .unwrap();
+    assert_eq!(direct_count, vec!["30"], "nothing was written");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn violations_show_up_in_the_console_api_and_metrics() {
+    let cluster = support::cluster(0);
+    let direct = proxy::connect_direct(&cluster).await;
+    direct.batch_execute(SCHEMA).await.unwrap();
+    let proxy = proxy::start(&cluster, |c| c.tenancy.mode = TenancyMode::Enforce).await;
+    let tenant = proxy::connect_url(&format!(
+        "{}?options=-c%20pgwarden.tenant_id%3D7",
+        proxy::url(&proxy)
+    ))
+    .await
+    .unwrap();
+    for _ in 0..3 {
+        let error = tenant
+            .simple_query("SELECT * FROM orders")
+            .await
+            .unwrap_err();
+        assert_eq!(code(&error), "42501");
+    }
+    let pinned = column(&tenant, "SELECT count(*) FROM orders WHERE tenant_id = 7").await;
+    assert_eq!(pinned.unwrap(), vec!["0"]);
+
+    let admin = proxy::connect_url(&format!(
+        "postgres://{USER}:{PASSWORD}@127.0.0.1:{}/pgwarden",
+        proxy.port()
+    ))
+    .await
+    .unwrap();
+    let rows: Vec<Vec<String>> = admin
+        .simple_query("SHOW TENANCY")
+        .await
+        .unwrap()
+        .into_iter()
+        .filter_map(|m| match m {
+            SimpleQueryMessage::Row(r) => Some(
+                (0..r.len())
+                    .map(|i| r.get(i).unwrap_or("").to_string())
+                    .collect(),
+            ),
+            _ => None,
+        })
+        .collect();
+    // database, tenant, action, kind, count, fingerprint, last_reason
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(
+        rows[0][..5],
+        [DATABASE, "7", "rejected", "missing_tenant_predicate", "3"],
+        "{rows:?}"
+    );
+    assert!(
+        rows[0][5].to_lowercase().contains("from orders"),
+        "{rows:?}"
+    );
+
+    let tables = column(&admin, "SHOW TENANCY TABLES").await.unwrap();
+    assert_eq!(tables, vec![DATABASE.to_string()]);
+
+    let (status, body) = support::http::get(proxy.http_address, "/api/tenancy", None).await;
+    assert_eq!(status, 200);
+    let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(json["violations"][0]["count"], 3, "{json}");
+    assert_eq!(json["tables"][0]["relation"], "public.orders", "{json}");
+    let (_, metrics) = support::http::get(proxy.http_address, "/metrics", None).await;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("pgwarden_tenant_violations_total")
+                && l.contains("missing_tenant_predicate")),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn roles_map_to_tenants_and_bypass_ddl_refreshes_the_catalog() {
+    let cluster = support::cluster(0);
+    let direct = proxy::connect_direct(&cluster).await;
+    direct.batch_execute(SCHEMA).await.unwrap();
+    direct
+        .batch_execute("ALTER TABLE orders DISABLE ROW LEVEL SECURITY; GRANT CREATE ON SCHEMA public TO app_rls")
+        .await
+        .unwrap();
+    let proxy = proxy::start(&cluster, |c| {
+        add_app_user(c);
+        c.tenancy.mode = TenancyMode::Rewrite;
+        c.tenancy.bypass_roles = vec![USER.into()];
+        c.tenancy.roles.insert(APP_USER.into(), "2".into());
+    })
+    .await;
+    let app = proxy::connect_url(&app_url(&proxy, "-c pgwarden.tenant_id=1"))
+        .await
+        .unwrap();
+    // The role's tenant wins over the startup option, and cannot be changed.
+    let tenants = column(&app, "SELECT DISTINCT tenant_id FROM orders")
+        .await
+        .unwrap();
+    assert_eq!(tenants, vec!["2"]);
+    let error = app
+        .simple_query("SET pgwarden.tenant_id = '1'")
+        .await
+        .unwrap_err();
+    assert_eq!(code(&error), "42501", "{error}");
+    // Tenant sessions may not run DDL.
+    let error = app
+        .simple_query("CREATE TABLE mine (id int)")
+        .await
+        .unwrap_err();
+    assert_eq!(code(&error), "42501", "{error}");
+
+    // A bypass role (migrations) sees everything and creates a new scoped table.
+    let admin = proxy::connect(&proxy).await;
+    let all = column(&admin, "SELECT count(DISTINCT tenant_id) FROM orders").await;
+    assert_eq!(all.unwrap(), vec!["3"]);
+    admin
+        .batch_execute(
+            "CREATE TABLE notes (id int PRIMARY KEY, tenant_id bigint NOT NULL, body text);
+             INSERT INTO notes VALUES (1, 1, 'one'), (2, 2, 'two'), (3, 3, 'three');
+             GRANT SELECT ON notes TO app_rls",
+        )
+        .await
+        .unwrap();
+    // The DDL went through pgwarden, so the catalog reloads: the new table is scoped.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let bodies = loop {
+        match column(&app, "SELECT body FROM notes ORDER BY id").await {
+            Ok(rows) => break rows,
+            Err(e) if code(&e) == "42501" && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("notes never became usable: {e}"),
+        }
+    };
+    assert_eq!(bodies, vec!["two"]);
+}
