@@ -4,6 +4,7 @@
 //! Run with `bench/run.sh` (builds in release first). Knobs (environment):
 //!   DURATION=10  CLIENTS="1 16 64"  MODES="simple extended prepared"
 //!   SCRIPTS="select tpcb"  SCALE=10  TARGETS="direct pgbouncer pgwarden"
+//!   (also SCRIPTS=tenant and the target pgwarden_rewrite: the tenant guard's cost)
 //!   IDLE="1000 10000" (empty to skip)  POOL_SIZE=20
 //! Results: a table on stdout, bench/results/latest.md and latest.csv.
 
@@ -15,6 +16,7 @@ use std::time::{Duration, Instant};
 use pgwarden::cluster::{free_port, ClusterSpec, LocalCluster, PgBinaries};
 
 mod idle;
+mod tenant;
 
 const USER: &str = "pgwarden";
 const PASSWORD: &str = "pgwarden-secret";
@@ -92,6 +94,12 @@ fn main() {
         .output()
         .expect("pgbench -i");
     assert!(init.status.success(), "pgbench -i failed: {init:?}");
+    if scripts.iter().any(|s| s == "tenant") {
+        cluster
+            .primary()
+            .psql(USER, DATABASE, tenant::SETUP_SQL)
+            .expect("create tenant_accounts");
+    }
     cluster
         .wait_for_replication(Duration::from_secs(60))
         .expect("replicas caught up");
@@ -111,21 +119,46 @@ fn main() {
         )
     });
     let warden_port = free_port();
-    let _warden = targets
-        .iter()
-        .any(|t| t == "pgwarden")
-        .then(|| start_pgwarden(&cluster, warden_port, pool_size, "scram-sha-256", true));
+    let _warden = targets.iter().any(|t| t == "pgwarden").then(|| {
+        start_pgwarden(
+            &cluster,
+            warden_port,
+            pool_size,
+            "scram-sha-256",
+            true,
+            "off",
+        )
+    });
     // The same proxy with query statistics off, to measure what they cost.
     let nostats_port = free_port();
-    let _nostats = targets
-        .iter()
-        .any(|t| t == "pgwarden_nostats")
-        .then(|| start_pgwarden(&cluster, nostats_port, pool_size, "scram-sha-256", false));
+    let _nostats = targets.iter().any(|t| t == "pgwarden_nostats").then(|| {
+        start_pgwarden(
+            &cluster,
+            nostats_port,
+            pool_size,
+            "scram-sha-256",
+            false,
+            "off",
+        )
+    });
+    // The same proxy with the tenant guard rewriting every statement.
+    let rewrite_port = free_port();
+    let _rewrite = targets.iter().any(|t| t == "pgwarden_rewrite").then(|| {
+        start_pgwarden(
+            &cluster,
+            rewrite_port,
+            pool_size,
+            "scram-sha-256",
+            true,
+            "rewrite",
+        )
+    });
 
     let port_of = |target: &str| match target {
         "direct" => pg_port,
         "pgbouncer" => bouncer_port,
         "pgwarden_nostats" => nostats_port,
+        "pgwarden_rewrite" => rewrite_port,
         _ => warden_port,
     };
     for target in &targets {
@@ -140,7 +173,14 @@ fn main() {
                 let mut measures = Vec::new();
                 for target in &targets {
                     let before = transactions_per_node(&cluster);
-                    let m = run_pgbench(&pgbench, port_of(target), script, mode, n, duration);
+                    let m = run_pgbench(
+                        &pgbench,
+                        port_of(target),
+                        (script, work.path(), scale),
+                        mode,
+                        n,
+                        duration,
+                    );
                     if target == "pgwarden" && replicas > 0 {
                         let after = transactions_per_node(&cluster);
                         let delta: Vec<u64> =
@@ -182,7 +222,7 @@ fn main() {
                 // connection state, not SCRAM work.
                 let port = free_port();
                 let process = if target == "pgwarden" {
-                    start_pgwarden(&cluster, port, pool_size, "trust", true)
+                    start_pgwarden(&cluster, port, pool_size, "trust", true, "off")
                 } else {
                     start_pgbouncer(
                         &work.path().join(format!("idle{count}")),
@@ -235,7 +275,7 @@ fn transactions_per_node(cluster: &LocalCluster) -> Vec<u64> {
 fn run_pgbench(
     pgbench: &Path,
     port: u16,
-    script: &str,
+    (script, work, scale): (&str, &Path, u64),
     mode: &str,
     clients: &str,
     duration: u64,
@@ -257,6 +297,13 @@ fn run_pgbench(
         .arg("--no-vacuum");
     if script == "select" {
         command.arg("-S");
+    }
+    if script == "tenant" {
+        command
+            .arg("-f")
+            .arg(tenant::script_file(work))
+            .args(["-D", &format!("scale={scale}")])
+            .env("PGOPTIONS", tenant::PGOPTIONS);
     }
     let output = command
         .arg(DATABASE)
@@ -333,6 +380,7 @@ fn start_pgwarden(
     pool_size: u64,
     auth: &str,
     stats: bool,
+    tenancy: &str,
 ) -> Guard {
     let exe = std::env::current_exe().unwrap();
     let bin = exe.parent().unwrap().parent().unwrap().join("pgwarden");
@@ -349,6 +397,7 @@ fn start_pgwarden(
         .env("PGWARDEN_POOL_SIZE", pool_size.to_string())
         .env("PGWARDEN_AUTH_METHOD", auth)
         .env("PGWARDEN_STATS_ENABLED", stats.to_string())
+        .env("PGWARDEN_TENANCY_MODE", tenancy)
         .env("PGWARDEN_PROXY_MAX_CLIENT_CONNECTIONS", "20000")
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
@@ -405,6 +454,7 @@ fn render(
         ("pgwarden", "direct"),
         ("pgwarden", "pgbouncer"),
         ("pgwarden", "pgwarden_nostats"),
+        ("pgwarden_rewrite", "pgwarden"),
     ];
     for (a, b) in ratios {
         if idx(a).is_some() && idx(b).is_some() {

@@ -2,6 +2,7 @@
 # Builds pgwarden in release and runs the load harness (bench/harness.rs):
 # pgbench direct vs PgBouncer vs pgwarden in one run, then idle-connection RSS.
 # Knobs: DURATION CLIENTS MODES SCRIPTS SCALE TARGETS IDLE POOL_SIZE (see harness.rs).
+# The tenant guard's cost: SCRIPTS=tenant TARGETS="direct pgbouncer pgwarden pgwarden_rewrite".
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if ! command -v pgbouncer >/dev/null && [ ! -x /usr/sbin/pgbouncer ]; then

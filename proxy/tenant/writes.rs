@@ -114,12 +114,14 @@ impl WriteGuard {
                     .max()
                     .unwrap_or(0),
                 None => 0,
-                Some(_) => return Err(Rejection::new(
-                    RejectionKind::Unsupported,
-                    format!(
+                Some(_) => {
+                    return Err(Rejection::new(
+                        RejectionKind::Unsupported,
+                        format!(
                         "INSERT INTO {table} SELECT ... without a column list (name the columns)"
                     ),
-                )),
+                    ))
+                }
             };
             if width > info.columns.len() {
                 return Err(foreign(format!(
