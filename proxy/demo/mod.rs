@@ -1,10 +1,12 @@
 //! `pgwarden demo`: a throwaway primary and streaming replica from the local
 //! PostgreSQL binaries, pgwarden in front of them, a small mixed workload through it,
-//! and a summary of where each statement ran. Everything is removed afterwards.
+//! a summary of where each statement ran, a tenant trying to reach other tenants'
+//! rows, and the top statements. Everything is removed afterwards.
 //!
 //! This room only orchestrates; it uses `cluster` for PostgreSQL and the public proxy
 //! API like any embedding application would.
 
+mod tenants;
 mod workload;
 
 use std::time::Duration;
@@ -60,7 +62,17 @@ pub async fn run() -> Result<(), DemoError> {
         "PGWARDEN_REPLICA_URLS".to_string(),
         cluster.replica_urls().join(","),
     ));
-    let config = load_from_str("", "demo", vars)?;
+    let mut config = load_from_str("", "demo", vars)?;
+    // The tenant guard rewrites tenant sessions; the demo's own role plays the
+    // migrations and is not guarded.
+    config.tenancy.mode = crate::config::TenancyMode::Rewrite;
+    config.tenancy.bypass_roles = vec![cluster.spec().user.clone()];
+    config.auth.users.push(crate::config::UserConfig {
+        name: tenants::ROLE.into(),
+        password: Some(tenants::PASSWORD.into()),
+        server_password: None,
+    });
+    config.validate()?;
     let proxy = RunningProxy::start(config).await?;
     let url = format!(
         "postgres://{}:{}@127.0.0.1:{}/{}",
@@ -76,6 +88,17 @@ pub async fn run() -> Result<(), DemoError> {
 
     let report = workload::run(&url, &cluster).await?;
     report.print();
+
+    let (admin, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await?;
+    tokio::spawn(connection);
+    let tenant_url = format!(
+        "postgres://{}:{}@127.0.0.1:{}/{}?options=-c%20pgwarden.tenant_id%3D1",
+        tenants::ROLE,
+        tenants::PASSWORD,
+        proxy.port(),
+        cluster.spec().database
+    );
+    tenants::run(&admin, &tenant_url, &cluster).await?;
 
     // What the statistics saw: the same workload by fingerprint.
     proxy.runtime.stats.flush().await;
