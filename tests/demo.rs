@@ -25,7 +25,10 @@ fn demo_runs_and_reports() {
     };
     assert!(line("(autocommit read)").contains("replica:"), "{stdout}");
     // Tenant 1 sees only its own ten invoices, even with OR 1 = 1.
-    assert!(line("WHERE tenant_id = 2 OR 1 = 1").ends_with("row (10)"), "{stdout}");
+    assert!(
+        line("WHERE tenant_id = 2 OR 1 = 1").ends_with("row (10)"),
+        "{stdout}"
+    );
     assert!(line("UPDATE invoices SET amount = 0").ends_with("0 rows changed"));
     assert!(line("VALUES (101, 2, 5)").contains("refused 42501"));
     assert!(line("DO $$").contains("refused 42501"));

@@ -271,3 +271,70 @@ async fn roles_map_to_tenants_and_bypass_ddl_refreshes_the_catalog() {
     };
     assert_eq!(bodies, vec!["two"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_inside_a_transaction_aborts_it_like_postgres_would() {
+    let cluster = support::cluster(0);
+    let direct = proxy::connect_direct(&cluster).await;
+    direct.batch_execute(SCHEMA).await.unwrap();
+    direct
+        .batch_execute("ALTER TABLE orders DISABLE ROW LEVEL SECURITY")
+        .await
+        .unwrap();
+    let proxy = proxy::start(&cluster, |c| c.tenancy.mode = TenancyMode::Rewrite).await;
+    let mut client = proxy::connect_url(&format!(
+        "{}?options=-c%20pgwarden.tenant_id%3D1",
+        proxy::url(&proxy)
+    ))
+    .await
+    .unwrap();
+
+    // Simple protocol: the refused statement fails the transaction; COMMIT rolls back.
+    client.simple_query("BEGIN").await.unwrap();
+    client
+        .simple_query("INSERT INTO orders (id, note) VALUES (500, 'kept?')")
+        .await
+        .unwrap();
+    let refused = client
+        .simple_query("SELECT query_to_xml('select * from orders', true, true, '')")
+        .await
+        .unwrap_err();
+    assert_eq!(code(&refused), "42501", "{refused}");
+    let aborted = client.simple_query("SELECT 1").await.unwrap_err();
+    assert_eq!(code(&aborted), "25P02", "{aborted}");
+    client.simple_query("COMMIT").await.unwrap();
+
+    // Extended protocol: a parameter naming another tenant is refused at Bind.
+    let transaction = client.transaction().await.unwrap();
+    transaction
+        .execute(
+            "INSERT INTO orders (id, note) VALUES ($1, 'kept?')",
+            &[&501i64],
+        )
+        .await
+        .unwrap();
+    let refused = transaction
+        .execute(
+            "INSERT INTO orders (id, tenant_id, note) VALUES ($1, $2, 'x')",
+            &[&502i64, &2i64],
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(code(&refused), "42501", "{refused}");
+    let aborted = transaction.execute("SELECT 1", &[]).await.unwrap_err();
+    assert_eq!(code(&aborted), "25P02", "{aborted}");
+    // PostgreSQL answers COMMIT of a failed transaction with ROLLBACK.
+    transaction.commit().await.unwrap();
+
+    let left = column(&direct, "SELECT count(*) FROM orders WHERE id >= 500").await;
+    assert_eq!(
+        left.unwrap(),
+        vec!["0"],
+        "nothing of either transaction committed"
+    );
+    // The session goes on normally.
+    let own = column(&client, "SELECT count(*) FROM orders")
+        .await
+        .unwrap();
+    assert_eq!(own, vec!["10"]);
+}

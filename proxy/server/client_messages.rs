@@ -77,6 +77,12 @@ impl Session {
         let frame = match self.guard_message(message_tag, frame).await {
             Ok(frame) => frame,
             Err(SessionError::Answered) => return Ok(()),
+            Err(SessionError::TenantGuard(rejection)) if self.server.is_some() => {
+                // Part of this transaction already ran: fail it on the server, as
+                // PostgreSQL would, so it cannot commit.
+                self.raise_on_server(message_tag, &rejection);
+                return Ok(());
+            }
             Err(error) if error.is_recoverable() => {
                 self.report_guard_error(message_tag, &error);
                 return Ok(());

@@ -30,6 +30,8 @@ pub enum Expect {
     Close,
     /// A proxy-injected `Parse`: its `ParseComplete` is not shown to the client.
     Swallow(StatementId),
+    /// A proxy-injected `Bind`: its `BindComplete` is not shown to the client.
+    SwallowBind,
     /// A proxy-made answer, sent when it reaches the head of the queue.
     Synthetic(Bytes),
     /// Where the client ended a COPY (`CopyDone`/`CopyFail`) before the server said
@@ -42,7 +44,7 @@ impl Expect {
         match self {
             Expect::Query | Expect::Sync => server_tag == tag::READY_FOR_QUERY,
             Expect::Parse(_) | Expect::Swallow(_) => server_tag == tag::PARSE_COMPLETE,
-            Expect::Bind => server_tag == tag::BIND_COMPLETE,
+            Expect::Bind | Expect::SwallowBind => server_tag == tag::BIND_COMPLETE,
             Expect::Close => server_tag == tag::CLOSE_COMPLETE,
             Expect::DescribeStatement | Expect::DescribePortal => {
                 server_tag == tag::ROW_DESCRIPTION || server_tag == tag::NO_DATA
@@ -176,7 +178,7 @@ impl ResponseQueue {
         }
         if head.ends_with(server_tag) {
             let head = self.entries.pop_front();
-            let disposition = if matches!(head, Some(Expect::Swallow(_))) {
+            let disposition = if matches!(head, Some(Expect::Swallow(_) | Expect::SwallowBind)) {
                 Disposition::Drop
             } else {
                 Disposition::Relay

@@ -12,7 +12,8 @@ use bytes::{BufMut, Bytes, BytesMut};
 
 use super::responses::Expect;
 use super::session::Session;
-use super::settings::{SessionSettings, SettingChange};
+use super::settings::{quote_literal, SessionSettings, SettingChange};
+use super::statements::StatementId;
 use super::SessionError;
 use crate::config::{Config, TenancyMode};
 use crate::protocol::backend;
@@ -419,6 +420,48 @@ impl Session {
         self.responses
             .push(Expect::Synthetic(answer.freeze()), &mut self.to_client);
         Ok(())
+    }
+
+    /// Reports a refusal through the attached server: a statement that raises the
+    /// guard's error runs in place of the refused one, so the server's transaction
+    /// (or the implicit one of an extended batch) fails exactly as if PostgreSQL had
+    /// refused it, and the client's next messages get PostgreSQL's own answers.
+    pub(super) fn raise_on_server(&mut self, message_tag: u8, rejection: &Rejection) {
+        let clean = |text: &str| text.replace("$pgwarden$", "");
+        let sql = format!(
+            "DO $pgwarden$BEGIN RAISE EXCEPTION USING ERRCODE = '42501', MESSAGE = {}, HINT = {}; END$pgwarden$",
+            quote_literal(&clean(&format!("pgwarden: {}", rejection.message()))),
+            quote_literal(&clean(rejection.hint())),
+        );
+        match message_tag {
+            tag::QUERY | tag::FUNCTION_CALL => {
+                self.to_server.extend_from_slice(&query_frame(&sql));
+                self.responses.push(Expect::Query, &mut self.to_client);
+            }
+            _ => {
+                let mut definition = Vec::with_capacity(sql.len() + 3);
+                definition.extend_from_slice(sql.as_bytes());
+                definition.extend_from_slice(&[0, 0, 0]);
+                let mut out = BytesMut::new();
+                write_parse(&mut out, b"", &definition);
+                // Bind: unnamed portal and statement, no formats, no parameters.
+                out.put_u8(tag::BIND);
+                out.put_i32(4 + 1 + 1 + 2 + 2 + 2);
+                out.put_slice(&[0, 0, 0, 0, 0, 0, 0, 0]);
+                // Execute: unnamed portal, no row limit.
+                out.put_u8(tag::EXECUTE);
+                out.put_i32(4 + 1 + 4);
+                out.put_slice(&[0, 0, 0, 0, 0]);
+                self.to_server.extend_from_slice(&out);
+                self.responses
+                    .push(Expect::Swallow(StatementId(0)), &mut self.to_client);
+                self.responses
+                    .push(Expect::SwallowBind, &mut self.to_client);
+                self.responses.push(Expect::Execute, &mut self.to_client);
+                self.skip_until_sync = true;
+                self.batch_open = true;
+            }
+        }
     }
 
     /// Reports a guard error in the protocol's shape, in order with the answers still
