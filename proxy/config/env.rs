@@ -77,7 +77,10 @@ fn apply_key(tree: &mut Value, var: &str, value: &str) -> Result<(), ConfigError
 fn is_known_optional(section: &str, key: &str) -> bool {
     matches!(
         (section, key),
-        ("proxy", "tls_cert") | ("proxy", "tls_key") | ("admin", "http_token")
+        ("proxy", "tls_cert")
+            | ("proxy", "tls_key")
+            | ("admin", "http_token")
+            | ("tenancy", "set_config")
     )
 }
 

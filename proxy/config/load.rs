@@ -111,9 +111,15 @@ mod tests {
                 ("PGWARDEN_POOL_SIZE", "7"),
                 ("PGWARDEN_POOL_MODE", "session"),
                 ("PGWARDEN_LISTEN", "127.0.0.1:7000"),
+                ("PGWARDEN_TENANCY_MODE", "rewrite"),
+                ("PGWARDEN_TENANCY_BYPASS_ROLES", "migrator, admin"),
+                ("PGWARDEN_TENANCY_SET_CONFIG", "app.tenant_id"),
             ]),
         )
         .unwrap();
+        assert_eq!(c.tenancy.mode, crate::config::TenancyMode::Rewrite);
+        assert_eq!(c.tenancy.bypass_roles, vec!["migrator", "admin"]);
+        assert_eq!(c.tenancy.set_config.as_deref(), Some("app.tenant_id"));
         assert_eq!(c.pool.size, 7);
         assert_eq!(c.pool.mode, PoolMode::Session);
         assert_eq!(c.proxy.listen, "127.0.0.1:7000");
@@ -123,6 +129,13 @@ mod tests {
     fn errors_name_the_key() {
         let e = load_from_str("", "t", vars(&[("PGWARDEN_POOL_SIZE", "many")])).unwrap_err();
         assert!(e.to_string().contains("PGWARDEN_POOL_SIZE"), "{e}");
+        let e = load_from_str(
+            "[tenancy]\nvalue_type = \"integer\"\n[tenancy.roles]\nacme = \"x\"\n",
+            "t",
+            vars(&[]),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("tenancy.roles.acme"), "{e}");
         let e = load_from_str("[pool]\nsize = 0\n", "t", vars(&[])).unwrap_err();
         assert!(e.to_string().contains("pool.size"), "{e}");
         let e = load_from_str("[pool]\nsise = 2\n", "t", vars(&[])).unwrap_err();
