@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use pgwarden::config::Config;
+use pgwarden::config::{Config, TenancyMode};
 use support::proxy::{self, DATABASE};
 
 fn chromium() -> PathBuf {
@@ -52,12 +52,15 @@ async fn dashboard_shows_the_running_workload() {
     let replicas = cluster.replica_urls();
     let proxy = proxy::start(&cluster, move |c: &mut Config| {
         c.databases.get_mut(DATABASE).unwrap().replicas = replicas;
+        // Audit mode: the workload's DDL runs, and shows up as violations.
+        c.tenancy.mode = TenancyMode::Audit;
     })
     .await;
     let client = proxy::connect(&proxy).await;
     client
         .batch_execute(
             "CREATE TABLE orders (id int primary key, total int);
+             CREATE TABLE invoices (id int primary key, tenant_id int);
              INSERT INTO orders SELECT g, g FROM generate_series(1, 500) g;",
         )
         .await
@@ -123,6 +126,10 @@ async fn dashboard_shows_the_running_workload() {
     };
     assert!(chart_max("c-throughput") > 0.0, "throughput chart is empty");
     assert!(chart_max("c-latency") > 0.0, "latency chart is empty");
+    assert!(
+        html.contains("statement_not_allowed") && html.contains("Tenant-scoped: public.invoices"),
+        "tenant guard panel shows the audited DDL and the scoped table: {html}"
+    );
     assert!(
         html.contains("replica1"),
         "backends table lists the replica"

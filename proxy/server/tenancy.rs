@@ -163,12 +163,13 @@ impl Session {
         let Some(state) = self.tenancy.as_ref() else {
             return Ok(frame);
         };
+        if message_tag == tag::QUERY && may_change_catalog(&query_text(&frame)) {
+            // Bypass roles and audit mode run DDL: look at the catalog again.
+            self.runtime
+                .tenancy()
+                .request_refresh(&self.identity.database);
+        }
         if state.bypass {
-            if message_tag == tag::QUERY && may_change_catalog(&query_text(&frame)) {
-                self.runtime
-                    .tenancy()
-                    .request_refresh(&self.identity.database);
-            }
             return Ok(frame);
         }
         if message_tag == tag::QUERY {
