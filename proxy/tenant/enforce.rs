@@ -15,7 +15,7 @@ use sqlparser::ast::{
 };
 
 use super::decision::{Rejection, RejectionKind};
-use super::policy::{ident_name, last_ident, GuardContext, RelationUse};
+use super::policy::{effective_name, ident_name, last_ident, GuardContext, RelationUse};
 use super::predicates::{pins, Pin};
 use super::writes::WriteGuard;
 
@@ -87,6 +87,8 @@ impl<'a, 'c> Checker<'a, 'c> {
                 factor.to_string(),
             ));
         };
+        let (name, _) = effective_name(name, alias.as_ref());
+        let name = &name;
         if let RelationUse::Scoped(_) = self.ctx.relation(name, self.ctes)? {
             let qualifier = qualifier_of(name, alias.as_ref().map(|a| &a.name));
             let found = condition.map(|c| pins(self.ctx, c)).unwrap_or_default();
@@ -173,8 +175,9 @@ impl<'a, 'c> Checker<'a, 'c> {
                 args: None,
                 ..
             } => {
-                if let Ok(RelationUse::Scoped(_)) = self.ctx.relation(name, self.ctes) {
-                    let qualifier = qualifier_of(name, alias.as_ref().map(|a| &a.name));
+                let (name, _) = effective_name(name, alias.as_ref());
+                if let Ok(RelationUse::Scoped(_)) = self.ctx.relation(&name, self.ctes) {
+                    let qualifier = qualifier_of(&name, alias.as_ref().map(|a| &a.name));
                     if self.use_pins(found, &qualifier, alone) {
                         self.proven += 1;
                     }
@@ -224,7 +227,10 @@ impl Visitor for Checker<'_, '_> {
                 args: Some(_),
                 ..
             } => self.ctx.check_function(name),
-            TableFactor::Table { name, .. } => match self.ctx.relation(name, self.ctes) {
+            TableFactor::Table { name, alias, .. } => match self
+                .ctx
+                .relation(&effective_name(name, alias.as_ref()).0, self.ctes)
+            {
                 Ok(RelationUse::Scoped(_)) => {
                     self.seen += 1;
                     Ok(())

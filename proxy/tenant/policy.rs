@@ -5,7 +5,8 @@
 use std::collections::HashSet;
 
 use sqlparser::ast::{
-    CopySource, CopyTarget, Expr, Ident, ObjectName, ObjectNamePart, Reset, Set, Statement, Value,
+    CopySource, CopyTarget, Expr, Ident, ObjectName, ObjectNamePart, Reset, Set, Statement,
+    TableAlias, Value,
 };
 
 use super::catalog::{Catalog, Lookup, RelationInfo, Scope};
@@ -43,6 +44,7 @@ const SYNTAX_FUNCTIONS: &[&str] = &[
     "current_schema",
     "grouping",
     "row",
+    "array",
 ];
 
 /// Built-in functions that run SQL given as text, read whole tables by name,
@@ -86,6 +88,23 @@ pub fn last_ident(name: &ObjectName) -> Option<&Ident> {
         ObjectNamePart::Identifier(ident) => Some(ident),
         ObjectNamePart::Function(_) => None,
     }
+}
+
+/// The relation a table factor names. sqlparser reads `FROM ONLY orders` as the
+/// relation `ONLY` with the alias `orders`: that is the relation `orders`, with
+/// `only` set.
+pub fn effective_name(name: &ObjectName, alias: Option<&TableAlias>) -> (ObjectName, bool) {
+    if let (Some(ident), Some(alias)) = (last_ident(name), alias) {
+        let only = name.0.len() == 1
+            && ident.quote_style.is_none()
+            && ident.value.eq_ignore_ascii_case("only")
+            && !alias.explicit
+            && alias.columns.is_empty();
+        if only {
+            return (ObjectName::from(vec![alias.name.clone()]), true);
+        }
+    }
+    (name.clone(), false)
 }
 
 /// What a relation name in a statement refers to, for the guard.

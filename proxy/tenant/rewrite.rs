@@ -18,12 +18,14 @@ use std::ops::ControlFlow;
 
 use sqlparser::ast::{
     BinaryOperator, Expr, FromTable, Ident, ObjectName, Query, SetExpr, Statement, TableAlias,
-    TableFactor, VisitMut, VisitorMut,
+    TableFactor, VisitMut, VisitorMut, With,
 };
 
 use super::decision::{Rejection, RejectionKind};
 use super::parse_query;
-use super::policy::{last_ident, GuardContext, RelationUse};
+use super::policy::{
+    effective_name, ident_name, last_ident, name_parts, GuardContext, RelationUse,
+};
 use super::writes::WriteGuard;
 
 /// Stands in for a DML target while the rest of the statement is walked.
@@ -34,6 +36,13 @@ pub struct Rewriter<'a, 'c> {
     ctes: &'a HashSet<String>,
     /// DML targets taken out of their statement, restored after the walk.
     targets: Vec<Option<TableFactor>>,
+    /// CTE names visible at this point of the walk, innermost last.
+    scopes: Vec<HashSet<String>>,
+    /// WITH clauses taken out of their query while its body is walked.
+    withs: Vec<Option<With>>,
+    /// `schema.table` references wrapped without an alias: column references
+    /// qualified with the schema must lose it.
+    qualified: Vec<(String, String)>,
     /// `SELECT * FROM pgw_t WHERE "tenant_id" = <tenant>`, cloned per reference.
     template: Query,
     pub changed: bool,
@@ -54,6 +63,9 @@ impl<'a, 'c> Rewriter<'a, 'c> {
             ctx,
             ctes,
             targets: Vec::new(),
+            scopes: Vec::new(),
+            withs: Vec::new(),
+            qualified: Vec::new(),
             template,
             changed: false,
             writes: WriteGuard::default(),
@@ -62,10 +74,21 @@ impl<'a, 'c> Rewriter<'a, 'c> {
 
     /// Rewrites one statement in place.
     pub fn rewrite(&mut self, statement: &mut Statement) -> Result<(), Rejection> {
-        match statement.visit(self) {
-            ControlFlow::Continue(()) => Ok(()),
-            ControlFlow::Break(rejection) => Err(rejection),
+        if let ControlFlow::Break(rejection) = statement.visit(self) {
+            return Err(rejection);
         }
+        if !self.qualified.is_empty() {
+            let mut fix = DropSchemaQualifiers(std::mem::take(&mut self.qualified));
+            let _ = statement.visit(&mut fix);
+        }
+        Ok(())
+    }
+
+    /// Whether an unqualified name is a CTE visible here (CTEs shadow tables).
+    fn is_cte(&self, name: &ObjectName) -> bool {
+        name.0.len() == 1
+            && last_ident(name)
+                .is_some_and(|i| self.scopes.iter().any(|s| s.contains(&ident_name(i))))
     }
 
     fn require_tenant(&self, what: &ObjectName) -> Result<(), Rejection> {
@@ -102,8 +125,14 @@ impl<'a, 'c> Rewriter<'a, 'c> {
                 format!("a write to {factor}"),
             ));
         };
-        let qualifier = match self.ctx.relation(name, self.ctes)? {
-            RelationUse::Scoped(_) => {
+        let (lookup, _) = effective_name(name, alias.as_ref());
+        let scoped = !self.is_cte(&lookup)
+            && matches!(
+                self.ctx.relation(&lookup, self.ctes)?,
+                RelationUse::Scoped(_)
+            );
+        let qualifier = match scoped {
+            true => {
                 self.require_tenant(name)?;
                 let qualifier = match alias {
                     Some(alias) => alias.name.clone(),
@@ -113,7 +142,7 @@ impl<'a, 'c> Rewriter<'a, 'c> {
                 };
                 Some(qualifier)
             }
-            _ => None,
+            false => None,
         };
         let original = std::mem::replace(factor, placeholder());
         self.targets.push(Some(original));
@@ -194,13 +223,33 @@ impl<'a, 'c> Rewriter<'a, 'c> {
         let TableFactor::Table { name, alias, .. } = &mut inner else {
             unreachable!("only tables are wrapped");
         };
-        let alias = alias.take().unwrap_or_else(|| TableAlias {
-            explicit: true,
-            name: last_ident(name)
-                .cloned()
-                .unwrap_or_else(|| Ident::new("pgw_t")),
-            columns: Vec::new(),
-            at: None,
+        let (table, only) = effective_name(name, alias.as_ref());
+        let table_ident = last_ident(&table)
+            .cloned()
+            .unwrap_or_else(|| Ident::new("pgw_t"));
+        let alias = if only {
+            // `ONLY t` (parsed as t's alias): keep ONLY inside, name the result t.
+            *name = ObjectName::from(vec![Ident::new(format!("ONLY {table_ident}"))]);
+            *alias = None;
+            None
+        } else {
+            alias.take()
+        };
+        let alias = alias.unwrap_or_else(|| {
+            if table.0.len() > 1 {
+                let parts = name_parts(&table).unwrap_or_default();
+                if parts.len() >= 2 {
+                    let n = parts.len();
+                    self.qualified
+                        .push((parts[n - 2].clone(), parts[n - 1].clone()));
+                }
+            }
+            TableAlias {
+                explicit: true,
+                name: table_ident,
+                columns: Vec::new(),
+                at: None,
+            }
         });
         let mut query = self.template.clone();
         if let SetExpr::Select(select) = query.body.as_mut() {
@@ -241,6 +290,32 @@ impl VisitorMut for Rewriter<'_, '_> {
             let select = parse_query(&format!("SELECT * FROM {name}"));
             query.body = select.body;
         }
+        // CTEs: each body sees the CTEs before it (and itself when RECURSIVE), the
+        // query sees them all. Walk the bodies here with exactly those in scope; the
+        // WITH is put back after the rest of the query has been walked.
+        let mut with = query.with.take();
+        let mut visible = HashSet::new();
+        if let Some(with) = with.as_mut() {
+            for cte in &mut with.cte_tables {
+                let name = ident_name(&cte.alias.name);
+                if with.recursive {
+                    visible.insert(name.clone());
+                }
+                self.scopes.push(visible.clone());
+                let walked = cte.query.visit(self);
+                self.scopes.pop();
+                walked?;
+                visible.insert(name);
+            }
+        }
+        self.scopes.push(visible);
+        self.withs.push(with);
+        ControlFlow::Continue(())
+    }
+
+    fn post_visit_query(&mut self, query: &mut Query) -> ControlFlow<Rejection> {
+        self.scopes.pop();
+        query.with = self.withs.pop().flatten();
         ControlFlow::Continue(())
     }
 
@@ -262,11 +337,18 @@ impl VisitorMut for Rewriter<'_, '_> {
                 ..
             } => self.ctx.check_function(name).map(|_| false),
             TableFactor::Table { name, .. } if is_placeholder(name) => Ok(false),
-            TableFactor::Table { name, .. } => match self.ctx.relation(name, self.ctes) {
-                Ok(RelationUse::Scoped(_)) => self.require_tenant(name).map(|_| true),
-                Ok(_) => Ok(false),
-                Err(rejection) => Err(rejection),
-            },
+            TableFactor::Table { name, alias, .. } => {
+                let (lookup, _) = effective_name(name, alias.as_ref());
+                if self.is_cte(&lookup) {
+                    Ok(false)
+                } else {
+                    match self.ctx.relation(&lookup, self.ctes) {
+                        Ok(RelationUse::Scoped(_)) => self.require_tenant(&lookup).map(|_| true),
+                        Ok(_) => Ok(false),
+                        Err(rejection) => Err(rejection),
+                    }
+                }
+            }
             TableFactor::Function { name, .. } => self.ctx.check_function(name).map(|_| false),
             TableFactor::Derived { .. }
             | TableFactor::NestedJoin { .. }
@@ -330,4 +412,25 @@ pub fn and_into(slot: &mut Option<Expr>, extra: Expr) {
         Some(existing) => and(existing, extra),
         None => extra,
     });
+}
+
+/// `public.orders.id` → `orders.id` once `public.orders` became `(...) AS orders`.
+struct DropSchemaQualifiers(Vec<(String, String)>);
+
+impl VisitorMut for DropSchemaQualifiers {
+    type Break = ();
+
+    fn pre_visit_expr(&mut self, expr: &mut Expr) -> ControlFlow<()> {
+        if let Expr::CompoundIdentifier(parts) = expr {
+            let n = parts.len();
+            if n >= 3 {
+                let schema = ident_name(&parts[n - 3]);
+                let table = ident_name(&parts[n - 2]);
+                if self.0.iter().any(|(s, t)| *s == schema && *t == table) {
+                    parts.drain(..n - 2);
+                }
+            }
+        }
+        ControlFlow::Continue(())
+    }
 }

@@ -80,6 +80,43 @@ fn every_reference_becomes_a_filtered_derived_table() {
 }
 
 #[test]
+fn only_ctes_and_qualified_references_keep_their_meaning() {
+    assert_eq!(
+        rewritten("SELECT * FROM ONLY orders"),
+        "SELECT * FROM (SELECT * FROM ONLY orders WHERE \"tenant_id\" = 1) AS orders"
+    );
+    assert_eq!(
+        rewritten("DELETE FROM ONLY orders WHERE id = 1"),
+        "DELETE FROM ONLY orders WHERE (id = 1) AND orders.\"tenant_id\" = 1"
+    );
+    assert_eq!(
+        rewritten("SELECT public.orders.id FROM public.orders"),
+        "SELECT orders.id FROM (SELECT * FROM public.orders WHERE \"tenant_id\" = 1) AS orders"
+    );
+    // A CTE named like a table is the CTE in the query, the table in its own body.
+    assert_eq!(
+        rewritten("WITH orders AS (SELECT id FROM orders) SELECT * FROM orders"),
+        "WITH orders AS (SELECT id FROM (SELECT * FROM orders WHERE \"tenant_id\" = 1) AS orders) SELECT * FROM orders"
+    );
+    assert_eq!(
+        decide_as(
+            TenancyMode::Rewrite,
+            Some("1"),
+            "WITH orders AS (SELECT 7 AS id) SELECT * FROM orders"
+        ),
+        Decision::Pass
+    );
+    let sql = rewritten(
+        "WITH RECURSIVE t(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM t WHERE n < 3) SELECT * FROM t, customers",
+    );
+    assert!(
+        sql.ends_with("FROM t, (SELECT * FROM customers WHERE \"tenant_id\" = 1) AS customers"),
+        "{sql}"
+    );
+    assert!(rewritten("SELECT ARRAY(SELECT id FROM orders)").contains("\"tenant_id\" = 1"));
+}
+
+#[test]
 fn writes_are_limited_and_filled() {
     assert_eq!(
         rewritten("UPDATE orders SET total = 0 WHERE id = 7 OR true"),
@@ -121,6 +158,7 @@ fn writes_are_limited_and_filled() {
         "INSERT INTO orders (id, tenant_id) VALUES (1, 1 + 1)",
         "INSERT INTO orders (id, tenant_id) SELECT id, 2 FROM products",
         "UPDATE orders SET tenant_id = 2",
+        "UPDATE orders SET tenant_id = DEFAULT",
         "UPDATE orders SET (total, tenant_id) = (1, 1)",
     ] {
         assert_eq!(

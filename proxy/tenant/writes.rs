@@ -41,6 +41,7 @@ impl WriteGuard {
         value: &mut Expr,
         what: &str,
     ) -> Result<(), Rejection> {
+        let fill_default = what.starts_with("INSERT") || what.starts_with("MERGE");
         if ctx.is_tenant_literal(value) {
             return Ok(());
         }
@@ -49,7 +50,7 @@ impl WriteGuard {
             return Ok(());
         }
         let is_default = matches!(value, Expr::Identifier(Ident { value: v, quote_style: None, .. }) if v.eq_ignore_ascii_case("default"));
-        if is_default && !self.check_only {
+        if is_default && fill_default && !self.check_only {
             *value = ctx.tenant_literal();
             return Ok(());
         }
