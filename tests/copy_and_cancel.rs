@@ -133,3 +133,52 @@ async fn cancel_with_a_wrong_key_does_nothing() {
     let (result, ()) = tokio::join!(client.batch_execute("SELECT pg_sleep(0.6)"), forged);
     result.expect("query must not be cancelled by a wrong key");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_leaving_after_a_failed_copy_does_not_hand_on_a_confused_server() {
+    let cluster = support::cluster(0);
+    let proxy = proxy::start(&cluster, |c| c.pool.size = 1).await;
+    let setup = proxy::connect(&proxy).await;
+    setup
+        .batch_execute("CREATE TABLE strict (id int NOT NULL)")
+        .await
+        .unwrap();
+    drop(setup);
+    for round in 0..20 {
+        // A COPY that fails on its second row, from a client whose connection then
+        // drops without ending the COPY.
+        let (leaver, connection) =
+            tokio_postgres::connect(&proxy::url(&proxy), tokio_postgres::NoTls)
+                .await
+                .unwrap();
+        let socket = tokio::spawn(connection);
+        let sink = leaver.copy_in("COPY strict FROM STDIN").await.unwrap();
+        futures_util::pin_mut!(sink);
+        let rows: String = (0..2000)
+            .map(|i| {
+                if i == 1 {
+                    "\\N\n".to_string()
+                } else {
+                    format!("{i}\n")
+                }
+            })
+            .collect();
+        let _ = sink.send(Bytes::from(rows)).await;
+        // The server reports the failure while the client is still in COPY.
+        tokio::time::sleep(Duration::from_millis(if round % 2 == 0 { 50 } else { 5 })).await;
+        socket.abort();
+        let _ = socket.await;
+        // The next client on the only server connection works normally.
+        let next = proxy::connect(&proxy).await;
+        let sink = next.copy_in("COPY strict FROM STDIN").await.unwrap();
+        futures_util::pin_mut!(sink);
+        sink.send(Bytes::from_static(b"7\n8\n")).await.unwrap();
+        let copied = sink.finish().await;
+        assert_eq!(copied.map_err(|e| e.to_string()), Ok(2), "round {round}");
+        let row = next
+            .query_one("SELECT count(*) FROM strict", &[])
+            .await
+            .unwrap();
+        assert_eq!(row.get::<_, i64>(0), 2 * (round + 1), "round {round}");
+    }
+}

@@ -177,3 +177,34 @@ async fn a_client_leaving_mid_transaction_does_not_leak_it() {
         .get(0);
     assert_eq!(n, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn roles_and_session_authorization_do_not_leak_to_the_next_client() {
+    let cluster = support::cluster(0);
+    let proxy = proxy::start(&cluster, |c| c.pool.size = 1).await;
+    let admin = proxy::connect(&proxy).await;
+    admin
+        .batch_execute("CREATE ROLE visitor NOLOGIN; GRANT visitor TO pgwarden")
+        .await
+        .unwrap();
+    for set in ["SET ROLE visitor", "SET SESSION AUTHORIZATION visitor"] {
+        let a = proxy::connect(&proxy).await;
+        a.simple_query(set).await.unwrap();
+        let who = a.query_one("SELECT current_user::text", &[]).await.unwrap();
+        assert_eq!(who.get::<_, String>(0), "visitor", "{set}");
+        // Another client, on the same (only) server connection, is itself again.
+        let b = proxy::connect(&proxy).await;
+        let who = b
+            .query_one("SELECT current_user::text, session_user::text", &[])
+            .await
+            .unwrap();
+        assert_eq!(
+            (who.get::<_, String>(0), who.get::<_, String>(1)),
+            ("pgwarden".into(), "pgwarden".into()),
+            "{set}"
+        );
+        // And the first keeps its role on its next transaction.
+        let who = a.query_one("SELECT current_user::text", &[]).await.unwrap();
+        assert_eq!(who.get::<_, String>(0), "visitor", "{set}");
+    }
+}

@@ -81,6 +81,9 @@ pub struct ResponseQueue {
     copy_in_open: bool,
     /// `Execute`s that ended with an error (failed or skipped after one), for stats.
     failed_executes: usize,
+    /// An extended-protocol COPY IN failed: the server discards everything up to the
+    /// client's next `Sync`, so the connection must not go back to the pool before.
+    awaiting_sync: bool,
 }
 
 impl ResponseQueue {
@@ -89,10 +92,16 @@ impl ResponseQueue {
     }
 
     pub fn clear(&mut self) {
+        self.awaiting_sync = false;
         self.entries.clear();
         self.failed_parses.clear();
         self.copy_in_open = false;
         self.failed_executes = 0;
+    }
+
+    /// Whether the server waits for a `Sync` after a failed extended-protocol COPY IN.
+    pub fn awaiting_sync(&self) -> bool {
+        self.awaiting_sync
     }
 
     /// Whether a `Sync` sent now will be answered (it is not, during COPY IN).
@@ -150,6 +159,13 @@ impl ResponseQueue {
     pub fn on_server_message(&mut self, server_tag: u8) -> (Disposition, Option<Expect>) {
         while let Some(Expect::CopyEnd) = self.entries.front() {
             self.entries.pop_front();
+        }
+        match server_tag {
+            tag::READY_FOR_QUERY => self.awaiting_sync = false,
+            tag::ERROR_RESPONSE if self.copy_in_open => {
+                self.awaiting_sync = !matches!(self.entries.front(), Some(Expect::Query) | None);
+            }
+            _ => {}
         }
         let Some(head) = self.entries.front() else {
             // Asynchronous messages (notices, notifications, parameter status, a FATAL

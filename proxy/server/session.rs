@@ -219,6 +219,7 @@ impl Session {
     async fn maybe_release(&mut self) {
         if self.mode == PoolMode::Transaction
             && self.responses.is_empty()
+            && !self.responses.awaiting_sync()
             && self.status == TransactionStatus::Idle
             && self.to_server.is_empty()
             && self.server.as_ref().is_some_and(|s| s.read_buf.is_empty())
@@ -320,6 +321,7 @@ impl Session {
             return;
         };
         let clean = self.responses.is_empty()
+            && !self.responses.awaiting_sync()
             && self.status == TransactionStatus::Idle
             && self.to_server.is_empty();
         if !clean {

@@ -33,8 +33,14 @@ pub fn classify(sql: &str) -> Option<SettingChange> {
             let mut word = words.next()?.to_ascii_lowercase();
             if word == "session" {
                 word = words.next()?.to_ascii_lowercase();
-                if word == "characteristics" || word == "authorization" {
+                if word == "characteristics" {
                     return None;
+                }
+                if word == "authorization" {
+                    return Some(SettingChange::Set {
+                        name: "session_authorization".into(),
+                        sql: text.to_string(),
+                    });
                 }
             }
             if word == "local" || word == "transaction" || word == "constraints" {
@@ -54,7 +60,10 @@ pub fn classify(sql: &str) -> Option<SettingChange> {
             })
         }
         "reset" => {
-            let word = words.next()?.to_ascii_lowercase();
+            let mut word = words.next()?.to_ascii_lowercase();
+            if word == "session" && words.next()?.eq_ignore_ascii_case("authorization") {
+                word = "session_authorization".into();
+            }
             if word == "all" {
                 Some(SettingChange::ResetAll)
             } else {
@@ -172,7 +181,8 @@ impl SessionSettings {
 
     /// The statement that gives a server connection exactly these settings.
     pub fn replay_sql(&self) -> String {
-        let mut sql = String::from("RESET ALL;");
+        // RESET ALL leaves the role and the session authorization alone.
+        let mut sql = String::from("SET SESSION AUTHORIZATION DEFAULT;RESET ROLE;RESET ALL;");
         for statement in self.entries.values() {
             sql.push_str(statement);
             sql.push(';');
@@ -233,6 +243,19 @@ mod tests {
             classify("reset work_mem"),
             Some(SettingChange::Reset {
                 name: "work_mem".into()
+            })
+        );
+        assert_eq!(
+            classify("SET SESSION AUTHORIZATION visitor"),
+            Some(SettingChange::Set {
+                name: "session_authorization".into(),
+                sql: "SET SESSION AUTHORIZATION visitor".into()
+            })
+        );
+        assert_eq!(
+            classify("RESET SESSION AUTHORIZATION"),
+            Some(SettingChange::Reset {
+                name: "session_authorization".into()
             })
         );
     }
