@@ -94,7 +94,7 @@ fn main() {
         .output()
         .expect("pgbench -i");
     assert!(init.status.success(), "pgbench -i failed: {init:?}");
-    if scripts.iter().any(|s| s == "tenant") {
+    if scripts.iter().any(|s| tenant::is_tenant_script(s)) {
         cluster
             .primary()
             .psql(USER, DATABASE, tenant::SETUP_SQL)
@@ -298,10 +298,10 @@ fn run_pgbench(
     if script == "select" {
         command.arg("-S");
     }
-    if script == "tenant" {
+    if tenant::is_tenant_script(script) {
         command
             .arg("-f")
-            .arg(tenant::script_file(work))
+            .arg(tenant::script_file(work, script))
             .args(["-D", &format!("scale={scale}")])
             .env("PGOPTIONS", tenant::PGOPTIONS);
     }

@@ -21,12 +21,29 @@ const SCRIPT: &str = "\\set n random(1, 10000 * :scale)
 SELECT a.abalance, b.bbalance FROM tenant_accounts a JOIN pgbench_branches b ON b.bid = a.bid WHERE a.aid = :aid AND a.tenant_id = 1;
 ";
 
+/// `tenant_rewritten`: the text the guard sends for `SCRIPT`, sent by pgbench itself,
+/// to tell PostgreSQL's share of the cost (`direct`) from pgwarden's.
+const REWRITTEN: &str = "\\set n random(1, 10000 * :scale)
+\\set aid :n * 10
+SELECT a.abalance, b.bbalance FROM (SELECT * FROM tenant_accounts WHERE \"tenant_id\" = 1) a JOIN pgbench_branches b ON b.bid = a.bid WHERE a.aid = :aid AND a.tenant_id = 1;
+";
+
 /// `PGOPTIONS` for every target of the script.
 pub const PGOPTIONS: &str = "-c pgwarden.tenant_id=1";
 
+/// Whether `script` is one of these scripts.
+pub fn is_tenant_script(script: &str) -> bool {
+    script == "tenant" || script == "tenant_rewritten"
+}
+
 /// Writes the pgbench script into `dir`.
-pub fn script_file(dir: &Path) -> PathBuf {
-    let path = dir.join("tenant.sql");
-    std::fs::write(&path, SCRIPT).expect("write the tenant script");
+pub fn script_file(dir: &Path, script: &str) -> PathBuf {
+    let path = dir.join(format!("{script}.sql"));
+    let text = if script == "tenant" {
+        SCRIPT
+    } else {
+        REWRITTEN
+    };
+    std::fs::write(&path, text).expect("write the tenant script");
     path
 }

@@ -1,13 +1,17 @@
 //! Rewrite mode: every reference to a tenant-scoped relation, wherever it appears
 //! (FROM, JOINs of every kind, subqueries in any clause, CTEs, set operations,
 //! LATERAL, `UPDATE ... FROM`, `DELETE ... USING`, `MERGE ... USING`, `COPY (...)`),
-//! becomes `(SELECT * FROM rel WHERE tenant_id = <tenant>) AS alias`.
+//! is limited to the session's tenant.
 //!
-//! Replacing the relation by a filtered derived table, instead of adding a predicate
-//! to the surrounding WHERE, is what makes the rewrite correct in every position: on
-//! the nullable side of an outer join, under `NATURAL`/`USING` joins, inside `OR`s
-//! the client wrote, and in nested joins. PostgreSQL pulls such subqueries up into the
-//! outer query, so the plan is the same as for a hand-written predicate.
+//! The common case, a plain table in a FROM list joined by inner joins or `LEFT JOIN
+//! ... ON`, gets `alias.tenant_id = <tenant>` ANDed to the SELECT's WHERE (or, on the
+//! nullable side of a LEFT JOIN, to that join's ON): exactly what a careful developer
+//! writes, and as cheap for PostgreSQL. Every other reference (RIGHT/FULL joins,
+//! NATURAL/USING on a nullable side, nested joins, column alias lists, `UPDATE ...
+//! FROM`, `DELETE ... USING`, MERGE sources) becomes `(SELECT * FROM rel WHERE
+//! tenant_id = <tenant>) AS alias`, which is correct in any position; PostgreSQL pulls
+//! such subqueries up, at a small planning cost. Either way the client's own `OR`s
+//! cannot widen the result: the added conjunct sits outside them.
 //!
 //! Targets of `UPDATE`, `DELETE` and `MERGE` cannot be derived tables; they get the
 //! predicate on their alias in WHERE (or in MERGE's ON). `INSERT` rows get the tenant
@@ -40,6 +44,9 @@ pub struct Rewriter<'a, 'c> {
     scopes: Vec<HashSet<String>>,
     /// WITH clauses taken out of their query while its body is walked.
     withs: Vec<Option<With>>,
+    /// Table factors (by address, stable during the walk) limited by a predicate in
+    /// `pre_visit_select`: `post_visit_table_factor` leaves them as they are.
+    pinned_in_place: HashSet<usize>,
     /// `schema.table` references wrapped without an alias: column references
     /// qualified with the schema must lose it.
     qualified: Vec<(String, String)>,
@@ -51,7 +58,10 @@ pub struct Rewriter<'a, 'c> {
 
 impl<'a, 'c> Rewriter<'a, 'c> {
     pub fn new(ctx: &'a GuardContext<'c>, ctes: &'a HashSet<String>) -> Rewriter<'a, 'c> {
-        let mut template = parse_query("SELECT * FROM pgw_t WHERE pgw_t = 0");
+        static TEMPLATE: std::sync::OnceLock<Query> = std::sync::OnceLock::new();
+        let mut template = TEMPLATE
+            .get_or_init(|| parse_query("SELECT * FROM pgw_t WHERE pgw_t = 0"))
+            .clone();
         if let SetExpr::Select(select) = template.body.as_mut() {
             select.selection = Some(Expr::BinaryOp {
                 left: Box::new(Expr::Identifier(Ident::with_quote('"', ctx.column))),
@@ -65,6 +75,7 @@ impl<'a, 'c> Rewriter<'a, 'c> {
             targets: Vec::new(),
             scopes: Vec::new(),
             withs: Vec::new(),
+            pinned_in_place: HashSet::new(),
             qualified: Vec::new(),
             template,
             changed: false,
@@ -217,6 +228,91 @@ impl<'a, 'c> Rewriter<'a, 'c> {
         }
     }
 
+    /// The common case, as cheap for PostgreSQL as a hand-written predicate: plain
+    /// tables of a FROM item whose joins are all inner or LEFT ... ON get
+    /// `alias.tenant_id = T` in the SELECT's WHERE (preserved side) or in their
+    /// join's ON (the nullable side of a LEFT JOIN). Everything else (RIGHT/FULL
+    /// joins, nested joins, column alias lists) is left to `wrap`.
+    fn pin_in_place(
+        &mut self,
+        item: &mut sqlparser::ast::TableWithJoins,
+        where_pins: &mut Vec<Expr>,
+    ) -> Result<(), Rejection> {
+        use sqlparser::ast::{JoinConstraint, JoinOperator};
+        let simple_chain = item.joins.iter().all(|j| {
+            matches!(
+                j.join_operator,
+                JoinOperator::Join(_)
+                    | JoinOperator::Inner(_)
+                    | JoinOperator::CrossJoin(_)
+                    | JoinOperator::Left(JoinConstraint::On(_))
+                    | JoinOperator::LeftOuter(JoinConstraint::On(_))
+            )
+        });
+        if !simple_chain {
+            return Ok(());
+        }
+        if let Some(qualifier) = self.pinnable(&item.relation)? {
+            where_pins.push(self.pinned(&qualifier));
+            self.mark_pinned(&item.relation);
+        }
+        for join in &mut item.joins {
+            let Some(qualifier) = self.pinnable(&join.relation)? else {
+                continue;
+            };
+            let pin = self.pinned(&qualifier);
+            match &mut join.join_operator {
+                JoinOperator::Left(JoinConstraint::On(on))
+                | JoinOperator::LeftOuter(JoinConstraint::On(on)) => {
+                    let existing = std::mem::replace(on, Expr::value(sqlparser::ast::Value::Null));
+                    *on = and(existing, pin);
+                }
+                _ => where_pins.push(pin),
+            }
+            self.mark_pinned(&join.relation);
+        }
+        Ok(())
+    }
+
+    /// The qualifier of a plain scoped table that can take a predicate.
+    fn pinnable(&self, factor: &TableFactor) -> Result<Option<Ident>, Rejection> {
+        let TableFactor::Table {
+            name,
+            alias,
+            args: None,
+            ..
+        } = factor
+        else {
+            return Ok(None);
+        };
+        if is_placeholder(name) || alias.as_ref().is_some_and(|a| !a.columns.is_empty()) {
+            return Ok(None);
+        }
+        let (table, only) = effective_name(name, alias.as_ref());
+        if self.is_cte(&table)
+            || !matches!(
+                self.ctx.relation(&table, self.ctes)?,
+                RelationUse::Scoped(_)
+            )
+        {
+            return Ok(None);
+        }
+        self.require_tenant(&table)?;
+        let qualifier = match alias {
+            Some(alias) if !only => alias.name.clone(),
+            _ => last_ident(&table)
+                .cloned()
+                .ok_or_else(|| Rejection::new(RejectionKind::Unsupported, table.to_string()))?,
+        };
+        Ok(Some(qualifier))
+    }
+
+    fn mark_pinned(&mut self, factor: &TableFactor) {
+        self.pinned_in_place
+            .insert(factor as *const TableFactor as usize);
+        self.changed = true;
+    }
+
     /// `rel [AS alias]` → `(SELECT * FROM rel WHERE tenant_id = T) AS alias`.
     fn wrap(&mut self, factor: &mut TableFactor) {
         let mut inner = std::mem::replace(factor, placeholder());
@@ -326,10 +422,25 @@ impl VisitorMut for Rewriter<'_, '_> {
                 "SELECT ... INTO (creates a table)",
             ));
         }
+        let mut pins = Vec::new();
+        for item in &mut select.from {
+            if let Err(rejection) = self.pin_in_place(item, &mut pins) {
+                return ControlFlow::Break(rejection);
+            }
+        }
+        for pin in pins {
+            and_into(&mut select.selection, pin);
+        }
         ControlFlow::Continue(())
     }
 
     fn post_visit_table_factor(&mut self, factor: &mut TableFactor) -> ControlFlow<Rejection> {
+        if self
+            .pinned_in_place
+            .remove(&(factor as *const TableFactor as usize))
+        {
+            return ControlFlow::Continue(()); // limited by a predicate already
+        }
         let result = match &*factor {
             TableFactor::Table {
                 name,

@@ -62,14 +62,24 @@ fn rejected(mode: TenancyMode, sql: &str) -> RejectionKind {
 }
 
 #[test]
-fn every_reference_becomes_a_filtered_derived_table() {
+fn every_reference_is_limited_to_the_tenant() {
+    // Plain FROM items take a predicate (in ON for the nullable side of LEFT JOIN)...
     assert_eq!(
         rewritten("SELECT * FROM orders o WHERE o.total > 5 OR 1=1"),
-        "SELECT * FROM (SELECT * FROM orders WHERE \"tenant_id\" = 1) o WHERE o.total > 5 OR 1 = 1"
+        "SELECT * FROM orders o WHERE (o.total > 5 OR 1 = 1) AND o.\"tenant_id\" = 1"
     );
     assert_eq!(
         rewritten("SELECT c.name FROM customers c LEFT JOIN orders ON orders.customer_id = c.id"),
-        "SELECT c.name FROM (SELECT * FROM customers WHERE \"tenant_id\" = 1) c LEFT JOIN (SELECT * FROM orders WHERE \"tenant_id\" = 1) AS orders ON orders.customer_id = c.id"
+        "SELECT c.name FROM customers c LEFT JOIN orders ON (orders.customer_id = c.id) AND orders.\"tenant_id\" = 1 WHERE c.\"tenant_id\" = 1"
+    );
+    // ...everything else becomes a filtered derived table.
+    assert_eq!(
+        rewritten("SELECT * FROM customers c RIGHT JOIN orders o USING (id)"),
+        "SELECT * FROM (SELECT * FROM customers WHERE \"tenant_id\" = 1) c RIGHT JOIN (SELECT * FROM orders WHERE \"tenant_id\" = 1) o USING(id)"
+    );
+    assert_eq!(
+        rewritten("SELECT * FROM orders AS o(a, b)"),
+        "SELECT * FROM (SELECT * FROM orders WHERE \"tenant_id\" = 1) AS o (a, b)"
     );
     let sql = rewritten(
         "WITH t AS (SELECT * FROM billing.invoices) SELECT (SELECT count(*) FROM orders), * FROM t \
@@ -83,7 +93,11 @@ fn every_reference_becomes_a_filtered_derived_table() {
 fn only_ctes_and_qualified_references_keep_their_meaning() {
     assert_eq!(
         rewritten("SELECT * FROM ONLY orders"),
-        "SELECT * FROM (SELECT * FROM ONLY orders WHERE \"tenant_id\" = 1) AS orders"
+        "SELECT * FROM ONLY orders WHERE orders.\"tenant_id\" = 1"
+    );
+    assert_eq!(
+        rewritten("SELECT * FROM customers FULL JOIN ONLY orders ON true"),
+        "SELECT * FROM (SELECT * FROM customers WHERE \"tenant_id\" = 1) AS customers FULL JOIN (SELECT * FROM ONLY orders WHERE \"tenant_id\" = 1) AS orders ON true"
     );
     assert_eq!(
         rewritten("DELETE FROM ONLY orders WHERE id = 1"),
@@ -91,12 +105,16 @@ fn only_ctes_and_qualified_references_keep_their_meaning() {
     );
     assert_eq!(
         rewritten("SELECT public.orders.id FROM public.orders"),
-        "SELECT orders.id FROM (SELECT * FROM public.orders WHERE \"tenant_id\" = 1) AS orders"
+        "SELECT public.orders.id FROM public.orders WHERE orders.\"tenant_id\" = 1"
+    );
+    assert_eq!(
+        rewritten("SELECT public.orders.id FROM products FULL JOIN public.orders ON true"),
+        "SELECT orders.id FROM products FULL JOIN (SELECT * FROM public.orders WHERE \"tenant_id\" = 1) AS orders ON true"
     );
     // A CTE named like a table is the CTE in the query, the table in its own body.
     assert_eq!(
         rewritten("WITH orders AS (SELECT id FROM orders) SELECT * FROM orders"),
-        "WITH orders AS (SELECT id FROM (SELECT * FROM orders WHERE \"tenant_id\" = 1) AS orders) SELECT * FROM orders"
+        "WITH orders AS (SELECT id FROM orders WHERE orders.\"tenant_id\" = 1) SELECT * FROM orders"
     );
     assert_eq!(
         decide_as(
@@ -110,7 +128,7 @@ fn only_ctes_and_qualified_references_keep_their_meaning() {
         "WITH RECURSIVE t(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM t WHERE n < 3) SELECT * FROM t, customers",
     );
     assert!(
-        sql.ends_with("FROM t, (SELECT * FROM customers WHERE \"tenant_id\" = 1) AS customers"),
+        sql.ends_with("FROM t, customers WHERE customers.\"tenant_id\" = 1"),
         "{sql}"
     );
     assert!(rewritten("SELECT ARRAY(SELECT id FROM orders)").contains("\"tenant_id\" = 1"));
