@@ -6,6 +6,7 @@
 //!   SCRIPTS="select tpcb"  SCALE=10  TARGETS="direct pgbouncer pgwarden"
 //!   (also SCRIPTS=tenant and the target pgwarden_rewrite: the tenant guard's cost)
 //!   IDLE="1000 10000" (empty to skip)  POOL_SIZE=20
+//!   PROXY_LOG=<RUST_LOG filter>: pgwarden logs to bench/results/pgwarden-<port>.log
 //! Results: a table on stdout, bench/results/latest.md and latest.csv.
 
 use std::fmt::Write as _;
@@ -42,6 +43,14 @@ struct Guard(Child);
 
 impl Drop for Guard {
     fn drop(&mut self) {
+        // pgbouncer runs as a child of runuser when we are root: stop it too.
+        let pid = self.0.id();
+        let worker = server_pid(pid);
+        if worker != pid {
+            unsafe {
+                libc::kill(worker as libc::pid_t, libc::SIGTERM);
+            }
+        }
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
@@ -399,12 +408,28 @@ fn start_pgwarden(
         .env("PGWARDEN_STATS_ENABLED", stats.to_string())
         .env("PGWARDEN_TENANCY_MODE", tenancy)
         .env("PGWARDEN_PROXY_MAX_CLIENT_CONNECTIONS", "20000")
-        .env("RUST_LOG", "warn")
+        .env(
+            "RUST_LOG",
+            std::env::var("PROXY_LOG").unwrap_or_else(|_| "warn".into()),
+        )
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(proxy_log(port))
         .spawn()
         .expect("start pgwarden");
     Guard(child)
+}
+
+/// With `PROXY_LOG` set (a `RUST_LOG` filter), each pgwarden logs to
+/// `bench/results/pgwarden-<port>.log`.
+fn proxy_log(port: u16) -> Stdio {
+    if std::env::var_os("PROXY_LOG").is_none() {
+        return Stdio::null();
+    }
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/results");
+    let _ = std::fs::create_dir_all(&dir);
+    std::fs::File::create(dir.join(format!("pgwarden-{port}.log")))
+        .map(Stdio::from)
+        .unwrap_or_else(|_| Stdio::null())
 }
 
 /// The process doing the work: pgbouncer runs under `runuser` when we are root.
