@@ -47,6 +47,15 @@ const SYNTAX_FUNCTIONS: &[&str] = &[
     "array",
 ];
 
+/// System views that show other sessions' statement texts, literals included.
+const OTHER_SESSIONS_VIEWS: &[&str] = &[
+    "pg_stat_activity",
+    "pg_stat_statements",
+    "pg_stat_statements_info",
+    "pg_prepared_statements",
+    "pg_locks",
+];
+
 /// Built-in functions that run SQL given as text, read whole tables by name,
 /// change settings, or reach outside the database.
 fn dangerous_builtin(name: &str) -> bool {
@@ -136,6 +145,12 @@ impl GuardContext<'_> {
                 ))
             }
         };
+        if OTHER_SESSIONS_VIEWS.contains(&relation) && !cte_names.contains(relation) {
+            return Err(Rejection::new(
+                RejectionKind::StatementNotAllowed,
+                format!("reading {relation} (it shows other sessions' statements)"),
+            ));
+        }
         match self.catalog.lookup(schema, relation) {
             Lookup::Found(info) => match info.scope {
                 Scope::Scoped => Ok(RelationUse::Scoped(info)),

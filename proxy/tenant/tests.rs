@@ -224,6 +224,11 @@ fn what_cannot_be_proven_safe_is_refused() {
             "SELECT * INTO copy_of_orders FROM orders",
             StatementNotAllowed,
         ),
+        ("SELECT query FROM pg_stat_activity", StatementNotAllowed),
+        (
+            "SELECT query FROM pg_catalog.pg_stat_activity",
+            StatementNotAllowed,
+        ),
     ];
     for (sql, kind) in cases {
         assert_eq!(rejected(TenancyMode::Rewrite, sql), *kind, "{sql}");
