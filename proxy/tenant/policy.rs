@@ -47,13 +47,18 @@ const SYNTAX_FUNCTIONS: &[&str] = &[
     "array",
 ];
 
-/// System views that show other sessions' statement texts, literals included.
+/// System views that show other sessions' statement texts (literals included) or
+/// sampled column values of every tenant (`pg_stats`' most common values).
 const OTHER_SESSIONS_VIEWS: &[&str] = &[
     "pg_stat_activity",
     "pg_stat_statements",
     "pg_stat_statements_info",
     "pg_prepared_statements",
     "pg_locks",
+    "pg_stats",
+    "pg_stats_ext",
+    "pg_stats_ext_exprs",
+    "pg_statistic",
 ];
 
 /// Built-in functions that run SQL given as text, read whole tables by name,
@@ -148,7 +153,7 @@ impl GuardContext<'_> {
         if OTHER_SESSIONS_VIEWS.contains(&relation) && !cte_names.contains(relation) {
             return Err(Rejection::new(
                 RejectionKind::StatementNotAllowed,
-                format!("reading {relation} (it shows other sessions' statements)"),
+                format!("reading {relation} (it shows other sessions' statements or other tenants' values)"),
             ));
         }
         match self.catalog.lookup(schema, relation) {
