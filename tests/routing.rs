@@ -481,3 +481,45 @@ async fn session_key_positions_travel_between_instances() {
     }
     eprintln!("longest NOTIFY propagation between instances: {longest:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_role_the_replica_does_not_know_yet_reads_from_the_primary() {
+    let cluster = support::cluster(1);
+    let primary = i32::from(cluster.primary().port);
+    let replica = i32::from(cluster.replicas()[0].port);
+    pause_replay(&cluster).await;
+    // Created while the replica does not replay: it cannot log this role in.
+    let direct = proxy::connect_direct(&cluster).await;
+    direct
+        .batch_execute("CREATE ROLE newcomer LOGIN PASSWORD 'newcomer-secret'")
+        .await
+        .unwrap();
+    let proxy = proxy::start(&cluster, |c| {
+        with_replicas(&cluster)(c);
+        c.auth.users.push(pgwarden::config::UserConfig {
+            name: "newcomer".into(),
+            password: Some("newcomer-secret".into()),
+            server_password: None,
+        });
+    })
+    .await;
+    wait_replicas_healthy(&proxy).await;
+    let url = format!(
+        "postgres://newcomer:newcomer-secret@127.0.0.1:{}/{DATABASE}",
+        proxy.port()
+    );
+    let newcomer = proxy::connect_url(&url).await.unwrap();
+    for _ in 0..5 {
+        assert_eq!(
+            port_of(&newcomer, "SELECT inet_server_port()").await,
+            primary
+        );
+    }
+    // The replica stays in rotation for everybody else.
+    let topology = proxy.runtime.routing().topology(DATABASE).unwrap();
+    assert!(topology.replicas()[0]
+        .healthy
+        .load(std::sync::atomic::Ordering::Relaxed));
+    let other = proxy::connect(&proxy).await;
+    assert_eq!(port_of(&other, "SELECT inet_server_port()").await, replica);
+}

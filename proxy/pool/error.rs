@@ -32,6 +32,9 @@ pub enum PoolError {
     CheckoutTimeout(u64),
     #[error("server unreachable: {0}")]
     Unreachable(String),
+    /// The server is up but refused this role's login (e.g. a role not yet replicated).
+    #[error("{0}")]
+    LoginRejected(String),
     #[error("server connection is not healthy: {0}")]
     Unhealthy(String),
 }

@@ -57,18 +57,41 @@ pub struct ServerPool {
     known_statements: moka::sync::Cache<u64, ()>,
     /// The most recent failure to open a server connection, so a client that waited
     /// in vain learns why (server down) instead of just "timed out".
-    last_connect_error: Arc<Mutex<Option<(Instant, String)>>>,
+    last_connect_error: Arc<Mutex<Option<ConnectFailure>>>,
+}
+
+/// The last failure to open a server connection.
+#[derive(Debug, Clone)]
+struct ConnectFailure {
+    at: Instant,
+    message: String,
+    /// The server refused this role's login (it is up; other roles may log in).
+    login_rejected: bool,
+}
+
+impl ConnectFailure {
+    fn to_error(&self) -> PoolError {
+        if self.login_rejected {
+            PoolError::LoginRejected(self.message.clone())
+        } else {
+            PoolError::Unreachable(self.message.clone())
+        }
+    }
 }
 
 /// Receives bb8's connection errors (which it does not hand to the waiting client).
 #[derive(Debug, Clone)]
-struct ConnectErrorSink(Arc<Mutex<Option<(Instant, String)>>>);
+struct ConnectErrorSink(Arc<Mutex<Option<ConnectFailure>>>);
 
 impl bb8::ErrorSink<PoolError> for ConnectErrorSink {
     fn sink(&self, error: PoolError) {
         tracing::warn!(error = %error, "server connection failed");
-        *self.0.lock().unwrap_or_else(|e| e.into_inner()) =
-            Some((Instant::now(), error.to_string()));
+        let login_rejected = matches!(&error, PoolError::Rejected { code, .. } if code.starts_with("28") || code == "3D000");
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(ConnectFailure {
+            at: Instant::now(),
+            message: error.to_string(),
+            login_rejected,
+        });
     }
 
     fn boxed_clone(&self) -> Box<dyn bb8::ErrorSink<PoolError>> {
@@ -110,12 +133,12 @@ impl ServerPool {
     /// Checks a server connection out, waiting at most the configured checkout timeout.
     pub async fn checkout(&self) -> Result<PooledServer, PoolError> {
         let started = Instant::now();
-        if let Some(error) = self.recent_connect_error(started, Duration::from_millis(500)) {
+        if let Some(failure) = self.recent_connect_error(started, Duration::from_millis(500)) {
             // The server was unreachable a moment ago and nothing is pooled: fail fast
             // instead of making every client wait out the checkout timeout.
             if self.pool.state().connections == 0 {
                 self.stats.connect_errors.fetch_add(1, Ordering::Relaxed);
-                return Err(PoolError::Unreachable(error));
+                return Err(failure.to_error());
             }
         }
         let waiting = self.pool.get_owned();
@@ -132,9 +155,9 @@ impl ServerPool {
                         // bb8 keeps connect errors to itself; if opening a connection failed
                         // while we wait and none exists, the server is down: say so now.
                         if self.pool.state().connections == 0 {
-                            if let Some(error) = self.connect_error_since(started) {
+                            if let Some(failure) = self.connect_error_since(started) {
                                 self.stats.connect_errors.fetch_add(1, Ordering::Relaxed);
-                                return Err(PoolError::Unreachable(error));
+                                return Err(failure.to_error());
                             }
                         }
                     }
@@ -154,10 +177,10 @@ impl ServerPool {
             }
             Err(RunError::TimedOut) => {
                 self.stats.checkout_timeouts.fetch_add(1, Ordering::Relaxed);
-                if let Some(error) =
+                if let Some(failure) =
                     self.recent_connect_error(started, self.settings.checkout_timeout)
                 {
-                    return Err(PoolError::Unreachable(error));
+                    return Err(failure.to_error());
                 }
                 Err(PoolError::CheckoutTimeout(
                     self.settings.checkout_timeout.as_millis() as u64,
@@ -179,28 +202,22 @@ impl ServerPool {
         Ok(server.parameters.clone())
     }
 
-    fn connect_error_since(&self, since: Instant) -> Option<String> {
+    fn connect_error_since(&self, since: Instant) -> Option<ConnectFailure> {
         let last = self
             .last_connect_error
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        match &*last {
-            Some((at, error)) if *at >= since => Some(error.clone()),
-            _ => None,
-        }
+        last.as_ref().filter(|f| f.at >= since).cloned()
     }
 
-    fn recent_connect_error(&self, now: Instant, window: Duration) -> Option<String> {
+    fn recent_connect_error(&self, now: Instant, window: Duration) -> Option<ConnectFailure> {
         let last = self
             .last_connect_error
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        match &*last {
-            Some((at, error)) if now.saturating_duration_since(*at) <= window || *at >= now => {
-                Some(error.clone())
-            }
-            _ => None,
-        }
+        last.as_ref()
+            .filter(|f| now.saturating_duration_since(f.at) <= window || f.at >= now)
+            .cloned()
     }
 
     pub fn remember_statement(&self, id: u64) {

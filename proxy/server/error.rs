@@ -76,6 +76,11 @@ impl SessionError {
                     "all server connections are busy; raise pool.size or pool.checkout_timeout_ms",
                 )
             }
+            SessionError::Pool(PoolError::LoginRejected(_)) => {
+                ErrorFields::error(SqlState::SQLCLIENT_UNABLE_TO_ESTABLISH, message).with_hint(
+                    "pgwarden logs in to PostgreSQL with the password from its configuration",
+                )
+            }
             SessionError::Pool(PoolError::Rejected { code, .. }) if code.starts_with("28") => {
                 ErrorFields::error(SqlState::SQLCLIENT_UNABLE_TO_ESTABLISH, message).with_hint(
                     "pgwarden logs in to PostgreSQL with the password from its configuration",

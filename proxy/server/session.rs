@@ -18,7 +18,7 @@ use super::statements::ClientStatements;
 use super::stream::ClientStream;
 use super::SessionError;
 use crate::config::PoolMode;
-use crate::pool::{PooledServer, ServerPool};
+use crate::pool::{PoolError, PooledServer, ServerPool};
 use crate::protocol::tag::TransactionStatus;
 use crate::runtime::Runtime;
 
@@ -273,6 +273,12 @@ impl Session {
             };
             match pool.checkout().await {
                 Ok(server) => break server,
+                Err(e @ PoolError::LoginRejected(_)) if backend > 0 => {
+                    // The replica is fine; it just does not know this role (yet): read
+                    // from the primary without taking the replica out for everyone.
+                    tracing::warn!(backend, error = %e, "replica refused this role; using the primary");
+                    backend = 0;
+                }
                 Err(e) if backend > 0 => {
                     // A replica we cannot reach: take it out and read from the primary.
                     tracing::warn!(backend, error = %e, "replica connection failed");
