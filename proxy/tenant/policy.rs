@@ -5,8 +5,8 @@
 use std::collections::HashSet;
 
 use sqlparser::ast::{
-    CopySource, CopyTarget, Expr, Ident, ObjectName, ObjectNamePart, Reset, Set, Statement,
-    TableAlias, Value,
+    BinaryOperator, CopySource, CopyTarget, Expr, Ident, ObjectName, ObjectNamePart, Reset, Set,
+    Statement, TableAlias, Value,
 };
 
 use super::catalog::{Catalog, Lookup, RelationInfo, Scope};
@@ -214,6 +214,18 @@ impl GuardContext<'_> {
                 Expr::value(Value::Number(tenant.trim().to_string(), false))
             }
             TenantValueType::Text => Expr::value(Value::SingleQuotedString(tenant.to_string())),
+        }
+    }
+
+    /// `qualifier."tenant_id" = <tenant>`.
+    pub fn pinned(&self, qualifier: &Ident) -> Expr {
+        Expr::BinaryOp {
+            left: Box::new(Expr::CompoundIdentifier(vec![
+                qualifier.clone(),
+                Ident::with_quote('"', self.column),
+            ])),
+            op: BinaryOperator::Eq,
+            right: Box::new(self.tenant_literal()),
         }
     }
 

@@ -109,18 +109,6 @@ impl<'a, 'c> Rewriter<'a, 'c> {
         Ok(())
     }
 
-    /// `alias.tenant_id = <tenant>`.
-    fn pinned(&self, qualifier: &Ident) -> Expr {
-        Expr::BinaryOp {
-            left: Box::new(Expr::CompoundIdentifier(vec![
-                qualifier.clone(),
-                Ident::with_quote('"', self.ctx.column),
-            ])),
-            op: BinaryOperator::Eq,
-            right: Box::new(self.ctx.tenant_literal()),
-        }
-    }
-
     /// Takes a DML target out of the statement (so the walk does not turn it into a
     /// derived table); returns the qualifier for its predicate when it is scoped.
     fn take_target(&mut self, factor: &mut TableFactor) -> Result<Option<Ident>, Rejection> {
@@ -136,25 +124,7 @@ impl<'a, 'c> Rewriter<'a, 'c> {
                 format!("a write to {factor}"),
             ));
         };
-        let (lookup, _) = effective_name(name, alias.as_ref());
-        let scoped = !self.is_cte(&lookup)
-            && matches!(
-                self.ctx.relation(&lookup, self.ctes)?,
-                RelationUse::Scoped(_)
-            );
-        let qualifier = match scoped {
-            true => {
-                self.require_tenant(name)?;
-                let qualifier = match alias {
-                    Some(alias) => alias.name.clone(),
-                    None => last_ident(name).cloned().ok_or_else(|| {
-                        Rejection::new(RejectionKind::Unsupported, name.to_string())
-                    })?,
-                };
-                Some(qualifier)
-            }
-            false => None,
-        };
+        let qualifier = self.scoped_qualifier(name, alias.as_ref())?;
         let original = std::mem::replace(factor, placeholder());
         self.targets.push(Some(original));
         Ok(qualifier)
@@ -173,7 +143,7 @@ impl<'a, 'c> Rewriter<'a, 'c> {
                 if let Some(qualifier) = self.take_target(&mut update.table.relation)? {
                     self.writes
                         .check_assignments(self.ctx, &update.assignments)?;
-                    and_into(&mut update.selection, self.pinned(&qualifier));
+                    and_into(&mut update.selection, self.ctx.pinned(&qualifier));
                     self.changed = true;
                 }
             }
@@ -188,7 +158,7 @@ impl<'a, 'c> Rewriter<'a, 'c> {
                     ));
                 }
                 if let Some(qualifier) = self.take_target(&mut from[0].relation)? {
-                    and_into(&mut delete.selection, self.pinned(&qualifier));
+                    and_into(&mut delete.selection, self.ctx.pinned(&qualifier));
                     self.changed = true;
                 }
             }
@@ -198,7 +168,7 @@ impl<'a, 'c> Rewriter<'a, 'c> {
                         merge.on.as_mut(),
                         Expr::value(sqlparser::ast::Value::Null),
                     );
-                    *merge.on = and(on, self.pinned(&qualifier));
+                    *merge.on = and(on, self.ctx.pinned(&qualifier));
                     self.writes
                         .guard_merge_clauses(self.ctx, &mut merge.clauses)?;
                     self.changed = true;
@@ -253,14 +223,14 @@ impl<'a, 'c> Rewriter<'a, 'c> {
             return Ok(());
         }
         if let Some(qualifier) = self.pinnable(&item.relation)? {
-            where_pins.push(self.pinned(&qualifier));
+            where_pins.push(self.ctx.pinned(&qualifier));
             self.mark_pinned(&item.relation);
         }
         for join in &mut item.joins {
             let Some(qualifier) = self.pinnable(&join.relation)? else {
                 continue;
             };
-            let pin = self.pinned(&qualifier);
+            let pin = self.ctx.pinned(&qualifier);
             match &mut join.join_operator {
                 JoinOperator::Left(JoinConstraint::On(on))
                 | JoinOperator::LeftOuter(JoinConstraint::On(on)) => {
@@ -288,7 +258,17 @@ impl<'a, 'c> Rewriter<'a, 'c> {
         if is_placeholder(name) || alias.as_ref().is_some_and(|a| !a.columns.is_empty()) {
             return Ok(None);
         }
-        let (table, only) = effective_name(name, alias.as_ref());
+        self.scoped_qualifier(name, alias.as_ref())
+    }
+
+    /// For a reference to a scoped relation (not a CTE of the same name): the name
+    /// its predicate is qualified with, its alias or else its own name.
+    fn scoped_qualifier(
+        &self,
+        name: &ObjectName,
+        alias: Option<&TableAlias>,
+    ) -> Result<Option<Ident>, Rejection> {
+        let (table, only) = effective_name(name, alias);
         if self.is_cte(&table)
             || !matches!(
                 self.ctx.relation(&table, self.ctes)?,

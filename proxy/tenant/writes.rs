@@ -10,8 +10,8 @@
 use std::collections::HashSet;
 
 use sqlparser::ast::{
-    Assignment, AssignmentTarget, BinaryOperator, Expr, Ident, Insert, MergeAction, MergeClause,
-    MergeInsertKind, ObjectName, OnConflictAction, OnInsert, SelectItem, SetExpr, TableObject,
+    Assignment, AssignmentTarget, Expr, Ident, Insert, MergeAction, MergeClause, MergeInsertKind,
+    ObjectName, OnConflictAction, OnInsert, SelectItem, SetExpr, TableObject,
 };
 
 use super::decision::{Rejection, RejectionKind};
@@ -233,7 +233,7 @@ impl WriteGuard {
                                 ));
                             }
                         } else {
-                            and_into(&mut update.selection, qualified_pin(ctx, &qualifier));
+                            and_into(&mut update.selection, ctx.pinned(&qualifier));
                             changed = true;
                         }
                     }
@@ -301,15 +301,4 @@ impl WriteGuard {
 
 fn is_tenant(ctx: &GuardContext<'_>, column: &ObjectName) -> bool {
     last_ident(column).is_some_and(|ident| ctx.is_tenant_column(ident))
-}
-
-fn qualified_pin(ctx: &GuardContext<'_>, qualifier: &Ident) -> Expr {
-    Expr::BinaryOp {
-        left: Box::new(Expr::CompoundIdentifier(vec![
-            qualifier.clone(),
-            Ident::with_quote('"', ctx.column),
-        ])),
-        op: BinaryOperator::Eq,
-        right: Box::new(ctx.tenant_literal()),
-    }
 }
