@@ -84,7 +84,7 @@ impl Session {
                 return Ok(());
             }
             Err(error) if error.is_recoverable() => {
-                self.report_guard_error(message_tag, &error);
+                self.report_recoverable(message_tag, &error);
                 return Ok(());
             }
             Err(error) => return Err(error),
@@ -218,19 +218,28 @@ impl Session {
         }
     }
 
-    /// Reports a failure to get a server in the protocol's own shape: a simple query gets
-    /// `ErrorResponse` + `ReadyForQuery`; an extended batch gets `ErrorResponse` and the
-    /// rest of the batch is ignored up to its `Sync`.
+    /// Reports an error the session survives (no server, a guard refusal) in the protocol's
+    /// shape: a simple query gets `ErrorResponse` + `ReadyForQuery`; an extended batch gets
+    /// `ErrorResponse` and the rest of the batch is ignored up to its `Sync`.
     fn report_recoverable(&mut self, message_tag: u8, error: &SessionError) {
+        // Through the answer queue: answers still owed by an attached server go first.
+        let mut answer = BytesMut::new();
         if let Some(fields) = error.to_error_fields() {
-            fields.encode(&mut self.to_client);
+            fields.encode(&mut answer);
         }
         match message_tag {
             tag::QUERY | tag::FUNCTION_CALL | tag::SYNC => {
-                backend::ready_for_query(&mut self.to_client, TransactionStatus::Idle)
+                let status = if self.server.is_some() {
+                    self.status
+                } else {
+                    TransactionStatus::Idle
+                };
+                backend::ready_for_query(&mut answer, status);
             }
             _ => self.skip_until_sync = true,
         }
+        self.responses
+            .push(Expect::Synthetic(answer.freeze()), &mut self.to_client);
     }
 
     /// Whether a statement may run on a replica (only computed when routing is on).

@@ -163,7 +163,15 @@ impl Session {
         let Some(state) = self.tenancy.as_ref() else {
             return Ok(frame);
         };
-        if message_tag == tag::QUERY && may_change_catalog(&query_text(&frame)) {
+        // The statement text, decoded once: only `Query` and `Parse` carry one.
+        let text = match message_tag {
+            tag::QUERY => Some(query_text(&frame)),
+            tag::PARSE if !state.bypass => ParseView::parse(body(&frame))
+                .ok()
+                .map(|view| String::from_utf8_lossy(view.query).into_owned()),
+            _ => None,
+        };
+        if message_tag == tag::QUERY && text.as_deref().is_some_and(may_change_catalog) {
             // Bypass roles and audit mode run DDL: look at the catalog again.
             self.runtime
                 .tenancy()
@@ -172,21 +180,20 @@ impl Session {
         if state.bypass {
             return Ok(frame);
         }
-        if message_tag == tag::QUERY {
-            let sql = query_text(&frame);
-            if let Some(change) = tenant_setting(&sql) {
-                self.change_tenant(change, &sql).await?;
+        if let (tag::QUERY, Some(sql)) = (message_tag, &text) {
+            if let Some(change) = tenant_setting(sql) {
+                self.change_tenant(change, sql).await?;
                 return Err(SessionError::Answered);
             }
         }
         // In every mode (audit too): the row-level security setting is pgwarden's.
-        let frame = self.refuse_rls_setting_changes(message_tag, frame)?;
+        self.refuse_rls_setting_changes(message_tag, text.as_deref())?;
         if state.mode == TenancyMode::Off {
             return Ok(frame); // only `tenancy.set_config`: nothing to judge
         }
         match message_tag {
             tag::QUERY => {
-                let sql = query_text(&frame);
+                let sql = text.unwrap_or_default();
                 match self.judge(&sql).await? {
                     Some(decision) => match decision.as_ref() {
                         Decision::Rewritten { sql, .. } => Ok(query_frame(sql)),
@@ -198,7 +205,7 @@ impl Session {
             tag::PARSE => {
                 let view = ParseView::parse(body(&frame))
                     .map_err(|e| SessionError::Protocol(e.to_string()))?;
-                let sql = String::from_utf8_lossy(view.query).into_owned();
+                let sql = text.unwrap_or_default();
                 let name = Bytes::copy_from_slice(view.statement);
                 let decision = self.judge(&sql).await?;
                 let state = self.tenancy.as_mut().expect("checked above");
@@ -256,30 +263,27 @@ impl Session {
     fn refuse_rls_setting_changes(
         &self,
         message_tag: u8,
-        frame: Bytes,
-    ) -> Result<Bytes, SessionError> {
-        let Some(name) = self.runtime.config().tenancy.set_config.clone() else {
-            return Ok(frame);
+        text: Option<&str>,
+    ) -> Result<(), SessionError> {
+        if text.is_none() && message_tag != tag::FUNCTION_CALL {
+            return Ok(());
+        }
+        let config = self.runtime.config();
+        let Some(name) = config.tenancy.set_config.as_deref() else {
+            return Ok(());
         };
-        let text = match message_tag {
-            tag::QUERY => query_text(&frame),
-            tag::PARSE => match ParseView::parse(body(&frame)) {
-                Ok(view) => String::from_utf8_lossy(view.query).into_owned(),
-                Err(_) => return Ok(frame),
-            },
-            tag::FUNCTION_CALL => name.clone(),
-            _ => return Ok(frame),
-        };
-        if text
-            .to_ascii_lowercase()
-            .contains(&name.to_ascii_lowercase())
-        {
+        // A fast-path function call could be set_config itself.
+        let names_it = text.is_none_or(|text| {
+            text.to_ascii_lowercase()
+                .contains(&name.to_ascii_lowercase())
+        });
+        if names_it {
             return Err(SessionError::TenantGuard(Rejection::new(
                 RejectionKind::SettingNotAllowed,
                 format!("a statement naming {name} (tenancy.set_config)"),
             )));
         }
-        Ok(frame)
+        Ok(())
     }
 
     /// The guard's decision for `sql`; None when it may run unchanged. Refusals are
@@ -468,29 +472,6 @@ impl Session {
                 self.batch_open = true;
             }
         }
-    }
-
-    /// Reports a guard error in the protocol's shape, in order with the answers still
-    /// owed: `ErrorResponse` (+ `ReadyForQuery` for a simple query); in an extended
-    /// batch the rest is skipped up to `Sync`.
-    pub(super) fn report_guard_error(&mut self, message_tag: u8, error: &SessionError) {
-        let mut answer = BytesMut::new();
-        if let Some(fields) = error.to_error_fields() {
-            fields.encode(&mut answer);
-        }
-        match message_tag {
-            tag::QUERY | tag::FUNCTION_CALL => {
-                let status = if self.server.is_some() {
-                    self.status
-                } else {
-                    TransactionStatus::Idle
-                };
-                backend::ready_for_query(&mut answer, status);
-            }
-            _ => self.skip_until_sync = true,
-        }
-        self.responses
-            .push(Expect::Synthetic(answer.freeze()), &mut self.to_client);
     }
 }
 
