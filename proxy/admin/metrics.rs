@@ -43,6 +43,13 @@ fn handle() -> &'static PrometheusHandle {
 pub fn render(runtime: &Runtime) -> String {
     let handle = handle();
     metrics::gauge!("pgwarden_clients").set(runtime.cancels.client_count() as f64);
+    let pinned = runtime
+        .cancels
+        .clients()
+        .iter()
+        .filter(|c| !c.pinned.is_empty())
+        .count();
+    metrics::gauge!("pgwarden_pinned_clients").set(pinned as f64);
     for pool in runtime.pools.all() {
         let (open, idle) = pool.state();
         let labels = [

@@ -130,6 +130,7 @@ pub fn clients(runtime: &Runtime) -> Table {
         "tls",
         "state",
         "server",
+        "pinned",
         "connect_time",
     ]);
     for client in runtime.cancels.clients() {
@@ -157,6 +158,7 @@ pub fn clients(runtime: &Runtime) -> Table {
                 .as_ref()
                 .map(|(a, pid)| format!("{a} pid {pid}"))
                 .unwrap_or_default(),
+            client.pinned.clone(),
             since.to_string(),
         ]);
     }

@@ -111,6 +111,21 @@ pub struct PoolConfig {
     pub health_check_idle_ms: u64,
     /// Close server connections older than this.
     pub max_lifetime_ms: u64,
+    /// Transaction pooling: a client that creates session state (temp table, LISTEN,
+    /// SQL PREPARE, session advisory lock, WITH HOLD cursor, a setting that cannot be
+    /// replayed) keeps its server connection until that state is gone or it leaves.
+    pub pin_session_state: bool,
+    /// Pooled prepared statements kept per server connection; past it the least
+    /// recently used is closed.
+    pub max_prepared_statements: u32,
+    /// A client that holds a server connection inside a transaction and sends nothing
+    /// for this long is disconnected (25P03) and the server connection closed. 0
+    /// disables (PostgreSQL's own default).
+    pub idle_in_transaction_timeout_ms: u64,
+    /// The same for a client that stopped in the middle of an extended-protocol batch
+    /// (messages sent, no `Sync`): the server waits for that `Sync` and serves nobody
+    /// else. 0 disables.
+    pub idle_in_batch_timeout_ms: u64,
 }
 
 impl Default for PoolConfig {
@@ -124,6 +139,10 @@ impl Default for PoolConfig {
             idle_timeout_ms: 600_000,
             health_check_idle_ms: 30_000,
             max_lifetime_ms: 3_600_000,
+            pin_session_state: true,
+            max_prepared_statements: 200,
+            idle_in_transaction_timeout_ms: 0,
+            idle_in_batch_timeout_ms: 30_000,
         }
     }
 }
@@ -340,6 +359,12 @@ impl Config {
             return Err(ConfigError::invalid(
                 "pool.min_idle",
                 "must not exceed pool.size",
+            ));
+        }
+        if self.pool.max_prepared_statements == 0 {
+            return Err(ConfigError::invalid(
+                "pool.max_prepared_statements",
+                "must be at least 1",
             ));
         }
         if self.pool.checkout_timeout_ms == 0 {

@@ -1,7 +1,6 @@
 //! Opening a server connection: TCP, `StartupMessage`, authentication with
 //! postgres-protocol, then `ParameterStatus`/`BackendKeyData` up to `ReadyForQuery`.
 
-use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
@@ -53,7 +52,7 @@ impl ServerTarget {
             address: self.address.clone(),
             key,
             parameters,
-            prepared: HashSet::new(),
+            prepared: Default::default(),
             settings_hash: 0,
             broken: false,
             last_used: Instant::now(),

@@ -9,12 +9,14 @@
 mod connect;
 mod connector;
 mod error;
+mod prepared;
 mod registry;
 mod server_connection;
 
 pub use connect::ServerTarget;
 pub use connector::ServerConnector;
 pub use error::PoolError;
+pub use prepared::PreparedStatements;
 pub use registry::{PoolKey, PoolRegistry, PoolSettings, PoolStats, ServerPool};
 pub use server_connection::{BackendKey, ServerConnection};
 

@@ -1,6 +1,5 @@
 //! One authenticated connection to a PostgreSQL server, as the pool holds it.
 
-use std::collections::HashSet;
 use std::time::Instant;
 
 use bytes::BytesMut;
@@ -25,7 +24,7 @@ pub struct ServerConnection {
     /// `ParameterStatus` values reported at login.
     pub parameters: Vec<(String, String)>,
     /// Proxy-wide names of statements prepared on this connection.
-    pub prepared: HashSet<u64>,
+    pub prepared: super::prepared::PreparedStatements,
     /// Fingerprint of the client settings (`SET`) last applied; 0 = server defaults.
     pub settings_hash: u64,
     /// Set when the connection's state is unknown (error mid-message, client vanished

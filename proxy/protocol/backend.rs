@@ -44,6 +44,21 @@ pub fn close_complete(out: &mut BytesMut) {
     empty(out, tag::CLOSE_COMPLETE);
 }
 
+/// `CommandComplete` with `tag` (e.g. `DEALLOCATE`).
+pub fn command_complete(out: &mut BytesMut, command: &str) {
+    out.put_u8(tag::COMMAND_COMPLETE);
+    out.put_i32(4 + command.len() as i32 + 1);
+    out.put_slice(command.as_bytes());
+    out.put_u8(0);
+}
+
+/// The SQLSTATE (`C` field) of an `ErrorResponse` body.
+pub fn error_code(body: &[u8]) -> Option<&[u8]> {
+    body.split(|b| *b == 0)
+        .find(|field| field.first() == Some(&b'C'))
+        .map(|field| &field[1..])
+}
+
 /// The tag of a `CommandComplete` body, without the trailing NUL.
 pub fn command_tag(body: &[u8]) -> &[u8] {
     body.split(|b| *b == 0).next().unwrap_or(body)

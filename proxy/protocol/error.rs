@@ -25,6 +25,7 @@ impl SqlState {
     pub const FEATURE_NOT_SUPPORTED: SqlState = SqlState("0A000");
     pub const ADMIN_SHUTDOWN: SqlState = SqlState("57P01");
     pub const IDLE_SESSION_TIMEOUT: SqlState = SqlState("57P05");
+    pub const IDLE_IN_TRANSACTION_TIMEOUT: SqlState = SqlState("25P03");
     pub const INSUFFICIENT_PRIVILEGE: SqlState = SqlState("42501");
     pub const INTERNAL_ERROR: SqlState = SqlState("XX000");
     pub const QUERY_CANCELED: SqlState = SqlState("57014");

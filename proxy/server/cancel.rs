@@ -15,9 +15,22 @@ use crate::pool::BackendKey;
 #[derive(Debug, Default)]
 pub struct CancelSlot {
     current: Mutex<Option<(String, BackendKey)>>,
+    /// Why the client is pinned to its server connection (`Pins` bits), for admins.
+    pins: std::sync::atomic::AtomicU8,
 }
 
 impl CancelSlot {
+    pub fn set_pins(&self, pins: super::session_effects::Pins) {
+        self.pins
+            .store(pins.bits(), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub fn pins(&self) -> super::session_effects::Pins {
+        super::session_effects::Pins::from_bits(
+            self.pins.load(std::sync::atomic::Ordering::Relaxed),
+        )
+    }
+
     pub fn attach(&self, address: &str, key: BackendKey) {
         *self.current.lock().unwrap_or_else(|e| e.into_inner()) = Some((address.to_string(), key));
     }
@@ -58,6 +71,8 @@ pub struct ClientView {
     pub info: Arc<ClientInfo>,
     /// The server connection the client holds right now, if any.
     pub server: Option<(String, i32)>,
+    /// Why the client keeps its server connection between transactions ("" if not).
+    pub pinned: String,
 }
 
 /// Proxy-issued keys of every connected client.
@@ -152,6 +167,7 @@ impl CancelRegistry {
                 pid: *pid,
                 info: entry.info.clone(),
                 server: entry.slot.target().map(|(address, key)| (address, key.pid)),
+                pinned: entry.slot.pins().describe(),
             })
             .collect();
         clients.sort_by_key(|c| c.info.connected_at);

@@ -5,7 +5,7 @@ use bytes::{Bytes, BytesMut};
 
 use super::responses::Expect;
 use super::session::Session;
-use super::settings::{classify, discards_server_state, may_change_session, split_statements};
+use super::session_effects::{effects_of, may_have_effects, Effect};
 use super::statements::StatementId;
 use super::SessionError;
 use crate::config::PoolMode;
@@ -109,14 +109,32 @@ impl Session {
         match message_tag {
             tag::QUERY => self.forward_query(&frame),
             tag::FUNCTION_CALL => self.forward(&frame, Expect::Query),
-            tag::SYNC if self.responses.sync_is_answered() => self.forward(&frame, Expect::Sync),
-            tag::SYNC => self.to_server.extend_from_slice(&frame),
-            tag::FLUSH => self.to_server.extend_from_slice(&frame),
-            tag::EXECUTE => self.forward(&frame, Expect::Execute),
+            tag::SYNC | tag::FLUSH => {
+                // PostgreSQL sends what it buffered now: so do we.
+                self.responses.release_held(&mut self.to_client);
+                if message_tag == tag::SYNC {
+                    if let Some(server) = self.server.as_mut() {
+                        server.prepared.start_batch();
+                    }
+                }
+                if message_tag == tag::SYNC && self.responses.sync_is_answered() {
+                    self.forward(&frame, Expect::Sync)
+                } else {
+                    self.to_server.extend_from_slice(&frame)
+                }
+            }
+            tag::EXECUTE => {
+                if pooled_statements {
+                    let portal = crate::protocol::extended::cstr(body(&frame))
+                        .map_or(&b""[..], |(portal, _)| portal);
+                    self.on_execute_portal(portal);
+                }
+                self.forward(&frame, Expect::Execute)
+            }
             tag::PARSE if pooled_statements => self.forward_parse(&frame)?,
             tag::PARSE => self.forward(&frame, Expect::Parse(None)),
             tag::BIND if pooled_statements => self.forward_bind(&frame)?,
-            tag::BIND => self.forward(&frame, Expect::Bind),
+            tag::BIND => self.forward(&frame, Expect::Bind(None)),
             tag::DESCRIBE => self.forward_describe(&frame, pooled_statements)?,
             tag::CLOSE => self.forward(&frame, Expect::Close),
             _ => unreachable!("filtered above"),
@@ -131,6 +149,7 @@ impl Session {
         if self.server.is_some()
             && self.backend > 0
             && !self.batch_open
+            && !self.pooled.is_pinned()
             && self.status == TransactionStatus::Idle
             && matches!(
                 message_tag,
@@ -171,6 +190,9 @@ impl Session {
             tag::CLOSE if self.mode == PoolMode::Transaction => {
                 let target = TargetView::parse(body(frame), "Close")
                     .map_err(|e| SessionError::Protocol(e.to_string()))?;
+                if target.kind == TargetKind::Statement && target.name.is_empty() {
+                    self.pooled.unnamed.exists = false;
+                }
                 if target.kind == TargetKind::Statement && !target.name.is_empty() {
                     // Pooled statements stay prepared on the servers for others to reuse.
                     self.statements.remove(target.name);
@@ -197,7 +219,7 @@ impl Session {
                 }
                 let read_only = self.statement_read_only(view.query);
                 self.statements
-                    .define(view.statement, view.definition, read_only);
+                    .define(view.statement, view.definition, view.query, read_only);
                 let mut answer = BytesMut::with_capacity(5);
                 backend::parse_complete(&mut answer);
                 self.responses
@@ -206,6 +228,7 @@ impl Session {
             }
             tag::SYNC | tag::FLUSH if self.server.is_none() => {
                 // Nothing in flight: the answer to Sync is an idle ReadyForQuery.
+                self.responses.release_held(&mut self.to_client);
                 if message_tag == tag::SYNC {
                     let mut answer = BytesMut::with_capacity(6);
                     backend::ready_for_query(&mut answer, TransactionStatus::Idle);
@@ -258,51 +281,61 @@ impl Session {
     fn forward_query(&mut self, frame: &[u8]) {
         let sql = body(frame);
         let sql = &sql[..sql.len().saturating_sub(1)];
-        if may_change_session(sql) {
-            self.track_session_changes(&String::from_utf8_lossy(sql));
+        if let Some(server) = self.server.as_mut() {
+            server.prepared.start_batch();
+        }
+        if self.mode == PoolMode::Transaction {
+            if self.deallocate_protocol_statement(sql) {
+                return;
+            }
+            self.on_simple_query(sql);
         }
         self.forward(frame, Expect::Query);
     }
 
-    /// Notes `SET`/`RESET` (kept once they succeed) and `DISCARD`/`DEALLOCATE` (which
-    /// wipe server-side state) in a simple-query string.
-    fn track_session_changes(&mut self, sql: &str) {
-        for statement in split_statements(sql) {
-            if let Some(change) = classify(statement) {
-                self.pending_settings.in_flight.push(change);
-                self.server_settings_changed();
-            } else if discards_server_state(statement) {
-                self.server_settings_changed();
-                if let Some(server) = self.server.as_mut() {
-                    server.prepared.clear();
-                }
-                let lower = statement.to_ascii_lowercase();
-                if lower.starts_with("discard all") || lower.starts_with("deallocate all") {
-                    self.statements.clear();
-                }
-            }
+    /// `DEALLOCATE name` of one of the client's protocol-level statements: those live
+    /// under proxy-wide names on the servers, so the proxy forgets the name and answers
+    /// as PostgreSQL would.
+    fn deallocate_protocol_statement(&mut self, sql: &[u8]) -> bool {
+        if !may_have_effects(sql) {
+            return false;
         }
+        let effects = effects_of(&String::from_utf8_lossy(sql));
+        let [Effect::Deallocate(name)] = effects.as_slice() else {
+            return false;
+        };
+        if !self.statements.remove(name.as_bytes()) {
+            return false;
+        }
+        let mut answer = BytesMut::with_capacity(24);
+        backend::command_complete(&mut answer, "DEALLOCATE");
+        backend::ready_for_query(&mut answer, self.status);
+        self.responses
+            .push(Expect::Synthetic(answer.freeze()), &mut self.to_client);
+        true
     }
 
     fn forward_parse(&mut self, frame: &[u8]) -> Result<(), SessionError> {
         let view =
             ParseView::parse(body(frame)).map_err(|e| SessionError::Protocol(e.to_string()))?;
         if view.statement.is_empty() {
+            self.on_unnamed_parse(view.definition, view.query);
             self.forward(frame, Expect::Parse(None));
             return Ok(());
         }
         let read_only = self.statement_read_only(view.query);
         let id = self
             .statements
-            .define(view.statement, view.definition, read_only);
+            .define(view.statement, view.definition, view.query, read_only);
         let server = self.server.as_mut().expect("acquired");
-        if server.prepared.contains(&id.0) {
+        if server.prepared.contains(id.0) {
+            server.prepared.touch(id.0);
             let mut answer = BytesMut::with_capacity(5);
             backend::parse_complete(&mut answer);
             self.responses
                 .push(Expect::Synthetic(answer.freeze()), &mut self.to_client);
         } else {
-            server.prepared.insert(id.0);
+            self.close_before_prepare(id);
             write_parse(&mut self.to_server, &id.server_name(), view.definition);
             self.responses
                 .push(Expect::Parse(Some(id)), &mut self.to_client);
@@ -310,33 +343,54 @@ impl Session {
         Ok(())
     }
 
-    /// Makes sure the server has the pooled statement `name`; returns its server name.
-    fn ensure_prepared(&mut self, name: &[u8]) -> Option<[u8; 20]> {
-        let statement = self.statements.get(name)?;
-        let id = statement.id;
+    /// Records `id` as prepared on the attached server, closing first what must go:
+    /// a stale copy of it, and the least recently used statements past
+    /// `pool.max_prepared_statements`.
+    fn close_before_prepare(&mut self, id: StatementId) {
         let server = self.server.as_mut().expect("acquired");
-        if !server.prepared.contains(&id.0) {
-            server.prepared.insert(id.0);
-            write_parse(
-                &mut self.to_server,
-                &id.server_name(),
-                &statement.definition,
-            );
+        for victim in server.prepared.insert(id.0, self.pooled.max_prepared) {
+            let victim = StatementId(victim);
+            write_statement_target(&mut self.to_server, tag::CLOSE, &victim.server_name());
+            self.responses
+                .push(Expect::SwallowClose(victim), &mut self.to_client);
+        }
+    }
+
+    /// Makes sure the server has the pooled statement `name`; returns its server name.
+    fn ensure_prepared(&mut self, name: &[u8]) -> Option<StatementId> {
+        let statement = self.statements.get(name)?;
+        let (id, definition) = (statement.id, statement.definition.clone());
+        let server = self.server.as_mut().expect("acquired");
+        if server.prepared.contains(id.0) {
+            server.prepared.touch(id.0);
+        } else {
+            self.close_before_prepare(id);
+            write_parse(&mut self.to_server, &id.server_name(), &definition);
             self.responses
                 .push(Expect::Swallow(id), &mut self.to_client);
         }
-        Some(id.server_name())
+        Some(id)
     }
 
     fn forward_bind(&mut self, frame: &[u8]) -> Result<(), SessionError> {
         let view =
             BindView::parse(body(frame)).map_err(|e| SessionError::Protocol(e.to_string()))?;
+        self.note_bound_portal(view.portal, view.statement);
+        if view.statement.is_empty() {
+            self.ensure_unnamed_prepared();
+        }
         match self.ensure_prepared(view.statement) {
-            Some(server_name) => {
-                write_bind(&mut self.to_server, view.portal, &server_name, view.rest);
-                self.responses.push(Expect::Bind, &mut self.to_client);
+            Some(id) => {
+                write_bind(
+                    &mut self.to_server,
+                    view.portal,
+                    &id.server_name(),
+                    view.rest,
+                );
+                self.responses
+                    .push(Expect::Bind(Some(id)), &mut self.to_client);
             }
-            None => self.forward(frame, Expect::Bind),
+            None => self.forward(frame, Expect::Bind(None)),
         }
         Ok(())
     }
@@ -348,13 +402,16 @@ impl Session {
             self.forward(frame, Expect::DescribePortal);
             return Ok(());
         }
+        if pooled && target.name.is_empty() {
+            self.ensure_unnamed_prepared();
+        }
         match pooled.then(|| self.ensure_prepared(target.name)).flatten() {
-            Some(server_name) => {
-                write_statement_target(&mut self.to_server, tag::DESCRIBE, &server_name);
+            Some(id) => {
+                write_statement_target(&mut self.to_server, tag::DESCRIBE, &id.server_name());
                 self.responses
-                    .push(Expect::DescribeStatement, &mut self.to_client);
+                    .push(Expect::DescribeStatement(Some(id)), &mut self.to_client);
             }
-            None => self.forward(frame, Expect::DescribeStatement),
+            None => self.forward(frame, Expect::DescribeStatement(None)),
         }
         Ok(())
     }

@@ -25,6 +25,8 @@ pub enum SessionError {
     TooManyClients(usize),
     #[error("client idle longer than proxy.idle_client_timeout_ms ({0} ms)")]
     IdleTimeout(u64),
+    #[error("terminating connection: idle in a transaction or an unfinished extended-protocol batch longer than pool.idle_in_transaction_timeout_ms ({0} ms)")]
+    IdleInTransaction(u64),
     #[error("{0}")]
     Pool(#[from] PoolError),
     /// The server connection failed while serving this client.
@@ -70,6 +72,9 @@ impl SessionError {
             }
             SessionError::IdleTimeout(_) => {
                 ErrorFields::fatal(SqlState::IDLE_SESSION_TIMEOUT, message)
+            }
+            SessionError::IdleInTransaction(_) => {
+                ErrorFields::fatal(SqlState::IDLE_IN_TRANSACTION_TIMEOUT, message)
             }
             SessionError::Pool(PoolError::CheckoutTimeout(_)) => {
                 ErrorFields::error(SqlState::TOO_MANY_CONNECTIONS, message).with_hint(

@@ -11,6 +11,7 @@ use tokio::io::AsyncWriteExt;
 
 use super::auth::authenticate;
 use super::handshake::{Opened, LOGIN_TIMEOUT};
+use super::pooled_state::PooledState;
 use super::responses::ResponseQueue;
 use super::routing::SessionRouting;
 use super::session::{ClientIdentity, PendingSettings, Session};
@@ -101,6 +102,12 @@ pub async fn log_in(
                 skip_until_sync: false,
                 max_message: config.proxy.max_message_bytes,
                 idle_timeout: (idle > 0).then(|| Duration::from_millis(idle)),
+                idle_in_transaction_timeout: millis(config.pool.idle_in_transaction_timeout_ms),
+                idle_in_batch_timeout: millis(config.pool.idle_in_batch_timeout_ms),
+                pooled: PooledState::new(
+                    config.pool.pin_session_state,
+                    config.pool.max_prepared_statements as usize,
+                ),
             })
         }
         Ok(Err(e)) => Err((Opened { stream, params }, e)),
@@ -109,6 +116,11 @@ pub async fn log_in(
             SessionError::Protocol("login took longer than 15 s".into()),
         )),
     }
+}
+
+/// A timeout in milliseconds; 0 disables it.
+fn millis(ms: u64) -> Option<Duration> {
+    (ms > 0).then(|| Duration::from_millis(ms))
 }
 
 async fn log_in_inner(

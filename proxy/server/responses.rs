@@ -23,8 +23,9 @@ pub enum Expect {
     Sync,
     /// `Parse`; a pooled statement carries its id so a failure can be forgotten.
     Parse(Option<StatementId>),
-    Bind,
-    DescribeStatement,
+    /// `Bind`; of a pooled statement, with its id (a stale plan shows up here).
+    Bind(Option<StatementId>),
+    DescribeStatement(Option<StatementId>),
     DescribePortal,
     Execute,
     Close,
@@ -32,6 +33,10 @@ pub enum Expect {
     Swallow(StatementId),
     /// A proxy-injected `Bind`: its `BindComplete` is not shown to the client.
     SwallowBind,
+    /// A proxy-injected `Parse` of the client's unnamed statement.
+    SwallowUnnamed,
+    /// A proxy-injected `Close` of a pooled statement (evicted or stale).
+    SwallowClose(StatementId),
     /// A proxy-made answer, sent when it reaches the head of the queue.
     Synthetic(Bytes),
     /// Where the client ended a COPY (`CopyDone`/`CopyFail`) before the server said
@@ -43,10 +48,12 @@ impl Expect {
     fn ends_with(&self, server_tag: u8) -> bool {
         match self {
             Expect::Query | Expect::Sync => server_tag == tag::READY_FOR_QUERY,
-            Expect::Parse(_) | Expect::Swallow(_) => server_tag == tag::PARSE_COMPLETE,
-            Expect::Bind | Expect::SwallowBind => server_tag == tag::BIND_COMPLETE,
-            Expect::Close => server_tag == tag::CLOSE_COMPLETE,
-            Expect::DescribeStatement | Expect::DescribePortal => {
+            Expect::Parse(_) | Expect::Swallow(_) | Expect::SwallowUnnamed => {
+                server_tag == tag::PARSE_COMPLETE
+            }
+            Expect::Bind(_) | Expect::SwallowBind => server_tag == tag::BIND_COMPLETE,
+            Expect::Close | Expect::SwallowClose(_) => server_tag == tag::CLOSE_COMPLETE,
+            Expect::DescribeStatement(_) | Expect::DescribePortal => {
                 server_tag == tag::ROW_DESCRIPTION || server_tag == tag::NO_DATA
             }
             Expect::Execute => matches!(
@@ -84,6 +91,12 @@ pub struct ResponseQueue {
     /// An extended-protocol COPY IN failed: the server discards everything up to the
     /// client's next `Sync`, so the connection must not go back to the pool before.
     awaiting_sync: bool,
+    /// Proxy-made answers to extended-protocol messages (`ParseComplete`,
+    /// `CloseComplete`) held until the client sends `Sync` or `Flush`, or the server
+    /// answers something after them: PostgreSQL sends nothing earlier either.
+    held: BytesMut,
+    /// Pooled statements whose injected `Close` the server skipped after an error.
+    skipped_closes: Vec<StatementId>,
 }
 
 impl ResponseQueue {
@@ -91,8 +104,11 @@ impl ResponseQueue {
         self.entries.is_empty()
     }
 
+    /// Forgets what the server owes (the connection is going away); answers the proxy
+    /// already made stay held for the client.
     pub fn clear(&mut self) {
         self.awaiting_sync = false;
+        self.skipped_closes.clear();
         self.entries.clear();
         self.failed_parses.clear();
         self.copy_in_open = false;
@@ -147,6 +163,20 @@ impl ResponseQueue {
         std::mem::take(&mut self.failed_parses)
     }
 
+    /// Statements the server may still have because their `Close` was skipped.
+    pub fn take_skipped_closes(&mut self) -> Vec<StatementId> {
+        std::mem::take(&mut self.skipped_closes)
+    }
+
+    /// Sends the held answers now (the client sent `Sync` or `Flush`, or the server
+    /// is answering what came after them).
+    pub fn release_held(&mut self, out: &mut BytesMut) {
+        if !self.held.is_empty() {
+            out.extend_from_slice(&self.held);
+            self.held.clear();
+        }
+    }
+
     /// Queues an entry; synthetic answers at the head go out at once (into `out`).
     pub fn push(&mut self, expect: Expect, out: &mut BytesMut) {
         self.entries.push_back(expect);
@@ -183,6 +213,9 @@ impl ResponseQueue {
                 if let Some(Expect::Parse(Some(id)) | Expect::Swallow(id)) = &popped {
                     self.failed_parses.push(*id);
                 }
+                if let Some(Expect::SwallowClose(id)) = &popped {
+                    self.skipped_closes.push(*id);
+                }
                 if let Some(Expect::Execute) = &popped {
                     self.failed_executes += 1;
                 }
@@ -194,7 +227,15 @@ impl ResponseQueue {
         }
         if head.ends_with(server_tag) {
             let head = self.entries.pop_front();
-            let disposition = if matches!(head, Some(Expect::Swallow(_) | Expect::SwallowBind)) {
+            let disposition = if matches!(
+                head,
+                Some(
+                    Expect::Swallow(_)
+                        | Expect::SwallowBind
+                        | Expect::SwallowUnnamed
+                        | Expect::SwallowClose(_)
+                )
+            ) {
                 Disposition::Drop
             } else {
                 Disposition::Relay
@@ -204,13 +245,29 @@ impl ResponseQueue {
         (Disposition::Relay, None)
     }
 
-    /// Writes synthetic answers now at the head of the queue.
+    /// Writes synthetic answers now at the head of the queue; answers to
+    /// extended-protocol messages wait in `held` for the client's `Sync` or `Flush`.
     pub fn flush_synthetic(&mut self, out: &mut BytesMut) {
-        while let Some(Expect::Synthetic(bytes)) = self.entries.front() {
-            out.extend_from_slice(bytes);
-            self.entries.pop_front();
+        while let Some(Expect::Synthetic(_)) = self.entries.front() {
+            let Some(Expect::Synthetic(bytes)) = self.entries.pop_front() else {
+                break;
+            };
+            if is_held_answer(&bytes) {
+                self.held.extend_from_slice(&bytes);
+            } else {
+                self.release_held(out);
+                out.extend_from_slice(&bytes);
+            }
         }
     }
+}
+
+/// Answers PostgreSQL buffers until `Sync`/`Flush` (errors it flushes at once).
+fn is_held_answer(bytes: &[u8]) -> bool {
+    matches!(
+        bytes.first(),
+        Some(&tag::PARSE_COMPLETE) | Some(&tag::CLOSE_COMPLETE) | Some(&tag::BIND_COMPLETE)
+    )
 }
 
 #[cfg(test)]
@@ -230,24 +287,31 @@ mod tests {
     fn synthetic_answer_waits_for_earlier_replies() {
         let mut q = ResponseQueue::default();
         let mut out = BytesMut::new();
-        q.push(Expect::Bind, &mut out);
+        q.push(Expect::Bind(None), &mut out);
         q.push(synth(b'1'), &mut out);
         q.push(Expect::Sync, &mut out);
         assert!(out.is_empty());
         assert_eq!(step(&mut q, b'2'), (Disposition::Relay, true));
         q.flush_synthetic(&mut out);
+        q.release_held(&mut out);
         assert_eq!(&out[..], &[b'1', 0, 0, 0, 4]);
         assert_eq!(step(&mut q, b'Z'), (Disposition::Relay, true));
         assert!(q.is_empty());
     }
 
     #[test]
-    fn synthetic_answer_at_head_goes_out_immediately() {
+    fn synthetic_answer_at_head_waits_for_sync_or_flush() {
         let mut q = ResponseQueue::default();
         let mut out = BytesMut::new();
         q.push(synth(b'3'), &mut out);
-        assert_eq!(out.len(), 5);
+        assert!(out.is_empty(), "CloseComplete is held until Sync/Flush");
         assert!(q.is_empty());
+        q.release_held(&mut out);
+        assert_eq!(out.len(), 5);
+        // A ReadyForQuery (the answer to Sync) sends what was held first.
+        q.push(synth(b'1'), &mut out);
+        q.push(synth(b'Z'), &mut out);
+        assert_eq!(&out[5..], &[b'1', 0, 0, 0, 4, b'Z', 0, 0, 0, 4]);
     }
 
     #[test]
@@ -255,7 +319,7 @@ mod tests {
         let mut q = ResponseQueue::default();
         let mut out = BytesMut::new();
         q.push(Expect::Swallow(StatementId(7)), &mut out);
-        q.push(Expect::Bind, &mut out);
+        q.push(Expect::Bind(None), &mut out);
         assert_eq!(step(&mut q, b'1'), (Disposition::Drop, true));
         assert_eq!(step(&mut q, b'2'), (Disposition::Relay, true));
     }
@@ -266,7 +330,7 @@ mod tests {
         let mut out = BytesMut::new();
         for e in [
             Expect::Parse(Some(StatementId(3))),
-            Expect::Bind,
+            Expect::Bind(None),
             synth(b'1'),
             Expect::Execute,
             Expect::Sync,
@@ -297,7 +361,7 @@ mod tests {
         // Sync; then a Close answered by the proxy and another Sync.
         let mut q = ResponseQueue::default();
         let mut out = BytesMut::new();
-        q.push(Expect::Bind, &mut out);
+        q.push(Expect::Bind(None), &mut out);
         q.push(Expect::Execute, &mut out);
         q.push(Expect::Sync, &mut out);
         assert_eq!(step(&mut q, b'2'), (Disposition::Relay, true));
@@ -310,6 +374,7 @@ mod tests {
         assert_eq!(step(&mut q, b'E'), (Disposition::Relay, true));
         assert_eq!(step(&mut q, b'Z'), (Disposition::Relay, true));
         q.flush_synthetic(&mut out);
+        q.release_held(&mut out);
         assert_eq!(
             out.len(),
             5,
@@ -339,7 +404,7 @@ mod tests {
     fn describe_statement_ends_at_row_description() {
         let mut q = ResponseQueue::default();
         let mut out = BytesMut::new();
-        q.push(Expect::DescribeStatement, &mut out);
+        q.push(Expect::DescribeStatement(None), &mut out);
         assert_eq!(step(&mut q, b't'), (Disposition::Relay, false));
         assert_eq!(step(&mut q, b'n'), (Disposition::Relay, true));
     }

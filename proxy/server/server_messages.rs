@@ -6,9 +6,11 @@ use bytes::Buf;
 
 use super::responses::{Disposition, Expect};
 use super::session::{PendingSettings, Session};
-use super::settings::SessionSettings;
+use super::session_effects::{Effect, Pins};
+use super::settings::{SessionSettings, SettingChange};
+use super::statements::StatementId;
 use super::SessionError;
-use crate::protocol::backend::command_tag;
+use crate::protocol::backend::{command_tag, error_code};
 use crate::protocol::frame::check_frame;
 use crate::protocol::tag::{backend as tag, TransactionStatus};
 
@@ -33,6 +35,10 @@ impl Session {
         let Some(server) = self.server.as_mut() else {
             return Ok(());
         };
+        if !server.read_buf.is_empty() {
+            // The server answers what came after any held proxy answers: those first.
+            self.responses.release_held(&mut self.to_client);
+        }
         let watch_settings = !self.pending_settings.is_idle();
         let served = if self.backend == 0 {
             crate::stats::Served::Primary
@@ -54,6 +60,7 @@ impl Session {
             let message_tag = rest[0];
             tracing::trace!(tag = %(message_tag as char), len, "server message");
             let (disposition, popped) = self.responses.on_server_message(message_tag);
+            let mut stale_plan = None;
             if let Some(Expect::Parse(Some(id))) = &popped {
                 if message_tag == tag::PARSE_COMPLETE {
                     self.pool.remember_statement(id.0);
@@ -68,7 +75,18 @@ impl Session {
                         .and_then(TransactionStatus::from_byte)
                         .unwrap_or(TransactionStatus::Failed);
                 }
-                tag::ERROR_RESPONSE if watch_settings => self.pending_settings.failed = true,
+                tag::ERROR_RESPONSE => {
+                    if watch_settings {
+                        self.pending_settings.failed = true;
+                    }
+                    if let Some(Expect::Bind(Some(id)) | Expect::DescribeStatement(Some(id))) =
+                        &popped
+                    {
+                        if error_code(&rest[5..len]) == Some(b"0A000") {
+                            stale_plan = Some(*id);
+                        }
+                    }
+                }
                 tag::COMMAND_COMPLETE
                     if watch_settings && command_tag(&rest[5..len]) == b"ROLLBACK" =>
                 {
@@ -95,6 +113,14 @@ impl Session {
                     stats.finish_one(served, false);
                 }
             }
+            if let Some(id) = stale_plan {
+                // "cached plan must not change result type": this server's copy is
+                // stale, and so is the shared name on every other server.
+                server.prepared.mark_stale(id.0);
+                if let Some(definition) = self.statements.definition_of(id) {
+                    StatementId::retire(&definition, id);
+                }
+            }
             match disposition {
                 Disposition::Relay => relay_run += len,
                 Disposition::Drop => {
@@ -111,11 +137,20 @@ impl Session {
                 relay_run = 0;
                 self.responses.flush_synthetic(&mut self.to_client);
                 for id in self.responses.take_failed_parses() {
-                    server.prepared.remove(&id.0);
+                    server.prepared.remove(id.0);
+                }
+                for id in self.responses.take_skipped_closes() {
+                    server.prepared.mark_stale(id.0);
                 }
             }
             if message_tag == tag::READY_FOR_QUERY && watch_settings {
-                settle_settings(&mut self.pending_settings, &mut self.settings, self.status);
+                settle_settings(
+                    &mut self.pending_settings,
+                    &mut self.settings,
+                    &mut self.pooled.pins,
+                    self.status,
+                );
+                self.cancel.slot.set_pins(self.pooled.pins);
             }
         }
         if relay_run > 0 {
@@ -153,10 +188,12 @@ fn is_fatal(body: &[u8]) -> bool {
     })
 }
 
-/// At `ReadyForQuery`: settings changes that succeeded become the client's own.
+/// At `ReadyForQuery`: settings changes that succeeded become the client's own, and
+/// pinned state that was dropped for good stops pinning.
 fn settle_settings(
     pending: &mut PendingSettings,
     settings: &mut SessionSettings,
+    pins: &mut Pins,
     status: TransactionStatus,
 ) {
     {
@@ -169,7 +206,16 @@ fn settle_settings(
             let changes = std::mem::take(&mut pending.in_transaction);
             if !pending.rolled_back {
                 for change in &changes {
-                    settings.apply(change);
+                    match change {
+                        Effect::Setting(change) => settings.apply(change),
+                        Effect::Unpin(gone) => pins.remove(*gone),
+                        Effect::DiscardAll => {
+                            settings.apply(&SettingChange::ResetAll);
+                            *pins = Pins::default();
+                        }
+                        Effect::DeallocateAll => pins.remove(Pins::SQL_PREPARE),
+                        _ => {}
+                    }
                 }
             }
             pending.rolled_back = false;

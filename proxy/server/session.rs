@@ -10,10 +10,12 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 
 use super::cancel::CancelRegistration;
+use super::pooled_state::PooledState;
 use super::pump::{Pump, PumpError, Pumped};
 use super::responses::ResponseQueue;
 use super::routing::SessionRouting;
-use super::settings::{SessionSettings, SettingChange, UNKNOWN_SETTINGS};
+use super::session_effects::Effect;
+use super::settings::{SessionSettings, UNKNOWN_SETTINGS};
 use super::statements::ClientStatements;
 use super::stream::ClientStream;
 use super::SessionError;
@@ -67,14 +69,19 @@ pub struct Session {
     pub(super) skip_until_sync: bool,
     pub(super) max_message: usize,
     pub(super) idle_timeout: Option<Duration>,
+    /// `pool.idle_in_transaction_timeout_ms` and `pool.idle_in_batch_timeout_ms`.
+    pub(super) idle_in_transaction_timeout: Option<Duration>,
+    pub(super) idle_in_batch_timeout: Option<Duration>,
+    /// Transaction pooling: pins, the unnamed statement, effects of portals.
+    pub(super) pooled: PooledState,
 }
 
-/// `SET`/`RESET` statements that become session settings only once they succeed (and,
-/// inside a transaction, once it commits).
+/// Session effects (`SET`/`RESET`, the end of pinned state, `DISCARD ALL`) that count
+/// only once their statement succeeds (and, inside a transaction, once it commits).
 #[derive(Debug, Default)]
 pub struct PendingSettings {
-    pub in_flight: Vec<SettingChange>,
-    pub in_transaction: Vec<SettingChange>,
+    pub in_flight: Vec<Effect>,
+    pub in_transaction: Vec<Effect>,
     pub failed: bool,
     pub rolled_back: bool,
 }
@@ -125,24 +132,47 @@ impl Session {
                 }
                 Err(e) => return Err(e),
             }
-            if self.server.is_none() {
-                idle_since = Instant::now();
-            } else {
+            if self.server.is_some() {
                 Box::pin(self.maybe_release()).await;
             }
+            idle_since = Instant::now();
         }
     }
 
     async fn pump_once(&mut self, idle_since: Instant) -> Result<Pumped, SessionError> {
-        let idle_limit = self.idle_timeout.filter(|_| self.server.is_none());
+        let (idle_limit, holding_server) = self.idle_limit();
         let deadline = idle_limit.map(|limit| idle_since + limit);
         match self.pump(true, false, deadline).await {
-            Err(None) => Err(SessionError::IdleTimeout(
-                idle_limit.map_or(0, |l| l.as_millis() as u64),
-            )),
+            Err(None) => {
+                let ms = idle_limit.map_or(0, |l| l.as_millis() as u64);
+                Err(if holding_server {
+                    SessionError::IdleInTransaction(ms)
+                } else {
+                    SessionError::IdleTimeout(ms)
+                })
+            }
             Err(Some(e)) => Err(e),
             Ok(pumped) => Ok(pumped),
         }
+    }
+
+    /// How long the client may stay silent now, and whether it holds a server while
+    /// doing so. A server that owes answers is working, not waiting for the client.
+    fn idle_limit(&self) -> (Option<Duration>, bool) {
+        if self.server.is_none() {
+            return (self.idle_timeout, false);
+        }
+        if !self.responses.is_empty() || !self.to_server.is_empty() {
+            return (None, true);
+        }
+        let limit = if self.batch_open {
+            self.idle_in_batch_timeout
+        } else if self.status != TransactionStatus::Idle {
+            self.idle_in_transaction_timeout
+        } else {
+            None
+        };
+        (limit, true)
     }
 
     /// Waits for more bytes from the attached server (not reading the client).
@@ -219,6 +249,8 @@ impl Session {
     async fn maybe_release(&mut self) {
         if self.mode == PoolMode::Transaction
             && self.responses.is_empty()
+            && !self.batch_open
+            && !self.pooled.is_pinned()
             && !self.responses.awaiting_sync()
             && self.status == TransactionStatus::Idle
             && self.to_server.is_empty()
@@ -244,6 +276,7 @@ impl Session {
                 }
             }
             self.batch_open = false;
+            self.server_switched();
             if let Some(stats) = self.stats.as_mut() {
                 stats.clear();
             }
@@ -303,7 +336,9 @@ impl Session {
             server.settings_hash = self.settings.hash();
         }
         self.cancel.slot.attach(&server.address, server.key);
+        server.prepared.start_batch();
         self.server = Some(server);
+        self.server_switched();
         self.backend = backend;
         if let Some(state) = self.routing.as_ref() {
             if let Some(b) = state.topology.backends.get(backend) {
@@ -328,12 +363,13 @@ impl Session {
         };
         let clean = self.responses.is_empty()
             && !self.responses.awaiting_sync()
+            && !self.batch_open
             && self.status == TransactionStatus::Idle
             && self.to_server.is_empty();
         if !clean {
-            // Mid-transaction or mid-answer: the server's state is unknown.
+            // Mid-transaction, mid-batch or mid-answer: the server's state is unknown.
             server.mark_broken();
-        } else if self.mode == PoolMode::Session {
+        } else if self.mode == PoolMode::Session || self.pooled.is_pinned() {
             let reset =
                 tokio::time::timeout(Duration::from_secs(5), server.run_internal("DISCARD ALL"))
                     .await;

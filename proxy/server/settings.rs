@@ -19,9 +19,81 @@ pub enum SettingChange {
     ResetAll,
 }
 
-/// Recognizes a single `SET`/`RESET` statement. `SET LOCAL` and `SET TRANSACTION`
-/// end with the transaction, so they are not session settings.
-pub fn classify(sql: &str) -> Option<SettingChange> {
+/// Recognizes a single `SET`/`RESET` statement as the session settings it changes.
+/// `SET LOCAL` and `SET TRANSACTION` end with the transaction, so they are not session
+/// settings; `SET SESSION CHARACTERISTICS AS TRANSACTION ...` becomes the
+/// `default_transaction_*` settings it stands for.
+pub fn classify_setting(sql: &str) -> Option<Vec<SettingChange>> {
+    let text = sql.trim().trim_end_matches(';').trim();
+    let mut words = text.split_whitespace();
+    if words.next()?.eq_ignore_ascii_case("set") {
+        let second = words.next()?;
+        if second.eq_ignore_ascii_case("session")
+            && words.next()?.eq_ignore_ascii_case("characteristics")
+        {
+            return session_characteristics(words);
+        }
+    }
+    classify(text).map(|change| vec![change])
+}
+
+/// `AS TRANSACTION ISOLATION LEVEL x | READ ONLY | READ WRITE | [NOT] DEFERRABLE, ...`
+fn session_characteristics<'a>(words: impl Iterator<Item = &'a str>) -> Option<Vec<SettingChange>> {
+    let words: Vec<String> = words
+        .flat_map(|w| w.split(','))
+        .filter(|w| !w.is_empty())
+        .map(|w| w.to_ascii_lowercase())
+        .collect();
+    let words: Vec<&str> = words.iter().map(String::as_str).collect();
+    let mut rest = match words.as_slice() {
+        ["as", "transaction", rest @ ..] => rest,
+        _ => return None,
+    };
+    let mut changes = Vec::new();
+    let mut set = |name: &str, value: &str| {
+        changes.push(SettingChange::Set {
+            name: name.into(),
+            sql: format!("SET {name} = '{value}'"),
+        })
+    };
+    while !rest.is_empty() {
+        rest = match rest {
+            ["isolation", "level", "read", level @ ("committed" | "uncommitted"), tail @ ..] => {
+                set("default_transaction_isolation", &format!("read {level}"));
+                tail
+            }
+            ["isolation", "level", level @ ("serializable" | "repeatable"), tail @ ..] => {
+                if *level == "repeatable" {
+                    set("default_transaction_isolation", "repeatable read");
+                    tail.strip_prefix(&["read"][..])?
+                } else {
+                    set("default_transaction_isolation", "serializable");
+                    tail
+                }
+            }
+            ["read", mode @ ("only" | "write"), tail @ ..] => {
+                set(
+                    "default_transaction_read_only",
+                    if *mode == "only" { "on" } else { "off" },
+                );
+                tail
+            }
+            ["not", "deferrable", tail @ ..] => {
+                set("default_transaction_deferrable", "off");
+                tail
+            }
+            ["deferrable", tail @ ..] => {
+                set("default_transaction_deferrable", "on");
+                tail
+            }
+            _ => return None,
+        };
+    }
+    Some(changes)
+}
+
+/// Recognizes a single `SET`/`RESET` statement.
+fn classify(sql: &str) -> Option<SettingChange> {
     let text = sql.trim().trim_end_matches(';').trim();
     if text.contains(';') || text.starts_with("--") || text.starts_with("/*") {
         return None;
@@ -130,20 +202,6 @@ pub fn split_statements(sql: &str) -> Vec<&str> {
     }
     statements.retain(|s| !s.is_empty());
     statements
-}
-
-/// Cheap pre-check: could this simple query change session state at all?
-pub fn may_change_session(sql: &[u8]) -> bool {
-    sql.windows(3).any(|w| w.eq_ignore_ascii_case(b"set"))
-        || sql
-            .windows(4)
-            .any(|w| w.eq_ignore_ascii_case(b"disc") || w.eq_ignore_ascii_case(b"deal"))
-}
-
-/// Statements that wipe server session state wholesale.
-pub fn discards_server_state(sql: &str) -> bool {
-    let text = sql.trim_start().to_ascii_lowercase();
-    text.starts_with("discard") || text.starts_with("deallocate")
 }
 
 #[derive(Debug, Default, Clone)]
@@ -274,8 +332,19 @@ mod tests {
             split_statements("select $1; select 'unterminated"),
             vec!["select $1", "select 'unterminated"]
         );
-        assert!(may_change_session(b"begin; Set x = 1"));
-        assert!(!may_change_session(b"select 1"));
+        assert_eq!(
+            classify_setting("set session characteristics as transaction isolation level repeatable read, read only"),
+            Some(vec![
+                SettingChange::Set {
+                    name: "default_transaction_isolation".into(),
+                    sql: "SET default_transaction_isolation = 'repeatable read'".into()
+                },
+                SettingChange::Set {
+                    name: "default_transaction_read_only".into(),
+                    sql: "SET default_transaction_read_only = 'on'".into()
+                },
+            ])
+        );
     }
 
     #[test]

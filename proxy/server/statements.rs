@@ -1,24 +1,71 @@
 //! A client's named prepared statements under transaction pooling.
 //!
-//! The client's name maps to a proxy-wide name derived from the statement definition
-//! (query text and parameter types), so identical statements from different clients
-//! share one server-side statement, and a client that moves to another server
-//! connection finds its statement prepared there on first use.
+//! The client's name maps to a proxy-wide name given to the statement definition
+//! (query text and parameter types) by a process-wide registry, so identical
+//! statements from different clients share one server-side statement, and a client
+//! that moves to another server connection finds its statement prepared there on
+//! first use. Names come from a counter, never from a hash: two definitions can never
+//! share a server name.
 
 use std::collections::HashMap;
-use std::hash::{DefaultHasher, Hash, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
 
 use bytes::Bytes;
+
+use super::session_effects::{effects_of, may_have_effects, Effect};
 
 /// Server-side identity of a statement definition.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct StatementId(pub u64);
 
+/// Definitions kept by the registry before it starts over (ids stay unique: a
+/// definition registered again simply gets a new one).
+const REGISTRY_MAX_BYTES: usize = 32 << 20;
+
+struct Registry {
+    by_definition: HashMap<Box<[u8]>, u64>,
+    bytes: usize,
+}
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+fn registry() -> &'static Mutex<Registry> {
+    static REGISTRY: OnceLock<Mutex<Registry>> = OnceLock::new();
+    REGISTRY.get_or_init(|| {
+        Mutex::new(Registry {
+            by_definition: HashMap::new(),
+            bytes: 0,
+        })
+    })
+}
+
 impl StatementId {
+    /// The proxy-wide id of a definition (registered on first sight).
     pub fn of(definition: &[u8]) -> StatementId {
-        let mut hasher = DefaultHasher::new();
-        definition.hash(&mut hasher);
-        StatementId(hasher.finish())
+        let mut registry = registry().lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(id) = registry.by_definition.get(definition) {
+            return StatementId(*id);
+        }
+        if registry.bytes + definition.len() > REGISTRY_MAX_BYTES {
+            registry.by_definition.clear();
+            registry.bytes = 0;
+        }
+        let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+        registry.bytes += definition.len() + 32;
+        registry.by_definition.insert(definition.into(), id);
+        StatementId(id)
+    }
+
+    /// The server said this statement's cached plan is no longer valid (its result
+    /// type changed): the next `Parse` of the definition gets a fresh server name, so
+    /// every server connection prepares it anew instead of reusing the stale plan.
+    pub fn retire(definition: &[u8], id: StatementId) {
+        let mut registry = registry().lock().unwrap_or_else(|e| e.into_inner());
+        if registry.by_definition.get(definition) == Some(&id.0) {
+            registry.by_definition.remove(definition);
+            registry.bytes = registry.bytes.saturating_sub(definition.len() + 32);
+        }
     }
 
     /// The name used on server connections, e.g. `pgw_00ab...`.
@@ -39,6 +86,28 @@ pub struct PooledStatement {
     pub definition: Bytes,
     /// May run on a replica (decided when routing is on; false otherwise).
     pub read_only: bool,
+    /// What executing it does to the server session (`SET`, `LISTEN`, ...).
+    pub effects: Option<std::sync::Arc<[Effect]>>,
+}
+
+impl PooledStatement {
+    pub fn new(definition: &[u8], query: &[u8], read_only: bool) -> PooledStatement {
+        PooledStatement {
+            id: StatementId::of(definition),
+            definition: Bytes::copy_from_slice(definition),
+            read_only,
+            effects: statement_effects(query),
+        }
+    }
+}
+
+/// Session effects of a statement's text (None for the common statement without any).
+pub fn statement_effects(query: &[u8]) -> Option<std::sync::Arc<[Effect]>> {
+    if !may_have_effects(query) {
+        return None;
+    }
+    let effects = effects_of(&String::from_utf8_lossy(query));
+    (!effects.is_empty()).then(|| effects.into())
 }
 
 /// Cap on statements one client may keep; past it the oldest name is forgotten.
@@ -50,22 +119,30 @@ pub struct ClientStatements {
 }
 
 impl ClientStatements {
-    pub fn define(&mut self, name: &[u8], definition: &[u8], read_only: bool) -> StatementId {
-        let id = StatementId::of(definition);
+    pub fn define(
+        &mut self,
+        name: &[u8],
+        definition: &[u8],
+        query: &[u8],
+        read_only: bool,
+    ) -> StatementId {
+        let statement = PooledStatement::new(definition, query, read_only);
+        let id = statement.id;
         if self.by_name.len() >= MAX_STATEMENTS_PER_CLIENT && !self.by_name.contains_key(name) {
             if let Some(victim) = self.by_name.keys().next().cloned() {
                 self.by_name.remove(&victim);
             }
         }
-        self.by_name.insert(
-            Bytes::copy_from_slice(name),
-            PooledStatement {
-                id,
-                definition: Bytes::copy_from_slice(definition),
-                read_only,
-            },
-        );
+        self.by_name.insert(Bytes::copy_from_slice(name), statement);
         id
+    }
+
+    /// The definition behind a server id, if this client still uses it.
+    pub fn definition_of(&self, id: StatementId) -> Option<Bytes> {
+        self.by_name
+            .values()
+            .find(|s| s.id == id)
+            .map(|s| s.definition.clone())
     }
 
     pub fn get(&self, name: &[u8]) -> Option<&PooledStatement> {
@@ -89,11 +166,14 @@ mod tests {
     fn same_definition_same_server_name() {
         let mut a = ClientStatements::default();
         let mut b = ClientStatements::default();
-        let ia = a.define(b"s1", b"select 1\0\0\0", true);
-        let ib = b.define(b"other", b"select 1\0\0\0", true);
+        let ia = a.define(b"s1", b"select 1\0\0\0", b"select 1", true);
+        let ib = b.define(b"other", b"select 1\0\0\0", b"select 1", true);
         assert_eq!(ia, ib);
-        let ic = b.define(b"s2", b"select 1\0\0\x01\0\0\0\x17", true);
+        let ic = b.define(b"s2", b"select 1\0\0\x01\0\0\0\x17", b"select 1", true);
         assert_ne!(ia, ic);
+        StatementId::retire(b"select 1\0\0\0", ia);
+        let id = a.define(b"s1", b"select 1\0\0\0", b"select 1", true);
+        assert_ne!(id, ia, "a retired definition gets a new server name");
         assert!(ia.server_name().starts_with(b"pgw_"));
         assert!(a.remove(b"s1"));
         assert!(a.get(b"s1").is_none());

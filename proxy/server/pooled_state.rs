@@ -1,0 +1,184 @@
+//! Server-side session state of one client under transaction pooling: what its
+//! statements did to the server session (settings, pins, wiped statements), in both
+//! protocols, and the client's unnamed prepared statement, which PostgreSQL keeps
+//! until the next unnamed `Parse` even though the proxy may have moved the client to
+//! another server connection in between.
+
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+
+use super::responses::Expect;
+use super::session::Session;
+use super::session_effects::{Effect, Pins};
+use super::statements::statement_effects;
+use crate::config::PoolMode;
+use crate::protocol::extended::write_parse;
+
+/// The client's unnamed statement, as last parsed.
+#[derive(Debug, Default)]
+pub struct UnnamedStatement {
+    /// Reused buffer: query, NUL, parameter types, exactly as sent.
+    pub definition: BytesMut,
+    pub effects: Option<Arc<[Effect]>>,
+    /// The attached server has it (parsed there since it was attached).
+    pub on_server: bool,
+    pub exists: bool,
+}
+
+#[derive(Debug)]
+pub struct PooledState {
+    /// State that ties the client to its server connection.
+    pub pins: Pins,
+    /// `pool.pin_session_state`.
+    pub pin_enabled: bool,
+    /// `pool.max_prepared_statements`.
+    pub max_prepared: usize,
+    pub unnamed: UnnamedStatement,
+    /// Portals bound to statements with session effects, applied at `Execute`.
+    pub portal_effects: Vec<(Bytes, Arc<[Effect]>)>,
+    warned_unpinned: bool,
+}
+
+impl PooledState {
+    pub fn new(pin_enabled: bool, max_prepared: usize) -> PooledState {
+        PooledState {
+            pins: Pins::default(),
+            pin_enabled,
+            max_prepared,
+            unnamed: UnnamedStatement::default(),
+            portal_effects: Vec::new(),
+            warned_unpinned: false,
+        }
+    }
+
+    pub fn is_pinned(&self) -> bool {
+        !self.pins.is_empty()
+    }
+}
+
+impl Session {
+    /// Applies what a statement (sent now, or executed now as a portal) does to the
+    /// server session. Pins hold from the moment it is sent; settings and the end of
+    /// pinned state count once the statement has committed.
+    pub(super) fn apply_effects(&mut self, effects: &[Effect]) {
+        for effect in effects {
+            match effect {
+                Effect::Setting(_) | Effect::Unknown => self.server_settings_changed(),
+                Effect::Pin(pins) => self.pin(*pins),
+                Effect::Unpin(_) => {}
+                Effect::DiscardAll | Effect::DeallocateAll => {
+                    self.server_settings_changed();
+                    if let Some(server) = self.server.as_mut() {
+                        // Gone if it succeeds; if not, closing them first is harmless.
+                        server.prepared.mark_all_stale();
+                    }
+                    self.statements.clear();
+                }
+                Effect::Deallocate(name) => {
+                    self.statements.remove(name.as_bytes());
+                }
+            }
+            if matches!(
+                effect,
+                Effect::Setting(_) | Effect::Unpin(_) | Effect::DiscardAll | Effect::DeallocateAll
+            ) {
+                self.pending_settings.in_flight.push(effect.clone());
+            }
+        }
+    }
+
+    fn pin(&mut self, pins: Pins) {
+        if self.mode != PoolMode::Transaction {
+            return;
+        }
+        if !self.pooled.pin_enabled {
+            // Today's PgBouncer-like behaviour: the state stays on the pooled server.
+            self.server_settings_changed();
+            if !self.pooled.warned_unpinned {
+                self.pooled.warned_unpinned = true;
+                tracing::warn!(user = %self.identity.user, state = %pins.describe(),
+                    "session state created under transaction pooling with pool.pin_session_state = false: it stays on a shared server connection");
+            }
+            return;
+        }
+        if !self.pooled.is_pinned() {
+            metrics::counter!("pgwarden_pinned_clients_total").increment(1);
+            tracing::debug!(user = %self.identity.user, state = %pins.describe(), "client pinned to its server connection");
+        }
+        self.pooled.pins.insert(pins);
+        self.cancel.slot.set_pins(self.pooled.pins);
+    }
+
+    /// `Query` (simple protocol) in transaction pooling: its effects, and the end of
+    /// the unnamed statement (a simple query destroys it, as in PostgreSQL).
+    pub(super) fn on_simple_query(&mut self, sql: &[u8]) {
+        self.pooled.unnamed.exists = false;
+        self.pooled.unnamed.on_server = false;
+        if let Some(effects) = statement_effects(sql) {
+            self.apply_effects(&effects);
+        }
+    }
+
+    /// A client `Parse` of the unnamed statement is being forwarded.
+    pub(super) fn on_unnamed_parse(&mut self, definition: &[u8], query: &[u8]) {
+        let unnamed = &mut self.pooled.unnamed;
+        unnamed.definition.clear();
+        unnamed.definition.extend_from_slice(definition);
+        unnamed.effects = statement_effects(query);
+        unnamed.on_server = true;
+        unnamed.exists = true;
+    }
+
+    /// Before a `Bind` or `Describe` of the unnamed statement: when the client parsed
+    /// it on another server connection, parse it again here (answer not shown).
+    pub(super) fn ensure_unnamed_prepared(&mut self) {
+        let unnamed = &mut self.pooled.unnamed;
+        if unnamed.on_server || !unnamed.exists {
+            return;
+        }
+        write_parse(&mut self.to_server, b"", &unnamed.definition);
+        unnamed.on_server = true;
+        self.responses
+            .push(Expect::SwallowUnnamed, &mut self.to_client);
+    }
+
+    /// `Bind`: remembers the portal when its statement has session effects.
+    pub(super) fn note_bound_portal(&mut self, portal: &[u8], statement: &[u8]) {
+        let effects = if statement.is_empty() {
+            self.pooled.unnamed.effects.clone()
+        } else {
+            self.statements
+                .get(statement)
+                .and_then(|s| s.effects.clone())
+        };
+        self.pooled.portal_effects.retain(|(p, _)| p != portal);
+        if let Some(effects) = effects {
+            self.pooled
+                .portal_effects
+                .push((Bytes::copy_from_slice(portal), effects));
+        }
+    }
+
+    /// `Execute` of a portal: applies its statement's session effects.
+    pub(super) fn on_execute_portal(&mut self, portal: &[u8]) {
+        if self.pooled.portal_effects.is_empty() {
+            return;
+        }
+        let effects = self
+            .pooled
+            .portal_effects
+            .iter()
+            .find(|(p, _)| p == portal)
+            .map(|(_, e)| e.clone());
+        if let Some(effects) = effects {
+            self.apply_effects(&effects);
+        }
+    }
+
+    /// The server connection changed: nothing the client parsed is on the new one.
+    pub(super) fn server_switched(&mut self) {
+        self.pooled.unnamed.on_server = false;
+        self.pooled.portal_effects.clear();
+    }
+}
