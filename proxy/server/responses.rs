@@ -180,7 +180,7 @@ impl ResponseQueue {
     /// Queues an entry; synthetic answers at the head go out at once (into `out`).
     pub fn push(&mut self, expect: Expect, out: &mut BytesMut) {
         self.entries.push_back(expect);
-        self.flush_synthetic(out);
+        self.write_synthetic(out, true);
     }
 
     /// Accounts for one server message with type `server_tag`; writes any synthetic
@@ -245,14 +245,21 @@ impl ResponseQueue {
         (Disposition::Relay, None)
     }
 
-    /// Writes synthetic answers now at the head of the queue; answers to
-    /// extended-protocol messages wait in `held` for the client's `Sync` or `Flush`.
+    /// Writes synthetic answers that a server answer just brought to the head of the
+    /// queue (the server answered, so the client's `Sync` or `Flush` came already).
     pub fn flush_synthetic(&mut self, out: &mut BytesMut) {
+        self.write_synthetic(out, false);
+    }
+
+    /// Writes synthetic answers now at the head of the queue. When the client's own
+    /// message made them due (`hold`), answers to extended-protocol messages wait in
+    /// `held` for its `Sync` or `Flush`, as PostgreSQL's output buffer would.
+    fn write_synthetic(&mut self, out: &mut BytesMut, hold: bool) {
         while let Some(Expect::Synthetic(_)) = self.entries.front() {
             let Some(Expect::Synthetic(bytes)) = self.entries.pop_front() else {
                 break;
             };
-            if is_held_answer(&bytes) {
+            if hold && is_held_answer(&bytes) {
                 self.held.extend_from_slice(&bytes);
             } else {
                 self.release_held(out);
