@@ -80,9 +80,11 @@ pub enum Effect {
 }
 
 /// Cheap pre-check on raw statement bytes: could this change the session at all?
+/// One pass over the bytes; most statements are rejected on their first letters.
+/// `SET`/`RESET` count only where a statement starts (not `UPDATE t SET ...`).
 pub fn may_have_effects(sql: &[u8]) -> bool {
-    const WORDS: [&[u8]; 9] = [
-        b"set",
+    const ANYWHERE: [&[u8]; 9] = [
+        b"set_config",
         b"disc",
         b"deal",
         b"temp",
@@ -92,9 +94,30 @@ pub fn may_have_effects(sql: &[u8]) -> bool {
         b"hold",
         b"close",
     ];
-    WORDS.iter().any(|word| {
-        sql.windows(word.len())
-            .any(|w| w.eq_ignore_ascii_case(word))
+    const STATEMENT_START: [&[u8]; 2] = [b"set", b"reset"];
+    // With comments, a statement may start anywhere: look for SET everywhere.
+    let comments = sql.windows(2).any(|w| w == b"/*" || w == b"--");
+    let mut statement_start = true;
+    (0..sql.len()).any(|at| {
+        let byte = sql[at];
+        if byte == b';' {
+            statement_start = true;
+            return false;
+        }
+        if byte.is_ascii_whitespace() {
+            return false;
+        }
+        let at_start = std::mem::replace(&mut statement_start, false) || comments;
+        let first = byte | 0x20;
+        let starts_with = |word: &[u8]| {
+            word[0] == first
+                && sql
+                    .get(at..at + word.len())
+                    .is_some_and(|w| w.eq_ignore_ascii_case(word))
+        };
+        (at_start && STATEMENT_START.iter().any(|w| starts_with(w)))
+            || (matches!(first, b's' | b'd' | b't' | b'l' | b'p' | b'a' | b'h' | b'c')
+                && ANYWHERE.iter().any(|w| starts_with(w)))
     })
 }
 
@@ -303,7 +326,13 @@ mod tests {
             1
         );
         assert!(may_have_effects(b"LISTEN x"));
+        assert!(may_have_effects(b"  set x = 1"));
+        assert!(may_have_effects(b"begin; Reset x"));
+        assert!(may_have_effects(b"select set_config('a', 'b', false)"));
         assert!(!may_have_effects(b"select 1 from t"));
+        assert!(!may_have_effects(b"UPDATE t SET a = 1 WHERE b = 2"));
+        assert!(may_have_effects(b"/* app */ SET a = 1"));
+        assert_eq!(effects_of("/* app */ SET a = 1").len(), 1);
         assert_eq!(Pins::from_bits(3).describe(), "temp table, listen");
     }
 }
