@@ -163,9 +163,26 @@ fn main() {
         )
     });
 
+    // Another pgwarden build (BASELINE_BIN, e.g. main before a change) in the same run.
+    let baseline_port = free_port();
+    let _baseline = targets.iter().any(|t| t == "pgwarden_baseline").then(|| {
+        let bin = std::env::var("BASELINE_BIN")
+            .expect("the pgwarden_baseline target needs BASELINE_BIN=/path/to/pgwarden");
+        start_pgwarden_binary(
+            PathBuf::from(bin),
+            &cluster,
+            baseline_port,
+            pool_size,
+            "scram-sha-256",
+            true,
+            "off",
+        )
+    });
+
     let port_of = |target: &str| match target {
         "direct" => pg_port,
         "pgbouncer" => bouncer_port,
+        "pgwarden_baseline" => baseline_port,
         "pgwarden_nostats" => nostats_port,
         "pgwarden_rewrite" => rewrite_port,
         _ => warden_port,
@@ -393,6 +410,18 @@ fn start_pgwarden(
 ) -> Guard {
     let exe = std::env::current_exe().unwrap();
     let bin = exe.parent().unwrap().parent().unwrap().join("pgwarden");
+    start_pgwarden_binary(bin, cluster, port, pool_size, auth, stats, tenancy)
+}
+
+fn start_pgwarden_binary(
+    bin: PathBuf,
+    cluster: &LocalCluster,
+    port: u16,
+    pool_size: u64,
+    auth: &str,
+    stats: bool,
+    tenancy: &str,
+) -> Guard {
     assert!(
         bin.exists(),
         "build pgwarden first: cargo build --release ({})",
@@ -480,6 +509,7 @@ fn render(
         ("pgwarden", "pgbouncer"),
         ("pgwarden", "pgwarden_nostats"),
         ("pgwarden_rewrite", "pgwarden"),
+        ("pgwarden", "pgwarden_baseline"),
     ];
     for (a, b) in ratios {
         if idx(a).is_some() && idx(b).is_some() {
