@@ -69,10 +69,11 @@ struct Login<'a> {
 impl Login<'_> {
     async fn run(&mut self) -> Result<(BackendKey, Vec<(String, String)>), PoolError> {
         let mut out = BytesMut::new();
+        // No application_name: these connections serve clients, who must see their own
+        // (or PostgreSQL's empty default), not the proxy's.
         let params = [
             ("user", self.target.user.as_str()),
             ("database", self.target.database.as_str()),
-            ("application_name", "pgwarden"),
         ];
         frontend::startup_message(params.iter().copied(), &mut out).map_err(|e| self.io(e))?;
         self.send(&mut out).await?;

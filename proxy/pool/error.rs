@@ -37,4 +37,8 @@ pub enum PoolError {
     LoginRejected(String),
     #[error("server connection is not healthy: {0}")]
     Unhealthy(String),
+    /// The server refused a statement the proxy ran for a client (its startup
+    /// settings): the server's own error, for the client.
+    #[error("{message}")]
+    Refused { code: String, message: String },
 }

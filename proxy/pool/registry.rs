@@ -233,12 +233,27 @@ impl ServerPool {
         let state = self.pool.state();
         (state.connections, state.idle_connections)
     }
+
+    /// Closes the connections idle in this pool right now.
+    pub async fn close_idle(&self) {
+        for _ in 0..self.settings.size {
+            if self.pool.state().idle_connections == 0 {
+                break;
+            }
+            match tokio::time::timeout(Duration::from_millis(200), self.pool.get()).await {
+                Ok(Ok(mut server)) => server.mark_broken(),
+                _ => break,
+            }
+        }
+    }
 }
 
 /// All pools of the process.
 #[derive(Default)]
 pub struct PoolRegistry {
     pools: RwLock<HashMap<PoolKey, Arc<ServerPool>>>,
+    /// Databases a client is dropping or renaming right now: no new checkouts.
+    draining: Mutex<std::collections::HashSet<String>>,
 }
 
 impl PoolRegistry {
@@ -268,6 +283,38 @@ impl PoolRegistry {
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .clear();
+    }
+
+    /// Before `DROP DATABASE name` / `ALTER DATABASE name RENAME ...`: refuses new
+    /// checkouts for `name` and closes its idle server connections, which PostgreSQL
+    /// would otherwise count as "other users" of the database.
+    pub async fn start_draining(&self, database: &str) {
+        self.draining
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(database.to_string());
+        let pools: Vec<_> = self
+            .read()
+            .values()
+            .filter(|p| p.key.database == database)
+            .cloned()
+            .collect();
+        for pool in pools {
+            pool.close_idle().await;
+        }
+    }
+
+    /// The statement that dropped or renamed `database` has finished.
+    pub fn stop_draining(&self, database: &str) {
+        self.draining
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(database);
+    }
+
+    pub fn is_draining(&self, database: &str) -> bool {
+        let draining = self.draining.lock().unwrap_or_else(|e| e.into_inner());
+        !draining.is_empty() && draining.contains(database)
     }
 
     /// A snapshot of every pool, for the admin console and metrics.

@@ -52,6 +52,29 @@ impl ServerConnection {
         &mut self,
         sql: &str,
     ) -> Result<Vec<Option<String>>, super::PoolError> {
+        match self.run_collecting(sql).await? {
+            Ok(answer) => Ok(answer.values),
+            Err((_, message)) => Err(super::PoolError::Unhealthy(message)),
+        }
+    }
+
+    /// Runs proxy-internal statements (a client's startup settings) and returns the
+    /// `ParameterStatus` values the server reported meanwhile: its own spelling of them.
+    pub async fn run_reporting(
+        &mut self,
+        sql: &str,
+    ) -> Result<Vec<(String, String)>, super::PoolError> {
+        match self.run_collecting(sql).await? {
+            Ok(answer) => Ok(answer.parameters),
+            Err((code, message)) => Err(super::PoolError::Refused { code, message }),
+        }
+    }
+
+    /// The answer, or the server's error (SQLSTATE, message), or an I/O failure.
+    async fn run_collecting(
+        &mut self,
+        sql: &str,
+    ) -> Result<Result<InternalAnswer, (String, String)>, super::PoolError> {
         use crate::protocol::frame::check_frame;
         use crate::protocol::tag::backend as tag;
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -60,6 +83,7 @@ impl ServerConnection {
         postgres_protocol::message::frontend::query(sql, &mut out).map_err(|e| self.io(e))?;
         self.stream.write_all(&out).await.map_err(|e| self.io(e))?;
         let mut values = None;
+        let mut parameters = Vec::new();
         let mut failure = None;
         loop {
             while let Some(len) = check_frame(&self.read_buf, 1 << 30)
@@ -71,13 +95,32 @@ impl ServerConnection {
                         values = Some(decode_data_row(&frame[5..]))
                     }
                     tag::ERROR_RESPONSE => {
-                        failure = Some(String::from_utf8_lossy(&frame[5..]).replace('\0', " "))
+                        let field = |tag: u8| {
+                            frame[5..]
+                                .split(|b| *b == 0)
+                                .find(|f| f.first() == Some(&tag))
+                                .map(|f| String::from_utf8_lossy(&f[1..]).into_owned())
+                                .unwrap_or_default()
+                        };
+                        failure = Some((field(b'C'), field(b'M')))
+                    }
+                    tag::PARAMETER_STATUS => {
+                        let mut fields = frame[5..].split(|b| *b == 0);
+                        if let (Some(name), Some(value)) = (fields.next(), fields.next()) {
+                            parameters.push((
+                                String::from_utf8_lossy(name).into_owned(),
+                                String::from_utf8_lossy(value).into_owned(),
+                            ));
+                        }
                     }
                     tag::READY_FOR_QUERY => {
-                        return match failure {
-                            Some(message) => Err(super::PoolError::Unhealthy(message)),
-                            None => Ok(values.unwrap_or_default()),
-                        };
+                        return Ok(match failure {
+                            Some(failure) => Err(failure),
+                            None => Ok(InternalAnswer {
+                                values: values.unwrap_or_default(),
+                                parameters,
+                            }),
+                        });
                     }
                     _ => {}
                 }
@@ -111,6 +154,12 @@ impl ServerConnection {
             source,
         }
     }
+}
+
+/// What a proxy-internal query returned.
+struct InternalAnswer {
+    values: Vec<Option<String>>,
+    parameters: Vec<(String, String)>,
 }
 
 /// Text values of a `DataRow` body (proxy-internal queries only).

@@ -100,16 +100,24 @@ impl Drop for CancelRegistration {
 }
 
 impl CancelRegistry {
-    /// Issues a fresh (pid, secret) for a client.
-    pub fn register(self: &Arc<Self>, info: ClientInfo) -> CancelRegistration {
+    /// Issues a (pid, secret) for a client: `preferred` (a real backend pid) when no
+    /// other client has it, a fresh one otherwise. The secret is always the proxy's.
+    pub fn register(
+        self: &Arc<Self>,
+        info: ClientInfo,
+        preferred: Option<i32>,
+    ) -> CancelRegistration {
         let slot = Arc::new(CancelSlot::default());
         let secret: i32 = rand::random();
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        let pid = loop {
-            let pid = rand::random::<i32>() & 0x3fff_ffff;
-            if pid != 0 && !entries.contains_key(&pid) {
-                break pid;
-            }
+        let pid = match preferred.filter(|pid| *pid != 0 && !entries.contains_key(pid)) {
+            Some(pid) => pid,
+            None => loop {
+                let pid = rand::random::<i32>() & 0x3fff_ffff;
+                if pid != 0 && !entries.contains_key(&pid) {
+                    break pid;
+                }
+            },
         };
         entries.insert(
             pid,

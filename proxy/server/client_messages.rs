@@ -92,6 +92,15 @@ impl Session {
         if self.answer_without_server(message_tag, &frame)? {
             return Ok(());
         }
+        match message_tag {
+            tag::QUERY => self.before_database_ddl(body(&frame)).await,
+            tag::PARSE => {
+                if let Ok(view) = ParseView::parse(body(&frame)) {
+                    self.before_database_ddl(view.query).await;
+                }
+            }
+            _ => {}
+        }
         if let Err(error) = self.attach_for(message_tag, &frame).await {
             if matches!(error, SessionError::Answered) {
                 return Ok(());

@@ -27,6 +27,11 @@ pub enum SessionError {
     IdleTimeout(u64),
     #[error("terminating connection: idle in a transaction or an unfinished extended-protocol batch longer than pool.idle_in_transaction_timeout_ms ({0} ms)")]
     IdleInTransaction(u64),
+    #[error("database \"{0}\" is being dropped or renamed by another client")]
+    DatabaseDraining(String),
+    /// PostgreSQL refused a setting from the startup packet.
+    #[error("{0}")]
+    StartupSetting(String),
     #[error("{0}")]
     Pool(#[from] PoolError),
     /// The server connection failed while serving this client.
@@ -72,6 +77,13 @@ impl SessionError {
             }
             SessionError::IdleTimeout(_) => {
                 ErrorFields::fatal(SqlState::IDLE_SESSION_TIMEOUT, message)
+            }
+            SessionError::DatabaseDraining(_) => {
+                ErrorFields::error(SqlState::CANNOT_CONNECT_NOW, message)
+                    .with_hint("retry once the DROP/ALTER DATABASE has finished")
+            }
+            SessionError::StartupSetting(_) => {
+                ErrorFields::fatal(SqlState::INVALID_PARAMETER_VALUE, message)
             }
             SessionError::IdleInTransaction(_) => {
                 ErrorFields::fatal(SqlState::IDLE_IN_TRANSACTION_TIMEOUT, message)
@@ -126,6 +138,7 @@ impl SessionError {
         matches!(
             self,
             SessionError::Pool(_)
+                | SessionError::DatabaseDraining(_)
                 | SessionError::NoReplica
                 | SessionError::BadProxySetting(_)
                 | SessionError::TenantGuard(_)

@@ -34,7 +34,7 @@ pub async fn log_in(
 ) -> Result<Session, (Opened, SessionError)> {
     let Opened { mut stream, params } = opened;
     match tokio::time::timeout(LOGIN_TIMEOUT, log_in_inner(&runtime, &mut stream, &params)).await {
-        Ok(Ok((identity, mut settings, proxy_options, out))) => {
+        Ok(Ok((identity, mut settings, proxy_options, out, mut announced))) => {
             let config = runtime.config();
             let tenancy = match TenantSession::for_login(
                 &config,
@@ -51,15 +51,32 @@ pub async fn log_in(
                 Ok(pool) => pool,
                 Err(e) => return Err((Opened { stream, params }, e)),
             };
-            let cancel = runtime.cancels.register(super::cancel::ClientInfo {
-                user: identity.user.clone(),
-                database: identity.database.clone(),
-                peer: identity.peer.clone(),
-                application_name: identity.application_name.clone(),
-                tls: stream.is_tls(),
-                connected_at: std::time::SystemTime::now(),
-            });
+            let keep_server = mode == crate::config::PoolMode::Session;
+            let server =
+                match apply_startup_settings(&pool, &settings, &mut announced, keep_server).await {
+                    Ok(server) => server,
+                    Err(e) => return Err((Opened { stream, params }, e)),
+                };
+            let cancel = runtime.cancels.register(
+                super::cancel::ClientInfo {
+                    user: identity.user.clone(),
+                    database: identity.database.clone(),
+                    peer: identity.peer.clone(),
+                    application_name: identity.application_name.clone(),
+                    tls: stream.is_tls(),
+                    connected_at: std::time::SystemTime::now(),
+                },
+                // Session pooling: the client's backend is one real PostgreSQL backend,
+                // so it gets that backend's pid (pg_terminate_backend works with it).
+                server.as_ref().map(|s| s.key.pid),
+            );
+            if let Some(server) = &server {
+                cancel.slot.attach(&server.address, server.key);
+            }
             let mut to_client = out;
+            for (name, value) in &announced {
+                backend::parameter_status(&mut to_client, name, value);
+            }
             backend::backend_key_data(&mut to_client, cancel.pid, cancel.secret);
             backend::ready_for_query(&mut to_client, TransactionStatus::Idle);
             if let Err(e) = stream.write_all(&to_client).await {
@@ -89,7 +106,7 @@ pub async fn log_in(
                 identity,
                 mode,
                 pool,
-                server: None,
+                server,
                 client_buf: BytesMut::new(),
                 to_client: BytesMut::new(),
                 to_server: BytesMut::new(),
@@ -104,6 +121,8 @@ pub async fn log_in(
                 idle_timeout: (idle > 0).then(|| Duration::from_millis(idle)),
                 idle_in_transaction_timeout: millis(config.pool.idle_in_transaction_timeout_ms),
                 idle_in_batch_timeout: millis(config.pool.idle_in_batch_timeout_ms),
+                server_said_fatal: false,
+                draining_database: None,
                 pooled: PooledState::new(
                     config.pool.pin_session_state,
                     config.pool.max_prepared_statements as usize,
@@ -123,6 +142,41 @@ fn millis(ms: u64) -> Option<Duration> {
     (ms > 0).then(|| Duration::from_millis(ms))
 }
 
+/// Applies the client's startup settings on a server connection, as PostgreSQL applies
+/// them at its own startup: the server's `ParameterStatus` replies (its normalized
+/// spelling, `UTF8` for `utf-8`) become what the client is told, and a setting the
+/// server refuses refuses the login with the server's error. With `keep`, the
+/// connection is returned for the session (session pooling); otherwise it goes back
+/// to the pool already configured for this client.
+async fn apply_startup_settings(
+    pool: &crate::pool::ServerPool,
+    settings: &SessionSettings,
+    announced: &mut BTreeMap<String, String>,
+    keep: bool,
+) -> Result<Option<crate::pool::PooledServer>, SessionError> {
+    if settings.hash() == 0 && !keep {
+        return Ok(None);
+    }
+    let mut server = pool.checkout().await?;
+    if server.settings_hash != settings.hash() {
+        match server.run_reporting(&settings.replay_sql()).await {
+            Ok(reported) => {
+                for (name, value) in reported {
+                    if let Some(current) = announced.get_mut(&name) {
+                        *current = value;
+                    }
+                }
+                server.settings_hash = settings.hash();
+            }
+            Err(e) => {
+                server.mark_broken();
+                return Err(SessionError::StartupSetting(e.to_string()));
+            }
+        }
+    }
+    Ok(keep.then_some(server))
+}
+
 async fn log_in_inner(
     runtime: &Arc<Runtime>,
     stream: &mut super::stream::ClientStream,
@@ -133,6 +187,7 @@ async fn log_in_inner(
         SessionSettings,
         Vec<(String, String)>,
         BytesMut,
+        BTreeMap<String, String>,
     ),
     SessionError,
 > {
@@ -181,7 +236,7 @@ async fn log_in_inner(
     }
     let mut settings = SessionSettings::default();
     let mut proxy_options = Vec::new();
-    let mut announced: BTreeMap<String, String> = server_parameters.into_iter().collect();
+    let announced: BTreeMap<String, String> = server_parameters.into_iter().collect();
     for (name, value) in &requested {
         if name.starts_with("pgwarden.") {
             // Proxy-level settings, never sent to PostgreSQL.
@@ -192,17 +247,12 @@ async fn log_in_inner(
             .iter()
             .find(|(k, _)| k.eq_ignore_ascii_case(name))
             .map(|(k, v)| (k.clone(), v.clone()));
+        // The client is told the server's own spelling, once the server applied it
+        // (apply_startup_settings), never the client's.
         match current {
-            Some((_, v)) if v.eq_ignore_ascii_case(value) => {}
-            Some((key, _)) => {
-                settings.set_value(name, value);
-                announced.insert(key, value.clone());
-            }
-            None => settings.set_value(name, value),
+            Some((_, v)) if v == *value => {}
+            _ => settings.set_value(name, value),
         }
-    }
-    for (name, value) in &announced {
-        backend::parameter_status(&mut out, name, value);
     }
     let identity = ClientIdentity {
         application_name: params.get("application_name").cloned().unwrap_or_default(),
@@ -213,5 +263,5 @@ async fn log_in_inner(
         user,
         database,
     };
-    Ok((identity, settings, proxy_options, out))
+    Ok((identity, settings, proxy_options, out, announced))
 }

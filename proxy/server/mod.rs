@@ -9,6 +9,7 @@ pub(crate) mod auth;
 pub mod cancel;
 mod client_messages;
 pub mod credentials;
+mod database_ddl;
 mod error;
 pub(crate) mod handshake;
 mod listener;

@@ -97,6 +97,9 @@ pub struct ResponseQueue {
     held: BytesMut,
     /// Pooled statements whose injected `Close` the server skipped after an error.
     skipped_closes: Vec<StatementId>,
+    /// The server failed an extended-protocol batch whose `Sync` the client has not
+    /// sent yet: it skips every message up to that `Sync`, so they are owed nothing.
+    skipping: bool,
 }
 
 impl ResponseQueue {
@@ -108,6 +111,7 @@ impl ResponseQueue {
     /// already made stay held for the client.
     pub fn clear(&mut self) {
         self.awaiting_sync = false;
+        self.skipping = false;
         self.skipped_closes.clear();
         self.entries.clear();
         self.failed_parses.clear();
@@ -179,8 +183,25 @@ impl ResponseQueue {
 
     /// Queues an entry; synthetic answers at the head go out at once (into `out`).
     pub fn push(&mut self, expect: Expect, out: &mut BytesMut) {
+        if self.skipping {
+            if expect.skipped_after_error() {
+                self.account_skipped(&expect);
+                return;
+            }
+            self.skipping = false;
+        }
         self.entries.push_back(expect);
         self.write_synthetic(out, true);
+    }
+
+    /// A message the server skips after an error: what the proxy must forget.
+    fn account_skipped(&mut self, expect: &Expect) {
+        match expect {
+            Expect::Parse(Some(id)) | Expect::Swallow(id) => self.failed_parses.push(*id),
+            Expect::SwallowClose(id) => self.skipped_closes.push(*id),
+            Expect::Execute => self.failed_executes += 1,
+            _ => {}
+        }
     }
 
     /// Accounts for one server message with type `server_tag`; writes any synthetic
@@ -209,20 +230,16 @@ impl ResponseQueue {
                 if matches!(front, Expect::Sync | Expect::Query) {
                     break;
                 }
-                let popped = self.entries.pop_front();
-                if let Some(Expect::Parse(Some(id)) | Expect::Swallow(id)) = &popped {
-                    self.failed_parses.push(*id);
-                }
-                if let Some(Expect::SwallowClose(id)) = &popped {
-                    self.skipped_closes.push(*id);
-                }
-                if let Some(Expect::Execute) = &popped {
-                    self.failed_executes += 1;
-                }
+                let Some(popped) = self.entries.pop_front() else {
+                    break;
+                };
+                self.account_skipped(&popped);
                 if first.is_none() {
-                    first = popped;
+                    first = Some(popped);
                 }
             }
+            // No Sync yet: what the client sends until it is skipped too.
+            self.skipping = self.entries.is_empty();
             return (Disposition::Relay, first);
         }
         if head.ends_with(server_tag) {
@@ -349,6 +366,27 @@ mod tests {
         assert_eq!(q.take_failed_parses(), vec![StatementId(3)]);
         assert_eq!(step(&mut q, b'Z'), (Disposition::Relay, true));
         assert!(q.is_empty());
+    }
+
+    #[test]
+    fn messages_sent_after_an_error_before_sync_are_owed_nothing() {
+        let mut q = ResponseQueue::default();
+        let mut out = BytesMut::new();
+        q.push(Expect::Bind(None), &mut out);
+        q.push(Expect::Execute, &mut out);
+        assert_eq!(step(&mut q, b'E'), (Disposition::Relay, true));
+        // The client had not seen the error yet and kept sending.
+        q.push(Expect::Bind(None), &mut out);
+        q.push(Expect::Swallow(StatementId(9)), &mut out);
+        q.push(synth(b'1'), &mut out);
+        q.push(Expect::Execute, &mut out);
+        q.push(Expect::Sync, &mut out);
+        assert_eq!(q.take_failed_parses(), vec![StatementId(9)]);
+        assert_eq!(step(&mut q, b'Z'), (Disposition::Relay, true));
+        assert!(q.is_empty());
+        q.release_held(&mut out);
+        assert!(out.is_empty(), "no answer to a skipped message");
+        assert_eq!(q.take_failed_executes(), 2);
     }
 
     #[test]

@@ -59,6 +59,20 @@ impl Session {
             };
             let message_tag = rest[0];
             tracing::trace!(tag = %(message_tag as char), len, "server message");
+            if message_tag == tag::NOTIFICATION_RESPONSE && len >= 9 {
+                // The client knows its own backend by the pid it was given.
+                let at = relay_run + 5;
+                if server.read_buf[at..at + 4] == server.key.pid.to_be_bytes() {
+                    server.read_buf[at..at + 4].copy_from_slice(&self.cancel.pid.to_be_bytes());
+                }
+            }
+            if message_tag == tag::ERROR_RESPONSE
+                && is_fatal(&server.read_buf[relay_run + 5..relay_run + len])
+            {
+                // The server ends the connection with this error: the client's last word.
+                self.server_said_fatal = true;
+            }
+            let rest = &server.read_buf[relay_run..];
             let (disposition, popped) = self.responses.on_server_message(message_tag);
             let mut stale_plan = None;
             if let Some(Expect::Parse(Some(id))) = &popped {
@@ -69,6 +83,9 @@ impl Session {
             match message_tag {
                 tag::COPY_IN_RESPONSE => self.responses.on_copy_in_started(),
                 tag::READY_FOR_QUERY => {
+                    if let Some(database) = self.draining_database.take() {
+                        self.runtime.pools.stop_draining(&database);
+                    }
                     self.status = rest
                         .get(5)
                         .copied()

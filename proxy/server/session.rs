@@ -74,6 +74,11 @@ pub struct Session {
     pub(super) idle_in_batch_timeout: Option<Duration>,
     /// Transaction pooling: pins, the unnamed statement, effects of portals.
     pub(super) pooled: PooledState,
+    /// The server sent a FATAL error (it is closing): relayed, and nothing more is
+    /// added when the connection then drops, as PostgreSQL adds nothing either.
+    pub(super) server_said_fatal: bool,
+    /// A `DROP/ALTER DATABASE` this client runs: that database's checkouts are held.
+    pub(super) draining_database: Option<String>,
 }
 
 /// Session effects (`SET`/`RESET`, the end of pinned state, `DISCARD ALL`) that count
@@ -97,11 +102,19 @@ impl Session {
     /// been reported when this returns.
     pub async fn run(mut self) -> Result<(), SessionError> {
         let result = self.serve().await;
-        if let Err(error) = &result {
-            if let Some(fields) = error.to_error_fields() {
-                fields.encode(&mut self.to_client);
+        let relayed_fatal =
+            self.server_said_fatal && matches!(result, Err(SessionError::ServerLost(_)));
+        match &result {
+            Err(SessionError::ServerLost(_)) if relayed_fatal => {
                 let _ = self.drain().await;
             }
+            Err(error) => {
+                if let Some(fields) = error.to_error_fields() {
+                    fields.encode(&mut self.to_client);
+                    let _ = self.drain().await;
+                }
+            }
+            Ok(()) => {}
         }
         self.finish().await;
         match result {
@@ -297,6 +310,11 @@ impl Session {
         if *self.runtime.paused.borrow() {
             self.runtime.wait_unpaused().await;
         }
+        if self.runtime.pools.is_draining(&self.identity.database) {
+            return Err(SessionError::DatabaseDraining(
+                self.identity.database.clone(),
+            ));
+        }
         let mut server = loop {
             let pool = if backend == 0 {
                 self.pool.clone()
@@ -336,6 +354,7 @@ impl Session {
             server.settings_hash = self.settings.hash();
         }
         self.cancel.slot.attach(&server.address, server.key);
+        self.server_said_fatal = false;
         server.prepared.start_batch();
         self.server = Some(server);
         self.server_switched();
@@ -358,6 +377,7 @@ impl Session {
     }
 
     async fn finish(&mut self) {
+        self.database_ddl_done();
         let Some(server) = self.server.as_mut() else {
             return;
         };

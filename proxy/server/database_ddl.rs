@@ -1,0 +1,82 @@
+//! `DROP DATABASE x` and `ALTER DATABASE x RENAME TO y` sent through the proxy.
+//! PostgreSQL refuses both while other sessions are connected to `x`, and the pool's
+//! idle server connections to `x` are such sessions: the proxy closes them first and
+//! keeps new checkouts away from `x` until the statement has finished.
+
+use super::session::Session;
+
+/// The database a `DROP DATABASE` or `ALTER DATABASE ... RENAME` statement names.
+pub fn database_ddl_target(sql: &[u8]) -> Option<String> {
+    let start = sql.iter().position(|b| !b.is_ascii_whitespace())?;
+    let head = sql.get(start..start + 5)?;
+    if !head.eq_ignore_ascii_case(b"drop ") && !head.eq_ignore_ascii_case(b"alter") {
+        return None;
+    }
+    let text = String::from_utf8_lossy(&sql[start..]);
+    let mut words = text.split_whitespace();
+    let verb = words.next()?.to_ascii_lowercase();
+    if !words.next()?.eq_ignore_ascii_case("database") {
+        return None;
+    }
+    let mut name = words.next()?;
+    if verb == "drop" && name.eq_ignore_ascii_case("if") {
+        words.next()?; // EXISTS
+        name = words.next()?;
+    }
+    let name = name.trim_end_matches(';');
+    if verb == "alter" && !words.next()?.eq_ignore_ascii_case("rename") {
+        return None;
+    }
+    Some(
+        match name.strip_prefix('"').and_then(|n| n.strip_suffix('"')) {
+            Some(quoted) => quoted.replace("\"\"", "\""),
+            None => name.to_ascii_lowercase(),
+        },
+    )
+}
+
+impl Session {
+    /// Before forwarding a statement: if it drops or renames a database, close the
+    /// pool's idle connections to it and hold new checkouts until it has finished.
+    pub(super) async fn before_database_ddl(&mut self, sql: &[u8]) {
+        let Some(database) = database_ddl_target(sql) else {
+            return;
+        };
+        tracing::info!(database = %database, "closing idle server connections before DROP/ALTER DATABASE");
+        self.runtime.pools.start_draining(&database).await;
+        if let Some(previous) = self.draining_database.replace(database) {
+            self.runtime.pools.stop_draining(&previous);
+        }
+    }
+
+    /// The statement finished (or the client left): checkouts may resume.
+    pub(super) fn database_ddl_done(&mut self) {
+        if let Some(database) = self.draining_database.take() {
+            self.runtime.pools.stop_draining(&database);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_the_database() {
+        assert_eq!(
+            database_ddl_target(b"DROP DATABASE shop"),
+            Some("shop".into())
+        );
+        assert_eq!(
+            database_ddl_target(b" drop database if exists \"Shop\";"),
+            Some("Shop".into())
+        );
+        assert_eq!(
+            database_ddl_target(b"ALTER DATABASE Shop RENAME TO store"),
+            Some("shop".into())
+        );
+        assert_eq!(database_ddl_target(b"ALTER DATABASE shop SET x = 1"), None);
+        assert_eq!(database_ddl_target(b"DROP TABLE shop"), None);
+        assert_eq!(database_ddl_target(b"select 1"), None);
+    }
+}

@@ -1,0 +1,122 @@
+//! What a client is told and what it can do, exactly as PostgreSQL does it (issue 10,
+//! items 3-6 and 10): normalized `ParameterStatus` values, an empty `application_name`,
+//! the real backend pid under session pooling and a known pid on the client's own
+//! notifications, one error (the server's) when the server ends the connection, and
+//! `DROP/ALTER DATABASE` through the proxy. Each driver script runs against PostgreSQL
+//! directly and through pgwarden; the answers must match.
+
+mod support;
+
+// Shared with driver_pooling.rs; not every helper is used here.
+#[allow(dead_code)]
+#[path = "driver_pooling/common.rs"]
+mod common;
+
+use common::{connect, execute, node, python, setup, STEP};
+use pgwarden::config::{DatabaseConfig, PoolMode};
+use serde_json::Value;
+use support::proxy;
+
+async fn run_both(
+    script_runner: impl Fn(
+        Vec<(&'static str, String)>,
+    ) -> futures_util::future::BoxFuture<'static, Value>,
+    mode: PoolMode,
+) -> (Value, Value) {
+    let (cluster, proxy) = setup(|c| c.pool.mode = mode).await;
+    let env = |target: String, mode: &str| {
+        vec![
+            ("TARGET_URL", target),
+            ("DIRECT_URL", cluster.primary_url()),
+            ("MODE", mode.to_string()),
+        ]
+    };
+    let direct = script_runner(env(cluster.primary_url(), "direct")).await;
+    let through = script_runner(env(proxy::url(&proxy), &format!("{mode:?}"))).await;
+    (direct, through)
+}
+
+fn told_script(
+    env: Vec<(&'static str, String)>,
+) -> futures_util::future::BoxFuture<'static, Value> {
+    Box::pin(python(
+        include_str!("session_fidelity/what_the_client_is_told.py"),
+        env,
+    ))
+}
+
+fn fatal_script(
+    env: Vec<(&'static str, String)>,
+) -> futures_util::future::BoxFuture<'static, Value> {
+    Box::pin(node(include_str!("session_fidelity/fatal_once.js"), env))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_pooling_tells_what_postgresql_tells() {
+    let (direct, through) = run_both(told_script, PoolMode::Session).await;
+    assert_eq!(direct["told"]["client_encoding"], "UTF8", "{direct}");
+    assert_eq!(direct["told"]["DateStyle"], "ISO, DMY", "{direct}");
+    // Everything, including the backend pid (pg_terminate_backend works with it) and
+    // the pid on the client's own notifications.
+    assert_eq!(through, direct);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transaction_pooling_tells_what_postgresql_tells() {
+    let (direct, mut through) = run_both(told_script, PoolMode::Transaction).await;
+    // Under transaction pooling the pid is the client's own, not one backend's (README).
+    assert_eq!(through["pid_is_backend"], false, "{through}");
+    through["pid_is_backend"] = direct["pid_is_backend"].clone();
+    assert_eq!(through, direct);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_fatal_reaches_the_client_once() {
+    for mode in [PoolMode::Session, PoolMode::Transaction] {
+        let (direct, through) = run_both(fatal_script, mode).await;
+        assert_eq!(direct["terminated"], true, "{direct}");
+        assert_eq!(direct["errors"][0], "57P01", "{direct}");
+        assert_eq!(through, direct, "{mode:?}");
+    }
+}
+
+/// A second configured database, `scratch`, that a client of `app` drops or renames.
+async fn drop_or_rename(statement: &str) -> String {
+    let cluster = support::cluster(0);
+    let admin = proxy::connect_direct(&cluster).await;
+    tokio::time::timeout(STEP, admin.batch_execute("CREATE DATABASE scratch"))
+        .await
+        .expect("create database hung")
+        .expect("create database");
+    let scratch_url = cluster.primary_url().replace("/app", "/scratch");
+    let proxy = proxy::start(&cluster, |c| {
+        c.databases.insert(
+            "scratch".into(),
+            DatabaseConfig {
+                primary: scratch_url.clone(),
+                ..c.databases["app"].clone()
+            },
+        );
+    })
+    .await;
+    // A client of scratch leaves idle pooled server connections behind.
+    let scratch_client = proxy::url(&proxy).replace("/app", "/scratch");
+    let (user, task) = connect(&scratch_client).await;
+    assert_eq!(execute(&user, "SELECT 1").await, "ok 1");
+    common::leave((user, task)).await;
+    let (owner, _task) = connect(&proxy::url(&proxy)).await;
+    execute(&owner, statement).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drop_database_through_the_proxy() {
+    assert_eq!(drop_or_rename("DROP DATABASE scratch").await, "ok 0");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rename_database_through_the_proxy() {
+    assert_eq!(
+        drop_or_rename("ALTER DATABASE scratch RENAME TO scratch2").await,
+        "ok 0"
+    );
+}
