@@ -18,8 +18,13 @@ use tokio_util::io::poll_read_buf;
 use super::stream::ClientStream;
 use crate::pool::ServerConnection;
 
-/// Stop reading a side while this many bytes wait to be written to the other.
+/// Stop reading the server while this many bytes wait to be written to the client.
 const HIGH_WATER: usize = 1 << 20;
+/// Stop reading the client while this many bytes wait to be written to the server.
+/// Small: a client streaming a batch must feel the server's pace as it would directly,
+/// so it sees an early error before it has sent much more (asyncpg's executemany stops
+/// at the first error only when its writes wait).
+const CLIENT_HIGH_WATER: usize = 64 * 1024;
 /// Read buffers grow by at least this much.
 const READ_CHUNK: usize = 16 * 1024;
 
@@ -103,7 +108,7 @@ impl Pump<'_> {
                 }
             }
         }
-        if self.read_client && self.to_server.len() < HIGH_WATER {
+        if self.read_client && self.to_server.len() < CLIENT_HIGH_WATER {
             if self.client_buf.capacity() == 0 {
                 // Idle clients keep no read buffer: wait for readability first.
                 if let ClientStream::Plain(tcp) = &*self.client {
