@@ -120,3 +120,82 @@ async fn rename_database_through_the_proxy() {
         "ok 0"
     );
 }
+
+/// Item 9: a server error is relayed while the client is still streaming its batch
+/// (it is not held until the client's `Sync`), and the messages the client sent after
+/// the error are skipped by the server and owed nothing: after `Sync` the session is
+/// in step and the next statement answers normally.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_error_reaches_a_streaming_client_and_the_batch_ends_cleanly() {
+    use postgres_protocol::message::frontend;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (_cluster, proxy) = setup(|c| {
+        c.pool.size = 1;
+        c.auth.method = pgwarden::config::AuthMethod::Trust;
+    })
+    .await;
+    let mut raw = common::raw_login(proxy.port()).await;
+    let mut out = bytes::BytesMut::new();
+    let bind_execute = |out: &mut bytes::BytesMut| {
+        let no_params: [Option<&[u8]>; 0] = [];
+        frontend::bind(
+            "",
+            "",
+            std::iter::empty::<i16>(),
+            no_params,
+            |_: Option<&[u8]>, _: &mut bytes::BytesMut| Ok(postgres_protocol::IsNull::Yes),
+            std::iter::empty::<i16>(),
+            out,
+        )
+        .map_err(|_| "bind")
+        .unwrap();
+        frontend::execute("", 0, out).unwrap();
+    };
+    frontend::parse("", "select 1 / 0", std::iter::empty(), &mut out).unwrap();
+    bind_execute(&mut out);
+    raw.write_all(&out.split()).await.unwrap();
+    // The client keeps streaming and reads what has arrived: the error, before any Sync.
+    let mut seen = Vec::new();
+    let mut error_seen = false;
+    for _ in 0..50 {
+        bind_execute(&mut out);
+        raw.write_all(&out.split()).await.unwrap();
+        let mut buf = [0u8; 4096];
+        if let Ok(Ok(n)) =
+            tokio::time::timeout(std::time::Duration::from_millis(50), raw.read(&mut buf)).await
+        {
+            seen.extend_from_slice(&buf[..n]);
+            if seen.contains(&b'E') {
+                error_seen = true;
+                break;
+            }
+        }
+    }
+    assert!(
+        error_seen,
+        "the ErrorResponse must reach the client before its Sync: got {seen:?}"
+    );
+    assert_eq!(seen.first(), Some(&b'1'), "ParseComplete, then the error");
+    // What the client had in flight when it noticed, then its Sync.
+    for _ in 0..10 {
+        bind_execute(&mut out);
+    }
+    frontend::sync(&mut out);
+    raw.write_all(&out.split()).await.unwrap();
+    let tags = common::read_until_ready(&mut raw).await;
+    assert_eq!(
+        tags,
+        vec!['Z'],
+        "one ReadyForQuery for the skipped rest of the batch"
+    );
+    // In step: a new batch gets exactly its own answers.
+    frontend::parse("", "select 2", std::iter::empty(), &mut out).unwrap();
+    bind_execute(&mut out);
+    frontend::sync(&mut out);
+    raw.write_all(&out.split()).await.unwrap();
+    let tags = common::read_until_ready(&mut raw).await;
+    assert_eq!(tags, vec!['1', '2', 'D', 'C', 'Z']);
+    // And the server connection went back to the pool: another client is served.
+    let (other, _task) = connect(&proxy::url(&proxy)).await;
+    assert_eq!(execute(&other, "SELECT 1").await, "ok 1");
+}
