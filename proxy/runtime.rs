@@ -64,6 +64,9 @@ impl Runtime {
     /// inside a tokio runtime.
     pub fn new(config: Config, source: ConfigSource) -> Result<Arc<Runtime>, ConfigError> {
         let tls = build_tls(&config)?;
+        if !config.pool.pin_session_state {
+            tracing::warn!("pool.pin_session_state = false: temp tables, LISTEN, SQL PREPARE, advisory locks and WITH HOLD cursors created under transaction pooling stay on shared server connections, where other clients see them");
+        }
         let positions = Arc::new(SharedPositions::default());
         let routing = Routing::start(&config, positions.clone());
         let violations = Arc::new(Violations::default());
