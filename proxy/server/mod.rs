@@ -6,6 +6,7 @@
 //! which PostgreSQL requires on a fresh connection).
 
 pub(crate) mod auth;
+pub(crate) mod auth_query;
 pub mod cancel;
 mod client_messages;
 pub mod credentials;
@@ -17,6 +18,7 @@ mod pooled_state;
 mod pump;
 mod responses;
 mod routing;
+mod scram_server;
 mod server_messages;
 mod session;
 pub mod session_effects;
