@@ -1,5 +1,6 @@
 //! The process-wide state every session shares: the current configuration (swapped
-//! atomically on reload), client credentials, TLS, the pool registry and the cancel
+//! atomically on reload), client credentials, the `auth_query` lookups and the
+//! pass-through secrets of the roles they serve, TLS, the pool registry and the cancel
 //! registry. Sessions read a snapshot (`Arc<Config>`) once per decision; nothing here
 //! is locked across an `.await`.
 
@@ -11,9 +12,11 @@ use std::time::Duration;
 use arc_swap::{ArcSwap, ArcSwapOption};
 use tokio_rustls::TlsAcceptor;
 
-use crate::config::{self, Config, ConfigError};
+use crate::config::{self, is_md5_hash, Config, ConfigError};
+use crate::pool::scram_passthrough::PassthroughStore;
 use crate::pool::{PoolKey, PoolRegistry, PoolSettings, ServerPool, ServerTarget};
 use crate::route::{Routing, SharedPositions};
+use crate::server::auth_query::AuthQuery;
 use crate::server::cancel::CancelRegistry;
 use crate::server::credentials::Credentials;
 use crate::server::SessionError;
@@ -32,6 +35,11 @@ pub enum ConfigSource {
 pub struct Runtime {
     config: ArcSwap<Config>,
     credentials: ArcSwap<Credentials>,
+    /// Lookups of roles not in the configuration; `None` when `auth.auth_user` is unset.
+    auth_query: ArcSwapOption<AuthQuery>,
+    /// What `auth_query` roles' clients proved, for their pools to log in with. Kept
+    /// across reloads: it belongs to the roles, not to the configuration.
+    pub passthrough: PassthroughStore,
     tls: ArcSwapOption<TlsAcceptor>,
     source: ConfigSource,
     pub pools: PoolRegistry,
@@ -86,6 +94,8 @@ impl Runtime {
             paused: tokio::sync::watch::Sender::new(false),
             started_at: std::time::SystemTime::now(),
             credentials: ArcSwap::from_pointee(Credentials::from_config(&config)),
+            auth_query: ArcSwapOption::from(AuthQuery::from_config(&config).map(Arc::new)),
+            passthrough: PassthroughStore::default(),
             config: ArcSwap::from_pointee(config),
             tls: ArcSwapOption::from(tls.map(Arc::new)),
             source,
@@ -109,6 +119,11 @@ impl Runtime {
 
     pub fn credentials(&self) -> Arc<Credentials> {
         self.credentials.load_full()
+    }
+
+    /// The `auth_query` lookups, when `auth.auth_user` is set.
+    pub fn auth_query(&self) -> Option<Arc<AuthQuery>> {
+        self.auth_query.load_full()
     }
 
     pub fn tls(&self) -> Option<Arc<TlsAcceptor>> {
@@ -173,6 +188,11 @@ impl Runtime {
                 self.violations.clone(),
             )));
         }
+        if pools_changed {
+            // Its connections and cache belong to the old auth/databases settings.
+            self.auth_query
+                .store(AuthQuery::from_config(&fresh).map(Arc::new));
+        }
         self.config.store(Arc::new(fresh));
         if pools_changed {
             self.pools.clear();
@@ -220,10 +240,15 @@ impl Runtime {
                         .then(|| endpoint.password.clone())
                         .flatten()
                 });
+            // A role without a configured password, served through auth_query: its
+            // pools log in with what its clients proved.
+            let passthrough = (password.is_none() && config.auth.auth_query_enabled())
+                .then(|| self.passthrough.slot(database, user));
             let target = ServerTarget {
                 address: endpoint.address(),
                 user: user.to_string(),
                 password,
+                passthrough,
                 database: db
                     .server_database
                     .clone()
@@ -243,10 +268,6 @@ impl Runtime {
             (target, settings)
         }))
     }
-}
-
-fn is_md5_hash(password: &str) -> bool {
-    password.len() == 35 && password.starts_with("md5")
 }
 
 fn build_tls(config: &Config) -> Result<Option<TlsAcceptor>, ConfigError> {

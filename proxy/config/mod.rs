@@ -5,6 +5,7 @@
 //! the code receives typed pieces of [`Config`]; nothing downstream reads strings or
 //! environment variables on its own.
 
+mod auth;
 mod endpoint;
 mod env;
 mod error;
@@ -12,11 +13,12 @@ mod load;
 mod schema;
 mod tenancy;
 
+pub use auth::{is_md5_hash, AuthConfig, AuthMethod, UserConfig, DEFAULT_AUTH_QUERY};
 pub use endpoint::Endpoint;
 pub use error::ConfigError;
 pub use load::{load, load_from_str};
 pub use schema::{
-    AdminConfig, AuthConfig, AuthMethod, Config, DatabaseConfig, Fallback, PoolConfig, PoolMode,
-    ProxyConfig, RoutingConfig, RywConfig, RywScope, StatsConfig, UserConfig,
+    AdminConfig, Config, DatabaseConfig, Fallback, PoolConfig, PoolMode, ProxyConfig,
+    RoutingConfig, RywConfig, RywScope, StatsConfig,
 };
 pub use tenancy::{TenancyConfig, TenancyMode, TenantValueType};

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::{ConfigError, Endpoint, TenancyConfig, TenancyMode};
+use super::{AuthConfig, ConfigError, Endpoint, TenancyConfig, TenancyMode};
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -49,43 +49,6 @@ impl Default for ProxyConfig {
             tls_key: None,
         }
     }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum AuthMethod {
-    #[serde(rename = "scram-sha-256")]
-    ScramSha256,
-    #[serde(rename = "md5")]
-    Md5,
-    #[serde(rename = "trust")]
-    Trust,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct AuthConfig {
-    pub method: AuthMethod,
-    pub users: Vec<UserConfig>,
-}
-
-impl Default for AuthConfig {
-    fn default() -> Self {
-        AuthConfig {
-            method: AuthMethod::ScramSha256,
-            users: Vec::new(),
-        }
-    }
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct UserConfig {
-    pub name: String,
-    /// Plain text, `SCRAM-SHA-256$...` (as in `pg_authid`) or `md5...`.
-    pub password: Option<String>,
-    /// Password pgwarden uses to log in to PostgreSQL as this user, when `password`
-    /// is a hash. Defaults to `password` when that is plain text.
-    pub server_password: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -326,10 +289,6 @@ impl Config {
         })
     }
 
-    pub fn user(&self, name: &str) -> Option<&UserConfig> {
-        self.auth.users.iter().find(|u| u.name == name)
-    }
-
     /// Checks what serde cannot: URLs parse, numbers are in range, TLS files come in pairs.
     pub fn validate(&self) -> Result<(), ConfigError> {
         parse_socket_addr("proxy.listen", &self.proxy.listen)?;
@@ -390,15 +349,7 @@ impl Config {
             }
         }
         self.tenancy.validate()?;
-        for (i, user) in self.auth.users.iter().enumerate() {
-            if user.name.is_empty() {
-                return Err(ConfigError::invalid(
-                    format!("auth.users[{i}].name"),
-                    "must not be empty",
-                ));
-            }
-        }
-        Ok(())
+        self.validate_auth()
     }
 }
 

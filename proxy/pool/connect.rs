@@ -1,6 +1,8 @@
 //! Opening a server connection: TCP, `StartupMessage`, authentication with
-//! postgres-protocol, then `ParameterStatus`/`BackendKeyData` up to `ReadyForQuery`.
+//! postgres-protocol (or, for `auth_query` roles, with the pass-through secret of
+//! `scram_passthrough`), then `ParameterStatus`/`BackendKeyData` up to `ReadyForQuery`.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
@@ -12,16 +14,22 @@ use postgres_protocol::message::frontend;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use super::scram_passthrough::{
+    md5_answer, PassthroughClient, PassthroughError, PassthroughSecret, PassthroughSlot,
+};
 use super::{BackendKey, PoolError, ServerConnection};
 
 /// Where and as whom a pool logs in.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct ServerTarget {
     /// `host:port`.
     pub address: String,
     pub user: String,
     pub password: Option<String>,
     pub database: String,
+    /// For a role with no configured password (`auth_query`): the secret its clients'
+    /// logins proved, used when `password` is `None`.
+    pub passthrough: Option<Arc<PassthroughSlot>>,
 }
 
 impl ServerTarget {
@@ -108,17 +116,34 @@ impl Login<'_> {
             match self.next().await? {
                 Message::AuthenticationOk => return Ok(()),
                 Message::AuthenticationCleartextPassword => {
+                    if self.passthrough()?.is_some() {
+                        return Err(self.passthrough_error(PassthroughError::Unsupported(
+                            "a cleartext password",
+                        )));
+                    }
                     let password = self.password()?;
                     frontend::password_message(password.as_bytes(), &mut out)
                         .map_err(|e| self.io(e))?;
                 }
                 Message::AuthenticationMd5Password(body) => {
-                    let password = self.password()?;
-                    let hash = md5_hash(
-                        self.target.user.as_bytes(),
-                        password.as_bytes(),
-                        body.salt(),
-                    );
+                    let hash = match self.passthrough()? {
+                        Some(secret) => match &*secret {
+                            PassthroughSecret::Md5Hash(hash) => md5_answer(hash, body.salt())
+                                .ok_or_else(|| {
+                                    self.passthrough_error(PassthroughError::Unsupported("md5"))
+                                })?,
+                            PassthroughSecret::Scram(_) => {
+                                return Err(self.passthrough_error(PassthroughError::Unsupported(
+                                    "md5 (the role's clients logged in with SCRAM)",
+                                )))
+                            }
+                        },
+                        None => md5_hash(
+                            self.target.user.as_bytes(),
+                            self.password()?.as_bytes(),
+                            body.salt(),
+                        ),
+                    };
                     frontend::password_message(hash.as_bytes(), &mut out)
                         .map_err(|e| self.io(e))?;
                 }
@@ -134,8 +159,22 @@ impl Login<'_> {
                             method: "SASL without SCRAM-SHA-256".into(),
                         });
                     }
-                    let password = self.password()?.to_string();
-                    self.scram(password.as_bytes()).await?;
+                    match self.passthrough()? {
+                        Some(secret) => match &*secret {
+                            PassthroughSecret::Scram(keys) => {
+                                self.scram_passthrough(keys.clone()).await?
+                            }
+                            PassthroughSecret::Md5Hash(_) => {
+                                return Err(self.passthrough_error(PassthroughError::Unsupported(
+                                    "SCRAM (the role's password is stored as md5)",
+                                )))
+                            }
+                        },
+                        None => {
+                            let password = self.password()?.to_string();
+                            self.scram(password.as_bytes()).await?;
+                        }
+                    }
                     continue;
                 }
                 Message::ErrorResponse(body) => return Err(self.rejected(body.fields())),
@@ -171,6 +210,56 @@ impl Login<'_> {
             }
             Message::ErrorResponse(body) => Err(self.rejected(body.fields())),
             _ => Err(self.protocol("expected SASL final")),
+        }
+    }
+
+    /// Logs in with the `ClientKey` a client of this role proved (no password).
+    async fn scram_passthrough(
+        &mut self,
+        keys: super::scram_passthrough::ScramKeys,
+    ) -> Result<(), PoolError> {
+        let (mut scram, first) = PassthroughClient::start(keys);
+        let mut out = BytesMut::new();
+        frontend::sasl_initial_response(SCRAM_SHA_256, &first, &mut out).map_err(|e| self.io(e))?;
+        self.send(&mut out).await?;
+        let last = match self.next().await? {
+            Message::AuthenticationSaslContinue(body) => scram
+                .on_server_first(body.data())
+                .map_err(|e| self.passthrough_error(e))?,
+            Message::ErrorResponse(body) => return Err(self.rejected(body.fields())),
+            _ => return Err(self.protocol("expected SASL continue")),
+        };
+        frontend::sasl_response(&last, &mut out).map_err(|e| self.io(e))?;
+        self.send(&mut out).await?;
+        match self.next().await? {
+            Message::AuthenticationSaslFinal(body) => scram
+                .on_server_final(body.data())
+                .map_err(|e| self.passthrough_error(e)),
+            Message::ErrorResponse(body) => Err(self.rejected(body.fields())),
+            _ => Err(self.protocol("expected SASL final")),
+        }
+    }
+
+    /// The pass-through secret, for a role without a configured password; an error if
+    /// the role has a slot but no client of it has logged in yet.
+    fn passthrough(&self) -> Result<Option<Arc<PassthroughSecret>>, PoolError> {
+        if self.target.password.is_some() {
+            return Ok(None);
+        }
+        match &self.target.passthrough {
+            None => Ok(None),
+            Some(slot) => slot
+                .get()
+                .map(Some)
+                .ok_or_else(|| self.passthrough_error(PassthroughError::NoKeys)),
+        }
+    }
+
+    fn passthrough_error(&self, error: PassthroughError) -> PoolError {
+        PoolError::Passthrough {
+            address: self.target.address.clone(),
+            user: self.target.user.clone(),
+            message: error.to_string(),
         }
     }
 

@@ -19,6 +19,15 @@ pub enum PoolError {
     },
     #[error("server {address} asked for a password but none is configured for user {user}")]
     NoPassword { address: String, user: String },
+    /// Logging in as an `auth_query` role with the secret its clients proved failed.
+    #[error(
+        "cannot log in to {address} as {user} with the keys of the role's client login: {message}"
+    )]
+    Passthrough {
+        address: String,
+        user: String,
+        message: String,
+    },
     #[error("server {address} asked for unsupported authentication: {0}", .method)]
     UnsupportedAuth { address: String, method: String },
     #[error("protocol error talking to {address}: {message}")]

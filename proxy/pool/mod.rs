@@ -1,7 +1,8 @@
 //! Server connections and the bb8 pools that hold them.
 //!
 //! This room owns connecting to PostgreSQL, logging in with postgres-protocol
-//! (SCRAM-SHA-256, md5, cleartext, trust), remembering what the server told us
+//! (SCRAM-SHA-256, md5, cleartext, trust; `auth_query` roles with the keys their
+//! clients proved, see `scram_passthrough`), remembering what the server told us
 //! (`ParameterStatus`, `BackendKeyData`), deciding when a pooled connection is still
 //! usable, and the registry of pools per (database, role, backend). It does not know
 //! about clients, routing or SQL.
@@ -11,6 +12,7 @@ mod connector;
 mod error;
 mod prepared;
 mod registry;
+pub mod scram_passthrough;
 mod server_connection;
 
 pub use connect::ServerTarget;

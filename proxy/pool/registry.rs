@@ -86,7 +86,8 @@ struct ConnectErrorSink(Arc<Mutex<Option<ConnectFailure>>>);
 impl bb8::ErrorSink<PoolError> for ConnectErrorSink {
     fn sink(&self, error: PoolError) {
         tracing::warn!(error = %error, "server connection failed");
-        let login_rejected = matches!(&error, PoolError::Rejected { code, .. } if code.starts_with("28") || code == "3D000");
+        let login_rejected = matches!(&error, PoolError::Rejected { code, .. } if code.starts_with("28") || code == "3D000")
+            || matches!(&error, PoolError::Passthrough { .. });
         *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(ConnectFailure {
             at: Instant::now(),
             message: error.to_string(),

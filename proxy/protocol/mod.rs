@@ -2,14 +2,16 @@
 //!
 //! This room knows message boundaries (`frame`), the tags of the messages pgwarden
 //! acts on (`tag`), borrowed views over the extended-protocol messages it rewrites
-//! (`extended`), the first packet of a connection (`startup`), and how to encode the
-//! few messages the proxy itself sends (`backend`, `error`). It never touches a socket,
-//! a pool or configuration.
+//! (`extended`), the first packet of a connection (`startup`), how to encode the
+//! few messages the proxy itself sends (`backend`, `error`), and SCRAM-SHA-256's
+//! messages and key math for both sides (`scram`). It never touches a socket, a pool
+//! or configuration.
 
 pub mod backend;
 pub mod error;
 pub mod extended;
 pub mod frame;
+pub mod scram;
 pub mod startup;
 pub mod tag;
 

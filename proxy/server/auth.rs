@@ -1,4 +1,7 @@
-//! Client authentication: SCRAM-SHA-256 (pgwire's server-side SCRAM), md5, or trust.
+//! Client authentication: SCRAM-SHA-256 (pgwire's server-side SCRAM), md5, or trust,
+//! for users listed in the configuration; and for roles found with `auth_query`,
+//! pgwarden's own SCRAM server (`scram_server`, which yields the keys pass-through
+//! needs) or md5 against the looked-up hash.
 
 use bytes::BytesMut;
 use pgwire::api::auth::sasl::scram::ScramServerAuth;
@@ -6,11 +9,13 @@ use pgwire::messages::startup::{Authentication, PasswordMessageFamily};
 use pgwire::messages::{DecodeContext, Message};
 use tokio::io::AsyncWriteExt;
 
+use super::auth_query::{mock_verifier, AuthQuery, RoleSecret};
 use super::credentials::UserSecret;
 use super::handshake::read_auth_message;
 use super::stream::ClientStream;
 use super::SessionError;
 use crate::config::AuthMethod;
+use crate::pool::scram_passthrough::{PassthroughSecret, ScramKeys};
 use crate::protocol::backend;
 use crate::protocol::tag::frontend as tag;
 
@@ -40,6 +45,59 @@ pub(crate) async fn authenticate(
     }
     backend::authentication(out, Authentication::Ok);
     Ok(())
+}
+
+/// Authenticates `user`, a role not listed in the configuration, against the secret
+/// `auth_query` finds for it on `database`. On success `AuthenticationOk` has been
+/// written to `out` and the secret pass-through logs in upstream with is returned.
+///
+/// An unknown role, one without a usable password, and (with method
+/// `scram-sha-256`, as in PostgreSQL) one whose password is stored as md5 all go
+/// through a SCRAM exchange against a mock verifier and fail at its last step with the
+/// message of a wrong password.
+pub(crate) async fn authenticate_looked_up(
+    stream: &mut ClientStream,
+    lookups: &AuthQuery,
+    method: AuthMethod,
+    database: &str,
+    user: &str,
+    out: &mut BytesMut,
+) -> Result<PassthroughSecret, SessionError> {
+    let secret = lookups.lookup(database, user).await.map_err(|e| {
+        tracing::warn!(%database, %user, error = %e, "auth_query lookup failed");
+        SessionError::AuthLookup(user.to_string())
+    })?;
+    let mut buf = BytesMut::new();
+    let passthrough = match &*secret {
+        RoleSecret::Scram(verifier) => {
+            let client_key =
+                super::scram_server::exchange(stream, &mut buf, verifier, false, user).await?;
+            PassthroughSecret::Scram(ScramKeys {
+                salt: verifier.salt.clone(),
+                iterations: verifier.iterations,
+                client_key,
+                server_key: verifier.server_key,
+            })
+        }
+        RoleSecret::Md5(hash) if method == AuthMethod::Md5 => {
+            let secret = UserSecret {
+                scram: None,
+                md5: Some(hash.clone()),
+            };
+            md5(stream, &mut buf, &secret, user).await?;
+            PassthroughSecret::Md5Hash(hash.clone())
+        }
+        other => {
+            if matches!(other, RoleSecret::Md5(_)) {
+                tracing::warn!(%user, "the role's password is stored as md5 but auth.method is scram-sha-256: refused, as PostgreSQL does");
+            }
+            let mock = mock_verifier(user);
+            super::scram_server::exchange(stream, &mut buf, &mock, true, user).await?;
+            return Err(SessionError::AuthFailed(user.to_string()));
+        }
+    };
+    backend::authentication(out, Authentication::Ok);
+    Ok(passthrough)
 }
 
 async fn scram(
@@ -115,7 +173,7 @@ async fn md5(
     }
 }
 
-async fn password_message(
+pub(super) async fn password_message(
     stream: &mut ClientStream,
     buf: &mut BytesMut,
 ) -> Result<PasswordMessageFamily, SessionError> {
@@ -131,7 +189,10 @@ async fn password_message(
         .ok_or_else(|| SessionError::Protocol("truncated password message".into()))
 }
 
-async fn send(stream: &mut ClientStream, out: &mut BytesMut) -> Result<(), SessionError> {
+pub(super) async fn send(
+    stream: &mut ClientStream,
+    out: &mut BytesMut,
+) -> Result<(), SessionError> {
     stream
         .write_all(out)
         .await

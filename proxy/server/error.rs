@@ -19,6 +19,12 @@ pub enum SessionError {
     Protocol(String),
     #[error("password authentication failed for user \"{0}\"")]
     AuthFailed(String),
+    /// `auth_query` could not be run (server down, query or permissions wrong); the
+    /// details are in pgwarden's log.
+    #[error(
+        "could not look up the password of user \"{0}\" (auth.auth_query); see the pgwarden log"
+    )]
+    AuthLookup(String),
     #[error("no such database \"{0}\" in pgwarden's configuration")]
     UnknownDatabase(String),
     #[error("too many client connections (proxy.max_client_connections = {0})")]
@@ -68,6 +74,7 @@ impl SessionError {
                 ErrorFields::fatal(SqlState::PROTOCOL_VIOLATION, message)
             }
             SessionError::AuthFailed(_) => ErrorFields::fatal(SqlState::INVALID_PASSWORD, message),
+            SessionError::AuthLookup(_) => ErrorFields::fatal(SqlState::CONNECTION_FAILURE, message),
             SessionError::UnknownDatabase(_) => {
                 ErrorFields::fatal(SqlState::INVALID_CATALOG_NAME, message)
                     .with_hint("add it under [databases.NAME] or set PGWARDEN_PRIMARY_URL")
@@ -95,7 +102,13 @@ impl SessionError {
             }
             SessionError::Pool(PoolError::LoginRejected(_)) => {
                 ErrorFields::error(SqlState::SQLCLIENT_UNABLE_TO_ESTABLISH, message).with_hint(
-                    "pgwarden logs in to PostgreSQL with the password from its configuration",
+                    "pgwarden logs in to PostgreSQL with the password from its configuration, \
+                     or, for roles found with auth.auth_query, with the keys of the role's last client login",
+                )
+            }
+            SessionError::Pool(PoolError::Passthrough { .. }) => {
+                ErrorFields::error(SqlState::SQLCLIENT_UNABLE_TO_ESTABLISH, message).with_hint(
+                    "roles found with auth.auth_query are logged in with the keys of the role's last client login",
                 )
             }
             SessionError::Pool(PoolError::Rejected { code, .. }) if code.starts_with("28") => {

@@ -1,6 +1,7 @@
 //! From a decoded `StartupMessage` to a ready session: who the client is, which
-//! database, authentication, and the `ParameterStatus`/`BackendKeyData`/
-//! `ReadyForQuery` sequence a PostgreSQL client expects.
+//! database, authentication (against the configuration, or `auth_query` for roles not
+//! in it), and the `ParameterStatus`/`BackendKeyData`/`ReadyForQuery` sequence a
+//! PostgreSQL client expects.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -9,7 +10,7 @@ use std::time::Duration;
 use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
 
-use super::auth::authenticate;
+use super::auth::{authenticate, authenticate_looked_up};
 use super::handshake::{Opened, LOGIN_TIMEOUT};
 use super::pooled_state::PooledState;
 use super::responses::ResponseQueue;
@@ -209,14 +210,27 @@ async fn log_in_inner(
     let config = runtime.config();
     let credentials = runtime.credentials();
     let mut out = BytesMut::with_capacity(512);
-    authenticate(
-        stream,
-        config.auth.method,
-        &user,
-        credentials.get(&user),
-        &mut out,
-    )
-    .await?;
+    let secret = credentials.get(&user);
+    match runtime.auth_query().filter(|_| secret.is_none()) {
+        Some(lookups) => {
+            // A role not in the configuration: its secret is looked up on the primary
+            // of the database it asks for, so that database must be known first.
+            if !config.databases.contains_key(&database) {
+                return Err(SessionError::UnknownDatabase(database));
+            }
+            let passthrough = authenticate_looked_up(
+                stream,
+                &lookups,
+                config.auth.method,
+                &database,
+                &user,
+                &mut out,
+            )
+            .await?;
+            runtime.passthrough.slot(&database, &user).set(passthrough);
+        }
+        None => authenticate(stream, config.auth.method, &user, secret, &mut out).await?,
+    }
     if !config.databases.contains_key(&database) {
         return Err(SessionError::UnknownDatabase(database));
     }

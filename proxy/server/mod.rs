@@ -6,6 +6,7 @@
 //! which PostgreSQL requires on a fresh connection).
 
 pub(crate) mod auth;
+pub(crate) mod auth_query;
 pub mod cancel;
 mod client_messages;
 pub mod credentials;
@@ -18,6 +19,7 @@ mod pooled_state;
 mod pump;
 mod responses;
 mod routing;
+mod scram_server;
 mod server_messages;
 mod session;
 pub mod session_effects;
