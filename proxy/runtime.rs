@@ -12,7 +12,7 @@ use std::time::Duration;
 use arc_swap::{ArcSwap, ArcSwapOption};
 use tokio_rustls::TlsAcceptor;
 
-use crate::config::{self, is_md5_hash, Config, ConfigError};
+use crate::config::{self, Config, ConfigError};
 use crate::pool::scram_passthrough::PassthroughStore;
 use crate::pool::{PoolKey, PoolRegistry, PoolSettings, ServerPool, ServerTarget};
 use crate::route::{Routing, SharedPositions};
@@ -227,19 +227,7 @@ impl Runtime {
                     .map(|mut list| list.swap_remove((backend - 1).min(list.len() - 1)))
             }
             .expect("validated at load");
-            let user_config = config.user(user);
-            let password = user_config
-                .and_then(|u| u.server_password.clone())
-                .or_else(|| {
-                    user_config
-                        .and_then(|u| u.password.clone())
-                        .filter(|p| !p.starts_with("SCRAM-SHA-256$") && !is_md5_hash(p))
-                })
-                .or_else(|| {
-                    (endpoint.user.as_deref() == Some(user))
-                        .then(|| endpoint.password.clone())
-                        .flatten()
-                });
+            let password = config.server_password(user, Some(&endpoint));
             // A role without a configured password, served through auth_query: its
             // pools log in with what its clients proved.
             let passthrough = (password.is_none() && config.auth.auth_query_enabled())

@@ -73,10 +73,24 @@ impl Config {
         self.auth.users.iter().find(|u| u.name == name)
     }
 
-    /// The password pgwarden logs in to `database`'s servers with as `user`: the user's
-    /// `server_password`, else its plain `password`, else the password of the
-    /// database's primary URL when that URL names this user.
+    /// The password pgwarden logs in to `database`'s primary with as `user`.
     pub fn server_password_for(&self, database: &str, user: &str) -> Option<String> {
+        let endpoint = self
+            .databases
+            .get(database)?
+            .primary_endpoint(database)
+            .ok();
+        self.server_password(user, endpoint.as_ref())
+    }
+
+    /// The password pgwarden logs in to a server (`endpoint`) with as `user`: the
+    /// user's `server_password`, else its plain `password`, else the endpoint URL's
+    /// password when that URL names this user.
+    pub fn server_password(
+        &self,
+        user: &str,
+        endpoint: Option<&super::Endpoint>,
+    ) -> Option<String> {
         let user_config = self.user(user);
         user_config
             .and_then(|u| u.server_password.clone())
@@ -86,13 +100,9 @@ impl Config {
                     .filter(|p| !p.starts_with("SCRAM-SHA-256$") && !is_md5_hash(p))
             })
             .or_else(|| {
-                let endpoint = self
-                    .databases
-                    .get(database)?
-                    .primary_endpoint(database)
-                    .ok()?;
+                let endpoint = endpoint?;
                 (endpoint.user.as_deref() == Some(user))
-                    .then_some(endpoint.password)
+                    .then(|| endpoint.password.clone())
                     .flatten()
             })
     }

@@ -109,25 +109,7 @@ async fn scram(
     let failed = || SessionError::AuthFailed(user.to_string());
     let verifier = secret.scram.as_ref().ok_or_else(failed)?;
     let mut out = BytesMut::new();
-    backend::authentication(
-        &mut out,
-        Authentication::SASL(vec![SCRAM_SHA_256.to_string()]),
-    );
-    send(stream, &mut out).await?;
-
-    let first = password_message(stream, buf).await?;
-    let initial = first
-        .into_sasl_initial_response()
-        .map_err(|e| SessionError::Protocol(e.to_string()))?;
-    if initial.auth_method != SCRAM_SHA_256 {
-        return Err(SessionError::Protocol(format!(
-            "unsupported SASL mechanism {:?}",
-            initial.auth_method
-        )));
-    }
-    let data = initial
-        .data
-        .ok_or_else(|| SessionError::Protocol("empty SCRAM client-first message".into()))?;
+    let data = scram_client_first(stream, buf).await?;
     let server = ScramServerAuth::new();
     let (server_first, waiting) = server
         .on_client_first_message_with_secret(&data, verifier.secret())
@@ -171,6 +153,33 @@ async fn md5(
     } else {
         Err(SessionError::AuthFailed(user.to_string()))
     }
+}
+
+/// Offers SCRAM-SHA-256 and returns the client's `client-first-message`.
+pub(super) async fn scram_client_first(
+    stream: &mut ClientStream,
+    buf: &mut BytesMut,
+) -> Result<Vec<u8>, SessionError> {
+    let mut out = BytesMut::new();
+    backend::authentication(
+        &mut out,
+        Authentication::SASL(vec![SCRAM_SHA_256.to_string()]),
+    );
+    send(stream, &mut out).await?;
+    let initial = password_message(stream, buf)
+        .await?
+        .into_sasl_initial_response()
+        .map_err(|e| SessionError::Protocol(e.to_string()))?;
+    if initial.auth_method != SCRAM_SHA_256 {
+        return Err(SessionError::Protocol(format!(
+            "unsupported SASL mechanism {:?}",
+            initial.auth_method
+        )));
+    }
+    initial
+        .data
+        .map(|data| data.to_vec())
+        .ok_or_else(|| SessionError::Protocol("empty SCRAM client-first message".into()))
 }
 
 pub(super) async fn password_message(

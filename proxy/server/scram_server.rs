@@ -9,13 +9,11 @@
 use bytes::BytesMut;
 use pgwire::messages::startup::Authentication;
 
-use super::auth::{password_message, send};
+use super::auth::{password_message, scram_client_first, send};
 use super::stream::ClientStream;
 use super::SessionError;
 use crate::protocol::backend;
 use crate::protocol::scram::{self, Key, ScramError, Verifier};
-
-const SCRAM_SHA_256: &str = "SCRAM-SHA-256";
 
 /// Runs the exchange against `verifier`; on success returns the client's `ClientKey`
 /// (the `SASLFinal` has been sent; `AuthenticationOk` is the caller's).
@@ -27,25 +25,7 @@ pub(crate) async fn exchange(
     user: &str,
 ) -> Result<Key, SessionError> {
     let mut out = BytesMut::new();
-    backend::authentication(
-        &mut out,
-        Authentication::SASL(vec![SCRAM_SHA_256.to_string()]),
-    );
-    send(stream, &mut out).await?;
-
-    let initial = password_message(stream, buf)
-        .await?
-        .into_sasl_initial_response()
-        .map_err(|e| SessionError::Protocol(e.to_string()))?;
-    if initial.auth_method != SCRAM_SHA_256 {
-        return Err(SessionError::Protocol(format!(
-            "unsupported SASL mechanism {:?}",
-            initial.auth_method
-        )));
-    }
-    let data = initial
-        .data
-        .ok_or_else(|| SessionError::Protocol("empty SCRAM client-first message".into()))?;
+    let data = scram_client_first(stream, buf).await?;
     let first = scram::parse_client_first(&data).map_err(protocol)?;
     let nonce = format!("{}{}", first.nonce, scram::new_nonce());
     let server_first = scram::server_first(&nonce, &verifier.salt, verifier.iterations);
