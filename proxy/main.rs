@@ -68,9 +68,10 @@ fn demo() -> anyhow::Result<()> {
 
 fn check_config(file: Option<PathBuf>) -> anyhow::Result<()> {
     let config = pgwarden::config::load(file.as_deref())?;
+    // Passwords, tokens and URL passwords masked, as SHOW CONFIG shows them.
     println!(
         "{}",
-        toml::to_string_pretty(&config).context("printing configuration")?
+        pgwarden::config::redacted_toml(&config).context("printing configuration")?
     );
     eprintln!("configuration OK");
     Ok(())

@@ -1,6 +1,7 @@
 //! Malformed input from clients: every case gets an `ErrorResponse` with SQLSTATE
-//! 08P01 (or the connection just ends when nothing can be said), and the proxy keeps
-//! serving everyone else, including a client that is mid-transaction meanwhile.
+//! 08P01 (or the connection just ends when nothing can be said, or, before the startup
+//! packet, when PostgreSQL would say nothing), and the proxy keeps serving everyone
+//! else, including a client that is mid-transaction meanwhile.
 
 mod support;
 
@@ -84,6 +85,25 @@ async fn assert_rejected(port: u16, pre_login: bool, bytes: &[u8], expect: &str)
     );
 }
 
+/// Bytes that are not a startup packet: the connection ends without a reply.
+async fn assert_closed_silently(port: u16, bytes: &[u8]) {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let _ = stream.write_all(bytes).await;
+    let mut answer = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(5), async {
+        let mut chunk = [0u8; 1024];
+        loop {
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => answer.extend_from_slice(&chunk[..n]),
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "input {bytes:?}: connection left open");
+    assert!(answer.is_empty(), "input {bytes:?} got {answer:?}");
+}
+
 fn frame(tag: u8, body: &[u8]) -> Vec<u8> {
     let mut out = vec![tag];
     out.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
@@ -109,15 +129,22 @@ async fn malformed_messages_get_errors_and_the_proxy_keeps_serving() {
         .await
         .unwrap();
 
-    // Before login.
-    assert_rejected(port, true, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", "08P01").await;
-    assert_rejected(port, true, &[0x7f, 0xff, 0xff, 0xff, 0, 3, 0, 0], "08P01").await;
-    assert_rejected(port, true, &[0, 0, 0, 2], "08P01").await;
-    assert_rejected(port, true, &[0, 0, 0, 8, 0, 2, 0, 0], "08P01").await; // protocol 2.0
+    // Before login: what is not a startup packet ends silently, as in PostgreSQL;
+    // refused startups get PostgreSQL's errors (tests/connection_fidelity.rs compares).
+    assert_closed_silently(port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert_closed_silently(port, &[0x7f, 0xff, 0xff, 0xff, 0, 3, 0, 0]).await;
+    assert_closed_silently(port, &[0, 0, 0, 2]).await;
+    assert_closed_silently(port, &frame(b'X', b"")).await; // Terminate first
+    assert_rejected(port, true, &[0, 0, 0, 8, 0, 4, 0, 0], "0A000").await; // protocol 4.0
     let mut no_user = 196608i32.to_be_bytes().to_vec();
     no_user.extend_from_slice(b"database\0app\0\0");
     let mut packet = ((no_user.len() + 4) as i32).to_be_bytes().to_vec();
     packet.extend_from_slice(&no_user);
+    assert_rejected(port, true, &packet, "28000").await;
+    let mut no_terminator = 196608i32.to_be_bytes().to_vec();
+    no_terminator.extend_from_slice(b"user\0pgwarden\0");
+    let mut packet = ((no_terminator.len() + 4) as i32).to_be_bytes().to_vec();
+    packet.extend_from_slice(&no_terminator);
     assert_rejected(port, true, &packet, "08P01").await;
 
     // After login.

@@ -283,7 +283,7 @@ pub fn queries(runtime: &Runtime, limit: usize) -> Table {
 
 pub fn config(runtime: &Runtime) -> Table {
     let mut table = Table::new(&["key", "value"]);
-    let value = serde_json::to_value(&*runtime.config()).unwrap_or_default();
+    let value = crate::config::redacted(&runtime.config());
     flatten("", &value, &mut table.rows);
     table
 }

@@ -16,8 +16,10 @@ impl Endpoint {
     /// Parses `postgres://user:pass@host:port/db` (also `postgresql://`). `key` names the
     /// config key the URL came from, for the error message.
     pub fn parse(key: &str, text: &str) -> Result<Endpoint, ConfigError> {
-        let url = url::Url::parse(text.trim())
-            .map_err(|e| ConfigError::invalid(key, format!("not a URL ({e}): {text:?}")))?;
+        let url = url::Url::parse(text.trim()).map_err(|e| {
+            let shown = super::redact_url(text);
+            ConfigError::invalid(key, format!("not a URL ({e}): {shown:?}"))
+        })?;
         if url.scheme() != "postgres" && url.scheme() != "postgresql" {
             return Err(ConfigError::invalid(
                 key,

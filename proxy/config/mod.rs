@@ -1,7 +1,8 @@
 //! Configuration: the typed tree pgwarden runs on.
 //!
 //! This room owns reading the TOML file, applying `PGWARDEN_*` environment overrides,
-//! validating the result with errors that name the key, and nothing else. The rest of
+//! validating the result with errors that name the key, and showing it with its secrets
+//! masked; nothing else. The rest of
 //! the code receives typed pieces of [`Config`]; nothing downstream reads strings or
 //! environment variables on its own.
 
@@ -10,6 +11,7 @@ mod endpoint;
 mod env;
 mod error;
 mod load;
+mod redact;
 mod schema;
 mod tenancy;
 
@@ -17,6 +19,7 @@ pub use auth::{is_md5_hash, AuthConfig, AuthMethod, UserConfig, DEFAULT_AUTH_QUE
 pub use endpoint::Endpoint;
 pub use error::ConfigError;
 pub use load::{load, load_from_str};
+pub use redact::{redact_url, redacted, redacted_toml};
 pub use schema::{
     AdminConfig, Config, DatabaseConfig, Fallback, PoolConfig, PoolMode, ProxyConfig,
     RoutingConfig, RywConfig, RywScope, StatsConfig,

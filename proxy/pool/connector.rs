@@ -24,6 +24,8 @@ impl bb8::ManageConnection for ServerConnector {
         Ok(connection)
     }
 
+    /// Every failure here is `PoolError::Unhealthy`: the pool's error sink tells those
+    /// apart from failures to connect.
     async fn is_valid(&self, connection: &mut ServerConnection) -> Result<(), PoolError> {
         if !connection.read_buf.is_empty() || !connection.idle_socket_is_clean() {
             return Err(PoolError::Unhealthy(
@@ -38,7 +40,9 @@ impl bb8::ManageConnection for ServerConnector {
                 connection.last_used = std::time::Instant::now();
                 Ok(())
             }
-            Ok(Err(e)) => Err(e),
+            // Whatever failed, this is one connection gone bad, not a server that
+            // cannot be reached: the pool opens a fresh one.
+            Ok(Err(e)) => Err(PoolError::Unhealthy(format!("health check failed: {e}"))),
             Err(_) => Err(PoolError::Unhealthy("health check timed out".into())),
         }
     }

@@ -44,6 +44,8 @@ pub enum PoolError {
     /// The server is up but refused this role's login (e.g. a role not yet replicated).
     #[error("{0}")]
     LoginRejected(String),
+    /// A server connection that was open went bad (failed its check, closed, or
+    /// answered an internal query with an error). Never a failure to connect.
     #[error("server connection is not healthy: {0}")]
     Unhealthy(String),
     /// The server refused a statement the proxy ran for a client (its startup

@@ -79,12 +79,19 @@ impl ConnectFailure {
     }
 }
 
-/// Receives bb8's connection errors (which it does not hand to the waiting client).
+/// Receives bb8's errors (which it does not hand to the waiting client): failures to
+/// open a connection, and failed checks of pooled ones. Only the former say anything
+/// about the server; a pooled connection that went bad (terminated by an admin, cut by
+/// a firewall) is simply replaced, so it must not make clients fail fast.
 #[derive(Debug, Clone)]
 struct ConnectErrorSink(Arc<Mutex<Option<ConnectFailure>>>);
 
 impl bb8::ErrorSink<PoolError> for ConnectErrorSink {
     fn sink(&self, error: PoolError) {
+        if let PoolError::Unhealthy(reason) = &error {
+            tracing::info!(reason = %reason, "closed a pooled server connection that went bad");
+            return;
+        }
         tracing::warn!(error = %error, "server connection failed");
         let login_rejected = matches!(&error, PoolError::Rejected { code, .. } if code.starts_with("28") || code == "3D000")
             || matches!(&error, PoolError::Passthrough { .. });

@@ -92,6 +92,7 @@ impl ErrorFields {
             self.code.0.to_string(),
             format!("pgwarden: {}", self.message),
         );
+        info.severity_nonlocalized = Some(severity.to_string());
         info.detail = self.detail.clone();
         info.hint = self.hint.clone();
         // Encoding a bounded, proxy-made message cannot fail; a failure would only

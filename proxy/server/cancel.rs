@@ -5,10 +5,6 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use bytes::BytesMut;
-use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
-
 use crate::pool::BackendKey;
 
 /// Which server a client's queries are running on right now, if any.
@@ -135,8 +131,9 @@ impl CancelRegistry {
         }
     }
 
-    /// Forwards a cancel for a client's running query. Unknown keys and wrong secrets
-    /// are ignored silently, as PostgreSQL does.
+    /// Forwards a cancel for a client's running query and returns once the server has
+    /// acted on it (bounded). Unknown keys and wrong secrets are ignored silently, as
+    /// PostgreSQL does.
     pub async fn cancel(&self, pid: i32, secret: i32) {
         let target = {
             let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
@@ -148,18 +145,7 @@ impl CancelRegistry {
         let Some((address, key)) = target else {
             return;
         };
-        let mut buf = BytesMut::new();
-        postgres_protocol::message::frontend::cancel_request(key.pid, key.secret, &mut buf);
-        match TcpStream::connect(&address).await {
-            Ok(mut stream) => {
-                if let Err(e) = stream.write_all(&buf).await {
-                    tracing::warn!(server = %address, error = %e, "could not forward cancel request");
-                }
-            }
-            Err(e) => {
-                tracing::warn!(server = %address, error = %e, "could not forward cancel request")
-            }
-        }
+        super::cancel_forward::forward(&address, key).await;
     }
 
     pub fn client_count(&self) -> usize {

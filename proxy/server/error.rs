@@ -4,6 +4,7 @@
 use thiserror::Error;
 
 use crate::pool::PoolError;
+use crate::protocol::startup::StartupError;
 use crate::protocol::{ErrorFields, FrameError, SqlState};
 
 #[derive(Debug, Error)]
@@ -17,6 +18,9 @@ pub enum SessionError {
     Frame(#[from] FrameError),
     #[error("protocol violation: {0}")]
     Protocol(String),
+    /// The connection's first bytes: not a startup packet, or one PostgreSQL refuses.
+    #[error("{0}")]
+    Startup(#[from] StartupError),
     #[error("password authentication failed for user \"{0}\"")]
     AuthFailed(String),
     /// `auth_query` could not be run (server down, query or permissions wrong); the
@@ -73,6 +77,14 @@ impl SessionError {
             SessionError::Frame(_) | SessionError::Protocol(_) => {
                 ErrorFields::fatal(SqlState::PROTOCOL_VIOLATION, message)
             }
+            SessionError::Startup(e) => match e {
+                _ if e.is_silent() => return None,
+                StartupError::UnsupportedProtocol { .. } => {
+                    ErrorFields::fatal(SqlState::FEATURE_NOT_SUPPORTED, message)
+                }
+                StartupError::NoUser => ErrorFields::fatal(SqlState::INVALID_AUTHORIZATION, message),
+                _ => ErrorFields::fatal(SqlState::PROTOCOL_VIOLATION, message),
+            },
             SessionError::AuthFailed(_) => ErrorFields::fatal(SqlState::INVALID_PASSWORD, message),
             SessionError::AuthLookup(_) => ErrorFields::fatal(SqlState::CONNECTION_FAILURE, message),
             SessionError::UnknownDatabase(_) => {

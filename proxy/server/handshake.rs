@@ -1,5 +1,7 @@
 //! Everything before the client is logged in: `SSLRequest` (TLS via rustls),
-//! `GSSENCRequest` (refused), `CancelRequest` (forwarded), and the `StartupMessage`.
+//! `GSSENCRequest` (refused), `CancelRequest` (forwarded), and the `StartupMessage`,
+//! checked as PostgreSQL checks it: bytes that are not a startup packet end the
+//! connection without a reply, a well-formed but refused startup gets PostgreSQL's error.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -7,11 +9,14 @@ use std::time::Duration;
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::time::{timeout_at, Instant};
 
 use super::stream::ClientStream;
 use super::SessionError;
 use crate::protocol::frame::check_frame;
-use crate::protocol::startup::{check_packet, decode_packet, StartupPacket, MAX_STARTUP_PACKET};
+use crate::protocol::startup::{
+    check_packet, decode_packet, StartupError, StartupPacket, MAX_STARTUP_PACKET,
+};
 use crate::runtime::Runtime;
 
 /// A client that finished the startup phase and waits for authentication.
@@ -23,22 +28,30 @@ pub struct Opened {
 /// How long a client may take to send its startup packet and credentials.
 pub const LOGIN_TIMEOUT: Duration = Duration::from_secs(15);
 
+/// How long closing a connection cleanly (TLS close_notify, FIN) may take.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// Runs the startup phase. `Ok(None)` means the connection was fully handled (a cancel
-/// request). Errors are reported to the client before returning, where possible.
+/// request). Errors are reported to the client before returning, where PostgreSQL
+/// would report them.
 pub async fn open(tcp: TcpStream, runtime: &Runtime) -> Result<Option<Opened>, SessionError> {
     let mut stream = ClientStream::Plain(tcp);
     let mut buf = BytesMut::with_capacity(256);
+    let deadline = Instant::now() + LOGIN_TIMEOUT;
+    let (mut ssl_done, mut gss_done) = (false, false);
     loop {
-        let packet = match read_startup_packet(&mut stream, &mut buf).await {
-            Ok(packet) => packet,
-            Err(e) => {
-                super::report(&mut stream, &e).await;
-                return Err(e);
-            }
+        let packet = match timeout_at(deadline, read_startup_packet(&mut stream, &mut buf)).await {
+            Ok(Ok(packet)) => packet,
+            Ok(Err(e)) => return Err(refuse(&mut stream, e).await),
+            Err(_) => return Err(refuse(&mut stream, StartupError::Timeout.into()).await),
         };
-        let decoded = decode_packet(&packet).map_err(|e| SessionError::Protocol(e.to_string()));
+        let decoded = match decode_packet(&packet, ssl_done, gss_done) {
+            Ok(decoded) => decoded,
+            Err(e) => return Err(refuse(&mut stream, e.into()).await),
+        };
         match decoded {
-            Ok(StartupPacket::SslRequest) => {
+            StartupPacket::SslRequest => {
+                ssl_done = true;
                 let acceptor = runtime.tls();
                 match (acceptor, stream) {
                     (Some(acceptor), ClientStream::Plain(tcp)) => {
@@ -51,7 +64,10 @@ pub async fn open(tcp: TcpStream, runtime: &Runtime) -> Result<Option<Opened>, S
                         }
                         let mut tcp = tcp;
                         tcp.write_all(b"S").await.map_err(SessionError::ClientIo)?;
-                        let tls = acceptor.accept(tcp).await.map_err(SessionError::ClientIo)?;
+                        let tls = match timeout_at(deadline, acceptor.accept(tcp)).await {
+                            Ok(tls) => tls.map_err(SessionError::ClientIo)?,
+                            Err(_) => return Err(StartupError::Timeout.into()),
+                        };
                         stream = ClientStream::Tls(Box::new(tls));
                     }
                     (_, mut other) => {
@@ -63,30 +79,64 @@ pub async fn open(tcp: TcpStream, runtime: &Runtime) -> Result<Option<Opened>, S
                     }
                 }
             }
-            Ok(StartupPacket::GssEncRequest) => {
+            StartupPacket::GssEncRequest => {
+                gss_done = true;
                 stream
                     .write_all(b"N")
                     .await
                     .map_err(SessionError::ClientIo)?;
             }
-            Ok(StartupPacket::Cancel { pid, secret }) => {
+            StartupPacket::Cancel { pid, secret } => {
+                // Answered only by closing, once the server has acted on the cancel (or
+                // given up on it): a client may send its next query as soon as it sees
+                // the close. Closed properly, so a TLS client reads close_notify.
                 runtime.cancels.cancel(pid, secret).await;
+                close(&mut stream).await;
                 return Ok(None);
             }
-            Ok(StartupPacket::Startup(params)) => {
+            StartupPacket::Startup(startup) => {
+                if let Some(negotiation) = startup.negotiation() {
+                    stream
+                        .write_all(&negotiation)
+                        .await
+                        .map_err(SessionError::ClientIo)?;
+                }
+                if startup.params.get("user").is_none_or(|u| u.is_empty()) {
+                    return Err(refuse(&mut stream, StartupError::NoUser.into()).await);
+                }
                 if !buf.is_empty() {
                     let e = SessionError::Protocol("data after the startup packet".into());
-                    super::report(&mut stream, &e).await;
-                    return Err(e);
+                    return Err(refuse(&mut stream, e).await);
                 }
-                return Ok(Some(Opened { stream, params }));
-            }
-            Err(e) => {
-                super::report(&mut stream, &e).await;
-                return Err(e);
+                return Ok(Some(Opened {
+                    stream,
+                    params: startup.params,
+                }));
             }
         }
     }
+}
+
+/// Tells the client why it is refused, if PostgreSQL would, and closes the connection.
+async fn refuse(stream: &mut ClientStream, error: SessionError) -> SessionError {
+    let (silent, old_reply) = match &error {
+        SessionError::Startup(e) => (e.is_silent(), e.old_protocol_reply()),
+        _ => (false, None),
+    };
+    if let Some(reply) = old_reply {
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, stream.write_all(&reply)).await;
+        close(stream).await;
+    } else if silent {
+        close(stream).await;
+    } else {
+        super::report(stream, &error).await;
+    }
+    error
+}
+
+/// Closes the client's side properly: TLS close_notify, then FIN.
+async fn close(stream: &mut ClientStream) {
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, stream.shutdown()).await;
 }
 
 async fn read_startup_packet(
@@ -94,13 +144,8 @@ async fn read_startup_packet(
     buf: &mut BytesMut,
 ) -> Result<BytesMut, SessionError> {
     loop {
-        match check_packet(buf) {
-            Ok(Some(len)) => return Ok(buf.split_to(len)),
-            Ok(None) => {}
-            Err(e) => return Err(SessionError::Protocol(e.to_string())),
-        }
-        if buf.len() >= MAX_STARTUP_PACKET {
-            return Err(SessionError::Protocol("startup packet too long".into()));
+        if let Some(len) = check_packet(buf)? {
+            return Ok(buf.split_to(len));
         }
         read_more(stream, buf).await?;
     }

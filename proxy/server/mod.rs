@@ -8,6 +8,7 @@
 pub(crate) mod auth;
 pub(crate) mod auth_query;
 pub mod cancel;
+mod cancel_forward;
 mod client_messages;
 pub mod credentials;
 mod database_ddl;
@@ -35,15 +36,20 @@ pub use listener::serve;
 
 use tokio::io::AsyncWriteExt;
 
-/// Best-effort: tells the client why it is being refused.
+/// Best-effort: tells the client why it is being refused, then closes the connection
+/// properly (TLS close_notify, then FIN), as PostgreSQL does; a TLS stream that just
+/// stops is an error to strict clients.
 pub(crate) async fn report(stream: &mut stream::ClientStream, error: &SessionError) {
+    let mut out = bytes::BytesMut::new();
     if let Some(fields) = error.to_error_fields() {
-        let mut out = bytes::BytesMut::new();
         fields.encode(&mut out);
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), async {
+    }
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), async {
+        if !out.is_empty() {
             let _ = stream.write_all(&out).await;
             let _ = stream.flush().await;
-        })
-        .await;
-    }
+        }
+        let _ = stream.shutdown().await;
+    })
+    .await;
 }
