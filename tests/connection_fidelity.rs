@@ -45,6 +45,29 @@ async fn item01_psycopg_cancel_safe_over_tls() {
     );
 }
 
+/// Sessions the proxy itself ends (idle timeout, its own FATAL errors) close TLS the same
+/// clean way: the client learns why, not "SSL error: unexpected eof".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_closed_by_the_proxy_ends_tls_cleanly() {
+    let cluster = support::cluster(0);
+    let tls = tls_files();
+    let proxy = proxy::start(&cluster, |c| {
+        c.proxy.tls_cert = Some(tls.cert.clone());
+        c.proxy.tls_key = Some(tls.key.clone());
+        c.proxy.idle_client_timeout_ms = 300;
+    })
+    .await;
+    let env = vec![("PGW_URL", proxy::url(&proxy))];
+    let out = python(
+        include_str!("connection_fidelity/closed_by_proxy_tls.py"),
+        env,
+    )
+    .await;
+    assert_eq!(out["tls"], true, "{out}");
+    assert_eq!(out["told_why"], true, "{out}");
+    assert_eq!(out["eof_without_close_notify"], false, "{out}");
+}
+
 // ---- Item 2: the cancel connection closes after the server acted -----------------------
 
 /// What `cancel_race.py` prints when no next statement was ever cancelled.

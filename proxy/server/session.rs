@@ -117,6 +117,18 @@ impl Session {
             Ok(()) => {}
         }
         self.finish().await;
+        if !matches!(
+            result,
+            Err(SessionError::ClientClosed) | Err(SessionError::ClientIo(_))
+        ) {
+            // The proxy ends the connection: close it properly (TLS close_notify,
+            // then FIN), as PostgreSQL does.
+            let _ = tokio::time::timeout(Duration::from_secs(2), async {
+                use tokio::io::AsyncWriteExt;
+                let _ = self.client.shutdown().await;
+            })
+            .await;
+        }
         match result {
             Err(SessionError::ClientClosed) => Ok(()),
             other => other,
