@@ -75,7 +75,7 @@ pub async fn log_in(
                 cancel.slot.attach(&server.address, server.key);
             }
             let mut to_client = out;
-            for (name, value) in &announced {
+            for (name, value) in &announced.values {
                 backend::parameter_status(&mut to_client, name, value);
             }
             backend::backend_key_data(&mut to_client, cancel.pid, cancel.secret);
@@ -143,6 +143,14 @@ fn millis(ms: u64) -> Option<Duration> {
     (ms > 0).then(|| Duration::from_millis(ms))
 }
 
+/// The `ParameterStatus` values a client is told at login.
+struct Announced {
+    values: BTreeMap<String, String>,
+    /// The client asked for a reported parameter (`DateStyle`, `client_encoding`, ...)
+    /// with another value: only the server can say how it spells the result.
+    needs_server: bool,
+}
+
 /// Applies the client's startup settings on a server connection, as PostgreSQL applies
 /// them at its own startup: the server's `ParameterStatus` replies (its normalized
 /// spelling, `UTF8` for `utf-8`) become what the client is told, and a setting the
@@ -152,10 +160,11 @@ fn millis(ms: u64) -> Option<Duration> {
 async fn apply_startup_settings(
     pool: &crate::pool::ServerPool,
     settings: &SessionSettings,
-    announced: &mut BTreeMap<String, String>,
+    announced: &mut Announced,
     keep: bool,
 ) -> Result<Option<crate::pool::PooledServer>, SessionError> {
-    if settings.hash() == 0 && !keep {
+    if !keep && (settings.hash() == 0 || !announced.needs_server) {
+        // Nothing to normalize: the settings are applied with the first transaction.
         return Ok(None);
     }
     let mut server = pool.checkout().await?;
@@ -163,7 +172,7 @@ async fn apply_startup_settings(
         match server.run_reporting(&settings.replay_sql()).await {
             Ok(reported) => {
                 for (name, value) in reported {
-                    if let Some(current) = announced.get_mut(&name) {
+                    if let Some(current) = announced.values.get_mut(&name) {
                         *current = value;
                     }
                 }
@@ -188,7 +197,7 @@ async fn log_in_inner(
         SessionSettings,
         Vec<(String, String)>,
         BytesMut,
-        BTreeMap<String, String>,
+        Announced,
     ),
     SessionError,
 > {
@@ -250,7 +259,8 @@ async fn log_in_inner(
     }
     let mut settings = SessionSettings::default();
     let mut proxy_options = Vec::new();
-    let announced: BTreeMap<String, String> = server_parameters.into_iter().collect();
+    let mut announced_needs_server = false;
+    let mut announced: BTreeMap<String, String> = server_parameters.into_iter().collect();
     for (name, value) in &requested {
         if name.starts_with("pgwarden.") {
             // Proxy-level settings, never sent to PostgreSQL.
@@ -265,7 +275,16 @@ async fn log_in_inner(
         // (apply_startup_settings), never the client's.
         match current {
             Some((_, v)) if v == *value => {}
-            _ => settings.set_value(name, value),
+            // Echoed by the server exactly as given: no need to ask it.
+            Some((key, _)) if key == "application_name" => {
+                settings.set_value(name, value);
+                announced.insert(key, value.clone());
+            }
+            Some(_) => {
+                settings.set_value(name, value);
+                announced_needs_server = true;
+            }
+            None => settings.set_value(name, value),
         }
     }
     let identity = ClientIdentity {
@@ -276,6 +295,10 @@ async fn log_in_inner(
             .unwrap_or_default(),
         user,
         database,
+    };
+    let announced = Announced {
+        values: announced,
+        needs_server: announced_needs_server,
     };
     Ok((identity, settings, proxy_options, out, announced))
 }
