@@ -87,6 +87,22 @@ async fn startup_options_are_session_settings() {
         assert_eq!(show(&with_options, "application_name").await, "opt-test");
         assert_ne!(show(&plain, "statement_timeout").await, "7777ms");
     }
+    // RESET returns to the startup values, as in PostgreSQL, not to the server's.
+    with_options
+        .batch_execute("SET statement_timeout = '1234ms'")
+        .await
+        .unwrap();
+    assert_eq!(show(&with_options, "statement_timeout").await, "1234ms");
+    for reset in ["RESET ALL", "RESET statement_timeout", "DISCARD ALL"] {
+        with_options.batch_execute(reset).await.unwrap();
+        assert_ne!(show(&plain, "statement_timeout").await, "7777ms");
+        assert_eq!(
+            show(&with_options, "statement_timeout").await,
+            "7777ms",
+            "after {reset}"
+        );
+        assert_eq!(show(&with_options, "application_name").await, "opt-test");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -206,7 +206,12 @@ pub fn split_statements(sql: &str) -> Vec<&str> {
 
 #[derive(Debug, Default, Clone)]
 pub struct SessionSettings {
-    /// Setting name → statement that sets it, replayed in name order.
+    /// The session's defaults: the startup packet's settings (and the proxy's own, such
+    /// as the tenant for row-level security). `RESET` returns to these, as in
+    /// PostgreSQL, where startup values are what `RESET` restores.
+    defaults: BTreeMap<String, String>,
+    /// Setting name → statement that sets it (`SET`), replayed in name order after
+    /// the defaults.
     entries: BTreeMap<String, String>,
     hash: u64,
 }
@@ -225,10 +230,18 @@ impl SessionSettings {
         self.rehash();
     }
 
-    /// Adds a setting from the client's startup packet (`SET name = 'value'`).
+    /// Adds a session default (a startup packet setting): `SET name = 'value'`.
     pub fn set_value(&mut self, name: &str, value: &str) {
         let sql = format!("SET {} = {}", quote_ident(name), quote_literal(value));
-        self.entries.insert(name.to_ascii_lowercase(), sql);
+        self.defaults.insert(name.to_ascii_lowercase(), sql);
+        self.rehash();
+    }
+
+    /// Forgets a setting entirely, default included.
+    pub fn forget(&mut self, name: &str) {
+        let name = name.to_ascii_lowercase();
+        self.defaults.remove(&name);
+        self.entries.remove(&name);
         self.rehash();
     }
 
@@ -241,7 +254,7 @@ impl SessionSettings {
     pub fn replay_sql(&self) -> String {
         // RESET ALL leaves the role and the session authorization alone.
         let mut sql = String::from("SET SESSION AUTHORIZATION DEFAULT;RESET ROLE;RESET ALL;");
-        for statement in self.entries.values() {
+        for statement in self.defaults.values().chain(self.entries.values()) {
             sql.push_str(statement);
             sql.push(';');
         }
@@ -249,10 +262,11 @@ impl SessionSettings {
     }
 
     fn rehash(&mut self) {
-        self.hash = if self.entries.is_empty() {
+        self.hash = if self.entries.is_empty() && self.defaults.is_empty() {
             0
         } else {
             let mut hasher = DefaultHasher::new();
+            self.defaults.hash(&mut hasher);
             self.entries.hash(&mut hasher);
             match hasher.finish() {
                 0 | UNKNOWN_SETTINGS => 2,
@@ -360,6 +374,8 @@ mod tests {
         a.apply(&SettingChange::ResetAll);
         assert_eq!(a.hash(), 0);
         b.set_value("application_name", "it's");
+        b.apply(&SettingChange::ResetAll);
+        assert_ne!(b.hash(), 0, "RESET ALL keeps the startup values");
         assert!(b
             .replay_sql()
             .contains("SET \"application_name\" = 'it''s';"));

@@ -12,7 +12,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 
 use super::responses::Expect;
 use super::session::Session;
-use super::settings::{quote_literal, SessionSettings, SettingChange};
+use super::settings::{quote_literal, SessionSettings};
 use super::statements::StatementId;
 use super::SessionError;
 use crate::config::{Config, TenancyMode};
@@ -87,9 +87,7 @@ impl TenantSession {
         let Some(name) = config.tenancy.set_config.as_deref() else {
             return;
         };
-        settings.apply(&SettingChange::Reset {
-            name: name.to_ascii_lowercase(),
-        });
+        settings.forget(name);
         if let Some(tenant) = &self.tenant {
             settings.set_value(name, tenant);
         }
