@@ -28,6 +28,18 @@ const CLIENT_HIGH_WATER: usize = 64 * 1024;
 /// Read buffers grow by at least this much.
 const READ_CHUNK: usize = 16 * 1024;
 
+/// An empty buffer with more capacity than this is given back after a batch, so one
+/// large result or COPY does not leave its size behind for the life of the session.
+const KEEP_CAPACITY: usize = 64 * 1024;
+
+/// Replaces `buf` with an unallocated one when it is empty and large. Frames split off
+/// it earlier keep their own shares of the old allocation until they are dropped.
+pub fn shrink_if_idle(buf: &mut BytesMut) {
+    if buf.is_empty() && buf.capacity() > KEEP_CAPACITY {
+        *buf = BytesMut::new();
+    }
+}
+
 /// What the pump saw.
 #[derive(Debug)]
 pub enum Pumped {
