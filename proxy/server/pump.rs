@@ -144,3 +144,23 @@ impl Pump<'_> {
         Poll::Pending
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn large_empty_buffers_are_given_back_small_ones_kept() {
+        let mut large = BytesMut::with_capacity(8 << 20);
+        large.extend_from_slice(&[0u8; 1024]);
+        shrink_if_idle(&mut large);
+        assert!(large.capacity() >= 8 << 20, "not empty: kept");
+        large.clear();
+        shrink_if_idle(&mut large);
+        assert_eq!(large.capacity(), 0);
+
+        let mut small = BytesMut::with_capacity(16 * 1024);
+        shrink_if_idle(&mut small);
+        assert_eq!(small.capacity(), 16 * 1024);
+    }
+}
