@@ -372,6 +372,16 @@ fn run_pgbench(
     if script == "select" {
         command.arg("-S");
     }
+    if script == "distinct" {
+        // A new statement text every time: a random literal in a simple-protocol text.
+        let path = work.join("distinct.sql");
+        std::fs::write(
+            &path,
+            "\\set n random(1, 1000000000)\nSELECT :n WHERE 1 <> :n;\n",
+        )
+        .expect("write the distinct script");
+        command.arg("-f").arg(path);
+    }
     if tenant::is_tenant_script(script) {
         command
             .arg("-f")
