@@ -190,6 +190,29 @@ fn main() {
     for target in &targets {
         wait_ready(port_of(target), target);
     }
+    // pgwarden processes by target, for RSS after every phase.
+    let pid_of = |target: &str| -> Option<u32> {
+        let guard = match target {
+            "pgwarden" => _warden.as_ref(),
+            "pgwarden_nostats" => _nostats.as_ref(),
+            "pgwarden_rewrite" => _rewrite.as_ref(),
+            "pgwarden_baseline" => _baseline.as_ref(),
+            _ => None,
+        };
+        guard.map(|g| g.0.id())
+    };
+    let mut rss_rows: Vec<String> = Vec::new();
+    for target in &targets {
+        if let Some(pid) = pid_of(target) {
+            let rss = idle::status_kib(pid, "VmRSS:");
+            eprintln!("{target} RSS at start: {} KiB", rss);
+            rss_rows.push(format!(
+                "| start | {target} | {:.1} | {:.1} |",
+                mib(rss),
+                mib(rss)
+            ));
+        }
+    }
 
     let mut rows: Vec<(String, String, String, Vec<Measure>)> = Vec::new();
     let mut replica_shares = Vec::new();
@@ -229,6 +252,20 @@ fn main() {
                         m.latency_ms,
                         if m.failed { "  (errors)" } else { "" }
                     );
+                    if let Some(pid) = pid_of(target) {
+                        let rss = idle::status_kib(pid, "VmRSS:");
+                        let peak = idle::status_kib(pid, "VmHWM:");
+                        eprintln!(
+                            "    {target} RSS {:.1} MiB, peak {:.1} MiB",
+                            mib(rss),
+                            mib(peak)
+                        );
+                        rss_rows.push(format!(
+                            "| {script} {mode} c={n} | {target} | {:.1} | {:.1} |",
+                            mib(rss),
+                            mib(peak)
+                        ));
+                    }
                     measures.push(m);
                 }
                 rows.push((script.clone(), mode.clone(), n.clone(), measures));
@@ -268,6 +305,13 @@ fn main() {
     }
 
     let mut report = render(&targets, &rows, &idle_rows, duration, scale, pool_size);
+    if !rss_rows.is_empty() {
+        let _ = write!(
+            report,
+            "\n| after phase | proxy | RSS (MiB) | peak RSS, VmHWM (MiB) |\n|---|---|---|---|\n{}\n",
+            rss_rows.join("\n")
+        );
+    }
     if replicas > 0 {
         report = format!(
             "pgwarden routes reads to {replicas} streaming replica(s); direct and PgBouncer use the primary only.\n\n{report}\n| script | mode | clients | transactions per node (primary, replicas...) | on replicas |\n|---|---|---|---|---|\n{}\n",
@@ -279,6 +323,10 @@ fn main() {
     std::fs::create_dir_all(&results).unwrap();
     std::fs::write(results.join("latest.md"), &report).unwrap();
     std::fs::write(results.join("latest.csv"), render_csv(&targets, &rows)).unwrap();
+}
+
+fn mib(kib: u64) -> f64 {
+    kib as f64 / 1024.0
 }
 
 /// `xact_commit` of the benchmark database on every node (primary first).
@@ -323,6 +371,16 @@ fn run_pgbench(
         .arg("--no-vacuum");
     if script == "select" {
         command.arg("-S");
+    }
+    if script == "distinct" {
+        // A new statement text every time: a random literal in a simple-protocol text.
+        let path = work.join("distinct.sql");
+        std::fs::write(
+            &path,
+            "\\set n random(1, 1000000000)\nSELECT :n WHERE 1 <> :n;\n",
+        )
+        .expect("write the distinct script");
+        command.arg("-f").arg(path);
     }
     if tenant::is_tenant_script(script) {
         command

@@ -80,11 +80,10 @@ impl Runtime {
         let violations = Arc::new(Violations::default());
         let tenancy = TenantGuard::start(&config, violations.clone());
         crate::admin::metrics::install();
-        let stats = StatsRecorder::start(
-            config.stats.enabled,
-            config.stats.max_fingerprints.max(10),
-            config.stats.show_parameters,
-        );
+        let stats = StatsRecorder::start(&crate::config::StatsConfig {
+            max_fingerprints: config.stats.max_fingerprints.max(10),
+            ..config.stats.clone()
+        });
         Ok(Arc::new(Runtime {
             routing: ArcSwap::from_pointee(routing),
             positions,

@@ -1,5 +1,5 @@
 //! The admin console: `psql -p <proxy port> -U <admin> pgwarden`, simple query
-//! protocol, `SHOW POOLS|SERVERS|CLIENTS|DATABASES|BACKENDS|QUERIES|TENANCY|CONFIG|VERSION`,
+//! protocol, `SHOW POOLS|SERVERS|CLIENTS|DATABASES|BACKENDS|QUERIES|TENANCY|CONFIG|MEMORY|VERSION`,
 //! `SHOW TENANCY TABLES`,
 //! `RELOAD`, `PAUSE`, `RESUME`.
 
@@ -128,6 +128,7 @@ async fn run_command(runtime: &Runtime, sql: &str) -> Result<Reply, ErrorFields>
         ["SHOW", "TENANCY"] => Ok(Reply::Rows(super::tenancy::violations(runtime))),
         ["SHOW", "TENANCY", "TABLES"] => Ok(Reply::Rows(super::tenancy::scoped_tables(runtime))),
         ["SHOW", "VERSION"] => Ok(Reply::Rows(tables::version())),
+        ["SHOW", "MEMORY"] => Ok(Reply::Rows(super::memory::table(runtime))),
         ["RELOAD"] => runtime
             .reload()
             .map(|()| Reply::Done("RELOAD".into()))
@@ -144,7 +145,7 @@ async fn run_command(runtime: &Runtime, sql: &str) -> Result<Reply, ErrorFields>
             SqlState::SYNTAX_ERROR,
             format!("unknown admin command: {}", sql.trim()),
         )
-        .with_hint("try SHOW POOLS, SHOW SERVERS, SHOW CLIENTS, SHOW DATABASES, SHOW BACKENDS, SHOW QUERIES, SHOW TENANCY, SHOW TENANCY TABLES, SHOW CONFIG, SHOW VERSION, RELOAD, PAUSE, RESUME")),
+        .with_hint("try SHOW POOLS, SHOW SERVERS, SHOW CLIENTS, SHOW DATABASES, SHOW BACKENDS, SHOW QUERIES, SHOW TENANCY, SHOW TENANCY TABLES, SHOW CONFIG, SHOW MEMORY, SHOW VERSION, RELOAD, PAUSE, RESUME")),
     }
 }
 

@@ -43,6 +43,10 @@ pub fn router(runtime: Arc<Runtime>) -> Router {
             get(|State(r): State<Arc<Runtime>>| async move { Json(super::tenancy::json(&r)) }),
         )
         .route(
+            "/api/memory",
+            get(|State(r): State<Arc<Runtime>>| async move { Json(super::memory::parts(&r)) }),
+        )
+        .route(
             "/api/advisories",
             get(|| async { Json(serde_json::json!([])) }),
         )

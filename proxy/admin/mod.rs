@@ -7,6 +7,7 @@
 
 pub mod console;
 pub mod http;
+pub mod memory;
 pub mod metrics;
 pub mod tables;
 pub mod tenancy;

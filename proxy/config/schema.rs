@@ -145,6 +145,8 @@ pub struct RoutingConfig {
     pub read_only_functions: Vec<String>,
     /// Statement texts whose classification is remembered.
     pub classifier_cache_entries: u64,
+    /// Bytes the classification cache may take (texts included).
+    pub classifier_cache_bytes: u64,
 }
 
 impl Default for RoutingConfig {
@@ -157,6 +159,7 @@ impl Default for RoutingConfig {
             lag_poll_ms: 100,
             read_only_functions: Vec::new(),
             classifier_cache_entries: 10_000,
+            classifier_cache_bytes: 4 << 20,
         }
     }
 }
@@ -204,6 +207,11 @@ pub struct StatsConfig {
     pub max_fingerprints: usize,
     /// Show one sample statement with its literal values in outputs.
     pub show_parameters: bool,
+    /// Bytes the fingerprints (counters, histograms, texts) may take; past it the
+    /// least costly are evicted.
+    pub max_bytes: u64,
+    /// Bytes of the map from exact statement text (a 64-bit hash of it) to fingerprint.
+    pub text_map_bytes: u64,
 }
 
 impl Default for StatsConfig {
@@ -212,6 +220,8 @@ impl Default for StatsConfig {
             enabled: true,
             max_fingerprints: 5_000,
             show_parameters: false,
+            max_bytes: 32 << 20,
+            text_map_bytes: 2 << 20,
         }
     }
 }

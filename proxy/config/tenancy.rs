@@ -69,6 +69,8 @@ pub struct TenancyConfig {
     pub refresh_interval_ms: u64,
     /// Statement texts whose guarded form is remembered per tenant.
     pub cache_entries: u64,
+    /// Bytes the decision cache may take (texts and rewritten texts included).
+    pub cache_bytes: u64,
 }
 
 impl Default for TenancyConfig {
@@ -85,6 +87,7 @@ impl Default for TenancyConfig {
             set_config: None,
             refresh_interval_ms: 60_000,
             cache_entries: 10_000,
+            cache_bytes: 8 << 20,
         }
     }
 }

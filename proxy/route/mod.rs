@@ -21,6 +21,27 @@ pub use topology::{format_lsn, parse_lsn, BackendState, LagLimits, Lsn, ReplicaC
 
 use crate::config::{Config, RywScope};
 
+/// Bytes a cached classification costs beyond its key text.
+const CLASS_ENTRY_BYTES: u32 = 96;
+
+/// The classification cache: bounded by bytes (each entry weighs its texts plus a
+/// fixed overhead), and by `entries` through the byte bound's average.
+fn class_cache(entries: u64, bytes: u64) -> moka::sync::Cache<String, StatementClass> {
+    let bytes = bytes.min(entries.saturating_mul(u64::from(CLASS_ENTRY_BYTES) + 64));
+    moka::sync::Cache::builder()
+        .max_capacity(bytes.max(1))
+        .weigher(|key: &String, class: &StatementClass| {
+            let value = match class {
+                StatementClass::ProxySetting { name, value } => name.len() + value.len(),
+                _ => 0,
+            };
+            u32::try_from(key.len() + value)
+                .unwrap_or(u32::MAX)
+                .saturating_add(CLASS_ENTRY_BYTES)
+        })
+        .build()
+}
+
 /// Routing state of the process, rebuilt on reload.
 pub struct Routing {
     classifier: Classifier,
@@ -62,7 +83,10 @@ impl Routing {
         }
         Routing {
             classifier: Classifier::new(&routing.read_only_functions),
-            classes: moka::sync::Cache::new(routing.classifier_cache_entries),
+            classes: class_cache(
+                routing.classifier_cache_entries,
+                routing.classifier_cache_bytes,
+            ),
             topologies,
             positions,
             limits: LagLimits {
@@ -78,6 +102,14 @@ impl Routing {
                 },
             },
         }
+    }
+
+    /// Bytes the classification cache holds now, and its bound.
+    pub fn classifier_cache_bytes(&self) -> (u64, u64) {
+        (
+            self.classes.weighted_size(),
+            self.classes.policy().max_capacity().unwrap_or(0),
+        )
     }
 
     /// The topology of `database`, when it has replicas to route to.

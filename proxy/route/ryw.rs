@@ -13,7 +13,13 @@ use super::topology::{parse_lsn, Lsn};
 
 pub const CHANNEL: &str = "pgwarden_ryw";
 
+/// Bytes the positions may take (keys included).
+pub const POSITIONS_MAX_BYTES: u64 = 16 << 20;
+/// Bytes one position costs beyond its key text (the LSN, moka bookkeeping).
+const POSITION_ENTRY_BYTES: u32 = 96;
+
 /// Last write position per (database, key); entries expire after an hour without writes.
+/// Bounded by bytes ([`POSITIONS_MAX_BYTES`]).
 pub struct SharedPositions {
     positions: moka::sync::Cache<String, Lsn>,
 }
@@ -22,7 +28,12 @@ impl Default for SharedPositions {
     fn default() -> Self {
         SharedPositions {
             positions: moka::sync::Cache::builder()
-                .max_capacity(1_000_000)
+                .max_capacity(POSITIONS_MAX_BYTES)
+                .weigher(|slot: &String, _: &Lsn| {
+                    u32::try_from(slot.len())
+                        .unwrap_or(u32::MAX)
+                        .saturating_add(POSITION_ENTRY_BYTES)
+                })
                 .time_to_idle(Duration::from_secs(3600))
                 .build(),
         }
@@ -40,6 +51,11 @@ impl SharedPositions {
         if lsn > current {
             self.positions.insert(slot, lsn);
         }
+    }
+
+    /// Bytes the positions hold now.
+    pub fn bytes(&self) -> u64 {
+        self.positions.weighted_size()
     }
 
     pub fn get(&self, database: &str, key: &str) -> Option<Lsn> {

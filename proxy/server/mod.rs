@@ -26,6 +26,9 @@ mod session;
 pub mod session_effects;
 mod settings;
 mod statements;
+pub use statements::{
+    registry_bytes as statement_registry_bytes, REGISTRY_MAX_BYTES as STATEMENT_REGISTRY_MAX_BYTES,
+};
 mod statistics;
 pub mod stream;
 mod tenancy;

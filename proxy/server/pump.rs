@@ -28,6 +28,18 @@ const CLIENT_HIGH_WATER: usize = 64 * 1024;
 /// Read buffers grow by at least this much.
 const READ_CHUNK: usize = 16 * 1024;
 
+/// An empty buffer with more capacity than this is given back after a batch, so one
+/// large result or COPY does not leave its size behind for the life of the session.
+const KEEP_CAPACITY: usize = 64 * 1024;
+
+/// Replaces `buf` with an unallocated one when it is empty and large. Frames split off
+/// it earlier keep their own shares of the old allocation until they are dropped.
+pub fn shrink_if_idle(buf: &mut BytesMut) {
+    if buf.is_empty() && buf.capacity() > KEEP_CAPACITY {
+        *buf = BytesMut::new();
+    }
+}
+
 /// What the pump saw.
 #[derive(Debug)]
 pub enum Pumped {
@@ -130,5 +142,25 @@ impl Pump<'_> {
             }
         }
         Poll::Pending
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn large_empty_buffers_are_given_back_small_ones_kept() {
+        let mut large = BytesMut::with_capacity(8 << 20);
+        large.extend_from_slice(&[0u8; 1024]);
+        shrink_if_idle(&mut large);
+        assert!(large.capacity() >= 8 << 20, "not empty: kept");
+        large.clear();
+        shrink_if_idle(&mut large);
+        assert_eq!(large.capacity(), 0);
+
+        let mut small = BytesMut::with_capacity(16 * 1024);
+        shrink_if_idle(&mut small);
+        assert_eq!(small.capacity(), 16 * 1024);
     }
 }

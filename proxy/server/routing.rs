@@ -128,7 +128,9 @@ impl SessionRouting {
     pub fn remember_frame(&mut self, frame: &Bytes) {
         if self.retry_bytes + frame.len() <= MAX_RETRY_BYTES {
             self.retry_bytes += frame.len();
-            self.retry_frames.push(frame.clone());
+            // Kept until the replica's first answer, possibly longer than the read
+            // buffer the frame came from: copy it, so it pins no buffer.
+            self.retry_frames.push(Bytes::copy_from_slice(frame));
         } else {
             self.retry_bytes = usize::MAX / 2; // too big: no retry for this request
             self.retry_frames.clear();

@@ -11,7 +11,7 @@ use bytes::BytesMut;
 
 use super::cancel::CancelRegistration;
 use super::pooled_state::PooledState;
-use super::pump::{Pump, PumpError, Pumped};
+use super::pump::{shrink_if_idle, Pump, PumpError, Pumped};
 use super::responses::ResponseQueue;
 use super::routing::SessionRouting;
 use super::session_effects::Effect;
@@ -160,6 +160,7 @@ impl Session {
             if self.server.is_some() {
                 Box::pin(self.maybe_release()).await;
             }
+            self.shrink_buffers();
             idle_since = Instant::now();
         }
     }
@@ -288,8 +289,21 @@ impl Session {
         }
     }
 
+    /// Gives back buffer capacity a large result or COPY left behind, once the buffers
+    /// are empty (see [`shrink_if_idle`]).
+    fn shrink_buffers(&mut self) {
+        shrink_if_idle(&mut self.client_buf);
+        shrink_if_idle(&mut self.to_client);
+        shrink_if_idle(&mut self.to_server);
+        if let Some(server) = self.server.as_mut() {
+            shrink_if_idle(&mut server.read_buf);
+        }
+    }
+
     pub(super) fn release(&mut self) {
         if let Some(mut server) = self.server.take() {
+            // A pooled connection keeps no large read buffer for its next client.
+            shrink_if_idle(&mut server.read_buf);
             server.last_used = Instant::now();
             self.cancel.slot.detach();
             if let Some(state) = self.routing.as_mut() {

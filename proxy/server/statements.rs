@@ -21,7 +21,12 @@ pub struct StatementId(pub u64);
 
 /// Definitions kept by the registry before it starts over (ids stay unique: a
 /// definition registered again simply gets a new one).
-const REGISTRY_MAX_BYTES: usize = 32 << 20;
+pub const REGISTRY_MAX_BYTES: usize = 32 << 20;
+
+/// Bytes the process-wide registry holds now (definitions plus per-entry overhead).
+pub fn registry_bytes() -> usize {
+    registry().lock().unwrap_or_else(|e| e.into_inner()).bytes
+}
 
 struct Registry {
     by_definition: HashMap<Box<[u8]>, u64>,

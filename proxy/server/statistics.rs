@@ -1,6 +1,11 @@
 //! The session's side of query statistics: when each statement was sent, which text it
 //! ran, the rows and errors its answer reported, handed to the stats recorder when the
 //! answer is complete. Only timestamps and cheap `Bytes` handles on the data path.
+//!
+//! A text that lives only as long as its statement (a `Query` until its answer is
+//! complete) shares the client's read buffer; a text remembered beyond its message (the
+//! last unnamed `Parse`, the statement a portal ran) is copied, so it never pins a
+//! whole read buffer for the life of the session.
 
 use std::collections::VecDeque;
 use std::time::Instant;
@@ -99,7 +104,9 @@ impl Session {
                 if let Ok(view) = ParseView::parse(&frame[HEADER_LEN..]) {
                     if view.statement.is_empty() {
                         let start = HEADER_LEN + 1;
-                        stats.unnamed_sql = Some(frame.slice(start..start + view.query.len()));
+                        stats.unnamed_sql = Some(Bytes::copy_from_slice(
+                            &frame[start..start + view.query.len()],
+                        ));
                     }
                 }
             }

@@ -1,8 +1,13 @@
 //! The aggregator task: per-fingerprint counters and histograms, bounded memory,
 //! a per-second time series for the dashboard, and the published snapshot.
+//!
+//! Nothing here keeps a slice of a session's buffers: the text map holds a 64-bit hash
+//! of each statement text, and fingerprints own compact strings. Both are bounded by
+//! bytes, and their sizes are published in [`MemoryGauges`].
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::AtomicU64;
+use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -12,7 +17,7 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 
 use super::fingerprint::{fingerprint, FingerprintId};
-use super::{Event, Served, StatementEvent};
+use super::{Event, MemoryGauges, Served, StatementEvent};
 
 /// What readers see of one fingerprint.
 #[derive(Debug, Clone, Serialize)]
@@ -76,6 +81,80 @@ struct Entry {
 
 const TIMELINE_SECONDS: usize = 300;
 
+/// Bytes one text-map slot costs (hash key, fingerprint id, control byte).
+const TEXT_SLOT_BYTES: usize = 2 * std::mem::size_of::<u64>() + 1;
+
+/// The exact-text → fingerprint map: hashes only, bounded by bytes.
+struct TextMap {
+    map: HashMap<u64, FingerprintId>,
+    max_entries: usize,
+}
+
+impl TextMap {
+    /// A map whose table never grows past `max_bytes`: the largest power-of-two table
+    /// that fits, filled to its load factor (7/8) at most.
+    fn new(max_bytes: usize, max_fingerprints: usize) -> TextMap {
+        let mut buckets = 8usize;
+        while buckets * 2 * TEXT_SLOT_BYTES <= max_bytes {
+            buckets *= 2;
+        }
+        let max_entries = (buckets / 8 * 7).min(max_fingerprints.saturating_mul(8).max(1));
+        TextMap {
+            map: HashMap::new(),
+            max_entries,
+        }
+    }
+
+    fn hash(sql: &[u8]) -> u64 {
+        BuildHasherDefault::<DefaultHasher>::default().hash_one(sql)
+    }
+
+    fn get(&self, hash: u64) -> Option<FingerprintId> {
+        self.map.get(&hash).copied()
+    }
+
+    fn insert(&mut self, hash: u64, id: FingerprintId) {
+        if self.map.len() >= self.max_entries {
+            self.map.clear();
+        }
+        self.map.insert(hash, id);
+    }
+
+    /// Bytes of the table (allocated capacity, not only the entries in use).
+    fn bytes(&self) -> u64 {
+        let capacity = self.map.capacity();
+        if capacity == 0 {
+            return 0;
+        }
+        // hashbrown keeps 1/8 of its buckets free.
+        (capacity.div_ceil(7) * 8 * TEXT_SLOT_BYTES) as u64
+    }
+}
+
+/// Bytes one fingerprint entry holds: the entry, its histogram counts, its strings.
+fn entry_bytes(entry: &Entry) -> u64 {
+    (std::mem::size_of::<Entry>()
+        + std::mem::size_of::<FingerprintId>()
+        + entry.histogram.distinct_values() * std::mem::size_of::<u64>()
+        + entry.query.capacity()
+        + entry.sample.as_ref().map_or(0, String::capacity)) as u64
+}
+
+/// What the aggregator may keep.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Limits {
+    pub max_fingerprints: usize,
+    pub max_bytes: u64,
+    pub text_map_bytes: usize,
+    pub show_parameters: bool,
+}
+
+/// Fingerprints with their byte total.
+struct Entries {
+    map: HashMap<FingerprintId, Entry>,
+    bytes: u64,
+}
+
 fn now_secs() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -87,13 +166,17 @@ pub(super) async fn run(
     mut rx: mpsc::Receiver<Event>,
     snapshot: Arc<ArcSwap<Snapshot>>,
     dropped: Arc<AtomicU64>,
-    max_fingerprints: usize,
-    show_parameters: bool,
+    memory: Arc<MemoryGauges>,
+    limits: Limits,
 ) {
-    let mut entries: HashMap<FingerprintId, Entry> = HashMap::new();
+    let mut entries = Entries {
+        map: HashMap::new(),
+        bytes: 0,
+    };
     let mut timeline: VecDeque<(TimePoint, u64)> = VecDeque::new();
-    // Fingerprints by exact text, so repeated statements skip normalization.
-    let mut by_text: HashMap<bytes::Bytes, FingerprintId> = HashMap::new();
+    // Fingerprints by a hash of the exact text, so repeated statements skip
+    // normalization.
+    let mut by_text = TextMap::new(limits.text_map_bytes, limits.max_fingerprints);
     let latency = [
         metrics::histogram!("pgwarden_query_duration_seconds", "route" => "primary"),
         metrics::histogram!("pgwarden_query_duration_seconds", "route" => "replica"),
@@ -112,14 +195,7 @@ pub(super) async fn run(
                 Ok(Event::Statement(event)) => {
                     let index = usize::from(event.served == Served::Replica);
                     latency[index].record(event.duration.as_secs_f64());
-                    add(
-                        &mut entries,
-                        &mut by_text,
-                        &mut timeline,
-                        event,
-                        max_fingerprints,
-                        show_parameters,
-                    );
+                    add(&mut entries, &mut by_text, &mut timeline, event, &limits);
                     dirty = true;
                 }
                 Ok(Event::Flush(done)) => waiting.push(done),
@@ -128,8 +204,10 @@ pub(super) async fn run(
             }
         }
         since_publish += 1;
+        memory.text_map.store(by_text.bytes(), Ordering::Relaxed);
+        memory.fingerprints.store(entries.bytes, Ordering::Relaxed);
         if !waiting.is_empty() || (dirty && since_publish >= 25) {
-            snapshot.store(Arc::new(build(&entries, &timeline, &dropped)));
+            snapshot.store(Arc::new(build(&entries.map, &timeline, &dropped)));
             dirty = false;
             since_publish = 0;
             for done in waiting {
@@ -140,45 +218,50 @@ pub(super) async fn run(
 }
 
 fn add(
-    entries: &mut HashMap<FingerprintId, Entry>,
-    by_text: &mut HashMap<bytes::Bytes, FingerprintId>,
+    entries: &mut Entries,
+    by_text: &mut TextMap,
     timeline: &mut VecDeque<(TimePoint, u64)>,
     event: StatementEvent,
-    max_fingerprints: usize,
-    show_parameters: bool,
+    limits: &Limits,
 ) {
     let micros = event.duration.as_micros() as u64;
     let now = now_secs();
-    let (id, normalized) = match by_text.get(&event.sql) {
-        Some(id) if entries.contains_key(id) => (*id, None),
+    let hash = TextMap::hash(&event.sql);
+    let (id, normalized) = match by_text.get(hash) {
+        Some(id) if entries.map.contains_key(&id) => (id, None),
         _ => {
             let text = String::from_utf8_lossy(&event.sql);
             let (id, normalized) = fingerprint(&text);
-            if by_text.len() > max_fingerprints * 8 {
-                by_text.clear();
-            }
-            by_text.insert(event.sql.clone(), id);
+            by_text.insert(hash, id);
             (id, Some(normalized))
         }
     };
-    if !entries.contains_key(&id) && entries.len() >= max_fingerprints {
-        evict(entries, max_fingerprints);
-    }
-    let entry = entries.entry(id).or_insert_with(|| Entry {
-        query: normalized.unwrap_or_default(),
-        sample: show_parameters.then(|| String::from_utf8_lossy(&event.sql).into_owned()),
-        calls: 0,
-        errors: 0,
-        rows: 0,
-        total_us: 0,
-        min_us: u64::MAX,
-        max_us: 0,
-        histogram: Histogram::new_with_bounds(1, 3_600_000_000, 2).expect("valid bounds"),
-        primary_calls: 0,
-        replica_calls: 0,
-        first_seen: now,
-        last_seen: now,
-    });
+    let entry = match entries.map.entry(id) {
+        std::collections::hash_map::Entry::Occupied(slot) => slot.into_mut(),
+        std::collections::hash_map::Entry::Vacant(slot) => {
+            let mut query = normalized.unwrap_or_default();
+            query.shrink_to_fit();
+            let entry = Entry {
+                query,
+                sample: limits
+                    .show_parameters
+                    .then(|| String::from_utf8_lossy(&event.sql).into_owned()),
+                calls: 0,
+                errors: 0,
+                rows: 0,
+                total_us: 0,
+                min_us: u64::MAX,
+                max_us: 0,
+                histogram: Histogram::new_with_bounds(1, 3_600_000_000, 2).expect("valid bounds"),
+                primary_calls: 0,
+                replica_calls: 0,
+                first_seen: now,
+                last_seen: now,
+            };
+            entries.bytes += entry_bytes(&entry);
+            slot.insert(entry)
+        }
+    };
     entry.calls += 1;
     entry.errors += u64::from(event.error);
     entry.rows += event.rows;
@@ -215,16 +298,30 @@ fn add(
         point.mean_ms = *total_us as f64 / point.calls as f64 / 1000.0;
         point.max_ms = point.max_ms.max(micros as f64 / 1000.0);
     }
+    if entries.map.len() > limits.max_fingerprints || entries.bytes > limits.max_bytes {
+        evict(entries, limits, id);
+    }
 }
 
-/// Drops the tenth of fingerprints that cost the least total time.
-fn evict(entries: &mut HashMap<FingerprintId, Entry>, max: usize) {
-    let mut costs: Vec<(u64, FingerprintId)> =
-        entries.iter().map(|(id, e)| (e.total_us, *id)).collect();
+/// Drops the tenth of fingerprints that cost the least total time (more while the
+/// entries still exceed their byte bound), never `keep`, the one just recorded.
+fn evict(entries: &mut Entries, limits: &Limits, keep: FingerprintId) {
+    let mut costs: Vec<(u64, FingerprintId)> = entries
+        .map
+        .iter()
+        .filter(|(id, _)| **id != keep)
+        .map(|(id, e)| (e.total_us, *id))
+        .collect();
     costs.sort_unstable();
-    let remove = (max / 10).max(1);
-    for (_, id) in costs.into_iter().take(remove) {
-        entries.remove(&id);
+    let tenth = (limits.max_fingerprints / 10).max(1);
+    for (removed, (_, id)) in costs.into_iter().enumerate() {
+        let over = entries.map.len() > limits.max_fingerprints || entries.bytes > limits.max_bytes;
+        if removed >= tenth && !over {
+            break;
+        }
+        if let Some(entry) = entries.map.remove(&id) {
+            entries.bytes = entries.bytes.saturating_sub(entry_bytes(&entry));
+        }
     }
 }
 

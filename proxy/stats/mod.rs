@@ -20,6 +20,17 @@ use tokio::sync::{mpsc, oneshot};
 
 pub use aggregate::{QuerySummary, Snapshot, TimePoint};
 
+use crate::config::StatsConfig;
+
+/// Bytes the aggregator holds, updated by it every few milliseconds.
+#[derive(Debug, Default)]
+pub struct MemoryGauges {
+    /// The exact-text → fingerprint map (hashes only).
+    pub text_map: AtomicU64,
+    /// Fingerprint entries: counters, histograms, normalized text, samples.
+    pub fingerprints: AtomicU64,
+}
+
 /// Which kind of backend served a statement.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -31,6 +42,8 @@ pub enum Served {
 /// One finished statement.
 #[derive(Debug)]
 pub struct StatementEvent {
+    /// The text as sent. May share a session buffer while the event is in flight; the
+    /// aggregator keeps only a hash of it.
     pub sql: Bytes,
     pub duration: Duration,
     pub rows: u64,
@@ -49,28 +62,57 @@ pub struct StatsRecorder {
     tx: mpsc::Sender<Event>,
     snapshot: Arc<ArcSwap<Snapshot>>,
     dropped: Arc<AtomicU64>,
+    memory: Arc<MemoryGauges>,
+    limits: StatsLimits,
     pub enabled: bool,
+}
+
+/// The byte bounds of the aggregator, for `SHOW MEMORY`.
+#[derive(Debug, Clone, Copy)]
+pub struct StatsLimits {
+    pub text_map_bytes: u64,
+    pub fingerprint_bytes: u64,
 }
 
 impl StatsRecorder {
     /// Starts the aggregator task (needs a tokio runtime).
-    pub fn start(enabled: bool, max_fingerprints: usize, show_parameters: bool) -> StatsRecorder {
+    pub fn start(config: &StatsConfig) -> StatsRecorder {
         let (tx, rx) = mpsc::channel(65_536);
         let snapshot = Arc::new(ArcSwap::from_pointee(Snapshot::default()));
         let dropped = Arc::new(AtomicU64::new(0));
+        let memory = Arc::new(MemoryGauges::default());
         tokio::spawn(aggregate::run(
             rx,
             snapshot.clone(),
             dropped.clone(),
-            max_fingerprints,
-            show_parameters,
+            memory.clone(),
+            aggregate::Limits {
+                max_fingerprints: config.max_fingerprints.max(1),
+                max_bytes: config.max_bytes,
+                text_map_bytes: usize::try_from(config.text_map_bytes).unwrap_or(usize::MAX),
+                show_parameters: config.show_parameters,
+            },
         ));
         StatsRecorder {
             tx,
             snapshot,
             dropped,
-            enabled,
+            memory,
+            limits: StatsLimits {
+                text_map_bytes: config.text_map_bytes,
+                fingerprint_bytes: config.max_bytes,
+            },
+            enabled: config.enabled,
         }
+    }
+
+    /// Bytes the aggregator holds now.
+    pub fn memory(&self) -> &MemoryGauges {
+        &self.memory
+    }
+
+    pub fn limits(&self) -> StatsLimits {
+        self.limits
     }
 
     /// Records a statement; never waits.
@@ -110,6 +152,43 @@ pub fn rows_from_tag(tag: &[u8]) -> u64 {
 mod tests {
     use super::*;
 
+    fn config(max_fingerprints: usize) -> StatsConfig {
+        StatsConfig {
+            max_fingerprints,
+            ..StatsConfig::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn text_map_and_fingerprints_stay_within_their_bytes() {
+        let stats = StatsRecorder::start(&StatsConfig {
+            max_fingerprints: 100_000,
+            max_bytes: 512 * 1024,
+            text_map_bytes: 64 * 1024,
+            ..StatsConfig::default()
+        });
+        for i in 0..20_000 {
+            // Distinct texts, a few hundred distinct fingerprints.
+            stats.record(StatementEvent {
+                sql: Bytes::from(format!("SELECT c{} FROM t WHERE id = {i}", i % 300)),
+                duration: Duration::from_micros(10),
+                rows: 0,
+                error: false,
+                served: Served::Primary,
+            });
+        }
+        stats.flush().await;
+        let memory = stats.memory();
+        let text = memory.text_map.load(Ordering::Relaxed);
+        let fingerprints = memory.fingerprints.load(Ordering::Relaxed);
+        assert!(text > 0 && text <= 64 * 1024, "text map {text}");
+        assert!(
+            fingerprints > 0 && fingerprints <= 512 * 1024,
+            "fingerprints {fingerprints}"
+        );
+        assert!(!stats.snapshot().queries.is_empty());
+    }
+
     #[test]
     fn rows_from_command_tags() {
         assert_eq!(rows_from_tag(b"SELECT 5"), 5);
@@ -119,7 +198,7 @@ mod tests {
 
     #[tokio::test]
     async fn aggregates_by_fingerprint() {
-        let stats = StatsRecorder::start(true, 100, false);
+        let stats = StatsRecorder::start(&config(100));
         for (sql, error) in [
             ("SELECT 1", false),
             ("select 2", false),
@@ -157,7 +236,7 @@ mod tests {
 
     #[tokio::test]
     async fn memory_is_bounded_and_cheap_fingerprints_go_first() {
-        let stats = StatsRecorder::start(true, 10, false);
+        let stats = StatsRecorder::start(&config(10));
         stats.record(StatementEvent {
             sql: Bytes::from("SELECT expensive FROM t"),
             duration: Duration::from_secs(1),

@@ -88,6 +88,43 @@ fn decide_with(
     decide::decide(&ctx, mode, sql)
 }
 
+/// Bytes a cached decision costs beyond its texts (key, `Arc`, moka bookkeeping).
+const DECISION_ENTRY_BYTES: usize = 160;
+
+/// Bytes one cached decision holds: its key's texts, the rewritten text or rejection
+/// detail, and a fixed overhead.
+fn decision_weight(key: &DecisionKey, decision: &Arc<Decision>) -> u32 {
+    let value = match decision.as_ref() {
+        Decision::Pass => 0,
+        Decision::Rewritten { sql, tenant_params } => {
+            sql.len() + tenant_params.len() * std::mem::size_of::<usize>()
+        }
+        Decision::PassWithParams { tenant_params } => {
+            tenant_params.len() * std::mem::size_of::<usize>()
+        }
+        Decision::Reject(rejection) => rejection.detail.len(),
+    };
+    let bytes = key.database.len()
+        + key.tenant.as_ref().map_or(0, |t| t.len())
+        + key.sql.len()
+        + value
+        + DECISION_ENTRY_BYTES;
+    u32::try_from(bytes).unwrap_or(u32::MAX)
+}
+
+/// The decision cache, bounded by bytes and (through the average entry) by
+/// `cache_entries`.
+fn decision_cache(config: &TenancyConfig) -> moka::sync::Cache<DecisionKey, Arc<Decision>> {
+    let by_entries = config
+        .cache_entries
+        .max(1)
+        .saturating_mul(DECISION_ENTRY_BYTES as u64 + 256);
+    moka::sync::Cache::builder()
+        .max_capacity(config.cache_bytes.min(by_entries).max(1))
+        .weigher(decision_weight)
+        .build()
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct DecisionKey {
     database: Arc<str>,
@@ -110,9 +147,7 @@ impl TenantGuard {
     /// Builds the guard and starts catalog refresh for every database whose mode is
     /// not `off`. Must run inside a tokio runtime when any database is guarded.
     pub fn start(config: &Config, violations: Arc<Violations>) -> TenantGuard {
-        let decisions = moka::sync::Cache::builder()
-            .max_capacity(config.tenancy.cache_entries.max(1))
-            .build();
+        let decisions = decision_cache(&config.tenancy);
         let mut catalogs = HashMap::new();
         for (name, db) in &config.databases {
             if config.tenancy_mode_for(name) == TenancyMode::Off {
@@ -140,6 +175,14 @@ impl TenantGuard {
             decisions,
             violations,
         }
+    }
+
+    /// Bytes the decision cache holds now, and its bound.
+    pub fn cache_bytes(&self) -> (u64, u64) {
+        (
+            self.decisions.weighted_size(),
+            self.decisions.policy().max_capacity().unwrap_or(0),
+        )
     }
 
     pub fn catalog_handle(&self, database: &str) -> Option<&Arc<CatalogHandle>> {
