@@ -104,22 +104,20 @@ async fn scram_verifier_in_config_and_separate_server_password() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_with_sslmode_require() {
     let cluster = support::cluster(0);
-    let dir = tempfile::tempdir().unwrap();
-    let cert =
-        rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
-    let cert_path = dir.path().join("server.crt");
-    let key_path = dir.path().join("server.key");
-    std::fs::write(&cert_path, cert.cert.pem()).unwrap();
-    std::fs::write(&key_path, cert.signing_key.serialize_pem()).unwrap();
+    let tls_files = support::tls_files();
     let proxy = proxy::start(&cluster, |c| {
-        c.proxy.tls_cert = Some(cert_path.display().to_string());
-        c.proxy.tls_key = Some(key_path.display().to_string());
+        c.proxy.tls_cert = Some(tls_files.cert.clone());
+        c.proxy.tls_key = Some(tls_files.key.clone());
     })
     .await;
 
     // tokio-postgres over rustls, verifying the proxy's certificate.
     let mut roots = rustls::RootCertStore::empty();
-    roots.add(cert.cert.der().clone()).unwrap();
+    roots
+        .add(rustls::pki_types::CertificateDer::from(
+            tls_files.cert_der.clone(),
+        ))
+        .unwrap();
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let tls_config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()

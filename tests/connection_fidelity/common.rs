@@ -31,27 +31,7 @@ pub async fn python(script: &'static str, env: Vec<(&'static str, String)>) -> V
         .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
 }
 
-/// A self-signed certificate and key for the proxy, as PEM files.
-pub struct TlsFiles {
-    _dir: tempfile::TempDir,
-    pub cert: String,
-    pub key: String,
-}
-
-pub fn tls_files() -> TlsFiles {
-    let dir = tempfile::tempdir().unwrap();
-    let cert =
-        rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
-    let cert_path = dir.path().join("server.crt");
-    let key_path = dir.path().join("server.key");
-    std::fs::write(&cert_path, cert.cert.pem()).unwrap();
-    std::fs::write(&key_path, cert.signing_key.serialize_pem()).unwrap();
-    TlsFiles {
-        _dir: dir,
-        cert: cert_path.display().to_string(),
-        key: key_path.display().to_string(),
-    }
-}
+pub use crate::support::tls_files;
 
 // ---- A relay in front of PostgreSQL -----------------------------------------------
 

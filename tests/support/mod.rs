@@ -52,3 +52,29 @@ pub fn init_logging() {
         }
     });
 }
+
+/// A self-signed certificate (for localhost and 127.0.0.1) and key for the proxy, as
+/// PEM files in a temporary directory that lives as long as this value.
+pub struct TlsFiles {
+    _dir: tempfile::TempDir,
+    pub cert: String,
+    pub key: String,
+    /// The certificate, for a client's root store.
+    pub cert_der: Vec<u8>,
+}
+
+pub fn tls_files() -> TlsFiles {
+    let dir = tempfile::tempdir().unwrap();
+    let cert =
+        rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
+    let cert_path = dir.path().join("server.crt");
+    let key_path = dir.path().join("server.key");
+    std::fs::write(&cert_path, cert.cert.pem()).unwrap();
+    std::fs::write(&key_path, cert.signing_key.serialize_pem()).unwrap();
+    TlsFiles {
+        _dir: dir,
+        cert: cert_path.display().to_string(),
+        key: key_path.display().to_string(),
+        cert_der: cert.cert.der().to_vec(),
+    }
+}
