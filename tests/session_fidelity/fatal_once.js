@@ -15,12 +15,15 @@ main(async () => {
   await attempt(victim.query("BEGIN"), "BEGIN");
   const pid = (await attempt(victim.query("select pg_backend_pid() as pid"), "pid")).ok;
   const backend = pid && pid.rows[0].pid;
+  // Listen for the end before the kill: the connection may end before the killer's
+  // own answer arrives.
+  const endSeen = new Promise((resolve) => victim.on("end", () => resolve("ended")));
   const terminated = await attempt(
     killer.query("select pg_terminate_backend($1) as done", [backend]),
     "pg_terminate_backend",
   );
   const ended = await attempt(
-    new Promise((resolve) => victim.on("end", () => resolve("ended"))),
+    endSeen,
     "connection end",
     5000,
   );
