@@ -7,6 +7,11 @@
 //!   (also SCRIPTS=tenant and the target pgwarden_rewrite: the tenant guard's cost)
 //!   IDLE="1000 10000" (empty to skip)  POOL_SIZE=20
 //!   PROXY_LOG=<RUST_LOG filter>: pgwarden logs to bench/results/pgwarden-<port>.log
+//!   BASELINE_BIN=<pgwarden binary> for the target pgwarden_baseline, and
+//!   BASELINE_PRELOAD=<shared library> to run it under LD_PRELOAD (e.g. another malloc)
+//!   BULK=1 (0 to skip): a 1M-row result, a 16 MiB value and a 100 MB COPY per target,
+//!   timed, and the proxy's RSS after, with the sessions that did them still idle
+//! Each proxy's CPU time per transaction (user + system, from /proc) is reported too.
 //! Results: a table on stdout, bench/results/latest.md and latest.csv.
 
 use std::fmt::Write as _;
@@ -16,6 +21,8 @@ use std::time::{Duration, Instant};
 
 use pgwarden::cluster::{free_port, ClusterSpec, LocalCluster, PgBinaries};
 
+mod bulk;
+mod cpu;
 mod idle;
 mod tenant;
 
@@ -168,8 +175,12 @@ fn main() {
     let _baseline = targets.iter().any(|t| t == "pgwarden_baseline").then(|| {
         let bin = std::env::var("BASELINE_BIN")
             .expect("the pgwarden_baseline target needs BASELINE_BIN=/path/to/pgwarden");
+        let mut command = pgwarden_command(PathBuf::from(bin));
+        if let Ok(preload) = std::env::var("BASELINE_PRELOAD") {
+            command.env("LD_PRELOAD", preload);
+        }
         start_pgwarden_binary(
-            PathBuf::from(bin),
+            command,
             &cluster,
             baseline_port,
             pool_size,
@@ -201,6 +212,14 @@ fn main() {
         };
         guard.map(|g| g.0.id())
     };
+    // The process whose CPU time a target costs: the proxy (pgbouncer's worker under runuser).
+    let cpu_pid_of = |target: &str| -> Option<u32> {
+        match target {
+            "pgbouncer" => _bouncer.as_ref().map(|g| server_pid(g.0.id())),
+            _ => pid_of(target),
+        }
+    };
+    let mut cpu_rows: Vec<String> = Vec::new();
     let mut rss_rows: Vec<String> = Vec::new();
     for target in &targets {
         if let Some(pid) = pid_of(target) {
@@ -222,6 +241,7 @@ fn main() {
                 let mut measures = Vec::new();
                 for target in &targets {
                     let before = transactions_per_node(&cluster);
+                    let cpu_before = cpu_pid_of(target).map(cpu::cpu_seconds);
                     let m = run_pgbench(
                         &pgbench,
                         port_of(target),
@@ -252,6 +272,15 @@ fn main() {
                         m.latency_ms,
                         if m.failed { "  (errors)" } else { "" }
                     );
+                    if let (Some(pid), Some(cpu_before)) = (cpu_pid_of(target), cpu_before) {
+                        let spent = cpu::cpu_seconds(pid) - cpu_before;
+                        let transactions = m.tps * duration as f64;
+                        let per_txn_us = spent * 1e6 / transactions.max(1.0);
+                        eprintln!("    {target} CPU {spent:.2} s, {per_txn_us:.1} us/txn");
+                        cpu_rows.push(format!(
+                            "| {script} | {mode} | {n} | {target} | {spent:.2} | {per_txn_us:.1} |"
+                        ));
+                    }
                     if let Some(pid) = pid_of(target) {
                         let rss = idle::status_kib(pid, "VmRSS:");
                         let peak = idle::status_kib(pid, "VmHWM:");
@@ -270,6 +299,19 @@ fn main() {
                 }
                 rows.push((script.clone(), mode.clone(), n.clone(), measures));
             }
+        }
+    }
+
+    let mut bulk_rows = Vec::new();
+    if env_num("BULK", 1) == 1 {
+        for target in &targets {
+            let url = format!(
+                "postgres://{USER}:{PASSWORD}@127.0.0.1:{}/{DATABASE}",
+                port_of(target)
+            );
+            let result = bulk::measure(&url, cpu_pid_of(target));
+            eprintln!("bulk {target}: {result:?}");
+            bulk_rows.push((target.clone(), result));
         }
     }
 
@@ -305,6 +347,42 @@ fn main() {
     }
 
     let mut report = render(&targets, &rows, &idle_rows, duration, scale, pool_size);
+    if !bulk_rows.is_empty() {
+        let direct = bulk_rows
+            .iter()
+            .find(|(t, _)| t == "direct")
+            .map(|(_, r)| *r);
+        let ratio = |a: f64, b: Option<f64>| match b {
+            Some(b) if b > 0.0 => format!("{:.2}", a / b),
+            _ => "n/a".to_string(),
+        };
+        let _ = write!(
+            report,
+            "\n{} sessions each fetch the 1M-row result; then one 16 MiB value and one 100 MB COPY FROM STDIN. RSS: the proxy's, with those sessions still connected and idle.\n\n| target | 1M rows (s) | vs direct | 16 MiB value (s) | vs direct | COPY 100 MB (s) | vs direct | RSS idle after (MiB) | peak RSS (MiB) |\n|---|---|---|---|---|---|---|---|---|\n",
+            bulk::SESSIONS
+        );
+        for (target, r) in &bulk_rows {
+            let _ = writeln!(
+                report,
+                "| {target} | {:.3} | {} | {:.3} | {} | {:.3} | {} | {:.1} | {:.1} |",
+                r.million_rows_s,
+                ratio(r.million_rows_s, direct.map(|d| d.million_rows_s)),
+                r.value_16mib_s,
+                ratio(r.value_16mib_s, direct.map(|d| d.value_16mib_s)),
+                r.copy_in_100mb_s,
+                ratio(r.copy_in_100mb_s, direct.map(|d| d.copy_in_100mb_s)),
+                mib(r.rss_idle_kib),
+                mib(r.rss_peak_kib),
+            );
+        }
+    }
+    if !cpu_rows.is_empty() {
+        let _ = write!(
+            report,
+            "\n| script | mode | clients | proxy | proxy CPU (s) | proxy CPU per transaction (us) |\n|---|---|---|---|---|---|\n{}\n",
+            cpu_rows.join("\n")
+        );
+    }
     if !rss_rows.is_empty() {
         let _ = write!(
             report,
@@ -468,11 +546,29 @@ fn start_pgwarden(
 ) -> Guard {
     let exe = std::env::current_exe().unwrap();
     let bin = exe.parent().unwrap().parent().unwrap().join("pgwarden");
-    start_pgwarden_binary(bin, cluster, port, pool_size, auth, stats, tenancy)
+    start_pgwarden_binary(
+        pgwarden_command(bin),
+        cluster,
+        port,
+        pool_size,
+        auth,
+        stats,
+        tenancy,
+    )
+}
+
+/// The command that runs the pgwarden binary `bin`.
+fn pgwarden_command(bin: PathBuf) -> Command {
+    assert!(
+        bin.exists(),
+        "build pgwarden first: cargo build --release ({})",
+        bin.display()
+    );
+    Command::new(bin)
 }
 
 fn start_pgwarden_binary(
-    bin: PathBuf,
+    mut command: Command,
     cluster: &LocalCluster,
     port: u16,
     pool_size: u64,
@@ -480,12 +576,7 @@ fn start_pgwarden_binary(
     stats: bool,
     tenancy: &str,
 ) -> Guard {
-    assert!(
-        bin.exists(),
-        "build pgwarden first: cargo build --release ({})",
-        bin.display()
-    );
-    let child = Command::new(bin)
+    let child = command
         .env("PGWARDEN_LISTEN", format!("127.0.0.1:{port}"))
         .env("PGWARDEN_HTTP_LISTEN", format!("127.0.0.1:{}", free_port()))
         .env("PGWARDEN_PRIMARY_URL", cluster.primary_url())

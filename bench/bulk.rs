@@ -1,0 +1,119 @@
+//! Bulk transfers through a target: a 1,000,000-row result (about 100 MB), one row
+//! holding a 16 MiB value, and a 100 MB `COPY FROM STDIN`, timed; then the proxy's RSS
+//! while the sessions that did them sit idle, to show that buffers shrink back.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::{pin_mut, SinkExt, StreamExt};
+use tokio_postgres::{NoTls, SimpleQueryMessage};
+
+/// The seconds each transfer took through one target, and the proxy's RSS after.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct BulkResult {
+    pub million_rows_s: f64,
+    pub value_16mib_s: f64,
+    pub copy_in_100mb_s: f64,
+    /// KiB; 0 for a target with no proxy process.
+    pub rss_idle_kib: u64,
+    pub rss_peak_kib: u64,
+}
+
+/// Sessions that each do every transfer, and then stay connected while RSS is read.
+pub const SESSIONS: usize = 4;
+
+const MILLION_ROWS: &str = "SELECT g, repeat('x', 100) FROM generate_series(1, 1000000) g";
+const VALUE_16MIB: &str = "SELECT repeat('x', 16 * 1024 * 1024)";
+
+pub fn measure(url: &str, pid: Option<u32>) -> BulkResult {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async move {
+        let mut clients = Vec::new();
+        for _ in 0..SESSIONS {
+            let (client, connection) = tokio_postgres::connect(url, NoTls)
+                .await
+                .expect("bulk: connect");
+            tokio::spawn(connection);
+            clients.push(client);
+        }
+        let first = &clients[0];
+        first
+            .batch_execute("CREATE TABLE IF NOT EXISTS bench_bulk (line text)")
+            .await
+            .expect("bulk: create table");
+        let mut result = BulkResult::default();
+        // Every session pulls the large result once; the first one is timed.
+        for (i, client) in clients.iter().enumerate() {
+            let started = Instant::now();
+            let rows = count_rows(client, MILLION_ROWS).await;
+            assert_eq!(rows, 1_000_000, "bulk: the 1M-row result");
+            if i == 0 {
+                result.million_rows_s = started.elapsed().as_secs_f64();
+            }
+        }
+        let started = Instant::now();
+        assert_eq!(value_len(first, VALUE_16MIB).await, 16 * 1024 * 1024);
+        result.value_16mib_s = started.elapsed().as_secs_f64();
+        let started = Instant::now();
+        copy_in(first, 100 * 1024 * 1024).await;
+        result.copy_in_100mb_s = started.elapsed().as_secs_f64();
+        first
+            .batch_execute("DROP TABLE bench_bulk")
+            .await
+            .expect("bulk: drop table");
+        // The sessions stay connected and idle while the proxy's memory is read.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        if let Some(pid) = pid {
+            result.rss_idle_kib = crate::idle::status_kib(pid, "VmRSS:");
+            result.rss_peak_kib = crate::idle::status_kib(pid, "VmHWM:");
+        }
+        drop(clients);
+        result
+    })
+}
+
+/// Rows of a simple-protocol query, counted as they stream in (simple protocol: PgBouncer
+/// 1.18 in transaction mode cannot carry tokio-postgres's named statements).
+async fn count_rows(client: &tokio_postgres::Client, sql: &str) -> usize {
+    let stream = client.simple_query_raw(sql).await.expect("bulk: query");
+    pin_mut!(stream);
+    let mut rows = 0;
+    while let Some(message) = stream.next().await {
+        if let SimpleQueryMessage::Row(_) = message.expect("bulk: row") {
+            rows += 1;
+        }
+    }
+    rows
+}
+
+/// The length of the first column of a one-row simple-protocol result.
+async fn value_len(client: &tokio_postgres::Client, sql: &str) -> usize {
+    let messages = client.simple_query(sql).await.expect("bulk: value");
+    messages
+        .iter()
+        .find_map(|m| match m {
+            SimpleQueryMessage::Row(row) => row.get(0).map(str::len),
+            _ => None,
+        })
+        .unwrap_or(0)
+}
+
+/// COPY FROM STDIN inside a transaction, so that PgBouncer 1.18 keeps tokio-postgres's
+/// named statement and its execution on one server.
+async fn copy_in(client: &tokio_postgres::Client, bytes: usize) {
+    client.batch_execute("BEGIN").await.expect("bulk: BEGIN");
+    let sink = client
+        .copy_in("COPY bench_bulk FROM STDIN")
+        .await
+        .expect("bulk: COPY");
+    pin_mut!(sink);
+    let line = Bytes::from(format!("{}\n", "y".repeat(1023)));
+    for _ in 0..bytes / line.len() {
+        sink.feed(line.clone()).await.expect("bulk: COPY data");
+    }
+    sink.finish().await.expect("bulk: COPY done");
+    client.batch_execute("COMMIT").await.expect("bulk: COMMIT");
+}
