@@ -8,6 +8,8 @@ pub mod admin;
 pub mod cluster;
 pub mod config;
 pub mod demo;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod pool;
 pub mod protocol;
 pub mod route;

@@ -21,6 +21,7 @@ mod policy;
 mod predicates;
 mod refresh;
 mod rewrite;
+mod sample;
 mod violations;
 mod writes;
 
@@ -37,6 +38,8 @@ pub use catalog::Catalog;
 pub use decision::{Decision, Rejection, RejectionKind};
 pub use policy::GuardContext;
 pub use refresh::CatalogHandle;
+#[doc(hidden)]
+pub use sample::sample_catalog;
 pub use violations::{ViolationRow, Violations};
 
 use crate::config::{Config, TenancyConfig, TenancyMode};

@@ -2,49 +2,12 @@
 //! The end-to-end proof (against PostgreSQL, with other tenants' rows present) is
 //! `tests/tenant_guard.rs`.
 
-use std::collections::HashSet;
-
-use super::catalog::{Catalog, RelationRow};
+use super::sample::sample_catalog;
 use super::*;
 
-fn catalog() -> Catalog {
-    let row = |schema: &str, name: &str, has_column: bool, columns: &[&str]| RelationRow {
-        schema: schema.into(),
-        name: name.into(),
-        has_column,
-        columns: columns.iter().map(|c| c.to_string()).collect(),
-    };
-    Catalog::build(
-        &TenancyConfig::default(),
-        vec![
-            row(
-                "public",
-                "orders",
-                true,
-                &["id", "tenant_id", "customer_id", "total"],
-            ),
-            row("public", "customers", true, &["id", "tenant_id", "name"]),
-            row("public", "products", false, &["id", "name"]),
-            row("public", "summary", false, &["n"]),
-            row("billing", "invoices", true, &["id", "tenant_id", "amount"]),
-        ],
-        vec![(
-            ("public".into(), "summary".into()),
-            ("public".into(), "orders".into()),
-        )],
-        HashSet::from(["public".into(), "billing".into(), "pg_catalog".into()]),
-        vec![
-            ("pg_catalog".into(), "count".into()),
-            ("pg_catalog".into(), "sum".into()),
-            ("pg_catalog".into(), "now".into()),
-            ("pg_catalog".into(), "query_to_xml".into()),
-            ("public".into(), "leak_everything".into()),
-        ],
-    )
-}
-
 fn decide_as(mode: TenancyMode, tenant: Option<&str>, sql: &str) -> Decision {
-    decide(&TenancyConfig::default(), &catalog(), mode, tenant, sql)
+    let config = TenancyConfig::default();
+    decide(&config, &sample_catalog(&config), mode, tenant, sql)
 }
 
 fn rewritten(sql: &str) -> String {
