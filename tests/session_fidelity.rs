@@ -72,12 +72,20 @@ async fn transaction_pooling_tells_what_postgresql_tells() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_fatal_reaches_the_client_once() {
-    for mode in [PoolMode::Session, PoolMode::Transaction] {
-        let (direct, through) = run_both(fatal_script, mode).await;
-        assert_eq!(direct["terminated"], true, "{direct}");
-        assert_eq!(direct["errors"][0], "57P01", "{direct}");
-        assert_eq!(through, direct, "{mode:?}");
-    }
+    // Session pooling: exactly as PostgreSQL (one error, then the connection ends).
+    let (direct, through) = run_both(fatal_script, PoolMode::Session).await;
+    assert_eq!(direct["terminated"], true, "{direct}");
+    assert_eq!(direct["ended"], true, "{direct}");
+    assert_eq!(direct["errors"][0], "57P01", "{direct}");
+    assert_eq!(through, direct, "session pooling");
+    // Transaction pooling: the client's connection is to pgwarden and outlives the
+    // server's (issue 14): the same 57P01 once, at its next query, and it goes on.
+    let (_, through) = run_both(fatal_script, PoolMode::Transaction).await;
+    assert_eq!(through["terminated"], true, "{through}");
+    assert_eq!(through["ended"], false, "{through}");
+    assert_eq!(through["errors"], serde_json::json!([]), "{through}");
+    assert_eq!(through["next"], "57P01", "{through}");
+    assert_eq!(through["after"], "ok", "{through}");
 }
 
 /// A second configured database, `scratch`, that a client of `app` drops or renames,

@@ -220,6 +220,26 @@ impl LocalCluster {
         self.replicas[i].stop("fast")
     }
 
+    /// Kills replica `i` with SIGKILL (postmaster and backends), as a crash would.
+    pub fn kill_replica(&mut self, i: usize) -> Result<(), ClusterError> {
+        self.replicas[i].kill_9()
+    }
+
+    /// Stops the primary in `mode` (`fast` or `immediate`) and starts it again on the
+    /// same port.
+    pub fn restart_primary(&mut self, mode: &str) -> Result<(), ClusterError> {
+        let port = self.primary.port;
+        self.primary.stop(mode)?;
+        self.primary.start()?;
+        if self.primary.port != port {
+            return Err(ClusterError::Command {
+                command: "restart primary".into(),
+                detail: format!("port {port} was taken while the primary was down"),
+            });
+        }
+        Ok(())
+    }
+
     pub fn start_replica(&mut self, i: usize) -> Result<(), ClusterError> {
         let port = self.replicas[i].port;
         let replica = &mut self.replicas[i];

@@ -173,6 +173,48 @@ impl Node {
         check(output, "pg_ctl stop").map(|_| ())
     }
 
+    /// The postmaster's pid, from `postmaster.pid`; None when it is not running.
+    pub fn postmaster_pid(&self) -> Option<i32> {
+        let text = std::fs::read_to_string(self.data_dir.join("postmaster.pid")).ok()?;
+        text.lines().next()?.trim().parse().ok()
+    }
+
+    /// Kills the postmaster and every process it started with SIGKILL, as a crash of
+    /// the machine would end them, without any shutdown of their own.
+    pub(super) fn kill_9(&mut self) -> Result<(), ClusterError> {
+        let Some(pid) = self.postmaster_pid() else {
+            return Ok(());
+        };
+        let children =
+            std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+        // SAFETY: plain kill(2) calls on pids read from the server's own files.
+        unsafe {
+            libc::kill(pid, libc::SIGKILL);
+            for child in children.split_whitespace().filter_map(|c| c.parse().ok()) {
+                libc::kill(child, libc::SIGKILL);
+            }
+        }
+        // Wait until the postmaster is gone, so that a restart finds its port free.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::path::Path::new(&format!("/proc/{pid}")).exists()
+            && std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .is_ok_and(|stat| !stat.contains(") Z "))
+        {
+            if std::time::Instant::now() > deadline {
+                return Err(ClusterError::Timeout(format!(
+                    "postmaster {pid} survived SIGKILL"
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // A killed postmaster may stay a zombie where nothing reaps orphans (PID 1 of a
+        // container): its lock file would then stop the restart, as after a crash an
+        // operator removes it.
+        let _ = std::fs::remove_file(self.data_dir.join("postmaster.pid"));
+        self.running = false;
+        Ok(())
+    }
+
     fn write_port(&self) -> Result<(), ClusterError> {
         use std::io::Write;
         let mut conf = std::fs::OpenOptions::new()

@@ -7,6 +7,7 @@
 //! usable, and the registry of pools per (database, role, backend). It does not know
 //! about clients, routing or SQL.
 
+pub mod background;
 mod connect;
 mod connector;
 mod error;
@@ -15,6 +16,7 @@ mod registry;
 pub mod scram_passthrough;
 mod server_connection;
 
+pub use background::{connect_background, BACKGROUND_APPLICATION_PREFIX};
 pub use connect::ServerTarget;
 pub use connector::ServerConnector;
 pub use error::PoolError;

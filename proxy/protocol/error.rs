@@ -24,6 +24,7 @@ impl SqlState {
     pub const PROGRAM_LIMIT_EXCEEDED: SqlState = SqlState("54000");
     pub const FEATURE_NOT_SUPPORTED: SqlState = SqlState("0A000");
     pub const ADMIN_SHUTDOWN: SqlState = SqlState("57P01");
+    pub const CRASH_SHUTDOWN: SqlState = SqlState("57P02");
     pub const IDLE_SESSION_TIMEOUT: SqlState = SqlState("57P05");
     pub const IDLE_IN_TRANSACTION_TIMEOUT: SqlState = SqlState("25P03");
     pub const INSUFFICIENT_PRIVILEGE: SqlState = SqlState("42501");

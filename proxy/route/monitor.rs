@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 
 use super::topology::{parse_lsn, Topology};
 
@@ -46,7 +46,7 @@ pub fn spawn(topology: Arc<Topology>, urls: Vec<String>, interval: Duration) {
 
 async fn poll(client: &mut Option<Client>, url: &str, index: usize) -> Result<u64, String> {
     if client.as_ref().is_none_or(|c| c.is_closed()) {
-        let (fresh, connection) = tokio_postgres::connect(url, NoTls)
+        let (fresh, connection) = crate::pool::connect_background(url, "lag monitor")
             .await
             .map_err(|e| e.to_string())?;
         tokio::spawn(async move {

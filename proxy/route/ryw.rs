@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use tokio_postgres::{AsyncMessage, NoTls};
+use tokio_postgres::AsyncMessage;
 
 use super::topology::{parse_lsn, Lsn};
 
@@ -87,7 +87,8 @@ pub fn spawn_listener(positions: Arc<SharedPositions>, primary_url: String) {
 }
 
 async fn listen(positions: &SharedPositions, url: &str) -> Result<(), tokio_postgres::Error> {
-    let (client, mut connection) = tokio_postgres::connect(url, NoTls).await?;
+    let (client, mut connection) =
+        crate::pool::connect_background(url, "positions listener").await?;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let driver = tokio::spawn(async move {
         let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));

@@ -32,6 +32,9 @@ impl Session {
     pub(super) async fn handle_client_message(&mut self, frame: Bytes) -> Result<(), SessionError> {
         let message_tag = frame[0];
         tracing::trace!(tag = %(message_tag as char), len = frame.len(), "client message");
+        if self.lost.is_some() && self.answer_lost_transaction(message_tag) {
+            return Ok(());
+        }
         if self.skip_until_sync {
             if message_tag != tag::SYNC {
                 return Ok(());

@@ -123,6 +123,7 @@ pub async fn log_in(
                 idle_in_transaction_timeout: millis(config.pool.idle_in_transaction_timeout_ms),
                 idle_in_batch_timeout: millis(config.pool.idle_in_batch_timeout_ms),
                 server_said_fatal: false,
+                lost: None,
                 draining_database: None,
                 pooled: PooledState::new(
                     config.pool.pin_session_state,

@@ -16,6 +16,7 @@ mod error;
 pub(crate) mod handshake;
 mod listener;
 mod login;
+mod lost_server;
 mod pooled_state;
 mod pump;
 mod responses;

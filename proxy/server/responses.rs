@@ -107,6 +107,14 @@ impl ResponseQueue {
         self.entries.is_empty()
     }
 
+    /// How many `ReadyForQuery` the client is owed (its `Query`s and `Sync`s in flight).
+    pub fn owed_ends(&self) -> usize {
+        self.entries
+            .iter()
+            .filter(|e| matches!(e, Expect::Query | Expect::Sync))
+            .count()
+    }
+
     /// Forgets what the server owes (the connection is going away); answers the proxy
     /// already made stay held for the client.
     pub fn clear(&mut self) {

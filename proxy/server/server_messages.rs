@@ -32,6 +32,7 @@ impl Session {
                 state.forget_frames(); // the answer has started: no retry from here on
             }
         }
+        let can_outlive_server = self.can_outlive_server();
         let Some(server) = self.server.as_mut() else {
             return Ok(());
         };
@@ -69,6 +70,18 @@ impl Session {
             if message_tag == tag::ERROR_RESPONSE
                 && is_fatal(&server.read_buf[relay_run + 5..relay_run + len])
             {
+                if can_outlive_server {
+                    // Transaction pooling: the client outlives this server connection
+                    // and is told as an ERROR where it is owed one (lost_server.rs).
+                    self.to_client
+                        .extend_from_slice(&server.read_buf[..relay_run]);
+                    let body = server.read_buf[relay_run + 5..relay_run + len].to_vec();
+                    self.note_server_fatal(&body);
+                    self.server_failed();
+                    return Err(SessionError::ServerLost(
+                        "the server ended the connection".into(),
+                    ));
+                }
                 // The server ends the connection with this error: the client's last word.
                 self.server_said_fatal = true;
             }

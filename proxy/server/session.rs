@@ -77,6 +77,9 @@ pub struct Session {
     /// The server sent a FATAL error (it is closing): relayed, and nothing more is
     /// added when the connection then drops, as PostgreSQL adds nothing either.
     pub(super) server_said_fatal: bool,
+    /// Transaction pooling: what the client was owed when its server connection was
+    /// lost, and the error to tell it (see `lost_server.rs`).
+    pub(super) lost: Option<super::lost_server::LostServer>,
     /// A `DROP/ALTER DATABASE` this client runs: that database's checkouts are held.
     pub(super) draining_database: Option<String>,
 }
@@ -151,7 +154,9 @@ impl Session {
                 Err(SessionError::ServerLost(reason)) => {
                     // A replica that died before answering an autocommit read: run the
                     // read elsewhere; the client never notices.
-                    if !Box::pin(self.retry_elsewhere()).await? {
+                    if !Box::pin(self.retry_elsewhere()).await?
+                        && !self.outlive_lost_server(&reason)
+                    {
                         return Err(SessionError::ServerLost(reason));
                     }
                 }
@@ -262,6 +267,7 @@ impl Session {
     pub(super) fn server_failed(&mut self) {
         if let Some(server) = self.server.as_mut() {
             server.mark_broken();
+            self.note_lost_server();
             self.failed_backend = Some(self.backend);
             if let Some(state) = self.routing.as_mut() {
                 state.failed_frames = std::mem::take(&mut state.retry_frames);
@@ -332,6 +338,13 @@ impl Session {
     pub(super) async fn acquire(&mut self, mut backend: usize) -> Result<(), SessionError> {
         if self.server.is_some() {
             return Ok(());
+        }
+        if self
+            .lost
+            .as_ref()
+            .is_some_and(|lost| lost.pending.is_none())
+        {
+            self.lost = None; // told already, or retried elsewhere
         }
         if *self.runtime.paused.borrow() {
             self.runtime.wait_unpaused().await;

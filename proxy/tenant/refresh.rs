@@ -121,7 +121,7 @@ async fn load(
     config: &TenancyConfig,
 ) -> Result<Catalog, String> {
     if client.as_ref().is_none_or(|c| c.is_closed()) {
-        let (fresh, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        let (fresh, connection) = crate::pool::connect_background(url, "tenant catalog")
             .await
             .map_err(|e| e.to_string())?;
         tokio::spawn(async move {

@@ -1,6 +1,9 @@
 // Issue 10 item 6 (node-postgres): after the server's FATAL (pg_terminate_backend of the
 // client's own backend, named by the pid the client was given), the client sees that
-// one error, not a second one made by the proxy.
+// one error, not a second one made by the proxy. Then (issue 14) whether the client can
+// go on: directly and in session pooling the connection has ended; under transaction
+// pooling the client's connection is to pgwarden, which tells it the error once, at its
+// next query, and serves it on.
 const { Client } = require("pg");
 const { attempt, emit, main } = require("./pgw.js");
 
@@ -22,13 +25,17 @@ main(async () => {
     killer.query("select pg_terminate_backend($1) as done", [backend]),
     "pg_terminate_backend",
   );
-  const ended = await attempt(
-    endSeen,
-    "connection end",
-    5000,
-  );
+  const ended = await attempt(endSeen, "connection end", 3000);
   // Give a second error (if any) time to arrive before counting.
   await new Promise((resolve) => setTimeout(resolve, 300));
+  const next = await attempt(victim.query("select 1 as one"), "next query");
+  const after = await attempt(victim.query("select 2 as two"), "query after");
   await killer.end();
-  emit({ terminated: terminated.ok && terminated.ok.rows[0].done, ended, errors });
+  emit({
+    terminated: terminated.ok && terminated.ok.rows[0].done,
+    ended: ended.ok === "ended",
+    errors,
+    next: next.error || (next.ok ? "ok" : "hung"),
+    after: after.error || (after.ok ? "ok" : "hung"),
+  });
 });
