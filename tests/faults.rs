@@ -191,3 +191,60 @@ async fn a_primary_restart_loses_nothing_and_strands_no_client() {
         assert_eq!(pooled, on_server, "{mode}: server connections disagree");
     }
 }
+
+/// 3. A hung backend (its process stopped with SIGSTOP) under `pool.query_timeout_ms`:
+///    its client gets a clean 57014 within the timeout and goes on with another server
+///    connection; other clients keep working; once the process resumes, the proxy's
+///    server connections and PostgreSQL's agree.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_backend_is_taken_out_and_its_client_goes_on() {
+    let cluster = support::cluster(0);
+    let proxy = proxy::start(&cluster, |c| {
+        c.pool.size = 4;
+        c.pool.query_timeout_ms = 1_000;
+    })
+    .await;
+    let hung = proxy::connect(&proxy).await;
+    let other = proxy::connect(&proxy).await;
+    tokio::time::timeout(STEP, hung.batch_execute("BEGIN"))
+        .await
+        .unwrap()
+        .unwrap();
+    let pid: i32 = tokio::time::timeout(STEP, hung.query_one("SELECT pg_backend_pid()", &[]))
+        .await
+        .unwrap()
+        .unwrap()
+        .get(0);
+    // SAFETY: kill(2) of the backend process serving this test's own client.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    let started = Instant::now();
+    let stalled = tokio::time::timeout(STEP, hung.simple_query("SELECT 1"))
+        .await
+        .expect("the hung client was never answered");
+    let waited = started.elapsed();
+    let others: Vec<String> = {
+        let mut seen = Vec::new();
+        for _ in 0..5 {
+            let result = tokio::time::timeout(STEP, other.simple_query("SELECT 1"))
+                .await
+                .expect("another client hung");
+            seen.push(outcome(&result));
+        }
+        seen
+    };
+    let after = tokio::time::timeout(STEP, hung.simple_query("SELECT 1"))
+        .await
+        .expect("the client hung after its error");
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    let direct = proxy::connect_direct(&cluster).await;
+    let (pooled, on_server) = load::settled_connections(&proxy, &direct).await;
+    println!(
+        "hung backend: the stalled query ended with {} after {waited:?}; other client {others:?}; then {}; server connections: proxy {pooled}, pg_stat_activity {on_server}",
+        outcome(&stalled),
+        outcome(&after),
+    );
+    assert_eq!(outcome(&stalled), "57014");
+    assert!(others.iter().all(|o| o == "ok"), "{others:?}");
+    assert_eq!(outcome(&after), "ok");
+    assert_eq!(pooled, on_server, "server connections disagree");
+}

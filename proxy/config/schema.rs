@@ -89,6 +89,11 @@ pub struct PoolConfig {
     /// (messages sent, no `Sync`): the server waits for that `Sync` and serves nobody
     /// else. 0 disables.
     pub idle_in_batch_timeout_ms: u64,
+    /// A server that owes an answer and sends nothing for this long is taken as hung
+    /// (a stopped process, a black-holed network): its connection is closed and the
+    /// client gets 57014 (transaction pooling: the client goes on with another server
+    /// connection). 0 disables; set it above your longest silent query.
+    pub query_timeout_ms: u64,
 }
 
 impl Default for PoolConfig {
@@ -106,6 +111,7 @@ impl Default for PoolConfig {
             max_prepared_statements: 200,
             idle_in_transaction_timeout_ms: 0,
             idle_in_batch_timeout_ms: 30_000,
+            query_timeout_ms: 0,
         }
     }
 }

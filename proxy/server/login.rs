@@ -122,6 +122,7 @@ pub async fn log_in(
                 idle_timeout: (idle > 0).then(|| Duration::from_millis(idle)),
                 idle_in_transaction_timeout: millis(config.pool.idle_in_transaction_timeout_ms),
                 idle_in_batch_timeout: millis(config.pool.idle_in_batch_timeout_ms),
+                query_timeout: millis(config.pool.query_timeout_ms),
                 server_said_fatal: false,
                 lost: None,
                 draining_database: None,

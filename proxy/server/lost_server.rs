@@ -20,6 +20,7 @@ use bytes::BytesMut;
 
 use super::responses::Expect;
 use super::session::{PendingSettings, Session};
+use super::SessionError;
 use crate::config::PoolMode;
 use crate::protocol::backend;
 use crate::protocol::error::{ErrorFields, SqlState};
@@ -66,6 +67,23 @@ impl Session {
         });
     }
 
+    /// The server owed an answer and sent nothing for `pool.query_timeout_ms`: its
+    /// connection is closed, and the client told 57014.
+    pub(super) fn server_hung(&mut self, ms: u64) -> SessionError {
+        tracing::warn!(
+            ms,
+            "no answer from the server within pool.query_timeout_ms; closing it"
+        );
+        let mut error = ErrorFields::error(
+            SqlState::QUERY_CANCELED,
+            format!("pgwarden: no answer from the server within pool.query_timeout_ms ({ms} ms)"),
+        );
+        error.hint = Some("The server connection was closed as hung.".into());
+        self.note_lost_error(error);
+        self.server_failed();
+        SessionError::ServerLost(format!("no answer within {ms} ms"))
+    }
+
     /// The server sent a FATAL error and is closing: kept to tell the client as an
     /// ERROR, instead of relaying a FATAL that would make it close its connection.
     pub(super) fn note_server_fatal(&mut self, body: &[u8]) {
@@ -80,12 +98,18 @@ impl Session {
             .find(|field| field.first() == Some(&b'M'))
             .map(|field| String::from_utf8_lossy(&field[1..]).into_owned())
             .unwrap_or_else(|| "the server ended the connection".into());
+        self.note_lost_error(ErrorFields::error(code, message));
+    }
+
+    /// The error to tell the client when the connection, about to be found broken,
+    /// is gone.
+    fn note_lost_error(&mut self, error: ErrorFields) {
         self.lost = Some(LostServer {
             owed_ends: 0,
             owed_anything: false,
             batch_open: false,
             in_transaction: false,
-            server_error: Some(ErrorFields::error(code, message)),
+            server_error: Some(error),
             pending: None,
         });
     }

@@ -72,6 +72,8 @@ pub struct Session {
     /// `pool.idle_in_transaction_timeout_ms` and `pool.idle_in_batch_timeout_ms`.
     pub(super) idle_in_transaction_timeout: Option<Duration>,
     pub(super) idle_in_batch_timeout: Option<Duration>,
+    /// `pool.query_timeout_ms`: how long a server that owes answers may stay silent.
+    pub(super) query_timeout: Option<Duration>,
     /// Transaction pooling: pins, the unnamed statement, effects of portals.
     pub(super) pooled: PooledState,
     /// The server sent a FATAL error (it is closing): relayed, and nothing more is
@@ -172,8 +174,18 @@ impl Session {
 
     async fn pump_once(&mut self, idle_since: Instant) -> Result<Pumped, SessionError> {
         let (idle_limit, holding_server) = self.idle_limit();
-        let deadline = idle_limit.map(|limit| idle_since + limit);
+        let server_owes = holding_server && idle_limit.is_none();
+        let limit = if server_owes {
+            self.query_timeout
+        } else {
+            idle_limit
+        };
+        let deadline = limit.map(|limit| idle_since + limit);
         match self.pump(true, false, deadline).await {
+            Err(None) if server_owes => {
+                let ms = limit.map_or(0, |l| l.as_millis() as u64);
+                Err(self.server_hung(ms))
+            }
             Err(None) => {
                 let ms = idle_limit.map_or(0, |l| l.as_millis() as u64);
                 Err(if holding_server {
