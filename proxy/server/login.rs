@@ -102,7 +102,13 @@ pub async fn log_in(
                 stats: runtime
                     .stats
                     .enabled
-                    .then(|| super::statistics::SessionStats::new(runtime.stats.clone())),
+                    .then(|| {
+                        let key = proxy_options
+                            .iter()
+                            .find(|(name, _)| name == "pgwarden.session_key")
+                            .map(|(_, value)| value.as_str());
+                        super::statistics::SessionStats::new(runtime.stats.clone(), key)
+                    }),
                 client: stream,
                 identity,
                 mode,
