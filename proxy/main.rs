@@ -61,16 +61,30 @@ fn main() -> std::process::ExitCode {
 
 fn run_cli() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    // The demo and `advise` print reports: only warnings from the proxy on the terminal.
-    let quiet = matches!(cli.command, Some(Command::Demo { .. } | Command::Advise { .. }));
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-                tracing_subscriber::EnvFilter::new(if quiet { "warn" } else { "info" })
-            }),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    let filter = || {
+        tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
+    };
+    match &cli.command {
+        // The demo prints a report: the proxy's log goes to a file it names.
+        Some(Command::Demo { .. }) => {
+            let path =
+                std::env::temp_dir().join(format!("pgwarden-demo-{}.log", std::process::id()));
+            let file = std::fs::File::create(&path)
+                .with_context(|| format!("creating the demo log {}", path.display()))?;
+            tracing_subscriber::fmt()
+                .with_env_filter(filter())
+                .with_ansi(false)
+                .with_writer(std::sync::Mutex::new(file))
+                .init();
+            println!("(proxy log: {})", path.display());
+        }
+        Some(Command::Advise { .. }) => {}
+        _ => tracing_subscriber::fmt()
+            .with_env_filter(filter())
+            .with_writer(std::io::stderr)
+            .init(),
+    }
     match cli.command.unwrap_or(Command::Run) {
         Command::Run => run(cli.config),
         Command::CheckConfig { file } => check_config(file.or(cli.config)),

@@ -41,7 +41,9 @@ pub fn get(base: &str, path: &str, token: Option<&str>) -> Result<String, ApiErr
         source,
     };
     let mut stream = TcpStream::connect(&address).map_err(io)?;
-    stream.set_read_timeout(Some(Duration::from_secs(10))).map_err(io)?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(io)?;
     let auth = token
         .map(|t| format!("Authorization: Bearer {t}\r\n"))
         .unwrap_or_default();
@@ -57,7 +59,10 @@ pub fn get(base: &str, path: &str, token: Option<&str>) -> Result<String, ApiErr
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
-    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
         dechunk(body)
     } else {
         body.to_string()

@@ -174,10 +174,22 @@ mod tests {
         let closed = run(
             &mut scope,
             start,
-            &[(1, 0), (2, 10), (2, 11), (9, 0), (2, 12), (2, 13), (2, 14), (1, 1)],
+            &[
+                (1, 0),
+                (2, 10),
+                (2, 11),
+                (9, 0),
+                (2, 12),
+                (2, 13),
+                (2, 14),
+                (1, 1),
+            ],
         );
         let burst = closed.iter().find(|b| b.child == 2).expect("burst of 2");
-        assert_eq!((burst.parent, burst.count, burst.distinct_params()), (1, 5, 5));
+        assert_eq!(
+            (burst.parent, burst.count, burst.distinct_params()),
+            (1, 5, 5)
+        );
         assert!(burst.span() >= Duration::from_millis(9));
     }
 

@@ -64,7 +64,11 @@ pub fn create_ddl(schema: &str, table: &str, columns: &[String]) -> String {
         "CREATE INDEX CONCURRENTLY ON {}.{} ({})",
         quote(schema),
         quote(table),
-        columns.iter().map(|c| quote(c)).collect::<Vec<_>>().join(", ")
+        columns
+            .iter()
+            .map(|c| quote(c))
+            .collect::<Vec<_>>()
+            .join(", ")
     )
 }
 
@@ -119,7 +123,12 @@ mod tests {
             bytes: 0,
         }];
         let found = candidates(&s(&["a"]), &[], &s(&["b"]), &[], &existing);
-        assert!(found.iter().all(|k| k != &s(&["a"]) && k != &s(&["a", "b"])), "{found:?}");
+        assert!(
+            found
+                .iter()
+                .all(|k| k != &s(&["a"]) && k != &s(&["a", "b"])),
+            "{found:?}"
+        );
         assert_eq!(
             create_ddl("public", "Big", &s(&["a"])),
             "CREATE INDEX CONCURRENTLY ON public.\"Big\" (a)"

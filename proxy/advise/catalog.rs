@@ -40,7 +40,11 @@ pub async fn hypopg_installed(client: &Client) -> Result<bool, AdviseError> {
     Ok(row.get(0))
 }
 
-pub async fn table(client: &Client, schema: &str, table: &str) -> Result<Option<TableInfo>, AdviseError> {
+pub async fn table(
+    client: &Client,
+    schema: &str,
+    table: &str,
+) -> Result<Option<TableInfo>, AdviseError> {
     let rows = bounded(
         "reading the table",
         client.query(
@@ -123,7 +127,11 @@ pub async fn index_scans(client: &Client) -> Result<Vec<(String, String, i64)>, 
 }
 
 /// Rows inserted, updated and deleted in a table, and the seconds the counters cover.
-pub async fn writes(client: &Client, schema: &str, table: &str) -> Result<Option<(f64, f64)>, AdviseError> {
+pub async fn writes(
+    client: &Client,
+    schema: &str,
+    table: &str,
+) -> Result<Option<(f64, f64)>, AdviseError> {
     let rows = bounded(
         "reading table writes",
         client.query(

@@ -47,6 +47,10 @@ pub async fn plan_with_index(
         })
     }
     .await;
-    let _ = bounded("hypopg_reset", client.batch_execute("SELECT hypopg_reset()")).await;
+    let _ = bounded(
+        "hypopg_reset",
+        client.batch_execute("SELECT hypopg_reset()"),
+    )
+    .await;
     result
 }

@@ -38,7 +38,11 @@ pub struct IndexAdvice {
 
 impl IndexAdvice {
     pub fn key(&self) -> (String, String, Vec<String>) {
-        (self.schema.clone(), self.table.clone(), self.columns.clone())
+        (
+            self.schema.clone(),
+            self.table.clone(),
+            self.columns.clone(),
+        )
     }
 
     fn saving(h: &Helped) -> f64 {
@@ -50,7 +54,11 @@ impl IndexAdvice {
 
     pub fn advisory(&self, database: &str) -> Advisory {
         let seconds = self.helped.values().map(|h| h.seconds).max().unwrap_or(0);
-        let saved_ms: f64 = self.helped.values().map(|h| h.total_ms * Self::saving(h)).sum();
+        let saved_ms: f64 = self
+            .helped
+            .values()
+            .map(|h| h.total_ms * Self::saving(h))
+            .sum();
         let worst = self
             .helped
             .values()
@@ -62,7 +70,11 @@ impl IndexAdvice {
             "index {} ({}){}: {} statement(s), {:.1}% of query time{}",
             table,
             self.columns.join(", "),
-            if self.confirmed { "" } else { " (unconfirmed: hypopg not installed)" },
+            if self.confirmed {
+                ""
+            } else {
+                " (unconfirmed: hypopg not installed)"
+            },
             self.helped.len(),
             100.0 * share,
             match (before, after) {

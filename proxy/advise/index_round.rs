@@ -192,8 +192,12 @@ impl DatabaseAdvisor {
                 };
                 let has = |c: &str| table.columns.iter().any(|t| t == c);
                 let of = |kind| predicates.of(&scan.alias, &scan.table, kind, has);
-                let (equality, join, range, sort) =
-                    (of(Use::Equality), of(Use::Join), of(Use::Range), of(Use::Sort));
+                let (equality, join, range, sort) = (
+                    of(Use::Equality),
+                    of(Use::Join),
+                    of(Use::Range),
+                    of(Use::Sort),
+                );
                 if scan.filtered && scan.rows > MAX_SELECTIVITY * table.rows && sort.is_empty() {
                     continue;
                 }
@@ -222,28 +226,23 @@ impl DatabaseAdvisor {
                             break;
                         }
                         ctx.report.explains += 1;
-                        let confirmed = match plan_with_index(
-                            client,
-                            &scan.schema,
-                            &scan.table,
-                            key,
-                            sample,
-                        )
-                        .await
-                        {
-                            Ok(confirmed) => confirmed,
-                            Err(AdviseError::Query { source, .. })
-                                if source.as_db_error().is_some() =>
+                        let confirmed =
+                            match plan_with_index(client, &scan.schema, &scan.table, key, sample)
+                                .await
                             {
-                                continue;
-                            }
-                            Err(e) => return Err(e),
-                        };
+                                Ok(confirmed) => confirmed,
+                                Err(AdviseError::Query { source, .. })
+                                    if source.as_db_error().is_some() =>
+                                {
+                                    continue;
+                                }
+                                Err(e) => return Err(e),
+                            };
                         let cost = confirmed.plan.total_cost;
                         // Fewer columns win near-ties.
-                        let better = winner
-                            .as_ref()
-                            .is_none_or(|(c, k, _)| cost < c * 0.98 || (cost <= *c && key.len() < k.len()));
+                        let better = winner.as_ref().is_none_or(|(c, k, _)| {
+                            cost < c * 0.98 || (cost <= *c && key.len() < k.len())
+                        });
                         if better {
                             winner = Some((cost, key.clone(), confirmed.estimated_bytes));
                         }
@@ -264,14 +263,21 @@ impl DatabaseAdvisor {
                     Helped {
                         query: query.query.clone(),
                         total_ms: query.total_ms,
-                        share: if ctx.total_ms > 0.0 { query.total_ms / ctx.total_ms } else { 0.0 },
+                        share: if ctx.total_ms > 0.0 {
+                            query.total_ms / ctx.total_ms
+                        } else {
+                            0.0
+                        },
                         seconds: now_secs().saturating_sub(query.first_seen),
                         cost_before: plan.total_cost,
                         cost_after,
                     },
                 );
                 // One advice per statement: the scan whose index saves the most.
-                if best.as_ref().is_none_or(|b| advice_saving(&advice) > advice_saving(b)) {
+                if best
+                    .as_ref()
+                    .is_none_or(|b| advice_saving(&advice) > advice_saving(b))
+                {
                     best = Some(advice);
                 }
             }
@@ -285,7 +291,10 @@ impl DatabaseAdvisor {
                 existing.helped.remove(&id);
             }
             if let Some(advice) = advice {
-                let entry = self.advice.entry(advice.key()).or_insert_with(|| advice.clone());
+                let entry = self
+                    .advice
+                    .entry(advice.key())
+                    .or_insert_with(|| advice.clone());
                 entry.helped.extend(advice.helped);
                 entry.confirmed = advice.confirmed;
                 entry.estimated_bytes = advice.estimated_bytes.or(entry.estimated_bytes);

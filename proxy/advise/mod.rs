@@ -70,7 +70,10 @@ impl Advisors {
         all.extend(self.n_plus_one.load().iter().cloned());
         all.sort_by(|a, b| {
             let cleanup = |x: &Advisory| {
-                matches!(x.kind, AdvisoryKind::UnusedIndex | AdvisoryKind::DuplicateIndex)
+                matches!(
+                    x.kind,
+                    AdvisoryKind::UnusedIndex | AdvisoryKind::DuplicateIndex
+                )
             };
             cleanup(a)
                 .cmp(&cleanup(b))
@@ -86,23 +89,31 @@ impl Advisors {
     }
 
     /// Runs one index-advisor round over every database now (rounds never overlap).
-    pub async fn run_round(&self, config: &Config, snapshot: &Snapshot) -> BTreeMap<String, RoundReport> {
+    pub async fn run_round(
+        &self,
+        config: &Config,
+        snapshot: &Snapshot,
+    ) -> BTreeMap<String, RoundReport> {
         let mut rounds = self.rounds.lock().await;
         rounds.retain(|name, _| config.databases.contains_key(name));
         let mut reports = BTreeMap::new();
         for (name, db) in &config.databases {
             let urls = (db.primary.clone(), db.replicas.clone());
-            let advisor = rounds
-                .entry(name.clone())
-                .or_insert_with(|| DatabaseAdvisor::new(name.clone(), urls.0.clone(), urls.1.clone()));
+            let advisor = rounds.entry(name.clone()).or_insert_with(|| {
+                DatabaseAdvisor::new(name.clone(), urls.0.clone(), urls.1.clone())
+            });
             if advisor.urls() != urls {
                 *advisor = DatabaseAdvisor::new(name.clone(), urls.0, urls.1);
             }
             let report = advisor.run(&config.advise, snapshot).await;
-            metrics::counter!("pgwarden_advise_explains_total").increment(u64::from(report.explains));
+            metrics::counter!("pgwarden_advise_explains_total")
+                .increment(u64::from(report.explains));
             reports.insert(name.clone(), report);
         }
-        let all: Vec<Advisory> = rounds.values().flat_map(DatabaseAdvisor::advisories).collect();
+        let all: Vec<Advisory> = rounds
+            .values()
+            .flat_map(DatabaseAdvisor::advisories)
+            .collect();
         self.index.store(Arc::new(all));
         self.last_round.store(Arc::new(reports.clone()));
         reports

@@ -114,7 +114,9 @@ impl Detector {
         let min = self.settings.min_repeats as usize;
         let now = now_secs();
         for burst in std::mem::take(&mut self.closed) {
-            if (burst.count as usize) < min || burst.distinct_params() < min.min(super::burst::MAX_PARAMS) {
+            if (burst.count as usize) < min
+                || burst.distinct_params() < min.min(super::burst::MAX_PARAMS)
+            {
                 continue;
             }
             let key = (burst.parent, burst.child);
@@ -161,7 +163,12 @@ impl Detector {
 
     fn allowed(&self, child: FingerprintId, query: &str) -> bool {
         let id = format!("{child:016x}");
-        if self.settings.allow.iter().any(|a| *a == id || a.trim() == query) {
+        if self
+            .settings
+            .allow
+            .iter()
+            .any(|a| *a == id || a.trim() == query)
+        {
             return true;
         }
         self.settings.allow_uniqueness_checks && is_uniqueness_check(query)
@@ -173,7 +180,11 @@ impl Detector {
         let now = now_secs();
         let mut out = Vec::new();
         for ((parent, child), p) in &self.patterns {
-            if p.requests < u64::from(self.settings.min_requests) || self.allowed(*child, &p.child_query) {
+            if p.requests < u64::from(self.settings.min_requests)
+                || self.allowed(*child, &p.child_query)
+                // Loops of writes are a batching question, not N+1 reads.
+                || !super::plan::is_plannable_read(&p.child_query)
+            {
                 continue;
             }
             let child_ms = p.child_time.as_secs_f64() * 1000.0;
@@ -192,7 +203,11 @@ impl Detector {
                     FingerprintRef {
                         id: format!("{child:016x}"),
                         query: p.child_query.to_string(),
-                        share: if total_ms > 0.0 { child_ms / total_ms } else { 0.0 },
+                        share: if total_ms > 0.0 {
+                            child_ms / total_ms
+                        } else {
+                            0.0
+                        },
                         role: Some("child".into()),
                     },
                     FingerprintRef {
@@ -291,7 +306,9 @@ impl CallObserver for Detector {
             }
             self.settle();
         }
-        self.memory.n_plus_one.store(self.bytes(), Ordering::Relaxed);
+        self.memory
+            .n_plus_one
+            .store(self.bytes(), Ordering::Relaxed);
         if self.dirty
             && self
                 .last_publish
@@ -301,6 +318,11 @@ impl CallObserver for Detector {
             self.dirty = false;
             self.last_publish = Some(now);
         }
+    }
+
+    fn flush(&mut self) {
+        self.published.store(Arc::new(self.advisories()));
+        self.dirty = false;
     }
 }
 
@@ -330,7 +352,14 @@ mod tests {
             }
         }
 
-        fn run(&mut self, session_key: u64, client: u64, fingerprint: u64, query: &str, params: u64) {
+        fn run(
+            &mut self,
+            session_key: u64,
+            client: u64,
+            fingerprint: u64,
+            query: &str,
+            params: u64,
+        ) {
             self.now += Duration::from_millis(1);
             let query: Arc<str> = Arc::from(query);
             self.detector.observe(&Call {
@@ -399,7 +428,13 @@ mod tests {
         for request in 0..5u64 {
             feed.run(0, 1, 1, PARENT, request);
             for child in 0..8u64 {
-                feed.run(0, 1, 4, "select ? from users where email = ? limit ?", child);
+                feed.run(
+                    0,
+                    1,
+                    4,
+                    "select ? from users where email = ? limit ?",
+                    child,
+                );
             }
         }
         assert!(feed.advisories().is_empty());
@@ -432,6 +467,10 @@ mod tests {
             feed.run(0, client, client % 7, PARENT, client);
         }
         feed.advisories();
-        assert!(feed.detector.bytes() <= 256 * 1024, "{}", feed.detector.bytes());
+        assert!(
+            feed.detector.bytes() <= 256 * 1024,
+            "{}",
+            feed.detector.bytes()
+        );
     }
 }

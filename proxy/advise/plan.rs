@@ -30,8 +30,16 @@ pub fn is_plannable_read(sql: &str) -> bool {
     let first = lower.split_whitespace().next().unwrap_or("");
     let reads = matches!(first, "select" | "with" | "table" | "values" | "(");
     let writes = [
-        "insert ", "update ", "delete ", "merge ", " for update", " for share", " into ",
-        "nextval", "setval", "pg_advisory",
+        "insert ",
+        "update ",
+        "delete ",
+        "merge ",
+        " for update",
+        " for share",
+        " into ",
+        "nextval",
+        "setval",
+        "pg_advisory",
     ]
     .iter()
     .any(|w| lower.contains(w));
@@ -123,8 +131,7 @@ async fn explain_json(client: &Client, sql: &str) -> Result<Plan, AdviseError> {
 
 /// The root of `EXPLAIN (FORMAT JSON)` output.
 pub fn parse(text: &str) -> Result<Plan, AdviseError> {
-    let value: Value =
-        serde_json::from_str(text).map_err(|e| AdviseError::Plan(e.to_string()))?;
+    let value: Value = serde_json::from_str(text).map_err(|e| AdviseError::Plan(e.to_string()))?;
     let root = value
         .get(0)
         .and_then(|v| v.get("Plan"))
@@ -146,7 +153,9 @@ mod tests {
         assert!(is_plannable_read("SELECT * FROM t WHERE a = $1"));
         assert!(is_plannable_read("with x as (select 1) select * from x;"));
         assert!(!is_plannable_read("UPDATE t SET a = 1"));
-        assert!(!is_plannable_read("WITH d AS (DELETE FROM t RETURNING *) SELECT * FROM d"));
+        assert!(!is_plannable_read(
+            "WITH d AS (DELETE FROM t RETURNING *) SELECT * FROM d"
+        ));
         assert!(!is_plannable_read("SELECT * FROM t FOR UPDATE"));
         assert!(!is_plannable_read("SELECT 1; DROP TABLE t"));
         assert!(!is_plannable_read("SELECT nextval('s')"));
@@ -154,7 +163,10 @@ mod tests {
 
     #[test]
     fn counts_parameters_outside_quotes() {
-        assert_eq!(parameter_count("SELECT * FROM t WHERE a = $1 AND b > $2"), 2);
+        assert_eq!(
+            parameter_count("SELECT * FROM t WHERE a = $1 AND b > $2"),
+            2
+        );
         assert_eq!(parameter_count("SELECT '$5' FROM t WHERE a = $1"), 1);
         assert_eq!(parameter_count("SELECT 1"), 0);
     }

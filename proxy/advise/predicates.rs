@@ -44,7 +44,13 @@ pub struct Predicates {
 impl Predicates {
     /// The columns of `table` (referred to as `alias`) used as `kind`, in statement
     /// order, once each. A bare column counts when `has_column` says the table has it.
-    pub fn of(&self, alias: &str, table: &str, kind: Use, has_column: impl Fn(&str) -> bool) -> Vec<String> {
+    pub fn of(
+        &self,
+        alias: &str,
+        table: &str,
+        kind: Use,
+        has_column: impl Fn(&str) -> bool,
+    ) -> Vec<String> {
         let mut out: Vec<String> = Vec::new();
         for c in self.columns.iter().filter(|c| c.kind == kind) {
             let mine = match &c.qualifier {
@@ -208,12 +214,20 @@ fn conjuncts(expr: &Expr, found: &mut Predicates) {
                 _ => {}
             }
         }
-        Expr::Between { expr, negated: false, .. } => {
+        Expr::Between {
+            expr,
+            negated: false,
+            ..
+        } => {
             if let Some(c) = column_of(expr) {
                 push(c, Use::Range);
             }
         }
-        Expr::InList { expr, negated: false, .. } => {
+        Expr::InList {
+            expr,
+            negated: false,
+            ..
+        } => {
             if let Some(c) = column_of(expr) {
                 push(c, Use::Equality);
             }
@@ -272,7 +286,14 @@ mod tests {
         assert_eq!(p.of("o", "orders", Use::Sort, any), vec!["total"]);
         assert_eq!(p.of("c", "customers", Use::Equality, any), vec!["region"]);
         let bare = of_sql("SELECT * FROM t WHERE a = 1 OR b = 2").unwrap();
-        assert!(bare.columns.is_empty(), "OR is not a conjunct: {:?}", bare.columns);
-        assert_eq!(tables_of_sql("select * from a join b on a.x = b.y"), vec!["a", "b"]);
+        assert!(
+            bare.columns.is_empty(),
+            "OR is not a conjunct: {:?}",
+            bare.columns
+        );
+        assert_eq!(
+            tables_of_sql("select * from a join b on a.x = b.y"),
+            vec!["a", "b"]
+        );
     }
 }

@@ -18,7 +18,14 @@ fn drop_ddl(index: &IndexInfo) -> String {
     )
 }
 
-fn advisory(kind: AdvisoryKind, database: &str, index: &IndexInfo, summary: String, covered_by: Option<String>, now: u64) -> Advisory {
+fn advisory(
+    kind: AdvisoryKind,
+    database: &str,
+    index: &IndexInfo,
+    summary: String,
+    covered_by: Option<String>,
+    now: u64,
+) -> Advisory {
     Advisory {
         kind,
         database: database.to_string(),
@@ -162,7 +169,10 @@ mod tests {
         let tables = HashSet::from(["t".to_string()]);
         let found = unused("app", &list, &scans, &tables, 0);
         assert_eq!(found.len(), 1);
-        assert_eq!(found[0].ddl.as_deref(), Some("DROP INDEX CONCURRENTLY public.t_a"));
+        assert_eq!(
+            found[0].ddl.as_deref(),
+            Some("DROP INDEX CONCURRENTLY public.t_a")
+        );
         assert!(unused("app", &list, &scans, &HashSet::new(), 0).is_empty());
     }
 }

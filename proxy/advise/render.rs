@@ -50,7 +50,15 @@ pub fn text(advisories: &[Advisory]) -> String {
     if advisories.is_empty() {
         return "no advisories yet\n".to_string();
     }
-    let header = ["#", "kind", "table", "columns", "confirmed", "ms saved/h", "action"];
+    let header = [
+        "#",
+        "kind",
+        "table",
+        "columns",
+        "confirmed",
+        "ms saved/h",
+        "action",
+    ];
     let rows: Vec<Vec<String>> = advisories
         .iter()
         .enumerate()

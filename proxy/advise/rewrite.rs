@@ -97,11 +97,16 @@ mod tests {
             Some((Some("comments".into()), "post_id".into()))
         );
         assert_eq!(
-            lookup_column("select * from comments c where c.deleted = false and c.post_id = ? order by id"),
+            lookup_column(
+                "select * from comments c where c.deleted = false and c.post_id = ? order by id"
+            ),
             Some((Some("comments".into()), "post_id".into()))
         );
         assert_eq!(lookup_column("select * from comments"), None);
-        let (column, text) = rewrite("select * from comments where post_id = ?", "select id from posts");
+        let (column, text) = rewrite(
+            "select * from comments where post_id = ?",
+            "select id from posts",
+        );
         assert_eq!(column.as_deref(), Some("post_id"));
         assert!(text.contains("post_id = any($1)"), "{text}");
     }

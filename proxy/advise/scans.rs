@@ -27,11 +27,7 @@ fn walk(node: &Value, out: &mut Vec<Scan>) {
     let kind = node.get("Node Type").and_then(Value::as_str).unwrap_or("");
     let filtered = node.get("Filter").is_some();
     let wasteful = kind == "Seq Scan"
-        || (filtered
-            && matches!(
-                kind,
-                "Index Scan" | "Index Only Scan" | "Bitmap Heap Scan"
-            ));
+        || (filtered && matches!(kind, "Index Scan" | "Index Only Scan" | "Bitmap Heap Scan"));
     if wasteful {
         if let Some(table) = node.get("Relation Name").and_then(Value::as_str) {
             out.push(Scan {
@@ -76,7 +72,10 @@ mod tests {
         .unwrap();
         let scans = wasteful_scans(&plan);
         assert_eq!(scans.len(), 1);
-        assert_eq!((scans[0].table.as_str(), scans[0].alias.as_str()), ("orders", "o"));
+        assert_eq!(
+            (scans[0].table.as_str(), scans[0].alias.as_str()),
+            ("orders", "o")
+        );
         assert!(scans[0].filtered);
     }
 }

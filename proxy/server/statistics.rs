@@ -156,8 +156,7 @@ impl Session {
                     // Portal and statement names precede the values; the body is a
                     // fine stand-in for "these parameters".                     // Bounded: the first 512 bytes and the length.
                     let end = frame.len().min(HEADER_LEN + 512);
-                    stats.portal_params =
-                        hash_bytes(&frame[HEADER_LEN..end]) ^ frame.len() as u64;
+                    stats.portal_params = hash_bytes(&frame[HEADER_LEN..end]) ^ frame.len() as u64;
                     stats.portal_sql = if view.statement.is_empty() {
                         stats.unnamed_sql.clone()
                     } else {

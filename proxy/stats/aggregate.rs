@@ -222,6 +222,11 @@ pub(super) async fn run(
         since_publish += 1;
         memory.text_map.store(by_text.bytes(), Ordering::Relaxed);
         memory.fingerprints.store(entries.bytes, Ordering::Relaxed);
+        if !waiting.is_empty() {
+            if let Some(observer) = observer.as_deref_mut() {
+                observer.flush();
+            }
+        }
         if !waiting.is_empty() || (dirty && since_publish >= 25) {
             snapshot.store(Arc::new(build(
                 &entries.map,

@@ -39,4 +39,6 @@ pub trait CallObserver: Send + 'static {
     fn observe(&mut self, call: &Call<'_>);
     /// Called on every aggregator tick (every ~20 ms): close idle state, publish.
     fn tick(&mut self, now: Instant);
+    /// Publish now: someone waits for every statement recorded so far to show.
+    fn flush(&mut self);
 }

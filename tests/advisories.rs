@@ -1,0 +1,431 @@
+//! Index and N+1 advisories against real PostgreSQL (with hypopg where the test says
+//! so). Advisor rounds are triggered directly (`Advisors::run_round`) instead of
+//! waiting for the interval; plans are checked with EXPLAIN, never with timing.
+
+mod support;
+
+use std::future::Future;
+use std::time::Duration;
+
+use pgwarden::advise::{Advisory, AdvisoryKind};
+use pgwarden::RunningProxy;
+use support::proxy;
+
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Every client call is bounded.
+async fn t<T, E: std::fmt::Debug>(what: &str, future: impl Future<Output = Result<T, E>>) -> T {
+    tokio::time::timeout(TIMEOUT, future)
+        .await
+        .unwrap_or_else(|_| panic!("{what}: timed out"))
+        .unwrap_or_else(|e| panic!("{what}: {e:?}"))
+}
+
+async fn start(cluster: &pgwarden::cluster::LocalCluster, min_rows: u64) -> RunningProxy {
+    proxy::start(cluster, |c| {
+        c.pool.size = 4;
+        // Rounds only when the test asks.
+        c.advise.interval_ms = 3_600_000;
+        c.advise.min_table_rows = min_rows;
+    })
+    .await
+}
+
+/// One index-advisor round over what the proxy saw so far.
+async fn round(proxy: &RunningProxy) -> Vec<Advisory> {
+    proxy.runtime.stats.flush().await;
+    let snapshot = proxy.runtime.stats.snapshot();
+    let reports = tokio::time::timeout(
+        TIMEOUT,
+        proxy
+            .runtime
+            .advisors
+            .run_round(&proxy.runtime.config(), &snapshot),
+    )
+    .await
+    .expect("advisor round timed out");
+    for report in reports.values() {
+        assert!(
+            report.errors.is_empty(),
+            "round errors: {:?}",
+            report.errors
+        );
+    }
+    proxy.runtime.advisors.list()
+}
+
+fn id_of(sql: &str) -> String {
+    format!("{:016x}", pgwarden::stats::fingerprint::fingerprint(sql).0)
+}
+
+fn helps(advisory: &Advisory, sql: &str) -> bool {
+    let id = id_of(sql);
+    advisory.fingerprints.iter().any(|f| f.id == id)
+}
+
+fn index_advice(list: &[Advisory]) -> Vec<&Advisory> {
+    list.iter()
+        .filter(|a| a.kind == AdvisoryKind::Index)
+        .collect()
+}
+
+const BY_U: &str = "SELECT id, payload FROM big WHERE u = $1";
+const BY_INDEXED: &str = "SELECT id, payload FROM big WHERE indexed_col = $1";
+const COMPOSITE: &str = "SELECT id FROM big WHERE a = $1 AND b > $2 ORDER BY c";
+const SMALL: &str = "SELECT id FROM small WHERE v = $1";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn index_advice_with_hypopg() {
+    let cluster = support::cluster(0);
+    let direct = proxy::connect_direct(&cluster).await;
+    t(
+        "setup",
+        direct.batch_execute(
+            "CREATE EXTENSION hypopg;
+             CREATE TABLE big (id int PRIMARY KEY, u int, a int, b int, c int, indexed_col int, payload text);
+             INSERT INTO big SELECT g, g % 5000, g % 50, (g * 7919) % 100000, g % 977, g, 'p' || g
+               FROM generate_series(1, 200000) g;
+             CREATE INDEX big_indexed ON big (indexed_col);
+             CREATE TABLE small (id int PRIMARY KEY, v int);
+             INSERT INTO small SELECT g, g % 10 FROM generate_series(1, 100) g;
+             ANALYZE big; ANALYZE small;",
+        ),
+    )
+    .await;
+    let proxy = start(&cluster, 10_000).await;
+    let client = proxy::connect(&proxy).await;
+    for sql in [BY_U, BY_INDEXED, SMALL] {
+        let statement = t("prepare", client.prepare(sql)).await;
+        for i in 0..8i32 {
+            t("query", client.query(&statement, &[&i])).await;
+        }
+    }
+    let composite = t("prepare", client.prepare(COMPOSITE)).await;
+    for i in 0..4i32 {
+        t("composite", client.query(&composite, &[&i, &99_000i32])).await;
+    }
+
+    let list = round(&proxy).await;
+    let advice = index_advice(&list);
+    let by_u: Vec<_> = advice.iter().filter(|a| helps(a, BY_U)).collect();
+    assert_eq!(by_u.len(), 1, "one advisory for u: {list:#?}");
+    let by_u = by_u[0];
+    assert_eq!(by_u.columns, vec!["u"]);
+    assert_eq!(by_u.table.as_deref(), Some("public.big"));
+    assert_eq!(
+        by_u.ddl.as_deref(),
+        Some("CREATE INDEX CONCURRENTLY ON public.big (u)")
+    );
+    assert!(by_u.confirmed, "hypopg is installed: {by_u:#?}");
+    let details = by_u.index.as_ref().unwrap();
+    let (before, after) = (details.cost_before.unwrap(), details.cost_after.unwrap());
+    assert!(after <= before * 0.5, "cost {before} -> {after}");
+    assert!(details.estimated_bytes.unwrap_or(0) > 0, "{details:?}");
+    assert!(details.table_writes_per_second.is_some());
+    assert!(by_u.score > 0.0 && by_u.fingerprints[0].share > 0.0);
+
+    // The composite predicate: equality column first, then the range column.
+    let composite_advice: Vec<_> = advice.iter().filter(|a| helps(a, COMPOSITE)).collect();
+    assert_eq!(composite_advice.len(), 1, "{list:#?}");
+    assert_eq!(composite_advice[0].columns, vec!["a", "b"], "{list:#?}");
+
+    // Indexed column and small table: nothing.
+    assert!(!advice.iter().any(|a| helps(a, BY_INDEXED)), "{list:#?}");
+    assert!(!advice.iter().any(|a| helps(a, SMALL)), "{list:#?}");
+    assert!(
+        !list
+            .iter()
+            .any(|a| a.table.as_deref() == Some("public.small")),
+        "{list:#?}"
+    );
+
+    // The other surfaces show the same advisories.
+    let (status, body) = support::http::get(proxy.http_address, "/api/advisories", None).await;
+    assert_eq!(status, 200);
+    let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let entry = json
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["ddl"] == "CREATE INDEX CONCURRENTLY ON public.big (u)")
+        .unwrap_or_else(|| panic!("{body}"));
+    assert_eq!(entry["kind"], "index");
+    assert_eq!(entry["table"], "public.big");
+    assert_eq!(entry["confirmed"], true);
+    assert!(entry["score"].as_f64().unwrap() > 0.0);
+    assert!(!entry["fingerprints"].as_array().unwrap().is_empty());
+    let (_, metrics) = support::http::get(proxy.http_address, "/metrics", None).await;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("pgwarden_advisories{kind=\"index\"}") && !l.ends_with(" 0")),
+        "{metrics}"
+    );
+
+    // Follow the advice: the advisory goes, and the plan uses the index.
+    t(
+        "create index",
+        direct.batch_execute(by_u.ddl.as_deref().unwrap()),
+    )
+    .await;
+    let list = round(&proxy).await;
+    assert!(
+        !index_advice(&list).iter().any(|a| a.columns == vec!["u"]),
+        "{list:#?}"
+    );
+    let plan: Vec<String> = t(
+        "explain",
+        direct.query("EXPLAIN SELECT id, payload FROM big WHERE u = 42", &[]),
+    )
+    .await
+    .iter()
+    .map(|r| r.get(0))
+    .collect();
+    let plan = plan.join("\n");
+    assert!(
+        plan.contains("Index Scan") || plan.contains("Bitmap Index Scan"),
+        "{plan}"
+    );
+    assert!(!plan.contains("Seq Scan"), "{plan}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unused_duplicate_and_unconfirmed_advice_without_hypopg() {
+    let cluster = support::cluster(0);
+    let direct = proxy::connect_direct(&cluster).await;
+    t(
+        "setup",
+        direct.batch_execute(
+            "CREATE TABLE side (id int PRIMARY KEY, x int, y int, z int);
+             INSERT INTO side SELECT g, g % 100, g % 7, g % 1000 FROM generate_series(1, 20000) g;
+             CREATE INDEX side_x ON side (x);
+             CREATE INDEX side_x_y ON side (x, y);
+             CREATE INDEX side_y_unused ON side (y);
+             CREATE TABLE untouched (id int PRIMARY KEY, k int);
+             CREATE INDEX untouched_k ON untouched (k);
+             ANALYZE side;",
+        ),
+    )
+    .await;
+    let proxy = start(&cluster, 1_000).await;
+    let client = proxy::connect(&proxy).await;
+    let by_z = t(
+        "prepare",
+        client.prepare("SELECT id FROM side WHERE z = $1"),
+    )
+    .await;
+    for i in 0..5i32 {
+        t("query", client.query(&by_z, &[&i])).await;
+    }
+    let list = round(&proxy).await;
+
+    let z: Vec<_> = index_advice(&list)
+        .into_iter()
+        .filter(|a| a.columns == vec!["z"])
+        .collect();
+    assert_eq!(z.len(), 1, "{list:#?}");
+    assert!(!z[0].confirmed, "no hypopg: unconfirmed: {:#?}", z[0]);
+    assert_eq!(
+        z[0].ddl.as_deref(),
+        Some("CREATE INDEX CONCURRENTLY ON public.side (z)")
+    );
+    assert!(z[0].index.as_ref().unwrap().cost_after.is_none());
+
+    let named = |kind: AdvisoryKind, name: &str| {
+        list.iter().find(|a| {
+            a.kind == kind && a.index.as_ref().and_then(|i| i.index_name.as_deref()) == Some(name)
+        })
+    };
+    let unused = named(AdvisoryKind::UnusedIndex, "side_y_unused")
+        .unwrap_or_else(|| panic!("side_y_unused not flagged: {list:#?}"));
+    assert_eq!(
+        unused.ddl.as_deref(),
+        Some("DROP INDEX CONCURRENTLY public.side_y_unused")
+    );
+    // A table no statement reads is not the workload's: its index is not judged.
+    assert!(
+        named(AdvisoryKind::UnusedIndex, "untouched_k").is_none(),
+        "{list:#?}"
+    );
+    // The primary key is never "unused".
+    assert!(
+        named(AdvisoryKind::UnusedIndex, "side_pkey").is_none(),
+        "{list:#?}"
+    );
+    let duplicate = named(AdvisoryKind::DuplicateIndex, "side_x")
+        .unwrap_or_else(|| panic!("side_x not flagged as redundant: {list:#?}"));
+    assert_eq!(
+        duplicate.index.as_ref().unwrap().covered_by.as_deref(),
+        Some("side_x_y")
+    );
+    assert_eq!(
+        duplicate.ddl.as_deref(),
+        Some("DROP INDEX CONCURRENTLY public.side_x")
+    );
+    assert!(
+        named(AdvisoryKind::DuplicateIndex, "side_x_y").is_none(),
+        "{list:#?}"
+    );
+}
+
+// ---- N+1 ----
+
+const PARENT: &str = "SELECT id FROM posts WHERE author_id = $1 ORDER BY id LIMIT $2";
+const CHILD: &str = "SELECT id, body FROM comments WHERE post_id = $1";
+const BATCH: &str = "SELECT id, body FROM comments WHERE post_id = ANY($1)";
+const OTHER_CHILD: &str = "SELECT count(*) FROM comments WHERE post_id = $1 AND id > 0";
+
+async fn n_plus_one_cluster() -> pgwarden::cluster::LocalCluster {
+    let cluster = support::cluster(0);
+    let direct = proxy::connect_direct(&cluster).await;
+    t(
+        "setup",
+        direct.batch_execute(
+            "CREATE TABLE posts (id int PRIMARY KEY, author_id int NOT NULL);
+             CREATE TABLE comments (id int PRIMARY KEY, post_id int NOT NULL, body text);
+             INSERT INTO posts SELECT g, g % 100 FROM generate_series(1, 5000) g;
+             INSERT INTO comments SELECT g, 1 + g % 5000, 'c' || g FROM generate_series(1, 20000) g;",
+        ),
+    )
+    .await;
+    cluster
+}
+
+/// Connections sharing `pgwarden.session_key = key`, as a web app's pool would.
+async fn pooled(proxy: &RunningProxy, key: &str, n: usize) -> Vec<tokio_postgres::Client> {
+    let mut clients = Vec::new();
+    for _ in 0..n {
+        let url = format!(
+            "{}?options=-c%20pgwarden.session_key%3D{key}",
+            proxy::url(proxy)
+        );
+        clients.push(t("connect", proxy::connect_url(&url)).await);
+    }
+    clients
+}
+
+/// One request: the parent, then one child per post, spread over the pool.
+async fn request(
+    clients: &[tokio_postgres::Client],
+    author: i32,
+    children: i64,
+    child: &str,
+    unrelated: bool,
+) {
+    let posts = t("parent", clients[0].query(PARENT, &[&author, &children])).await;
+    for (i, post) in posts.iter().enumerate() {
+        let id: i32 = post.get(0);
+        let client = &clients[i % clients.len()];
+        t("child", client.query(child, &[&id])).await;
+        if unrelated && i % 2 == 1 {
+            let other = [
+                "SELECT now()",
+                "SELECT count(*) FROM posts",
+                "SELECT version()",
+            ][i % 3];
+            t("unrelated", client.simple_query(other)).await;
+        }
+    }
+}
+
+async fn n_plus_one(proxy: &RunningProxy) -> Vec<Advisory> {
+    proxy.runtime.stats.flush().await;
+    proxy
+        .runtime
+        .advisors
+        .list()
+        .into_iter()
+        .filter(|a| a.kind == AdvisoryKind::NPlusOne)
+        .collect()
+}
+
+fn assert_pair(advisory: &Advisory, child: &str, burst: f64) {
+    let details = advisory.n_plus_one.as_ref().unwrap();
+    assert_eq!(details.child, id_of(child), "{advisory:#?}");
+    assert_eq!(details.parent, id_of(PARENT), "{advisory:#?}");
+    assert_eq!(details.column.as_deref(), Some("post_id"), "{advisory:#?}");
+    assert!(
+        details.rewrite.contains("post_id = any($1)"),
+        "{advisory:#?}"
+    );
+    assert!((details.burst_size - burst).abs() < 1e-9, "{advisory:#?}");
+    assert!(
+        details.time_lost_ms > 0.0 && details.child_ms > 0.0,
+        "{advisory:#?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn n_plus_one_advice() {
+    let cluster = n_plus_one_cluster().await;
+
+    // An ORM-like loop over pooled connections sharing a session key: exactly one.
+    let proxy = start(&cluster, 10_000).await;
+    let clients = pooled(&proxy, "user-1", 3).await;
+    for r in 0..50 {
+        request(&clients, r % 100, 20, CHILD, false).await;
+    }
+    let found = n_plus_one(&proxy).await;
+    assert_eq!(found.len(), 1, "{found:#?}");
+    assert_pair(&found[0], CHILD, 20.0);
+    assert!(
+        found[0].n_plus_one.as_ref().unwrap().requests >= 45,
+        "{found:#?}"
+    );
+    let (_, body) = support::http::get(proxy.http_address, "/api/advisories", None).await;
+    assert!(body.contains("\"kind\":\"n_plus_one\""), "{body}");
+    drop(clients);
+    drop(proxy);
+
+    // A batched `= ANY($1)` query, and a loop of 3, are not N+1; a real loop in the
+    // same proxy still is (so the check can fail).
+    let proxy = start(&cluster, 10_000).await;
+    let clients = pooled(&proxy, "user-2", 2).await;
+    for r in 0..10 {
+        let posts = t("parent", clients[0].query(PARENT, &[&r, &20i64])).await;
+        let ids: Vec<i32> = posts.iter().map(|p| p.get(0)).collect();
+        t("batch", clients[1].query(BATCH, &[&ids])).await;
+        request(&clients, r, 3, CHILD, false).await;
+    }
+    let quiet = n_plus_one(&proxy).await;
+    assert!(quiet.is_empty(), "{quiet:#?}");
+    for r in 0..5 {
+        request(&clients, r, 6, OTHER_CHILD, false).await;
+    }
+    let found = n_plus_one(&proxy).await;
+    assert_eq!(found.len(), 1, "{found:#?}");
+    assert_pair(&found[0], OTHER_CHILD, 6.0);
+    drop(clients);
+    drop(proxy);
+
+    // Two sessions interleaved statement by statement are not confused: each loop has
+    // 8 children (one merged session would show 16, and loops of 3 would add to 6).
+    let proxy = start(&cluster, 10_000).await;
+    let a = pooled(&proxy, "user-a", 1).await;
+    let b = pooled(&proxy, "user-b", 1).await;
+    for (children, child) in [(3i64, OTHER_CHILD), (8, CHILD)] {
+        for r in 0..6 {
+            let pa = t("parent a", a[0].query(PARENT, &[&r, &children])).await;
+            let pb = t("parent b", b[0].query(PARENT, &[&(r + 50), &children])).await;
+            for (x, y) in pa.iter().zip(pb.iter()) {
+                t("child a", a[0].query(child, &[&x.get::<_, i32>(0)])).await;
+                t("child b", b[0].query(child, &[&y.get::<_, i32>(0)])).await;
+            }
+        }
+    }
+    let found = n_plus_one(&proxy).await;
+    assert_eq!(found.len(), 1, "{found:#?}");
+    assert_pair(&found[0], CHILD, 8.0);
+    drop((a, b));
+    drop(proxy);
+
+    // Unrelated statements between the children do not hide the loop.
+    let proxy = start(&cluster, 10_000).await;
+    let clients = pooled(&proxy, "user-3", 2).await;
+    for r in 0..6 {
+        request(&clients, r, 10, CHILD, true).await;
+    }
+    let found = n_plus_one(&proxy).await;
+    assert_eq!(found.len(), 1, "{found:#?}");
+    assert_pair(&found[0], CHILD, 10.0);
+}
