@@ -429,3 +429,151 @@ async fn n_plus_one_advice() {
     assert_eq!(found.len(), 1, "{found:#?}");
     assert_pair(&found[0], CHILD, 10.0);
 }
+
+// ---- the advisor's own load ----
+
+/// 1,000 distinct fingerprints: each round plans at most `advise.explain_budget`
+/// statements, and the advisor's statements take a small share of server time
+/// (pg_stat_statements). Prints the numbers bench/runs/2026-11-30-advisories.md quotes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn advisor_load_is_bounded_by_its_budget() {
+    let cluster = support::cluster_with(pgwarden::cluster::ClusterSpec {
+        extra_conf: vec!["shared_preload_libraries = 'pg_stat_statements'".into()],
+        ..Default::default()
+    });
+    let direct = proxy::connect_direct(&cluster).await;
+    t(
+        "setup",
+        direct.batch_execute(
+            "CREATE EXTENSION pg_stat_statements; CREATE EXTENSION hypopg;
+             CREATE TABLE items (id int PRIMARY KEY, k0 int, k1 int, k2 int, k3 int, k4 int,
+                                 k5 int, k6 int, k7 int, k8 int, k9 int);
+             INSERT INTO items SELECT g, g % 101, g % 103, g % 107, g % 109, g % 113,
+                                      g % 127, g % 131, g % 137, g % 139, g % 149
+               FROM generate_series(1, 20000) g;
+             ANALYZE items;
+             SELECT pg_stat_statements_reset();",
+        ),
+    )
+    .await;
+    let budget = 20;
+    let proxy = proxy::start(&cluster, |c| {
+        c.pool.size = 4;
+        c.advise.interval_ms = 3_600_000;
+        c.advise.explain_budget = budget;
+        c.stats.max_fingerprints = 5_000;
+    })
+    .await;
+    let client = proxy::connect(&proxy).await;
+    for i in 0..1000 {
+        // Distinct aliases make distinct fingerprints.
+        let sql = format!(
+            "SELECT id AS a{i} FROM items WHERE k{} = {}",
+            i % 10,
+            i % 97
+        );
+        t("workload", client.simple_query(&sql)).await;
+    }
+    proxy.runtime.stats.flush().await;
+    assert!(proxy.runtime.stats.snapshot().queries.len() >= 1000);
+    let mut explains = Vec::new();
+    let mut elapsed = Vec::new();
+    for _ in 0..3 {
+        round(&proxy).await;
+        let report = proxy.runtime.advisors.last_round()["app"].clone();
+        assert!(report.explains <= budget, "{report:?}");
+        explains.push(report.explains);
+        elapsed.push(report.elapsed_ms);
+    }
+    // Later rounds plan other fingerprints (the least recently planned first).
+    assert!(explains.iter().all(|e| *e == budget), "{explains:?}");
+    let row = t(
+        "pg_stat_statements",
+        direct.query_one(
+            "SELECT coalesce(sum(total_exec_time + total_plan_time) FILTER (WHERE query LIKE '%AS a%FROM items%' AND query NOT ILIKE 'EXPLAIN%' AND query NOT ILIKE 'PREPARE%'), 0)::float8,
+                    coalesce(sum(total_exec_time + total_plan_time) FILTER (WHERE query ILIKE 'EXPLAIN%' OR query ILIKE 'PREPARE%' OR query ILIKE 'DEALLOCATE%' OR query ILIKE '%hypopg%' OR query ILIKE '%pg_catalog%' OR query ILIKE '%pg_class%' OR query ILIKE '%pg_index%' OR query ILIKE '%pg_stat_user%' OR query ILIKE '%pg_extension%' OR query ILIKE 'BEGIN READ ONLY' OR query ILIKE 'SET LOCAL plan_cache_mode%'), 0)::float8,
+                    count(*) FILTER (WHERE query ILIKE 'EXPLAIN%')
+             FROM pg_stat_statements",
+            &[],
+        ),
+    )
+    .await;
+    let (workload_ms, advisor_ms, explain_texts): (f64, f64, i64) =
+        (row.get(0), row.get(1), row.get(2));
+    println!(
+        "advisor load: 1000 fingerprints; EXPLAINs per round {explains:?} (budget {budget}); round wall time ms {elapsed:.1?}; server time: workload {workload_ms:.1} ms, advisor {advisor_ms:.1} ms over 3 rounds ({:.1}% of the sum); distinct EXPLAIN texts {explain_texts}",
+        100.0 * advisor_ms / (workload_ms + advisor_ms).max(1e-9)
+    );
+    assert!(workload_ms > 0.0 && advisor_ms > 0.0);
+}
+
+/// pgbench's TPC-B tables with `pgbench_accounts` read by `abalance`: which
+/// advisories come out. Run by hand (it runs pgbench for a while):
+/// `cargo test --test advisories -- --ignored --nocapture tpcb`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn tpcb_with_abalance_reads() {
+    let cluster = support::cluster(0);
+    let direct = proxy::connect_direct(&cluster).await;
+    t("hypopg", direct.batch_execute("CREATE EXTENSION hypopg")).await;
+    let proxy = start(&cluster, 10_000).await;
+    let url = proxy::url(&proxy);
+    let pgbench = |args: &[&str]| {
+        let output = std::process::Command::new(support::pgbench_path())
+            .args(args)
+            .arg(&url)
+            .output()
+            .expect("pgbench");
+        assert!(
+            output.status.success(),
+            "pgbench {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    let direct_url = cluster.primary_url();
+    let init = std::process::Command::new(support::pgbench_path())
+        .args(["-i", "-s", "2", "-q", &direct_url])
+        .output()
+        .expect("pgbench -i");
+    assert!(
+        init.status.success(),
+        "{}",
+        String::from_utf8_lossy(&init.stderr)
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("abalance.sql");
+    std::fs::write(
+        &script,
+        "\\set b random(-5000, 5000)\nSELECT aid, abalance FROM pgbench_accounts WHERE abalance = :b;\n",
+    )
+    .unwrap();
+    let script = script.display().to_string();
+    for mode in ["simple", "prepared"] {
+        let out = pgbench(&[
+            "-n",
+            "-c",
+            "4",
+            "-T",
+            "10",
+            "-M",
+            mode,
+            "-b",
+            "tpcb-like@9",
+            "-f",
+            &format!("{script}@1"),
+        ]);
+        println!(
+            "pgbench -M {mode}: {}",
+            out.lines()
+                .filter(|l| l.starts_with("tps"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
+    }
+    let list = round(&proxy).await;
+    println!("{}", pgwarden::advise::render::text(&list));
+    for a in &list {
+        println!("{}", serde_json::to_string(a).unwrap());
+    }
+}

@@ -40,7 +40,10 @@ fn demo_runs_and_reports() {
     );
     // Advisories: a confirmed index on the events table and the N+1 page loop.
     let index = line("index       public.events");
-    assert!(index.contains("CREATE INDEX CONCURRENTLY ON public.events (customer_id"), "{stdout}");
+    assert!(
+        index.contains("CREATE INDEX CONCURRENTLY ON public.events (customer_id"),
+        "{stdout}"
+    );
     assert!(index.contains("  yes  "), "confirmed with hypopg: {stdout}");
     let n_plus_one = line("n_plus_one  orders");
     assert!(n_plus_one.contains("customer_id = any($1)"), "{stdout}");
@@ -50,6 +53,9 @@ fn demo_runs_and_reports() {
         "{stdout}"
     );
     // The report reads cleanly: the proxy's log went to a file.
-    assert!(!stdout.contains(" INFO ") && !stdout.contains(" WARN "), "{stdout}");
+    assert!(
+        !stdout.contains(" INFO ") && !stdout.contains(" WARN "),
+        "{stdout}"
+    );
     assert!(line("cleaned up").contains("temp dirs removed"));
 }

@@ -4,8 +4,10 @@
 //!
 //! A burst opens when a fingerprint runs right after a different one (the parent);
 //! it grows each time its child runs again, even with unrelated statements between;
-//! it closes when its parent runs again (the next request), when it has been idle for
-//! a while, or when the session is forgotten.
+//! it closes when its parent runs again (the next request), when more than `MAX_GAP`
+//! other statements ran since its child last did (a statement that runs once per
+//! transaction is not a loop), when it has been idle for a while, or when the session
+//! is forgotten.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,6 +18,8 @@ use crate::stats::fingerprint::FingerprintId;
 pub const MAX_OPEN: usize = 8;
 /// Distinct parameter hashes a burst remembers (enough to count up to this many).
 pub const MAX_PARAMS: usize = 16;
+/// Other statements allowed between two children of one burst.
+pub const MAX_GAP: u64 = 3;
 
 #[derive(Debug, Clone)]
 pub struct Burst {
@@ -30,6 +34,8 @@ pub struct Burst {
     /// When the first child started and the last one ended.
     pub started: Instant,
     pub last: Instant,
+    /// The session's statement number of the last child.
+    last_seq: u64,
 }
 
 impl Burst {
@@ -58,6 +64,8 @@ pub struct Scope {
     previous: Option<(FingerprintId, Arc<str>)>,
     pub last: Instant,
     open: Vec<Burst>,
+    /// Statements seen.
+    seq: u64,
 }
 
 impl Scope {
@@ -66,6 +74,7 @@ impl Scope {
             previous: None,
             last: now,
             open: Vec::new(),
+            seq: 0,
         }
     }
 
@@ -73,10 +82,15 @@ impl Scope {
     pub fn observe(&mut self, statement: &Statement<'_>, closed: &mut Vec<Burst>) {
         let fingerprint = statement.fingerprint;
         self.last = statement.ended;
+        self.seq += 1;
+        let seq = self.seq;
         // The parent again: its children's burst is over (the next request began).
+        // A child that stopped repeating: over too.
         let mut i = 0;
         while i < self.open.len() {
-            if self.open[i].parent == fingerprint {
+            let burst = &self.open[i];
+            let stopped = burst.child != fingerprint && seq - burst.last_seq > MAX_GAP + 1;
+            if burst.parent == fingerprint || stopped {
                 closed.push(self.open.swap_remove(i));
             } else {
                 i += 1;
@@ -89,6 +103,7 @@ impl Scope {
             }
             burst.child_time += statement.duration;
             burst.last = statement.ended;
+            burst.last_seq = seq;
         } else if let Some((parent, parent_query)) = self
             .previous
             .as_ref()
@@ -113,6 +128,7 @@ impl Scope {
                     .checked_sub(statement.duration)
                     .unwrap_or(statement.ended),
                 last: statement.ended,
+                last_seq: seq,
             });
         }
         if self.previous.as_ref().map(|(f, _)| *f) != Some(fingerprint) {
@@ -191,6 +207,32 @@ mod tests {
             (1, 5, 5)
         );
         assert!(burst.span() >= Duration::from_millis(9));
+    }
+
+    #[test]
+    fn a_statement_once_per_transaction_is_no_loop() {
+        let start = Instant::now();
+        let mut scope = Scope::new(start);
+        // TPC-B-like: the child once per transaction with five other statements in
+        // between, after one of two "parents" (pgbench's UPDATE with a positive or a
+        // negative literal fingerprints apart), so a parent does not recur to close it.
+        let mut steps = Vec::new();
+        for t in 0..10u64 {
+            let parent = if t == 0 { 1 } else { 2 };
+            steps.extend([
+                (parent, t),
+                (3, 100 + t),
+                (4, t),
+                (5, t),
+                (6, t),
+                (7, 0),
+                (8, 0),
+            ]);
+        }
+        let mut closed = run(&mut scope, start, &steps);
+        scope.close_all(&mut closed);
+        assert!(closed.iter().any(|b| b.child == 3), "{closed:?}");
+        assert!(closed.iter().all(|b| b.count < 5), "{closed:?}");
     }
 
     #[test]

@@ -51,6 +51,10 @@ pub async fn print(proxy: &RunningProxy) {
     }
     println!("\nadvisories (SHOW ADVISORIES, /api/advisories, `pgwarden advise`):");
     for line in render::text(&advisors.list()).lines() {
-        println!("  {line}");
+        if line.is_empty() {
+            println!();
+        } else {
+            println!("  {line}");
+        }
     }
 }
