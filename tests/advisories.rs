@@ -374,6 +374,53 @@ async fn n_plus_one_advice() {
     );
     let (_, body) = support::http::get(proxy.http_address, "/api/advisories", None).await;
     assert!(body.contains("\"kind\":\"n_plus_one\""), "{body}");
+    // The console and the command line show it too.
+    let console = t(
+        "admin console",
+        proxy::connect_url(&format!(
+            "postgres://{}:{}@127.0.0.1:{}/pgwarden",
+            proxy::USER,
+            proxy::PASSWORD,
+            proxy.port()
+        )),
+    )
+    .await;
+    let rows: Vec<_> = t("SHOW ADVISORIES", console.simple_query("SHOW ADVISORIES"))
+        .await
+        .into_iter()
+        .filter_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(row) => Some(row),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].get("kind"), Some("n_plus_one"));
+    assert!(rows[0].get("action").unwrap().contains("post_id = any($1)"));
+    let address = proxy.http_address.to_string();
+    let cli = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_pgwarden"))
+            .args(["advise", "--url", &address])
+            .output()
+            .expect("pgwarden advise")
+    });
+    let cli = t("pgwarden advise", async {
+        cli.await.map_err(|e| e.to_string())
+    })
+    .await;
+    let printed = String::from_utf8_lossy(&cli.stdout);
+    assert!(
+        cli.status.success(),
+        "{printed}{}",
+        String::from_utf8_lossy(&cli.stderr)
+    );
+    let table_row = printed
+        .lines()
+        .find(|l| l.starts_with("1  n_plus_one"))
+        .unwrap_or_else(|| panic!("{printed}"));
+    assert!(
+        table_row.contains("comments") && table_row.contains("post_id = any($1)"),
+        "{printed}"
+    );
     drop(clients);
     drop(proxy);
 
