@@ -182,8 +182,10 @@ impl Detector {
         for ((parent, child), p) in &self.patterns {
             if p.requests < u64::from(self.settings.min_requests)
                 || self.allowed(*child, &p.child_query)
-                // Loops of writes are a batching question, not N+1 reads.
+                // Loops of writes are a batching question, not N+1 reads; and an
+                // ORM's parent fetches the rows it then loops over.
                 || !super::plan::is_plannable_read(&p.child_query)
+                || !super::plan::is_plannable_read(&p.parent_query)
             {
                 continue;
             }
@@ -220,8 +222,8 @@ impl Detector {
                 score: per_hour(lost_ms, now.saturating_sub(p.first_seen)),
                 confirmed: true,
                 summary: format!(
-                    "N+1: `{}` runs {:.0} times after each `{}` ({} requests, {:.0} ms lost); {}",
-                    p.child_query, burst_size, p.parent_query, p.requests, lost_ms, rewrite
+                    "N+1: `{}` runs {:.0} times after each `{}` ({} requests, {:.0} ms lost)",
+                    p.child_query, burst_size, p.parent_query, p.requests, lost_ms
                 ),
                 index: None,
                 n_plus_one: Some(NPlusOneDetails {
@@ -417,6 +419,22 @@ mod tests {
             // The same parameters every time: a cache problem, not N+1.
             for _ in 0..8 {
                 feed.run(0, 1, 3, "select * from settings where key = ?", 5);
+            }
+        }
+        assert!(feed.advisories().is_empty());
+
+        // Lookups repeated between two UPDATEs: not an ORM's parent and children.
+        let mut feed = Feed::new(NPlusOneConfig::default());
+        for request in 0..5u64 {
+            feed.run(
+                0,
+                1,
+                5,
+                "update orders set total = total + ? where id = ?",
+                request,
+            );
+            for child in 0..8u64 {
+                feed.run(0, 1, 2, CHILD, 10 * request + child);
             }
         }
         assert!(feed.advisories().is_empty());
