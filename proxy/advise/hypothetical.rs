@@ -1,6 +1,7 @@
 //! Confirming a candidate with hypopg: create the index hypothetically (in this
 //! backend's memory only; nothing is built or written), plan the statement again, read
-//! the estimated size, and reset. One candidate at a time, so each is judged alone.
+//! the estimated size, and reset. One candidate at a time, so each is judged alone,
+//! and the winner is the cheapest plan (fewer columns win near-ties).
 
 use tokio_postgres::Client;
 
@@ -53,4 +54,46 @@ pub async fn plan_with_index(
     )
     .await;
     result
+}
+
+/// The candidate whose hypothetical index gives the cheapest plan.
+pub struct Winner {
+    pub columns: Vec<String>,
+    pub cost: f64,
+    pub estimated_bytes: Option<u64>,
+}
+
+/// Tries each key alone while `explains` stays under `budget` (each try is an
+/// EXPLAIN); a key PostgreSQL refuses is skipped.
+pub async fn cheapest(
+    client: &Client,
+    (schema, table): (&str, &str),
+    keys: &[Vec<String>],
+    sql: &str,
+    (explains, budget): (&mut u32, u32),
+) -> Result<Option<Winner>, AdviseError> {
+    let mut winner: Option<Winner> = None;
+    for key in keys {
+        if *explains >= budget {
+            break;
+        }
+        *explains += 1;
+        let confirmed = match plan_with_index(client, schema, table, key, sql).await {
+            Ok(confirmed) => confirmed,
+            Err(AdviseError::Query { source, .. }) if source.as_db_error().is_some() => continue,
+            Err(e) => return Err(e),
+        };
+        let cost = confirmed.plan.total_cost;
+        let better = winner.as_ref().is_none_or(|w| {
+            cost < w.cost * 0.98 || (cost <= w.cost && key.len() < w.columns.len())
+        });
+        if better {
+            winner = Some(Winner {
+                columns: key.clone(),
+                cost,
+                estimated_bytes: confirmed.estimated_bytes,
+            });
+        }
+    }
+    Ok(winner)
 }

@@ -14,7 +14,7 @@ use super::candidates::candidates;
 use super::catalog::{self, IndexInfo, TableInfo};
 use super::connection::NodeConnection;
 use super::error::AdviseError;
-use super::hypothetical::plan_with_index;
+use super::hypothetical::cheapest;
 use super::index_advice::{Helped, IndexAdvice};
 use super::plan::{explain, is_plannable_read};
 use super::predicates::{self, Use};
@@ -220,43 +220,24 @@ impl DatabaseAdvisor {
                 };
                 let mut cost_after = None;
                 if ctx.report.hypopg {
-                    let mut winner: Option<(f64, Vec<String>, Option<u64>)> = None;
-                    for key in &keys {
-                        if ctx.report.explains >= budget {
-                            break;
-                        }
-                        ctx.report.explains += 1;
-                        let confirmed =
-                            match plan_with_index(client, &scan.schema, &scan.table, key, sample)
-                                .await
-                            {
-                                Ok(confirmed) => confirmed,
-                                Err(AdviseError::Query { source, .. })
-                                    if source.as_db_error().is_some() =>
-                                {
-                                    continue;
-                                }
-                                Err(e) => return Err(e),
-                            };
-                        let cost = confirmed.plan.total_cost;
-                        // Fewer columns win near-ties.
-                        let better = winner.as_ref().is_none_or(|(c, k, _)| {
-                            cost < c * 0.98 || (cost <= *c && key.len() < k.len())
-                        });
-                        if better {
-                            winner = Some((cost, key.clone(), confirmed.estimated_bytes));
-                        }
-                    }
-                    let Some((cost, key, bytes)) = winner else {
+                    let winner = cheapest(
+                        client,
+                        (&scan.schema, &scan.table),
+                        &keys,
+                        sample,
+                        (&mut ctx.report.explains, budget),
+                    )
+                    .await?;
+                    let Some(winner) = winner else {
                         continue;
                     };
-                    if cost > plan.total_cost * (1.0 - ctx.settings.min_cost_savings) {
+                    if winner.cost > plan.total_cost * (1.0 - ctx.settings.min_cost_savings) {
                         continue;
                     }
-                    advice.columns = key;
+                    advice.columns = winner.columns;
                     advice.confirmed = true;
-                    advice.estimated_bytes = bytes;
-                    cost_after = Some(cost);
+                    advice.estimated_bytes = winner.estimated_bytes;
+                    cost_after = Some(winner.cost);
                 }
                 advice.helped.insert(
                     query.id.clone(),
