@@ -201,6 +201,11 @@ impl DatabaseAdvisor {
                 if scan.filtered && scan.rows > MAX_SELECTIVITY * table.rows && sort.is_empty() {
                     continue;
                 }
+                // Unfiltered, unsorted scans (hash joins over whole tables) are advised
+                // only when hypopg can show an index actually wins.
+                if !ctx.report.hypopg && !scan.filtered && sort.is_empty() {
+                    continue;
+                }
                 let existing = cached_indexes(ctx, client, &key).await?;
                 let keys = candidates(&equality, &join, &range, &sort, &existing);
                 if keys.is_empty() {
