@@ -20,12 +20,24 @@ impl Feed {
     }
 
     fn run(&mut self, session_key: u64, client: u64, fingerprint: u64, query: &str, params: u64) {
+        self.run_sql(b"", session_key, client, fingerprint, query, params);
+    }
+
+    fn run_sql(
+        &mut self,
+        sql: &[u8],
+        session_key: u64,
+        client: u64,
+        fingerprint: u64,
+        query: &str,
+        params: u64,
+    ) {
         self.now += Duration::from_millis(1);
         let query: Arc<str> = Arc::from(query);
         self.detector.observe(&Call {
             fingerprint,
             query: &query,
-            sql: b"",
+            sql,
             text_hash: 0,
             duration: Duration::from_micros(300),
             context: CallContext {
@@ -148,4 +160,29 @@ fn memory_stays_within_its_bytes() {
         "{}",
         feed.detector.bytes()
     );
+}
+
+#[test]
+fn a_sqlcommenter_trace_is_one_session_across_connections() {
+    let run = |traced: bool| {
+        let mut feed = Feed::new(NPlusOneConfig::default());
+        for request in 0..4u64 {
+            // One trace per request; its statements land on different connections.
+            let sql = format!(
+                "SELECT 1 /*traceparent='00-{:032x}-00f067aa0ba902b7-01'*/",
+                request + 1
+            );
+            let sql = if traced { sql.into_bytes() } else { Vec::new() };
+            feed.run_sql(&sql, 0, 100 + request, 1, PARENT, request);
+            for child in 0..6u64 {
+                feed.run_sql(&sql, 0, 200 + 10 * request + child, 2, CHILD, child);
+            }
+        }
+        feed.advisories()
+    };
+    let traced = run(true);
+    assert_eq!(traced.len(), 1, "{traced:#?}");
+    assert!((traced[0].n_plus_one.as_ref().unwrap().burst_size - 6.0).abs() < 1e-9);
+    // Without the trace, each connection is its own session: nothing to see.
+    assert!(run(false).is_empty());
 }
