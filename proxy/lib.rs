@@ -5,6 +5,7 @@
 //! `runtime` (shared process state). The binary in `main.rs` wires them together.
 
 pub mod admin;
+pub mod advise;
 pub mod cluster;
 pub mod config;
 pub mod demo;
@@ -32,6 +33,7 @@ pub struct RunningProxy {
     pub http_address: std::net::SocketAddr,
     task: tokio::task::JoinHandle<()>,
     http_task: tokio::task::JoinHandle<()>,
+    advise_task: tokio::task::JoinHandle<()>,
 }
 
 impl RunningProxy {
@@ -68,8 +70,10 @@ impl RunningProxy {
                 tracing::error!(error = %e, "http server failed");
             }
         });
+        let advise_task = advise::spawn(Arc::downgrade(&runtime));
         Ok(RunningProxy {
             runtime,
+            advise_task,
             address,
             http_address,
             task,
@@ -86,5 +90,6 @@ impl Drop for RunningProxy {
     fn drop(&mut self) {
         self.task.abort();
         self.http_task.abort();
+        self.advise_task.abort();
     }
 }

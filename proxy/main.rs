@@ -24,7 +24,24 @@ enum Command {
     /// Run the proxy (the default).
     Run,
     /// Start a throwaway primary + replica, run a workload through pgwarden, report, clean up.
-    Demo,
+    Demo {
+        /// Keep the cluster and proxy running (and print the dashboard URL) until Ctrl-C.
+        #[arg(long)]
+        keep: bool,
+    },
+    /// Print the advisories (missing, unused and duplicate indexes, N+1 loops) of a running
+    /// pgwarden, read from its HTTP API.
+    Advise {
+        /// The instance's HTTP address (default: proxy.http_listen of the configuration).
+        #[arg(long)]
+        url: Option<String>,
+        /// Bearer token (default: admin.http_token of the configuration).
+        #[arg(long, env = "PGWARDEN_ADMIN_HTTP_TOKEN")]
+        token: Option<String>,
+        /// Print the JSON as the API returns it.
+        #[arg(long)]
+        json: bool,
+    },
     /// Load and validate a configuration file, print the effective configuration, exit.
     CheckConfig {
         /// The file to check (defaults to --config).
@@ -43,26 +60,65 @@ fn main() -> std::process::ExitCode {
 }
 
 fn run_cli() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
+    let filter = || {
+        tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
+    };
+    match &cli.command {
+        // The demo prints a report: the proxy's log goes to a file it names.
+        Some(Command::Demo { .. }) => {
+            let path =
+                std::env::temp_dir().join(format!("pgwarden-demo-{}.log", std::process::id()));
+            let file = std::fs::File::create(&path)
+                .with_context(|| format!("creating the demo log {}", path.display()))?;
+            tracing_subscriber::fmt()
+                .with_env_filter(filter())
+                .with_ansi(false)
+                .with_writer(std::sync::Mutex::new(file))
+                .init();
+            println!("(proxy log: {})", path.display());
+        }
+        Some(Command::Advise { .. }) => {}
+        _ => tracing_subscriber::fmt()
+            .with_env_filter(filter())
+            .with_writer(std::io::stderr)
+            .init(),
+    }
     match cli.command.unwrap_or(Command::Run) {
         Command::Run => run(cli.config),
         Command::CheckConfig { file } => check_config(file.or(cli.config)),
-        Command::Demo => demo(),
+        Command::Demo { keep } => demo(keep),
+        Command::Advise { url, token, json } => advise(cli.config, url, token, json),
     }
 }
 
-fn demo() -> anyhow::Result<()> {
+fn demo(keep: bool) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(pgwarden::demo::run())?;
+    runtime.block_on(pgwarden::demo::run(keep))?;
+    Ok(())
+}
+
+fn advise(
+    file: Option<PathBuf>,
+    url: Option<String>,
+    token: Option<String>,
+    json: bool,
+) -> anyhow::Result<()> {
+    let config = pgwarden::config::load(file.as_deref())?;
+    let url = url.unwrap_or_else(|| config.proxy.http_listen.clone());
+    let token = token.or(config.admin.http_token.clone());
+    let body = pgwarden::admin::api_client::get(&url, "/api/advisories", token.as_deref())
+        .with_context(|| format!("reading the advisories of the pgwarden at {url}"))?;
+    if json {
+        println!("{body}");
+        return Ok(());
+    }
+    let advisories: Vec<pgwarden::advise::Advisory> =
+        serde_json::from_str(&body).context("parsing /api/advisories")?;
+    print!("{}", pgwarden::advise::render::text(&advisories));
     Ok(())
 }
 

@@ -50,6 +50,8 @@ pub struct Runtime {
     /// Tenant guard violations; kept across reloads.
     pub violations: Arc<Violations>,
     pub stats: StatsRecorder,
+    /// Index and N+1 advisories.
+    pub advisors: Arc<crate::advise::Advisors>,
     /// `PAUSE` from the admin console: new transactions wait while true.
     pub paused: tokio::sync::watch::Sender<bool>,
     pub started_at: std::time::SystemTime,
@@ -80,16 +82,28 @@ impl Runtime {
         let violations = Arc::new(Violations::default());
         let tenancy = TenantGuard::start(&config, violations.clone());
         crate::admin::metrics::install();
-        let stats = StatsRecorder::start(&crate::config::StatsConfig {
-            max_fingerprints: config.stats.max_fingerprints.max(10),
-            ..config.stats.clone()
-        });
+        let advisors = Arc::new(crate::advise::Advisors::default());
+        let memory = Arc::new(crate::stats::MemoryGauges::default());
+        let detector = crate::advise::n_plus_one::Detector::new(
+            config.advise.n_plus_one.clone(),
+            advisors.n_plus_one.clone(),
+            memory.clone(),
+        );
+        let stats = StatsRecorder::start_observed(
+            &crate::config::StatsConfig {
+                max_fingerprints: config.stats.max_fingerprints.max(10),
+                ..config.stats.clone()
+            },
+            memory,
+            Some(Box::new(detector)),
+        );
         Ok(Arc::new(Runtime {
             routing: ArcSwap::from_pointee(routing),
             positions,
             tenancy: ArcSwap::from_pointee(tenancy),
             violations,
             stats,
+            advisors,
             paused: tokio::sync::watch::Sender::new(false),
             started_at: std::time::SystemTime::now(),
             credentials: ArcSwap::from_pointee(Credentials::from_config(&config)),

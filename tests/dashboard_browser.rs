@@ -67,6 +67,21 @@ async fn dashboard_shows_the_running_workload() {
         .unwrap();
     // Other connections read from the replica: let it replay the schema first.
     tokio::task::block_in_place(|| cluster.wait_for_replication(Duration::from_secs(30))).unwrap();
+    // An N+1 loop (a page of orders, then one query per order; four pages) for the
+    // Advisories panel.
+    let page_of = client
+        .prepare("SELECT id FROM orders ORDER BY id LIMIT 6 OFFSET $1")
+        .await
+        .unwrap();
+    let one = client
+        .prepare("SELECT total, id FROM orders WHERE id = $1")
+        .await
+        .unwrap();
+    for offset in [0i64, 6, 12, 18] {
+        for row in client.query(&page_of, &[&offset]).await.unwrap() {
+            client.query(&one, &[&row.get::<_, i32>(0)]).await.unwrap();
+        }
+    }
     // A workload that keeps running while the browser looks.
     let url = proxy::url(&proxy);
     let workload = tokio::spawn(async move {
@@ -129,6 +144,10 @@ async fn dashboard_shows_the_running_workload() {
     assert!(
         html.contains("statement_not_allowed") && html.contains("Tenant-scoped: public.invoices"),
         "tenant guard panel shows the audited DDL and the scoped table: {html}"
+    );
+    assert!(
+        html.contains("data-kind=\"n_plus_one\"") && html.contains("id = any($1)"),
+        "advisories panel shows the N+1 loop: {html}"
     );
     assert!(
         html.contains("replica1"),

@@ -1,5 +1,6 @@
 //! The README's first command: `pgwarden demo` runs to completion and shows reads on
-//! the replica, the tenant guard holding, and the statistics.
+//! the replica, the tenant guard holding, the statistics, and the advisories it found
+//! (a confirmed missing index, the N+1 page loop).
 
 use std::process::Command;
 
@@ -35,6 +36,25 @@ fn demo_runs_and_reports() {
     // The other tenants' rows are untouched.
     assert!(
         line("afterwards").contains("tenant 2: 10 rows, sum 1450; tenant 3: 10 rows, sum 1550"),
+        "{stdout}"
+    );
+    // Advisories: a confirmed index on the events table and the N+1 page loop.
+    let index = line("index       public.events");
+    assert!(
+        index.contains("CREATE INDEX CONCURRENTLY ON public.events (customer_id"),
+        "{stdout}"
+    );
+    assert!(index.contains("  yes  "), "confirmed with hypopg: {stdout}");
+    let n_plus_one = line("n_plus_one  orders");
+    assert!(n_plus_one.contains("customer_id = any($1)"), "{stdout}");
+    assert!(
+        line("N+1: `select count(*), inet_server_port() from orders")
+            .contains("after each `select id, inet_server_port() from customers"),
+        "{stdout}"
+    );
+    // The report reads cleanly: the proxy's log went to a file.
+    assert!(
+        !stdout.contains(" INFO ") && !stdout.contains(" WARN "),
         "{stdout}"
     );
     assert!(line("cleaned up").contains("temp dirs removed"));

@@ -93,6 +93,7 @@ async fn distinct_texts_stay_within_the_byte_bounds() {
         "tenant_decisions",
         "ryw_positions",
         "statement_registry",
+        "n_plus_one",
     ] {
         let (bytes, limit) = parts[part];
         assert!(limit > 0, "{part} has no bound: {parts:?}");

@@ -1,5 +1,5 @@
 //! The admin console: `psql -p <proxy port> -U <admin> pgwarden`, simple query
-//! protocol, `SHOW POOLS|SERVERS|CLIENTS|DATABASES|BACKENDS|QUERIES|TENANCY|CONFIG|MEMORY|VERSION`,
+//! protocol, `SHOW POOLS|SERVERS|CLIENTS|DATABASES|BACKENDS|QUERIES|ADVISORIES|TENANCY|CONFIG|MEMORY|VERSION`,
 //! `SHOW TENANCY TABLES`,
 //! `RELOAD`, `PAUSE`, `RESUME`.
 
@@ -124,6 +124,7 @@ async fn run_command(runtime: &Runtime, sql: &str) -> Result<Reply, ErrorFields>
             runtime.stats.flush().await;
             Ok(Reply::Rows(tables::queries(runtime, 50)))
         }
+        ["SHOW", "ADVISORIES"] => Ok(Reply::Rows(super::advisories::table(runtime))),
         ["SHOW", "CONFIG"] => Ok(Reply::Rows(tables::config(runtime))),
         ["SHOW", "TENANCY"] => Ok(Reply::Rows(super::tenancy::violations(runtime))),
         ["SHOW", "TENANCY", "TABLES"] => Ok(Reply::Rows(super::tenancy::scoped_tables(runtime))),
@@ -145,7 +146,7 @@ async fn run_command(runtime: &Runtime, sql: &str) -> Result<Reply, ErrorFields>
             SqlState::SYNTAX_ERROR,
             format!("unknown admin command: {}", sql.trim()),
         )
-        .with_hint("try SHOW POOLS, SHOW SERVERS, SHOW CLIENTS, SHOW DATABASES, SHOW BACKENDS, SHOW QUERIES, SHOW TENANCY, SHOW TENANCY TABLES, SHOW CONFIG, SHOW MEMORY, SHOW VERSION, RELOAD, PAUSE, RESUME")),
+        .with_hint("try SHOW POOLS, SHOW SERVERS, SHOW CLIENTS, SHOW DATABASES, SHOW BACKENDS, SHOW QUERIES, SHOW ADVISORIES, SHOW TENANCY, SHOW TENANCY TABLES, SHOW CONFIG, SHOW MEMORY, SHOW VERSION, RELOAD, PAUSE, RESUME")),
     }
 }
 

@@ -48,7 +48,7 @@ pub fn router(runtime: Arc<Runtime>) -> Router {
         )
         .route(
             "/api/advisories",
-            get(|| async { Json(serde_json::json!([])) }),
+            get(|State(r): State<Arc<Runtime>>| async move { Json(r.advisors.list()) }),
         )
         .layer(middleware::from_fn_with_state(
             runtime.clone(),

@@ -39,6 +39,11 @@ pub fn parts(runtime: &Runtime) -> Vec<Part> {
             limit: limits.fingerprint_bytes,
         },
         Part {
+            part: "n_plus_one",
+            bytes: stats.n_plus_one.load(Ordering::Relaxed),
+            limit: runtime.config().advise.n_plus_one.max_bytes,
+        },
+        Part {
             part: "classifier_cache",
             bytes: classifier,
             limit: classifier_limit,

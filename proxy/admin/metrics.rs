@@ -95,6 +95,11 @@ pub fn render(runtime: &Runtime) -> String {
     for part in super::memory::parts(runtime) {
         metrics::gauge!("pgwarden_memory_bytes", "part" => part.part).set(part.bytes as f64);
     }
+    let advisories = runtime.advisors.list();
+    for kind in crate::advise::AdvisoryKind::ALL {
+        let count = advisories.iter().filter(|a| a.kind == kind).count();
+        metrics::gauge!("pgwarden_advisories", "kind" => kind.as_str()).set(count as f64);
+    }
     let snapshot = runtime.stats.snapshot();
     let (mut primary, mut replica, mut errors) = (0u64, 0u64, 0u64);
     for q in &snapshot.queries {

@@ -44,6 +44,18 @@ fn apply_key(tree: &mut Value, var: &str, value: &str) -> Result<(), ConfigError
     if section == "databases" {
         return Ok(());
     }
+    // A key of a sub-table: PGWARDEN_ADVISE_N_PLUS_ONE_MIN_REPEATS is
+    // advise.n_plus_one.min_repeats.
+    let (table, key) = match nested(table, &key) {
+        Some((sub, rest)) => (
+            table
+                .get_mut(&sub)
+                .and_then(Value::as_table_mut)
+                .expect("found by nested"),
+            rest,
+        ),
+        None => (table, key),
+    };
     let typed = match table.get(&key) {
         Some(Value::Integer(_)) => value
             .trim()
@@ -71,6 +83,18 @@ fn apply_key(tree: &mut Value, var: &str, value: &str) -> Result<(), ConfigError
     };
     table.insert(key, typed);
     Ok(())
+}
+
+/// `(sub-table, key)` when `key` is `<sub-table>_<key of it>` and no plain key.
+fn nested(table: &toml::map::Map<String, Value>, key: &str) -> Option<(String, String)> {
+    if table.contains_key(key) {
+        return None;
+    }
+    table.iter().find_map(|(name, value)| {
+        let rest = key.strip_prefix(name.as_str())?.strip_prefix('_')?;
+        value.as_table()?;
+        Some((name.clone(), rest.to_string()))
+    })
 }
 
 /// Keys whose default is "unset", so they are absent from the serialized defaults.

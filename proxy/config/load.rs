@@ -148,6 +148,26 @@ mod tests {
     }
 
     #[test]
+    fn advise_keys_from_the_environment() {
+        let c = load_from_str(
+            "",
+            "t",
+            vars(&[
+                ("PGWARDEN_ADVISE_INTERVAL_MS", "250"),
+                ("PGWARDEN_ADVISE_N_PLUS_ONE_MIN_REPEATS", "7"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.advise.interval_ms, 250);
+        assert_eq!(c.advise.n_plus_one.min_repeats, 7);
+        let e =
+            load_from_str("", "t", vars(&[("PGWARDEN_ADVISE_N_PLUS_ONE_NOPE", "1")])).unwrap_err();
+        assert!(e.to_string().contains("nope"), "{e}");
+        let e = load_from_str("[advise]\nmin_cost_savings = 1.5\n", "t", vars(&[])).unwrap_err();
+        assert!(e.to_string().contains("advise.min_cost_savings"), "{e}");
+    }
+
+    #[test]
     fn documented_example_file_is_valid_and_matches_defaults() {
         let text = include_str!("../../config/pgwarden.toml");
         let c = load_from_str(text, "config/pgwarden.toml", vars(&[])).unwrap();

@@ -6,6 +6,7 @@
 //! the code receives typed pieces of [`Config`]; nothing downstream reads strings or
 //! environment variables on its own.
 
+mod advise;
 mod auth;
 mod endpoint;
 mod env;
@@ -15,6 +16,7 @@ mod redact;
 mod schema;
 mod tenancy;
 
+pub use advise::{AdviseConfig, NPlusOneConfig};
 pub use auth::{is_md5_hash, AuthConfig, AuthMethod, UserConfig, DEFAULT_AUTH_QUERY};
 pub use endpoint::Endpoint;
 pub use error::ConfigError;

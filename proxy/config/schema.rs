@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::{AuthConfig, ConfigError, Endpoint, TenancyConfig, TenancyMode};
+use super::{AdviseConfig, AuthConfig, ConfigError, Endpoint, TenancyConfig, TenancyMode};
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -19,6 +19,7 @@ pub struct Config {
     pub stats: StatsConfig,
     pub admin: AdminConfig,
     pub tenancy: TenancyConfig,
+    pub advise: AdviseConfig,
     /// One entry per database name clients connect to.
     pub databases: BTreeMap<String, DatabaseConfig>,
 }
@@ -365,6 +366,7 @@ impl Config {
             }
         }
         self.tenancy.validate()?;
+        self.advise.validate()?;
         self.validate_auth()
     }
 }

@@ -1,11 +1,13 @@
 //! `pgwarden demo`: a throwaway primary and streaming replica from the local
 //! PostgreSQL binaries, pgwarden in front of them, a small mixed workload through it,
 //! a summary of where each statement ran, a tenant trying to reach other tenants'
-//! rows, and the top statements. Everything is removed afterwards.
+//! rows, the top statements, and the advisories pgwarden found (a missing index, an N+1
+//! loop). Everything is removed afterwards, unless `--keep` asks to keep it running.
 //!
 //! This room only orchestrates; it uses `cluster` for PostgreSQL and the public proxy
 //! API like any embedding application would.
 
+mod advice;
 mod tenants;
 mod workload;
 
@@ -29,8 +31,9 @@ pub enum DemoError {
     Workload(#[from] tokio_postgres::Error),
 }
 
-/// Runs the demo and prints its report to stdout.
-pub async fn run() -> Result<(), DemoError> {
+/// Runs the demo and prints its report to stdout. With `keep`, the cluster and proxy
+/// stay up (the dashboard URL is printed) until Ctrl-C.
+pub async fn run(keep: bool) -> Result<(), DemoError> {
     let binaries = PgBinaries::locate()?;
     println!("pgwarden demo");
     println!("  PostgreSQL binaries: {}", binaries.bindir.display());
@@ -57,6 +60,8 @@ pub async fn run() -> Result<(), DemoError> {
             "127.0.0.1:0".to_string(),
         ),
         ("PGWARDEN_POOL_SIZE".to_string(), "4".to_string()),
+        // Advisor rounds every half second, so the demo shows advice right away.
+        ("PGWARDEN_ADVISE_INTERVAL_MS".to_string(), "500".to_string()),
     ];
     vars.push((
         "PGWARDEN_REPLICA_URLS".to_string(),
@@ -86,11 +91,12 @@ pub async fn run() -> Result<(), DemoError> {
         proxy.port()
     );
 
+    let (admin, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await?;
+    tokio::spawn(connection);
+    let hypopg = advice::install_hypopg(&admin).await;
     let report = workload::run(&url, &cluster).await?;
     report.print();
 
-    let (admin, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await?;
-    tokio::spawn(connection);
     let tenant_url = format!(
         "postgres://{}:{}@127.0.0.1:{}/{}?options=-c%20pgwarden.tenant_id%3D1",
         tenants::ROLE,
@@ -115,6 +121,19 @@ pub async fn run() -> Result<(), DemoError> {
         );
     }
 
+    advice::workload(&admin).await?;
+    if !hypopg {
+        println!("\n(hypopg is not installed here: index advice is unconfirmed)");
+    }
+    advice::print(&proxy).await;
+
+    if keep {
+        println!(
+            "\nkept running: dashboard http://{}/  proxy {url}\npress Ctrl-C to stop and clean up",
+            proxy.http_address
+        );
+        let _ = tokio::signal::ctrl_c().await;
+    }
     drop(proxy);
     tokio::time::sleep(Duration::from_millis(100)).await;
     drop(cluster);

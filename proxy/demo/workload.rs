@@ -129,21 +129,21 @@ pub async fn run(url: &str, cluster: &LocalCluster) -> Result<Report, tokio_post
     report.record("SELECT in the same transaction", label(row.get(1)));
     tx.commit().await?;
 
-    // The N+1 pattern: one parent query, then one child query per parent row.
-    let customers = client
-        .query(
-            "SELECT id, inet_server_port() FROM customers ORDER BY id",
-            &[],
-        )
+    // The N+1 pattern: one parent query (a page of customers), then one child query
+    // per parent row; four pages, as four web requests would.
+    let page = client
+        .prepare("SELECT id, inet_server_port() FROM customers ORDER BY id LIMIT 5 OFFSET $1")
         .await?;
     let child = client
         .prepare("SELECT count(*), inet_server_port() FROM orders WHERE customer_id = $1")
         .await?;
-    for customer in &customers {
-        report.record("N+1 parent: SELECT customers", label(customer.get(1)));
-        let id: i32 = customer.get(0);
-        let row = client.query_one(&child, &[&id]).await?;
-        report.record("N+1 child: SELECT orders per customer", label(row.get(1)));
+    for offset in [0i64, 5, 10, 15] {
+        for customer in client.query(&page, &[&offset]).await? {
+            report.record("N+1 parent: SELECT customers", label(customer.get(1)));
+            let id: i32 = customer.get(0);
+            let row = client.query_one(&child, &[&id]).await?;
+            report.record("N+1 child: SELECT orders per customer", label(row.get(1)));
+        }
     }
     Ok(report)
 }

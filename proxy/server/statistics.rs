@@ -8,6 +8,8 @@
 //! whole read buffer for the life of the session.
 
 use std::collections::VecDeque;
+use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -16,11 +18,23 @@ use super::session::Session;
 use crate::protocol::extended::{cstr, BindView, ParseView};
 use crate::protocol::frame::HEADER_LEN;
 use crate::protocol::tag::frontend as tag;
-use crate::stats::{rows_from_tag, Served, StatementEvent, StatsRecorder};
+use crate::stats::{rows_from_tag, CallContext, Served, StatementEvent, StatsRecorder};
 
 struct InFlight {
     started: Instant,
     sql: Bytes,
+    /// A hash of the bound parameters (0: simple query).
+    params: u64,
+    session_key: u64,
+}
+
+/// Numbers client connections for the N+1 detector's sessions.
+static NEXT_CLIENT: AtomicU64 = AtomicU64::new(1);
+
+fn hash_bytes(bytes: &[u8]) -> u64 {
+    BuildHasherDefault::<DefaultHasher>::default()
+        .hash_one(bytes)
+        .max(1)
 }
 
 /// Statements of one session whose answers are not complete yet.
@@ -32,11 +46,21 @@ pub struct SessionStats {
     /// Text of the last unnamed `Parse`, and of the statement the last `Bind` bound.
     unnamed_sql: Option<Bytes>,
     portal_sql: Option<Bytes>,
+    /// A hash of the parameters the last `Bind` bound.
+    portal_params: u64,
+    client: u64,
+    /// A hash of `pgwarden.session_key` given at startup (0: none).
+    startup_session_key: u64,
 }
 
 impl SessionStats {
-    pub fn new(recorder: StatsRecorder) -> SessionStats {
+    pub fn new(recorder: StatsRecorder, session_key: Option<&str>) -> SessionStats {
         SessionStats {
+            portal_params: 0,
+            client: NEXT_CLIENT.fetch_add(1, Ordering::Relaxed),
+            startup_session_key: session_key
+                .filter(|k| !k.is_empty())
+                .map_or(0, |k| hash_bytes(k.as_bytes())),
             recorder,
             in_flight: VecDeque::new(),
             rows: 0,
@@ -62,12 +86,19 @@ impl SessionStats {
     /// The statement at the head finished (its terminal message arrived).
     pub fn finish_one(&mut self, served: Served, error: bool) {
         if let Some(statement) = self.in_flight.pop_front() {
+            let ended = Instant::now();
             self.recorder.record(StatementEvent {
                 sql: statement.sql,
-                duration: statement.started.elapsed(),
+                duration: ended.saturating_duration_since(statement.started),
                 rows: self.rows,
                 error: error || self.error,
                 served,
+                call: Some(CallContext {
+                    client: self.client,
+                    session_key: statement.session_key,
+                    params: statement.params,
+                    ended,
+                }),
             });
         }
         self.rows = 0;
@@ -87,6 +118,14 @@ impl Session {
         let Some(stats) = self.stats.as_mut() else {
             return;
         };
+        // `SET pgwarden.session_key` is tracked by routing when there are replicas.
+        let session_key = match self.routing.as_ref() {
+            Some(routing) => routing
+                .session_key
+                .as_deref()
+                .map_or(stats.startup_session_key, |k| hash_bytes(k.as_bytes())),
+            None => stats.startup_session_key,
+        };
         match message_tag {
             tag::QUERY | tag::FUNCTION_CALL => {
                 let end = frame.len().saturating_sub(1).max(HEADER_LEN);
@@ -98,6 +137,8 @@ impl Session {
                 stats.in_flight.push_back(InFlight {
                     started: Instant::now(),
                     sql,
+                    params: 0,
+                    session_key,
                 });
             }
             tag::PARSE => {
@@ -112,6 +153,10 @@ impl Session {
             }
             tag::BIND => {
                 if let Ok(view) = BindView::parse(&frame[HEADER_LEN..]) {
+                    // Portal and statement names precede the values; the body is a
+                    // fine stand-in for "these parameters".                     // Bounded: the first 512 bytes and the length.
+                    let end = frame.len().min(HEADER_LEN + 512);
+                    stats.portal_params = hash_bytes(&frame[HEADER_LEN..end]) ^ frame.len() as u64;
                     stats.portal_sql = if view.statement.is_empty() {
                         stats.unnamed_sql.clone()
                     } else {
@@ -130,6 +175,8 @@ impl Session {
                 stats.in_flight.push_back(InFlight {
                     started: Instant::now(),
                     sql,
+                    params: stats.portal_params,
+                    session_key,
                 });
             }
             _ => {}

@@ -17,6 +17,7 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 
 use super::fingerprint::{fingerprint, FingerprintId};
+use super::observer::{Call, CallObserver};
 use super::{Event, MemoryGauges, Served, StatementEvent};
 
 /// What readers see of one fingerprint.
@@ -26,6 +27,9 @@ pub struct QuerySummary {
     pub query: String,
     /// One statement as sent (literals included): only with `stats.show_parameters`.
     pub sample: Option<String>,
+    /// The same statement, always kept, for the index advisor to plan; never shown.
+    #[serde(skip)]
+    pub plan_sample: Option<Arc<str>>,
     pub calls: u64,
     pub errors: u64,
     pub rows: u64,
@@ -64,8 +68,9 @@ pub struct Snapshot {
 }
 
 struct Entry {
-    query: String,
-    sample: Option<String>,
+    query: Arc<str>,
+    /// The first statement as sent (shown only with `stats.show_parameters`).
+    sample: Arc<str>,
     calls: u64,
     errors: u64,
     rows: u64,
@@ -136,8 +141,8 @@ fn entry_bytes(entry: &Entry) -> u64 {
     (std::mem::size_of::<Entry>()
         + std::mem::size_of::<FingerprintId>()
         + entry.histogram.distinct_values() * std::mem::size_of::<u64>()
-        + entry.query.capacity()
-        + entry.sample.as_ref().map_or(0, String::capacity)) as u64
+        + entry.query.len()
+        + entry.sample.len()) as u64
 }
 
 /// What the aggregator may keep.
@@ -168,6 +173,7 @@ pub(super) async fn run(
     dropped: Arc<AtomicU64>,
     memory: Arc<MemoryGauges>,
     limits: Limits,
+    mut observer: Option<Box<dyn CallObserver>>,
 ) {
     let mut entries = Entries {
         map: HashMap::new(),
@@ -195,7 +201,14 @@ pub(super) async fn run(
                 Ok(Event::Statement(event)) => {
                     let index = usize::from(event.served == Served::Replica);
                     latency[index].record(event.duration.as_secs_f64());
-                    add(&mut entries, &mut by_text, &mut timeline, event, &limits);
+                    add(
+                        &mut entries,
+                        &mut by_text,
+                        &mut timeline,
+                        event,
+                        &limits,
+                        observer.as_deref_mut(),
+                    );
                     dirty = true;
                 }
                 Ok(Event::Flush(done)) => waiting.push(done),
@@ -203,11 +216,24 @@ pub(super) async fn run(
                 Err(mpsc::error::TryRecvError::Disconnected) => return,
             }
         }
+        if let Some(observer) = observer.as_deref_mut() {
+            observer.tick(std::time::Instant::now());
+        }
         since_publish += 1;
         memory.text_map.store(by_text.bytes(), Ordering::Relaxed);
         memory.fingerprints.store(entries.bytes, Ordering::Relaxed);
+        if !waiting.is_empty() {
+            if let Some(observer) = observer.as_deref_mut() {
+                observer.flush();
+            }
+        }
         if !waiting.is_empty() || (dirty && since_publish >= 25) {
-            snapshot.store(Arc::new(build(&entries.map, &timeline, &dropped)));
+            snapshot.store(Arc::new(build(
+                &entries.map,
+                &timeline,
+                &dropped,
+                limits.show_parameters,
+            )));
             dirty = false;
             since_publish = 0;
             for done in waiting {
@@ -223,6 +249,7 @@ fn add(
     timeline: &mut VecDeque<(TimePoint, u64)>,
     event: StatementEvent,
     limits: &Limits,
+    observer: Option<&mut dyn CallObserver>,
 ) {
     let micros = event.duration.as_micros() as u64;
     let now = now_secs();
@@ -239,13 +266,10 @@ fn add(
     let entry = match entries.map.entry(id) {
         std::collections::hash_map::Entry::Occupied(slot) => slot.into_mut(),
         std::collections::hash_map::Entry::Vacant(slot) => {
-            let mut query = normalized.unwrap_or_default();
-            query.shrink_to_fit();
+            let query: Arc<str> = Arc::from(normalized.unwrap_or_default());
             let entry = Entry {
                 query,
-                sample: limits
-                    .show_parameters
-                    .then(|| String::from_utf8_lossy(&event.sql).into_owned()),
+                sample: Arc::from(String::from_utf8_lossy(&event.sql)),
                 calls: 0,
                 errors: 0,
                 rows: 0,
@@ -274,6 +298,16 @@ fn add(
         Served::Replica => entry.replica_calls += 1,
     }
     entry.last_seen = now;
+    if let (Some(observer), Some(context)) = (observer, event.call) {
+        observer.observe(&Call {
+            fingerprint: id,
+            query: &entry.query,
+            sql: &event.sql,
+            text_hash: hash,
+            duration: event.duration,
+            context,
+        });
+    }
 
     if timeline.back().is_none_or(|(p, _)| p.second != now) {
         timeline.push_back((
@@ -338,14 +372,16 @@ fn build(
     entries: &HashMap<FingerprintId, Entry>,
     timeline: &VecDeque<(TimePoint, u64)>,
     dropped: &AtomicU64,
+    show_parameters: bool,
 ) -> Snapshot {
     let ms = |us: u64| us as f64 / 1000.0;
     let mut queries: Vec<QuerySummary> = entries
         .iter()
         .map(|(id, e)| QuerySummary {
             id: format!("{id:016x}"),
-            query: e.query.clone(),
-            sample: e.sample.clone(),
+            query: e.query.to_string(),
+            sample: show_parameters.then(|| e.sample.to_string()),
+            plan_sample: Some(e.sample.clone()),
             calls: e.calls,
             errors: e.errors,
             rows: e.rows,

@@ -8,6 +8,7 @@
 
 mod aggregate;
 pub mod fingerprint;
+mod observer;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -19,6 +20,7 @@ use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 
 pub use aggregate::{QuerySummary, Snapshot, TimePoint};
+pub use observer::{Call, CallContext, CallObserver};
 
 use crate::config::StatsConfig;
 
@@ -27,6 +29,8 @@ use crate::config::StatsConfig;
 pub struct MemoryGauges {
     /// The exact-text → fingerprint map (hashes only).
     pub text_map: AtomicU64,
+    /// The N+1 detector's sessions and patterns (written by the detector).
+    pub n_plus_one: AtomicU64,
     /// Fingerprint entries: counters, histograms, normalized text, samples.
     pub fingerprints: AtomicU64,
 }
@@ -49,6 +53,8 @@ pub struct StatementEvent {
     pub rows: u64,
     pub error: bool,
     pub served: Served,
+    /// Who ran it, for the N+1 detector; `None` from callers that do not know.
+    pub call: Option<CallContext>,
 }
 
 enum Event {
@@ -77,10 +83,19 @@ pub struct StatsLimits {
 impl StatsRecorder {
     /// Starts the aggregator task (needs a tokio runtime).
     pub fn start(config: &StatsConfig) -> StatsRecorder {
+        Self::start_observed(config, Arc::new(MemoryGauges::default()), None)
+    }
+
+    /// Starts the aggregator with an observer of every fingerprinted statement;
+    /// `memory` is shared with the observer so it can report its bytes.
+    pub fn start_observed(
+        config: &StatsConfig,
+        memory: Arc<MemoryGauges>,
+        observer: Option<Box<dyn CallObserver>>,
+    ) -> StatsRecorder {
         let (tx, rx) = mpsc::channel(65_536);
         let snapshot = Arc::new(ArcSwap::from_pointee(Snapshot::default()));
         let dropped = Arc::new(AtomicU64::new(0));
-        let memory = Arc::new(MemoryGauges::default());
         tokio::spawn(aggregate::run(
             rx,
             snapshot.clone(),
@@ -92,6 +107,7 @@ impl StatsRecorder {
                 text_map_bytes: usize::try_from(config.text_map_bytes).unwrap_or(usize::MAX),
                 show_parameters: config.show_parameters,
             },
+            observer,
         ));
         StatsRecorder {
             tx,
@@ -175,6 +191,7 @@ mod tests {
                 rows: 0,
                 error: false,
                 served: Served::Primary,
+                call: None,
             });
         }
         stats.flush().await;
@@ -210,6 +227,7 @@ mod tests {
                 rows: 1,
                 error,
                 served: Served::Primary,
+                call: None,
             });
         }
         stats.flush().await;
@@ -243,6 +261,7 @@ mod tests {
             rows: 0,
             error: false,
             served: Served::Replica,
+            call: None,
         });
         for i in 0..50 {
             stats.record(StatementEvent {
@@ -251,6 +270,7 @@ mod tests {
                 rows: 0,
                 error: false,
                 served: Served::Primary,
+                call: None,
             });
         }
         stats.flush().await;

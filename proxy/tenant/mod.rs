@@ -17,7 +17,7 @@ pub mod catalog;
 mod decide;
 mod decision;
 mod enforce;
-mod policy;
+pub(crate) mod policy;
 mod predicates;
 mod refresh;
 mod rewrite;

@@ -1,0 +1,28 @@
+//! What can go wrong in an advisor round. Nothing here reaches a client: a failed
+//! round is logged and the next one tries again.
+
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum AdviseError {
+    #[error("connecting to {address}: {source}")]
+    Connect {
+        address: String,
+        source: tokio_postgres::Error,
+    },
+    #[error("{what}: {source}")]
+    Query {
+        what: &'static str,
+        source: tokio_postgres::Error,
+    },
+    #[error("timed out: {0}")]
+    Timeout(&'static str),
+    #[error("unexpected plan: {0}")]
+    Plan(String),
+}
+
+impl AdviseError {
+    pub fn query(what: &'static str) -> impl FnOnce(tokio_postgres::Error) -> AdviseError {
+        move |source| AdviseError::Query { what, source }
+    }
+}
