@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 
 use super::error::AdviseError;
 
@@ -25,7 +25,7 @@ impl NodeConnection {
     pub async fn client(&mut self) -> Result<&Client, AdviseError> {
         if self.client.as_ref().is_none_or(Client::is_closed) {
             let address = crate::config::redact_url(&self.url);
-            let connecting = tokio_postgres::connect(&self.url, NoTls);
+            let connecting = crate::pool::connect_background(&self.url, "advisor");
             let (client, connection) = tokio::time::timeout(STATEMENT_TIMEOUT, connecting)
                 .await
                 .map_err(|_| AdviseError::Timeout("connecting"))?
@@ -33,11 +33,9 @@ impl NodeConnection {
             tokio::spawn(async move {
                 let _ = connection.await;
             });
-            // Bounded server-side too, and recognisable in pg_stat_activity.
+            // Bounded server-side too.
             client
-                .batch_execute(
-                    "SET statement_timeout = '10s'; SET application_name = 'pgwarden advisor'",
-                )
+                .batch_execute("SET statement_timeout = '10s'")
                 .await
                 .map_err(AdviseError::query("setting up the advisor connection"))?;
             self.client = Some(client);
