@@ -211,7 +211,7 @@ impl TenantGuard {
             .catalogs
             .get(database)
             .ok_or_else(|| format!("database {database} has no tenant catalog"))?;
-        let catalog = handle.ready(Duration::from_secs(10)).await?;
+        let mut catalog = handle.ready(Duration::from_secs(10)).await?;
         let key = DecisionKey {
             database: database.into(),
             mode,
@@ -221,22 +221,31 @@ impl TenantGuard {
         if let Some(decision) = self.decisions.get(&key) {
             return Ok(decision);
         }
-        let decision = Arc::new(decide_with(
-            &self.config,
-            &self.safe_functions,
-            &catalog,
-            mode,
-            tenant,
-            sql,
-        ));
-        if let Decision::Reject(rejection) = decision.as_ref() {
-            if rejection.kind == RejectionKind::UnknownRelation
-                || rejection.kind == RejectionKind::FunctionNotAllowed
-            {
-                // Perhaps created since the last load: look again, and do not
-                // remember this answer.
-                handle.request_refresh();
-                return Ok(decision);
+        let decide = |catalog: &Catalog| {
+            Arc::new(decide_with(
+                &self.config,
+                &self.safe_functions,
+                catalog,
+                mode,
+                tenant,
+                sql,
+            ))
+        };
+        let mut decision = decide(&catalog);
+        let unknown = |decision: &Decision| {
+            matches!(decision, Decision::Reject(rejection)
+                if rejection.kind == RejectionKind::UnknownRelation
+                    || rejection.kind == RejectionKind::FunctionNotAllowed)
+        };
+        if unknown(&decision) {
+            // Perhaps created a moment ago (by another connection): decide again on a
+            // catalog loaded after this statement arrived.
+            if let Some(fresh) = handle.refreshed(Duration::from_secs(2)).await {
+                catalog = fresh;
+                decision = decide(&catalog);
+            }
+            if unknown(&decision) {
+                return Ok(decision); // not remembered: the next load may know it
             }
         }
         self.decisions.insert(key, decision.clone());

@@ -2,6 +2,7 @@
 //! start, every `tenancy.refresh_interval_ms`, and whenever asked (after DDL, or
 //! when a statement names a relation the catalog does not know).
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -13,8 +14,11 @@ use crate::config::TenancyConfig;
 
 pub struct CatalogHandle {
     current: ArcSwapOption<Catalog>,
-    /// Counts loads; sessions wait for the first.
+    /// The start number of the last load stored (loads run one at a time, numbered
+    /// from 1 as they start); sessions wait for the first.
     generation: watch::Sender<u64>,
+    /// Loads started so far.
+    started: AtomicU64,
     wake: Notify,
     last_error: Mutex<Option<String>>,
 }
@@ -24,6 +28,7 @@ impl CatalogHandle {
         Arc::new(CatalogHandle {
             current: ArcSwapOption::empty(),
             generation: watch::Sender::new(0),
+            started: AtomicU64::new(0),
             wake: Notify::new(),
             last_error: Mutex::new(None),
         })
@@ -54,16 +59,35 @@ impl CatalogHandle {
         self.wake.notify_one();
     }
 
+    /// Asks for a new load and waits up to `wait` for one that started after this
+    /// call (a load already running may predate what the caller looks for). `None`
+    /// when none finished in time.
+    pub async fn refreshed(&self, wait: Duration) -> Option<Arc<Catalog>> {
+        let asked_after = self.started.load(Ordering::SeqCst);
+        let mut generation = self.generation.subscribe();
+        self.request_refresh();
+        tokio::time::timeout(wait, generation.wait_for(|g| *g > asked_after))
+            .await
+            .ok()?
+            .ok()?;
+        self.current()
+    }
+
     pub fn generation(&self) -> u64 {
         *self.generation.borrow()
     }
 
-    fn store(&self, catalog: Catalog) {
+    /// Numbers a load as it starts.
+    fn start_load(&self) -> u64 {
+        self.started.fetch_add(1, Ordering::SeqCst) + 1
+    }
+
+    fn store(&self, catalog: Catalog, load: u64) {
         self.current.store(Some(Arc::new(catalog)));
         if let Ok(mut error) = self.last_error.lock() {
             *error = None;
         }
-        self.generation.send_modify(|g| *g += 1);
+        self.generation.send_modify(|g| *g = (*g).max(load));
     }
 
     fn failed(&self, error: String) {
@@ -88,9 +112,10 @@ pub fn spawn(
             if Arc::strong_count(&handle) == 1 {
                 return;
             }
+            let number = handle.start_load();
             match load(&mut client, &url, &config).await {
                 Ok(catalog) => {
-                    handle.store(catalog);
+                    handle.store(catalog, number);
                     on_change();
                 }
                 Err(error) => {
