@@ -9,6 +9,7 @@ pub mod cluster;
 pub mod config;
 pub mod demo;
 pub mod pool;
+pub mod protect;
 pub mod protocol;
 pub mod route;
 pub mod runtime;

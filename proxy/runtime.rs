@@ -50,6 +50,8 @@ pub struct Runtime {
     /// Tenant guard violations; kept across reloads.
     pub violations: Arc<Violations>,
     pub stats: StatsRecorder,
+    /// Quarantined fingerprints and `[[limits]]` rules.
+    pub protection: crate::protect::Protection,
     /// `PAUSE` from the admin console: new transactions wait while true.
     pub paused: tokio::sync::watch::Sender<bool>,
     pub started_at: std::time::SystemTime,
@@ -84,7 +86,9 @@ impl Runtime {
             max_fingerprints: config.stats.max_fingerprints.max(10),
             ..config.stats.clone()
         });
+        let protection = crate::protect::Protection::new(&config);
         Ok(Arc::new(Runtime {
+            protection,
             routing: ArcSwap::from_pointee(routing),
             positions,
             tenancy: ArcSwap::from_pointee(tenancy),
@@ -192,6 +196,7 @@ impl Runtime {
             self.auth_query
                 .store(AuthQuery::from_config(&fresh).map(Arc::new));
         }
+        self.protection.reload(&fresh);
         self.config.store(Arc::new(fresh));
         if pools_changed {
             self.pools.clear();
@@ -251,6 +256,10 @@ impl Runtime {
                 idle_timeout: Duration::from_millis(pool.idle_timeout_ms.max(1_000)),
                 max_lifetime: Duration::from_millis(pool.max_lifetime_ms.max(1_000)),
                 health_check_idle: Duration::from_millis(pool.health_check_idle_ms),
+                gate: crate::pool::GatePolicy {
+                    max_waiting: pool.max_waiting,
+                    weights: pool.fairness_weights.clone(),
+                },
             };
             (target, settings)
         }))

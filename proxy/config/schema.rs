@@ -6,7 +6,10 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::{AuthConfig, ConfigError, Endpoint, TenancyConfig, TenancyMode};
+use super::{
+    AuthConfig, ConfigError, Endpoint, Fairness, LimitRule, ProtectionConfig, TenancyConfig,
+    TenancyMode,
+};
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -19,6 +22,10 @@ pub struct Config {
     pub stats: StatsConfig,
     pub admin: AdminConfig,
     pub tenancy: TenancyConfig,
+    /// Quarantined fingerprints, `/readyz` under overload.
+    pub protection: ProtectionConfig,
+    /// Concurrency and rate limits (`[[limits]]`).
+    pub limits: Vec<LimitRule>,
     /// One entry per database name clients connect to.
     pub databases: BTreeMap<String, DatabaseConfig>,
 }
@@ -89,6 +96,13 @@ pub struct PoolConfig {
     /// (messages sent, no `Sync`): the server waits for that `Sync` and serves nobody
     /// else. 0 disables.
     pub idle_in_batch_timeout_ms: u64,
+    /// When clients wait for a server connection, groups are served in turn.
+    pub fairness: Fairness,
+    /// Turns per round of a group (tenant, application name) when it waits; default 1.
+    pub fairness_weights: BTreeMap<String, u32>,
+    /// Waiting clients (all pools) past which new checkouts are refused at once
+    /// (53300); 0 = no bound.
+    pub max_waiting: usize,
 }
 
 impl Default for PoolConfig {
@@ -106,6 +120,9 @@ impl Default for PoolConfig {
             max_prepared_statements: 200,
             idle_in_transaction_timeout_ms: 0,
             idle_in_batch_timeout_ms: 30_000,
+            fairness: Fairness::Tenant,
+            fairness_weights: BTreeMap::new(),
+            max_waiting: 0,
         }
     }
 }
@@ -359,6 +376,7 @@ impl Config {
             }
         }
         self.tenancy.validate()?;
+        super::protection::validate(&self.protection, &self.limits)?;
         self.validate_auth()
     }
 }

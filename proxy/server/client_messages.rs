@@ -101,6 +101,10 @@ impl Session {
             }
             _ => {}
         }
+        if let Err(error) = self.protect_statement(message_tag, &frame).await {
+            self.report_recoverable(message_tag, &error);
+            return Ok(());
+        }
         if let Err(error) = self.attach_for(message_tag, &frame).await {
             if matches!(error, SessionError::Answered) {
                 return Ok(());

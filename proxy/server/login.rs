@@ -124,6 +124,7 @@ pub async fn log_in(
                 idle_in_batch_timeout: millis(config.pool.idle_in_batch_timeout_ms),
                 server_said_fatal: false,
                 draining_database: None,
+                protection: super::protection::SessionProtection::new(&config, &proxy_options),
                 pooled: PooledState::new(
                     config.pool.pin_session_state,
                     config.pool.max_prepared_statements as usize,

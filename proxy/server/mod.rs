@@ -17,6 +17,7 @@ pub(crate) mod handshake;
 mod listener;
 mod login;
 mod pooled_state;
+mod protection;
 mod pump;
 mod responses;
 mod routing;

@@ -79,6 +79,8 @@ pub struct Session {
     pub(super) server_said_fatal: bool,
     /// A `DROP/ALTER DATABASE` this client runs: that database's checkouts are held.
     pub(super) draining_database: Option<String>,
+    /// Fairness group, places under `[[limits]]` rules.
+    pub(super) protection: super::protection::SessionProtection,
 }
 
 /// Session effects (`SET`/`RESET`, the end of pinned state, `DISCARD ALL`) that count
@@ -321,6 +323,7 @@ impl Session {
             }
             self.responses.clear();
             self.to_server.clear();
+            self.protection.release();
             // Dropping returns it to the pool (or closes it if marked broken).
         }
         if self.client_buf.is_empty() && self.client_buf.capacity() > 0 {
@@ -348,7 +351,7 @@ impl Session {
                 self.runtime
                     .pool(&self.identity.database, &self.identity.user, backend)?
             };
-            match pool.checkout().await {
+            match pool.checkout_as(self.fair_group()).await {
                 Ok(server) => break server,
                 Err(e @ PoolError::LoginRejected(_)) if backend > 0 => {
                     // The replica is fine; it just does not know this role (yet): read
