@@ -162,8 +162,11 @@ impl FairGate {
         self: &Arc<Self>,
         group: &str,
     ) -> Result<Option<(u64, oneshot::Receiver<()>)>, GateRefusal> {
+        // A place in the line is reserved first, so the bound is never overshot.
         let max = self.policy.max_waiting;
-        if max > 0 && self.total.waiting.load(Ordering::Relaxed) >= max {
+        let before = self.total.waiting.fetch_add(1, Ordering::Relaxed);
+        if max > 0 && before >= max {
+            self.total.waiting.fetch_sub(1, Ordering::Relaxed);
             return Err(self.shed(format!(
                 "{max} clients already wait for a server connection (pool.max_waiting)"
             )));
@@ -172,6 +175,7 @@ impl FairGate {
         if let Some(oldest) = oldest_wait(&queues) {
             if oldest >= self.timeout {
                 drop(queues);
+                self.total.waiting.fetch_sub(1, Ordering::Relaxed);
                 return Err(self.shed(format!(
                     "the oldest waiting client has waited {} ms (pool.checkout_timeout_ms)",
                     oldest.as_millis()
@@ -190,7 +194,10 @@ impl FairGate {
                 .compare_exchange(state, next, Ordering::AcqRel, Ordering::Acquire)
             {
                 // A permit came back between the fast path and the lock.
-                Ok(_) if take => return Ok(None),
+                Ok(_) if take => {
+                    self.total.waiting.fetch_sub(1, Ordering::Relaxed);
+                    return Ok(None);
+                }
                 Ok(_) => break,
                 Err(now) => state = now,
             }
@@ -209,7 +216,6 @@ impl FairGate {
         if new_group {
             queues.ring.push_back(key);
         }
-        self.total.waiting.fetch_add(1, Ordering::Relaxed);
         Ok(Some((id, receiver)))
     }
 
