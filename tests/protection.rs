@@ -4,6 +4,9 @@
 
 mod support;
 
+#[path = "protection/circuit.rs"]
+mod circuit;
+
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;

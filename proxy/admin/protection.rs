@@ -1,6 +1,7 @@
 //! Protection on the admin side: `SHOW LIMITS` (rules, their counters, refusals per
 //! group and fingerprint, shed clients), `BLOCK QUERY` / `UNBLOCK QUERY`, the waiting
-//! line per group for `SHOW POOLS`, the overload state for `/readyz`, and metrics.
+//! line per group for `SHOW POOLS`, the overload state for `/readyz`, and metrics
+//! (including `pgwarden_backend_circuit_state`).
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -161,4 +162,15 @@ pub fn record_metrics(runtime: &Runtime) {
     }
     metrics::gauge!("pgwarden_quarantined_fingerprints")
         .set(runtime.protection.quarantine.list().len() as f64);
+    for topology in runtime.routing().topologies() {
+        for backend in &topology.backends {
+            let labels = [
+                ("database", topology.database.clone()),
+                ("backend", backend.address.clone()),
+            ];
+            // 0 closed, 1 half-open, 2 open.
+            metrics::gauge!("pgwarden_backend_circuit_state", &labels)
+                .set(f64::from(backend.circuit.state() as u8));
+        }
+    }
 }

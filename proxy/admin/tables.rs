@@ -211,6 +211,7 @@ pub fn backends(runtime: &Runtime) -> Table {
         "in_flight",
         "routed",
         "errors",
+        "circuit",
     ]);
     let routing = runtime.routing();
     for topology in routing.topologies() {
@@ -240,6 +241,7 @@ pub fn backends(runtime: &Runtime) -> Table {
                 backend.in_flight.load(Ordering::Relaxed).to_string(),
                 backend.routed.load(Ordering::Relaxed).to_string(),
                 backend.errors.load(Ordering::Relaxed).to_string(),
+                backend.circuit.state().as_str().to_string(),
             ]);
         }
     }

@@ -21,13 +21,32 @@ pub enum Fairness {
     Off,
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ProtectionConfig {
     /// Fingerprint ids (16 hex digits, as `SHOW QUERIES` prints them) refused at once.
     pub blocked_fingerprints: Vec<String>,
     /// `/readyz` answers 503 "overloaded" while clients are being shed.
     pub readyz_overloaded: bool,
+    /// A backend's circuit opens after this many failures (connect failures, failed or
+    /// timed-out lag polls, servers lost mid-request) within `circuit_window_ms`;
+    /// 0 disables circuit breaking.
+    pub circuit_failures: u32,
+    pub circuit_window_ms: u64,
+    /// How long an open circuit stays open before a probe may close it.
+    pub circuit_open_ms: u64,
+}
+
+impl Default for ProtectionConfig {
+    fn default() -> Self {
+        ProtectionConfig {
+            blocked_fingerprints: Vec::new(),
+            readyz_overloaded: false,
+            circuit_failures: 3,
+            circuit_window_ms: 10_000,
+            circuit_open_ms: 5_000,
+        }
+    }
 }
 
 /// One `[[limits]]` rule. The match fields that are set must all match; the limits

@@ -69,6 +69,9 @@ pub enum SessionError {
     /// Over a `[[limits]]` rule after its longest wait.
     #[error("statement refused by pgwarden limit \"{}\" ({}) after waiting {} ms", .0.rule, .0.limit, .0.waited_ms)]
     LimitExceeded(crate::protect::LimitRefusal),
+    /// The backend's circuit breaker is open.
+    #[error("backend {0} is failing; its circuit breaker is open")]
+    CircuitOpen(String),
     /// Not an error: the message was answered by the proxy itself.
     #[error("answered by the proxy")]
     Answered,
@@ -124,6 +127,8 @@ impl SessionError {
                      or raise pool.max_waiting / pool.size",
                 )
             }
+            SessionError::CircuitOpen(_) => ErrorFields::error(SqlState::CANNOT_CONNECT_NOW, message)
+                .with_hint("pgwarden stopped sending it requests after repeated failures and probes it again shortly; retry in a few seconds (protection.circuit_open_ms)"),
             SessionError::Quarantined(id) => {
                 ErrorFields::error(SqlState::INSUFFICIENT_PRIVILEGE, message).with_hint(format!(
                     "an operator ran BLOCK QUERY {id} (or listed it in protection.blocked_fingerprints); \
@@ -198,6 +203,7 @@ impl SessionError {
                 | SessionError::TenantGuardUnavailable(_)
                 | SessionError::TenantChangeInTransaction
                 | SessionError::Quarantined(_)
+                | SessionError::CircuitOpen(_)
                 | SessionError::LimitExceeded(_)
         )
     }

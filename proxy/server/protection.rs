@@ -138,3 +138,42 @@ impl Session {
         }
     }
 }
+
+impl Session {
+    /// A statement that must run on `backend` (the primary) fails fast while its
+    /// circuit is open, instead of waiting out a connect timeout.
+    pub(super) fn circuit_allows(&self, backend: usize) -> Result<(), SessionError> {
+        let Some(b) = self
+            .routing
+            .as_ref()
+            .and_then(|r| r.topology.backends.get(backend))
+        else {
+            return Ok(());
+        };
+        if b.circuit.allows() {
+            Ok(())
+        } else {
+            Err(SessionError::CircuitOpen(b.address.clone()))
+        }
+    }
+
+    /// A request to `backend` failed (could not connect, server lost).
+    pub(super) fn note_backend_failure(&self, backend: usize) {
+        if let Some(state) = self.routing.as_ref() {
+            state.topology.record_failure(backend);
+        }
+    }
+
+    /// A request to `backend` got a server: closes a half-open circuit.
+    pub(super) fn note_backend_success(&self, backend: usize) {
+        if let Some(b) = self
+            .routing
+            .as_ref()
+            .and_then(|r| r.topology.backends.get(backend))
+        {
+            if b.circuit.state() != crate::route::circuit::CircuitState::Closed {
+                b.circuit.record_success(&b.address);
+            }
+        }
+    }
+}

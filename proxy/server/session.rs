@@ -351,8 +351,14 @@ impl Session {
                 self.runtime
                     .pool(&self.identity.database, &self.identity.user, backend)?
             };
+            if backend == 0 {
+                self.circuit_allows(0)?;
+            }
             match pool.checkout_as(self.fair_group()).await {
-                Ok(server) => break server,
+                Ok(server) => {
+                    self.note_backend_success(backend);
+                    break server;
+                }
                 Err(e @ PoolError::LoginRejected(_)) if backend > 0 => {
                     // The replica is fine; it just does not know this role (yet): read
                     // from the primary without taking the replica out for everyone.
@@ -362,6 +368,7 @@ impl Session {
                 Err(e) if backend > 0 => {
                     // A replica we cannot reach: take it out and read from the primary.
                     tracing::warn!(backend, error = %e, "replica connection failed");
+                    self.note_backend_failure(backend);
                     if let Some(state) = self.routing.as_ref() {
                         state.topology.mark_unhealthy(backend);
                         state.topology.backends[backend]
@@ -370,7 +377,18 @@ impl Session {
                     }
                     backend = 0;
                 }
-                Err(e) => return Err(e.into()),
+                Err(e) => {
+                    if matches!(
+                        e,
+                        PoolError::Connect { .. }
+                            | PoolError::ConnectTimeout(_)
+                            | PoolError::Unreachable(_)
+                            | PoolError::Io { .. }
+                    ) {
+                        self.note_backend_failure(backend);
+                    }
+                    return Err(e.into());
+                }
             }
         };
         if server.settings_hash != self.settings.hash() {
