@@ -256,10 +256,13 @@ impl Runtime {
                 idle_timeout: Duration::from_millis(pool.idle_timeout_ms.max(1_000)),
                 max_lifetime: Duration::from_millis(pool.max_lifetime_ms.max(1_000)),
                 health_check_idle: Duration::from_millis(pool.health_check_idle_ms),
-                gate: crate::pool::GatePolicy {
-                    max_waiting: pool.max_waiting,
-                    weights: pool.fairness_weights.clone(),
-                },
+                // Fairness off and no bound on waiting: bb8's own FIFO line, no gate.
+                gate: (pool.fairness != crate::config::Fairness::Off || pool.max_waiting > 0).then(
+                    || crate::pool::GatePolicy {
+                        max_waiting: pool.max_waiting,
+                        weights: pool.fairness_weights.clone(),
+                    },
+                ),
             };
             (target, settings)
         }))

@@ -1,6 +1,7 @@
 //! A server connection checked out of its pool, together with its place in the pool's
 //! fair gate. Dropping it returns the connection to bb8 first, then hands the place to
-//! the next waiting client in turn (which then finds the connection idle).
+//! the next waiting client in turn (which then finds the connection idle). Without a
+//! gate (fairness off, no `pool.max_waiting`) there is no permit.
 
 use std::ops::{Deref, DerefMut};
 
@@ -10,13 +11,13 @@ use super::{ServerConnection, ServerConnector};
 pub struct PooledServer {
     // Field order matters: the connection goes back before the permit moves on.
     connection: bb8::PooledConnection<'static, ServerConnector>,
-    _permit: GatePermit,
+    _permit: Option<GatePermit>,
 }
 
 impl PooledServer {
     pub(super) fn new(
         connection: bb8::PooledConnection<'static, ServerConnector>,
-        permit: GatePermit,
+        permit: Option<GatePermit>,
     ) -> PooledServer {
         PooledServer {
             connection,

@@ -33,8 +33,9 @@ pub struct PoolSettings {
     pub idle_timeout: Duration,
     pub max_lifetime: Duration,
     pub health_check_idle: Duration,
-    /// Turns between groups of waiting clients, and load shedding.
-    pub gate: GatePolicy,
+    /// Turns between groups of waiting clients, and load shedding; `None` (fairness
+    /// off, no `max_waiting`) leaves waiting to bb8's own FIFO line.
+    pub gate: Option<GatePolicy>,
 }
 
 /// Counters kept per pool for the admin console and metrics.
@@ -53,7 +54,7 @@ pub struct ServerPool {
     pub settings: PoolSettings,
     pool: bb8::Pool<ServerConnector>,
     /// The fair waiting line: one permit per server connection.
-    gate: Arc<FairGate>,
+    gate: Option<Arc<FairGate>>,
     /// `ParameterStatus` of the first server connection, replayed to logging-in clients.
     server_parameters: OnceLock<Vec<(String, String)>>,
     pub stats: PoolStats,
@@ -136,12 +137,10 @@ impl ServerPool {
             .retry_connection(false)
             .error_sink(Box::new(ConnectErrorSink(last_connect_error.clone())))
             .build_unchecked(connector);
-        let gate = FairGate::new(
-            settings.size,
-            settings.checkout_timeout,
-            settings.gate.clone(),
-            total,
-        );
+        let gate = settings
+            .gate
+            .clone()
+            .map(|policy| FairGate::new(settings.size, settings.checkout_timeout, policy, total));
         ServerPool {
             key,
             target,
@@ -165,12 +164,17 @@ impl ServerPool {
     pub async fn checkout_as(&self, group: &str) -> Result<PooledServer, PoolError> {
         let started = Instant::now();
         let deadline = started + self.settings.checkout_timeout;
-        let permit = match self.gate.try_acquire() {
-            Some(permit) => permit,
-            None => match self.gate.acquire(group, deadline).await {
-                Ok(permit) => permit,
-                Err(GateRefusal::Overloaded(reason)) => return Err(PoolError::Overloaded(reason)),
-                Err(GateRefusal::TimedOut) => return Err(self.timed_out(started)),
+        let permit = match &self.gate {
+            None => None,
+            Some(gate) => match gate.try_acquire() {
+                Some(permit) => Some(permit),
+                None => match gate.acquire(group, deadline).await {
+                    Ok(permit) => Some(permit),
+                    Err(GateRefusal::Overloaded(reason)) => {
+                        return Err(PoolError::Overloaded(reason))
+                    }
+                    Err(GateRefusal::TimedOut) => return Err(self.timed_out(started)),
+                },
             },
         };
         self.checkout_with(permit, started, deadline).await
@@ -190,7 +194,7 @@ impl ServerPool {
     /// With a place in the pool: the connection itself (idle, or opened now).
     async fn checkout_with(
         &self,
-        permit: GatePermit,
+        permit: Option<GatePermit>,
         started: Instant,
         deadline: Instant,
     ) -> Result<PooledServer, PoolError> {
@@ -298,12 +302,15 @@ impl ServerPool {
 
     /// Waiting clients per group, for `SHOW POOLS` and `/api/pools`.
     pub fn waiting_by_group(&self) -> Vec<(String, usize)> {
-        self.gate.waiting_by_group()
+        self.gate
+            .as_ref()
+            .map(|g| g.waiting_by_group())
+            .unwrap_or_default()
     }
 
     /// Clients waiting for a server connection of this pool.
     pub fn waiting(&self) -> usize {
-        self.gate.waiting()
+        self.gate.as_ref().map_or(0, |g| g.waiting())
     }
 
     /// Closes the connections idle in this pool right now.

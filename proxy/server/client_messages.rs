@@ -105,7 +105,12 @@ impl Session {
             self.report_recoverable(message_tag, &error);
             return Ok(());
         }
-        if let Err(error) = self.attach_for(message_tag, &frame).await {
+        let attached = self.attach_for(message_tag, &frame).await;
+        if self.server.is_none() {
+            // Answered without a server, or none could be had: no place under limits.
+            self.protection.release();
+        }
+        if let Err(error) = attached {
             if matches!(error, SessionError::Answered) {
                 return Ok(());
             }
