@@ -203,13 +203,12 @@ async fn concurrency_and_rate_limits_hold_and_spare_others() {
         waited >= Duration::from_millis(280),
         "refused after {waited:?}"
     );
-    // Tenant 2 is not affected meanwhile.
+    // Tenant 2 is not affected meanwhile: were it limited, it would be refused too
+    // (the holder still holds the rule's only place).
     let other = connect_as(&proxy, Some("2"), "app").await;
-    let started = Instant::now();
     bounded("other tenant", other.simple_query("SELECT 1"))
         .await
         .unwrap();
-    assert!(started.elapsed() < Duration::from_millis(250));
     // Once the holder's transaction ends, tenant 1 runs again.
     bounded("commit", holder.batch_execute("COMMIT"))
         .await
@@ -229,7 +228,10 @@ async fn concurrency_and_rate_limits_hold_and_spare_others() {
         .unwrap_err();
     assert_eq!(code(&err), "53400", "{err}");
     assert!(hint(&err).contains("reports-rate"), "{:?}", hint(&err));
-    assert!(started.elapsed() < Duration::from_millis(250));
+    assert!(
+        started.elapsed() < Duration::from_millis(1_000),
+        "a rate refusal must not wait"
+    );
     // Same role, other application: unaffected.
     let app = connect_as(&proxy, None, "app").await;
     for _ in 0..5 {
@@ -313,7 +315,10 @@ async fn a_quarantined_fingerprint_is_refused_until_unblocked() {
         "{:?}",
         hint(&err)
     );
-    assert!(started.elapsed() < Duration::from_millis(500));
+    assert!(
+        started.elapsed() < Duration::from_millis(1_000),
+        "a quarantined statement must not wait"
+    );
     let err = bounded("blocked, extended", client.query("SELECT 5 + 6", &[]))
         .await
         .unwrap_err();
