@@ -138,6 +138,32 @@ mod tests {
     }
 
     #[test]
+    fn fairness_and_shedding_come_from_the_environment_too() {
+        let vars = [
+            (
+                "PGWARDEN_PRIMARY_URL",
+                "postgres://app:pw@127.0.0.1:5432/shop",
+            ),
+            ("PGWARDEN_POOL_FAIRNESS", "application_name"),
+            ("PGWARDEN_POOL_MAX_WAITING", "100"),
+            (
+                "PGWARDEN_PROTECTION_BLOCKED_FINGERPRINTS",
+                "00000000000000ff,0a",
+            ),
+        ]
+        .map(|(k, v)| (k.to_string(), v.to_string()));
+        let text = "[pool.fairness_weights]\n\"42\" = 3\n[[limits]]\nname = \"t\"\ntenant = \"42\"\nmax_concurrent = 2\n";
+        let c = crate::config::load_from_str(text, "t", vars).unwrap();
+        assert_eq!(c.pool.fairness, Fairness::ApplicationName);
+        assert_eq!(c.pool.max_waiting, 100);
+        assert_eq!(c.pool.fairness_weights.get("42"), Some(&3));
+        assert_eq!(c.protection.blocked_fingerprints.len(), 2);
+        assert_eq!(c.limits[0].max_concurrent, 2);
+        let defaults = crate::config::Config::default();
+        assert_eq!(defaults.pool.fairness, Fairness::Tenant);
+    }
+
+    #[test]
     fn rules_need_a_name_and_a_limit() {
         let rule = LimitRule {
             name: "a".into(),
