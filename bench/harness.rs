@@ -24,6 +24,7 @@ use pgwarden::cluster::{free_port, ClusterSpec, LocalCluster, PgBinaries};
 mod bulk;
 mod cpu;
 mod idle;
+mod protection;
 mod tenant;
 
 const USER: &str = "pgwarden";
@@ -74,7 +75,10 @@ fn main() {
     let duration = env_num("DURATION", 10);
     let clients = env_list("CLIENTS", "1 16 64");
     let modes = env_list("MODES", "simple extended prepared");
-    let scripts = env_list("SCRIPTS", "select tpcb");
+    let mut scripts = env_list("SCRIPTS", "select tpcb");
+    // SCRIPTS=fairness: the noisy-neighbour scenario (bench/protection.rs), not a pgbench script.
+    let fairness_run = scripts.iter().any(|s| s == "fairness");
+    scripts.retain(|s| s != "fairness");
     let targets = env_list("TARGETS", "direct pgbouncer pgwarden");
     let idle_counts = env_list("IDLE", "1000 10000");
     let scale = env_num("SCALE", 10);
@@ -170,6 +174,13 @@ fn main() {
         )
     });
 
+    // The same proxy with fairness off (no fair gate at all): the cost of fairness.
+    let nofair_port = free_port();
+    let _nofair = targets
+        .iter()
+        .any(|t| t == "pgwarden_nofair")
+        .then(|| Guard(protection::start_nofair(&cluster, nofair_port, pool_size)));
+
     // Another pgwarden build (BASELINE_BIN, e.g. main before a change) in the same run.
     let baseline_port = free_port();
     let _baseline = targets.iter().any(|t| t == "pgwarden_baseline").then(|| {
@@ -196,6 +207,7 @@ fn main() {
         "pgwarden_baseline" => baseline_port,
         "pgwarden_nostats" => nostats_port,
         "pgwarden_rewrite" => rewrite_port,
+        "pgwarden_nofair" => nofair_port,
         _ => warden_port,
     };
     for target in &targets {
@@ -208,6 +220,7 @@ fn main() {
             "pgwarden_nostats" => _nostats.as_ref(),
             "pgwarden_rewrite" => _rewrite.as_ref(),
             "pgwarden_baseline" => _baseline.as_ref(),
+            "pgwarden_nofair" => _nofair.as_ref(),
             _ => None,
         };
         guard.map(|g| g.0.id())
@@ -382,6 +395,14 @@ fn main() {
             "\n| script | mode | clients | proxy | proxy CPU (s) | proxy CPU per transaction (us) |\n|---|---|---|---|---|---|\n{}\n",
             cpu_rows.join("\n")
         );
+    }
+    if fairness_run {
+        report.push_str(&protection::fairness_report(
+            &pgbench,
+            &cluster,
+            work.path(),
+            duration,
+        ));
     }
     if !rss_rows.is_empty() {
         let _ = write!(

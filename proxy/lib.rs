@@ -12,6 +12,7 @@ pub mod demo;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod pool;
+pub mod protect;
 pub mod protocol;
 pub mod route;
 pub mod runtime;

@@ -52,6 +52,8 @@ pub struct Runtime {
     pub stats: StatsRecorder,
     /// Index and N+1 advisories.
     pub advisors: Arc<crate::advise::Advisors>,
+    /// Quarantined fingerprints and `[[limits]]` rules.
+    pub protection: crate::protect::Protection,
     /// `PAUSE` from the admin console: new transactions wait while true.
     pub paused: tokio::sync::watch::Sender<bool>,
     pub started_at: std::time::SystemTime,
@@ -97,7 +99,9 @@ impl Runtime {
             memory,
             Some(Box::new(detector)),
         );
+        let protection = crate::protect::Protection::new(&config);
         Ok(Arc::new(Runtime {
+            protection,
             routing: ArcSwap::from_pointee(routing),
             positions,
             tenancy: ArcSwap::from_pointee(tenancy),
@@ -206,6 +210,7 @@ impl Runtime {
             self.auth_query
                 .store(AuthQuery::from_config(&fresh).map(Arc::new));
         }
+        self.protection.reload(&fresh);
         self.config.store(Arc::new(fresh));
         if pools_changed {
             self.pools.clear();
@@ -265,6 +270,13 @@ impl Runtime {
                 idle_timeout: Duration::from_millis(pool.idle_timeout_ms.max(1_000)),
                 max_lifetime: Duration::from_millis(pool.max_lifetime_ms.max(1_000)),
                 health_check_idle: Duration::from_millis(pool.health_check_idle_ms),
+                // Fairness off and no bound on waiting: bb8's own FIFO line, no gate.
+                gate: (pool.fairness != crate::config::Fairness::Off || pool.max_waiting > 0).then(
+                    || crate::pool::GatePolicy {
+                        max_waiting: pool.max_waiting,
+                        weights: pool.fairness_weights.clone(),
+                    },
+                ),
             };
             (target, settings)
         }))

@@ -1,6 +1,6 @@
 //! The admin console: `psql -p <proxy port> -U <admin> pgwarden`, simple query
 //! protocol, `SHOW POOLS|SERVERS|CLIENTS|DATABASES|BACKENDS|QUERIES|ADVISORIES|TENANCY|CONFIG|MEMORY|VERSION`,
-//! `SHOW TENANCY TABLES`,
+//! `SHOW TENANCY TABLES`, `SHOW LIMITS`, `BLOCK QUERY <id>`, `UNBLOCK QUERY <id>`,
 //! `RELOAD`, `PAUSE`, `RESUME`.
 
 use std::sync::Arc;
@@ -130,6 +130,9 @@ async fn run_command(runtime: &Runtime, sql: &str) -> Result<Reply, ErrorFields>
         ["SHOW", "TENANCY", "TABLES"] => Ok(Reply::Rows(super::tenancy::scoped_tables(runtime))),
         ["SHOW", "VERSION"] => Ok(Reply::Rows(tables::version())),
         ["SHOW", "MEMORY"] => Ok(Reply::Rows(super::memory::table(runtime))),
+        ["SHOW", "LIMITS"] => Ok(Reply::Rows(super::protection::limits(runtime))),
+        ["BLOCK", "QUERY", id] => super::protection::block(runtime, id, true).map(Reply::Done),
+        ["UNBLOCK", "QUERY", id] => super::protection::block(runtime, id, false).map(Reply::Done),
         ["RELOAD"] => runtime
             .reload()
             .map(|()| Reply::Done("RELOAD".into()))
@@ -146,7 +149,7 @@ async fn run_command(runtime: &Runtime, sql: &str) -> Result<Reply, ErrorFields>
             SqlState::SYNTAX_ERROR,
             format!("unknown admin command: {}", sql.trim()),
         )
-        .with_hint("try SHOW POOLS, SHOW SERVERS, SHOW CLIENTS, SHOW DATABASES, SHOW BACKENDS, SHOW QUERIES, SHOW ADVISORIES, SHOW TENANCY, SHOW TENANCY TABLES, SHOW CONFIG, SHOW MEMORY, SHOW VERSION, RELOAD, PAUSE, RESUME")),
+        .with_hint("try SHOW POOLS, SHOW SERVERS, SHOW CLIENTS, SHOW DATABASES, SHOW BACKENDS, SHOW QUERIES, SHOW ADVISORIES, SHOW TENANCY, SHOW TENANCY TABLES, SHOW CONFIG, SHOW MEMORY, SHOW LIMITS, SHOW VERSION, BLOCK QUERY <id>, UNBLOCK QUERY <id>, RELOAD, PAUSE, RESUME")),
     }
 }
 

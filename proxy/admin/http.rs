@@ -43,6 +43,12 @@ pub fn router(runtime: Arc<Runtime>) -> Router {
             get(|State(r): State<Arc<Runtime>>| async move { Json(super::tenancy::json(&r)) }),
         )
         .route(
+            "/api/limits",
+            get(|State(r): State<Arc<Runtime>>| async move {
+                Json(super::protection::limits(&r).to_json())
+            }),
+        )
+        .route(
             "/api/memory",
             get(|State(r): State<Arc<Runtime>>| async move { Json(super::memory::parts(&r)) }),
         )
@@ -105,8 +111,12 @@ async fn timeline(State(runtime): State<Arc<Runtime>>) -> impl IntoResponse {
     }))
 }
 
-/// Ready when every database's primary accepts TCP connections.
+/// Ready when every database's primary accepts TCP connections (and, with
+/// `protection.readyz_overloaded`, the pools are not shedding clients).
 async fn readyz(State(runtime): State<Arc<Runtime>>) -> impl IntoResponse {
+    if let Some(overloaded) = super::protection::overloaded(&runtime) {
+        return (StatusCode::SERVICE_UNAVAILABLE, overloaded);
+    }
     let config = runtime.config();
     for (name, db) in &config.databases {
         let Ok(endpoint) = db.primary_endpoint(name) else {

@@ -92,6 +92,7 @@ pub fn render(runtime: &Runtime) -> String {
             );
         }
     }
+    super::protection::record_metrics(runtime);
     for part in super::memory::parts(runtime) {
         metrics::gauge!("pgwarden_memory_bytes", "part" => part.part).set(part.bytes as f64);
     }

@@ -11,6 +11,7 @@ pub mod console;
 pub mod http;
 pub mod memory;
 pub mod metrics;
+pub mod protection;
 pub mod tables;
 pub mod tenancy;
 

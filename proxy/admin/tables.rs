@@ -63,6 +63,8 @@ pub fn pools(runtime: &Runtime) -> Table {
         "avg_wait_us",
         "checkout_timeouts",
         "connect_errors",
+        "cl_waiting",
+        "waiting_by_group",
     ]);
     let config = runtime.config();
     let clients = runtime.cancels.clients();
@@ -97,6 +99,8 @@ pub fn pools(runtime: &Runtime) -> Table {
                 .connect_errors
                 .load(Ordering::Relaxed)
                 .to_string(),
+            pool.waiting().to_string(),
+            super::protection::waiting_groups(&pool.waiting_by_group()),
         ]);
     }
     table
@@ -207,6 +211,7 @@ pub fn backends(runtime: &Runtime) -> Table {
         "in_flight",
         "routed",
         "errors",
+        "circuit",
     ]);
     let routing = runtime.routing();
     for topology in routing.topologies() {
@@ -236,6 +241,7 @@ pub fn backends(runtime: &Runtime) -> Table {
                 backend.in_flight.load(Ordering::Relaxed).to_string(),
                 backend.routed.load(Ordering::Relaxed).to_string(),
                 backend.errors.load(Ordering::Relaxed).to_string(),
+                backend.circuit.state().as_str().to_string(),
             ]);
         }
     }
@@ -258,6 +264,7 @@ pub fn queries(runtime: &Runtime, limit: usize) -> Table {
         "primary_calls",
         "replica_calls",
         "sample",
+        "blocked",
     ]);
     let snapshot = runtime.stats.snapshot();
     for q in snapshot.queries.iter().take(limit) {
@@ -276,6 +283,7 @@ pub fn queries(runtime: &Runtime, limit: usize) -> Table {
             q.primary_calls.to_string(),
             q.replica_calls.to_string(),
             q.sample.clone().unwrap_or_default(),
+            super::protection::is_blocked(runtime, &q.id).to_string(),
         ]);
     }
     table

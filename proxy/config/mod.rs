@@ -12,6 +12,7 @@ mod endpoint;
 mod env;
 mod error;
 mod load;
+mod protection;
 mod redact;
 mod schema;
 mod tenancy;
@@ -21,6 +22,7 @@ pub use auth::{is_md5_hash, AuthConfig, AuthMethod, UserConfig, DEFAULT_AUTH_QUE
 pub use endpoint::Endpoint;
 pub use error::ConfigError;
 pub use load::{load, load_from_str};
+pub use protection::{parse_fingerprint_id, Fairness, LimitRule, ProtectionConfig};
 pub use redact::{redact_url, redacted, redacted_toml};
 pub use schema::{
     AdminConfig, Config, DatabaseConfig, Fallback, PoolConfig, PoolMode, ProxyConfig,

@@ -6,7 +6,10 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::{AdviseConfig, AuthConfig, ConfigError, Endpoint, TenancyConfig, TenancyMode};
+use super::{
+    AdviseConfig, AuthConfig, ConfigError, Endpoint, Fairness, LimitRule, ProtectionConfig,
+    TenancyConfig, TenancyMode,
+};
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -20,6 +23,10 @@ pub struct Config {
     pub admin: AdminConfig,
     pub tenancy: TenancyConfig,
     pub advise: AdviseConfig,
+    /// Quarantined fingerprints, `/readyz` under overload.
+    pub protection: ProtectionConfig,
+    /// Concurrency and rate limits (`[[limits]]`).
+    pub limits: Vec<LimitRule>,
     /// One entry per database name clients connect to.
     pub databases: BTreeMap<String, DatabaseConfig>,
 }
@@ -95,6 +102,13 @@ pub struct PoolConfig {
     /// client gets 57014 (transaction pooling: the client goes on with another server
     /// connection). 0 disables; set it above your longest silent query.
     pub query_timeout_ms: u64,
+    /// When clients wait for a server connection, groups are served in turn.
+    pub fairness: Fairness,
+    /// Turns per round of a group (tenant, application name) when it waits; default 1.
+    pub fairness_weights: BTreeMap<String, u32>,
+    /// Waiting clients (all pools) past which new checkouts are refused at once
+    /// (53300); 0 = no bound.
+    pub max_waiting: usize,
 }
 
 impl Default for PoolConfig {
@@ -113,6 +127,9 @@ impl Default for PoolConfig {
             idle_in_transaction_timeout_ms: 0,
             idle_in_batch_timeout_ms: 30_000,
             query_timeout_ms: 0,
+            fairness: Fairness::Tenant,
+            fairness_weights: BTreeMap::new(),
+            max_waiting: 0,
         }
     }
 }
@@ -367,6 +384,7 @@ impl Config {
         }
         self.tenancy.validate()?;
         self.advise.validate()?;
+        super::protection::validate(&self.protection, &self.limits)?;
         self.validate_auth()
     }
 }

@@ -39,6 +39,9 @@ pub enum PoolError {
     },
     #[error("no server connection available within {0} ms")]
     CheckoutTimeout(u64),
+    /// Load shedding: too many clients wait already; refused without waiting.
+    #[error("pgwarden is overloaded: {0}")]
+    Overloaded(String),
     #[error("server unreachable: {0}")]
     Unreachable(String),
     /// The server is up but refused this role's login (e.g. a role not yet replicated).

@@ -4,13 +4,17 @@
 //! (SCRAM-SHA-256, md5, cleartext, trust; `auth_query` roles with the keys their
 //! clients proved, see `scram_passthrough`), remembering what the server told us
 //! (`ParameterStatus`, `BackendKeyData`), deciding when a pooled connection is still
-//! usable, and the registry of pools per (database, role, backend). It does not know
-//! about clients, routing or SQL.
+//! usable, the registry of pools per (database, role, backend), and the fair waiting
+//! line in front of each pool (`fair_gate`: turns between groups of clients, load
+//! shedding). It does not know about clients, routing or SQL; a client's group is a
+//! string the session gives.
 
 pub mod background;
 mod connect;
 mod connector;
 mod error;
+pub mod fair_gate;
+mod pooled;
 mod prepared;
 mod registry;
 pub mod scram_passthrough;
@@ -20,9 +24,8 @@ pub use background::{connect_background, BACKGROUND_APPLICATION_PREFIX};
 pub use connect::ServerTarget;
 pub use connector::ServerConnector;
 pub use error::PoolError;
+pub use fair_gate::{GatePolicy, WaitingTotal};
+pub use pooled::PooledServer;
 pub use prepared::PreparedStatements;
 pub use registry::{PoolKey, PoolRegistry, PoolSettings, PoolStats, ServerPool};
 pub use server_connection::{BackendKey, ServerConnection};
-
-/// A server connection checked out of its pool; it returns there when dropped.
-pub type PooledServer = bb8::PooledConnection<'static, ServerConnector>;

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use bb8::RunError;
 
+use super::fair_gate::{FairGate, GatePermit, GatePolicy, GateRefusal, WaitingTotal};
 use super::{PoolError, PooledServer, ServerConnector, ServerTarget};
 
 /// Which pool: the database clients name, the role they log in as, and the backend
@@ -32,6 +33,9 @@ pub struct PoolSettings {
     pub idle_timeout: Duration,
     pub max_lifetime: Duration,
     pub health_check_idle: Duration,
+    /// Turns between groups of waiting clients, and load shedding; `None` (fairness
+    /// off, no `max_waiting`) leaves waiting to bb8's own FIFO line.
+    pub gate: Option<GatePolicy>,
 }
 
 /// Counters kept per pool for the admin console and metrics.
@@ -49,6 +53,8 @@ pub struct ServerPool {
     pub target: Arc<ServerTarget>,
     pub settings: PoolSettings,
     pool: bb8::Pool<ServerConnector>,
+    /// The fair waiting line: one permit per server connection.
+    gate: Option<Arc<FairGate>>,
     /// `ParameterStatus` of the first server connection, replayed to logging-in clients.
     server_parameters: OnceLock<Vec<(String, String)>>,
     pub stats: PoolStats,
@@ -108,7 +114,12 @@ impl bb8::ErrorSink<PoolError> for ConnectErrorSink {
 }
 
 impl ServerPool {
-    fn new(key: PoolKey, target: ServerTarget, settings: PoolSettings) -> ServerPool {
+    fn new(
+        key: PoolKey,
+        target: ServerTarget,
+        settings: PoolSettings,
+        total: Arc<WaitingTotal>,
+    ) -> ServerPool {
         let target = Arc::new(target);
         let connector = ServerConnector {
             target: target.clone(),
@@ -126,11 +137,16 @@ impl ServerPool {
             .retry_connection(false)
             .error_sink(Box::new(ConnectErrorSink(last_connect_error.clone())))
             .build_unchecked(connector);
+        let gate = settings
+            .gate
+            .clone()
+            .map(|policy| FairGate::new(settings.size, settings.checkout_timeout, policy, total));
         ServerPool {
             key,
             target,
             settings,
             pool,
+            gate,
             server_parameters: OnceLock::new(),
             stats: PoolStats::default(),
             known_statements: moka::sync::Cache::new(100_000),
@@ -140,7 +156,48 @@ impl ServerPool {
 
     /// Checks a server connection out, waiting at most the configured checkout timeout.
     pub async fn checkout(&self) -> Result<PooledServer, PoolError> {
+        self.checkout_as("").await
+    }
+
+    /// Checks a server connection out for a client of `group`: when the pool is
+    /// saturated, groups are served in turn (see `fair_gate`).
+    pub async fn checkout_as(&self, group: &str) -> Result<PooledServer, PoolError> {
         let started = Instant::now();
+        let deadline = started + self.settings.checkout_timeout;
+        let permit = match &self.gate {
+            None => None,
+            Some(gate) => match gate.try_acquire() {
+                Some(permit) => Some(permit),
+                None => match gate.acquire(group, deadline).await {
+                    Ok(permit) => Some(permit),
+                    Err(GateRefusal::Overloaded(reason)) => {
+                        return Err(PoolError::Overloaded(reason))
+                    }
+                    Err(GateRefusal::TimedOut) => return Err(self.timed_out(started)),
+                },
+            },
+        };
+        self.checkout_with(permit, started, deadline).await
+    }
+
+    fn timed_out(&self, started: Instant) -> PoolError {
+        self.stats.checkout_timeouts.fetch_add(1, Ordering::Relaxed);
+        self.stats
+            .checkout_wait_us
+            .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+        if let Some(failure) = self.recent_connect_error(started, self.settings.checkout_timeout) {
+            return failure.to_error();
+        }
+        PoolError::CheckoutTimeout(self.settings.checkout_timeout.as_millis() as u64)
+    }
+
+    /// With a place in the pool: the connection itself (idle, or opened now).
+    async fn checkout_with(
+        &self,
+        permit: Option<GatePermit>,
+        started: Instant,
+        deadline: Instant,
+    ) -> Result<PooledServer, PoolError> {
         if let Some(failure) = self.recent_connect_error(started, Duration::from_millis(500)) {
             // The server was unreachable a moment ago and nothing is pooled: fail fast
             // instead of making every client wait out the checkout timeout.
@@ -159,6 +216,7 @@ impl ServerPool {
             loop {
                 tokio::select! {
                     result = &mut waiting => break result,
+                    _ = tokio::time::sleep_until(deadline.into()) => break Err(RunError::TimedOut),
                     _ = tokio::time::sleep(Duration::from_millis(25)) => {
                         // bb8 keeps connect errors to itself; if opening a connection failed
                         // while we wait and none exists, the server is down: say so now.
@@ -181,7 +239,7 @@ impl ServerPool {
                 if self.server_parameters.get().is_none() {
                     let _ = self.server_parameters.set(server.parameters.clone());
                 }
-                Ok(server)
+                Ok(PooledServer::new(server, permit))
             }
             Err(RunError::TimedOut) => {
                 self.stats.checkout_timeouts.fetch_add(1, Ordering::Relaxed);
@@ -242,6 +300,19 @@ impl ServerPool {
         (state.connections, state.idle_connections)
     }
 
+    /// Waiting clients per group, for `SHOW POOLS` and `/api/pools`.
+    pub fn waiting_by_group(&self) -> Vec<(String, usize)> {
+        self.gate
+            .as_ref()
+            .map(|g| g.waiting_by_group())
+            .unwrap_or_default()
+    }
+
+    /// Clients waiting for a server connection of this pool.
+    pub fn waiting(&self) -> usize {
+        self.gate.as_ref().map_or(0, |g| g.waiting())
+    }
+
     /// Closes the connections idle in this pool right now.
     pub async fn close_idle(&self) {
         for _ in 0..self.settings.size {
@@ -262,6 +333,8 @@ pub struct PoolRegistry {
     pools: RwLock<HashMap<PoolKey, Arc<ServerPool>>>,
     /// Databases a client is dropping or renaming right now: no new checkouts.
     draining: Mutex<std::collections::HashSet<String>>,
+    /// Clients waiting in every pool's gate, and load-shedding counts.
+    pub waiting: Arc<WaitingTotal>,
 }
 
 impl PoolRegistry {
@@ -279,7 +352,12 @@ impl PoolRegistry {
             .entry(key.clone())
             .or_insert_with(|| {
                 let (target, settings) = make();
-                Arc::new(ServerPool::new(key.clone(), target, settings))
+                Arc::new(ServerPool::new(
+                    key.clone(),
+                    target,
+                    settings,
+                    self.waiting.clone(),
+                ))
             })
             .clone()
     }

@@ -21,6 +21,7 @@ impl SqlState {
     pub const INVALID_PASSWORD: SqlState = SqlState("28P01");
     pub const INVALID_CATALOG_NAME: SqlState = SqlState("3D000");
     pub const TOO_MANY_CONNECTIONS: SqlState = SqlState("53300");
+    pub const CONFIGURATION_LIMIT_EXCEEDED: SqlState = SqlState("53400");
     pub const PROGRAM_LIMIT_EXCEEDED: SqlState = SqlState("54000");
     pub const FEATURE_NOT_SUPPORTED: SqlState = SqlState("0A000");
     pub const ADMIN_SHUTDOWN: SqlState = SqlState("57P01");

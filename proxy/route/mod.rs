@@ -1,10 +1,12 @@
 //! Routing: which backend a statement goes to.
 //!
 //! This room owns the read/write classifier (sqlparser, cached by statement text),
-//! the topology of each database (primary, replicas, health, lag), the lag monitor,
+//! the topology of each database (primary, replicas, health, lag, circuit breakers),
+//! the lag monitor,
 //! and the read-your-writes positions shared across connections and instances. It
 //! decides; the session carries out. It never touches client sockets.
 
+pub mod circuit;
 mod classify;
 mod monitor;
 pub mod ryw;
@@ -68,7 +70,13 @@ impl Routing {
             };
             let mut addresses = vec![primary.address()];
             addresses.extend(replicas.iter().map(|r| r.address()));
-            let topology = Arc::new(Topology::new(name, addresses));
+            let protection = &config.protection;
+            let policy = circuit::CircuitPolicy {
+                failures: protection.circuit_failures,
+                window: Duration::from_millis(protection.circuit_window_ms),
+                open_for: Duration::from_millis(protection.circuit_open_ms),
+            };
+            let topology = Arc::new(Topology::with_circuits(name, addresses, policy));
             let mut urls = vec![db.primary.clone()];
             urls.extend(db.replicas.iter().cloned());
             monitor::spawn(

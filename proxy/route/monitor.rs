@@ -1,7 +1,8 @@
 //! The lag monitor: a background task per database that polls the primary's WAL
 //! position and each replica's replay position with tokio-postgres, marks replicas
-//! that stop answering as unhealthy (and healthy again when they answer), and feeds
-//! the lag numbers replica selection uses.
+//! that stop answering as unhealthy (and healthy again when they answer), feeds
+//! the lag numbers replica selection uses, and reports each poll to the backend's
+//! circuit breaker (its polls are the half-open probes).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,16 +27,26 @@ pub fn spawn(topology: Arc<Topology>, urls: Vec<String>, interval: Duration) {
             for (index, url) in urls.iter().enumerate() {
                 let result =
                     tokio::time::timeout(timeout, poll(&mut clients[index], url, index)).await;
+                let backend = &topology.backends[index];
                 match result {
-                    Ok(Ok(lsn)) if index == 0 => topology.record_primary_lsn(lsn),
-                    Ok(Ok(lsn)) => topology.record_replica(index, lsn),
+                    Ok(Ok(lsn)) => {
+                        // A successful poll is also the circuit's half-open probe.
+                        backend.circuit.record_success(&backend.address);
+                        if index == 0 {
+                            topology.record_primary_lsn(lsn);
+                        } else {
+                            topology.record_replica(index, lsn);
+                        }
+                    }
                     Ok(Err(e)) => {
                         clients[index] = None;
                         tracing::debug!(backend = index, error = %e, "lag poll failed");
+                        topology.record_failure(index);
                         topology.mark_unhealthy(index);
                     }
                     Err(_) => {
                         clients[index] = None;
+                        topology.record_failure(index);
                         topology.mark_unhealthy(index);
                     }
                 }

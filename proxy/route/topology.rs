@@ -36,6 +36,8 @@ pub struct BackendState {
     pub in_flight: AtomicUsize,
     pub routed: AtomicU64,
     pub errors: AtomicU64,
+    /// Opens after repeated failures (see `circuit`).
+    pub circuit: super::circuit::Circuit,
 }
 
 impl BackendState {
@@ -63,6 +65,18 @@ const HISTORY: usize = 600;
 
 impl Topology {
     pub fn new(database: &str, addresses: Vec<String>) -> Topology {
+        Topology::with_circuits(
+            database,
+            addresses,
+            super::circuit::CircuitPolicy::default(),
+        )
+    }
+
+    pub fn with_circuits(
+        database: &str,
+        addresses: Vec<String>,
+        policy: super::circuit::CircuitPolicy,
+    ) -> Topology {
         let backends = addresses
             .into_iter()
             .enumerate()
@@ -78,6 +92,7 @@ impl Topology {
                     in_flight: AtomicUsize::new(0),
                     routed: AtomicU64::new(0),
                     errors: AtomicU64::new(0),
+                    circuit: super::circuit::Circuit::new(policy),
                 })
             })
             .collect();
@@ -148,6 +163,13 @@ impl Topology {
         backend.healthy.store(true, Ordering::Relaxed);
     }
 
+    /// A failed request or poll: counts toward opening the backend's circuit.
+    pub fn record_failure(&self, index: usize) {
+        if let Some(backend) = self.backends.get(index) {
+            backend.circuit.record_failure(&backend.address);
+        }
+    }
+
     pub fn mark_unhealthy(&self, index: usize) {
         if let Some(backend) = self.backends.get(index) {
             if index > 0 && backend.healthy.swap(false, Ordering::Relaxed) {
@@ -173,7 +195,10 @@ impl Topology {
         let mut any_healthy = false;
         for offset in 0..replicas.len() {
             let replica = &replicas[(start + offset) % replicas.len()];
-            if Some(replica.index) == exclude || !replica.healthy.load(Ordering::Relaxed) {
+            if Some(replica.index) == exclude
+                || !replica.healthy.load(Ordering::Relaxed)
+                || replica.circuit.state() != super::circuit::CircuitState::Closed
+            {
                 continue;
             }
             if replica.lag_bytes.load(Ordering::Relaxed) > limits.max_lag_bytes

@@ -104,7 +104,16 @@ impl Session {
             }
             _ => {}
         }
-        if let Err(error) = self.attach_for(message_tag, &frame).await {
+        if let Err(error) = self.protect_statement(message_tag, &frame).await {
+            self.report_recoverable(message_tag, &error);
+            return Ok(());
+        }
+        let attached = self.attach_for(message_tag, &frame).await;
+        if self.server.is_none() {
+            // Answered without a server, or none could be had: no place under limits.
+            self.protection.release();
+        }
+        if let Err(error) = attached {
             if matches!(error, SessionError::Answered) {
                 return Ok(());
             }

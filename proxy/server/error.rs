@@ -63,6 +63,15 @@ pub enum SessionError {
     TenantGuardUnavailable(String),
     #[error("pgwarden.tenant_id can only change outside a transaction")]
     TenantChangeInTransaction,
+    /// A quarantined fingerprint (`BLOCK QUERY`, `protection.blocked_fingerprints`).
+    #[error("statement refused: its fingerprint {0} is quarantined by the pgwarden operator")]
+    Quarantined(String),
+    /// Over a `[[limits]]` rule after its longest wait.
+    #[error("statement refused by pgwarden limit \"{}\" ({}) after waiting {} ms", .0.rule, .0.limit, .0.waited_ms)]
+    LimitExceeded(crate::protect::LimitRefusal),
+    /// The backend's circuit breaker is open.
+    #[error("backend {0} is failing; its circuit breaker is open")]
+    CircuitOpen(String),
     /// Not an error: the message was answered by the proxy itself.
     #[error("answered by the proxy")]
     Answered,
@@ -111,6 +120,30 @@ impl SessionError {
                 ErrorFields::error(SqlState::TOO_MANY_CONNECTIONS, message).with_hint(
                     "all server connections are busy; raise pool.size or pool.checkout_timeout_ms",
                 )
+            }
+            SessionError::Pool(PoolError::Overloaded(_)) => {
+                ErrorFields::error(SqlState::TOO_MANY_CONNECTIONS, message).with_hint(
+                    "pgwarden sheds load instead of queueing more clients; retry later, \
+                     or raise pool.max_waiting / pool.size",
+                )
+            }
+            SessionError::CircuitOpen(_) => ErrorFields::error(SqlState::CANNOT_CONNECT_NOW, message)
+                .with_hint("pgwarden stopped sending it requests after repeated failures and probes it again shortly; retry in a few seconds (protection.circuit_open_ms)"),
+            SessionError::Quarantined(id) => {
+                ErrorFields::error(SqlState::INSUFFICIENT_PRIVILEGE, message).with_hint(format!(
+                    "an operator ran BLOCK QUERY {id} (or listed it in protection.blocked_fingerprints); \
+                     UNBLOCK QUERY {id} on the admin console lifts it"
+                ))
+            }
+            SessionError::LimitExceeded(refusal) => {
+                let code = match refusal.kind {
+                    crate::protect::LimitKind::Concurrency => SqlState::TOO_MANY_CONNECTIONS,
+                    crate::protect::LimitKind::Rate => SqlState::CONFIGURATION_LIMIT_EXCEEDED,
+                };
+                ErrorFields::error(code, message).with_hint(format!(
+                    "the [[limits]] rule \"{}\" bounds these statements; retry later or change the rule (SHOW LIMITS)",
+                    refusal.rule
+                ))
             }
             SessionError::Pool(PoolError::LoginRejected(_)) => {
                 ErrorFields::error(SqlState::SQLCLIENT_UNABLE_TO_ESTABLISH, message).with_hint(
@@ -169,6 +202,9 @@ impl SessionError {
                 | SessionError::TenantGuard(_)
                 | SessionError::TenantGuardUnavailable(_)
                 | SessionError::TenantChangeInTransaction
+                | SessionError::Quarantined(_)
+                | SessionError::CircuitOpen(_)
+                | SessionError::LimitExceeded(_)
         )
     }
 }

@@ -129,6 +129,7 @@ pub async fn log_in(
                 server_said_fatal: false,
                 lost: None,
                 draining_database: None,
+                protection: super::protection::SessionProtection::new(&config, &proxy_options),
                 pooled: PooledState::new(
                     config.pool.pin_session_state,
                     config.pool.max_prepared_statements as usize,

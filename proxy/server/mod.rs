@@ -18,6 +18,7 @@ mod listener;
 mod login;
 mod lost_server;
 mod pooled_state;
+mod protection;
 mod pump;
 mod responses;
 mod routing;

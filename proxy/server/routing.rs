@@ -351,6 +351,7 @@ impl Session {
             return Ok(false);
         }
         state.topology.mark_unhealthy(failed);
+        state.topology.record_failure(failed);
         state.topology.backends[failed]
             .errors
             .fetch_add(1, Ordering::Relaxed);

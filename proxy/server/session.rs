@@ -84,6 +84,8 @@ pub struct Session {
     pub(super) lost: Option<super::lost_server::LostServer>,
     /// A `DROP/ALTER DATABASE` this client runs: that database's checkouts are held.
     pub(super) draining_database: Option<String>,
+    /// Fairness group, places under `[[limits]]` rules.
+    pub(super) protection: super::protection::SessionProtection,
 }
 
 /// Session effects (`SET`/`RESET`, the end of pinned state, `DISCARD ALL`) that count
@@ -339,6 +341,7 @@ impl Session {
             }
             self.responses.clear();
             self.to_server.clear();
+            self.protection.release();
             // Dropping returns it to the pool (or closes it if marked broken).
         }
         if self.client_buf.is_empty() && self.client_buf.capacity() > 0 {
@@ -373,8 +376,14 @@ impl Session {
                 self.runtime
                     .pool(&self.identity.database, &self.identity.user, backend)?
             };
-            match pool.checkout().await {
-                Ok(server) => break server,
+            if backend == 0 {
+                self.circuit_allows(0)?;
+            }
+            match pool.checkout_as(self.fair_group()).await {
+                Ok(server) => {
+                    self.note_backend_success(backend);
+                    break server;
+                }
                 Err(e @ PoolError::LoginRejected(_)) if backend > 0 => {
                     // The replica is fine; it just does not know this role (yet): read
                     // from the primary without taking the replica out for everyone.
@@ -384,6 +393,7 @@ impl Session {
                 Err(e) if backend > 0 => {
                     // A replica we cannot reach: take it out and read from the primary.
                     tracing::warn!(backend, error = %e, "replica connection failed");
+                    self.note_backend_failure(backend);
                     if let Some(state) = self.routing.as_ref() {
                         state.topology.mark_unhealthy(backend);
                         state.topology.backends[backend]
@@ -392,7 +402,18 @@ impl Session {
                     }
                     backend = 0;
                 }
-                Err(e) => return Err(e.into()),
+                Err(e) => {
+                    if matches!(
+                        e,
+                        PoolError::Connect { .. }
+                            | PoolError::ConnectTimeout(_)
+                            | PoolError::Unreachable(_)
+                            | PoolError::Io { .. }
+                    ) {
+                        self.note_backend_failure(backend);
+                    }
+                    return Err(e.into());
+                }
             }
         };
         if server.settings_hash != self.settings.hash() {
