@@ -5,6 +5,7 @@
 //! `runtime` (shared process state). The binary in `main.rs` wires them together.
 
 pub mod admin;
+pub mod cache;
 pub mod cluster;
 pub mod config;
 pub mod demo;

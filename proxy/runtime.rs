@@ -50,6 +50,8 @@ pub struct Runtime {
     /// Tenant guard violations; kept across reloads.
     pub violations: Arc<Violations>,
     pub stats: StatsRecorder,
+    /// The result cache (see `cache/`); built at start, kept across reloads.
+    pub cache: Arc<crate::cache::ResultCache>,
     /// `PAUSE` from the admin console: new transactions wait while true.
     pub paused: tokio::sync::watch::Sender<bool>,
     pub started_at: std::time::SystemTime,
@@ -84,7 +86,9 @@ impl Runtime {
             max_fingerprints: config.stats.max_fingerprints.max(10),
             ..config.stats.clone()
         });
+        let cache = crate::cache::ResultCache::start(&config);
         Ok(Arc::new(Runtime {
+            cache,
             routing: ArcSwap::from_pointee(routing),
             positions,
             tenancy: ArcSwap::from_pointee(tenancy),

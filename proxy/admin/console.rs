@@ -1,7 +1,7 @@
 //! The admin console: `psql -p <proxy port> -U <admin> pgwarden`, simple query
-//! protocol, `SHOW POOLS|SERVERS|CLIENTS|DATABASES|BACKENDS|QUERIES|TENANCY|CONFIG|MEMORY|VERSION`,
+//! protocol, `SHOW POOLS|SERVERS|CLIENTS|DATABASES|BACKENDS|QUERIES|TENANCY|CONFIG|MEMORY|CACHE|VERSION`,
 //! `SHOW TENANCY TABLES`,
-//! `RELOAD`, `PAUSE`, `RESUME`.
+//! `CLEAR CACHE`, `RELOAD`, `PAUSE`, `RESUME`.
 
 use std::sync::Arc;
 
@@ -129,6 +129,11 @@ async fn run_command(runtime: &Runtime, sql: &str) -> Result<Reply, ErrorFields>
         ["SHOW", "TENANCY", "TABLES"] => Ok(Reply::Rows(super::tenancy::scoped_tables(runtime))),
         ["SHOW", "VERSION"] => Ok(Reply::Rows(tables::version())),
         ["SHOW", "MEMORY"] => Ok(Reply::Rows(super::memory::table(runtime))),
+        ["SHOW", "CACHE"] => Ok(Reply::Rows(super::cache::table(runtime))),
+        ["CLEAR", "CACHE"] => {
+            runtime.cache.clear();
+            Ok(Reply::Done("CLEAR CACHE".into()))
+        }
         ["RELOAD"] => runtime
             .reload()
             .map(|()| Reply::Done("RELOAD".into()))
@@ -145,7 +150,7 @@ async fn run_command(runtime: &Runtime, sql: &str) -> Result<Reply, ErrorFields>
             SqlState::SYNTAX_ERROR,
             format!("unknown admin command: {}", sql.trim()),
         )
-        .with_hint("try SHOW POOLS, SHOW SERVERS, SHOW CLIENTS, SHOW DATABASES, SHOW BACKENDS, SHOW QUERIES, SHOW TENANCY, SHOW TENANCY TABLES, SHOW CONFIG, SHOW MEMORY, SHOW VERSION, RELOAD, PAUSE, RESUME")),
+        .with_hint("try SHOW POOLS, SHOW SERVERS, SHOW CLIENTS, SHOW DATABASES, SHOW BACKENDS, SHOW QUERIES, SHOW TENANCY, SHOW TENANCY TABLES, SHOW CONFIG, SHOW MEMORY, SHOW CACHE, SHOW VERSION, CLEAR CACHE, RELOAD, PAUSE, RESUME")),
     }
 }
 

@@ -5,6 +5,7 @@
 //! This room reads the other rooms' state (pools, routing, stats, clients, the tenant guard) and never
 //! touches a client's session or a server connection.
 
+pub mod cache;
 pub mod console;
 pub mod http;
 pub mod memory;

@@ -257,6 +257,7 @@ pub fn queries(runtime: &Runtime, limit: usize) -> Table {
         "max_ms",
         "primary_calls",
         "replica_calls",
+        "cache_hits",
         "sample",
     ]);
     let snapshot = runtime.stats.snapshot();
@@ -275,6 +276,7 @@ pub fn queries(runtime: &Runtime, limit: usize) -> Table {
             format!("{:.3}", q.max_ms),
             q.primary_calls.to_string(),
             q.replica_calls.to_string(),
+            q.cache_hits.to_string(),
             q.sample.clone().unwrap_or_default(),
         ]);
     }

@@ -7,6 +7,7 @@
 //! environment variables on its own.
 
 mod auth;
+mod cache;
 mod endpoint;
 mod env;
 mod error;
@@ -16,6 +17,7 @@ mod schema;
 mod tenancy;
 
 pub use auth::{is_md5_hash, AuthConfig, AuthMethod, UserConfig, DEFAULT_AUTH_QUERY};
+pub use cache::{CacheConfig, CacheMode};
 pub use endpoint::Endpoint;
 pub use error::ConfigError;
 pub use load::{load, load_from_str};

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::{AuthConfig, ConfigError, Endpoint, TenancyConfig, TenancyMode};
+use super::{AuthConfig, CacheConfig, ConfigError, Endpoint, TenancyConfig, TenancyMode};
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -19,6 +19,7 @@ pub struct Config {
     pub stats: StatsConfig,
     pub admin: AdminConfig,
     pub tenancy: TenancyConfig,
+    pub cache: CacheConfig,
     /// One entry per database name clients connect to.
     pub databases: BTreeMap<String, DatabaseConfig>,
 }
@@ -359,6 +360,7 @@ impl Config {
             }
         }
         self.tenancy.validate()?;
+        self.cache.validate()?;
         self.validate_auth()
     }
 }

@@ -124,6 +124,8 @@ pub async fn log_in(
                 idle_in_batch_timeout: millis(config.pool.idle_in_batch_timeout_ms),
                 server_said_fatal: false,
                 draining_database: None,
+                caching: (config.cache.mode != crate::config::CacheMode::Off)
+                    .then(super::caching::SessionCache::default),
                 pooled: PooledState::new(
                     config.pool.pin_session_state,
                     config.pool.max_prepared_statements as usize,

@@ -79,6 +79,8 @@ pub struct Session {
     pub(super) server_said_fatal: bool,
     /// A `DROP/ALTER DATABASE` this client runs: that database's checkouts are held.
     pub(super) draining_database: Option<String>,
+    /// Result cache state (None when `cache.mode = "off"`).
+    pub(super) caching: Option<super::caching::SessionCache>,
 }
 
 /// Session effects (`SET`/`RESET`, the end of pinned state, `DISCARD ALL`) that count
@@ -146,6 +148,9 @@ impl Session {
                 Ok(Pumped::Drained) => Ok(()),
                 Err(e) => Err(e),
             };
+            if step.is_ok() && self.caching.is_some() {
+                Box::pin(self.cache_after_step()).await;
+            }
             match step {
                 Ok(()) => {}
                 Err(SessionError::ServerLost(reason)) => {
@@ -220,6 +225,18 @@ impl Session {
     /// Moves bytes in both directions until something needs handling. `Err(None)`
     /// means `deadline` passed first.
     async fn pump(
+        &mut self,
+        read_client: bool,
+        until_drained: bool,
+        deadline: Option<Instant>,
+    ) -> Result<Pumped, Option<SessionError>> {
+        self.cache_capture();
+        let result = self.pump_inner(read_client, until_drained, deadline).await;
+        self.cache_captured();
+        result
+    }
+
+    async fn pump_inner(
         &mut self,
         read_client: bool,
         until_drained: bool,

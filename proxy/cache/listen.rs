@@ -1,0 +1,61 @@
+//! Invalidations from other pgwarden instances: one tokio-postgres connection per
+//! database LISTENs on the primary. While it is down, that database's entries are
+//! dropped and nothing of it is stored (an invalidation could be missed).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use tokio_postgres::{AsyncMessage, NoTls};
+
+use super::catalog::{parse_payload, CHANNEL};
+use super::ResultCache;
+
+pub fn spawn(cache: Arc<ResultCache>, database: String, primary_url: String) {
+    tokio::spawn(async move {
+        loop {
+            let result = listen(&cache, &database, &primary_url).await;
+            cache.set_listening(&database, false);
+            cache.clear_database(&database);
+            match result {
+                Ok(()) => tracing::warn!(%database, "cache LISTEN connection closed; entries dropped"),
+                Err(e) => tracing::warn!(%database, error = %e, "cache LISTEN connection lost; entries dropped"),
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    });
+}
+
+async fn listen(cache: &ResultCache, database: &str, url: &str) -> Result<(), tokio_postgres::Error> {
+    let (client, mut connection) = tokio_postgres::connect(url, NoTls).await?;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let driver = tokio::spawn(async move {
+        let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+        while let Some(message) = messages.next().await {
+            match message {
+                Ok(AsyncMessage::Notification(n)) => {
+                    if tx.send(n.payload().to_string()).is_err() {
+                        break;
+                    }
+                }
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+    });
+    client.batch_execute(&format!("LISTEN {CHANNEL}")).await?;
+    cache.set_listening(database, true);
+    tracing::debug!(%database, "cache invalidations: listening");
+    while let Some(payload) = rx.recv().await {
+        let Some((instance, db, invalidation)) = parse_payload(&payload) else {
+            continue;
+        };
+        if db != database || instance == cache.instance {
+            continue;
+        }
+        cache.invalidate(&db, &invalidation);
+    }
+    driver.abort();
+    drop(client);
+    Ok(())
+}
