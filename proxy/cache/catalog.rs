@@ -71,11 +71,36 @@ pub fn read_question(relations: &[String], functions: &[String], never: &[String
             JOIN pg_proc p ON p.oid = d.refobjid WHERE p.provolatile <> 'i'), \
          (SELECT string_agg(c.relname, ',') FROM rels r JOIN pg_class c ON c.oid = r.oid \
             WHERE r.oid IN (SELECT to_regclass(x)::oid FROM unnest({never}) x)), \
-         (SELECT string_agg(DISTINCT oid::text, ',') FROM rels)",
+         (SELECT string_agg(DISTINCT oid::text, ',') FROM rels), \
+         (SELECT string_agg(pg_get_viewdef(r.oid), ';') FROM rels r JOIN pg_class c ON c.oid = r.oid WHERE c.relkind IN ('v', 'm'))",
         closure = closure(&text_array(relations)),
         functions = text_array(functions),
         never = text_array(never),
     )
+}
+
+/// The question about functions (those a view calls): one row, the names that are not
+/// `IMMUTABLE` (or unknown), read by [`functions_verdict`].
+pub fn functions_question(functions: &[String]) -> String {
+    format!(
+        "SELECT (SELECT string_agg(f, ',') FROM unnest({functions}) f \
+            WHERE NOT EXISTS (SELECT 1 FROM pg_proc p WHERE p.proname = f) \
+               OR EXISTS (SELECT 1 FROM pg_proc p WHERE p.proname = f AND p.provolatile <> 'i'))",
+        functions = text_array(functions),
+    )
+}
+
+pub fn functions_verdict(answer: &[Option<String>]) -> Result<(), String> {
+    match answer.first().cloned().flatten().filter(|s| !s.is_empty()) {
+        Some(names) => Err(format!("view calls non-IMMUTABLE {names}")),
+        None => Ok(()),
+    }
+}
+
+/// The definitions of the views among a read's relations (`;`-separated), whose
+/// function calls must be checked too: `pg_depend` does not record built-in functions.
+pub fn view_definitions(answer: &[Option<String>]) -> Option<String> {
+    answer.get(6).cloned().flatten().filter(|s| !s.is_empty())
 }
 
 /// The tables a read depends on, or why it is not cached.

@@ -385,18 +385,34 @@ impl Session {
                     &names.functions,
                     &config.cache.never,
                 );
-                let server = self.server.as_mut()?;
-                match server.query_values(&question).await {
-                    Ok(answer) => cache::catalog::read_verdict(&answer).map(Vec::into_boxed_slice),
-                    Err(crate::pool::PoolError::Unhealthy(message)) => {
-                        Err(format!("catalog check failed: {message}"))
+                let answer = self.catalog_answer(&question).await?;
+                let mut verdict = answer
+                    .as_ref()
+                    .map_err(Clone::clone)
+                    .and_then(|a| cache::catalog::read_verdict(a));
+                let views = answer.ok().and_then(|a| cache::catalog::view_definitions(&a));
+                if let (Ok(_), Some(definitions)) = (&verdict, views) {
+                    // Functions the views call (pg_depend leaves built-ins out).
+                    let mut functions = Vec::new();
+                    for definition in definitions.split(';') {
+                        match cache::read_names(definition) {
+                            Ok(names) => functions.extend(names.functions),
+                            Err(_) if definition.trim().is_empty() => {}
+                            Err(why) => verdict = Err(format!("view not understood: {why}")),
+                        }
                     }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "cache: catalog check failed");
-                        self.server_failed();
-                        return None;
+                    if verdict.is_ok() && !functions.is_empty() {
+                        let question = cache::catalog::functions_question(&functions);
+                        if let Err(why) = self
+                            .catalog_answer(&question)
+                            .await?
+                            .and_then(|a| cache::catalog::functions_verdict(&a))
+                        {
+                            verdict = Err(why);
+                        }
                     }
                 }
+                verdict.map(Vec::into_boxed_slice)
             }
         };
         let analysis = Arc::new(Analysis {
@@ -405,6 +421,23 @@ impl Session {
         });
         cache.remember_analysis(memo, analysis.clone());
         Some(analysis)
+    }
+
+    /// Runs a catalog question on the attached server. `None` when the server failed
+    /// (it is released); `Some(Err)` when the question itself failed.
+    async fn catalog_answer(&mut self, question: &str) -> Option<Result<Vec<Option<String>>, String>> {
+        let server = self.server.as_mut()?;
+        match server.query_values(question).await {
+            Ok(answer) => Some(Ok(answer)),
+            Err(crate::pool::PoolError::Unhealthy(message)) => {
+                Some(Err(format!("catalog check failed: {message}")))
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cache: catalog check failed");
+                self.server_failed();
+                None
+            }
+        }
     }
 
     /// Before the pump writes to the client: the bytes a fill has not captured yet.
