@@ -70,7 +70,10 @@ async fn simple_value(w: &mut Wire, sql: &str) -> Option<String> {
     assert!(
         frames.iter().all(|f| f[0] != b'E'),
         "{sql}: {:?}",
-        frames.iter().map(|f| String::from_utf8_lossy(f)).collect::<Vec<_>>()
+        frames
+            .iter()
+            .map(|f| String::from_utf8_lossy(f))
+            .collect::<Vec<_>>()
     );
     first_value(&frames)
 }
@@ -81,7 +84,10 @@ async fn setup(cluster: &LocalCluster, sql: &str) {
     assert!(
         frames.iter().all(|f| f[0] != b'E'),
         "setup failed: {:?}",
-        frames.iter().map(|f| String::from_utf8_lossy(f)).collect::<Vec<_>>()
+        frames
+            .iter()
+            .map(|f| String::from_utf8_lossy(f))
+            .collect::<Vec<_>>()
     );
 }
 
@@ -163,8 +169,13 @@ async fn a_hit_returns_the_bytes_of_a_direct_query() {
     let json: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert!(json["hits"].as_u64().unwrap() >= 7, "{json}");
     assert!(json["entries"].as_u64().unwrap() >= 6, "{json}");
-    assert!(json["fingerprints"].as_array().unwrap().len() >= 2, "{json}");
-    let metrics = support::http::get(proxy.http_address, "/metrics", None).await.1;
+    assert!(
+        json["fingerprints"].as_array().unwrap().len() >= 2,
+        "{json}"
+    );
+    let metrics = support::http::get(proxy.http_address, "/metrics", None)
+        .await
+        .1;
     for name in [
         "pgwarden_cache_hits_total",
         "pgwarden_cache_misses_total",
@@ -202,7 +213,10 @@ async fn committed_writes_invalidate_exactly_their_tables() {
     let before = hits(&proxy);
     assert_eq!(simple_value(&mut c1, read_a).await.as_deref(), Some("11"));
     assert_eq!(simple_value(&mut c1, read_b).await.as_deref(), Some("20"));
-    assert_eq!(simple_value(&mut c1, read_other).await.as_deref(), Some("1"));
+    assert_eq!(
+        simple_value(&mut c1, read_other).await.as_deref(),
+        Some("1")
+    );
     assert_eq!(hits(&proxy), before + 2, "b.t and other stayed cached");
 
     // Another connection, in a transaction: invalidated at COMMIT, before the client
@@ -226,7 +240,13 @@ async fn committed_writes_invalidate_exactly_their_tables() {
     for v in ["30", "31"] {
         let frames = within(
             "prepared update",
-            c3.extended("bump", Some("UPDATE other SET v = $1 WHERE id = 1").filter(|_| v == "30"), &[Some(v.as_bytes())], false, 0),
+            c3.extended(
+                "bump",
+                Some("UPDATE other SET v = $1 WHERE id = 1").filter(|_| v == "30"),
+                &[Some(v.as_bytes())],
+                false,
+                0,
+            ),
         )
         .await;
         assert!(frames.iter().all(|f| f[0] != b'E'));
@@ -238,7 +258,11 @@ async fn committed_writes_invalidate_exactly_their_tables() {
     simple_value(&mut c2, "ALTER TABLE a.t ADD COLUMN w int").await;
     let before = proxy.runtime.cache.totals();
     assert_eq!(simple_value(&mut c1, read_a).await.as_deref(), Some("11"));
-    assert_eq!(proxy.runtime.cache.totals().hits, before.hits, "DDL cleared");
+    assert_eq!(
+        proxy.runtime.cache.totals().hits,
+        before.hits,
+        "DDL cleared"
+    );
 
     // search_path is part of the key: the same text reads a different table.
     let unqualified = "/* pgwarden:cache */ SELECT v FROM t WHERE id = 1";
@@ -247,12 +271,24 @@ async fn committed_writes_invalidate_exactly_their_tables() {
     simple_value(&mut in_a, "SET search_path = a").await;
     simple_value(&mut in_b, "SET search_path = b").await;
     for _ in 0..2 {
-        assert_eq!(simple_value(&mut in_a, unqualified).await.as_deref(), Some("11"));
-        assert_eq!(simple_value(&mut in_b, unqualified).await.as_deref(), Some("21"));
+        assert_eq!(
+            simple_value(&mut in_a, unqualified).await.as_deref(),
+            Some("11")
+        );
+        assert_eq!(
+            simple_value(&mut in_b, unqualified).await.as_deref(),
+            Some("21")
+        );
     }
     simple_value(&mut c2, "UPDATE b.t SET v = 22 WHERE id = 1").await;
-    assert_eq!(simple_value(&mut in_b, unqualified).await.as_deref(), Some("22"));
-    assert_eq!(simple_value(&mut in_a, unqualified).await.as_deref(), Some("11"));
+    assert_eq!(
+        simple_value(&mut in_b, unqualified).await.as_deref(),
+        Some("22")
+    );
+    assert_eq!(
+        simple_value(&mut in_a, unqualified).await.as_deref(),
+        Some("11")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -278,12 +314,22 @@ async fn never_shared_across_tenants_or_roles() {
     let sql = "/* pgwarden:cache */ SELECT body FROM docs ORDER BY id LIMIT 1";
     let mut t1 = within(
         "tenant 1",
-        Wire::tcp(proxy.port(), USER, DATABASE, &[("options", "-c pgwarden.tenant_id=1")]),
+        Wire::tcp(
+            proxy.port(),
+            USER,
+            DATABASE,
+            &[("options", "-c pgwarden.tenant_id=1")],
+        ),
     )
     .await;
     let mut t2 = within(
         "tenant 2",
-        Wire::tcp(proxy.port(), USER, DATABASE, &[("options", "-c pgwarden.tenant_id=2")]),
+        Wire::tcp(
+            proxy.port(),
+            USER,
+            DATABASE,
+            &[("options", "-c pgwarden.tenant_id=2")],
+        ),
     )
     .await;
     for _ in 0..2 {
@@ -293,7 +339,12 @@ async fn never_shared_across_tenants_or_roles() {
     assert!(hits(&proxy) >= 2);
     let mut reader = within(
         "reader",
-        Wire::tcp(proxy.port(), "reader", DATABASE, &[("options", "-c pgwarden.tenant_id=1")]),
+        Wire::tcp(
+            proxy.port(),
+            "reader",
+            DATABASE,
+            &[("options", "-c pgwarden.tenant_id=1")],
+        ),
     )
     .await;
     let before = hits(&proxy);
@@ -340,15 +391,30 @@ async fn functions_that_are_not_immutable_are_never_cached() {
         .into_iter()
         .map(|(row, _, _)| row.why)
         .collect();
-    assert!(reasons.iter().any(|r| r.contains("non-IMMUTABLE now")), "{reasons:?}");
-    assert!(reasons.iter().any(|r| r.contains("view calls non-IMMUTABLE")), "{reasons:?}");
-    assert!(reasons.iter().any(|r| r.contains("system table")), "{reasons:?}");
+    assert!(
+        reasons.iter().any(|r| r.contains("non-IMMUTABLE now")),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.contains("view calls non-IMMUTABLE")),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons.iter().any(|r| r.contains("system table")),
+        "{reasons:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ttl_expiry_and_memory_bound() {
     let cluster = cluster(0, &[]);
-    setup(&cluster, "CREATE TABLE t (id int, v int); INSERT INTO t VALUES (1, 1);").await;
+    setup(
+        &cluster,
+        "CREATE TABLE t (id int, v int); INSERT INTO t VALUES (1, 1);",
+    )
+    .await;
     let proxy = start(&cluster, |c| {
         c.cache.max_bytes = 512 * 1024;
         c.cache.max_entry_bytes = 64 * 1024;
@@ -359,7 +425,11 @@ async fn ttl_expiry_and_memory_bound() {
     assert_eq!(simple_value(&mut c, sql).await.as_deref(), Some("1"));
     // A write that bypasses pgwarden: only the TTL ends the entry (no wal_invalidation).
     setup(&cluster, "UPDATE t SET v = 2").await;
-    assert_eq!(simple_value(&mut c, sql).await.as_deref(), Some("1"), "cached");
+    assert_eq!(
+        simple_value(&mut c, sql).await.as_deref(),
+        Some("1"),
+        "cached"
+    );
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         if simple_value(&mut c, sql).await.as_deref() == Some("2") {
@@ -370,12 +440,19 @@ async fn ttl_expiry_and_memory_bound() {
     }
     let started = Instant::now();
     for i in 0..10_000 {
-        simple_value(&mut c, &format!("/* pgwarden:cache */ SELECT v, {i} AS k, repeat('x', 100) FROM t")).await;
+        simple_value(
+            &mut c,
+            &format!("/* pgwarden:cache */ SELECT v, {i} AS k, repeat('x', 100) FROM t"),
+        )
+        .await;
     }
     let totals = proxy.runtime.cache.totals();
     assert!(totals.bytes <= 512 * 1024, "{totals:?}");
     assert!(totals.entries > 100, "{totals:?}");
-    eprintln!("10,000 distinct keys in {:?}: {totals:?}", started.elapsed());
+    eprintln!(
+        "10,000 distinct keys in {:?}: {totals:?}",
+        started.elapsed()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -410,13 +487,21 @@ async fn concurrent_misses_run_one_query() {
         "SELECT sum(calls)::text FROM pg_stat_statements WHERE query LIKE '%sum(id) FROM big%'",
     )
     .await;
-    assert_eq!(calls.as_deref(), Some("1"), "50 concurrent misses, one query");
+    assert_eq!(
+        calls.as_deref(),
+        Some("1"),
+        "50 concurrent misses, one query"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn another_instance_invalidates_within_100ms() {
     let cluster = cluster(0, &[]);
-    setup(&cluster, "CREATE TABLE t (id int primary key, v int); INSERT INTO t VALUES (1, 0);").await;
+    setup(
+        &cluster,
+        "CREATE TABLE t (id int primary key, v int); INSERT INTO t VALUES (1, 0);",
+    )
+    .await;
     let a = start(&cluster, |_| {}).await;
     let b = start(&cluster, |_| {}).await;
     let mut on_a = wire(&a).await;
@@ -424,8 +509,14 @@ async fn another_instance_invalidates_within_100ms() {
     let sql = "/* pgwarden:cache */ SELECT v FROM t WHERE id = 1";
     let mut worst = Duration::ZERO;
     for round in 1..=10 {
-        assert_eq!(simple_value(&mut on_a, sql).await, Some((round - 1).to_string()));
-        assert_eq!(simple_value(&mut on_b, sql).await, Some((round - 1).to_string()));
+        assert_eq!(
+            simple_value(&mut on_a, sql).await,
+            Some((round - 1).to_string())
+        );
+        assert_eq!(
+            simple_value(&mut on_b, sql).await,
+            Some((round - 1).to_string())
+        );
         simple_value(&mut on_b, &format!("UPDATE t SET v = {round} WHERE id = 1")).await;
         let committed = Instant::now();
         // The writing session is never served the old entry.
@@ -434,7 +525,10 @@ async fn another_instance_invalidates_within_100ms() {
             if simple_value(&mut on_a, sql).await == Some(round.to_string()) {
                 break;
             }
-            assert!(committed.elapsed() < Duration::from_secs(2), "instance A never invalidated");
+            assert!(
+                committed.elapsed() < Duration::from_secs(2),
+                "instance A never invalidated"
+            );
         }
         worst = worst.max(committed.elapsed());
     }
@@ -445,7 +539,11 @@ async fn another_instance_invalidates_within_100ms() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wal_invalidation_sees_writes_that_bypass_pgwarden() {
     let cluster = cluster(0, &["wal_level = logical", "max_replication_slots = 10"]);
-    setup(&cluster, "CREATE TABLE t (id int primary key, v int); INSERT INTO t VALUES (1, 0);").await;
+    setup(
+        &cluster,
+        "CREATE TABLE t (id int primary key, v int); INSERT INTO t VALUES (1, 0);",
+    )
+    .await;
     let proxy = start(&cluster, |c| {
         c.cache.wal_invalidation = true;
         c.cache.ttl_ms = 600_000;
@@ -459,7 +557,11 @@ async fn wal_invalidation_sees_writes_that_bypass_pgwarden() {
         .iter()
         .any(|(_, s)| s.starts_with("reading slot"))
     {
-        assert!(Instant::now() < deadline, "slot reader started: {:?}", proxy.runtime.cache.wal_status());
+        assert!(
+            Instant::now() < deadline,
+            "slot reader started: {:?}",
+            proxy.runtime.cache.wal_status()
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let mut c = wire(&proxy).await;
@@ -479,7 +581,10 @@ async fn wal_invalidation_sees_writes_that_bypass_pgwarden() {
             if simple_value(&mut c, sql).await == Some(round.to_string()) {
                 break;
             }
-            assert!(written.elapsed() < Duration::from_secs(3), "direct write never invalidated");
+            assert!(
+                written.elapsed() < Duration::from_secs(3),
+                "direct write never invalidated"
+            );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         eprintln!("direct write seen after {:?}", written.elapsed());
@@ -505,7 +610,9 @@ async fn randomized_reads_are_never_older_than_own_writes() {
          INSERT INTO kv SELECT g, 0 FROM generate_series(1, 5) g;",
     )
     .await;
-    cluster.wait_for_replication(Duration::from_secs(10)).unwrap();
+    cluster
+        .wait_for_replication(Duration::from_secs(10))
+        .unwrap();
     let with_replica = |c: &mut Config| {
         if let Some(db) = c.databases.get_mut(DATABASE) {
             db.replicas = cluster.replica_urls();
@@ -580,7 +687,10 @@ async fn randomized_reads_are_never_older_than_own_writes() {
         older += o;
         worst = worst.max(w);
     }
-    let writes: usize = history.iter().map(|h| h.lock().unwrap().commits.len()).sum();
+    let writes: usize = history
+        .iter()
+        .map(|h| h.lock().unwrap().commits.len())
+        .sum();
     let hits = a.runtime.cache.totals().hits + b.runtime.cache.totals().hits;
     eprintln!(
         "consistency: {SESSIONS} sessions, {} operations ({reads} reads, {writes} writes) through 2 instances with 1 replica in {:?}; cache hits {hits}; reads older than own write: {older}; worst staleness for others: {worst:?}",

@@ -141,7 +141,11 @@ pub fn read_names(sql: &str) -> Result<ReadNames, NotCacheable> {
         }
         let _ = statement.visit(&mut names);
         // SELECT ... INTO creates a table.
-        if statement.to_string().to_ascii_uppercase().contains(" INTO ") {
+        if statement
+            .to_string()
+            .to_ascii_uppercase()
+            .contains(" INTO ")
+        {
             return Err("SELECT INTO");
         }
     }
@@ -164,9 +168,30 @@ pub fn read_names(sql: &str) -> Result<ReadNames, NotCacheable> {
 
 /// Statements that change no table, whatever the classifier said about them.
 const HARMLESS: &[&str] = &[
-    "SET", "RESET", "SHOW", "BEGIN", "START", "COMMIT", "END", "ROLLBACK", "ABORT",
-    "SAVEPOINT", "RELEASE", "DEALLOCATE", "DISCARD", "LISTEN", "UNLISTEN", "NOTIFY",
-    "VACUUM", "ANALYZE", "CHECKPOINT", "FETCH", "MOVE", "CLOSE", "LOCK", "PREPARE",
+    "SET",
+    "RESET",
+    "SHOW",
+    "BEGIN",
+    "START",
+    "COMMIT",
+    "END",
+    "ROLLBACK",
+    "ABORT",
+    "SAVEPOINT",
+    "RELEASE",
+    "DEALLOCATE",
+    "DISCARD",
+    "LISTEN",
+    "UNLISTEN",
+    "NOTIFY",
+    "VACUUM",
+    "ANALYZE",
+    "CHECKPOINT",
+    "FETCH",
+    "MOVE",
+    "CLOSE",
+    "LOCK",
+    "PREPARE",
 ];
 
 /// What a statement sent to the primary may change.
@@ -251,7 +276,10 @@ mod tests {
 
     #[test]
     fn some_reads_are_never_cached() {
-        assert_eq!(read_names("SELECT * FROM t FOR UPDATE"), Err("locking clause"));
+        assert_eq!(
+            read_names("SELECT * FROM t FOR UPDATE"),
+            Err("locking clause")
+        );
         assert_eq!(read_names("UPDATE t SET a = 1"), Err("not a read"));
         assert_eq!(read_names("SELECT * INTO t2 FROM t"), Err("SELECT INTO"));
         assert!(read_names("WITH d AS (DELETE FROM t RETURNING *) SELECT * FROM d").is_err());

@@ -125,7 +125,9 @@ pub fn read_verdict(answer: &[Option<String>]) -> Result<Vec<u32>, String> {
 }
 
 pub fn parse_oids(text: &str) -> Vec<u32> {
-    text.split(',').filter_map(|o| o.trim().parse().ok()).collect()
+    text.split(',')
+        .filter_map(|o| o.trim().parse().ok())
+        .collect()
 }
 
 /// What a committed write invalidated, as its commit hook learned it.
@@ -162,7 +164,10 @@ pub fn write_question(
     notify: bool,
     extra: &str,
 ) -> String {
-    let relations: Vec<String> = relations.into_iter().map(|r| r.as_ref().to_string()).collect();
+    let relations: Vec<String> = relations
+        .into_iter()
+        .map(|r| r.as_ref().to_string())
+        .collect();
     let functions: Vec<String> = functions
         .into_iter()
         .map(|f| f.as_ref().to_string())

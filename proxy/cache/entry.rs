@@ -30,7 +30,8 @@ pub struct Entry {
 impl Entry {
     /// Bytes this entry costs with its key (frames, key, OIDs, bookkeeping).
     pub fn weight(&self, key: &Bytes) -> u32 {
-        let bytes = self.frames.len() + key.len() + self.tables.len() * 4 + self.database.len() + 160;
+        let bytes =
+            self.frames.len() + key.len() + self.tables.len() * 4 + self.database.len() + 160;
         u32::try_from(bytes).unwrap_or(u32::MAX)
     }
 }

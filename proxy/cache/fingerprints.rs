@@ -97,7 +97,10 @@ impl FingerprintBook {
                 if !r.ratio_too_low {
                     r.ratio_too_low = true;
                     r.cached = false;
-                    r.why = format!("auto: hit ratio {:.2} under cache.min_hit_ratio {min_ratio}", r.hit_ratio());
+                    r.why = format!(
+                        "auto: hit ratio {:.2} under cache.min_hit_ratio {min_ratio}",
+                        r.hit_ratio()
+                    );
                 }
                 return false;
             }

@@ -18,15 +18,23 @@ pub fn spawn(cache: Arc<ResultCache>, database: String, primary_url: String) {
             cache.set_listening(&database, false);
             cache.clear_database(&database);
             match result {
-                Ok(()) => tracing::warn!(%database, "cache LISTEN connection closed; entries dropped"),
-                Err(e) => tracing::warn!(%database, error = %e, "cache LISTEN connection lost; entries dropped"),
+                Ok(()) => {
+                    tracing::warn!(%database, "cache LISTEN connection closed; entries dropped")
+                }
+                Err(e) => {
+                    tracing::warn!(%database, error = %e, "cache LISTEN connection lost; entries dropped")
+                }
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
     });
 }
 
-async fn listen(cache: &ResultCache, database: &str, url: &str) -> Result<(), tokio_postgres::Error> {
+async fn listen(
+    cache: &ResultCache,
+    database: &str,
+    url: &str,
+) -> Result<(), tokio_postgres::Error> {
     let (client, mut connection) = tokio_postgres::connect(url, NoTls).await?;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let driver = tokio::spawn(async move {

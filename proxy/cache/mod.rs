@@ -94,7 +94,10 @@ impl ResultCache {
                     Duration::from_millis(settings.wal_poll_ms.max(10)),
                 );
             } else {
-                cache.set_wal_status(name, "off (TTL is the backstop for writes outside pgwarden)");
+                cache.set_wal_status(
+                    name,
+                    "off (TTL is the backstop for writes outside pgwarden)",
+                );
             }
         }
         cache
@@ -118,7 +121,12 @@ impl ResultCache {
             writes: moka::sync::Cache::builder()
                 .max_capacity(WRITES_BYTES)
                 .weigher(|key: &String, w: &Arc<WriteNames>| {
-                    let names: usize = w.relations.iter().chain(&w.functions).map(|n| n.len() + 32).sum();
+                    let names: usize = w
+                        .relations
+                        .iter()
+                        .chain(&w.functions)
+                        .map(|n| n.len() + 32)
+                        .sum();
                     u32::try_from(key.len() + names + 96).unwrap_or(u32::MAX)
                 })
                 .build(),
@@ -170,7 +178,8 @@ impl ResultCache {
 
     /// `auto` mode: whether this read's fingerprint is hot enough (and not judged).
     pub fn auto_wants(&self, fingerprint: u64, text: &str, min_calls: u64, min_ratio: f64) -> bool {
-        self.book.auto_wants(fingerprint, text, min_calls, min_ratio)
+        self.book
+            .auto_wants(fingerprint, text, min_calls, min_ratio)
     }
 
     pub fn analysis(&self, key: &Bytes) -> Option<Arc<Analysis>> {
@@ -214,9 +223,7 @@ impl ResultCache {
         self.invalidations.fetch_add(1, Ordering::Relaxed);
         match &invalidation.tables {
             Some(tables) if tables.is_empty() => {}
-            Some(tables) => self
-                .versions
-                .invalidate(database, tables, invalidation.lsn),
+            Some(tables) => self.versions.invalidate(database, tables, invalidation.lsn),
             None => self.clear_database(database),
         }
     }
@@ -307,7 +314,7 @@ impl ResultCache {
                 (row, entries, bytes)
             })
             .collect();
-        rows.sort_by(|a, b| (b.0.hits + b.0.misses).cmp(&(a.0.hits + a.0.misses)));
+        rows.sort_by_key(|r| std::cmp::Reverse(r.0.hits + r.0.misses));
         rows
     }
 }

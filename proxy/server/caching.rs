@@ -119,7 +119,7 @@ impl Session {
         match self.attach_for(first[0], &first).await {
             Ok(()) => {}
             Err(e) if e.is_recoverable() || matches!(e, SessionError::Answered) => {
-                return Ok(false) // the normal path reports it
+                return Ok(false); // the normal path reports it
             }
             Err(e) => return Err(e),
         }
@@ -137,7 +137,12 @@ impl Session {
         };
         let database = self.identity.database.clone();
         let Some(snapshot) = cache.snapshot(&database, &tables) else {
-            cache.decided(analysis.fingerprint, &text, false, "invalidation LISTEN is down");
+            cache.decided(
+                analysis.fingerprint,
+                &text,
+                false,
+                "invalidation LISTEN is down",
+            );
             return Ok(false);
         };
         let lsn = match self.routing.as_ref() {
@@ -155,7 +160,11 @@ impl Session {
                 .max(state.topology.primary_lsn().unwrap_or(0)),
             None => cache.known_commit(),
         };
-        let why = if hint.is_some() { "hint" } else { "rule or auto" };
+        let why = if hint.is_some() {
+            "hint"
+        } else {
+            "rule or auto"
+        };
         cache.decided(analysis.fingerprint, &text, true, why);
         let offset = self.to_client.len();
         if let Some(state) = self.caching.as_mut() {
@@ -214,7 +223,10 @@ impl Session {
                         return None;
                     }
                     sql = Some(Bytes::copy_from_slice(view.query));
-                    parse = Some((view.statement.to_vec(), Bytes::copy_from_slice(view.definition)));
+                    parse = Some((
+                        view.statement.to_vec(),
+                        Bytes::copy_from_slice(view.definition),
+                    ));
                     step = 1;
                 }
                 (tag::BIND, 0 | 1) => {
@@ -273,7 +285,7 @@ impl Session {
         let text = String::from_utf8_lossy(sql);
         let (fingerprint, _) = crate::stats::fingerprint::fingerprint(&text);
         let id = fingerprint.to_string();
-        if rules.iter().any(|r| *r == id) {
+        if rules.contains(&id) {
             return true;
         }
         let Ok(names) = cache::read_names(&text) else {
@@ -342,8 +354,7 @@ impl Session {
                 self.pooled.unnamed.on_server = false;
             } else {
                 let read_only = self.routing.as_ref().is_some_and(|state| {
-                    state.routing.classify(&String::from_utf8_lossy(&query))
-                        == StatementClass::Read
+                    state.routing.classify(&String::from_utf8_lossy(&query)) == StatementClass::Read
                 });
                 self.statements.define(name, definition, &query, read_only);
             }
@@ -364,7 +375,10 @@ impl Session {
     async fn analyse(&mut self, sql: &Bytes) -> Option<Arc<Analysis>> {
         let cache = self.runtime.cache.clone();
         let mut memo = BytesMut::new();
-        for part in [self.identity.database.as_bytes(), self.identity.user.as_bytes()] {
+        for part in [
+            self.identity.database.as_bytes(),
+            self.identity.user.as_bytes(),
+        ] {
             memo.extend_from_slice(&(part.len() as u32).to_be_bytes());
             memo.extend_from_slice(part);
         }
@@ -390,7 +404,9 @@ impl Session {
                     .as_ref()
                     .map_err(Clone::clone)
                     .and_then(|a| cache::catalog::read_verdict(a));
-                let views = answer.ok().and_then(|a| cache::catalog::view_definitions(&a));
+                let views = answer
+                    .ok()
+                    .and_then(|a| cache::catalog::view_definitions(&a));
                 if let (Ok(_), Some(definitions)) = (&verdict, views) {
                     // Functions the views call (pg_depend leaves built-ins out).
                     let mut functions = Vec::new();
@@ -425,7 +441,10 @@ impl Session {
 
     /// Runs a catalog question on the attached server. `None` when the server failed
     /// (it is released); `Some(Err)` when the question itself failed.
-    async fn catalog_answer(&mut self, question: &str) -> Option<Result<Vec<Option<String>>, String>> {
+    async fn catalog_answer(
+        &mut self,
+        question: &str,
+    ) -> Option<Result<Vec<Option<String>>, String>> {
         let server = self.server.as_mut()?;
         match server.query_values(question).await {
             Ok(answer) => Some(Ok(answer)),
@@ -492,7 +511,12 @@ impl Session {
     fn store_fill(&mut self, fill: Fill) {
         let cache = self.runtime.cache.clone();
         if fill.too_large {
-            cache.decided(fill.fingerprint, "", false, "result over cache.max_entry_bytes");
+            cache.decided(
+                fill.fingerprint,
+                "",
+                false,
+                "result over cache.max_entry_bytes",
+            );
             return;
         }
         let captured = &fill.captured[..];
@@ -555,7 +579,9 @@ impl Session {
                     if state.statement_writes.len() >= MAX_STATEMENT_EFFECTS {
                         state.statement_writes.clear();
                     }
-                    state.statement_writes.insert(view.statement.to_vec(), writes);
+                    state
+                        .statement_writes
+                        .insert(view.statement.to_vec(), writes);
                 }
             }
             tag::BIND => {
@@ -613,7 +639,9 @@ impl Session {
         );
         let answer = match self.server.as_mut() {
             Some(server) if self.backend == 0 => {
-                match tokio::time::timeout(Duration::from_secs(5), server.query_values(&question)).await {
+                match tokio::time::timeout(Duration::from_secs(5), server.query_values(&question))
+                    .await
+                {
                     Ok(Ok(answer)) => cache::catalog::write_answer(&answer),
                     Ok(Err(e)) => {
                         tracing::warn!(error = %e, "cache: invalidation query failed; dropping the database's entries");
@@ -621,7 +649,9 @@ impl Session {
                         None
                     }
                     Err(_) => {
-                        tracing::warn!("cache: invalidation query timed out; dropping the database's entries");
+                        tracing::warn!(
+                            "cache: invalidation query timed out; dropping the database's entries"
+                        );
                         server.mark_broken();
                         None
                     }

@@ -158,7 +158,11 @@ impl Session {
     /// Makes sure the right server is attached for this message: chooses a backend
     /// when none is attached, and leaves a replica for the primary at a batch boundary
     /// when the next statement must not run on a replica.
-    pub(super) async fn attach_for(&mut self, message_tag: u8, frame: &Bytes) -> Result<(), SessionError> {
+    pub(super) async fn attach_for(
+        &mut self,
+        message_tag: u8,
+        frame: &Bytes,
+    ) -> Result<(), SessionError> {
         if self.server.is_some()
             && self.backend > 0
             && !self.batch_open

@@ -45,7 +45,12 @@ impl Wire {
         Wire::login(Box::new(stream), user, database, &[]).await
     }
 
-    async fn login(stream: Box<dyn Stream>, user: &str, database: &str, options: &[(&str, &str)]) -> Wire {
+    async fn login(
+        stream: Box<dyn Stream>,
+        user: &str,
+        database: &str,
+        options: &[(&str, &str)],
+    ) -> Wire {
         let mut wire = Wire { stream };
         let mut body = 196608i32.to_be_bytes().to_vec();
         cstring(&mut body, "user");
