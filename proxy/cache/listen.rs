@@ -8,15 +8,14 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use tokio_postgres::{AsyncMessage, NoTls};
 
-use super::catalog::{parse_payload, CHANNEL};
+use super::catalog::{parse_payload, quote_literal, CHANNEL};
 use super::ResultCache;
 
 pub fn spawn(cache: Arc<ResultCache>, database: String, primary_url: String) {
     tokio::spawn(async move {
         loop {
             let result = listen(&cache, &database, &primary_url).await;
-            cache.set_listening(&database, false);
-            cache.clear_database(&database);
+            cache.listener_down(&database);
             match result {
                 Ok(()) => {
                     tracing::warn!(%database, "cache LISTEN connection closed; entries dropped")
@@ -52,18 +51,40 @@ async fn listen(
         }
     });
     client.batch_execute(&format!("LISTEN {CHANNEL}")).await?;
-    cache.set_listening(database, true);
+    let (outbox, mut outgoing) = tokio::sync::mpsc::unbounded_channel::<String>();
+    cache.listener_up(database, outbox);
     tracing::debug!(%database, "cache invalidations: listening");
-    while let Some(payload) = rx.recv().await {
-        let Some((instance, db, invalidation)) = parse_payload(&payload) else {
-            continue;
-        };
-        if db != database || instance == cache.instance {
-            continue;
+    let result = loop {
+        tokio::select! {
+            payload = rx.recv() => {
+                let Some(payload) = payload else { break Ok(()) };
+                let mut parts = payload.splitn(4, '|');
+                let (Some(instance), Some(db), _, Some(last)) =
+                    (parts.next(), parts.next(), parts.next(), parts.next())
+                else {
+                    continue;
+                };
+                if db != database || instance == cache.instance.to_string() {
+                    continue;
+                }
+                if matches!(last, "active" | "hello") {
+                    cache.on_announcement(database, last);
+                    continue;
+                }
+                if let Some((_, db, invalidation)) = parse_payload(&payload) {
+                    cache.invalidate(&db, &invalidation);
+                }
+            }
+            word = outgoing.recv() => {
+                let Some(payload) = word else { break Ok(()) };
+                let sql = format!("SELECT pg_notify('{CHANNEL}', {})", quote_literal(&payload));
+                if let Err(e) = client.batch_execute(&sql).await {
+                    break Err(e);
+                }
+            }
         }
-        cache.invalidate(&db, &invalidation);
-    }
+    };
     driver.abort();
     drop(client);
-    Ok(())
+    result
 }

@@ -68,6 +68,11 @@ pub struct ResultCache {
     known_commit: AtomicU64,
     /// Identifies this process in NOTIFY payloads (its own are skipped).
     pub instance: u64,
+    /// Per database: whether commits must be tracked (see [`ResultCache::tracks_writes`]).
+    activity: Mutex<HashMap<String, Activity>>,
+    /// Per database: NOTIFY payloads for the LISTEN connection to send.
+    outbox: Mutex<HashMap<String, tokio::sync::mpsc::UnboundedSender<String>>>,
+    need_listen: bool,
     /// Per database: the state of `cache.wal_invalidation`, for `SHOW CACHE`.
     wal_status: Mutex<HashMap<String, String>>,
     max_bytes: u64,
@@ -139,6 +144,9 @@ impl ResultCache {
             known_commit: AtomicU64::new(0),
             instance: rand::random::<u64>() >> 1,
             wal_status: Mutex::new(HashMap::new()),
+            activity: Mutex::new(HashMap::new()),
+            outbox: Mutex::new(HashMap::new()),
+            need_listen,
             max_bytes,
         }
     }
@@ -316,6 +324,116 @@ impl ResultCache {
             .collect();
         rows.sort_by_key(|r| std::cmp::Reverse(r.0.hits + r.0.misses));
         rows
+    }
+}
+
+/// Whether a database's cache is in use anywhere, as this process knows it.
+#[derive(Debug, Default, Clone, Copy)]
+struct Activity {
+    /// This process caches it, or another instance said it does.
+    active: bool,
+    /// When the LISTEN connection came up (None: down or not yet up).
+    listening_since: Option<std::time::Instant>,
+}
+
+/// After the LISTEN connection comes up, writes are tracked this long whatever the
+/// activity: the time other instances take to answer the `hello` with `active`.
+const GRACE: Duration = Duration::from_secs(1);
+
+impl ResultCache {
+    /// Whether a committed write to `database` must be resolved, invalidated and sent
+    /// to other instances. False only while no instance is known to cache it: then
+    /// writes cost nothing extra. Conservative while the LISTEN connection is down or
+    /// just came up (the answer of other instances may not have arrived yet).
+    pub fn tracks_writes(&self, database: &str) -> bool {
+        let map = self.activity.lock().unwrap_or_else(|e| e.into_inner());
+        let a = map.get(database).copied().unwrap_or_default();
+        if a.active {
+            return true;
+        }
+        if !self.need_listen {
+            return false;
+        }
+        a.listening_since
+            .is_none_or(|since| since.elapsed() < GRACE)
+    }
+
+    /// This process starts caching `database`: from now on its writes are tracked, and
+    /// other instances are told to track theirs.
+    pub fn activate(&self, database: &str) {
+        let newly = {
+            let mut map = self.activity.lock().unwrap_or_else(|e| e.into_inner());
+            let a = map.entry(database.to_string()).or_default();
+            !std::mem::replace(&mut a.active, true)
+        };
+        if newly {
+            self.announce(database, "active");
+        }
+    }
+
+    fn announce(&self, database: &str, word: &str) {
+        let outbox = self.outbox.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(tx) = outbox.get(database) {
+            let _ = tx.send(format!("{}|{database}|0/0|{word}", self.instance));
+        }
+    }
+
+    pub(crate) fn listener_up(
+        &self,
+        database: &str,
+        outbox: tokio::sync::mpsc::UnboundedSender<String>,
+    ) {
+        self.outbox
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(database.to_string(), outbox);
+        let active = {
+            let mut map = self.activity.lock().unwrap_or_else(|e| e.into_inner());
+            let a = map.entry(database.to_string()).or_default();
+            a.listening_since = Some(std::time::Instant::now());
+            a.active
+        };
+        self.set_listening(database, true);
+        self.announce(database, if active { "active" } else { "hello" });
+    }
+
+    pub(crate) fn listener_down(&self, database: &str) {
+        self.outbox
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(database);
+        if let Some(a) = self
+            .activity
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_mut(database)
+        {
+            a.listening_since = None;
+        }
+        self.set_listening(database, false);
+        self.clear_database(database);
+    }
+
+    /// `hello` (an instance came up) or `active` (an instance caches this database).
+    pub(crate) fn on_announcement(&self, database: &str, word: &str) {
+        match word {
+            "active" => {
+                let mut map = self.activity.lock().unwrap_or_else(|e| e.into_inner());
+                map.entry(database.to_string()).or_default().active = true;
+            }
+            "hello" if self.tracks_writes(database) => {
+                let active = self
+                    .activity
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get(database)
+                    .is_some_and(|a| a.active);
+                if active {
+                    self.announce(database, "active");
+                }
+            }
+            _ => {}
+        }
     }
 }
 

@@ -136,6 +136,8 @@ impl Session {
             }
         };
         let database = self.identity.database.clone();
+        // From now on this database's writes are tracked (here and elsewhere).
+        cache.activate(&database);
         let Some(snapshot) = cache.snapshot(&database, &tables) else {
             cache.decided(
                 analysis.fingerprint,
@@ -627,6 +629,9 @@ impl Session {
         let everything = writes.everything || std::mem::take(&mut state.unknown_writes);
         let cache = self.runtime.cache.clone();
         let database = self.identity.database.clone();
+        if !cache.tracks_writes(&database) {
+            return; // no instance caches this database: the write costs nothing more
+        }
         let config = self.runtime.config();
         let question = cache::catalog::write_question(
             cache.instance,
