@@ -228,7 +228,9 @@ impl ResultCache {
     /// A write committed (here, or elsewhere as a NOTIFY or the WAL told).
     pub fn invalidate(&self, database: &str, invalidation: &Invalidation) {
         self.observe_commit(invalidation.lsn);
-        self.invalidations.fetch_add(1, Ordering::Relaxed);
+        if invalidation.tables.as_ref().is_none_or(|t| !t.is_empty()) {
+            self.invalidations.fetch_add(1, Ordering::Relaxed);
+        }
         match &invalidation.tables {
             Some(tables) if tables.is_empty() => {}
             Some(tables) => self.versions.invalidate(database, tables, invalidation.lsn),
