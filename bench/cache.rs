@@ -70,7 +70,8 @@ pub fn hits_and_misses(http_port: u16) -> Option<(u64, u64)> {
     let mut text = String::new();
     stream.read_to_string(&mut text).ok()?;
     let number = |key: &str| -> Option<u64> {
-        let at = text.find(&format!("\"{key}\":"))? + key.len() + 3;
+        // The totals come last (keys are sorted); rows carry the same names as text.
+        let at = text.rfind(&format!("\"{key}\":"))? + key.len() + 3;
         text[at..]
             .chars()
             .take_while(|c| c.is_ascii_digit())
