@@ -472,7 +472,7 @@ async fn concurrent_misses_run_one_query() {
         let barrier = barrier.clone();
         tasks.push(tokio::spawn(async move {
             let mut c = within("login", Wire::tcp(port, USER, DATABASE, &[])).await;
-            barrier.wait().await;
+            within("all clients logged in", barrier.wait()).await;
             first_value(&within("query", c.simple(sql)).await)
         }));
     }
