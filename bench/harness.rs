@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 use pgwarden::cluster::{free_port, ClusterSpec, LocalCluster, PgBinaries};
 
 mod bulk;
+mod cache;
 mod cpu;
 mod idle;
 mod protection;
@@ -69,6 +70,20 @@ struct Measure {
     tps: f64,
     latency_ms: f64,
     failed: bool,
+    /// `SCRIPTS=report|hotkeys`: p99 latency from `pgbench -l`.
+    p99_ms: Option<f64>,
+}
+
+/// (proxy port, HTTP port) of every pgwarden started, for `/api/cache`.
+static HTTP_PORTS: std::sync::Mutex<Vec<(u16, u16)>> = std::sync::Mutex::new(Vec::new());
+
+fn http_port_of(port: u16) -> Option<u16> {
+    HTTP_PORTS
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|(p, _)| *p == port)
+        .map(|(_, h)| *h)
 }
 
 fn main() {
@@ -161,6 +176,18 @@ fn main() {
             "off",
         )
     });
+    // The same proxy with the result cache off.
+    let nocache_port = free_port();
+    let _nocache = targets.iter().any(|t| t == "pgwarden_nocache").then(|| {
+        start_pgwarden(
+            &cluster,
+            nocache_port,
+            pool_size,
+            "scram-sha-256",
+            true,
+            "off:nocache",
+        )
+    });
     // The same proxy with the tenant guard rewriting every statement.
     let rewrite_port = free_port();
     let _rewrite = targets.iter().any(|t| t == "pgwarden_rewrite").then(|| {
@@ -208,6 +235,7 @@ fn main() {
         "pgwarden_nostats" => nostats_port,
         "pgwarden_rewrite" => rewrite_port,
         "pgwarden_nofair" => nofair_port,
+        "pgwarden_nocache" => nocache_port,
         _ => warden_port,
     };
     for target in &targets {
@@ -219,6 +247,7 @@ fn main() {
             "pgwarden" => _warden.as_ref(),
             "pgwarden_nostats" => _nostats.as_ref(),
             "pgwarden_rewrite" => _rewrite.as_ref(),
+            "pgwarden_nocache" => _nocache.as_ref(),
             "pgwarden_baseline" => _baseline.as_ref(),
             "pgwarden_nofair" => _nofair.as_ref(),
             _ => None,
@@ -248,6 +277,7 @@ fn main() {
 
     let mut rows: Vec<(String, String, String, Vec<Measure>)> = Vec::new();
     let mut replica_shares = Vec::new();
+    let mut cache_rows = Vec::new();
     for script in &scripts {
         for mode in &modes {
             for n in &clients {
@@ -255,6 +285,8 @@ fn main() {
                 for target in &targets {
                     let before = transactions_per_node(&cluster);
                     let cpu_before = cpu_pid_of(target).map(cpu::cpu_seconds);
+                    let http = http_port_of(port_of(target));
+                    let cache_before = http.and_then(cache::hits_and_misses);
                     let m = run_pgbench(
                         &pgbench,
                         port_of(target),
@@ -263,6 +295,25 @@ fn main() {
                         n,
                         duration,
                     );
+                    if cache::is_cache_script(script) {
+                        let after = http.and_then(cache::hits_and_misses);
+                        let ratio = match (cache_before, after) {
+                            (Some((h0, m0)), Some((h1, m1))) if h1 + m1 > h0 + m0 => format!(
+                                "{:.3} ({} hits, {} misses)",
+                                (h1 - h0) as f64 / ((h1 + m1) - (h0 + m0)) as f64,
+                                h1 - h0,
+                                m1 - m0
+                            ),
+                            _ => "n/a".into(),
+                        };
+                        eprintln!("    p99 {:?} ms, cache hit ratio {ratio}", m.p99_ms);
+                        cache_rows.push(format!(
+                            "| {script} | {mode} | {n} | {target} | {:.0} | {:.3} | {} | {ratio} |",
+                            m.tps,
+                            m.latency_ms,
+                            m.p99_ms.map_or("n/a".into(), |p| format!("{p:.3}"))
+                        ));
+                    }
                     if target == "pgwarden" && replicas > 0 {
                         let after = transactions_per_node(&cluster);
                         let delta: Vec<u64> =
@@ -411,6 +462,13 @@ fn main() {
             rss_rows.join("\n")
         );
     }
+    if !cache_rows.is_empty() {
+        let _ = write!(
+            report,
+            "\n| script | mode | clients | target | TPS | avg ms | p99 ms | cache hit ratio |\n|---|---|---|---|---|---|---|---|\n{}\n",
+            cache_rows.join("\n")
+        );
+    }
     if replicas > 0 {
         report = format!(
             "pgwarden routes reads to {replicas} streaming replica(s); direct and PgBouncer use the primary only.\n\n{report}\n| script | mode | clients | transactions per node (primary, replicas...) | on replicas |\n|---|---|---|---|---|\n{}\n",
@@ -481,6 +539,15 @@ fn run_pgbench(
         .expect("write the distinct script");
         command.arg("-f").arg(path);
     }
+    let log_prefix = work.join(format!("lat-{port}-{script}"));
+    if cache::is_cache_script(script) {
+        command
+            .arg("-f")
+            .arg(cache::script_file(work, script))
+            .args(["-D", &format!("scale={scale}")])
+            .arg("-l")
+            .arg(format!("--log-prefix={}", log_prefix.display()));
+    }
     if tenant::is_tenant_script(script) {
         command
             .arg("-f")
@@ -507,6 +574,9 @@ fn run_pgbench(
         tps: find("tps = "),
         latency_ms: find("latency average = "),
         failed: !output.status.success() || failed_count > 0.0,
+        p99_ms: cache::is_cache_script(script)
+            .then(|| cache::p99_ms(&log_prefix))
+            .flatten(),
     }
 }
 
@@ -597,9 +667,17 @@ fn start_pgwarden_binary(
     stats: bool,
     tenancy: &str,
 ) -> Guard {
+    // `tenancy` may carry ":nocache": the same proxy with the result cache off.
+    let (tenancy, cache_mode) = match tenancy.split_once(':') {
+        Some((t, "nocache")) => (t, "off"),
+        _ => (tenancy, "hinted"),
+    };
+    let http_port = free_port();
+    HTTP_PORTS.lock().unwrap().push((port, http_port));
     let child = command
         .env("PGWARDEN_LISTEN", format!("127.0.0.1:{port}"))
-        .env("PGWARDEN_HTTP_LISTEN", format!("127.0.0.1:{}", free_port()))
+        .env("PGWARDEN_HTTP_LISTEN", format!("127.0.0.1:{http_port}"))
+        .env("PGWARDEN_CACHE_MODE", cache_mode)
         .env("PGWARDEN_PRIMARY_URL", cluster.primary_url())
         .env("PGWARDEN_REPLICA_URLS", cluster.replica_urls().join(","))
         .env("PGWARDEN_POOL_SIZE", pool_size.to_string())

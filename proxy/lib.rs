@@ -6,6 +6,7 @@
 
 pub mod admin;
 pub mod advise;
+pub mod cache;
 pub mod cluster;
 pub mod config;
 pub mod demo;

@@ -54,6 +54,8 @@ pub struct Runtime {
     pub advisors: Arc<crate::advise::Advisors>,
     /// Quarantined fingerprints and `[[limits]]` rules.
     pub protection: crate::protect::Protection,
+    /// The result cache (see `cache/`); built at start, kept across reloads.
+    pub cache: Arc<crate::cache::ResultCache>,
     /// `PAUSE` from the admin console: new transactions wait while true.
     pub paused: tokio::sync::watch::Sender<bool>,
     pub started_at: std::time::SystemTime,
@@ -100,8 +102,10 @@ impl Runtime {
             Some(Box::new(detector)),
         );
         let protection = crate::protect::Protection::new(&config);
+        let cache = crate::cache::ResultCache::start(&config);
         Ok(Arc::new(Runtime {
             protection,
+            cache,
             routing: ArcSwap::from_pointee(routing),
             positions,
             tenancy: ArcSwap::from_pointee(tenancy),

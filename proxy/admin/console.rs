@@ -1,7 +1,7 @@
 //! The admin console: `psql -p <proxy port> -U <admin> pgwarden`, simple query
-//! protocol, `SHOW POOLS|SERVERS|CLIENTS|DATABASES|BACKENDS|QUERIES|ADVISORIES|TENANCY|CONFIG|MEMORY|VERSION`,
+//! protocol, `SHOW POOLS|SERVERS|CLIENTS|DATABASES|BACKENDS|QUERIES|ADVISORIES|TENANCY|CONFIG|MEMORY|CACHE|VERSION`,
 //! `SHOW TENANCY TABLES`, `SHOW LIMITS`, `BLOCK QUERY <id>`, `UNBLOCK QUERY <id>`,
-//! `RELOAD`, `PAUSE`, `RESUME`.
+//! `CLEAR CACHE`, `RELOAD`, `PAUSE`, `RESUME`.
 
 use std::sync::Arc;
 
@@ -133,6 +133,11 @@ async fn run_command(runtime: &Runtime, sql: &str) -> Result<Reply, ErrorFields>
         ["SHOW", "LIMITS"] => Ok(Reply::Rows(super::protection::limits(runtime))),
         ["BLOCK", "QUERY", id] => super::protection::block(runtime, id, true).map(Reply::Done),
         ["UNBLOCK", "QUERY", id] => super::protection::block(runtime, id, false).map(Reply::Done),
+        ["SHOW", "CACHE"] => Ok(Reply::Rows(super::cache::table(runtime))),
+        ["CLEAR", "CACHE"] => {
+            runtime.cache.clear();
+            Ok(Reply::Done("CLEAR CACHE".into()))
+        }
         ["RELOAD"] => runtime
             .reload()
             .map(|()| Reply::Done("RELOAD".into()))
@@ -149,7 +154,7 @@ async fn run_command(runtime: &Runtime, sql: &str) -> Result<Reply, ErrorFields>
             SqlState::SYNTAX_ERROR,
             format!("unknown admin command: {}", sql.trim()),
         )
-        .with_hint("try SHOW POOLS, SHOW SERVERS, SHOW CLIENTS, SHOW DATABASES, SHOW BACKENDS, SHOW QUERIES, SHOW ADVISORIES, SHOW TENANCY, SHOW TENANCY TABLES, SHOW CONFIG, SHOW MEMORY, SHOW LIMITS, SHOW VERSION, BLOCK QUERY <id>, UNBLOCK QUERY <id>, RELOAD, PAUSE, RESUME")),
+        .with_hint("try SHOW POOLS, SHOW SERVERS, SHOW CLIENTS, SHOW DATABASES, SHOW BACKENDS, SHOW QUERIES, SHOW ADVISORIES, SHOW TENANCY, SHOW TENANCY TABLES, SHOW CONFIG, SHOW MEMORY, SHOW CACHE, SHOW LIMITS, SHOW VERSION, BLOCK QUERY <id>, UNBLOCK QUERY <id>, CLEAR CACHE, RELOAD, PAUSE, RESUME")),
     }
 }
 

@@ -53,6 +53,10 @@ pub fn router(runtime: Arc<Runtime>) -> Router {
             get(|State(r): State<Arc<Runtime>>| async move { Json(super::memory::parts(&r)) }),
         )
         .route(
+            "/api/cache",
+            get(|State(r): State<Arc<Runtime>>| async move { Json(super::cache::json(&r)) }),
+        )
+        .route(
             "/api/advisories",
             get(|State(r): State<Arc<Runtime>>| async move { Json(r.advisors.list()) }),
         )

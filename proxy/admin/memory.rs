@@ -27,6 +27,7 @@ pub fn parts(runtime: &Runtime) -> Vec<Part> {
     let limits = runtime.stats.limits();
     let (classifier, classifier_limit) = runtime.routing().classifier_cache_bytes();
     let (decisions, decisions_limit) = runtime.tenancy().cache_bytes();
+    let (results, results_limit) = runtime.cache.memory();
     vec![
         Part {
             part: "stats_text_map",
@@ -62,6 +63,11 @@ pub fn parts(runtime: &Runtime) -> Vec<Part> {
             part: "statement_registry",
             bytes: crate::server::statement_registry_bytes() as u64,
             limit: crate::server::STATEMENT_REGISTRY_MAX_BYTES as u64,
+        },
+        Part {
+            part: "result_cache",
+            bytes: results,
+            limit: results_limit,
         },
         Part {
             part: "process_rss",

@@ -93,6 +93,12 @@ pub fn render(runtime: &Runtime) -> String {
         }
     }
     super::protection::record_metrics(runtime);
+    let cache = runtime.cache.totals();
+    metrics::counter!("pgwarden_cache_hits_total").absolute(cache.hits);
+    metrics::counter!("pgwarden_cache_misses_total").absolute(cache.misses);
+    metrics::counter!("pgwarden_cache_invalidations_total").absolute(cache.invalidations);
+    metrics::gauge!("pgwarden_cache_bytes").set(cache.bytes as f64);
+    metrics::gauge!("pgwarden_cache_entries").set(cache.entries as f64);
     for part in super::memory::parts(runtime) {
         metrics::gauge!("pgwarden_memory_bytes", "part" => part.part).set(part.bytes as f64);
     }

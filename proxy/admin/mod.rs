@@ -7,6 +7,7 @@
 
 pub mod advisories;
 pub mod api_client;
+pub mod cache;
 pub mod console;
 pub mod http;
 pub mod memory;

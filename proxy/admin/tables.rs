@@ -263,6 +263,7 @@ pub fn queries(runtime: &Runtime, limit: usize) -> Table {
         "max_ms",
         "primary_calls",
         "replica_calls",
+        "cache_hits",
         "sample",
         "blocked",
     ]);
@@ -282,6 +283,7 @@ pub fn queries(runtime: &Runtime, limit: usize) -> Table {
             format!("{:.3}", q.max_ms),
             q.primary_calls.to_string(),
             q.replica_calls.to_string(),
+            q.cache_hits.to_string(),
             q.sample.clone().unwrap_or_default(),
             super::protection::is_blocked(runtime, &q.id).to_string(),
         ]);

@@ -185,6 +185,15 @@ impl Node {
         let Some(pid) = self.postmaster_pid() else {
             return Ok(());
         };
+        // postmaster.pid names the socket directory (line 5): its lock file holds the pid too.
+        let lock_text =
+            std::fs::read_to_string(self.data_dir.join("postmaster.pid")).unwrap_or_default();
+        let socket_dir = lock_text
+            .lines()
+            .nth(4)
+            .unwrap_or_default()
+            .trim()
+            .to_string();
         let children =
             std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
         // SAFETY: plain kill(2) calls on pids read from the server's own files.
@@ -211,6 +220,11 @@ impl Node {
         // container): its lock file would then stop the restart, as after a crash an
         // operator removes it.
         let _ = std::fs::remove_file(self.data_dir.join("postmaster.pid"));
+        if !socket_dir.is_empty() {
+            let dir = Path::new(&socket_dir);
+            let _ = std::fs::remove_file(dir.join(format!(".s.PGSQL.{}.lock", self.port)));
+            let _ = std::fs::remove_file(dir.join(format!(".s.PGSQL.{}", self.port)));
+        }
         self.running = false;
         Ok(())
     }

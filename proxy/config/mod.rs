@@ -8,6 +8,7 @@
 
 mod advise;
 mod auth;
+mod cache;
 mod endpoint;
 mod env;
 mod error;
@@ -19,6 +20,7 @@ mod tenancy;
 
 pub use advise::{AdviseConfig, NPlusOneConfig};
 pub use auth::{is_md5_hash, AuthConfig, AuthMethod, UserConfig, DEFAULT_AUTH_QUERY};
+pub use cache::{CacheConfig, CacheMode};
 pub use endpoint::Endpoint;
 pub use error::ConfigError;
 pub use load::{load, load_from_str};

@@ -7,8 +7,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    AdviseConfig, AuthConfig, ConfigError, Endpoint, Fairness, LimitRule, ProtectionConfig,
-    TenancyConfig, TenancyMode,
+    AdviseConfig, AuthConfig, CacheConfig, ConfigError, Endpoint, Fairness, LimitRule,
+    ProtectionConfig, TenancyConfig, TenancyMode,
 };
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -27,6 +27,7 @@ pub struct Config {
     pub protection: ProtectionConfig,
     /// Concurrency and rate limits (`[[limits]]`).
     pub limits: Vec<LimitRule>,
+    pub cache: CacheConfig,
     /// One entry per database name clients connect to.
     pub databases: BTreeMap<String, DatabaseConfig>,
 }
@@ -385,6 +386,7 @@ impl Config {
         self.tenancy.validate()?;
         self.advise.validate()?;
         super::protection::validate(&self.protection, &self.limits)?;
+        self.cache.validate()?;
         self.validate_auth()
     }
 }

@@ -20,6 +20,9 @@ impl Session {
     /// Handles every complete message in the client buffer.
     pub(super) async fn handle_client_messages(&mut self) -> Result<(), SessionError> {
         while let Some(len) = check_frame(&self.client_buf, self.max_message)? {
+            if self.caching.is_some() && self.cache_front().await? {
+                continue;
+            }
             let frame = self.client_buf.split_to(len).freeze();
             self.handle_client_message(frame).await?;
         }
@@ -124,6 +127,7 @@ impl Session {
             return Ok(());
         }
         self.note_forwarded(message_tag, &frame);
+        self.cache_note_forwarded(message_tag, &frame);
         self.stats_on_forward(message_tag, &frame);
         self.batch_open = !matches!(message_tag, tag::SYNC | tag::QUERY | tag::FUNCTION_CALL);
         let pooled_statements = self.mode == PoolMode::Transaction;
@@ -166,7 +170,11 @@ impl Session {
     /// Makes sure the right server is attached for this message: chooses a backend
     /// when none is attached, and leaves a replica for the primary at a batch boundary
     /// when the next statement must not run on a replica.
-    async fn attach_for(&mut self, message_tag: u8, frame: &Bytes) -> Result<(), SessionError> {
+    pub(super) async fn attach_for(
+        &mut self,
+        message_tag: u8,
+        frame: &Bytes,
+    ) -> Result<(), SessionError> {
         if self.server.is_some()
             && self.backend > 0
             && !self.batch_open

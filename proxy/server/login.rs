@@ -130,6 +130,8 @@ pub async fn log_in(
                 lost: None,
                 draining_database: None,
                 protection: super::protection::SessionProtection::new(&config, &proxy_options),
+                caching: (config.cache.mode != crate::config::CacheMode::Off)
+                    .then(super::caching::SessionCache::default),
                 pooled: PooledState::new(
                     config.pool.pin_session_state,
                     config.pool.max_prepared_statements as usize,

@@ -7,6 +7,7 @@
 
 pub(crate) mod auth;
 pub(crate) mod auth_query;
+mod caching;
 pub mod cancel;
 mod cancel_forward;
 mod client_messages;

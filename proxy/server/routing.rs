@@ -111,7 +111,7 @@ impl SessionRouting {
     }
 
     /// The WAL position a replica must have replayed before serving this client.
-    fn required_lsn(&self) -> Option<Lsn> {
+    pub(super) fn required_lsn(&self) -> Option<Lsn> {
         if self.scope == RywScope::Off {
             return None;
         }

@@ -86,6 +86,8 @@ pub struct Session {
     pub(super) draining_database: Option<String>,
     /// Fairness group, places under `[[limits]]` rules.
     pub(super) protection: super::protection::SessionProtection,
+    /// Result cache state (None when `cache.mode = "off"`).
+    pub(super) caching: Option<super::caching::SessionCache>,
 }
 
 /// Session effects (`SET`/`RESET`, the end of pinned state, `DISCARD ALL`) that count
@@ -153,6 +155,9 @@ impl Session {
                 Ok(Pumped::Drained) => Ok(()),
                 Err(e) => Err(e),
             };
+            if step.is_ok() && self.caching.is_some() {
+                Box::pin(self.cache_after_step()).await;
+            }
             match step {
                 Ok(()) => {}
                 Err(SessionError::ServerLost(reason)) => {
@@ -239,6 +244,18 @@ impl Session {
     /// Moves bytes in both directions until something needs handling. `Err(None)`
     /// means `deadline` passed first.
     async fn pump(
+        &mut self,
+        read_client: bool,
+        until_drained: bool,
+        deadline: Option<Instant>,
+    ) -> Result<Pumped, Option<SessionError>> {
+        self.cache_capture();
+        let result = self.pump_inner(read_client, until_drained, deadline).await;
+        self.cache_captured();
+        result
+    }
+
+    async fn pump_inner(
         &mut self,
         read_client: bool,
         until_drained: bool,

@@ -105,6 +105,19 @@ impl SessionStats {
         self.error = false;
     }
 
+    /// A statement the result cache answered.
+    pub fn record_cache_hit(&self, sql: Bytes, duration: std::time::Duration, rows: u64) {
+        self.recorder.record(StatementEvent {
+            sql,
+            duration,
+            rows,
+            error: false,
+            served: Served::Cache,
+            // The N+1 detector sees only statements that reached a server.
+            call: None,
+        });
+    }
+
     pub fn clear(&mut self) {
         self.in_flight.clear();
         self.rows = 0;

@@ -42,6 +42,8 @@ pub struct QuerySummary {
     pub p99_ms: f64,
     pub primary_calls: u64,
     pub replica_calls: u64,
+    /// Calls answered by the result cache.
+    pub cache_hits: u64,
     pub first_seen: u64,
     pub last_seen: u64,
 }
@@ -80,6 +82,7 @@ struct Entry {
     histogram: Histogram<u64>,
     primary_calls: u64,
     replica_calls: u64,
+    cache_hits: u64,
     first_seen: u64,
     last_seen: u64,
 }
@@ -186,6 +189,7 @@ pub(super) async fn run(
     let latency = [
         metrics::histogram!("pgwarden_query_duration_seconds", "route" => "primary"),
         metrics::histogram!("pgwarden_query_duration_seconds", "route" => "replica"),
+        metrics::histogram!("pgwarden_query_duration_seconds", "route" => "cache"),
     ];
     // Drain on a timer instead of waiting on the channel: senders then never have to
     // wake this task, which keeps recording nearly free for the sessions.
@@ -199,7 +203,11 @@ pub(super) async fn run(
         loop {
             match rx.try_recv() {
                 Ok(Event::Statement(event)) => {
-                    let index = usize::from(event.served == Served::Replica);
+                    let index = match event.served {
+                        Served::Primary => 0,
+                        Served::Replica => 1,
+                        Served::Cache => 2,
+                    };
                     latency[index].record(event.duration.as_secs_f64());
                     add(
                         &mut entries,
@@ -279,6 +287,7 @@ fn add(
                 histogram: Histogram::new_with_bounds(1, 3_600_000_000, 2).expect("valid bounds"),
                 primary_calls: 0,
                 replica_calls: 0,
+                cache_hits: 0,
                 first_seen: now,
                 last_seen: now,
             };
@@ -296,6 +305,7 @@ fn add(
     match event.served {
         Served::Primary => entry.primary_calls += 1,
         Served::Replica => entry.replica_calls += 1,
+        Served::Cache => entry.cache_hits += 1,
     }
     entry.last_seen = now;
     if let (Some(observer), Some(context)) = (observer, event.call) {
@@ -327,6 +337,7 @@ fn add(
         match event.served {
             Served::Primary => point.primary += 1,
             Served::Replica => point.replica += 1,
+            Served::Cache => {}
         }
         *total_us += micros;
         point.mean_ms = *total_us as f64 / point.calls as f64 / 1000.0;
@@ -394,6 +405,7 @@ fn build(
             p99_ms: ms(quantile(e, 0.99)),
             primary_calls: e.primary_calls,
             replica_calls: e.replica_calls,
+            cache_hits: e.cache_hits,
             first_seen: e.first_seen,
             last_seen: e.last_seen,
         })

@@ -41,6 +41,8 @@ pub struct MemoryGauges {
 pub enum Served {
     Primary,
     Replica,
+    /// Answered by the result cache, without a server.
+    Cache,
 }
 
 /// One finished statement.

@@ -6,6 +6,7 @@
 pub mod drivers;
 pub mod http;
 pub mod proxy;
+pub mod wire;
 
 use std::path::PathBuf;
 

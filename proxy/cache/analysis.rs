@@ -1,0 +1,312 @@
+//! What a statement reads and writes, from its sqlparser AST: the relation names and
+//! the function names it mentions. Names only: turning them into table OIDs and
+//! volatility is the catalog's job (`catalog.rs`), on the session's own server
+//! connection, so the session's `search_path` applies.
+
+use std::collections::BTreeSet;
+use std::ops::ControlFlow;
+
+use sqlparser::ast::{CopySource, Expr, ObjectName, Query, Statement, Visit, Visitor};
+use sqlparser::dialect::PostgreSqlDialect;
+use sqlparser::parser::Parser;
+
+/// A read that may be cached, pending the catalog's word on its names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadNames {
+    /// Relation names as written (`orders`, `shop.orders`, `"Odd Name"`).
+    pub relations: Vec<String>,
+    /// Function names (last part, lower case unless quoted), SQL value functions
+    /// (`current_user`, `current_timestamp`) included.
+    pub functions: Vec<String>,
+}
+
+/// Why a statement can never be cached, whatever the catalog says.
+pub type NotCacheable = &'static str;
+
+/// What a statement that runs on the primary may change.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct WriteNames {
+    /// DDL, `GRANT`/`REVOKE`, `CALL`, `DO`, unparseable text: every entry of the
+    /// database goes.
+    pub everything: bool,
+    /// Relations mentioned by data-changing statements (read ones included: more
+    /// invalidation than needed, never less).
+    pub relations: BTreeSet<String>,
+    /// Functions called: one that is `VOLATILE` in `pg_proc` makes it `everything`.
+    pub functions: BTreeSet<String>,
+}
+
+impl WriteNames {
+    pub fn is_empty(&self) -> bool {
+        !self.everything && self.relations.is_empty() && self.functions.is_empty()
+    }
+
+    pub fn merge(&mut self, other: &WriteNames) {
+        self.everything |= other.everything;
+        self.relations.extend(other.relations.iter().cloned());
+        self.functions.extend(other.functions.iter().cloned());
+    }
+}
+
+/// SQL value functions PostgreSQL parses as keywords; the catalog decides about them
+/// under the names it knows them by (`current_timestamp` has no `pg_proc` row, so it is
+/// not `IMMUTABLE`).
+const VALUE_FUNCTIONS: &[&str] = &[
+    "current_user",
+    "session_user",
+    "user",
+    "current_role",
+    "current_schema",
+    "current_catalog",
+    "current_date",
+    "current_time",
+    "current_timestamp",
+    "localtime",
+    "localtimestamp",
+];
+
+#[derive(Default)]
+struct Names {
+    relations: BTreeSet<String>,
+    ctes: BTreeSet<String>,
+    functions: BTreeSet<String>,
+    locking: bool,
+    non_query: bool,
+}
+
+impl Visitor for Names {
+    type Break = ();
+
+    fn pre_visit_query(&mut self, query: &Query) -> ControlFlow<()> {
+        if !query.locks.is_empty() {
+            self.locking = true;
+        }
+        if let Some(with) = &query.with {
+            for cte in &with.cte_tables {
+                self.ctes.insert(cte.alias.name.value.to_lowercase());
+            }
+        }
+        ControlFlow::Continue(())
+    }
+
+    fn pre_visit_relation(&mut self, relation: &ObjectName) -> ControlFlow<()> {
+        self.relations.insert(relation.to_string());
+        ControlFlow::Continue(())
+    }
+
+    fn pre_visit_expr(&mut self, expr: &Expr) -> ControlFlow<()> {
+        match expr {
+            Expr::Function(function) => {
+                if let Some(last) = function.name.0.last() {
+                    let name = last.to_string();
+                    let name = match name.strip_prefix('"').and_then(|n| n.strip_suffix('"')) {
+                        Some(quoted) => quoted.to_string(),
+                        None => name.to_lowercase(),
+                    };
+                    self.functions.insert(name);
+                }
+            }
+            Expr::Identifier(ident) if ident.quote_style.is_none() => {
+                let name = ident.value.to_lowercase();
+                if VALUE_FUNCTIONS.contains(&name.as_str()) {
+                    self.functions.insert(name);
+                }
+            }
+            _ => {}
+        }
+        ControlFlow::Continue(())
+    }
+
+    fn pre_visit_statement(&mut self, statement: &Statement) -> ControlFlow<()> {
+        if !matches!(statement, Statement::Query(_)) {
+            self.non_query = true;
+        }
+        ControlFlow::Continue(())
+    }
+}
+
+fn parse(sql: &str) -> Option<Vec<Statement>> {
+    Parser::parse_sql(&PostgreSqlDialect {}, sql)
+        .ok()
+        .filter(|s| !s.is_empty())
+}
+
+/// The names a read reads, or why it can never be cached.
+pub fn read_names(sql: &str) -> Result<ReadNames, NotCacheable> {
+    let statements = parse(sql).ok_or("not understood by the parser")?;
+    let mut names = Names::default();
+    for statement in &statements {
+        if !matches!(statement, Statement::Query(_)) {
+            return Err("not a read");
+        }
+        let _ = statement.visit(&mut names);
+        // SELECT ... INTO creates a table.
+        if statement
+            .to_string()
+            .to_ascii_uppercase()
+            .contains(" INTO ")
+        {
+            return Err("SELECT INTO");
+        }
+    }
+    if names.non_query {
+        return Err("data-modifying CTE");
+    }
+    if names.locking {
+        return Err("locking clause");
+    }
+    let relations = names
+        .relations
+        .into_iter()
+        .filter(|r| !names.ctes.contains(&r.to_lowercase()))
+        .collect();
+    Ok(ReadNames {
+        relations,
+        functions: names.functions.into_iter().collect(),
+    })
+}
+
+/// Statements that change no table, whatever the classifier said about them.
+const HARMLESS: &[&str] = &[
+    "SET",
+    "RESET",
+    "SHOW",
+    "BEGIN",
+    "START",
+    "COMMIT",
+    "END",
+    "ROLLBACK",
+    "ABORT",
+    "SAVEPOINT",
+    "RELEASE",
+    "DEALLOCATE",
+    "DISCARD",
+    "LISTEN",
+    "UNLISTEN",
+    "NOTIFY",
+    "VACUUM",
+    "ANALYZE",
+    "CHECKPOINT",
+    "FETCH",
+    "MOVE",
+    "CLOSE",
+    "LOCK",
+    "PREPARE",
+];
+
+/// What a statement sent to the primary may change.
+pub fn write_names(sql: &str) -> WriteNames {
+    let mut out = WriteNames::default();
+    let Some(statements) = parse(sql) else {
+        out.everything = !harmless_by_keyword(sql);
+        return out;
+    };
+    for statement in &statements {
+        let mut names = Names::default();
+        let _ = statement.visit(&mut names);
+        match statement {
+            Statement::Query(_) if !names.non_query => {
+                // A read (perhaps locking): only its function calls may write.
+                out.functions.extend(names.functions);
+                continue;
+            }
+            Statement::Query(_)
+            | Statement::Insert(_)
+            | Statement::Update(_)
+            | Statement::Delete(_)
+            | Statement::Merge(_) => {}
+            Statement::Truncate(truncate) => {
+                for target in &truncate.table_names {
+                    names.relations.insert(target.name.to_string());
+                }
+            }
+            Statement::Copy { source, to, .. } => {
+                if *to {
+                    out.functions.extend(names.functions);
+                    continue;
+                }
+                if let CopySource::Table { table_name, .. } = source {
+                    names.relations.insert(table_name.to_string());
+                }
+            }
+            other => {
+                if !harmless_by_keyword(&other.to_string()) {
+                    out.everything = true;
+                }
+                continue;
+            }
+        }
+        out.relations.extend(
+            names
+                .relations
+                .into_iter()
+                .filter(|r| !names.ctes.contains(&r.to_lowercase())),
+        );
+        out.functions.extend(names.functions);
+    }
+    out
+}
+
+fn harmless_by_keyword(sql: &str) -> bool {
+    let first = sql
+        .trim_start()
+        .split(|c: char| !c.is_ascii_alphabetic())
+        .next()
+        .unwrap_or("")
+        .to_ascii_uppercase();
+    HARMLESS.contains(&first.as_str())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_name_their_tables_and_functions() {
+        let r = read_names(
+            "/* pgwarden:cache */ WITH x AS (SELECT * FROM shop.orders) SELECT count(*), lower(name), now() FROM x JOIN items i ON true",
+        )
+        .unwrap();
+        assert_eq!(r.relations, vec!["items", "shop.orders"]);
+        assert_eq!(r.functions, vec!["count", "lower", "now"]);
+        let r = read_names("SELECT current_user, current_timestamp FROM t").unwrap();
+        assert!(r.functions.contains(&"current_user".to_string()));
+        assert!(r.functions.contains(&"current_timestamp".to_string()));
+    }
+
+    #[test]
+    fn some_reads_are_never_cached() {
+        assert_eq!(
+            read_names("SELECT * FROM t FOR UPDATE"),
+            Err("locking clause")
+        );
+        assert_eq!(read_names("UPDATE t SET a = 1"), Err("not a read"));
+        assert_eq!(read_names("SELECT * INTO t2 FROM t"), Err("SELECT INTO"));
+        assert!(read_names("WITH d AS (DELETE FROM t RETURNING *) SELECT * FROM d").is_err());
+        assert!(read_names("SELEC oops").is_err());
+    }
+
+    #[test]
+    fn writes_name_what_they_change() {
+        let w = write_names("UPDATE shop.orders SET total = 1 WHERE id = 2");
+        assert!(!w.everything);
+        assert!(w.relations.contains("shop.orders"));
+        let w = write_names("INSERT INTO t (a) VALUES (nextval('s'))");
+        assert!(w.relations.contains("t"));
+        assert!(w.functions.contains("nextval"));
+        assert!(write_names("TRUNCATE a, b").relations.contains("b"));
+        assert!(write_names("COPY t FROM STDIN").relations.contains("t"));
+        assert!(write_names("COPY t TO STDOUT").is_empty());
+        assert!(write_names("DELETE FROM \"Odd\" WHERE true")
+            .relations
+            .contains("\"Odd\""));
+        assert!(write_names("ALTER TABLE t ADD COLUMN c int").everything);
+        assert!(write_names("REVOKE SELECT ON t FROM bob").everything);
+        assert!(write_names("DO $$ BEGIN END $$").everything);
+        assert!(write_names("SET search_path = a").is_empty());
+        assert!(write_names("BEGIN").is_empty());
+        assert!(write_names("SELECT * FROM t FOR UPDATE").is_empty());
+        let w = write_names("WITH d AS (DELETE FROM t RETURNING *) SELECT * FROM d");
+        assert!(w.relations.contains("t"));
+    }
+}

@@ -1,0 +1,59 @@
+//! One cached result, and what is known about a statement before it is cached.
+//!
+//! `frames` is one owned, compact copy of exactly the response frames the client
+//! received (`RowDescription`, `DataRow`s, `CommandComplete`, and `ParseComplete`/
+//! `BindComplete` in an extended batch), without the final `ReadyForQuery`: never a
+//! slice of a session's read buffer.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use crate::route::Lsn;
+
+#[derive(Debug)]
+pub struct Entry {
+    pub frames: Bytes,
+    pub database: String,
+    /// OIDs of every table the result depends on.
+    pub tables: Box<[u32]>,
+    /// Invalidation clock before the query ran (see `versions.rs`).
+    pub at: u64,
+    /// A WAL position the result is known to reflect (a lower bound).
+    pub lsn: Lsn,
+    pub fingerprint: u64,
+    pub ttl: Duration,
+    pub rows: u64,
+    pub stored: Instant,
+}
+
+impl Entry {
+    /// Bytes this entry costs with its key (frames, key, OIDs, bookkeeping).
+    pub fn weight(&self, key: &Bytes) -> u32 {
+        let bytes =
+            self.frames.len() + key.len() + self.tables.len() * 4 + self.database.len() + 160;
+        u32::try_from(bytes).unwrap_or(u32::MAX)
+    }
+}
+
+/// The catalog's verdict on one statement text under one role and settings.
+#[derive(Debug)]
+pub struct Analysis {
+    /// The tables it reads, or why it is not cached.
+    pub verdict: Result<Box<[u32]>, String>,
+    pub fingerprint: u64,
+}
+
+/// Per-entry time to live for moka.
+pub struct EntryExpiry;
+
+impl moka::Expiry<Bytes, std::sync::Arc<Entry>> for EntryExpiry {
+    fn expire_after_create(
+        &self,
+        _key: &Bytes,
+        value: &std::sync::Arc<Entry>,
+        _created_at: Instant,
+    ) -> Option<Duration> {
+        Some(value.ttl)
+    }
+}

@@ -1,0 +1,724 @@
+//! The session's side of the result cache: find a cacheable request at the front of
+//! the client buffer (a simple `Query`, or a whole `Parse`/`Bind`/`Describe`/
+//! `Execute`/`Sync` batch), answer it from the cache, or run it and capture the frames
+//! the client receives; note the tables a transaction writes and invalidate them when it
+//! commits, before the client sees the commit. Decisions come from the `cache` room.
+//!
+//! Statements without the hint cost one byte scan here (in `hinted` mode with no
+//! `cache.rules`): no parse, no lock.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+
+use super::responses::Expect;
+use super::session::Session;
+use super::SessionError;
+use crate::cache::{self, Analysis, Entry, FlightGuard, Joined, WriteNames};
+use crate::config::{CacheMode, PoolMode};
+use crate::protocol::backend;
+use crate::protocol::extended::{BindView, ParseView};
+use crate::protocol::frame::{body, check_frame};
+use crate::protocol::tag::{backend as btag, frontend as tag, TransactionStatus};
+use crate::route::{Lsn, StatementClass};
+
+/// Named statements whose write effects a session remembers before forgetting them all
+/// (then their `Bind`s count as "writes everything").
+const MAX_STATEMENT_EFFECTS: usize = 4096;
+const READY_IDLE: [u8; 6] = [b'Z', 0, 0, 0, 5, b'I'];
+
+#[derive(Default)]
+pub struct SessionCache {
+    fill: Option<Fill>,
+    /// What the open transaction (or autocommit statement) on the primary may change.
+    writes: WriteNames,
+    statement_writes: HashMap<Vec<u8>, Arc<WriteNames>>,
+    unnamed_writes: Option<Arc<WriteNames>>,
+    /// The `Bind` of a statement whose effects are unknown was sent.
+    unknown_writes: bool,
+}
+
+/// A miss being captured: the frames the client receives until `ReadyForQuery`.
+struct Fill {
+    key: Bytes,
+    fingerprint: u64,
+    database: String,
+    tables: Box<[u32]>,
+    at: u64,
+    lsn: Lsn,
+    ttl: Duration,
+    /// Bytes of `to_client` already captured (or not ours).
+    offset: usize,
+    captured: BytesMut,
+    max_bytes: usize,
+    too_large: bool,
+    _flight: Option<FlightGuard>,
+}
+
+/// A cacheable-looking request at the front of the client buffer.
+struct Request {
+    len: usize,
+    sql: Bytes,
+    /// `Parse`: (statement name, definition).
+    parse: Option<(Vec<u8>, Bytes)>,
+    /// The named statement a `Bind` without `Parse` binds (its definition is in the key).
+    definition: Option<Bytes>,
+}
+
+impl Session {
+    /// Answers a request at the front of the client buffer from the cache, or prepares
+    /// to capture its answer. True when the request was answered (and consumed).
+    pub(super) async fn cache_front(&mut self) -> Result<bool, SessionError> {
+        if self.caching.is_none()
+            || !matches!(self.client_buf[0], tag::QUERY | tag::PARSE | tag::BIND)
+            || self.skip_until_sync
+            || self.status != TransactionStatus::Idle
+            || !self.responses.is_empty()
+            || self.batch_open
+            || self.pooled.is_pinned()
+            || self.caching.as_ref().is_some_and(|c| c.fill.is_some())
+        {
+            return Ok(false);
+        }
+        let config = self.runtime.config();
+        let settings = &config.cache;
+        let Some(request) = self.front_request() else {
+            return Ok(false);
+        };
+        let hint = cache::cache_hint(&request.sql);
+        let ttl_hint = hint.flatten();
+        let wanted = hint.is_some()
+            || (!settings.rules.is_empty() && self.rules_match(&request.sql, &settings.rules))
+            || (settings.mode == CacheMode::Auto && self.auto_match(&request.sql, settings));
+        if !wanted {
+            return Ok(false);
+        }
+        let key = self.cache_key(&request);
+        let cache = self.runtime.cache.clone();
+        let min_lsn = self.routing.as_ref().and_then(|r| r.required_lsn());
+        if let Ok(entry) = cache.lookup(&key, min_lsn) {
+            self.serve_entry(&request, &entry);
+            return Ok(true);
+        }
+        // Single flight: the first miss runs the query, the others wait for it.
+        let flight = match cache.flights.join(&key) {
+            Joined::Leader(guard) => Some(guard),
+            Joined::Follower(rx) => {
+                cache::wait_for_flight(rx, Duration::from_millis(settings.flight_wait_ms)).await;
+                if let Ok(entry) = cache.lookup(&key, min_lsn) {
+                    self.serve_entry(&request, &entry);
+                    return Ok(true);
+                }
+                None
+            }
+        };
+        let first_len = check_frame(&self.client_buf, self.max_message)?.unwrap_or(0);
+        let first = Bytes::copy_from_slice(&self.client_buf[..first_len]);
+        match self.attach_for(first[0], &first).await {
+            Ok(()) => {}
+            Err(e) if e.is_recoverable() || matches!(e, SessionError::Answered) => {
+                return Ok(false); // the normal path reports it
+            }
+            Err(e) => return Err(e),
+        }
+        let Some(analysis) = self.analyse(&request.sql).await else {
+            return Ok(false);
+        };
+        let text = String::from_utf8_lossy(&request.sql);
+        cache.count_miss(analysis.fingerprint, &text);
+        let tables = match &analysis.verdict {
+            Ok(tables) => tables.clone(),
+            Err(why) => {
+                cache.decided(analysis.fingerprint, &text, false, why);
+                return Ok(false);
+            }
+        };
+        let database = self.identity.database.clone();
+        // From now on this database's writes are tracked (here and elsewhere).
+        cache.activate(&database);
+        let Some(snapshot) = cache.snapshot(&database, &tables) else {
+            cache.decided(
+                analysis.fingerprint,
+                &text,
+                false,
+                "invalidation LISTEN is down",
+            );
+            return Ok(false);
+        };
+        let lsn = match self.routing.as_ref() {
+            Some(state) if self.backend > 0 => {
+                let replay = state.topology.backends[self.backend]
+                    .replay_lsn
+                    .load(std::sync::atomic::Ordering::Relaxed);
+                if replay < snapshot.newest_write {
+                    return Ok(false); // the replica has not replayed a known write yet
+                }
+                replay
+            }
+            Some(state) => cache
+                .known_commit()
+                .max(state.topology.primary_lsn().unwrap_or(0)),
+            None => cache.known_commit(),
+        };
+        let why = if hint.is_some() {
+            "hint"
+        } else {
+            "rule or auto"
+        };
+        cache.decided(analysis.fingerprint, &text, true, why);
+        let offset = self.to_client.len();
+        if let Some(state) = self.caching.as_mut() {
+            state.fill = Some(Fill {
+                key,
+                fingerprint: analysis.fingerprint,
+                database,
+                tables,
+                at: snapshot.at,
+                lsn,
+                ttl: ttl_hint.unwrap_or(Duration::from_millis(settings.ttl_ms)),
+                offset,
+                captured: BytesMut::new(),
+                max_bytes: usize::try_from(settings.max_entry_bytes).unwrap_or(usize::MAX),
+                too_large: false,
+                _flight: flight,
+            });
+        }
+        Ok(false)
+    }
+
+    /// The whole request at the front of the client buffer, when it is one the cache
+    /// can answer: a `Query`, or `[Parse] Bind [Describe] Execute(all rows) Sync`.
+    fn front_request(&self) -> Option<Request> {
+        let buf = &self.client_buf;
+        let first = check_frame(buf, self.max_message).ok().flatten()?;
+        if buf[0] == tag::QUERY {
+            let sql = body(&buf[..first]);
+            let sql = &sql[..sql.len().saturating_sub(1)];
+            if !cache::has_mark(sql) && self.cheap_skip() {
+                return None;
+            }
+            return Some(Request {
+                len: first,
+                sql: Bytes::copy_from_slice(sql),
+                parse: None,
+                definition: None,
+            });
+        }
+        let mut at = 0;
+        let mut parse = None;
+        let mut sql = None;
+        let mut definition = None;
+        let mut step = 0; // 0: Parse?, 1: Bind, 2: Describe?/Execute, 3: Sync
+        while at < buf.len() {
+            let len = check_frame(&buf[at..], self.max_message).ok().flatten()?;
+            let frame = &buf[at..at + len];
+            let fbody = body(frame);
+            match (frame[0], step) {
+                (tag::PARSE, 0) => {
+                    let view = ParseView::parse(fbody).ok()?;
+                    if !view.statement.is_empty() && self.mode == PoolMode::Session {
+                        return None; // the server must keep the statement: not answered here
+                    }
+                    if !cache::has_mark(view.query) && self.cheap_skip() {
+                        return None;
+                    }
+                    sql = Some(Bytes::copy_from_slice(view.query));
+                    parse = Some((
+                        view.statement.to_vec(),
+                        Bytes::copy_from_slice(view.definition),
+                    ));
+                    step = 1;
+                }
+                (tag::BIND, 0 | 1) => {
+                    let view = BindView::parse(fbody).ok()?;
+                    match &parse {
+                        Some((name, _)) if name.as_slice() != view.statement => return None,
+                        Some(_) => {}
+                        None => {
+                            if view.statement.is_empty() || self.mode == PoolMode::Session {
+                                return None;
+                            }
+                            let statement = self.statements.get(view.statement)?;
+                            let query_len = crate::protocol::extended::cstr(&statement.definition)
+                                .map(|(q, _)| q.len())?;
+                            let query = statement.definition.slice(0..query_len);
+                            if !cache::has_mark(&query) && self.cheap_skip() {
+                                return None;
+                            }
+                            definition = Some(statement.definition.clone());
+                            sql = Some(query);
+                        }
+                    }
+                    step = 2;
+                }
+                (tag::DESCRIBE, 2) => {}
+                (tag::EXECUTE, 2) => {
+                    let (_, rest) = crate::protocol::extended::cstr(fbody)?;
+                    if rest != [0, 0, 0, 0] {
+                        return None; // a row limit: PortalSuspended, not cached
+                    }
+                    step = 3;
+                }
+                (tag::SYNC, 3) => {
+                    return Some(Request {
+                        len: at + len,
+                        sql: sql?,
+                        parse,
+                        definition,
+                    });
+                }
+                _ => return None,
+            }
+            at += len;
+        }
+        None // the batch is not complete in the buffer: not cached
+    }
+
+    /// Whether a statement without the hint can be skipped without more work
+    /// (`hinted` mode without rules).
+    fn cheap_skip(&self) -> bool {
+        let config = self.runtime.config();
+        config.cache.mode == CacheMode::Hinted && config.cache.rules.is_empty()
+    }
+
+    fn rules_match(&self, sql: &[u8], rules: &[String]) -> bool {
+        let text = String::from_utf8_lossy(sql);
+        let (fingerprint, _) = crate::stats::fingerprint::fingerprint(&text);
+        let id = fingerprint.to_string();
+        if rules.contains(&id) {
+            return true;
+        }
+        let Ok(names) = cache::read_names(&text) else {
+            return false;
+        };
+        names.relations.iter().any(|relation| {
+            let relation = relation.to_lowercase();
+            let bare = relation.rsplit('.').next().unwrap_or(&relation);
+            rules
+                .iter()
+                .any(|r| r.to_lowercase() == relation || r.to_lowercase() == bare)
+        })
+    }
+
+    fn auto_match(&self, sql: &[u8], settings: &crate::config::CacheConfig) -> bool {
+        let text = String::from_utf8_lossy(sql);
+        if self.runtime.routing().classify(&text) != StatementClass::Read {
+            return false;
+        }
+        let (fingerprint, normalized) = crate::stats::fingerprint::fingerprint(&text);
+        self.runtime.cache.auto_wants(
+            fingerprint,
+            &normalized,
+            settings.auto_min_calls,
+            settings.min_hit_ratio,
+        )
+    }
+
+    /// Database, role, tenant, settings, then the request's exact bytes (statement,
+    /// parameter values and formats, result formats).
+    fn cache_key(&self, request: &Request) -> Bytes {
+        let tenant = self
+            .tenancy
+            .as_ref()
+            .and_then(|t| t.tenant.as_deref())
+            .unwrap_or("");
+        let mut key = BytesMut::with_capacity(
+            request.len + 48 + request.definition.as_ref().map_or(0, |d| d.len()),
+        );
+        for part in [
+            self.identity.database.as_bytes(),
+            self.identity.user.as_bytes(),
+            tenant.as_bytes(),
+        ] {
+            key.extend_from_slice(&(part.len() as u32).to_be_bytes());
+            key.extend_from_slice(part);
+        }
+        key.extend_from_slice(&self.settings.hash().to_be_bytes());
+        if let Some(definition) = &request.definition {
+            key.extend_from_slice(&(definition.len() as u32).to_be_bytes());
+            key.extend_from_slice(definition);
+        }
+        key.extend_from_slice(&self.client_buf[..request.len]);
+        key.freeze()
+    }
+
+    fn serve_entry(&mut self, request: &Request, entry: &Entry) {
+        let started = Instant::now();
+        let _ = self.client_buf.split_to(request.len);
+        if let Some((name, definition)) = &request.parse {
+            // The client now believes the statement is prepared: so it is, for us.
+            let query_len = crate::protocol::extended::cstr(definition).map_or(0, |(q, _)| q.len());
+            let query = definition.slice(0..query_len);
+            if name.is_empty() {
+                self.on_unnamed_parse(definition, &query);
+                self.pooled.unnamed.on_server = false;
+            } else {
+                let read_only = self.routing.as_ref().is_some_and(|state| {
+                    state.routing.classify(&String::from_utf8_lossy(&query)) == StatementClass::Read
+                });
+                self.statements.define(name, definition, &query, read_only);
+            }
+        }
+        let mut answer = BytesMut::with_capacity(entry.frames.len() + READY_IDLE.len());
+        answer.extend_from_slice(&entry.frames);
+        backend::ready_for_query(&mut answer, TransactionStatus::Idle);
+        self.responses
+            .push(Expect::Synthetic(answer.freeze()), &mut self.to_client);
+        self.responses.release_held(&mut self.to_client);
+        self.runtime.cache.count_hit(entry.fingerprint);
+        if let Some(stats) = self.stats.as_ref() {
+            stats.record_cache_hit(request.sql.clone(), started.elapsed(), entry.rows);
+        }
+    }
+
+    /// The catalog's verdict on `sql` for this role and settings (memoized).
+    async fn analyse(&mut self, sql: &Bytes) -> Option<Arc<Analysis>> {
+        let cache = self.runtime.cache.clone();
+        let mut memo = BytesMut::new();
+        for part in [
+            self.identity.database.as_bytes(),
+            self.identity.user.as_bytes(),
+        ] {
+            memo.extend_from_slice(&(part.len() as u32).to_be_bytes());
+            memo.extend_from_slice(part);
+        }
+        memo.extend_from_slice(&self.settings.hash().to_be_bytes());
+        memo.extend_from_slice(sql);
+        let memo = memo.freeze();
+        if let Some(analysis) = cache.analysis(&memo) {
+            return Some(analysis);
+        }
+        let text = String::from_utf8_lossy(sql);
+        let (fingerprint, _) = crate::stats::fingerprint::fingerprint(&text);
+        let verdict = match cache::read_names(&text) {
+            Err(why) => Err(why.to_string()),
+            Ok(names) => {
+                let config = self.runtime.config();
+                let question = cache::catalog::read_question(
+                    &names.relations,
+                    &names.functions,
+                    &config.cache.never,
+                );
+                let answer = self.catalog_answer(&question).await?;
+                let mut verdict = answer
+                    .as_ref()
+                    .map_err(Clone::clone)
+                    .and_then(|a| cache::catalog::read_verdict(a));
+                let views = answer
+                    .ok()
+                    .and_then(|a| cache::catalog::view_definitions(&a));
+                if let (Ok(_), Some(definitions)) = (&verdict, views) {
+                    // Functions the views call (pg_depend leaves built-ins out).
+                    let mut functions = Vec::new();
+                    for definition in definitions.split(';') {
+                        match cache::read_names(definition) {
+                            Ok(names) => functions.extend(names.functions),
+                            Err(_) if definition.trim().is_empty() => {}
+                            Err(why) => verdict = Err(format!("view not understood: {why}")),
+                        }
+                    }
+                    if verdict.is_ok() && !functions.is_empty() {
+                        let question = cache::catalog::functions_question(&functions);
+                        if let Err(why) = self
+                            .catalog_answer(&question)
+                            .await?
+                            .and_then(|a| cache::catalog::functions_verdict(&a))
+                        {
+                            verdict = Err(why);
+                        }
+                    }
+                }
+                verdict.map(Vec::into_boxed_slice)
+            }
+        };
+        let analysis = Arc::new(Analysis {
+            verdict,
+            fingerprint,
+        });
+        cache.remember_analysis(memo, analysis.clone());
+        Some(analysis)
+    }
+
+    /// Runs a catalog question on the attached server. `None` when the server failed
+    /// (it is released); `Some(Err)` when the question itself failed.
+    async fn catalog_answer(
+        &mut self,
+        question: &str,
+    ) -> Option<Result<Vec<Option<String>>, String>> {
+        let server = self.server.as_mut()?;
+        match server.query_values(question).await {
+            Ok(answer) => Some(Ok(answer)),
+            Err(crate::pool::PoolError::Unhealthy(message)) => {
+                Some(Err(format!("catalog check failed: {message}")))
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cache: catalog check failed");
+                self.server_failed();
+                None
+            }
+        }
+    }
+
+    /// Before the pump writes to the client: the bytes a fill has not captured yet.
+    pub(super) fn cache_capture(&mut self) {
+        let Some(fill) = self.caching.as_mut().and_then(|c| c.fill.as_mut()) else {
+            return;
+        };
+        if fill.offset < self.to_client.len() && !fill.too_large {
+            fill.captured
+                .extend_from_slice(&self.to_client[fill.offset..]);
+            if fill.captured.len() > fill.max_bytes {
+                fill.too_large = true;
+                fill.captured = BytesMut::new();
+            }
+        }
+        fill.offset = self.to_client.len();
+    }
+
+    /// After the pump wrote: what is left in `to_client` is already captured.
+    pub(super) fn cache_captured(&mut self) {
+        if let Some(fill) = self.caching.as_mut().and_then(|c| c.fill.as_mut()) {
+            fill.offset = self.to_client.len();
+        }
+    }
+
+    /// After each step of the session loop: store a completed fill; invalidate what a
+    /// committed transaction wrote (before its `ReadyForQuery` reaches the client).
+    pub(super) async fn cache_after_step(&mut self) {
+        let Some(state) = self.caching.as_ref() else {
+            return;
+        };
+        let settled =
+            self.responses.is_empty() && !self.batch_open && !self.responses.awaiting_sync();
+        if !settled {
+            return;
+        }
+        if state.fill.is_some() {
+            self.cache_capture();
+            if let Some(fill) = self.caching.as_mut().and_then(|c| c.fill.take()) {
+                self.store_fill(fill);
+            }
+        }
+        let pending = self
+            .caching
+            .as_ref()
+            .is_some_and(|c| !c.writes.is_empty() || c.unknown_writes);
+        if pending && self.status == TransactionStatus::Idle {
+            self.invalidate_writes().await;
+        }
+    }
+
+    fn store_fill(&mut self, fill: Fill) {
+        let cache = self.runtime.cache.clone();
+        if fill.too_large {
+            cache.decided(
+                fill.fingerprint,
+                "",
+                false,
+                "result over cache.max_entry_bytes",
+            );
+            return;
+        }
+        let captured = &fill.captured[..];
+        if self.status != TransactionStatus::Idle || !captured.ends_with(&READY_IDLE) {
+            return;
+        }
+        let frames = &captured[..captured.len() - READY_IDLE.len()];
+        let Some(rows) = replayable(frames) else {
+            return;
+        };
+        let entry = Entry {
+            frames: Bytes::copy_from_slice(frames),
+            database: fill.database,
+            tables: fill.tables,
+            at: fill.at,
+            lsn: fill.lsn,
+            fingerprint: fill.fingerprint,
+            ttl: fill.ttl,
+            rows,
+            stored: Instant::now(),
+        };
+        cache.store(fill.key, entry);
+    }
+
+    /// Notes what a message forwarded to the primary may write.
+    pub(super) fn cache_note_forwarded(&mut self, message_tag: u8, frame: &[u8]) {
+        if self.caching.is_none() || self.backend != 0 {
+            return;
+        }
+        let writes_of = |sql: &[u8]| -> Option<Arc<WriteNames>> {
+            let text = String::from_utf8_lossy(sql);
+            match self.runtime.routing().classify(&text) {
+                StatementClass::Read
+                | StatementClass::Begin { .. }
+                | StatementClass::ProxySetting { .. } => None,
+                StatementClass::Write => Some(self.runtime.cache.write_names(&text)),
+            }
+        };
+        match message_tag {
+            tag::QUERY => {
+                let sql = body(frame);
+                let sql = &sql[..sql.len().saturating_sub(1)];
+                if let Some(writes) = writes_of(sql) {
+                    if let Some(state) = self.caching.as_mut() {
+                        state.writes.merge(&writes);
+                    }
+                }
+            }
+            tag::PARSE => {
+                let Ok(view) = ParseView::parse(body(frame)) else {
+                    return;
+                };
+                let writes = writes_of(view.query).unwrap_or_default();
+                let Some(state) = self.caching.as_mut() else {
+                    return;
+                };
+                if view.statement.is_empty() {
+                    state.unnamed_writes = Some(writes);
+                } else {
+                    if state.statement_writes.len() >= MAX_STATEMENT_EFFECTS {
+                        state.statement_writes.clear();
+                    }
+                    state
+                        .statement_writes
+                        .insert(view.statement.to_vec(), writes);
+                }
+            }
+            tag::BIND => {
+                let Ok(view) = BindView::parse(body(frame)) else {
+                    return;
+                };
+                let Some(state) = self.caching.as_ref() else {
+                    return;
+                };
+                let mut writes = if view.statement.is_empty() {
+                    state.unnamed_writes.clone()
+                } else {
+                    state.statement_writes.get(view.statement).cloned()
+                };
+                if writes.is_none() && !view.statement.is_empty() {
+                    // Prepared by the proxy from its registry (never forwarded here).
+                    if let Some(statement) = self.statements.get(view.statement) {
+                        let query_len = crate::protocol::extended::cstr(&statement.definition)
+                            .map_or(0, |(q, _)| q.len());
+                        let query = statement.definition.slice(0..query_len);
+                        writes = Some(writes_of(&query).unwrap_or_default());
+                    }
+                }
+                let Some(state) = self.caching.as_mut() else {
+                    return;
+                };
+                match writes {
+                    Some(writes) => state.writes.merge(&writes),
+                    None => state.unknown_writes = true,
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// The commit hook: resolve the written tables on the primary connection that ran
+    /// the transaction, NOTIFY the other instances, invalidate here.
+    async fn invalidate_writes(&mut self) {
+        let Some(state) = self.caching.as_mut() else {
+            return;
+        };
+        let writes = std::mem::take(&mut state.writes);
+        let everything = writes.everything || std::mem::take(&mut state.unknown_writes);
+        let cache = self.runtime.cache.clone();
+        let database = self.identity.database.clone();
+        if !cache.tracks_writes(&database) {
+            return; // no instance caches this database: the write costs nothing more
+        }
+        let config = self.runtime.config();
+        let question = cache::catalog::write_question(
+            cache.instance,
+            &database,
+            &writes.relations,
+            &writes.functions,
+            everything,
+            config.cache.notify,
+            "",
+        );
+        let answer = match self.server.as_mut() {
+            Some(server) if self.backend == 0 => {
+                match tokio::time::timeout(Duration::from_secs(5), server.query_values(&question))
+                    .await
+                {
+                    Ok(Ok(answer)) => cache::catalog::write_answer(&answer),
+                    Ok(Err(e)) => {
+                        tracing::warn!(error = %e, "cache: invalidation query failed; dropping the database's entries");
+                        server.mark_broken();
+                        None
+                    }
+                    Err(_) => {
+                        tracing::warn!(
+                            "cache: invalidation query timed out; dropping the database's entries"
+                        );
+                        server.mark_broken();
+                        None
+                    }
+                }
+            }
+            _ => None,
+        };
+        match answer {
+            Some(invalidation) => {
+                if let Some(state) = self.routing.as_mut() {
+                    // The commit position is known: read-your-writes uses it too.
+                    state.last_write = Some(
+                        state
+                            .last_write
+                            .map_or(invalidation.lsn, |l| l.max(invalidation.lsn)),
+                    );
+                }
+                cache.invalidate(&database, &invalidation);
+            }
+            None => cache.invalidate(
+                &database,
+                &cache::Invalidation {
+                    lsn: u64::MAX,
+                    tables: None,
+                },
+            ),
+        }
+    }
+}
+
+/// Whether captured frames may be replayed as they are: only result frames (no
+/// errors, notices, parameter changes, COPY). Returns the rows of the last command.
+fn replayable(mut frames: &[u8]) -> Option<u64> {
+    let mut rows = 0;
+    while !frames.is_empty() {
+        let len = check_frame(frames, usize::MAX).ok().flatten()?;
+        match frames[0] {
+            btag::PARSE_COMPLETE | btag::BIND_COMPLETE | btag::EMPTY_QUERY_RESPONSE => {}
+            b'T' | b't' | b'n' | b'D' => {}
+            btag::COMMAND_COMPLETE => {
+                rows = crate::stats::rows_from_tag(backend::command_tag(&frames[5..len]));
+            }
+            _ => return None,
+        }
+        frames = &frames[len..];
+    }
+    Some(rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_result_frames_are_replayable() {
+        let mut ok = BytesMut::new();
+        ok.extend_from_slice(&[b'1', 0, 0, 0, 4, b'2', 0, 0, 0, 4]);
+        backend::command_complete(&mut ok, "SELECT 3");
+        assert_eq!(replayable(&ok), Some(3));
+        let mut notice = ok.clone();
+        notice.extend_from_slice(&[b'N', 0, 0, 0, 5, 0]);
+        assert_eq!(replayable(&notice), None);
+        assert_eq!(replayable(&[b'D', 0, 0]), None, "truncated");
+    }
+}

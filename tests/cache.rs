@@ -1,0 +1,703 @@
+//! The result cache against real PostgreSQL: exact bytes on a hit, invalidation by
+//! table on commit (same connection, another connection, another instance, writes that
+//! bypass pgwarden with `wal_invalidation`), keys that never cross tenants, roles or
+//! `search_path`, functions that are never cached, TTL, the memory bound, single flight,
+//! and a randomized consistency check with two instances and a replica.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use pgwarden::cluster::{ClusterSpec, LocalCluster};
+use pgwarden::config::{AuthMethod, Config};
+use pgwarden::RunningProxy;
+use support::proxy::{self, DATABASE, USER};
+use support::wire::{first_value, Wire};
+
+const SOCKETS: &str = "/tmp";
+/// Every client call in this file finishes within this bound.
+const CALL: Duration = Duration::from_secs(20);
+
+fn cluster(replicas: usize, extra: &[&str]) -> LocalCluster {
+    let mut extra_conf = vec![format!("unix_socket_directories = '{SOCKETS}'")];
+    extra_conf.extend(extra.iter().map(|s| s.to_string()));
+    support::cluster_with(ClusterSpec {
+        replicas,
+        extra_conf,
+        ..ClusterSpec::default()
+    })
+}
+
+async fn start(cluster: &LocalCluster, tweak: impl FnOnce(&mut Config)) -> RunningProxy {
+    let proxy = proxy::start(cluster, |c| {
+        c.auth.method = AuthMethod::Trust;
+        tweak(c);
+    })
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !proxy.runtime.cache.is_listening(DATABASE) {
+        assert!(Instant::now() < deadline, "cache LISTEN connection up");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    proxy
+}
+
+async fn within<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(CALL, f)
+        .await
+        .unwrap_or_else(|_| panic!("{what} took longer than {CALL:?}"))
+}
+
+async fn wire(proxy: &RunningProxy) -> Wire {
+    within("login", Wire::tcp(proxy.port(), USER, DATABASE, &[])).await
+}
+
+async fn direct(cluster: &LocalCluster) -> Wire {
+    within(
+        "direct login",
+        Wire::unix(SOCKETS, cluster.primary().port, USER, DATABASE),
+    )
+    .await
+}
+
+fn hits(proxy: &RunningProxy) -> u64 {
+    proxy.runtime.cache.totals().hits
+}
+
+async fn simple_value(w: &mut Wire, sql: &str) -> Option<String> {
+    let frames = within(sql, w.simple(sql)).await;
+    assert!(
+        frames.iter().all(|f| f[0] != b'E'),
+        "{sql}: {:?}",
+        frames
+            .iter()
+            .map(|f| String::from_utf8_lossy(f))
+            .collect::<Vec<_>>()
+    );
+    first_value(&frames)
+}
+
+async fn setup(cluster: &LocalCluster, sql: &str) {
+    let mut d = direct(cluster).await;
+    let frames = within("setup", d.simple(sql)).await;
+    assert!(
+        frames.iter().all(|f| f[0] != b'E'),
+        "setup failed: {:?}",
+        frames
+            .iter()
+            .map(|f| String::from_utf8_lossy(f))
+            .collect::<Vec<_>>()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hit_returns_the_bytes_of_a_direct_query() {
+    let cluster = cluster(0, &[]);
+    setup(
+        &cluster,
+        "CREATE TABLE items (id int primary key, name text, price numeric, tags text[], at timestamptz);
+         INSERT INTO items SELECT g, 'item ' || g, g * 1.5, ARRAY['a', 'b'], '2026-01-01'::timestamptz + g * interval '1 hour'
+           FROM generate_series(1, 200) g;",
+    )
+    .await;
+    let proxy = start(&cluster, |_| {}).await;
+    let mut d = direct(&cluster).await;
+    let mut p = wire(&proxy).await;
+
+    let simple = "/* pgwarden:cache */ SELECT * FROM items WHERE id <= 50 ORDER BY id";
+    let expected = within("direct", d.simple(simple)).await;
+    let miss = within("miss", p.simple(simple)).await;
+    let before = hits(&proxy);
+    let hit = within("hit", p.simple(simple)).await;
+    assert_eq!(hits(&proxy), before + 1, "second run is a hit");
+    assert_eq!(miss, expected, "a miss relays the server's frames");
+    assert_eq!(hit, expected, "a hit replays them frame by frame");
+
+    let multi = "/* pgwarden:cache */ SELECT count(*) FROM items; SELECT max(name) FROM items";
+    let expected = within("direct", d.simple(multi)).await;
+    within("miss", p.simple(multi)).await;
+    assert_eq!(within("hit", p.simple(multi)).await, expected);
+
+    let sql = "/* pgwarden:cache */ SELECT id, name, price, tags, at FROM items WHERE id > $1 ORDER BY id LIMIT 20";
+    for (name, format, binary_params, param) in [
+        ("", 0i16, false, b"10".to_vec()),
+        ("", 1, false, b"10".to_vec()),
+        ("", 1, true, 10i32.to_be_bytes().to_vec()),
+        ("named_items", 1, false, b"30".to_vec()),
+        ("named_text", 0, true, 40i32.to_be_bytes().to_vec()),
+    ] {
+        let mut d = direct(&cluster).await;
+        let expected = within(
+            "direct extended",
+            d.extended(name, Some(sql), &[Some(&param)], binary_params, format),
+        )
+        .await;
+        assert_eq!(expected[0][0], b'1', "ParseComplete first");
+        let mut p = wire(&proxy).await;
+        let miss = within(
+            "miss",
+            p.extended(name, Some(sql), &[Some(&param)], binary_params, format),
+        )
+        .await;
+        let mut p2 = wire(&proxy).await;
+        let before = hits(&proxy);
+        let hit = within(
+            "hit",
+            p2.extended(name, Some(sql), &[Some(&param)], binary_params, format),
+        )
+        .await;
+        assert_eq!(miss, expected, "{name} format {format}: miss");
+        assert_eq!(hit, expected, "{name} format {format}: hit");
+        assert_eq!(hits(&proxy), before + 1, "{name} format {format} hit");
+        if !name.is_empty() {
+            // The client believes the statement is prepared: Bind alone works, hit or not.
+            let expected = within(
+                "direct bind",
+                d.extended(name, None, &[Some(&param)], binary_params, format),
+            )
+            .await;
+            let again = within(
+                "bind only",
+                p2.extended(name, None, &[Some(&param)], binary_params, format),
+            )
+            .await;
+            assert_eq!(again, expected, "Bind of {name} without Parse");
+        }
+    }
+    let (_, body) = support::http::get(proxy.http_address, "/api/cache", None).await;
+    let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert!(json["hits"].as_u64().unwrap() >= 7, "{json}");
+    assert!(json["entries"].as_u64().unwrap() >= 6, "{json}");
+    assert!(
+        json["fingerprints"].as_array().unwrap().len() >= 2,
+        "{json}"
+    );
+    let metrics = support::http::get(proxy.http_address, "/metrics", None)
+        .await
+        .1;
+    for name in [
+        "pgwarden_cache_hits_total",
+        "pgwarden_cache_misses_total",
+        "pgwarden_cache_invalidations_total",
+        "pgwarden_cache_bytes",
+    ] {
+        assert!(metrics.contains(name), "{name} in /metrics");
+    }
+    assert!(metrics.contains("part=\"result_cache\""));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn committed_writes_invalidate_exactly_their_tables() {
+    let cluster = cluster(0, &[]);
+    setup(
+        &cluster,
+        "CREATE SCHEMA a; CREATE SCHEMA b;
+         CREATE TABLE a.t (id int primary key, v int); CREATE TABLE b.t (id int primary key, v int);
+         INSERT INTO a.t VALUES (1, 10); INSERT INTO b.t VALUES (1, 20);
+         CREATE TABLE other (id int primary key, v int); INSERT INTO other VALUES (1, 1);",
+    )
+    .await;
+    let proxy = start(&cluster, |_| {}).await;
+    let mut c1 = wire(&proxy).await;
+    let mut c2 = wire(&proxy).await;
+    let read_a = "/* pgwarden:cache */ SELECT v FROM a.t WHERE id = 1";
+    let read_b = "/* pgwarden:cache */ SELECT v FROM b.t WHERE id = 1";
+    let read_other = "/* pgwarden:cache */ SELECT v FROM other WHERE id = 1";
+    // Same connection, autocommit, unqualified name resolved through search_path.
+    simple_value(&mut c1, "SET search_path = a, public").await;
+    for sql in [read_a, read_b, read_other] {
+        simple_value(&mut c1, sql).await;
+    }
+    simple_value(&mut c1, "UPDATE t SET v = 11 WHERE id = 1").await;
+    let before = hits(&proxy);
+    assert_eq!(simple_value(&mut c1, read_a).await.as_deref(), Some("11"));
+    assert_eq!(simple_value(&mut c1, read_b).await.as_deref(), Some("20"));
+    assert_eq!(
+        simple_value(&mut c1, read_other).await.as_deref(),
+        Some("1")
+    );
+    assert_eq!(hits(&proxy), before + 2, "b.t and other stayed cached");
+
+    // Another connection, in a transaction: invalidated at COMMIT, before the client
+    // sees it.
+    simple_value(&mut c2, "BEGIN").await;
+    simple_value(&mut c2, "UPDATE b.t SET v = 21 WHERE id = 1").await;
+    assert_eq!(simple_value(&mut c1, read_b).await.as_deref(), Some("20"));
+    simple_value(&mut c2, "COMMIT").await;
+    assert_eq!(simple_value(&mut c1, read_b).await.as_deref(), Some("21"));
+    assert_eq!(simple_value(&mut c2, read_b).await.as_deref(), Some("21"));
+
+    // A rolled-back write leaves the committed value.
+    simple_value(&mut c2, "BEGIN").await;
+    simple_value(&mut c2, "UPDATE b.t SET v = 99 WHERE id = 1").await;
+    simple_value(&mut c2, "ROLLBACK").await;
+    assert_eq!(simple_value(&mut c1, read_b).await.as_deref(), Some("21"));
+    assert_eq!(simple_value(&mut c1, read_b).await.as_deref(), Some("21"));
+
+    // Extended protocol write of a prepared statement, executed twice.
+    let mut c3 = wire(&proxy).await;
+    for v in ["30", "31"] {
+        let frames = within(
+            "prepared update",
+            c3.extended(
+                "bump",
+                Some("UPDATE other SET v = $1 WHERE id = 1").filter(|_| v == "30"),
+                &[Some(v.as_bytes())],
+                false,
+                0,
+            ),
+        )
+        .await;
+        assert!(frames.iter().all(|f| f[0] != b'E'));
+        assert_eq!(simple_value(&mut c1, read_other).await.as_deref(), Some(v));
+    }
+
+    // DDL drops the database's entries; same-named tables stay apart.
+    simple_value(&mut c1, read_a).await;
+    simple_value(&mut c2, "ALTER TABLE a.t ADD COLUMN w int").await;
+    let before = proxy.runtime.cache.totals();
+    assert_eq!(simple_value(&mut c1, read_a).await.as_deref(), Some("11"));
+    assert_eq!(
+        proxy.runtime.cache.totals().hits,
+        before.hits,
+        "DDL cleared"
+    );
+
+    // search_path is part of the key: the same text reads a different table.
+    let unqualified = "/* pgwarden:cache */ SELECT v FROM t WHERE id = 1";
+    let mut in_a = wire(&proxy).await;
+    let mut in_b = wire(&proxy).await;
+    simple_value(&mut in_a, "SET search_path = a").await;
+    simple_value(&mut in_b, "SET search_path = b").await;
+    for _ in 0..2 {
+        assert_eq!(
+            simple_value(&mut in_a, unqualified).await.as_deref(),
+            Some("11")
+        );
+        assert_eq!(
+            simple_value(&mut in_b, unqualified).await.as_deref(),
+            Some("21")
+        );
+    }
+    simple_value(&mut c2, "UPDATE b.t SET v = 22 WHERE id = 1").await;
+    assert_eq!(
+        simple_value(&mut in_b, unqualified).await.as_deref(),
+        Some("22")
+    );
+    assert_eq!(
+        simple_value(&mut in_a, unqualified).await.as_deref(),
+        Some("11")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn never_shared_across_tenants_or_roles() {
+    let cluster = cluster(0, &[]);
+    setup(
+        &cluster,
+        "CREATE TABLE docs (id int, tenant_id int, body text);
+         INSERT INTO docs VALUES (1, 1, 'one'), (2, 2, 'two');
+         CREATE ROLE reader LOGIN PASSWORD 'reader-secret';
+         GRANT SELECT ON docs TO reader;",
+    )
+    .await;
+    let proxy = start(&cluster, |c| {
+        c.tenancy.mode = pgwarden::config::TenancyMode::Rewrite;
+        c.auth.users.push(pgwarden::config::UserConfig {
+            name: "reader".into(),
+            password: Some("reader-secret".into()),
+            server_password: None,
+        });
+    })
+    .await;
+    let sql = "/* pgwarden:cache */ SELECT body FROM docs ORDER BY id LIMIT 1";
+    let mut t1 = within(
+        "tenant 1",
+        Wire::tcp(
+            proxy.port(),
+            USER,
+            DATABASE,
+            &[("options", "-c pgwarden.tenant_id=1")],
+        ),
+    )
+    .await;
+    let mut t2 = within(
+        "tenant 2",
+        Wire::tcp(
+            proxy.port(),
+            USER,
+            DATABASE,
+            &[("options", "-c pgwarden.tenant_id=2")],
+        ),
+    )
+    .await;
+    for _ in 0..2 {
+        assert_eq!(simple_value(&mut t1, sql).await.as_deref(), Some("one"));
+        assert_eq!(simple_value(&mut t2, sql).await.as_deref(), Some("two"));
+    }
+    assert!(hits(&proxy) >= 2);
+    let mut reader = within(
+        "reader",
+        Wire::tcp(
+            proxy.port(),
+            "reader",
+            DATABASE,
+            &[("options", "-c pgwarden.tenant_id=1")],
+        ),
+    )
+    .await;
+    let before = hits(&proxy);
+    assert_eq!(simple_value(&mut reader, sql).await.as_deref(), Some("one"));
+    assert_eq!(hits(&proxy), before, "another role never gets the entry");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn functions_that_are_not_immutable_are_never_cached() {
+    let cluster = cluster(0, &[]);
+    setup(
+        &cluster,
+        "CREATE TABLE t (id int); INSERT INTO t VALUES (1);
+         CREATE FUNCTION bump() RETURNS int LANGUAGE sql VOLATILE AS 'SELECT 1';
+         CREATE FUNCTION twice(int) RETURNS int LANGUAGE sql IMMUTABLE AS 'SELECT $1 * 2';
+         CREATE VIEW clock AS SELECT id, now() AS at FROM t;",
+    )
+    .await;
+    let proxy = start(&cluster, |_| {}).await;
+    let mut c = wire(&proxy).await;
+    for sql in [
+        "/* pgwarden:cache */ SELECT now()",
+        "/* pgwarden:cache */ SELECT random()",
+        "/* pgwarden:cache */ SELECT current_user",
+        "/* pgwarden:cache */ SELECT current_timestamp",
+        "/* pgwarden:cache */ SELECT bump() FROM t",
+        "/* pgwarden:cache */ SELECT * FROM clock",
+        "/* pgwarden:cache */ SELECT * FROM pg_class LIMIT 1",
+        "/* pgwarden:cache */ SELECT * FROM t FOR UPDATE",
+    ] {
+        let before = hits(&proxy);
+        simple_value(&mut c, sql).await;
+        simple_value(&mut c, sql).await;
+        assert_eq!(hits(&proxy), before, "{sql} was cached");
+    }
+    let before = hits(&proxy);
+    simple_value(&mut c, "/* pgwarden:cache */ SELECT twice(id) FROM t").await;
+    simple_value(&mut c, "/* pgwarden:cache */ SELECT twice(id) FROM t").await;
+    assert_eq!(hits(&proxy), before + 1, "an IMMUTABLE function is cached");
+    let reasons: Vec<String> = proxy
+        .runtime
+        .cache
+        .fingerprint_rows()
+        .into_iter()
+        .map(|(row, _, _)| row.why)
+        .collect();
+    assert!(
+        reasons.iter().any(|r| r.contains("non-IMMUTABLE now")),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.contains("view calls non-IMMUTABLE")),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons.iter().any(|r| r.contains("system table")),
+        "{reasons:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ttl_expiry_and_memory_bound() {
+    let cluster = cluster(0, &[]);
+    setup(
+        &cluster,
+        "CREATE TABLE t (id int, v int); INSERT INTO t VALUES (1, 1);",
+    )
+    .await;
+    let proxy = start(&cluster, |c| {
+        c.cache.max_bytes = 512 * 1024;
+        c.cache.max_entry_bytes = 64 * 1024;
+    })
+    .await;
+    let mut c = wire(&proxy).await;
+    let sql = "/* pgwarden:cache ttl=1s */ SELECT v FROM t WHERE id = 1";
+    assert_eq!(simple_value(&mut c, sql).await.as_deref(), Some("1"));
+    // A write that bypasses pgwarden: only the TTL ends the entry (no wal_invalidation).
+    setup(&cluster, "UPDATE t SET v = 2").await;
+    assert_eq!(
+        simple_value(&mut c, sql).await.as_deref(),
+        Some("1"),
+        "cached"
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        if simple_value(&mut c, sql).await.as_deref() == Some("2") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "entry outlived its TTL");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let started = Instant::now();
+    for i in 0..10_000 {
+        simple_value(
+            &mut c,
+            &format!("/* pgwarden:cache */ SELECT v, {i} AS k, repeat('x', 100) FROM t"),
+        )
+        .await;
+    }
+    let totals = proxy.runtime.cache.totals();
+    assert!(totals.bytes <= 512 * 1024, "{totals:?}");
+    assert!(totals.entries > 100, "{totals:?}");
+    eprintln!(
+        "10,000 distinct keys in {:?}: {totals:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_misses_run_one_query() {
+    let cluster = cluster(0, &["shared_preload_libraries = 'pg_stat_statements'"]);
+    setup(
+        &cluster,
+        "CREATE EXTENSION pg_stat_statements; CREATE TABLE big AS SELECT g AS id FROM generate_series(1, 2000000) g;",
+    )
+    .await;
+    let proxy = start(&cluster, |c| c.pool.size = 60).await;
+    let sql = "/* pgwarden:cache */ SELECT count(*), sum(id) FROM big WHERE id % 7 = 3";
+    let mut tasks = Vec::new();
+    let barrier = Arc::new(tokio::sync::Barrier::new(50));
+    for _ in 0..50 {
+        let port = proxy.port();
+        let barrier = barrier.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut c = within("login", Wire::tcp(port, USER, DATABASE, &[])).await;
+            within("all clients logged in", barrier.wait()).await;
+            first_value(&within("query", c.simple(sql)).await)
+        }));
+    }
+    let mut values = Vec::new();
+    for task in tasks {
+        values.push(task.await.unwrap());
+    }
+    assert!(values.windows(2).all(|w| w[0] == w[1]) && values[0].is_some());
+    let mut d = direct(&cluster).await;
+    let calls = simple_value(
+        &mut d,
+        "SELECT sum(calls)::text FROM pg_stat_statements WHERE query LIKE '%sum(id) FROM big%'",
+    )
+    .await;
+    assert_eq!(
+        calls.as_deref(),
+        Some("1"),
+        "50 concurrent misses, one query"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_instance_invalidates_within_100ms() {
+    let cluster = cluster(0, &[]);
+    setup(
+        &cluster,
+        "CREATE TABLE t (id int primary key, v int); INSERT INTO t VALUES (1, 0);",
+    )
+    .await;
+    let a = start(&cluster, |_| {}).await;
+    let b = start(&cluster, |_| {}).await;
+    let mut on_a = wire(&a).await;
+    let mut on_b = wire(&b).await;
+    let sql = "/* pgwarden:cache */ SELECT v FROM t WHERE id = 1";
+    let mut worst = Duration::ZERO;
+    for round in 1..=10 {
+        assert_eq!(
+            simple_value(&mut on_a, sql).await,
+            Some((round - 1).to_string())
+        );
+        assert_eq!(
+            simple_value(&mut on_b, sql).await,
+            Some((round - 1).to_string())
+        );
+        simple_value(&mut on_b, &format!("UPDATE t SET v = {round} WHERE id = 1")).await;
+        let committed = Instant::now();
+        // The writing session is never served the old entry.
+        assert_eq!(simple_value(&mut on_b, sql).await, Some(round.to_string()));
+        loop {
+            if simple_value(&mut on_a, sql).await == Some(round.to_string()) {
+                break;
+            }
+            assert!(
+                committed.elapsed() < Duration::from_secs(2),
+                "instance A never invalidated"
+            );
+        }
+        worst = worst.max(committed.elapsed());
+    }
+    eprintln!("worst cross-instance invalidation: {worst:?}");
+    assert!(worst < Duration::from_millis(100), "{worst:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wal_invalidation_sees_writes_that_bypass_pgwarden() {
+    let cluster = cluster(0, &["wal_level = logical", "max_replication_slots = 10"]);
+    setup(
+        &cluster,
+        "CREATE TABLE t (id int primary key, v int); INSERT INTO t VALUES (1, 0);",
+    )
+    .await;
+    let proxy = start(&cluster, |c| {
+        c.cache.wal_invalidation = true;
+        c.cache.ttl_ms = 600_000;
+    })
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !proxy
+        .runtime
+        .cache
+        .wal_status()
+        .iter()
+        .any(|(_, s)| s.starts_with("reading slot"))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "slot reader started: {:?}",
+            proxy.runtime.cache.wal_status()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut c = wire(&proxy).await;
+    let sql = "/* pgwarden:cache */ SELECT v FROM t WHERE id = 1";
+    for round in 1..=3 {
+        simple_value(&mut c, sql).await;
+        let before = hits(&proxy);
+        simple_value(&mut c, sql).await;
+        assert_eq!(hits(&proxy), before + 1);
+        let out = cluster
+            .primary()
+            .psql(USER, DATABASE, &format!("UPDATE t SET v = {round}"))
+            .unwrap();
+        let _ = out;
+        let written = Instant::now();
+        loop {
+            if simple_value(&mut c, sql).await == Some(round.to_string()) {
+                break;
+            }
+            assert!(
+                written.elapsed() < Duration::from_secs(3),
+                "direct write never invalidated"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        eprintln!("direct write seen after {:?}", written.elapsed());
+    }
+}
+
+/// Committed values of one key, in commit order (values only grow).
+#[derive(Default)]
+struct KeyHistory {
+    /// (when the writer saw its commit, value)
+    commits: Vec<(Instant, i64)>,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn randomized_reads_are_never_older_than_own_writes() {
+    const KEYS: i64 = 5;
+    const SESSIONS: usize = 8;
+    const OPS: usize = 250;
+    let cluster = cluster(1, &[]);
+    setup(
+        &cluster,
+        "CREATE TABLE kv (k int primary key, v bigint not null);
+         INSERT INTO kv SELECT g, 0 FROM generate_series(1, 5) g;",
+    )
+    .await;
+    cluster
+        .wait_for_replication(Duration::from_secs(10))
+        .unwrap();
+    let with_replica = |c: &mut Config| {
+        if let Some(db) = c.databases.get_mut(DATABASE) {
+            db.replicas = cluster.replica_urls();
+        }
+        c.routing.lag_poll_ms = 20;
+    };
+    let a = start(&cluster, with_replica).await;
+    let b = start(&cluster, with_replica).await;
+    let history: Arc<Vec<std::sync::Mutex<KeyHistory>>> =
+        Arc::new((0..KEYS).map(|_| Default::default()).collect());
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for session in 0..SESSIONS {
+        let port = if session % 2 == 0 { a.port() } else { b.port() };
+        let history = history.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut c = within("login", Wire::tcp(port, USER, DATABASE, &[])).await;
+            let mut own = [0i64; KEYS as usize];
+            let (mut reads, mut older_than_own, mut worst_stale) = (0u64, 0u64, Duration::ZERO);
+            let mut seed = 0x9E37_79B9_7F4A_7C15u64 ^ (session as u64 * 7919);
+            for _ in 0..OPS {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                let k = (seed % KEYS as u64) as i64 + 1;
+                if seed % 10 < 3 {
+                    let v: i64 = simple_value(
+                        &mut c,
+                        &format!("UPDATE kv SET v = v + 1 WHERE k = {k} RETURNING v"),
+                    )
+                    .await
+                    .unwrap()
+                    .parse()
+                    .unwrap();
+                    let at = Instant::now();
+                    own[k as usize - 1] = own[k as usize - 1].max(v);
+                    let mut h = history[k as usize - 1].lock().unwrap();
+                    h.commits.push((at, v));
+                } else {
+                    let asked = Instant::now();
+                    let v: i64 = simple_value(
+                        &mut c,
+                        &format!("/* pgwarden:cache */ SELECT v FROM kv WHERE k = {k}"),
+                    )
+                    .await
+                    .unwrap()
+                    .parse()
+                    .unwrap();
+                    reads += 1;
+                    if v < own[k as usize - 1] {
+                        older_than_own += 1;
+                    }
+                    // Staleness: how long before the read a newer value was committed.
+                    let h = history[k as usize - 1].lock().unwrap();
+                    if let Some((at, _)) = h
+                        .commits
+                        .iter()
+                        .filter(|(at, value)| *value > v && *at < asked)
+                        .min_by_key(|(at, _)| *at)
+                    {
+                        worst_stale = worst_stale.max(asked - *at);
+                    }
+                }
+            }
+            (reads, older_than_own, worst_stale)
+        }));
+    }
+    let (mut reads, mut older, mut worst) = (0, 0, Duration::ZERO);
+    for task in tasks {
+        let (r, o, w) = task.await.unwrap();
+        reads += r;
+        older += o;
+        worst = worst.max(w);
+    }
+    let writes: usize = history
+        .iter()
+        .map(|h| h.lock().unwrap().commits.len())
+        .sum();
+    let hits = a.runtime.cache.totals().hits + b.runtime.cache.totals().hits;
+    eprintln!(
+        "consistency: {SESSIONS} sessions, {} operations ({reads} reads, {writes} writes) through 2 instances with 1 replica in {:?}; cache hits {hits}; reads older than own write: {older}; worst staleness for others: {worst:?}",
+        SESSIONS * OPS,
+        started.elapsed()
+    );
+    assert_eq!(older, 0, "a session read a value older than its own write");
+    assert!(worst < Duration::from_secs(1), "staleness {worst:?}");
+    assert!(hits > 0, "the cache served some reads");
+}
