@@ -14,6 +14,9 @@ use super::ResultCache;
 pub fn spawn(cache: Arc<ResultCache>, database: String, primary_url: String) {
     tokio::spawn(async move {
         loop {
+            while cache.is_paused(&database) {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
             let result = listen(&cache, &database, &primary_url).await;
             cache.listener_down(&database);
             match result {
@@ -56,7 +59,11 @@ async fn listen(
     cache.listener_up(database, outbox);
     tracing::debug!(%database, "cache invalidations: listening");
     let result = loop {
+        if cache.is_paused(database) {
+            break Ok(());
+        }
         tokio::select! {
+            _ = cache.pause_changed.notified() => {}
             payload = rx.recv() => {
                 let Some(payload) = payload else { break Ok(()) };
                 let mut parts = payload.splitn(4, '|');

@@ -73,12 +73,35 @@ pub struct ResultCache {
     /// Per database: NOTIFY payloads for the LISTEN connection to send.
     outbox: Mutex<HashMap<String, tokio::sync::mpsc::UnboundedSender<String>>>,
     need_listen: bool,
+    /// Databases being dropped or renamed through pgwarden: their LISTEN connection is
+    /// closed meanwhile (PostgreSQL refuses while anyone is connected).
+    paused: Mutex<std::collections::HashSet<String>>,
+    pub(crate) pause_changed: tokio::sync::Notify,
     /// Per database: the state of `cache.wal_invalidation`, for `SHOW CACHE`.
     wal_status: Mutex<HashMap<String, String>>,
     max_bytes: u64,
 }
 
 impl ResultCache {
+    /// `DROP/ALTER DATABASE database` is about to run: let go of its connections.
+    pub fn pause_database(&self, database: &str) {
+        if let Ok(mut paused) = self.paused.lock() {
+            paused.insert(database.to_string());
+        }
+        self.pause_changed.notify_waiters();
+    }
+
+    /// That statement finished.
+    pub fn resume_database(&self, database: &str) {
+        if let Ok(mut paused) = self.paused.lock() {
+            paused.remove(database);
+        }
+    }
+
+    pub fn is_paused(&self, database: &str) -> bool {
+        self.paused.lock().is_ok_and(|p| p.contains(database))
+    }
+
     /// Builds the cache and starts its background tasks (LISTEN per database, the
     /// logical-slot reader). Must run inside a tokio runtime.
     pub fn start(config: &Config) -> Arc<ResultCache> {
@@ -147,6 +170,8 @@ impl ResultCache {
             activity: Mutex::new(HashMap::new()),
             outbox: Mutex::new(HashMap::new()),
             need_listen,
+            paused: Mutex::new(std::collections::HashSet::new()),
+            pause_changed: tokio::sync::Notify::new(),
             max_bytes,
         }
     }

@@ -43,9 +43,11 @@ impl Session {
             return;
         };
         tracing::info!(database = %database, "closing idle server connections before DROP/ALTER DATABASE");
+        self.runtime.cache.pause_database(&database);
         self.runtime.pools.start_draining(&database).await;
         if let Some(previous) = self.draining_database.replace(database) {
             self.runtime.pools.stop_draining(&previous);
+            self.runtime.cache.resume_database(&previous);
         }
     }
 
@@ -53,6 +55,7 @@ impl Session {
     pub(super) fn database_ddl_done(&mut self) {
         if let Some(database) = self.draining_database.take() {
             self.runtime.pools.stop_draining(&database);
+            self.runtime.cache.resume_database(&database);
         }
     }
 }

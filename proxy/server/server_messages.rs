@@ -98,6 +98,7 @@ impl Session {
                 tag::READY_FOR_QUERY => {
                     if let Some(database) = self.draining_database.take() {
                         self.runtime.pools.stop_draining(&database);
+                        self.runtime.cache.resume_database(&database);
                     }
                     self.status = rest
                         .get(5)
