@@ -198,14 +198,9 @@ impl ServerPool {
         started: Instant,
         deadline: Instant,
     ) -> Result<PooledServer, PoolError> {
-        if let Some(failure) = self.recent_connect_error(started, Duration::from_millis(500)) {
-            // The server was unreachable a moment ago and nothing is pooled: fail fast
-            // instead of making every client wait out the checkout timeout.
-            if self.pool.state().connections == 0 {
-                self.stats.connect_errors.fetch_add(1, Ordering::Relaxed);
-                return Err(failure.to_error());
-            }
-        }
+        // A connect error from before this checkout is not reason enough to fail it: the
+        // server may be back (a restart just finished). Only an attempt failing while
+        // this client waits fails it fast (below).
         let waiting = self.pool.get_owned();
         tokio::pin!(waiting);
         // Fast path: an idle connection is there; no timer needed.
