@@ -10,6 +10,8 @@ use sqlparser::ast::{CopySource, Expr, ObjectName, Query, Statement, Visit, Visi
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
 
+use super::row_key::{read_key, resolve, write_key, BindParameters, KeyPredicate, RowKey};
+
 /// A read that may be cached, pending the catalog's word on its names.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReadNames {
@@ -18,6 +20,8 @@ pub struct ReadNames {
     /// Function names (last part, lower case unless quoted), SQL value functions
     /// (`current_user`, `current_timestamp`) included.
     pub functions: Vec<String>,
+    /// The one key it depends on, pending the catalog's word on the column's type.
+    pub key: Option<KeyPredicate>,
 }
 
 /// Why a statement can never be cached, whatever the catalog says.
@@ -34,17 +38,51 @@ pub struct WriteNames {
     pub relations: BTreeSet<String>,
     /// Functions called: one that is `VOLATILE` in `pg_proc` makes it `everything`.
     pub functions: BTreeSet<String>,
+    /// `UPDATE`/`DELETE` confined to one key, its value perhaps a parameter still.
+    pub keyed: Vec<KeyPredicate>,
+    /// Keys with known values (after [`WriteNames::bound`]).
+    pub keys: BTreeSet<RowKey>,
 }
 
 impl WriteNames {
     pub fn is_empty(&self) -> bool {
-        !self.everything && self.relations.is_empty() && self.functions.is_empty()
+        !self.everything
+            && self.relations.is_empty()
+            && self.functions.is_empty()
+            && self.keyed.is_empty()
+            && self.keys.is_empty()
     }
 
     pub fn merge(&mut self, other: &WriteNames) {
         self.everything |= other.everything;
         self.relations.extend(other.relations.iter().cloned());
         self.functions.extend(other.functions.iter().cloned());
+        self.keyed.extend(other.keyed.iter().cloned());
+        self.keys.extend(other.keys.iter().cloned());
+    }
+
+    /// These effects with their key predicates' values filled in from a `Bind` (or from
+    /// literals only, without one). A key whose value is not known, or not canonical,
+    /// makes its table change as a whole.
+    pub fn bound(&self, bind: Option<(&BindParameters<'_>, &[u32])>) -> WriteNames {
+        let mut out = WriteNames {
+            everything: self.everything,
+            relations: self.relations.clone(),
+            functions: self.functions.clone(),
+            keyed: Vec::new(),
+            keys: self.keys.clone(),
+        };
+        for predicate in &self.keyed {
+            match resolve(predicate, bind) {
+                Some(key) => {
+                    out.keys.insert(key);
+                }
+                None => {
+                    out.relations.insert(predicate.relation.clone());
+                }
+            }
+        }
+        out
     }
 }
 
@@ -155,14 +193,19 @@ pub fn read_names(sql: &str) -> Result<ReadNames, NotCacheable> {
     if names.locking {
         return Err("locking clause");
     }
-    let relations = names
+    let relations: Vec<String> = names
         .relations
         .into_iter()
         .filter(|r| !names.ctes.contains(&r.to_lowercase()))
         .collect();
+    let key = match statements.as_slice() {
+        [only] if relations.len() == 1 => read_key(only),
+        _ => None,
+    };
     Ok(ReadNames {
         relations,
         functions: names.functions.into_iter().collect(),
+        key,
     })
 }
 
@@ -236,13 +279,19 @@ pub fn write_names(sql: &str) -> WriteNames {
                 continue;
             }
         }
-        out.relations.extend(
-            names
-                .relations
-                .into_iter()
-                .filter(|r| !names.ctes.contains(&r.to_lowercase())),
-        );
+        let relations: BTreeSet<String> = names
+            .relations
+            .into_iter()
+            .filter(|r| !names.ctes.contains(&r.to_lowercase()))
+            .collect();
         out.functions.extend(names.functions);
+        if let Some(key) = write_key(statement) {
+            if relations.len() == 1 && relations.contains(&key.relation) {
+                out.keyed.push(key);
+                continue;
+            }
+        }
+        out.relations.extend(relations);
     }
     out
 }
@@ -288,9 +337,11 @@ mod tests {
 
     #[test]
     fn writes_name_what_they_change() {
-        let w = write_names("UPDATE shop.orders SET total = 1 WHERE id = 2");
+        let w = write_names("UPDATE shop.orders SET total = 1 WHERE id > 2");
         assert!(!w.everything);
         assert!(w.relations.contains("shop.orders"));
+        let w = write_names("UPDATE shop.orders SET total = 1 WHERE id = 2");
+        assert_eq!(w.keyed[0].relation, "shop.orders");
         let w = write_names("INSERT INTO t (a) VALUES (nextval('s'))");
         assert!(w.relations.contains("t"));
         assert!(w.functions.contains("nextval"));
@@ -308,5 +359,22 @@ mod tests {
         assert!(write_names("SELECT * FROM t FOR UPDATE").is_empty());
         let w = write_names("WITH d AS (DELETE FROM t RETURNING *) SELECT * FROM d");
         assert!(w.relations.contains("t"));
+    }
+
+    #[test]
+    fn keyed_writes_stay_keyed_only_with_a_known_value() {
+        let w = write_names("UPDATE a SET x = x + 1 WHERE id = 3; DELETE FROM b WHERE id = $1");
+        assert!(w.relations.is_empty());
+        assert_eq!(w.keyed.len(), 2);
+        let literal_only = w.bound(None);
+        assert_eq!(literal_only.keys.len(), 1);
+        assert!(
+            literal_only.relations.contains("b"),
+            "$1 unknown: table-wide"
+        );
+        let w = write_names("UPDATE a SET x = (SELECT max(y) FROM c) WHERE id = 3");
+        assert!(w.keyed.is_empty() && w.relations.contains("a"), "reads c");
+        let r = read_names("SELECT * FROM a WHERE id = 3").unwrap();
+        assert!(r.key.is_some());
     }
 }

@@ -4,6 +4,8 @@
 //! tables, and whether every function called is `IMMUTABLE` in `pg_proc`.
 //! This file only builds the SQL and reads its one-row answer.
 
+use super::row_key::{column_hash, key_hash, KeyPredicate, RowKey};
+use super::versions::KeyedChange;
 use crate::route::{parse_lsn, Lsn};
 
 /// The LISTEN/NOTIFY channel invalidations travel on.
@@ -55,8 +57,28 @@ fn closure(names: &str) -> String {
     )
 }
 
-/// The question about a read: one row of six text columns, read by [`read_verdict`].
-pub fn read_question(relations: &[String], functions: &[String], never: &[String]) -> String {
+/// The question about a read: one row of text columns, read by [`read_verdict`] and
+/// [`key_confirmed`]. `key`: the read's key predicate, checked to be on an integer
+/// column of a plain table (no partitions, inheritance, rules, row security) that is
+/// the only relation the read depends on.
+pub fn read_question(
+    relations: &[String],
+    functions: &[String],
+    never: &[String],
+    key: Option<&KeyPredicate>,
+) -> String {
+    let key_check = match key {
+        Some(key) => format!(
+            ", (SELECT (count(*) = 1 AND bool_and(c.relkind = 'r' AND NOT c.relispartition AND NOT c.relhassubclass \
+               AND NOT c.relhasrules AND NOT c.relrowsecurity AND c.oid = to_regclass({relation})::oid \
+               AND EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attname = {column} \
+                 AND NOT a.attisdropped AND a.atttypid IN (20, 21, 23))))::text \
+               FROM rels r JOIN pg_class c ON c.oid = r.oid)",
+            relation = quote_literal(&key.relation),
+            column = quote_literal(&key.column),
+        ),
+        None => String::new(),
+    };
     format!(
         "{closure} SELECT \
          (SELECT string_agg(n, ',') FROM roots WHERE oid IS NULL), \
@@ -72,7 +94,7 @@ pub fn read_question(relations: &[String], functions: &[String], never: &[String
          (SELECT string_agg(c.relname, ',') FROM rels r JOIN pg_class c ON c.oid = r.oid \
             WHERE r.oid IN (SELECT to_regclass(x)::oid FROM unnest({never}) x)), \
          (SELECT string_agg(DISTINCT oid::text, ',') FROM rels), \
-         (SELECT string_agg(pg_get_viewdef(r.oid), ';') FROM rels r JOIN pg_class c ON c.oid = r.oid WHERE c.relkind IN ('v', 'm'))",
+         (SELECT string_agg(pg_get_viewdef(r.oid), ';') FROM rels r JOIN pg_class c ON c.oid = r.oid WHERE c.relkind IN ('v', 'm')){key_check}",
         closure = closure(&text_array(relations)),
         functions = text_array(functions),
         never = text_array(never),
@@ -101,6 +123,11 @@ pub fn functions_verdict(answer: &[Option<String>]) -> Result<(), String> {
 /// function calls must be checked too: `pg_depend` does not record built-in functions.
 pub fn view_definitions(answer: &[Option<String>]) -> Option<String> {
     answer.get(6).cloned().flatten().filter(|s| !s.is_empty())
+}
+
+/// Whether the catalog confirmed the read's key predicate (see [`read_question`]).
+pub fn key_confirmed(answer: &[Option<String>]) -> bool {
+    answer.get(7).cloned().flatten().as_deref() == Some("true")
 }
 
 /// The tables a read depends on, or why it is not cached.
@@ -134,31 +161,69 @@ pub fn parse_oids(text: &str) -> Vec<u32> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Invalidation {
     pub lsn: Lsn,
-    /// `None`: everything in the database.
+    /// Tables changed as a whole; `None`: everything in the database.
     pub tables: Option<Vec<u32>>,
+    /// Rows of one key changed (`row_key.rs`).
+    pub keys: Vec<KeyedChange>,
 }
 
-/// Payload of a NOTIFY: `instance|database|lsn|oid,oid,...` (or `*`).
+impl Invalidation {
+    pub fn everything(lsn: Lsn) -> Invalidation {
+        Invalidation {
+            lsn,
+            tables: None,
+            keys: Vec::new(),
+        }
+    }
+}
+
+/// A list of changes: `*`, or `oid` (table-wide) and `oid:column=value` items.
+fn parse_changes(list: &str) -> (Option<Vec<u32>>, Vec<KeyedChange>) {
+    if list == "*" {
+        return (None, Vec::new());
+    }
+    let mut tables = Vec::new();
+    let mut keys = Vec::new();
+    for item in list.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+        let parsed = match item.split_once(':') {
+            None => item.parse().ok().map(|oid| tables.push(oid)),
+            Some((oid, key)) => key.split_once('=').and_then(|(column, value)| {
+                let table = oid.parse().ok()?;
+                keys.push(KeyedChange {
+                    table,
+                    column: column_hash(column),
+                    key: key_hash(column, value),
+                });
+                Some(())
+            }),
+        };
+        if parsed.is_none() {
+            return (None, Vec::new()); // not understood: everything, never less
+        }
+    }
+    (Some(tables), keys)
+}
+
+/// Payload of a NOTIFY: `instance|database|lsn|changes` (see [`parse_changes`]).
 pub fn parse_payload(payload: &str) -> Option<(u64, String, Invalidation)> {
     let mut parts = payload.splitn(4, '|');
     let instance = parts.next()?.parse().ok()?;
     let database = parts.next()?.to_string();
     let lsn = parse_lsn(parts.next()?).unwrap_or(0);
-    let tables = match parts.next()? {
-        "*" => None,
-        oids => Some(parse_oids(oids)),
-    };
-    Some((instance, database, Invalidation { lsn, tables }))
+    let (tables, keys) = parse_changes(parts.next()?);
+    Some((instance, database, Invalidation { lsn, tables, keys }))
 }
 
 /// The commit hook of a transaction that wrote: resolves the written names to OIDs,
 /// decides "everything" when a called function is `VOLATILE`, reads the commit
 /// position, and (with `notify`) tells the other instances, in one round trip.
 /// `extra` adds columns (the read-your-writes NOTIFY). Answer: lsn, oids or `*`, ...
+#[allow(clippy::too_many_arguments)]
 pub fn write_question(
     instance: u64,
     database: &str,
     relations: impl IntoIterator<Item = impl AsRef<str>>,
+    keys: &[RowKey],
     functions: impl IntoIterator<Item = impl AsRef<str>>,
     everything: bool,
     notify: bool,
@@ -168,6 +233,9 @@ pub fn write_question(
         .into_iter()
         .map(|r| r.as_ref().to_string())
         .collect();
+    let key_names: Vec<String> = keys.iter().map(|k| k.relation.clone()).collect();
+    let key_columns: Vec<String> = keys.iter().map(|k| k.column.clone()).collect();
+    let key_values: Vec<String> = keys.iter().map(|k| k.value.clone()).collect();
     let functions: Vec<String> = functions
         .into_iter()
         .map(|f| f.as_ref().to_string())
@@ -179,7 +247,8 @@ pub fn write_question(
         format!(
             "CASE WHEN EXISTS (SELECT 1 FROM pg_proc p WHERE p.proname = ANY({functions}) AND p.provolatile = 'v') THEN '*' \
              ELSE (SELECT CASE WHEN length(x) > 7000 THEN '*' ELSE x END FROM \
-                   (SELECT coalesce(string_agg(DISTINCT oid::text, ','), '') AS x FROM rels) agg) END",
+                   (SELECT concat_ws(',', (SELECT string_agg(DISTINCT oid::text, ',') FROM rels), \
+                      (SELECT string_agg(DISTINCT o.oid::text || ':' || o.col || '=' || o.val, ',') FROM keyed_ok o)) AS x) agg) END",
             functions = text_array(&functions)
         )
     };
@@ -194,18 +263,52 @@ pub fn write_question(
     format!(
         "{closure}, w AS (SELECT pg_current_wal_insert_lsn()::text AS lsn, {oids} AS oids) \
          SELECT w.lsn, w.oids{notify}{extra} FROM w",
-        closure = closure(&text_array(&relations)),
+        closure = write_closure(
+            &text_array(&relations),
+            &text_array(&key_names),
+            &text_array(&key_columns),
+            &text_array(&key_values)
+        ),
+    )
+}
+
+/// Foreign keys whose actions write the referencing table (`conrelid`) when the
+/// referenced one (`confrelid`) changes.
+const CASCADING_FOREIGN_KEYS: &str = "con.contype = 'f' AND (con.confupdtype IN ('c', 'n', 'd') OR con.confdeltype IN ('c', 'n', 'd'))";
+
+/// A write's closure: `keyed_ok(oid, col, val)` for keyed writes the catalog confirms
+/// (integer column of a plain table without user triggers, rules or inheritance),
+/// `rels(oid)` for everything changed as a whole: the table-wide names, unconfirmed
+/// keyed ones, views' tables, partitions, and tables written by cascading foreign keys.
+fn write_closure(wide: &str, key_names: &str, key_columns: &str, key_values: &str) -> String {
+    format!(
+        "WITH RECURSIVE keyed AS (SELECT k.n, k.col, k.val, to_regclass(k.n)::oid AS oid \
+           FROM unnest({key_names}, {key_columns}, {key_values}) AS k(n, col, val)), \
+         keyed_ok AS (SELECT k.oid, k.col, k.val FROM keyed k JOIN pg_class c ON c.oid = k.oid \
+           WHERE c.relkind = 'r' AND NOT c.relispartition AND NOT c.relhassubclass AND NOT c.relhasrules \
+           AND EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attname = k.col \
+             AND NOT a.attisdropped AND a.atttypid IN (20, 21, 23)) \
+           AND NOT EXISTS (SELECT 1 FROM pg_trigger t WHERE t.tgrelid = c.oid AND NOT t.tgisinternal)), \
+         roots AS (SELECT n, to_regclass(n)::oid AS oid FROM unnest({wide}) AS n \
+           UNION ALL SELECT k.n, k.oid FROM keyed k WHERE NOT EXISTS \
+             (SELECT 1 FROM keyed_ok o WHERE o.oid = k.oid AND o.col = k.col AND o.val = k.val) \
+           UNION ALL SELECT NULL::text, con.conrelid FROM keyed_ok o JOIN pg_constraint con \
+             ON con.confrelid = o.oid AND {CASCADING_FOREIGN_KEYS}), \
+         rels(oid) AS (SELECT oid FROM roots WHERE oid IS NOT NULL \
+           UNION SELECT x.oid FROM rels r CROSS JOIN LATERAL ( \
+             SELECT d.refobjid AS oid FROM pg_rewrite rw JOIN pg_depend d ON d.classid = 'pg_rewrite'::regclass \
+               AND d.objid = rw.oid AND d.refclassid = 'pg_class'::regclass WHERE rw.ev_class = r.oid AND d.refobjid <> r.oid \
+             UNION ALL SELECT i.inhrelid FROM pg_inherits i WHERE i.inhparent = r.oid \
+             UNION ALL SELECT i.inhparent FROM pg_inherits i WHERE i.inhrelid = r.oid \
+             UNION ALL SELECT con.conrelid FROM pg_constraint con WHERE con.confrelid = r.oid AND {CASCADING_FOREIGN_KEYS}) x)"
     )
 }
 
 /// Reads the commit hook's answer.
 pub fn write_answer(answer: &[Option<String>]) -> Option<Invalidation> {
     let lsn = parse_lsn(answer.first()?.as_deref()?)?;
-    let tables = match answer.get(1)?.as_deref()? {
-        "*" => None,
-        oids => Some(parse_oids(oids)),
-    };
-    Some(Invalidation { lsn, tables })
+    let (tables, keys) = parse_changes(answer.get(1)?.as_deref()?);
+    Some(Invalidation { lsn, tables, keys })
 }
 
 #[cfg(test)]
@@ -225,16 +328,24 @@ mod tests {
         assert!(parse_payload("junk").is_none());
         assert_eq!(
             write_answer(&[Some("0/10".into()), Some("*".into())]),
-            Some(Invalidation {
-                lsn: 16,
-                tables: None
-            })
+            Some(Invalidation::everything(16))
         );
+        let keyed = parse_payload("7|app|0/1|5,9:aid=12").unwrap().2;
+        assert_eq!(keyed.tables, Some(vec![5]));
+        assert_eq!(
+            keyed.keys,
+            vec![KeyedChange {
+                table: 9,
+                column: column_hash("aid"),
+                key: key_hash("aid", "12")
+            }]
+        );
+        assert_eq!(parse_payload("7|app|0/1|5,9:aid").unwrap().2.tables, None);
     }
 
     #[test]
     fn names_are_quoted() {
-        let sql = read_question(&["o'brien".into()], &[], &[]);
+        let sql = read_question(&["o'brien".into()], &[], &[], None);
         assert!(sql.contains("'o''brien'"));
     }
 }

@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
+use super::row_key::KeyPredicate;
+use super::versions::EntryKey;
 use crate::route::Lsn;
 
 #[derive(Debug)]
@@ -17,6 +19,8 @@ pub struct Entry {
     pub database: String,
     /// OIDs of every table the result depends on.
     pub tables: Box<[u32]>,
+    /// The one key of its one table the result depends on, when it is keyed.
+    pub key: Option<EntryKey>,
     /// Invalidation clock before the query ran (see `versions.rs`).
     pub at: u64,
     /// A WAL position the result is known to reflect (a lower bound).
@@ -41,6 +45,8 @@ impl Entry {
 pub struct Analysis {
     /// The tables it reads, or why it is not cached.
     pub verdict: Result<Box<[u32]>, String>,
+    /// Its key predicate, when the catalog confirmed an integer column of a plain table.
+    pub key: Option<KeyPredicate>,
     pub fingerprint: u64,
 }
 

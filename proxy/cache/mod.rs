@@ -16,6 +16,7 @@ mod fingerprints;
 mod flight;
 mod hint;
 mod listen;
+pub mod row_key;
 mod versions;
 mod wal;
 
@@ -32,7 +33,7 @@ pub use entry::{Analysis, Entry};
 pub use fingerprints::Row as FingerprintRow;
 pub use flight::{wait as wait_for_flight, FlightGuard, Joined};
 pub use hint::{cache_hint, has_mark};
-pub use versions::Snapshot;
+pub use versions::{EntryKey, KeyedChange, Snapshot};
 
 use crate::config::{CacheMode, Config};
 use crate::route::Lsn;
@@ -183,7 +184,7 @@ impl ResultCache {
         };
         if !self
             .versions
-            .is_current(&entry.database, &entry.tables, entry.at)
+            .is_current(&entry.database, &entry.tables, entry.key, entry.at)
         {
             self.entries.invalidate(key);
             self.book.invalidated(entry.fingerprint);
@@ -242,7 +243,7 @@ impl ResultCache {
     pub fn store(&self, key: Bytes, entry: Entry) -> bool {
         if !self
             .versions
-            .is_current(&entry.database, &entry.tables, entry.at)
+            .is_current(&entry.database, &entry.tables, entry.key, entry.at)
         {
             return false;
         }
@@ -253,12 +254,19 @@ impl ResultCache {
     /// A write committed (here, or elsewhere as a NOTIFY or the WAL told).
     pub fn invalidate(&self, database: &str, invalidation: &Invalidation) {
         self.observe_commit(invalidation.lsn);
-        if invalidation.tables.as_ref().is_none_or(|t| !t.is_empty()) {
+        let changes = invalidation
+            .tables
+            .as_ref()
+            .is_none_or(|t| !t.is_empty() || !invalidation.keys.is_empty());
+        if changes {
             self.invalidations.fetch_add(1, Ordering::Relaxed);
         }
         match &invalidation.tables {
-            Some(tables) if tables.is_empty() => {}
-            Some(tables) => self.versions.invalidate(database, tables, invalidation.lsn),
+            Some(_) if !changes => {}
+            Some(tables) => {
+                self.versions
+                    .invalidate(database, tables, &invalidation.keys, invalidation.lsn)
+            }
             None => self.clear_database(database),
         }
     }

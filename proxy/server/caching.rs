@@ -16,7 +16,10 @@ use bytes::{Bytes, BytesMut};
 use super::responses::Expect;
 use super::session::Session;
 use super::SessionError;
-use crate::cache::{self, Analysis, Entry, FlightGuard, Joined, WriteNames};
+use crate::cache::row_key::{
+    column_hash, declared_types, key_hash, resolve, BindParameters, KeyPredicate,
+};
+use crate::cache::{self, Analysis, Entry, EntryKey, FlightGuard, Joined, WriteNames};
 use crate::config::{CacheMode, PoolMode};
 use crate::protocol::backend;
 use crate::protocol::extended::{BindView, ParseView};
@@ -24,20 +27,17 @@ use crate::protocol::frame::{body, check_frame};
 use crate::protocol::tag::{backend as btag, frontend as tag, TransactionStatus};
 use crate::route::{Lsn, StatementClass};
 
-/// Named statements whose write effects a session remembers before forgetting them all
-/// (then their `Bind`s count as "writes everything").
-const MAX_STATEMENT_EFFECTS: usize = 4096;
 const READY_IDLE: [u8; 6] = [b'Z', 0, 0, 0, 5, b'I'];
 
 #[derive(Default)]
 pub struct SessionCache {
     fill: Option<Fill>,
     /// What the open transaction (or autocommit statement) on the primary may change.
-    writes: WriteNames,
-    statement_writes: HashMap<Vec<u8>, Arc<WriteNames>>,
-    unnamed_writes: Option<Arc<WriteNames>>,
+    pub(super) writes: WriteNames,
+    pub(super) statement_writes: HashMap<Vec<u8>, super::cache_writes::StatementWrites>,
+    pub(super) unnamed_writes: Option<super::cache_writes::StatementWrites>,
     /// The `Bind` of a statement whose effects are unknown was sent.
-    unknown_writes: bool,
+    pub(super) unknown_writes: bool,
 }
 
 /// A miss being captured: the frames the client receives until `ReadyForQuery`.
@@ -46,6 +46,7 @@ struct Fill {
     fingerprint: u64,
     database: String,
     tables: Box<[u32]>,
+    row_key: Option<EntryKey>,
     at: u64,
     lsn: Lsn,
     ttl: Duration,
@@ -65,6 +66,8 @@ struct Request {
     parse: Option<(Vec<u8>, Bytes)>,
     /// The named statement a `Bind` without `Parse` binds (its definition is in the key).
     definition: Option<Bytes>,
+    /// Where the `Bind` is in the client buffer: (offset, length).
+    bind: Option<(usize, usize)>,
 }
 
 impl Session {
@@ -169,12 +172,14 @@ impl Session {
         };
         cache.decided(analysis.fingerprint, &text, true, why);
         let offset = self.to_client.len();
+        let row_key = self.entry_key(&request, analysis.key.as_ref());
         if let Some(state) = self.caching.as_mut() {
             state.fill = Some(Fill {
                 key,
                 fingerprint: analysis.fingerprint,
                 database,
                 tables,
+                row_key,
                 at: snapshot.at,
                 lsn,
                 ttl: ttl_hint.unwrap_or(Duration::from_millis(settings.ttl_ms)),
@@ -204,12 +209,14 @@ impl Session {
                 sql: Bytes::copy_from_slice(sql),
                 parse: None,
                 definition: None,
+                bind: None,
             });
         }
         let mut at = 0;
         let mut parse = None;
         let mut sql = None;
         let mut definition = None;
+        let mut bind = None;
         let mut step = 0; // 0: Parse?, 1: Bind, 2: Describe?/Execute, 3: Sync
         while at < buf.len() {
             let len = check_frame(&buf[at..], self.max_message).ok().flatten()?;
@@ -233,6 +240,7 @@ impl Session {
                 }
                 (tag::BIND, 0 | 1) => {
                     let view = BindView::parse(fbody).ok()?;
+                    bind = Some((at, len));
                     match &parse {
                         Some((name, _)) if name.as_slice() != view.statement => return None,
                         Some(_) => {}
@@ -267,6 +275,7 @@ impl Session {
                         sql: sql?,
                         parse,
                         definition,
+                        bind,
                     });
                 }
                 _ => return None,
@@ -314,6 +323,35 @@ impl Session {
             settings.auto_min_calls,
             settings.min_hit_ratio,
         )
+    }
+
+    /// The key a keyed read's result depends on, its value taken from the literal or
+    /// from the request's `Bind`.
+    fn entry_key(&self, request: &Request, predicate: Option<&KeyPredicate>) -> Option<EntryKey> {
+        let predicate = predicate?;
+        let bind = request.bind.as_ref().map(|(at, len)| {
+            let frame = &self.client_buf[*at..*at + *len];
+            BindView::parse(body(frame)).map(|view| view.rest)
+        });
+        let types = request
+            .parse
+            .as_ref()
+            .map(|(_, d)| d)
+            .or(request.definition.as_ref())
+            .map(|d| declared_types(d))
+            .unwrap_or_default();
+        let key = match bind {
+            Some(Ok(rest)) => {
+                let params = BindParameters::parse(rest)?;
+                resolve(predicate, Some((&params, types.as_slice())))?
+            }
+            Some(Err(_)) => return None,
+            None => resolve(predicate, None)?,
+        };
+        Some(EntryKey {
+            column: column_hash(&key.column),
+            key: key_hash(&key.column, &key.value),
+        })
     }
 
     /// Database, role, tenant, settings, then the request's exact bytes (statement,
@@ -392,6 +430,7 @@ impl Session {
         }
         let text = String::from_utf8_lossy(sql);
         let (fingerprint, _) = crate::stats::fingerprint::fingerprint(&text);
+        let mut key = None;
         let verdict = match cache::read_names(&text) {
             Err(why) => Err(why.to_string()),
             Ok(names) => {
@@ -400,8 +439,15 @@ impl Session {
                     &names.relations,
                     &names.functions,
                     &config.cache.never,
+                    names.key.as_ref(),
                 );
                 let answer = self.catalog_answer(&question).await?;
+                if answer
+                    .as_ref()
+                    .is_ok_and(|a| cache::catalog::key_confirmed(a))
+                {
+                    key = names.key;
+                }
                 let mut verdict = answer
                     .as_ref()
                     .map_err(Clone::clone)
@@ -435,6 +481,7 @@ impl Session {
         };
         let analysis = Arc::new(Analysis {
             verdict,
+            key,
             fingerprint,
         });
         cache.remember_analysis(memo, analysis.clone());
@@ -533,6 +580,7 @@ impl Session {
             frames: Bytes::copy_from_slice(frames),
             database: fill.database,
             tables: fill.tables,
+            key: fill.row_key,
             at: fill.at,
             lsn: fill.lsn,
             fingerprint: fill.fingerprint,
@@ -541,149 +589,6 @@ impl Session {
             stored: Instant::now(),
         };
         cache.store(fill.key, entry);
-    }
-
-    /// Notes what a message forwarded to the primary may write.
-    pub(super) fn cache_note_forwarded(&mut self, message_tag: u8, frame: &[u8]) {
-        if self.caching.is_none() || self.backend != 0 {
-            return;
-        }
-        let writes_of = |sql: &[u8]| -> Option<Arc<WriteNames>> {
-            let text = String::from_utf8_lossy(sql);
-            match self.runtime.routing().classify(&text) {
-                StatementClass::Read
-                | StatementClass::Begin { .. }
-                | StatementClass::ProxySetting { .. } => None,
-                StatementClass::Write => Some(self.runtime.cache.write_names(&text)),
-            }
-        };
-        match message_tag {
-            tag::QUERY => {
-                let sql = body(frame);
-                let sql = &sql[..sql.len().saturating_sub(1)];
-                if let Some(writes) = writes_of(sql) {
-                    if let Some(state) = self.caching.as_mut() {
-                        state.writes.merge(&writes);
-                    }
-                }
-            }
-            tag::PARSE => {
-                let Ok(view) = ParseView::parse(body(frame)) else {
-                    return;
-                };
-                let writes = writes_of(view.query).unwrap_or_default();
-                let Some(state) = self.caching.as_mut() else {
-                    return;
-                };
-                if view.statement.is_empty() {
-                    state.unnamed_writes = Some(writes);
-                } else {
-                    if state.statement_writes.len() >= MAX_STATEMENT_EFFECTS {
-                        state.statement_writes.clear();
-                    }
-                    state
-                        .statement_writes
-                        .insert(view.statement.to_vec(), writes);
-                }
-            }
-            tag::BIND => {
-                let Ok(view) = BindView::parse(body(frame)) else {
-                    return;
-                };
-                let Some(state) = self.caching.as_ref() else {
-                    return;
-                };
-                let mut writes = if view.statement.is_empty() {
-                    state.unnamed_writes.clone()
-                } else {
-                    state.statement_writes.get(view.statement).cloned()
-                };
-                if writes.is_none() && !view.statement.is_empty() {
-                    // Prepared by the proxy from its registry (never forwarded here).
-                    if let Some(statement) = self.statements.get(view.statement) {
-                        let query_len = crate::protocol::extended::cstr(&statement.definition)
-                            .map_or(0, |(q, _)| q.len());
-                        let query = statement.definition.slice(0..query_len);
-                        writes = Some(writes_of(&query).unwrap_or_default());
-                    }
-                }
-                let Some(state) = self.caching.as_mut() else {
-                    return;
-                };
-                match writes {
-                    Some(writes) => state.writes.merge(&writes),
-                    None => state.unknown_writes = true,
-                }
-            }
-            _ => {}
-        }
-    }
-
-    /// The commit hook: resolve the written tables on the primary connection that ran
-    /// the transaction, NOTIFY the other instances, invalidate here.
-    async fn invalidate_writes(&mut self) {
-        let Some(state) = self.caching.as_mut() else {
-            return;
-        };
-        let writes = std::mem::take(&mut state.writes);
-        let everything = writes.everything || std::mem::take(&mut state.unknown_writes);
-        let cache = self.runtime.cache.clone();
-        let database = self.identity.database.clone();
-        if !cache.tracks_writes(&database) {
-            return; // no instance caches this database: the write costs nothing more
-        }
-        let config = self.runtime.config();
-        let question = cache::catalog::write_question(
-            cache.instance,
-            &database,
-            &writes.relations,
-            &writes.functions,
-            everything,
-            config.cache.notify,
-            "",
-        );
-        let answer = match self.server.as_mut() {
-            Some(server) if self.backend == 0 => {
-                match tokio::time::timeout(Duration::from_secs(5), server.query_values(&question))
-                    .await
-                {
-                    Ok(Ok(answer)) => cache::catalog::write_answer(&answer),
-                    Ok(Err(e)) => {
-                        tracing::warn!(error = %e, "cache: invalidation query failed; dropping the database's entries");
-                        server.mark_broken();
-                        None
-                    }
-                    Err(_) => {
-                        tracing::warn!(
-                            "cache: invalidation query timed out; dropping the database's entries"
-                        );
-                        server.mark_broken();
-                        None
-                    }
-                }
-            }
-            _ => None,
-        };
-        match answer {
-            Some(invalidation) => {
-                if let Some(state) = self.routing.as_mut() {
-                    // The commit position is known: read-your-writes uses it too.
-                    state.last_write = Some(
-                        state
-                            .last_write
-                            .map_or(invalidation.lsn, |l| l.max(invalidation.lsn)),
-                    );
-                }
-                cache.invalidate(&database, &invalidation);
-            }
-            None => cache.invalidate(
-                &database,
-                &cache::Invalidation {
-                    lsn: u64::MAX,
-                    tables: None,
-                },
-            ),
-        }
     }
 }
 

@@ -7,6 +7,7 @@
 
 pub(crate) mod auth;
 pub(crate) mod auth_query;
+mod cache_writes;
 mod caching;
 pub mod cancel;
 mod cancel_forward;

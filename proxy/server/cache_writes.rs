@@ -1,0 +1,184 @@
+//! The result cache's write side in a session: note what each statement forwarded to
+//! the primary may change (names, and keys bound from `Bind` parameters), and when its
+//! transaction commits, resolve that on the same server connection, tell the other
+//! instances (NOTIFY) and invalidate here, before the client sees the commit.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use super::session::Session;
+use crate::cache::row_key::{declared_types, BindParameters};
+use crate::cache::{self, WriteNames};
+use crate::protocol::extended::{BindView, ParseView};
+use crate::protocol::frame::body;
+use crate::protocol::tag::frontend as tag;
+use crate::route::StatementClass;
+
+/// Named statements whose write effects a session remembers before forgetting them all
+/// (then their `Bind`s count as "writes everything").
+const MAX_STATEMENT_EFFECTS: usize = 4096;
+
+/// What one prepared statement may write, with its `Parse` definition (for the declared
+/// types of the parameters its keys are bound from).
+#[derive(Clone)]
+pub(super) struct StatementWrites {
+    writes: Arc<WriteNames>,
+    definition: Bytes,
+}
+
+impl Session {
+    /// Notes what a message forwarded to the primary may write.
+    pub(super) fn cache_note_forwarded(&mut self, message_tag: u8, frame: &[u8]) {
+        if self.caching.is_none() || self.backend != 0 {
+            return;
+        }
+        let writes_of = |sql: &[u8]| -> Option<Arc<WriteNames>> {
+            let text = String::from_utf8_lossy(sql);
+            match self.runtime.routing().classify(&text) {
+                StatementClass::Read
+                | StatementClass::Begin { .. }
+                | StatementClass::ProxySetting { .. } => None,
+                StatementClass::Write => Some(self.runtime.cache.write_names(&text)),
+            }
+        };
+        match message_tag {
+            tag::QUERY => {
+                let sql = body(frame);
+                let sql = &sql[..sql.len().saturating_sub(1)];
+                if let Some(writes) = writes_of(sql) {
+                    if let Some(state) = self.caching.as_mut() {
+                        state.writes.merge(&writes.bound(None));
+                    }
+                }
+            }
+            tag::PARSE => {
+                let Ok(view) = ParseView::parse(body(frame)) else {
+                    return;
+                };
+                let writes = StatementWrites {
+                    writes: writes_of(view.query).unwrap_or_default(),
+                    definition: Bytes::copy_from_slice(view.definition),
+                };
+                let Some(state) = self.caching.as_mut() else {
+                    return;
+                };
+                if view.statement.is_empty() {
+                    state.unnamed_writes = Some(writes);
+                } else {
+                    if state.statement_writes.len() >= MAX_STATEMENT_EFFECTS {
+                        state.statement_writes.clear();
+                    }
+                    state
+                        .statement_writes
+                        .insert(view.statement.to_vec(), writes);
+                }
+            }
+            tag::BIND => {
+                let Ok(view) = BindView::parse(body(frame)) else {
+                    return;
+                };
+                let Some(state) = self.caching.as_ref() else {
+                    return;
+                };
+                let mut writes = if view.statement.is_empty() {
+                    state.unnamed_writes.clone()
+                } else {
+                    state.statement_writes.get(view.statement).cloned()
+                };
+                if writes.is_none() && !view.statement.is_empty() {
+                    // Prepared by the proxy from its registry (never forwarded here).
+                    if let Some(statement) = self.statements.get(view.statement) {
+                        let query_len = crate::protocol::extended::cstr(&statement.definition)
+                            .map_or(0, |(q, _)| q.len());
+                        let query = statement.definition.slice(0..query_len);
+                        writes = Some(StatementWrites {
+                            writes: writes_of(&query).unwrap_or_default(),
+                            definition: statement.definition.clone(),
+                        });
+                    }
+                }
+                let bound = writes.map(|w| {
+                    if w.writes.keyed.is_empty() {
+                        return (*w.writes).clone();
+                    }
+                    let types = declared_types(&w.definition);
+                    let params = BindParameters::parse(view.rest);
+                    w.writes
+                        .bound(params.as_ref().map(|p| (p, types.as_slice())))
+                });
+                let Some(state) = self.caching.as_mut() else {
+                    return;
+                };
+                match bound {
+                    Some(writes) => state.writes.merge(&writes),
+                    None => state.unknown_writes = true,
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// The commit hook: resolve the written tables on the primary connection that ran
+    /// the transaction, NOTIFY the other instances, invalidate here.
+    pub(super) async fn invalidate_writes(&mut self) {
+        let Some(state) = self.caching.as_mut() else {
+            return;
+        };
+        let writes = std::mem::take(&mut state.writes);
+        let everything = writes.everything || std::mem::take(&mut state.unknown_writes);
+        let cache = self.runtime.cache.clone();
+        let database = self.identity.database.clone();
+        if !cache.tracks_writes(&database) {
+            return; // no instance caches this database: the write costs nothing more
+        }
+        let config = self.runtime.config();
+        let question = cache::catalog::write_question(
+            cache.instance,
+            &database,
+            &writes.relations,
+            &writes.keys.iter().cloned().collect::<Vec<_>>(),
+            &writes.functions,
+            everything,
+            config.cache.notify,
+            "",
+        );
+        let answer = match self.server.as_mut() {
+            Some(server) if self.backend == 0 => {
+                match tokio::time::timeout(Duration::from_secs(5), server.query_values(&question))
+                    .await
+                {
+                    Ok(Ok(answer)) => cache::catalog::write_answer(&answer),
+                    Ok(Err(e)) => {
+                        tracing::warn!(error = %e, "cache: invalidation query failed; dropping the database's entries");
+                        server.mark_broken();
+                        None
+                    }
+                    Err(_) => {
+                        tracing::warn!(
+                            "cache: invalidation query timed out; dropping the database's entries"
+                        );
+                        server.mark_broken();
+                        None
+                    }
+                }
+            }
+            _ => None,
+        };
+        match answer {
+            Some(invalidation) => {
+                if let Some(state) = self.routing.as_mut() {
+                    // The commit position is known: read-your-writes uses it too.
+                    state.last_write = Some(
+                        state
+                            .last_write
+                            .map_or(invalidation.lsn, |l| l.max(invalidation.lsn)),
+                    );
+                }
+                cache.invalidate(&database, &invalidation);
+            }
+            None => cache.invalidate(&database, &cache::Invalidation::everything(u64::MAX)),
+        }
+    }
+}
