@@ -387,6 +387,102 @@ async fn keyed_writes_invalidate_only_their_rows() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_only_transactions_refresh_and_auto_mode() {
+    let cluster = cluster(0, &[]);
+    setup(
+        &cluster,
+        "CREATE TABLE ro (id int primary key, v int); INSERT INTO ro VALUES (1, 10), (2, 20);
+         CREATE TABLE busy (id int primary key, v int); INSERT INTO busy VALUES (1, 1);",
+    )
+    .await;
+    let proxy = start(&cluster, |c| {
+        c.cache.mode = pgwarden::config::CacheMode::Auto;
+        c.cache.auto_min_calls = 3;
+    })
+    .await;
+    let mut c = wire(&proxy).await;
+    let read = "/* pgwarden:cache */ SELECT v FROM ro WHERE id = 1";
+    simple_value(&mut c, read).await;
+
+    // A READ ONLY transaction at READ COMMITTED is answered from the cache, with the
+    // transaction's status in ReadyForQuery.
+    simple_value(&mut c, "BEGIN READ ONLY").await;
+    let before = hits(&proxy);
+    let frames = within("read in transaction", c.simple(read)).await;
+    assert_eq!(first_value(&frames).as_deref(), Some("10"));
+    assert_eq!(
+        frames.last().map(|f| f[5]),
+        Some(b'T'),
+        "status stays in transaction"
+    );
+    assert_eq!(hits(&proxy), before + 1, "hit inside READ ONLY");
+    // SET LOCAL ends it: the settings are no longer the key's.
+    simple_value(&mut c, "SET LOCAL search_path = pg_catalog, public").await;
+    simple_value(&mut c, read).await;
+    assert_eq!(hits(&proxy), before + 1, "no hit after SET LOCAL");
+    simple_value(&mut c, "COMMIT").await;
+    // Neither writable transactions nor REPEATABLE READ ones are answered.
+    for begin in ["BEGIN", "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"] {
+        simple_value(&mut c, begin).await;
+        simple_value(&mut c, read).await;
+        simple_value(&mut c, "COMMIT").await;
+        assert_eq!(hits(&proxy), before + 1, "{begin}: not from the cache");
+    }
+
+    // A hot entry near its TTL is refreshed by one hit, so it does not expire.
+    let short = "/* pgwarden:cache ttl=2s */ SELECT v FROM ro WHERE id = 2";
+    simple_value(&mut c, short).await;
+    tokio::time::sleep(Duration::from_millis(1700)).await;
+    let misses = proxy.runtime.cache.totals().misses;
+    simple_value(&mut c, short).await;
+    assert_eq!(
+        proxy.runtime.cache.totals().misses,
+        misses + 1,
+        "the hit past 80% of the TTL refreshed it"
+    );
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let hits_before = hits(&proxy);
+    assert_eq!(simple_value(&mut c, short).await.as_deref(), Some("20"));
+    assert_eq!(
+        hits(&proxy),
+        hits_before + 1,
+        "still cached past the first TTL"
+    );
+
+    // auto mode: a hot read of a read-mostly table is cached without a hint; one whose
+    // table is written as often as it is read is not.
+    let quiet = "SELECT v FROM ro WHERE id = 2 AND v > 0";
+    for _ in 0..6 {
+        simple_value(&mut c, quiet).await;
+    }
+    let row = |text: &str| {
+        proxy
+            .runtime
+            .cache
+            .fingerprint_rows()
+            .into_iter()
+            .find(|(r, _, _)| r.text.contains(text))
+            .map(|(r, _, _)| r)
+    };
+    assert!(
+        row("from ro where id = ? and v >").is_some_and(|r| r.cached && r.hits > 0),
+        "{:?}",
+        row("from ro where id = ? and v >")
+    );
+    let busy = "SELECT v FROM busy WHERE id = 1 AND v > 0";
+    for _ in 0..10 {
+        simple_value(&mut c, busy).await;
+        simple_value(&mut c, "UPDATE busy SET v = v + 1 WHERE id > 0").await;
+    }
+    let busy_row = row("from busy").expect("busy fingerprint seen");
+    assert!(
+        !busy_row.cached && busy_row.why.contains("read-mostly"),
+        "{busy_row:?}"
+    );
+    assert_eq!(simple_value(&mut c, busy).await.as_deref(), Some("11"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn never_shared_across_tenants_or_roles() {
     let cluster = cluster(0, &[]);
     setup(

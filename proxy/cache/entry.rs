@@ -5,6 +5,7 @@
 //! `BindComplete` in an extended batch), without the final `ReadyForQuery`: never a
 //! slice of a session's read buffer.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -29,9 +30,21 @@ pub struct Entry {
     pub ttl: Duration,
     pub rows: u64,
     pub stored: Instant,
+    /// A client is refreshing it (it neared its TTL while hot).
+    pub refreshing: AtomicBool,
 }
 
+/// Share of its TTL after which a hit entry is refreshed.
+const REFRESH_AFTER: f64 = 0.8;
+
 impl Entry {
+    /// True for the one hit that should refresh this entry: the first after it passed
+    /// [`REFRESH_AFTER`] of its TTL.
+    pub fn claim_refresh(&self) -> bool {
+        self.stored.elapsed() >= self.ttl.mul_f64(REFRESH_AFTER)
+            && !self.refreshing.swap(true, Ordering::Relaxed)
+    }
+
     /// Bytes this entry costs with its key (frames, key, OIDs, bookkeeping).
     pub fn weight(&self, key: &Bytes) -> u32 {
         let bytes =
@@ -59,6 +72,17 @@ impl moka::Expiry<Bytes, std::sync::Arc<Entry>> for EntryExpiry {
         _key: &Bytes,
         value: &std::sync::Arc<Entry>,
         _created_at: Instant,
+    ) -> Option<Duration> {
+        Some(value.ttl)
+    }
+
+    /// A refreshed entry replaces the old one with a whole new TTL.
+    fn expire_after_update(
+        &self,
+        _key: &Bytes,
+        value: &std::sync::Arc<Entry>,
+        _updated_at: Instant,
+        _duration_until_expiry: Option<Duration>,
     ) -> Option<Duration> {
         Some(value.ttl)
     }

@@ -109,6 +109,14 @@ impl FingerprintBook {
         .unwrap_or(false)
     }
 
+    /// `auto`: calls counted in the fingerprint's current minute.
+    pub fn calls_this_minute(&self, fingerprint: u64) -> u64 {
+        let rows = self.rows.lock().unwrap_or_else(|e| e.into_inner());
+        rows.get(&fingerprint)
+            .filter(|r| r.window_start.elapsed() <= Duration::from_secs(60))
+            .map_or(0, |r| r.window_calls)
+    }
+
     pub fn rows(&self) -> Vec<Row> {
         let rows = self.rows.lock().unwrap_or_else(|e| e.into_inner());
         rows.values().cloned().collect()

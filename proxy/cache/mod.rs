@@ -216,6 +216,27 @@ impl ResultCache {
             .auto_wants(fingerprint, text, min_calls, min_ratio)
     }
 
+    /// `auto` mode: whether the tables a fingerprint reads are read-mostly, i.e. they
+    /// were written at most `(1 - min_hit_ratio)` times per read of it this minute (more
+    /// writes would keep its hit ratio under `min_hit_ratio`). `Err` says why not.
+    pub fn read_mostly(
+        &self,
+        database: &str,
+        tables: &[u32],
+        fingerprint: u64,
+        min_ratio: f64,
+    ) -> Result<(), String> {
+        let writes = self.versions.writes_this_minute(database, tables);
+        let reads = self.book.calls_this_minute(fingerprint);
+        if writes as f64 <= (1.0 - min_ratio).max(0.0) * reads as f64 {
+            Ok(())
+        } else {
+            Err(format!(
+                "auto: tables not read-mostly ({writes} writes for {reads} reads this minute)"
+            ))
+        }
+    }
+
     pub fn analysis(&self, key: &Bytes) -> Option<Arc<Analysis>> {
         self.analyses.get(key)
     }

@@ -43,6 +43,27 @@ struct TableMarks {
     columns: HashMap<u64, u64>,
     /// (column, value) hash → clock of the last write keyed on it.
     keys: HashMap<u64, u64>,
+    /// Committed writes in the current minute (for `auto` mode's "read-mostly").
+    minute: Option<(std::time::Instant, u64)>,
+}
+
+impl TableMarks {
+    fn count_write(&mut self) {
+        let now = std::time::Instant::now();
+        match &mut self.minute {
+            Some((start, n)) if now.duration_since(*start) < std::time::Duration::from_secs(60) => {
+                *n += 1
+            }
+            slot => *slot = Some((now, 1)),
+        }
+    }
+
+    fn writes_this_minute(&self) -> u64 {
+        match self.minute {
+            Some((start, n)) if start.elapsed() < std::time::Duration::from_secs(60) => n,
+            _ => 0,
+        }
+    }
 }
 
 /// The key an entry depends on: hashes of its column and of (column, value).
@@ -159,10 +180,12 @@ impl Versions {
                 slot.lsn = slot.lsn.max(lsn);
                 slot.columns.clear();
                 slot.keys.clear();
+                slot.count_write();
             }
             for change in keys {
                 let slot = marks.tables.entry(change.table).or_default();
                 slot.lsn = slot.lsn.max(lsn);
+                slot.count_write();
                 if slot.wide == *clock {
                     continue;
                 }
@@ -176,6 +199,19 @@ impl Versions {
                 slot.columns.insert(change.column, *clock);
                 slot.keys.insert(change.key, *clock);
             }
+        })
+    }
+
+    /// Committed writes to `tables` seen in their current minute.
+    pub fn writes_this_minute(&self, database: &str, tables: &[u32]) -> u64 {
+        self.with(|_, map| {
+            map.get(database).map_or(0, |m| {
+                tables
+                    .iter()
+                    .filter_map(|t| m.tables.get(t))
+                    .map(TableMarks::writes_this_minute)
+                    .sum()
+            })
         })
     }
 

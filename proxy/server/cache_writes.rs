@@ -31,7 +31,11 @@ pub(super) struct StatementWrites {
 impl Session {
     /// Notes what a message forwarded to the primary may write.
     pub(super) fn cache_note_forwarded(&mut self, message_tag: u8, frame: &[u8]) {
-        if self.caching.is_none() || self.backend != 0 {
+        if self.caching.is_none() {
+            return;
+        }
+        self.note_transaction_kind(message_tag, frame);
+        if self.backend != 0 {
             return;
         }
         let writes_of = |sql: &[u8]| -> Option<Arc<WriteNames>> {
@@ -117,6 +121,54 @@ impl Session {
                 }
             }
             _ => {}
+        }
+    }
+
+    /// Whether the transaction is one whose reads the cache may answer: it began with a
+    /// lone `BEGIN ... READ ONLY` (not `REPEATABLE READ` or `SERIALIZABLE`, and the
+    /// session did not change `default_transaction_isolation`) and has forwarded
+    /// nothing but reads since. Anything else (`SET LOCAL`, a savepoint) ends that.
+    fn note_transaction_kind(&mut self, message_tag: u8, frame: &[u8]) {
+        let text = match message_tag {
+            tag::QUERY => {
+                let sql = body(frame);
+                String::from_utf8_lossy(&sql[..sql.len().saturating_sub(1)]).into_owned()
+            }
+            tag::PARSE => match ParseView::parse(body(frame)) {
+                Ok(view) => String::from_utf8_lossy(view.query).into_owned(),
+                Err(_) => String::new(),
+            },
+            tag::BIND => {
+                let read = BindView::parse(body(frame)).is_ok_and(|view| {
+                    view.statement.is_empty()
+                        || self
+                            .statements
+                            .get(view.statement)
+                            .is_some_and(|s| s.read_only)
+                });
+                if !read {
+                    if let Some(state) = self.caching.as_mut() {
+                        state.read_only_transaction = false;
+                    }
+                }
+                return;
+            }
+            _ => return,
+        };
+        let class = self.runtime.routing().classify(&text);
+        let upper = text.to_ascii_uppercase();
+        let read_only_begin = matches!(class, StatementClass::Begin { read_only: true })
+            && !upper.contains("REPEATABLE")
+            && !upper.contains("SERIALIZABLE")
+            && !upper.contains(';')
+            && !self.settings.mentions("default_transaction_isolation");
+        let idle = self.status == crate::protocol::tag::TransactionStatus::Idle;
+        if let Some(state) = self.caching.as_mut() {
+            state.read_only_transaction = if idle {
+                read_only_begin
+            } else {
+                state.read_only_transaction && class == StatementClass::Read
+            };
         }
     }
 

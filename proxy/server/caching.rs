@@ -38,6 +38,9 @@ pub struct SessionCache {
     pub(super) unnamed_writes: Option<super::cache_writes::StatementWrites>,
     /// The `Bind` of a statement whose effects are unknown was sent.
     pub(super) unknown_writes: bool,
+    /// The open transaction began `READ ONLY` (at `READ COMMITTED`) and has forwarded
+    /// only reads since: its reads may be answered from the cache.
+    pub(super) read_only_transaction: bool,
 }
 
 /// A miss being captured: the frames the client receives until `ReadyForQuery`.
@@ -77,7 +80,7 @@ impl Session {
         if self.caching.is_none()
             || !matches!(self.client_buf[0], tag::QUERY | tag::PARSE | tag::BIND)
             || self.skip_until_sync
-            || self.status != TransactionStatus::Idle
+            || !self.cache_may_answer_in(self.status)
             || !self.responses.is_empty()
             || self.batch_open
             || self.pooled.is_pinned()
@@ -101,13 +104,24 @@ impl Session {
         let key = self.cache_key(&request);
         let cache = self.runtime.cache.clone();
         let min_lsn = self.routing.as_ref().and_then(|r| r.required_lsn());
-        if let Ok(entry) = cache.lookup(&key, min_lsn) {
-            self.serve_entry(&request, &entry);
-            return Ok(true);
-        }
+        // A hot entry near its TTL is refreshed by the first client that hits it then;
+        // the others keep being served until the new result replaces it.
+        let refreshing = match cache.lookup(&key, min_lsn) {
+            Ok(entry) if !entry.claim_refresh() => {
+                self.serve_entry(&request, &entry);
+                return Ok(true);
+            }
+            Ok(entry) => Some(entry),
+            Err(_) => None,
+        };
         // Single flight: the first miss runs the query, the others wait for it.
         let flight = match cache.flights.join(&key) {
             Joined::Leader(guard) => Some(guard),
+            Joined::Follower(_) if refreshing.is_some() => {
+                let entry = refreshing.expect("checked");
+                self.serve_entry(&request, &entry);
+                return Ok(true);
+            }
             Joined::Follower(rx) => {
                 cache::wait_for_flight(rx, Duration::from_millis(settings.flight_wait_ms)).await;
                 if let Ok(entry) = cache.lookup(&key, min_lsn) {
@@ -126,7 +140,10 @@ impl Session {
             }
             Err(e) => return Err(e),
         }
-        let Some(analysis) = self.analyse(&request.sql).await else {
+        // Inside a transaction a failed catalog question would abort the client's
+        // transaction: only a verdict reached outside one is used there.
+        let may_ask = self.status == TransactionStatus::Idle;
+        let Some(analysis) = self.analyse(&request.sql, may_ask).await else {
             return Ok(false);
         };
         let text = String::from_utf8_lossy(&request.sql);
@@ -139,6 +156,19 @@ impl Session {
             }
         };
         let database = self.identity.database.clone();
+        let by_auto_only = hint.is_none()
+            && (settings.rules.is_empty() || !self.rules_match(&request.sql, &settings.rules));
+        if by_auto_only {
+            if let Err(why) = cache.read_mostly(
+                &database,
+                &tables,
+                analysis.fingerprint,
+                settings.min_hit_ratio,
+            ) {
+                cache.decided(analysis.fingerprint, &text, false, &why);
+                return Ok(false);
+            }
+        }
         // From now on this database's writes are tracked (here and elsewhere).
         cache.activate(&database);
         let Some(snapshot) = cache.snapshot(&database, &tables) else {
@@ -285,6 +315,20 @@ impl Session {
         None // the batch is not complete in the buffer: not cached
     }
 
+    /// Outside a transaction, or inside a read-only one at `READ COMMITTED` that has run
+    /// nothing but reads: there every statement sees the newest committed data, as an
+    /// autocommit read does.
+    fn cache_may_answer_in(&self, status: TransactionStatus) -> bool {
+        match status {
+            TransactionStatus::Idle => true,
+            TransactionStatus::InTransaction => self
+                .caching
+                .as_ref()
+                .is_some_and(|c| c.read_only_transaction),
+            TransactionStatus::Failed => false,
+        }
+    }
+
     /// Whether a statement without the hint can be skipped without more work
     /// (`hinted` mode without rules).
     fn cheap_skip(&self) -> bool {
@@ -401,7 +445,7 @@ impl Session {
         }
         let mut answer = BytesMut::with_capacity(entry.frames.len() + READY_IDLE.len());
         answer.extend_from_slice(&entry.frames);
-        backend::ready_for_query(&mut answer, TransactionStatus::Idle);
+        backend::ready_for_query(&mut answer, self.status);
         self.responses
             .push(Expect::Synthetic(answer.freeze()), &mut self.to_client);
         self.responses.release_held(&mut self.to_client);
@@ -412,7 +456,7 @@ impl Session {
     }
 
     /// The catalog's verdict on `sql` for this role and settings (memoized).
-    async fn analyse(&mut self, sql: &Bytes) -> Option<Arc<Analysis>> {
+    async fn analyse(&mut self, sql: &Bytes, may_ask: bool) -> Option<Arc<Analysis>> {
         let cache = self.runtime.cache.clone();
         let mut memo = BytesMut::new();
         for part in [
@@ -427,6 +471,9 @@ impl Session {
         let memo = memo.freeze();
         if let Some(analysis) = cache.analysis(&memo) {
             return Some(analysis);
+        }
+        if !may_ask {
+            return None;
         }
         let text = String::from_utf8_lossy(sql);
         let (fingerprint, _) = crate::stats::fingerprint::fingerprint(&text);
@@ -569,10 +616,11 @@ impl Session {
             return;
         }
         let captured = &fill.captured[..];
-        if self.status != TransactionStatus::Idle || !captured.ends_with(&READY_IDLE) {
+        let ready = [b'Z', 0, 0, 0, 5, self.status.as_byte()];
+        if !self.cache_may_answer_in(self.status) || !captured.ends_with(&ready) {
             return;
         }
-        let frames = &captured[..captured.len() - READY_IDLE.len()];
+        let frames = &captured[..captured.len() - ready.len()];
         let Some(rows) = replayable(frames) else {
             return;
         };
@@ -587,6 +635,7 @@ impl Session {
             ttl: fill.ttl,
             rows,
             stored: Instant::now(),
+            refreshing: Default::default(),
         };
         cache.store(fill.key, entry);
     }

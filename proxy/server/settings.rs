@@ -245,6 +245,12 @@ impl SessionSettings {
         self.rehash();
     }
 
+    /// Whether the session set `name` (at startup or with `SET`).
+    pub fn mentions(&self, name: &str) -> bool {
+        let name = name.to_ascii_lowercase();
+        self.defaults.contains_key(&name) || self.entries.contains_key(&name)
+    }
+
     /// 0 when the client has no settings of its own.
     pub fn hash(&self) -> u64 {
         self.hash
