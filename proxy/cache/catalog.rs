@@ -4,35 +4,16 @@
 //! tables, and whether every function called is `IMMUTABLE` in `pg_proc`.
 //! This file only builds the SQL and reads its one-row answer.
 
-use super::row_key::{column_hash, key_hash, KeyPredicate, RowKey};
+use super::row_key::{column_hash, key_hash, KeyPredicate};
 use super::versions::KeyedChange;
 use crate::route::{parse_lsn, Lsn};
 
 /// The LISTEN/NOTIFY channel invalidations travel on.
 pub const CHANNEL: &str = "pgwarden_cache";
 
-/// Functions that change no table although `pg_proc` calls them volatile: a write
-/// calling them is not taken for "writes everything".
-const NO_TABLE_WRITES: &[&str] = &[
-    "nextval",
-    "setval",
-    "currval",
-    "lastval",
-    "random",
-    "gen_random_uuid",
-    "uuid_generate_v4",
-    "clock_timestamp",
-    "timeofday",
-    "txid_current",
-    "pg_current_xact_id",
-    "pg_notify",
-    "set_config",
-    "pg_advisory_xact_lock",
-    "pg_advisory_lock",
-    "pg_advisory_unlock",
-    "pg_try_advisory_lock",
-    "pg_try_advisory_xact_lock",
-];
+pub(super) fn text_array_of(items: &[String]) -> String {
+    text_array(items)
+}
 
 pub fn quote_literal(value: &str) -> String {
     format!("'{}'", value.replace('\'', "''"))
@@ -178,7 +159,7 @@ impl Invalidation {
 }
 
 /// A list of changes: `*`, or `oid` (table-wide) and `oid:column=value` items.
-fn parse_changes(list: &str) -> (Option<Vec<u32>>, Vec<KeyedChange>) {
+pub fn parse_changes(list: &str) -> (Option<Vec<u32>>, Vec<KeyedChange>) {
     if list == "*" {
         return (None, Vec::new());
     }
@@ -214,103 +195,6 @@ pub fn parse_payload(payload: &str) -> Option<(u64, String, Invalidation)> {
     Some((instance, database, Invalidation { lsn, tables, keys }))
 }
 
-/// The commit hook of a transaction that wrote: resolves the written names to OIDs,
-/// decides "everything" when a called function is `VOLATILE`, reads the commit
-/// position, and (with `notify`) tells the other instances, in one round trip.
-/// `extra` adds columns (the read-your-writes NOTIFY). Answer: lsn, oids or `*`, ...
-#[allow(clippy::too_many_arguments)]
-pub fn write_question(
-    instance: u64,
-    database: &str,
-    relations: impl IntoIterator<Item = impl AsRef<str>>,
-    keys: &[RowKey],
-    functions: impl IntoIterator<Item = impl AsRef<str>>,
-    everything: bool,
-    notify: bool,
-    extra: &str,
-) -> String {
-    let relations: Vec<String> = relations
-        .into_iter()
-        .map(|r| r.as_ref().to_string())
-        .collect();
-    let key_names: Vec<String> = keys.iter().map(|k| k.relation.clone()).collect();
-    let key_columns: Vec<String> = keys.iter().map(|k| k.column.clone()).collect();
-    let key_values: Vec<String> = keys.iter().map(|k| k.value.clone()).collect();
-    let functions: Vec<String> = functions
-        .into_iter()
-        .map(|f| f.as_ref().to_string())
-        .filter(|f| !NO_TABLE_WRITES.contains(&f.as_str()))
-        .collect();
-    let oids = if everything {
-        "'*'".to_string()
-    } else {
-        format!(
-            "CASE WHEN EXISTS (SELECT 1 FROM pg_proc p WHERE p.proname = ANY({functions}) AND p.provolatile = 'v') THEN '*' \
-             ELSE (SELECT CASE WHEN length(x) > 7000 THEN '*' ELSE x END FROM \
-                   (SELECT concat_ws(',', (SELECT string_agg(DISTINCT oid::text, ',') FROM rels), \
-                      (SELECT string_agg(DISTINCT o.oid::text || ':' || o.col || '=' || o.val, ',') FROM keyed_ok o)) AS x) agg) END",
-            functions = text_array(&functions)
-        )
-    };
-    let notify = if notify {
-        format!(
-            ", pg_notify('{CHANNEL}', {prefix} || w.lsn || '|' || w.oids)",
-            prefix = quote_literal(&format!("{instance}|{database}|"))
-        )
-    } else {
-        String::new()
-    };
-    format!(
-        "{closure}, w AS (SELECT pg_current_wal_insert_lsn()::text AS lsn, {oids} AS oids) \
-         SELECT w.lsn, w.oids{notify}{extra} FROM w",
-        closure = write_closure(
-            &text_array(&relations),
-            &text_array(&key_names),
-            &text_array(&key_columns),
-            &text_array(&key_values)
-        ),
-    )
-}
-
-/// Foreign keys whose actions write the referencing table (`conrelid`) when the
-/// referenced one (`confrelid`) changes.
-const CASCADING_FOREIGN_KEYS: &str = "con.contype = 'f' AND (con.confupdtype IN ('c', 'n', 'd') OR con.confdeltype IN ('c', 'n', 'd'))";
-
-/// A write's closure: `keyed_ok(oid, col, val)` for keyed writes the catalog confirms
-/// (integer column of a plain table without user triggers, rules or inheritance),
-/// `rels(oid)` for everything changed as a whole: the table-wide names, unconfirmed
-/// keyed ones, views' tables, partitions, and tables written by cascading foreign keys.
-fn write_closure(wide: &str, key_names: &str, key_columns: &str, key_values: &str) -> String {
-    format!(
-        "WITH RECURSIVE keyed AS (SELECT k.n, k.col, k.val, to_regclass(k.n)::oid AS oid \
-           FROM unnest({key_names}, {key_columns}, {key_values}) AS k(n, col, val)), \
-         keyed_ok AS (SELECT k.oid, k.col, k.val FROM keyed k JOIN pg_class c ON c.oid = k.oid \
-           WHERE c.relkind = 'r' AND NOT c.relispartition AND NOT c.relhassubclass AND NOT c.relhasrules \
-           AND EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attname = k.col \
-             AND NOT a.attisdropped AND a.atttypid IN (20, 21, 23)) \
-           AND NOT EXISTS (SELECT 1 FROM pg_trigger t WHERE t.tgrelid = c.oid AND NOT t.tgisinternal)), \
-         roots AS (SELECT n, to_regclass(n)::oid AS oid FROM unnest({wide}) AS n \
-           UNION ALL SELECT k.n, k.oid FROM keyed k WHERE NOT EXISTS \
-             (SELECT 1 FROM keyed_ok o WHERE o.oid = k.oid AND o.col = k.col AND o.val = k.val) \
-           UNION ALL SELECT NULL::text, con.conrelid FROM keyed_ok o JOIN pg_constraint con \
-             ON con.confrelid = o.oid AND {CASCADING_FOREIGN_KEYS}), \
-         rels(oid) AS (SELECT oid FROM roots WHERE oid IS NOT NULL \
-           UNION SELECT x.oid FROM rels r CROSS JOIN LATERAL ( \
-             SELECT d.refobjid AS oid FROM pg_rewrite rw JOIN pg_depend d ON d.classid = 'pg_rewrite'::regclass \
-               AND d.objid = rw.oid AND d.refclassid = 'pg_class'::regclass WHERE rw.ev_class = r.oid AND d.refobjid <> r.oid \
-             UNION ALL SELECT i.inhrelid FROM pg_inherits i WHERE i.inhparent = r.oid \
-             UNION ALL SELECT i.inhparent FROM pg_inherits i WHERE i.inhrelid = r.oid \
-             UNION ALL SELECT con.conrelid FROM pg_constraint con WHERE con.confrelid = r.oid AND {CASCADING_FOREIGN_KEYS}) x)"
-    )
-}
-
-/// Reads the commit hook's answer.
-pub fn write_answer(answer: &[Option<String>]) -> Option<Invalidation> {
-    let lsn = parse_lsn(answer.first()?.as_deref()?)?;
-    let (tables, keys) = parse_changes(answer.get(1)?.as_deref()?);
-    Some(Invalidation { lsn, tables, keys })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -326,10 +210,6 @@ mod tests {
         assert_eq!(inv.tables, Some(vec![1, 2]));
         assert_eq!(parse_payload("7|app|0/1|*").unwrap().2.tables, None);
         assert!(parse_payload("junk").is_none());
-        assert_eq!(
-            write_answer(&[Some("0/10".into()), Some("*".into())]),
-            Some(Invalidation::everything(16))
-        );
         let keyed = parse_payload("7|app|0/1|5,9:aid=12").unwrap().2;
         assert_eq!(keyed.tables, Some(vec![5]));
         assert_eq!(

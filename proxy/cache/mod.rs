@@ -11,6 +11,7 @@
 
 mod analysis;
 pub mod catalog;
+pub mod commit_hook;
 mod entry;
 mod fingerprints;
 mod flight;
@@ -42,6 +43,11 @@ use crate::route::Lsn;
 const ANALYSIS_BYTES: u64 = 4 << 20;
 /// Bytes the memo of write statements' names may take.
 const WRITES_BYTES: u64 = 2 << 20;
+/// Bytes the memo of write shapes' catalog facts may take.
+const RESOLUTIONS_BYTES: u64 = 1 << 20;
+
+/// (database, settings hash, shape): what a write's catalog facts depend on.
+type ResolutionKey = (String, u64, commit_hook::WriteShape);
 
 /// Why a lookup found nothing to serve.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,6 +64,8 @@ pub struct ResultCache {
     analyses: moka::sync::Cache<Bytes, Arc<Analysis>>,
     /// What a write statement's text may change, by text.
     writes: moka::sync::Cache<String, Arc<WriteNames>>,
+    /// The catalog's word on each shape of write, by (database, settings, shape).
+    resolutions: moka::sync::Cache<ResolutionKey, Arc<commit_hook::Resolution>>,
     versions: versions::Versions,
     pub flights: flight::Flights,
     book: fingerprints::FingerprintBook,
@@ -159,6 +167,15 @@ impl ResultCache {
                     u32::try_from(key.len() + names + 96).unwrap_or(u32::MAX)
                 })
                 .build(),
+            resolutions: moka::sync::Cache::builder()
+                .max_capacity(RESOLUTIONS_BYTES)
+                .weigher(|key: &ResolutionKey, r: &Arc<commit_hook::Resolution>| {
+                    let bytes =
+                        key.0.len() + key.2.weight() + r.tables.len() * 4 + r.keyed.len() * 64 + 96;
+                    u32::try_from(bytes).unwrap_or(u32::MAX)
+                })
+                .time_to_live(commit_hook::RESOLUTION_TTL)
+                .build(),
             versions: versions::Versions::new(need_listen),
             flights: flight::Flights::default(),
             book: fingerprints::FingerprintBook::default(),
@@ -255,6 +272,28 @@ impl ResultCache {
         self.analyses.insert(key, analysis);
     }
 
+    /// The remembered catalog facts of a shape of write, if still fresh.
+    pub fn resolution(
+        &self,
+        database: &str,
+        settings: u64,
+        shape: &commit_hook::WriteShape,
+    ) -> Option<Arc<commit_hook::Resolution>> {
+        self.resolutions
+            .get(&(database.to_string(), settings, shape.clone()))
+    }
+
+    pub fn remember_resolution(
+        &self,
+        database: &str,
+        settings: u64,
+        shape: commit_hook::WriteShape,
+        resolution: Arc<commit_hook::Resolution>,
+    ) {
+        self.resolutions
+            .insert((database.to_string(), settings, shape), resolution);
+    }
+
     /// Before a miss runs its query: `None` when nothing of `database` may be stored now.
     pub fn snapshot(&self, database: &str, tables: &[u32]) -> Option<Snapshot> {
         self.versions.snapshot(database, tables)
@@ -297,6 +336,7 @@ impl ResultCache {
         self.versions.clear(database);
         self.analyses.invalidate_all();
         self.writes.invalidate_all();
+        self.resolutions.invalidate_all();
     }
 
     /// `CLEAR CACHE`.
@@ -356,8 +396,9 @@ impl ResultCache {
         (
             self.entries.weighted_size()
                 + self.analyses.weighted_size()
-                + self.writes.weighted_size(),
-            self.max_bytes + ANALYSIS_BYTES + WRITES_BYTES,
+                + self.writes.weighted_size()
+                + self.resolutions.weighted_size(),
+            self.max_bytes + ANALYSIS_BYTES + WRITES_BYTES + RESOLUTIONS_BYTES,
         )
     }
 

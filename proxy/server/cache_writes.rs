@@ -9,6 +9,7 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use super::session::Session;
+use crate::cache::commit_hook::{self, Resolution, WriteShape};
 use crate::cache::row_key::{declared_types, BindParameters};
 use crate::cache::{self, WriteNames};
 use crate::protocol::extended::{BindView, ParseView};
@@ -124,6 +125,56 @@ impl Session {
         }
     }
 
+    /// Resolves what `writes` changed (the catalog facts remembered per shape of write),
+    /// then reads the commit position and sends the change list to other instances.
+    async fn commit_hook(
+        &mut self,
+        writes: &WriteNames,
+        everything: bool,
+        notify: bool,
+    ) -> Result<cache::Invalidation, String> {
+        let cache = self.runtime.cache.clone();
+        let database = self.identity.database.clone();
+        let settings = self.settings.hash();
+        let server = self.server.as_mut().ok_or("no server")?;
+        let resolution = if everything {
+            Arc::new(Resolution {
+                everything: true,
+                tables: Vec::new(),
+                keyed: Default::default(),
+            })
+        } else {
+            let shape = WriteShape::new(&writes.relations, &writes.keys, &writes.functions);
+            match cache.resolution(&database, settings, &shape) {
+                Some(resolution) => resolution,
+                None => {
+                    let answer = server
+                        .query_values(&commit_hook::resolution_question(&shape))
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    let resolution = Arc::new(
+                        commit_hook::resolution_answer(&shape, &answer)
+                            .ok_or("unreadable catalog answer")?,
+                    );
+                    cache.remember_resolution(&database, settings, shape, resolution.clone());
+                    resolution
+                }
+            }
+        };
+        let changes = resolution.changes(&writes.keys);
+        let answer = server
+            .query_values(&commit_hook::notify_question(
+                cache.instance,
+                &database,
+                &changes,
+                notify,
+            ))
+            .await
+            .map_err(|e| e.to_string())?;
+        commit_hook::notify_answer(&answer, &changes)
+            .ok_or_else(|| "unreadable commit position".into())
+    }
+
     /// Whether the transaction is one whose reads the cache may answer: it began with a
     /// lone `BEGIN ... READ ONLY` (not `REPEATABLE READ` or `SERIALIZABLE`, and the
     /// session did not change `default_transaction_isolation`) and has forwarded
@@ -186,32 +237,29 @@ impl Session {
             return; // no instance caches this database: the write costs nothing more
         }
         let config = self.runtime.config();
-        let question = cache::catalog::write_question(
-            cache.instance,
-            &database,
-            &writes.relations,
-            &writes.keys.iter().cloned().collect::<Vec<_>>(),
-            &writes.functions,
-            everything,
-            config.cache.notify,
-            "",
-        );
         let answer = match self.server.as_mut() {
-            Some(server) if self.backend == 0 => {
-                match tokio::time::timeout(Duration::from_secs(5), server.query_values(&question))
-                    .await
+            Some(_) if self.backend == 0 => {
+                match tokio::time::timeout(
+                    Duration::from_secs(5),
+                    self.commit_hook(&writes, everything, config.cache.notify),
+                )
+                .await
                 {
-                    Ok(Ok(answer)) => cache::catalog::write_answer(&answer),
-                    Ok(Err(e)) => {
-                        tracing::warn!(error = %e, "cache: invalidation query failed; dropping the database's entries");
-                        server.mark_broken();
+                    Ok(Ok(invalidation)) => Some(invalidation),
+                    Ok(Err(why)) => {
+                        tracing::warn!(error = %why, "cache: invalidation query failed; dropping the database's entries");
+                        if let Some(server) = self.server.as_mut() {
+                            server.mark_broken();
+                        }
                         None
                     }
                     Err(_) => {
                         tracing::warn!(
                             "cache: invalidation query timed out; dropping the database's entries"
                         );
-                        server.mark_broken();
+                        if let Some(server) = self.server.as_mut() {
+                            server.mark_broken();
+                        }
                         None
                     }
                 }
