@@ -44,6 +44,18 @@ pub struct ProxyConfig {
     pub max_message_bytes: usize,
     pub tls_cert: Option<String>,
     pub tls_key: Option<String>,
+    /// Graceful shutdown (SIGTERM): clients inside a transaction, batch or COPY get
+    /// this long to finish it; then every client left gets 57P01.
+    pub shutdown_timeout_ms: u64,
+    /// After SIGTERM, `/readyz` answers 503 at once but new clients are still accepted
+    /// this long, so a load balancer stops sending them first. 0 = stop at once.
+    pub shutdown_readyz_delay_ms: u64,
+    /// TCP keepalive on client and server sockets: idle seconds before the first
+    /// probe (0 turns keepalive off), seconds between probes, probes before the
+    /// connection is dropped (0 = the OS default for either).
+    pub tcp_keepalive_idle_secs: u64,
+    pub tcp_keepalive_interval_secs: u64,
+    pub tcp_keepalive_count: u32,
 }
 
 impl Default for ProxyConfig {
@@ -56,6 +68,11 @@ impl Default for ProxyConfig {
             max_message_bytes: 64 * 1024 * 1024,
             tls_cert: None,
             tls_key: None,
+            shutdown_timeout_ms: 30_000,
+            shutdown_readyz_delay_ms: 0,
+            tcp_keepalive_idle_secs: 60,
+            tcp_keepalive_interval_secs: 10,
+            tcp_keepalive_count: 6,
         }
     }
 }

@@ -30,6 +30,8 @@ pub struct ServerTarget {
     /// For a role with no configured password (`auth_query`): the secret its clients'
     /// logins proved, used when `password` is `None`.
     pub passthrough: Option<Arc<PassthroughSlot>>,
+    /// TCP keepalive for the server socket (`proxy.tcp_keepalive_*`), if on.
+    pub keepalive: Option<socket2::TcpKeepalive>,
 }
 
 impl ServerTarget {
@@ -48,6 +50,9 @@ impl ServerTarget {
                     source,
                 })?;
         let _ = stream.set_nodelay(true);
+        if let Some(keepalive) = &self.keepalive {
+            crate::server::keepalive::apply_settings(&stream, keepalive);
+        }
         let mut login = Login {
             target: self,
             stream,

@@ -1,0 +1,277 @@
+//! Graceful shutdown (issue 14) of the real binary: on SIGTERM `/readyz` answers 503
+//! at once, new connections are refused, idle clients get 57P01, a transaction in
+//! flight finishes and commits, the process exits 0; a transaction that outlives
+//! `proxy.shutdown_timeout_ms` gets 57P01 and is rolled back.
+
+#[path = "faults/load.rs"]
+mod load;
+mod support;
+
+use std::time::{Duration, Instant};
+
+use load::{sqlstate, Outcomes, STEP};
+use support::process::ProxyProcess;
+
+/// A client whose connection task's result is kept: an error the server sends while
+/// the client is idle (FATAL 57P01) ends that task, not a call.
+async fn connect_watched(
+    url: &str,
+) -> (
+    tokio_postgres::Client,
+    tokio::task::JoinHandle<Result<(), tokio_postgres::Error>>,
+) {
+    let (client, connection) =
+        tokio::time::timeout(STEP, tokio_postgres::connect(url, tokio_postgres::NoTls))
+            .await
+            .expect("connect hung")
+            .expect("connect through pgwarden");
+    (client, tokio::spawn(connection))
+}
+
+/// What ended a watched connection: its SQLSTATE, or "closed".
+async fn ending(connection: tokio::task::JoinHandle<Result<(), tokio_postgres::Error>>) -> String {
+    let result = tokio::time::timeout(STEP, connection)
+        .await
+        .expect("the connection was never closed")
+        .expect("connection task");
+    sqlstate(&result)
+}
+
+/// Polls `/readyz` until it answers `status`; how long that took.
+async fn readyz_becomes(process: &ProxyProcess, status: u16) -> Duration {
+    let started = Instant::now();
+    loop {
+        let (got, _) = support::http::get(process.http, "/readyz", None).await;
+        if got == status {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "/readyz stayed {got}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Polls until nothing listens on the proxy port any more; how long that took.
+async fn refuses_connections(port: u16) -> Duration {
+    let started = Instant::now();
+    loop {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_err()
+        {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "still accepting connections"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Polls until PostgreSQL has no client backend of the proxy's user left.
+async fn server_side_gone(direct: &tokio_postgres::Client, within: Duration) -> u64 {
+    let started = Instant::now();
+    loop {
+        let left = load::on_server(direct).await;
+        if left == 0 || started.elapsed() > within {
+            return left;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits until the primary runs `pg_sleep` for the proxy's user.
+async fn sleeping_on_server(direct: &tokio_postgres::Client) {
+    let started = Instant::now();
+    loop {
+        let n: i64 = direct
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND query LIKE 'SELECT pg_sleep%'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if n > 0 {
+            return;
+        }
+        assert!(started.elapsed() < STEP, "pg_sleep never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn rows(direct: &tokio_postgres::Client, tag: &str) -> i64 {
+    direct
+        .query_one(
+            "SELECT count(*) FROM shutdown_marks WHERE tag = $1",
+            &[&tag],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_a_transaction_commit_and_tells_idle_clients_57p01() {
+    let cluster = support::cluster(0);
+    let direct = support::proxy::connect_direct(&cluster).await;
+    direct
+        .batch_execute("CREATE TABLE shutdown_marks (tag text)")
+        .await
+        .unwrap();
+    let mut process = ProxyProcess::start(&cluster, "[proxy]\nshutdown_timeout_ms = 15000\n", &[]);
+    readyz_becomes(&process, 200).await;
+    let (idle, idle_connection) = connect_watched(&process.url()).await;
+    tokio::time::timeout(STEP, idle.simple_query("SELECT 1"))
+        .await
+        .unwrap()
+        .unwrap();
+    let (busy, busy_connection) = connect_watched(&process.url()).await;
+    tokio::time::timeout(
+        STEP,
+        busy.batch_execute("BEGIN; INSERT INTO shutdown_marks VALUES ('committed')"),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let before = load::settled_connections_at(process.port, &direct).await;
+
+    let in_flight = tokio::spawn(async move {
+        let slept = tokio::time::timeout(STEP, busy.simple_query("SELECT pg_sleep(2)"))
+            .await
+            .expect("pg_sleep hung");
+        let committed = tokio::time::timeout(STEP, busy.simple_query("COMMIT"))
+            .await
+            .expect("COMMIT hung");
+        (sqlstate(&slept), sqlstate(&committed))
+    });
+    sleeping_on_server(&direct).await;
+    let signalled = Instant::now();
+    process.signal(libc::SIGTERM);
+    let not_ready_after = readyz_becomes(&process, 503).await;
+    let (_, readyz_body) = support::http::get(process.http, "/readyz", None).await;
+    let refused_after = refuses_connections(process.port).await;
+    let refused = tokio::time::timeout(
+        STEP,
+        tokio_postgres::connect(&process.url(), tokio_postgres::NoTls),
+    )
+    .await
+    .expect("a refused connect hung");
+    let idle_ended = ending(idle_connection).await;
+    let (slept, committed) = tokio::time::timeout(STEP, in_flight)
+        .await
+        .unwrap()
+        .unwrap();
+    let busy_ended = ending(busy_connection).await;
+    let status = tokio::task::block_in_place(|| process.wait_exit(Duration::from_secs(20)));
+    let exited_after = signalled.elapsed();
+    let committed_rows = rows(&direct, "committed").await;
+    let left = server_side_gone(&direct, Duration::from_secs(10)).await;
+
+    let mut outcomes = Outcomes::default();
+    for o in [&slept, &committed, &idle_ended, &busy_ended] {
+        outcomes.add(o.as_str());
+    }
+    println!(
+        "graceful shutdown: faults injected: SIGTERM with 1 idle client and 1 transaction in pg_sleep(2); \
+         queries run: 6; client outcomes by SQLSTATE {:?} (pg_sleep {slept}, COMMIT {committed}, idle client ended {idle_ended}, busy client ended {busy_ended}); \
+         /readyz 503 ({readyz_body:?}) {not_ready_after:?} after the signal, connections refused after {refused_after:?} more; \
+         exit {status:?} {exited_after:?} after the signal; committed rows {committed_rows}; \
+         server connections before: proxy {} pg_stat_activity {}; after: proxy exited, pg_stat_activity {left}",
+        outcomes.0, before.0, before.1,
+    );
+    assert_eq!(
+        before.0, before.1,
+        "server connections disagree before the signal"
+    );
+    assert!(refused.is_err(), "a new client was served during shutdown");
+    assert_eq!(readyz_body.trim(), "shutting down");
+    assert_eq!(idle_ended, "57P01", "the idle client's end");
+    assert_eq!(
+        (slept.as_str(), committed.as_str()),
+        ("ok", "ok"),
+        "the transaction in flight"
+    );
+    assert_eq!(busy_ended, "57P01", "the busy client after its transaction");
+    assert_eq!(
+        committed_rows, 1,
+        "the transaction in flight did not commit"
+    );
+    let status = status.unwrap_or_else(|| panic!("pgwarden did not exit:\n{}", process.log()));
+    assert!(status.success(), "exit status {status}:\n{}", process.log());
+    assert_eq!(left, 0, "server connections left on PostgreSQL");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_past_the_shutdown_timeout_gets_57p01_and_is_rolled_back() {
+    let cluster = support::cluster(0);
+    let direct = support::proxy::connect_direct(&cluster).await;
+    direct
+        .batch_execute("CREATE TABLE shutdown_marks (tag text)")
+        .await
+        .unwrap();
+    let timeout_ms = 1_500u64;
+    let mut process = ProxyProcess::start(
+        &cluster,
+        &format!("[proxy]\nshutdown_timeout_ms = {timeout_ms}\n"),
+        &[],
+    );
+    let (late, late_connection) = connect_watched(&process.url()).await;
+    tokio::time::timeout(
+        STEP,
+        late.batch_execute("BEGIN; INSERT INTO shutdown_marks VALUES ('half')"),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let before = load::settled_connections_at(process.port, &direct).await;
+    let in_flight = tokio::spawn(async move {
+        let started = Instant::now();
+        let slept = tokio::time::timeout(STEP, late.simple_query("SELECT pg_sleep(4)"))
+            .await
+            .expect("pg_sleep hung");
+        (sqlstate(&slept), started.elapsed())
+    });
+    sleeping_on_server(&direct).await;
+    let signalled = Instant::now();
+    process.signal(libc::SIGTERM);
+    let (slept, answered_after) = tokio::time::timeout(STEP, in_flight)
+        .await
+        .unwrap()
+        .unwrap();
+    let ended = ending(late_connection).await;
+    let status = tokio::task::block_in_place(|| process.wait_exit(Duration::from_secs(20)));
+    let exited_after = signalled.elapsed();
+    // PostgreSQL notices the closed connection when pg_sleep ends, and rolls back.
+    let left = server_side_gone(&direct, Duration::from_secs(15)).await;
+    let half_rows = rows(&direct, "half").await;
+    let mut outcomes = Outcomes::default();
+    outcomes.add(slept.as_str());
+    outcomes.add(ended.as_str());
+    println!(
+        "shutdown timeout: faults injected: SIGTERM with 1 transaction in pg_sleep(4), shutdown_timeout_ms {timeout_ms}; \
+         queries run: 3; client outcomes by SQLSTATE {:?} (the statement answered {slept} after {answered_after:?}); \
+         exit {status:?} {exited_after:?} after the signal; rows of the unfinished transaction {half_rows}; \
+         server connections before: proxy {} pg_stat_activity {}; after: proxy exited, pg_stat_activity {left}",
+        outcomes.0, before.0, before.1,
+    );
+    assert_eq!(
+        before.0, before.1,
+        "server connections disagree before the signal"
+    );
+    assert_eq!(slept, "57P01", "the transaction past the timeout");
+    assert!(
+        answered_after < Duration::from_millis(timeout_ms) + Duration::from_secs(3),
+        "57P01 came {answered_after:?} after the statement started"
+    );
+    let status = status.unwrap_or_else(|| panic!("pgwarden did not exit:\n{}", process.log()));
+    assert!(status.success(), "exit status {status}:\n{}", process.log());
+    assert_eq!(left, 0, "server connections left on PostgreSQL");
+    assert_eq!(
+        half_rows, 0,
+        "a transaction cut off at shutdown was half-committed"
+    );
+}
