@@ -3,6 +3,8 @@
 //! what it ran, the errors clients saw by SQLSTATE, and the server connections the
 //! proxy and PostgreSQL count afterwards, which must agree.
 
+#[path = "faults/client_faults.rs"]
+mod client_faults;
 #[path = "faults/load.rs"]
 mod load;
 mod support;
