@@ -7,6 +7,8 @@
 mod client_faults;
 #[path = "faults/load.rs"]
 mod load;
+#[path = "faults/overload.rs"]
+mod overload;
 #[path = "faults/reload_storm.rs"]
 mod reload_storm;
 mod support;
