@@ -41,7 +41,7 @@ async fn a_reload_storm_under_load_fails_no_transaction() {
         process.write_config(&config(sizes[reloads as usize % sizes.len()]));
         process.signal(libc::SIGHUP);
         reloads += 1;
-        if reloads % 10 == 0 {
+        if reloads.is_multiple_of(10) {
             peak_on_server = peak_on_server.max(load::on_server(&direct).await);
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
