@@ -275,3 +275,78 @@ async fn a_transaction_past_the_shutdown_timeout_gets_57p01_and_is_rolled_back()
         "a transaction cut off at shutdown was half-committed"
     );
 }
+
+/// Stretch: with `proxy.reuse_port` a new pgwarden starts on the same port before the
+/// old one drains; new clients connect throughout the handover.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reuse_port_lets_a_new_process_take_over_the_port() {
+    let cluster = support::cluster(0);
+    let direct = support::proxy::connect_direct(&cluster).await;
+    // Trust: logins are cheap, so many clients connect during the handover.
+    let toml =
+        "[proxy]\nreuse_port = true\nshutdown_timeout_ms = 5000\n[auth]\nmethod = \"trust\"\n";
+    let mut old = ProxyProcess::start(&cluster, toml, &[]);
+    let url = old.url();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let clients = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut outcomes = Outcomes::default();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let result = tokio::time::timeout(STEP, async {
+                    let client = support::proxy::connect_url(&url).await?;
+                    client.simple_query("SELECT 1").await
+                })
+                .await
+                .expect("a client hung");
+                outcomes.add(sqlstate(&result));
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            outcomes
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let new = tokio::task::block_in_place(|| ProxyProcess::start_on(&cluster, old.port, toml, &[]));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    old.signal(libc::SIGTERM);
+    let status = tokio::task::block_in_place(|| old.wait_exit(Duration::from_secs(15)));
+    let mut after_exit = Outcomes::default();
+    for _ in 0..10 {
+        let result = tokio::time::timeout(STEP, async {
+            let client = support::proxy::connect_url(&new.url()).await?;
+            client.simple_query("SELECT 1").await
+        })
+        .await
+        .expect("a client hung");
+        after_exit.add(sqlstate(&result));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let outcomes = tokio::time::timeout(STEP, clients).await.unwrap().unwrap();
+    let after = load::settled_connections_at(new.port, &direct).await;
+    println!(
+        "reuse_port handover: faults injected: a second pgwarden on the same port, then SIGTERM to the first; \
+         queries run: {} by outcome {:?} during the handover, {:?} after the old process exited; old process exit {status:?}; server connections after: proxy {} pg_stat_activity {}",
+        outcomes.total(),
+        outcomes.0,
+        after_exit.0,
+        after.0,
+        after.1,
+    );
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "old process: {status:?}"
+    );
+    assert!(
+        outcomes.total() > 20,
+        "too few clients ran: {:?}",
+        outcomes.0
+    );
+    // A connection the kernel queued on the old listener in the instant it closes is
+    // reset (a known SO_REUSEPORT limit); any more would mean the handover failed.
+    assert!(
+        outcomes.count("ok") + 1 >= outcomes.total(),
+        "clients failed during the handover: {:?}",
+        outcomes.0
+    );
+    assert_eq!(after.0, after.1, "server connections disagree");
+}

@@ -56,6 +56,9 @@ pub struct ProxyConfig {
     pub tcp_keepalive_idle_secs: u64,
     pub tcp_keepalive_interval_secs: u64,
     pub tcp_keepalive_count: u32,
+    /// Bind `listen` and `http_listen` with `SO_REUSEPORT`, so a new pgwarden can
+    /// start on the same ports while the old one drains (see docs/operations.md).
+    pub reuse_port: bool,
 }
 
 impl Default for ProxyConfig {
@@ -73,6 +76,7 @@ impl Default for ProxyConfig {
             tcp_keepalive_idle_secs: 60,
             tcp_keepalive_interval_secs: 10,
             tcp_keepalive_count: 6,
+            reuse_port: false,
         }
     }
 }

@@ -13,6 +13,33 @@ use super::shutdown::Phase;
 use super::{report, SessionError};
 use crate::runtime::Runtime;
 
+/// Binds `address` (`host:port`) for `key`. With `reuse_port` (`proxy.reuse_port`)
+/// the socket is `SO_REUSEPORT`: a new pgwarden can bind the same port while the old
+/// one still drains, and the kernel spreads new connections over both until the old
+/// one closes its listener.
+pub async fn bind(key: &str, address: &str, reuse_port: bool) -> std::io::Result<TcpListener> {
+    let failed =
+        |e: std::io::Error| std::io::Error::new(e.kind(), format!("binding {key} {address}: {e}"));
+    if !reuse_port {
+        return TcpListener::bind(address).await.map_err(failed);
+    }
+    let resolved = tokio::net::lookup_host(address)
+        .await
+        .map_err(failed)?
+        .next()
+        .ok_or_else(|| failed(std::io::Error::other("no address")))?;
+    let socket = if resolved.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()
+    } else {
+        tokio::net::TcpSocket::new_v6()
+    }
+    .map_err(failed)?;
+    socket.set_reuseaddr(true).map_err(failed)?;
+    socket.set_reuseport(true).map_err(failed)?;
+    socket.bind(resolved).map_err(failed)?;
+    socket.listen(1024).map_err(failed)
+}
+
 /// Accepts clients until shutdown drains (the listener is dropped on return).
 pub async fn serve(runtime: Arc<Runtime>, listener: TcpListener) -> std::io::Result<()> {
     let draining = super::shutdown::reached(runtime.shutdown.subscribe(), Phase::Draining);

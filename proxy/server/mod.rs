@@ -40,7 +40,7 @@ mod tenancy;
 pub mod tls;
 
 pub use error::SessionError;
-pub use listener::serve;
+pub use listener::{bind, serve};
 
 use tokio::io::AsyncWriteExt;
 

@@ -25,12 +25,22 @@ impl ProxyProcess {
     /// Starts pgwarden with `toml` as its configuration file (listen addresses and
     /// the primary come from the environment) and waits until it accepts clients.
     pub fn start(cluster: &LocalCluster, toml: &str, env: &[(&str, &str)]) -> ProxyProcess {
+        Self::start_on(cluster, super::free_port(), toml, env)
+    }
+
+    /// `start` on a given client port (one another pgwarden may share with
+    /// `proxy.reuse_port`).
+    pub fn start_on(
+        cluster: &LocalCluster,
+        port: u16,
+        toml: &str,
+        env: &[(&str, &str)],
+    ) -> ProxyProcess {
         let dir = tempfile::tempdir().expect("temp dir");
         let config_path = dir.path().join("pgwarden.toml");
         std::fs::write(&config_path, toml).expect("write config");
         let log_path = dir.path().join("pgwarden.log");
         let log = std::fs::File::create(&log_path).expect("log file");
-        let port = super::free_port();
         let http: SocketAddr = format!("127.0.0.1:{}", super::free_port()).parse().unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_pgwarden"))
             .arg("--config")
@@ -57,7 +67,9 @@ impl ProxyProcess {
             dir,
         };
         let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        // Both ports are bound before either is served; the HTTP one is this
+        // process's own even when the client port is shared.
+        while std::net::TcpStream::connect(process.http).is_err() {
             if let Ok(Some(status)) = process.child.try_wait() {
                 panic!("pgwarden exited with {status}:\n{}", process.log());
             }
