@@ -350,3 +350,126 @@ async fn reuse_port_lets_a_new_process_take_over_the_port() {
     );
     assert_eq!(after.0, after.1, "server connections disagree");
 }
+
+/// SQLSTATE of an `ErrorResponse` read with `Wire::read_frame`.
+fn frame_code(tag: u8, body: &[u8]) -> String {
+    if tag != b'E' {
+        return format!("not an error: {:?}", tag as char);
+    }
+    let mut whole = vec![tag, 0, 0, 0, 0];
+    whole.extend_from_slice(body);
+    support::wire::error_code(&[whole]).unwrap_or_default()
+}
+
+/// A COPY FROM STDIN and an extended-protocol batch (no `Sync` yet) open at SIGTERM
+/// both finish and commit; each client then gets 57P01; an idle one gets it at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_an_open_copy_and_batch_finish() {
+    use support::proxy::{DATABASE, USER};
+    use support::wire::{cstring, frame, Wire};
+    let cluster = support::cluster(0);
+    let direct = support::proxy::connect_direct(&cluster).await;
+    direct
+        .batch_execute("CREATE TABLE shutdown_marks (tag text)")
+        .await
+        .unwrap();
+    let mut process = ProxyProcess::start(
+        &cluster,
+        "[proxy]\nshutdown_timeout_ms = 15000\n[auth]\nmethod = \"trust\"\n",
+        &[],
+    );
+    let mut idle = Wire::tcp(process.port, USER, DATABASE, &[]).await;
+    idle.simple("SELECT 1").await;
+    let mut copy = Wire::tcp(process.port, USER, DATABASE, &[]).await;
+    copy.send_query("COPY shutdown_marks FROM STDIN").await;
+    assert_eq!(copy.read_frame().await.0, b'G', "CopyInResponse");
+    for _ in 0..50 {
+        copy.send(&frame(b'd', b"copied\n")).await;
+    }
+    let mut batch = Wire::tcp(process.port, USER, DATABASE, &[]).await;
+    let mut out = Vec::new();
+    let mut parse = Vec::new();
+    cstring(&mut parse, "");
+    cstring(&mut parse, "INSERT INTO shutdown_marks VALUES ('batched')");
+    parse.extend_from_slice(&0i16.to_be_bytes());
+    out.extend(frame(b'P', &parse));
+    out.extend(frame(b'B', &[0, 0, 0, 0, 0, 0, 0, 0]));
+    let mut execute = Vec::new();
+    cstring(&mut execute, "");
+    execute.extend_from_slice(&0i32.to_be_bytes());
+    out.extend(frame(b'E', &execute));
+    out.extend(frame(b'H', &[]));
+    batch.send(&out).await;
+    for expected in [b'1', b'2', b'C'] {
+        assert_eq!(
+            batch.read_frame().await.0,
+            expected,
+            "batch answers before Sync"
+        );
+    }
+    let before = load::settled_connections_at(process.port, &direct).await;
+
+    process.signal(libc::SIGTERM);
+    readyz_becomes(&process, 503).await;
+    refuses_connections(process.port).await;
+    let (tag, body) = idle.read_frame().await;
+    let idle_told = frame_code(tag, &body);
+
+    for _ in 0..50 {
+        copy.send(&frame(b'd', b"copied\n")).await;
+    }
+    copy.send(&frame(b'c', &[])).await;
+    let copy_answers: Vec<u8> = [copy.read_frame().await, copy.read_frame().await]
+        .iter()
+        .map(|(tag, _)| *tag)
+        .collect();
+    let (tag, body) = copy.read_frame().await;
+    let copy_told = frame_code(tag, &body);
+
+    batch.send(&frame(b'S', &[])).await;
+    let batch_answer = batch.read_frame().await.0;
+    let (tag, body) = batch.read_frame().await;
+    let batch_told = frame_code(tag, &body);
+
+    let status = tokio::task::block_in_place(|| process.wait_exit(Duration::from_secs(20)));
+    let copied: i64 = direct
+        .query_one(
+            "SELECT count(*) FROM shutdown_marks WHERE tag = 'copied'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let batched = rows(&direct, "batched").await;
+    let left = server_side_gone(&direct, Duration::from_secs(10)).await;
+    let mut outcomes = Outcomes::default();
+    for o in [&idle_told, &copy_told, &batch_told] {
+        outcomes.add(o.as_str());
+    }
+    println!(
+        "shutdown with COPY and batch open: faults injected: SIGTERM with an idle client, a COPY FROM STDIN half sent and a batch without Sync; \
+         queries run: 3; told by SQLSTATE {:?}; COPY answered {:?} then {copy_told}, batch answered {:?} then {batch_told}; rows copied {copied}, batched {batched}; \
+         exit {status:?}; server connections before: proxy {} pg_stat_activity {}; after: proxy exited, pg_stat_activity {left}",
+        outcomes.0,
+        String::from_utf8_lossy(&copy_answers),
+        batch_answer as char,
+        before.0,
+        before.1,
+    );
+    assert_eq!(idle_told, "57P01");
+    assert_eq!(copy_answers, b"CZ", "COPY finished");
+    assert_eq!(copy_told, "57P01");
+    assert_eq!(batch_answer, b'Z', "the batch's Sync answered");
+    assert_eq!(batch_told, "57P01");
+    assert_eq!(
+        (copied, batched),
+        (100, 1),
+        "the COPY and the batch committed"
+    );
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "exit {status:?}:\n{}",
+        process.log()
+    );
+    assert_eq!(left, 0);
+}
