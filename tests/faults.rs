@@ -5,6 +5,8 @@
 
 #[path = "faults/client_faults.rs"]
 mod client_faults;
+#[path = "faults/half_open.rs"]
+mod half_open;
 #[path = "faults/load.rs"]
 mod load;
 #[path = "faults/overload.rs"]

@@ -56,6 +56,10 @@ pub struct ProxyConfig {
     pub tcp_keepalive_idle_secs: u64,
     pub tcp_keepalive_interval_secs: u64,
     pub tcp_keepalive_count: u32,
+    /// `TCP_USER_TIMEOUT` on client and server sockets: a connection with bytes sent
+    /// and unacknowledged this long is dropped (keepalive does not probe then). 0 = the
+    /// OS default (about 15 minutes of retransmissions on Linux).
+    pub tcp_user_timeout_ms: u64,
     /// Bind `listen` and `http_listen` with `SO_REUSEPORT`, so a new pgwarden can
     /// start on the same ports while the old one drains (see docs/operations.md).
     pub reuse_port: bool,
@@ -76,6 +80,7 @@ impl Default for ProxyConfig {
             tcp_keepalive_idle_secs: 60,
             tcp_keepalive_interval_secs: 10,
             tcp_keepalive_count: 6,
+            tcp_user_timeout_ms: 120_000,
             reuse_port: false,
         }
     }

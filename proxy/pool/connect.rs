@@ -30,8 +30,9 @@ pub struct ServerTarget {
     /// For a role with no configured password (`auth_query`): the secret its clients'
     /// logins proved, used when `password` is `None`.
     pub passthrough: Option<Arc<PassthroughSlot>>,
-    /// TCP keepalive for the server socket (`proxy.tcp_keepalive_*`), if on.
-    pub keepalive: Option<socket2::TcpKeepalive>,
+    /// Dead-peer detection for the server socket (`proxy.tcp_keepalive_*`,
+    /// `proxy.tcp_user_timeout_ms`).
+    pub keepalive: crate::server::keepalive::DeadPeer,
 }
 
 impl ServerTarget {
@@ -50,9 +51,7 @@ impl ServerTarget {
                     source,
                 })?;
         let _ = stream.set_nodelay(true);
-        if let Some(keepalive) = &self.keepalive {
-            crate::server::keepalive::apply_settings(&stream, keepalive);
-        }
+        self.keepalive.apply(&stream);
         let mut login = Login {
             target: self,
             stream,
