@@ -1,6 +1,7 @@
 //! 2. Reload storm: SIGHUP every 100 ms to the real binary under a pgbench TPC-B load,
 //!    the configuration file rewritten between two pool sizes before each one, so
-//!    pools are rebuilt while transactions run on them. No transaction may fail, the
+//!    pools are rebuilt while transactions run on them (prepared statements, so they
+//!    are prepared again on every new pool's connections). No transaction may fail, the
 //!    TPC-B sums must agree, and afterwards the proxy's server connections and
 //!    PostgreSQL's must agree. `PGWARDEN_FAULTS_STORM_SECS` sets the length (CI: 10).
 
@@ -30,7 +31,17 @@ async fn a_reload_storm_under_load_fails_no_transaction() {
     let bench = std::thread::spawn(move || {
         load::pgbench(
             port,
-            &["-c", "8", "-j", "2", "-T", &duration, "--no-vacuum"],
+            &[
+                "-c",
+                "8",
+                "-j",
+                "2",
+                "-T",
+                &duration,
+                "--no-vacuum",
+                "-M",
+                "prepared",
+            ],
         )
     });
     let storm_started = Instant::now();
