@@ -1,5 +1,5 @@
 //! 2. Reload storm: SIGHUP every 100 ms to the real binary under a pgbench TPC-B load,
-//!    the configuration file rewritten between two pool sizes before each one, so
+//!    the configuration file rewritten with the next of four pool sizes before each, so
 //!    pools are rebuilt while transactions run on them (prepared statements, so they
 //!    are prepared again on every new pool's connections). No transaction may fail, the
 //!    TPC-B sums must agree, and afterwards the proxy's server connections and
