@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use pgwarden::config::AuthMethod;
+use pgwarden::config::{AuthMethod, PoolMode};
 
 use crate::load::{self, Outcomes, STEP};
 use crate::support;
@@ -67,24 +67,35 @@ async fn next_client_sees(port: u16) -> (String, String, String, u8) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_vanishing_mid_request_leaves_clean_servers() {
     let cluster = support::cluster(0);
-    let proxy = proxy::start(&cluster, |c| {
-        c.pool.size = 1;
-        c.auth.method = AuthMethod::Trust;
-        c.proxy.tcp_keepalive_idle_secs = 30;
-    })
-    .await;
     let direct = proxy::connect_direct(&cluster).await;
     direct
         .batch_execute("CREATE TABLE client_faults (n int)")
         .await
         .unwrap();
-    let before = load::settled_connections(&proxy, &direct).await;
+    for mode in [PoolMode::Transaction, PoolMode::Session] {
+        vanish_mid_request(&cluster, &direct, mode).await;
+    }
+}
+
+async fn vanish_mid_request(
+    cluster: &pgwarden::cluster::LocalCluster,
+    direct: &tokio_postgres::Client,
+    mode: PoolMode,
+) {
+    let proxy = proxy::start(cluster, |c| {
+        c.pool.size = 1;
+        c.pool.mode = mode;
+        c.auth.method = AuthMethod::Trust;
+    })
+    .await;
+    let before = load::settled_connections(&proxy, direct).await;
     let mut outcomes = Outcomes::default();
     let mut queries = 0;
     for fault in [
         "mid-transaction",
         "mid-COPY FROM STDIN",
         "mid-extended-batch",
+        "mid-result",
     ] {
         let mut wire = Wire::tcp(proxy.port(), USER, DATABASE, &[]).await;
         match fault {
@@ -99,6 +110,15 @@ async fn a_client_vanishing_mid_request_leaves_clean_servers() {
                 assert_eq!(tag, b'G', "CopyInResponse");
                 for n in 0..100 {
                     wire.send(&frame(b'd', format!("{n}\n").as_bytes())).await;
+                }
+                queries += 1;
+            }
+            "mid-result" => {
+                // ~100 MB owed; the client reads a few rows and leaves.
+                wire.send_query("SELECT repeat('x', 1000) FROM generate_series(1, 100000)")
+                    .await;
+                for _ in 0..10 {
+                    assert_ne!(wire.read_frame().await.0, b'E', "the query failed");
                 }
                 queries += 1;
             }
@@ -131,11 +151,11 @@ async fn a_client_vanishing_mid_request_leaves_clean_servers() {
             }
         }
         drop(wire); // the TCP socket closes under the request
-        let states = servers_settled(&direct).await;
+        let states = servers_settled(direct).await;
         let (rows, prepared, portals, status) = next_client_sees(proxy.port()).await;
         queries += 4;
         println!(
-            "client fault {fault}: server states afterwards {states:?}; the next client sees {rows} rows, {prepared} prepared statements, {portals} portals, transaction status {:?}",
+            "client fault {fault} ({mode:?} pooling): server states afterwards {states:?}; the next client sees {rows} rows, {prepared} prepared statements, {portals} portals, transaction status {:?}",
             status as char
         );
         for (what, ok) in [
@@ -152,9 +172,9 @@ async fn a_client_vanishing_mid_request_leaves_clean_servers() {
             });
         }
     }
-    let after = load::settled_connections(&proxy, &direct).await;
+    let after = load::settled_connections(&proxy, direct).await;
     println!(
-        "client faults: faults injected: 3 disconnects (mid-transaction, mid-COPY, mid-batch); queries run: {queries}; checks {:?}; server connections before: proxy {} pg_stat_activity {}; after: proxy {} pg_stat_activity {}",
+        "client faults ({mode:?} pooling): faults injected: 4 disconnects (mid-transaction, mid-COPY, mid-batch, mid-result); queries run: {queries}; checks {:?}; server connections before: proxy {} pg_stat_activity {}; after: proxy {} pg_stat_activity {}",
         outcomes.0, before.0, before.1, after.0, after.1
     );
     assert_eq!(outcomes.count("ok"), outcomes.total(), "{:?}", outcomes.0);
