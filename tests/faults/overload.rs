@@ -189,3 +189,61 @@ async fn five_thousand_clients_on_a_pool_of_twenty() {
         assert_eq!(after.0, after.1, "{variant}: server connections disagree");
     }
 }
+
+/// A gauge or counter without labels from `/metrics`.
+async fn metric(process: &ProxyProcess, name: &str) -> f64 {
+    let (_, body) = support::http::get(process.http, "/metrics", None).await;
+    body.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or(f64::NAN)
+}
+
+/// Connection churn: pgbench `-C` (a new connection, SCRAM login included, for every
+/// transaction) from 32 clients. Every login and transaction succeeds, and afterwards
+/// no client slot, server connection or memory is left behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_churn_leaves_nothing_behind() {
+    let cluster = support::cluster(0);
+    load::init_pgbench(&cluster);
+    let process = ProxyProcess::start(&cluster, "[pool]\nsize = 10\n", &[("RUST_LOG", "warn")]);
+    let direct = support::proxy::connect_direct(&cluster).await;
+    let before = load::settled_connections_at(process.port, &direct).await;
+    let rss_before = process.memory_kib("VmRSS");
+    let port = process.port;
+    let output = tokio::task::block_in_place(|| {
+        load::pgbench(
+            port,
+            &["-C", "-S", "-c", "32", "-j", "2", "-T", "5", "--no-vacuum"],
+        )
+    });
+    let started = Instant::now();
+    let mut clients = metric(&process, "pgwarden_clients").await;
+    while clients != 0.0 && started.elapsed() < Duration::from_secs(10) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        clients = metric(&process, "pgwarden_clients").await;
+    }
+    let rss_after = process.memory_kib("VmRSS");
+    let after = load::settled_connections_at(process.port, &direct).await;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    println!(
+        "connection churn: faults injected: pgbench -C (a login per transaction), 32 clients, 5 s; queries run: {} transactions, {} failed; client errors {:?}; \
+         clients afterwards {clients}; proxy VmRSS {} -> {} MiB; server connections before: proxy {} pg_stat_activity {}; after: proxy {} pg_stat_activity {}",
+        load::pgbench_number(&output, "number of transactions actually processed: "),
+        load::pgbench_number(&output, "number of failed transactions: "),
+        stderr.lines().filter(|l| l.contains("error")).collect::<Vec<_>>(),
+        rss_before / 1024,
+        rss_after / 1024,
+        before.0,
+        before.1,
+        after.0,
+        after.1,
+    );
+    assert!(output.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("number of failed transactions: 0 "),
+        "{stdout}"
+    );
+    assert_eq!(clients, 0.0, "client slots left behind");
+    assert_eq!(after.0, after.1, "server connections disagree");
+}
