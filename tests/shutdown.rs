@@ -473,3 +473,67 @@ async fn sigterm_lets_an_open_copy_and_batch_finish() {
     );
     assert_eq!(left, 0);
 }
+
+/// `proxy.shutdown_readyz_delay_ms`: after SIGTERM `/readyz` is 503 at once but new
+/// clients are still served for the delay, then refused; a second SIGTERM exits at
+/// once (status 1) without waiting for a client idle in its transaction.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readyz_delay_keeps_accepting_and_a_second_sigterm_exits_at_once() {
+    let cluster = support::cluster(0);
+    let direct = support::proxy::connect_direct(&cluster).await;
+    let delay = Duration::from_millis(2_500);
+    let mut process = ProxyProcess::start(
+        &cluster,
+        &format!(
+            "[proxy]\nshutdown_readyz_delay_ms = {}\nshutdown_timeout_ms = 60000\n",
+            delay.as_millis()
+        ),
+        &[],
+    );
+    let (holder, _holder_connection) = connect_watched(&process.url()).await;
+    tokio::time::timeout(STEP, holder.batch_execute("BEGIN; SELECT 1"))
+        .await
+        .unwrap()
+        .unwrap();
+    let before = load::settled_connections_at(process.port, &direct).await;
+    let signalled = Instant::now();
+    process.signal(libc::SIGTERM);
+    readyz_becomes(&process, 503).await;
+    let during_delay = tokio::time::timeout(STEP, async {
+        let client = support::proxy::connect_url(&process.url()).await?;
+        client.simple_query("SELECT 1").await
+    })
+    .await
+    .expect("a client during the delay hung");
+    let served_after = signalled.elapsed();
+    let refused_after = refuses_connections(process.port).await + served_after;
+    let second = Instant::now();
+    process.signal(libc::SIGTERM);
+    let status = tokio::task::block_in_place(|| process.wait_exit(Duration::from_secs(10)));
+    let exited_after = second.elapsed();
+    let left = server_side_gone(&direct, Duration::from_secs(10)).await;
+    println!(
+        "readyz delay: faults injected: SIGTERM with a client idle in a transaction, shutdown_readyz_delay_ms {}, then a second SIGTERM; \
+         queries run: 3; a new client {:?} after {served_after:?}, connections refused from {refused_after:?}; \
+         second SIGTERM: exit {status:?} after {exited_after:?}; server connections before: proxy {} pg_stat_activity {}; after: proxy exited, pg_stat_activity {left}",
+        delay.as_millis(),
+        sqlstate(&during_delay),
+        before.0,
+        before.1,
+    );
+    assert_eq!(sqlstate(&during_delay), "ok", "a client during the delay");
+    assert!(
+        served_after < delay,
+        "the client was served only after {served_after:?}"
+    );
+    assert!(
+        refused_after >= delay,
+        "refused after {refused_after:?}, before the delay"
+    );
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(1),
+        "second SIGTERM: {status:?}"
+    );
+    assert_eq!(left, 0, "server connections left on PostgreSQL");
+}
