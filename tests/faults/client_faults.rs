@@ -41,26 +41,23 @@ async fn servers_settled(direct: &tokio_postgres::Client) -> Vec<String> {
 /// What the next client (pool size 1: the same server connection, if it was kept)
 /// sees: (rows left in the table, prepared statements, open portals, transaction
 /// status after a query).
-async fn next_client_sees(port: u16) -> (String, String, String, u8) {
+async fn next_client_sees(port: u16, errors: &mut Outcomes) -> (String, String, String, u8) {
     let mut wire = tokio::time::timeout(STEP, Wire::tcp(port, USER, DATABASE, &[]))
         .await
         .expect("the next client could not log in: the only server connection is stuck");
-    let rows = support::wire::first_value(&wire.simple("SELECT count(*) FROM client_faults").await)
-        .unwrap_or_default();
-    let prepared = support::wire::first_value(
-        &wire
-            .simple("SELECT count(*) FROM pg_prepared_statements")
+    let mut value = |answer: Vec<Vec<u8>>| {
+        errors.add(support::wire::error_code(&answer).unwrap_or_else(|| "ok".into()));
+        support::wire::first_value(&answer).unwrap_or_default()
+    };
+    let rows = value(wire.simple("SELECT count(*) FROM client_faults").await);
+    let prepared = value(
+        wire.simple("SELECT count(*) FROM pg_prepared_statements")
             .await,
-    )
-    .unwrap_or_default();
-    let portals = support::wire::first_value(&wire.simple("SELECT count(*) FROM pg_cursors").await)
-        .unwrap_or_default();
-    let status = wire
-        .simple("SELECT 1")
-        .await
-        .last()
-        .map(|z| z[5])
-        .unwrap_or(0);
+    );
+    let portals = value(wire.simple("SELECT count(*) FROM pg_cursors").await);
+    let last = wire.simple("SELECT 1").await;
+    let status = last.last().map(|z| z[5]).unwrap_or(0);
+    value(last);
     (rows, prepared, portals, status)
 }
 
@@ -90,6 +87,7 @@ async fn vanish_mid_request(
     .await;
     let before = load::settled_connections(&proxy, direct).await;
     let mut outcomes = Outcomes::default();
+    let mut errors = Outcomes::default();
     let mut queries = 0;
     for fault in [
         "mid-transaction",
@@ -152,7 +150,7 @@ async fn vanish_mid_request(
         }
         drop(wire); // the TCP socket closes under the request
         let states = servers_settled(direct).await;
-        let (rows, prepared, portals, status) = next_client_sees(proxy.port()).await;
+        let (rows, prepared, portals, status) = next_client_sees(proxy.port(), &mut errors).await;
         queries += 4;
         println!(
             "client fault {fault} ({mode:?} pooling): server states afterwards {states:?}; the next client sees {rows} rows, {prepared} prepared statements, {portals} portals, transaction status {:?}",
@@ -174,10 +172,12 @@ async fn vanish_mid_request(
     }
     let after = load::settled_connections(&proxy, direct).await;
     println!(
-        "client faults ({mode:?} pooling): faults injected: 4 disconnects (mid-transaction, mid-COPY, mid-batch, mid-result); queries run: {queries}; checks {:?}; server connections before: proxy {} pg_stat_activity {}; after: proxy {} pg_stat_activity {}",
+        "client faults ({mode:?} pooling): faults injected: 4 disconnects (mid-transaction, mid-COPY, mid-batch, mid-result); queries run: {queries}; the next clients' answers by SQLSTATE {:?}; checks {:?}; server connections before: proxy {} pg_stat_activity {}; after: proxy {} pg_stat_activity {}",
+        errors.0,
         outcomes.0, before.0, before.1, after.0, after.1
     );
     assert_eq!(outcomes.count("ok"), outcomes.total(), "{:?}", outcomes.0);
+    assert_eq!(errors.count("ok"), errors.total(), "{:?}", errors.0);
     assert_eq!(after.0, after.1, "server connections disagree");
 }
 
@@ -247,6 +247,8 @@ async fn accepted_and_server_sockets_have_tcp_keepalive() {
 async fn a_client_that_stops_reading_a_large_result_holds_bounded_memory() {
     let cluster = support::cluster(0);
     let process = ProxyProcess::start(&cluster, "[auth]\nmethod = \"trust\"\n", &[]);
+    let direct = proxy::connect_direct(&cluster).await;
+    let before = load::settled_connections_at(process.port, &direct).await;
     let mut wire = Wire::tcp(process.port, USER, DATABASE, &[]).await;
     wire.simple("SELECT 1").await;
     let baseline = process.memory_kib("VmRSS");
@@ -263,14 +265,21 @@ async fn a_client_that_stops_reading_a_large_result_holds_bounded_memory() {
     let (rows, error, status) = wire.count_rows().await;
     let read_in = started.elapsed();
     let grew_mib = peak.saturating_sub(baseline) / 1024;
+    let after = load::settled_connections_at(process.port, &direct).await;
     println!(
-        "slow reader: faults injected: a client not reading a ~100 MB result for 4 s; queries run: 2; errors {error:?}; proxy VmRSS {} MiB before, peak {} MiB while the client did not read (+{grew_mib} MiB); then read {rows} rows in {read_in:?}, status {:?}",
+        "slow reader: faults injected: a client not reading a ~100 MB result for 4 s; queries run: 2; errors {error:?}; proxy VmRSS {} MiB before, peak {} MiB while the client did not read (+{grew_mib} MiB); then read {rows} rows in {read_in:?}, status {:?}; \
+         server connections before: proxy {} pg_stat_activity {}; after: proxy {} pg_stat_activity {}",
         baseline / 1024,
         peak / 1024,
         status as char,
+        before.0,
+        before.1,
+        after.0,
+        after.1,
     );
     assert_eq!(error, None);
     assert_eq!(rows, 100_000);
+    assert_eq!(after.0, after.1, "server connections disagree");
     assert!(
         grew_mib < 40,
         "the proxy buffered the result: +{grew_mib} MiB"
