@@ -89,6 +89,8 @@ pub struct Session {
     pub(super) protection: super::protection::SessionProtection,
     /// Result cache state (None when `cache.mode = "off"`).
     pub(super) caching: Option<super::caching::SessionCache>,
+    /// Graceful shutdown, as this session waits for it.
+    pub(super) shutdown: Arc<super::shutdown::SessionShutdown>,
 }
 
 /// Session effects (`SET`/`RESET`, the end of pinned state, `DISCARD ALL`) that count
@@ -196,13 +198,13 @@ impl Session {
         } else {
             Phase::Closing
         };
-        let shutdown = self.runtime.shutdown.subscribe();
-        if *shutdown.borrow() >= leave_at {
+        let shutdown = self.shutdown.clone();
+        if shutdown.has_reached(leave_at) {
             return Err(SessionError::Shutdown);
         }
         let pumped = tokio::select! {
             pumped = self.pump(true, false, deadline) => pumped,
-            _ = super::shutdown::reached(shutdown, leave_at) => return Err(SessionError::Shutdown),
+            _ = shutdown.reached(leave_at) => return Err(SessionError::Shutdown),
         };
         match pumped {
             Err(None) if server_owes => {

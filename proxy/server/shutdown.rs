@@ -1,7 +1,10 @@
 //! Graceful shutdown: the one signal every part of the proxy observes while the process
 //! stops. `main` moves it through its phases (SIGTERM → `NotReady` → `Draining` →
-//! `Closing`); `/readyz`, the accept loop and each session only watch it. It holds no
-//! lock: a `tokio::sync::watch` channel, read with `borrow` or awaited with `wait_for`.
+//! `Closing`); `/readyz`, the accept loop and each session only watch it. No lock is
+//! held across an await: the phase is a `tokio::sync::watch` channel (read with
+//! `borrow`, awaited with `wait_for`), and each session waits on child tokens of its
+//! own (`SessionShutdown`), so the hot path never polls a waiter list that every
+//! session shares.
 //!
 //! What each phase means:
 //! - `NotReady`: `/readyz` answers 503 "shutting down"; everything else still works
@@ -16,7 +19,10 @@
 
 use std::time::{Duration, Instant};
 
+use std::sync::Arc;
+
 use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 use crate::runtime::Runtime;
 
@@ -33,12 +39,43 @@ pub enum Phase {
 #[derive(Debug)]
 pub struct Shutdown {
     phase: watch::Sender<Phase>,
+    /// Cancelled on `Draining` and on `Closing`; sessions hold child tokens.
+    draining: CancellationToken,
+    closing: CancellationToken,
 }
 
 impl Default for Shutdown {
     fn default() -> Self {
         Shutdown {
             phase: watch::Sender::new(Phase::Running),
+            draining: CancellationToken::new(),
+            closing: CancellationToken::new(),
+        }
+    }
+}
+
+/// One session's view of the shutdown.
+#[derive(Debug)]
+pub struct SessionShutdown {
+    draining: CancellationToken,
+    closing: CancellationToken,
+}
+
+impl SessionShutdown {
+    /// Whether the shutdown has reached `phase`: `Closing`, else `Draining` (the
+    /// phases a session acts on).
+    pub fn has_reached(&self, phase: Phase) -> bool {
+        match phase {
+            Phase::Closing => self.closing.is_cancelled(),
+            _ => self.draining.is_cancelled(),
+        }
+    }
+
+    /// Waits until the shutdown has reached `phase`: `Closing`, else `Draining`.
+    pub async fn reached(&self, phase: Phase) {
+        match phase {
+            Phase::Closing => self.closing.cancelled().await,
+            _ => self.draining.cancelled().await,
         }
     }
 }
@@ -58,6 +95,20 @@ impl Shutdown {
                 false
             }
         });
+        if phase >= Phase::Draining {
+            self.draining.cancel();
+        }
+        if phase >= Phase::Closing {
+            self.closing.cancel();
+        }
+    }
+
+    /// What a new session waits on.
+    pub fn session(&self) -> Arc<SessionShutdown> {
+        Arc::new(SessionShutdown {
+            draining: self.draining.child_token(),
+            closing: self.closing.child_token(),
+        })
     }
 
     /// Waits until the shutdown has reached `phase`.
@@ -143,5 +194,27 @@ mod tests {
             .unwrap();
         shutdown.enter(Phase::Running);
         assert_eq!(shutdown.phase(), Phase::Draining);
+    }
+
+    #[tokio::test]
+    async fn sessions_see_draining_then_closing() {
+        let shutdown = Shutdown::default();
+        let session = shutdown.session();
+        assert!(!session.has_reached(Phase::Draining));
+        shutdown.enter(Phase::Draining);
+        assert!(session.has_reached(Phase::Draining));
+        assert!(!session.has_reached(Phase::Closing));
+        let late = shutdown.session();
+        assert!(
+            late.has_reached(Phase::Draining),
+            "a session made while draining"
+        );
+        shutdown.enter(Phase::Closing);
+        tokio::time::timeout(
+            std::time::Duration::from_secs(1),
+            session.reached(Phase::Closing),
+        )
+        .await
+        .expect("woken");
     }
 }
