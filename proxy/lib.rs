@@ -23,8 +23,6 @@ pub mod tenant;
 
 use std::sync::Arc;
 
-use tokio::net::TcpListener;
-
 pub use runtime::Runtime;
 
 /// A running proxy: its listen addresses and the tasks serving them.
@@ -50,14 +48,11 @@ impl RunningProxy {
         config: config::Config,
         source: runtime::ConfigSource,
     ) -> std::io::Result<RunningProxy> {
-        let bind = |key: &'static str, address: String| async move {
-            TcpListener::bind(&address)
-                .await
-                .map_err(|e| std::io::Error::new(e.kind(), format!("binding {key} {address}: {e}")))
-        };
-        let listener = bind("proxy.listen", config.proxy.listen.clone()).await?;
+        let reuse = config.proxy.reuse_port;
+        let listener = server::bind("proxy.listen", &config.proxy.listen, reuse).await?;
         let address = listener.local_addr()?;
-        let http_listener = bind("proxy.http_listen", config.proxy.http_listen.clone()).await?;
+        let http_listener =
+            server::bind("proxy.http_listen", &config.proxy.http_listen, reuse).await?;
         let http_address = http_listener.local_addr()?;
         let runtime = Runtime::new(config, source).map_err(std::io::Error::other)?;
         let serving = runtime.clone();

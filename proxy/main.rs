@@ -143,7 +143,7 @@ fn run(file: Option<PathBuf>) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(async move {
+    let result = runtime.block_on(async move {
         let databases = config.databases.len();
         let proxy = pgwarden::RunningProxy::start_from(
             config,
@@ -153,9 +153,19 @@ fn run(file: Option<PathBuf>) -> anyhow::Result<()> {
         tracing::info!(listen = %proxy.address, http = %proxy.http_address, databases, "pgwarden listening");
         spawn_reload_on_sighup(proxy.runtime.clone());
         shutdown_signal().await;
-        tracing::info!("shutting down");
+        tokio::select! {
+            _ = pgwarden::server::shutdown::run(&proxy.runtime) => {}
+            _ = shutdown_signal() => {
+                tracing::warn!("second shutdown signal: exiting without waiting for clients");
+                std::process::exit(1);
+            }
+        }
+        drop(proxy);
         Ok(())
-    })
+    });
+    // Background tasks (lag monitors, advisors) are not waited for.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    result
 }
 
 fn spawn_reload_on_sighup(state: std::sync::Arc<pgwarden::Runtime>) {

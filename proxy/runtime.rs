@@ -58,6 +58,8 @@ pub struct Runtime {
     pub cache: Arc<crate::cache::ResultCache>,
     /// `PAUSE` from the admin console: new transactions wait while true.
     pub paused: tokio::sync::watch::Sender<bool>,
+    /// Graceful shutdown: the phase `/readyz`, the listener and the sessions observe.
+    pub shutdown: crate::server::shutdown::Shutdown,
     pub started_at: std::time::SystemTime,
     clients: AtomicUsize,
 }
@@ -113,6 +115,7 @@ impl Runtime {
             stats,
             advisors,
             paused: tokio::sync::watch::Sender::new(false),
+            shutdown: Default::default(),
             started_at: std::time::SystemTime::now(),
             credentials: ArcSwap::from_pointee(Credentials::from_config(&config)),
             auth_query: ArcSwapOption::from(AuthQuery::from_config(&config).map(Arc::new)),
@@ -259,6 +262,7 @@ impl Runtime {
                 user: user.to_string(),
                 password,
                 passthrough,
+                keepalive: crate::server::keepalive::settings(&config.proxy),
                 database: db
                     .server_database
                     .clone()

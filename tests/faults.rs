@@ -1,10 +1,21 @@
 //! The fault suite (issue 14): real PostgreSQL under real load (pgbench,
-//! tokio-postgres) while a server crashes, restarts or hangs. Each scenario prints
-//! what it ran, the errors clients saw by SQLSTATE, and the server connections the
-//! proxy and PostgreSQL count afterwards, which must agree.
+//! tokio-postgres, psql) while a server crashes, restarts or hangs (here), the proxy
+//! is reloaded in a storm (`faults/reload_storm.rs`), overloaded
+//! (`faults/overload.rs`), or its clients misbehave (`faults/client_faults.rs`,
+//! `faults/half_open.rs`). Each scenario prints the faults it injected, what it ran,
+//! the errors clients saw by SQLSTATE, and the server connections the proxy and
+//! PostgreSQL count, which must agree. Graceful shutdown is in `tests/shutdown.rs`.
 
+#[path = "faults/client_faults.rs"]
+mod client_faults;
+#[path = "faults/half_open.rs"]
+mod half_open;
 #[path = "faults/load.rs"]
 mod load;
+#[path = "faults/overload.rs"]
+mod overload;
+#[path = "faults/reload_storm.rs"]
+mod reload_storm;
 mod support;
 
 use std::collections::BTreeMap;

@@ -68,9 +68,18 @@ pub async fn serve_console(runtime: Arc<Runtime>, opened: Opened) -> Result<(), 
             if let Some(len) = check_frame(&buf, 1 << 20)? {
                 break buf.split_to(len);
             }
-            let n = tokio::io::AsyncReadExt::read_buf(&mut stream, &mut buf)
-                .await
-                .map_err(SessionError::ClientIo)?;
+            let read = tokio::io::AsyncReadExt::read_buf(&mut stream, &mut buf);
+            let draining = crate::server::shutdown::reached(
+                runtime.shutdown.subscribe(),
+                crate::server::shutdown::Phase::Draining,
+            );
+            let n = tokio::select! {
+                n = read => n.map_err(SessionError::ClientIo)?,
+                _ = draining => {
+                    crate::server::report(&mut stream, &SessionError::Shutdown).await;
+                    return Ok(());
+                }
+            };
             if n == 0 {
                 return Ok(());
             }

@@ -115,9 +115,13 @@ async fn timeline(State(runtime): State<Arc<Runtime>>) -> impl IntoResponse {
     }))
 }
 
-/// Ready when every database's primary accepts TCP connections (and, with
+/// Not ready once shutdown has begun (SIGTERM). Otherwise ready when every database's
+/// primary accepts TCP connections (and, with
 /// `protection.readyz_overloaded`, the pools are not shedding clients).
 async fn readyz(State(runtime): State<Arc<Runtime>>) -> impl IntoResponse {
+    if runtime.shutdown.phase() != crate::server::shutdown::Phase::Running {
+        return (StatusCode::SERVICE_UNAVAILABLE, "shutting down".to_string());
+    }
     if let Some(overloaded) = super::protection::overloaded(&runtime) {
         return (StatusCode::SERVICE_UNAVAILABLE, overloaded);
     }

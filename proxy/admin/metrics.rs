@@ -43,6 +43,12 @@ fn handle() -> &'static PrometheusHandle {
 pub fn render(runtime: &Runtime) -> String {
     let handle = handle();
     metrics::gauge!("pgwarden_clients").set(runtime.cancels.client_count() as f64);
+    metrics::gauge!("pgwarden_max_client_connections")
+        .set(runtime.config().proxy.max_client_connections as f64);
+    // 1 from SIGTERM until exit: clients are being drained.
+    metrics::gauge!("pgwarden_shutting_down").set(f64::from(u8::from(
+        runtime.shutdown.phase() != crate::server::shutdown::Phase::Running,
+    )));
     let pinned = runtime
         .cancels
         .clients()

@@ -44,6 +44,25 @@ pub struct ProxyConfig {
     pub max_message_bytes: usize,
     pub tls_cert: Option<String>,
     pub tls_key: Option<String>,
+    /// Graceful shutdown (SIGTERM): clients inside a transaction, batch or COPY get
+    /// this long to finish it; then every client left gets 57P01.
+    pub shutdown_timeout_ms: u64,
+    /// After SIGTERM, `/readyz` answers 503 at once but new clients are still accepted
+    /// this long, so a load balancer stops sending them first. 0 = stop at once.
+    pub shutdown_readyz_delay_ms: u64,
+    /// TCP keepalive on client and server sockets: idle seconds before the first
+    /// probe (0 turns keepalive off), seconds between probes, probes before the
+    /// connection is dropped (0 = the OS default for either).
+    pub tcp_keepalive_idle_secs: u64,
+    pub tcp_keepalive_interval_secs: u64,
+    pub tcp_keepalive_count: u32,
+    /// `TCP_USER_TIMEOUT` on client and server sockets: a connection with bytes sent
+    /// and unacknowledged this long is dropped (keepalive does not probe then). 0 = the
+    /// OS default (about 15 minutes of retransmissions on Linux).
+    pub tcp_user_timeout_ms: u64,
+    /// Bind `listen` and `http_listen` with `SO_REUSEPORT`, so a new pgwarden can
+    /// start on the same ports while the old one drains (see docs/operations.md).
+    pub reuse_port: bool,
 }
 
 impl Default for ProxyConfig {
@@ -56,6 +75,13 @@ impl Default for ProxyConfig {
             max_message_bytes: 64 * 1024 * 1024,
             tls_cert: None,
             tls_key: None,
+            shutdown_timeout_ms: 30_000,
+            shutdown_readyz_delay_ms: 0,
+            tcp_keepalive_idle_secs: 60,
+            tcp_keepalive_interval_secs: 10,
+            tcp_keepalive_count: 6,
+            tcp_user_timeout_ms: 120_000,
+            reuse_port: false,
         }
     }
 }

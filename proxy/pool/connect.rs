@@ -30,6 +30,9 @@ pub struct ServerTarget {
     /// For a role with no configured password (`auth_query`): the secret its clients'
     /// logins proved, used when `password` is `None`.
     pub passthrough: Option<Arc<PassthroughSlot>>,
+    /// Dead-peer detection for the server socket (`proxy.tcp_keepalive_*`,
+    /// `proxy.tcp_user_timeout_ms`).
+    pub keepalive: crate::server::keepalive::DeadPeer,
 }
 
 impl ServerTarget {
@@ -48,6 +51,7 @@ impl ServerTarget {
                     source,
                 })?;
         let _ = stream.set_nodelay(true);
+        self.keepalive.apply(&stream);
         let mut login = Login {
             target: self,
             stream,

@@ -308,6 +308,27 @@ impl ServerPool {
         self.gate.as_ref().map_or(0, |g| g.waiting())
     }
 
+    /// At shutdown: says `Terminate` to every idle server connection and closes it, so
+    /// PostgreSQL logs a clean disconnection rather than an unexpected EOF.
+    pub async fn terminate_idle(&self) {
+        for _ in 0..self.settings.size {
+            if self.pool.state().idle_connections == 0 {
+                break;
+            }
+            match tokio::time::timeout(Duration::from_millis(200), self.pool.get()).await {
+                Ok(Ok(mut server)) => {
+                    let _ = tokio::time::timeout(
+                        Duration::from_millis(500),
+                        tokio::io::AsyncWriteExt::write_all(&mut server.stream, b"X\0\0\0\x04"),
+                    )
+                    .await;
+                    server.mark_broken();
+                }
+                _ => break,
+            }
+        }
+    }
+
     /// Closes the connections idle in this pool right now.
     pub async fn close_idle(&self) {
         for _ in 0..self.settings.size {
@@ -396,6 +417,14 @@ impl PoolRegistry {
     pub fn is_draining(&self, database: &str) -> bool {
         let draining = self.draining.lock().unwrap_or_else(|e| e.into_inner());
         !draining.is_empty() && draining.contains(database)
+    }
+
+    /// At shutdown, once no client holds a server connection: closes every idle one
+    /// with `Terminate`.
+    pub async fn terminate_all(&self) {
+        for pool in self.all() {
+            pool.terminate_idle().await;
+        }
     }
 
     /// A snapshot of every pool, for the admin console and metrics.

@@ -47,7 +47,7 @@ pub enum SessionError {
     /// The server connection failed while serving this client.
     #[error("lost the server connection: {0}")]
     ServerLost(String),
-    #[error("pgwarden is shutting down")]
+    #[error("terminating connection due to administrator command (pgwarden is shutting down)")]
     Shutdown,
     #[error("no healthy replica and routing.fallback = \"error\"")]
     NoReplica,

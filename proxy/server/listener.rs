@@ -1,5 +1,7 @@
 //! The accept loop: one task per client connection, admission against
-//! `proxy.max_client_connections`, and the connection-level log lines.
+//! `proxy.max_client_connections`, TCP keepalive on accepted sockets, and the
+//! connection-level log lines. It stops (closing the listening socket, so new
+//! connections are refused) when graceful shutdown starts draining.
 
 use std::sync::Arc;
 
@@ -7,13 +9,51 @@ use tokio::net::{TcpListener, TcpStream};
 
 use super::handshake::open;
 use super::login::log_in;
+use super::shutdown::Phase;
 use super::{report, SessionError};
 use crate::runtime::Runtime;
 
-/// Accepts clients until the listener fails.
+/// Binds `address` (`host:port`) for `key`. With `reuse_port` (`proxy.reuse_port`)
+/// the socket is `SO_REUSEPORT`: a new pgwarden can bind the same port while the old
+/// one still drains, and the kernel spreads new connections over both until the old
+/// one closes its listener.
+pub async fn bind(key: &str, address: &str, reuse_port: bool) -> std::io::Result<TcpListener> {
+    let failed =
+        |e: std::io::Error| std::io::Error::new(e.kind(), format!("binding {key} {address}: {e}"));
+    if !reuse_port {
+        return TcpListener::bind(address).await.map_err(failed);
+    }
+    let resolved = tokio::net::lookup_host(address)
+        .await
+        .map_err(failed)?
+        .next()
+        .ok_or_else(|| failed(std::io::Error::other("no address")))?;
+    let socket = if resolved.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()
+    } else {
+        tokio::net::TcpSocket::new_v6()
+    }
+    .map_err(failed)?;
+    socket.set_reuseaddr(true).map_err(failed)?;
+    socket.set_reuseport(true).map_err(failed)?;
+    socket.bind(resolved).map_err(failed)?;
+    socket.listen(1024).map_err(failed)
+}
+
+/// Accepts clients until shutdown drains (the listener is dropped on return).
 pub async fn serve(runtime: Arc<Runtime>, listener: TcpListener) -> std::io::Result<()> {
+    let draining = super::shutdown::reached(runtime.shutdown.subscribe(), Phase::Draining);
+    tokio::pin!(draining);
     loop {
-        let (tcp, peer) = match listener.accept().await {
+        let accepted = tokio::select! {
+            biased;
+            _ = &mut draining => {
+                tracing::info!("shutting down: no longer accepting client connections");
+                return Ok(());
+            }
+            accepted = listener.accept() => accepted,
+        };
+        let (tcp, peer) = match accepted {
             Ok(accepted) => accepted,
             Err(e) => {
                 // EMFILE and friends: back off briefly instead of spinning.
@@ -23,6 +63,7 @@ pub async fn serve(runtime: Arc<Runtime>, listener: TcpListener) -> std::io::Res
             }
         };
         let _ = tcp.set_nodelay(true);
+        super::keepalive::apply(&tcp, &runtime.config().proxy);
         let runtime = runtime.clone();
         tokio::spawn(async move {
             if let Err(e) = handle_client(runtime, tcp).await {

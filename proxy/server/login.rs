@@ -132,6 +132,7 @@ pub async fn log_in(
                 protection: super::protection::SessionProtection::new(&config, &proxy_options),
                 caching: (config.cache.mode != crate::config::CacheMode::Off)
                     .then(super::caching::SessionCache::default),
+                shutdown: runtime.shutdown.session(),
                 pooled: PooledState::new(
                     config.pool.pin_session_state,
                     config.pool.max_prepared_statements as usize,

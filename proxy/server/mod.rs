@@ -16,6 +16,7 @@ pub mod credentials;
 mod database_ddl;
 mod error;
 pub(crate) mod handshake;
+pub mod keepalive;
 mod listener;
 mod login;
 mod lost_server;
@@ -29,6 +30,7 @@ mod server_messages;
 mod session;
 pub mod session_effects;
 mod settings;
+pub mod shutdown;
 mod statements;
 pub use statements::{
     registry_bytes as statement_registry_bytes, REGISTRY_MAX_BYTES as STATEMENT_REGISTRY_MAX_BYTES,
@@ -39,7 +41,7 @@ mod tenancy;
 pub mod tls;
 
 pub use error::SessionError;
-pub use listener::serve;
+pub use listener::{bind, serve};
 
 use tokio::io::AsyncWriteExt;
 

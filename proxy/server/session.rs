@@ -16,6 +16,7 @@ use super::responses::ResponseQueue;
 use super::routing::SessionRouting;
 use super::session_effects::Effect;
 use super::settings::{SessionSettings, UNKNOWN_SETTINGS};
+use super::shutdown::Phase;
 use super::statements::ClientStatements;
 use super::stream::ClientStream;
 use super::SessionError;
@@ -88,6 +89,8 @@ pub struct Session {
     pub(super) protection: super::protection::SessionProtection,
     /// Result cache state (None when `cache.mode = "off"`).
     pub(super) caching: Option<super::caching::SessionCache>,
+    /// Graceful shutdown, as this session waits for it.
+    pub(super) shutdown: Arc<super::shutdown::SessionShutdown>,
 }
 
 /// Session effects (`SET`/`RESET`, the end of pinned state, `DISCARD ALL`) that count
@@ -188,7 +191,22 @@ impl Session {
             idle_limit
         };
         let deadline = limit.map(|limit| idle_since + limit);
-        match self.pump(true, false, deadline).await {
+        // Graceful shutdown: a client between transactions leaves when draining starts,
+        // one in the middle of something only when the shutdown timeout has passed.
+        let leave_at = if self.between_transactions() {
+            Phase::Draining
+        } else {
+            Phase::Closing
+        };
+        let shutdown = self.shutdown.clone();
+        if shutdown.has_reached(leave_at) {
+            return Err(SessionError::Shutdown);
+        }
+        let pumped = tokio::select! {
+            pumped = self.pump(true, false, deadline) => pumped,
+            _ = shutdown.reached(leave_at) => return Err(SessionError::Shutdown),
+        };
+        match pumped {
             Err(None) if server_owes => {
                 let ms = limit.map_or(0, |l| l.as_millis() as u64);
                 Err(self.server_hung(ms))
@@ -204,6 +222,17 @@ impl Session {
             Err(Some(e)) => Err(e),
             Ok(pumped) => Ok(pumped),
         }
+    }
+
+    /// Whether the client is idle between transactions: nothing owed either way, no
+    /// partial message read, no transaction, batch or COPY open on a server.
+    fn between_transactions(&self) -> bool {
+        self.client_buf.is_empty()
+            && self.to_server.is_empty()
+            && self.responses.is_empty()
+            && !self.responses.awaiting_sync()
+            && !self.batch_open
+            && (self.server.is_none() || self.status == TransactionStatus::Idle)
     }
 
     /// How long the client may stay silent now, and whether it holds a server while

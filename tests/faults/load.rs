@@ -1,5 +1,6 @@
 //! Load and bookkeeping shared by the fault scenarios: pgbench runs through the proxy,
 //! the TPC-B invariant, and the server connections the proxy and PostgreSQL each count.
+#![allow(dead_code)]
 
 use std::process::{Command, Output};
 use std::time::Duration;
@@ -68,10 +69,17 @@ pub async fn server_connections(
     proxy: &RunningProxy,
     direct: &tokio_postgres::Client,
 ) -> (u64, u64) {
-    let console_url = format!(
-        "postgres://{USER}:{PASSWORD}@127.0.0.1:{}/pgwarden",
-        proxy.port()
-    );
+    server_connections_at(proxy.port(), direct).await
+}
+
+/// `server_connections` for the proxy listening on `port` (in-process or a child).
+pub async fn server_connections_at(port: u16, direct: &tokio_postgres::Client) -> (u64, u64) {
+    (pooled_at(port).await, on_server(direct).await)
+}
+
+/// Server connections of the primary pools for `DATABASE` (`SHOW POOLS`: active + idle).
+pub async fn pooled_at(port: u16) -> u64 {
+    let console_url = format!("postgres://{USER}:{PASSWORD}@127.0.0.1:{port}/pgwarden");
     let console = support::proxy::connect_url(&console_url)
         .await
         .expect("console");
@@ -92,6 +100,12 @@ pub async fn server_connections(
             }
         }
     }
+    pooled
+}
+
+/// Client backends PostgreSQL has for the proxy's user (without the asking connection
+/// and the proxy's own background connections).
+pub async fn on_server(direct: &tokio_postgres::Client) -> u64 {
     let row = tokio::time::timeout(
         STEP,
         direct.query_one(
@@ -104,7 +118,48 @@ pub async fn server_connections(
     .await
     .expect("pg_stat_activity hung")
     .expect("pg_stat_activity");
-    (pooled, row.get::<_, i64>(0) as u64)
+    row.get::<_, i64>(0) as u64
+}
+
+/// Polls `server_connections_at` until both counts agree (see `settled_connections`).
+pub async fn settled_connections_at(port: u16, direct: &tokio_postgres::Client) -> (u64, u64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let counts = server_connections_at(port, direct).await;
+        if counts.0 == counts.1 || std::time::Instant::now() > deadline {
+            return counts;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Errors seen by clients, counted by SQLSTATE ("ok" for successes).
+#[derive(Debug, Default)]
+pub struct Outcomes(pub std::collections::BTreeMap<String, u64>);
+
+impl Outcomes {
+    pub fn add(&mut self, outcome: impl Into<String>) {
+        *self.0.entry(outcome.into()).or_default() += 1;
+    }
+
+    pub fn count(&self, outcome: &str) -> u64 {
+        self.0.get(outcome).copied().unwrap_or(0)
+    }
+
+    pub fn total(&self) -> u64 {
+        self.0.values().sum()
+    }
+}
+
+/// SQLSTATE of a failed call, or "ok" ("closed" when the error carries none).
+pub fn sqlstate<T>(result: &Result<T, tokio_postgres::Error>) -> String {
+    match result {
+        Ok(_) => "ok".into(),
+        Err(e) => e
+            .code()
+            .map(|c| c.code().to_string())
+            .unwrap_or_else(|| "closed".into()),
+    }
 }
 
 /// Polls until the proxy's count of server connections equals PostgreSQL's (both

@@ -5,6 +5,7 @@
 
 pub mod drivers;
 pub mod http;
+pub mod process;
 pub mod proxy;
 pub mod wire;
 

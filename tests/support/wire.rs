@@ -15,14 +15,15 @@ pub struct Wire {
     stream: Box<dyn Stream>,
 }
 
-fn frame(tag: u8, body: &[u8]) -> Vec<u8> {
+/// One frontend message: tag, length, body.
+pub fn frame(tag: u8, body: &[u8]) -> Vec<u8> {
     let mut out = vec![tag];
     out.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
     out.extend_from_slice(body);
     out
 }
 
-fn cstring(out: &mut Vec<u8>, s: &str) {
+pub fn cstring(out: &mut Vec<u8>, s: &str) {
     out.extend_from_slice(s.as_bytes());
     out.push(0);
 }
@@ -76,7 +77,41 @@ impl Wire {
         wire
     }
 
-    async fn read_frame(&mut self) -> (u8, Vec<u8>) {
+    /// Writes raw frontend bytes (a fault scenario's half-sent request).
+    pub async fn send(&mut self, bytes: &[u8]) {
+        tokio::time::timeout(STEP, self.stream.write_all(bytes))
+            .await
+            .expect("write in time")
+            .expect("connection open");
+    }
+
+    /// `Query` without waiting for its answer.
+    pub async fn send_query(&mut self, sql: &str) {
+        let mut body = Vec::new();
+        cstring(&mut body, sql);
+        self.send(&frame(b'Q', &body)).await;
+    }
+
+    /// Reads up to `ReadyForQuery`, counting `DataRow`s instead of keeping them (for
+    /// large results); returns (rows, SQLSTATE of an error, the transaction status).
+    pub async fn count_rows(&mut self) -> (u64, Option<String>, u8) {
+        let (mut rows, mut error) = (0, None);
+        loop {
+            let (tag, body) = self.read_frame().await;
+            match tag {
+                b'D' => rows += 1,
+                b'E' => {
+                    let mut whole = vec![tag, 0, 0, 0, 0];
+                    whole.extend_from_slice(&body);
+                    error = error_code(&[whole]);
+                }
+                b'Z' => return (rows, error, body.first().copied().unwrap_or(0)),
+                _ => {}
+            }
+        }
+    }
+
+    pub async fn read_frame(&mut self) -> (u8, Vec<u8>) {
         let mut head = [0u8; 5];
         tokio::time::timeout(STEP, self.stream.read_exact(&mut head))
             .await
