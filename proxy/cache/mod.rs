@@ -429,6 +429,8 @@ impl ResultCache {
 struct Activity {
     /// This process caches it, or another instance said it does.
     active: bool,
+    /// Another instance said it caches it (never forgotten).
+    others_active: bool,
     /// When the LISTEN connection came up (None: down or not yet up).
     listening_since: Option<std::time::Instant>,
 }
@@ -453,6 +455,20 @@ impl ResultCache {
         }
         a.listening_since
             .is_none_or(|since| since.elapsed() < GRACE)
+    }
+
+    /// Whether another instance may cache `database`: one said so, or this process's
+    /// LISTEN connection is down or came up too recently to have heard. When false,
+    /// a commit needs no `NOTIFY` (and no round trip) to be invalidated everywhere.
+    pub fn others_may_cache(&self, database: &str) -> bool {
+        if !self.need_listen {
+            return false;
+        }
+        let map = self.activity.lock().unwrap_or_else(|e| e.into_inner());
+        let a = map.get(database).copied().unwrap_or_default();
+        a.others_active
+            || a.listening_since
+                .is_none_or(|since| since.elapsed() < GRACE)
     }
 
     /// This process starts caching `database`: from now on its writes are tracked, and
@@ -516,7 +532,9 @@ impl ResultCache {
         match word {
             "active" => {
                 let mut map = self.activity.lock().unwrap_or_else(|e| e.into_inner());
-                map.entry(database.to_string()).or_default().active = true;
+                let a = map.entry(database.to_string()).or_default();
+                a.active = true;
+                a.others_active = true;
             }
             "hello" if self.tracks_writes(database) => {
                 let active = self

@@ -162,6 +162,21 @@ impl Session {
             }
         };
         let changes = resolution.changes(&writes.keys);
+        let has_replicas = self
+            .routing
+            .as_ref()
+            .is_some_and(|r| r.topology.backends.len() > 1);
+        if !has_replicas && !cache.others_may_cache(&database) {
+            // Nobody else to tell, and no replica whose fills need the commit position:
+            // invalidating here is all there is to do (no round trip).
+            let (tables, keys) = cache::catalog::parse_changes(&changes);
+            return Ok(cache::Invalidation {
+                lsn: 0,
+                tables,
+                keys,
+            });
+        }
+        let server = self.server.as_mut().ok_or("no server")?;
         let answer = server
             .query_values(&commit_hook::notify_question(
                 cache.instance,
@@ -268,7 +283,7 @@ impl Session {
         };
         match answer {
             Some(invalidation) => {
-                if let Some(state) = self.routing.as_mut() {
+                if let Some(state) = self.routing.as_mut().filter(|_| invalidation.lsn > 0) {
                     // The commit position is known: read-your-writes uses it too.
                     state.last_write = Some(
                         state
