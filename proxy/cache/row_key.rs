@@ -239,11 +239,15 @@ pub fn write_key(statement: &Statement) -> Option<KeyPredicate> {
             }
             let table = single_table(std::slice::from_ref(&update.table))?;
             let key = first_key(table, update.selection.as_ref())?;
+            // The column as PostgreSQL names it: `"id"` and `ID` are both `id`.
             let assigns_key = update.assignments.iter().any(|a| match &a.target {
-                AssignmentTarget::ColumnName(name) => name
-                    .0
-                    .last()
-                    .is_none_or(|last| last.to_string().to_lowercase() == key.column),
+                AssignmentTarget::ColumnName(name) => {
+                    match name.0.last().and_then(|last| last.as_ident()) {
+                        Some(ident) if ident.quote_style.is_some() => ident.value == key.column,
+                        Some(ident) => ident.value.to_lowercase() == key.column,
+                        None => true,
+                    }
+                }
                 AssignmentTarget::Tuple(_) => true,
             });
             (!assigns_key).then_some(key)
@@ -410,6 +414,9 @@ mod tests {
         );
         for not_keyed in [
             "UPDATE t SET id = 6 WHERE id = 5",
+            "UPDATE t SET \"id\" = 6 WHERE id = 5",
+            "UPDATE t SET ID = 6 WHERE id = 5",
+            "UPDATE t x SET id = 6 WHERE x.id = 5",
             "UPDATE t SET (a, id) = (1, 2) WHERE id = 5",
             "UPDATE t SET a = 1 FROM u WHERE t.id = 5",
             "UPDATE t SET a = 1 WHERE id > 5",
