@@ -91,6 +91,11 @@ pub struct Session {
     pub(super) caching: Option<super::caching::SessionCache>,
     /// Graceful shutdown, as this session waits for it.
     pub(super) shutdown: Arc<super::shutdown::SessionShutdown>,
+    /// A large message being relayed to the client as it arrives.
+    pub(super) streamed: super::streamed_frame::StreamedFrame,
+    /// The server was lost in the middle of a streamed message: the client holds half
+    /// a message, so nothing more can be said to it.
+    pub(super) cut_message: bool,
 }
 
 /// Session effects (`SET`/`RESET`, the end of pinned state, `DISCARD ALL`) that count
@@ -120,6 +125,7 @@ impl Session {
             Err(SessionError::ServerLost(_)) if relayed_fatal => {
                 let _ = self.drain().await;
             }
+            Err(_) if self.cut_message => {}
             Err(error) => {
                 if let Some(fields) = error.to_error_fields() {
                     fields.encode(&mut self.to_client);
@@ -163,6 +169,9 @@ impl Session {
             }
             match step {
                 Ok(()) => {}
+                Err(SessionError::ServerLost(reason)) if self.cut_message => {
+                    return Err(SessionError::ServerLost(reason));
+                }
                 Err(SessionError::ServerLost(reason)) => {
                     // A replica that died before answering an autocommit read: run the
                     // read elsewhere; the client never notices.
@@ -202,8 +211,11 @@ impl Session {
         if shutdown.has_reached(leave_at) {
             return Err(SessionError::Shutdown);
         }
+        // While a message is cut in two, nothing else may be written to the client, so
+        // its next messages wait (PostgreSQL does not read while it sends, either).
+        let read_client = !self.streamed.is_open();
         let pumped = tokio::select! {
-            pumped = self.pump(true, false, deadline) => pumped,
+            pumped = self.pump(read_client, false, deadline) => pumped,
             _ = shutdown.reached(leave_at) => return Err(SessionError::Shutdown),
         };
         match pumped {
@@ -346,6 +358,7 @@ impl Session {
             && !self.responses.awaiting_sync()
             && self.status == TransactionStatus::Idle
             && self.to_server.is_empty()
+            && !self.streamed.is_open()
             && self.server.as_ref().is_some_and(|s| s.read_buf.is_empty())
         {
             if self.backend == 0 {
@@ -368,6 +381,10 @@ impl Session {
 
     pub(super) fn release(&mut self) {
         if let Some(mut server) = self.server.take() {
+            if self.streamed.is_open() {
+                self.cut_message = true;
+                self.streamed.reset();
+            }
             // A pooled connection keeps no large read buffer for its next client.
             shrink_if_idle(&mut server.read_buf);
             server.last_used = Instant::now();
