@@ -297,7 +297,7 @@ fn main() {
     for script in &scripts {
         for mode in &modes {
             for n in &clients {
-                let mut measures = Vec::new();
+                let mut measures: Vec<Measure> = Vec::new();
                 for target in &targets {
                     let before = transactions_per_node(&cluster);
                     let cpu_before = cpu_pid_of(target).map(cpu::cpu_seconds);
@@ -356,9 +356,19 @@ fn main() {
                         let spent = cpu::cpu_seconds(pid) - cpu_before;
                         let transactions = m.tps * duration as f64;
                         let per_txn_us = spent * 1e6 / transactions.max(1.0);
-                        eprintln!("    {target} CPU {spent:.2} s, {per_txn_us:.1} us/txn");
+                        // Mean latency added to direct's, measured just before in this row.
+                        let added_us = targets
+                            .iter()
+                            .zip(&measures)
+                            .find(|(t, _)| *t == "direct")
+                            .map_or("n/a".to_string(), |(_, d)| {
+                                format!("{:.0}", (m.latency_ms - d.latency_ms) * 1000.0)
+                            });
+                        eprintln!(
+                            "    {target} CPU {spent:.2} s, {per_txn_us:.1} us/txn, {added_us} us added latency"
+                        );
                         cpu_rows.push(format!(
-                            "| {script} | {mode} | {n} | {target} | {spent:.2} | {per_txn_us:.1} |"
+                            "| {script} | {mode} | {n} | {target} | {spent:.2} | {per_txn_us:.1} | {added_us} |"
                         ));
                     }
                     if let Some(pid) = pid_of(target) {
@@ -482,7 +492,7 @@ fn main() {
     if !cpu_rows.is_empty() {
         let _ = write!(
             report,
-            "\n| script | mode | clients | proxy | proxy CPU (s) | proxy CPU per transaction (us) |\n|---|---|---|---|---|---|\n{}\n",
+            "\n| script | mode | clients | proxy | proxy CPU (s) | proxy CPU per transaction (us) | added latency vs direct (us) |\n|---|---|---|---|---|---|---|\n{}\n",
             cpu_rows.join("\n")
         );
     }
@@ -567,6 +577,11 @@ fn run_pgbench(
         .arg("--no-vacuum");
     if script == "select" {
         command.arg("-S");
+    }
+    if script == "churn" {
+        // A new connection (and SCRAM login) per transaction: CPU per transaction is
+        // CPU per connection.
+        command.args(["-C", "-S"]);
     }
     if script == "distinct" {
         // A new statement text every time: a random literal in a simple-protocol text.
