@@ -118,33 +118,36 @@ impl Session {
     /// Serves the client until it leaves. Errors that the client can still read have
     /// been reported when this returns.
     pub async fn run(mut self) -> Result<(), SessionError> {
+        // Everything after `serve` is boxed: an async fn's future is as large as its
+        // largest state, and every idle client's task holds this one (issue 13: RSS per
+        // idle client). Only `serve`'s idle wait stays inline.
         let result = self.serve().await;
         let relayed_fatal =
             self.server_said_fatal && matches!(result, Err(SessionError::ServerLost(_)));
         match &result {
             Err(SessionError::ServerLost(_)) if relayed_fatal => {
-                let _ = self.drain().await;
+                let _ = Box::pin(self.drain()).await;
             }
             Err(_) if self.cut_message => {}
             Err(error) => {
                 if let Some(fields) = error.to_error_fields() {
                     fields.encode(&mut self.to_client);
-                    let _ = self.drain().await;
+                    let _ = Box::pin(self.drain()).await;
                 }
             }
             Ok(()) => {}
         }
-        self.finish().await;
+        Box::pin(self.finish()).await;
         if !matches!(
             result,
             Err(SessionError::ClientClosed) | Err(SessionError::ClientIo(_))
         ) {
             // The proxy ends the connection: close it properly (TLS close_notify,
             // then FIN), as PostgreSQL does.
-            let _ = tokio::time::timeout(Duration::from_secs(2), async {
+            let _ = Box::pin(tokio::time::timeout(Duration::from_secs(2), async {
                 use tokio::io::AsyncWriteExt;
                 let _ = self.client.shutdown().await;
-            })
+            }))
             .await;
         }
         match result {
@@ -544,4 +547,58 @@ impl Session {
 fn without_deadline(error: Option<SessionError>) -> SessionError {
     error
         .unwrap_or_else(|| SessionError::Protocol("internal: pump stopped without a reason".into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every idle client's task holds one `Session` (issue 13: RSS per idle client).
+    #[test]
+    fn session_sizes() {
+        let sizes = [
+            ("Session", std::mem::size_of::<Session>()),
+            ("ClientStream", std::mem::size_of::<ClientStream>()),
+            (
+                "Option<PooledServer>",
+                std::mem::size_of::<Option<PooledServer>>(),
+            ),
+            ("ResponseQueue", std::mem::size_of::<ResponseQueue>()),
+            ("ClientStatements", std::mem::size_of::<ClientStatements>()),
+            ("SessionSettings", std::mem::size_of::<SessionSettings>()),
+            ("PooledState", std::mem::size_of::<PooledState>()),
+            (
+                "Option<SessionRouting>",
+                std::mem::size_of::<Option<SessionRouting>>(),
+            ),
+            (
+                "Option<LostServer>",
+                std::mem::size_of::<Option<super::super::lost_server::LostServer>>(),
+            ),
+            (
+                "Option<SessionCache>",
+                std::mem::size_of::<Option<super::super::caching::SessionCache>>(),
+            ),
+            (
+                "Option<SessionStats>",
+                std::mem::size_of::<Option<super::super::statistics::SessionStats>>(),
+            ),
+            (
+                "Option<TenantSession>",
+                std::mem::size_of::<Option<super::super::tenancy::TenantSession>>(),
+            ),
+            (
+                "SessionProtection",
+                std::mem::size_of::<super::super::protection::SessionProtection>(),
+            ),
+            (
+                "CancelRegistration",
+                std::mem::size_of::<CancelRegistration>(),
+            ),
+        ];
+        for (name, size) in sizes {
+            println!("{name}: {size} bytes");
+        }
+        assert!(sizes[0].1 < 4096, "a Session fits in 4 KiB");
+    }
 }
