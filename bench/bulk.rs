@@ -1,12 +1,16 @@
 //! Bulk transfers through a target: a 1,000,000-row result (about 100 MB), one row
 //! holding a 16 MiB value, and a 100 MB `COPY FROM STDIN`, timed; then the proxy's RSS
 //! while the sessions that did them sit idle, to show that buffers shrink back.
+//! Times are medians of several runs (one run of the 16 MiB value is tens of
+//! milliseconds, too short to trust alone); next to each, the proxy's own CPU time for
+//! one transfer, which the rest of the machine barely moves.
 
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::{pin_mut, SinkExt, StreamExt};
 use tokio_postgres::{NoTls, SimpleQueryMessage};
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 /// The seconds each transfer took through one target, and the proxy's RSS after.
 #[derive(Debug, Clone, Copy, Default)]
@@ -14,6 +18,10 @@ pub struct BulkResult {
     pub million_rows_s: f64,
     pub value_16mib_s: f64,
     pub copy_in_100mb_s: f64,
+    /// The proxy's CPU seconds per transfer (0 for direct).
+    pub million_rows_cpu_s: f64,
+    pub value_16mib_cpu_s: f64,
+    pub copy_in_100mb_cpu_s: f64,
     /// KiB; 0 for a target with no proxy process.
     pub rss_idle_kib: u64,
     pub rss_peak_kib: u64,
@@ -21,11 +29,24 @@ pub struct BulkResult {
 
 /// Sessions that each do every transfer, and then stay connected while RSS is read.
 pub const SESSIONS: usize = 4;
+/// Fetches of the 16 MiB value, and COPYs, per measurement (the median is reported).
+const VALUE_RUNS: usize = 7;
+const COPY_RUNS: usize = 3;
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
+}
+
+fn cpu(pid: Option<u32>) -> f64 {
+    pid.map_or(0.0, crate::cpu::cpu_seconds)
+}
 
 const MILLION_ROWS: &str = "SELECT g, repeat('x', 100) FROM generate_series(1, 1000000) g";
 const VALUE_16MIB: &str = "SELECT repeat('x', 16 * 1024 * 1024)";
 
-pub fn measure(url: &str, pid: Option<u32>) -> BulkResult {
+/// `tls`: connect with `sslmode=require` through this connector.
+pub fn measure(url: &str, pid: Option<u32>, tls: Option<&MakeRustlsConnect>) -> BulkResult {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -33,10 +54,23 @@ pub fn measure(url: &str, pid: Option<u32>) -> BulkResult {
     runtime.block_on(async move {
         let mut clients = Vec::new();
         for _ in 0..SESSIONS {
-            let (client, connection) = tokio_postgres::connect(url, NoTls)
-                .await
-                .expect("bulk: connect");
-            tokio::spawn(connection);
+            let client = match tls {
+                Some(tls) => {
+                    let url = format!("{url}?sslmode=require");
+                    let (client, connection) = tokio_postgres::connect(&url, tls.clone())
+                        .await
+                        .expect("bulk: connect with TLS");
+                    tokio::spawn(connection);
+                    client
+                }
+                None => {
+                    let (client, connection) = tokio_postgres::connect(url, NoTls)
+                        .await
+                        .expect("bulk: connect");
+                    tokio::spawn(connection);
+                    client
+                }
+            };
             clients.push(client);
         }
         let first = &clients[0];
@@ -45,21 +79,39 @@ pub fn measure(url: &str, pid: Option<u32>) -> BulkResult {
             .await
             .expect("bulk: create table");
         let mut result = BulkResult::default();
-        // Every session pulls the large result once; the first one is timed.
-        for (i, client) in clients.iter().enumerate() {
+        // Every session pulls the large result once, one after the other.
+        let mut times = Vec::new();
+        let cpu_before = cpu(pid);
+        for client in &clients {
             let started = Instant::now();
             let rows = count_rows(client, MILLION_ROWS).await;
             assert_eq!(rows, 1_000_000, "bulk: the 1M-row result");
-            if i == 0 {
-                result.million_rows_s = started.elapsed().as_secs_f64();
-            }
+            times.push(started.elapsed().as_secs_f64());
         }
-        let started = Instant::now();
-        assert_eq!(value_len(first, VALUE_16MIB).await, 16 * 1024 * 1024);
-        result.value_16mib_s = started.elapsed().as_secs_f64();
-        let started = Instant::now();
-        copy_in(first, 100 * 1024 * 1024).await;
-        result.copy_in_100mb_s = started.elapsed().as_secs_f64();
+        result.million_rows_cpu_s = (cpu(pid) - cpu_before) / SESSIONS as f64;
+        result.million_rows_s = median(times);
+        let mut times = Vec::new();
+        let cpu_before = cpu(pid);
+        for _ in 0..VALUE_RUNS {
+            let started = Instant::now();
+            assert_eq!(value_len(first, VALUE_16MIB).await, 16 * 1024 * 1024);
+            times.push(started.elapsed().as_secs_f64());
+        }
+        result.value_16mib_cpu_s = (cpu(pid) - cpu_before) / VALUE_RUNS as f64;
+        result.value_16mib_s = median(times);
+        let mut times = Vec::new();
+        let cpu_before = cpu(pid);
+        for _ in 0..COPY_RUNS {
+            let started = Instant::now();
+            copy_in(first, 100 * 1024 * 1024).await;
+            times.push(started.elapsed().as_secs_f64());
+            first
+                .batch_execute("TRUNCATE bench_bulk")
+                .await
+                .expect("bulk: truncate");
+        }
+        result.copy_in_100mb_cpu_s = (cpu(pid) - cpu_before) / COPY_RUNS as f64;
+        result.copy_in_100mb_s = median(times);
         first
             .batch_execute("DROP TABLE bench_bulk")
             .await

@@ -27,6 +27,7 @@ mod cpu;
 mod idle;
 mod protection;
 mod tenant;
+mod tls;
 
 const USER: &str = "pgwarden";
 const PASSWORD: &str = "pgwarden-secret";
@@ -77,6 +78,9 @@ struct Measure {
 /// (proxy port, HTTP port) of every pgwarden started, for `/api/cache`.
 static HTTP_PORTS: std::sync::Mutex<Vec<(u16, u16)>> = std::sync::Mutex::new(Vec::new());
 
+/// (certificate, key) every pgwarden serves TLS with, when the bulk phase uses TLS.
+static TLS_FILES: std::sync::Mutex<Option<(String, String)>> = std::sync::Mutex::new(None);
+
 fn http_port_of(port: u16) -> Option<u16> {
     HTTP_PORTS
         .lock()
@@ -102,13 +106,25 @@ fn main() {
 
     let binaries = PgBinaries::locate().expect("PostgreSQL binaries");
     let pgbench = binaries.path("pgbench");
+    // Bulk transfers are also measured over TLS: PostgreSQL and pgwarden serve one
+    // certificate. pgbench and psql stay on plain TCP, as before.
+    std::env::set_var("PGSSLMODE", "disable");
+    let bench_tls = (env_num("BULK", 1) == 1 && env_num("BULK_TLS", 1) == 1).then(|| {
+        let dir = std::env::temp_dir().join(format!("pgw-bench-tls-{}", std::process::id()));
+        tls::files(&dir)
+    });
+    if let Some(tls) = &bench_tls {
+        *TLS_FILES.lock().unwrap() = Some((tls.cert.clone(), tls.key.clone()));
+    }
+    let mut extra_conf = vec![
+        "max_connections = 300".into(),
+        "shared_buffers = 256MB".into(),
+    ];
+    extra_conf.extend(bench_tls.iter().flat_map(|t| t.server_conf()));
     println!("starting PostgreSQL ...");
     let cluster = LocalCluster::start(ClusterSpec {
         replicas,
-        extra_conf: vec![
-            "max_connections = 300".into(),
-            "shared_buffers = 256MB".into(),
-        ],
+        extra_conf,
         ..ClusterSpec::default()
     })
     .expect("start PostgreSQL");
@@ -281,7 +297,7 @@ fn main() {
     for script in &scripts {
         for mode in &modes {
             for n in &clients {
-                let mut measures = Vec::new();
+                let mut measures: Vec<Measure> = Vec::new();
                 for target in &targets {
                     let before = transactions_per_node(&cluster);
                     let cpu_before = cpu_pid_of(target).map(cpu::cpu_seconds);
@@ -340,9 +356,19 @@ fn main() {
                         let spent = cpu::cpu_seconds(pid) - cpu_before;
                         let transactions = m.tps * duration as f64;
                         let per_txn_us = spent * 1e6 / transactions.max(1.0);
-                        eprintln!("    {target} CPU {spent:.2} s, {per_txn_us:.1} us/txn");
+                        // Mean latency added to direct's, measured just before in this row.
+                        let added_us = targets
+                            .iter()
+                            .zip(&measures)
+                            .find(|(t, _)| *t == "direct")
+                            .map_or("n/a".to_string(), |(_, d)| {
+                                format!("{:.0}", (m.latency_ms - d.latency_ms) * 1000.0)
+                            });
+                        eprintln!(
+                            "    {target} CPU {spent:.2} s, {per_txn_us:.1} us/txn, {added_us} us added latency"
+                        );
                         cpu_rows.push(format!(
-                            "| {script} | {mode} | {n} | {target} | {spent:.2} | {per_txn_us:.1} |"
+                            "| {script} | {mode} | {n} | {target} | {spent:.2} | {per_txn_us:.1} | {added_us} |"
                         ));
                     }
                     if let Some(pid) = pid_of(target) {
@@ -368,14 +394,24 @@ fn main() {
 
     let mut bulk_rows = Vec::new();
     if env_num("BULK", 1) == 1 {
-        for target in &targets {
-            let url = format!(
-                "postgres://{USER}:{PASSWORD}@127.0.0.1:{}/{DATABASE}",
-                port_of(target)
-            );
-            let result = bulk::measure(&url, cpu_pid_of(target));
-            eprintln!("bulk {target}: {result:?}");
-            bulk_rows.push((target.clone(), result));
+        let connector = bench_tls.as_ref().map(|t| t.connector());
+        let mut passes = vec![(None, "")];
+        if let Some(connector) = &connector {
+            passes.push((Some(connector), " (TLS)"));
+        }
+        for (tls, label) in passes {
+            for target in &targets {
+                if tls.is_some() && target == "pgbouncer" {
+                    continue; // not configured for TLS
+                }
+                let url = format!(
+                    "postgres://{USER}:{PASSWORD}@127.0.0.1:{}/{DATABASE}",
+                    port_of(target)
+                );
+                let result = bulk::measure(&url, cpu_pid_of(target), tls);
+                eprintln!("bulk {target}{label}: {result:?}");
+                bulk_rows.push((format!("{target}{label}"), result));
+            }
         }
     }
 
@@ -412,29 +448,42 @@ fn main() {
 
     let mut report = render(&targets, &rows, &idle_rows, duration, scale, pool_size);
     if !bulk_rows.is_empty() {
-        let direct = bulk_rows
-            .iter()
-            .find(|(t, _)| t == "direct")
-            .map(|(_, r)| *r);
+        // Against the mean of every direct measurement (TARGETS may list it twice).
+        // A TLS row is compared with direct over TLS.
+        let direct_mean = |tls: bool, f: fn(&bulk::BulkResult) -> f64| {
+            let directs: Vec<f64> = bulk_rows
+                .iter()
+                .filter(|(t, _)| t.starts_with("direct") && t.ends_with("(TLS)") == tls)
+                .map(|(_, r)| f(r))
+                .collect();
+            (!directs.is_empty()).then(|| directs.iter().sum::<f64>() / directs.len() as f64)
+        };
         let ratio = |a: f64, b: Option<f64>| match b {
             Some(b) if b > 0.0 => format!("{:.2}", a / b),
             _ => "n/a".to_string(),
         };
         let _ = write!(
             report,
-            "\n{} sessions each fetch the 1M-row result; then one 16 MiB value and one 100 MB COPY FROM STDIN. RSS: the proxy's, with those sessions still connected and idle.\n\n| target | 1M rows (s) | vs direct | 16 MiB value (s) | vs direct | COPY 100 MB (s) | vs direct | RSS idle after (MiB) | peak RSS (MiB) |\n|---|---|---|---|---|---|---|---|---|\n",
+            "\n{} sessions each fetch the 1M-row result (median time); then the median of 7 fetches of one 16 MiB value and of 3 100 MB COPY FROM STDIN. CPU: the proxy's user+system ms per transfer. RSS: the proxy's, with those sessions still connected and idle.\n\n| target | 1M rows (s) | vs direct | CPU ms | 16 MiB value (s) | vs direct | CPU ms | COPY 100 MB (s) | vs direct | CPU ms | RSS idle after (MiB) | peak RSS (MiB) |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n",
             bulk::SESSIONS
         );
         for (target, r) in &bulk_rows {
+            let tls = target.ends_with("(TLS)");
+            let direct_rows = direct_mean(tls, |r| r.million_rows_s);
+            let direct_value = direct_mean(tls, |r| r.value_16mib_s);
+            let direct_copy = direct_mean(tls, |r| r.copy_in_100mb_s);
             let _ = writeln!(
                 report,
-                "| {target} | {:.3} | {} | {:.3} | {} | {:.3} | {} | {:.1} | {:.1} |",
+                "| {target} | {:.3} | {} | {:.0} | {:.4} | {} | {:.1} | {:.3} | {} | {:.0} | {:.1} | {:.1} |",
                 r.million_rows_s,
-                ratio(r.million_rows_s, direct.map(|d| d.million_rows_s)),
+                ratio(r.million_rows_s, direct_rows),
+                r.million_rows_cpu_s * 1000.0,
                 r.value_16mib_s,
-                ratio(r.value_16mib_s, direct.map(|d| d.value_16mib_s)),
+                ratio(r.value_16mib_s, direct_value),
+                r.value_16mib_cpu_s * 1000.0,
                 r.copy_in_100mb_s,
-                ratio(r.copy_in_100mb_s, direct.map(|d| d.copy_in_100mb_s)),
+                ratio(r.copy_in_100mb_s, direct_copy),
+                r.copy_in_100mb_cpu_s * 1000.0,
                 mib(r.rss_idle_kib),
                 mib(r.rss_peak_kib),
             );
@@ -443,7 +492,7 @@ fn main() {
     if !cpu_rows.is_empty() {
         let _ = write!(
             report,
-            "\n| script | mode | clients | proxy | proxy CPU (s) | proxy CPU per transaction (us) |\n|---|---|---|---|---|---|\n{}\n",
+            "\n| script | mode | clients | proxy | proxy CPU (s) | proxy CPU per transaction (us) | added latency vs direct (us) |\n|---|---|---|---|---|---|---|\n{}\n",
             cpu_rows.join("\n")
         );
     }
@@ -528,6 +577,11 @@ fn run_pgbench(
         .arg("--no-vacuum");
     if script == "select" {
         command.arg("-S");
+    }
+    if script == "churn" {
+        // A new connection (and SCRAM login) per transaction: CPU per transaction is
+        // CPU per connection.
+        command.args(["-C", "-S"]);
     }
     if script == "distinct" {
         // A new statement text every time: a random literal in a simple-protocol text.
@@ -685,6 +739,12 @@ fn start_pgwarden_binary(
         .env("PGWARDEN_STATS_ENABLED", stats.to_string())
         .env("PGWARDEN_TENANCY_MODE", tenancy)
         .env("PGWARDEN_PROXY_MAX_CLIENT_CONNECTIONS", "20000")
+        .envs(TLS_FILES.lock().unwrap().iter().flat_map(|(cert, key)| {
+            [
+                ("PGWARDEN_PROXY_TLS_CERT", cert.clone()),
+                ("PGWARDEN_PROXY_TLS_KEY", key.clone()),
+            ]
+        }))
         .env(
             "RUST_LOG",
             std::env::var("PROXY_LOG").unwrap_or_else(|_| "warn".into()),

@@ -9,6 +9,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 use super::handshake::open;
 use super::login::log_in;
+use super::session::Session;
 use super::shutdown::Phase;
 use super::{report, SessionError};
 use crate::runtime::Runtime;
@@ -65,7 +66,7 @@ pub async fn serve(runtime: Arc<Runtime>, listener: TcpListener) -> std::io::Res
         let _ = tcp.set_nodelay(true);
         super::keepalive::apply(&tcp, &runtime.config().proxy);
         let runtime = runtime.clone();
-        tokio::spawn(async move {
+        let task = async move {
             if let Err(e) = handle_client(runtime, tcp).await {
                 match e {
                     SessionError::ClientClosed | SessionError::ClientIo(_) => {
@@ -74,7 +75,10 @@ pub async fn serve(runtime: Arc<Runtime>, listener: TcpListener) -> std::io::Res
                     _ => tracing::info!(%peer, error = %e, "client connection closed with error"),
                 }
             }
-        });
+        };
+        // What every connected client costs before any buffer (issue 13: RSS per client).
+        tracing::trace!(bytes = std::mem::size_of_val(&task), "client task");
+        tokio::spawn(task);
     }
 }
 
@@ -87,32 +91,56 @@ async fn handle_client(runtime: Arc<Runtime>, tcp: TcpStream) -> Result<(), Sess
             return Err(e);
         }
     };
-    let Some(opened) = open(tcp, &runtime).await? else {
-        return Ok(()); // a cancel request, handled
-    };
-    if opened.params.get("database").map(String::as_str) == Some(crate::admin::console::DATABASE) {
-        let result = crate::admin::serve_console(runtime.clone(), opened).await;
-        drop(slot);
-        return result;
+    // Boxed: an async fn's future is as large as its largest state, and every idle
+    // client's task holds this one; the handshake, login and their error reports
+    // (which hold the whole `Opened` connection state) live on the heap only as long
+    // as they run (issue 13: RSS per idle client).
+    // The session is made in a block whose value is awaited at once: `session` is
+    // moved into `run`'s future, and a local still in scope at the await would keep a
+    // place of its own in this task beside it.
+    let identity;
+    let result = {
+        let session = match Box::pin(open_and_log_in(runtime.clone(), tcp)).await {
+            Ok(Some(session)) => session,
+            Ok(None) => return Ok(()), // a cancel request or an admin console, handled
+            Err(e) => return Err(e),
+        };
+        tracing::info!(
+            user = %session.identity.user,
+            database = %session.identity.database,
+            peer = %session.identity.peer,
+            application_name = %session.identity.application_name,
+            tls = session.client.is_tls(),
+            "client logged in"
+        );
+        identity = session.identity.clone();
+        session.run()
     }
-    let session = match log_in(runtime.clone(), opened).await {
-        Ok(session) => session,
-        Err((mut opened, e)) => {
-            report(&mut opened.stream, &e).await;
-            return Err(e);
-        }
-    };
-    tracing::info!(
-        user = %session.identity.user,
-        database = %session.identity.database,
-        peer = %session.identity.peer,
-        application_name = %session.identity.application_name,
-        tls = session.client.is_tls(),
-        "client logged in"
-    );
-    let identity = session.identity.clone();
-    let result = session.run().await;
+    .await;
     tracing::info!(user = %identity.user, database = %identity.database, peer = %identity.peer, "client disconnected");
     drop(slot);
     result
+}
+
+/// The handshake and login; `None` when the connection was a cancel request or an
+/// admin console session, served here.
+async fn open_and_log_in(
+    runtime: Arc<Runtime>,
+    tcp: TcpStream,
+) -> Result<Option<Session>, SessionError> {
+    let Some(opened) = open(tcp, &runtime).await? else {
+        return Ok(None); // a cancel request, handled
+    };
+    if opened.params.get("database").map(String::as_str) == Some(crate::admin::console::DATABASE) {
+        return crate::admin::serve_console(runtime.clone(), opened)
+            .await
+            .map(|()| None);
+    }
+    match log_in(runtime.clone(), opened).await {
+        Ok(session) => Ok(Some(session)),
+        Err((mut opened, e)) => {
+            report(&mut opened.stream, &e).await;
+            Err(e)
+        }
+    }
 }

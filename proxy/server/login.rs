@@ -133,6 +133,8 @@ pub async fn log_in(
                 caching: (config.cache.mode != crate::config::CacheMode::Off)
                     .then(super::caching::SessionCache::default),
                 shutdown: runtime.shutdown.session(),
+                streamed: Default::default(),
+                cut_message: false,
                 pooled: PooledState::new(
                     config.pool.pin_session_state,
                     config.pool.max_prepared_statements as usize,

@@ -37,6 +37,7 @@ pub use statements::{
 };
 mod statistics;
 pub mod stream;
+mod streamed_frame;
 mod tenancy;
 pub mod tls;
 

@@ -9,6 +9,7 @@ use super::session::{PendingSettings, Session};
 use super::session_effects::{Effect, Pins};
 use super::settings::{SessionSettings, SettingChange};
 use super::statements::StatementId;
+use super::streamed_frame::announced_len;
 use super::SessionError;
 use crate::protocol::backend::{command_tag, error_code};
 use crate::protocol::frame::check_frame;
@@ -46,13 +47,26 @@ impl Session {
         } else {
             crate::stats::Served::Replica
         };
-        // Bytes at the front of the server buffer already known to be relayed.
-        let mut relay_run = 0usize;
+        // Bytes at the front of the server buffer already known to be relayed: first
+        // the rest of a large message being streamed (streamed_frame.rs).
+        let mut relay_run = self.streamed.take(server.read_buf.len());
         loop {
+            if self.streamed.is_open() {
+                break;
+            }
             let rest = &server.read_buf[relay_run..];
             let len = match check_frame(rest, MAX_SERVER_MESSAGE) {
                 Ok(Some(len)) => len,
-                Ok(None) => break,
+                Ok(None) => {
+                    let total = announced_len(rest).unwrap_or(0);
+                    if self.streamed.start(rest, total) {
+                        // Only DataRow/CopyData: relayed, never the end of an answer.
+                        let (disposition, popped) = self.responses.on_server_message(rest[0]);
+                        debug_assert!(disposition == Disposition::Relay && popped.is_none());
+                        relay_run = server.read_buf.len();
+                    }
+                    break;
+                }
                 Err(e) => {
                     server.mark_broken();
                     return Err(SessionError::ServerLost(e.to_string()));

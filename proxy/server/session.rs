@@ -91,6 +91,11 @@ pub struct Session {
     pub(super) caching: Option<super::caching::SessionCache>,
     /// Graceful shutdown, as this session waits for it.
     pub(super) shutdown: Arc<super::shutdown::SessionShutdown>,
+    /// A large message being relayed to the client as it arrives.
+    pub(super) streamed: super::streamed_frame::StreamedFrame,
+    /// The server was lost in the middle of a streamed message: the client holds half
+    /// a message, so nothing more can be said to it.
+    pub(super) cut_message: bool,
 }
 
 /// Session effects (`SET`/`RESET`, the end of pinned state, `DISCARD ALL`) that count
@@ -113,32 +118,36 @@ impl Session {
     /// Serves the client until it leaves. Errors that the client can still read have
     /// been reported when this returns.
     pub async fn run(mut self) -> Result<(), SessionError> {
+        // Everything after `serve` is boxed: an async fn's future is as large as its
+        // largest state, and every idle client's task holds this one (issue 13: RSS per
+        // idle client). Only `serve`'s idle wait stays inline.
         let result = self.serve().await;
         let relayed_fatal =
             self.server_said_fatal && matches!(result, Err(SessionError::ServerLost(_)));
         match &result {
             Err(SessionError::ServerLost(_)) if relayed_fatal => {
-                let _ = self.drain().await;
+                let _ = Box::pin(self.drain()).await;
             }
+            Err(_) if self.cut_message => {}
             Err(error) => {
                 if let Some(fields) = error.to_error_fields() {
                     fields.encode(&mut self.to_client);
-                    let _ = self.drain().await;
+                    let _ = Box::pin(self.drain()).await;
                 }
             }
             Ok(()) => {}
         }
-        self.finish().await;
+        Box::pin(self.finish()).await;
         if !matches!(
             result,
             Err(SessionError::ClientClosed) | Err(SessionError::ClientIo(_))
         ) {
             // The proxy ends the connection: close it properly (TLS close_notify,
             // then FIN), as PostgreSQL does.
-            let _ = tokio::time::timeout(Duration::from_secs(2), async {
+            let _ = Box::pin(tokio::time::timeout(Duration::from_secs(2), async {
                 use tokio::io::AsyncWriteExt;
                 let _ = self.client.shutdown().await;
-            })
+            }))
             .await;
         }
         match result {
@@ -163,6 +172,9 @@ impl Session {
             }
             match step {
                 Ok(()) => {}
+                Err(SessionError::ServerLost(reason)) if self.cut_message => {
+                    return Err(SessionError::ServerLost(reason));
+                }
                 Err(SessionError::ServerLost(reason)) => {
                     // A replica that died before answering an autocommit read: run the
                     // read elsewhere; the client never notices.
@@ -202,8 +214,11 @@ impl Session {
         if shutdown.has_reached(leave_at) {
             return Err(SessionError::Shutdown);
         }
+        // While a message is cut in two, nothing else may be written to the client, so
+        // its next messages wait (PostgreSQL does not read while it sends, either).
+        let read_client = !self.streamed.is_open();
         let pumped = tokio::select! {
-            pumped = self.pump(true, false, deadline) => pumped,
+            pumped = self.pump(read_client, false, deadline) => pumped,
             _ = shutdown.reached(leave_at) => return Err(SessionError::Shutdown),
         };
         match pumped {
@@ -346,6 +361,7 @@ impl Session {
             && !self.responses.awaiting_sync()
             && self.status == TransactionStatus::Idle
             && self.to_server.is_empty()
+            && !self.streamed.is_open()
             && self.server.as_ref().is_some_and(|s| s.read_buf.is_empty())
         {
             if self.backend == 0 {
@@ -368,6 +384,10 @@ impl Session {
 
     pub(super) fn release(&mut self) {
         if let Some(mut server) = self.server.take() {
+            if self.streamed.is_open() {
+                self.cut_message = true;
+                self.streamed.reset();
+            }
             // A pooled connection keeps no large read buffer for its next client.
             shrink_if_idle(&mut server.read_buf);
             server.last_used = Instant::now();
@@ -527,4 +547,58 @@ impl Session {
 fn without_deadline(error: Option<SessionError>) -> SessionError {
     error
         .unwrap_or_else(|| SessionError::Protocol("internal: pump stopped without a reason".into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every idle client's task holds one `Session` (issue 13: RSS per idle client).
+    #[test]
+    fn session_sizes() {
+        let sizes = [
+            ("Session", std::mem::size_of::<Session>()),
+            ("ClientStream", std::mem::size_of::<ClientStream>()),
+            (
+                "Option<PooledServer>",
+                std::mem::size_of::<Option<PooledServer>>(),
+            ),
+            ("ResponseQueue", std::mem::size_of::<ResponseQueue>()),
+            ("ClientStatements", std::mem::size_of::<ClientStatements>()),
+            ("SessionSettings", std::mem::size_of::<SessionSettings>()),
+            ("PooledState", std::mem::size_of::<PooledState>()),
+            (
+                "Option<SessionRouting>",
+                std::mem::size_of::<Option<SessionRouting>>(),
+            ),
+            (
+                "Option<LostServer>",
+                std::mem::size_of::<Option<super::super::lost_server::LostServer>>(),
+            ),
+            (
+                "Option<SessionCache>",
+                std::mem::size_of::<Option<super::super::caching::SessionCache>>(),
+            ),
+            (
+                "Option<SessionStats>",
+                std::mem::size_of::<Option<super::super::statistics::SessionStats>>(),
+            ),
+            (
+                "Option<TenantSession>",
+                std::mem::size_of::<Option<super::super::tenancy::TenantSession>>(),
+            ),
+            (
+                "SessionProtection",
+                std::mem::size_of::<super::super::protection::SessionProtection>(),
+            ),
+            (
+                "CancelRegistration",
+                std::mem::size_of::<CancelRegistration>(),
+            ),
+        ];
+        for (name, size) in sizes {
+            println!("{name}: {size} bytes");
+        }
+        assert!(sizes[0].1 < 4096, "a Session fits in 4 KiB");
+    }
 }
