@@ -36,7 +36,16 @@ impl Session {
             return;
         }
         self.note_transaction_kind(message_tag, frame);
-        if self.backend != 0 {
+        if self.backend != 0 || !matches!(message_tag, tag::QUERY | tag::PARSE | tag::BIND) {
+            return;
+        }
+        if !self.runtime.cache.tracks_writes(&self.identity.database) {
+            // No instance caches this database: what the statement writes does not
+            // matter. Should one start caching before this transaction commits, the
+            // commit counts as writing everything.
+            if let Some(state) = self.caching.as_mut() {
+                state.unknown_writes = true;
+            }
             return;
         }
         let writes_of = |sql: &[u8]| -> Option<Arc<WriteNames>> {
@@ -195,14 +204,22 @@ impl Session {
     /// session did not change `default_transaction_isolation`) and has forwarded
     /// nothing but reads since. Anything else (`SET LOCAL`, a savepoint) ends that.
     fn note_transaction_kind(&mut self, message_tag: u8, frame: &[u8]) {
-        let text = match message_tag {
+        let idle = self.status == crate::protocol::tag::TransactionStatus::Idle;
+        let read_only_now = self
+            .caching
+            .as_ref()
+            .is_some_and(|c| c.read_only_transaction);
+        if !idle && !read_only_now {
+            return; // nothing to learn: the plain path pays one comparison
+        }
+        let sql: &[u8] = match message_tag {
             tag::QUERY => {
                 let sql = body(frame);
-                String::from_utf8_lossy(&sql[..sql.len().saturating_sub(1)]).into_owned()
+                &sql[..sql.len().saturating_sub(1)]
             }
             tag::PARSE => match ParseView::parse(body(frame)) {
-                Ok(view) => String::from_utf8_lossy(view.query).into_owned(),
-                Err(_) => String::new(),
+                Ok(view) => view.query,
+                Err(_) => b"",
             },
             tag::BIND => {
                 let read = BindView::parse(body(frame)).is_ok_and(|view| {
@@ -221,6 +238,13 @@ impl Session {
             }
             _ => return,
         };
+        if idle && !starts_a_transaction(sql) {
+            if let Some(state) = self.caching.as_mut() {
+                state.read_only_transaction = false;
+            }
+            return;
+        }
+        let text = String::from_utf8_lossy(sql);
         let class = self.runtime.routing().classify(&text);
         let upper = text.to_ascii_uppercase();
         let read_only_begin = matches!(class, StatementClass::Begin { read_only: true })
@@ -228,7 +252,6 @@ impl Session {
             && !upper.contains("SERIALIZABLE")
             && !upper.contains(';')
             && !self.settings.mentions("default_transaction_isolation");
-        let idle = self.status == crate::protocol::tag::TransactionStatus::Idle;
         if let Some(state) = self.caching.as_mut() {
             state.read_only_transaction = if idle {
                 read_only_begin
@@ -296,4 +319,18 @@ impl Session {
             None => cache.invalidate(&database, &cache::Invalidation::everything(u64::MAX)),
         }
     }
+}
+
+/// Whether a statement text begins with `BEGIN` or `START` (comments aside, a cheap
+/// test before the classifier is asked).
+fn starts_a_transaction(sql: &[u8]) -> bool {
+    let text = sql.trim_ascii_start();
+    let word: Vec<u8> = text
+        .iter()
+        .take_while(|b| b.is_ascii_alphabetic())
+        .map(u8::to_ascii_uppercase)
+        .collect();
+    matches!(word.as_slice(), b"BEGIN" | b"START")
+        || text.starts_with(b"/*")
+        || text.starts_with(b"--")
 }
