@@ -7,6 +7,7 @@
 
 pub(crate) mod auth;
 pub(crate) mod auth_query;
+mod cache_analysis;
 mod cache_writes;
 mod caching;
 pub mod cancel;
