@@ -35,11 +35,7 @@ async fn start(cluster: &LocalCluster, tweak: impl FnOnce(&mut Config)) -> Runni
         tweak(c);
     })
     .await;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !proxy.runtime.cache.is_listening(DATABASE) {
-        assert!(Instant::now() < deadline, "cache LISTEN connection up");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    proxy::wait_for_cache_listen(&proxy).await;
     proxy
 }
 

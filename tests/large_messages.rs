@@ -6,7 +6,7 @@
 
 mod support;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use pgwarden::cluster::{ClusterSpec, LocalCluster};
 use pgwarden::config::{AuthMethod, Config};
@@ -43,11 +43,7 @@ async fn start(cluster: &LocalCluster, tweak: impl FnOnce(&mut Config)) -> Runni
         tweak(c);
     })
     .await;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !proxy.runtime.cache.is_listening(DATABASE) {
-        assert!(Instant::now() < deadline, "cache LISTEN connection up");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    proxy::wait_for_cache_listen(&proxy).await;
     proxy
 }
 

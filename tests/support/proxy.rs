@@ -68,3 +68,16 @@ pub async fn connect_err(url: &str) -> tokio_postgres::Error {
         Err(e) => e,
     }
 }
+
+/// Waits (up to 10 s) until the result cache's LISTEN connection is up, so fills and
+/// invalidations are in effect.
+pub async fn wait_for_cache_listen(proxy: &RunningProxy) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !proxy.runtime.cache.is_listening(DATABASE) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "cache LISTEN connection up"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
