@@ -2,7 +2,7 @@
 //! which pgwarden relays as their bytes arrive instead of buffering them whole: the
 //! client gets exactly the bytes PostgreSQL sends directly, whatever the protocol, with
 //! named statements, pipelined requests, a result cache fill and hit, and an error in
-//! the middle of a result.
+//! the middle of a result; and the server lost in the middle of a streamed row.
 
 mod support;
 
@@ -207,4 +207,62 @@ async fn a_streamed_result_fills_the_result_cache_and_is_replayed_exactly() {
     let before = proxy.runtime.cache.totals().hits;
     assert_same("hit", &expected, &within("hit", p.simple(sql)).await);
     assert_eq!(proxy.runtime.cache.totals().hits, before + 1, "a hit");
+}
+
+/// The server connection dies while a 64 MiB row is half relayed: the client cannot be
+/// sent an `ErrorResponse` in the middle of a message, so its connection is closed
+/// (it must not wait forever), and the proxy goes on serving everyone else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_lost_in_the_middle_of_a_streamed_row_closes_only_that_client() {
+    const ROW: usize = 64 << 20;
+    let cluster = cluster();
+    let proxy = start(&cluster, |_| {}).await;
+    let (mut d, mut victim) = pair(&cluster, &proxy).await;
+
+    // The victim asks for one huge value and does not read: PostgreSQL blocks writing
+    // it once the proxy's buffer and both sockets are full, in the middle of the row.
+    within(
+        "send",
+        victim.send_query(&format!("SELECT repeat('x', {ROW}) /* victim */")),
+    )
+    .await;
+    let blocked = "SELECT count(*) FROM pg_stat_activity
+                   WHERE query LIKE '%/* victim */' AND wait_event = 'ClientWrite'";
+    within("the server blocked in mid-row", async {
+        loop {
+            let answer = d.simple(blocked).await;
+            if support::wire::first_value(&answer).as_deref() == Some("1") {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    let answer = within(
+        "terminate",
+        d.simple(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+             WHERE query LIKE '%/* victim */' AND pid <> pg_backend_pid()",
+        ),
+    )
+    .await;
+    assert_eq!(support::wire::first_value(&answer).as_deref(), Some("t"));
+
+    // The victim gets what was relayed, then its connection closes: never the whole row.
+    let received = victim.read_until_closed(CALL).await;
+    assert!(
+        received > 0 && received < ROW,
+        "{received} bytes of a {ROW}-byte row before the close"
+    );
+
+    // Everyone else is served as before, on the same pool.
+    for i in 0..3 {
+        let mut other = within("login", Wire::tcp(proxy.port(), USER, DATABASE, &[])).await;
+        let answer = within("query", other.simple("SELECT 40 + 2")).await;
+        assert_eq!(
+            support::wire::first_value(&answer).as_deref(),
+            Some("42"),
+            "client {i} after the loss"
+        );
+    }
 }

@@ -111,6 +111,24 @@ impl Wire {
         }
     }
 
+    /// Reads raw bytes until the peer closes the connection (EOF or reset); returns how
+    /// many arrived. Panics when it stays open longer than `limit`.
+    pub async fn read_until_closed(&mut self, limit: std::time::Duration) -> usize {
+        let mut total = 0;
+        let mut chunk = vec![0u8; 1 << 16];
+        let closed = tokio::time::timeout(limit, async {
+            loop {
+                match self.stream.read(&mut chunk).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => total += n,
+                }
+            }
+        })
+        .await;
+        assert!(closed.is_ok(), "the connection stayed open for {limit:?}");
+        total
+    }
+
     pub async fn read_frame(&mut self) -> (u8, Vec<u8>) {
         let mut head = [0u8; 5];
         tokio::time::timeout(STEP, self.stream.read_exact(&mut head))
