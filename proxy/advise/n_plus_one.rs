@@ -329,8 +329,7 @@ impl CallObserver for Detector {
 }
 
 fn hash(bytes: &[u8]) -> u64 {
-    use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
-    BuildHasherDefault::<DefaultHasher>::default().hash_one(bytes)
+    crate::stats::process_hash(bytes)
 }
 
 #[cfg(test)]

@@ -78,7 +78,10 @@ pub struct ResultCache {
     /// Identifies this process in NOTIFY payloads (its own are skipped).
     pub instance: u64,
     /// Per database: whether commits must be tracked (see [`ResultCache::tracks_writes`]).
-    activity: Mutex<HashMap<String, Activity>>,
+    /// Read on every forwarded write, changed a few times in the process's life: readers
+    /// load a snapshot, writers copy the (small) map.
+    activity: arc_swap::ArcSwap<HashMap<String, Activity>>,
+    activity_writer: Mutex<()>,
     /// Per database: NOTIFY payloads for the LISTEN connection to send.
     outbox: Mutex<HashMap<String, tokio::sync::mpsc::UnboundedSender<String>>>,
     need_listen: bool,
@@ -185,7 +188,8 @@ impl ResultCache {
             known_commit: AtomicU64::new(0),
             instance: rand::random::<u64>() >> 1,
             wal_status: Mutex::new(HashMap::new()),
-            activity: Mutex::new(HashMap::new()),
+            activity: arc_swap::ArcSwap::from_pointee(HashMap::new()),
+            activity_writer: Mutex::new(()),
             outbox: Mutex::new(HashMap::new()),
             need_listen,
             paused: Mutex::new(std::collections::HashSet::new()),
@@ -440,13 +444,34 @@ struct Activity {
 const GRACE: Duration = Duration::from_secs(1);
 
 impl ResultCache {
+    fn activity_of(&self, database: &str) -> Activity {
+        self.activity
+            .load()
+            .get(database)
+            .copied()
+            .unwrap_or_default()
+    }
+
+    /// Changes `database`'s activity (rare: activation, LISTEN up or down, an
+    /// announcement); returns what `change` returns.
+    fn change_activity<T>(&self, database: &str, change: impl FnOnce(&mut Activity) -> T) -> T {
+        // Writers are serialized so that no change is lost between load and store.
+        let _writer = self
+            .activity_writer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let mut map = HashMap::clone(&self.activity.load());
+        let result = change(map.entry(database.to_string()).or_default());
+        self.activity.store(Arc::new(map));
+        result
+    }
+
     /// Whether a committed write to `database` must be resolved, invalidated and sent
     /// to other instances. False only while no instance is known to cache it: then
     /// writes cost nothing extra. Conservative while the LISTEN connection is down or
     /// just came up (the answer of other instances may not have arrived yet).
     pub fn tracks_writes(&self, database: &str) -> bool {
-        let map = self.activity.lock().unwrap_or_else(|e| e.into_inner());
-        let a = map.get(database).copied().unwrap_or_default();
+        let a = self.activity_of(database);
         if a.active {
             return true;
         }
@@ -464,8 +489,7 @@ impl ResultCache {
         if !self.need_listen {
             return false;
         }
-        let map = self.activity.lock().unwrap_or_else(|e| e.into_inner());
-        let a = map.get(database).copied().unwrap_or_default();
+        let a = self.activity_of(database);
         a.others_active
             || a.listening_since
                 .is_none_or(|since| since.elapsed() < GRACE)
@@ -474,11 +498,10 @@ impl ResultCache {
     /// This process starts caching `database`: from now on its writes are tracked, and
     /// other instances are told to track theirs.
     pub fn activate(&self, database: &str) {
-        let newly = {
-            let mut map = self.activity.lock().unwrap_or_else(|e| e.into_inner());
-            let a = map.entry(database.to_string()).or_default();
-            !std::mem::replace(&mut a.active, true)
-        };
+        if self.activity_of(database).active {
+            return;
+        }
+        let newly = self.change_activity(database, |a| !std::mem::replace(&mut a.active, true));
         if newly {
             self.announce(database, "active");
         }
@@ -500,12 +523,10 @@ impl ResultCache {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(database.to_string(), outbox);
-        let active = {
-            let mut map = self.activity.lock().unwrap_or_else(|e| e.into_inner());
-            let a = map.entry(database.to_string()).or_default();
+        let active = self.change_activity(database, |a| {
             a.listening_since = Some(std::time::Instant::now());
             a.active
-        };
+        });
         self.set_listening(database, true);
         self.announce(database, if active { "active" } else { "hello" });
     }
@@ -515,14 +536,7 @@ impl ResultCache {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(database);
-        if let Some(a) = self
-            .activity
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get_mut(database)
-        {
-            a.listening_since = None;
-        }
+        self.change_activity(database, |a| a.listening_since = None);
         self.set_listening(database, false);
         self.clear_database(database);
     }
@@ -530,20 +544,12 @@ impl ResultCache {
     /// `hello` (an instance came up) or `active` (an instance caches this database).
     pub(crate) fn on_announcement(&self, database: &str, word: &str) {
         match word {
-            "active" => {
-                let mut map = self.activity.lock().unwrap_or_else(|e| e.into_inner());
-                let a = map.entry(database.to_string()).or_default();
+            "active" => self.change_activity(database, |a| {
                 a.active = true;
                 a.others_active = true;
-            }
+            }),
             "hello" if self.tracks_writes(database) => {
-                let active = self
-                    .activity
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .get(database)
-                    .is_some_and(|a| a.active);
-                if active {
+                if self.activity_of(database).active {
                     self.announce(database, "active");
                 }
             }

@@ -123,9 +123,12 @@ impl Session {
     /// A client `Parse` of the unnamed statement is being forwarded.
     pub(super) fn on_unnamed_parse(&mut self, definition: &[u8], query: &[u8]) {
         let unnamed = &mut self.pooled.unnamed;
-        unnamed.definition.clear();
-        unnamed.definition.extend_from_slice(definition);
-        unnamed.effects = statement_effects(query);
+        // Drivers send the same unnamed text again and again: its effects are known.
+        if unnamed.definition != definition {
+            unnamed.definition.clear();
+            unnamed.definition.extend_from_slice(definition);
+            unnamed.effects = statement_effects(query);
+        }
         unnamed.on_server = true;
         unnamed.exists = true;
     }

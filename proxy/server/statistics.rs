@@ -8,7 +8,6 @@
 //! whole read buffer for the life of the session.
 
 use std::collections::VecDeque;
-use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
@@ -32,9 +31,7 @@ struct InFlight {
 static NEXT_CLIENT: AtomicU64 = AtomicU64::new(1);
 
 fn hash_bytes(bytes: &[u8]) -> u64 {
-    BuildHasherDefault::<DefaultHasher>::default()
-        .hash_one(bytes)
-        .max(1)
+    crate::stats::process_hash(bytes).max(1)
 }
 
 /// Statements of one session whose answers are not complete yet.
@@ -158,9 +155,11 @@ impl Session {
                 if let Ok(view) = ParseView::parse(&frame[HEADER_LEN..]) {
                     if view.statement.is_empty() {
                         let start = HEADER_LEN + 1;
-                        stats.unnamed_sql = Some(Bytes::copy_from_slice(
-                            &frame[start..start + view.query.len()],
-                        ));
+                        let query = &frame[start..start + view.query.len()];
+                        // The same text again (the usual case): keep the copy.
+                        if stats.unnamed_sql.as_deref() != Some(query) {
+                            stats.unnamed_sql = Some(Bytes::copy_from_slice(query));
+                        }
                     }
                 }
             }

@@ -6,7 +6,6 @@
 //! bytes, and their sizes are published in [`MemoryGauges`].
 
 use std::collections::{HashMap, VecDeque};
-use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -114,7 +113,7 @@ impl TextMap {
     }
 
     fn hash(sql: &[u8]) -> u64 {
-        BuildHasherDefault::<DefaultHasher>::default().hash_one(sql)
+        super::process_hash(sql)
     }
 
     fn get(&self, hash: u64) -> Option<FingerprintId> {

@@ -157,6 +157,18 @@ impl StatsRecorder {
     }
 }
 
+/// A fast hash of bytes for this process's own maps (statement texts, parameters,
+/// session keys): foldhash with a seed drawn once per process, so no client can aim
+/// collisions at it. Not for ids that must agree between processes or builds
+/// (fingerprint ids, invalidation keys): those keep their fixed hash.
+pub fn process_hash(bytes: &[u8]) -> u64 {
+    use std::hash::BuildHasher;
+    static STATE: std::sync::OnceLock<foldhash::fast::FixedState> = std::sync::OnceLock::new();
+    STATE
+        .get_or_init(|| foldhash::fast::FixedState::with_seed(rand::random()))
+        .hash_one(bytes)
+}
+
 /// Rows a `CommandComplete` tag reports (`SELECT 5`, `INSERT 0 3`, `UPDATE 2`).
 pub fn rows_from_tag(tag: &[u8]) -> u64 {
     let last = tag.rsplit(|b| *b == b' ').next().unwrap_or(b"");
