@@ -313,11 +313,13 @@ impl Session {
         if let Some(server) = self.server.as_mut() {
             server.prepared.start_batch();
         }
-        if self.mode == PoolMode::Transaction {
+        if self.mode == PoolMode::Transaction && may_have_effects(sql) {
             if self.deallocate_protocol_statement(sql) {
                 return;
             }
-            self.on_simple_query(sql);
+            self.on_simple_query(sql, true);
+        } else if self.mode == PoolMode::Transaction {
+            self.on_simple_query(sql, false);
         }
         self.forward(frame, Expect::Query);
     }
@@ -325,10 +327,8 @@ impl Session {
     /// `DEALLOCATE name` of one of the client's protocol-level statements: those live
     /// under proxy-wide names on the servers, so the proxy forgets the name and answers
     /// as PostgreSQL would.
+    /// Only called for texts that [`may_have_effects`].
     fn deallocate_protocol_statement(&mut self, sql: &[u8]) -> bool {
-        if !may_have_effects(sql) {
-            return false;
-        }
         let effects = effects_of(&String::from_utf8_lossy(sql));
         let [Effect::Deallocate(name)] = effects.as_slice() else {
             return false;

@@ -112,9 +112,14 @@ impl Session {
 
     /// `Query` (simple protocol) in transaction pooling: its effects, and the end of
     /// the unnamed statement (a simple query destroys it, as in PostgreSQL).
-    pub(super) fn on_simple_query(&mut self, sql: &[u8]) {
+    /// A simple `Query` is being forwarded; `may_have_effects` is the verdict of the
+    /// cheap pre-check on its text (computed once by the caller).
+    pub(super) fn on_simple_query(&mut self, sql: &[u8], may_have_effects: bool) {
         self.pooled.unnamed.exists = false;
         self.pooled.unnamed.on_server = false;
+        if !may_have_effects {
+            return;
+        }
         if let Some(effects) = statement_effects(sql) {
             self.apply_effects(&effects);
         }

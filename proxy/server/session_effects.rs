@@ -83,8 +83,9 @@ pub enum Effect {
 /// One pass over the bytes; most statements are rejected on their first letters.
 /// `SET`/`RESET` count only where a statement starts (not `UPDATE t SET ...`).
 pub fn may_have_effects(sql: &[u8]) -> bool {
-    const ANYWHERE: [&[u8]; 9] = [
+    const ANYWHERE: [&[u8]; 10] = [
         b"set_config",
+        b"unlisten",
         b"disc",
         b"deal",
         b"temp",
@@ -108,6 +109,11 @@ pub fn may_have_effects(sql: &[u8]) -> bool {
             return false;
         }
         let at_start = std::mem::replace(&mut statement_start, false) || comments;
+        // Every word looked for starts a word (`_`, `.` and quotes end one): skip the
+        // letters inside words, most of any statement.
+        if at > 0 && sql[at - 1].is_ascii_alphanumeric() {
+            return false;
+        }
         let first = byte | 0x20;
         let starts_with = |word: &[u8]| {
             word[0] == first
@@ -116,8 +122,10 @@ pub fn may_have_effects(sql: &[u8]) -> bool {
                     .is_some_and(|w| w.eq_ignore_ascii_case(word))
         };
         (at_start && STATEMENT_START.iter().any(|w| starts_with(w)))
-            || (matches!(first, b's' | b'd' | b't' | b'l' | b'p' | b'a' | b'h' | b'c')
-                && ANYWHERE.iter().any(|w| starts_with(w)))
+            || (matches!(
+                first,
+                b's' | b'u' | b'd' | b't' | b'l' | b'p' | b'a' | b'h' | b'c'
+            ) && ANYWHERE.iter().any(|w| starts_with(w)))
     })
 }
 
@@ -331,6 +339,13 @@ mod tests {
         assert!(may_have_effects(b"select set_config('a', 'b', false)"));
         assert!(!may_have_effects(b"select 1 from t"));
         assert!(!may_have_effects(b"UPDATE t SET a = 1 WHERE b = 2"));
+        assert!(may_have_effects(b"unlisten *"));
+        assert!(may_have_effects(b"select pg_advisory_unlock_all()"));
+        assert!(may_have_effects(b"create table pg_temp.t(x int)"));
+        assert!(may_have_effects(b"select 1; close all"));
+        assert!(!may_have_effects(
+            b"SELECT abalance FROM pgbench_accounts WHERE aid = 5 -- done"
+        ));
         assert!(may_have_effects(b"/* app */ SET a = 1"));
         assert_eq!(effects_of("/* app */ SET a = 1").len(), 1);
         assert_eq!(Pins::from_bits(3).describe(), "temp table, listen");

@@ -250,6 +250,38 @@ pub(super) async fn run(
     }
 }
 
+/// The fingerprint of `sql` (whose hash is `exact`), normalized only for a text whose shape was not seen yet:
+/// texts without literals are found by their own hash; texts that differ only in
+/// their literals (`WHERE aid = 17` / `= 42`) share the hash of their shape (the
+/// routing scanner's one pass, far cheaper than normalizing), which is what they are
+/// remembered by, so a stream of fresh literals does not flood the map.
+fn fingerprint_of(
+    sql: &[u8],
+    exact: u64,
+    by_text: &mut TextMap,
+    entries: &Entries,
+) -> (FingerprintId, Option<String>) {
+    let known = |id: Option<FingerprintId>| id.filter(|id| entries.map.contains_key(id));
+    if let Some(id) = known(by_text.get(exact)) {
+        return (id, None);
+    }
+    let text = String::from_utf8_lossy(sql);
+    let shape = crate::route::shape::shape(&text);
+    let has_literals = shape.as_bytes() != sql;
+    let by_shape = TextMap::hash(shape.as_bytes()) ^ SHAPE_HASH_SALT;
+    if has_literals {
+        if let Some(id) = known(by_text.get(by_shape)) {
+            return (id, None);
+        }
+    }
+    let (id, normalized) = fingerprint(&text);
+    by_text.insert(if has_literals { by_shape } else { exact }, id);
+    (id, Some(normalized))
+}
+
+/// Keeps shape hashes apart from the hashes of texts that happen to equal a shape.
+const SHAPE_HASH_SALT: u64 = 0x5be5_d1ce_0f5a_9e01;
+
 fn add(
     entries: &mut Entries,
     by_text: &mut TextMap,
@@ -261,15 +293,7 @@ fn add(
     let micros = event.duration.as_micros() as u64;
     let now = now_secs();
     let hash = TextMap::hash(&event.sql);
-    let (id, normalized) = match by_text.get(hash) {
-        Some(id) if entries.map.contains_key(&id) => (id, None),
-        _ => {
-            let text = String::from_utf8_lossy(&event.sql);
-            let (id, normalized) = fingerprint(&text);
-            by_text.insert(hash, id);
-            (id, Some(normalized))
-        }
-    };
+    let (id, normalized) = fingerprint_of(&event.sql, hash, by_text, entries);
     let entry = match entries.map.entry(id) {
         std::collections::hash_map::Entry::Occupied(slot) => slot.into_mut(),
         std::collections::hash_map::Entry::Vacant(slot) => {
