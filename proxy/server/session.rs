@@ -82,7 +82,7 @@ pub struct Session {
     pub(super) server_said_fatal: bool,
     /// Transaction pooling: what the client was owed when its server connection was
     /// lost, and the error to tell it (see `lost_server.rs`).
-    pub(super) lost: Option<super::lost_server::LostServer>,
+    pub(super) lost: Option<Box<super::lost_server::LostServer>>,
     /// A `DROP/ALTER DATABASE` this client runs: that database's checkouts are held.
     pub(super) draining_database: Option<String>,
     /// Fairness group, places under `[[limits]]` rules.
@@ -117,7 +117,16 @@ impl PendingSettings {
 impl Session {
     /// Serves the client until it leaves. Errors that the client can still read have
     /// been reported when this returns.
-    pub async fn run(mut self) -> Result<(), SessionError> {
+    ///
+    /// Not an `async fn`: an async fn's future keeps its by-value arguments twice (the
+    /// argument as passed, and the local the body moves it into), so the session was
+    /// in every client's task twice. An `async move` block uses the captured session
+    /// in place (issue 13: RSS per idle client).
+    pub fn run(mut self) -> impl std::future::Future<Output = Result<(), SessionError>> + Send {
+        async move { self.run_inner().await }
+    }
+
+    async fn run_inner(&mut self) -> Result<(), SessionError> {
         // Everything after `serve` is boxed: an async fn's future is as large as its
         // largest state, and every idle client's task holds this one (issue 13: RSS per
         // idle client). Only `serve`'s idle wait stays inline.
