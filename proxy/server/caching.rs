@@ -452,7 +452,12 @@ impl Session {
         self.responses.release_held(&mut self.to_client);
         self.runtime.cache.count_hit(entry.fingerprint);
         if let Some(stats) = self.stats.as_ref() {
-            stats.record_cache_hit(request.sql.clone(), started.elapsed(), entry.rows);
+            stats.record_cache_hit(
+                &self.runtime.stats,
+                request.sql.clone(),
+                started.elapsed(),
+                entry.rows,
+            );
         }
     }
 
