@@ -201,7 +201,8 @@ pub fn measure(
         let connected = held.len();
         drop(held);
         // The warm-up connection stays: the baseline had it too.
-        tokio::time::sleep(Duration::from_millis(1500)).await;
+        // pgwarden gives free memory back once a second at most (`malloc_trim`).
+        tokio::time::sleep(Duration::from_millis(3000)).await;
         let gone = rss_kib(pid);
         drop(warm);
         IdleResult {
