@@ -41,12 +41,15 @@ fn startup(user: &str, database: &str) -> Vec<u8> {
     packet.to_vec()
 }
 
+/// (salt, iterations, the salted password).
+type SaltedPassword = (Vec<u8>, u32, [u8; 32]);
+
 /// A SCRAM-SHA-256 password login (no channel binding). The salted password is
 /// derived once per (salt, iterations): the bench measures the proxy, not PBKDF2.
 #[derive(Clone)]
 pub struct Scram {
     pub password: String,
-    salted: std::sync::Arc<std::sync::Mutex<Option<(Vec<u8>, u32, [u8; 32])>>>,
+    salted: std::sync::Arc<std::sync::Mutex<Option<SaltedPassword>>>,
 }
 
 impl Scram {

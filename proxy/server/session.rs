@@ -125,6 +125,7 @@ impl Session {
     /// argument as passed, and the local the body moves it into), so the session was
     /// in every client's task twice. An `async move` block uses the captured session
     /// in place (issue 13: RSS per idle client).
+    #[allow(clippy::manual_async_fn)] // deliberate: see above
     pub fn run(mut self) -> impl std::future::Future<Output = Result<(), SessionError>> + Send {
         async move { self.run_inner().await }
     }
