@@ -5,7 +5,8 @@
 //!   DURATION=10  CLIENTS="1 16 64"  MODES="simple extended prepared"
 //!   SCRIPTS="select tpcb"  SCALE=10  TARGETS="direct pgbouncer pgwarden"
 //!   (also SCRIPTS=tenant and the target pgwarden_rewrite: the tenant guard's cost)
-//!   IDLE="1000 10000" (empty to skip)  POOL_SIZE=20
+//!   IDLE="1000 10000" (empty to skip)  IDLE_AUTH="trust scram": idle clients per
+//!   login method, with the RSS they leave once they disconnect  POOL_SIZE=20
 //!   PROXY_LOG=<RUST_LOG filter>: pgwarden logs to bench/results/pgwarden-<port>.log
 //!   BASELINE_BIN=<pgwarden binary> for the target pgwarden_baseline, and
 //!   BASELINE_PRELOAD=<shared library> to run it under LD_PRELOAD (e.g. another malloc)
@@ -416,32 +417,47 @@ fn main() {
     }
 
     let mut idle_rows = Vec::new();
+    // IDLE_AUTH: the login methods the idle clients use ("trust scram" by default).
+    let idle_auths = env_list("IDLE_AUTH", "trust scram");
     if !idle_counts.is_empty() {
         for target in ["pgwarden", "pgbouncer"] {
             if !targets.iter().any(|t| t == target) {
                 continue;
             }
-            for count in &idle_counts {
-                let count: usize = count.parse().expect("IDLE counts are numbers");
-                // A fresh process per measurement, with trust auth so the scan measures
-                // connection state, not SCRAM work.
-                let port = free_port();
-                let process = if target == "pgwarden" {
-                    start_pgwarden(&cluster, port, pool_size, "trust", true, "off")
-                } else {
-                    start_pgbouncer(
-                        &work.path().join(format!("idle{count}")),
-                        pg_port,
-                        port,
-                        pool_size,
-                        "trust",
-                    )
+            for auth in &idle_auths {
+                let (method, password) = match auth.as_str() {
+                    "trust" => ("trust", None),
+                    "scram" => ("scram-sha-256", Some(PASSWORD)),
+                    other => panic!("IDLE_AUTH: trust or scram, not {other}"),
                 };
-                wait_ready(port, target);
-                let result = idle::measure(server_pid(process.0.id()), port, USER, DATABASE, count);
-                eprintln!("idle {target} x{count}: {result:?}");
-                idle_rows.push((target, count, result));
-                drop(process);
+                for count in &idle_counts {
+                    let count: usize = count.parse().expect("IDLE counts are numbers");
+                    // A fresh process per measurement.
+                    let port = free_port();
+                    let process = if target == "pgwarden" {
+                        start_pgwarden(&cluster, port, pool_size, method, true, "off")
+                    } else {
+                        start_pgbouncer(
+                            &work.path().join(format!("idle{count}{auth}")),
+                            pg_port,
+                            port,
+                            pool_size,
+                            method,
+                        )
+                    };
+                    wait_ready(port, target);
+                    let result = idle::measure(
+                        server_pid(process.0.id()),
+                        port,
+                        USER,
+                        DATABASE,
+                        count,
+                        password,
+                    );
+                    eprintln!("idle {target} {auth} x{count}: {result:?}");
+                    idle_rows.push((target, auth.as_str(), count, result));
+                    drop(process);
+                }
             }
         }
     }
@@ -794,7 +810,7 @@ fn wait_ready(port: u16, what: &str) {
 fn render(
     targets: &[String],
     rows: &[(String, String, String, Vec<Measure>)],
-    idle: &[(&str, usize, idle::IdleResult)],
+    idle: &[(&str, &str, usize, idle::IdleResult)],
     duration: u64,
     scale: u64,
     pool: u64,
@@ -857,16 +873,19 @@ fn render(
         let _ = writeln!(out, "{line}");
     }
     if !idle.is_empty() {
-        let _ = writeln!(out, "\n| idle clients | proxy | logged in | RSS before (KiB) | RSS with clients (KiB) | KiB per client |");
-        let _ = writeln!(out, "|---|---|---|---|---|---|");
-        for (target, count, r) in idle {
+        let _ = writeln!(out, "\n| idle clients | proxy | login | logged in | RSS before (KiB) | RSS with clients (KiB) | KiB per client | RSS after they left (KiB) | KiB left per client |");
+        let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|");
+        for (target, auth, count, r) in idle {
+            let per = |kib: u64| (kib as f64 - r.rss_before_kib as f64) / r.connected.max(1) as f64;
             let _ = writeln!(
                 out,
-                "| {count} | {target} | {} | {} | {} | {:.2} |",
+                "| {count} | {target} | {auth} | {} | {} | {} | {:.2} | {} | {:.2} |",
                 r.connected,
                 r.rss_before_kib,
                 r.rss_after_kib,
-                (r.rss_after_kib as f64 - r.rss_before_kib as f64) / r.connected.max(1) as f64
+                per(r.rss_after_kib),
+                r.rss_gone_kib,
+                per(r.rss_gone_kib)
             );
         }
     }

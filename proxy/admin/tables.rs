@@ -146,10 +146,10 @@ pub fn clients(runtime: &Runtime) -> Table {
             .unwrap_or(0);
         table.rows.push(vec![
             client.pid.to_string(),
-            client.info.user.clone(),
-            client.info.database.clone(),
-            client.info.peer.clone(),
-            client.info.application_name.clone(),
+            client.info.identity.user.clone(),
+            client.info.identity.database.clone(),
+            client.info.identity.peer.clone(),
+            client.info.identity.application_name.clone(),
             client.info.tls.to_string(),
             if client.server.is_some() {
                 "active"

@@ -30,7 +30,9 @@ const READY_IDLE: [u8; 6] = [b'Z', 0, 0, 0, 5, b'I'];
 
 #[derive(Default)]
 pub struct SessionCache {
-    fill: Option<Fill>,
+    /// Boxed: a fill is made only on a cache miss being captured, and every idle
+    /// client holds a `SessionCache` (issue 13: RSS per idle client).
+    fill: Option<Box<Fill>>,
     /// What the open transaction (or autocommit statement) on the primary may change.
     pub(super) writes: WriteNames,
     pub(super) statement_writes: HashMap<Vec<u8>, super::cache_writes::StatementWrites>,
@@ -203,7 +205,7 @@ impl Session {
         let offset = self.to_client.len();
         let row_key = self.entry_key(&request, analysis.key.as_ref());
         if let Some(state) = self.caching.as_mut() {
-            state.fill = Some(Fill {
+            state.fill = Some(Box::new(Fill {
                 key,
                 fingerprint: analysis.fingerprint,
                 database,
@@ -217,7 +219,7 @@ impl Session {
                 max_bytes: usize::try_from(settings.max_entry_bytes).unwrap_or(usize::MAX),
                 too_large: false,
                 _flight: flight,
-            });
+            }));
         }
         Ok(false)
     }
@@ -450,7 +452,12 @@ impl Session {
         self.responses.release_held(&mut self.to_client);
         self.runtime.cache.count_hit(entry.fingerprint);
         if let Some(stats) = self.stats.as_ref() {
-            stats.record_cache_hit(request.sql.clone(), started.elapsed(), entry.rows);
+            stats.record_cache_hit(
+                &self.runtime.stats,
+                request.sql.clone(),
+                started.elapsed(),
+                entry.rows,
+            );
         }
     }
 
@@ -491,7 +498,7 @@ impl Session {
         if state.fill.is_some() {
             self.cache_capture();
             if let Some(fill) = self.caching.as_mut().and_then(|c| c.fill.take()) {
-                self.store_fill(fill);
+                self.store_fill(*fill);
             }
         }
         let pending = self

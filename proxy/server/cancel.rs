@@ -52,10 +52,8 @@ struct Entry {
 /// What the admin console shows about a connected client.
 #[derive(Debug, Clone)]
 pub struct ClientInfo {
-    pub user: String,
-    pub database: String,
-    pub peer: String,
-    pub application_name: String,
+    /// The session's own (user, database, peer, application_name).
+    pub identity: Arc<super::session::ClientIdentity>,
     pub tls: bool,
     pub connected_at: std::time::SystemTime,
 }

@@ -114,7 +114,13 @@ async fn handle_client(runtime: Arc<Runtime>, tcp: TcpStream) -> Result<(), Sess
             "client logged in"
         );
         identity = session.identity.clone();
-        session.run()
+        let run = session.run();
+        tracing::trace!(
+            session = std::mem::size_of::<Session>(),
+            run = std::mem::size_of_val(&run),
+            "session future"
+        );
+        run
     }
     .await;
     tracing::info!(user = %identity.user, database = %identity.database, peer = %identity.peer, "client disconnected");

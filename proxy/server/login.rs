@@ -36,6 +36,7 @@ pub async fn log_in(
     let Opened { mut stream, params } = opened;
     match tokio::time::timeout(LOGIN_TIMEOUT, log_in_inner(&runtime, &mut stream, &params)).await {
         Ok(Ok((identity, mut settings, proxy_options, out, mut announced))) => {
+            let identity = Arc::new(identity);
             let config = runtime.config();
             let tenancy = match TenantSession::for_login(
                 &config,
@@ -60,10 +61,7 @@ pub async fn log_in(
                 };
             let cancel = runtime.cancels.register(
                 super::cancel::ClientInfo {
-                    user: identity.user.clone(),
-                    database: identity.database.clone(),
-                    peer: identity.peer.clone(),
-                    application_name: identity.application_name.clone(),
+                    identity: identity.clone(),
                     tls: stream.is_tls(),
                     connected_at: std::time::SystemTime::now(),
                 },
@@ -87,7 +85,12 @@ pub async fn log_in(
             let routing = if mode == crate::config::PoolMode::Transaction {
                 let routes = runtime.routing();
                 routes.topology(&identity.database).map(|topology| {
-                    SessionRouting::new(routes.clone(), topology, &config, &proxy_options)
+                    Box::new(SessionRouting::new(
+                        routes.clone(),
+                        topology,
+                        &config,
+                        &proxy_options,
+                    ))
                 })
             } else {
                 None
@@ -97,14 +100,14 @@ pub async fn log_in(
                 backend: 0,
                 failed_backend: None,
                 routing,
-                tenancy,
+                tenancy: tenancy.map(Box::new),
                 batch_open: false,
                 stats: runtime.stats.enabled.then(|| {
                     let key = proxy_options
                         .iter()
                         .find(|(name, _)| name == "pgwarden.session_key")
                         .map(|(_, value)| value.as_str());
-                    super::statistics::SessionStats::new(runtime.stats.clone(), key)
+                    super::statistics::SessionStats::new(key)
                 }),
                 client: stream,
                 identity,

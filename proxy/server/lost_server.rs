@@ -57,14 +57,14 @@ impl Session {
             return;
         }
         let server_error = self.lost.take().and_then(|lost| lost.server_error);
-        self.lost = Some(LostServer {
+        self.lost = Some(Box::new(LostServer {
             owed_ends: self.responses.owed_ends(),
             owed_anything: !self.responses.is_empty(),
             batch_open: self.batch_open,
             in_transaction: self.status != TransactionStatus::Idle,
             server_error,
             pending: None,
-        });
+        }));
     }
 
     /// The server owed an answer and sent nothing for `pool.query_timeout_ms`: its
@@ -104,14 +104,14 @@ impl Session {
     /// The error to tell the client when the connection, about to be found broken,
     /// is gone.
     fn note_lost_error(&mut self, error: ErrorFields) {
-        self.lost = Some(LostServer {
+        self.lost = Some(Box::new(LostServer {
             owed_ends: 0,
             owed_anything: false,
             batch_open: false,
             in_transaction: false,
             server_error: Some(error),
             pending: None,
-        });
+        }));
     }
 
     /// After the server connection was lost and no retry elsewhere was possible: tells
@@ -145,10 +145,10 @@ impl Session {
             self.answer_with(&error, errors, lost.owed_ends);
             self.skip_until_sync = errors > lost.owed_ends;
         } else if lost.in_transaction {
-            self.lost = Some(LostServer {
+            self.lost = Some(Box::new(LostServer {
                 pending: Some(error),
-                ..lost
-            });
+                ..*lost
+            }));
         }
         true
     }
@@ -165,14 +165,14 @@ impl Session {
             tag::TERMINATE => return false,
             tag::COPY_DATA | tag::COPY_DONE | tag::COPY_FAIL => {
                 // Not a request: the error waits for one.
-                self.lost = Some(LostServer {
+                self.lost = Some(Box::new(LostServer {
                     owed_ends: 0,
                     owed_anything: false,
                     batch_open: false,
                     in_transaction: true,
                     server_error: None,
                     pending: Some(error),
-                });
+                }));
             }
             _ => {
                 // Extended protocol: the error, then everything up to `Sync` is skipped.

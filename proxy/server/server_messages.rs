@@ -145,7 +145,7 @@ impl Session {
                     tag::ERROR_RESPONSE if popped.is_some() => {
                         // Extended protocol: the batch failed up to its Sync.
                         for _ in 0..self.responses.take_failed_executes() {
-                            stats.finish_one(served, true);
+                            stats.finish_one(&self.runtime.stats, served, true);
                         }
                         stats.reset_error();
                     }
@@ -155,7 +155,7 @@ impl Session {
                 if message_tag != tag::ERROR_RESPONSE
                     && matches!(popped, Some(Expect::Query) | Some(Expect::Execute))
                 {
-                    stats.finish_one(served, false);
+                    stats.finish_one(&self.runtime.stats, served, false);
                 }
             }
             if let Some(id) = stale_plan {

@@ -37,7 +37,8 @@ pub struct ClientIdentity {
 pub struct Session {
     pub(super) runtime: Arc<Runtime>,
     pub(super) client: ClientStream,
-    pub(super) identity: ClientIdentity,
+    /// Shared with the client's entry in the cancel registry (`SHOW CLIENTS`).
+    pub(super) identity: Arc<ClientIdentity>,
     pub(super) mode: PoolMode,
     pub(super) pool: Arc<ServerPool>,
     pub(super) server: Option<PooledServer>,
@@ -45,10 +46,12 @@ pub struct Session {
     pub(super) backend: usize,
     /// The backend whose connection just failed, for a retry elsewhere.
     pub(super) failed_backend: Option<usize>,
-    /// Present when the database has replicas to route reads to.
-    pub(super) routing: Option<SessionRouting>,
+    /// Present when the database has replicas to route reads to. Boxed, as the other
+    /// optional parts below: every idle client holds a `Session`, most without them
+    /// (issue 13: RSS per idle client).
+    pub(super) routing: Option<Box<SessionRouting>>,
     /// Present when the database is guarded or `tenancy.set_config` is set.
-    pub(super) tenancy: Option<super::tenancy::TenantSession>,
+    pub(super) tenancy: Option<Box<super::tenancy::TenantSession>>,
     /// An extended-protocol batch is open (messages sent since the last `Sync`).
     pub(super) batch_open: bool,
     /// Statement timings for query statistics (None when `stats.enabled = false`).
@@ -82,7 +85,7 @@ pub struct Session {
     pub(super) server_said_fatal: bool,
     /// Transaction pooling: what the client was owed when its server connection was
     /// lost, and the error to tell it (see `lost_server.rs`).
-    pub(super) lost: Option<super::lost_server::LostServer>,
+    pub(super) lost: Option<Box<super::lost_server::LostServer>>,
     /// A `DROP/ALTER DATABASE` this client runs: that database's checkouts are held.
     pub(super) draining_database: Option<String>,
     /// Fairness group, places under `[[limits]]` rules.
@@ -117,7 +120,17 @@ impl PendingSettings {
 impl Session {
     /// Serves the client until it leaves. Errors that the client can still read have
     /// been reported when this returns.
-    pub async fn run(mut self) -> Result<(), SessionError> {
+    ///
+    /// Not an `async fn`: an async fn's future keeps its by-value arguments twice (the
+    /// argument as passed, and the local the body moves it into), so the session was
+    /// in every client's task twice. An `async move` block uses the captured session
+    /// in place (issue 13: RSS per idle client).
+    #[allow(clippy::manual_async_fn)] // deliberate: see above
+    pub fn run(mut self) -> impl std::future::Future<Output = Result<(), SessionError>> + Send {
+        async move { self.run_inner().await }
+    }
+
+    async fn run_inner(&mut self) -> Result<(), SessionError> {
         // Everything after `serve` is boxed: an async fn's future is as large as its
         // largest state, and every idle client's task holds this one (issue 13: RSS per
         // idle client). Only `serve`'s idle wait stays inline.
@@ -568,12 +581,12 @@ mod tests {
             ("SessionSettings", std::mem::size_of::<SessionSettings>()),
             ("PooledState", std::mem::size_of::<PooledState>()),
             (
-                "Option<SessionRouting>",
-                std::mem::size_of::<Option<SessionRouting>>(),
+                "Option<Box<SessionRouting>>",
+                std::mem::size_of::<Option<Box<SessionRouting>>>(),
             ),
             (
-                "Option<LostServer>",
-                std::mem::size_of::<Option<super::super::lost_server::LostServer>>(),
+                "Option<Box<LostServer>>",
+                std::mem::size_of::<Option<Box<super::super::lost_server::LostServer>>>(),
             ),
             (
                 "Option<SessionCache>",
@@ -584,8 +597,8 @@ mod tests {
                 std::mem::size_of::<Option<super::super::statistics::SessionStats>>(),
             ),
             (
-                "Option<TenantSession>",
-                std::mem::size_of::<Option<super::super::tenancy::TenantSession>>(),
+                "Option<Box<TenantSession>>",
+                std::mem::size_of::<Option<Box<super::super::tenancy::TenantSession>>>(),
             ),
             (
                 "SessionProtection",
@@ -600,5 +613,20 @@ mod tests {
             println!("{name}: {size} bytes");
         }
         assert!(sizes[0].1 < 4096, "a Session fits in 4 KiB");
+    }
+
+    /// The size of what `f` returns (a future), without making one.
+    fn output_size<A, R>(_: impl FnOnce(A) -> R) -> usize {
+        std::mem::size_of::<R>()
+    }
+
+    /// An async fn's future keeps a by-value argument twice; `run` must keep the
+    /// session once, next to its idle wait (issue 13: RSS per idle client).
+    #[test]
+    fn run_future_holds_the_session_once() {
+        let session = std::mem::size_of::<Session>();
+        let run = output_size(Session::run);
+        println!("Session: {session} bytes, run's future: {run} bytes");
+        assert!(run < session + 1024, "run's future: {run} bytes");
     }
 }

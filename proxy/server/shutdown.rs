@@ -2,9 +2,10 @@
 //! stops. `main` moves it through its phases (SIGTERM → `NotReady` → `Draining` →
 //! `Closing`); `/readyz`, the accept loop and each session only watch it. No lock is
 //! held across an await: the phase is a `tokio::sync::watch` channel (read with
-//! `borrow`, awaited with `wait_for`), and each session waits on child tokens of its
+//! `borrow`, awaited with `wait_for`), and each session waits on a child token of its
 //! own (`SessionShutdown`), so the hot path never polls a waiter list that every
-//! session shares.
+//! session shares (only after draining began does a session wait on the shared
+//! `Closing` token).
 //!
 //! What each phase means:
 //! - `NotReady`: `/readyz` answers 503 "shutting down"; everything else still works
@@ -39,7 +40,8 @@ pub enum Phase {
 #[derive(Debug)]
 pub struct Shutdown {
     phase: watch::Sender<Phase>,
-    /// Cancelled on `Draining` and on `Closing`; sessions hold child tokens.
+    /// Cancelled on `Draining` and on `Closing`; sessions hold child tokens of
+    /// `draining` and clones of `closing`.
     draining: CancellationToken,
     closing: CancellationToken,
 }
@@ -54,7 +56,10 @@ impl Default for Shutdown {
     }
 }
 
-/// One session's view of the shutdown.
+/// One session's view of the shutdown: a child token of its own for `Draining`, and
+/// the shared `Closing` token, waited on only once draining has begun (`Closing`
+/// always comes after `Draining`). One child token per session, not two: each is a
+/// node of the token tree (issue 13: RSS per idle client).
 #[derive(Debug)]
 pub struct SessionShutdown {
     draining: CancellationToken,
@@ -73,9 +78,9 @@ impl SessionShutdown {
 
     /// Waits until the shutdown has reached `phase`: `Closing`, else `Draining`.
     pub async fn reached(&self, phase: Phase) {
-        match phase {
-            Phase::Closing => self.closing.cancelled().await,
-            _ => self.draining.cancelled().await,
+        self.draining.cancelled().await;
+        if phase == Phase::Closing {
+            self.closing.cancelled().await;
         }
     }
 }
@@ -107,7 +112,7 @@ impl Shutdown {
     pub fn session(&self) -> Arc<SessionShutdown> {
         Arc::new(SessionShutdown {
             draining: self.draining.child_token(),
-            closing: self.closing.child_token(),
+            closing: self.closing.clone(),
         })
     }
 

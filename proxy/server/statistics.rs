@@ -35,8 +35,9 @@ fn hash_bytes(bytes: &[u8]) -> u64 {
 }
 
 /// Statements of one session whose answers are not complete yet.
+/// The recorder is the runtime's (`Runtime::stats`), passed in, not a copy per session
+/// (issue 13: RSS per idle client).
 pub struct SessionStats {
-    recorder: StatsRecorder,
     in_flight: VecDeque<InFlight>,
     rows: u64,
     error: bool,
@@ -51,14 +52,13 @@ pub struct SessionStats {
 }
 
 impl SessionStats {
-    pub fn new(recorder: StatsRecorder, session_key: Option<&str>) -> SessionStats {
+    pub fn new(session_key: Option<&str>) -> SessionStats {
         SessionStats {
             portal_params: 0,
             client: NEXT_CLIENT.fetch_add(1, Ordering::Relaxed),
             startup_session_key: session_key
                 .filter(|k| !k.is_empty())
                 .map_or(0, |k| hash_bytes(k.as_bytes())),
-            recorder,
             in_flight: VecDeque::new(),
             rows: 0,
             error: false,
@@ -81,10 +81,10 @@ impl SessionStats {
     }
 
     /// The statement at the head finished (its terminal message arrived).
-    pub fn finish_one(&mut self, served: Served, error: bool) {
+    pub fn finish_one(&mut self, recorder: &StatsRecorder, served: Served, error: bool) {
         if let Some(statement) = self.in_flight.pop_front() {
             let ended = Instant::now();
-            self.recorder.record(StatementEvent {
+            recorder.record(StatementEvent {
                 sql: statement.sql,
                 duration: ended.saturating_duration_since(statement.started),
                 rows: self.rows,
@@ -103,8 +103,14 @@ impl SessionStats {
     }
 
     /// A statement the result cache answered.
-    pub fn record_cache_hit(&self, sql: Bytes, duration: std::time::Duration, rows: u64) {
-        self.recorder.record(StatementEvent {
+    pub fn record_cache_hit(
+        &self,
+        recorder: &StatsRecorder,
+        sql: Bytes,
+        duration: std::time::Duration,
+        rows: u64,
+    ) {
+        recorder.record(StatementEvent {
             sql,
             duration,
             rows,
