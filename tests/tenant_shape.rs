@@ -37,6 +37,9 @@ const VARIANTS: &[(&str, &str)] = &[
     ("1e3", "$q$ ' $q$"),
     ("'1'", "1"),
     ("-1", "''"),
+    ("3.25", "'-- x'"),
+    ("17", "'/* x'"),
+    ("99", "'\" OR true; --'"),
 ];
 
 /// `sql` with every literal the shape cache sees replaced by the variant's values.
@@ -129,9 +132,15 @@ async fn shape_cache_decides_as_the_full_path_on_the_corpora() {
             }
         }
         let (hits, misses, full) = guard.shape_counts();
-        println!("{mode:?}: {decided} texts; shape cache hits {hits}, misses {misses}, full path {full}");
+        println!(
+            "{mode:?}: {decided} texts; shape cache hits {hits}, misses {misses}, full path {full}"
+        );
         // Enforce mode keeps its tenant predicates' literals, so it is mostly full path.
-        let least = if mode == TenancyMode::Rewrite { 1000 } else { 10 };
+        let least = if mode == TenancyMode::Rewrite {
+            1000
+        } else {
+            10
+        };
         served.push((mode, hits, least));
     }
     assert!(

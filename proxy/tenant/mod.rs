@@ -151,6 +151,9 @@ fn learn_shape(
     shaped: &Shaped,
     full: &Decision,
 ) -> Option<ShapeEntry> {
+    if !shape::spans_are_literal_tokens(sql, &shaped.literals) {
+        return Some(ShapeEntry::Full);
+    }
     let Some(by_shape) = decide::decide_shape(ctx, mode, &shaped.shape) else {
         return Some(ShapeEntry::Full);
     };
@@ -189,8 +192,7 @@ fn same_text(a: &str, b: &str) -> bool {
         return true;
     }
     let parse = |sql: &str| Parser::parse_sql(&PostgreSqlDialect {}, sql).ok();
-    crate::route::hint(a) == crate::route::hint(b)
-        && parse(a).is_some_and(|a| Some(a) == parse(b))
+    crate::route::hint(a) == crate::route::hint(b) && parse(a).is_some_and(|a| Some(a) == parse(b))
 }
 
 /// Refusals that may go away once the catalog reloads: not remembered.

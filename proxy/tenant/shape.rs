@@ -1,10 +1,14 @@
 //! Statement shapes for the shape cache: a simple-protocol text with its literals
 //! replaced by `$1..$n`, and the rewrite template that puts new literals back.
 //!
-//! The literals are found by sqlparser's own tokenizer — the lexer the guard's parser
-//! uses — so the shape cannot disagree with what the full path would parse about
-//! where a literal ends. Everything else is copied from the text byte for byte.
-//! Both functions are pure; anything unexpected gives `None` (the full path).
+//! Finding the literals is on every statement's path, so it is a single pass over
+//! the bytes ([`split`]) that only takes plain numbers and backslash-free strings,
+//! in surroundings they cannot run into, and refuses anything unusual. The first
+//! text of a shape is checked against sqlparser's own tokenizer — the lexer the
+//! guard's parser uses — ([`spans_are_literal_tokens`]); later texts of the shape
+//! are byte for byte the same outside those literals. Everything but the literals is
+//! copied verbatim. All functions are pure; anything unexpected gives `None` or
+//! `false` (the full path).
 
 use std::fmt::Write as _;
 use std::ops::Range;
@@ -20,42 +24,6 @@ pub struct Shaped {
     pub shape: String,
     /// Byte ranges of the literals in the text, in order.
     pub literals: Vec<Range<usize>>,
-}
-
-/// What the shape path does with one token.
-enum Kind {
-    Literal,
-    Other,
-    /// A token the shape path does not handle: `$n` parameters (the text is already
-    /// parameterized), and string syntaxes PostgreSQL does not have.
-    Refuse,
-}
-
-fn kind(token: &Token) -> Kind {
-    match token {
-        Token::Number(..)
-        | Token::SingleQuotedString(_)
-        | Token::EscapedStringLiteral(_)
-        | Token::NationalStringLiteral(_)
-        | Token::HexStringLiteral(_)
-        | Token::SingleQuotedByteStringLiteral(_)
-        | Token::UnicodeStringLiteral(_)
-        | Token::DollarQuotedString(_) => Kind::Literal,
-        Token::Placeholder(_)
-        | Token::TripleSingleQuotedString(_)
-        | Token::TripleDoubleQuotedString(_)
-        | Token::DoubleQuotedByteStringLiteral(_)
-        | Token::TripleSingleQuotedByteStringLiteral(_)
-        | Token::TripleDoubleQuotedByteStringLiteral(_)
-        | Token::SingleQuotedRawStringLiteral(_)
-        | Token::DoubleQuotedRawStringLiteral(_)
-        | Token::TripleSingleQuotedRawStringLiteral(_)
-        | Token::TripleDoubleQuotedRawStringLiteral(_)
-        | Token::QuoteDelimitedStringLiteral(_)
-        | Token::NationalQuoteDelimitedStringLiteral(_)
-        | Token::EOF => Kind::Refuse,
-        _ => Kind::Other,
-    }
 }
 
 /// Maps the tokenizer's (line, column) locations to byte offsets, moving forward
@@ -116,25 +84,185 @@ fn tokens(text: &str) -> Option<Vec<(Token, Range<usize>)>> {
     (at == text.len()).then_some(out)
 }
 
-/// The shape of `sql`: None when it has no literals, has `$n` parameters, or cannot
-/// be tokenized.
+/// Bytes that may stand right before a literal: none that could run into it
+/// (word characters, quotes, `.`, `$`, `&` of `U&'..'`, `:`).
+fn fits_before_literal(b: u8) -> bool {
+    b.is_ascii_whitespace()
+        || matches!(
+            b,
+            b'(' | b',' | b'=' | b'<' | b'>' | b'+' | b'-' | b'*' | b'/' | b'%' | b'[' | b'|'
+        )
+}
+
+/// Bytes that may stand right after one: none that could continue it.
+fn fits_after_literal(b: u8) -> bool {
+    b.is_ascii_whitespace()
+        || matches!(
+            b,
+            b')' | b','
+                | b';'
+                | b']'
+                | b':'
+                | b'='
+                | b'<'
+                | b'>'
+                | b'+'
+                | b'-'
+                | b'*'
+                | b'/'
+                | b'%'
+                | b'|'
+        )
+}
+
+fn is_word_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'_' || b == b'$' || b >= 0x80
+}
+
+/// Whether `text` holds `$` followed by a digit: it could be mistaken for a slot.
+fn has_dollar_digit(text: &[u8]) -> bool {
+    text.windows(2)
+        .any(|pair| pair[0] == b'$' && pair[1].is_ascii_digit())
+}
+
+/// The shape of `sql`: its literals replaced by ` $1 `, ` $2 `, ... None when it has
+/// no literals, or anything the shape path does not handle: `$` starting a token
+/// (parameters, dollar quotes), `$` and a digit anywhere outside literals, prefixed
+/// strings (`E'..'`, `X'..'`, `U&'..'`), backslashes in strings, numbers other than
+/// `123` and `1.5`, a literal touching a character that could continue it, and
+/// anything unterminated.
+///
+/// Only plain numbers and backslash-free standard strings become slots: whatever
+/// stands right before or after them, they lex as exactly themselves (for
+/// PostgreSQL whatever `standard_conforming_strings` is, and for sqlparser). Other
+/// literals stay in the shape verbatim. When a shape is first judged,
+/// [`spans_are_literal_tokens`] checks these spans against sqlparser's own
+/// tokenizer; a later text with the same shape differs only inside them.
 pub fn split(sql: &str) -> Option<Shaped> {
+    let b = sql.as_bytes();
     let mut shape = String::with_capacity(sql.len() + 16);
-    let mut literals = Vec::new();
-    for (token, range) in tokens(sql)? {
-        match kind(&token) {
-            Kind::Literal => {
-                literals.push(range);
-                let _ = write!(shape, " ${} ", literals.len());
+    let mut literals: Vec<Range<usize>> = Vec::new();
+    let mut copied = 0;
+    let mut i = 0;
+    while i < b.len() {
+        let c = b[i];
+        let literal_end = match c {
+            b'-' if b.get(i + 1) == Some(&b'-') => {
+                i = b[i..]
+                    .iter()
+                    .position(|&x| x == b'\n')
+                    .map_or(b.len(), |p| i + p);
+                None
             }
-            Kind::Other => shape.push_str(&sql[range]),
-            Kind::Refuse => return None,
+            b'/' if b.get(i + 1) == Some(&b'*') => {
+                // Comments nest in PostgreSQL.
+                let mut depth = 0usize;
+                loop {
+                    match (b.get(i)?, b.get(i + 1)) {
+                        (b'/', Some(b'*')) => {
+                            depth += 1;
+                            i += 2;
+                        }
+                        (b'*', Some(b'/')) => {
+                            depth -= 1;
+                            i += 2;
+                            if depth == 0 {
+                                break;
+                            }
+                        }
+                        _ => i += 1,
+                    }
+                }
+                None
+            }
+            b'"' => {
+                i += 1;
+                loop {
+                    match b.get(i)? {
+                        b'"' if b.get(i + 1) == Some(&b'"') => i += 2,
+                        b'"' => break,
+                        _ => i += 1,
+                    }
+                }
+                i += 1;
+                None
+            }
+            b'$' => return None,
+            b'\'' => {
+                let mut j = i + 1;
+                loop {
+                    match b.get(j)? {
+                        b'\\' => return None,
+                        b'\'' if b.get(j + 1) == Some(&b'\'') => j += 2,
+                        b'\'' => break,
+                        _ => j += 1,
+                    }
+                }
+                Some(j + 1)
+            }
+            b'0'..=b'9' => {
+                let digits = |mut j: usize| {
+                    while b.get(j).is_some_and(u8::is_ascii_digit) {
+                        j += 1;
+                    }
+                    j
+                };
+                let mut j = digits(i);
+                if b.get(j) == Some(&b'.') && b.get(j + 1).is_some_and(u8::is_ascii_digit) {
+                    j = digits(j + 1);
+                }
+                Some(j)
+            }
+            c if is_word_byte(c) => {
+                while b.get(i).is_some_and(|&x| is_word_byte(x)) {
+                    i += 1;
+                }
+                None
+            }
+            _ => {
+                i += 1;
+                None
+            }
+        };
+        let Some(end) = literal_end else {
+            continue;
+        };
+        let before_ok = i == 0 || fits_before_literal(b[i - 1]);
+        let after_ok = b.get(end).is_none_or(|&x| fits_after_literal(x));
+        if !before_ok || !after_ok || has_dollar_digit(&b[copied..i]) {
+            return None;
         }
+        shape.push_str(&sql[copied..i]);
+        literals.push(i..end);
+        let _ = write!(shape, " ${} ", literals.len());
+        copied = end;
+        i = end;
     }
-    if literals.is_empty() {
+    if literals.is_empty() || has_dollar_digit(&b[copied..]) {
         return None;
     }
+    shape.push_str(&sql[copied..]);
     Some(Shaped { shape, literals })
+}
+
+/// Whether sqlparser's tokenizer sees `literals` in `sql` exactly as literal tokens
+/// (a number or a standard string each), and no `$n` parameter anywhere.
+pub fn spans_are_literal_tokens(sql: &str, literals: &[Range<usize>]) -> bool {
+    let Some(tokens) = tokens(sql) else {
+        return false;
+    };
+    if tokens
+        .iter()
+        .any(|(token, _)| matches!(token, Token::Placeholder(_)))
+    {
+        return false;
+    }
+    let mut found = tokens.iter().filter_map(|(token, range)| {
+        matches!(token, Token::Number(..) | Token::SingleQuotedString(_)).then_some(range)
+    });
+    literals
+        .iter()
+        .all(|literal| found.any(|range| range == literal))
 }
 
 /// A rewritten shape cut at its placeholders: `fragments[0] lit fragments[1] lit ...`.
@@ -227,46 +355,68 @@ mod tests {
     #[test]
     fn literals_become_numbered_placeholders() {
         let a = split("SELECT * FROM t WHERE a = 17 AND b = 'x''y'").unwrap();
-        let b = split("SELECT * FROM t WHERE a = 4.5e3 AND b = E'\\n'").unwrap();
+        let b = split("SELECT * FROM t WHERE a = 4.5 AND b = ''").unwrap();
         assert_eq!(a.shape, "SELECT * FROM t WHERE a =  $1  AND b =  $2 ");
         assert_eq!(a.shape, b.shape);
         assert_eq!(
-            literal_texts("SELECT 17, 'x''y', E'a\\'b', $q$ 'not' $q$, X'ff', B'101', N'n', .5"),
-            [
-                "17",
-                "'x''y'",
-                "E'a\\'b'",
-                "$q$ 'not' $q$",
-                "X'ff'",
-                "B'101'",
-                "N'n'",
-                ".5"
-            ]
+            literal_texts("SELECT 17, 'x''y', (0.5), -3, 'ż', ARRAY[1,2], x::text='a'||'b'"),
+            ["17", "'x''y'", "0.5", "3", "'ż'", "1", "2", "'a'", "'b'"]
         );
+        let sql = "SELECT 1;\nSELECT 'a\n'  -- 1\n";
+        assert_eq!(literal_texts(sql), ["1", "'a\n'"]);
+        assert!(spans_are_literal_tokens(sql, &split(sql).unwrap().literals));
     }
 
     #[test]
     fn everything_but_literals_is_kept_verbatim() {
-        let sql = "/* pgwarden:primary */ select \"Col \"\"1\"\"\"  -- 'c'\n from \"T\" where x='ż' and y = 2";
+        let sql = "/* pgwarden:primary /* 'n' */ 2 */ select \"Col \"\"1\"\"\", t1.c2  -- 'c'\n from \"T\" where x='ż' and y = 2";
         let shaped = split(sql).unwrap();
         assert_eq!(
             shaped.shape,
-            "/* pgwarden:primary */ select \"Col \"\"1\"\"\"  -- 'c'\n from \"T\" where x= $1  and y =  $2 "
+            "/* pgwarden:primary /* 'n' */ 2 */ select \"Col \"\"1\"\"\", t1.c2  -- 'c'\n from \"T\" where x= $1  and y =  $2 "
         );
         assert_eq!(literal_texts(sql), ["'ż'", "2"]);
-        // Identifiers and comments that look like literals or parameters stay.
-        let shaped = split("select \"$1\", 1 /* $2 '3' */").unwrap();
-        assert_eq!(shaped.shape, "select \"$1\",  $1  /* $2 '3' */");
+        assert!(spans_are_literal_tokens(sql, &shaped.literals));
     }
 
     #[test]
     fn texts_the_shape_path_leaves_alone() {
-        assert_eq!(split("SELECT a FROM t"), None, "no literals");
-        assert_eq!(split("SELECT a FROM t WHERE b = $1 AND c = 2"), None);
-        assert_eq!(split("SELECT 'unterminated"), None);
-        for text in ["", "'", "\"", "$a$", "/*", "--", "1e", "é", "\r\n1"] {
+        for sql in [
+            "SELECT a FROM t",
+            "SELECT a FROM t WHERE b = $1 AND c = 2",
+            "SELECT 'unterminated",
+            "SELECT 1 /* unterminated",
+            "SELECT \"x FROM t WHERE a = 1",
+            "SELECT E'a\\'b'",
+            "SELECT 'a\\' , 1",
+            "SELECT $q$ x $q$, 1",
+            "SELECT X'ff', 1",
+            "SELECT U&'a', 1",
+            "SELECT 1e3",
+            "SELECT 1.",
+            "SELECT .5",
+            "SELECT 1_000",
+            "SELECT 0x1F",
+            "SELECT t.1, 2",
+            "SELECT \"$1\", 1",
+            "SELECT 1 /* $2 */",
+            "SELECT a$1 FROM t WHERE b = 1",
+        ] {
+            assert_eq!(split(sql), None, "{sql}");
+        }
+        for text in ["", "'", "\"", "$a$", "/*", "--", "1e", "é", "\r\n1", "/*/"] {
             let _ = split(text);
         }
+    }
+
+    #[test]
+    fn literal_spans_are_checked_against_the_tokenizer() {
+        let sql = "SELECT 1, 'a'";
+        assert!(spans_are_literal_tokens(sql, &[7..8, 10..13]));
+        assert!(!spans_are_literal_tokens(sql, &[7..8, 10..12]));
+        assert!(!spans_are_literal_tokens(sql, &[8..9]));
+        assert!(!spans_are_literal_tokens("SELECT 1, $1", &[7..8]));
+        assert!(!spans_are_literal_tokens("SELECT 'unterminated", &[]));
     }
 
     #[test]
@@ -280,12 +430,12 @@ mod tests {
             "SELECT * FROM (SELECT * FROM t WHERE \"tenant_id\" = 1) AS t WHERE a = 5 AND b IN ('x', -2.5)"
         );
         // Another text of the same shape.
-        let other = "SELECT * FROM t WHERE a = 123 AND b IN ($$y$$, -7)";
+        let other = "SELECT * FROM t WHERE a = 123 AND b IN ('it''s', -7)";
         let again = split(other).unwrap();
         assert_eq!(again.shape, shaped.shape);
         assert_eq!(
             template.apply(other, &again.literals).unwrap(),
-            "SELECT * FROM (SELECT * FROM t WHERE \"tenant_id\" = 1) AS t WHERE a = 123 AND b IN ($$y$$, -7)"
+            "SELECT * FROM (SELECT * FROM t WHERE \"tenant_id\" = 1) AS t WHERE a = 123 AND b IN ('it''s', -7)"
         );
         // The wrong number of literals.
         assert_eq!(template.apply(sql, &shaped.literals[..2]), None);
