@@ -425,22 +425,15 @@ impl TenantGuard {
         tenant: Option<&str>,
         sql: &str,
     ) -> Result<Arc<Decision>, Arc<Decision>> {
-        let key = DecisionKey {
-            database: database.into(),
-            mode,
-            tenant: tenant.map(Arc::from),
-            sql: sql.into(),
-        };
-        if let Some(decision) = self.decisions.get(&key) {
-            return Ok(decision);
-        }
-        // The shape path: a text with literals whose shape was judged before.
+        // The shape path first: a text with literals whose shape was judged before.
+        let database: Arc<str> = database.into();
+        let tenant_key: Option<Arc<str>> = tenant.map(Arc::from);
         let mut learn = None;
         if let Some(shaped) = shape_of(sql) {
             let shape_key = ShapeKey {
-                database: key.database.clone(),
+                database: database.clone(),
                 mode,
-                tenant: key.tenant.clone(),
+                tenant: tenant_key.clone(),
                 shape: shaped.shape.as_str().into(),
             };
             match self.shapes.get(&shape_key).as_deref() {
@@ -466,6 +459,15 @@ impl TenantGuard {
                     learn = Some((shape_key, shaped));
                 }
             }
+        }
+        let key = DecisionKey {
+            database,
+            mode,
+            tenant: tenant_key,
+            sql: sql.into(),
+        };
+        if let Some(decision) = self.decisions.get(&key) {
+            return Ok(decision);
         }
         let decision = Arc::new(decide_with(
             &self.config,
