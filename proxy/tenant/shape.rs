@@ -414,8 +414,14 @@ mod tests {
         let sql = "SELECT 1, 'a'";
         assert!(spans_are_literal_tokens(sql, &[7..8, 10..13]));
         assert!(!spans_are_literal_tokens(sql, &[7..8, 10..12]));
-        assert!(!spans_are_literal_tokens(sql, &[8..9]));
-        assert!(!spans_are_literal_tokens("SELECT 1, $1", &[7..8]));
+        assert!(!spans_are_literal_tokens(
+            sql,
+            std::slice::from_ref(&(8..9))
+        ));
+        assert!(!spans_are_literal_tokens(
+            "SELECT 1, $1",
+            std::slice::from_ref(&(7..8))
+        ));
         assert!(!spans_are_literal_tokens("SELECT 'unterminated", &[]));
     }
 
