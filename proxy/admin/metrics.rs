@@ -105,6 +105,10 @@ pub fn render(runtime: &Runtime) -> String {
     metrics::counter!("pgwarden_cache_invalidations_total").absolute(cache.invalidations);
     metrics::gauge!("pgwarden_cache_bytes").set(cache.bytes as f64);
     metrics::gauge!("pgwarden_cache_entries").set(cache.entries as f64);
+    let (hits, misses, full) = runtime.tenancy().shape_counts();
+    for (result, count) in [("hit", hits), ("miss", misses), ("full", full)] {
+        metrics::counter!("pgwarden_tenant_shape_cache_total", "result" => result).absolute(count);
+    }
     for part in super::memory::parts(runtime) {
         metrics::gauge!("pgwarden_memory_bytes", "part" => part.part).set(part.bytes as f64);
     }

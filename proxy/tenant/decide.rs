@@ -31,15 +31,41 @@ pub fn decide(ctx: &GuardContext<'_>, mode: TenancyMode, sql: &str) -> Decision 
             ))
         }
     };
+    judge(ctx, mode, sql, &mut statements)
+}
+
+/// Judges a statement shape (a simple-protocol text with its literals replaced by
+/// `$1..$n`) as a prepared statement with those parameters would be judged. None
+/// unless it is one SELECT, INSERT, UPDATE, DELETE or MERGE: what can be prepared,
+/// so what the guard already judges without knowing the values.
+pub fn decide_shape(ctx: &GuardContext<'_>, mode: TenancyMode, shape: &str) -> Option<Decision> {
+    let mut statements = Parser::parse_sql(&PostgreSqlDialect {}, shape).ok()?;
+    let preparable = matches!(
+        statements.as_slice(),
+        [Statement::Query(_)
+            | Statement::Insert(_)
+            | Statement::Update(_)
+            | Statement::Delete(_)
+            | Statement::Merge(_)]
+    );
+    preparable.then(|| judge(ctx, mode, shape, &mut statements))
+}
+
+fn judge(
+    ctx: &GuardContext<'_>,
+    mode: TenancyMode,
+    sql: &str,
+    statements: &mut [Statement],
+) -> Decision {
     if statements.is_empty() {
         return Decision::Pass;
     }
-    let ctes = cte_names(&statements);
+    let ctes = cte_names(statements);
     match mode {
         TenancyMode::Off => Decision::Pass,
         TenancyMode::Rewrite => {
             let mut rewriter = Rewriter::new(ctx, &ctes);
-            for statement in &mut statements {
+            for statement in statements.iter_mut() {
                 if let Err(rejection) = rewriter.rewrite(statement) {
                     return Decision::Reject(rejection);
                 }
@@ -62,7 +88,7 @@ pub fn decide(ctx: &GuardContext<'_>, mode: TenancyMode, sql: &str) -> Decision 
         }
         TenancyMode::Enforce | TenancyMode::Audit => {
             let mut checker = Checker::new(ctx, &ctes);
-            for statement in &statements {
+            for statement in statements.iter() {
                 if let Err(rejection) = checker.check(statement) {
                     return Decision::Reject(rejection);
                 }

@@ -22,10 +22,12 @@ mod predicates;
 mod refresh;
 mod rewrite;
 mod sample;
+mod shape;
 mod violations;
 mod writes;
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -41,6 +43,8 @@ pub use refresh::CatalogHandle;
 #[doc(hidden)]
 pub use sample::sample_catalog;
 pub use violations::{ViolationRow, Violations};
+
+use shape::{Shaped, Template};
 
 use crate::config::{Config, TenancyConfig, TenancyMode};
 
@@ -80,15 +84,142 @@ fn decide_with(
     tenant: Option<&str>,
     sql: &str,
 ) -> Decision {
-    let ctx = GuardContext {
+    decide::decide(
+        &guard_context(config, safe_functions, catalog, tenant),
+        mode,
+        sql,
+    )
+}
+
+fn guard_context<'a>(
+    config: &'a TenancyConfig,
+    safe_functions: &'a HashSet<String>,
+    catalog: &'a Catalog,
+    tenant: Option<&'a str>,
+) -> GuardContext<'a> {
+    GuardContext {
         catalog,
         column: &config.column,
         value_type: config.value_type,
         safe_functions,
         set_config: config.set_config.as_deref(),
         tenant,
+    }
+}
+
+/// What the shape cache remembers about one statement shape.
+#[derive(Debug)]
+enum ShapeEntry {
+    /// Every text of this shape runs as it is.
+    Pass,
+    /// Every text of this shape runs as the template with its literals put back.
+    Rewritten(Template),
+    /// Texts of this shape take the full path (parse, walk, print).
+    Full,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct ShapeKey {
+    database: Arc<str>,
+    mode: TenancyMode,
+    tenant: Option<Arc<str>>,
+    shape: Arc<str>,
+}
+
+fn shape_weight(key: &ShapeKey, entry: &Arc<ShapeEntry>) -> u32 {
+    let value = match entry.as_ref() {
+        ShapeEntry::Rewritten(template) => template.bytes(),
+        ShapeEntry::Pass | ShapeEntry::Full => 0,
     };
-    decide::decide(&ctx, mode, sql)
+    let bytes = key.database.len()
+        + key.tenant.as_ref().map_or(0, |t| t.len())
+        + key.shape.len()
+        + value
+        + DECISION_ENTRY_BYTES;
+    u32::try_from(bytes).unwrap_or(u32::MAX)
+}
+
+/// What the shape cache learns from the first text of a shape: the shape is judged
+/// as a prepared statement would be (literals as parameters), and its decision is
+/// used for later texts only when it is Pass or Rewritten without parameters the
+/// tenant must be bound to, and when it gives exactly the full path's decision for
+/// this text. None: learn nothing (the catalog may not know a relation yet).
+fn learn_shape(
+    ctx: &GuardContext<'_>,
+    mode: TenancyMode,
+    sql: &str,
+    shaped: &Shaped,
+    full: &Decision,
+) -> Option<ShapeEntry> {
+    if !shape::spans_are_literal_tokens(sql, &shaped.literals) {
+        return Some(ShapeEntry::Full);
+    }
+    let Some(by_shape) = decide::decide_shape(ctx, mode, &shaped.shape) else {
+        return Some(ShapeEntry::Full);
+    };
+    Some(match (&by_shape, full) {
+        (Decision::Reject(rejection), _) if may_be_unknown_yet(rejection) => return None,
+        (Decision::Pass, Decision::Pass) => ShapeEntry::Pass,
+        (
+            Decision::Rewritten {
+                sql: template,
+                tenant_params,
+            },
+            Decision::Rewritten {
+                sql: expected,
+                tenant_params: expected_params,
+            },
+        ) if tenant_params.is_empty() && expected_params.is_empty() => {
+            match Template::new(template, shaped.literals.len()) {
+                Some(template)
+                    if template
+                        .apply(sql, &shaped.literals)
+                        .is_some_and(|applied| same_text(&applied, expected)) =>
+                {
+                    ShapeEntry::Rewritten(template)
+                }
+                _ => ShapeEntry::Full,
+            }
+        }
+        _ => ShapeEntry::Full,
+    })
+}
+
+/// Whether two texts the guard would send are the same statements: equal, or
+/// parsed to equal statements with the same routing hint.
+fn same_text(a: &str, b: &str) -> bool {
+    if a == b {
+        return true;
+    }
+    let parse = |sql: &str| Parser::parse_sql(&PostgreSqlDialect {}, sql).ok();
+    crate::route::hint(a) == crate::route::hint(b) && parse(a).is_some_and(|a| Some(a) == parse(b))
+}
+
+/// Refusals that may go away once the catalog reloads: not remembered.
+fn may_be_unknown_yet(rejection: &Rejection) -> bool {
+    rejection.kind == RejectionKind::UnknownRelation
+        || rejection.kind == RejectionKind::FunctionNotAllowed
+}
+
+/// Byte ranges of the literals the shape cache replaces in `sql`, if it applies to
+/// it (tests vary them).
+#[doc(hidden)]
+pub fn shape_literals(sql: &str) -> Option<Vec<std::ops::Range<usize>>> {
+    shape::split(sql).map(|shaped| shaped.literals)
+}
+
+/// Whether two texts the guard would send are the same statements (tests).
+#[doc(hidden)]
+pub fn same_statements(a: &str, b: &str) -> bool {
+    same_text(a, b)
+}
+
+/// The shape of `sql` when the shape path may be tried for it.
+fn shape_of(sql: &str) -> Option<Shaped> {
+    let shaped = shape::split(sql)?;
+    // A routing hint is looked for in the whole text, literals included; the shape
+    // path applies only when the shape's hint is the text's.
+    (crate::route::hint(sql) == crate::route::hint(&shaped.shape)).then_some(shaped)
 }
 
 /// Bytes a cached decision costs beyond its texts (key, `Arc`, moka bookkeeping).
@@ -115,17 +246,42 @@ fn decision_weight(key: &DecisionKey, decision: &Arc<Decision>) -> u32 {
     u32::try_from(bytes).unwrap_or(u32::MAX)
 }
 
-/// The decision cache, bounded by bytes and (through the average entry) by
-/// `cache_entries`.
-fn decision_cache(config: &TenancyConfig) -> moka::sync::Cache<DecisionKey, Arc<Decision>> {
+/// The bytes of both caches: bounded by `cache_bytes` and (through the average
+/// entry) by `cache_entries`.
+fn cache_budget(config: &TenancyConfig) -> u64 {
     let by_entries = config
         .cache_entries
         .max(1)
         .saturating_mul(DECISION_ENTRY_BYTES as u64 + 256);
+    config.cache_bytes.min(by_entries).max(2)
+}
+
+/// The decision cache (exact texts): three quarters of the budget.
+fn decision_cache(config: &TenancyConfig) -> moka::sync::Cache<DecisionKey, Arc<Decision>> {
+    let budget = cache_budget(config);
     moka::sync::Cache::builder()
-        .max_capacity(config.cache_bytes.min(by_entries).max(1))
+        .max_capacity(budget - budget / 4)
         .weigher(decision_weight)
         .build()
+}
+
+/// The shape cache: the other quarter (shapes are few; texts are many).
+fn shape_cache(config: &TenancyConfig) -> moka::sync::Cache<ShapeKey, Arc<ShapeEntry>> {
+    moka::sync::Cache::builder()
+        .max_capacity(cache_budget(config) / 4)
+        .weigher(shape_weight)
+        .build()
+}
+
+/// How the shape cache served statement texts with literals.
+#[derive(Debug, Default)]
+struct ShapeCounts {
+    /// Decided from a cached shape (Pass or template).
+    hits: AtomicU64,
+    /// First text of a shape: decided on the full path, and the shape judged.
+    misses: AtomicU64,
+    /// Shape known to need the full path, or a template that did not apply.
+    full: AtomicU64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -143,6 +299,8 @@ pub struct TenantGuard {
     safe_functions: HashSet<String>,
     catalogs: HashMap<String, Arc<CatalogHandle>>,
     decisions: moka::sync::Cache<DecisionKey, Arc<Decision>>,
+    shapes: moka::sync::Cache<ShapeKey, Arc<ShapeEntry>>,
+    shape_counts: ShapeCounts,
     pub violations: Arc<Violations>,
 }
 
@@ -151,6 +309,7 @@ impl TenantGuard {
     /// not `off`. Must run inside a tokio runtime when any database is guarded.
     pub fn start(config: &Config, violations: Arc<Violations>) -> TenantGuard {
         let decisions = decision_cache(&config.tenancy);
+        let shapes = shape_cache(&config.tenancy);
         let mut catalogs = HashMap::new();
         for (name, db) in &config.databases {
             if config.tenancy_mode_for(name) == TenancyMode::Off {
@@ -158,11 +317,15 @@ impl TenantGuard {
             }
             let handle = CatalogHandle::new();
             let cache: moka::sync::Cache<DecisionKey, Arc<Decision>> = decisions.clone();
+            let shape_cache = shapes.clone();
             refresh::spawn(
                 handle.clone(),
                 db.primary.clone(),
                 config.tenancy.clone(),
-                move || cache.invalidate_all(),
+                move || {
+                    cache.invalidate_all();
+                    shape_cache.invalidate_all();
+                },
             );
             catalogs.insert(name.clone(), handle);
         }
@@ -176,15 +339,18 @@ impl TenantGuard {
                 .collect(),
             catalogs,
             decisions,
+            shapes,
+            shape_counts: ShapeCounts::default(),
             violations,
         }
     }
 
-    /// Bytes the decision cache holds now, and its bound.
+    /// Bytes the decision and shape caches hold now, and their bound.
     pub fn cache_bytes(&self) -> (u64, u64) {
         (
-            self.decisions.weighted_size(),
-            self.decisions.policy().max_capacity().unwrap_or(0),
+            self.decisions.weighted_size() + self.shapes.weighted_size(),
+            self.decisions.policy().max_capacity().unwrap_or(0)
+                + self.shapes.policy().max_capacity().unwrap_or(0),
         )
     }
 
@@ -199,7 +365,8 @@ impl TenantGuard {
     }
 
     /// The decision for `sql`, from cache when the same text was judged for the
-    /// same tenant since the catalog last changed.
+    /// same tenant since the catalog last changed, or when a text of the same shape
+    /// (literals aside) was.
     pub async fn decide(
         &self,
         database: &str,
@@ -211,45 +378,126 @@ impl TenantGuard {
             .catalogs
             .get(database)
             .ok_or_else(|| format!("database {database} has no tenant catalog"))?;
-        let mut catalog = handle.ready(Duration::from_secs(10)).await?;
+        let catalog = handle.ready(Duration::from_secs(10)).await?;
+        match self.decide_on(&catalog, database, mode, tenant, sql) {
+            Ok(decision) => Ok(decision),
+            Err(unknown) => {
+                // Perhaps created a moment ago (by another connection): decide again on
+                // a catalog loaded after this statement arrived.
+                match handle.refreshed(Duration::from_secs(2)).await {
+                    Some(fresh) => Ok(self
+                        .decide_on(&fresh, database, mode, tenant, sql)
+                        .unwrap_or_else(|unknown| unknown)),
+                    None => Ok(unknown), // not remembered: the next load may know it
+                }
+            }
+        }
+    }
+
+    /// A guard with no databases and no catalog refresh, for deciding against a
+    /// given catalog with [`TenantGuard::decide_on`] (tests).
+    #[doc(hidden)]
+    pub fn detached(config: &TenancyConfig) -> TenantGuard {
+        TenantGuard {
+            config: config.clone(),
+            safe_functions: config
+                .safe_functions
+                .iter()
+                .map(|f| f.to_lowercase())
+                .collect(),
+            catalogs: HashMap::new(),
+            decisions: decision_cache(config),
+            shapes: shape_cache(config),
+            shape_counts: ShapeCounts::default(),
+            violations: Arc::new(Violations::default()),
+        }
+    }
+
+    /// The decision for `sql` against `catalog`, through both caches. `Err` is a
+    /// refusal naming a relation or function the catalog may not know yet: it is
+    /// not remembered.
+    #[doc(hidden)]
+    pub fn decide_on(
+        &self,
+        catalog: &Catalog,
+        database: &str,
+        mode: TenancyMode,
+        tenant: Option<&str>,
+        sql: &str,
+    ) -> Result<Arc<Decision>, Arc<Decision>> {
+        // The shape path first: a text with literals whose shape was judged before.
+        let database: Arc<str> = database.into();
+        let tenant_key: Option<Arc<str>> = tenant.map(Arc::from);
+        let mut learn = None;
+        if let Some(shaped) = shape_of(sql) {
+            let shape_key = ShapeKey {
+                database: database.clone(),
+                mode,
+                tenant: tenant_key.clone(),
+                shape: shaped.shape.as_str().into(),
+            };
+            match self.shapes.get(&shape_key).as_deref() {
+                Some(ShapeEntry::Pass) => {
+                    self.shape_counts.hits.fetch_add(1, Ordering::Relaxed);
+                    return Ok(Arc::new(Decision::Pass));
+                }
+                Some(ShapeEntry::Rewritten(template)) => {
+                    if let Some(text) = template.apply(sql, &shaped.literals) {
+                        self.shape_counts.hits.fetch_add(1, Ordering::Relaxed);
+                        return Ok(Arc::new(Decision::Rewritten {
+                            sql: text,
+                            tenant_params: Vec::new(),
+                        }));
+                    }
+                    self.shape_counts.full.fetch_add(1, Ordering::Relaxed);
+                }
+                Some(ShapeEntry::Full) => {
+                    self.shape_counts.full.fetch_add(1, Ordering::Relaxed);
+                }
+                None => {
+                    self.shape_counts.misses.fetch_add(1, Ordering::Relaxed);
+                    learn = Some((shape_key, shaped));
+                }
+            }
+        }
         let key = DecisionKey {
-            database: database.into(),
+            database,
             mode,
-            tenant: tenant.map(Arc::from),
+            tenant: tenant_key,
             sql: sql.into(),
         };
         if let Some(decision) = self.decisions.get(&key) {
             return Ok(decision);
         }
-        let decide = |catalog: &Catalog| {
-            Arc::new(decide_with(
-                &self.config,
-                &self.safe_functions,
-                catalog,
-                mode,
-                tenant,
-                sql,
-            ))
-        };
-        let mut decision = decide(&catalog);
-        let unknown = |decision: &Decision| {
-            matches!(decision, Decision::Reject(rejection)
-                if rejection.kind == RejectionKind::UnknownRelation
-                    || rejection.kind == RejectionKind::FunctionNotAllowed)
-        };
-        if unknown(&decision) {
-            // Perhaps created a moment ago (by another connection): decide again on a
-            // catalog loaded after this statement arrived.
-            if let Some(fresh) = handle.refreshed(Duration::from_secs(2)).await {
-                catalog = fresh;
-                decision = decide(&catalog);
-            }
-            if unknown(&decision) {
-                return Ok(decision); // not remembered: the next load may know it
+        let decision = Arc::new(decide_with(
+            &self.config,
+            &self.safe_functions,
+            catalog,
+            mode,
+            tenant,
+            sql,
+        ));
+        if matches!(decision.as_ref(), Decision::Reject(rejection) if may_be_unknown_yet(rejection))
+        {
+            return Err(decision);
+        }
+        if let Some((shape_key, shaped)) = learn {
+            let ctx = guard_context(&self.config, &self.safe_functions, catalog, tenant);
+            if let Some(entry) = learn_shape(&ctx, mode, sql, &shaped, &decision) {
+                self.shapes.insert(shape_key, Arc::new(entry));
             }
         }
         self.decisions.insert(key, decision.clone());
         Ok(decision)
+    }
+
+    /// Shape cache counts: (hits, misses, full-path texts).
+    pub fn shape_counts(&self) -> (u64, u64, u64) {
+        (
+            self.shape_counts.hits.load(Ordering::Relaxed),
+            self.shape_counts.misses.load(Ordering::Relaxed),
+            self.shape_counts.full.load(Ordering::Relaxed),
+        )
     }
 }
 

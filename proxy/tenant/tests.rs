@@ -258,3 +258,173 @@ fn enforce_accepts_only_pinned_references() {
         );
     }
 }
+
+// ---------------------------------------------------------------------------
+// The shape cache: texts differing only in literals share one judged shape.
+
+/// A detached guard over the sample catalog, and a way to ask it.
+struct ShapeGuard {
+    guard: TenantGuard,
+    catalog: Catalog,
+    config: TenancyConfig,
+}
+
+impl ShapeGuard {
+    fn new() -> ShapeGuard {
+        let config = TenancyConfig::default();
+        ShapeGuard {
+            guard: TenantGuard::detached(&config),
+            catalog: sample_catalog(&config),
+            config,
+        }
+    }
+
+    fn decide(&self, mode: TenancyMode, tenant: &str, sql: &str) -> Decision {
+        let decision = self
+            .guard
+            .decide_on(&self.catalog, "app", mode, Some(tenant), sql)
+            .unwrap_or_else(|unknown| unknown);
+        Decision::clone(&decision)
+    }
+
+    /// The full path's decision, from no cache at all.
+    fn full(&self, mode: TenancyMode, tenant: &str, sql: &str) -> Decision {
+        decide(&self.config, &self.catalog, mode, Some(tenant), sql)
+    }
+
+    fn hits(&self) -> u64 {
+        self.guard.shape_counts().0
+    }
+}
+
+#[test]
+fn a_rewritten_shape_is_reapplied_to_new_literals() {
+    let g = ShapeGuard::new();
+    let mode = TenancyMode::Rewrite;
+    let first = "SELECT o.total FROM orders o JOIN products p ON p.id = o.id WHERE o.id = 17 AND p.name = 'a''b'";
+    assert_eq!(g.decide(mode, "1", first), g.full(mode, "1", first));
+    assert_eq!(g.hits(), 0);
+    for sql in [
+        "SELECT o.total FROM orders o JOIN products p ON p.id = o.id WHERE o.id = 4242 AND p.name = ''",
+        "SELECT o.total FROM orders o JOIN products p ON p.id = o.id WHERE o.id = 1.5 AND p.name = '/* ''; */'",
+    ] {
+        let decision = g.decide(mode, "1", sql);
+        let Decision::Rewritten { sql: text, tenant_params } = &decision else {
+            panic!("{sql}: {decision:?}");
+        };
+        assert!(tenant_params.is_empty());
+        let Decision::Rewritten { sql: expected, .. } = g.full(mode, "1", sql) else {
+            panic!("{sql}: the full path does not rewrite it");
+        };
+        assert!(same_text(text, &expected), "{text}\n{expected}");
+        assert!(text.contains("o.\"tenant_id\" = 1"), "{text}");
+    }
+    assert_eq!(g.hits(), 2);
+    // Another tenant's texts of the same shape have their own entry.
+    let other = g.decide(mode, "7", first);
+    assert_eq!(other, g.full(mode, "7", first));
+    assert_eq!(g.hits(), 2);
+}
+
+#[test]
+fn a_passing_shape_passes_new_literals() {
+    let g = ShapeGuard::new();
+    for sql in [
+        "SELECT name FROM products WHERE id = 1",
+        "SELECT name FROM products WHERE id = 99",
+    ] {
+        assert_eq!(g.decide(TenancyMode::Rewrite, "1", sql), Decision::Pass);
+    }
+    assert_eq!(g.hits(), 1);
+}
+
+#[test]
+fn literals_in_tenant_positions_take_the_full_path() {
+    let g = ShapeGuard::new();
+    // Rewrite mode: an INSERT giving the tenant column a literal.
+    let rewrite = TenancyMode::Rewrite;
+    let own = "INSERT INTO orders (id, tenant_id, total) VALUES (5, 1, 10)";
+    assert_eq!(g.decide(rewrite, "1", own), g.full(rewrite, "1", own));
+    let foreign = "INSERT INTO orders (id, tenant_id, total) VALUES (6, 2, 10)";
+    let decision = g.decide(rewrite, "1", foreign);
+    assert!(
+        matches!(&decision, Decision::Reject(r) if r.kind == RejectionKind::ForeignTenantValue),
+        "{decision:?}"
+    );
+    assert_eq!(decision, g.full(rewrite, "1", foreign));
+    // Enforce mode: the predicate's literal is what makes the statement safe.
+    let enforce = TenancyMode::Enforce;
+    let own = "SELECT * FROM orders WHERE tenant_id = 1 AND id = 3";
+    assert_eq!(g.decide(enforce, "1", own), Decision::Pass);
+    let foreign = "SELECT * FROM orders WHERE tenant_id = 2 AND id = 3";
+    let decision = g.decide(enforce, "1", foreign);
+    assert!(
+        matches!(&decision, Decision::Reject(r) if r.kind == RejectionKind::MissingTenantPredicate),
+        "{decision:?}"
+    );
+    // Rewrite mode: a predicate on another tenant is kept and ANDed with the tenant's.
+    let first = "SELECT * FROM orders WHERE tenant_id = 1";
+    let second = "SELECT * FROM orders WHERE tenant_id = 2";
+    assert_eq!(g.decide(rewrite, "1", first), g.full(rewrite, "1", first));
+    let decision = g.decide(rewrite, "1", second);
+    let Decision::Rewritten { sql: text, .. } = &decision else {
+        panic!("{decision:?}");
+    };
+    assert!(
+        text.contains("tenant_id = 2") && text.contains("\"tenant_id\" = 1"),
+        "{text}"
+    );
+    assert_eq!(g.hits(), 1, "only the last SELECT came from the shape");
+}
+
+#[test]
+fn shapes_that_cannot_be_templated_are_remembered_as_such() {
+    let g = ShapeGuard::new();
+    let mode = TenancyMode::Rewrite;
+    // Not a single preparable statement: every text takes the full path.
+    for sql in [
+        "SELECT * FROM orders WHERE id = 1; SELECT 2",
+        "SELECT * FROM orders WHERE id = 3; SELECT 4",
+        "SET search_path = 'public'",
+        "SET search_path = 'nosuchschema'",
+    ] {
+        assert_eq!(g.decide(mode, "1", sql), g.full(mode, "1", sql), "{sql}");
+    }
+    assert!(matches!(
+        g.decide(mode, "1", "SET search_path = 'nosuchschema'"),
+        Decision::Reject(_)
+    ));
+    // Two shapes, each judged once and then known to need the full path.
+    assert_eq!(g.guard.shape_counts(), (0, 2, 3));
+}
+
+#[test]
+fn typed_literals_keep_their_type_name() {
+    let g = ShapeGuard::new();
+    let mode = TenancyMode::Rewrite;
+    for sql in [
+        "SELECT * FROM orders WHERE created > date '2020-01-01' AND total > 5",
+        "SELECT * FROM orders WHERE created > date '2021-02-03' AND total > 6.5",
+    ] {
+        let decision = g.decide(mode, "1", sql);
+        let Decision::Rewritten { sql: text, .. } = &decision else {
+            panic!("{sql}: {decision:?}");
+        };
+        let Decision::Rewritten { sql: expected, .. } = g.full(mode, "1", sql) else {
+            panic!("{sql}: the full path does not rewrite it");
+        };
+        assert!(same_text(text, &expected), "{text}\n{expected}");
+    }
+    assert_eq!(g.hits(), 1);
+}
+
+#[test]
+fn routing_hints_in_literals_keep_the_full_path() {
+    let g = ShapeGuard::new();
+    let mode = TenancyMode::Rewrite;
+    let plain = "SELECT * FROM orders WHERE id = 'a'";
+    let hinted = "SELECT * FROM orders WHERE id = '/* pgwarden:primary */'";
+    assert_eq!(g.decide(mode, "1", plain), g.full(mode, "1", plain));
+    assert_eq!(g.decide(mode, "1", hinted), g.full(mode, "1", hinted));
+    assert_eq!(g.hits(), 0);
+}
