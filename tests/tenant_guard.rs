@@ -485,3 +485,53 @@ async fn a_prepared_statement_does_not_keep_its_tenant() {
         }
     }
 }
+
+/// With `standard_conforming_strings = off`, PostgreSQL reads `\'` as a quote, so
+/// `SELECT '\', ' UNION SELECT ... --'` would run SQL that the guard (reading standard
+/// strings, as PostgreSQL does by default) takes for two strings. A guarded session can
+/// change the string syntax neither with `SET` nor in its startup packet.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_string_syntax_cannot_be_changed_to_hide_sql_from_the_guard() {
+    const CALL: std::time::Duration = std::time::Duration::from_secs(20);
+    let f = fixture(TenancyMode::Rewrite, |_| {}).await;
+    let client = tokio::time::timeout(CALL, connect_as(&f.proxy, Some(TENANT)))
+        .await
+        .expect("login in time");
+    for sql in [
+        "SET standard_conforming_strings = off",
+        "set STANDARD_CONFORMING_STRINGS to 'off'",
+        "SET SESSION standard_conforming_strings = false",
+        "SET backslash_quote = on",
+        "RESET standard_conforming_strings",
+    ] {
+        let result = tokio::time::timeout(CALL, client.simple_query(sql))
+            .await
+            .expect("answer in time");
+        assert_rejected(result, sql);
+    }
+    // With the syntax left alone, the smuggling text is what the guard reads: one row
+    // of two strings, nothing from another tenant.
+    let smuggled = r"SELECT '\', ' UNION SELECT note FROM orders WHERE tenant_id = 2 --'";
+    let rows = tokio::time::timeout(CALL, text_rows(&client, smuggled))
+        .await
+        .expect("answer in time")
+        .expect("runs");
+    assert_eq!(
+        rows,
+        vec![vec![
+            Some("\\".to_string()),
+            Some(" UNION SELECT note FROM orders WHERE tenant_id = 2 --".to_string())
+        ]]
+    );
+
+    for options in [
+        "-c%20standard_conforming_strings%3Doff",
+        "-c%20backslash_quote%3Don",
+    ] {
+        let url = format!("{}%20{options}", tenant_url(&f.proxy, Some(TENANT)));
+        let refused = tokio::time::timeout(CALL, proxy::connect_url(&url))
+            .await
+            .expect("login answered in time");
+        assert_rejected(refused, options);
+    }
+}

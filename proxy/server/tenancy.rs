@@ -69,6 +69,17 @@ impl TenantSession {
                 }
             }
         }
+        if mode != TenancyMode::Off && !bypass {
+            if let Some(name) = crate::tenant::policy::STRING_SYNTAX_SETTINGS
+                .into_iter()
+                .find(|name| settings.mentions(name))
+            {
+                return Err(SessionError::TenantGuard(Rejection::new(
+                    RejectionKind::SettingNotAllowed,
+                    format!("changing {name}"),
+                )));
+            }
+        }
         let session = TenantSession {
             mode,
             tenant,

@@ -383,6 +383,7 @@ impl GuardContext<'_> {
     fn check_setting_name(&self, variable: &ObjectName) -> Result<(), Rejection> {
         let name = name_parts(variable).unwrap_or_default().join(".");
         let refused = matches!(name.as_str(), "role" | "session_authorization")
+            || changes_string_syntax(&name)
             || self
                 .set_config
                 .is_some_and(|rls| rls.eq_ignore_ascii_case(&name));
@@ -394,6 +395,19 @@ impl GuardContext<'_> {
         }
         Ok(())
     }
+}
+
+/// Settings that change how PostgreSQL reads string literals. The guard reads `'\'`
+/// as a string holding a backslash, as PostgreSQL does with its default
+/// `standard_conforming_strings = on`; with it off, PostgreSQL reads `\'` as a quote
+/// and `SELECT '\', ' UNION SELECT ... --'` would run SQL the guard took for a string.
+/// A guarded session may not change them (neither with `SET` nor at startup).
+pub const STRING_SYNTAX_SETTINGS: [&str; 2] = ["standard_conforming_strings", "backslash_quote"];
+
+fn changes_string_syntax(setting: &str) -> bool {
+    STRING_SYNTAX_SETTINGS
+        .iter()
+        .any(|name| setting.eq_ignore_ascii_case(name))
 }
 
 /// Compares tenant values: numerically for integers, exactly for text.
