@@ -548,10 +548,9 @@ impl ResultCache {
                 a.active = true;
                 a.others_active = true;
             }),
-            "hello" if self.tracks_writes(database) => {
-                if self.activity_of(database).active {
-                    self.announce(database, "active");
-                }
+            // `active` implies `tracks_writes`.
+            "hello" if self.activity_of(database).active => {
+                self.announce(database, "active");
             }
             _ => {}
         }
