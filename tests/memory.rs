@@ -70,8 +70,15 @@ async fn distinct_texts_stay_within_the_byte_bounds() {
                 .map(|n| {
                     let client = &client;
                     async move {
-                        // Distinct texts, a handful of shapes (fingerprints).
-                        let sql = format!("SELECT {} WHERE 1 <> {n}", n % 7);
+                        // Distinct texts, a handful of fingerprints. Texts that differ
+                        // only in literals share one text-map entry (their shape); a
+                        // comment is part of the shape but not of the fingerprint, so
+                        // the commented half fills the text map with distinct shapes.
+                        let sql = if n % 2 == 0 {
+                            format!("SELECT {} /* request {n} */ WHERE 1 <> {n}", n % 7)
+                        } else {
+                            format!("SELECT {} WHERE 1 <> {n}", n % 7)
+                        };
                         query(client, &sql).await.len()
                     }
                 })

@@ -113,6 +113,18 @@ async fn drop_or_rename(statement: &str, simple: bool) -> String {
     let (user, task) = connect(&scratch_client).await;
     assert_eq!(execute(&user, "SELECT 1").await, "ok 1");
     common::leave((user, task)).await;
+    // An index-advisor round has looked at both databases: it must not keep a
+    // connection to scratch (PostgreSQL would count it as another session).
+    let config = proxy.runtime.config();
+    proxy.runtime.stats.flush().await;
+    let snapshot = proxy.runtime.stats.snapshot();
+    let rounds = tokio::time::timeout(
+        STEP * 6,
+        proxy.runtime.advisors.run_round(&config, &snapshot),
+    )
+    .await
+    .expect("advisor round in time");
+    assert!(rounds.contains_key("scratch"), "{rounds:?}");
     let (owner, _task) = connect(&proxy::url(&proxy)).await;
     if simple {
         common::answer(&owner, statement).await

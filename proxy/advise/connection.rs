@@ -1,6 +1,6 @@
 //! The advisor's own connections (tokio-postgres), never a pooled client connection:
 //! what it prepares and the hypothetical indexes it makes live and die here. One per
-//! node it needs, opened lazily, dropped on error and opened again next round.
+//! node it needs, opened lazily in a round and closed at its end (or on an error).
 
 use std::time::Duration;
 
@@ -48,7 +48,8 @@ impl NodeConnection {
         self.client.as_ref().filter(|c| !c.is_closed())
     }
 
-    /// Forgets the connection after an error (a new one next time).
+    /// Forgets (and so closes) the connection: after an error, and at the end of a
+    /// round. The next use opens a new one.
     pub fn reset(&mut self) {
         self.client = None;
     }

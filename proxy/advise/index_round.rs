@@ -111,6 +111,10 @@ impl DatabaseAdvisor {
             ctx.report.errors.push(e.to_string());
             self.primary.reset();
         }
+        // No connection is kept between rounds: an idle one would count as a session
+        // using the database, and `DROP DATABASE` through the proxy would wait for it.
+        self.primary.reset();
+        self.replicas.iter_mut().for_each(NodeConnection::reset);
         ctx.report.elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
         for error in &ctx.report.errors {
             tracing::warn!(database = %self.name, %error, "index advisor round");

@@ -59,11 +59,15 @@ async fn listen(
     cache.listener_up(database, outbox);
     tracing::debug!(%database, "cache invalidations: listening");
     let result = loop {
+        // Registered before the check, so a pause between the two is not missed.
+        let paused = cache.pause_changed.notified();
+        tokio::pin!(paused);
+        paused.as_mut().enable();
         if cache.is_paused(database) {
             break Ok(());
         }
         tokio::select! {
-            _ = cache.pause_changed.notified() => {}
+            _ = paused => {}
             payload = rx.recv() => {
                 let Some(payload) = payload else { break Ok(()) };
                 let mut parts = payload.splitn(4, '|');

@@ -5,6 +5,9 @@
 
 use super::session::Session;
 
+/// How long a `DROP`/`ALTER DATABASE` waits for the cache's LISTEN connection to close.
+const LISTEN_CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// The database a `DROP DATABASE` or `ALTER DATABASE ... RENAME` statement names.
 pub fn database_ddl_target(sql: &[u8]) -> Option<String> {
     let start = sql.iter().position(|b| !b.is_ascii_whitespace())?;
@@ -45,6 +48,12 @@ impl Session {
         tracing::info!(database = %database, "closing idle server connections before DROP/ALTER DATABASE");
         self.runtime.cache.pause_database(&database);
         self.runtime.pools.start_draining(&database).await;
+        // The cache's LISTEN connection to it closes on its own task: give it a moment,
+        // or PostgreSQL would count it as another session using the database.
+        let deadline = std::time::Instant::now() + LISTEN_CLOSE_WAIT;
+        while self.runtime.cache.is_listening(&database) && std::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
         if let Some(previous) = self.draining_database.replace(database) {
             self.runtime.pools.stop_draining(&previous);
             self.runtime.cache.resume_database(&previous);

@@ -109,7 +109,8 @@ impl TenantSession {
 /// → Some(None); anything else → None.
 fn tenant_setting(sql: &str) -> Option<Option<String>> {
     let text = sql.trim().trim_end_matches(';').trim();
-    if text.contains(';') {
+    // Most statements are neither: decide on the first word before copying anything.
+    if !(starts_with_word(text, "set") || starts_with_word(text, "reset")) || text.contains(';') {
         return None;
     }
     let lower = text.to_ascii_lowercase();
@@ -155,10 +156,16 @@ fn query_frame(sql: &str) -> Bytes {
 
 /// Looks like DDL: the catalog may have changed.
 fn may_change_catalog(sql: &str) -> bool {
-    let text = sql.trim_start().to_ascii_lowercase();
+    let text = sql.trim_start();
     ["create", "alter", "drop", "comment", "grant", "revoke"]
         .iter()
-        .any(|w| text.starts_with(w))
+        .any(|w| starts_with_word(text, w))
+}
+
+/// Whether `text` begins with `word`, in any case (a prefix test: `created` counts).
+fn starts_with_word(text: &str, word: &str) -> bool {
+    text.get(..word.len())
+        .is_some_and(|head| head.eq_ignore_ascii_case(word))
 }
 
 impl Session {
