@@ -95,12 +95,26 @@ const TEXT_SLOT_BYTES: usize = 2 * std::mem::size_of::<u64>() + 1;
 struct TextMap {
     map: HashMap<u64, FingerprintId>,
     max_entries: usize,
+    /// Exact hashes of recent texts with literals, direct-mapped (a new text takes
+    /// its slot from whatever was there): a hot text's repeats skip the shape scan,
+    /// and a stream of fresh literals costs no more than this fixed table.
+    recent: Box<[(u64, FingerprintId)]>,
 }
+
+/// Slots of [`TextMap::recent`] at most (a power of two), and the bytes of one.
+const RECENT_SLOTS: usize = 1024;
+const RECENT_SLOT_BYTES: usize = std::mem::size_of::<(u64, FingerprintId)>();
 
 impl TextMap {
     /// A map whose table never grows past `max_bytes`: the largest power-of-two table
     /// that fits, filled to its load factor (7/8) at most.
     fn new(max_bytes: usize, max_fingerprints: usize) -> TextMap {
+        // The recent-text table takes at most an eighth of the budget.
+        let mut recent_slots = RECENT_SLOTS;
+        while recent_slots > 1 && recent_slots * RECENT_SLOT_BYTES > max_bytes / 8 {
+            recent_slots /= 2;
+        }
+        let max_bytes = max_bytes.saturating_sub(recent_slots * RECENT_SLOT_BYTES);
         let mut buckets = 8usize;
         while buckets * 2 * TEXT_SLOT_BYTES <= max_bytes {
             buckets *= 2;
@@ -109,7 +123,18 @@ impl TextMap {
         TextMap {
             map: HashMap::new(),
             max_entries,
+            recent: vec![(0, 0); recent_slots].into_boxed_slice(),
         }
+    }
+
+    fn recent(&self, hash: u64) -> Option<FingerprintId> {
+        let (at, id) = self.recent[hash as usize & (self.recent.len() - 1)];
+        (at == hash && hash != 0).then_some(id)
+    }
+
+    fn remember_recent(&mut self, hash: u64, id: FingerprintId) {
+        let slot = hash as usize & (self.recent.len() - 1);
+        self.recent[slot] = (hash, id);
     }
 
     fn hash(sql: &[u8]) -> u64 {
@@ -129,12 +154,13 @@ impl TextMap {
 
     /// Bytes of the table (allocated capacity, not only the entries in use).
     fn bytes(&self) -> u64 {
+        let recent = (self.recent.len() * RECENT_SLOT_BYTES) as u64;
         let capacity = self.map.capacity();
         if capacity == 0 {
-            return 0;
+            return recent;
         }
         // hashbrown keeps 1/8 of its buckets free.
-        (capacity.div_ceil(7) * 8 * TEXT_SLOT_BYTES) as u64
+        (capacity.div_ceil(7) * 8 * TEXT_SLOT_BYTES) as u64 + recent
     }
 }
 
@@ -262,7 +288,7 @@ fn fingerprint_of(
     entries: &Entries,
 ) -> (FingerprintId, Option<String>) {
     let known = |id: Option<FingerprintId>| id.filter(|id| entries.map.contains_key(id));
-    if let Some(id) = known(by_text.get(exact)) {
+    if let Some(id) = known(by_text.get(exact).or_else(|| by_text.recent(exact))) {
         return (id, None);
     }
     let text = String::from_utf8_lossy(sql);
@@ -271,11 +297,17 @@ fn fingerprint_of(
     let by_shape = TextMap::hash(shape.as_bytes()) ^ SHAPE_HASH_SALT;
     if has_literals {
         if let Some(id) = known(by_text.get(by_shape)) {
+            by_text.remember_recent(exact, id);
             return (id, None);
         }
     }
     let (id, normalized) = fingerprint(&text);
-    by_text.insert(if has_literals { by_shape } else { exact }, id);
+    if has_literals {
+        by_text.insert(by_shape, id);
+        by_text.remember_recent(exact, id);
+    } else {
+        by_text.insert(exact, id);
+    }
     (id, Some(normalized))
 }
 

@@ -163,10 +163,16 @@ impl StatsRecorder {
 /// (fingerprint ids, invalidation keys): those keep their fixed hash.
 pub fn process_hash(bytes: &[u8]) -> u64 {
     use std::hash::BuildHasher;
+    process_hasher().hash_one(bytes)
+}
+
+/// The seeded state behind [`process_hash`], for this process's own hash maps and
+/// caches keyed by client-chosen bytes.
+pub fn process_hasher() -> foldhash::fast::FixedState {
     static STATE: std::sync::OnceLock<foldhash::fast::FixedState> = std::sync::OnceLock::new();
     STATE
         .get_or_init(|| foldhash::fast::FixedState::with_seed(rand::random()))
-        .hash_one(bytes)
+        .clone()
 }
 
 /// Rows a `CommandComplete` tag reports (`SELECT 5`, `INSERT 0 3`, `UPDATE 2`).
@@ -218,6 +224,41 @@ mod tests {
             "fingerprints {fingerprints}"
         );
         assert!(!stats.snapshot().queries.is_empty());
+    }
+
+    #[tokio::test]
+    async fn repeated_texts_with_literals_count_under_their_fingerprint() {
+        let stats = StatsRecorder::start(&config(100));
+        // Repeats of one text are found by its exact hash (the recent table); a new
+        // literal by the shape; a text of another shape gets its own fingerprint.
+        for sql in [
+            "SELECT a FROM t WHERE id = 1",
+            "SELECT a FROM t WHERE id = 1",
+            "SELECT a FROM t WHERE id = 2",
+            "SELECT a FROM t WHERE id = 1",
+            "SELECT b FROM t WHERE id = 1",
+            "SELECT a FROM t WHERE id = 2",
+        ] {
+            stats.record(StatementEvent {
+                sql: Bytes::from(sql),
+                duration: Duration::from_micros(5),
+                rows: 1,
+                error: false,
+                served: Served::Cache,
+                call: None,
+            });
+        }
+        stats.flush().await;
+        let snapshot = stats.snapshot();
+        let calls = |query: &str| {
+            snapshot
+                .queries
+                .iter()
+                .find(|q| q.query == query)
+                .map(|q| (q.calls, q.cache_hits))
+        };
+        assert_eq!(calls("select a from t where id = ?"), Some((5, 5)));
+        assert_eq!(calls("select b from t where id = ?"), Some((1, 1)));
     }
 
     #[test]

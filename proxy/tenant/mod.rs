@@ -131,12 +131,7 @@ fn shape_weight(key: &ShapeKey, entry: &Arc<ShapeEntry>) -> u32 {
         ShapeEntry::Rewritten(template) => template.bytes(),
         ShapeEntry::Pass | ShapeEntry::Full => 0,
     };
-    let bytes = key.database.len()
-        + key.tenant.as_ref().map_or(0, |t| t.len())
-        + key.shape.len()
-        + value
-        + DECISION_ENTRY_BYTES;
-    u32::try_from(bytes).unwrap_or(u32::MAX)
+    entry_weight(&key.database, key.tenant.as_deref(), &key.shape, value)
 }
 
 /// What the shape cache learns from the first text of a shape: the shape is judged
@@ -238,11 +233,14 @@ fn decision_weight(key: &DecisionKey, decision: &Arc<Decision>) -> u32 {
         }
         Decision::Reject(rejection) => rejection.detail.len(),
     };
-    let bytes = key.database.len()
-        + key.tenant.as_ref().map_or(0, |t| t.len())
-        + key.sql.len()
-        + value
-        + DECISION_ENTRY_BYTES;
+    entry_weight(&key.database, key.tenant.as_deref(), &key.sql, value)
+}
+
+/// Bytes a memo entry holds: its key's database, tenant and text, the value's own
+/// bytes, and a fixed overhead.
+fn entry_weight(database: &str, tenant: Option<&str>, text: &str, value: usize) -> u32 {
+    let bytes =
+        database.len() + tenant.map_or(0, str::len) + text.len() + value + DECISION_ENTRY_BYTES;
     u32::try_from(bytes).unwrap_or(u32::MAX)
 }
 

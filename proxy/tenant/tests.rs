@@ -295,6 +295,25 @@ impl ShapeGuard {
     fn hits(&self) -> u64 {
         self.guard.shape_counts().0
     }
+
+    /// Decides `sql` and asserts it is rewritten to what the full path prints (or a
+    /// text that parses the same), without parameters bound to the tenant; returns it.
+    fn rewritten_like_full(&self, mode: TenancyMode, tenant: &str, sql: &str) -> String {
+        let decision = self.decide(mode, tenant, sql);
+        let Decision::Rewritten {
+            sql: text,
+            tenant_params,
+        } = decision
+        else {
+            panic!("{sql}: {decision:?}");
+        };
+        assert!(tenant_params.is_empty(), "{sql}: {tenant_params:?}");
+        let Decision::Rewritten { sql: expected, .. } = self.full(mode, tenant, sql) else {
+            panic!("{sql}: the full path does not rewrite it");
+        };
+        assert!(same_text(&text, &expected), "{text}\n{expected}");
+        text
+    }
 }
 
 #[test]
@@ -308,15 +327,7 @@ fn a_rewritten_shape_is_reapplied_to_new_literals() {
         "SELECT o.total FROM orders o JOIN products p ON p.id = o.id WHERE o.id = 4242 AND p.name = ''",
         "SELECT o.total FROM orders o JOIN products p ON p.id = o.id WHERE o.id = 1.5 AND p.name = '/* ''; */'",
     ] {
-        let decision = g.decide(mode, "1", sql);
-        let Decision::Rewritten { sql: text, tenant_params } = &decision else {
-            panic!("{sql}: {decision:?}");
-        };
-        assert!(tenant_params.is_empty());
-        let Decision::Rewritten { sql: expected, .. } = g.full(mode, "1", sql) else {
-            panic!("{sql}: the full path does not rewrite it");
-        };
-        assert!(same_text(text, &expected), "{text}\n{expected}");
+        let text = g.rewritten_like_full(mode, "1", sql);
         assert!(text.contains("o.\"tenant_id\" = 1"), "{text}");
     }
     assert_eq!(g.hits(), 2);
@@ -406,14 +417,7 @@ fn typed_literals_keep_their_type_name() {
         "SELECT * FROM orders WHERE created > date '2020-01-01' AND total > 5",
         "SELECT * FROM orders WHERE created > date '2021-02-03' AND total > 6.5",
     ] {
-        let decision = g.decide(mode, "1", sql);
-        let Decision::Rewritten { sql: text, .. } = &decision else {
-            panic!("{sql}: {decision:?}");
-        };
-        let Decision::Rewritten { sql: expected, .. } = g.full(mode, "1", sql) else {
-            panic!("{sql}: the full path does not rewrite it");
-        };
-        assert!(same_text(text, &expected), "{text}\n{expected}");
+        g.rewritten_like_full(mode, "1", sql);
     }
     assert_eq!(g.hits(), 1);
 }
