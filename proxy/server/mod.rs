@@ -27,6 +27,7 @@ mod pump;
 mod responses;
 mod routing;
 mod scram_server;
+mod server_lease;
 mod server_messages;
 mod session;
 pub mod session_effects;

@@ -2,7 +2,8 @@
 //! needed, forward, relay the answers, and give the server back when the transaction
 //! is over. The steps live in sibling files: `client_messages` (what each client
 //! message does), `server_messages` (what each server message does), `pump` (bytes in
-//! both directions), `responses` (the order of answers owed).
+//! both directions), `responses` (the order of answers owed), `server_lease` (taking a
+//! server connection from the pool and giving it back).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -11,17 +12,17 @@ use bytes::BytesMut;
 
 use super::cancel::CancelRegistration;
 use super::pooled_state::PooledState;
-use super::pump::{shrink_if_idle, Pump, PumpError, Pumped};
+use super::pump::{Pump, PumpError, Pumped};
 use super::responses::ResponseQueue;
 use super::routing::SessionRouting;
 use super::session_effects::Effect;
-use super::settings::{SessionSettings, UNKNOWN_SETTINGS};
+use super::settings::SessionSettings;
 use super::shutdown::Phase;
 use super::statements::ClientStatements;
 use super::stream::ClientStream;
 use super::SessionError;
 use crate::config::PoolMode;
-use crate::pool::{PoolError, PooledServer, ServerPool};
+use crate::pool::{PooledServer, ServerPool};
 use crate::protocol::tag::TransactionStatus;
 use crate::runtime::Runtime;
 
@@ -350,209 +351,6 @@ impl Session {
                 SessionError::ServerLost("server closed the connection".into())
             }
         }
-    }
-
-    pub(super) fn server_failed(&mut self) {
-        if let Some(server) = self.server.as_mut() {
-            server.mark_broken();
-            self.note_lost_server();
-            self.failed_backend = Some(self.backend);
-            if let Some(state) = self.routing.as_mut() {
-                state.failed_frames = std::mem::take(&mut state.retry_frames);
-            }
-        }
-        self.release();
-    }
-
-    /// Transaction pooling: the server goes back once every answer is relayed and the
-    /// server reported idle.
-    async fn maybe_release(&mut self) {
-        if self.mode == PoolMode::Transaction
-            && self.responses.is_empty()
-            && !self.batch_open
-            && !self.pooled.is_pinned()
-            && !self.responses.awaiting_sync()
-            && self.status == TransactionStatus::Idle
-            && self.to_server.is_empty()
-            && !self.streamed.is_open()
-            && self.server.as_ref().is_some_and(|s| s.read_buf.is_empty())
-        {
-            if self.backend == 0 {
-                self.record_write_position().await;
-            }
-            self.release();
-        }
-    }
-
-    /// Gives back buffer capacity a large result or COPY left behind, once the buffers
-    /// are empty (see [`shrink_if_idle`]).
-    fn shrink_buffers(&mut self) {
-        shrink_if_idle(&mut self.client_buf);
-        shrink_if_idle(&mut self.to_client);
-        shrink_if_idle(&mut self.to_server);
-        if let Some(server) = self.server.as_mut() {
-            shrink_if_idle(&mut server.read_buf);
-        }
-    }
-
-    pub(super) fn release(&mut self) {
-        if let Some(mut server) = self.server.take() {
-            if self.streamed.is_open() {
-                self.cut_message = true;
-                self.streamed.reset();
-            }
-            // A pooled connection keeps no large read buffer for its next client.
-            shrink_if_idle(&mut server.read_buf);
-            server.last_used = Instant::now();
-            self.cancel.slot.detach();
-            if let Some(state) = self.routing.as_mut() {
-                state.forget_frames();
-                state.wrote = false;
-                if let Some(b) = state.topology.backends.get(self.backend) {
-                    b.in_flight
-                        .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-                }
-            }
-            self.batch_open = false;
-            self.server_switched();
-            if let Some(stats) = self.stats.as_mut() {
-                stats.clear();
-            }
-            self.responses.clear();
-            self.to_server.clear();
-            self.protection.release();
-            // Dropping returns it to the pool (or closes it if marked broken).
-        }
-        if self.client_buf.is_empty() && self.client_buf.capacity() > 0 {
-            self.client_buf = BytesMut::new();
-        }
-    }
-
-    /// Checks a server connection out of the pool and gives it this client's settings.
-    pub(super) async fn acquire(&mut self, mut backend: usize) -> Result<(), SessionError> {
-        if self.server.is_some() {
-            return Ok(());
-        }
-        if self
-            .lost
-            .as_ref()
-            .is_some_and(|lost| lost.pending.is_none())
-        {
-            self.lost = None; // told already, or retried elsewhere
-        }
-        if *self.runtime.paused.borrow() {
-            self.runtime.wait_unpaused().await;
-        }
-        if self.runtime.pools.is_draining(&self.identity.database) {
-            return Err(SessionError::DatabaseDraining(
-                self.identity.database.clone(),
-            ));
-        }
-        let mut server = loop {
-            let pool = if backend == 0 {
-                self.pool.clone()
-            } else {
-                self.runtime
-                    .pool(&self.identity.database, &self.identity.user, backend)?
-            };
-            if backend == 0 {
-                self.circuit_allows(0)?;
-            }
-            match pool.checkout_as(self.fair_group()).await {
-                Ok(server) => {
-                    self.note_backend_success(backend);
-                    break server;
-                }
-                Err(e @ PoolError::LoginRejected(_)) if backend > 0 => {
-                    // The replica is fine; it just does not know this role (yet): read
-                    // from the primary without taking the replica out for everyone.
-                    tracing::warn!(backend, error = %e, "replica refused this role; using the primary");
-                    backend = 0;
-                }
-                Err(e) if backend > 0 => {
-                    // A replica we cannot reach: take it out and read from the primary.
-                    tracing::warn!(backend, error = %e, "replica connection failed");
-                    self.note_backend_failure(backend);
-                    if let Some(state) = self.routing.as_ref() {
-                        state.topology.mark_unhealthy(backend);
-                        state.topology.backends[backend]
-                            .errors
-                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    }
-                    backend = 0;
-                }
-                Err(e) => {
-                    if matches!(
-                        e,
-                        PoolError::Connect { .. }
-                            | PoolError::ConnectTimeout(_)
-                            | PoolError::Unreachable(_)
-                            | PoolError::Io { .. }
-                    ) {
-                        self.note_backend_failure(backend);
-                    }
-                    return Err(e.into());
-                }
-            }
-        };
-        if server.settings_hash != self.settings.hash() {
-            let sql = self.settings.replay_sql();
-            if let Err(e) = server.run_internal(&sql).await {
-                server.mark_broken();
-                tracing::warn!(user = %self.identity.user, error = %e, "could not apply session settings");
-                return Err(SessionError::Pool(e));
-            }
-            server.settings_hash = self.settings.hash();
-        }
-        self.cancel.slot.attach(&server.address, server.key);
-        self.server_said_fatal = false;
-        server.prepared.start_batch();
-        self.server = Some(server);
-        self.server_switched();
-        self.backend = backend;
-        if let Some(state) = self.routing.as_ref() {
-            if let Some(b) = state.topology.backends.get(backend) {
-                b.in_flight
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                b.routed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            }
-        }
-        Ok(())
-    }
-
-    /// Marks the attached server's settings as unknown (a `SET` went through it).
-    pub(super) fn server_settings_changed(&mut self) {
-        if let Some(server) = self.server.as_mut() {
-            server.settings_hash = UNKNOWN_SETTINGS;
-        }
-    }
-
-    async fn finish(&mut self) {
-        self.database_ddl_done();
-        let Some(server) = self.server.as_mut() else {
-            return;
-        };
-        let clean = self.responses.is_empty()
-            && !self.responses.awaiting_sync()
-            && !self.batch_open
-            && self.status == TransactionStatus::Idle
-            && self.to_server.is_empty();
-        if !clean {
-            // Mid-transaction, mid-batch or mid-answer: the server's state is unknown.
-            server.mark_broken();
-        } else if self.mode == PoolMode::Session || self.pooled.is_pinned() {
-            let reset =
-                tokio::time::timeout(Duration::from_secs(5), server.run_internal("DISCARD ALL"))
-                    .await;
-            match reset {
-                Ok(Ok(())) => {
-                    server.prepared.clear();
-                    server.settings_hash = 0;
-                }
-                _ => server.mark_broken(),
-            }
-        }
-        self.release();
     }
 }
 
