@@ -47,17 +47,6 @@ impl Session {
         }
     }
 
-    /// Gives back buffer capacity a large result or COPY left behind, once the buffers
-    /// are empty (see [`shrink_if_idle`]).
-    pub(super) fn shrink_buffers(&mut self) {
-        shrink_if_idle(&mut self.client_buf);
-        shrink_if_idle(&mut self.to_client);
-        shrink_if_idle(&mut self.to_server);
-        if let Some(server) = self.server.as_mut() {
-            shrink_if_idle(&mut server.read_buf);
-        }
-    }
-
     pub(super) fn release(&mut self) {
         if let Some(mut server) = self.server.take() {
             if self.streamed.is_open() {

@@ -12,7 +12,7 @@ use bytes::BytesMut;
 
 use super::cancel::CancelRegistration;
 use super::pooled_state::PooledState;
-use super::pump::{Pump, PumpError, Pumped};
+use super::pump::{shrink_if_idle, Pump, PumpError, Pumped};
 use super::responses::ResponseQueue;
 use super::routing::SessionRouting;
 use super::session_effects::Effect;
@@ -336,6 +336,17 @@ impl Session {
             None => pump.run().await,
         };
         result.map_err(|e| Some(self.pump_error(e)))
+    }
+
+    /// Gives back buffer capacity a large result or COPY left behind, once the buffers
+    /// are empty (see [`shrink_if_idle`]).
+    fn shrink_buffers(&mut self) {
+        shrink_if_idle(&mut self.client_buf);
+        shrink_if_idle(&mut self.to_client);
+        shrink_if_idle(&mut self.to_server);
+        if let Some(server) = self.server.as_mut() {
+            shrink_if_idle(&mut server.read_buf);
+        }
     }
 
     fn pump_error(&mut self, error: PumpError) -> SessionError {

@@ -127,13 +127,17 @@ impl TextMap {
         }
     }
 
+    fn recent_slot(&self, hash: u64) -> usize {
+        hash as usize & (self.recent.len() - 1)
+    }
+
     fn recent(&self, hash: u64) -> Option<FingerprintId> {
-        let (at, id) = self.recent[hash as usize & (self.recent.len() - 1)];
+        let (at, id) = self.recent[self.recent_slot(hash)];
         (at == hash && hash != 0).then_some(id)
     }
 
     fn remember_recent(&mut self, hash: u64, id: FingerprintId) {
-        let slot = hash as usize & (self.recent.len() - 1);
+        let slot = self.recent_slot(hash);
         self.recent[slot] = (hash, id);
     }
 

@@ -188,6 +188,18 @@ pub fn rows_from_tag(tag: &[u8]) -> u64 {
 mod tests {
     use super::*;
 
+    /// A successful statement event of no rows, outside any call context.
+    fn event(sql: impl Into<Bytes>, duration: Duration, served: Served) -> StatementEvent {
+        StatementEvent {
+            sql: sql.into(),
+            duration,
+            rows: 0,
+            error: false,
+            served,
+            call: None,
+        }
+    }
+
     fn config(max_fingerprints: usize) -> StatsConfig {
         StatsConfig {
             max_fingerprints,
@@ -205,14 +217,11 @@ mod tests {
         });
         for i in 0..20_000 {
             // Distinct texts, a few hundred distinct fingerprints.
-            stats.record(StatementEvent {
-                sql: Bytes::from(format!("SELECT c{} FROM t WHERE id = {i}", i % 300)),
-                duration: Duration::from_micros(10),
-                rows: 0,
-                error: false,
-                served: Served::Primary,
-                call: None,
-            });
+            stats.record(event(
+                format!("SELECT c{} FROM t WHERE id = {i}", i % 300),
+                Duration::from_micros(10),
+                Served::Primary,
+            ));
         }
         stats.flush().await;
         let memory = stats.memory();
@@ -240,12 +249,8 @@ mod tests {
             "SELECT a FROM t WHERE id = 2",
         ] {
             stats.record(StatementEvent {
-                sql: Bytes::from(sql),
-                duration: Duration::from_micros(5),
                 rows: 1,
-                error: false,
-                served: Served::Cache,
-                call: None,
+                ..event(sql, Duration::from_micros(5), Served::Cache)
             });
         }
         stats.flush().await;
@@ -277,12 +282,9 @@ mod tests {
             ("SELECT x FROM t", true),
         ] {
             stats.record(StatementEvent {
-                sql: Bytes::from(sql),
-                duration: Duration::from_millis(2),
                 rows: 1,
                 error,
-                served: Served::Primary,
-                call: None,
+                ..event(sql, Duration::from_millis(2), Served::Primary)
             });
         }
         stats.flush().await;
@@ -310,23 +312,17 @@ mod tests {
     #[tokio::test]
     async fn memory_is_bounded_and_cheap_fingerprints_go_first() {
         let stats = StatsRecorder::start(&config(10));
-        stats.record(StatementEvent {
-            sql: Bytes::from("SELECT expensive FROM t"),
-            duration: Duration::from_secs(1),
-            rows: 0,
-            error: false,
-            served: Served::Replica,
-            call: None,
-        });
+        stats.record(event(
+            "SELECT expensive FROM t",
+            Duration::from_secs(1),
+            Served::Replica,
+        ));
         for i in 0..50 {
-            stats.record(StatementEvent {
-                sql: Bytes::from(format!("SELECT c{i} FROM t")),
-                duration: Duration::from_micros(10),
-                rows: 0,
-                error: false,
-                served: Served::Primary,
-                call: None,
-            });
+            stats.record(event(
+                format!("SELECT c{i} FROM t"),
+                Duration::from_micros(10),
+                Served::Primary,
+            ));
         }
         stats.flush().await;
         let snapshot = stats.snapshot();
