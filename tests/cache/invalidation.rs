@@ -1,0 +1,302 @@
+//! The result cache's invalidation against real PostgreSQL: committed writes
+//! invalidate exactly their tables (schema-qualified, same-named in two schemas,
+//! rolled back), keyed writes only their rows, another instance within 100 ms, and
+//! writes that bypass pgwarden through the logical slot (`wal_invalidation`).
+
+use super::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn committed_writes_invalidate_exactly_their_tables() {
+    let cluster = cluster(0, &[]);
+    setup(
+        &cluster,
+        "CREATE SCHEMA a; CREATE SCHEMA b;
+         CREATE TABLE a.t (id int primary key, v int); CREATE TABLE b.t (id int primary key, v int);
+         INSERT INTO a.t VALUES (1, 10); INSERT INTO b.t VALUES (1, 20);
+         CREATE TABLE other (id int primary key, v int); INSERT INTO other VALUES (1, 1);",
+    )
+    .await;
+    let proxy = start(&cluster, |_| {}).await;
+    let mut c1 = wire(&proxy).await;
+    let mut c2 = wire(&proxy).await;
+    let read_a = "/* pgwarden:cache */ SELECT v FROM a.t WHERE id = 1";
+    let read_b = "/* pgwarden:cache */ SELECT v FROM b.t WHERE id = 1";
+    let read_other = "/* pgwarden:cache */ SELECT v FROM other WHERE id = 1";
+    // Same connection, autocommit, unqualified name resolved through search_path.
+    simple_value(&mut c1, "SET search_path = a, public").await;
+    for sql in [read_a, read_b, read_other] {
+        simple_value(&mut c1, sql).await;
+    }
+    simple_value(&mut c1, "UPDATE t SET v = 11 WHERE id = 1").await;
+    let before = hits(&proxy);
+    assert_eq!(simple_value(&mut c1, read_a).await.as_deref(), Some("11"));
+    assert_eq!(simple_value(&mut c1, read_b).await.as_deref(), Some("20"));
+    assert_eq!(
+        simple_value(&mut c1, read_other).await.as_deref(),
+        Some("1")
+    );
+    assert_eq!(hits(&proxy), before + 2, "b.t and other stayed cached");
+
+    // Another connection, in a transaction: invalidated at COMMIT, before the client
+    // sees it.
+    simple_value(&mut c2, "BEGIN").await;
+    simple_value(&mut c2, "UPDATE b.t SET v = 21 WHERE id = 1").await;
+    assert_eq!(simple_value(&mut c1, read_b).await.as_deref(), Some("20"));
+    simple_value(&mut c2, "COMMIT").await;
+    assert_eq!(simple_value(&mut c1, read_b).await.as_deref(), Some("21"));
+    assert_eq!(simple_value(&mut c2, read_b).await.as_deref(), Some("21"));
+
+    // A rolled-back write leaves the committed value.
+    simple_value(&mut c2, "BEGIN").await;
+    simple_value(&mut c2, "UPDATE b.t SET v = 99 WHERE id = 1").await;
+    simple_value(&mut c2, "ROLLBACK").await;
+    assert_eq!(simple_value(&mut c1, read_b).await.as_deref(), Some("21"));
+    assert_eq!(simple_value(&mut c1, read_b).await.as_deref(), Some("21"));
+
+    // Extended protocol write of a prepared statement, executed twice.
+    let mut c3 = wire(&proxy).await;
+    for v in ["30", "31"] {
+        let frames = within(
+            "prepared update",
+            c3.extended(
+                "bump",
+                Some("UPDATE other SET v = $1 WHERE id = 1").filter(|_| v == "30"),
+                &[Some(v.as_bytes())],
+                false,
+                0,
+            ),
+        )
+        .await;
+        assert!(frames.iter().all(|f| f[0] != b'E'));
+        assert_eq!(simple_value(&mut c1, read_other).await.as_deref(), Some(v));
+    }
+
+    // DDL drops the database's entries; same-named tables stay apart.
+    simple_value(&mut c1, read_a).await;
+    simple_value(&mut c2, "ALTER TABLE a.t ADD COLUMN w int").await;
+    let before = proxy.runtime.cache.totals();
+    assert_eq!(simple_value(&mut c1, read_a).await.as_deref(), Some("11"));
+    assert_eq!(
+        proxy.runtime.cache.totals().hits,
+        before.hits,
+        "DDL cleared"
+    );
+
+    // search_path is part of the key: the same text reads a different table.
+    let unqualified = "/* pgwarden:cache */ SELECT v FROM t WHERE id = 1";
+    let mut in_a = wire(&proxy).await;
+    let mut in_b = wire(&proxy).await;
+    simple_value(&mut in_a, "SET search_path = a").await;
+    simple_value(&mut in_b, "SET search_path = b").await;
+    for _ in 0..2 {
+        assert_eq!(
+            simple_value(&mut in_a, unqualified).await.as_deref(),
+            Some("11")
+        );
+        assert_eq!(
+            simple_value(&mut in_b, unqualified).await.as_deref(),
+            Some("21")
+        );
+    }
+    simple_value(&mut c2, "UPDATE b.t SET v = 22 WHERE id = 1").await;
+    assert_eq!(
+        simple_value(&mut in_b, unqualified).await.as_deref(),
+        Some("22")
+    );
+    assert_eq!(
+        simple_value(&mut in_a, unqualified).await.as_deref(),
+        Some("11")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keyed_writes_invalidate_only_their_rows() {
+    /// Runs each read twice on a fresh connection: a fill, then a hit.
+    async fn warm(proxy: &RunningProxy, sqls: Vec<String>) {
+        let mut c = wire(proxy).await;
+        for sql in &sqls {
+            simple_value(&mut c, sql).await;
+            simple_value(&mut c, sql).await;
+        }
+    }
+    let cluster = cluster(0, &[]);
+    setup(
+        &cluster,
+        "CREATE TABLE acc (id int primary key, grp int, v int);
+         INSERT INTO acc SELECT g, g % 2, g * 10 FROM generate_series(1, 4) g;
+         CREATE TABLE parent (id bigint primary key);
+         CREATE TABLE child (id int primary key, parent_id bigint REFERENCES parent (id) ON DELETE CASCADE);
+         INSERT INTO parent VALUES (1), (2); INSERT INTO child VALUES (1, 1), (2, 2);
+         CREATE TABLE trig (id int primary key, v int); INSERT INTO trig VALUES (1, 1), (2, 2);
+         CREATE FUNCTION bump_others() RETURNS trigger LANGUAGE plpgsql AS $$
+           BEGIN IF pg_trigger_depth() = 1 THEN UPDATE trig SET v = v + 100 WHERE id <> NEW.id; END IF;
+           RETURN NEW; END $$;
+         CREATE TRIGGER bump AFTER UPDATE ON trig FOR EACH ROW EXECUTE FUNCTION bump_others();",
+    )
+    .await;
+    let proxy = start(&cluster, |_| {}).await;
+    let mut c = wire(&proxy).await;
+    let by_id = |id: u32| format!("/* pgwarden:cache */ SELECT v FROM acc WHERE id = {id}");
+    let by_grp = "/* pgwarden:cache */ SELECT sum(v) FROM acc WHERE grp = 0";
+    let total = "/* pgwarden:cache */ SELECT sum(v) FROM acc";
+    warm(
+        &proxy,
+        vec![by_id(1), by_id(2), by_grp.into(), total.into()],
+    )
+    .await;
+
+    // A write confined to id = 1 keeps id = 2 cached; reads keyed on another column,
+    // or not keyed, are stale after it.
+    simple_value(&mut c, "UPDATE acc SET v = 11 WHERE id = 1").await;
+    let before = hits(&proxy);
+    assert_eq!(simple_value(&mut c, &by_id(1)).await.as_deref(), Some("11"));
+    assert_eq!(hits(&proxy), before, "id = 1 was invalidated");
+    assert_eq!(simple_value(&mut c, &by_id(2)).await.as_deref(), Some("20"));
+    assert_eq!(hits(&proxy), before + 1, "id = 2 stayed cached");
+    assert_eq!(simple_value(&mut c, by_grp).await.as_deref(), Some("60"));
+    assert_eq!(simple_value(&mut c, total).await.as_deref(), Some("101"));
+    assert_eq!(hits(&proxy), before + 1, "grp and total were invalidated");
+
+    // A keyed write through the extended protocol, its key a text parameter, then a
+    // binary int4 parameter.
+    warm(&proxy, vec![by_id(1), by_id(2)]).await;
+    for (param, binary, value) in [
+        (b"2".to_vec(), false, "21"),
+        (2i32.to_be_bytes().to_vec(), true, "22"),
+    ] {
+        let frames = within(
+            "keyed update",
+            c.extended(
+                "",
+                Some("UPDATE acc SET v = v + 1 WHERE id = $1"),
+                &[Some(&param)],
+                binary,
+                0,
+            ),
+        )
+        .await;
+        assert!(frames.iter().all(|f| f[0] != b'E'));
+        let before = hits(&proxy);
+        assert_eq!(
+            simple_value(&mut c, &by_id(2)).await.as_deref(),
+            Some(value)
+        );
+        assert_eq!(simple_value(&mut c, &by_id(1)).await.as_deref(), Some("11"));
+        assert_eq!(hits(&proxy), before + 1, "only id = 1 was a hit");
+    }
+
+    // Moving a row to another key is table-wide.
+    warm(&proxy, vec![by_id(1), by_id(4)]).await;
+    simple_value(&mut c, "UPDATE acc SET id = 1004 WHERE id = 4").await;
+    assert_eq!(simple_value(&mut c, &by_id(4)).await, None);
+    assert_eq!(simple_value(&mut c, &by_id(1)).await.as_deref(), Some("11"));
+
+    // A trigger that writes other rows makes its table's writes table-wide.
+    let trig = |id: u32| format!("/* pgwarden:cache */ SELECT v FROM trig WHERE id = {id}");
+    warm(&proxy, vec![trig(2)]).await;
+    simple_value(&mut c, "UPDATE trig SET v = 5 WHERE id = 1").await;
+    assert_eq!(simple_value(&mut c, &trig(2)).await.as_deref(), Some("102"));
+
+    // A cascading foreign key writes the referencing table.
+    let child = "/* pgwarden:cache */ SELECT parent_id FROM child WHERE id = 1";
+    warm(&proxy, vec![child.into()]).await;
+    simple_value(&mut c, "DELETE FROM parent WHERE id = 1").await;
+    assert_eq!(simple_value(&mut c, child).await, None, "cascaded delete");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_instance_invalidates_within_100ms() {
+    let cluster = cluster(0, &[]);
+    setup(
+        &cluster,
+        "CREATE TABLE t (id int primary key, v int); INSERT INTO t VALUES (1, 0);",
+    )
+    .await;
+    let a = start(&cluster, |_| {}).await;
+    let b = start(&cluster, |_| {}).await;
+    let mut on_a = wire(&a).await;
+    let mut on_b = wire(&b).await;
+    let sql = "/* pgwarden:cache */ SELECT v FROM t WHERE id = 1";
+    let mut worst = Duration::ZERO;
+    for round in 1..=10 {
+        assert_eq!(
+            simple_value(&mut on_a, sql).await,
+            Some((round - 1).to_string())
+        );
+        assert_eq!(
+            simple_value(&mut on_b, sql).await,
+            Some((round - 1).to_string())
+        );
+        simple_value(&mut on_b, &format!("UPDATE t SET v = {round} WHERE id = 1")).await;
+        let committed = Instant::now();
+        // The writing session is never served the old entry.
+        assert_eq!(simple_value(&mut on_b, sql).await, Some(round.to_string()));
+        loop {
+            if simple_value(&mut on_a, sql).await == Some(round.to_string()) {
+                break;
+            }
+            assert!(
+                committed.elapsed() < Duration::from_secs(2),
+                "instance A never invalidated"
+            );
+        }
+        worst = worst.max(committed.elapsed());
+    }
+    eprintln!("worst cross-instance invalidation: {worst:?}");
+    assert!(worst < Duration::from_millis(100), "{worst:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wal_invalidation_sees_writes_that_bypass_pgwarden() {
+    let cluster = cluster(0, &["wal_level = logical", "max_replication_slots = 10"]);
+    setup(
+        &cluster,
+        "CREATE TABLE t (id int primary key, v int); INSERT INTO t VALUES (1, 0);",
+    )
+    .await;
+    let proxy = start(&cluster, |c| {
+        c.cache.wal_invalidation = true;
+        c.cache.ttl_ms = 600_000;
+    })
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !proxy
+        .runtime
+        .cache
+        .wal_status()
+        .iter()
+        .any(|(_, s)| s.starts_with("reading slot"))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "slot reader started: {:?}",
+            proxy.runtime.cache.wal_status()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut c = wire(&proxy).await;
+    let sql = "/* pgwarden:cache */ SELECT v FROM t WHERE id = 1";
+    for round in 1..=3 {
+        simple_value(&mut c, sql).await;
+        let before = hits(&proxy);
+        simple_value(&mut c, sql).await;
+        assert_eq!(hits(&proxy), before + 1);
+        let out = cluster
+            .primary()
+            .psql(USER, DATABASE, &format!("UPDATE t SET v = {round}"))
+            .unwrap();
+        let _ = out;
+        let written = Instant::now();
+        loop {
+            if simple_value(&mut c, sql).await == Some(round.to_string()) {
+                break;
+            }
+            assert!(
+                written.elapsed() < Duration::from_secs(3),
+                "direct write never invalidated"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        eprintln!("direct write seen after {:?}", written.elapsed());
+    }
+}
