@@ -3,7 +3,8 @@
 //!
 //! Run with `bench/run.sh` (builds in release first). Knobs (environment):
 //!   DURATION=10  CLIENTS="1 16 64"  MODES="simple extended prepared"
-//!   SCRIPTS="select tpcb"  SCALE=10  TARGETS="direct pgbouncer pgwarden"
+//!   SCRIPTS="select tpcb churn"  SCALE=10  TARGETS="direct pgbouncer pgwarden"
+//!   (churn: `pgbench -C -S`, a SCRAM login per transaction, in the first mode only)
 //!   (also SCRIPTS=tenant and the target pgwarden_rewrite: the tenant guard's cost)
 //!   IDLE="1000 10000" (empty to skip)  IDLE_AUTH="trust scram": idle clients per
 //!   login method, with the RSS they leave once they disconnect  POOL_SIZE=20
@@ -95,7 +96,7 @@ fn main() {
     let duration = env_num("DURATION", 10);
     let clients = env_list("CLIENTS", "1 16 64");
     let modes = env_list("MODES", "simple extended prepared");
-    let mut scripts = env_list("SCRIPTS", "select tpcb");
+    let mut scripts = env_list("SCRIPTS", "select tpcb churn");
     // SCRIPTS=fairness: the noisy-neighbour scenario (bench/protection.rs), not a pgbench script.
     let fairness_run = scripts.iter().any(|s| s == "fairness");
     scripts.retain(|s| s != "fairness");
@@ -297,6 +298,10 @@ fn main() {
     let mut cache_rows = Vec::new();
     for script in &scripts {
         for mode in &modes {
+            // Connection churn is login cost: one protocol mode tells it.
+            if script == "churn" && *mode != modes[0] {
+                continue;
+            }
             for n in &clients {
                 let mut measures: Vec<Measure> = Vec::new();
                 for target in &targets {

@@ -6,7 +6,7 @@
 use std::collections::BTreeSet;
 use std::ops::ControlFlow;
 
-use sqlparser::ast::{CopySource, Expr, ObjectName, Query, Statement, Visit, Visitor};
+use sqlparser::ast::{CopySource, Expr, ObjectName, Query, Statement, TableFactor, Visit, Visitor};
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
 
@@ -110,6 +110,19 @@ struct Names {
     functions: BTreeSet<String>,
     locking: bool,
     non_query: bool,
+    /// The next relation name visited is a table function's (`FROM f(...)`).
+    function_in_from: bool,
+}
+
+/// A function's name as `pg_proc` spells it: the last part, unquoted or lowercased.
+fn function_name(name: &ObjectName) -> Option<String> {
+    let last = name.0.last()?.to_string();
+    Some(
+        match last.strip_prefix('"').and_then(|n| n.strip_suffix('"')) {
+            Some(quoted) => quoted.to_string(),
+            None => last.to_lowercase(),
+        },
+    )
 }
 
 impl Visitor for Names {
@@ -127,23 +140,38 @@ impl Visitor for Names {
         ControlFlow::Continue(())
     }
 
+    fn pre_visit_table_factor(&mut self, factor: &TableFactor) -> ControlFlow<()> {
+        // `FROM generate_series(1, 3)` is a function call, not a table: its
+        // volatility decides, as for any other call.
+        match factor {
+            TableFactor::Table {
+                name,
+                args: Some(_),
+                ..
+            } => {
+                self.functions.extend(function_name(name));
+                self.function_in_from = true;
+            }
+            TableFactor::Function { name, .. } => self.functions.extend(function_name(name)),
+            TableFactor::UNNEST { .. } => {
+                self.functions.insert("unnest".into());
+            }
+            _ => {}
+        }
+        ControlFlow::Continue(())
+    }
+
     fn pre_visit_relation(&mut self, relation: &ObjectName) -> ControlFlow<()> {
+        if std::mem::take(&mut self.function_in_from) {
+            return ControlFlow::Continue(());
+        }
         self.relations.insert(relation.to_string());
         ControlFlow::Continue(())
     }
 
     fn pre_visit_expr(&mut self, expr: &Expr) -> ControlFlow<()> {
         match expr {
-            Expr::Function(function) => {
-                if let Some(last) = function.name.0.last() {
-                    let name = last.to_string();
-                    let name = match name.strip_prefix('"').and_then(|n| n.strip_suffix('"')) {
-                        Some(quoted) => quoted.to_string(),
-                        None => name.to_lowercase(),
-                    };
-                    self.functions.insert(name);
-                }
-            }
+            Expr::Function(function) => self.functions.extend(function_name(&function.name)),
             Expr::Identifier(ident) if ident.quote_style.is_none() => {
                 let name = ident.value.to_lowercase();
                 if VALUE_FUNCTIONS.contains(&name.as_str()) {
@@ -309,6 +337,25 @@ fn harmless_by_keyword(sql: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn functions_in_from_are_calls_not_tables() {
+        let r = read_names("SELECT count(*) FROM small, generate_series(1, 3) g").unwrap();
+        assert_eq!(r.relations, vec!["small"]);
+        assert!(r.functions.contains(&"generate_series".to_string()));
+        let r = read_names("SELECT * FROM t, LATERAL \"MyFn\"(t.a) AS f, unnest(t.b)").unwrap();
+        assert_eq!(r.relations, vec!["t"]);
+        assert!(
+            r.functions.contains(&"MyFn".to_string()),
+            "{:?}",
+            r.functions
+        );
+        assert!(
+            r.functions.contains(&"unnest".to_string()),
+            "{:?}",
+            r.functions
+        );
+    }
 
     #[test]
     fn reads_name_their_tables_and_functions() {

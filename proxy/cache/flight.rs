@@ -1,6 +1,7 @@
 //! Single flight: concurrent misses of one key run the query once. The first miss
 //! becomes the leader; the others wait (bounded) for it to store its result or give
-//! up, then look again.
+//! up, then look again. When a write overtook the leader (its result is not stored),
+//! the followers hear so and join the next flight together.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -9,18 +10,40 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::sync::watch;
 
-type FlightMap = Arc<Mutex<HashMap<Bytes, watch::Receiver<bool>>>>;
+/// How a flight ended, as its followers see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Landing {
+    /// The leader is still running the query.
+    Running,
+    /// The leader is done: its result is stored, or it was not cacheable (an error,
+    /// too large): look again, and run the query alone on a miss.
+    Done,
+    /// A write committed while the leader ran, so its result was not stored: join
+    /// the next flight rather than all running the query at once.
+    Superseded,
+}
+
+type FlightMap = Arc<Mutex<HashMap<Bytes, watch::Receiver<Landing>>>>;
 
 #[derive(Default)]
 pub struct Flights {
     inner: FlightMap,
 }
 
-/// Held by the leader; dropping it (result stored or not) wakes the followers.
+/// Held by the leader; dropping it wakes the followers (with [`Landing::Done`] unless
+/// [`FlightGuard::superseded`] said otherwise).
 pub struct FlightGuard {
     flights: FlightMap,
     key: Bytes,
-    done: watch::Sender<bool>,
+    done: watch::Sender<Landing>,
+    landing: Landing,
+}
+
+impl FlightGuard {
+    /// The leader's result could not be stored because a write overtook it.
+    pub fn superseded(&mut self) {
+        self.landing = Landing::Superseded;
+    }
 }
 
 impl Drop for FlightGuard {
@@ -29,13 +52,17 @@ impl Drop for FlightGuard {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&self.key);
-        let _ = self.done.send(true);
+        let landing = match self.landing {
+            Landing::Running => Landing::Done,
+            other => other,
+        };
+        let _ = self.done.send(landing);
     }
 }
 
 pub enum Joined {
     Leader(FlightGuard),
-    Follower(watch::Receiver<bool>),
+    Follower(watch::Receiver<Landing>),
 }
 
 impl Flights {
@@ -44,12 +71,13 @@ impl Flights {
         if let Some(rx) = map.get(key) {
             return Joined::Follower(rx.clone());
         }
-        let (tx, rx) = watch::channel(false);
+        let (tx, rx) = watch::channel(Landing::Running);
         map.insert(key.clone(), rx);
         Joined::Leader(FlightGuard {
             flights: self.inner.clone(),
             key: key.clone(),
             done: tx,
+            landing: Landing::Running,
         })
     }
 
@@ -58,9 +86,15 @@ impl Flights {
     }
 }
 
-/// Waits for the leader, at most `bound`.
-pub async fn wait(mut follower: watch::Receiver<bool>, bound: Duration) {
-    let _ = tokio::time::timeout(bound, follower.wait_for(|done| *done)).await;
+/// Waits for the leader, at most `bound`: how its flight ended, or `Running` when
+/// the bound passed first.
+pub async fn wait(mut follower: watch::Receiver<Landing>, bound: Duration) -> Landing {
+    match tokio::time::timeout(bound, follower.wait_for(|l| *l != Landing::Running)).await {
+        Ok(Ok(landing)) => *landing,
+        // The sender is gone without a word: treat it as done.
+        Ok(Err(_)) => Landing::Done,
+        Err(_) => Landing::Running,
+    }
 }
 
 #[cfg(test)]
@@ -79,11 +113,43 @@ mod tests {
         };
         let waiter = tokio::spawn(wait(rx, Duration::from_secs(5)));
         drop(guard);
-        tokio::time::timeout(Duration::from_secs(1), waiter)
+        let landing = tokio::time::timeout(Duration::from_secs(1), waiter)
             .await
             .unwrap()
             .unwrap();
+        assert_eq!(landing, Landing::Done);
         assert_eq!(flights.in_flight(), 0);
         assert!(matches!(flights.join(&key), Joined::Leader(_)));
+    }
+
+    #[tokio::test]
+    async fn followers_hear_that_a_write_overtook_the_leader() {
+        let flights = Flights::default();
+        let key = Bytes::from_static(b"k");
+        let Joined::Leader(mut guard) = flights.join(&key) else {
+            panic!("first is leader")
+        };
+        let Joined::Follower(rx) = flights.join(&key) else {
+            panic!("second follows")
+        };
+        let waiter = tokio::spawn(wait(rx, Duration::from_secs(5)));
+        guard.superseded();
+        drop(guard);
+        let landing = tokio::time::timeout(Duration::from_secs(1), waiter)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(landing, Landing::Superseded);
+    }
+
+    #[tokio::test]
+    async fn a_follower_stops_waiting_at_its_bound() {
+        let flights = Flights::default();
+        let key = Bytes::from_static(b"k");
+        let _leader = flights.join(&key);
+        let Joined::Follower(rx) = flights.join(&key) else {
+            panic!("second follows")
+        };
+        assert_eq!(wait(rx, Duration::from_millis(20)).await, Landing::Running);
     }
 }

@@ -18,7 +18,7 @@ use super::SessionError;
 use crate::cache::row_key::{
     column_hash, declared_types, key_hash, resolve, BindParameters, KeyPredicate,
 };
-use crate::cache::{self, Entry, EntryKey, FlightGuard, Joined, WriteNames};
+use crate::cache::{self, Entry, EntryKey, FlightGuard, Joined, Landing, WriteNames};
 use crate::config::{CacheMode, PoolMode};
 use crate::protocol::backend;
 use crate::protocol::extended::{BindView, ParseView};
@@ -59,7 +59,7 @@ struct Fill {
     captured: BytesMut,
     max_bytes: usize,
     too_large: bool,
-    _flight: Option<FlightGuard>,
+    flight: Option<FlightGuard>,
 }
 
 /// A cacheable-looking request at the front of the client buffer.
@@ -117,21 +117,31 @@ impl Session {
             Ok(entry) => Some(entry),
             Err(_) => None,
         };
-        // Single flight: the first miss runs the query, the others wait for it.
-        let flight = match cache.flights.join(&key) {
-            Joined::Leader(guard) => Some(guard),
-            Joined::Follower(_) if refreshing.is_some() => {
-                let entry = refreshing.expect("checked");
-                self.serve_entry(&request, &entry);
-                return Ok(true);
-            }
-            Joined::Follower(rx) => {
-                cache::wait_for_flight(rx, Duration::from_millis(settings.flight_wait_ms)).await;
-                if let Ok(entry) = cache.lookup(&key, min_lsn) {
+        // Single flight: the first miss runs the query, the others wait for it. When a
+        // write committed while the leader ran (its result is not stored), the
+        // followers join the next flight rather than all running the query at once;
+        // after `flight_wait_ms` in all, or when the result was not cacheable, a
+        // follower runs it on its own.
+        let deadline = Instant::now() + Duration::from_millis(settings.flight_wait_ms);
+        let flight = loop {
+            match cache.flights.join(&key) {
+                Joined::Leader(guard) => break Some(guard),
+                Joined::Follower(_) if refreshing.is_some() => {
+                    let entry = refreshing.expect("checked");
                     self.serve_entry(&request, &entry);
                     return Ok(true);
                 }
-                None
+                Joined::Follower(rx) => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    let landing = cache::wait_for_flight(rx, left).await;
+                    if let Ok(entry) = cache.lookup(&key, min_lsn) {
+                        self.serve_entry(&request, &entry);
+                        return Ok(true);
+                    }
+                    if landing != Landing::Superseded || Instant::now() >= deadline {
+                        break None;
+                    }
+                }
             }
         };
         let first_len = check_frame(&self.client_buf, self.max_message)?.unwrap_or(0);
@@ -218,7 +228,7 @@ impl Session {
                 captured: BytesMut::new(),
                 max_bytes: usize::try_from(settings.max_entry_bytes).unwrap_or(usize::MAX),
                 too_large: false,
-                _flight: flight,
+                flight,
             }));
         }
         Ok(false)
@@ -543,7 +553,11 @@ impl Session {
             stored: Instant::now(),
             refreshing: Default::default(),
         };
-        cache.store(fill.key, entry);
+        if !cache.store(fill.key, entry) {
+            if let Some(mut flight) = fill.flight {
+                flight.superseded();
+            }
+        }
     }
 }
 
