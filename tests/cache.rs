@@ -363,6 +363,7 @@ async fn functions_that_are_not_immutable_are_never_cached() {
         "/* pgwarden:cache */ SELECT current_user",
         "/* pgwarden:cache */ SELECT current_timestamp",
         "/* pgwarden:cache */ SELECT bump() FROM t",
+        "/* pgwarden:cache */ SELECT * FROM t, bump() AS b",
         "/* pgwarden:cache */ SELECT * FROM clock",
         "/* pgwarden:cache */ SELECT * FROM pg_class LIMIT 1",
         "/* pgwarden:cache */ SELECT * FROM t FOR UPDATE",
@@ -376,6 +377,14 @@ async fn functions_that_are_not_immutable_are_never_cached() {
     simple_value(&mut c, "/* pgwarden:cache */ SELECT twice(id) FROM t").await;
     simple_value(&mut c, "/* pgwarden:cache */ SELECT twice(id) FROM t").await;
     assert_eq!(hits(&proxy), before + 1, "an IMMUTABLE function is cached");
+    // A function in FROM is a call too, judged by its volatility.
+    simple_value(&mut c, "/* pgwarden:cache */ SELECT * FROM twice(21)").await;
+    simple_value(&mut c, "/* pgwarden:cache */ SELECT * FROM twice(21)").await;
+    assert_eq!(
+        hits(&proxy),
+        before + 2,
+        "an IMMUTABLE function in FROM is cached"
+    );
     let reasons: Vec<String> = proxy
         .runtime
         .cache

@@ -9,8 +9,8 @@ use std::collections::HashSet;
 use std::ops::ControlFlow;
 
 use sqlparser::ast::{
-    Expr, ObjectName, Query, SetExpr, Statement, TransactionAccessMode, TransactionMode, Visit,
-    Visitor,
+    Expr, ObjectName, Query, SetExpr, Statement, TableFactor, TransactionAccessMode,
+    TransactionMode, Visit, Visitor,
 };
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
@@ -288,6 +288,23 @@ impl Visitor for ReadOnlyCheck<'_> {
         }
         ControlFlow::Continue(())
     }
+
+    /// `FROM f(...)` calls `f` as surely as `SELECT f(...)` does.
+    fn pre_visit_table_factor(&mut self, factor: &TableFactor) -> ControlFlow<()> {
+        let called = match factor {
+            TableFactor::Table {
+                name,
+                args: Some(_),
+                ..
+            }
+            | TableFactor::Function { name, .. } => Some(function_name(name)),
+            _ => None,
+        };
+        match called {
+            Some(name) if !self.functions.contains(&name) => ControlFlow::Break(()),
+            _ => ControlFlow::Continue(()),
+        }
+    }
 }
 
 fn function_name(name: &ObjectName) -> String {
@@ -352,6 +369,10 @@ mod tests {
             ("SELECT setval('s', 10)", Write),
             ("SELECT pg_advisory_lock(1)", Write),
             ("SELECT some_user_function(1)", Write),
+            ("SELECT * FROM some_user_function(1)", Write),
+            ("SELECT * FROM t, LATERAL some_user_function(t.a) f", Write),
+            ("SELECT * FROM generate_series(1, 3) g, unnest(ARRAY[1]) u", Read),
+            ("SELECT * FROM my_report(3)", Read),
             ("SELECT * INTO TEMP t2 FROM t", Write),
             ("SELECT 1; INSERT INTO t VALUES (1)", Write),
             ("SELECT 1; SELECT 2", Read),

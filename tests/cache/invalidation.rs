@@ -14,7 +14,9 @@ async fn committed_writes_invalidate_exactly_their_tables() {
         "CREATE SCHEMA a; CREATE SCHEMA b;
          CREATE TABLE a.t (id int primary key, v int); CREATE TABLE b.t (id int primary key, v int);
          INSERT INTO a.t VALUES (1, 10); INSERT INTO b.t VALUES (1, 20);
-         CREATE TABLE other (id int primary key, v int); INSERT INTO other VALUES (1, 1);",
+         CREATE TABLE other (id int primary key, v int); INSERT INTO other VALUES (1, 1);
+         CREATE FUNCTION set_other(int) RETURNS SETOF int LANGUAGE sql VOLATILE
+           AS 'UPDATE other SET v = $1 WHERE id = 1 RETURNING v';",
     )
     .await;
     let proxy = start(&cluster, |_| {}).await;
@@ -71,6 +73,14 @@ async fn committed_writes_invalidate_exactly_their_tables() {
         assert!(frames.iter().all(|f| f[0] != b'E'));
         assert_eq!(simple_value(&mut c1, read_other).await.as_deref(), Some(v));
     }
+
+    // A volatile function called in FROM may write anything.
+    simple_value(&mut c1, read_other).await;
+    simple_value(&mut c2, "SELECT * FROM set_other(40)").await;
+    assert_eq!(
+        simple_value(&mut c1, read_other).await.as_deref(),
+        Some("40")
+    );
 
     // DDL drops the database's entries; same-named tables stay apart.
     simple_value(&mut c1, read_a).await;
