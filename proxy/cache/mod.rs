@@ -84,7 +84,7 @@ pub struct ResultCache {
     /// Per database: whether commits must be tracked (see [`ResultCache::tracks_writes`]).
     /// Read on every forwarded write, changed a few times in the process's life: readers
     /// load a snapshot, writers copy the (small) map.
-    activity: arc_swap::ArcSwap<HashMap<String, Activity>>,
+    activity: arc_swap::ArcSwap<HashMap<String, Activity, KeyHasher>>,
     activity_writer: Mutex<()>,
     /// Per database: NOTIFY payloads for the LISTEN connection to send.
     outbox: Mutex<HashMap<String, tokio::sync::mpsc::UnboundedSender<String>>>,
@@ -192,7 +192,9 @@ impl ResultCache {
             known_commit: AtomicU64::new(0),
             instance: rand::random::<u64>() >> 1,
             wal_status: Mutex::new(HashMap::new()),
-            activity: arc_swap::ArcSwap::from_pointee(HashMap::new()),
+            activity: arc_swap::ArcSwap::from_pointee(HashMap::with_hasher(
+                crate::stats::process_hasher(),
+            )),
             activity_writer: Mutex::new(()),
             outbox: Mutex::new(HashMap::new()),
             need_listen,

@@ -61,7 +61,7 @@ impl ServerTarget {
         Ok(ServerConnection {
             stream: login.stream,
             read_buf: login.buf,
-            address: self.address.clone(),
+            address: self.address.as_str().into(),
             key,
             parameters,
             prepared: Default::default(),

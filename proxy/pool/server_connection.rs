@@ -18,8 +18,9 @@ pub struct ServerConnection {
     pub stream: TcpStream,
     /// Bytes read from the server and not yet relayed.
     pub read_buf: BytesMut,
-    /// `host:port`, for cancel requests and logs.
-    pub address: String,
+    /// `host:port`, for cancel requests and logs (shared: a checkout hands it to the
+    /// client's cancel slot without copying).
+    pub address: std::sync::Arc<str>,
     pub key: BackendKey,
     /// `ParameterStatus` values reported at login.
     pub parameters: Vec<(String, String)>,
@@ -150,7 +151,7 @@ impl ServerConnection {
 
     fn io(&self, source: std::io::Error) -> super::PoolError {
         super::PoolError::Io {
-            address: self.address.clone(),
+            address: self.address.to_string(),
             source,
         }
     }

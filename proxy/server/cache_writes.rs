@@ -325,12 +325,34 @@ impl Session {
 /// test before the classifier is asked).
 fn starts_a_transaction(sql: &[u8]) -> bool {
     let text = sql.trim_ascii_start();
-    let word: Vec<u8> = text
+    let length = text
         .iter()
-        .take_while(|b| b.is_ascii_alphabetic())
-        .map(u8::to_ascii_uppercase)
-        .collect();
-    matches!(word.as_slice(), b"BEGIN" | b"START")
+        .position(|b| !b.is_ascii_alphabetic())
+        .unwrap_or(text.len());
+    let word = &text[..length];
+    word.eq_ignore_ascii_case(b"BEGIN")
+        || word.eq_ignore_ascii_case(b"START")
         || text.starts_with(b"/*")
         || text.starts_with(b"--")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::starts_a_transaction;
+
+    #[test]
+    fn only_texts_that_may_begin_a_transaction_reach_the_classifier() {
+        for sql in [
+            "BEGIN",
+            "  begin read only",
+            "Start Transaction",
+            "/* x */ BEGIN",
+            "-- c\nBEGIN",
+        ] {
+            assert!(starts_a_transaction(sql.as_bytes()), "{sql}");
+        }
+        for sql in ["SELECT 1", "BEGINNING", "STARTS", "", "  ", "commit"] {
+            assert!(!starts_a_transaction(sql.as_bytes()), "{sql}");
+        }
+    }
 }

@@ -10,7 +10,7 @@ use crate::pool::BackendKey;
 /// Which server a client's queries are running on right now, if any.
 #[derive(Debug, Default)]
 pub struct CancelSlot {
-    current: Mutex<Option<(String, BackendKey)>>,
+    current: Mutex<Option<(Arc<str>, BackendKey)>>,
     /// Why the client is pinned to its server connection (`Pins` bits), for admins.
     pins: std::sync::atomic::AtomicU8,
 }
@@ -27,15 +27,15 @@ impl CancelSlot {
         )
     }
 
-    pub fn attach(&self, address: &str, key: BackendKey) {
-        *self.current.lock().unwrap_or_else(|e| e.into_inner()) = Some((address.to_string(), key));
+    pub fn attach(&self, address: &Arc<str>, key: BackendKey) {
+        *self.current.lock().unwrap_or_else(|e| e.into_inner()) = Some((address.clone(), key));
     }
 
     pub fn detach(&self) {
         *self.current.lock().unwrap_or_else(|e| e.into_inner()) = None;
     }
 
-    fn target(&self) -> Option<(String, BackendKey)> {
+    fn target(&self) -> Option<(Arc<str>, BackendKey)> {
         self.current
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -158,7 +158,7 @@ impl CancelRegistry {
             .map(|(pid, entry)| ClientView {
                 pid: *pid,
                 info: entry.info.clone(),
-                server: entry.slot.target().map(|(address, key)| (address, key.pid)),
+                server: entry.slot.target().map(|(address, key)| (address.to_string(), key.pid)),
                 pinned: entry.slot.pins().describe(),
             })
             .collect();
