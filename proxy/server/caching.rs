@@ -120,9 +120,11 @@ impl Session {
         // Single flight: the first miss runs the query, the others wait for it. When a
         // write committed while the leader ran (its result is not stored), the
         // followers join the next flight rather than all running the query at once;
-        // after `flight_wait_ms` in all, or when the result was not cacheable, a
-        // follower runs it on its own.
+        // after `flight_wait_ms` in all, when the result was not cacheable, or when
+        // the next flight was overtaken too (a table written faster than the query
+        // runs), a follower runs it on its own.
         let deadline = Instant::now() + Duration::from_millis(settings.flight_wait_ms);
+        let mut rejoins_left = 1;
         let flight = loop {
             match cache.flights.join(&key) {
                 Joined::Leader(guard) => break Some(guard),
@@ -138,9 +140,13 @@ impl Session {
                         self.serve_entry(&request, &entry);
                         return Ok(true);
                     }
-                    if landing != Landing::Superseded || Instant::now() >= deadline {
+                    if landing != Landing::Superseded
+                        || rejoins_left == 0
+                        || Instant::now() >= deadline
+                    {
                         break None;
                     }
+                    rejoins_left -= 1;
                 }
             }
         };

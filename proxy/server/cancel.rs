@@ -158,7 +158,10 @@ impl CancelRegistry {
             .map(|(pid, entry)| ClientView {
                 pid: *pid,
                 info: entry.info.clone(),
-                server: entry.slot.target().map(|(address, key)| (address.to_string(), key.pid)),
+                server: entry
+                    .slot
+                    .target()
+                    .map(|(address, key)| (address.to_string(), key.pid)),
                 pinned: entry.slot.pins().describe(),
             })
             .collect();
