@@ -187,23 +187,43 @@ fn spawn_reload_on_sighup(state: std::sync::Arc<pgwarden::Runtime>) {
 /// arenas: after 10,000 idle clients came and went, the process stayed at the RSS it
 /// had with them connected. When the client count has fallen by `TRIM_AFTER` since its
 /// highest point (sampled once a second), the free pages are given back with
-/// `malloc_trim` on a blocking thread (issue 13: RSS left after clients go).
+/// `malloc_trim` on a blocking thread (issue 13: RSS left after clients go). 200
+/// clients are about 800 KiB; at 1,000 the sampled peak could miss the threshold, and
+/// 1,000 idle clients that came and went left 4-5 KiB each behind.
 fn spawn_memory_trim(state: std::sync::Arc<pgwarden::Runtime>) {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     tokio::spawn(async move {
-        const TRIM_AFTER: usize = 1000;
+        const TRIM_AFTER: usize = 200;
         let mut ticker = tokio::time::interval(std::time::Duration::from_secs(1));
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Sessions are counted out before all their memory is freed: one more trim a
+        // couple of seconds after a trim gives back what the last leavers held.
+        const FOLLOW_UP_TICKS: u32 = 2;
         let mut peak = 0;
+        let mut follow_up: Option<u32> = None;
         loop {
             ticker.tick().await;
             let clients = state.client_count();
             peak = clients.max(peak);
+            let due = match follow_up {
+                Some(0) => {
+                    follow_up = None;
+                    true
+                }
+                Some(ticks) => {
+                    follow_up = Some(ticks - 1);
+                    false
+                }
+                None => false,
+            };
             if peak - clients >= TRIM_AFTER {
                 peak = clients;
-                // SAFETY: malloc_trim only walks glibc's own arenas, under their locks.
-                let _ = tokio::task::spawn_blocking(|| unsafe { libc::malloc_trim(0) }).await;
+                follow_up = Some(FOLLOW_UP_TICKS);
+            } else if !due {
+                continue;
             }
+            // SAFETY: malloc_trim only walks glibc's own arenas, under their locks.
+            let _ = tokio::task::spawn_blocking(|| unsafe { libc::malloc_trim(0) }).await;
         }
     });
     #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
