@@ -3,12 +3,15 @@
 //! bypass pgwarden with `wal_invalidation`), keys that never cross tenants, roles or
 //! `search_path`, functions that are never cached, TTL, the memory bound, single flight,
 //! and a randomized consistency check with two instances and a replica. The invalidation
-//! tests live in `cache/invalidation.rs`.
+//! tests live in `cache/invalidation.rs`, the single-flight ones in `cache/flights.rs`.
 
 mod support;
 
 #[path = "cache/invalidation.rs"]
 mod invalidation;
+
+#[path = "cache/flights.rs"]
+mod flights;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -453,45 +456,6 @@ async fn ttl_expiry_and_memory_bound() {
     eprintln!(
         "10,000 distinct keys in {:?}: {totals:?}",
         started.elapsed()
-    );
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_misses_run_one_query() {
-    let cluster = cluster(0, &["shared_preload_libraries = 'pg_stat_statements'"]);
-    setup(
-        &cluster,
-        "CREATE EXTENSION pg_stat_statements; CREATE TABLE big AS SELECT g AS id FROM generate_series(1, 2000000) g;",
-    )
-    .await;
-    let proxy = start(&cluster, |c| c.pool.size = 60).await;
-    let sql = "/* pgwarden:cache */ SELECT count(*), sum(id) FROM big WHERE id % 7 = 3";
-    let mut tasks = Vec::new();
-    let barrier = Arc::new(tokio::sync::Barrier::new(50));
-    for _ in 0..50 {
-        let port = proxy.port();
-        let barrier = barrier.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut c = within("login", Wire::tcp(port, USER, DATABASE, &[])).await;
-            within("all clients logged in", barrier.wait()).await;
-            first_value(&within("query", c.simple(sql)).await)
-        }));
-    }
-    let mut values = Vec::new();
-    for task in tasks {
-        values.push(task.await.unwrap());
-    }
-    assert!(values.windows(2).all(|w| w[0] == w[1]) && values[0].is_some());
-    let mut d = direct(&cluster).await;
-    let calls = simple_value(
-        &mut d,
-        "SELECT sum(calls)::text FROM pg_stat_statements WHERE query LIKE '%sum(id) FROM big%'",
-    )
-    .await;
-    assert_eq!(
-        calls.as_deref(),
-        Some("1"),
-        "50 concurrent misses, one query"
     );
 }
 
