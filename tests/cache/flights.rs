@@ -3,6 +3,26 @@
 
 use super::*;
 
+/// `n` clients log in, then all send `sql` at once; each task returns the first value.
+fn clients_running(
+    proxy: &RunningProxy,
+    n: usize,
+    sql: &'static str,
+) -> Vec<tokio::task::JoinHandle<Option<String>>> {
+    let barrier = Arc::new(tokio::sync::Barrier::new(n));
+    (0..n)
+        .map(|_| {
+            let port = proxy.port();
+            let barrier = barrier.clone();
+            tokio::spawn(async move {
+                let mut c = within("login", Wire::tcp(port, USER, DATABASE, &[])).await;
+                within("all clients logged in", barrier.wait()).await;
+                first_value(&within("query", c.simple(sql)).await)
+            })
+        })
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_misses_run_one_query() {
     let cluster = cluster(0, &["shared_preload_libraries = 'pg_stat_statements'"]);
@@ -13,17 +33,7 @@ async fn concurrent_misses_run_one_query() {
     .await;
     let proxy = start(&cluster, |c| c.pool.size = 60).await;
     let sql = "/* pgwarden:cache */ SELECT count(*), sum(id) FROM big WHERE id % 7 = 3";
-    let mut tasks = Vec::new();
-    let barrier = Arc::new(tokio::sync::Barrier::new(50));
-    for _ in 0..50 {
-        let port = proxy.port();
-        let barrier = barrier.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut c = within("login", Wire::tcp(port, USER, DATABASE, &[])).await;
-            within("all clients logged in", barrier.wait()).await;
-            first_value(&within("query", c.simple(sql)).await)
-        }));
-    }
+    let tasks = clients_running(&proxy, 50, sql);
     let mut values = Vec::new();
     for task in tasks {
         values.push(task.await.unwrap());
@@ -63,17 +73,7 @@ async fn followers_of_an_overtaken_flight_share_the_next_one() {
     // A scan of the big table for each row of the small one: a query that runs long
     // enough for a write to the small table to commit meanwhile.
     let sql = "/* pgwarden:cache */ SELECT count(*) FROM small, big WHERE big.n % 7 <> small.id";
-    let barrier = Arc::new(tokio::sync::Barrier::new(CLIENTS));
-    let mut tasks = Vec::new();
-    for _ in 0..CLIENTS {
-        let port = proxy.port();
-        let barrier = barrier.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut c = within("login", Wire::tcp(port, USER, DATABASE, &[])).await;
-            within("all clients logged in", barrier.wait()).await;
-            first_value(&within("query", c.simple(sql)).await)
-        }));
-    }
+    let tasks = clients_running(&proxy, CLIENTS, sql);
     // Once the leader's query runs on the server, a write to the small table commits
     // through pgwarden.
     let mut d = direct(&cluster).await;
