@@ -18,8 +18,8 @@
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use pgwarden::cluster::{free_port, ClusterSpec, LocalCluster, PgBinaries};
 
@@ -27,9 +27,19 @@ mod bulk;
 mod cache;
 mod cpu;
 mod idle;
+mod pgbench;
 mod protection;
+mod proxies;
+mod report;
 mod tenant;
 mod tls;
+
+use pgbench::{run_pgbench, transactions_per_node, Measure};
+use proxies::{
+    http_port_of, pgwarden_command, server_pid, start_pgbouncer, start_pgwarden,
+    start_pgwarden_binary, wait_ready, Guard, Pgwarden, TLS_FILES,
+};
+use report::{render, render_csv};
 
 const USER: &str = "pgwarden";
 const PASSWORD: &str = "pgwarden-secret";
@@ -48,48 +58,6 @@ fn env_num(name: &str, default: u64) -> u64 {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-/// A child process killed on drop.
-struct Guard(Child);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        // pgbouncer runs as a child of runuser when we are root: stop it too.
-        let pid = self.0.id();
-        let worker = server_pid(pid);
-        if worker != pid {
-            unsafe {
-                libc::kill(worker as libc::pid_t, libc::SIGTERM);
-            }
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-#[derive(Debug, Default, Clone, Copy)]
-struct Measure {
-    tps: f64,
-    latency_ms: f64,
-    failed: bool,
-    /// `SCRIPTS=report|hotkeys`: p99 latency from `pgbench -l`.
-    p99_ms: Option<f64>,
-}
-
-/// (proxy port, HTTP port) of every pgwarden started, for `/api/cache`.
-static HTTP_PORTS: std::sync::Mutex<Vec<(u16, u16)>> = std::sync::Mutex::new(Vec::new());
-
-/// (certificate, key) every pgwarden serves TLS with, when the bulk phase uses TLS.
-static TLS_FILES: std::sync::Mutex<Option<(String, String)>> = std::sync::Mutex::new(None);
-
-fn http_port_of(port: u16) -> Option<u16> {
-    HTTP_PORTS
-        .lock()
-        .unwrap()
-        .iter()
-        .find(|(p, _)| *p == port)
-        .map(|(_, h)| *h)
 }
 
 fn main() {
@@ -172,26 +140,19 @@ fn main() {
         )
     });
     let warden_port = free_port();
-    let _warden = targets.iter().any(|t| t == "pgwarden").then(|| {
-        start_pgwarden(
-            &cluster,
-            warden_port,
-            pool_size,
-            "scram-sha-256",
-            true,
-            "off",
-        )
-    });
+    let _warden = targets
+        .iter()
+        .any(|t| t == "pgwarden")
+        .then(|| start_pgwarden(&cluster, &Pgwarden::scram(warden_port, pool_size)));
     // The same proxy with query statistics off, to measure what they cost.
     let nostats_port = free_port();
     let _nostats = targets.iter().any(|t| t == "pgwarden_nostats").then(|| {
         start_pgwarden(
             &cluster,
-            nostats_port,
-            pool_size,
-            "scram-sha-256",
-            false,
-            "off",
+            &Pgwarden {
+                stats: false,
+                ..Pgwarden::scram(nostats_port, pool_size)
+            },
         )
     });
     // The same proxy with the result cache off.
@@ -199,11 +160,10 @@ fn main() {
     let _nocache = targets.iter().any(|t| t == "pgwarden_nocache").then(|| {
         start_pgwarden(
             &cluster,
-            nocache_port,
-            pool_size,
-            "scram-sha-256",
-            true,
-            "off:nocache",
+            &Pgwarden {
+                tenancy: "off:nocache",
+                ..Pgwarden::scram(nocache_port, pool_size)
+            },
         )
     });
     // The same proxy with the tenant guard rewriting every statement.
@@ -211,11 +171,10 @@ fn main() {
     let _rewrite = targets.iter().any(|t| t == "pgwarden_rewrite").then(|| {
         start_pgwarden(
             &cluster,
-            rewrite_port,
-            pool_size,
-            "scram-sha-256",
-            true,
-            "rewrite",
+            &Pgwarden {
+                tenancy: "rewrite",
+                ..Pgwarden::scram(rewrite_port, pool_size)
+            },
         )
     });
 
@@ -238,11 +197,7 @@ fn main() {
         start_pgwarden_binary(
             command,
             &cluster,
-            baseline_port,
-            pool_size,
-            "scram-sha-256",
-            true,
-            "off",
+            &Pgwarden::scram(baseline_port, pool_size),
         )
     });
 
@@ -440,7 +395,13 @@ fn main() {
                     // A fresh process per measurement.
                     let port = free_port();
                     let process = if target == "pgwarden" {
-                        start_pgwarden(&cluster, port, pool_size, method, true, "off")
+                        start_pgwarden(
+                            &cluster,
+                            &Pgwarden {
+                                auth: method,
+                                ..Pgwarden::scram(port, pool_size)
+                            },
+                        )
                     } else {
                         start_pgbouncer(
                             &work.path().join(format!("idle{count}{auth}")),
@@ -554,359 +515,4 @@ fn main() {
 
 fn mib(kib: u64) -> f64 {
     kib as f64 / 1024.0
-}
-
-/// `xact_commit` of the benchmark database on every node (primary first).
-fn transactions_per_node(cluster: &LocalCluster) -> Vec<u64> {
-    std::iter::once(cluster.primary())
-        .chain(cluster.replicas())
-        .map(|node| {
-            node.psql(
-                USER,
-                DATABASE,
-                "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()",
-            )
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-        })
-        .collect()
-}
-
-fn run_pgbench(
-    pgbench: &Path,
-    port: u16,
-    (script, work, scale): (&str, &Path, u64),
-    mode: &str,
-    clients: &str,
-    duration: u64,
-) -> Measure {
-    let threads = clients.parse::<u32>().unwrap_or(1).min(2).to_string();
-    let mut command = Command::new(pgbench);
-    command
-        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", USER])
-        .args([
-            "-c",
-            clients,
-            "-j",
-            &threads,
-            "-T",
-            &duration.to_string(),
-            "-M",
-            mode,
-        ])
-        .arg("--no-vacuum");
-    if script == "select" {
-        command.arg("-S");
-    }
-    if script == "churn" {
-        // A new connection (and SCRAM login) per transaction: CPU per transaction is
-        // CPU per connection.
-        command.args(["-C", "-S"]);
-    }
-    if script == "distinct" {
-        // A new statement text every time: a random literal in a simple-protocol text.
-        let path = work.join("distinct.sql");
-        std::fs::write(
-            &path,
-            "\\set n random(1, 1000000000)\nSELECT :n WHERE 1 <> :n;\n",
-        )
-        .expect("write the distinct script");
-        command.arg("-f").arg(path);
-    }
-    let log_prefix = work.join(format!("lat-{port}-{script}"));
-    if cache::is_cache_script(script) {
-        command
-            .arg("-f")
-            .arg(cache::script_file(work, script))
-            .args(["-D", &format!("scale={scale}")])
-            .arg("-l")
-            .arg(format!("--log-prefix={}", log_prefix.display()));
-    }
-    if tenant::is_tenant_script(script) {
-        command
-            .arg("-f")
-            .arg(tenant::script_file(work, script))
-            .args(["-D", &format!("scale={scale}")])
-            .env("PGOPTIONS", tenant::PGOPTIONS);
-    }
-    let output = command
-        .arg(DATABASE)
-        .env("PGPASSWORD", PASSWORD)
-        .output()
-        .expect("run pgbench");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let find = |prefix: &str| {
-        stdout
-            .lines()
-            .find_map(|l| l.strip_prefix(prefix))
-            .and_then(|rest| rest.split_whitespace().next())
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    let failed_count = find("number of failed transactions: ");
-    Measure {
-        tps: find("tps = "),
-        latency_ms: find("latency average = "),
-        failed: !output.status.success() || failed_count > 0.0,
-        p99_ms: cache::is_cache_script(script)
-            .then(|| cache::p99_ms(&log_prefix))
-            .flatten(),
-    }
-}
-
-fn start_pgbouncer(dir: &Path, pg_port: u16, port: u16, pool_size: u64, auth: &str) -> Guard {
-    std::fs::create_dir_all(dir).unwrap();
-    let ini = dir.join("pgbouncer.ini");
-    let users = dir.join("userlist.txt");
-    std::fs::write(&users, format!("\"{USER}\" \"{PASSWORD}\"\n")).unwrap();
-    std::fs::write(
-        &ini,
-        format!(
-            "[databases]\n{DATABASE} = host=127.0.0.1 port={pg_port} dbname={DATABASE}\n\
-             [pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {port}\n\
-             unix_socket_dir =\nauth_type = {auth}\nauth_file = {}\n\
-             pool_mode = transaction\ndefault_pool_size = {pool_size}\n\
-             max_client_conn = 20000\nmax_db_connections = 0\nlogfile = {}\n\
-             server_reset_query =\nignore_startup_parameters = extra_float_digits,options\n",
-            users.display(),
-            dir.join("pgbouncer.log").display()
-        ),
-    )
-    .unwrap();
-    for path in [dir.to_path_buf(), ini.clone(), users.clone()] {
-        let _ = Command::new("chown").arg("postgres").arg(&path).status();
-    }
-    let bin = PathBuf::from("/usr/sbin/pgbouncer");
-    let root = unsafe { libc::geteuid() } == 0;
-    // runuser's login session resets the open-files limit to 1024: raise it again.
-    let launch = format!(
-        "ulimit -n $(ulimit -Hn); exec {} {}",
-        bin.display(),
-        ini.display()
-    );
-    let mut command = if root {
-        let mut c = Command::new("runuser");
-        c.args(["-u", "postgres", "--", "sh", "-c", &launch]);
-        c
-    } else {
-        let mut c = Command::new("sh");
-        c.args(["-c", &launch]);
-        c
-    };
-    let child = command
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start pgbouncer (apt-get install -y pgbouncer)");
-    Guard(child)
-}
-
-fn start_pgwarden(
-    cluster: &LocalCluster,
-    port: u16,
-    pool_size: u64,
-    auth: &str,
-    stats: bool,
-    tenancy: &str,
-) -> Guard {
-    let exe = std::env::current_exe().unwrap();
-    let bin = exe.parent().unwrap().parent().unwrap().join("pgwarden");
-    start_pgwarden_binary(
-        pgwarden_command(bin),
-        cluster,
-        port,
-        pool_size,
-        auth,
-        stats,
-        tenancy,
-    )
-}
-
-/// The command that runs the pgwarden binary `bin`.
-fn pgwarden_command(bin: PathBuf) -> Command {
-    assert!(
-        bin.exists(),
-        "build pgwarden first: cargo build --release ({})",
-        bin.display()
-    );
-    Command::new(bin)
-}
-
-fn start_pgwarden_binary(
-    mut command: Command,
-    cluster: &LocalCluster,
-    port: u16,
-    pool_size: u64,
-    auth: &str,
-    stats: bool,
-    tenancy: &str,
-) -> Guard {
-    // `tenancy` may carry ":nocache": the same proxy with the result cache off.
-    let (tenancy, cache_mode) = match tenancy.split_once(':') {
-        Some((t, "nocache")) => (t, "off"),
-        _ => (tenancy, "hinted"),
-    };
-    let http_port = free_port();
-    HTTP_PORTS.lock().unwrap().push((port, http_port));
-    let child = command
-        .env("PGWARDEN_LISTEN", format!("127.0.0.1:{port}"))
-        .env("PGWARDEN_HTTP_LISTEN", format!("127.0.0.1:{http_port}"))
-        .env("PGWARDEN_CACHE_MODE", cache_mode)
-        .env("PGWARDEN_PRIMARY_URL", cluster.primary_url())
-        .env("PGWARDEN_REPLICA_URLS", cluster.replica_urls().join(","))
-        .env("PGWARDEN_POOL_SIZE", pool_size.to_string())
-        .env("PGWARDEN_AUTH_METHOD", auth)
-        .env("PGWARDEN_STATS_ENABLED", stats.to_string())
-        .env("PGWARDEN_TENANCY_MODE", tenancy)
-        .env("PGWARDEN_PROXY_MAX_CLIENT_CONNECTIONS", "20000")
-        .envs(TLS_FILES.lock().unwrap().iter().flat_map(|(cert, key)| {
-            [
-                ("PGWARDEN_PROXY_TLS_CERT", cert.clone()),
-                ("PGWARDEN_PROXY_TLS_KEY", key.clone()),
-            ]
-        }))
-        .env(
-            "RUST_LOG",
-            std::env::var("PROXY_LOG").unwrap_or_else(|_| "warn".into()),
-        )
-        .stdout(Stdio::null())
-        .stderr(proxy_log(port))
-        .spawn()
-        .expect("start pgwarden");
-    Guard(child)
-}
-
-/// With `PROXY_LOG` set (a `RUST_LOG` filter), each pgwarden logs to
-/// `bench/results/pgwarden-<port>.log`.
-fn proxy_log(port: u16) -> Stdio {
-    if std::env::var_os("PROXY_LOG").is_none() {
-        return Stdio::null();
-    }
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/results");
-    let _ = std::fs::create_dir_all(&dir);
-    std::fs::File::create(dir.join(format!("pgwarden-{port}.log")))
-        .map(Stdio::from)
-        .unwrap_or_else(|_| Stdio::null())
-}
-
-/// The process doing the work: pgbouncer runs under `runuser` when we are root.
-fn server_pid(pid: u32) -> u32 {
-    let children =
-        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
-    children
-        .split_whitespace()
-        .next()
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(pid)
-}
-
-fn wait_ready(port: u16, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "{what} did not start listening on {port}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn render(
-    targets: &[String],
-    rows: &[(String, String, String, Vec<Measure>)],
-    idle: &[(&str, &str, usize, idle::IdleResult)],
-    duration: u64,
-    scale: u64,
-    pool: u64,
-) -> String {
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "pgbench {duration}s per cell, scale {scale}, pool size {pool}, 2 pgbench threads; PgBouncer transaction mode\n"
-    );
-    let idx = |name: &str| targets.iter().position(|t| t == name);
-    let mut header = "| script | mode | clients |".to_string();
-    for t in targets {
-        let _ = write!(header, " {t} TPS |");
-    }
-    for t in targets {
-        let _ = write!(header, " {t} ms |");
-    }
-    let ratios = [
-        ("pgwarden", "direct"),
-        ("pgwarden", "pgbouncer"),
-        ("pgwarden", "pgwarden_nostats"),
-        ("pgwarden_rewrite", "pgwarden"),
-        ("pgwarden", "pgwarden_baseline"),
-    ];
-    for (a, b) in ratios {
-        if idx(a).is_some() && idx(b).is_some() {
-            let _ = write!(header, " {a}/{b} |");
-        }
-    }
-    let _ = writeln!(out, "{header}");
-    let _ = writeln!(
-        out,
-        "{}",
-        header
-            .chars()
-            .map(|c| if c == '|' { '|' } else { '-' })
-            .collect::<String>()
-    );
-    for (script, mode, clients, m) in rows {
-        let mut line = format!("| {script} | {mode} | {clients} |");
-        for x in m {
-            if x.failed {
-                let _ = write!(line, " {:.0} (errors) |", x.tps);
-            } else {
-                let _ = write!(line, " {:.0} |", x.tps);
-            }
-        }
-        for x in m {
-            let _ = write!(line, " {:.3} |", x.latency_ms);
-        }
-        for (a, b) in ratios {
-            if let (Some(i), Some(j)) = (idx(a), idx(b)) {
-                if m[j].failed || m[j].tps == 0.0 {
-                    let _ = write!(line, " n/a |");
-                } else {
-                    let _ = write!(line, " {:.2} |", m[i].tps / m[j].tps);
-                }
-            }
-        }
-        let _ = writeln!(out, "{line}");
-    }
-    if !idle.is_empty() {
-        let _ = writeln!(out, "\n| idle clients | proxy | login | logged in | RSS before (KiB) | RSS with clients (KiB) | KiB per client | RSS after they left (KiB) | KiB left per client |");
-        let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|");
-        for (target, auth, count, r) in idle {
-            let per = |kib: u64| (kib as f64 - r.rss_before_kib as f64) / r.connected.max(1) as f64;
-            let _ = writeln!(
-                out,
-                "| {count} | {target} | {auth} | {} | {} | {} | {:.2} | {} | {:.2} |",
-                r.connected,
-                r.rss_before_kib,
-                r.rss_after_kib,
-                per(r.rss_after_kib),
-                r.rss_gone_kib,
-                per(r.rss_gone_kib)
-            );
-        }
-    }
-    out
-}
-
-fn render_csv(targets: &[String], rows: &[(String, String, String, Vec<Measure>)]) -> String {
-    let mut out = String::from("script,mode,clients,target,tps,latency_ms,errors\n");
-    for (script, mode, clients, m) in rows {
-        for (t, x) in targets.iter().zip(m) {
-            let _ = writeln!(
-                out,
-                "{script},{mode},{clients},{t},{:.1},{:.3},{}",
-                x.tps, x.latency_ms, x.failed
-            );
-        }
-    }
-    out
 }
