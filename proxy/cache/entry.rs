@@ -1,4 +1,5 @@
-//! One cached result, and what is known about a statement before it is cached.
+//! One cached result, what is known about a statement before it is cached, and which
+//! response frames may be stored ([`replayable`]).
 //!
 //! `frames` is one owned, compact copy of exactly the response frames the client
 //! received (`RowDescription`, `DataRow`s, `CommandComplete`, and `ParseComplete`/
@@ -12,6 +13,9 @@ use bytes::Bytes;
 
 use super::row_key::KeyPredicate;
 use super::versions::EntryKey;
+use crate::protocol::backend;
+use crate::protocol::frame::check_frame;
+use crate::protocol::tag::backend as btag;
 use crate::route::Lsn;
 
 #[derive(Debug)]
@@ -85,5 +89,43 @@ impl moka::Expiry<Bytes, std::sync::Arc<Entry>> for EntryExpiry {
         _duration_until_expiry: Option<Duration>,
     ) -> Option<Duration> {
         Some(value.ttl)
+    }
+}
+
+/// Whether captured frames may be replayed as they are: only result frames (no
+/// errors, notices, parameter changes, COPY). Returns the rows of the last command.
+pub fn replayable(mut frames: &[u8]) -> Option<u64> {
+    let mut rows = 0;
+    while !frames.is_empty() {
+        let len = check_frame(frames, usize::MAX).ok().flatten()?;
+        match frames[0] {
+            btag::PARSE_COMPLETE | btag::BIND_COMPLETE | btag::EMPTY_QUERY_RESPONSE => {}
+            b'T' | b't' | b'n' | b'D' => {}
+            btag::COMMAND_COMPLETE => {
+                rows = crate::stats::rows_from_tag(backend::command_tag(&frames[5..len]));
+            }
+            _ => return None,
+        }
+        frames = &frames[len..];
+    }
+    Some(rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::BytesMut;
+
+    use super::*;
+
+    #[test]
+    fn only_result_frames_are_replayable() {
+        let mut ok = BytesMut::new();
+        ok.extend_from_slice(&[b'1', 0, 0, 0, 4, b'2', 0, 0, 0, 4]);
+        backend::command_complete(&mut ok, "SELECT 3");
+        assert_eq!(replayable(&ok), Some(3));
+        let mut notice = ok.clone();
+        notice.extend_from_slice(&[b'N', 0, 0, 0, 5, 0]);
+        assert_eq!(replayable(&notice), None);
+        assert_eq!(replayable(&[b'D', 0, 0]), None, "truncated");
     }
 }

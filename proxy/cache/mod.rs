@@ -30,7 +30,7 @@ use bytes::Bytes;
 
 pub use analysis::{read_names, write_names, ReadNames, WriteNames};
 pub use catalog::Invalidation;
-pub use entry::{Analysis, Entry};
+pub use entry::{replayable, Analysis, Entry};
 pub use fingerprints::Row as FingerprintRow;
 pub use flight::{wait as wait_for_flight, FlightGuard, Joined, Landing};
 pub use hint::{cache_hint, has_mark};

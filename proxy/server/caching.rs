@@ -18,12 +18,12 @@ use super::SessionError;
 use crate::cache::row_key::{
     column_hash, declared_types, key_hash, resolve, BindParameters, KeyPredicate,
 };
-use crate::cache::{self, Entry, EntryKey, FlightGuard, Joined, Landing, WriteNames};
+use crate::cache::{self, replayable, Entry, EntryKey, FlightGuard, Joined, Landing, WriteNames};
 use crate::config::{CacheMode, PoolMode};
 use crate::protocol::backend;
 use crate::protocol::extended::{BindView, ParseView};
 use crate::protocol::frame::{body, check_frame};
-use crate::protocol::tag::{backend as btag, frontend as tag, TransactionStatus};
+use crate::protocol::tag::{frontend as tag, TransactionStatus};
 use crate::route::{Lsn, StatementClass};
 
 const READY_IDLE: [u8; 6] = [b'Z', 0, 0, 0, 5, b'I'];
@@ -564,41 +564,5 @@ impl Session {
                 flight.superseded();
             }
         }
-    }
-}
-
-/// Whether captured frames may be replayed as they are: only result frames (no
-/// errors, notices, parameter changes, COPY). Returns the rows of the last command.
-fn replayable(mut frames: &[u8]) -> Option<u64> {
-    let mut rows = 0;
-    while !frames.is_empty() {
-        let len = check_frame(frames, usize::MAX).ok().flatten()?;
-        match frames[0] {
-            btag::PARSE_COMPLETE | btag::BIND_COMPLETE | btag::EMPTY_QUERY_RESPONSE => {}
-            b'T' | b't' | b'n' | b'D' => {}
-            btag::COMMAND_COMPLETE => {
-                rows = crate::stats::rows_from_tag(backend::command_tag(&frames[5..len]));
-            }
-            _ => return None,
-        }
-        frames = &frames[len..];
-    }
-    Some(rows)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn only_result_frames_are_replayable() {
-        let mut ok = BytesMut::new();
-        ok.extend_from_slice(&[b'1', 0, 0, 0, 4, b'2', 0, 0, 0, 4]);
-        backend::command_complete(&mut ok, "SELECT 3");
-        assert_eq!(replayable(&ok), Some(3));
-        let mut notice = ok.clone();
-        notice.extend_from_slice(&[b'N', 0, 0, 0, 5, 0]);
-        assert_eq!(replayable(&notice), None);
-        assert_eq!(replayable(&[b'D', 0, 0]), None, "truncated");
     }
 }
