@@ -196,30 +196,22 @@ fn spawn_memory_trim(state: std::sync::Arc<pgwarden::Runtime>) {
         const TRIM_AFTER: usize = 200;
         let mut ticker = tokio::time::interval(std::time::Duration::from_secs(1));
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        // Sessions are counted out before all their memory is freed: one more trim a
-        // couple of seconds after a trim gives back what the last leavers held.
-        const FOLLOW_UP_TICKS: u32 = 2;
+        // Sessions are counted out before all their memory is freed: one more trim
+        // three ticks after a trim gives back what the last leavers held.
+        const FOLLOW_UP_TICKS: u32 = 3;
         let mut peak = 0;
-        let mut follow_up: Option<u32> = None;
+        // Ticks until the follow-up trim; 0 when none is pending.
+        let mut follow_up_in: u32 = 0;
         loop {
             ticker.tick().await;
             let clients = state.client_count();
             peak = clients.max(peak);
-            let due = match follow_up {
-                Some(0) => {
-                    follow_up = None;
-                    true
-                }
-                Some(ticks) => {
-                    follow_up = Some(ticks - 1);
-                    false
-                }
-                None => false,
-            };
+            let follow_up_due = follow_up_in == 1;
+            follow_up_in = follow_up_in.saturating_sub(1);
             if peak - clients >= TRIM_AFTER {
                 peak = clients;
-                follow_up = Some(FOLLOW_UP_TICKS);
-            } else if !due {
+                follow_up_in = FOLLOW_UP_TICKS;
+            } else if !follow_up_due {
                 continue;
             }
             // SAFETY: malloc_trim only walks glibc's own arenas, under their locks.

@@ -36,6 +36,7 @@ pub struct FlightGuard {
     flights: FlightMap,
     key: Bytes,
     done: watch::Sender<Landing>,
+    /// What dropping the guard tells the followers.
     landing: Landing,
 }
 
@@ -52,11 +53,7 @@ impl Drop for FlightGuard {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&self.key);
-        let landing = match self.landing {
-            Landing::Running => Landing::Done,
-            other => other,
-        };
-        let _ = self.done.send(landing);
+        let _ = self.done.send(self.landing);
     }
 }
 
@@ -77,7 +74,7 @@ impl Flights {
             flights: self.inner.clone(),
             key: key.clone(),
             done: tx,
-            landing: Landing::Running,
+            landing: Landing::Done,
         })
     }
 
@@ -101,9 +98,10 @@ pub async fn wait(mut follower: watch::Receiver<Landing>, bound: Duration) -> La
 mod tests {
     use super::*;
 
-    #[tokio::test]
-    async fn followers_wake_when_the_leader_is_done() {
-        let flights = Flights::default();
+    /// A leader of key `k`, and a follower already waiting for it (up to 5 s).
+    fn leader_and_waiting_follower(
+        flights: &Flights,
+    ) -> (FlightGuard, tokio::task::JoinHandle<Landing>) {
         let key = Bytes::from_static(b"k");
         let Joined::Leader(guard) = flights.join(&key) else {
             panic!("first is leader")
@@ -111,35 +109,36 @@ mod tests {
         let Joined::Follower(rx) = flights.join(&key) else {
             panic!("second follows")
         };
-        let waiter = tokio::spawn(wait(rx, Duration::from_secs(5)));
-        drop(guard);
-        let landing = tokio::time::timeout(Duration::from_secs(1), waiter)
+        (guard, tokio::spawn(wait(rx, Duration::from_secs(5))))
+    }
+
+    async fn landing(waiter: tokio::task::JoinHandle<Landing>) -> Landing {
+        tokio::time::timeout(Duration::from_secs(1), waiter)
             .await
             .unwrap()
-            .unwrap();
-        assert_eq!(landing, Landing::Done);
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn followers_wake_when_the_leader_is_done() {
+        let flights = Flights::default();
+        let (guard, waiter) = leader_and_waiting_follower(&flights);
+        drop(guard);
+        assert_eq!(landing(waiter).await, Landing::Done);
         assert_eq!(flights.in_flight(), 0);
-        assert!(matches!(flights.join(&key), Joined::Leader(_)));
+        assert!(matches!(
+            flights.join(&Bytes::from_static(b"k")),
+            Joined::Leader(_)
+        ));
     }
 
     #[tokio::test]
     async fn followers_hear_that_a_write_overtook_the_leader() {
         let flights = Flights::default();
-        let key = Bytes::from_static(b"k");
-        let Joined::Leader(mut guard) = flights.join(&key) else {
-            panic!("first is leader")
-        };
-        let Joined::Follower(rx) = flights.join(&key) else {
-            panic!("second follows")
-        };
-        let waiter = tokio::spawn(wait(rx, Duration::from_secs(5)));
+        let (mut guard, waiter) = leader_and_waiting_follower(&flights);
         guard.superseded();
         drop(guard);
-        let landing = tokio::time::timeout(Duration::from_secs(1), waiter)
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(landing, Landing::Superseded);
+        assert_eq!(landing(waiter).await, Landing::Superseded);
     }
 
     #[tokio::test]
