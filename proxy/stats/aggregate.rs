@@ -8,7 +8,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
 use hdrhistogram::Histogram;
@@ -18,6 +18,16 @@ use tokio::sync::mpsc;
 use super::fingerprint::{fingerprint, FingerprintId};
 use super::observer::{Call, CallObserver};
 use super::{Event, MemoryGauges, Served, StatementEvent};
+
+/// The pause between two drains of the event channel while statements flow.
+const BUSY_PAUSE: Duration = Duration::from_millis(2);
+/// The longest pause, reached by doubling while nothing arrives: an idle proxy wakes
+/// this task 50 times a second, and a `Flush` waits at most this long.
+const IDLE_PAUSE: Duration = Duration::from_millis(20);
+/// How often the observer's tick and the memory gauges run, however short the pause.
+const HOUSEKEEPING_EVERY: Duration = Duration::from_millis(20);
+/// How often the snapshot readers see is rebuilt while statements flow.
+const PUBLISH_EVERY: Duration = Duration::from_millis(500);
 
 /// What readers see of one fingerprint.
 #[derive(Debug, Clone, Serialize)]
@@ -221,14 +231,19 @@ pub(super) async fn run(
         metrics::histogram!("pgwarden_query_duration_seconds", "route" => "cache"),
     ];
     // Drain on a timer instead of waiting on the channel: senders then never have to
-    // wake this task, which keeps recording nearly free for the sessions.
-    let mut tick = tokio::time::interval(Duration::from_millis(20));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut since_publish = 0u32;
+    // wake this task, which keeps recording nearly free for the sessions. The pause is
+    // short while statements flow, so each drain is a small batch: one drain of 20 ms
+    // worth (over a thousand events at 60k statements/s) held a worker for most of a
+    // millisecond and stalled every client at once, fifty times a second
+    // (bench/runs/2026-12-01-stats-drain.md).
+    let mut pause = BUSY_PAUSE;
+    let mut last_housekeeping = Instant::now();
+    let mut last_publish = Instant::now();
     let mut dirty = false;
     loop {
-        tick.tick().await;
+        tokio::time::sleep(pause).await;
         let mut waiting = Vec::new();
+        let mut drained = false;
         loop {
             match rx.try_recv() {
                 Ok(Event::Statement(event)) => {
@@ -246,25 +261,34 @@ pub(super) async fn run(
                         &limits,
                         observer.as_deref_mut(),
                     );
-                    dirty = true;
+                    drained = true;
                 }
                 Ok(Event::Flush(done)) => waiting.push(done),
                 Err(mpsc::error::TryRecvError::Empty) => break,
                 Err(mpsc::error::TryRecvError::Disconnected) => return,
             }
         }
-        if let Some(observer) = observer.as_deref_mut() {
-            observer.tick(std::time::Instant::now());
+        dirty |= drained;
+        pause = if drained {
+            BUSY_PAUSE
+        } else {
+            (pause * 2).min(IDLE_PAUSE)
+        };
+        let now = Instant::now();
+        if !waiting.is_empty() || now.duration_since(last_housekeeping) >= HOUSEKEEPING_EVERY {
+            last_housekeeping = now;
+            if let Some(observer) = observer.as_deref_mut() {
+                observer.tick(now);
+            }
+            memory.text_map.store(by_text.bytes(), Ordering::Relaxed);
+            memory.fingerprints.store(entries.bytes, Ordering::Relaxed);
         }
-        since_publish += 1;
-        memory.text_map.store(by_text.bytes(), Ordering::Relaxed);
-        memory.fingerprints.store(entries.bytes, Ordering::Relaxed);
         if !waiting.is_empty() {
             if let Some(observer) = observer.as_deref_mut() {
                 observer.flush();
             }
         }
-        if !waiting.is_empty() || (dirty && since_publish >= 25) {
+        if !waiting.is_empty() || (dirty && now.duration_since(last_publish) >= PUBLISH_EVERY) {
             snapshot.store(Arc::new(build(
                 &entries.map,
                 &timeline,
@@ -272,7 +296,7 @@ pub(super) async fn run(
                 limits.show_parameters,
             )));
             dirty = false;
-            since_publish = 0;
+            last_publish = now;
             for done in waiting {
                 let _ = done.send(());
             }

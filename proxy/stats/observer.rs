@@ -37,7 +37,7 @@ pub struct Call<'a> {
 /// Receives every fingerprinted statement that has a [`CallContext`].
 pub trait CallObserver: Send + 'static {
     fn observe(&mut self, call: &Call<'_>);
-    /// Called on every aggregator tick (every ~20 ms): close idle state, publish.
+    /// Called about every 20 ms while the aggregator runs: close idle state, publish.
     fn tick(&mut self, now: Instant);
     /// Publish now: someone waits for every statement recorded so far to show.
     fn flush(&mut self);
