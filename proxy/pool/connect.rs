@@ -68,6 +68,7 @@ impl ServerTarget {
             settings_hash: 0,
             broken: false,
             last_used: Instant::now(),
+            opened: Instant::now(),
         })
     }
 }

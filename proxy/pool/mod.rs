@@ -4,7 +4,8 @@
 //! (SCRAM-SHA-256, md5, cleartext, trust; `auth_query` roles with the keys their
 //! clients proved, see `scram_passthrough`), remembering what the server told us
 //! (`ParameterStatus`, `BackendKeyData`), deciding when a pooled connection is still
-//! usable, the registry of pools per (database, role, backend), and the fair waiting
+//! usable, the registry of pools per (database, role, backend), the warm stack of
+//! just-returned connections in front of bb8 (`warm_stack`), and the fair waiting
 //! line in front of each pool (`fair_gate`: turns between groups of clients, load
 //! shedding). It does not know about clients, routing or SQL; a client's group is a
 //! string the session gives.
@@ -19,6 +20,7 @@ mod prepared;
 mod registry;
 pub mod scram_passthrough;
 mod server_connection;
+mod warm_stack;
 
 pub use background::{connect_background, BACKGROUND_APPLICATION_PREFIX};
 pub use connect::ServerTarget;

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use bb8::RunError;
 
 use super::fair_gate::{FairGate, GatePermit, GatePolicy, GateRefusal, WaitingTotal};
+use super::warm_stack::WarmStack;
 use super::{PoolError, PooledServer, ServerConnector, ServerTarget};
 
 /// Which pool: the database clients name, the role they log in as, and the backend
@@ -53,6 +54,8 @@ pub struct ServerPool {
     pub target: Arc<ServerTarget>,
     pub settings: PoolSettings,
     pool: bb8::Pool<ServerConnector>,
+    /// Connections returned most recently, parked in front of bb8 (`warm_stack.rs`).
+    warm: Arc<WarmStack>,
     /// The fair waiting line: one permit per server connection.
     gate: Option<Arc<FairGate>>,
     /// `ParameterStatus` of the first server connection, replayed to logging-in clients.
@@ -141,11 +144,17 @@ impl ServerPool {
             .gate
             .clone()
             .map(|policy| FairGate::new(settings.size, settings.checkout_timeout, policy, total));
+        let warm = WarmStack::new(
+            settings.size,
+            settings.health_check_idle,
+            settings.max_lifetime,
+        );
         ServerPool {
             key,
             target,
             settings,
             pool,
+            warm,
             gate,
             server_parameters: OnceLock::new(),
             stats: PoolStats::default(),
@@ -157,6 +166,23 @@ impl ServerPool {
     /// Checks a server connection out, waiting at most the configured checkout timeout.
     pub async fn checkout(&self) -> Result<PooledServer, PoolError> {
         self.checkout_as("").await
+    }
+
+    /// A connection parked warm, at once, when one is there and the gate has a free
+    /// place: the plain path's checkout, without a future. `None`: use [`checkout_as`].
+    ///
+    /// [`checkout_as`]: ServerPool::checkout_as
+    pub fn checkout_now(&self) -> Option<PooledServer> {
+        if self.warm.len() == 0 {
+            return None;
+        }
+        let permit = match &self.gate {
+            None => None,
+            Some(gate) => Some(gate.try_acquire()?),
+        };
+        let connection = self.warm.take()?;
+        self.stats.checkouts.fetch_add(1, Ordering::Relaxed);
+        Some(PooledServer::new(connection, self.warm.clone(), permit))
     }
 
     /// Checks a server connection out for a client of `group`: when the pool is
@@ -201,6 +227,13 @@ impl ServerPool {
         // A connect error from before this checkout is not reason enough to fail it: the
         // server may be back (a restart just finished). Only an attempt failing while
         // this client waits fails it fast (below).
+        // While this checkout is in bb8, returned connections go to bb8, not the warm
+        // stack; one parked just before is taken here.
+        let _in_bb8 = self.warm.enter_bb8();
+        if let Some(connection) = self.warm.take() {
+            self.stats.checkouts.fetch_add(1, Ordering::Relaxed);
+            return Ok(PooledServer::new(connection, self.warm.clone(), permit));
+        }
         let waiting = self.pool.get_owned();
         tokio::pin!(waiting);
         // Fast path: an idle connection is there; no timer needed.
@@ -234,7 +267,7 @@ impl ServerPool {
                 if self.server_parameters.get().is_none() {
                     let _ = self.server_parameters.set(server.parameters.clone());
                 }
-                Ok(PooledServer::new(server, permit))
+                Ok(PooledServer::new(server, self.warm.clone(), permit))
             }
             Err(RunError::TimedOut) => {
                 self.stats.checkout_timeouts.fetch_add(1, Ordering::Relaxed);
@@ -292,7 +325,8 @@ impl ServerPool {
     /// (connections open, idle) right now.
     pub fn state(&self) -> (u32, u32) {
         let state = self.pool.state();
-        (state.connections, state.idle_connections)
+        let warm = u32::try_from(self.warm.len()).unwrap_or(u32::MAX);
+        (state.connections, state.idle_connections + warm)
     }
 
     /// Waiting clients per group, for `SHOW POOLS` and `/api/pools`.
@@ -311,6 +345,7 @@ impl ServerPool {
     /// At shutdown: says `Terminate` to every idle server connection and closes it, so
     /// PostgreSQL logs a clean disconnection rather than an unexpected EOF.
     pub async fn terminate_idle(&self) {
+        self.warm.drain();
         for _ in 0..self.settings.size {
             if self.pool.state().idle_connections == 0 {
                 break;
@@ -331,6 +366,7 @@ impl ServerPool {
 
     /// Closes the connections idle in this pool right now.
     pub async fn close_idle(&self) {
+        self.warm.drain();
         for _ in 0..self.settings.size {
             if self.pool.state().idle_connections == 0 {
                 break;

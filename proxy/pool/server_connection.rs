@@ -32,6 +32,8 @@ pub struct ServerConnection {
     /// mid-transaction): the pool discards it instead of reusing it.
     pub broken: bool,
     pub last_used: Instant,
+    /// When it logged in (for `pool.max_lifetime_ms` while it is parked warm).
+    pub opened: Instant,
 }
 
 impl ServerConnection {

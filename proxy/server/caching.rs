@@ -95,7 +95,6 @@ impl Session {
             return Ok(false);
         };
         let hint = cache::cache_hint(&request.sql);
-        let ttl_hint = hint.flatten();
         let by_rule = !settings.rules.is_empty() && self.rules_match(&request.sql, &settings.rules);
         let by_auto_only = hint.is_none() && !by_rule;
         let wanted = hint.is_some()
@@ -117,6 +116,26 @@ impl Session {
             Ok(entry) => Some(entry),
             Err(_) => None,
         };
+        // Boxed: the miss path (single flight, checkout, catalog questions) is a large
+        // future that hits and uncached statements should not carry.
+        Box::pin(self.cache_miss(request, key, refreshing, hint, by_auto_only, min_lsn)).await
+    }
+
+    /// A miss, or a hit that refreshes its entry: wait for another client's flight, or
+    /// run the request and prepare to capture its answer.
+    async fn cache_miss(
+        &mut self,
+        request: Request,
+        key: Bytes,
+        refreshing: Option<std::sync::Arc<Entry>>,
+        hint: Option<Option<Duration>>,
+        by_auto_only: bool,
+        min_lsn: Option<Lsn>,
+    ) -> Result<bool, SessionError> {
+        let config = self.runtime.config();
+        let settings = &config.cache;
+        let ttl_hint = hint.flatten();
+        let cache = self.runtime.cache.clone();
         // Single flight: the first miss runs the query, the others wait for it. When a
         // write committed while the leader ran (its result is not stored), the
         // followers join the next flight rather than all running the query at once;

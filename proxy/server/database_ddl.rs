@@ -47,7 +47,8 @@ impl Session {
         };
         tracing::info!(database = %database, "closing idle server connections before DROP/ALTER DATABASE");
         self.runtime.cache.pause_database(&database);
-        self.runtime.pools.start_draining(&database).await;
+        // Boxed: closing idle connections is a large future, and rare.
+        Box::pin(self.runtime.pools.start_draining(&database)).await;
         // The cache's LISTEN connection to it closes on its own task: give it a moment,
         // or PostgreSQL would count it as another session using the database.
         let deadline = std::time::Instant::now() + LISTEN_CLOSE_WAIT;

@@ -110,7 +110,14 @@ impl Session {
             if backend == 0 {
                 self.circuit_allows(0)?;
             }
-            match pool.checkout_as(self.fair_group()).await {
+            // A warm connection needs no future; the general checkout's future is
+            // large (fair gate, bb8, timers), so it is boxed to keep every session's
+            // own future small.
+            let checked_out = match pool.checkout_now() {
+                Some(server) => Ok(server),
+                None => Box::pin(pool.checkout_as(self.fair_group())).await,
+            };
+            match checked_out {
                 Ok(server) => {
                     self.note_backend_success(backend);
                     break server;
