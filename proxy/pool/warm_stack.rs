@@ -66,12 +66,7 @@ impl WarmStack {
             return None;
         }
         loop {
-            let mut connection = {
-                let mut parked = self.lock();
-                let connection = parked.pop()?;
-                self.len.store(parked.len(), Ordering::Relaxed);
-                connection
-            };
+            let mut connection = self.with_parked(Vec::pop)?;
             if !connection.read_buf.is_empty() || !connection.idle_socket_is_clean() {
                 // The server spoke or hung up while it was parked: bb8 discards it.
                 connection.mark_broken();
@@ -92,24 +87,20 @@ impl WarmStack {
         if self.limit.is_zero() || connection.broken || self.in_bb8.load(Ordering::SeqCst) > 0 {
             return; // dropped: bb8 takes it back
         }
-        {
-            let mut parked = self.lock();
+        let full = self.with_parked(|parked| {
             if parked.len() >= self.capacity {
-                return;
+                return Some(connection);
             }
             parked.push(connection);
-            self.len.store(parked.len(), Ordering::Relaxed);
+            None
+        });
+        if full.is_some() {
+            return; // dropped outside the lock: bb8 takes it back
         }
         // Parked before looking: a checkout that entered bb8 meanwhile gets one back.
         fence(Ordering::SeqCst);
         if self.in_bb8.load(Ordering::SeqCst) > 0 {
-            let back = {
-                let mut parked = self.lock();
-                let back = parked.pop();
-                self.len.store(parked.len(), Ordering::Relaxed);
-                back
-            };
-            drop(back);
+            drop(self.with_parked(Vec::pop));
         }
     }
 
@@ -130,27 +121,28 @@ impl WarmStack {
 
     /// Hands every parked connection back to bb8.
     pub fn drain(&self) {
-        let all = std::mem::take(&mut *self.lock());
-        self.len.store(0, Ordering::Relaxed);
-        drop(all);
+        drop(self.with_parked(std::mem::take));
     }
 
     /// Hands back the connections parked longer than the limit.
     fn sweep(&self) {
-        let stale: Vec<Lent> = {
-            let mut parked = self.lock();
+        let stale = self.with_parked(|parked| {
             let (stale, fresh): (Vec<Lent>, Vec<Lent>) = parked
                 .drain(..)
                 .partition(|c| c.last_used.elapsed() >= self.limit);
             *parked = fresh;
-            self.len.store(parked.len(), Ordering::Relaxed);
             stale
-        };
+        });
         drop(stale); // outside the lock: bb8 takes them back
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Lent>> {
-        self.parked.lock().unwrap_or_else(|e| e.into_inner())
+    /// Changes the parked connections under the lock and keeps `len` in step. What
+    /// `change` returns is dropped by the caller, outside the lock.
+    fn with_parked<R>(&self, change: impl FnOnce(&mut Vec<Lent>) -> R) -> R {
+        let mut parked = self.parked.lock().unwrap_or_else(|e| e.into_inner());
+        let result = change(&mut parked);
+        self.len.store(parked.len(), Ordering::Relaxed);
+        result
     }
 }
 
