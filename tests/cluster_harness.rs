@@ -65,3 +65,30 @@ fn primary_and_replicas_replicate_and_clean_up() {
         "server stopped"
     );
 }
+
+/// A test that outlives its deadline has its servers shut down, so a client call
+/// waiting on one fails instead of hanging the run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_past_its_deadline_ends_calls_waiting_on_it() {
+    let cluster = support::cluster_with(pgwarden::cluster::ClusterSpec {
+        deadline: Some(Duration::from_secs(2)),
+        ..Default::default()
+    });
+    let client = support::proxy::connect_direct(&cluster).await;
+    let started = std::time::Instant::now();
+    let answer = tokio::time::timeout(
+        Duration::from_secs(30),
+        client.simple_query("SELECT pg_sleep(60)"),
+    )
+    .await
+    .expect("the call ended when the deadline shut the server down");
+    assert!(answer.is_err(), "pg_sleep(60) cannot have finished");
+    assert!(started.elapsed() < Duration::from_secs(30));
+    // The postmaster exits once its children are gone.
+    let port = cluster.primary().port;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+        assert!(std::time::Instant::now() < deadline, "server stopped");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -17,6 +17,9 @@ pub struct ClusterSpec {
     pub database: String,
     /// Extra `postgresql.conf` lines for every node.
     pub extra_conf: Vec<String>,
+    /// Shut the servers down at once if the cluster is still in use this long after
+    /// it started (see `watchdog.rs`); tests set it so that a hang fails them.
+    pub deadline: Option<Duration>,
 }
 
 impl Default for ClusterSpec {
@@ -27,6 +30,7 @@ impl Default for ClusterSpec {
             password: "pgwarden-secret".into(),
             database: "app".into(),
             extra_conf: Vec::new(),
+            deadline: None,
         }
     }
 }
@@ -35,6 +39,7 @@ pub struct LocalCluster {
     spec: ClusterSpec,
     primary: Node,
     replicas: Vec<Node>,
+    _watchdog: Option<super::watchdog::Watchdog>,
     // Declared last: removed after the nodes are stopped.
     dir: tempfile::TempDir,
 }
@@ -107,10 +112,14 @@ impl LocalCluster {
         };
         touch_log(&primary.log_file)?;
         primary.start()?;
+        let watchdog = spec
+            .deadline
+            .map(|deadline| super::watchdog::Watchdog::start(dir.path().to_path_buf(), deadline));
         let mut cluster = LocalCluster {
             spec,
             primary,
             replicas: Vec::new(),
+            _watchdog: watchdog,
             dir,
         };
         cluster.primary.psql(

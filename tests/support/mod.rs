@@ -21,8 +21,14 @@ pub fn cluster(replicas: usize) -> LocalCluster {
     })
 }
 
-pub fn cluster_with(spec: ClusterSpec) -> LocalCluster {
+/// How long one test may use its cluster: past it, the cluster's servers are shut down
+/// so that a hung client call fails the test (`proxy/cluster/watchdog.rs`). The
+/// slowest test takes about a minute.
+pub const TEST_DEADLINE: std::time::Duration = std::time::Duration::from_secs(480);
+
+pub fn cluster_with(mut spec: ClusterSpec) -> LocalCluster {
     init_logging();
+    spec.deadline.get_or_insert(TEST_DEADLINE);
     LocalCluster::start(spec).unwrap_or_else(|e| panic!("starting PostgreSQL: {e}"))
 }
 
