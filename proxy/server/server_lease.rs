@@ -118,9 +118,28 @@ impl Session {
                 None => Box::pin(pool.checkout_as(self.fair_group())).await,
             };
             match checked_out {
-                Ok(server) => {
+                Ok(mut server) => {
                     self.note_backend_success(backend);
-                    break server;
+                    if server.settings_hash == self.settings.hash() {
+                        break server;
+                    }
+                    let sql = self.settings.replay_sql();
+                    match server.run_internal(&sql).await {
+                        Ok(()) => {
+                            server.settings_hash = self.settings.hash();
+                            break server;
+                        }
+                        Err(e) => {
+                            server.mark_broken();
+                            tracing::warn!(user = %self.identity.user, backend, error = %e, "could not apply session settings");
+                            if backend == 0 {
+                                return Err(SessionError::Pool(e));
+                            }
+                            // A replica going down as it was handed out: the read goes
+                            // to the primary (a refused setting is refused there too).
+                            backend = 0;
+                        }
+                    }
                 }
                 Err(e @ PoolError::LoginRejected(_)) if backend > 0 => {
                     // The replica is fine; it just does not know this role (yet): read
@@ -154,15 +173,6 @@ impl Session {
                 }
             }
         };
-        if server.settings_hash != self.settings.hash() {
-            let sql = self.settings.replay_sql();
-            if let Err(e) = server.run_internal(&sql).await {
-                server.mark_broken();
-                tracing::warn!(user = %self.identity.user, error = %e, "could not apply session settings");
-                return Err(SessionError::Pool(e));
-            }
-            server.settings_hash = self.settings.hash();
-        }
         self.cancel.slot.attach(&server.address, server.key);
         self.server_said_fatal = false;
         server.prepared.start_batch();
