@@ -338,3 +338,143 @@ async fn a_refusal_inside_a_transaction_aborts_it_like_postgres_would() {
         .unwrap();
     assert_eq!(own, vec!["10"]);
 }
+
+/// Fails the test instead of hanging it.
+async fn within<T>(what: &str, call: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(20), call)
+        .await
+        .unwrap_or_else(|_| panic!("{what}: no answer within 20 s"))
+}
+
+/// Two string literals to the guard, which lexes `'\'` as PostgreSQL does with
+/// `standard_conforming_strings = on`; with it off, the server reads one literal and
+/// then a `UNION` over every tenant's notes.
+const SPLIT_LITERAL: &str = r"SELECT '\', ' UNION SELECT body FROM notes --'";
+
+const STRINGS_SCHEMA: &str = "
+CREATE TABLE notes (id int PRIMARY KEY, tenant_id bigint NOT NULL, body text);
+INSERT INTO notes VALUES (1, 1, 'note of tenant 1'), (2, 2, 'secret of tenant 2');
+CREATE ROLE app_rls LOGIN PASSWORD 'rls-secret';
+GRANT SELECT ON notes TO app_rls;
+CREATE FUNCTION strings_off() RETURNS text LANGUAGE sql
+    AS $$ SELECT set_config('standard_conforming_strings', 'off', false) $$;
+";
+
+/// What `SPLIT_LITERAL` returned, or the SQLSTATE it failed with.
+async fn split_literal(client: &Client) -> Result<Vec<String>, String> {
+    let messages = within(
+        "split literal",
+        client.simple_query(&format!("{SPLIT_LITERAL} ")),
+    )
+    .await
+    .map_err(|e| code(&e))?;
+    Ok(messages
+        .iter()
+        .filter_map(|m| match m {
+            SimpleQueryMessage::Row(row) => Some(
+                (0..row.len())
+                    .map(|i| row.get(i).unwrap_or("NULL").to_string())
+                    .collect::<Vec<_>>()
+                    .join(" | "),
+            ),
+            _ => None,
+        })
+        .collect())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guarded_sessions_never_run_where_strings_are_read_differently() {
+    let cluster = support::cluster(0);
+    let direct = proxy::connect_direct(&cluster).await;
+    within("schema", direct.batch_execute(STRINGS_SCHEMA))
+        .await
+        .unwrap();
+    let proxy = proxy::start(&cluster, |c| {
+        add_app_user(c);
+        c.tenancy.mode = TenancyMode::Rewrite;
+        c.tenancy.safe_functions = vec!["strings_off".into()];
+        c.pool.size = 1;
+    })
+    .await;
+    let connect = || async {
+        within(
+            "connect",
+            proxy::connect_url(&app_url(&proxy, "-c pgwarden.tenant_id=1")),
+        )
+        .await
+        .unwrap()
+    };
+
+    // As PostgreSQL reads it by default: two literals, nothing else.
+    let app = connect().await;
+    let literals = vec![r"\ |  UNION SELECT body FROM notes --".to_string()];
+    assert_eq!(split_literal(&app).await, Ok(literals.clone()));
+
+    // Turned off inside a transaction by a function the guard was told is safe: the
+    // server says so, and the next statement on that connection is refused.
+    within("begin", app.simple_query("BEGIN")).await.unwrap();
+    within("strings_off", app.simple_query("SELECT strings_off()"))
+        .await
+        .unwrap();
+    assert_eq!(split_literal(&app).await, Err("42501".to_string()));
+    within("rollback", app.simple_query("ROLLBACK"))
+        .await
+        .unwrap();
+    assert_eq!(split_literal(&app).await, Ok(literals.clone()));
+
+    // Turned off for good on the one pooled connection: the next client gets its own
+    // settings back, not the ones a function changed behind the proxy.
+    within("strings_off", app.simple_query("SELECT strings_off()"))
+        .await
+        .unwrap();
+    let other = connect().await;
+    let shown = within("show", column(&other, "SHOW standard_conforming_strings"))
+        .await
+        .unwrap();
+    assert_eq!(shown, vec!["on"]);
+    assert_eq!(split_literal(&other).await, Ok(literals.clone()));
+
+    // Off as the role's default: every new server connection starts that way, and
+    // guarded statements are refused in both protocols instead of leaking.
+    within(
+        "alter role",
+        direct.batch_execute("ALTER ROLE app_rls SET standard_conforming_strings = off"),
+    )
+    .await
+    .unwrap();
+    drop((app, other));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let client = connect().await;
+        let shown = within("show", column(&client, "SHOW standard_conforming_strings"))
+            .await
+            .unwrap();
+        if shown == vec!["off"] {
+            assert_eq!(split_literal(&client).await, Err("42501".to_string()));
+            let error = within("extended", client.query(SPLIT_LITERAL, &[]))
+                .await
+                .unwrap_err();
+            assert_eq!(code(&error), "42501", "{error}");
+            // Without a backslash, both settings read a text alike: it runs, guarded.
+            let notes = within("plain read", column(&client, "SELECT body FROM notes"))
+                .await
+                .unwrap();
+            assert_eq!(notes, vec!["note of tenant 1"]);
+            break;
+        }
+        // The pooled connection still has the old default until it is replaced.
+        assert!(
+            Instant::now() < deadline,
+            "no server connection with the role's new default"
+        );
+        within(
+            "terminate",
+            direct.simple_query(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = 'app_rls'",
+            ),
+        )
+        .await
+        .unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

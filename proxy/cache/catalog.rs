@@ -8,15 +8,13 @@ use super::row_key::{column_hash, key_hash, KeyPredicate};
 use super::versions::KeyedChange;
 use crate::route::{parse_lsn, Lsn};
 
+use crate::protocol::sql_quote::quote_literal;
+
 /// The LISTEN/NOTIFY channel invalidations travel on.
 pub const CHANNEL: &str = "pgwarden_cache";
 
 pub(super) fn text_array_of(items: &[String]) -> String {
     text_array(items)
-}
-
-pub fn quote_literal(value: &str) -> String {
-    format!("'{}'", value.replace('\'', "''"))
 }
 
 fn text_array<'a>(items: impl IntoIterator<Item = &'a String>) -> String {

@@ -11,10 +11,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use super::catalog::{
-    parse_changes, parse_oids, quote_literal, text_array_of, Invalidation, CHANNEL,
-};
+use super::catalog::{parse_changes, parse_oids, text_array_of, Invalidation, CHANNEL};
 use super::row_key::RowKey;
+use crate::protocol::sql_quote::quote_literal;
 use crate::route::parse_lsn;
 
 /// How long a resolution is trusted: DDL made outside pgwarden (a new trigger, a new

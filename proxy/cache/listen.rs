@@ -8,8 +8,9 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use tokio_postgres::AsyncMessage;
 
-use super::catalog::{parse_payload, quote_literal, CHANNEL};
+use super::catalog::{parse_payload, CHANNEL};
 use super::ResultCache;
+use crate::protocol::sql_quote::quote_literal;
 
 pub fn spawn(cache: Arc<ResultCache>, database: String, primary_url: String) {
     tokio::spawn(async move {

@@ -9,8 +9,9 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::catalog::{quote_literal, CHANNEL};
+use super::catalog::CHANNEL;
 use super::ResultCache;
+use crate::protocol::sql_quote::quote_literal;
 
 /// Advisory lock key of the slot reader (per database: the server's own namespace).
 const LOCK_KEY: i64 = 0x7067_7764_6361_6368; // "pgwdcach"

@@ -58,6 +58,13 @@ impl ServerTarget {
             buf: BytesMut::with_capacity(8192),
         };
         let (key, parameters) = login.run().await?;
+        let nonstandard_strings = parameters
+            .iter()
+            .rev()
+            .find_map(|(name, value)| {
+                super::server_connection::string_syntax_of(name.as_bytes(), value.as_bytes())
+            })
+            .unwrap_or(false);
         Ok(ServerConnection {
             stream: login.stream,
             read_buf: login.buf,
@@ -69,6 +76,7 @@ impl ServerTarget {
             broken: false,
             last_used: Instant::now(),
             opened: Instant::now(),
+            nonstandard_strings,
         })
     }
 }

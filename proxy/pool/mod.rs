@@ -30,4 +30,4 @@ pub use fair_gate::{GatePolicy, WaitingTotal};
 pub use pooled::PooledServer;
 pub use prepared::PreparedStatements;
 pub use registry::{PoolKey, PoolRegistry, PoolSettings, PoolStats, ServerPool};
-pub use server_connection::{BackendKey, ServerConnection};
+pub use server_connection::{nonstandard_strings_in, BackendKey, ServerConnection};

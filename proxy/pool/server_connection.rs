@@ -34,12 +34,37 @@ pub struct ServerConnection {
     pub last_used: Instant,
     /// When it logged in (for `pool.max_lifetime_ms` while it is parked warm).
     pub opened: Instant,
+    /// The server session reads `'\'` as a quote escape: `standard_conforming_strings`
+    /// is off, at login (a role, database or server default) or since (a
+    /// `ParameterStatus`). The tenant guard lexes as PostgreSQL does with it on, so a
+    /// guarded statement must not run here.
+    pub nonstandard_strings: bool,
 }
 
 impl ServerConnection {
     pub fn mark_broken(&mut self) {
         self.broken = true;
     }
+
+    /// Notes a `ParameterStatus` the server sent (at login, or with a proxy-internal
+    /// query; answers to clients go through [`nonstandard_strings_in`]).
+    pub fn note_parameter(&mut self, name: &[u8], value: &[u8]) {
+        if let Some(nonstandard) = string_syntax_of(name, value) {
+            self.nonstandard_strings = nonstandard;
+        }
+    }
+}
+
+/// What a `ParameterStatus` says of `standard_conforming_strings`: Some(true) when it
+/// is off. None for any other parameter.
+pub fn string_syntax_of(name: &[u8], value: &[u8]) -> Option<bool> {
+    (name == b"standard_conforming_strings").then(|| value != b"on")
+}
+
+/// [`string_syntax_of`] for a whole `ParameterStatus` frame (tag and length included).
+pub fn nonstandard_strings_in(frame: &[u8]) -> Option<bool> {
+    let mut fields = frame.get(5..).unwrap_or_default().split(|b| *b == 0);
+    string_syntax_of(fields.next()?, fields.next()?)
 }
 
 impl ServerConnection {
@@ -110,6 +135,7 @@ impl ServerConnection {
                     tag::PARAMETER_STATUS => {
                         let mut fields = frame[5..].split(|b| *b == 0);
                         if let (Some(name), Some(value)) = (fields.next(), fields.next()) {
+                            self.note_parameter(name, value);
                             parameters.push((
                                 String::from_utf8_lossy(name).into_owned(),
                                 String::from_utf8_lossy(value).into_owned(),

@@ -4,7 +4,8 @@
 //! acts on (`tag`), borrowed views over the extended-protocol messages it rewrites
 //! (`extended`), the first packet of a connection (`startup`), how to encode the
 //! few messages the proxy itself sends (`backend`, `error`), and SCRAM-SHA-256's
-//! messages and key math for both sides (`scram`). It never touches a socket, a pool
+//! messages and key math for both sides (`scram`), and the quoting of the SQL the
+//! proxy writes itself (`sql_quote`). It never touches a socket, a pool
 //! or configuration.
 
 pub mod backend;
@@ -12,6 +13,7 @@ pub mod error;
 pub mod extended;
 pub mod frame;
 pub mod scram;
+pub mod sql_quote;
 pub mod startup;
 pub mod tag;
 

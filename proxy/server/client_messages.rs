@@ -126,6 +126,14 @@ impl Session {
             self.report_recoverable(message_tag, &error);
             return Ok(());
         }
+        if let Err(error) = self.check_string_syntax(message_tag, &frame) {
+            if let SessionError::TenantGuard(rejection) = &error {
+                // Attached: fail the statement on the server, as for any refusal there.
+                self.raise_on_server(message_tag, rejection);
+                return Ok(());
+            }
+            return Err(error);
+        }
         self.note_forwarded(message_tag, &frame);
         self.cache_note_forwarded(message_tag, &frame);
         self.stats_on_forward(message_tag, &frame);

@@ -305,7 +305,7 @@ impl Session {
             Some(key) => format!(
                 "SELECT pg_notify('{channel}', {payload} || '|' || pg_current_wal_insert_lsn()::text), pg_current_wal_insert_lsn()::text",
                 channel = crate::route::ryw::CHANNEL,
-                payload = super::settings::quote_literal(&format!("{database}|{key}")),
+                payload = crate::protocol::sql_quote::quote_literal(&format!("{database}|{key}")),
             ),
             None => "SELECT 1, pg_current_wal_insert_lsn()::text".to_string(),
         };

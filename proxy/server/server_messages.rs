@@ -102,6 +102,11 @@ impl Session {
             let rest = &server.read_buf[relay_run..];
             let (disposition, popped) = self.responses.on_server_message(message_tag);
             let mut stale_plan = None;
+            let reported = message_tag == tag::PARAMETER_STATUS;
+            let string_syntax = match reported {
+                true => crate::pool::nonstandard_strings_in(&rest[..len]),
+                false => None,
+            };
             if let Some(Expect::Parse(Some(id))) = &popped {
                 if message_tag == tag::PARSE_COMPLETE {
                     self.pool.remember_statement(id.0);
@@ -157,6 +162,16 @@ impl Session {
                 {
                     stats.finish_one(&self.runtime.stats, served, false);
                 }
+            }
+            if reported {
+                // A setting changed, perhaps where the proxy could not see it (a
+                // function calling set_config): the next client of this connection gets
+                // its own settings replayed, not these.
+                server.settings_hash = super::settings::UNKNOWN_SETTINGS;
+            }
+            if let Some(nonstandard) = string_syntax {
+                // Every later statement on this connection is lexed this way.
+                server.nonstandard_strings = nonstandard;
             }
             if let Some(id) = stale_plan {
                 // "cached plan must not change result type": this server's copy is

@@ -8,6 +8,8 @@
 use std::collections::BTreeMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
 
+use crate::protocol::sql_quote::{quote_ident, quote_literal};
+
 /// Server connections whose settings the proxy cannot vouch for carry this hash.
 pub const UNKNOWN_SETTINGS: u64 = 1;
 
@@ -280,14 +282,6 @@ impl SessionSettings {
             }
         };
     }
-}
-
-pub fn quote_ident(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
-}
-
-pub fn quote_literal(value: &str) -> String {
-    format!("'{}'", value.replace('\'', "''"))
 }
 
 #[cfg(test)]

@@ -12,13 +12,14 @@ use bytes::{BufMut, Bytes, BytesMut};
 
 use super::responses::Expect;
 use super::session::Session;
-use super::settings::{quote_literal, SessionSettings};
+use super::settings::SessionSettings;
 use super::statements::StatementId;
 use super::SessionError;
 use crate::config::{Config, TenancyMode};
 use crate::protocol::backend;
 use crate::protocol::extended::{write_parse, BindView, ParseView, TargetKind, TargetView};
 use crate::protocol::frame::body;
+use crate::protocol::sql_quote::quote_literal;
 use crate::protocol::tag::{frontend as tag, TransactionStatus};
 use crate::tenant::{params_are_tenant, Decision, Rejection, RejectionKind, TenantGuard};
 
@@ -349,6 +350,41 @@ impl Session {
             return Ok(());
         }
         Err(SessionError::TenantGuard(rejection))
+    }
+
+    /// A guarded statement runs only where PostgreSQL reads string literals as the
+    /// guard did, with `standard_conforming_strings = on`. With it off (a role,
+    /// database or server default, or a change the guard did not see), `\'` ends no
+    /// string, and a literal the guard judged harmless could hold SQL. Only `Query`
+    /// and `Parse` carry text to lex, and only a backslash lexes differently, so a
+    /// text without one (`ROLLBACK`, most statements) still runs. The server
+    /// connection is attached.
+    pub(super) fn check_string_syntax(
+        &self,
+        message_tag: u8,
+        frame: &[u8],
+    ) -> Result<(), SessionError> {
+        let Some(state) = self.tenancy.as_ref() else {
+            return Ok(());
+        };
+        if state.bypass
+            || state.mode == TenancyMode::Off
+            || !matches!(message_tag, tag::QUERY | tag::PARSE)
+            || !self.server.as_ref().is_some_and(|s| s.nonstandard_strings)
+            || !frame.contains(&b'\\')
+        {
+            return Ok(());
+        }
+        let sql = match message_tag {
+            tag::QUERY => query_text(frame),
+            _ => ParseView::parse(body(frame))
+                .map(|view| String::from_utf8_lossy(view.query).into_owned())
+                .unwrap_or_default(),
+        };
+        self.refuse(
+            Rejection::new(RejectionKind::NonstandardStrings, "string literals"),
+            &sql,
+        )
     }
 
     /// A guarded statement runs only for the tenant it was judged for, and with its

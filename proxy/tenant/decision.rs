@@ -36,6 +36,9 @@ pub enum RejectionKind {
     Unsupported,
     /// A prepared statement used after the session's tenant changed.
     PreparedForOtherTenant,
+    /// The server connection reads string literals with `standard_conforming_strings`
+    /// off, not as the guard lexed them.
+    NonstandardStrings,
 }
 
 impl RejectionKind {
@@ -53,6 +56,7 @@ impl RejectionKind {
             RejectionKind::MissingTenantPredicate => "missing_tenant_predicate",
             RejectionKind::Unsupported => "unsupported",
             RejectionKind::PreparedForOtherTenant => "prepared_for_other_tenant",
+            RejectionKind::NonstandardStrings => "nonstandard_strings",
         }
     }
 }
@@ -107,6 +111,9 @@ impl Rejection {
             RejectionKind::PreparedForOtherTenant => {
                 format!("tenant guard: prepared statement {what} was prepared for another tenant")
             }
+            RejectionKind::NonstandardStrings => format!(
+                "tenant guard: the server session has standard_conforming_strings = off, so it would not read {what} as the guard did"
+            ),
         }
     }
 
@@ -137,6 +144,9 @@ impl Rejection {
                 "add tenant_id = <your tenant> for every tenant-scoped table (in the ON clause of outer joins), or use tenancy mode \"rewrite\""
             }
             RejectionKind::PreparedForOtherTenant => "prepare the statement again after changing pgwarden.tenant_id",
+            RejectionKind::NonstandardStrings => {
+                "remove standard_conforming_strings = off from the role, database or server settings (ALTER ROLE/DATABASE ... RESET standard_conforming_strings); guarded sessions need it on"
+            }
         }
     }
 }
