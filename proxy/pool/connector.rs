@@ -27,7 +27,7 @@ impl bb8::ManageConnection for ServerConnector {
     /// Every failure here is `PoolError::Unhealthy`: the pool's error sink tells those
     /// apart from failures to connect.
     async fn is_valid(&self, connection: &mut ServerConnection) -> Result<(), PoolError> {
-        if !connection.read_buf.is_empty() || !connection.idle_socket_is_clean() {
+        if !connection.is_quiet_while_idle() {
             return Err(PoolError::Unhealthy(
                 "server sent data or closed while idle (restarting?)".into(),
             ));

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use bb8::RunError;
 
 use super::fair_gate::{FairGate, GatePermit, GatePolicy, GateRefusal, WaitingTotal};
-use super::warm_stack::WarmStack;
+use super::warm_stack::{Lent, WarmStack};
 use super::{PoolError, PooledServer, ServerConnector, ServerTarget};
 
 /// Which pool: the database clients name, the role they log in as, and the backend
@@ -181,8 +181,13 @@ impl ServerPool {
             Some(gate) => Some(gate.try_acquire()?),
         };
         let connection = self.warm.take()?;
+        Some(self.lend(connection, permit))
+    }
+
+    /// A connection handed to a client: counted, and parked warm when it comes back.
+    fn lend(&self, connection: Lent, permit: Option<GatePermit>) -> PooledServer {
         self.stats.checkouts.fetch_add(1, Ordering::Relaxed);
-        Some(PooledServer::new(connection, self.warm.clone(), permit))
+        PooledServer::new(connection, self.warm.clone(), permit)
     }
 
     /// Checks a server connection out for a client of `group`: when the pool is
@@ -231,8 +236,7 @@ impl ServerPool {
         // stack; one parked just before is taken here.
         let _in_bb8 = self.warm.enter_bb8();
         if let Some(connection) = self.warm.take() {
-            self.stats.checkouts.fetch_add(1, Ordering::Relaxed);
-            return Ok(PooledServer::new(connection, self.warm.clone(), permit));
+            return Ok(self.lend(connection, permit));
         }
         let waiting = self.pool.get_owned();
         tokio::pin!(waiting);
@@ -263,11 +267,10 @@ impl ServerPool {
             .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
         match result {
             Ok(server) => {
-                self.stats.checkouts.fetch_add(1, Ordering::Relaxed);
                 if self.server_parameters.get().is_none() {
                     let _ = self.server_parameters.set(server.parameters.clone());
                 }
-                Ok(PooledServer::new(server, self.warm.clone(), permit))
+                Ok(self.lend(server, permit))
             }
             Err(RunError::TimedOut) => {
                 self.stats.checkout_timeouts.fetch_add(1, Ordering::Relaxed);

@@ -167,9 +167,13 @@ impl ServerConnection {
         }
     }
 
-    /// True when the idle socket has nothing pending: no unsolicited message (such as a
-    /// FATAL sent by a server shutting down) and no EOF.
-    pub fn idle_socket_is_clean(&self) -> bool {
+    /// True when the idle connection has nothing pending, buffered or on the socket: no
+    /// unsolicited message (such as a FATAL sent by a server shutting down) and no EOF.
+    /// What a pooled connection must pass to be handed out again.
+    pub fn is_quiet_while_idle(&self) -> bool {
+        if !self.read_buf.is_empty() {
+            return false;
+        }
         let mut probe = [0u8; 1];
         matches!(
             self.stream.try_read(&mut probe),

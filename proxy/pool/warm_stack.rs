@@ -67,7 +67,7 @@ impl WarmStack {
         }
         loop {
             let mut connection = self.with_parked(Vec::pop)?;
-            if !connection.read_buf.is_empty() || !connection.idle_socket_is_clean() {
+            if !connection.is_quiet_while_idle() {
                 // The server spoke or hung up while it was parked: bb8 discards it.
                 connection.mark_broken();
                 continue;

@@ -103,9 +103,10 @@ impl Session {
             let (disposition, popped) = self.responses.on_server_message(message_tag);
             let mut stale_plan = None;
             let reported = message_tag == tag::PARAMETER_STATUS;
-            let string_syntax = match reported {
-                true => crate::pool::nonstandard_strings_in(&rest[..len]),
-                false => None,
+            let string_syntax = if reported {
+                crate::pool::nonstandard_strings_in(&rest[..len])
+            } else {
+                None
             };
             if let Some(Expect::Parse(Some(id))) = &popped {
                 if message_tag == tag::PARSE_COMPLETE {
