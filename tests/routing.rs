@@ -421,6 +421,63 @@ async fn a_replica_stopped_under_load_costs_no_client_errors() {
     assert!(routed > 100, "reads went to replicas: {routed}");
 }
 
+/// A replica stopped while it runs a read has already buffered the `RowDescription`
+/// when it sends its FATAL: both arrive together, nothing has reached the client, and
+/// the read must still be run elsewhere instead of failing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_stopped_in_the_middle_of_a_read_runs_it_elsewhere() {
+    const READ: &str = "SELECT count(*) FROM generate_series(1, 15000000)";
+    let mut cluster = support::cluster(1);
+    let proxy = proxy::start(&cluster, with_replicas(&cluster)).await;
+    wait_replicas_healthy(&proxy).await;
+    let replica = tokio::time::timeout(
+        Duration::from_secs(10),
+        proxy::connect_url(&cluster.url_for(&cluster.replicas()[0])),
+    )
+    .await
+    .expect("replica connect timed out")
+    .expect("replica connect");
+    let client = proxy::connect(&proxy).await;
+    let read = tokio::spawn(async move {
+        tokio::time::timeout(Duration::from_secs(60), client.simple_query(READ)).await
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let running = tokio::time::timeout(
+            Duration::from_secs(5),
+            replica.query_one(
+                "SELECT count(*) FROM pg_stat_activity \
+                 WHERE state = 'active' AND query LIKE '%generate_series(1, 15000000)%' \
+                 AND pid <> pg_backend_pid()",
+                &[],
+            ),
+        )
+        .await
+        .expect("pg_stat_activity timed out")
+        .expect("pg_stat_activity");
+        if running.get::<_, i64>(0) > 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the read never ran on the replica"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    tokio::task::block_in_place(|| cluster.stop_replica(0).unwrap());
+    let answer = read
+        .await
+        .unwrap()
+        .expect("the read hung")
+        .expect("the read failed instead of running elsewhere");
+    let count = answer.iter().find_map(|m| match m {
+        tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+        _ => None,
+    });
+    assert_eq!(count.as_deref(), Some("15000000"));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn session_key_positions_travel_between_instances() {
     let cluster = support::cluster(1);

@@ -224,8 +224,11 @@ impl Session {
 }
 
 impl Session {
-    /// A replica answered a request that can still be retried with a FATAL error (it
-    /// is shutting down or restarting): treat it as a lost connection.
+    /// A replica ended a request that can still be retried with a FATAL error (it is
+    /// shutting down or restarting) before the client was sent any of the answer:
+    /// treat it as a lost connection. The FATAL need not come first: a backend stopped
+    /// mid-query sends the `RowDescription` it had buffered, then the FATAL, in one
+    /// write, and none of it has reached the client yet.
     fn replica_failed_before_answering(&self) -> bool {
         let (Some(state), Some(server)) = (self.routing.as_ref(), self.server.as_ref()) else {
             return false;
@@ -233,11 +236,15 @@ impl Session {
         if self.backend == 0 || state.retry_frames.is_empty() {
             return false;
         }
-        let buf = &server.read_buf;
-        let Ok(Some(len)) = check_frame(buf, MAX_SERVER_MESSAGE) else {
-            return false;
-        };
-        buf[0] == tag::ERROR_RESPONSE && is_fatal(&buf[5..len])
+        let mut rest = &server.read_buf[..];
+        while let Ok(Some(len)) = check_frame(rest, MAX_SERVER_MESSAGE) {
+            match rest[0] {
+                tag::ERROR_RESPONSE if is_fatal(&rest[5..len]) => return true,
+                tag::READY_FOR_QUERY => return false,
+                _ => rest = &rest[len..],
+            }
+        }
+        false
     }
 }
 
