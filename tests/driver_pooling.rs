@@ -443,6 +443,87 @@ async fn every_kind_of_session_state_stays_with_its_client() {
     assert_eq!(after, ["0", "0"], "state left behind after its client left");
 }
 
+/// What a function, procedure or `DO` block does to the server session is not in the
+/// protocol: settings changed with `set_config` or PL/pgSQL's `SET`, a temp table, a
+/// `LISTEN`, a session advisory lock. With one pooled connection, the next client gets
+/// that same backend, and must find none of it. Calls of PostgreSQL's own functions do
+/// not reset the connection (the pooled prepared statement survives them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_made_inside_functions_never_reaches_the_next_client() {
+    let (cluster, proxy) = setup(|c| c.pool.size = 1).await;
+    let direct = proxy::connect_direct(&cluster).await;
+    let body = "PERFORM set_config('work_mem', '77MB', false); \
+                PERFORM set_config('search_path', 'elsewhere, public', false); \
+                SET statement_timeout = '12s'; \
+                CREATE TEMP TABLE IF NOT EXISTS left_behind(x int); \
+                LISTEN left_channel; \
+                PERFORM pg_advisory_lock(4242);";
+    let setup_sql = format!(
+        "CREATE FUNCTION make_state() RETURNS int LANGUAGE plpgsql AS $f$ BEGIN {body} RETURN 1; END $f$; \
+         CREATE PROCEDURE make_state_proc() LANGUAGE plpgsql AS $f$ BEGIN {body} END $f$;"
+    );
+    tokio::time::timeout(STEP, direct.batch_execute(&setup_sql))
+        .await
+        .expect("setup hung")
+        .expect("setup");
+    let probe = "SELECT concat_ws(' ', current_setting('work_mem'), current_setting('search_path'), \
+                 current_setting('statement_timeout'), \
+                 (SELECT count(*) FROM pg_class WHERE relname = 'left_behind' AND relpersistence = 't'), \
+                 (SELECT count(*) FROM pg_listening_channels()), \
+                 (SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()))";
+    let clean = "4MB \"$user\", public 0 0 0 0";
+    let a = connect(&proxy::url(&proxy)).await;
+    let b = connect(&proxy::url(&proxy)).await;
+    let pid = "SELECT pg_backend_pid()::text";
+    let backend = answer(&a.0, pid).await;
+    let mut seen = Vec::new();
+    for make in [
+        "SELECT make_state()",
+        "CALL make_state_proc()",
+        // A DO block's own text would pin its client for a temp table, LISTEN or lock
+        // (as any statement's does): this one only changes settings.
+        "DO $d$ BEGIN SET work_mem = '77MB'; EXECUTE 'SET search_path = elsewhere'; END $d$",
+    ] {
+        assert_eq!(
+            answer(&a.0, make).await,
+            "1".repeat(usize::from(make.starts_with("SELECT")))
+        );
+        assert_eq!(answer(&b.0, pid).await, backend, "one pooled backend");
+        seen.push((make.to_string(), answer(&b.0, probe).await));
+    }
+    // The extended protocol (tokio-postgres prepares a named statement).
+    let row = tokio::time::timeout(STEP, a.0.query_one("SELECT make_state()", &[]))
+        .await
+        .expect("hung")
+        .expect("make_state over the extended protocol");
+    assert_eq!(row.get::<_, i32>(0), 1);
+    seen.push(("extended".into(), answer(&b.0, probe).await));
+    let expected: Vec<_> = seen
+        .iter()
+        .map(|(make, _)| (make.clone(), clean.to_string()))
+        .collect();
+    assert_eq!(
+        seen, expected,
+        "state made inside functions reached the next client"
+    );
+
+    // Built-in calls keep the connection as it is: the proxy's pooled statement stays.
+    let builtin = "SELECT count(*) FROM generate_series(1, $1::int) WHERE now() IS NOT NULL";
+    let row = tokio::time::timeout(STEP, a.0.query_one(builtin, &[&3i32]))
+        .await
+        .expect("hung")
+        .expect("builtin call");
+    assert_eq!(row.get::<_, i64>(0), 3);
+    let pooled = "SELECT count(*)::text FROM pg_prepared_statements WHERE statement LIKE '%generate_series%'";
+    assert_eq!(
+        answer(&b.0, pooled).await,
+        "1",
+        "a built-in call reset the connection"
+    );
+    leave(a).await;
+    leave(b).await;
+}
+
 /// `pin_session_state = false` brings back the old behaviour: state may leak, but
 /// nothing waits for a pinned connection.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -77,6 +77,7 @@ impl ServerTarget {
             last_used: Instant::now(),
             opened: Instant::now(),
             nonstandard_strings,
+            needs_reset: false,
         })
     }
 }

@@ -39,6 +39,9 @@ pub struct ServerConnection {
     /// `ParameterStatus`). The tenant guard lexes as PostgreSQL does with it on, so a
     /// guarded statement must not run here.
     pub nonstandard_strings: bool,
+    /// It ran code the proxy cannot see into (a `DO` block, `CALL`, a user function):
+    /// its session is reset before anyone uses it again.
+    pub needs_reset: bool,
 }
 
 impl ServerConnection {

@@ -476,7 +476,9 @@ impl Session {
                 let read_only = self.routing.as_ref().is_some_and(|state| {
                     state.routing.classify(&String::from_utf8_lossy(&query)) == StatementClass::Read
                 });
-                self.statements.define(name, definition, &query, read_only);
+                let opaque = self.pooled.opaque_check(self.mode);
+                self.statements
+                    .define(name, definition, &query, read_only, opaque);
             }
         }
         let mut answer = BytesMut::with_capacity(entry.frames.len() + READY_IDLE.len());

@@ -255,8 +255,14 @@ impl Session {
                     return Ok(false);
                 }
                 let read_only = self.statement_read_only(view.query);
-                self.statements
-                    .define(view.statement, view.definition, view.query, read_only);
+                let opaque = self.pooled.opaque_check(self.mode);
+                self.statements.define(
+                    view.statement,
+                    view.definition,
+                    view.query,
+                    read_only,
+                    opaque,
+                );
                 let mut answer = BytesMut::with_capacity(5);
                 backend::parse_complete(&mut answer);
                 self.responses
@@ -361,9 +367,14 @@ impl Session {
             return Ok(());
         }
         let read_only = self.statement_read_only(view.query);
-        let id = self
-            .statements
-            .define(view.statement, view.definition, view.query, read_only);
+        let opaque = self.pooled.opaque_check(self.mode);
+        let id = self.statements.define(
+            view.statement,
+            view.definition,
+            view.query,
+            read_only,
+            opaque,
+        );
         let server = self.server.as_mut().expect("acquired");
         if server.prepared.contains(id.0) {
             server.prepared.touch(id.0);

@@ -95,6 +95,7 @@ pub async fn log_in(
             } else {
                 None
             };
+            let builtins = runtime.builtin_functions.get(&identity.database);
             Ok(Session {
                 runtime: runtime.clone(),
                 backend: 0,
@@ -141,6 +142,7 @@ pub async fn log_in(
                 pooled: PooledState::new(
                     config.pool.pin_session_state,
                     config.pool.max_prepared_statements as usize,
+                    builtins,
                 ),
             })
         }

@@ -21,6 +21,7 @@ pub mod keepalive;
 mod listener;
 mod login;
 mod lost_server;
+pub mod opaque_code;
 mod pooled_state;
 mod protection;
 mod pump;

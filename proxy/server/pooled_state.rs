@@ -8,10 +8,11 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 
+use super::opaque_code::{runs_opaque_code, BuiltinFunctions};
 use super::responses::Expect;
 use super::session::Session;
 use super::session_effects::{Effect, Pins};
-use super::statements::statement_effects;
+use super::statements::{statement_effects, OpaqueCheck};
 use crate::config::PoolMode;
 use crate::protocol::extended::write_parse;
 
@@ -37,23 +38,43 @@ pub struct PooledState {
     pub unnamed: UnnamedStatement,
     /// Portals bound to statements with session effects, applied at `Execute`.
     pub portal_effects: Vec<(Bytes, Arc<[Effect]>)>,
+    /// The database's `pg_catalog` function names, to tell user code apart; loaded at
+    /// the first checkout (`server_lease.rs`) when pins are on.
+    pub builtins: Option<Arc<BuiltinFunctions>>,
     warned_unpinned: bool,
 }
 
 impl PooledState {
-    pub fn new(pin_enabled: bool, max_prepared: usize) -> PooledState {
+    pub fn new(
+        pin_enabled: bool,
+        max_prepared: usize,
+        builtins: Option<Arc<BuiltinFunctions>>,
+    ) -> PooledState {
         PooledState {
             pins: Pins::default(),
             pin_enabled,
             max_prepared,
             unnamed: UnnamedStatement::default(),
             portal_effects: Vec::new(),
+            builtins,
             warned_unpinned: false,
         }
     }
 
     pub fn is_pinned(&self) -> bool {
         !self.pins.is_empty()
+    }
+
+    /// Whether statements are checked for code the proxy cannot see into: under
+    /// transaction pooling with `pool.pin_session_state` on (off means state may stay on
+    /// shared connections, as with PgBouncer).
+    pub fn checks_opaque_code(&self, mode: PoolMode) -> bool {
+        mode == PoolMode::Transaction && self.pin_enabled
+    }
+
+    pub fn opaque_check(&self, mode: PoolMode) -> Option<OpaqueCheck<'_>> {
+        self.checks_opaque_code(mode)
+            .then_some(OpaqueCheck(self.builtins.as_deref()))
     }
 }
 
@@ -77,6 +98,11 @@ impl Session {
                 }
                 Effect::Deallocate(name) => {
                     self.statements.remove(name.as_bytes());
+                }
+                Effect::OpaqueCode => {
+                    if let Some(server) = self.server.as_mut() {
+                        server.needs_reset = true;
+                    }
                 }
             }
             if matches!(
@@ -117,23 +143,26 @@ impl Session {
     pub(super) fn on_simple_query(&mut self, sql: &[u8], may_have_effects: bool) {
         self.pooled.unnamed.exists = false;
         self.pooled.unnamed.on_server = false;
-        if !may_have_effects {
+        let opaque = self.pooled.opaque_check(self.mode);
+        if !may_have_effects && !opaque.is_some_and(|check| runs_opaque_code(sql, check.0)) {
             return;
         }
-        if let Some(effects) = statement_effects(sql) {
+        if let Some(effects) = statement_effects(sql, opaque) {
             self.apply_effects(&effects);
         }
     }
 
     /// A client `Parse` of the unnamed statement is being forwarded.
     pub(super) fn on_unnamed_parse(&mut self, definition: &[u8], query: &[u8]) {
-        let unnamed = &mut self.pooled.unnamed;
         // Drivers send the same unnamed text again and again: its effects are known.
-        if unnamed.definition != definition {
+        if self.pooled.unnamed.definition != definition {
+            let effects = statement_effects(query, self.pooled.opaque_check(self.mode));
+            let unnamed = &mut self.pooled.unnamed;
             unnamed.definition.clear();
             unnamed.definition.extend_from_slice(definition);
-            unnamed.effects = statement_effects(query);
+            unnamed.effects = effects;
         }
+        let unnamed = &mut self.pooled.unnamed;
         unnamed.on_server = true;
         unnamed.exists = true;
     }

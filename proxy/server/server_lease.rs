@@ -6,12 +6,15 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 
+use std::sync::Arc;
+
+use super::opaque_code::{BuiltinFunctions, BUILTIN_FUNCTIONS_SQL};
 use super::pump::shrink_if_idle;
 use super::session::Session;
 use super::settings::UNKNOWN_SETTINGS;
 use super::SessionError;
 use crate::config::PoolMode;
-use crate::pool::PoolError;
+use crate::pool::{PoolError, PooledServer};
 use crate::protocol::tag::TransactionStatus;
 
 impl Session {
@@ -120,15 +123,15 @@ impl Session {
             match checked_out {
                 Ok(mut server) => {
                     self.note_backend_success(backend);
-                    if server.settings_hash == self.settings.hash() {
+                    if server.settings_hash == self.settings.hash()
+                        && !server.needs_reset
+                        && (self.pooled.builtins.is_some()
+                            || !self.pooled.checks_opaque_code(self.mode))
+                    {
                         break server;
                     }
-                    let sql = self.settings.replay_sql();
-                    match server.run_internal(&sql).await {
-                        Ok(()) => {
-                            server.settings_hash = self.settings.hash();
-                            break server;
-                        }
+                    match Box::pin(self.prepare_server(&mut server)).await {
+                        Ok(()) => break server,
                         Err(e) => {
                             server.mark_broken();
                             tracing::warn!(user = %self.identity.user, backend, error = %e, "could not apply session settings");
@@ -187,6 +190,54 @@ impl Session {
             }
         }
         Ok(())
+    }
+
+    /// Readies a checked-out connection for this client: learns the database's
+    /// built-in function names if this session does not know them yet, resets a
+    /// session that ran code the proxy cannot see into (`opaque_code.rs`), and gives it
+    /// this client's settings. One round trip for the reset and the settings together.
+    async fn prepare_server(&mut self, server: &mut PooledServer) -> Result<(), PoolError> {
+        if self.pooled.builtins.is_none() && self.pooled.checks_opaque_code(self.mode) {
+            self.pooled.builtins = Some(self.builtin_functions(server).await?);
+        }
+        if !server.needs_reset && server.settings_hash == self.settings.hash() {
+            return Ok(());
+        }
+        let mut sql = String::new();
+        if server.needs_reset {
+            // DISCARD ALL, spelled out: DISCARD ALL itself cannot run in a
+            // multi-statement string. The settings replay below does the rest.
+            sql.push_str(
+                "CLOSE ALL;UNLISTEN *;SELECT pg_advisory_unlock_all();DISCARD TEMP;\
+                 DISCARD SEQUENCES;DEALLOCATE ALL;DISCARD PLANS;",
+            );
+        }
+        sql.push_str(&self.settings.replay_sql());
+        server.run_internal(&sql).await?;
+        if std::mem::take(&mut server.needs_reset) {
+            server.prepared.clear();
+            metrics::counter!("pgwarden_opaque_code_resets_total").increment(1);
+            tracing::debug!(user = %self.identity.user, "reset a server connection that ran a function, procedure or DO block");
+        }
+        server.settings_hash = self.settings.hash();
+        Ok(())
+    }
+
+    /// The database's `pg_catalog` function names, asked on `server` the first time.
+    async fn builtin_functions(
+        &self,
+        server: &mut PooledServer,
+    ) -> Result<Arc<BuiltinFunctions>, PoolError> {
+        let registry = &self.runtime.builtin_functions;
+        if let Some(known) = registry.get(&self.identity.database) {
+            return Ok(known);
+        }
+        let answer = server.query_values(BUILTIN_FUNCTIONS_SQL).await?;
+        let list = answer.into_iter().next().flatten().unwrap_or_default();
+        Ok(registry.insert(
+            &self.identity.database,
+            BuiltinFunctions::from_answer(&list),
+        ))
     }
 
     /// Marks the attached server's settings as unknown (a `SET` went through it).

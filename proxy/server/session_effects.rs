@@ -77,6 +77,9 @@ pub enum Effect {
     /// `DISCARD PLANS` and other statements that change the server session in ways the
     /// proxy does not track: the server's settings fingerprint becomes unknown.
     Unknown,
+    /// A `DO` block, `CALL` or user function: code that may change the session unseen
+    /// (`opaque_code.rs`). The server connection is reset before its next use.
+    OpaqueCode,
 }
 
 /// Cheap pre-check on raw statement bytes: could this change the session at all?

@@ -13,6 +13,7 @@ use std::sync::{Mutex, OnceLock};
 
 use bytes::Bytes;
 
+use super::opaque_code::{runs_opaque_code, BuiltinFunctions};
 use super::session_effects::{effects_of, may_have_effects, Effect};
 
 /// Server-side identity of a statement definition.
@@ -96,24 +97,42 @@ pub struct PooledStatement {
 }
 
 impl PooledStatement {
-    pub fn new(definition: &[u8], query: &[u8], read_only: bool) -> PooledStatement {
+    pub fn new(
+        definition: &[u8],
+        query: &[u8],
+        read_only: bool,
+        opaque: Option<OpaqueCheck>,
+    ) -> PooledStatement {
         PooledStatement {
             id: StatementId::of(definition),
             definition: Bytes::copy_from_slice(definition),
             read_only,
-            effects: statement_effects(query),
+            effects: statement_effects(query, opaque),
         }
     }
 }
 
 /// Session effects of a statement's text (None for the common statement without any).
-pub fn statement_effects(query: &[u8]) -> Option<std::sync::Arc<[Effect]>> {
+/// `opaque`: how to tell code the proxy cannot see into, when that matters (pins on).
+pub fn statement_effects(
+    query: &[u8],
+    opaque: Option<OpaqueCheck>,
+) -> Option<std::sync::Arc<[Effect]>> {
+    let opaque = opaque.is_some_and(|check| runs_opaque_code(query, check.0));
     if !may_have_effects(query) {
-        return None;
+        return opaque.then(|| [Effect::OpaqueCode].into());
     }
-    let effects = effects_of(&String::from_utf8_lossy(query));
+    let mut effects = effects_of(&String::from_utf8_lossy(query));
+    if opaque {
+        effects.push(Effect::OpaqueCode);
+    }
     (!effects.is_empty()).then(|| effects.into())
 }
+
+/// Statements are checked for code the proxy cannot see into, with this catalog
+/// (`None`: not loaded, every call counts).
+#[derive(Clone, Copy)]
+pub struct OpaqueCheck<'a>(pub Option<&'a BuiltinFunctions>);
 
 /// Cap on statements one client may keep; past it the oldest name is forgotten.
 const MAX_STATEMENTS_PER_CLIENT: usize = 10_000;
@@ -130,8 +149,9 @@ impl ClientStatements {
         definition: &[u8],
         query: &[u8],
         read_only: bool,
+        opaque: Option<OpaqueCheck>,
     ) -> StatementId {
-        let statement = PooledStatement::new(definition, query, read_only);
+        let statement = PooledStatement::new(definition, query, read_only, opaque);
         let id = statement.id;
         if self.by_name.len() >= MAX_STATEMENTS_PER_CLIENT && !self.by_name.contains_key(name) {
             if let Some(victim) = self.by_name.keys().next().cloned() {
@@ -171,13 +191,19 @@ mod tests {
     fn same_definition_same_server_name() {
         let mut a = ClientStatements::default();
         let mut b = ClientStatements::default();
-        let ia = a.define(b"s1", b"select 1\0\0\0", b"select 1", true);
-        let ib = b.define(b"other", b"select 1\0\0\0", b"select 1", true);
+        let ia = a.define(b"s1", b"select 1\0\0\0", b"select 1", true, None);
+        let ib = b.define(b"other", b"select 1\0\0\0", b"select 1", true, None);
         assert_eq!(ia, ib);
-        let ic = b.define(b"s2", b"select 1\0\0\x01\0\0\0\x17", b"select 1", true);
+        let ic = b.define(
+            b"s2",
+            b"select 1\0\0\x01\0\0\0\x17",
+            b"select 1",
+            true,
+            None,
+        );
         assert_ne!(ia, ic);
         StatementId::retire(b"select 1\0\0\0", ia);
-        let id = a.define(b"s1", b"select 1\0\0\0", b"select 1", true);
+        let id = a.define(b"s1", b"select 1\0\0\0", b"select 1", true, None);
         assert_ne!(id, ia, "a retired definition gets a new server name");
         assert!(ia.server_name().starts_with(b"pgw_"));
         assert!(a.remove(b"s1"));

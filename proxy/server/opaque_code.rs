@@ -1,0 +1,546 @@
+//! Statements that run code the proxy cannot see into: `DO` blocks, `CALL`, and calls
+//! of functions that are not PostgreSQL's own (outside `pg_catalog`).
+//!
+//! Such code may change the server session without a trace in the protocol:
+//! `PERFORM set_config('search_path', ..., false)`, `SET work_mem` inside PL/pgSQL,
+//! `CREATE TEMP TABLE`, `LISTEN`, a session advisory lock. None of it is reported, so
+//! under transaction pooling it would stay on the server connection for the next
+//! client. A connection that ran such a statement is reset before anyone uses it again
+//! (`ServerConnection::needs_reset`, honoured in `server_lease.rs`).
+//!
+//! Names are told apart by one catalog fact per database: the names of the functions in
+//! `pg_catalog` ([`BuiltinFunctions`], loaded once on a server connection). The text
+//! scan skips string literals, quoted bodies and comments, and does not take a table's
+//! column list (`INSERT INTO t(a, b)`, `AS t(x)`, `WITH c(x) AS`) or a keyword
+//! (`IN (`, `VALUES (`, `CAST (`) for a call. It errs on the side of a call: a false
+//! alarm costs one reset round trip, a miss would leak a session.
+//! Not seen: code run by triggers, rules or views behind an ordinary statement.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+/// The question that loads [`BuiltinFunctions`]: one text value, names separated by
+/// spaces (no name in `pg_catalog` contains one).
+pub const BUILTIN_FUNCTIONS_SQL: &str = "SELECT string_agg(DISTINCT proname::text, ' ') \
+     FROM pg_catalog.pg_proc WHERE pronamespace = 'pg_catalog'::regnamespace";
+
+/// The names of the functions in one database's `pg_catalog`.
+#[derive(Debug, Default)]
+pub struct BuiltinFunctions {
+    names: HashSet<Box<[u8]>>,
+}
+
+impl BuiltinFunctions {
+    pub fn from_answer(list: &str) -> BuiltinFunctions {
+        BuiltinFunctions {
+            names: list
+                .split(' ')
+                .filter(|name| !name.is_empty())
+                .map(|name| name.as_bytes().into())
+                .collect(),
+        }
+    }
+
+    fn contains(&self, name: &[u8]) -> bool {
+        self.names.contains(name)
+    }
+
+    pub fn len(&self) -> usize {
+        self.names.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.names.is_empty()
+    }
+}
+
+/// [`BuiltinFunctions`] per database, loaded by the first session that needs them.
+#[derive(Debug, Default)]
+pub struct BuiltinRegistry {
+    by_database: Mutex<HashMap<String, Arc<BuiltinFunctions>>>,
+}
+
+impl BuiltinRegistry {
+    pub fn get(&self, database: &str) -> Option<Arc<BuiltinFunctions>> {
+        self.by_database
+            .lock()
+            .expect("builtin registry")
+            .get(database)
+            .cloned()
+    }
+
+    pub fn insert(&self, database: &str, functions: BuiltinFunctions) -> Arc<BuiltinFunctions> {
+        let functions = Arc::new(functions);
+        self.by_database
+            .lock()
+            .expect("builtin registry")
+            .insert(database.to_string(), functions.clone());
+        functions
+    }
+}
+
+/// Words followed by `(` that are syntax or type names, not function calls.
+const NOT_CALLS: &[&[u8]] = &[
+    b"all",
+    b"and",
+    b"any",
+    b"array",
+    b"as",
+    b"between",
+    b"bigint",
+    b"bit",
+    b"boolean",
+    b"by",
+    b"case",
+    b"cast",
+    b"char",
+    b"character",
+    b"check",
+    b"coalesce",
+    b"conflict",
+    b"cube",
+    b"dec",
+    b"decimal",
+    b"default",
+    b"distinct",
+    b"double",
+    b"else",
+    b"exclude",
+    b"exists",
+    b"extract",
+    b"fetch",
+    b"filter",
+    b"float",
+    b"for",
+    b"from",
+    b"greatest",
+    b"group",
+    b"grouping",
+    b"groups",
+    b"having",
+    b"if",
+    b"ilike",
+    b"in",
+    b"include",
+    b"int",
+    b"integer",
+    b"intersect",
+    b"interval",
+    b"is",
+    b"join",
+    b"key",
+    b"lateral",
+    b"least",
+    b"like",
+    b"limit",
+    b"national",
+    b"nchar",
+    b"not",
+    b"nullif",
+    b"numeric",
+    b"of",
+    b"offset",
+    b"on",
+    b"or",
+    b"order",
+    b"over",
+    b"overlay",
+    b"partition",
+    b"position",
+    b"precision",
+    b"primary",
+    b"range",
+    b"real",
+    b"returning",
+    b"rollup",
+    b"row",
+    b"rows",
+    b"select",
+    b"set",
+    b"sets",
+    b"similar",
+    b"smallint",
+    b"some",
+    b"substring",
+    b"table",
+    b"then",
+    b"time",
+    b"timestamp",
+    b"trim",
+    b"union",
+    b"unique",
+    b"using",
+    b"values",
+    b"varchar",
+    b"varying",
+    b"when",
+    b"where",
+    b"window",
+    b"with",
+    b"within",
+    b"xmlattributes",
+    b"xmlelement",
+    b"xmlforest",
+    b"xmlparse",
+    b"xmlpi",
+    b"xmlroot",
+    b"xmlserialize",
+    b"zone",
+    b"except",
+    b"only",
+    b"tablesample",
+    b"to",
+];
+
+/// Words after which `name (` is a relation or alias with a column list.
+const BEFORE_COLUMN_LIST: &[&[u8]] = &[
+    b"into",
+    b"table",
+    b"references",
+    b"as",
+    b"with",
+    b"recursive",
+    b"copy",
+    b"view",
+    b"index",
+    b"update",
+    b"constraint",
+    b"type",
+];
+
+/// Schemas whose functions are PostgreSQL's own.
+const BUILTIN_SCHEMAS: &[&[u8]] = &[b"pg_catalog", b"information_schema"];
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Token {
+    None,
+    /// A word at `start..end`; `quoted` for `"Name"` (compared as written).
+    Word {
+        start: usize,
+        end: usize,
+        quoted: bool,
+    },
+    Dot,
+    Other,
+}
+
+/// Whether `sql` (one or more statements) runs code the proxy cannot see into.
+/// `builtins`: `None` when the catalog is unknown, so that every call counts.
+pub fn runs_opaque_code(sql: &[u8], builtins: Option<&BuiltinFunctions>) -> bool {
+    // A call needs `(`; a `DO` block needs a quoted body. Most statements have neither
+    // a parenthesis nor a quote outside bound parameters: one quick look.
+    if !sql.iter().any(|b| matches!(b, b'(' | b'$' | b'\'')) {
+        return false;
+    }
+    let mut scan = Scan {
+        sql,
+        builtins,
+        recent: [Token::None; 3],
+        statement_start: true,
+    };
+    scan.run()
+}
+
+struct Scan<'a> {
+    sql: &'a [u8],
+    builtins: Option<&'a BuiltinFunctions>,
+    /// The last three tokens, newest last.
+    recent: [Token; 3],
+    statement_start: bool,
+}
+
+impl Scan<'_> {
+    fn run(&mut self) -> bool {
+        let sql = self.sql;
+        let mut at = 0;
+        while at < sql.len() {
+            let byte = sql[at];
+            match byte {
+                b' ' | b'\t' | b'\n' | b'\r' | b'\x0c' => at += 1,
+                b'-' if sql.get(at + 1) == Some(&b'-') => {
+                    at = memchr_from(sql, at, b'\n').map_or(sql.len(), |end| end + 1);
+                }
+                b'/' if sql.get(at + 1) == Some(&b'*') => at = skip_block_comment(sql, at),
+                b'\'' => {
+                    let escapes = self.escape_string_prefix();
+                    at = skip_string(sql, at, escapes);
+                    self.push(Token::Other);
+                }
+                b'$' if at > 0 && is_word_byte(sql[at - 1]) => at += 1, // `a$b`: inside a word
+                b'$' => match dollar_tag_end(sql, at) {
+                    Some(tag_end) => {
+                        at = skip_dollar_quote(sql, at, tag_end);
+                        self.push(Token::Other);
+                    }
+                    None => {
+                        at += 1; // a parameter `$1`
+                        while at < sql.len() && sql[at].is_ascii_digit() {
+                            at += 1;
+                        }
+                        self.push(Token::Other);
+                    }
+                },
+                b'"' => {
+                    let end = skip_quoted_identifier(sql, at);
+                    if self.word(at + 1, end.saturating_sub(1).max(at + 1), true) {
+                        return true;
+                    }
+                    at = end;
+                }
+                b'.' => {
+                    self.push(Token::Dot);
+                    at += 1;
+                }
+                b'(' => {
+                    if self.is_opaque_call() {
+                        return true;
+                    }
+                    self.push(Token::Other);
+                    at += 1;
+                }
+                b';' => {
+                    self.statement_start = true;
+                    self.push(Token::None);
+                    at += 1;
+                }
+                _ if is_word_start(byte) => {
+                    let start = at;
+                    while at < sql.len() && is_word_byte(sql[at]) {
+                        at += 1;
+                    }
+                    if self.word(start, at, false) {
+                        return true;
+                    }
+                }
+                _ => {
+                    self.push(Token::Other);
+                    at += 1;
+                }
+            }
+        }
+        false
+    }
+
+    fn push(&mut self, token: Token) {
+        self.recent = [self.recent[1], self.recent[2], token];
+    }
+
+    /// A word; true when it starts a `DO` or `CALL` statement.
+    fn word(&mut self, start: usize, end: usize, quoted: bool) -> bool {
+        let first = std::mem::replace(&mut self.statement_start, false);
+        self.push(Token::Word { start, end, quoted });
+        if first && !quoted {
+            let word = &self.sql[start..end];
+            return word.eq_ignore_ascii_case(b"do") || word.eq_ignore_ascii_case(b"call");
+        }
+        false
+    }
+
+    /// The string starting now is an `E'...'` string (backslash escapes).
+    fn escape_string_prefix(&self) -> bool {
+        match self.recent[2] {
+            Token::Word {
+                start,
+                end,
+                quoted: false,
+            } => end == start + 1 && self.sql[start].eq_ignore_ascii_case(&b'e'),
+            _ => false,
+        }
+    }
+
+    /// At `(`: whether the word before it names a function that is not PostgreSQL's.
+    fn is_opaque_call(&self) -> bool {
+        let Token::Word { start, end, quoted } = self.recent[2] else {
+            return false;
+        };
+        let name = &self.sql[start..end];
+        if self.recent[1] == Token::Dot {
+            // `schema.name(`: PostgreSQL's schemas are known; any other is user code.
+            return match self.recent[0] {
+                Token::Word { start, end, quoted } => {
+                    !is_one_of(&self.sql[start..end], quoted, BUILTIN_SCHEMAS)
+                }
+                _ => true,
+            };
+        }
+        if !quoted && is_one_of(name, false, NOT_CALLS) {
+            return false;
+        }
+        if let Token::Word {
+            start,
+            end,
+            quoted: false,
+        } = self.recent[1]
+        {
+            if is_one_of(&self.sql[start..end], false, BEFORE_COLUMN_LIST) {
+                return false;
+            }
+        }
+        let Some(builtins) = self.builtins else {
+            return true;
+        };
+        if quoted {
+            return !builtins.contains(name);
+        }
+        if name.iter().any(u8::is_ascii_uppercase) {
+            !builtins.contains(&name.to_ascii_lowercase())
+        } else {
+            !builtins.contains(name)
+        }
+    }
+}
+
+fn is_one_of(word: &[u8], quoted: bool, list: &[&[u8]]) -> bool {
+    if quoted {
+        list.contains(&word)
+    } else {
+        list.iter().any(|w| w.eq_ignore_ascii_case(word))
+    }
+}
+
+fn is_word_start(byte: u8) -> bool {
+    byte.is_ascii_alphabetic() || byte == b'_' || byte >= 0x80
+}
+
+fn is_word_byte(byte: u8) -> bool {
+    byte.is_ascii_alphanumeric() || byte == b'_' || byte == b'$' || byte >= 0x80
+}
+
+fn memchr_from(sql: &[u8], from: usize, byte: u8) -> Option<usize> {
+    sql[from..]
+        .iter()
+        .position(|b| *b == byte)
+        .map(|i| from + i)
+}
+
+/// Past a (nested) `/* ... */` comment starting at `at`.
+fn skip_block_comment(sql: &[u8], mut at: usize) -> usize {
+    let mut depth = 0usize;
+    while at < sql.len() {
+        if sql[at..].starts_with(b"/*") {
+            depth += 1;
+            at += 2;
+        } else if sql[at..].starts_with(b"*/") {
+            depth -= 1;
+            at += 2;
+            if depth == 0 {
+                return at;
+            }
+        } else {
+            at += 1;
+        }
+    }
+    sql.len()
+}
+
+/// Past a `'...'` string starting at `at` (`''` inside; `\'` too in `E'...'`).
+fn skip_string(sql: &[u8], mut at: usize, escapes: bool) -> usize {
+    at += 1;
+    while at < sql.len() {
+        match sql[at] {
+            b'\\' if escapes => at += 2,
+            b'\'' if sql.get(at + 1) == Some(&b'\'') => at += 2,
+            b'\'' => return at + 1,
+            _ => at += 1,
+        }
+    }
+    sql.len()
+}
+
+/// Past a `"..."` identifier starting at `at`.
+fn skip_quoted_identifier(sql: &[u8], mut at: usize) -> usize {
+    at += 1;
+    while at < sql.len() {
+        match sql[at] {
+            b'"' if sql.get(at + 1) == Some(&b'"') => at += 2,
+            b'"' => return at + 1,
+            _ => at += 1,
+        }
+    }
+    sql.len()
+}
+
+/// At `$`: the end of a dollar-quote opening tag (`$$`, `$body$`), if it is one.
+fn dollar_tag_end(sql: &[u8], at: usize) -> Option<usize> {
+    let mut end = at + 1;
+    while end < sql.len() && (sql[end].is_ascii_alphanumeric() || sql[end] == b'_') {
+        if end == at + 1 && sql[end].is_ascii_digit() {
+            return None; // `$1`
+        }
+        end += 1;
+    }
+    (sql.get(end) == Some(&b'$')).then_some(end + 1)
+}
+
+/// Past a dollar-quoted string whose opening tag is `sql[at..tag_end]`.
+fn skip_dollar_quote(sql: &[u8], at: usize, tag_end: usize) -> usize {
+    let tag = &sql[at..tag_end];
+    sql[tag_end..]
+        .windows(tag.len())
+        .position(|w| w == tag)
+        .map_or(sql.len(), |i| tag_end + i + tag.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn builtins() -> BuiltinFunctions {
+        BuiltinFunctions::from_answer(
+            "count now lower set_config coalesce generate_series pg_sleep nextval sum varchar",
+        )
+    }
+
+    fn opaque(sql: &str) -> bool {
+        runs_opaque_code(sql.as_bytes(), Some(&builtins()))
+    }
+
+    #[test]
+    fn user_functions_procedures_and_do_blocks_are_opaque() {
+        for sql in [
+            "SELECT f_leak()",
+            "select 1; select my_fn(1, 2)",
+            "SELECT * FROM app.report(3)",
+            "SELECT \"MixedCase\"(1)",
+            "CALL refresh_all()",
+            "  call p()",
+            "DO $$ BEGIN SET work_mem = '1GB'; END $$",
+            "/* c */ DO 'BEGIN NULL; END'",
+            "SELECT 1; do $x$ begin end $x$",
+            "SELECT count(*) FROM t WHERE x = lower(y) AND z = audit(x)",
+            "SELECT public.lower('A')",
+            "SELECT E'it\\'s', touch(1)",
+            "SELECT a FROM t JOIN u ON check_access(u.id)",
+        ] {
+            assert!(opaque(sql), "{sql}");
+        }
+    }
+
+    #[test]
+    fn plain_statements_and_builtin_calls_are_not() {
+        for sql in [
+            "SELECT abalance FROM pgbench_accounts WHERE aid = 5",
+            "SELECT count(*), now(), LOWER(name) FROM t WHERE id IN (1, 2) AND x = ANY($1)",
+            "SELECT pg_catalog.set_config('a.b', 'c', true)",
+            "INSERT INTO t(a, b) VALUES ($1, $2) ON CONFLICT (a) DO UPDATE SET b = EXCLUDED.b",
+            "WITH c(x) AS (SELECT 1) SELECT * FROM c AS d(y)",
+            "SELECT 'not_a_call(1)', \"col\" FROM t -- user_fn(1)\n",
+            "SELECT /* user_fn(1) */ 1",
+            "SELECT $$ user_fn(1) $$, $1, a$b FROM t",
+            "SELECT CAST(x AS varchar(10)), coalesce(a, b) FROM generate_series(1, 3)",
+            "UPDATE t SET (a, b) = (1, 2) WHERE exists (SELECT 1)",
+            "CREATE TABLE t(a int, b numeric(10, 2), c character varying(20))",
+            "SELECT x FROM t WHERE y = 'do' ORDER BY (z)",
+            "SELECT sum(x) OVER (PARTITION BY y) FROM t",
+            "INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) VALUES (1, 2, 3, 4, CURRENT_TIMESTAMP)",
+        ] {
+            assert!(!opaque(sql), "{sql}");
+        }
+    }
+
+    #[test]
+    fn without_the_catalog_every_call_counts() {
+        assert!(runs_opaque_code(b"SELECT count(*) FROM t", None));
+        assert!(!runs_opaque_code(b"SELECT a FROM t WHERE b IN (1)", None));
+    }
+}
