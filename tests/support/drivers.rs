@@ -182,6 +182,40 @@ pub fn run_node(script: &str, env: &[(&str, String)], timeout: Duration) -> Stri
     run_script(command, env, timeout, "node")
 }
 
+/// pgjdbc as the distribution packages it (`libpostgresql-jdbc-java`, which `.ci/run`
+/// installs), or the jar named by `PGJDBC_JAR`.
+pub fn pgjdbc_jar() -> PathBuf {
+    let jar = std::env::var_os("PGJDBC_JAR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/usr/share/java/postgresql.jar"));
+    assert!(
+        jar.exists(),
+        "pgjdbc not found at {}: apt-get install libpostgresql-jdbc-java default-jdk-headless (or set PGJDBC_JAR)",
+        jar.display()
+    );
+    jar
+}
+
+/// Compiles a Java program (public class `class`) against pgjdbc and runs it with
+/// `args`; otherwise like [`run_python`].
+pub fn run_java(source: &str, class: &str, args: &[String], timeout: Duration) -> String {
+    let dir = tempfile::tempdir().expect("java directory");
+    let file = dir.path().join(format!("{class}.java"));
+    std::fs::write(&file, source).unwrap();
+    let classpath = format!("{}:{}", pgjdbc_jar().display(), dir.path().display());
+    let mut javac = Command::new("javac");
+    javac
+        .arg("-cp")
+        .arg(&classpath)
+        .arg("-d")
+        .arg(dir.path())
+        .arg(&file);
+    run_script(javac, &[], Duration::from_secs(120), "javac");
+    let mut java = Command::new("java");
+    java.arg("-cp").arg(&classpath).arg(class).args(args);
+    run_script(java, &[], timeout, "java")
+}
+
 fn run_script(
     mut command: Command,
     env: &[(&str, String)],
