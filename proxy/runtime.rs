@@ -57,7 +57,7 @@ pub struct Runtime {
     /// The result cache (see `cache/`); built at start, kept across reloads.
     pub cache: Arc<crate::cache::ResultCache>,
     /// Each database's `pg_catalog` function names (`server/opaque_code.rs`).
-    pub builtin_functions: crate::server::opaque_code::BuiltinRegistry,
+    pub session_safe_functions: crate::server::opaque_code::SessionSafeRegistry,
     /// `PAUSE` from the admin console: new transactions wait while true.
     pub paused: tokio::sync::watch::Sender<bool>,
     /// Graceful shutdown: the phase `/readyz`, the listener and the sessions observe.
@@ -110,7 +110,7 @@ impl Runtime {
         Ok(Arc::new(Runtime {
             protection,
             cache,
-            builtin_functions: Default::default(),
+            session_safe_functions: Default::default(),
             routing: ArcSwap::from_pointee(routing),
             positions,
             tenancy: ArcSwap::from_pointee(tenancy),

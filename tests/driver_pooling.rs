@@ -460,7 +460,8 @@ async fn state_made_inside_functions_never_reaches_the_next_client() {
                 PERFORM pg_advisory_lock(4242);";
     let setup_sql = format!(
         "CREATE FUNCTION make_state() RETURNS int LANGUAGE plpgsql AS $f$ BEGIN {body} RETURN 1; END $f$; \
-         CREATE PROCEDURE make_state_proc() LANGUAGE plpgsql AS $f$ BEGIN {body} END $f$;"
+         CREATE PROCEDURE make_state_proc() LANGUAGE plpgsql AS $f$ BEGIN {body} END $f$; \
+         CREATE FUNCTION plus_one(int) RETURNS int LANGUAGE sql IMMUTABLE AS 'SELECT $1 + 1';"
     );
     tokio::time::timeout(STEP, direct.batch_execute(&setup_sql))
         .await
@@ -507,8 +508,10 @@ async fn state_made_inside_functions_never_reaches_the_next_client() {
         "state made inside functions reached the next client"
     );
 
-    // Built-in calls keep the connection as it is: the proxy's pooled statement stays.
-    let builtin = "SELECT count(*) FROM generate_series(1, $1::int) WHERE now() IS NOT NULL";
+    // Built-in and immutable calls keep the connection as it is: the proxy's pooled
+    // statement stays.
+    let builtin =
+        "SELECT count(*) FROM generate_series(1, $1::int) WHERE now() IS NOT NULL AND plus_one(1) = 2";
     let row = tokio::time::timeout(STEP, a.0.query_one(builtin, &[&3i32]))
         .await
         .expect("hung")

@@ -95,7 +95,7 @@ pub async fn log_in(
             } else {
                 None
             };
-            let builtins = runtime.builtin_functions.get(&identity.database);
+            let safe_functions = runtime.session_safe_functions.get(&identity.database);
             Ok(Session {
                 runtime: runtime.clone(),
                 backend: 0,
@@ -142,7 +142,7 @@ pub async fn log_in(
                 pooled: PooledState::new(
                     config.pool.pin_session_state,
                     config.pool.max_prepared_statements as usize,
-                    builtins,
+                    safe_functions,
                 ),
             })
         }

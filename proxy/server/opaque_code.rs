@@ -1,5 +1,5 @@
 //! Statements that run code the proxy cannot see into: `DO` blocks, `CALL`, and calls
-//! of functions that are not PostgreSQL's own (outside `pg_catalog`).
+//! of `VOLATILE` functions that are not PostgreSQL's own (outside `pg_catalog`).
 //!
 //! Such code may change the server session without a trace in the protocol:
 //! `PERFORM set_config('search_path', ..., false)`, `SET work_mem` inside PL/pgSQL,
@@ -8,8 +8,13 @@
 //! client. A connection that ran such a statement is reset before anyone uses it again
 //! (`ServerConnection::needs_reset`, honoured in `server_lease.rs`).
 //!
-//! Names are told apart by one catalog fact per database: the names of the functions in
-//! `pg_catalog` ([`BuiltinFunctions`], loaded once on a server connection). The text
+//! Names are told apart by one catalog question per database ([`SessionSafeFunctions`],
+//! asked once on a server connection): a name is safe when every function of that name
+//! is in `pg_catalog` or is `STABLE`/`IMMUTABLE`. PostgreSQL refuses `SET`, `CREATE`,
+//! `LISTEN` and the like in a non-volatile function, so extension functions such as
+//! PostGIS's `ST_*` or `pg_trgm`'s `similarity` cost nothing, while a user's default
+//! (`VOLATILE`) PL/pgSQL function, `dblink_connect` or `hypopg_create_index` do. A name
+//! created after the question counts as unsafe until the proxy restarts. The text
 //! scan skips string literals, quoted bodies and comments, and does not take a table's
 //! column list (`INSERT INTO t(a, b)`, `AS t(x)`, `WITH c(x) AS`) or a keyword
 //! (`IN (`, `VALUES (`, `CAST (`) for a call. It errs on the side of a call: a false
@@ -19,49 +24,44 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
-/// The question that loads [`BuiltinFunctions`]: one text value, names separated by
-/// spaces (no name in `pg_catalog` contains one).
-pub const BUILTIN_FUNCTIONS_SQL: &str = "SELECT string_agg(DISTINCT proname::text, ' ') \
-     FROM pg_catalog.pg_proc WHERE pronamespace = 'pg_catalog'::regnamespace";
+/// The question that loads [`SessionSafeFunctions`]: one text value, a JSON array of
+/// names (a quoted name may contain any character).
+pub const SESSION_SAFE_FUNCTIONS_SQL: &str = "SELECT coalesce(json_agg(proname), '[]')::text \
+     FROM (SELECT proname::text FROM pg_catalog.pg_proc GROUP BY proname \
+     HAVING bool_and(pronamespace = 'pg_catalog'::regnamespace OR provolatile <> 'v')) safe";
 
-/// The names of the functions in one database's `pg_catalog`.
+/// The names of the functions that cannot change the session unseen, in one database.
 #[derive(Debug, Default)]
-pub struct BuiltinFunctions {
+pub struct SessionSafeFunctions {
     names: HashSet<Box<[u8]>>,
 }
 
-impl BuiltinFunctions {
-    pub fn from_answer(list: &str) -> BuiltinFunctions {
-        BuiltinFunctions {
-            names: list
-                .split(' ')
-                .filter(|name| !name.is_empty())
-                .map(|name| name.as_bytes().into())
+impl SessionSafeFunctions {
+    /// From the answer to [`SESSION_SAFE_FUNCTIONS_SQL`]; `None` if it is not a JSON
+    /// array of names.
+    pub fn from_answer(json: &str) -> Option<SessionSafeFunctions> {
+        let names: Vec<String> = serde_json::from_str(json).ok()?;
+        Some(SessionSafeFunctions {
+            names: names
+                .into_iter()
+                .map(|name| name.into_bytes().into_boxed_slice())
                 .collect(),
-        }
+        })
     }
 
     fn contains(&self, name: &[u8]) -> bool {
         self.names.contains(name)
     }
-
-    pub fn len(&self) -> usize {
-        self.names.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.names.is_empty()
-    }
 }
 
-/// [`BuiltinFunctions`] per database, loaded by the first session that needs them.
+/// [`SessionSafeFunctions`] per database, loaded by the first session that needs them.
 #[derive(Debug, Default)]
-pub struct BuiltinRegistry {
-    by_database: Mutex<HashMap<String, Arc<BuiltinFunctions>>>,
+pub struct SessionSafeRegistry {
+    by_database: Mutex<HashMap<String, Arc<SessionSafeFunctions>>>,
 }
 
-impl BuiltinRegistry {
-    pub fn get(&self, database: &str) -> Option<Arc<BuiltinFunctions>> {
+impl SessionSafeRegistry {
+    pub fn get(&self, database: &str) -> Option<Arc<SessionSafeFunctions>> {
         self.by_database
             .lock()
             .expect("builtin registry")
@@ -69,7 +69,11 @@ impl BuiltinRegistry {
             .cloned()
     }
 
-    pub fn insert(&self, database: &str, functions: BuiltinFunctions) -> Arc<BuiltinFunctions> {
+    pub fn insert(
+        &self,
+        database: &str,
+        functions: SessionSafeFunctions,
+    ) -> Arc<SessionSafeFunctions> {
         let functions = Arc::new(functions);
         self.by_database
             .lock()
@@ -225,8 +229,8 @@ enum Token {
 }
 
 /// Whether `sql` (one or more statements) runs code the proxy cannot see into.
-/// `builtins`: `None` when the catalog is unknown, so that every call counts.
-pub fn runs_opaque_code(sql: &[u8], builtins: Option<&BuiltinFunctions>) -> bool {
+/// `safe_functions`: `None` when the catalog is unknown, so that every call counts.
+pub fn runs_opaque_code(sql: &[u8], safe_functions: Option<&SessionSafeFunctions>) -> bool {
     // A call needs `(`; a `DO` block needs a quoted body. Most statements have neither
     // a parenthesis nor a quote outside bound parameters: one quick look.
     if !sql.iter().any(|b| matches!(b, b'(' | b'$' | b'\'')) {
@@ -234,7 +238,7 @@ pub fn runs_opaque_code(sql: &[u8], builtins: Option<&BuiltinFunctions>) -> bool
     }
     let mut scan = Scan {
         sql,
-        builtins,
+        safe_functions,
         recent: [Token::None; 3],
         statement_start: true,
     };
@@ -243,7 +247,7 @@ pub fn runs_opaque_code(sql: &[u8], builtins: Option<&BuiltinFunctions>) -> bool
 
 struct Scan<'a> {
     sql: &'a [u8],
-    builtins: Option<&'a BuiltinFunctions>,
+    safe_functions: Option<&'a SessionSafeFunctions>,
     /// The last three tokens, newest last.
     recent: [Token; 3],
     statement_start: bool,
@@ -376,16 +380,16 @@ impl Scan<'_> {
                 return false;
             }
         }
-        let Some(builtins) = self.builtins else {
+        let Some(safe_functions) = self.safe_functions else {
             return true;
         };
         if quoted {
-            return !builtins.contains(name);
+            return !safe_functions.contains(name);
         }
         if name.iter().any(u8::is_ascii_uppercase) {
-            !builtins.contains(&name.to_ascii_lowercase())
+            !safe_functions.contains(&name.to_ascii_lowercase())
         } else {
-            !builtins.contains(name)
+            !safe_functions.contains(name)
         }
     }
 }
@@ -485,14 +489,16 @@ fn skip_dollar_quote(sql: &[u8], at: usize, tag_end: usize) -> usize {
 mod tests {
     use super::*;
 
-    fn builtins() -> BuiltinFunctions {
-        BuiltinFunctions::from_answer(
-            "count now lower set_config coalesce generate_series pg_sleep nextval sum varchar",
+    fn safe_functions() -> SessionSafeFunctions {
+        SessionSafeFunctions::from_answer(
+            r#"["count", "now", "lower", "set_config", "coalesce", "generate_series", "pg_sleep",
+                "nextval", "sum", "varchar"]"#,
         )
+        .unwrap()
     }
 
     fn opaque(sql: &str) -> bool {
-        runs_opaque_code(sql.as_bytes(), Some(&builtins()))
+        runs_opaque_code(sql.as_bytes(), Some(&safe_functions()))
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 
-use super::opaque_code::{runs_opaque_code, BuiltinFunctions};
+use super::opaque_code::{runs_opaque_code, SessionSafeFunctions};
 use super::responses::Expect;
 use super::session::Session;
 use super::session_effects::{Effect, Pins};
@@ -38,9 +38,9 @@ pub struct PooledState {
     pub unnamed: UnnamedStatement,
     /// Portals bound to statements with session effects, applied at `Execute`.
     pub portal_effects: Vec<(Bytes, Arc<[Effect]>)>,
-    /// The database's `pg_catalog` function names, to tell user code apart; loaded at
+    /// The database's session-safe function names (`opaque_code.rs`); loaded at
     /// the first checkout (`server_lease.rs`) when pins are on.
-    pub builtins: Option<Arc<BuiltinFunctions>>,
+    pub safe_functions: Option<Arc<SessionSafeFunctions>>,
     warned_unpinned: bool,
 }
 
@@ -48,7 +48,7 @@ impl PooledState {
     pub fn new(
         pin_enabled: bool,
         max_prepared: usize,
-        builtins: Option<Arc<BuiltinFunctions>>,
+        safe_functions: Option<Arc<SessionSafeFunctions>>,
     ) -> PooledState {
         PooledState {
             pins: Pins::default(),
@@ -56,7 +56,7 @@ impl PooledState {
             max_prepared,
             unnamed: UnnamedStatement::default(),
             portal_effects: Vec::new(),
-            builtins,
+            safe_functions,
             warned_unpinned: false,
         }
     }
@@ -74,7 +74,7 @@ impl PooledState {
 
     pub fn opaque_check(&self, mode: PoolMode) -> Option<OpaqueCheck<'_>> {
         self.checks_opaque_code(mode)
-            .then_some(OpaqueCheck(self.builtins.as_deref()))
+            .then_some(OpaqueCheck(self.safe_functions.as_deref()))
     }
 }
 

@@ -8,7 +8,7 @@ use bytes::BytesMut;
 
 use std::sync::Arc;
 
-use super::opaque_code::{BuiltinFunctions, BUILTIN_FUNCTIONS_SQL};
+use super::opaque_code::{SessionSafeFunctions, SESSION_SAFE_FUNCTIONS_SQL};
 use super::pump::shrink_if_idle;
 use super::session::Session;
 use super::settings::UNKNOWN_SETTINGS;
@@ -125,7 +125,7 @@ impl Session {
                     self.note_backend_success(backend);
                     if server.settings_hash == self.settings.hash()
                         && !server.needs_reset
-                        && (self.pooled.builtins.is_some()
+                        && (self.pooled.safe_functions.is_some()
                             || !self.pooled.checks_opaque_code(self.mode))
                     {
                         break server;
@@ -193,12 +193,12 @@ impl Session {
     }
 
     /// Readies a checked-out connection for this client: learns the database's
-    /// built-in function names if this session does not know them yet, resets a
+    /// session-safe function names if this session does not know them yet, resets a
     /// session that ran code the proxy cannot see into (`opaque_code.rs`), and gives it
     /// this client's settings. One round trip for the reset and the settings together.
     async fn prepare_server(&mut self, server: &mut PooledServer) -> Result<(), PoolError> {
-        if self.pooled.builtins.is_none() && self.pooled.checks_opaque_code(self.mode) {
-            self.pooled.builtins = Some(self.builtin_functions(server).await?);
+        if self.pooled.safe_functions.is_none() && self.pooled.checks_opaque_code(self.mode) {
+            self.pooled.safe_functions = Some(self.session_safe_functions(server).await?);
         }
         if !server.needs_reset && server.settings_hash == self.settings.hash() {
             return Ok(());
@@ -223,21 +223,22 @@ impl Session {
         Ok(())
     }
 
-    /// The database's `pg_catalog` function names, asked on `server` the first time.
-    async fn builtin_functions(
+    /// The database's session-safe function names, asked on `server` the first time.
+    async fn session_safe_functions(
         &self,
         server: &mut PooledServer,
-    ) -> Result<Arc<BuiltinFunctions>, PoolError> {
-        let registry = &self.runtime.builtin_functions;
+    ) -> Result<Arc<SessionSafeFunctions>, PoolError> {
+        let registry = &self.runtime.session_safe_functions;
         if let Some(known) = registry.get(&self.identity.database) {
             return Ok(known);
         }
-        let answer = server.query_values(BUILTIN_FUNCTIONS_SQL).await?;
-        let list = answer.into_iter().next().flatten().unwrap_or_default();
-        Ok(registry.insert(
-            &self.identity.database,
-            BuiltinFunctions::from_answer(&list),
-        ))
+        let answer = server.query_values(SESSION_SAFE_FUNCTIONS_SQL).await?;
+        let json = answer.into_iter().next().flatten().unwrap_or_default();
+        let functions = SessionSafeFunctions::from_answer(&json).unwrap_or_else(|| {
+            tracing::warn!(database = %self.identity.database, "unreadable list of session-safe functions; every function call resets its server connection");
+            SessionSafeFunctions::default()
+        });
+        Ok(registry.insert(&self.identity.database, functions))
     }
 
     /// Marks the attached server's settings as unknown (a `SET` went through it).

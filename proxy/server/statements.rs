@@ -13,7 +13,7 @@ use std::sync::{Mutex, OnceLock};
 
 use bytes::Bytes;
 
-use super::opaque_code::{runs_opaque_code, BuiltinFunctions};
+use super::opaque_code::{runs_opaque_code, SessionSafeFunctions};
 use super::session_effects::{effects_of, may_have_effects, Effect};
 
 /// Server-side identity of a statement definition.
@@ -132,7 +132,7 @@ pub fn statement_effects(
 /// Statements are checked for code the proxy cannot see into, with this catalog
 /// (`None`: not loaded, every call counts).
 #[derive(Clone, Copy)]
-pub struct OpaqueCheck<'a>(pub Option<&'a BuiltinFunctions>);
+pub struct OpaqueCheck<'a>(pub Option<&'a SessionSafeFunctions>);
 
 /// Cap on statements one client may keep; past it the oldest name is forgotten.
 const MAX_STATEMENTS_PER_CLIENT: usize = 10_000;
