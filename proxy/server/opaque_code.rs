@@ -54,6 +54,17 @@ impl SessionSafeFunctions {
     }
 }
 
+/// How statements are checked for code the proxy cannot see into: with the database's
+/// [`SessionSafeFunctions`], or, while they are not loaded (`None`), counting every call.
+#[derive(Clone, Copy)]
+pub struct OpaqueCheck<'a>(pub Option<&'a SessionSafeFunctions>);
+
+impl OpaqueCheck<'_> {
+    pub fn runs_opaque_code(self, sql: &[u8]) -> bool {
+        runs_opaque_code(sql, self.0)
+    }
+}
+
 /// [`SessionSafeFunctions`] per database, loaded by the first session that needs them.
 #[derive(Debug, Default)]
 pub struct SessionSafeRegistry {
@@ -230,7 +241,7 @@ enum Token {
 
 /// Whether `sql` (one or more statements) runs code the proxy cannot see into.
 /// `safe_functions`: `None` when the catalog is unknown, so that every call counts.
-pub fn runs_opaque_code(sql: &[u8], safe_functions: Option<&SessionSafeFunctions>) -> bool {
+fn runs_opaque_code(sql: &[u8], safe_functions: Option<&SessionSafeFunctions>) -> bool {
     // A call needs `(`; a `DO` block needs a quoted body. Most statements have neither
     // a parenthesis nor a quote outside bound parameters: one quick look.
     if !sql.iter().any(|b| matches!(b, b'(' | b'$' | b'\'')) {

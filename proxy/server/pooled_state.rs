@@ -8,11 +8,11 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 
-use super::opaque_code::{runs_opaque_code, SessionSafeFunctions};
+use super::opaque_code::{OpaqueCheck, SessionSafeFunctions};
 use super::responses::Expect;
 use super::session::Session;
 use super::session_effects::{Effect, Pins};
-use super::statements::{statement_effects, OpaqueCheck};
+use super::statements::statement_effects;
 use crate::config::PoolMode;
 use crate::protocol::extended::write_parse;
 
@@ -144,7 +144,7 @@ impl Session {
         self.pooled.unnamed.exists = false;
         self.pooled.unnamed.on_server = false;
         let opaque = self.pooled.opaque_check(self.mode);
-        if !may_have_effects && !opaque.is_some_and(|check| runs_opaque_code(sql, check.0)) {
+        if !may_have_effects && !opaque.is_some_and(|check| check.runs_opaque_code(sql)) {
             return;
         }
         if let Some(effects) = statement_effects(sql, opaque) {

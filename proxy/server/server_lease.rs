@@ -2,11 +2,10 @@
 //! client's settings), give it back when the transaction is over, mark it broken when
 //! it failed, and reset it when the client leaves.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-
-use std::sync::Arc;
 
 use super::opaque_code::{SessionSafeFunctions, SESSION_SAFE_FUNCTIONS_SQL};
 use super::pump::shrink_if_idle;

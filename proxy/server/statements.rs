@@ -13,7 +13,7 @@ use std::sync::{Mutex, OnceLock};
 
 use bytes::Bytes;
 
-use super::opaque_code::{runs_opaque_code, SessionSafeFunctions};
+use super::opaque_code::OpaqueCheck;
 use super::session_effects::{effects_of, may_have_effects, Effect};
 
 /// Server-side identity of a statement definition.
@@ -118,7 +118,7 @@ pub fn statement_effects(
     query: &[u8],
     opaque: Option<OpaqueCheck>,
 ) -> Option<std::sync::Arc<[Effect]>> {
-    let opaque = opaque.is_some_and(|check| runs_opaque_code(query, check.0));
+    let opaque = opaque.is_some_and(|check| check.runs_opaque_code(query));
     if !may_have_effects(query) {
         return opaque.then(|| [Effect::OpaqueCode].into());
     }
@@ -128,11 +128,6 @@ pub fn statement_effects(
     }
     (!effects.is_empty()).then(|| effects.into())
 }
-
-/// Statements are checked for code the proxy cannot see into, with this catalog
-/// (`None`: not loaded, every call counts).
-#[derive(Clone, Copy)]
-pub struct OpaqueCheck<'a>(pub Option<&'a SessionSafeFunctions>);
 
 /// Cap on statements one client may keep; past it the oldest name is forgotten.
 const MAX_STATEMENTS_PER_CLIENT: usize = 10_000;
