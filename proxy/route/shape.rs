@@ -3,12 +3,37 @@
 //! one cache entry. A single pass over the bytes, no parsing; comments are kept
 //! (they may carry routing hints), runs of whitespace collapse to one space.
 
+/// Where a shape is written: a `String`, or a hasher when only its hash is needed
+/// (the statistics key texts by the hash of their shape; no string is built for that).
+pub trait ShapeSink {
+    fn put(&mut self, part: &str);
+}
+
+impl ShapeSink for String {
+    fn put(&mut self, part: &str) {
+        self.push_str(part);
+    }
+}
+
 /// Returns the statement's shape.
 pub fn shape(sql: &str) -> String {
-    let bytes = sql.as_bytes();
     let mut out = String::with_capacity(sql.len());
+    shape_into(sql, &mut out);
+    out
+}
+
+/// Writes the statement's shape to `out`, in pieces; returns whether it replaced any
+/// literal.
+pub fn shape_into(sql: &str, out: &mut impl ShapeSink) -> bool {
+    let bytes = sql.as_bytes();
     let mut i = 0;
     let mut last_space = false;
+    let mut literals = false;
+    let mut w = Writer {
+        out,
+        pending_space: false,
+        written: false,
+    };
     while i < bytes.len() {
         let b = bytes[i];
         match b {
@@ -28,7 +53,8 @@ pub fn shape(sql: &str) -> String {
                     }
                     i += 1;
                 }
-                out.push('?');
+                w.put("?");
+                literals = true;
                 i += 1;
                 last_space = false;
                 continue;
@@ -42,13 +68,14 @@ pub fn shape(sql: &str) -> String {
                 {
                     i += 1;
                 }
-                out.push('?');
+                w.put("?");
+                literals = true;
                 last_space = false;
                 continue;
             }
             b'-' if bytes.get(i + 1) == Some(&b'-') => {
                 let end = sql[i..].find('\n').map_or(bytes.len(), |p| i + p);
-                out.push_str(&sql[i..end]);
+                w.put(&sql[i..end]);
                 i = end;
                 continue;
             }
@@ -56,7 +83,7 @@ pub fn shape(sql: &str) -> String {
                 let end = sql[i + 2..]
                     .find("*/")
                     .map_or(bytes.len(), |p| i + 2 + p + 2);
-                out.push_str(&sql[i..end]);
+                w.put(&sql[i..end]);
                 i = end;
                 continue;
             }
@@ -68,14 +95,14 @@ pub fn shape(sql: &str) -> String {
                     dollar_quote_end(sql, i)
                 };
                 let end = close.unwrap_or(i + 1).min(bytes.len());
-                out.push_str(&sql[i..end]);
+                w.put(&sql[i..end]);
                 i = end;
                 last_space = false;
                 continue;
             }
             b if b.is_ascii_whitespace() => {
-                if !last_space && !out.is_empty() {
-                    out.push(' ');
+                if !last_space && w.written {
+                    w.pending_space = true;
                 }
                 last_space = true;
                 i += 1;
@@ -83,17 +110,46 @@ pub fn shape(sql: &str) -> String {
             }
             _ => {}
         }
-        // Copy one UTF-8 character.
-        let width = utf8_width(b);
-        let end = (i + width).min(bytes.len());
-        out.push_str(&sql[i..end]);
+        // Copy the run of plain bytes up to the next one that starts something (all
+        // ASCII, so the run ends on a character boundary).
+        let mut end = i + 1;
+        while end < bytes.len() && !starts_something(bytes, end) {
+            end += 1;
+        }
+        w.put(&sql[i..end]);
         i = end;
         last_space = false;
     }
-    if out.ends_with(' ') {
-        out.pop();
+    literals
+}
+
+/// Writes pieces of a shape; a space only once something follows it, so none leads or
+/// trails.
+struct Writer<'a, S> {
+    out: &'a mut S,
+    pending_space: bool,
+    written: bool,
+}
+
+impl<S: ShapeSink> Writer<'_, S> {
+    fn put(&mut self, part: &str) {
+        if std::mem::take(&mut self.pending_space) {
+            self.out.put(" ");
+        }
+        self.out.put(part);
+        self.written = true;
     }
-    out
+}
+
+/// Whether the byte at `i` starts a literal, comment, quoted text or whitespace.
+fn starts_something(bytes: &[u8], i: usize) -> bool {
+    match bytes[i] {
+        b'\'' | b'"' | b'$' => true,
+        b'0'..=b'9' => !prev_is_word(bytes, i),
+        b'-' => bytes.get(i + 1) == Some(&b'-'),
+        b'/' => bytes.get(i + 1) == Some(&b'*'),
+        b => b.is_ascii_whitespace(),
+    }
 }
 
 fn prev_is_word(bytes: &[u8], i: usize) -> bool {
@@ -114,15 +170,6 @@ fn dollar_quote_end(sql: &str, start: usize) -> Option<usize> {
     sql[tag_end + 1..]
         .find(tag)
         .map(|p| tag_end + 1 + p + tag.len())
-}
-
-fn utf8_width(first: u8) -> usize {
-    match first {
-        0x00..=0x7f => 1,
-        0xc0..=0xdf => 2,
-        0xe0..=0xef => 3,
-        _ => 4,
-    }
 }
 
 #[cfg(test)]
@@ -153,6 +200,8 @@ mod tests {
         );
         assert_eq!(shape("select $f$ 1 $f$, 'ż'"), "select $f$ 1 $f$, ?");
         assert_ne!(shape("select a from t"), shape("select b from t"));
+        assert_eq!(shape("  select   1  "), "select ?");
+        assert_eq!(shape("select 1 -- note  \n"), "select ? -- note  ");
         // Unterminated input must not panic.
         for text in ["'", "\"", "$a$", "/*", "--", "1e", "é"] {
             let _ = shape(text);

@@ -155,6 +155,21 @@ impl TextMap {
         super::process_hash(sql)
     }
 
+    /// The hash of the text's shape (kept apart from text hashes), written straight
+    /// into the hasher, and whether the shape replaced any literal.
+    fn shape_hash(text: &str) -> (u64, bool) {
+        use std::hash::{BuildHasher, Hasher};
+        struct HashSink<H>(H);
+        impl<H: Hasher> crate::route::shape::ShapeSink for HashSink<H> {
+            fn put(&mut self, part: &str) {
+                self.0.write(part.as_bytes());
+            }
+        }
+        let mut sink = HashSink(super::process_hasher().build_hasher());
+        let has_literals = crate::route::shape::shape_into(text, &mut sink);
+        (sink.0.finish() ^ SHAPE_HASH_SALT, has_literals)
+    }
+
     fn get(&self, hash: u64) -> Option<FingerprintId> {
         self.map.get(&hash).copied()
     }
@@ -320,9 +335,7 @@ fn fingerprint_of(
         return (id, None);
     }
     let text = String::from_utf8_lossy(sql);
-    let shape = crate::route::shape::shape(&text);
-    let has_literals = shape.as_bytes() != sql;
-    let by_shape = TextMap::hash(shape.as_bytes()) ^ SHAPE_HASH_SALT;
+    let (by_shape, has_literals) = TextMap::shape_hash(&text);
     if has_literals {
         if let Some(id) = known(by_text.get(by_shape)) {
             by_text.remember_recent(exact, id);
