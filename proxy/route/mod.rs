@@ -132,9 +132,7 @@ impl Routing {
     /// Classifies statement text, from cache when a statement of the same shape
     /// (same text up to literal values) was seen before.
     pub fn classify(&self, sql: &str) -> StatementClass {
-        if let Some(class) = self.classes.get(sql) {
-            return class;
-        }
+        // The cache is keyed by shape only: one lookup (shaping is cheaper than a miss).
         let key = shape::shape(sql);
         if let Some(class) = self.classes.get(&key) {
             return class;
