@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use bb8::RunError;
@@ -59,7 +59,9 @@ pub struct ServerPool {
     /// The fair waiting line: one permit per server connection.
     gate: Option<Arc<FairGate>>,
     /// `ParameterStatus` of the first server connection, replayed to logging-in clients.
-    server_parameters: OnceLock<Vec<(String, String)>>,
+    /// Learned from the first connection checked out. A burst of logins on a cold
+    /// pool waits for one checkout instead of each taking a connection to read them.
+    server_parameters: tokio::sync::OnceCell<Vec<(String, String)>>,
     pub stats: PoolStats,
     /// Statement definitions some server of this pool has prepared successfully; a
     /// client's `Parse` of one of them is answered without taking a server.
@@ -156,7 +158,7 @@ impl ServerPool {
             pool,
             warm,
             gate,
-            server_parameters: OnceLock::new(),
+            server_parameters: tokio::sync::OnceCell::new(),
             stats: PoolStats::default(),
             known_statements: moka::sync::Cache::new(100_000),
             last_connect_error,
@@ -292,11 +294,13 @@ impl ServerPool {
 
     /// Server parameters to announce to clients; checks out a connection once to learn them.
     pub async fn server_parameters(&self) -> Result<Vec<(String, String)>, PoolError> {
-        if let Some(parameters) = self.server_parameters.get() {
-            return Ok(parameters.clone());
-        }
-        let server = self.checkout().await?;
-        Ok(server.parameters.clone())
+        self.server_parameters
+            .get_or_try_init(|| async {
+                let server = self.checkout().await?;
+                Ok(server.parameters.clone())
+            })
+            .await
+            .cloned()
     }
 
     fn connect_error_since(&self, since: Instant) -> Option<ConnectFailure> {
