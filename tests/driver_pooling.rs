@@ -485,10 +485,8 @@ async fn state_made_inside_functions_never_reaches_the_next_client() {
         // (as any statement's does): this one only changes settings.
         "DO $d$ BEGIN SET work_mem = '77MB'; EXECUTE 'SET search_path = elsewhere'; END $d$",
     ] {
-        assert_eq!(
-            answer(&a.0, make).await,
-            "1".repeat(usize::from(make.starts_with("SELECT")))
-        );
+        let made = if make.starts_with("SELECT") { "1" } else { "" }; // CALL, DO: no rows
+        assert_eq!(answer(&a.0, make).await, made);
         assert_eq!(answer(&b.0, pid).await, backend, "one pooled backend");
         seen.push((make.to_string(), answer(&b.0, probe).await));
     }
