@@ -46,8 +46,13 @@ pub async fn connect(proxy: &RunningProxy) -> tokio_postgres::Client {
         .expect("connect through proxy")
 }
 
+/// Connects with tokio-postgres; a login that does not finish within 20 s fails the
+/// test instead of stalling it.
 pub async fn connect_url(url: &str) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
-    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
+    let connecting = tokio_postgres::connect(url, tokio_postgres::NoTls);
+    let (client, connection) = tokio::time::timeout(std::time::Duration::from_secs(20), connecting)
+        .await
+        .unwrap_or_else(|_| panic!("connecting to {url} hung for 20 s"))?;
     tokio::spawn(async move {
         let _ = connection.await;
     });
