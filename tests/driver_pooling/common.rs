@@ -1,6 +1,7 @@
-//! Helpers for `driver_pooling.rs`: running the driver scripts beside this file,
-//! tokio-postgres clients whose every statement has a timeout, the kinds of session
-//! state a client can create (and how to see them), and raw protocol reads.
+//! Helpers for `driver_pooling.rs` and `session_pinning.rs`: running the driver
+//! scripts beside this file, tokio-postgres clients whose every statement has a
+//! timeout, the kinds of session state a client can create (and how to see them), and
+//! raw protocol reads.
 
 use std::time::Duration;
 
