@@ -184,7 +184,7 @@ impl Session {
         let Some(analysis) = self.analyse(&request.sql, may_ask).await else {
             return Ok(false);
         };
-        let text = String::from_utf8_lossy(&request.sql);
+        let text = crate::protocol::text::lossy(&request.sql);
         cache.count_miss(analysis.fingerprint, &text);
         let tables = match &analysis.verdict {
             Ok(tables) => tables.clone(),
@@ -373,7 +373,7 @@ impl Session {
     }
 
     fn rules_match(&self, sql: &[u8], rules: &[String]) -> bool {
-        let text = String::from_utf8_lossy(sql);
+        let text = crate::protocol::text::lossy(sql);
         let (fingerprint, _) = crate::stats::fingerprint::fingerprint(&text);
         let id = fingerprint.to_string();
         if rules.contains(&id) {
@@ -392,7 +392,7 @@ impl Session {
     }
 
     fn auto_match(&self, sql: &[u8], settings: &crate::config::CacheConfig) -> bool {
-        let text = String::from_utf8_lossy(sql);
+        let text = crate::protocol::text::lossy(sql);
         if self.runtime.routing().classify(&text) != StatementClass::Read {
             return false;
         }
@@ -474,7 +474,10 @@ impl Session {
                 self.pooled.unnamed.on_server = false;
             } else {
                 let read_only = self.routing.as_ref().is_some_and(|state| {
-                    state.routing.classify(&String::from_utf8_lossy(&query)) == StatementClass::Read
+                    state
+                        .routing
+                        .classify(&crate::protocol::text::lossy(&query))
+                        == StatementClass::Read
                 });
                 let opaque = self.pooled.opaque_check(self.mode);
                 self.statements
@@ -523,14 +526,24 @@ impl Session {
 
     /// After each step of the session loop: store a completed fill; invalidate what a
     /// committed transaction wrote (before its `ReadyForQuery` reaches the client).
+    /// Only the invalidation, which may take a round trip, is a boxed future: most
+    /// steps have nothing to invalidate and allocate nothing.
     pub(super) async fn cache_after_step(&mut self) {
+        if self.cache_store_settled_fill() {
+            Box::pin(self.invalidate_writes()).await;
+        }
+    }
+
+    /// Stores a completed fill once the batch has settled; whether a committed
+    /// transaction's writes are left to invalidate.
+    fn cache_store_settled_fill(&mut self) -> bool {
         let Some(state) = self.caching.as_ref() else {
-            return;
+            return false;
         };
         let settled =
             self.responses.is_empty() && !self.batch_open && !self.responses.awaiting_sync();
         if !settled {
-            return;
+            return false;
         }
         if state.fill.is_some() {
             self.cache_capture();
@@ -542,9 +555,7 @@ impl Session {
             .caching
             .as_ref()
             .is_some_and(|c| !c.writes.is_empty() || c.unknown_writes);
-        if pending && self.status == TransactionStatus::Idle {
-            self.invalidate_writes().await;
-        }
+        pending && self.status == TransactionStatus::Idle
     }
 
     fn store_fill(&mut self, fill: Fill) {

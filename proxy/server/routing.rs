@@ -151,7 +151,7 @@ impl Session {
         message_tag: u8,
         frame: &[u8],
     ) -> (StatementClass, Option<Hint>) {
-        let lossy = String::from_utf8_lossy;
+        let lossy = crate::protocol::text::lossy;
         match message_tag {
             tag::QUERY => {
                 let sql = body(frame);
@@ -270,7 +270,7 @@ impl Session {
             return Ok(false);
         };
         let sql = body(frame);
-        let sql = String::from_utf8_lossy(&sql[..sql.len().saturating_sub(1)]).into_owned();
+        let sql = crate::protocol::text::lossy(&sql[..sql.len().saturating_sub(1)]).into_owned();
         if !sql.to_ascii_lowercase().contains("pgwarden.") {
             return Ok(false);
         }
@@ -291,13 +291,21 @@ impl Session {
 
     /// After a primary transaction that wrote: learn the commit position (and tell
     /// other instances, for shared scopes) before the server goes back to the pool.
+    /// Whether the transaction just ended wrote, and read-your-writes needs to know
+    /// where (see [`Self::record_write_position`]).
+    pub(super) fn write_position_pending(&self) -> bool {
+        self.routing
+            .as_ref()
+            .is_some_and(|state| state.wrote && state.scope != RywScope::Off)
+    }
+
     pub(super) async fn record_write_position(&mut self) {
+        if !self.write_position_pending() {
+            return;
+        }
         let Some(state) = self.routing.as_mut() else {
             return;
         };
-        if !state.wrote || state.scope == RywScope::Off {
-            return;
-        }
         state.wrote = false;
         let key = state.shared_key.clone();
         let database = state.topology.database.clone();

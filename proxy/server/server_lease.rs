@@ -30,9 +30,22 @@ impl Session {
     }
 
     /// Transaction pooling: the server goes back once every answer is relayed and the
-    /// server reported idle.
+    /// server reported idle. Only a primary connection whose transaction wrote needs a
+    /// round trip first (the commit position); that part alone is a boxed future, so
+    /// the plain path allocates nothing here.
     pub(super) async fn maybe_release(&mut self) {
-        if self.mode == PoolMode::Transaction
+        if !self.may_release() {
+            return;
+        }
+        if self.backend == 0 && self.write_position_pending() {
+            Box::pin(self.record_write_position()).await;
+        }
+        self.release();
+    }
+
+    /// Whether the transaction-pooled server can go back now.
+    fn may_release(&self) -> bool {
+        self.mode == PoolMode::Transaction
             && self.responses.is_empty()
             && !self.batch_open
             && !self.pooled.is_pinned()
@@ -41,12 +54,6 @@ impl Session {
             && self.to_server.is_empty()
             && !self.streamed.is_open()
             && self.server.as_ref().is_some_and(|s| s.read_buf.is_empty())
-        {
-            if self.backend == 0 {
-                self.record_write_position().await;
-            }
-            self.release();
-        }
     }
 
     pub(super) fn release(&mut self) {

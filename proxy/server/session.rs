@@ -171,9 +171,8 @@ impl Session {
     }
 
     async fn serve(&mut self) -> Result<(), SessionError> {
-        let mut idle_since = Instant::now();
         loop {
-            let step = match self.pump_once(idle_since).await {
+            let step = match self.pump_once().await {
                 // Boxed: the handling future (pool checkout, settings replay) is large
                 // and would otherwise be part of every idle client's task.
                 Ok(Pumped::ClientData) => Box::pin(self.handle_client_messages()).await,
@@ -182,7 +181,7 @@ impl Session {
                 Err(e) => Err(e),
             };
             if step.is_ok() && self.caching.is_some() {
-                Box::pin(self.cache_after_step()).await;
+                self.cache_after_step().await;
             }
             match step {
                 Ok(()) => {}
@@ -201,14 +200,13 @@ impl Session {
                 Err(e) => return Err(e),
             }
             if self.server.is_some() {
-                Box::pin(self.maybe_release()).await;
+                self.maybe_release().await;
             }
             self.shrink_buffers();
-            idle_since = Instant::now();
         }
     }
 
-    async fn pump_once(&mut self, idle_since: Instant) -> Result<Pumped, SessionError> {
+    async fn pump_once(&mut self) -> Result<Pumped, SessionError> {
         let (idle_limit, holding_server) = self.idle_limit();
         let server_owes = holding_server && idle_limit.is_none();
         let limit = if server_owes {
@@ -216,7 +214,9 @@ impl Session {
         } else {
             idle_limit
         };
-        let deadline = limit.map(|limit| idle_since + limit);
+        // The clock is read only when there is a limit to keep (none by default while a
+        // server owes answers).
+        let deadline = limit.map(|limit| Instant::now() + limit);
         // Graceful shutdown: a client between transactions leaves when draining starts,
         // one in the middle of something only when the shutdown timeout has passed.
         let leave_at = if self.between_transactions() {
@@ -231,9 +231,20 @@ impl Session {
         // While a message is cut in two, nothing else may be written to the client, so
         // its next messages wait (PostgreSQL does not read while it sends, either).
         let read_client = !self.streamed.is_open();
-        let pumped = tokio::select! {
-            pumped = self.pump(read_client, false, deadline) => pumped,
-            _ = shutdown.reached(leave_at) => return Err(SessionError::Shutdown),
+        let pumped = {
+            let pump = self.pump(read_client, false, deadline);
+            let mut pump = std::pin::pin!(pump);
+            // The shutdown is looked at without a lock on every poll (see `shutdown.rs`).
+            std::future::poll_fn(|cx| {
+                if shutdown.poll_reached(cx, leave_at).is_ready() {
+                    return std::task::Poll::Ready(None);
+                }
+                std::future::Future::poll(pump.as_mut(), cx).map(Some)
+            })
+            .await
+        };
+        let Some(pumped) = pumped else {
+            return Err(SessionError::Shutdown);
         };
         match pumped {
             Err(None) if server_owes => {

@@ -2,10 +2,12 @@
 //! stops. `main` moves it through its phases (SIGTERM → `NotReady` → `Draining` →
 //! `Closing`); `/readyz`, the accept loop and each session only watch it. No lock is
 //! held across an await: the phase is a `tokio::sync::watch` channel (read with
-//! `borrow`, awaited with `wait_for`), and each session waits on a child token of its
-//! own (`SessionShutdown`), so the hot path never polls a waiter list that every
-//! session shares (only after draining began does a session wait on the shared
-//! `Closing` token).
+//! `borrow`, awaited with `wait_for`) for the few long-lived waiters, and an atomic
+//! with one `AtomicWaker` per session (`SessionShutdown`) for the sessions. A session
+//! looks at the shutdown on every pump, several times per transaction, so that look
+//! takes no lock: an atomic load, and a waker registration that is a no-op while the
+//! session's task stays the same. Only entering a phase walks the sessions (under the
+//! registry's lock) to wake them.
 //!
 //! What each phase means:
 //! - `NotReady`: `/readyz` answers 503 "shutting down"; everything else still works
@@ -18,17 +20,20 @@
 //! - `Closing`: `proxy.shutdown_timeout_ms` passed: every client left gets 57P01 now;
 //!   an unfinished transaction's server connection is closed, so PostgreSQL rolls it back.
 
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use std::sync::Arc;
-
+use futures_util::task::AtomicWaker;
+use slab::Slab;
 use tokio::sync::watch;
-use tokio_util::sync::CancellationToken;
 
 use crate::runtime::Runtime;
 
 /// Where the process is in its shutdown; ordered, it only moves forward.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[repr(u8)]
 pub enum Phase {
     Running,
     NotReady,
@@ -36,52 +41,83 @@ pub enum Phase {
     Closing,
 }
 
+impl Phase {
+    fn from_u8(value: u8) -> Phase {
+        match value {
+            0 => Phase::Running,
+            1 => Phase::NotReady,
+            2 => Phase::Draining,
+            _ => Phase::Closing,
+        }
+    }
+}
+
 /// The shared shutdown signal (one per `Runtime`).
 #[derive(Debug)]
 pub struct Shutdown {
     phase: watch::Sender<Phase>,
-    /// Cancelled on `Draining` and on `Closing`; sessions hold child tokens of
-    /// `draining` and clones of `closing`.
-    draining: CancellationToken,
-    closing: CancellationToken,
+    /// The phase again, for sessions to read without a lock.
+    sessions: Arc<SessionRegistry>,
+}
+
+/// The phase as sessions read it, and the sessions to wake when it moves.
+#[derive(Debug, Default)]
+struct SessionRegistry {
+    phase: AtomicU8,
+    waiting: Mutex<Slab<Weak<SessionShutdown>>>,
 }
 
 impl Default for Shutdown {
     fn default() -> Self {
         Shutdown {
             phase: watch::Sender::new(Phase::Running),
-            draining: CancellationToken::new(),
-            closing: CancellationToken::new(),
+            sessions: Arc::default(),
         }
     }
 }
 
-/// One session's view of the shutdown: a child token of its own for `Draining`, and
-/// the shared `Closing` token, waited on only once draining has begun (`Closing`
-/// always comes after `Draining`). One child token per session, not two: each is a
-/// node of the token tree (issue 13: RSS per idle client).
+/// One session's view of the shutdown: the shared phase, and the waker of the task
+/// that serves the session (registered on each look, woken when the phase moves).
 #[derive(Debug)]
 pub struct SessionShutdown {
-    draining: CancellationToken,
-    closing: CancellationToken,
+    registry: Arc<SessionRegistry>,
+    waker: AtomicWaker,
+    slot: usize,
 }
 
 impl SessionShutdown {
-    /// Whether the shutdown has reached `phase`: `Closing`, else `Draining` (the
-    /// phases a session acts on).
+    /// Whether the shutdown has reached `phase` (the session acts on `Draining` and
+    /// `Closing`).
     pub fn has_reached(&self, phase: Phase) -> bool {
-        match phase {
-            Phase::Closing => self.closing.is_cancelled(),
-            _ => self.draining.is_cancelled(),
+        Phase::from_u8(self.registry.phase.load(Ordering::Acquire)) >= phase
+    }
+
+    /// Ready once the shutdown has reached `phase`; until then the task of `cx` is
+    /// woken when the phase moves. Registering before looking means a phase entered in
+    /// between is seen now or wakes the task.
+    pub fn poll_reached(&self, cx: &mut Context<'_>, phase: Phase) -> Poll<()> {
+        self.waker.register(cx.waker());
+        if self.has_reached(phase) {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
         }
     }
 
-    /// Waits until the shutdown has reached `phase`: `Closing`, else `Draining`.
+    /// Waits until the shutdown has reached `phase`.
     pub async fn reached(&self, phase: Phase) {
-        self.draining.cancelled().await;
-        if phase == Phase::Closing {
-            self.closing.cancelled().await;
-        }
+        std::future::poll_fn(|cx| self.poll_reached(cx, phase)).await
+    }
+}
+
+impl Drop for SessionShutdown {
+    fn drop(&mut self) {
+        let mut waiting = self
+            .registry
+            .waiting
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        waiting.try_remove(self.slot);
     }
 }
 
@@ -100,20 +136,35 @@ impl Shutdown {
                 false
             }
         });
-        if phase >= Phase::Draining {
-            self.draining.cancel();
-        }
-        if phase >= Phase::Closing {
-            self.closing.cancel();
+        let registry = &self.sessions;
+        let before = registry.phase.fetch_max(phase as u8, Ordering::AcqRel);
+        if phase as u8 > before && phase >= Phase::Draining {
+            // Woken outside the lock: the last reference to a session may be dropped
+            // here, and its `Drop` takes the lock.
+            let sessions: Vec<Arc<SessionShutdown>> = {
+                let waiting = registry.waiting.lock().unwrap_or_else(|e| e.into_inner());
+                waiting.iter().filter_map(|(_, s)| s.upgrade()).collect()
+            };
+            for session in sessions {
+                session.waker.wake();
+            }
         }
     }
 
     /// What a new session waits on.
     pub fn session(&self) -> Arc<SessionShutdown> {
-        Arc::new(SessionShutdown {
-            draining: self.draining.child_token(),
-            closing: self.closing.clone(),
-        })
+        let registry = self.sessions.clone();
+        let mut waiting = registry.waiting.lock().unwrap_or_else(|e| e.into_inner());
+        let entry = waiting.vacant_entry();
+        let slot = entry.key();
+        let session = Arc::new(SessionShutdown {
+            registry: registry.clone(),
+            waker: AtomicWaker::new(),
+            slot,
+        });
+        entry.insert(Arc::downgrade(&session));
+        drop(waiting);
+        session
     }
 
     /// Waits until the shutdown has reached `phase`.
