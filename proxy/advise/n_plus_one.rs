@@ -8,7 +8,7 @@
 //! connection. State is bounded by bytes (`advise.n_plus_one.max_bytes`): half for
 //! sessions (the stalest are forgotten first), half for patterns (the rarest go).
 
-use std::collections::HashMap;
+use crate::stats::{process_map, ProcessMap};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -55,8 +55,8 @@ fn pattern_bytes(pattern: &Pattern) -> usize {
 
 pub struct Detector {
     settings: NPlusOneConfig,
-    scopes: HashMap<ScopeKey, Scope>,
-    patterns: HashMap<(FingerprintId, FingerprintId), Pattern>,
+    scopes: ProcessMap<ScopeKey, Scope>,
+    patterns: ProcessMap<(FingerprintId, FingerprintId), Pattern>,
     pattern_bytes: usize,
     /// Time of every statement observed, for shares.
     total_time: Duration,
@@ -76,8 +76,8 @@ impl Detector {
     ) -> Detector {
         Detector {
             settings,
-            scopes: HashMap::new(),
-            patterns: HashMap::new(),
+            scopes: process_map(),
+            patterns: process_map(),
             pattern_bytes: 0,
             total_time: Duration::ZERO,
             published,

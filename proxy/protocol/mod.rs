@@ -16,6 +16,7 @@ pub mod scram;
 pub mod sql_quote;
 pub mod startup;
 pub mod tag;
+pub mod text;
 
 pub use error::{ErrorFields, SqlState};
 pub use frame::{check_frame, FrameError};

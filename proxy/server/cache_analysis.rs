@@ -31,7 +31,7 @@ impl Session {
         if !may_ask {
             return None;
         }
-        let text = String::from_utf8_lossy(sql);
+        let text = crate::protocol::text::lossy(sql);
         let (fingerprint, _) = crate::stats::fingerprint::fingerprint(&text);
         let mut key = None;
         let verdict = match cache::read_names(&text) {

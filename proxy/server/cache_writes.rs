@@ -49,7 +49,7 @@ impl Session {
             return;
         }
         let writes_of = |sql: &[u8]| -> Option<Arc<WriteNames>> {
-            let text = String::from_utf8_lossy(sql);
+            let text = crate::protocol::text::lossy(sql);
             match self.runtime.routing().classify(&text) {
                 StatementClass::Read
                 | StatementClass::Begin { .. }
@@ -244,7 +244,7 @@ impl Session {
             }
             return;
         }
-        let text = String::from_utf8_lossy(sql);
+        let text = crate::protocol::text::lossy(sql);
         let class = self.runtime.routing().classify(&text);
         let upper = text.to_ascii_uppercase();
         let read_only_begin = matches!(class, StatementClass::Begin { read_only: true })

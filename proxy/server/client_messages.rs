@@ -311,7 +311,7 @@ impl Session {
     /// Whether a statement may run on a replica (only computed when routing is on).
     fn statement_read_only(&self, query: &[u8]) -> bool {
         self.routing.as_ref().is_some_and(|state| {
-            state.routing.classify(&String::from_utf8_lossy(query))
+            state.routing.classify(&crate::protocol::text::lossy(query))
                 == crate::route::StatementClass::Read
         })
     }
@@ -343,7 +343,7 @@ impl Session {
     /// as PostgreSQL would.
     /// Only called for texts that [`may_have_effects`].
     fn deallocate_protocol_statement(&mut self, sql: &[u8]) -> bool {
-        let effects = effects_of(&String::from_utf8_lossy(sql));
+        let effects = effects_of(&crate::protocol::text::lossy(sql));
         let [Effect::Deallocate(name)] = effects.as_slice() else {
             return false;
         };

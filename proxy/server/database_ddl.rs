@@ -15,7 +15,7 @@ pub fn database_ddl_target(sql: &[u8]) -> Option<String> {
     if !head.eq_ignore_ascii_case(b"drop ") && !head.eq_ignore_ascii_case(b"alter") {
         return None;
     }
-    let text = String::from_utf8_lossy(&sql[start..]);
+    let text = crate::protocol::text::lossy(&sql[start..]);
     let mut words = text.split_whitespace();
     let verb = words.next()?.to_ascii_lowercase();
     if !words.next()?.eq_ignore_ascii_case("database") {

@@ -122,7 +122,7 @@ pub fn statement_effects(
     if !may_have_effects(query) {
         return opaque.then(|| [Effect::OpaqueCode].into());
     }
-    let mut effects = effects_of(&String::from_utf8_lossy(query));
+    let mut effects = effects_of(&crate::protocol::text::lossy(query));
     if opaque {
         effects.push(Effect::OpaqueCode);
     }

@@ -143,7 +143,7 @@ fn tenant_setting(sql: &str) -> Option<Option<String>> {
 
 fn query_text(frame: &[u8]) -> String {
     let sql = body(frame);
-    String::from_utf8_lossy(&sql[..sql.len().saturating_sub(1)]).into_owned()
+    crate::protocol::text::lossy(&sql[..sql.len().saturating_sub(1)]).into_owned()
 }
 
 fn query_frame(sql: &str) -> Bytes {
@@ -185,7 +185,7 @@ impl Session {
             tag::QUERY => Some(query_text(&frame)),
             tag::PARSE if !state.bypass => ParseView::parse(body(&frame))
                 .ok()
-                .map(|view| String::from_utf8_lossy(view.query).into_owned()),
+                .map(|view| crate::protocol::text::lossy(view.query).into_owned()),
             _ => None,
         };
         if message_tag == tag::QUERY && text.as_deref().is_some_and(may_change_catalog) {
@@ -378,7 +378,7 @@ impl Session {
         let sql = match message_tag {
             tag::QUERY => query_text(frame),
             _ => ParseView::parse(body(frame))
-                .map(|view| String::from_utf8_lossy(view.query).into_owned())
+                .map(|view| crate::protocol::text::lossy(view.query).into_owned())
                 .unwrap_or_default(),
         };
         self.refuse(
@@ -396,7 +396,7 @@ impl Session {
         let Some(statement) = state.statements.get(view.statement) else {
             return Ok(());
         };
-        let name = String::from_utf8_lossy(view.statement).into_owned();
+        let name = crate::protocol::text::lossy(view.statement).into_owned();
         if statement.tenant != state.tenant {
             return self.refuse(
                 Rejection::new(RejectionKind::PreparedForOtherTenant, format!("{name:?}")),

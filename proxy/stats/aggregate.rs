@@ -5,7 +5,7 @@
 //! of each statement text, and fingerprints own compact strings. Both are bounded by
 //! bytes, and their sizes are published in [`MemoryGauges`].
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -103,7 +103,7 @@ const TEXT_SLOT_BYTES: usize = 2 * std::mem::size_of::<u64>() + 1;
 
 /// The exact-text → fingerprint map: hashes only, bounded by bytes.
 struct TextMap {
-    map: HashMap<u64, FingerprintId>,
+    map: super::ProcessMap<u64, FingerprintId>,
     max_entries: usize,
     /// Exact hashes of recent texts with literals, direct-mapped (a new text takes
     /// its slot from whatever was there): a hot text's repeats skip the shape scan,
@@ -131,7 +131,7 @@ impl TextMap {
         }
         let max_entries = (buckets / 8 * 7).min(max_fingerprints.saturating_mul(8).max(1));
         TextMap {
-            map: HashMap::new(),
+            map: super::process_map(),
             max_entries,
             recent: vec![(0, 0); recent_slots].into_boxed_slice(),
         }
@@ -213,7 +213,7 @@ pub(super) struct Limits {
 
 /// Fingerprints with their byte total.
 struct Entries {
-    map: HashMap<FingerprintId, Entry>,
+    map: super::ProcessMap<FingerprintId, Entry>,
     bytes: u64,
 }
 
@@ -233,7 +233,7 @@ pub(super) async fn run(
     mut observer: Option<Box<dyn CallObserver>>,
 ) {
     let mut entries = Entries {
-        map: HashMap::new(),
+        map: super::process_map(),
         bytes: 0,
     };
     let mut timeline: VecDeque<(TimePoint, u64)> = VecDeque::new();
@@ -334,7 +334,7 @@ fn fingerprint_of(
     if let Some(id) = known(by_text.get(exact).or_else(|| by_text.recent(exact))) {
         return (id, None);
     }
-    let text = String::from_utf8_lossy(sql);
+    let text = crate::protocol::text::lossy(sql);
     let (by_shape, has_literals) = TextMap::shape_hash(&text);
     if has_literals {
         if let Some(id) = known(by_text.get(by_shape)) {
@@ -373,7 +373,7 @@ fn add(
             let query: Arc<str> = Arc::from(normalized.unwrap_or_default());
             let entry = Entry {
                 query,
-                sample: Arc::from(String::from_utf8_lossy(&event.sql)),
+                sample: Arc::from(crate::protocol::text::lossy(&event.sql)),
                 calls: 0,
                 errors: 0,
                 rows: 0,
@@ -476,7 +476,7 @@ fn quantile(entry: &Entry, q: f64) -> u64 {
 }
 
 fn build(
-    entries: &HashMap<FingerprintId, Entry>,
+    entries: &super::ProcessMap<FingerprintId, Entry>,
     timeline: &VecDeque<(TimePoint, u64)>,
     dropped: &AtomicU64,
     show_parameters: bool,

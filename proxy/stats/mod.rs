@@ -175,6 +175,15 @@ pub fn process_hasher() -> foldhash::fast::FixedState {
         .clone()
 }
 
+/// A hash map on the seeded process hash, for maps looked up per statement (the
+/// aggregator's, the N+1 detector's): several times cheaper than the std SipHash.
+pub type ProcessMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::FixedState>;
+
+/// An empty [`ProcessMap`].
+pub fn process_map<K, V>() -> ProcessMap<K, V> {
+    ProcessMap::with_hasher(process_hasher())
+}
+
 /// Rows a `CommandComplete` tag reports (`SELECT 5`, `INSERT 0 3`, `UPDATE 2`).
 pub fn rows_from_tag(tag: &[u8]) -> u64 {
     let last = tag.rsplit(|b| *b == b' ').next().unwrap_or(b"");
