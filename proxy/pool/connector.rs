@@ -15,18 +15,21 @@ pub struct ServerConnector {
 }
 
 impl bb8::ManageConnection for ServerConnector {
-    type Connection = ServerConnection;
+    /// Boxed: a checkout moves the lent connection about ten times (out of bb8 or the
+    /// warm stack, into the session, back), and a `ServerConnection` is some 300
+    /// bytes; a box moves as a pointer.
+    type Connection = Box<ServerConnection>;
     type Error = PoolError;
 
-    async fn connect(&self) -> Result<ServerConnection, PoolError> {
+    async fn connect(&self) -> Result<Box<ServerConnection>, PoolError> {
         let connection = self.target.connect(self.connect_timeout).await?;
         tracing::debug!(server = %self.target.address, pid = connection.key.pid, "server connection opened");
-        Ok(connection)
+        Ok(Box::new(connection))
     }
 
     /// Every failure here is `PoolError::Unhealthy`: the pool's error sink tells those
     /// apart from failures to connect.
-    async fn is_valid(&self, connection: &mut ServerConnection) -> Result<(), PoolError> {
+    async fn is_valid(&self, connection: &mut Box<ServerConnection>) -> Result<(), PoolError> {
         if !connection.is_quiet_while_idle() {
             return Err(PoolError::Unhealthy(
                 "server sent data or closed while idle (restarting?)".into(),
@@ -47,7 +50,7 @@ impl bb8::ManageConnection for ServerConnector {
         }
     }
 
-    fn has_broken(&self, connection: &mut ServerConnection) -> bool {
+    fn has_broken(&self, connection: &mut Box<ServerConnection>) -> bool {
         connection.broken
     }
 }

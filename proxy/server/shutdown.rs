@@ -56,7 +56,7 @@ impl Phase {
 #[derive(Debug)]
 pub struct Shutdown {
     phase: watch::Sender<Phase>,
-    /// The phase again, for sessions to read without a lock.
+    /// The phase again (sessions read it without a lock), and the sessions to wake.
     sessions: Arc<SessionRegistry>,
 }
 

@@ -155,19 +155,43 @@ impl TextMap {
         super::process_hash(sql)
     }
 
-    /// The hash of the text's shape (kept apart from text hashes), written straight
-    /// into the hasher, and whether the shape replaced any literal.
+    /// The hash of the text's shape (kept apart from text hashes), and whether the
+    /// shape replaced any literal. No string is built: the shape's pieces (a dozen or
+    /// more per statement, most a few bytes) are gathered in a small buffer that the
+    /// hasher takes in full chunks, so the hash depends on the shape's bytes alone,
+    /// not on how the walker cut them, and the hasher runs once or twice instead of
+    /// once per piece.
     fn shape_hash(text: &str) -> (u64, bool) {
         use std::hash::{BuildHasher, Hasher};
-        struct HashSink<H>(H);
+        const CHUNK: usize = 128;
+        struct HashSink<H> {
+            hasher: H,
+            buffer: [u8; CHUNK],
+            filled: usize,
+        }
         impl<H: Hasher> crate::route::shape::ShapeSink for HashSink<H> {
             fn put(&mut self, part: &str) {
-                self.0.write(part.as_bytes());
+                let mut part = part.as_bytes();
+                while !part.is_empty() {
+                    let take = part.len().min(CHUNK - self.filled);
+                    self.buffer[self.filled..self.filled + take].copy_from_slice(&part[..take]);
+                    self.filled += take;
+                    part = &part[take..];
+                    if self.filled == CHUNK {
+                        self.hasher.write(&self.buffer);
+                        self.filled = 0;
+                    }
+                }
             }
         }
-        let mut sink = HashSink(super::process_hasher().build_hasher());
+        let mut sink = HashSink {
+            hasher: super::process_hasher().build_hasher(),
+            buffer: [0; CHUNK],
+            filled: 0,
+        };
         let has_literals = crate::route::shape::shape_into(text, &mut sink);
-        (sink.0.finish() ^ SHAPE_HASH_SALT, has_literals)
+        sink.hasher.write(&sink.buffer[..sink.filled]);
+        (sink.hasher.finish() ^ SHAPE_HASH_SALT, has_literals)
     }
 
     fn get(&self, hash: u64) -> Option<FingerprintId> {
@@ -511,5 +535,41 @@ fn build(
         queries,
         timeline: timeline.iter().map(|(p, _)| *p).collect(),
         dropped_events: dropped.load(std::sync::atomic::Ordering::Relaxed),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::TextMap;
+
+    #[test]
+    fn texts_of_one_shape_hash_alike_however_long() {
+        let long_tail = " AND b IN (1, 2, 3) ".repeat(20);
+        let pairs = [
+            (
+                "SELECT * FROM t WHERE a = 1",
+                "SELECT *  FROM t WHERE a = 42",
+            ),
+            (
+                "SELECT 'x' || name FROM t",
+                "SELECT 'a much longer literal' || name FROM t",
+            ),
+            (
+                &*format!("SELECT * FROM t WHERE a = 1{long_tail}"),
+                &*format!("SELECT * FROM t WHERE a = 98765{long_tail}"),
+            ),
+        ];
+        for (one, other) in pairs {
+            let (a, literals) = TextMap::shape_hash(one);
+            assert!(literals, "{one}");
+            assert_eq!(a, TextMap::shape_hash(other).0, "{one} / {other}");
+        }
+        let (plain, literals) = TextMap::shape_hash("SELECT * FROM t");
+        assert!(!literals);
+        assert_ne!(plain, TextMap::shape_hash("SELECT * FROM u").0);
+        assert_ne!(
+            TextMap::shape_hash(&format!("SELECT * FROM t WHERE a = 1{long_tail}")).0,
+            TextMap::shape_hash(&format!("SELECT * FROM t WHERE a = 1{long_tail}x")).0,
+        );
     }
 }
