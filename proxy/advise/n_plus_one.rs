@@ -8,7 +8,6 @@
 //! connection. State is bounded by bytes (`advise.n_plus_one.max_bytes`): half for
 //! sessions (the stalest are forgotten first), half for patterns (the rarest go).
 
-use crate::stats::{process_map, ProcessMap};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -21,7 +20,7 @@ use super::advisory::{
 use super::burst::{scope_bytes, Burst, Scope, Statement};
 use crate::config::NPlusOneConfig;
 use crate::stats::fingerprint::FingerprintId;
-use crate::stats::{Call, CallObserver, MemoryGauges};
+use crate::stats::{process_map, Call, CallObserver, MemoryGauges, ProcessMap};
 
 /// A burst idle this long is over (the request ended).
 const BURST_IDLE: Duration = Duration::from_secs(2);

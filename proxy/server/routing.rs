@@ -289,8 +289,6 @@ impl Session {
         Ok(true)
     }
 
-    /// After a primary transaction that wrote: learn the commit position (and tell
-    /// other instances, for shared scopes) before the server goes back to the pool.
     /// Whether the transaction just ended wrote, and read-your-writes needs to know
     /// where (see [`Self::record_write_position`]).
     pub(super) fn write_position_pending(&self) -> bool {
@@ -299,6 +297,8 @@ impl Session {
             .is_some_and(|state| state.wrote && state.scope != RywScope::Off)
     }
 
+    /// After a primary transaction that wrote: learn the commit position (and tell
+    /// other instances, for shared scopes) before the server goes back to the pool.
     pub(super) async fn record_write_position(&mut self) {
         if !self.write_position_pending() {
             return;
