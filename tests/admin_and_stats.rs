@@ -1,7 +1,7 @@
 //! Query statistics checked against pg_stat_statements, the admin console through
 //! psql, and the HTTP API and Prometheus metrics.
 
-mod support;
+use crate::support;
 
 use std::process::Command;
 use std::time::Duration;

@@ -3,7 +3,7 @@
 //! waiting for the interval; plans are checked with EXPLAIN, never with timing. The
 //! N+1 tests live in `advisories/n_plus_one.rs`.
 
-mod support;
+use crate::support;
 
 #[path = "advisories/n_plus_one.rs"]
 mod n_plus_one;
@@ -351,7 +351,7 @@ async fn advisor_load_is_bounded_by_its_budget() {
 
 /// pgbench's TPC-B tables with `pgbench_accounts` read by `abalance`: which
 /// advisories come out. Run by hand (it runs pgbench for a while):
-/// `cargo test --test advisories -- --ignored --nocapture tpcb`.
+/// `cargo test --test integration -- --ignored --nocapture tpcb`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore]
 async fn tpcb_with_abalance_reads() {

@@ -1,6 +1,6 @@
 //! Client authentication (SCRAM-SHA-256, md5, trust) and TLS, through real clients.
 
-mod support;
+use crate::support;
 
 use std::process::Command;
 use std::sync::Arc;

@@ -3,7 +3,7 @@
 //! upstream as them with the keys their own SCRAM login proved (or their md5 hash).
 //! Real PostgreSQL, tokio-postgres and psql clients; every client call is bounded.
 
-mod support;
+use crate::support;
 
 use std::time::{Duration, Instant};
 

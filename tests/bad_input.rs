@@ -3,7 +3,7 @@
 //! packet, when PostgreSQL would say nothing), and the proxy keeps serving everyone
 //! else, including a client that is mid-transaction meanwhile.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

@@ -5,7 +5,7 @@
 //! and a randomized consistency check with two instances and a replica. The invalidation
 //! tests live in `cache/invalidation.rs`, the single-flight ones in `cache/flights.rs`.
 
-mod support;
+use crate::support;
 
 #[path = "cache/invalidation.rs"]
 mod invalidation;

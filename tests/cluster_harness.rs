@@ -1,7 +1,7 @@
 //! The test harness itself: a primary and two streaming replicas start, replicate,
 //! survive a replica restart, and leave nothing behind.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

@@ -10,7 +10,7 @@
 
 #[path = "connection_fidelity/common.rs"]
 mod common;
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

@@ -1,7 +1,7 @@
 //! COPY in both directions through the proxy (100 MB, byte-identical) and cancel
 //! requests reaching the right server backend.
 
-mod support;
+use crate::support;
 
 use std::time::{Duration, Instant};
 

@@ -2,7 +2,7 @@
 //! the charts and the top-queries table must show that workload. The screenshot is
 //! kept as tests/artifacts/dashboard.png.
 
-mod support;
+use crate::support;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -7,10 +7,8 @@
 //! with what every step answered (`{"ok": ...}`, `{"error": "SQLSTATE"}` or
 //! `{"hung": ...}`), and the assertions here compare it whole.
 
-#[path = "driver_pooling/common.rs"]
-#[allow(dead_code)] // shared with session_pinning.rs; each uses a part
-mod common;
-mod support;
+use crate::driver_common as common;
+use crate::support;
 
 use common::*;
 use pgwarden::config::AuthMethod;

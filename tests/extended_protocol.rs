@@ -2,7 +2,7 @@
 //! statements reused across transactions by more clients than server connections,
 //! binary and text formats, pipelining, errors mid-transaction.
 
-mod support;
+use crate::support;
 
 use support::proxy;
 use tokio_postgres::types::Type;

@@ -10,13 +10,12 @@
 mod client_faults;
 #[path = "faults/half_open.rs"]
 mod half_open;
-#[path = "faults/load.rs"]
-mod load;
+use crate::load;
 #[path = "faults/overload.rs"]
 mod overload;
 #[path = "faults/reload_storm.rs"]
 mod reload_storm;
-mod support;
+use crate::support;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};

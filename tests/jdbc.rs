@@ -5,7 +5,7 @@
 //! query timeout's cancel) against PostgreSQL and through the proxy, with and without
 //! TLS. Every line must be the same.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

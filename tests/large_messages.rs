@@ -4,7 +4,7 @@
 //! named statements, pipelined requests, a result cache fill and hit, and an error in
 //! the middle of a result; and the server lost in the middle of a streamed row.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

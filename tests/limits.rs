@@ -1,7 +1,7 @@
 //! Limits users rely on: max client connections, waiting for a server connection,
 //! idle client timeout, and a backend that is down.
 
-mod support;
+use crate::support;
 
 use std::time::{Duration, Instant};
 

@@ -3,7 +3,7 @@
 //! checkout, yet no client ever waits in bb8 for a connection parked in front of it,
 //! and the pool's limits (lifetime, idle reaping) still apply to parked connections.
 
-mod support;
+use crate::support;
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};

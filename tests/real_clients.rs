@@ -1,6 +1,6 @@
 //! psql scripts and pgbench through the proxy.
 
-mod support;
+use crate::support;
 
 use std::process::Command;
 

@@ -2,7 +2,7 @@
 //! statement runs, hints, read-your-writes under real replication lag (replay paused),
 //! shared session keys, and a replica stopped under load.
 
-mod support;
+use crate::support;
 
 use std::process::Command;
 use std::time::{Duration, Instant};

@@ -5,12 +5,9 @@
 //! `DROP/ALTER DATABASE` through the proxy. Each driver script runs against PostgreSQL
 //! directly and through pgwarden; the answers must match.
 
-mod support;
+use crate::support;
 
-// Shared with driver_pooling.rs; not every helper is used here.
-#[allow(dead_code)]
-#[path = "driver_pooling/common.rs"]
-mod common;
+use crate::driver_common as common;
 
 use common::{connect, execute, node, python, setup, STEP};
 use pgwarden::config::{DatabaseConfig, PoolMode};

@@ -6,10 +6,8 @@
 
 use std::time::Duration;
 
-#[path = "driver_pooling/common.rs"]
-#[allow(dead_code)] // shared with driver_pooling.rs; each uses a part
-mod common;
-mod support;
+use crate::driver_common as common;
+use crate::support;
 
 use common::*;
 use serde_json::Value;

@@ -2,7 +2,7 @@
 //! connections and never leak to other clients; session pooling keeps one server per
 //! client (LISTEN/NOTIFY works) and cleans it with `DISCARD ALL` on release.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

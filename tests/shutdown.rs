@@ -3,9 +3,8 @@
 //! flight finishes and commits, the process exits 0; a transaction that outlives
 //! `proxy.shutdown_timeout_ms` gets 57P01 and is rolled back.
 
-#[path = "faults/load.rs"]
-mod load;
-mod support;
+use crate::load;
+use crate::support;
 
 use std::time::{Duration, Instant};
 

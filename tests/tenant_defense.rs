@@ -3,7 +3,7 @@
 //! the guard's catalog, and violations visible in `SHOW TENANCY`, `/api/tenancy`
 //! and `/metrics`.
 
-mod support;
+use crate::support;
 
 use std::time::{Duration, Instant};
 

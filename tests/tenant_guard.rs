@@ -9,10 +9,9 @@
 //! (`entries`), how returned data is searched for other tenants' (`results`), and the
 //! server-side checksums taken around each entry (`server_state`).
 
-mod support;
+use crate::support;
 
-#[path = "tenancy/corpus.rs"]
-mod corpus;
+use crate::corpus;
 #[path = "tenancy/entries.rs"]
 mod entries;
 #[path = "tenancy/results.rs"]

@@ -9,11 +9,9 @@
 //! The catalog is the one pgwarden loads from tests/tenancy/schema.sql on a real
 //! server; the decisions themselves need no server, so the run is fast.
 
-mod support;
+use crate::support;
 
-#[allow(dead_code)] // shared with tests/tenant_guard.rs, which reads every field
-#[path = "tenancy/corpus.rs"]
-mod corpus;
+use crate::corpus;
 
 use std::time::Duration;
 
