@@ -224,3 +224,104 @@ async fn roles_and_session_authorization_do_not_leak_to_the_next_client() {
         assert_eq!(who.get::<_, String>(0), "visitor", "{set}");
     }
 }
+
+/// A statement with a 10 s bound: its SQLSTATE on error, its first value otherwise.
+async fn outcome(client: &tokio_postgres::Client, sql: &str) -> Result<String, String> {
+    let answer = tokio::time::timeout(Duration::from_secs(10), client.simple_query(sql))
+        .await
+        .unwrap_or_else(|_| panic!("{sql}: timed out"));
+    match answer {
+        Ok(messages) => Ok(messages
+            .iter()
+            .find_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(String::from),
+                _ => None,
+            })
+            .unwrap_or_default()),
+        Err(e) => Err(e.code().map(|c| c.code().to_string()).unwrap_or_default()),
+    }
+}
+
+/// The same, in the extended protocol (tokio-postgres prepares, binds, executes).
+async fn outcome_extended(client: &tokio_postgres::Client, sql: &str) -> Result<i64, String> {
+    let answer = tokio::time::timeout(Duration::from_secs(10), client.query_one(sql, &[]))
+        .await
+        .unwrap_or_else(|_| panic!("{sql}: timed out"));
+    answer
+        .map(|row| row.get::<_, i64>(0))
+        .map_err(|e| e.code().map(|c| c.code().to_string()).unwrap_or_default())
+}
+
+/// `nextval` (named, or called by a `serial` column's default) leaves `currval` and
+/// `lastval` in the server session. Another client on the same server connection must
+/// get PostgreSQL's `55000` for them, as it would directly, not the first client's
+/// values; the first client keeps its own values while it stays where they are.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sequence_state_does_not_reach_the_next_client() {
+    let cluster = support::cluster(0);
+    let proxy = proxy::start(&cluster, |c| c.pool.size = 1).await;
+    let direct_url = cluster.primary_url();
+    let connect_direct = || async {
+        tokio::time::timeout(Duration::from_secs(20), proxy::connect_url(&direct_url))
+            .await
+            .expect("direct connect timed out")
+            .expect("direct connect")
+    };
+    let setup = connect_direct().await;
+    outcome(
+        &setup,
+        "CREATE SEQUENCE s; CREATE TABLE items(id serial PRIMARY KEY, v text)",
+    )
+    .await
+    .unwrap();
+    // What PostgreSQL says to a session that has not called nextval.
+    let fresh = connect_direct().await;
+    let not_yet = Err("55000".to_string());
+    let not_yet_extended: Result<i64, String> = Err("55000".to_string());
+    assert_eq!(outcome(&fresh, "SELECT currval('s')").await, not_yet);
+    assert_eq!(outcome(&fresh, "SELECT lastval()").await, not_yet);
+
+    let a = proxy::connect(&proxy).await;
+    let b = proxy::connect(&proxy).await;
+    // Named nextval, simple protocol.
+    assert_eq!(outcome(&a, "SELECT nextval('s')").await, Ok("1".into()));
+    assert_eq!(outcome(&a, "SELECT currval('s')").await, Ok("1".into()));
+    assert_eq!(outcome(&b, "SELECT currval('s')").await, not_yet);
+    assert_eq!(outcome(&b, "SELECT lastval()").await, not_yet);
+    // The sequence itself goes on; only the session's memory of it was cleared.
+    assert_eq!(outcome(&a, "SELECT nextval('s')").await, Ok("2".into()));
+    // nextval called by a column default.
+    assert_eq!(
+        outcome(&a, "INSERT INTO items(v) VALUES ('x') RETURNING id").await,
+        Ok("1".into())
+    );
+    assert_eq!(outcome(&a, "SELECT lastval()").await, Ok("1".into()));
+    assert_eq!(outcome(&b, "SELECT lastval()").await, not_yet);
+    assert_eq!(outcome(&b, "SELECT currval('items_id_seq')").await, not_yet);
+    // Extended protocol, both ways.
+    assert_eq!(outcome_extended(&a, "SELECT nextval('s')").await, Ok(3));
+    assert_eq!(
+        outcome_extended(&b, "SELECT lastval()").await,
+        not_yet_extended
+    );
+    assert_eq!(
+        outcome_extended(&b, "SELECT currval('s')").await,
+        not_yet_extended
+    );
+    // b's own state is b's, and then a's turn comes again clean.
+    assert_eq!(outcome_extended(&b, "SELECT nextval('s')").await, Ok(4));
+    assert_eq!(outcome_extended(&b, "SELECT currval('s')").await, Ok(4));
+    assert_eq!(outcome(&a, "SELECT currval('s')").await, not_yet);
+    // Within one transaction nothing is discarded, whoever waits.
+    assert_eq!(outcome(&a, "BEGIN").await, Ok(String::new()));
+    assert_eq!(
+        outcome(&a, "INSERT INTO items(v) VALUES ('y') RETURNING id").await,
+        Ok("2".into())
+    );
+    assert_eq!(
+        outcome(&a, "SELECT currval('items_id_seq')").await,
+        Ok("2".into())
+    );
+    assert_eq!(outcome(&a, "COMMIT").await, Ok(String::new()));
+    assert_eq!(outcome(&b, "SELECT lastval()").await, not_yet);
+}

@@ -78,6 +78,7 @@ impl ServerTarget {
             opened: Instant::now(),
             nonstandard_strings,
             needs_reset: false,
+            sequences_of: 0,
         })
     }
 }

@@ -42,6 +42,10 @@ pub struct ServerConnection {
     /// It ran code the proxy cannot see into (a `DO` block, `CALL`, a user function):
     /// its session is reset before anyone uses it again.
     pub needs_reset: bool,
+    /// The client (by its cancel key) whose statements may have left `currval` or
+    /// `lastval` state in this session; 0 when none may have. Another client taking
+    /// the connection has it discarded first (`server/sequence_state.rs`).
+    pub sequences_of: u64,
 }
 
 impl ServerConnection {

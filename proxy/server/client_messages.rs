@@ -4,6 +4,7 @@
 use bytes::{Bytes, BytesMut};
 
 use super::responses::Expect;
+use super::sequence_state::may_set_sequence_state;
 use super::session::Session;
 use super::session_effects::{effects_of, may_have_effects, Effect};
 use super::statements::StatementId;
@@ -141,7 +142,13 @@ impl Session {
         let pooled_statements = self.mode == PoolMode::Transaction;
         match message_tag {
             tag::QUERY => self.forward_query(&frame),
-            tag::FUNCTION_CALL => self.forward(&frame, Expect::Query),
+            tag::FUNCTION_CALL => {
+                if pooled_statements {
+                    // A fast-path call names its function by OID: it may be nextval.
+                    self.note_sequence_state(|| true);
+                }
+                self.forward(&frame, Expect::Query)
+            }
             tag::SYNC | tag::FLUSH => {
                 // PostgreSQL sends what it buffered now: so do we.
                 self.responses.release_held(&mut self.to_client);
@@ -335,6 +342,9 @@ impl Session {
         } else if self.mode == PoolMode::Transaction {
             self.on_simple_query(sql, false);
         }
+        if self.mode == PoolMode::Transaction {
+            self.note_sequence_state(|| may_set_sequence_state(sql));
+        }
         self.forward(frame, Expect::Query);
     }
 
@@ -427,6 +437,14 @@ impl Session {
         if view.statement.is_empty() {
             self.ensure_unnamed_prepared();
         }
+        let sets_sequences = if view.statement.is_empty() {
+            self.pooled.unnamed.sets_sequences
+        } else {
+            self.statements
+                .get(view.statement)
+                .is_some_and(|s| s.sets_sequences)
+        };
+        self.note_sequence_state(|| sets_sequences);
         match self.ensure_prepared(view.statement) {
             Some(id) => {
                 write_bind(

@@ -28,6 +28,7 @@ mod pump;
 mod responses;
 mod routing;
 mod scram_server;
+mod sequence_state;
 mod server_lease;
 mod server_messages;
 mod session;

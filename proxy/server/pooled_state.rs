@@ -10,6 +10,7 @@ use bytes::{Bytes, BytesMut};
 
 use super::opaque_code::{OpaqueCheck, SessionSafeFunctions};
 use super::responses::Expect;
+use super::sequence_state::may_set_sequence_state;
 use super::session::Session;
 use super::session_effects::{Effect, Pins};
 use super::statements::statement_effects;
@@ -22,6 +23,8 @@ pub struct UnnamedStatement {
     /// Reused buffer: query, NUL, parameter types, exactly as sent.
     pub definition: BytesMut,
     pub effects: Option<Arc<[Effect]>>,
+    /// Executing it may leave `currval`/`lastval` state (`sequence_state.rs`).
+    pub sets_sequences: bool,
     /// The attached server has it (parsed there since it was attached).
     pub on_server: bool,
     pub exists: bool,
@@ -161,6 +164,7 @@ impl Session {
             unnamed.definition.clear();
             unnamed.definition.extend_from_slice(definition);
             unnamed.effects = effects;
+            unnamed.sets_sequences = may_set_sequence_state(query);
         }
         let unnamed = &mut self.pooled.unnamed;
         unnamed.on_server = true;

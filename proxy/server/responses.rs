@@ -35,6 +35,9 @@ pub enum Expect {
     SwallowBind,
     /// A proxy-injected `Parse` of the client's unnamed statement.
     SwallowUnnamed,
+    /// A proxy-injected simple `Query` (`sequence_state.rs`): none of its answer, up to
+    /// and including its `ReadyForQuery`, is shown to the client.
+    SwallowQuery,
     /// A proxy-injected `Close` of a pooled statement (evicted or stale).
     SwallowClose(StatementId),
     /// A proxy-made answer, sent when it reaches the head of the queue.
@@ -47,7 +50,9 @@ pub enum Expect {
 impl Expect {
     fn ends_with(&self, server_tag: u8) -> bool {
         match self {
-            Expect::Query | Expect::Sync => server_tag == tag::READY_FOR_QUERY,
+            Expect::Query | Expect::Sync | Expect::SwallowQuery => {
+                server_tag == tag::READY_FOR_QUERY
+            }
             Expect::Parse(_) | Expect::Swallow(_) | Expect::SwallowUnnamed => {
                 server_tag == tag::PARSE_COMPLETE
             }
@@ -66,7 +71,7 @@ impl Expect {
 
     /// Extended-protocol messages: after an error the server skips them up to `Sync`.
     fn skipped_after_error(&self) -> bool {
-        !matches!(self, Expect::Query | Expect::Sync)
+        !matches!(self, Expect::Query | Expect::Sync | Expect::SwallowQuery)
     }
 }
 
@@ -231,6 +236,16 @@ impl ResponseQueue {
             // before the server closes) belong to nobody; relay them.
             return (Disposition::Relay, None);
         };
+        if matches!(head, Expect::SwallowQuery) {
+            return match server_tag {
+                tag::READY_FOR_QUERY => (Disposition::Drop, self.entries.pop_front()),
+                tag::COMMAND_COMPLETE
+                | tag::EMPTY_QUERY_RESPONSE
+                | tag::ERROR_RESPONSE
+                | tag::NOTICE_RESPONSE => (Disposition::Drop, None),
+                _ => (Disposition::Relay, None), // asynchronous: the client's
+            };
+        }
         if server_tag == tag::ERROR_RESPONSE && head.skipped_after_error() {
             // The server now ignores everything up to the next Sync.
             let mut first = None;

@@ -187,6 +187,9 @@ impl Session {
         server.prepared.start_batch();
         self.server = Some(server);
         self.server_switched();
+        if self.mode == PoolMode::Transaction {
+            self.discard_others_sequence_state();
+        }
         self.backend = backend;
         if let Some(state) = self.routing.as_ref() {
             if let Some(b) = state.topology.backends.get(backend) {
@@ -222,6 +225,7 @@ impl Session {
         server.run_internal(&sql).await?;
         if std::mem::take(&mut server.needs_reset) {
             server.prepared.clear();
+            server.sequences_of = 0;
             metrics::counter!("pgwarden_opaque_code_resets_total").increment(1);
             tracing::debug!(user = %self.identity.user, "reset a server connection that ran a function, procedure or DO block");
         }
@@ -275,6 +279,7 @@ impl Session {
                 Ok(Ok(())) => {
                     server.prepared.clear();
                     server.settings_hash = 0;
+                    server.sequences_of = 0;
                 }
                 _ => server.mark_broken(),
             }

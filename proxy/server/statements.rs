@@ -14,6 +14,7 @@ use std::sync::{Mutex, OnceLock};
 use bytes::Bytes;
 
 use super::opaque_code::OpaqueCheck;
+use super::sequence_state::may_set_sequence_state;
 use super::session_effects::{effects_of, may_have_effects, Effect};
 
 /// Server-side identity of a statement definition.
@@ -94,6 +95,8 @@ pub struct PooledStatement {
     pub read_only: bool,
     /// What executing it does to the server session (`SET`, `LISTEN`, ...).
     pub effects: Option<std::sync::Arc<[Effect]>>,
+    /// Executing it may leave `currval`/`lastval` state (`sequence_state.rs`).
+    pub sets_sequences: bool,
 }
 
 impl PooledStatement {
@@ -108,6 +111,7 @@ impl PooledStatement {
             definition: Bytes::copy_from_slice(definition),
             read_only,
             effects: statement_effects(query, opaque),
+            sets_sequences: may_set_sequence_state(query),
         }
     }
 }
