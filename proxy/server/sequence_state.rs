@@ -24,18 +24,27 @@ const DISCARD_SEQUENCES: &[u8] = b"Q\0\0\0\x16DISCARD SEQUENCES\0";
 
 /// First words of statements that may call `nextval` unseen (column defaults,
 /// triggers) or run other statements that do.
-const WRITING_WORDS: [&[u8]; 9] = [
+const WRITING_WORDS: [&[u8]; 10] = [
     b"insert", b"update", b"delete", b"merge", b"copy", b"with", b"execute", b"explain", b"call",
+    b"do",
 ];
+/// The longest of them: a longer first word is none of them.
+const LONGEST_WRITING_WORD: usize = 7;
 
-/// Whether running `sql` may leave `currval`/`lastval` state in the server session.
+/// Whether running `sql` may leave `currval`/`lastval` state in the server session:
+/// the first word of any statement may write (statements split at every `;`, quotes
+/// ignored, which only adds statements; one that starts with something else than a
+/// word, a comment or a parenthesis, counts as writing), or the text names `nextval`
+/// or `setval` (any case, any schema prefix). Runs on every forwarded query, so one
+/// `memchr3` pass finds the `;`s and `v`s, and only those places are looked at.
 pub fn may_set_sequence_state(sql: &[u8]) -> bool {
-    names_a_sequence_setter(sql) || a_statement_may_write(sql)
-}
-
-/// `nextval` or `setval` anywhere (any case, any schema prefix).
-fn names_a_sequence_setter(sql: &[u8]) -> bool {
-    memchr::memchr2_iter(b'v', b'V', sql).any(|at| {
+    if first_word_may_write(sql) {
+        return true;
+    }
+    memchr::memchr3_iter(b';', b'v', b'V', sql).any(|at| {
+        if sql[at] == b';' {
+            return first_word_may_write(&sql[at + 1..]);
+        }
         let tail = sql.get(at + 1..at + 3);
         tail.is_some_and(|t| t.eq_ignore_ascii_case(b"al"))
             && ((at >= 4 && sql[at - 4..at].eq_ignore_ascii_case(b"next"))
@@ -43,26 +52,21 @@ fn names_a_sequence_setter(sql: &[u8]) -> bool {
     })
 }
 
-/// Whether the first word of any statement in `sql` (split at every `;`, quotes
-/// ignored, which only adds statements) may write. A statement that starts with
-/// something else than a word (a comment, a parenthesis) counts as writing.
-fn a_statement_may_write(sql: &[u8]) -> bool {
-    sql.split(|&b| b == b';').any(|statement| {
-        let Some(start) = statement.iter().position(|b| !b.is_ascii_whitespace()) else {
-            return false;
-        };
-        let statement = &statement[start..];
-        let word_len = statement
-            .iter()
-            .position(|b| !b.is_ascii_alphabetic())
-            .unwrap_or(statement.len());
-        if word_len == 0 {
-            return true;
-        }
-        let word = &statement[..word_len];
-        word.eq_ignore_ascii_case(b"do")
-            || WRITING_WORDS.iter().any(|w| word.eq_ignore_ascii_case(w))
-    })
+fn first_word_may_write(statement: &[u8]) -> bool {
+    let Some(start) = statement.iter().position(|b| !b.is_ascii_whitespace()) else {
+        return false;
+    };
+    let statement = &statement[start..];
+    if statement[0] == b';' {
+        return false; // an empty statement
+    }
+    let word_len = statement
+        .iter()
+        .take(LONGEST_WRITING_WORD + 1)
+        .position(|b| !b.is_ascii_alphabetic())
+        .unwrap_or(statement.len().min(LONGEST_WRITING_WORD + 1));
+    let word = &statement[..word_len];
+    word_len == 0 || WRITING_WORDS.iter().any(|w| word.eq_ignore_ascii_case(w))
 }
 
 impl Session {
@@ -130,6 +134,7 @@ mod tests {
             "EXECUTE insert_item(1)",
             "DO $$ BEGIN PERFORM 1; END $$",
             "MERGE INTO t USING s ON t.id = s.id WHEN MATCHED THEN DELETE",
+            "select 1;\n  Explain analyze insert into t values (1)",
         ] {
             assert!(may_set_sequence_state(sql.as_bytes()), "{sql}");
         }
@@ -145,10 +150,73 @@ mod tests {
             "BEGIN; SELECT 1; COMMIT;",
             "SET search_path = app",
             "SHOW TimeZone",
+            "selected_nonsense_word",
+            "executed",
             "",
             ";",
         ] {
             assert!(!may_set_sequence_state(sql.as_bytes()), "{sql}");
         }
+    }
+    /// The check written plainly: split at `;`, first words, then a lowercase search.
+    fn reference(sql: &[u8]) -> bool {
+        let writes = sql.split(|&b| b == b';').any(|statement| {
+            let text = String::from_utf8_lossy(statement).to_ascii_lowercase();
+            let text = text.trim_start();
+            let word: String = text
+                .chars()
+                .take_while(|c| c.is_ascii_alphabetic())
+                .collect();
+            !text.is_empty() && (word.is_empty() || WRITING_WORDS.contains(&word.as_bytes()))
+        });
+        let lower = String::from_utf8_lossy(sql).to_ascii_lowercase();
+        writes || lower.contains("nextval") || lower.contains("setval")
+    }
+
+    #[test]
+    fn the_fast_check_agrees_with_the_plain_one() {
+        const PIECES: [&str; 24] = [
+            "select",
+            "SELECT",
+            " ",
+            "\n",
+            ";",
+            "insert",
+            "Insert",
+            "into",
+            "t",
+            "nextval",
+            "NextVal",
+            "set",
+            "val",
+            "v",
+            "('s')",
+            "(",
+            "/*",
+            "*/",
+            "with",
+            "do",
+            "explained",
+            "execute",
+            "value",
+            "1",
+        ];
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut both = [0usize; 2];
+        for _ in 0..50_000 {
+            let mut sql = String::new();
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            let pieces = 1 + (state % 9) as usize;
+            for n in 0..pieces {
+                let pick = (state >> (n * 5)) as usize % PIECES.len();
+                sql.push_str(PIECES[pick]);
+            }
+            let verdict = may_set_sequence_state(sql.as_bytes());
+            assert_eq!(verdict, reference(sql.as_bytes()), "{sql:?}");
+            both[verdict as usize] += 1;
+        }
+        assert!(both[0] > 1_000 && both[1] > 1_000, "{both:?}");
     }
 }
