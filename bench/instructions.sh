@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Instructions per transaction, counted by callgrind: the proxy's own work per
 # `pgbench -S` transaction, a figure the noise of a shared 2-core VM cannot move (CPU
-# time per transaction swings by 30% between identical runs there; this by about 1%).
+# time per transaction swings by 30% between identical runs there; this by 1 to 4%).
 # It counts user-space instructions only: the kernel's share (the socket calls) is
 # what `bench/cpu.rs` sees on top.
 #
