@@ -6,9 +6,9 @@
 //! answer with another client's id instead of PostgreSQL's `55000` ("currval of
 //! sequence is not yet defined in this session"). A server connection therefore
 //! remembers the client whose statements may have left such state
-//! (`ServerConnection::sequences_of`), and the next
-//! *other* client to take it has `DISCARD SEQUENCES` sent ahead of its first message,
-//! in the same write, its answer swallowed: no extra round trip.
+//! (`ServerConnection::sequences_of`), and the next *other* client to take it has
+//! `DISCARD SEQUENCES` sent ahead of its first message, in the same write, its answer
+//! swallowed: no extra round trip.
 //!
 //! The text check errs toward yes (a false alarm costs one pipelined statement): a
 //! statement in the text starts with a word that can write (or with anything but a
@@ -158,6 +158,7 @@ mod tests {
             assert!(!may_set_sequence_state(sql.as_bytes()), "{sql}");
         }
     }
+
     /// The check written plainly: split at `;`, first words, then a lowercase search.
     fn reference(sql: &[u8]) -> bool {
         let writes = sql.split(|&b| b == b';').any(|statement| {
