@@ -3,9 +3,10 @@
 //! not), and the calls of the last minute. Bounded: past [`MAX_ROWS`] fingerprints,
 //! new ones are not tracked (they are still cached when hinted).
 
-use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+use crate::stats::ProcessMap;
 
 pub const MAX_ROWS: usize = 10_000;
 /// Lookups before `auto` mode judges a fingerprint's hit ratio.
@@ -39,13 +40,16 @@ impl Row {
 
 #[derive(Default)]
 pub struct FingerprintBook {
-    rows: Mutex<HashMap<u64, Row>>,
+    rows: Mutex<ProcessMap<u64, Row>>,
 }
 
 impl FingerprintBook {
     fn with<R>(&self, fingerprint: u64, text: &str, f: impl FnOnce(&mut Row) -> R) -> Option<R> {
         let mut rows = self.rows.lock().unwrap_or_else(|e| e.into_inner());
-        if !rows.contains_key(&fingerprint) && rows.len() >= MAX_ROWS {
+        if let Some(row) = rows.get_mut(&fingerprint) {
+            return Some(f(row)); // a hit's case: one hash, one probe
+        }
+        if rows.len() >= MAX_ROWS {
             return None;
         }
         let row = rows.entry(fingerprint).or_insert_with(|| Row {

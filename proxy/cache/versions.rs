@@ -4,10 +4,10 @@
 //! commits while a miss is in flight invalidate the result that miss is about to
 //! store, without any lock held across the query.
 
-use std::collections::HashMap;
 use std::sync::Mutex;
 
 use crate::route::Lsn;
+use crate::stats::ProcessMap;
 
 /// A keyed write to one table: hashes of its column and of (column, value).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,7 +21,7 @@ pub struct KeyedChange {
 struct DatabaseMarks {
     /// Clock value of the last "drop everything" (DDL, lost LISTEN, `CLEAR CACHE`).
     cleared_at: u64,
-    tables: HashMap<u32, TableMarks>,
+    tables: ProcessMap<u32, TableMarks>,
     /// The LISTEN connection of this database is up (or not needed).
     listening: bool,
 }
@@ -40,9 +40,9 @@ struct TableMarks {
     /// on another column) are stale after it.
     any_keyed: u64,
     /// Column hash → clock of the last write keyed on that column.
-    columns: HashMap<u64, u64>,
+    columns: ProcessMap<u64, u64>,
     /// (column, value) hash → clock of the last write keyed on it.
-    keys: HashMap<u64, u64>,
+    keys: ProcessMap<u64, u64>,
     /// Committed writes in the current minute (for `auto` mode's "read-mostly").
     minute: Option<(std::time::Instant, u64)>,
 }
@@ -103,7 +103,7 @@ pub struct Snapshot {
 
 #[derive(Debug)]
 pub struct Versions {
-    clock: Mutex<(u64, HashMap<String, DatabaseMarks>)>,
+    clock: Mutex<(u64, ProcessMap<String, DatabaseMarks>)>,
     /// Whether fills need a live LISTEN connection (`cache.notify`).
     need_listen: bool,
 }
@@ -111,12 +111,12 @@ pub struct Versions {
 impl Versions {
     pub fn new(need_listen: bool) -> Versions {
         Versions {
-            clock: Mutex::new((1, HashMap::new())),
+            clock: Mutex::new((1, ProcessMap::default())),
             need_listen,
         }
     }
 
-    fn with<R>(&self, f: impl FnOnce(&mut u64, &mut HashMap<String, DatabaseMarks>) -> R) -> R {
+    fn with<R>(&self, f: impl FnOnce(&mut u64, &mut ProcessMap<String, DatabaseMarks>) -> R) -> R {
         let mut guard = self.clock.lock().unwrap_or_else(|e| e.into_inner());
         let (clock, map) = &mut *guard;
         f(clock, map)

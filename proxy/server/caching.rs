@@ -1,8 +1,9 @@
-//! The session's side of the result cache: find a cacheable request at the front of
-//! the client buffer (a simple `Query`, or a whole `Parse`/`Bind`/`Describe`/
-//! `Execute`/`Sync` batch), answer it from the cache, or run it and capture the frames
-//! the client receives; note the tables a transaction writes and invalidate them when it
-//! commits, before the client sees the commit. Decisions come from the `cache` room.
+//! The session's side of the result cache: take the cacheable request at the front of
+//! the client buffer (found by `cache_request.rs`: a simple `Query`, or a whole
+//! `Parse`/`Bind`/`Describe`/`Execute`/`Sync` batch), answer it from the cache, or run
+//! it and capture the frames the client receives; note the tables a transaction writes
+//! and invalidate them when it commits, before the client sees the commit. Decisions
+//! come from the `cache` room.
 //!
 //! Statements without the hint cost one byte scan here (in `hinted` mode with no
 //! `cache.rules`): no parse, no lock.
@@ -12,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 
+use super::cache_request::Request;
 use super::responses::Expect;
 use super::session::Session;
 use super::SessionError;
@@ -19,9 +21,9 @@ use crate::cache::row_key::{
     column_hash, declared_types, key_hash, resolve, BindParameters, KeyPredicate,
 };
 use crate::cache::{self, replayable, Entry, EntryKey, FlightGuard, Joined, Landing, WriteNames};
-use crate::config::{CacheMode, PoolMode};
+use crate::config::CacheMode;
 use crate::protocol::backend;
-use crate::protocol::extended::{BindView, ParseView};
+use crate::protocol::extended::BindView;
 use crate::protocol::frame::{body, check_frame};
 use crate::protocol::tag::{frontend as tag, TransactionStatus};
 use crate::route::{Lsn, StatementClass};
@@ -60,18 +62,6 @@ struct Fill {
     max_bytes: usize,
     too_large: bool,
     flight: Option<FlightGuard>,
-}
-
-/// A cacheable-looking request at the front of the client buffer.
-struct Request {
-    len: usize,
-    sql: Bytes,
-    /// `Parse`: (statement name, definition).
-    parse: Option<(Vec<u8>, Bytes)>,
-    /// The named statement a `Bind` without `Parse` binds (its definition is in the key).
-    definition: Option<Bytes>,
-    /// Where the `Bind` is in the client buffer: (offset, length).
-    bind: Option<(usize, usize)>,
 }
 
 impl Session {
@@ -259,98 +249,6 @@ impl Session {
         Ok(false)
     }
 
-    /// The whole request at the front of the client buffer, when it is one the cache
-    /// can answer: a `Query`, or `[Parse] Bind [Describe] Execute(all rows) Sync`.
-    fn front_request(&self) -> Option<Request> {
-        let buf = &self.client_buf;
-        let first = check_frame(buf, self.max_message).ok().flatten()?;
-        if buf[0] == tag::QUERY {
-            let sql = body(&buf[..first]);
-            let sql = &sql[..sql.len().saturating_sub(1)];
-            if !cache::has_mark(sql) && self.cheap_skip() {
-                return None;
-            }
-            return Some(Request {
-                len: first,
-                sql: Bytes::copy_from_slice(sql),
-                parse: None,
-                definition: None,
-                bind: None,
-            });
-        }
-        let mut at = 0;
-        let mut parse = None;
-        let mut sql = None;
-        let mut definition = None;
-        let mut bind = None;
-        let mut step = 0; // 0: Parse?, 1: Bind, 2: Describe?/Execute, 3: Sync
-        while at < buf.len() {
-            let len = check_frame(&buf[at..], self.max_message).ok().flatten()?;
-            let frame = &buf[at..at + len];
-            let fbody = body(frame);
-            match (frame[0], step) {
-                (tag::PARSE, 0) => {
-                    let view = ParseView::parse(fbody).ok()?;
-                    if !view.statement.is_empty() && self.mode == PoolMode::Session {
-                        return None; // the server must keep the statement: not answered here
-                    }
-                    if !cache::has_mark(view.query) && self.cheap_skip() {
-                        return None;
-                    }
-                    sql = Some(Bytes::copy_from_slice(view.query));
-                    parse = Some((
-                        view.statement.to_vec(),
-                        Bytes::copy_from_slice(view.definition),
-                    ));
-                    step = 1;
-                }
-                (tag::BIND, 0 | 1) => {
-                    let view = BindView::parse(fbody).ok()?;
-                    bind = Some((at, len));
-                    match &parse {
-                        Some((name, _)) if name.as_slice() != view.statement => return None,
-                        Some(_) => {}
-                        None => {
-                            if view.statement.is_empty() || self.mode == PoolMode::Session {
-                                return None;
-                            }
-                            let statement = self.statements.get(view.statement)?;
-                            let query_len = crate::protocol::extended::cstr(&statement.definition)
-                                .map(|(q, _)| q.len())?;
-                            let query = statement.definition.slice(0..query_len);
-                            if !cache::has_mark(&query) && self.cheap_skip() {
-                                return None;
-                            }
-                            definition = Some(statement.definition.clone());
-                            sql = Some(query);
-                        }
-                    }
-                    step = 2;
-                }
-                (tag::DESCRIBE, 2) => {}
-                (tag::EXECUTE, 2) => {
-                    let (_, rest) = crate::protocol::extended::cstr(fbody)?;
-                    if rest != [0, 0, 0, 0] {
-                        return None; // a row limit: PortalSuspended, not cached
-                    }
-                    step = 3;
-                }
-                (tag::SYNC, 3) => {
-                    return Some(Request {
-                        len: at + len,
-                        sql: sql?,
-                        parse,
-                        definition,
-                        bind,
-                    });
-                }
-                _ => return None,
-            }
-            at += len;
-        }
-        None // the batch is not complete in the buffer: not cached
-    }
-
     /// Outside a transaction, or inside a read-only one at `READ COMMITTED` that has run
     /// nothing but reads: there every statement sees the newest committed data, as an
     /// autocommit read does.
@@ -367,7 +265,7 @@ impl Session {
 
     /// Whether a statement without the hint can be skipped without more work
     /// (`hinted` mode without rules).
-    fn cheap_skip(&self) -> bool {
+    pub(super) fn cheap_skip(&self) -> bool {
         let config = self.runtime.config();
         config.cache.mode == CacheMode::Hinted && config.cache.rules.is_empty()
     }
@@ -484,12 +382,22 @@ impl Session {
                     .define(name, definition, &query, read_only, opaque);
             }
         }
-        let mut answer = BytesMut::with_capacity(entry.frames.len() + READY_IDLE.len());
-        answer.extend_from_slice(&entry.frames);
-        backend::ready_for_query(&mut answer, self.status);
-        self.responses
-            .push(Expect::Synthetic(answer.freeze()), &mut self.to_client);
-        self.responses.release_held(&mut self.to_client);
+        if self.responses.is_empty() {
+            // Nothing owed ahead of it: the answer goes straight out, without a copy
+            // queued first (what `push` then `release_held` would write, in order).
+            self.responses.release_held(&mut self.to_client);
+            self.to_client
+                .reserve(entry.frames.len() + READY_IDLE.len());
+            self.to_client.extend_from_slice(&entry.frames);
+            backend::ready_for_query(&mut self.to_client, self.status);
+        } else {
+            let mut answer = BytesMut::with_capacity(entry.frames.len() + READY_IDLE.len());
+            answer.extend_from_slice(&entry.frames);
+            backend::ready_for_query(&mut answer, self.status);
+            self.responses
+                .push(Expect::Synthetic(answer.freeze()), &mut self.to_client);
+            self.responses.release_held(&mut self.to_client);
+        }
         self.runtime.cache.count_hit(entry.fingerprint);
         if let Some(stats) = self.stats.as_ref() {
             stats.record_cache_hit(

@@ -8,6 +8,7 @@
 pub(crate) mod auth;
 pub(crate) mod auth_query;
 mod cache_analysis;
+mod cache_request;
 mod cache_writes;
 mod caching;
 pub mod cancel;

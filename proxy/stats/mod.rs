@@ -175,13 +175,34 @@ pub fn process_hasher() -> foldhash::fast::FixedState {
         .clone()
 }
 
+/// [`process_hasher`] as a hasher whose `Default` is seeded too, so that maps inside
+/// `#[derive(Default)]` types use the process seed, not foldhash's fixed one.
+#[derive(Debug, Clone)]
+pub struct ProcessState(foldhash::fast::FixedState);
+
+impl Default for ProcessState {
+    fn default() -> ProcessState {
+        ProcessState(process_hasher())
+    }
+}
+
+impl std::hash::BuildHasher for ProcessState {
+    type Hasher = <foldhash::fast::FixedState as std::hash::BuildHasher>::Hasher;
+
+    #[inline(always)]
+    fn build_hasher(&self) -> Self::Hasher {
+        self.0.build_hasher()
+    }
+}
+
 /// A hash map on the seeded process hash, for maps looked up per statement (the
-/// aggregator's, the N+1 detector's): several times cheaper than the std SipHash.
-pub type ProcessMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::FixedState>;
+/// aggregator's, the N+1 detector's, the result cache's bookkeeping): several times
+/// cheaper than the std SipHash.
+pub type ProcessMap<K, V> = std::collections::HashMap<K, V, ProcessState>;
 
 /// An empty [`ProcessMap`].
 pub fn process_map<K, V>() -> ProcessMap<K, V> {
-    ProcessMap::with_hasher(process_hasher())
+    ProcessMap::default()
 }
 
 /// Rows a `CommandComplete` tag reports (`SELECT 5`, `INSERT 0 3`, `UPDATE 2`).
