@@ -218,6 +218,20 @@ pub fn rows_from_tag(tag: &[u8]) -> u64 {
 mod tests {
     use super::*;
 
+    /// A defaulted map hashes with the process seed (as `process_hash` does), not with
+    /// foldhash's fixed default seed.
+    #[test]
+    fn defaulted_process_maps_are_seeded() {
+        use std::hash::BuildHasher;
+        let key = b"a key".as_slice();
+        let defaulted = ProcessState::default().hash_one(key);
+        assert_eq!(defaulted, process_hash(key));
+        assert_ne!(
+            defaulted,
+            foldhash::fast::FixedState::default().hash_one(key)
+        );
+    }
+
     /// A successful statement event of no rows, outside any call context.
     fn event(sql: impl Into<Bytes>, duration: Duration, served: Served) -> StatementEvent {
         StatementEvent {
