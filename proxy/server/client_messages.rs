@@ -334,15 +334,12 @@ impl Session {
         if let Some(server) = self.server.as_mut() {
             server.prepared.start_batch();
         }
-        if self.mode == PoolMode::Transaction && may_have_effects(sql) {
-            if self.deallocate_protocol_statement(sql) {
+        if self.mode == PoolMode::Transaction {
+            let may_have_effects = may_have_effects(sql);
+            if may_have_effects && self.deallocate_protocol_statement(sql) {
                 return;
             }
-            self.on_simple_query(sql, true);
-        } else if self.mode == PoolMode::Transaction {
-            self.on_simple_query(sql, false);
-        }
-        if self.mode == PoolMode::Transaction {
+            self.on_simple_query(sql, may_have_effects);
             self.note_sequence_state(|| may_set_sequence_state(sql));
         }
         self.forward(frame, Expect::Query);
