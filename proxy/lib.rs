@@ -2,7 +2,8 @@
 //!
 //! Rooms (see DESIGN.md): `config` (typed configuration), `protocol` (bytes and
 //! messages, no I/O), `pool` (server connections), `server` (clients and sessions),
-//! `runtime` (shared process state). The binary in `main.rs` wires them together.
+//! `scan` (the one pass over a statement's text that routing, pooling and statistics
+//! share), `runtime` (shared process state). The binary in `main.rs` wires them together.
 
 pub mod admin;
 pub mod advise;
@@ -17,6 +18,7 @@ pub mod protect;
 pub mod protocol;
 pub mod route;
 pub mod runtime;
+pub mod scan;
 pub mod server;
 pub mod stats;
 pub mod tenant;

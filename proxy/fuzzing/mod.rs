@@ -28,7 +28,8 @@ use crate::config::{TenancyConfig, TenancyMode};
 use crate::protocol::extended::{BindView, ParseView, TargetView};
 use crate::protocol::frame::{body, check_frame};
 use crate::protocol::{scram, startup};
-use crate::route::{shape::shape, Classifier};
+use crate::route::Classifier;
+use crate::scan::shape;
 use crate::stats::fingerprint::fingerprint;
 use crate::tenant::{self, Decision, RejectionKind};
 

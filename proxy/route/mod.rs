@@ -10,7 +10,6 @@ pub mod circuit;
 mod classify;
 mod monitor;
 pub mod ryw;
-pub mod shape;
 pub mod topology;
 
 use std::collections::HashMap;
@@ -28,16 +27,16 @@ const CLASS_ENTRY_BYTES: u32 = 96;
 
 /// The classification cache: bounded by bytes (each entry weighs its texts plus a
 /// fixed overhead), and by `entries` through the byte bound's average.
-fn class_cache(entries: u64, bytes: u64) -> moka::sync::Cache<String, StatementClass> {
+fn class_cache(entries: u64, bytes: u64) -> moka::sync::Cache<u64, StatementClass> {
     let bytes = bytes.min(entries.saturating_mul(u64::from(CLASS_ENTRY_BYTES) + 64));
     moka::sync::Cache::builder()
         .max_capacity(bytes.max(1))
-        .weigher(|key: &String, class: &StatementClass| {
+        .weigher(|key: &u64, class: &StatementClass| {
             let value = match class {
                 StatementClass::ProxySetting { name, value } => name.len() + value.len(),
                 _ => 0,
             };
-            u32::try_from(key.len() + value)
+            u32::try_from(std::mem::size_of_val(key) + value)
                 .unwrap_or(u32::MAX)
                 .saturating_add(CLASS_ENTRY_BYTES)
         })
@@ -47,7 +46,10 @@ fn class_cache(entries: u64, bytes: u64) -> moka::sync::Cache<String, StatementC
 /// Routing state of the process, rebuilt on reload.
 pub struct Routing {
     classifier: Classifier,
-    classes: moka::sync::Cache<String, StatementClass>,
+    /// Classes by the hash of the statement's shape (`crate::scan`): a 64-bit seeded
+    /// hash, so two shapes meeting in one key is as likely as a hash collision in
+    /// the statistics, and would at worst send a write to a replica, which refuses it.
+    classes: moka::sync::Cache<u64, StatementClass>,
     topologies: HashMap<String, Arc<Topology>>,
     pub positions: Arc<SharedPositions>,
     pub limits: LagLimits,
@@ -132,15 +134,19 @@ impl Routing {
     /// Classifies statement text, from cache when a statement of the same shape
     /// (same text up to literal values) was seen before.
     pub fn classify(&self, sql: &str) -> StatementClass {
-        // The cache is keyed by shape only: one lookup (shaping is cheaper than a miss).
-        let key = shape::shape(sql);
-        if let Some(class) = self.classes.get(&key) {
+        self.classify_scanned(sql, crate::scan::scan(sql.as_bytes()).shape.hash)
+    }
+
+    /// [`Routing::classify`] for a text already scanned: `shape_hash` is its
+    /// [`crate::scan::Shape::hash`].
+    pub fn classify_scanned(&self, sql: &str, shape_hash: u64) -> StatementClass {
+        if let Some(class) = self.classes.get(&shape_hash) {
             return class;
         }
         let class = self.classifier.classify(sql);
         // Proxy settings carry their value: never share them between shapes.
         if !matches!(class, StatementClass::ProxySetting { .. }) {
-            self.classes.insert(key, class.clone());
+            self.classes.insert(shape_hash, class.clone());
         }
         class
     }

@@ -50,7 +50,8 @@ impl Session {
         }
         let writes_of = |sql: &[u8]| -> Option<Arc<WriteNames>> {
             let text = crate::protocol::text::lossy(sql);
-            match self.runtime.routing().classify(&text) {
+            let shape = self.query_scan(sql).shape.hash;
+            match self.runtime.routing().classify_scanned(&text, shape) {
                 StatementClass::Read
                 | StatementClass::Begin { .. }
                 | StatementClass::ProxySetting { .. } => None,
@@ -71,6 +72,18 @@ impl Session {
                 let Ok(view) = ParseView::parse(body(frame)) else {
                     return;
                 };
+                // Drivers parse the same unnamed text again and again: what it writes
+                // depends on the text alone, so it is known already.
+                let same_unnamed = view.statement.is_empty()
+                    && self.caching.as_ref().is_some_and(|state| {
+                        state
+                            .unnamed_writes
+                            .as_ref()
+                            .is_some_and(|known| known.definition == view.definition)
+                    });
+                if same_unnamed {
+                    return;
+                }
                 let writes = StatementWrites {
                     writes: writes_of(view.query).unwrap_or_default(),
                     definition: Bytes::copy_from_slice(view.definition),

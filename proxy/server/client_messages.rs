@@ -4,9 +4,8 @@
 use bytes::{Bytes, BytesMut};
 
 use super::responses::Expect;
-use super::sequence_state::may_set_sequence_state;
 use super::session::Session;
-use super::session_effects::{effects_of, may_have_effects, Effect};
+use super::session_effects::{effects_of, Effect};
 use super::statements::StatementId;
 use super::SessionError;
 use crate::config::PoolMode;
@@ -36,6 +35,7 @@ impl Session {
     pub(super) async fn handle_client_message(&mut self, frame: Bytes) -> Result<(), SessionError> {
         let message_tag = frame[0];
         tracing::trace!(tag = %(message_tag as char), len = frame.len(), "client message");
+        self.query_scan.forget();
         if self.lost.is_some() && self.answer_lost_transaction(message_tag) {
             return Ok(());
         }
@@ -96,6 +96,11 @@ impl Session {
             }
             Err(error) => return Err(error),
         };
+        if message_tag == tag::QUERY {
+            let sql = body(&frame);
+            self.query_scan
+                .remember(&sql[..sql.len().saturating_sub(1)]);
+        }
         if self.answer_without_server(message_tag, &frame)? {
             return Ok(());
         }
@@ -335,12 +340,12 @@ impl Session {
             server.prepared.start_batch();
         }
         if self.mode == PoolMode::Transaction {
-            let may_have_effects = may_have_effects(sql);
-            if may_have_effects && self.deallocate_protocol_statement(sql) {
+            let scanned = self.query_scan(sql);
+            if scanned.may_have_effects && self.deallocate_protocol_statement(sql) {
                 return;
             }
-            self.on_simple_query(sql, may_have_effects);
-            self.note_sequence_state(|| may_set_sequence_state(sql));
+            self.on_simple_query(sql, &scanned);
+            self.note_sequence_state(|| scanned.may_set_sequences);
         }
         self.forward(frame, Expect::Query);
     }
@@ -348,7 +353,7 @@ impl Session {
     /// `DEALLOCATE name` of one of the client's protocol-level statements: those live
     /// under proxy-wide names on the servers, so the proxy forgets the name and answers
     /// as PostgreSQL would.
-    /// Only called for texts that [`may_have_effects`].
+    /// Only called for texts that may have effects (`crate::scan`).
     fn deallocate_protocol_statement(&mut self, sql: &[u8]) -> bool {
         let effects = effects_of(&crate::protocol::text::lossy(sql));
         let [Effect::Deallocate(name)] = effects.as_slice() else {

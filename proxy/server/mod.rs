@@ -26,6 +26,7 @@ pub mod opaque_code;
 mod pooled_state;
 mod protection;
 mod pump;
+mod query_scan;
 mod responses;
 mod routing;
 mod scram_server;

@@ -10,12 +10,12 @@ use bytes::{Bytes, BytesMut};
 
 use super::opaque_code::{OpaqueCheck, SessionSafeFunctions};
 use super::responses::Expect;
-use super::sequence_state::may_set_sequence_state;
 use super::session::Session;
 use super::session_effects::{Effect, Pins};
 use super::statements::statement_effects;
 use crate::config::PoolMode;
 use crate::protocol::extended::write_parse;
+use crate::scan::StatementScan;
 
 /// The client's unnamed statement, as last parsed.
 #[derive(Debug, Default)]
@@ -141,16 +141,17 @@ impl Session {
 
     /// `Query` (simple protocol) in transaction pooling: its effects, and the end of
     /// the unnamed statement (a simple query destroys it, as in PostgreSQL).
-    /// A simple `Query` is being forwarded; `may_have_effects` is the verdict of the
-    /// cheap pre-check on its text (computed once by the caller).
-    pub(super) fn on_simple_query(&mut self, sql: &[u8], may_have_effects: bool) {
+    /// `scanned` is the text's scan (made once by the caller).
+    pub(super) fn on_simple_query(&mut self, sql: &[u8], scanned: &StatementScan) {
         self.pooled.unnamed.exists = false;
         self.pooled.unnamed.on_server = false;
         let opaque = self.pooled.opaque_check(self.mode);
-        if !may_have_effects && !opaque.is_some_and(|check| check.runs_opaque_code(sql)) {
+        let runs_opaque_code =
+            || scanned.may_call && opaque.is_some_and(|check| check.runs_opaque_code(sql));
+        if !scanned.may_have_effects && !runs_opaque_code() {
             return;
         }
-        if let Some(effects) = statement_effects(sql, opaque) {
+        if let Some(effects) = statement_effects(sql, scanned, opaque) {
             self.apply_effects(&effects);
         }
     }
@@ -159,12 +160,13 @@ impl Session {
     pub(super) fn on_unnamed_parse(&mut self, definition: &[u8], query: &[u8]) {
         // Drivers send the same unnamed text again and again: its effects are known.
         if self.pooled.unnamed.definition != definition {
-            let effects = statement_effects(query, self.pooled.opaque_check(self.mode));
+            let scanned = crate::scan::scan(query);
+            let effects = statement_effects(query, &scanned, self.pooled.opaque_check(self.mode));
             let unnamed = &mut self.pooled.unnamed;
             unnamed.definition.clear();
             unnamed.definition.extend_from_slice(definition);
             unnamed.effects = effects;
-            unnamed.sets_sequences = may_set_sequence_state(query);
+            unnamed.sets_sequences = scanned.may_set_sequences;
         }
         let unnamed = &mut self.pooled.unnamed;
         unnamed.on_server = true;

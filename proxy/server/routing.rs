@@ -155,8 +155,10 @@ impl Session {
         match message_tag {
             tag::QUERY => {
                 let sql = body(frame);
-                let sql = lossy(&sql[..sql.len().saturating_sub(1)]);
-                (routing.classify(&sql), hint(&sql))
+                let sql = &sql[..sql.len().saturating_sub(1)];
+                let shape = self.query_scan(sql).shape.hash;
+                let sql = lossy(sql);
+                (routing.classify_scanned(&sql, shape), hint(&sql))
             }
             tag::PARSE => match ParseView::parse(body(frame)) {
                 Ok(view) => {

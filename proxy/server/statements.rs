@@ -14,8 +14,7 @@ use std::sync::{Mutex, OnceLock};
 use bytes::Bytes;
 
 use super::opaque_code::OpaqueCheck;
-use super::sequence_state::may_set_sequence_state;
-use super::session_effects::{effects_of, may_have_effects, Effect};
+use super::session_effects::{effects_of, Effect};
 
 /// Server-side identity of a statement definition.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -106,24 +105,27 @@ impl PooledStatement {
         read_only: bool,
         opaque: Option<OpaqueCheck>,
     ) -> PooledStatement {
+        let scanned = crate::scan::scan(query);
         PooledStatement {
             id: StatementId::of(definition),
             definition: Bytes::copy_from_slice(definition),
             read_only,
-            effects: statement_effects(query, opaque),
-            sets_sequences: may_set_sequence_state(query),
+            effects: statement_effects(query, &scanned, opaque),
+            sets_sequences: scanned.may_set_sequences,
         }
     }
 }
 
-/// Session effects of a statement's text (None for the common statement without any).
-/// `opaque`: how to tell code the proxy cannot see into, when that matters (pins on).
+/// Session effects of a statement's text (None for the common statement without any);
+/// `scanned` is its scan. `opaque`: how to tell code the proxy cannot see into, when
+/// that matters (pins on).
 pub fn statement_effects(
     query: &[u8],
+    scanned: &crate::scan::StatementScan,
     opaque: Option<OpaqueCheck>,
 ) -> Option<std::sync::Arc<[Effect]>> {
-    let opaque = opaque.is_some_and(|check| check.runs_opaque_code(query));
-    if !may_have_effects(query) {
+    let opaque = scanned.may_call && opaque.is_some_and(|check| check.runs_opaque_code(query));
+    if !scanned.may_have_effects {
         return opaque.then(|| [Effect::OpaqueCode].into());
     }
     let mut effects = effects_of(&crate::protocol::text::lossy(query));

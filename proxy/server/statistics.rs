@@ -22,6 +22,8 @@ use crate::stats::{rows_from_tag, CallContext, Served, StatementEvent, StatsReco
 struct InFlight {
     started: Instant,
     sql: Bytes,
+    /// Its shape, from the session's scan of a simple query.
+    shape: Option<crate::scan::Shape>,
     /// A hash of the bound parameters (0: simple query).
     params: u64,
     session_key: u64,
@@ -86,6 +88,7 @@ impl SessionStats {
             let ended = Instant::now();
             recorder.record(StatementEvent {
                 sql: statement.sql,
+                shape: statement.shape,
                 duration: ended.saturating_duration_since(statement.started),
                 rows: self.rows,
                 error: error || self.error,
@@ -112,6 +115,7 @@ impl SessionStats {
     ) {
         recorder.record(StatementEvent {
             sql,
+            shape: None,
             duration,
             rows,
             error: false,
@@ -131,6 +135,13 @@ impl SessionStats {
 impl Session {
     /// Notes a forwarded message that starts a statement or names its text.
     pub(super) fn stats_on_forward(&mut self, message_tag: u8, frame: &Bytes) {
+        if self.stats.is_none() {
+            return;
+        }
+        let shape = (message_tag == tag::QUERY).then(|| {
+            let end = frame.len().saturating_sub(1).max(HEADER_LEN);
+            self.query_scan(&frame[HEADER_LEN..end]).shape
+        });
         let Some(stats) = self.stats.as_mut() else {
             return;
         };
@@ -153,6 +164,7 @@ impl Session {
                 stats.in_flight.push_back(InFlight {
                     started: Instant::now(),
                     sql,
+                    shape,
                     params: 0,
                     session_key,
                 });
@@ -193,6 +205,7 @@ impl Session {
                 stats.in_flight.push_back(InFlight {
                     started: Instant::now(),
                     sql,
+                    shape: None,
                     params: stats.portal_params,
                     session_key,
                 });

@@ -156,42 +156,10 @@ impl TextMap {
     }
 
     /// The hash of the text's shape (kept apart from text hashes), and whether the
-    /// shape replaced any literal. No string is built: the shape's pieces (a dozen or
-    /// more per statement, most a few bytes) are gathered in a small buffer that the
-    /// hasher takes in full chunks, so the hash depends on the shape's bytes alone,
-    /// not on how the walker cut them, and the hasher runs once or twice instead of
-    /// once per piece.
+    /// shape replaced any literal: the statement scanner's (`crate::scan`).
     fn shape_hash(text: &str) -> (u64, bool) {
-        use std::hash::{BuildHasher, Hasher};
-        const CHUNK: usize = 128;
-        struct HashSink<H> {
-            hasher: H,
-            buffer: [u8; CHUNK],
-            filled: usize,
-        }
-        impl<H: Hasher> crate::route::shape::ShapeSink for HashSink<H> {
-            fn put(&mut self, part: &str) {
-                let mut part = part.as_bytes();
-                while !part.is_empty() {
-                    let take = part.len().min(CHUNK - self.filled);
-                    self.buffer[self.filled..self.filled + take].copy_from_slice(&part[..take]);
-                    self.filled += take;
-                    part = &part[take..];
-                    if self.filled == CHUNK {
-                        self.hasher.write(&self.buffer);
-                        self.filled = 0;
-                    }
-                }
-            }
-        }
-        let mut sink = HashSink {
-            hasher: super::process_hasher().build_hasher(),
-            buffer: [0; CHUNK],
-            filled: 0,
-        };
-        let has_literals = crate::route::shape::shape_into(text, &mut sink);
-        sink.hasher.write(&sink.buffer[..sink.filled]);
-        (sink.hasher.finish() ^ SHAPE_HASH_SALT, has_literals)
+        let shape = crate::scan::scan(text.as_bytes()).shape;
+        (shape.hash, shape.has_literals)
     }
 
     fn get(&self, hash: u64) -> Option<FingerprintId> {
@@ -343,10 +311,30 @@ pub(super) async fn run(
     }
 }
 
+/// The fingerprint of a text whose shape the session already scanned
+/// (`crate::scan`): found by the shape's hash, normalized only for a shape not seen
+/// yet.
+fn fingerprint_of_shape(
+    sql: &[u8],
+    shape: crate::scan::Shape,
+    by_text: &mut TextMap,
+    entries: &Entries,
+) -> (FingerprintId, Option<String>) {
+    if let Some(id) = by_text
+        .get(shape.hash)
+        .filter(|id| entries.map.contains_key(id))
+    {
+        return (id, None);
+    }
+    let (id, normalized) = fingerprint(&crate::protocol::text::lossy(sql));
+    by_text.insert(shape.hash, id);
+    (id, Some(normalized))
+}
+
 /// The fingerprint of `sql` (whose hash is `exact`), normalized only for a text whose shape was not seen yet:
 /// texts without literals are found by their own hash; texts that differ only in
 /// their literals (`WHERE aid = 17` / `= 42`) share the hash of their shape (the
-/// routing scanner's one pass, far cheaper than normalizing), which is what they are
+/// statement scanner's one pass, far cheaper than normalizing), which is what they are
 /// remembered by, so a stream of fresh literals does not flood the map.
 fn fingerprint_of(
     sql: &[u8],
@@ -376,9 +364,6 @@ fn fingerprint_of(
     (id, Some(normalized))
 }
 
-/// Keeps shape hashes apart from the hashes of texts that happen to equal a shape.
-const SHAPE_HASH_SALT: u64 = 0x5be5_d1ce_0f5a_9e01;
-
 fn add(
     entries: &mut Entries,
     by_text: &mut TextMap,
@@ -389,8 +374,17 @@ fn add(
 ) {
     let micros = event.duration.as_micros() as u64;
     let now = now_secs();
-    let hash = TextMap::hash(&event.sql);
-    let (id, normalized) = fingerprint_of(&event.sql, hash, by_text, entries);
+    let (id, normalized, exact) = match event.shape {
+        Some(shape) => {
+            let (id, normalized) = fingerprint_of_shape(&event.sql, shape, by_text, entries);
+            (id, normalized, None)
+        }
+        None => {
+            let hash = TextMap::hash(&event.sql);
+            let (id, normalized) = fingerprint_of(&event.sql, hash, by_text, entries);
+            (id, normalized, Some(hash))
+        }
+    };
     let entry = match entries.map.entry(id) {
         std::collections::hash_map::Entry::Occupied(slot) => slot.into_mut(),
         std::collections::hash_map::Entry::Vacant(slot) => {
@@ -433,7 +427,7 @@ fn add(
             fingerprint: id,
             query: &entry.query,
             sql: &event.sql,
-            text_hash: hash,
+            text_hash: exact.unwrap_or_else(|| TextMap::hash(&event.sql)),
             duration: event.duration,
             context,
         });

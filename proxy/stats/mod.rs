@@ -51,6 +51,9 @@ pub struct StatementEvent {
     /// The text as sent. May share a session buffer while the event is in flight; the
     /// aggregator keeps only a hash of it.
     pub sql: Bytes,
+    /// The text's shape, when the session scanned it already (simple queries); else
+    /// the aggregator works it out.
+    pub shape: Option<crate::scan::Shape>,
     pub duration: Duration,
     pub rows: u64,
     pub error: bool,
@@ -236,6 +239,7 @@ mod tests {
     fn event(sql: impl Into<Bytes>, duration: Duration, served: Served) -> StatementEvent {
         StatementEvent {
             sql: sql.into(),
+            shape: None,
             duration,
             rows: 0,
             error: false,

@@ -1,0 +1,235 @@
+//! What the session needs to know of a text's effects, read byte by byte as the shape
+//! walker passes: whether it may change the server session, leave sequence state, or
+//! call anything. These verdicts look at the raw bytes, quotes and comments included,
+//! so they err toward yes (a false alarm costs a closer look, a miss would leak state
+//! between clients).
+
+/// Byte classes, for the verdicts and for the shape walker.
+pub(super) const ALPHANUMERIC: u8 = 1;
+const LETTER: u8 = 2;
+pub(super) const WHITESPACE: u8 = 4;
+const COMMENT_START: u8 = 8;
+/// `(`, `$` and `'`: a call needs a parenthesis, a `DO` body a quote.
+const CALL_SYNTAX: u8 = 16;
+/// `v`/`V`, the letter `nextval` and `setval` are found by.
+const VEE: u8 = 32;
+
+/// The class of `byte`.
+#[inline(always)]
+pub(super) fn class_of(byte: u8) -> u8 {
+    BYTE_CLASS[byte as usize]
+}
+
+static BYTE_CLASS: [u8; 256] = {
+    let mut table = [0u8; 256];
+    let mut byte = 0;
+    while byte < 256 {
+        let b = byte as u8;
+        table[byte] = if b == b'v' || b == b'V' {
+            ALPHANUMERIC | LETTER | VEE
+        } else if b.is_ascii_alphabetic() {
+            ALPHANUMERIC | LETTER
+        } else if b.is_ascii_digit() {
+            ALPHANUMERIC
+        } else if b.is_ascii_whitespace() {
+            WHITESPACE
+        } else if b == b'/' || b == b'-' {
+            COMMENT_START
+        } else if b == b'(' || b == b'$' || b == b'\'' {
+            CALL_SYNTAX
+        } else {
+            0
+        };
+        byte += 1;
+    }
+    table
+};
+
+/// First words of statements that may call `nextval` unseen (column defaults,
+/// triggers) or run other statements that do.
+pub(super) const WRITING_WORDS: [&[u8]; 10] = [
+    b"insert", b"update", b"delete", b"merge", b"copy", b"with", b"execute", b"explain", b"call",
+    b"do",
+];
+/// The longest of them: a longer first word is none of them.
+const LONGEST_WRITING_WORD: usize = 7;
+
+/// The verdicts so far, and what the next byte's verdict depends on.
+pub(super) struct Flags {
+    /// Only whitespace since the text's start or the last `;`.
+    statement_start: bool,
+    previous_alphanumeric: bool,
+    /// `SET`/`RESET` seen away from a statement start: they count if a comment turns up
+    /// (then a statement may start anywhere).
+    set_inside: bool,
+    comment: bool,
+    pub effects: bool,
+    pub sequences: bool,
+    pub call_syntax: bool,
+}
+
+impl Flags {
+    pub(super) fn new() -> Flags {
+        Flags {
+            statement_start: true,
+            previous_alphanumeric: false,
+            set_inside: false,
+            comment: false,
+            effects: false,
+            sequences: false,
+            call_syntax: false,
+        }
+    }
+
+    /// Whether the text may change the server session (settings, temp tables,
+    /// listeners, prepared statements, advisory locks, cursors).
+    pub(super) fn may_have_effects(&self) -> bool {
+        self.effects || (self.set_inside && self.comment)
+    }
+
+    /// Reads every byte of `sql[from..to]`, in order.
+    #[inline]
+    pub(super) fn bytes(&mut self, sql: &[u8], from: usize, to: usize) {
+        for at in from..to {
+            self.byte(sql, at);
+        }
+    }
+
+    /// Reads the byte at `at`; every byte of the text is read once, in order (by this
+    /// or by the two below).
+    #[inline(always)]
+    pub(super) fn byte(&mut self, sql: &[u8], at: usize) {
+        let class = class_of(sql[at]);
+        if class & ALPHANUMERIC != 0 {
+            if !self.previous_alphanumeric {
+                self.word_start(sql, at, class);
+            }
+            if class & VEE != 0 && !self.sequences {
+                self.sequences = names_nextval_or_setval(sql, at);
+            }
+            self.previous_alphanumeric = true;
+            self.statement_start = false;
+        } else {
+            self.not_alphanumeric(sql, at, class);
+        }
+    }
+
+    /// Reads the run of letters and digits that starts at `start`; returns its end.
+    #[inline(always)]
+    pub(super) fn alphanumeric_run(&mut self, sql: &[u8], start: usize) -> usize {
+        if !self.previous_alphanumeric {
+            self.word_start(sql, start, class_of(sql[start]));
+        }
+        let mut at = start;
+        loop {
+            // Letters and digits but `v` need no look: the tight loop.
+            while at < sql.len() && class_of(sql[at]) & (ALPHANUMERIC | VEE) == ALPHANUMERIC {
+                at += 1;
+            }
+            if at == sql.len() || class_of(sql[at]) & VEE == 0 {
+                break;
+            }
+            if !self.sequences {
+                self.sequences = names_nextval_or_setval(sql, at);
+            }
+            at += 1;
+        }
+        self.previous_alphanumeric = true;
+        self.statement_start = false;
+        at
+    }
+
+    /// Reads a byte that is not a letter or digit (`class` is its class).
+    #[inline(always)]
+    pub(super) fn not_alphanumeric(&mut self, sql: &[u8], at: usize, class: u8) {
+        self.previous_alphanumeric = false;
+        if class & WHITESPACE != 0 {
+            return;
+        }
+        let byte = sql[at];
+        if self.statement_start && byte != b';' {
+            // A statement that starts with anything but a word: count it as writing.
+            self.sequences = true;
+        }
+        self.statement_start = byte == b';';
+        if class & COMMENT_START != 0
+            && sql.get(at + 1) == Some(&(if byte == b'/' { b'*' } else { b'-' }))
+        {
+            self.comment = true;
+        }
+        self.call_syntax |= class & CALL_SYNTAX != 0;
+    }
+
+    /// An alphanumeric byte after a byte that is not.
+    #[inline(never)]
+    fn word_start(&mut self, sql: &[u8], at: usize, class: u8) {
+        if class & LETTER == 0 {
+            // A digit: not a word, so a statement starting here counts as writing.
+            self.sequences |= self.statement_start;
+            return;
+        }
+        let text = &sql[at..];
+        if !self.effects {
+            match word_may_have_effects(text, self.statement_start) {
+                Verdict::Yes => self.effects = true,
+                Verdict::AtStatementStart => self.set_inside = true,
+                Verdict::No => {}
+            }
+        }
+        if self.statement_start && !self.sequences {
+            self.sequences = first_word_may_write(text);
+        }
+    }
+}
+
+enum Verdict {
+    No,
+    Yes,
+    /// `SET`/`RESET`, which change the session only where a statement starts.
+    AtStatementStart,
+}
+
+/// Whether the word at the start of `text` is one that may change the session.
+fn word_may_have_effects(text: &[u8], at_statement_start: bool) -> Verdict {
+    let is =
+        |word: &[u8]| text.len() >= word.len() && text[..word.len()].eq_ignore_ascii_case(word);
+    let starting = |word: &[u8]| match (is(word), at_statement_start) {
+        (false, _) => Verdict::No,
+        (true, true) => Verdict::Yes,
+        (true, false) => Verdict::AtStatementStart,
+    };
+    let yes = |found: bool| if found { Verdict::Yes } else { Verdict::No };
+    match text[0] | 0x20 {
+        b's' if is(b"set_config") => Verdict::Yes,
+        b's' => starting(b"set"),
+        b'r' => starting(b"reset"),
+        b'u' => yes(is(b"unlisten")),
+        b'd' => yes(is(b"disc") || is(b"deal")),
+        b't' => yes(is(b"temp")),
+        b'l' => yes(is(b"listen")),
+        b'p' => yes(is(b"prepare")),
+        b'a' => yes(is(b"advisory")),
+        b'h' => yes(is(b"hold")),
+        b'c' => yes(is(b"close")),
+        _ => Verdict::No,
+    }
+}
+
+/// Whether the letters that start `text` (a statement's first word) may write.
+fn first_word_may_write(text: &[u8]) -> bool {
+    let word_len = text
+        .iter()
+        .take(LONGEST_WRITING_WORD + 1)
+        .position(|b| !b.is_ascii_alphabetic())
+        .unwrap_or(text.len().min(LONGEST_WRITING_WORD + 1));
+    let word = &text[..word_len];
+    WRITING_WORDS.iter().any(|w| word.eq_ignore_ascii_case(w))
+}
+
+/// Whether the `v` at `at` is the one of `nextval` or `setval` (any case).
+fn names_nextval_or_setval(sql: &[u8], at: usize) -> bool {
+    let tail = sql.get(at + 1..at + 3);
+    tail.is_some_and(|t| t.eq_ignore_ascii_case(b"al"))
+        && ((at >= 4 && sql[at - 4..at].eq_ignore_ascii_case(b"next"))
+            || (at >= 3 && sql[at - 3..at].eq_ignore_ascii_case(b"set")))
+}

@@ -1,0 +1,310 @@
+//! The scanner's verdicts against plain references, and its shapes.
+
+use super::flags::WRITING_WORDS;
+use super::{scan, shape};
+
+/// A small xorshift stream, so generated texts are the same on every run.
+fn texts<'a>(pieces: &'a [&'a str], seed: u64, count: usize) -> impl Iterator<Item = String> + 'a {
+    let mut state = seed;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    (0..count).map(move |_| {
+        let mut text = String::new();
+        for _ in 0..(1 + next() % 9) {
+            text.push_str(pieces[(next() % pieces.len() as u64) as usize]);
+            if next() % 3 == 0 {
+                text.push(' ');
+            }
+        }
+        text
+    })
+}
+
+#[test]
+fn literals_become_placeholders() {
+    assert_eq!(
+        shape("SELECT abalance FROM pgbench_accounts WHERE aid = 12345;"),
+        shape("SELECT abalance FROM pgbench_accounts WHERE aid = 7;")
+    );
+    assert_eq!(
+        shape("select * from t where a = 'x''y' and b = 1.5e3"),
+        "select * from t where a = ? and b = ?"
+    );
+    assert_eq!(
+        shape("select  t1.c2,\n\t$1 from t1"),
+        "select t1.c2, $1 from t1"
+    );
+    assert_eq!(
+        shape("/* pgwarden:primary */ select 1"),
+        "/* pgwarden:primary */ select ?"
+    );
+    assert_eq!(
+        shape("select \"Col 1\" from \"T\""),
+        "select \"Col 1\" from \"T\""
+    );
+    assert_eq!(shape("select $f$ 1 $f$, 'ż'"), "select $f$ 1 $f$, ?");
+    assert_eq!(shape("select E'a\\'b', 2"), "select E?, ?");
+    assert_ne!(shape("select a from t"), shape("select b from t"));
+    assert_eq!(shape("  select   1  "), "select ?");
+    assert_eq!(shape("select 1 -- note  \n"), "select ? -- note  ");
+    assert_eq!(shape("select a-1, b/2, c1"), "select a-?, b/?, c1");
+    // Unterminated input must not panic.
+    for text in ["'", "\"", "$a$", "/*", "--", "1e", "é", "'\\", "$"] {
+        let _ = shape(text);
+        let _ = scan(text.as_bytes());
+    }
+}
+
+#[test]
+fn equal_shapes_hash_equal_and_different_ones_apart() {
+    const PIECES: [&str; 22] = [
+        "select",
+        "a",
+        "t",
+        "1",
+        "42",
+        "1.5e3",
+        "'x'",
+        "'it''s'",
+        "\"Q\"",
+        "$1",
+        "$f$ b $f$",
+        "/* c */",
+        "-- n\n",
+        " ",
+        "  ",
+        "\n",
+        ",",
+        "=",
+        "-",
+        "/",
+        "(",
+        ")",
+    ];
+    let mut seen = std::collections::HashMap::new();
+    for text in texts(&PIECES, 0x51a9_e5ee_d001_c0de, 20_000) {
+        let scanned = scan(text.as_bytes());
+        let shaped = shape(&text);
+        if let Some(other) = seen.insert(scanned.shape.hash, shaped.clone()) {
+            assert_eq!(other, shaped, "one hash, two shapes: {text:?}");
+        }
+    }
+    assert!(seen.len() > 1_000, "{} shapes", seen.len());
+    let hash = |text: &str| scan(text.as_bytes()).shape.hash;
+    assert_eq!(hash("select 1"), hash("select  42 "));
+    assert_ne!(hash("select 1"), hash("select a"));
+    assert!(scan(b"select 1").shape.has_literals);
+    assert!(!scan(b"select a from t").shape.has_literals);
+}
+
+/// The effects verdict written plainly (a closure per byte, every word compared).
+fn may_have_effects_reference(sql: &[u8]) -> bool {
+    const ANYWHERE: [&[u8]; 10] = [
+        b"set_config",
+        b"unlisten",
+        b"disc",
+        b"deal",
+        b"temp",
+        b"listen",
+        b"prepare",
+        b"advisory",
+        b"hold",
+        b"close",
+    ];
+    const STATEMENT_START: [&[u8]; 2] = [b"set", b"reset"];
+    let comments = sql.windows(2).any(|w| w == b"/*" || w == b"--");
+    let mut statement_start = true;
+    (0..sql.len()).any(|at| {
+        let byte = sql[at];
+        if byte == b';' {
+            statement_start = true;
+            return false;
+        }
+        if byte.is_ascii_whitespace() {
+            return false;
+        }
+        let at_start = std::mem::replace(&mut statement_start, false) || comments;
+        if at > 0 && sql[at - 1].is_ascii_alphanumeric() {
+            return false;
+        }
+        let first = byte | 0x20;
+        let starts_with = |word: &[u8]| {
+            word[0] == first
+                && sql
+                    .get(at..at + word.len())
+                    .is_some_and(|w| w.eq_ignore_ascii_case(word))
+        };
+        (at_start && STATEMENT_START.iter().any(|w| starts_with(w)))
+            || (matches!(
+                first,
+                b's' | b'u' | b'd' | b't' | b'l' | b'p' | b'a' | b'h' | b'c'
+            ) && ANYWHERE.iter().any(|w| starts_with(w)))
+    })
+}
+
+#[test]
+fn the_effects_verdict_agrees_with_its_reference() {
+    const PIECES: [&str; 37] = [
+        "SET",
+        "set",
+        "ReSeT",
+        "set_config",
+        "SET_CONFIG(",
+        "unlisten",
+        "listen",
+        "disc",
+        "DISCARD",
+        "deal",
+        "temp",
+        "TEMPORARY",
+        "prepare",
+        "advisory",
+        "hold",
+        "close",
+        "select",
+        "UPDATE",
+        "x",
+        "1",
+        "2a",
+        "_",
+        ".",
+        "'",
+        "\"",
+        ";",
+        " ",
+        "\n",
+        "\t",
+        "/*",
+        "*/",
+        "--",
+        "-",
+        "/",
+        "é",
+        "$$",
+        "$1",
+    ];
+    let mut both = [0usize; 2];
+    for text in texts(&PIECES, 0x9e37_79b9_7f4a_7c15, 50_000) {
+        let expected = may_have_effects_reference(text.as_bytes());
+        assert_eq!(scan(text.as_bytes()).may_have_effects, expected, "{text:?}");
+        both[expected as usize] += 1;
+    }
+    assert!(both[0] > 1_000 && both[1] > 1_000, "{both:?}");
+    for (text, expected) in [
+        ("LISTEN x", true),
+        ("  set x = 1", true),
+        ("begin; Reset x", true),
+        ("select set_config('a', 'b', false)", true),
+        ("select 1 from t", false),
+        ("UPDATE t SET a = 1 WHERE b = 2", false),
+        ("select pg_advisory_unlock_all()", true),
+        ("create table pg_temp.t(x int)", true),
+        ("select 1; close all", true),
+        (
+            "SELECT abalance FROM pgbench_accounts WHERE aid = 5 -- done",
+            false,
+        ),
+        ("/* app */ SET a = 1", true),
+    ] {
+        assert_eq!(scan(text.as_bytes()).may_have_effects, expected, "{text}");
+    }
+}
+
+/// The sequence verdict written plainly: split at `;`, first words, then a lowercase
+/// search.
+fn sequences_reference(sql: &[u8]) -> bool {
+    let writes = sql.split(|&b| b == b';').any(|statement| {
+        let text = String::from_utf8_lossy(statement).to_ascii_lowercase();
+        let text = text.trim_start();
+        let word: String = text
+            .chars()
+            .take_while(|c| c.is_ascii_alphabetic())
+            .collect();
+        !text.is_empty() && (word.is_empty() || WRITING_WORDS.contains(&word.as_bytes()))
+    });
+    let lower = String::from_utf8_lossy(sql).to_ascii_lowercase();
+    writes || lower.contains("nextval") || lower.contains("setval")
+}
+
+#[test]
+fn the_sequence_verdict_agrees_with_its_reference() {
+    const PIECES: [&str; 28] = [
+        "select",
+        "SELECT",
+        " ",
+        "\n",
+        ";",
+        "insert",
+        "Insert",
+        "into",
+        "t",
+        "nextval",
+        "NextVal",
+        "set",
+        "val",
+        "v",
+        "('s')",
+        "(",
+        "/*",
+        "*/",
+        "with",
+        "do",
+        "explained",
+        "execute",
+        "value",
+        "1",
+        "'",
+        "\"",
+        "$$",
+        "é",
+    ];
+    let mut both = [0usize; 2];
+    for text in texts(&PIECES, 0x2545_f491_4f6c_dd1d, 50_000) {
+        let verdict = scan(text.as_bytes()).may_set_sequences;
+        assert_eq!(verdict, sequences_reference(text.as_bytes()), "{text:?}");
+        both[verdict as usize] += 1;
+    }
+    assert!(both[0] > 1_000 && both[1] > 1_000, "{both:?}");
+    for text in [
+        "SELECT nextval('s')",
+        "select pg_catalog.NEXTVAL('s')",
+        "INSERT INTO items(v) VALUES ('x')",
+        "BEGIN; UPDATE t SET x = 1; COMMIT",
+        "/* app */ SELECT 1",
+        "(SELECT 1)",
+        "select 1;\n  Explain analyze insert into t values (1)",
+    ] {
+        assert!(scan(text.as_bytes()).may_set_sequences, "{text}");
+    }
+    for text in [
+        "SELECT abalance FROM pgbench_accounts WHERE aid = 42",
+        "SELECT currval('s')",
+        "BEGIN; SELECT 1; COMMIT;",
+        "SET search_path = app",
+        "selected_nonsense_word",
+        "",
+        ";",
+    ] {
+        assert!(!scan(text.as_bytes()).may_set_sequences, "{text}");
+    }
+}
+
+#[test]
+fn call_syntax_is_any_parenthesis_dollar_or_quote() {
+    for (text, expected) in [
+        ("select f(1)", true),
+        ("select $1", true),
+        ("select 'a'", true),
+        (
+            "SELECT abalance FROM pgbench_accounts WHERE aid = 42",
+            false,
+        ),
+        ("select a from t", false),
+    ] {
+        assert_eq!(scan(text.as_bytes()).may_call, expected, "{text}");
+    }
+}

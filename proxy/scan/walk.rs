@@ -1,0 +1,183 @@
+//! The one walk over a statement's bytes. It writes the statement's shape (literal
+//! values replaced by `?`, runs of whitespace collapsed to one space, comments,
+//! quoted identifiers and dollar-quoted bodies kept verbatim) to a sink, and hands
+//! every byte, in order, to the verdicts of `flags.rs`.
+
+use super::flags::{class_of, Flags, ALPHANUMERIC, WHITESPACE};
+
+/// Where a shape is written: bytes for the text, or a hasher when only its hash is
+/// needed. Only the concatenation of the parts matters, never how they were cut.
+pub trait ShapeSink {
+    fn put(&mut self, part: &[u8]);
+}
+
+impl ShapeSink for Vec<u8> {
+    fn put(&mut self, part: &[u8]) {
+        self.extend_from_slice(part);
+    }
+}
+
+/// What the walk found besides the shape.
+pub(super) struct Walked {
+    pub has_literals: bool,
+    pub flags: Flags,
+}
+
+/// Walks `sql`, writing its shape to `out`.
+///
+/// Plain bytes (runs of letters and digits, and punctuation that starts nothing) are
+/// gathered into one part and written when something else comes: whitespace, a
+/// literal, a comment or quoted text.
+pub(super) fn walk(sql: &[u8], out: &mut impl ShapeSink) -> Walked {
+    let n = sql.len();
+    let mut flags = Flags::new();
+    let mut w = Writer {
+        out,
+        pending_space: false,
+        written: false,
+    };
+    let mut literals = false;
+    let mut last_space = false;
+    // Where the plain part being gathered starts (`NONE`: no part).
+    const NONE: usize = usize::MAX;
+    let mut plain = NONE;
+    let mut i = 0;
+    while i < n {
+        let b = sql[i];
+        let class = class_of(b);
+        if class & ALPHANUMERIC != 0 && (!b.is_ascii_digit() || prev_is_word(sql, i)) {
+            // Letters and digits: plain (a digit right after a word byte too).
+            if plain == NONE {
+                plain = i;
+            }
+            i = flags.alphanumeric_run(sql, i);
+            last_space = false;
+            continue;
+        }
+        let special = match b {
+            b'\'' | b'"' | b'$' => true,
+            b'0'..=b'9' => true,
+            b'-' => sql.get(i + 1) == Some(&b'-'),
+            b'/' => sql.get(i + 1) == Some(&b'*'),
+            _ => class & WHITESPACE != 0,
+        };
+        if !special {
+            // Punctuation that starts nothing: plain.
+            if plain == NONE {
+                plain = i;
+            }
+            flags.not_alphanumeric(sql, i, class);
+            i += 1;
+            last_space = false;
+            continue;
+        }
+        if plain != NONE {
+            w.put(&sql[plain..i]);
+            plain = NONE;
+        }
+        if class & WHITESPACE != 0 {
+            flags.not_alphanumeric(sql, i, class);
+            if !last_space && w.written {
+                w.pending_space = true;
+            }
+            last_space = true;
+            i += 1;
+            continue;
+        }
+        let start = i;
+        match b {
+            b'\'' => {
+                i = string_end(sql, i);
+                w.put(b"?");
+                literals = true;
+                last_space = false;
+            }
+            b'0'..=b'9' => {
+                while i < n && matches!(sql[i], b'0'..=b'9' | b'.' | b'e' | b'E') {
+                    i += 1;
+                }
+                w.put(b"?");
+                literals = true;
+                last_space = false;
+            }
+            b'-' => {
+                i = memchr::memchr(b'\n', &sql[i..]).map_or(n, |p| i + p);
+                w.put(&sql[start..i]);
+            }
+            b'/' => {
+                i = memchr::memmem::find(&sql[i + 2..], b"*/").map_or(n, |p| i + 2 + p + 2);
+                w.put(&sql[start..i]);
+            }
+            _ => {
+                // `"` or `$`
+                let close = if b == b'"' {
+                    memchr::memchr(b'"', &sql[i + 1..]).map(|p| i + 1 + p + 1)
+                } else {
+                    dollar_quote_end(sql, i)
+                };
+                i = close.unwrap_or(i + 1).min(n);
+                w.put(&sql[start..i]);
+                last_space = false;
+            }
+        }
+        flags.bytes(sql, start, i);
+    }
+    if plain != NONE {
+        w.put(&sql[plain..]);
+    }
+    Walked {
+        has_literals: literals,
+        flags,
+    }
+}
+
+/// Writes pieces of a shape; a space only once something follows it, so none leads or
+/// trails.
+struct Writer<'a, S> {
+    out: &'a mut S,
+    pending_space: bool,
+    written: bool,
+}
+
+impl<S: ShapeSink> Writer<'_, S> {
+    #[inline(always)]
+    fn put(&mut self, part: &[u8]) {
+        if std::mem::take(&mut self.pending_space) {
+            self.out.put(b" ");
+        }
+        self.out.put(part);
+        self.written = true;
+    }
+}
+
+fn prev_is_word(sql: &[u8], i: usize) -> bool {
+    i > 0 && (sql[i - 1].is_ascii_alphanumeric() || sql[i - 1] == b'_' || sql[i - 1] == b'$')
+}
+
+/// The end (exclusive) of the string literal opened at `start`: `''` is an escaped
+/// quote, and a backslash takes the next byte (which covers `E'..'`).
+fn string_end(sql: &[u8], start: usize) -> usize {
+    let mut i = start + 1;
+    while i < sql.len() {
+        match sql[i] {
+            b'\'' if sql.get(i + 1) == Some(&b'\'') => i += 2,
+            b'\'' => break,
+            b'\\' => i += 2,
+            _ => i += 1,
+        }
+    }
+    (i + 1).min(sql.len())
+}
+
+/// End (exclusive) of a `$tag$ ... $tag$` string starting at `start`, if it is one.
+fn dollar_quote_end(sql: &[u8], start: usize) -> Option<usize> {
+    let tag_end = sql[start + 1..]
+        .iter()
+        .position(|b| !(b.is_ascii_alphanumeric() || *b == b'_'))
+        .map(|p| start + 1 + p)?;
+    if sql[tag_end] != b'$' {
+        return None; // a parameter like $1
+    }
+    let tag = &sql[start..=tag_end];
+    memchr::memmem::find(&sql[tag_end + 1..], tag).map(|p| tag_end + 1 + p + tag.len())
+}
