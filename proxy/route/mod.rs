@@ -46,9 +46,10 @@ fn class_cache(entries: u64, bytes: u64) -> moka::sync::Cache<u64, StatementClas
 /// Routing state of the process, rebuilt on reload.
 pub struct Routing {
     classifier: Classifier,
-    /// Classes by the hash of the statement's shape (`crate::scan`): a 64-bit seeded
-    /// hash, so two shapes meeting in one key is as likely as a hash collision in
-    /// the statistics, and would at worst send a write to a replica, which refuses it.
+    /// Classes by the hash of the statement's shape (`crate::scan`): a 64-bit hash
+    /// with this process's random seed, so two shapes meet in one key only by a
+    /// collision of that hash. One would send a write to a replica (which refuses it)
+    /// or let the result cache miss that write's invalidation until the entry's TTL.
     classes: moka::sync::Cache<u64, StatementClass>,
     topologies: HashMap<String, Arc<Topology>>,
     pub positions: Arc<SharedPositions>,
