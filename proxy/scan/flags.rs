@@ -13,6 +13,8 @@ const COMMENT_START: u8 = 8;
 const CALL_SYNTAX: u8 = 16;
 /// `v`/`V`, the letter `nextval` and `setval` are found by.
 const VEE: u8 = 32;
+/// First letters of the words [`word_may_have_effects`] looks for.
+const EFFECT_LETTER: u8 = 64;
 
 /// The class of `byte`.
 #[inline(always)]
@@ -27,6 +29,12 @@ static BYTE_CLASS: [u8; 256] = {
         let b = byte as u8;
         table[byte] = if b == b'v' || b == b'V' {
             ALPHANUMERIC | LETTER | VEE
+        } else if matches!(
+            b | 0x20,
+            b's' | b'r' | b'u' | b'd' | b't' | b'l' | b'p' | b'a' | b'h' | b'c'
+        ) && b.is_ascii_alphabetic()
+        {
+            ALPHANUMERIC | LETTER | EFFECT_LETTER
         } else if b.is_ascii_alphabetic() {
             ALPHANUMERIC | LETTER
         } else if b.is_ascii_digit() {
@@ -101,7 +109,7 @@ impl Flags {
     pub(super) fn byte(&mut self, sql: &[u8], at: usize) {
         let class = class_of(sql[at]);
         if class & ALPHANUMERIC != 0 {
-            if !self.previous_alphanumeric {
+            if !self.previous_alphanumeric && self.word_may_matter(class) {
                 self.word_start(sql, at, class);
             }
             if class & VEE != 0 && !self.sequences {
@@ -117,8 +125,9 @@ impl Flags {
     /// Reads the run of letters and digits that starts at `start`; returns its end.
     #[inline(always)]
     pub(super) fn alphanumeric_run(&mut self, sql: &[u8], start: usize) -> usize {
-        if !self.previous_alphanumeric {
-            self.word_start(sql, start, class_of(sql[start]));
+        let class = class_of(sql[start]);
+        if !self.previous_alphanumeric && self.word_may_matter(class) {
+            self.word_start(sql, start, class);
         }
         let mut at = start;
         loop {
@@ -158,6 +167,13 @@ impl Flags {
             self.comment = true;
         }
         self.call_syntax |= class & CALL_SYNTAX != 0;
+    }
+
+    /// Whether a word (or number) starting with a byte of `class` can change a
+    /// verdict: where a statement starts, or when it may be one of the effect words.
+    #[inline(always)]
+    fn word_may_matter(&self, class: u8) -> bool {
+        self.statement_start || (!self.effects && class & EFFECT_LETTER != 0)
     }
 
     /// An alphanumeric byte after a byte that is not.

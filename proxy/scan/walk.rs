@@ -33,6 +33,8 @@ pub(super) fn walk(sql: &[u8], out: &mut impl ShapeSink) -> Walked {
     let mut flags = Flags::new();
     let mut w = Writer {
         out,
+        sql,
+        span: (0, 0),
         pending_space: false,
         written: false,
     };
@@ -72,7 +74,7 @@ pub(super) fn walk(sql: &[u8], out: &mut impl ShapeSink) -> Walked {
             continue;
         }
         if plain != NONE {
-            w.put(&sql[plain..i]);
+            w.source(plain, i);
             plain = NONE;
         }
         if class & WHITESPACE != 0 {
@@ -88,7 +90,7 @@ pub(super) fn walk(sql: &[u8], out: &mut impl ShapeSink) -> Walked {
         match b {
             b'\'' => {
                 i = string_end(sql, i);
-                w.put(b"?");
+                w.literal();
                 literals = true;
                 last_space = false;
             }
@@ -96,17 +98,17 @@ pub(super) fn walk(sql: &[u8], out: &mut impl ShapeSink) -> Walked {
                 while i < n && matches!(sql[i], b'0'..=b'9' | b'.' | b'e' | b'E') {
                     i += 1;
                 }
-                w.put(b"?");
+                w.literal();
                 literals = true;
                 last_space = false;
             }
             b'-' => {
                 i = memchr::memchr(b'\n', &sql[i..]).map_or(n, |p| i + p);
-                w.put(&sql[start..i]);
+                w.source(start, i);
             }
             b'/' => {
                 i = memchr::memmem::find(&sql[i + 2..], b"*/").map_or(n, |p| i + 2 + p + 2);
-                w.put(&sql[start..i]);
+                w.source(start, i);
             }
             _ => {
                 // `"` or `$`
@@ -116,37 +118,77 @@ pub(super) fn walk(sql: &[u8], out: &mut impl ShapeSink) -> Walked {
                     dollar_quote_end(sql, i)
                 };
                 i = close.unwrap_or(i + 1).min(n);
-                w.put(&sql[start..i]);
+                w.source(start, i);
                 last_space = false;
             }
         }
         flags.bytes(sql, start, i);
     }
     if plain != NONE {
-        w.put(&sql[plain..]);
+        w.source(plain, n);
     }
+    w.flush();
     Walked {
         has_literals: literals,
         flags,
     }
 }
 
-/// Writes pieces of a shape; a space only once something follows it, so none leads or
-/// trails.
+/// Writes the parts of a shape; a space only once something follows it, so none
+/// leads or trails. Parts that follow each other in the text too (with nothing or one
+/// plain space between them) are gathered into one span of the text and written
+/// with one call: most of a statement's shape is its text.
 struct Writer<'a, S> {
     out: &'a mut S,
+    sql: &'a [u8],
+    /// The text `span.0..span.1` is the shape's next bytes, not written yet.
+    span: (usize, usize),
     pending_space: bool,
     written: bool,
 }
 
 impl<S: ShapeSink> Writer<'_, S> {
+    /// The next part is the text `start..end`.
     #[inline(always)]
-    fn put(&mut self, part: &[u8]) {
+    fn source(&mut self, start: usize, end: usize) {
+        let (from, to) = self.span;
+        let space = std::mem::take(&mut self.pending_space);
+        let continues = from < to
+            && if space {
+                to + 1 == start && self.sql[to] == b' '
+            } else {
+                to == start
+            };
+        if continues {
+            self.span.1 = end;
+        } else {
+            self.flush();
+            if space {
+                self.out.put(b" ");
+            }
+            self.span = (start, end);
+        }
+        self.written = true;
+    }
+
+    /// The next part is a literal's `?`.
+    #[inline(always)]
+    fn literal(&mut self) {
+        self.flush();
         if std::mem::take(&mut self.pending_space) {
             self.out.put(b" ");
         }
-        self.out.put(part);
+        self.out.put(b"?");
         self.written = true;
+    }
+
+    /// Writes the gathered span.
+    #[inline(always)]
+    fn flush(&mut self) {
+        let (from, to) = std::mem::take(&mut self.span);
+        if from < to {
+            self.out.put(&self.sql[from..to]);
+        }
     }
 }
 
