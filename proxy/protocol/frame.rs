@@ -51,6 +51,13 @@ pub fn body(frame: &[u8]) -> &[u8] {
     &frame[HEADER_LEN.min(frame.len())..]
 }
 
+/// The statement text of a complete `Query` frame: its body without the closing NUL.
+#[inline]
+pub fn query_text(frame: &[u8]) -> &[u8] {
+    let sql = body(frame);
+    &sql[..sql.len().saturating_sub(1)]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

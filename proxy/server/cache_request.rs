@@ -8,7 +8,7 @@ use super::session::Session;
 use crate::cache;
 use crate::config::PoolMode;
 use crate::protocol::extended::{BindView, ParseView};
-use crate::protocol::frame::{body, check_frame};
+use crate::protocol::frame::{body, check_frame, query_text};
 use crate::protocol::tag::frontend as tag;
 
 /// A cacheable-looking request at the front of the client buffer.
@@ -30,8 +30,7 @@ impl Session {
         let buf = &self.client_buf;
         let first = check_frame(buf, self.max_message).ok().flatten()?;
         if buf[0] == tag::QUERY {
-            let sql = body(&buf[..first]);
-            let sql = &sql[..sql.len().saturating_sub(1)];
+            let sql = query_text(&buf[..first]);
             if !cache::has_mark(sql) && self.cheap_skip() {
                 return None;
             }

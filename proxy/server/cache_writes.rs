@@ -13,7 +13,7 @@ use crate::cache::commit_hook::{self, Resolution, WriteShape};
 use crate::cache::row_key::{declared_types, BindParameters};
 use crate::cache::{self, WriteNames};
 use crate::protocol::extended::{BindView, ParseView};
-use crate::protocol::frame::body;
+use crate::protocol::frame::{body, query_text};
 use crate::protocol::tag::frontend as tag;
 use crate::route::StatementClass;
 
@@ -60,9 +60,7 @@ impl Session {
         };
         match message_tag {
             tag::QUERY => {
-                let sql = body(frame);
-                let sql = &sql[..sql.len().saturating_sub(1)];
-                if let Some(writes) = writes_of(sql) {
+                if let Some(writes) = writes_of(query_text(frame)) {
                     if let Some(state) = self.caching.as_mut() {
                         state.writes.merge(&writes.bound(None));
                     }
@@ -226,10 +224,7 @@ impl Session {
             return; // nothing to learn: the plain path pays one comparison
         }
         let sql: &[u8] = match message_tag {
-            tag::QUERY => {
-                let sql = body(frame);
-                &sql[..sql.len().saturating_sub(1)]
-            }
+            tag::QUERY => query_text(frame),
             tag::PARSE => match ParseView::parse(body(frame)) {
                 Ok(view) => view.query,
                 Err(_) => b"",

@@ -13,7 +13,7 @@ use crate::protocol::backend;
 use crate::protocol::extended::{
     write_bind, write_parse, write_statement_target, BindView, ParseView, TargetKind, TargetView,
 };
-use crate::protocol::frame::{body, check_frame};
+use crate::protocol::frame::{body, check_frame, query_text};
 use crate::protocol::tag::{frontend as tag, TransactionStatus};
 
 impl Session {
@@ -97,9 +97,7 @@ impl Session {
             Err(error) => return Err(error),
         };
         if message_tag == tag::QUERY {
-            let sql = body(&frame);
-            self.query_scan
-                .remember(&sql[..sql.len().saturating_sub(1)]);
+            self.query_scan.remember(query_text(&frame));
         }
         if self.answer_without_server(message_tag, &frame)? {
             return Ok(());
@@ -334,8 +332,7 @@ impl Session {
     }
 
     fn forward_query(&mut self, frame: &[u8]) {
-        let sql = body(frame);
-        let sql = &sql[..sql.len().saturating_sub(1)];
+        let sql = query_text(frame);
         if let Some(server) = self.server.as_mut() {
             server.prepared.start_batch();
         }

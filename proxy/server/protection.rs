@@ -12,7 +12,7 @@ use super::SessionError;
 use crate::config::{Config, Fairness};
 use crate::protect::{fingerprint_of, Admission, StatementContext};
 use crate::protocol::extended::{cstr, BindView, ParseView};
-use crate::protocol::frame::body;
+use crate::protocol::frame::{body, query_text};
 use crate::protocol::tag::frontend as tag;
 
 /// Per-client protection state.
@@ -121,10 +121,7 @@ impl Session {
     /// The SQL text a message runs, when it names one.
     fn statement_text<'a>(&'a self, message_tag: u8, frame: &'a Bytes) -> Option<&'a [u8]> {
         match message_tag {
-            tag::QUERY => {
-                let sql = body(frame);
-                Some(&sql[..sql.len().saturating_sub(1)])
-            }
+            tag::QUERY => Some(query_text(frame)),
             tag::PARSE => ParseView::parse(body(frame)).ok().map(|v| v.query),
             tag::BIND => {
                 let view = BindView::parse(body(frame)).ok()?;

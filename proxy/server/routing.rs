@@ -15,7 +15,7 @@ use super::SessionError;
 use crate::config::{Fallback, RywScope};
 use crate::protocol::backend;
 use crate::protocol::extended::{BindView, ParseView, TargetKind, TargetView};
-use crate::protocol::frame::body;
+use crate::protocol::frame::{body, query_text};
 use crate::protocol::tag::{frontend as tag, TransactionStatus};
 use crate::route::{hint, Hint, Lsn, ReplicaChoice, Routing, StatementClass, Topology};
 
@@ -154,8 +154,7 @@ impl Session {
         let lossy = crate::protocol::text::lossy;
         match message_tag {
             tag::QUERY => {
-                let sql = body(frame);
-                let sql = &sql[..sql.len().saturating_sub(1)];
+                let sql = query_text(frame);
                 let shape = self.query_scan(sql).shape.hash;
                 let sql = lossy(sql);
                 (routing.classify_scanned(&sql, shape), hint(&sql))
@@ -271,8 +270,7 @@ impl Session {
         let Some(state) = self.routing.as_ref() else {
             return Ok(false);
         };
-        let sql = body(frame);
-        let sql = crate::protocol::text::lossy(&sql[..sql.len().saturating_sub(1)]).into_owned();
+        let sql = crate::protocol::text::lossy(query_text(frame)).into_owned();
         if !sql.to_ascii_lowercase().contains("pgwarden.") {
             return Ok(false);
         }

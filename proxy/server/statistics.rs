@@ -15,7 +15,7 @@ use bytes::Bytes;
 
 use super::session::Session;
 use crate::protocol::extended::{cstr, BindView, ParseView};
-use crate::protocol::frame::HEADER_LEN;
+use crate::protocol::frame::{query_text, HEADER_LEN};
 use crate::protocol::tag::frontend as tag;
 use crate::stats::{rows_from_tag, CallContext, Served, StatementEvent, StatsRecorder};
 
@@ -138,10 +138,7 @@ impl Session {
         if self.stats.is_none() {
             return;
         }
-        let shape = (message_tag == tag::QUERY).then(|| {
-            let end = frame.len().saturating_sub(1).max(HEADER_LEN);
-            self.query_scan(&frame[HEADER_LEN..end]).shape
-        });
+        let shape = (message_tag == tag::QUERY).then(|| self.query_scan(query_text(frame)).shape);
         let Some(stats) = self.stats.as_mut() else {
             return;
         };

@@ -142,8 +142,7 @@ fn tenant_setting(sql: &str) -> Option<Option<String>> {
 }
 
 fn query_text(frame: &[u8]) -> String {
-    let sql = body(frame);
-    crate::protocol::text::lossy(&sql[..sql.len().saturating_sub(1)]).into_owned()
+    crate::protocol::text::lossy(crate::protocol::frame::query_text(frame)).into_owned()
 }
 
 fn query_frame(sql: &str) -> Bytes {
