@@ -24,6 +24,23 @@ fn texts<'a>(pieces: &'a [&'a str], seed: u64, count: usize) -> impl Iterator<It
     })
 }
 
+/// A verdict of the scan against its plain `reference` on 50,000 texts made of
+/// `pieces`, each answer (yes and no) given more than 1,000 times.
+fn agrees_on_generated_texts(
+    pieces: &[&str],
+    seed: u64,
+    reference: fn(&[u8]) -> bool,
+    verdict: fn(&super::StatementScan) -> bool,
+) {
+    let mut both = [0usize; 2];
+    for text in texts(pieces, seed, 50_000) {
+        let expected = reference(text.as_bytes());
+        assert_eq!(verdict(&scan(text.as_bytes())), expected, "{text:?}");
+        both[expected as usize] += 1;
+    }
+    assert!(both[0] > 1_000 && both[1] > 1_000, "{both:?}");
+}
+
 #[test]
 fn literals_become_placeholders() {
     assert_eq!(
@@ -187,13 +204,12 @@ fn the_effects_verdict_agrees_with_its_reference() {
         "$$",
         "$1",
     ];
-    let mut both = [0usize; 2];
-    for text in texts(&PIECES, 0x9e37_79b9_7f4a_7c15, 50_000) {
-        let expected = may_have_effects_reference(text.as_bytes());
-        assert_eq!(scan(text.as_bytes()).may_have_effects, expected, "{text:?}");
-        both[expected as usize] += 1;
-    }
-    assert!(both[0] > 1_000 && both[1] > 1_000, "{both:?}");
+    agrees_on_generated_texts(
+        &PIECES,
+        0x9e37_79b9_7f4a_7c15,
+        may_have_effects_reference,
+        |s| s.may_have_effects,
+    );
     for (text, expected) in [
         ("LISTEN x", true),
         ("  set x = 1", true),
@@ -262,13 +278,9 @@ fn the_sequence_verdict_agrees_with_its_reference() {
         "$$",
         "é",
     ];
-    let mut both = [0usize; 2];
-    for text in texts(&PIECES, 0x2545_f491_4f6c_dd1d, 50_000) {
-        let verdict = scan(text.as_bytes()).may_set_sequences;
-        assert_eq!(verdict, sequences_reference(text.as_bytes()), "{text:?}");
-        both[verdict as usize] += 1;
-    }
-    assert!(both[0] > 1_000 && both[1] > 1_000, "{both:?}");
+    agrees_on_generated_texts(&PIECES, 0x2545_f491_4f6c_dd1d, sequences_reference, |s| {
+        s.may_set_sequences
+    });
     for text in [
         "SELECT nextval('s')",
         "select pg_catalog.NEXTVAL('s')",
@@ -307,4 +319,42 @@ fn call_syntax_is_any_parenthesis_dollar_or_quote() {
     ] {
         assert_eq!(scan(text.as_bytes()).may_call, expected, "{text}");
     }
+}
+
+/// The shape hash and literal flag of `text`.
+fn shape_of(text: &str) -> (u64, bool) {
+    let shape = scan(text.as_bytes()).shape;
+    (shape.hash, shape.has_literals)
+}
+
+/// Shapes longer than the hash buffer (256 bytes) hash by their bytes alone.
+#[test]
+fn texts_of_one_shape_hash_alike_however_long() {
+    let long_tail = " AND b IN (1, 2, 3) ".repeat(20);
+    let pairs = [
+        (
+            "SELECT * FROM t WHERE a = 1",
+            "SELECT *  FROM t WHERE a = 42",
+        ),
+        (
+            "SELECT 'x' || name FROM t",
+            "SELECT 'a much longer literal' || name FROM t",
+        ),
+        (
+            &*format!("SELECT * FROM t WHERE a = 1{long_tail}"),
+            &*format!("SELECT * FROM t WHERE a = 98765{long_tail}"),
+        ),
+    ];
+    for (one, other) in pairs {
+        let (a, literals) = shape_of(one);
+        assert!(literals, "{one}");
+        assert_eq!(a, shape_of(other).0, "{one} / {other}");
+    }
+    let (plain, literals) = shape_of("SELECT * FROM t");
+    assert!(!literals);
+    assert_ne!(plain, shape_of("SELECT * FROM u").0);
+    assert_ne!(
+        shape_of(&format!("SELECT * FROM t WHERE a = 1{long_tail}")).0,
+        shape_of(&format!("SELECT * FROM t WHERE a = 1{long_tail}x")).0,
+    );
 }

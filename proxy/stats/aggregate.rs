@@ -155,13 +155,6 @@ impl TextMap {
         super::process_hash(sql)
     }
 
-    /// The hash of the text's shape (kept apart from text hashes), and whether the
-    /// shape replaced any literal: the statement scanner's (`crate::scan`).
-    fn shape_hash(text: &str) -> (u64, bool) {
-        let shape = crate::scan::scan(text.as_bytes()).shape;
-        (shape.hash, shape.has_literals)
-    }
-
     fn get(&self, hash: u64) -> Option<FingerprintId> {
         self.map.get(&hash).copied()
     }
@@ -346,21 +339,14 @@ fn fingerprint_of(
     if let Some(id) = known(by_text.get(exact).or_else(|| by_text.recent(exact))) {
         return (id, None);
     }
-    let text = crate::protocol::text::lossy(sql);
-    let (by_shape, has_literals) = TextMap::shape_hash(&text);
-    if has_literals {
-        if let Some(id) = known(by_text.get(by_shape)) {
-            by_text.remember_recent(exact, id);
-            return (id, None);
-        }
-    }
-    let (id, normalized) = fingerprint(&text);
-    if has_literals {
-        by_text.insert(by_shape, id);
+    let shape = crate::scan::scan(sql).shape;
+    if shape.has_literals {
+        let (id, normalized) = fingerprint_of_shape(sql, shape, by_text, entries);
         by_text.remember_recent(exact, id);
-    } else {
-        by_text.insert(exact, id);
+        return (id, normalized);
     }
+    let (id, normalized) = fingerprint(&crate::protocol::text::lossy(sql));
+    by_text.insert(exact, id);
     (id, Some(normalized))
 }
 
@@ -529,41 +515,5 @@ fn build(
         queries,
         timeline: timeline.iter().map(|(p, _)| *p).collect(),
         dropped_events: dropped.load(std::sync::atomic::Ordering::Relaxed),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::TextMap;
-
-    #[test]
-    fn texts_of_one_shape_hash_alike_however_long() {
-        let long_tail = " AND b IN (1, 2, 3) ".repeat(20);
-        let pairs = [
-            (
-                "SELECT * FROM t WHERE a = 1",
-                "SELECT *  FROM t WHERE a = 42",
-            ),
-            (
-                "SELECT 'x' || name FROM t",
-                "SELECT 'a much longer literal' || name FROM t",
-            ),
-            (
-                &*format!("SELECT * FROM t WHERE a = 1{long_tail}"),
-                &*format!("SELECT * FROM t WHERE a = 98765{long_tail}"),
-            ),
-        ];
-        for (one, other) in pairs {
-            let (a, literals) = TextMap::shape_hash(one);
-            assert!(literals, "{one}");
-            assert_eq!(a, TextMap::shape_hash(other).0, "{one} / {other}");
-        }
-        let (plain, literals) = TextMap::shape_hash("SELECT * FROM t");
-        assert!(!literals);
-        assert_ne!(plain, TextMap::shape_hash("SELECT * FROM u").0);
-        assert_ne!(
-            TextMap::shape_hash(&format!("SELECT * FROM t WHERE a = 1{long_tail}")).0,
-            TextMap::shape_hash(&format!("SELECT * FROM t WHERE a = 1{long_tail}x")).0,
-        );
     }
 }
