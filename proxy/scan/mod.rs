@@ -23,7 +23,7 @@ mod tests;
 
 use std::hash::{BuildHasher, Hasher};
 
-pub use walk::ShapeSink;
+use walk::ShapeSink;
 
 /// Keeps shape hashes apart from the hashes of texts that happen to equal a shape.
 const SHAPE_HASH_SALT: u64 = 0x5be5_d1ce_0f5a_9e01;

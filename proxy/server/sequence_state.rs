@@ -12,9 +12,10 @@
 //!
 //! The text check (`may_set_sequences` of `crate::scan`) errs toward yes (a false
 //! alarm costs one pipelined statement): a statement in the text starts with a word
-//! that can write (or with anything but a word), or the text names `nextval`/`setval`. A client's own state does not follow
-//! it to another server connection (PostgreSQL keeps it in one session); there its
-//! `currval` fails with `55000` rather than answering with someone else's value.
+//! that can write (or with anything but a word), or the text names `nextval`/`setval`.
+//! A client's own state does not follow it to another server connection (PostgreSQL
+//! keeps it in one session); there its `currval` fails with `55000` rather than
+//! answering with someone else's value.
 
 use super::responses::Expect;
 use super::session::Session;
