@@ -402,7 +402,7 @@ impl Session {
         if let Some(stats) = self.stats.as_ref() {
             stats.record_cache_hit(
                 &self.runtime.stats,
-                request.sql.clone(),
+                crate::stats::EventText::new(&request.sql),
                 started.elapsed(),
                 entry.rows,
             );

@@ -17,11 +17,12 @@ use super::session::Session;
 use crate::protocol::extended::{cstr, BindView, ParseView};
 use crate::protocol::frame::{query_text, HEADER_LEN};
 use crate::protocol::tag::frontend as tag;
-use crate::stats::{rows_from_tag, CallContext, Served, StatementEvent, StatsRecorder};
+use crate::stats::{rows_from_tag, CallContext, EventText, Served, StatementEvent, StatsRecorder};
 
 struct InFlight {
     started: Instant,
-    sql: Bytes,
+    /// Copied when short, so the client's read buffer is not held until the answer.
+    sql: EventText,
     /// Its shape, from the session's scan of a simple query.
     shape: Option<crate::scan::Shape>,
     /// A hash of the bound parameters (0: simple query).
@@ -109,7 +110,7 @@ impl SessionStats {
     pub fn record_cache_hit(
         &self,
         recorder: &StatsRecorder,
-        sql: Bytes,
+        sql: EventText,
         duration: std::time::Duration,
         rows: u64,
     ) {
@@ -154,9 +155,9 @@ impl Session {
             tag::QUERY | tag::FUNCTION_CALL => {
                 let end = frame.len().saturating_sub(1).max(HEADER_LEN);
                 let sql = if message_tag == tag::QUERY {
-                    frame.slice(HEADER_LEN..end)
+                    EventText::copied_or(&frame[HEADER_LEN..end], || frame.slice(HEADER_LEN..end))
                 } else {
-                    Bytes::from_static(b"<function call>")
+                    EventText::from("<function call>")
                 };
                 stats.in_flight.push_back(InFlight {
                     started: Instant::now(),
@@ -197,8 +198,8 @@ impl Session {
             tag::EXECUTE => {
                 let sql = stats
                     .portal_sql
-                    .clone()
-                    .unwrap_or_else(|| Bytes::from_static(b"<unknown portal>"));
+                    .as_ref()
+                    .map_or_else(|| EventText::from("<unknown portal>"), EventText::new);
                 stats.in_flight.push_back(InFlight {
                     started: Instant::now(),
                     sql,

@@ -26,6 +26,8 @@ const BUSY_PAUSE: Duration = Duration::from_millis(2);
 const IDLE_PAUSE: Duration = Duration::from_millis(20);
 /// How often the observer's tick and the memory gauges run, however short the pause.
 const HOUSEKEEPING_EVERY: Duration = Duration::from_millis(20);
+/// Events taken from the channel at a time.
+const DRAIN_BATCH: usize = 256;
 /// How often the snapshot readers see is rebuilt while statements flow.
 const PUBLISH_EVERY: Duration = Duration::from_millis(500);
 
@@ -209,6 +211,23 @@ fn now_secs() -> u64 {
         .unwrap_or(0)
 }
 
+/// Takes what the channel holds now, up to [`DRAIN_BATCH`] events, without waiting:
+/// `None` once every sender is gone. A batch gives the senders' permits back in one
+/// step (`try_recv` takes the semaphore's lock for every event). The no-op waker this
+/// polls with is never woken: the aggregator drains on its timer.
+fn take_batch<'a>(
+    rx: &mut mpsc::Receiver<Event>,
+    batch: &'a mut Vec<Event>,
+) -> Option<&'a mut Vec<Event>> {
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match rx.poll_recv_many(&mut cx, batch, DRAIN_BATCH) {
+        std::task::Poll::Ready(0) => None,
+        // Pending: empty now (or this task's cooperative budget is spent: the next
+        // drain takes the rest).
+        std::task::Poll::Ready(_) | std::task::Poll::Pending => Some(batch),
+    }
+}
+
 pub(super) async fn run(
     mut rx: mpsc::Receiver<Event>,
     snapshot: Arc<ArcSwap<Snapshot>>,
@@ -240,32 +259,39 @@ pub(super) async fn run(
     let mut last_housekeeping = Instant::now();
     let mut last_publish = Instant::now();
     let mut dirty = false;
+    let mut batch = Vec::with_capacity(DRAIN_BATCH);
     loop {
         tokio::time::sleep(pause).await;
         let mut waiting = Vec::new();
         let mut drained = false;
         loop {
-            match rx.try_recv() {
-                Ok(Event::Statement(event)) => {
-                    let index = match event.served {
-                        Served::Primary => 0,
-                        Served::Replica => 1,
-                        Served::Cache => 2,
-                    };
-                    latency[index].record(event.duration.as_secs_f64());
-                    add(
-                        &mut entries,
-                        &mut by_text,
-                        &mut timeline,
-                        event,
-                        &limits,
-                        observer.as_deref_mut(),
-                    );
-                    drained = true;
+            let Some(taken) = take_batch(&mut rx, &mut batch) else {
+                return;
+            };
+            if taken.is_empty() {
+                break;
+            }
+            for event in taken.drain(..) {
+                match event {
+                    Event::Statement(event) => {
+                        let index = match event.served {
+                            Served::Primary => 0,
+                            Served::Replica => 1,
+                            Served::Cache => 2,
+                        };
+                        latency[index].record(event.duration.as_secs_f64());
+                        add(
+                            &mut entries,
+                            &mut by_text,
+                            &mut timeline,
+                            event,
+                            &limits,
+                            observer.as_deref_mut(),
+                        );
+                        drained = true;
+                    }
+                    Event::Flush(done) => waiting.push(done),
                 }
-                Ok(Event::Flush(done)) => waiting.push(done),
-                Err(mpsc::error::TryRecvError::Empty) => break,
-                Err(mpsc::error::TryRecvError::Disconnected) => return,
             }
         }
         dirty |= drained;

@@ -7,6 +7,7 @@
 //! admin console, the HTTP API, metrics) see the last published snapshot.
 
 mod aggregate;
+mod event_text;
 pub mod fingerprint;
 mod observer;
 
@@ -15,11 +16,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use bytes::Bytes;
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 
 pub use aggregate::{QuerySummary, Snapshot, TimePoint};
+pub use event_text::EventText;
 pub use observer::{Call, CallContext, CallObserver};
 
 use crate::config::StatsConfig;
@@ -48,9 +49,9 @@ pub enum Served {
 /// One finished statement.
 #[derive(Debug)]
 pub struct StatementEvent {
-    /// The text as sent. May share a session buffer while the event is in flight; the
-    /// aggregator keeps only a hash of it.
-    pub sql: Bytes,
+    /// The text as sent, copied when short (`EventText`); the aggregator keeps only a
+    /// hash of it.
+    pub sql: EventText,
     /// The text's shape, when the session scanned it already (simple queries); else
     /// the aggregator works it out.
     pub shape: Option<crate::scan::Shape>,
@@ -210,10 +211,18 @@ pub fn process_map<K, V>() -> ProcessMap<K, V> {
 
 /// Rows a `CommandComplete` tag reports (`SELECT 5`, `INSERT 0 3`, `UPDATE 2`).
 pub fn rows_from_tag(tag: &[u8]) -> u64 {
-    let last = tag.rsplit(|b| *b == b' ').next().unwrap_or(b"");
-    std::str::from_utf8(last)
-        .ok()
-        .and_then(|s| s.parse().ok())
+    let count = tag.rsplit(|b| *b == b' ').next().unwrap_or(b"");
+    if count.is_empty() {
+        return 0;
+    }
+    count
+        .iter()
+        .try_fold(0u64, |n, &digit| {
+            if !digit.is_ascii_digit() {
+                return None;
+            }
+            n.checked_mul(10)?.checked_add(u64::from(digit - b'0'))
+        })
         .unwrap_or(0)
 }
 
@@ -236,7 +245,7 @@ mod tests {
     }
 
     /// A successful statement event of no rows, outside any call context.
-    fn event(sql: impl Into<Bytes>, duration: Duration, served: Served) -> StatementEvent {
+    fn event(sql: impl Into<EventText>, duration: Duration, served: Served) -> StatementEvent {
         StatementEvent {
             sql: sql.into(),
             shape: None,
@@ -319,6 +328,12 @@ mod tests {
         assert_eq!(rows_from_tag(b"SELECT 5"), 5);
         assert_eq!(rows_from_tag(b"INSERT 0 3"), 3);
         assert_eq!(rows_from_tag(b"CREATE TABLE"), 0);
+        assert_eq!(rows_from_tag(b"SELECT 18446744073709551615"), u64::MAX);
+        assert_eq!(rows_from_tag(b"SELECT 18446744073709551616"), 0, "overflow");
+        assert_eq!(rows_from_tag(b"SELECT 1x"), 0);
+        assert_eq!(rows_from_tag(b"SELECT "), 0);
+        assert_eq!(rows_from_tag(b""), 0);
+        assert_eq!(rows_from_tag(b"42"), 42);
     }
 
     #[tokio::test]
