@@ -325,3 +325,83 @@ async fn sequence_state_does_not_reach_the_next_client() {
     assert_eq!(outcome(&a, "COMMIT").await, Ok(String::new()));
     assert_eq!(outcome(&b, "SELECT lastval()").await, not_yet);
 }
+
+/// `random()` after `setseed(0.5)`, on a fresh direct session: what a client would read
+/// if another client's seed reached it.
+async fn seeded_sequence(direct_url: &str, seed: &str) -> (String, String) {
+    let client = tokio::time::timeout(Duration::from_secs(20), proxy::connect_url(direct_url))
+        .await
+        .expect("direct connect timed out")
+        .expect("direct connect");
+    outcome(&client, &format!("SELECT setseed({seed})"))
+        .await
+        .unwrap();
+    let first = outcome(&client, "SELECT random()").await.unwrap();
+    let second = outcome(&client, "SELECT random()").await.unwrap();
+    (first, second)
+}
+
+/// `setseed` and `SET seed` make a session's `random()` predictable, and `DISCARD ALL`
+/// keeps that. Another client on the same server connection must not continue that
+/// sequence (a fresh PostgreSQL session never does); the seeding client keeps it while
+/// it stays there. Transaction pooling (simple and extended protocol) and session
+/// pooling, one server connection each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_random_seed_does_not_reach_the_next_client() {
+    let cluster = support::cluster(0);
+    let direct_url = cluster.primary_url();
+    let (first, second) = seeded_sequence(&direct_url, "0.5").await;
+
+    let proxy = proxy::start(&cluster, |c| c.pool.size = 1).await;
+    let a = proxy::connect(&proxy).await;
+    let b = proxy::connect(&proxy).await;
+    // Simple protocol: a's own sequence goes on, b's is not a's.
+    outcome(&a, "SELECT setseed(0.5)").await.unwrap();
+    assert_eq!(outcome(&a, "SELECT random()").await, Ok(first.clone()));
+    let of_b = outcome(&b, "SELECT random()").await.unwrap();
+    assert_ne!(of_b, second, "b continued a's seeded sequence");
+    // The setting: b's numbers are its own, and `seed` reads as on a fresh session.
+    let fresh = tokio::time::timeout(Duration::from_secs(20), proxy::connect_url(&direct_url))
+        .await
+        .expect("direct connect timed out")
+        .expect("direct connect");
+    let fresh_seed = outcome(&fresh, "SHOW seed").await;
+    outcome(&a, "SET seed = 0.5").await.unwrap();
+    assert_ne!(outcome(&b, "SELECT random()").await, Ok(first.clone()));
+    assert_eq!(outcome(&b, "SHOW seed").await, fresh_seed);
+    // b seeding itself gets exactly its own sequence.
+    outcome(&b, "SET seed = 0.5").await.unwrap();
+    assert_eq!(outcome(&b, "SELECT random()").await, Ok(first.clone()));
+    outcome(&b, "RESET seed").await.unwrap();
+    // Extended protocol (a named statement with a parameter).
+    let seeded = tokio::time::timeout(
+        Duration::from_secs(10),
+        a.query_one("SELECT setseed($1)::text", &[&0.5f64]),
+    )
+    .await
+    .expect("setseed timed out");
+    seeded.unwrap();
+    let of_b = tokio::time::timeout(
+        Duration::from_secs(10),
+        b.query_one("SELECT random()::text", &[]),
+    )
+    .await
+    .expect("random timed out")
+    .unwrap()
+    .get::<_, String>(0);
+    assert_ne!(of_b, first, "b continued a's seeded sequence (extended)");
+
+    // Session pooling: the next session gets a fresh sequence.
+    let proxy = proxy::start(&cluster, |c| {
+        c.pool.size = 1;
+        c.pool.mode = PoolMode::Session;
+    })
+    .await;
+    let a = proxy::connect(&proxy).await;
+    outcome(&a, "SELECT setseed(0.5)").await.unwrap();
+    drop(a);
+    let b = tokio::time::timeout(Duration::from_secs(20), proxy::connect(&proxy))
+        .await
+        .expect("connect timed out");
+    assert_ne!(outcome(&b, "SELECT random()").await, Ok(first));
+}

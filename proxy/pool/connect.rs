@@ -79,6 +79,7 @@ impl ServerTarget {
             nonstandard_strings,
             needs_reset: false,
             sequences_of: 0,
+            seeded_by: 0,
         })
     }
 }

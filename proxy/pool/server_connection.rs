@@ -46,6 +46,11 @@ pub struct ServerConnection {
     /// `lastval` state in this session; 0 when none may have. Another client taking
     /// the connection has it discarded first (`server/sequence_state.rs`).
     pub sequences_of: u64,
+    /// The client (by its cancel key) whose statements may have seeded this session's
+    /// random numbers (`setseed`, `SET seed`), which `DISCARD ALL` keeps; 0 when none
+    /// may have. Another client taking the connection has it reseeded first
+    /// (`server/random_seed.rs`).
+    pub seeded_by: u64,
 }
 
 impl ServerConnection {

@@ -1,6 +1,6 @@
 //! What the session needs to know of a text's effects, read byte by byte as the shape
-//! walker passes: whether it may change the server session, leave sequence state, or
-//! call anything. These verdicts look at the raw bytes, quotes and comments included,
+//! walker passes: whether it may change the server session, leave sequence state,
+//! seed the session's random numbers, or call anything. These verdicts look at the raw bytes, quotes and comments included,
 //! so they err toward yes (a false alarm costs a closer look, a miss would leak state
 //! between clients).
 
@@ -73,6 +73,8 @@ pub(super) struct Flags {
     comment: bool,
     pub effects: bool,
     pub sequences: bool,
+    /// The text has the word `setseed` or `seed` (any case).
+    pub seed: bool,
     pub call_syntax: bool,
 }
 
@@ -85,6 +87,7 @@ impl Flags {
             comment: false,
             effects: false,
             sequences: false,
+            seed: false,
             call_syntax: false,
         }
     }
@@ -170,10 +173,11 @@ impl Flags {
     }
 
     /// Whether a word (or number) starting with a byte of `class` can change a
-    /// verdict: where a statement starts, or when it may be one of the effect words.
+    /// verdict: where a statement starts, or when it may be one of the effect words
+    /// (or a seed word, whose letter is one of theirs).
     #[inline(always)]
     fn word_may_matter(&self, class: u8) -> bool {
-        self.statement_start || (!self.effects && class & EFFECT_LETTER != 0)
+        self.statement_start || (!(self.effects && self.seed) && class & EFFECT_LETTER != 0)
     }
 
     /// An alphanumeric byte after a byte that is not.
@@ -195,7 +199,22 @@ impl Flags {
         if self.statement_start && !self.sequences {
             self.sequences = first_word_may_write(text);
         }
+        if !self.seed && text[0] | 0x20 == b's' {
+            self.seed = is_seed_word(text);
+        }
     }
+}
+
+/// Whether the letters that start `text` are the whole word `setseed` or `seed`.
+fn is_seed_word(text: &[u8]) -> bool {
+    let whole = |word: &[u8]| {
+        text.len() >= word.len()
+            && text[..word.len()].eq_ignore_ascii_case(word)
+            && text
+                .get(word.len())
+                .is_none_or(|b| class_of(*b) & ALPHANUMERIC == 0)
+    };
+    whole(b"setseed") || whole(b"seed")
 }
 
 enum Verdict {

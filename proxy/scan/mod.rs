@@ -52,6 +52,9 @@ pub struct StatementScan {
     /// `DELETE`, `MERGE`, `COPY`, `WITH`, `EXECUTE`, `EXPLAIN`, `CALL`, `DO`) or with no
     /// word at all, or the text names `nextval`/`setval`.
     pub may_set_sequences: bool,
+    /// Whether running the text may seed the server session's random numbers (which
+    /// `DISCARD ALL` keeps): the text has the word `setseed` or `seed` (the setting).
+    pub may_seed: bool,
     /// Whether the text has a `(`, `$` or `'`: without one it calls no function and
     /// has no `DO` body.
     pub may_call: bool,
@@ -73,6 +76,7 @@ pub fn scan(sql: &[u8]) -> StatementScan {
         },
         may_have_effects: walked.flags.may_have_effects(),
         may_set_sequences: walked.flags.sequences,
+        may_seed: walked.flags.seed,
         may_call: walked.flags.call_syntax,
     }
 }

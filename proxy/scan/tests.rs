@@ -358,3 +358,38 @@ fn texts_of_one_shape_hash_alike_however_long() {
         shape_of(&format!("SELECT * FROM t WHERE a = 1{long_tail}x")).0,
     );
 }
+
+/// The seed verdict written plainly: the text's runs of ASCII letters and digits, one
+/// of them `seed` or `setseed`.
+fn seed_reference(sql: &[u8]) -> bool {
+    sql.split(|b| !b.is_ascii_alphanumeric())
+        .any(|word| word.eq_ignore_ascii_case(b"seed") || word.eq_ignore_ascii_case(b"setseed"))
+}
+
+#[test]
+fn the_seed_verdict_finds_the_seed_words() {
+    const PIECES: [&str; 16] = [
+        "select ", "setseed", "Seed", "SEED", "s", "eed", "(0.5)", " ", "x", "_", "1", "'", "/*",
+        "*/", ";", "set ",
+    ];
+    agrees_on_generated_texts(&PIECES, 0x5eed_5eed_1234_abcd, seed_reference, |s| {
+        s.may_seed
+    });
+    for text in [
+        "SELECT setseed(0.5)",
+        "select pg_catalog.SETSEED(0.5)",
+        "SET seed = 0.5",
+        "set seed to 0.1; select random()",
+        "SET x = 1; SELECT setseed(0)",
+    ] {
+        assert!(scan(text.as_bytes()).may_seed, "{text}");
+    }
+    for text in [
+        "SELECT random()",
+        "SELECT seeds FROM garden",
+        "SELECT setseeds()",
+        "SELECT abalance FROM pgbench_accounts WHERE aid = 42",
+    ] {
+        assert!(!scan(text.as_bytes()).may_seed, "{text}");
+    }
+}

@@ -147,8 +147,10 @@ impl Session {
             tag::QUERY => self.forward_query(&frame),
             tag::FUNCTION_CALL => {
                 if pooled_statements {
-                    // A fast-path call names its function by OID: it may be nextval.
+                    // A fast-path call names its function by OID: it may be nextval,
+                    // or setseed.
                     self.note_sequence_state(|| true);
+                    self.note_random_seed(true);
                 }
                 self.forward(&frame, Expect::Query)
             }
@@ -343,6 +345,7 @@ impl Session {
             }
             self.on_simple_query(sql, &scanned);
             self.note_sequence_state(|| scanned.may_set_sequences);
+            self.note_random_seed(scanned.may_seed);
         }
         self.forward(frame, Expect::Query);
     }
@@ -436,14 +439,16 @@ impl Session {
         if view.statement.is_empty() {
             self.ensure_unnamed_prepared();
         }
-        let sets_sequences = if view.statement.is_empty() {
-            self.pooled.unnamed.sets_sequences
+        let (sets_sequences, seeds) = if view.statement.is_empty() {
+            let unnamed = &self.pooled.unnamed;
+            (unnamed.sets_sequences, unnamed.seeds)
         } else {
             self.statements
                 .get(view.statement)
-                .is_some_and(|s| s.sets_sequences)
+                .map_or((false, false), |s| (s.sets_sequences, s.seeds))
         };
         self.note_sequence_state(|| sets_sequences);
+        self.note_random_seed(seeds);
         match self.ensure_prepared(view.statement) {
             Some(id) => {
                 write_bind(

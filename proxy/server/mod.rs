@@ -27,6 +27,7 @@ mod pooled_state;
 mod protection;
 mod pump;
 mod query_scan;
+mod random_seed;
 mod responses;
 mod routing;
 mod scram_server;

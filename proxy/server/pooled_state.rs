@@ -25,6 +25,8 @@ pub struct UnnamedStatement {
     pub effects: Option<Arc<[Effect]>>,
     /// Executing it may leave `currval`/`lastval` state (`sequence_state.rs`).
     pub sets_sequences: bool,
+    /// Executing it may seed the session's random numbers (`random_seed.rs`).
+    pub seeds: bool,
     /// The attached server has it (parsed there since it was attached).
     pub on_server: bool,
     pub exists: bool,
@@ -167,6 +169,7 @@ impl Session {
             unnamed.definition.extend_from_slice(definition);
             unnamed.effects = effects;
             unnamed.sets_sequences = scanned.may_set_sequences;
+            unnamed.seeds = scanned.may_seed;
         }
         let unnamed = &mut self.pooled.unnamed;
         unnamed.on_server = true;

@@ -27,7 +27,7 @@ impl Session {
     /// Who this client is to a server connection's `sequences_of`: its cancel key,
     /// unique among connected clients (the secret is random, so a later client that is
     /// given the same pid is not taken for this one).
-    fn sequence_owner(&self) -> u64 {
+    pub(super) fn sequence_owner(&self) -> u64 {
         ((self.cancel.pid as u32 as u64) << 32) | (self.cancel.secret as u32 as u64) | 1
     }
 

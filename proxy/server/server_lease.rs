@@ -9,6 +9,7 @@ use bytes::BytesMut;
 
 use super::opaque_code::{SessionSafeFunctions, SESSION_SAFE_FUNCTIONS_SQL};
 use super::pump::shrink_if_idle;
+use super::random_seed;
 use super::session::Session;
 use super::settings::UNKNOWN_SETTINGS;
 use super::SessionError;
@@ -209,7 +210,8 @@ impl Session {
         if self.pooled.safe_functions.is_none() && self.pooled.checks_opaque_code(self.mode) {
             self.pooled.safe_functions = Some(self.session_safe_functions(server).await?);
         }
-        if !server.needs_reset && server.settings_hash == self.settings.hash() {
+        let reseed = random_seed::needs_reseed(server, self.sequence_owner());
+        if !reseed && server.settings_hash == self.settings.hash() {
             return Ok(());
         }
         let mut sql = String::new();
@@ -221,8 +223,12 @@ impl Session {
                  DISCARD SEQUENCES;DEALLOCATE ALL;DISCARD PLANS;",
             );
         }
+        if reseed {
+            sql.push_str(&random_seed::reseed_sql());
+        }
         sql.push_str(&self.settings.replay_sql());
         server.run_internal(&sql).await?;
+        server.seeded_by = 0;
         if std::mem::take(&mut server.needs_reset) {
             server.prepared.clear();
             server.sequences_of = 0;
@@ -272,14 +278,22 @@ impl Session {
             // Mid-transaction, mid-batch or mid-answer: the server's state is unknown.
             server.mark_broken();
         } else if self.mode == PoolMode::Session || self.pooled.is_pinned() {
-            let reset =
-                tokio::time::timeout(Duration::from_secs(5), server.run_internal("DISCARD ALL"))
-                    .await;
+            // Session pooling does not scan for seeds: reseed after every session.
+            let reseed = self.mode == PoolMode::Session || server.seeded_by != 0;
+            let reset = tokio::time::timeout(Duration::from_secs(5), async {
+                server.run_internal("DISCARD ALL").await?;
+                if reseed {
+                    server.run_internal(&random_seed::reseed_sql()).await?;
+                }
+                Ok::<_, PoolError>(())
+            })
+            .await;
             match reset {
                 Ok(Ok(())) => {
                     server.prepared.clear();
                     server.settings_hash = 0;
                     server.sequences_of = 0;
+                    server.seeded_by = 0;
                 }
                 _ => server.mark_broken(),
             }

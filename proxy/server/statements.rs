@@ -96,6 +96,8 @@ pub struct PooledStatement {
     pub effects: Option<std::sync::Arc<[Effect]>>,
     /// Executing it may leave `currval`/`lastval` state (`sequence_state.rs`).
     pub sets_sequences: bool,
+    /// Executing it may seed the session's random numbers (`random_seed.rs`).
+    pub seeds: bool,
 }
 
 impl PooledStatement {
@@ -112,6 +114,7 @@ impl PooledStatement {
             read_only,
             effects: statement_effects(query, &scanned, opaque),
             sets_sequences: scanned.may_set_sequences,
+            seeds: scanned.may_seed,
         }
     }
 }
