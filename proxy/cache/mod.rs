@@ -9,6 +9,7 @@
 //! socket: the session (`server/caching.rs`) asks it and carries out its answers.
 //! It never decodes a row.
 
+mod activity;
 mod analysis;
 pub mod catalog;
 pub mod commit_hook;
@@ -28,7 +29,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
+pub use activity::ActivityMemo;
 pub use analysis::{read_names, write_names, ReadNames, WriteNames};
+
+use activity::{Activities, Activity};
 pub use catalog::Invalidation;
 pub use entry::{replayable, Analysis, Entry};
 pub use fingerprints::Row as FingerprintRow;
@@ -82,10 +86,7 @@ pub struct ResultCache {
     /// Identifies this process in NOTIFY payloads (its own are skipped).
     pub instance: u64,
     /// Per database: whether commits must be tracked (see [`ResultCache::tracks_writes`]).
-    /// Read on every forwarded write, changed a few times in the process's life: readers
-    /// load a snapshot, writers copy the (small) map.
-    activity: arc_swap::ArcSwap<HashMap<String, Activity, KeyHasher>>,
-    activity_writer: Mutex<()>,
+    activity: Activities,
     /// Per database: NOTIFY payloads for the LISTEN connection to send.
     outbox: Mutex<HashMap<String, tokio::sync::mpsc::UnboundedSender<String>>>,
     need_listen: bool,
@@ -192,10 +193,7 @@ impl ResultCache {
             known_commit: AtomicU64::new(0),
             instance: rand::random::<u64>() >> 1,
             wal_status: Mutex::new(HashMap::new()),
-            activity: arc_swap::ArcSwap::from_pointee(HashMap::with_hasher(
-                crate::stats::process_hasher(),
-            )),
-            activity_writer: Mutex::new(()),
+            activity: Activities::new(),
             outbox: Mutex::new(HashMap::new()),
             need_listen,
             paused: Mutex::new(std::collections::HashSet::new()),
@@ -434,42 +432,19 @@ impl ResultCache {
     }
 }
 
-/// Whether a database's cache is in use anywhere, as this process knows it.
-#[derive(Debug, Default, Clone, Copy)]
-struct Activity {
-    /// This process caches it, or another instance said it does.
-    active: bool,
-    /// Another instance said it caches it (never forgotten).
-    others_active: bool,
-    /// When the LISTEN connection came up (None: down or not yet up).
-    listening_since: Option<std::time::Instant>,
-}
-
 /// After the LISTEN connection comes up, writes are tracked this long whatever the
 /// activity: the time other instances take to answer the `hello` with `active`.
 const GRACE: Duration = Duration::from_secs(1);
 
 impl ResultCache {
     fn activity_of(&self, database: &str) -> Activity {
-        self.activity
-            .load()
-            .get(database)
-            .copied()
-            .unwrap_or_default()
+        self.activity.of(database)
     }
 
     /// Changes `database`'s activity (rare: activation, LISTEN up or down, an
     /// announcement); returns what `change` returns.
     fn change_activity<T>(&self, database: &str, change: impl FnOnce(&mut Activity) -> T) -> T {
-        // Writers are serialized so that no change is lost between load and store.
-        let _writer = self
-            .activity_writer
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        let mut map = HashMap::clone(&self.activity.load());
-        let result = change(map.entry(database.to_string()).or_default());
-        self.activity.store(Arc::new(map));
-        result
+        self.activity.change(database, change)
     }
 
     /// Whether a committed write to `database` must be resolved, invalidated and sent
@@ -477,7 +452,15 @@ impl ResultCache {
     /// writes cost nothing extra. Conservative while the LISTEN connection is down or
     /// just came up (the answer of other instances may not have arrived yet).
     pub fn tracks_writes(&self, database: &str) -> bool {
-        let a = self.activity_of(database);
+        self.tracks_writes_at(self.activity_of(database))
+    }
+
+    /// [`ResultCache::tracks_writes`], with the session's copy of the activity.
+    pub fn tracks_writes_memoized(&self, database: &str, memo: &mut ActivityMemo) -> bool {
+        self.tracks_writes_at(self.activity.of_memoized(database, memo))
+    }
+
+    fn tracks_writes_at(&self, a: Activity) -> bool {
         if a.active {
             return true;
         }

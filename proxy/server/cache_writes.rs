@@ -39,13 +39,15 @@ impl Session {
         if self.backend != 0 || !matches!(message_tag, tag::QUERY | tag::PARSE | tag::BIND) {
             return;
         }
-        if !self.runtime.cache.tracks_writes(&self.identity.database) {
+        let Some(state) = self.caching.as_mut() else {
+            return;
+        };
+        let cache = &self.runtime.cache;
+        if !cache.tracks_writes_memoized(&self.identity.database, &mut state.activity) {
             // No instance caches this database: what the statement writes does not
             // matter. Should one start caching before this transaction commits, the
             // commit counts as writing everything.
-            if let Some(state) = self.caching.as_mut() {
-                state.unknown_writes = true;
-            }
+            state.unknown_writes = true;
             return;
         }
         let writes_of = |sql: &[u8]| -> Option<Arc<WriteNames>> {
@@ -277,11 +279,13 @@ impl Session {
         };
         let writes = std::mem::take(&mut state.writes);
         let everything = writes.everything || std::mem::take(&mut state.unknown_writes);
-        let cache = self.runtime.cache.clone();
-        let database = self.identity.database.clone();
-        if !cache.tracks_writes(&database) {
+        let tracks = (self.runtime.cache)
+            .tracks_writes_memoized(&self.identity.database, &mut state.activity);
+        if !tracks {
             return; // no instance caches this database: the write costs nothing more
         }
+        let cache = self.runtime.cache.clone();
+        let database = self.identity.database.clone();
         let config = self.runtime.config();
         let answer = match self.server.as_mut() {
             Some(_) if self.backend == 0 => {

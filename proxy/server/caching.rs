@@ -41,6 +41,8 @@ pub struct SessionCache {
     pub(super) unnamed_writes: Option<super::cache_writes::StatementWrites>,
     /// The `Bind` of a statement whose effects are unknown was sent.
     pub(super) unknown_writes: bool,
+    /// This session's copy of whether its database's cache is in use anywhere.
+    pub(super) activity: crate::cache::ActivityMemo,
     /// The open transaction began `READ ONLY` (at `READ COMMITTED`) and has forwarded
     /// only reads since: its reads may be answered from the cache.
     pub(super) read_only_transaction: bool,
