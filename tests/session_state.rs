@@ -369,6 +369,9 @@ async fn a_random_seed_does_not_reach_the_next_client() {
     outcome(&a, "SET seed = 0.5").await.unwrap();
     assert_ne!(outcome(&b, "SELECT random()").await, Ok(first.clone()));
     assert_eq!(outcome(&b, "SHOW seed").await, fresh_seed);
+    // a comes back: the replay of its `seed` seeds the connection again, for a alone.
+    assert_eq!(outcome(&a, "SELECT 1").await, Ok("1".into()));
+    assert_ne!(outcome(&b, "SELECT random()").await, Ok(first.clone()));
     // b seeding itself gets exactly its own sequence.
     outcome(&b, "SET seed = 0.5").await.unwrap();
     assert_eq!(outcome(&b, "SELECT random()").await, Ok(first.clone()));

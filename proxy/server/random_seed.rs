@@ -5,7 +5,8 @@
 //! the next client's `random()` would go on with the first client's sequence, where
 //! PostgreSQL gives every new session an unpredictable one. So a server connection
 //! remembers the client whose statements may have seeded it
-//! (`ServerConnection::seeded_by`, set from the scanner's `may_seed`), and:
+//! (`ServerConnection::seeded_by`, set from the scanner's `may_seed`, and by the
+//! replay of a client's own `SET seed` onto a connection), and:
 //! - the next *other* client to take it has it reseeded from the proxy's own random
 //!   source, in the round trip that gives it that client's settings
 //!   (`prepare_server`), before them: a client that set `seed` itself gets its own

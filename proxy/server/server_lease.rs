@@ -228,7 +228,13 @@ impl Session {
         }
         sql.push_str(&self.settings.replay_sql());
         server.run_internal(&sql).await?;
-        server.seeded_by = 0;
+        if reseed {
+            server.seeded_by = 0;
+        }
+        if self.settings.mentions("seed") {
+            // The replay seeded it with this client's `seed`.
+            server.seeded_by = self.sequence_owner();
+        }
         if std::mem::take(&mut server.needs_reset) {
             server.prepared.clear();
             server.sequences_of = 0;
