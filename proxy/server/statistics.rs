@@ -2,10 +2,11 @@
 //! ran, the rows and errors its answer reported, handed to the stats recorder when the
 //! answer is complete. Only timestamps and cheap `Bytes` handles on the data path.
 //!
-//! A text that lives only as long as its statement (a `Query` until its answer is
-//! complete) shares the client's read buffer; a text remembered beyond its message (the
-//! last unnamed `Parse`, the statement a portal ran) is copied, so it never pins a
-//! whole read buffer for the life of the session.
+//! A statement's text goes into its event copied when short (`EventText`), so the
+//! client's read buffer is neither held until the answer nor freed on the aggregator's
+//! thread; a long `Query` text shares the buffer until then. A text remembered beyond
+//! its message (the last unnamed `Parse`, the statement a portal ran) is copied, so it
+//! never pins a whole read buffer for the life of the session.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};

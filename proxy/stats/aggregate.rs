@@ -271,6 +271,9 @@ pub(super) async fn run(
             if taken.is_empty() {
                 break;
             }
+            // One wall-clock read per batch: a batch spans a couple of milliseconds,
+            // and entries and the timeline count whole seconds.
+            let second = now_secs();
             for event in taken.drain(..) {
                 match event {
                     Event::Statement(event) => {
@@ -285,6 +288,7 @@ pub(super) async fn run(
                             &mut by_text,
                             &mut timeline,
                             event,
+                            second,
                             &limits,
                             observer.as_deref_mut(),
                         );
@@ -381,11 +385,11 @@ fn add(
     by_text: &mut TextMap,
     timeline: &mut VecDeque<(TimePoint, u64)>,
     event: StatementEvent,
+    now: u64,
     limits: &Limits,
     observer: Option<&mut dyn CallObserver>,
 ) {
     let micros = event.duration.as_micros() as u64;
-    let now = now_secs();
     let (id, normalized, exact) = match event.shape {
         Some(shape) => {
             let (id, normalized) = fingerprint_of_shape(&event.sql, shape, by_text, entries);
