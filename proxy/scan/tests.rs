@@ -41,6 +41,13 @@ fn agrees_on_generated_texts(
     assert!(both[0] > 1_000 && both[1] > 1_000, "{both:?}");
 }
 
+/// Asserts that `verdict` of the scan of each of `texts` is `expected`.
+fn verdict_is(verdict: fn(&super::StatementScan) -> bool, expected: bool, texts: &[&str]) {
+    for text in texts {
+        assert_eq!(verdict(&scan(text.as_bytes())), expected, "{text}");
+    }
+}
+
 #[test]
 fn literals_become_placeholders() {
     assert_eq!(
@@ -281,28 +288,32 @@ fn the_sequence_verdict_agrees_with_its_reference() {
     agrees_on_generated_texts(&PIECES, 0x2545_f491_4f6c_dd1d, sequences_reference, |s| {
         s.may_set_sequences
     });
-    for text in [
-        "SELECT nextval('s')",
-        "select pg_catalog.NEXTVAL('s')",
-        "INSERT INTO items(v) VALUES ('x')",
-        "BEGIN; UPDATE t SET x = 1; COMMIT",
-        "/* app */ SELECT 1",
-        "(SELECT 1)",
-        "select 1;\n  Explain analyze insert into t values (1)",
-    ] {
-        assert!(scan(text.as_bytes()).may_set_sequences, "{text}");
-    }
-    for text in [
-        "SELECT abalance FROM pgbench_accounts WHERE aid = 42",
-        "SELECT currval('s')",
-        "BEGIN; SELECT 1; COMMIT;",
-        "SET search_path = app",
-        "selected_nonsense_word",
-        "",
-        ";",
-    ] {
-        assert!(!scan(text.as_bytes()).may_set_sequences, "{text}");
-    }
+    verdict_is(
+        |s| s.may_set_sequences,
+        true,
+        &[
+            "SELECT nextval('s')",
+            "select pg_catalog.NEXTVAL('s')",
+            "INSERT INTO items(v) VALUES ('x')",
+            "BEGIN; UPDATE t SET x = 1; COMMIT",
+            "/* app */ SELECT 1",
+            "(SELECT 1)",
+            "select 1;\n  Explain analyze insert into t values (1)",
+        ],
+    );
+    verdict_is(
+        |s| s.may_set_sequences,
+        false,
+        &[
+            "SELECT abalance FROM pgbench_accounts WHERE aid = 42",
+            "SELECT currval('s')",
+            "BEGIN; SELECT 1; COMMIT;",
+            "SET search_path = app",
+            "selected_nonsense_word",
+            "",
+            ";",
+        ],
+    );
 }
 
 #[test]
@@ -375,21 +386,25 @@ fn the_seed_verdict_finds_the_seed_words() {
     agrees_on_generated_texts(&PIECES, 0x5eed_5eed_1234_abcd, seed_reference, |s| {
         s.may_seed
     });
-    for text in [
-        "SELECT setseed(0.5)",
-        "select pg_catalog.SETSEED(0.5)",
-        "SET seed = 0.5",
-        "set seed to 0.1; select random()",
-        "SET x = 1; SELECT setseed(0)",
-    ] {
-        assert!(scan(text.as_bytes()).may_seed, "{text}");
-    }
-    for text in [
-        "SELECT random()",
-        "SELECT seeds FROM garden",
-        "SELECT setseeds()",
-        "SELECT abalance FROM pgbench_accounts WHERE aid = 42",
-    ] {
-        assert!(!scan(text.as_bytes()).may_seed, "{text}");
-    }
+    verdict_is(
+        |s| s.may_seed,
+        true,
+        &[
+            "SELECT setseed(0.5)",
+            "select pg_catalog.SETSEED(0.5)",
+            "SET seed = 0.5",
+            "set seed to 0.1; select random()",
+            "SET x = 1; SELECT setseed(0)",
+        ],
+    );
+    verdict_is(
+        |s| s.may_seed,
+        false,
+        &[
+            "SELECT random()",
+            "SELECT seeds FROM garden",
+            "SELECT setseeds()",
+            "SELECT abalance FROM pgbench_accounts WHERE aid = 42",
+        ],
+    );
 }
