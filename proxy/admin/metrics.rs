@@ -18,23 +18,12 @@ pub fn install() {
 fn handle() -> &'static PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE.get_or_init(|| {
-        let recorder = PrometheusBuilder::new()
-            .set_buckets(&[
-                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-            ])
-            .expect("static buckets")
-            .build_recorder();
+        // No histograms are recorded through it: statement latency has its own
+        // buckets (`stats::LatencyHistogram`), appended to the rendered text.
+        let recorder = PrometheusBuilder::new().build_recorder();
         let handle = recorder.handle();
         // Another recorder may exist (tests, embedding apps): then ours is local only.
         let _ = metrics::set_global_recorder(recorder);
-        // Histograms keep raw samples until drained: drain them even when nobody scrapes.
-        let upkeep = handle.clone();
-        let _ = std::thread::Builder::new()
-            .name("pgwarden-metrics-upkeep".into())
-            .spawn(move || loop {
-                std::thread::sleep(std::time::Duration::from_secs(5));
-                upkeep.run_upkeep();
-            });
         handle
     })
 }
@@ -128,5 +117,7 @@ pub fn render(runtime: &Runtime) -> String {
     metrics::counter!("pgwarden_queries_total", "route" => "replica").absolute(replica);
     metrics::counter!("pgwarden_query_errors_total").absolute(errors);
     metrics::counter!("pgwarden_stats_dropped_events_total").absolute(snapshot.dropped_events);
-    handle.render()
+    let mut text = handle.render();
+    text.push_str(&runtime.stats.latency().render());
+    text
 }

@@ -183,7 +183,8 @@ impl Session {
             tag::BIND => {
                 if let Ok(view) = BindView::parse(&frame[HEADER_LEN..]) {
                     // Portal and statement names precede the values; the body is a
-                    // fine stand-in for "these parameters".                     // Bounded: the first 512 bytes and the length.
+                    // fine stand-in for "these parameters". Bounded: the first 512
+                    // bytes and the length.
                     let end = frame.len().min(HEADER_LEN + 512);
                     stats.portal_params = hash_bytes(&frame[HEADER_LEN..end]) ^ frame.len() as u64;
                     stats.portal_sql = if view.statement.is_empty() {

@@ -16,6 +16,7 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 
 use super::fingerprint::{fingerprint, FingerprintId};
+use super::latency::{LatencyCounts, LatencyHistogram};
 use super::observer::{Call, CallObserver};
 use super::{Event, MemoryGauges, Served, StatementEvent};
 
@@ -99,6 +100,13 @@ struct Entry {
 }
 
 const TIMELINE_SECONDS: usize = 300;
+
+/// A timeline second's durations, turned into its mean and maximum when published.
+#[derive(Debug, Default, Clone, Copy)]
+struct SecondTotals {
+    total_us: u64,
+    max_us: u64,
+}
 
 /// Bytes one text-map slot costs (hash key, fingerprint id, control byte).
 const TEXT_SLOT_BYTES: usize = 2 * std::mem::size_of::<u64>() + 1;
@@ -233,6 +241,7 @@ pub(super) async fn run(
     snapshot: Arc<ArcSwap<Snapshot>>,
     dropped: Arc<AtomicU64>,
     memory: Arc<MemoryGauges>,
+    latency: Arc<LatencyHistogram>,
     limits: Limits,
     mut observer: Option<Box<dyn CallObserver>>,
 ) {
@@ -240,15 +249,11 @@ pub(super) async fn run(
         map: super::process_map(),
         bytes: 0,
     };
-    let mut timeline: VecDeque<(TimePoint, u64)> = VecDeque::new();
+    let mut timeline: VecDeque<(TimePoint, SecondTotals)> = VecDeque::new();
     // Fingerprints by a hash of the exact text, so repeated statements skip
     // normalization.
     let mut by_text = TextMap::new(limits.text_map_bytes, limits.max_fingerprints);
-    let latency = [
-        metrics::histogram!("pgwarden_query_duration_seconds", "route" => "primary"),
-        metrics::histogram!("pgwarden_query_duration_seconds", "route" => "replica"),
-        metrics::histogram!("pgwarden_query_duration_seconds", "route" => "cache"),
-    ];
+    let mut latency_counts = LatencyCounts::default();
     // Drain on a timer instead of waiting on the channel: senders then never have to
     // wake this task, which keeps recording nearly free for the sessions. The pause is
     // short while statements flow, so each drain is a small batch: one drain of 20 ms
@@ -277,12 +282,7 @@ pub(super) async fn run(
             for event in taken.drain(..) {
                 match event {
                     Event::Statement(event) => {
-                        let index = match event.served {
-                            Served::Primary => 0,
-                            Served::Replica => 1,
-                            Served::Cache => 2,
-                        };
-                        latency[index].record(event.duration.as_secs_f64());
+                        latency_counts.record(event.served, event.duration.as_micros() as u64);
                         add(
                             &mut entries,
                             &mut by_text,
@@ -310,6 +310,7 @@ pub(super) async fn run(
             if let Some(observer) = observer.as_deref_mut() {
                 observer.tick(now);
             }
+            latency.publish(&latency_counts);
             memory.text_map.store(by_text.bytes(), Ordering::Relaxed);
             memory.fingerprints.store(entries.bytes, Ordering::Relaxed);
         }
@@ -383,7 +384,7 @@ fn fingerprint_of(
 fn add(
     entries: &mut Entries,
     by_text: &mut TextMap,
-    timeline: &mut VecDeque<(TimePoint, u64)>,
+    timeline: &mut VecDeque<(TimePoint, SecondTotals)>,
     event: StatementEvent,
     now: u64,
     limits: &Limits,
@@ -455,13 +456,13 @@ fn add(
                 second: now,
                 ..TimePoint::default()
             },
-            0,
+            SecondTotals::default(),
         ));
         while timeline.len() > TIMELINE_SECONDS {
             timeline.pop_front();
         }
     }
-    if let Some((point, total_us)) = timeline.back_mut() {
+    if let Some((point, totals)) = timeline.back_mut() {
         point.calls += 1;
         point.errors += u64::from(event.error);
         match event.served {
@@ -469,9 +470,8 @@ fn add(
             Served::Replica => point.replica += 1,
             Served::Cache => {}
         }
-        *total_us += micros;
-        point.mean_ms = *total_us as f64 / point.calls as f64 / 1000.0;
-        point.max_ms = point.max_ms.max(micros as f64 / 1000.0);
+        totals.total_us += micros;
+        totals.max_us = totals.max_us.max(micros);
     }
     if entries.map.len() > limits.max_fingerprints || entries.bytes > limits.max_bytes {
         evict(entries, limits, id);
@@ -511,7 +511,7 @@ fn quantile(entry: &Entry, q: f64) -> u64 {
 
 fn build(
     entries: &super::ProcessMap<FingerprintId, Entry>,
-    timeline: &VecDeque<(TimePoint, u64)>,
+    timeline: &VecDeque<(TimePoint, SecondTotals)>,
     dropped: &AtomicU64,
     show_parameters: bool,
 ) -> Snapshot {
@@ -543,7 +543,14 @@ fn build(
     queries.sort_by(|a, b| b.total_ms.total_cmp(&a.total_ms));
     Snapshot {
         queries,
-        timeline: timeline.iter().map(|(p, _)| *p).collect(),
+        timeline: timeline
+            .iter()
+            .map(|(point, totals)| TimePoint {
+                mean_ms: ms(totals.total_us) / point.calls.max(1) as f64,
+                max_ms: ms(totals.max_us),
+                ..*point
+            })
+            .collect(),
         dropped_events: dropped.load(std::sync::atomic::Ordering::Relaxed),
     }
 }

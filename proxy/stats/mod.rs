@@ -9,6 +9,7 @@
 mod aggregate;
 mod event_text;
 pub mod fingerprint;
+mod latency;
 mod observer;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -21,6 +22,7 @@ use tokio::sync::{mpsc, oneshot};
 
 pub use aggregate::{QuerySummary, Snapshot, TimePoint};
 pub use event_text::EventText;
+pub use latency::LatencyHistogram;
 pub use observer::{Call, CallContext, CallObserver};
 
 use crate::config::StatsConfig;
@@ -75,6 +77,7 @@ pub struct StatsRecorder {
     snapshot: Arc<ArcSwap<Snapshot>>,
     dropped: Arc<AtomicU64>,
     memory: Arc<MemoryGauges>,
+    latency: Arc<LatencyHistogram>,
     limits: StatsLimits,
     pub enabled: bool,
 }
@@ -102,11 +105,13 @@ impl StatsRecorder {
         let (tx, rx) = mpsc::channel(65_536);
         let snapshot = Arc::new(ArcSwap::from_pointee(Snapshot::default()));
         let dropped = Arc::new(AtomicU64::new(0));
+        let latency = Arc::new(LatencyHistogram::default());
         tokio::spawn(aggregate::run(
             rx,
             snapshot.clone(),
             dropped.clone(),
             memory.clone(),
+            latency.clone(),
             aggregate::Limits {
                 max_fingerprints: config.max_fingerprints.max(1),
                 max_bytes: config.max_bytes,
@@ -120,6 +125,7 @@ impl StatsRecorder {
             snapshot,
             dropped,
             memory,
+            latency,
             limits: StatsLimits {
                 text_map_bytes: config.text_map_bytes,
                 fingerprint_bytes: config.max_bytes,
@@ -131,6 +137,11 @@ impl StatsRecorder {
     /// Bytes the aggregator holds now.
     pub fn memory(&self) -> &MemoryGauges {
         &self.memory
+    }
+
+    /// Statement latency by route, as of the aggregator's last publish.
+    pub fn latency(&self) -> &LatencyHistogram {
+        &self.latency
     }
 
     pub fn limits(&self) -> StatsLimits {
