@@ -21,7 +21,7 @@
 
 use std::sync::atomic::{fence, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::ServerConnector;
 
@@ -65,6 +65,7 @@ impl WarmStack {
         if self.len.load(Ordering::Relaxed) == 0 {
             return None;
         }
+        let now = Instant::now();
         loop {
             let mut connection = self.with_parked(Vec::pop)?;
             if !connection.is_quiet_while_idle() {
@@ -72,8 +73,8 @@ impl WarmStack {
                 connection.mark_broken();
                 continue;
             }
-            if connection.last_used.elapsed() >= self.limit
-                || connection.opened.elapsed() >= self.max_lifetime
+            if now.saturating_duration_since(connection.last_used) >= self.limit
+                || now.saturating_duration_since(connection.opened) >= self.max_lifetime
             {
                 continue; // back to bb8, which checks or retires it
             }
