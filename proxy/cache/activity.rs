@@ -30,6 +30,10 @@ pub struct Activity {
 pub struct ActivityMemo {
     epoch: u64,
     activity: Option<Activity>,
+    /// The LISTEN connection of this copy has been up past the grace period: that stays
+    /// true until the activity changes (and the copy is loaded again), so the clock
+    /// need not be read per statement.
+    pub(super) grace_over: bool,
 }
 
 /// Every database's [`Activity`].
@@ -67,6 +71,7 @@ impl Activities {
                 *memo = ActivityMemo {
                     epoch,
                     activity: Some(activity),
+                    grace_over: false,
                 };
                 activity
             }
@@ -108,5 +113,20 @@ mod tests {
             !activities.of_memoized("app", &mut memo).active,
             "stale memo"
         );
+    }
+
+    /// "Past the grace period" belongs to the copy it was found for: a change (the
+    /// LISTEN connection down, or up again) loads a copy that must look again.
+    #[test]
+    fn a_reloaded_memo_looks_at_the_grace_period_again() {
+        let activities = Activities::new();
+        let mut memo = ActivityMemo::default();
+        activities.of_memoized("app", &mut memo);
+        memo.grace_over = true;
+        activities.of_memoized("app", &mut memo);
+        assert!(memo.grace_over, "kept while nothing changed");
+        activities.change("app", |a| a.listening_since = None);
+        activities.of_memoized("app", &mut memo);
+        assert!(!memo.grace_over);
     }
 }

@@ -457,7 +457,14 @@ impl ResultCache {
 
     /// [`ResultCache::tracks_writes`], with the session's copy of the activity.
     pub fn tracks_writes_memoized(&self, database: &str, memo: &mut ActivityMemo) -> bool {
-        self.tracks_writes_at(self.activity.of_memoized(database, memo))
+        let activity = self.activity.of_memoized(database, memo);
+        if !activity.active && memo.grace_over {
+            return false;
+        }
+        let tracks = self.tracks_writes_at(activity);
+        // Listening past the grace period: "no" until the activity changes.
+        memo.grace_over = !tracks && activity.listening_since.is_some();
+        tracks
     }
 
     fn tracks_writes_at(&self, a: Activity) -> bool {
