@@ -461,11 +461,23 @@ impl Session {
                 self.store_fill(*fill);
             }
         }
-        let pending = self
-            .caching
-            .as_ref()
-            .is_some_and(|c| !c.writes.is_empty() || c.unknown_writes);
-        pending && self.status == TransactionStatus::Idle
+        let Some(state) = self.caching.as_mut() else {
+            return false;
+        };
+        let pending = !state.writes.is_empty() || state.unknown_writes;
+        if !pending || self.status != TransactionStatus::Idle {
+            return false;
+        }
+        if !(self.runtime.cache)
+            .tracks_writes_memoized(&self.identity.database, &mut state.activity)
+        {
+            // No instance caches this database: the writes are forgotten here, as
+            // `invalidate_writes` would, without a boxed future per transaction.
+            state.writes = Default::default();
+            state.unknown_writes = false;
+            return false;
+        }
+        true
     }
 
     fn store_fill(&mut self, fill: Fill) {
