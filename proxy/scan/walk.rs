@@ -61,16 +61,26 @@ pub(super) fn walk(sql: &[u8], out: &mut impl ShapeSink) -> Walked {
             b'0'..=b'9' => true,
             b'-' => sql.get(i + 1) == Some(&b'-'),
             b'/' => sql.get(i + 1) == Some(&b'*'),
+            // One space between two parts is the shape's own byte: it stays in the
+            // plain part (most of a statement's spaces). A leading or trailing space,
+            // a run, or one after a dropped run goes the long way.
+            b' ' => {
+                last_space
+                    || (plain == NONE && !w.written)
+                    || sql
+                        .get(i + 1)
+                        .is_none_or(|next| class_of(*next) & WHITESPACE != 0)
+            }
             _ => class & WHITESPACE != 0,
         };
         if !special {
-            // Punctuation that starts nothing: plain.
+            // Punctuation that starts nothing, or a single inner space: plain.
             if plain == NONE {
                 plain = i;
             }
             flags.not_alphanumeric(sql, i, class);
             i += 1;
-            last_space = false;
+            last_space = b == b' ';
             continue;
         }
         if plain != NONE {
