@@ -186,6 +186,26 @@ async fn every_statement_kind_lands_where_it_must() {
             .get(0);
         assert_eq!(port, primary);
     }
+    // Unnamed statements (`query_typed`: a Parse without a name before every
+    // execution, as most drivers send): texts of different classes alternating on one
+    // connection each land by their own text, whatever the one before was.
+    for (sql, expected) in [
+        ("SELECT inet_server_port()", Replica),
+        ("SELECT inet_server_port()", Replica),
+        ("/* pgwarden:primary */ SELECT inet_server_port()", Primary),
+        ("/* pgwarden:primary */ SELECT inet_server_port()", Primary),
+        ("SELECT inet_server_port()", Replica),
+        ("SELECT inet_server_port() -- pgwarden:primary", Primary),
+        ("SELECT inet_server_port()", Replica),
+    ] {
+        let port: i32 = reader
+            .query_typed_one(sql, &[])
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"))
+            .get(0);
+        let landed = if port == primary { Primary } else { Replica };
+        assert_eq!(landed, expected, "unnamed: {sql}");
+    }
     // Both replicas take reads (least outstanding requests, ties rotate).
     let mut seen = std::collections::HashSet::new();
     for _ in 0..20 {
@@ -255,6 +275,36 @@ async fn read_your_writes_under_lag_from_one_and_two_connections() {
         }
     }
     assert_eq!(stale, 0, "stale reads on the writing connection");
+
+    // The same through unnamed statements (a Parse without a name before every
+    // execution, as most drivers send), with an unnamed read on the primary between
+    // the write and the read: the write's Bind still counts as a write.
+    let unnamed_writer = proxy::connect(&proxy).await;
+    for i in 3000..3200i32 {
+        unnamed_writer
+            .query_typed(
+                "INSERT INTO kv VALUES ($1, 'unnamed')",
+                &[(&i, tokio_postgres::types::Type::INT4)],
+            )
+            .await
+            .unwrap();
+        unnamed_writer
+            .query_typed("/* pgwarden:primary */ SELECT 1", &[])
+            .await
+            .unwrap();
+        let n: i64 = unnamed_writer
+            .query_typed_one(
+                "SELECT count(*) FROM kv WHERE k = $1",
+                &[(&i, tokio_postgres::types::Type::INT4)],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if n != 1 {
+            stale += 1;
+        }
+    }
+    assert_eq!(stale, 0, "stale reads through unnamed statements");
 
     let shared_read = shared_reader
         .prepare("SELECT count(*) FROM kv WHERE k = $1")

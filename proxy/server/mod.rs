@@ -30,6 +30,7 @@ mod query_scan;
 mod random_seed;
 mod responses;
 mod routing;
+mod routing_class;
 mod scram_server;
 mod sequence_state;
 mod server_lease;

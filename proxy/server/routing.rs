@@ -10,14 +10,14 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 
 use super::responses::Expect;
+use super::routing_class::ParseClass;
 use super::session::Session;
 use super::SessionError;
 use crate::config::{Fallback, RywScope};
 use crate::protocol::backend;
-use crate::protocol::extended::{BindView, ParseView, TargetKind, TargetView};
-use crate::protocol::frame::{body, query_text};
-use crate::protocol::tag::{frontend as tag, TransactionStatus};
-use crate::route::{hint, Hint, Lsn, ReplicaChoice, Routing, StatementClass, Topology};
+use crate::protocol::frame::query_text;
+use crate::protocol::tag::TransactionStatus;
+use crate::route::{Hint, Lsn, ReplicaChoice, Routing, StatementClass, Topology};
 
 /// Requests bigger than this are not kept for a retry.
 const MAX_RETRY_BYTES: usize = 256 * 1024;
@@ -53,6 +53,10 @@ pub struct SessionRouting {
     pub failed_frames: Vec<Bytes>,
     /// A replica that just failed this request.
     pub exclude: Option<usize>,
+    /// The last unnamed `Parse` classified, with its text (`routing_class.rs`).
+    pub(super) last_parse: Option<ParseClass>,
+    /// The client's unnamed statement only reads (`routing_class.rs`).
+    pub(super) unnamed_read: bool,
 }
 
 impl SessionRouting {
@@ -78,6 +82,8 @@ impl SessionRouting {
             retry_bytes: 0,
             failed_frames: Vec::new(),
             exclude: None,
+            last_parse: None,
+            unnamed_read: false,
         };
         for (name, value) in options {
             state.apply_setting(name, value);
@@ -144,57 +150,19 @@ impl SessionRouting {
 }
 
 impl Session {
-    /// The read/write class of a message that may start work on a server.
-    fn message_class(
-        &self,
-        routing: &Routing,
-        message_tag: u8,
-        frame: &[u8],
-    ) -> (StatementClass, Option<Hint>) {
-        let lossy = crate::protocol::text::lossy;
-        match message_tag {
-            tag::QUERY => {
-                let sql = query_text(frame);
-                let shape = self.query_scan(sql).shape.hash;
-                let sql = lossy(sql);
-                (routing.classify_scanned(&sql, shape), hint(&sql))
-            }
-            tag::PARSE => match ParseView::parse(body(frame)) {
-                Ok(view) => {
-                    let sql = lossy(view.query);
-                    (routing.classify(&sql), hint(&sql))
-                }
-                Err(_) => (StatementClass::Write, None),
-            },
-            tag::BIND => match BindView::parse(body(frame)) {
-                Ok(view) => self.stored_class(view.statement),
-                Err(_) => (StatementClass::Write, None),
-            },
-            tag::DESCRIBE => match TargetView::parse(body(frame), "Describe") {
-                Ok(view) if view.kind == TargetKind::Statement => self.stored_class(view.name),
-                _ => (StatementClass::Write, None),
-            },
-            _ => (StatementClass::Write, None),
-        }
-    }
-
-    fn stored_class(&self, name: &[u8]) -> (StatementClass, Option<Hint>) {
-        match self.statements.get(name) {
-            Some(statement) if statement.read_only => (StatementClass::Read, None),
-            _ => (StatementClass::Write, None),
-        }
-    }
-
     /// Picks the backend for a message when no server is attached (0 = primary).
     pub(super) async fn choose_backend(
         &mut self,
         message_tag: u8,
         frame: &[u8],
     ) -> Result<usize, SessionError> {
+        if self.routing.is_none() {
+            return Ok(0);
+        }
+        let (class, hint) = self.classify_message(message_tag, frame);
         let Some(state) = self.routing.as_ref() else {
             return Ok(0);
         };
-        let (class, hint) = self.message_class(&state.routing, message_tag, frame);
         let wants_replica = match (hint, state.mode, &class) {
             (Some(Hint::Primary), _, _) | (None, RouteMode::Primary, _) => false,
             (Some(Hint::Replica), _, _) | (None, RouteMode::Replica, _) => true,
@@ -238,26 +206,15 @@ impl Session {
     pub(super) fn note_forwarded(&mut self, message_tag: u8, frame: &Bytes) {
         let backend_index = self.backend;
         let status = self.status;
-        let Some(state) = self.routing.as_ref() else {
+        if self.routing.is_none() {
             return;
-        };
-        if backend_index == 0 {
-            if matches!(
-                message_tag,
-                tag::QUERY | tag::PARSE | tag::BIND | tag::FUNCTION_CALL
-            ) {
-                let routing = state.routing.clone();
-                let (class, _) = self.message_class(&routing, message_tag, frame);
-                if !matches!(
-                    class,
-                    StatementClass::Read | StatementClass::ProxySetting { .. }
-                ) {
-                    if let Some(state) = self.routing.as_mut() {
-                        state.wrote = true;
-                    }
-                }
+        }
+        if self.forwarded_may_write(message_tag, frame, backend_index == 0) {
+            if let Some(state) = self.routing.as_mut() {
+                state.wrote = true;
             }
-        } else if status == TransactionStatus::Idle {
+        }
+        if backend_index != 0 && status == TransactionStatus::Idle {
             if let Some(state) = self.routing.as_mut() {
                 state.remember_frame(frame);
             }
