@@ -241,6 +241,14 @@ impl Folded {
     fn starts(self, prefix: u64) -> bool {
         prefix & self.mask == self.bits
     }
+
+    /// Whether `text` (whose [`folded_prefix`] is `prefix`) starts with this word as a
+    /// whole word: the byte after it, if any, is not one `in_word` counts as part of a
+    /// word.
+    #[inline(always)]
+    fn starts_whole(self, text: &[u8], prefix: u64, in_word: impl Fn(u8) -> bool) -> bool {
+        self.starts(prefix) && text.get(self.len).is_none_or(|b| !in_word(*b))
+    }
 }
 
 /// The first 8 bytes of `text` (fewer at its end, padded with zeros) with bit 0x20 set
@@ -278,12 +286,7 @@ const SEED: Folded = fold(b"seed");
 /// Whether the letters that start `text` are the whole word `setseed` or `seed`.
 fn is_seed_word(text: &[u8]) -> bool {
     let prefix = folded_prefix(text);
-    let whole = |word: Folded| {
-        word.starts(prefix)
-            && text
-                .get(word.len)
-                .is_none_or(|b| class_of(*b) & ALPHANUMERIC == 0)
-    };
+    let whole = |word: Folded| word.starts_whole(text, prefix, |b| class_of(b) & ALPHANUMERIC != 0);
     whole(SETSEED) || whole(SEED)
 }
 
@@ -340,9 +343,7 @@ const DO: Folded = fold(WRITING_WORDS[9]);
 /// [`WRITING_WORDS`].
 fn first_word_may_write(text: &[u8]) -> bool {
     let prefix = folded_prefix(text);
-    let whole = |word: Folded| {
-        word.starts(prefix) && text.get(word.len).is_none_or(|b| !b.is_ascii_alphabetic())
-    };
+    let whole = |word: Folded| word.starts_whole(text, prefix, |b| b.is_ascii_alphabetic());
     match text[0] | 0x20 {
         b'i' => whole(INSERT),
         b'u' => whole(UPDATE),
