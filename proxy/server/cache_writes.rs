@@ -272,18 +272,15 @@ impl Session {
     }
 
     /// The commit hook: resolve the written tables on the primary connection that ran
-    /// the transaction, NOTIFY the other instances, invalidate here.
+    /// the transaction, NOTIFY the other instances, invalidate here. Called once a
+    /// settled transaction has writes and some instance caches its database
+    /// (`cache_store_settled_fill` decides, and forgets the writes when none does).
     pub(super) async fn invalidate_writes(&mut self) {
         let Some(state) = self.caching.as_mut() else {
             return;
         };
         let writes = std::mem::take(&mut state.writes);
         let everything = writes.everything || std::mem::take(&mut state.unknown_writes);
-        let tracks = (self.runtime.cache)
-            .tracks_writes_memoized(&self.identity.database, &mut state.activity);
-        if !tracks {
-            return; // no instance caches this database: the write costs nothing more
-        }
         let cache = self.runtime.cache.clone();
         let database = self.identity.database.clone();
         let config = self.runtime.config();
