@@ -331,6 +331,69 @@ async fn read_your_writes_under_lag_from_one_and_two_connections() {
         "stale reads across connections sharing a session key"
     );
 
+    // A write inside an explicit transaction (and a savepoint) is still a write: the
+    // COMMIT that follows does not hide it.
+    for (i, script) in [
+        (4000, "BEGIN; INSERT INTO kv VALUES (4000, 'txn'); COMMIT"),
+        (
+            4001,
+            "BEGIN; SAVEPOINT a; INSERT INTO kv VALUES (4001, 'txn'); RELEASE a; COMMIT",
+        ),
+    ] {
+        for statement in script.split("; ") {
+            writer.batch_execute(statement).await.unwrap();
+        }
+        let row = writer.query_one(&read, &[&i]).await.unwrap();
+        assert_eq!(row.get::<_, i64>(0), 1, "stale read after: {script}");
+    }
+
+    // Transactions on the primary that only read leave no read-your-writes position:
+    // BEGIN, COMMIT, SAVEPOINT, RELEASE and ROLLBACK write nothing. Were they counted
+    // as writes, the next read would wait for the paused replicas, then go to the
+    // primary.
+    let mut reads_in_transactions = proxy::connect(&proxy).await;
+    for statement in [
+        "BEGIN",
+        "SELECT count(*) FROM kv",
+        "SAVEPOINT s",
+        "SELECT 1",
+        "RELEASE SAVEPOINT s",
+        "COMMIT",
+        "BEGIN",
+        "SELECT 1",
+        "ROLLBACK",
+    ] {
+        reads_in_transactions
+            .batch_execute(statement)
+            .await
+            .unwrap_or_else(|e| panic!("{statement}: {e}"));
+    }
+    let mut transaction = reads_in_transactions.transaction().await.unwrap();
+    let nested = transaction.transaction().await.unwrap(); // SAVEPOINT, extended
+    nested.query("SELECT count(*) FROM kv", &[]).await.unwrap();
+    nested.commit().await.unwrap();
+    transaction
+        .query_typed("SELECT count(*) FROM kv", &[])
+        .await
+        .unwrap();
+    transaction.commit().await.unwrap();
+    // The same through named prepared statements (as drivers that prepare BEGIN and
+    // COMMIT after a few uses send them).
+    let begin = reads_in_transactions.prepare("BEGIN").await.unwrap();
+    let commit = reads_in_transactions.prepare("COMMIT").await.unwrap();
+    for _ in 0..3 {
+        reads_in_transactions.execute(&begin, &[]).await.unwrap();
+        reads_in_transactions
+            .query("SELECT count(*) FROM kv", &[])
+            .await
+            .unwrap();
+        reads_in_transactions.execute(&commit, &[]).await.unwrap();
+    }
+    for _ in 0..5 {
+        let port = port_of(&reads_in_transactions, "SELECT inet_server_port()").await;
+        assert_ne!(port, primary, "a read-only transaction counted as a write");
+    }
+
     // Sessions without writes still read from the (lagging) replicas.
     for _ in 0..10 {
         let port = port_of(&bystander, "SELECT inet_server_port()").await;

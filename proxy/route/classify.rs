@@ -24,8 +24,36 @@ pub enum StatementClass {
     Write,
     /// `BEGIN`/`START TRANSACTION`; `read_only` when it says `READ ONLY`.
     Begin { read_only: bool },
+    /// `COMMIT`/`END`, `ROLLBACK`/`ABORT` (also `TO SAVEPOINT`), `SAVEPOINT`, `RELEASE`:
+    /// they end or mark the transaction they run in and change no data themselves, so a
+    /// transaction that only read does not count as writing. (`COMMIT PREPARED` and
+    /// `PREPARE TRANSACTION` do not parse, and stay writes.)
+    TransactionControl,
     /// `SET pgwarden.route = ...` and friends, handled by the proxy.
     ProxySetting { name: String, value: String },
+}
+
+/// What a prepared statement does to data, as routing needs to remember it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DataAccess {
+    /// Only reads: may run on a replica.
+    Reads,
+    /// Changes no data but must run where its transaction is (`BEGIN`, `COMMIT`, ...).
+    WritesNothing,
+    /// May write (also: anything not known, and every statement when routing is off).
+    MayWrite,
+}
+
+impl StatementClass {
+    pub fn data_access(&self) -> DataAccess {
+        match self {
+            StatementClass::Read => DataAccess::Reads,
+            StatementClass::Begin { .. }
+            | StatementClass::TransactionControl
+            | StatementClass::ProxySetting { .. } => DataAccess::WritesNothing,
+            StatementClass::Write => DataAccess::MayWrite,
+        }
+    }
 }
 
 /// A routing hint written in a comment: `/* pgwarden:primary */`.
@@ -220,6 +248,10 @@ impl Classifier {
                     TransactionAccessMode::ReadOnly,
                 )),
             },
+            Statement::Commit { .. }
+            | Statement::Rollback { .. }
+            | Statement::Savepoint { .. }
+            | Statement::ReleaseSavepoint { .. } => StatementClass::TransactionControl,
             Statement::Set(set) => proxy_setting(set).unwrap_or(StatementClass::Write),
             _ => StatementClass::Write,
         }
@@ -379,6 +411,19 @@ mod tests {
             ("BEGIN", Begin { read_only: false }),
             ("BEGIN READ ONLY", Begin { read_only: true }),
             ("START TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY", Begin { read_only: true }),
+            ("COMMIT", TransactionControl),
+            ("END", TransactionControl),
+            ("commit and chain", TransactionControl),
+            ("ROLLBACK", TransactionControl),
+            ("ABORT", TransactionControl),
+            ("ROLLBACK TO SAVEPOINT s", TransactionControl),
+            ("SAVEPOINT s", TransactionControl),
+            ("RELEASE SAVEPOINT s", TransactionControl),
+            ("RELEASE s", TransactionControl),
+            ("COMMIT PREPARED 'x'", Write),
+            ("ROLLBACK PREPARED 'x'", Write),
+            ("PREPARE TRANSACTION 'x'", Write),
+            ("BEGIN; SELECT 1; COMMIT", Write),
             ("this is not sql", Write),
             ("VACUUM t", Write),
             ("SET pgwarden.route = primary", ProxySetting { name: "pgwarden.route".into(), value: "primary".into() }),

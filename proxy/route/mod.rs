@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use classify::{hint, Classifier, Hint, StatementClass};
+pub use classify::{hint, Classifier, DataAccess, Hint, StatementClass};
 pub use ryw::SharedPositions;
 pub use topology::{format_lsn, parse_lsn, BackendState, LagLimits, Lsn, ReplicaChoice, Topology};
 

@@ -15,7 +15,7 @@ use crate::cache::{self, WriteNames};
 use crate::protocol::extended::{BindView, ParseView};
 use crate::protocol::frame::{body, query_text};
 use crate::protocol::tag::frontend as tag;
-use crate::route::StatementClass;
+use crate::route::{DataAccess, StatementClass};
 
 /// Named statements whose write effects a session remembers before forgetting them all
 /// (then their `Bind`s count as "writes everything").
@@ -54,10 +54,8 @@ impl Session {
             let text = crate::protocol::text::lossy(sql);
             let shape = self.query_scan(sql).shape.hash;
             match self.runtime.routing().classify_scanned(&text, shape) {
-                StatementClass::Read
-                | StatementClass::Begin { .. }
-                | StatementClass::ProxySetting { .. } => None,
                 StatementClass::Write => Some(self.runtime.cache.write_names(&text)),
+                _ => None,
             }
         };
         match message_tag {
@@ -237,7 +235,7 @@ impl Session {
                         || self
                             .statements
                             .get(view.statement)
-                            .is_some_and(|s| s.read_only)
+                            .is_some_and(|s| s.access == DataAccess::Reads)
                 });
                 if !read {
                     if let Some(state) = self.caching.as_mut() {

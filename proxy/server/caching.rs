@@ -373,15 +373,10 @@ impl Session {
                 self.on_unnamed_parse(definition, &query);
                 self.pooled.unnamed.on_server = false;
             } else {
-                let read_only = self.routing.as_ref().is_some_and(|state| {
-                    state
-                        .routing
-                        .classify(&crate::protocol::text::lossy(&query))
-                        == StatementClass::Read
-                });
+                let access = self.statement_access(&query);
                 let opaque = self.pooled.opaque_check(self.mode);
                 self.statements
-                    .define(name, definition, &query, read_only, opaque);
+                    .define(name, definition, &query, access, opaque);
             }
         }
         if self.responses.is_empty() {

@@ -15,6 +15,7 @@ use crate::protocol::extended::{
 };
 use crate::protocol::frame::{body, check_frame, query_text};
 use crate::protocol::tag::{frontend as tag, TransactionStatus};
+use crate::route::DataAccess;
 
 impl Session {
     /// Handles every complete message in the client buffer.
@@ -266,15 +267,10 @@ impl Session {
                 {
                     return Ok(false);
                 }
-                let read_only = self.statement_read_only(view.query);
+                let access = self.statement_access(view.query);
                 let opaque = self.pooled.opaque_check(self.mode);
-                self.statements.define(
-                    view.statement,
-                    view.definition,
-                    view.query,
-                    read_only,
-                    opaque,
-                );
+                self.statements
+                    .define(view.statement, view.definition, view.query, access, opaque);
                 let mut answer = BytesMut::with_capacity(5);
                 backend::parse_complete(&mut answer);
                 self.responses
@@ -320,12 +316,16 @@ impl Session {
             .push(Expect::Synthetic(answer.freeze()), &mut self.to_client);
     }
 
-    /// Whether a statement may run on a replica (only computed when routing is on).
-    fn statement_read_only(&self, query: &[u8]) -> bool {
-        self.routing.as_ref().is_some_and(|state| {
-            state.routing.classify(&crate::protocol::text::lossy(query))
-                == crate::route::StatementClass::Read
-        })
+    /// What a statement being prepared does to data (only classified when routing is
+    /// on: `MayWrite` otherwise).
+    pub(super) fn statement_access(&self, query: &[u8]) -> DataAccess {
+        match self.routing.as_ref() {
+            Some(state) => state
+                .routing
+                .classify(&crate::protocol::text::lossy(query))
+                .data_access(),
+            None => DataAccess::MayWrite,
+        }
     }
 
     fn forward(&mut self, frame: &[u8], expect: Expect) {
@@ -378,15 +378,11 @@ impl Session {
             self.forward(frame, Expect::Parse(None));
             return Ok(());
         }
-        let read_only = self.statement_read_only(view.query);
+        let access = self.statement_access(view.query);
         let opaque = self.pooled.opaque_check(self.mode);
-        let id = self.statements.define(
-            view.statement,
-            view.definition,
-            view.query,
-            read_only,
-            opaque,
-        );
+        let id =
+            self.statements
+                .define(view.statement, view.definition, view.query, access, opaque);
         let server = self.server.as_mut().expect("acquired");
         if server.prepared.contains(id.0) {
             server.prepared.touch(id.0);

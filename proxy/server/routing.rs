@@ -55,8 +55,8 @@ pub struct SessionRouting {
     pub exclude: Option<usize>,
     /// The last unnamed `Parse` classified, with its text (`routing_class.rs`).
     pub(super) last_parse: Option<ParseClass>,
-    /// The client's unnamed statement only reads (`routing_class.rs`).
-    pub(super) unnamed_read: bool,
+    /// The client's unnamed statement writes nothing (`routing_class.rs`).
+    pub(super) unnamed_writes_nothing: bool,
 }
 
 impl SessionRouting {
@@ -83,7 +83,7 @@ impl SessionRouting {
             failed_frames: Vec::new(),
             exclude: None,
             last_parse: None,
-            unnamed_read: false,
+            unnamed_writes_nothing: false,
         };
         for (name, value) in options {
             state.apply_setting(name, value);

@@ -4,7 +4,9 @@
 //! when a backend is chosen and again when it is forwarded), and whether the client's
 //! unnamed statement only reads, so that a `Bind` of it on the primary is judged by its
 //! text instead of counting as a write (which cost a read-your-writes round trip after
-//! every read a driver ran on the primary through unnamed statements).
+//! every read a driver ran on the primary through unnamed statements). Transaction
+//! control (`BEGIN`, `COMMIT`, `SAVEPOINT`, ...) writes nothing either: a transaction
+//! on the primary that only read leaves no read-your-writes position behind.
 
 use bytes::Bytes;
 
@@ -12,7 +14,7 @@ use super::session::Session;
 use crate::protocol::extended::{BindView, ParseView, TargetKind, TargetView};
 use crate::protocol::frame::{body, query_text};
 use crate::protocol::tag::frontend as tag;
-use crate::route::{hint, Hint, Routing, StatementClass};
+use crate::route::{hint, DataAccess, Hint, Routing, StatementClass};
 
 /// Unnamed `Parse` texts longer than this are classified every time, not remembered.
 const MAX_REMEMBERED_PARSE: usize = 4096;
@@ -26,11 +28,8 @@ pub struct ParseClass {
     hint: Option<Hint>,
 }
 
-fn is_read(class: &StatementClass) -> bool {
-    matches!(
-        class,
-        StatementClass::Read | StatementClass::ProxySetting { .. }
-    )
+fn writes_nothing(class: &StatementClass) -> bool {
+    class.data_access() != DataAccess::MayWrite
 }
 
 impl Session {
@@ -103,11 +102,17 @@ impl Session {
         answer
     }
 
+    /// The class of a prepared statement, from what was remembered of it. One that
+    /// changes nothing without only reading (`BEGIN`, `COMMIT`, ...) answers
+    /// `TransactionControl`: it goes to the primary and does not count as writing.
     fn stored_class(&self, name: &[u8]) -> (StatementClass, Option<Hint>) {
-        match self.statements.get(name) {
-            Some(statement) if statement.read_only => (StatementClass::Read, None),
-            _ => (StatementClass::Write, None),
-        }
+        let access = self.statements.get(name).map(|s| s.access);
+        let class = match access {
+            Some(DataAccess::Reads) => StatementClass::Read,
+            Some(DataAccess::WritesNothing) => StatementClass::TransactionControl,
+            Some(DataAccess::MayWrite) | None => StatementClass::Write,
+        };
+        (class, None)
     }
 
     /// Whether a message forwarded to the attached server may write (read-your-writes
@@ -130,24 +135,24 @@ impl Session {
                 let (class, _) = self.classify_message(message_tag, frame);
                 if unnamed {
                     if let Some(state) = self.routing.as_deref_mut() {
-                        state.unnamed_read = matches!(class, StatementClass::Read);
+                        state.unnamed_writes_nothing = writes_nothing(&class);
                     }
                 }
-                !is_read(&class)
+                !writes_nothing(&class)
             }
             tag::BIND if on_primary => {
                 let binds_unnamed =
                     BindView::parse(body(frame)).is_ok_and(|v| v.statement.is_empty());
                 match self.routing.as_deref() {
-                    Some(state) if binds_unnamed => !state.unnamed_read,
-                    _ => !is_read(&self.classify_message(message_tag, frame).0),
+                    Some(state) if binds_unnamed => !state.unnamed_writes_nothing,
+                    _ => !writes_nothing(&self.classify_message(message_tag, frame).0),
                 }
             }
             tag::QUERY => {
                 if let Some(state) = self.routing.as_deref_mut() {
-                    state.unnamed_read = false;
+                    state.unnamed_writes_nothing = false;
                 }
-                on_primary && !is_read(&self.classify_message(message_tag, frame).0)
+                on_primary && !writes_nothing(&self.classify_message(message_tag, frame).0)
             }
             tag::FUNCTION_CALL if on_primary => true,
             _ => false,

@@ -15,6 +15,7 @@ use bytes::Bytes;
 
 use super::opaque_code::OpaqueCheck;
 use super::session_effects::{effects_of, Effect};
+use crate::route::DataAccess;
 
 /// Server-side identity of a statement definition.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -90,8 +91,9 @@ pub struct PooledStatement {
     pub id: StatementId,
     /// Query text with NUL, parameter count and types, exactly as the client sent them.
     pub definition: Bytes,
-    /// May run on a replica (decided when routing is on; false otherwise).
-    pub read_only: bool,
+    /// Reads only (may run on a replica), changes nothing, or may write: decided when
+    /// routing is on, `MayWrite` otherwise.
+    pub access: DataAccess,
     /// What executing it does to the server session (`SET`, `LISTEN`, ...).
     pub effects: Option<std::sync::Arc<[Effect]>>,
     /// Executing it may leave `currval`/`lastval` state (`sequence_state.rs`).
@@ -104,14 +106,14 @@ impl PooledStatement {
     pub fn new(
         definition: &[u8],
         query: &[u8],
-        read_only: bool,
+        access: DataAccess,
         opaque: Option<OpaqueCheck>,
     ) -> PooledStatement {
         let scanned = crate::scan::scan(query);
         PooledStatement {
             id: StatementId::of(definition),
             definition: Bytes::copy_from_slice(definition),
-            read_only,
+            access,
             effects: statement_effects(query, &scanned, opaque),
             sets_sequences: scanned.may_set_sequences,
             seeds: scanned.may_seed,
@@ -152,10 +154,10 @@ impl ClientStatements {
         name: &[u8],
         definition: &[u8],
         query: &[u8],
-        read_only: bool,
+        access: DataAccess,
         opaque: Option<OpaqueCheck>,
     ) -> StatementId {
-        let statement = PooledStatement::new(definition, query, read_only, opaque);
+        let statement = PooledStatement::new(definition, query, access, opaque);
         let id = statement.id;
         if self.by_name.len() >= MAX_STATEMENTS_PER_CLIENT && !self.by_name.contains_key(name) {
             if let Some(victim) = self.by_name.keys().next().cloned() {
@@ -195,19 +197,37 @@ mod tests {
     fn same_definition_same_server_name() {
         let mut a = ClientStatements::default();
         let mut b = ClientStatements::default();
-        let ia = a.define(b"s1", b"select 1\0\0\0", b"select 1", true, None);
-        let ib = b.define(b"other", b"select 1\0\0\0", b"select 1", true, None);
+        let ia = a.define(
+            b"s1",
+            b"select 1\0\0\0",
+            b"select 1",
+            DataAccess::Reads,
+            None,
+        );
+        let ib = b.define(
+            b"other",
+            b"select 1\0\0\0",
+            b"select 1",
+            DataAccess::Reads,
+            None,
+        );
         assert_eq!(ia, ib);
         let ic = b.define(
             b"s2",
             b"select 1\0\0\x01\0\0\0\x17",
             b"select 1",
-            true,
+            DataAccess::Reads,
             None,
         );
         assert_ne!(ia, ic);
         StatementId::retire(b"select 1\0\0\0", ia);
-        let id = a.define(b"s1", b"select 1\0\0\0", b"select 1", true, None);
+        let id = a.define(
+            b"s1",
+            b"select 1\0\0\0",
+            b"select 1",
+            DataAccess::Reads,
+            None,
+        );
         assert_ne!(id, ia, "a retired definition gets a new server name");
         assert!(ia.server_name().starts_with(b"pgw_"));
         assert!(a.remove(b"s1"));
