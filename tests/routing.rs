@@ -368,6 +368,10 @@ async fn read_your_writes_under_lag_from_one_and_two_connections() {
             .await
             .unwrap_or_else(|e| panic!("{statement}: {e}"));
     }
+    reads_in_transactions
+        .batch_execute("BEGIN; SELECT count(*) FROM kv; SAVEPOINT s; SELECT 1; COMMIT")
+        .await
+        .unwrap();
     let mut transaction = reads_in_transactions.transaction().await.unwrap();
     let nested = transaction.transaction().await.unwrap(); // SAVEPOINT, extended
     nested.query("SELECT count(*) FROM kv", &[]).await.unwrap();

@@ -24,10 +24,11 @@ pub enum StatementClass {
     Write,
     /// `BEGIN`/`START TRANSACTION`; `read_only` when it says `READ ONLY`.
     Begin { read_only: bool },
-    /// `COMMIT`/`END`, `ROLLBACK`/`ABORT` (also `TO SAVEPOINT`), `SAVEPOINT`, `RELEASE`:
-    /// they end or mark the transaction they run in and change no data themselves, so a
-    /// transaction that only read does not count as writing. (`COMMIT PREPARED` and
-    /// `PREPARE TRANSACTION` do not parse, and stay writes.)
+    /// `COMMIT`/`END`, `ROLLBACK`/`ABORT` (also `TO SAVEPOINT`), `SAVEPOINT`, `RELEASE`,
+    /// and strings of those, `BEGIN`s and reads: they begin, end or mark a transaction
+    /// and change no data themselves, so a transaction that only read does not count as
+    /// writing. (`COMMIT PREPARED` and `PREPARE TRANSACTION` do not parse, and stay
+    /// writes.)
     TransactionControl,
     /// `SET pgwarden.route = ...` and friends, handled by the proxy.
     ProxySetting { name: String, value: String },
@@ -223,14 +224,22 @@ impl Classifier {
             return self.classify_one(&statements[0]);
         }
         // Several statements run as one implicit transaction: a replica only if every
-        // part is a plain read.
-        let all_read = statements
-            .iter()
-            .all(|s| self.classify_one(s) == StatementClass::Read);
+        // part is a plain read; the primary, writing nothing, if the others only begin,
+        // end or mark a transaction (`BEGIN; SELECT ...; COMMIT`).
+        let mut all_read = true;
+        for statement in &statements {
+            match self.classify_one(statement) {
+                StatementClass::Read => {}
+                StatementClass::Begin { .. } | StatementClass::TransactionControl => {
+                    all_read = false
+                }
+                _ => return StatementClass::Write,
+            }
+        }
         if all_read {
             StatementClass::Read
         } else {
-            StatementClass::Write
+            StatementClass::TransactionControl
         }
     }
 
@@ -423,7 +432,10 @@ mod tests {
             ("COMMIT PREPARED 'x'", Write),
             ("ROLLBACK PREPARED 'x'", Write),
             ("PREPARE TRANSACTION 'x'", Write),
-            ("BEGIN; SELECT 1; COMMIT", Write),
+            ("BEGIN; SELECT 1; COMMIT", TransactionControl),
+            ("BEGIN; SELECT 1; SELECT nextval('s'); COMMIT", Write),
+            ("BEGIN; INSERT INTO t VALUES (1); COMMIT", Write),
+            ("SELECT 1; SET pgwarden.route = primary", Write),
             ("this is not sql", Write),
             ("VACUUM t", Write),
             ("SET pgwarden.route = primary", ProxySetting { name: "pgwarden.route".into(), value: "primary".into() }),
