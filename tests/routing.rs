@@ -373,7 +373,9 @@ async fn read_your_writes_under_lag_from_one_and_two_connections() {
         .await
         .unwrap();
     let mut transaction = reads_in_transactions.transaction().await.unwrap();
-    let nested = transaction.transaction().await.unwrap(); // SAVEPOINT, extended
+    // A savepoint (tokio-postgres sends it as a simple query), and reads in the
+    // extended protocol, named and unnamed.
+    let nested = transaction.transaction().await.unwrap();
     nested.query("SELECT count(*) FROM kv", &[]).await.unwrap();
     nested.commit().await.unwrap();
     transaction
