@@ -1,9 +1,12 @@
 //! Read/write routing against a primary and two streaming replicas: where each kind of
-//! statement runs, hints, read-your-writes under real replication lag (replay paused),
-//! shared session keys; a replica stopped under load is in `routing/replica_faults.rs`.
+//! statement runs, hints, read-your-writes positions shared between instances and
+//! across roles. Read-your-writes under paused replay is in `routing/read_your_writes.rs`,
+//! a replica stopped under load in `routing/replica_faults.rs`.
 
 use crate::support;
 
+#[path = "routing/read_your_writes.rs"]
+mod read_your_writes;
 #[path = "routing/replica_faults.rs"]
 mod replica_faults;
 
@@ -155,6 +158,55 @@ async fn every_statement_kind_lands_where_it_must() {
     assert!(replicas.contains(&port_of(&reader, "SELECT inet_server_port()").await));
     reader.batch_execute("COMMIT").await.unwrap();
 
+    // Serializable transactions stay on the primary: a hot standby refuses them
+    // ("cannot use serializable mode in a hot standby"), so on a replica the read
+    // below would fail.
+    reader
+        .batch_execute("BEGIN ISOLATION LEVEL SERIALIZABLE READ ONLY")
+        .await
+        .unwrap();
+    assert_eq!(port_of(&reader, "SELECT inet_server_port()").await, primary);
+    reader.batch_execute("COMMIT").await.unwrap();
+    for set in [
+        "SET default_transaction_isolation = serializable",
+        "SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL SERIALIZABLE",
+    ] {
+        reader.batch_execute(set).await.unwrap();
+        assert_eq!(
+            port_of(&reader, "SELECT inet_server_port()").await,
+            primary,
+            "{set}"
+        );
+        let port: i32 = reader
+            .query_one("SELECT inet_server_port()", &[])
+            .await
+            .unwrap_or_else(|e| panic!("{set}, extended: {e}"))
+            .get(0);
+        assert_eq!(port, primary, "{set}, extended");
+        reader.batch_execute("BEGIN READ ONLY").await.unwrap();
+        assert_eq!(
+            port_of(&reader, "SELECT inet_server_port()").await,
+            primary,
+            "{set}"
+        );
+        reader.batch_execute("COMMIT").await.unwrap();
+        reader
+            .batch_execute("RESET default_transaction_isolation")
+            .await
+            .unwrap();
+        assert!(replicas.contains(&port_of(&reader, "SELECT inet_server_port()").await));
+    }
+    let serializable_url = format!(
+        "{}?options=-c%20default_transaction_isolation%3Dserializable",
+        proxy::url(&proxy)
+    );
+    let serializable = proxy::connect_url(&serializable_url).await.unwrap();
+    assert_eq!(
+        port_of(&serializable, "SELECT inet_server_port()").await,
+        primary,
+        "serializable by a startup option"
+    );
+
     // SET pgwarden.route pins a session.
     reader
         .batch_execute("SET pgwarden.route = primary")
@@ -222,198 +274,6 @@ async fn pause_replay(cluster: &LocalCluster) {
             .psql(USER, DATABASE, "SELECT pg_wal_replay_pause()")
             .unwrap();
     }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn read_your_writes_under_lag_from_one_and_two_connections() {
-    let cluster = support::cluster(2);
-    let primary = i32::from(cluster.primary().port);
-    let direct = proxy::connect_direct(&cluster).await;
-    direct
-        .batch_execute("CREATE TABLE kv (k int primary key, owner text)")
-        .await
-        .unwrap();
-    cluster
-        .wait_for_replication(Duration::from_secs(30))
-        .unwrap();
-    let proxy = proxy::start(&cluster, |c| {
-        with_replicas(&cluster)(c);
-        c.ryw.scope = RywScope::SessionKey;
-        // Replay stays paused for the whole test, which takes longer than the default
-        // lag limit (10 s) on a busy machine; past it, every read rightly goes to the
-        // primary and the bystander check below would see that instead.
-        c.routing.max_lag_ms = 600_000;
-    })
-    .await;
-    wait_replicas_healthy(&proxy).await;
-
-    // Replication lag made real: replay paused on both replicas.
-    pause_replay(&cluster).await;
-    let writer = proxy::connect(&proxy).await;
-    let key_url = format!(
-        "{}?options=-c%20pgwarden.session_key%3Duser-7",
-        proxy::url(&proxy)
-    );
-    let shared_writer = proxy::connect_url(&key_url).await.unwrap();
-    let shared_reader = proxy::connect_url(&key_url).await.unwrap();
-    let bystander = proxy::connect(&proxy).await;
-    let insert = writer
-        .prepare("INSERT INTO kv VALUES ($1, $2)")
-        .await
-        .unwrap();
-    let read = writer
-        .prepare("SELECT count(*), max(inet_server_port()) FROM kv WHERE k = $1")
-        .await
-        .unwrap();
-    let mut stale = 0;
-    for i in 0..1000i32 {
-        writer
-            .execute(&insert, &[&i, &"one-connection"])
-            .await
-            .unwrap();
-        let row = writer.query_one(&read, &[&i]).await.unwrap();
-        if row.get::<_, i64>(0) != 1 {
-            stale += 1;
-        }
-    }
-    assert_eq!(stale, 0, "stale reads on the writing connection");
-
-    // The same through unnamed statements (a Parse without a name before every
-    // execution, as most drivers send), with an unnamed read on the primary between
-    // the write and the read: the write's Bind still counts as a write.
-    let unnamed_writer = proxy::connect(&proxy).await;
-    for i in 3000..3200i32 {
-        unnamed_writer
-            .query_typed(
-                "INSERT INTO kv VALUES ($1, 'unnamed')",
-                &[(&i, tokio_postgres::types::Type::INT4)],
-            )
-            .await
-            .unwrap();
-        unnamed_writer
-            .query_typed("/* pgwarden:primary */ SELECT 1", &[])
-            .await
-            .unwrap();
-        let n: i64 = unnamed_writer
-            .query_typed_one(
-                "SELECT count(*) FROM kv WHERE k = $1",
-                &[(&i, tokio_postgres::types::Type::INT4)],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        if n != 1 {
-            stale += 1;
-        }
-    }
-    assert_eq!(stale, 0, "stale reads through unnamed statements");
-
-    let shared_read = shared_reader
-        .prepare("SELECT count(*) FROM kv WHERE k = $1")
-        .await
-        .unwrap();
-    for i in 1000..2000i32 {
-        shared_writer
-            .execute("INSERT INTO kv VALUES ($1, 'shared')", &[&i])
-            .await
-            .unwrap();
-        let n: i64 = shared_reader
-            .query_one(&shared_read, &[&i])
-            .await
-            .unwrap()
-            .get(0);
-        if n != 1 {
-            stale += 1;
-        }
-    }
-    assert_eq!(
-        stale, 0,
-        "stale reads across connections sharing a session key"
-    );
-
-    // A write inside an explicit transaction (and a savepoint) is still a write: the
-    // COMMIT that follows does not hide it.
-    for (i, script) in [
-        (4000, "BEGIN; INSERT INTO kv VALUES (4000, 'txn'); COMMIT"),
-        (
-            4001,
-            "BEGIN; SAVEPOINT a; INSERT INTO kv VALUES (4001, 'txn'); RELEASE a; COMMIT",
-        ),
-    ] {
-        for statement in script.split("; ") {
-            writer.batch_execute(statement).await.unwrap();
-        }
-        let row = writer.query_one(&read, &[&i]).await.unwrap();
-        assert_eq!(row.get::<_, i64>(0), 1, "stale read after: {script}");
-    }
-
-    // Transactions on the primary that only read leave no read-your-writes position:
-    // BEGIN, COMMIT, SAVEPOINT, RELEASE and ROLLBACK write nothing. Were they counted
-    // as writes, the next read would wait for the paused replicas, then go to the
-    // primary.
-    let mut reads_in_transactions = proxy::connect(&proxy).await;
-    for statement in [
-        "BEGIN",
-        "SELECT count(*) FROM kv",
-        "SAVEPOINT s",
-        "SELECT 1",
-        "RELEASE SAVEPOINT s",
-        "COMMIT",
-        "BEGIN",
-        "SELECT 1",
-        "ROLLBACK",
-    ] {
-        reads_in_transactions
-            .batch_execute(statement)
-            .await
-            .unwrap_or_else(|e| panic!("{statement}: {e}"));
-    }
-    reads_in_transactions
-        .batch_execute("BEGIN; SELECT count(*) FROM kv; SAVEPOINT s; SELECT 1; COMMIT")
-        .await
-        .unwrap();
-    let mut transaction = reads_in_transactions.transaction().await.unwrap();
-    // A savepoint (tokio-postgres sends it as a simple query), and reads in the
-    // extended protocol, named and unnamed.
-    let nested = transaction.transaction().await.unwrap();
-    nested.query("SELECT count(*) FROM kv", &[]).await.unwrap();
-    nested.commit().await.unwrap();
-    transaction
-        .query_typed("SELECT count(*) FROM kv", &[])
-        .await
-        .unwrap();
-    transaction.commit().await.unwrap();
-    // The same through named prepared statements (as drivers that prepare BEGIN and
-    // COMMIT after a few uses send them).
-    let begin = reads_in_transactions.prepare("BEGIN").await.unwrap();
-    let commit = reads_in_transactions.prepare("COMMIT").await.unwrap();
-    for _ in 0..3 {
-        reads_in_transactions.execute(&begin, &[]).await.unwrap();
-        reads_in_transactions
-            .query("SELECT count(*) FROM kv", &[])
-            .await
-            .unwrap();
-        reads_in_transactions.execute(&commit, &[]).await.unwrap();
-    }
-    for _ in 0..5 {
-        let port = port_of(&reads_in_transactions, "SELECT inet_server_port()").await;
-        assert_ne!(port, primary, "a read-only transaction counted as a write");
-    }
-
-    // Sessions without writes still read from the (lagging) replicas.
-    for _ in 0..10 {
-        let port = port_of(&bystander, "SELECT inet_server_port()").await;
-        assert_ne!(port, primary, "a session without writes must use replicas");
-    }
-    let lagging: i64 = bystander
-        .query_one("SELECT count(*) FROM kv", &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert!(
-        lagging < 2000,
-        "the bystander sees the replicas' (paused) state"
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -10,7 +10,7 @@ use std::ops::ControlFlow;
 
 use sqlparser::ast::{
     Expr, ObjectName, Query, SetExpr, Statement, TableFactor, TransactionAccessMode,
-    TransactionMode, Visit, Visitor,
+    TransactionIsolationLevel, TransactionMode, Visit, Visitor,
 };
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
@@ -24,12 +24,14 @@ pub enum StatementClass {
     Write,
     /// `BEGIN`/`START TRANSACTION`; `read_only` when it says `READ ONLY`.
     Begin { read_only: bool },
-    /// `COMMIT`/`END`, `ROLLBACK`/`ABORT` (also `TO SAVEPOINT`), `SAVEPOINT`, `RELEASE`,
-    /// and strings of those, `BEGIN`s and reads: they begin, end or mark a transaction
-    /// and change no data themselves, so a transaction that only read does not count as
-    /// writing. (`COMMIT PREPARED` and `PREPARE TRANSACTION` do not parse, and stay
-    /// writes.)
-    TransactionControl,
+    /// Transaction and session control: `COMMIT`/`END`, `ROLLBACK`/`ABORT` (also `TO
+    /// SAVEPOINT`), `SAVEPOINT`, `RELEASE`, `SET`/`RESET` of server settings, `DISCARD`,
+    /// and multi-statement strings made only of those, `BEGIN`s and reads (`BEGIN;
+    /// SELECT ...; COMMIT`). They run on the primary (or where their transaction is)
+    /// and change no data, so a transaction that only read, or a session that only set
+    /// something, does not count as writing. (`COMMIT PREPARED` and `PREPARE
+    /// TRANSACTION` do not parse, and stay writes.)
+    Control,
     /// `SET pgwarden.route = ...` and friends, handled by the proxy.
     ProxySetting { name: String, value: String },
 }
@@ -50,7 +52,7 @@ impl StatementClass {
         match self {
             StatementClass::Read => DataAccess::Reads,
             StatementClass::Begin { .. }
-            | StatementClass::TransactionControl
+            | StatementClass::Control
             | StatementClass::ProxySetting { .. } => DataAccess::WritesNothing,
             StatementClass::Write => DataAccess::MayWrite,
         }
@@ -230,16 +232,14 @@ impl Classifier {
         for statement in &statements {
             match self.classify_one(statement) {
                 StatementClass::Read => {}
-                StatementClass::Begin { .. } | StatementClass::TransactionControl => {
-                    all_read = false
-                }
+                StatementClass::Begin { .. } | StatementClass::Control => all_read = false,
                 _ => return StatementClass::Write,
             }
         }
         if all_read {
             StatementClass::Read
         } else {
-            StatementClass::TransactionControl
+            StatementClass::Control
         }
     }
 
@@ -252,16 +252,22 @@ impl Classifier {
                     StatementClass::Write
                 }
             }
+            // A hot standby refuses serializable mode ("cannot use serializable mode
+            // in a hot standby"): such a transaction stays on the primary.
             Statement::StartTransaction { modes, .. } => StatementClass::Begin {
                 read_only: modes.contains(&TransactionMode::AccessMode(
                     TransactionAccessMode::ReadOnly,
+                )) && !modes.contains(&TransactionMode::IsolationLevel(
+                    TransactionIsolationLevel::Serializable,
                 )),
             },
             Statement::Commit { .. }
             | Statement::Rollback { .. }
             | Statement::Savepoint { .. }
-            | Statement::ReleaseSavepoint { .. } => StatementClass::TransactionControl,
-            Statement::Set(set) => proxy_setting(set).unwrap_or(StatementClass::Write),
+            | Statement::ReleaseSavepoint { .. }
+            | Statement::Reset(_)
+            | Statement::Discard { .. } => StatementClass::Control,
+            Statement::Set(set) => proxy_setting(set).unwrap_or(StatementClass::Control),
             _ => StatementClass::Write,
         }
     }
@@ -420,27 +426,37 @@ mod tests {
             ("BEGIN", Begin { read_only: false }),
             ("BEGIN READ ONLY", Begin { read_only: true }),
             ("START TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY", Begin { read_only: true }),
-            ("COMMIT", TransactionControl),
-            ("END", TransactionControl),
-            ("commit and chain", TransactionControl),
-            ("ROLLBACK", TransactionControl),
-            ("ABORT", TransactionControl),
-            ("ROLLBACK TO SAVEPOINT s", TransactionControl),
-            ("SAVEPOINT s", TransactionControl),
-            ("RELEASE SAVEPOINT s", TransactionControl),
-            ("RELEASE s", TransactionControl),
+            ("BEGIN ISOLATION LEVEL SERIALIZABLE READ ONLY", Begin { read_only: false }),
+            ("START TRANSACTION READ ONLY, ISOLATION LEVEL SERIALIZABLE", Begin { read_only: false }),
+            ("COMMIT", Control),
+            ("END", Control),
+            ("commit and chain", Control),
+            ("ROLLBACK", Control),
+            ("ABORT", Control),
+            ("ROLLBACK TO SAVEPOINT s", Control),
+            ("SAVEPOINT s", Control),
+            ("RELEASE SAVEPOINT s", Control),
+            ("RELEASE s", Control),
             ("COMMIT PREPARED 'x'", Write),
             ("ROLLBACK PREPARED 'x'", Write),
             ("PREPARE TRANSACTION 'x'", Write),
-            ("BEGIN; SELECT 1; COMMIT", TransactionControl),
+            ("BEGIN; SELECT 1; COMMIT", Control),
             ("BEGIN; SELECT 1; SELECT nextval('s'); COMMIT", Write),
             ("BEGIN; INSERT INTO t VALUES (1); COMMIT", Write),
             ("SELECT 1; SET pgwarden.route = primary", Write),
+            ("SET work_mem = '4MB'; INSERT INTO t VALUES (1)", Write),
             ("this is not sql", Write),
             ("VACUUM t", Write),
             ("SET pgwarden.route = primary", ProxySetting { name: "pgwarden.route".into(), value: "primary".into() }),
             ("SET pgwarden.session_key TO 'user-7'", ProxySetting { name: "pgwarden.session_key".into(), value: "user-7".into() }),
-            ("SET work_mem = '4MB'", Write),
+            ("SET work_mem = '4MB'", Control),
+            ("SET LOCAL statement_timeout = 0", Control),
+            ("SET TIME ZONE 'UTC'", Control),
+            ("RESET work_mem", Control),
+            ("RESET ALL", Control),
+            ("DISCARD ALL", Control),
+            ("SET work_mem = '4MB'; SELECT 1", Control),
+            ("SELECT set_config('work_mem', '4MB', false)", Write),
         ];
         for (sql, expected) in cases {
             assert_eq!(&class(sql), expected, "{sql}");

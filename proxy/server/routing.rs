@@ -166,8 +166,10 @@ impl Session {
         let wants_replica = match (hint, state.mode, &class) {
             (Some(Hint::Primary), _, _) | (None, RouteMode::Primary, _) => false,
             (Some(Hint::Replica), _, _) | (None, RouteMode::Replica, _) => true,
-            (_, _, StatementClass::Read) => true,
-            (_, _, StatementClass::Begin { read_only }) => *read_only,
+            (_, _, StatementClass::Read) => !self.settings.serializable_by_default(),
+            (_, _, StatementClass::Begin { read_only }) => {
+                *read_only && !self.settings.serializable_by_default()
+            }
             _ => false,
         };
         if !wants_replica {

@@ -4,9 +4,10 @@
 //! when a backend is chosen and again when it is forwarded), and whether the client's
 //! unnamed statement only reads, so that a `Bind` of it on the primary is judged by its
 //! text instead of counting as a write (which cost a read-your-writes round trip after
-//! every read a driver ran on the primary through unnamed statements). Transaction
-//! control (`BEGIN`, `COMMIT`, `SAVEPOINT`, ...) writes nothing either: a transaction
-//! on the primary that only read leaves no read-your-writes position behind.
+//! every read a driver ran on the primary through unnamed statements). Transaction and
+//! session control (`BEGIN`, `COMMIT`, `SAVEPOINT`, `SET`, ...) writes nothing either: a
+//! transaction on the primary that only read, or a `SET`, leaves no read-your-writes
+//! position behind.
 
 use bytes::Bytes;
 
@@ -103,13 +104,13 @@ impl Session {
     }
 
     /// The class of a prepared statement, from what was remembered of it. One that
-    /// changes nothing without only reading (`BEGIN`, `COMMIT`, ...) answers
-    /// `TransactionControl`: it goes to the primary and does not count as writing.
+    /// changes nothing without only reading (`BEGIN`, `COMMIT`, `SET`, ...) answers
+    /// `Control`: it goes to the primary and does not count as writing.
     fn stored_class(&self, name: &[u8]) -> (StatementClass, Option<Hint>) {
         let access = self.statements.get(name).map(|s| s.access);
         let class = match access {
             Some(DataAccess::Reads) => StatementClass::Read,
-            Some(DataAccess::WritesNothing) => StatementClass::TransactionControl,
+            Some(DataAccess::WritesNothing) => StatementClass::Control,
             Some(DataAccess::MayWrite) | None => StatementClass::Write,
         };
         (class, None)

@@ -253,6 +253,24 @@ impl SessionSettings {
         self.defaults.contains_key(&name) || self.entries.contains_key(&name)
     }
 
+    /// Whether the session's transactions are serializable unless they say otherwise
+    /// (`SET default_transaction_isolation`, `SET SESSION CHARACTERISTICS`, or a
+    /// startup option): a hot standby refuses them, so its reads stay on the primary.
+    pub fn serializable_by_default(&self) -> bool {
+        if self.hash == 0 {
+            return false; // no settings at all: the common case, one comparison
+        }
+        const NAME: &str = "default_transaction_isolation";
+        let sets_serializable = |sql: &String| sql.to_ascii_lowercase().contains("serializable");
+        match self.entries.get(NAME) {
+            // `SET ... TO DEFAULT` returns to the startup value, as `RESET` does.
+            Some(sql) if !sql.to_ascii_lowercase().trim_end().ends_with("default") => {
+                sets_serializable(sql)
+            }
+            _ => self.defaults.get(NAME).is_some_and(sets_serializable),
+        }
+    }
+
     /// 0 when the client has no settings of its own.
     pub fn hash(&self) -> u64 {
         self.hash
@@ -287,6 +305,40 @@ impl SessionSettings {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn serializable_by_default_follows_set_reset_and_startup() {
+        let mut settings = SessionSettings::default();
+        assert!(!settings.serializable_by_default());
+        settings.set_value("application_name", "app");
+        assert!(!settings.serializable_by_default());
+        let set = |sql: &str| classify_setting(sql).expect(sql);
+        for change in set("SET default_transaction_isolation = 'serializable'") {
+            settings.apply(&change);
+        }
+        assert!(settings.serializable_by_default());
+        for change in set("SET default_transaction_isolation TO 'repeatable read'") {
+            settings.apply(&change);
+        }
+        assert!(!settings.serializable_by_default());
+        for change in set("SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL SERIALIZABLE")
+        {
+            settings.apply(&change);
+        }
+        assert!(settings.serializable_by_default());
+        for change in set("RESET default_transaction_isolation") {
+            settings.apply(&change);
+        }
+        assert!(!settings.serializable_by_default());
+        // A startup option is the session's default, which RESET and SET ... TO
+        // DEFAULT return to.
+        settings.set_value("default_transaction_isolation", "serializable");
+        assert!(settings.serializable_by_default());
+        for change in set("SET default_transaction_isolation TO DEFAULT") {
+            settings.apply(&change);
+        }
+        assert!(settings.serializable_by_default());
+    }
 
     #[test]
     fn classifies_session_settings() {
