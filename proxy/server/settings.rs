@@ -261,13 +261,14 @@ impl SessionSettings {
             return false; // no settings at all: the common case, one comparison
         }
         const NAME: &str = "default_transaction_isolation";
-        let sets_serializable = |sql: &String| sql.to_ascii_lowercase().contains("serializable");
-        match self.entries.get(NAME) {
+        let lowered = |sql: &String| sql.to_ascii_lowercase();
+        match self.entries.get(NAME).map(lowered) {
             // `SET ... TO DEFAULT` returns to the startup value, as `RESET` does.
-            Some(sql) if !sql.to_ascii_lowercase().trim_end().ends_with("default") => {
-                sets_serializable(sql)
-            }
-            _ => self.defaults.get(NAME).is_some_and(sets_serializable),
+            Some(sql) if !sql.trim_end().ends_with("default") => sql.contains("serializable"),
+            _ => self
+                .defaults
+                .get(NAME)
+                .is_some_and(|sql| lowered(sql).contains("serializable")),
         }
     }
 
