@@ -29,7 +29,7 @@ pub struct Burst {
     pub parent_query: Arc<str>,
     pub count: u32,
     /// Distinct parameter hashes seen, up to `MAX_PARAMS`.
-    pub params: Vec<u64>,
+    params: ParamSet,
     pub child_time: Duration,
     /// When the first child started and the last one ended.
     pub started: Instant,
@@ -40,13 +40,72 @@ pub struct Burst {
 
 impl Burst {
     pub fn distinct_params(&self) -> usize {
-        self.params.len()
+        usize::from(self.params.len)
+    }
+
+    /// Whether the burst repeated enough to count: `min` children with `min` distinct
+    /// parameter sets (as far as `MAX_PARAMS` can tell).
+    pub fn qualifies(&self, min: usize) -> bool {
+        self.count as usize >= min && self.distinct_params() >= min.min(MAX_PARAMS)
     }
 
     /// Wall time from the first child's start to the last child's end: the children's
     /// own time plus every round trip between them.
     pub fn span(&self) -> Duration {
         self.last.saturating_duration_since(self.started)
+    }
+}
+
+/// Up to `MAX_PARAMS` distinct parameter hashes, kept inline: a burst opens on almost
+/// every statement of a workload whose statements differ (TPC-B opens one per
+/// statement), so it must not allocate.
+#[derive(Debug, Clone, Copy)]
+struct ParamSet {
+    hashes: [u64; MAX_PARAMS],
+    len: u8,
+}
+
+impl ParamSet {
+    fn of(first: u64) -> ParamSet {
+        let mut hashes = [0; MAX_PARAMS];
+        hashes[0] = first;
+        ParamSet { hashes, len: 1 }
+    }
+
+    fn insert(&mut self, hash: u64) {
+        let len = usize::from(self.len);
+        if len < MAX_PARAMS && !self.hashes[..len].contains(&hash) {
+            self.hashes[len] = hash;
+            self.len += 1;
+        }
+    }
+}
+
+/// Where closed bursts go: only those that [`Burst::qualifies`] are kept, the rest
+/// (nearly all of them, in a workload without loops) are dropped on the spot.
+#[derive(Debug)]
+pub struct Closed {
+    min: usize,
+    pub bursts: Vec<Burst>,
+}
+
+impl Closed {
+    /// Keeps bursts of at least `min` repeats.
+    pub fn new(min: usize) -> Closed {
+        Closed {
+            min,
+            bursts: Vec::new(),
+        }
+    }
+
+    fn push(&mut self, burst: Burst) {
+        if burst.qualifies(self.min) {
+            self.bursts.push(burst);
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.bursts.is_empty()
     }
 }
 
@@ -78,8 +137,8 @@ impl Scope {
         }
     }
 
-    /// Follows one statement; bursts it closes are appended to `closed`.
-    pub fn observe(&mut self, statement: &Statement<'_>, closed: &mut Vec<Burst>) {
+    /// Follows one statement; bursts it closes go to `closed`.
+    pub fn observe(&mut self, statement: &Statement<'_>, closed: &mut Closed) {
         let fingerprint = statement.fingerprint;
         self.last = statement.ended;
         self.seq += 1;
@@ -98,9 +157,7 @@ impl Scope {
         }
         if let Some(burst) = self.open.iter_mut().find(|b| b.child == fingerprint) {
             burst.count += 1;
-            if burst.params.len() < MAX_PARAMS && !burst.params.contains(&statement.params) {
-                burst.params.push(statement.params);
-            }
+            burst.params.insert(statement.params);
             burst.child_time += statement.duration;
             burst.last = statement.ended;
             burst.last_seq = seq;
@@ -121,7 +178,7 @@ impl Scope {
                 parent: *parent,
                 parent_query: parent_query.clone(),
                 count: 1,
-                params: vec![statement.params],
+                params: ParamSet::of(statement.params),
                 child_time: statement.duration,
                 started: statement
                     .ended
@@ -137,7 +194,7 @@ impl Scope {
     }
 
     /// Closes bursts idle since before `idle_since`.
-    pub fn close_idle(&mut self, idle_since: Instant, closed: &mut Vec<Burst>) {
+    pub fn close_idle(&mut self, idle_since: Instant, closed: &mut Closed) {
         let mut i = 0;
         while i < self.open.len() {
             if self.open[i].last < idle_since {
@@ -149,15 +206,16 @@ impl Scope {
     }
 
     /// Closes everything (the session is forgotten).
-    pub fn close_all(&mut self, closed: &mut Vec<Burst>) {
-        closed.append(&mut self.open);
+    pub fn close_all(&mut self, closed: &mut Closed) {
+        for burst in self.open.drain(..) {
+            closed.push(burst);
+        }
     }
 }
 
 /// Bytes one scope may take at most (its key, itself and full open bursts).
 pub fn scope_bytes() -> usize {
-    std::mem::size_of::<(u64, Scope)>()
-        + MAX_OPEN * (std::mem::size_of::<Burst>() + MAX_PARAMS * std::mem::size_of::<u64>())
+    std::mem::size_of::<(u64, Scope)>() + MAX_OPEN * std::mem::size_of::<Burst>()
 }
 
 #[cfg(test)]
@@ -166,7 +224,7 @@ mod tests {
 
     fn run(scope: &mut Scope, start: Instant, steps: &[(u64, u64)]) -> Vec<Burst> {
         let query: Arc<str> = Arc::from("q");
-        let mut closed = Vec::new();
+        let mut closed = Closed::new(0);
         for (i, (fingerprint, params)) in steps.iter().enumerate() {
             scope.observe(
                 &Statement {
@@ -179,7 +237,7 @@ mod tests {
                 &mut closed,
             );
         }
-        closed
+        closed.bursts
     }
 
     #[test]
@@ -229,8 +287,10 @@ mod tests {
                 (8, 0),
             ]);
         }
-        let mut closed = run(&mut scope, start, &steps);
+        let mut closed = Closed::new(0);
+        closed.bursts = run(&mut scope, start, &steps);
         scope.close_all(&mut closed);
+        let closed = closed.bursts;
         assert!(closed.iter().any(|b| b.child == 3), "{closed:?}");
         assert!(closed.iter().all(|b| b.count < 5), "{closed:?}");
     }
@@ -241,9 +301,35 @@ mod tests {
         let mut scope = Scope::new(start);
         let closed = run(&mut scope, start, &[(1, 0), (2, 1), (2, 2)]);
         assert!(closed.is_empty());
-        let mut closed = Vec::new();
+        let mut closed = Closed::new(0);
         scope.close_idle(start + Duration::from_secs(1), &mut closed);
-        assert_eq!(closed.len(), 1);
-        assert_eq!(closed[0].count, 2);
+        assert_eq!(closed.bursts.len(), 1);
+        assert_eq!(closed.bursts[0].count, 2);
+    }
+
+    #[test]
+    fn bursts_too_short_to_count_are_dropped_where_they_close() {
+        let start = Instant::now();
+        let query: Arc<str> = Arc::from("q");
+        let mut scope = Scope::new(start);
+        let mut closed = Closed::new(3);
+        // Child 2 runs three times after parent 1 (distinct parameters), child 4 once
+        // after parent 3; parent 1 again closes the first, idleness the second.
+        for (i, (fingerprint, params)) in [(1, 0), (2, 1), (2, 2), (2, 3), (3, 0), (4, 5), (1, 0)]
+            .into_iter()
+            .enumerate()
+        {
+            let statement = Statement {
+                fingerprint,
+                query: &query,
+                params,
+                duration: Duration::from_millis(1),
+                ended: start + Duration::from_millis(i as u64 + 1),
+            };
+            scope.observe(&statement, &mut closed);
+        }
+        scope.close_all(&mut closed);
+        let kept: Vec<(u64, u32)> = closed.bursts.iter().map(|b| (b.child, b.count)).collect();
+        assert_eq!(kept, vec![(2, 3)], "{:?}", closed.bursts);
     }
 }

@@ -17,7 +17,7 @@ use arc_swap::ArcSwap;
 use super::advisory::{
     now_secs, per_hour, Advisory, AdvisoryKind, FingerprintRef, NPlusOneDetails,
 };
-use super::burst::{scope_bytes, Burst, Scope, Statement};
+use super::burst::{scope_bytes, Closed, Scope, Statement};
 use crate::config::NPlusOneConfig;
 use crate::stats::fingerprint::FingerprintId;
 use crate::stats::{process_map, Call, CallObserver, MemoryGauges, ProcessMap};
@@ -64,7 +64,8 @@ pub struct Detector {
     dirty: bool,
     last_publish: Option<Instant>,
     last_idle_check: Option<Instant>,
-    closed: Vec<Burst>,
+    /// Bursts closed and worth counting, until `settle` counts them.
+    closed: Closed,
 }
 
 impl Detector {
@@ -74,6 +75,7 @@ impl Detector {
         memory: Arc<MemoryGauges>,
     ) -> Detector {
         Detector {
+            closed: Closed::new(settings.min_repeats as usize),
             settings,
             scopes: process_map(),
             patterns: process_map(),
@@ -84,7 +86,6 @@ impl Detector {
             dirty: false,
             last_publish: None,
             last_idle_check: None,
-            closed: Vec::new(),
         }
     }
 
@@ -110,14 +111,13 @@ impl Detector {
 
     /// Counts the closed bursts that qualify.
     fn settle(&mut self) {
-        let min = self.settings.min_repeats as usize;
+        if self.closed.is_empty() {
+            return;
+        }
         let now = now_secs();
-        for burst in std::mem::take(&mut self.closed) {
-            if (burst.count as usize) < min
-                || burst.distinct_params() < min.min(super::burst::MAX_PARAMS)
-            {
-                continue;
-            }
+        // Taken and given back, so that the buffer keeps its capacity.
+        let mut closed = std::mem::take(&mut self.closed.bursts);
+        for burst in closed.drain(..) {
             let key = (burst.parent, burst.child);
             let pattern = match self.patterns.get_mut(&key) {
                 Some(pattern) => pattern,
@@ -146,6 +146,7 @@ impl Detector {
             pattern.last_seen = now;
             self.dirty = true;
         }
+        self.closed.bursts = closed;
         let limit = usize::try_from(self.settings.max_bytes / 2).unwrap_or(usize::MAX);
         while self.pattern_bytes > limit && !self.patterns.is_empty() {
             let rarest = *self

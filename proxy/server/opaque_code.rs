@@ -120,6 +120,7 @@ const NOT_CALLS: &[&[u8]] = &[
     b"distinct",
     b"double",
     b"else",
+    b"except",
     b"exclude",
     b"exists",
     b"extract",
@@ -156,6 +157,7 @@ const NOT_CALLS: &[&[u8]] = &[
     b"of",
     b"offset",
     b"on",
+    b"only",
     b"or",
     b"order",
     b"over",
@@ -178,9 +180,11 @@ const NOT_CALLS: &[&[u8]] = &[
     b"some",
     b"substring",
     b"table",
+    b"tablesample",
     b"then",
     b"time",
     b"timestamp",
+    b"to",
     b"trim",
     b"union",
     b"unique",
@@ -201,30 +205,26 @@ const NOT_CALLS: &[&[u8]] = &[
     b"xmlroot",
     b"xmlserialize",
     b"zone",
-    b"except",
-    b"only",
-    b"tablesample",
-    b"to",
 ];
 
 /// Words after which `name (` is a relation or alias with a column list.
 const BEFORE_COLUMN_LIST: &[&[u8]] = &[
-    b"into",
-    b"table",
-    b"references",
     b"as",
-    b"with",
-    b"recursive",
-    b"copy",
-    b"view",
-    b"index",
-    b"update",
     b"constraint",
+    b"copy",
+    b"index",
+    b"into",
+    b"recursive",
+    b"references",
+    b"table",
     b"type",
+    b"update",
+    b"view",
+    b"with",
 ];
 
 /// Schemas whose functions are PostgreSQL's own.
-const BUILTIN_SCHEMAS: &[&[u8]] = &[b"pg_catalog", b"information_schema"];
+const BUILTIN_SCHEMAS: &[&[u8]] = &[b"information_schema", b"pg_catalog"];
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Token {
@@ -405,13 +405,24 @@ impl Scan<'_> {
     }
 }
 
+/// Whether `word` is in `list` (sorted, lower case): as written when `quoted`, else in
+/// any case. A binary search: the scan asks at every `(`, and `NOT_CALLS` is long.
 fn is_one_of(word: &[u8], quoted: bool, list: &[&[u8]]) -> bool {
     if quoted {
-        list.contains(&word)
-    } else {
-        list.iter().any(|w| w.eq_ignore_ascii_case(word))
+        return list.binary_search(&word).is_ok();
     }
+    let mut lowered = [0u8; LONGEST_LISTED_WORD];
+    let Some(lowered) = lowered.get_mut(..word.len()) else {
+        return false; // longer than every listed word
+    };
+    for (to, from) in lowered.iter_mut().zip(word) {
+        *to = from.to_ascii_lowercase();
+    }
+    list.binary_search(&&*lowered).is_ok()
 }
+
+/// The length of the longest word in the lists above.
+const LONGEST_LISTED_WORD: usize = 18;
 
 fn is_word_start(byte: u8) -> bool {
     byte.is_ascii_alphabetic() || byte == b'_' || byte >= 0x80
@@ -510,6 +521,31 @@ mod tests {
 
     fn opaque(sql: &str) -> bool {
         runs_opaque_code(sql.as_bytes(), Some(&safe_functions()))
+    }
+
+    /// `is_one_of` searches the lists by halves: they must stay sorted, lower case,
+    /// and no longer than its buffer.
+    #[test]
+    fn word_lists_are_sorted_lower_case_and_fit_the_buffer() {
+        for list in [NOT_CALLS, BEFORE_COLUMN_LIST, BUILTIN_SCHEMAS] {
+            assert!(list.windows(2).all(|w| w[0] < w[1]), "unsorted: {list:?}");
+            for word in list {
+                assert_eq!(word.to_ascii_lowercase(), *word);
+                assert!(word.len() <= LONGEST_LISTED_WORD);
+                assert!(is_one_of(word, false, list) && is_one_of(word, true, list));
+                assert!(is_one_of(&word.to_ascii_uppercase(), false, list));
+            }
+        }
+        assert!(!is_one_of(b"xmlserializex", false, NOT_CALLS));
+        assert!(
+            !is_one_of(b"VALUES", true, NOT_CALLS),
+            "quoted names keep their case"
+        );
+        assert!(!is_one_of(
+            b"information_schema_and_more",
+            false,
+            BUILTIN_SCHEMAS
+        ));
     }
 
     #[test]
