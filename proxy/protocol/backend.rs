@@ -54,8 +54,14 @@ pub fn command_complete(out: &mut BytesMut, command: &str) {
 
 /// The SQLSTATE (`C` field) of an `ErrorResponse` body.
 pub fn error_code(body: &[u8]) -> Option<&[u8]> {
+    error_field(body, b'C')
+}
+
+/// The field of an `ErrorResponse` (or `NoticeResponse`) body with type `kind`
+/// (`C` SQLSTATE, `M` message, `S` severity, ...).
+pub fn error_field(body: &[u8], kind: u8) -> Option<&[u8]> {
     body.split(|b| *b == 0)
-        .find(|field| field.first() == Some(&b'C'))
+        .find(|field| field.first() == Some(&kind))
         .map(|field| &field[1..])
 }
 

@@ -10,6 +10,7 @@ pub mod circuit;
 mod classify;
 mod monitor;
 pub mod ryw;
+pub mod serializable_roles;
 pub mod topology;
 
 use std::collections::HashMap;

@@ -59,6 +59,8 @@ pub struct Topology {
     /// (when, primary insert LSN) from recent polls, newest last.
     primary_history: Mutex<VecDeque<(Instant, Lsn)>>,
     next: AtomicUsize,
+    /// Roles a replica refused as serializable by default (`serializable_roles.rs`).
+    pub serializable_roles: super::serializable_roles::SerializableRoles,
 }
 
 const HISTORY: usize = 600;
@@ -101,6 +103,7 @@ impl Topology {
             backends,
             primary_history: Mutex::new(VecDeque::new()),
             next: AtomicUsize::new(0),
+            serializable_roles: Default::default(),
         }
     }
 

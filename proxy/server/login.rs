@@ -90,6 +90,7 @@ pub async fn log_in(
                         topology,
                         &config,
                         &proxy_options,
+                        &identity.user,
                     ))
                 })
             } else {

@@ -53,6 +53,13 @@ pub struct SessionRouting {
     pub failed_frames: Vec<Bytes>,
     /// A replica that just failed this request.
     pub exclude: Option<usize>,
+    /// The client's role is serializable by default on the server (`ALTER ROLE` or
+    /// `ALTER DATABASE`), as a replica's refusal showed (`route/serializable_roles.rs`):
+    /// its reads go to the primary unless the client set its own isolation.
+    pub serializable_role: bool,
+    /// The failed request was a replica's refusal of serializable mode, not a fault:
+    /// retried on the primary, and the replica stays healthy.
+    pub refused_serializable: bool,
     /// The last unnamed `Parse` classified, with its text (`routing_class.rs`).
     pub(super) last_parse: Option<ParseClass>,
     /// The client's unnamed statement writes nothing (`routing_class.rs`).
@@ -65,7 +72,9 @@ impl SessionRouting {
         topology: Arc<Topology>,
         config: &crate::config::Config,
         options: &[(String, String)],
+        user: &str,
     ) -> SessionRouting {
+        let serializable_role = topology.serializable_roles.contains(user);
         let mut state = SessionRouting {
             routing,
             topology,
@@ -82,6 +91,8 @@ impl SessionRouting {
             retry_bytes: 0,
             failed_frames: Vec::new(),
             exclude: None,
+            serializable_role,
+            refused_serializable: false,
             last_parse: None,
             unnamed_writes_nothing: false,
         };
@@ -163,13 +174,18 @@ impl Session {
         let Some(state) = self.routing.as_ref() else {
             return Ok(0);
         };
+        if state.refused_serializable {
+            return Ok(0); // the retry of a read a replica refused as serializable
+        }
+        let serializable = || {
+            self.settings
+                .serializable_by_default(state.serializable_role)
+        };
         let wants_replica = match (hint, state.mode, &class) {
             (Some(Hint::Primary), _, _) | (None, RouteMode::Primary, _) => false,
             (Some(Hint::Replica), _, _) | (None, RouteMode::Replica, _) => true,
-            (_, _, StatementClass::Read) => !self.settings.serializable_by_default(),
-            (_, _, StatementClass::Begin { read_only }) => {
-                *read_only && !self.settings.serializable_by_default()
-            }
+            (_, _, StatementClass::Read) => !serializable(),
+            (_, _, StatementClass::Begin { read_only }) => *read_only && !serializable(),
             _ => false,
         };
         if !wants_replica {
@@ -311,20 +327,29 @@ impl Session {
             return Ok(false);
         };
         let frames = std::mem::take(&mut state.failed_frames);
+        // Taken here, so that no way out leaves it set; set again for the replay.
+        let refused_serializable = std::mem::take(&mut state.refused_serializable);
         let Some(failed) = failed else {
             return Ok(false);
         };
         if failed == 0 || frames.is_empty() || state.exclude.is_some() {
             return Ok(false);
         }
-        state.topology.mark_unhealthy(failed);
-        state.topology.record_failure(failed);
-        state.topology.backends[failed]
-            .errors
-            .fetch_add(1, Ordering::Relaxed);
+        state.refused_serializable = refused_serializable;
+        if refused_serializable {
+            // Not a fault of the replica: `choose_backend` sends the retry to the
+            // primary, and the replica stays healthy.
+            tracing::debug!(replica = %state.topology.backends[failed].address, "a replica refused a read as serializable; retrying it on the primary");
+        } else {
+            state.topology.mark_unhealthy(failed);
+            state.topology.record_failure(failed);
+            state.topology.backends[failed]
+                .errors
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::info!(replica = %state.topology.backends[failed].address, "retrying a read on another backend");
+        }
         state.forget_frames();
         state.exclude = Some(failed);
-        tracing::info!(replica = %state.topology.backends[failed].address, "retrying a read on another backend");
         self.responses.clear();
         self.to_server.clear();
         self.status = TransactionStatus::Idle;
@@ -337,6 +362,7 @@ impl Session {
         }
         if let Some(state) = self.routing.as_mut() {
             state.exclude = None;
+            state.refused_serializable = false;
         }
         result.map(|_| true)
     }

@@ -14,17 +14,27 @@ use super::SessionError;
 use crate::protocol::backend::{command_tag, error_code};
 use crate::protocol::frame::check_frame;
 use crate::protocol::tag::{backend as tag, TransactionStatus};
+use crate::route::serializable_roles::is_serializable_refusal;
 
 /// PostgreSQL's own limit on one message is 1 GiB.
 const MAX_SERVER_MESSAGE: usize = (1 << 30) + 64;
 
 impl Session {
     pub(super) fn handle_server_messages(&mut self) -> Result<(), SessionError> {
-        if self.replica_failed_before_answering() {
-            self.server_failed();
-            return Err(SessionError::ServerLost(
-                "replica terminated the connection".into(),
-            ));
+        match self.replica_answer_before_relay() {
+            ReplicaAnswer::Relay => {}
+            ReplicaAnswer::Failed => {
+                self.server_failed();
+                return Err(SessionError::ServerLost(
+                    "replica terminated the connection".into(),
+                ));
+            }
+            ReplicaAnswer::RefusedSerializable { recognized } => {
+                self.replica_refused_serializable(recognized);
+                return Err(SessionError::ServerLost(
+                    "replica refused serializable mode".into(),
+                ));
+            }
         }
         if let Some(state) = self.routing.as_mut() {
             if !state.retry_frames.is_empty()
@@ -223,28 +233,68 @@ impl Session {
     }
 }
 
+/// What a replica's answer to a retryable request (an autocommit read, none of whose
+/// answer reached the client yet) calls for.
+enum ReplicaAnswer {
+    /// Relay it.
+    Relay,
+    /// The replica ended it with a FATAL error (shutting down, restarting): retry
+    /// elsewhere, as for a lost connection.
+    Failed,
+    /// The replica refused it as serializable, SQLSTATE 0A000 before anything else
+    /// (a hot standby runs no serializable transaction): retry on the primary.
+    /// `recognized`: by PostgreSQL's message too, so the role's default is learned.
+    RefusedSerializable { recognized: bool },
+}
+
 impl Session {
-    /// A replica ended a request that can still be retried with a FATAL error (it is
-    /// shutting down or restarting) before the client was sent any of the answer:
-    /// treat it as a lost connection. The FATAL need not come first: a backend stopped
-    /// mid-query sends the `RowDescription` it had buffered, then the FATAL, in one
-    /// write, and none of it has reached the client yet.
-    fn replica_failed_before_answering(&self) -> bool {
+    /// A replica ended a request that can still be retried with a FATAL error, or
+    /// refused it as serializable, before the client was sent any of the answer. The
+    /// FATAL need not come first: a backend stopped mid-query sends the
+    /// `RowDescription` it had buffered, then the FATAL, in one write, and none of it
+    /// has reached the client yet.
+    fn replica_answer_before_relay(&self) -> ReplicaAnswer {
         let (Some(state), Some(server)) = (self.routing.as_ref(), self.server.as_ref()) else {
-            return false;
+            return ReplicaAnswer::Relay;
         };
         if self.backend == 0 || state.retry_frames.is_empty() {
-            return false;
+            return ReplicaAnswer::Relay;
         }
         let mut rest = &server.read_buf[..];
+        let mut first = true;
         while let Ok(Some(len)) = check_frame(rest, MAX_SERVER_MESSAGE) {
             match rest[0] {
-                tag::ERROR_RESPONSE if is_fatal(&rest[5..len]) => return true,
-                tag::READY_FOR_QUERY => return false,
+                tag::ERROR_RESPONSE if is_fatal(&rest[5..len]) => return ReplicaAnswer::Failed,
+                tag::ERROR_RESPONSE if first && error_code(&rest[5..len]) == Some(b"0A000") => {
+                    return ReplicaAnswer::RefusedSerializable {
+                        recognized: is_serializable_refusal(&rest[5..len]),
+                    };
+                }
+                tag::READY_FOR_QUERY => return ReplicaAnswer::Relay,
                 _ => rest = &rest[len..],
             }
+            first = false;
         }
-        false
+        ReplicaAnswer::Relay
+    }
+
+    /// The replica refused this read as serializable: the connection is closed (it is
+    /// in the middle of its error), and the read is retried on the primary with the
+    /// replica left healthy (`retry_elsewhere`). A refusal PostgreSQL's message names
+    /// is learned for the role (`route/serializable_roles.rs`), so its next reads go
+    /// to the primary first.
+    fn replica_refused_serializable(&mut self, recognized: bool) {
+        let user = &self.identity.user;
+        if let Some(state) = self.routing.as_mut() {
+            state.refused_serializable = true;
+            if recognized && !state.serializable_role {
+                state.serializable_role = true;
+                state.topology.serializable_roles.learn(user);
+                tracing::info!(%user, database = %state.topology.database,
+                    "a replica refused this role's reads as serializable (its default_transaction_isolation, set by ALTER ROLE or ALTER DATABASE): they go to the primary");
+            }
+        }
+        self.server_failed();
     }
 }
 

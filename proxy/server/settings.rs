@@ -256,9 +256,11 @@ impl SessionSettings {
     /// Whether the session's transactions are serializable unless they say otherwise
     /// (`SET default_transaction_isolation`, `SET SESSION CHARACTERISTICS`, or a
     /// startup option): a hot standby refuses them, so its reads stay on the primary.
-    pub fn serializable_by_default(&self) -> bool {
+    /// `server_default`: whether they are without any of those (the role's or the
+    /// database's default, as learned from a replica's refusal).
+    pub fn serializable_by_default(&self, server_default: bool) -> bool {
         if self.hash == 0 {
-            return false; // no settings at all: the common case, one comparison
+            return server_default; // no settings at all: the common case
         }
         const NAME: &str = "default_transaction_isolation";
         let lowered = |sql: &String| sql.to_ascii_lowercase();
@@ -268,7 +270,7 @@ impl SessionSettings {
             _ => self
                 .defaults
                 .get(NAME)
-                .is_some_and(|sql| lowered(sql).contains("serializable")),
+                .map_or(server_default, |sql| lowered(sql).contains("serializable")),
         }
     }
 
@@ -310,35 +312,59 @@ mod tests {
     #[test]
     fn serializable_by_default_follows_set_reset_and_startup() {
         let mut settings = SessionSettings::default();
-        assert!(!settings.serializable_by_default());
+        assert!(!settings.serializable_by_default(false));
         settings.set_value("application_name", "app");
-        assert!(!settings.serializable_by_default());
+        assert!(!settings.serializable_by_default(false));
         let set = |sql: &str| classify_setting(sql).expect(sql);
         for change in set("SET default_transaction_isolation = 'serializable'") {
             settings.apply(&change);
         }
-        assert!(settings.serializable_by_default());
+        assert!(settings.serializable_by_default(false));
         for change in set("SET default_transaction_isolation TO 'repeatable read'") {
             settings.apply(&change);
         }
-        assert!(!settings.serializable_by_default());
+        assert!(!settings.serializable_by_default(false));
         for change in set("SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL SERIALIZABLE")
         {
             settings.apply(&change);
         }
-        assert!(settings.serializable_by_default());
+        assert!(settings.serializable_by_default(false));
         for change in set("RESET default_transaction_isolation") {
             settings.apply(&change);
         }
-        assert!(!settings.serializable_by_default());
+        assert!(!settings.serializable_by_default(false));
         // A startup option is the session's default, which RESET and SET ... TO
         // DEFAULT return to.
         settings.set_value("default_transaction_isolation", "serializable");
-        assert!(settings.serializable_by_default());
+        assert!(settings.serializable_by_default(false));
         for change in set("SET default_transaction_isolation TO DEFAULT") {
             settings.apply(&change);
         }
-        assert!(settings.serializable_by_default());
+        assert!(settings.serializable_by_default(false));
+    }
+
+    /// A role serializable on the server (`ALTER ROLE`) stays so until the session
+    /// sets its own isolation; `RESET` returns to the role's default.
+    #[test]
+    fn the_server_default_counts_until_the_session_sets_its_own() {
+        let mut settings = SessionSettings::default();
+        assert!(settings.serializable_by_default(true));
+        settings.set_value("application_name", "app");
+        assert!(settings.serializable_by_default(true));
+        let set = |sql: &str| classify_setting(sql).expect(sql);
+        for change in set("SET default_transaction_isolation = 'read committed'") {
+            settings.apply(&change);
+        }
+        assert!(!settings.serializable_by_default(true));
+        for change in set("RESET default_transaction_isolation") {
+            settings.apply(&change);
+        }
+        assert!(settings.serializable_by_default(true));
+        settings.set_value("default_transaction_isolation", "repeatable read");
+        assert!(
+            !settings.serializable_by_default(true),
+            "a startup option wins"
+        );
     }
 
     #[test]
