@@ -16,18 +16,11 @@ use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
 use postgres_protocol::message::backend::Message;
 use postgres_protocol::message::frontend;
 use support::proxy::{self, DATABASE, USER};
+use support::within;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// Bound on every client step.
-const STEP: Duration = Duration::from_secs(15);
 /// The lookup cache TTL the tests run with.
 const CACHE_MS: u64 = 200;
-
-async fn bounded<T>(what: &str, future: impl std::future::Future<Output = T>) -> T {
-    tokio::time::timeout(STEP, future)
-        .await
-        .unwrap_or_else(|_| panic!("{what} took longer than {STEP:?}"))
-}
 
 fn url(proxy: &RunningProxy, user: &str, password: &str) -> String {
     format!(
@@ -41,7 +34,7 @@ async fn connect(
     user: &str,
     password: &str,
 ) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
-    bounded("connect", proxy::connect_url(&url(proxy, user, password))).await
+    within("connect", proxy::connect_url(&url(proxy, user, password))).await
 }
 
 /// Connects expecting a refusal; returns (SQLSTATE, severity, message).
@@ -60,7 +53,7 @@ async fn refusal(proxy: &RunningProxy, user: &str, password: &str) -> (String, S
 }
 
 async fn current_user(client: &tokio_postgres::Client) -> String {
-    bounded(
+    within(
         "select current_user",
         client.query_one("SELECT current_user::text", &[]),
     )
@@ -70,11 +63,11 @@ async fn current_user(client: &tokio_postgres::Client) -> String {
 }
 
 async fn direct(cluster: &LocalCluster) -> tokio_postgres::Client {
-    bounded("direct connect", proxy::connect_direct(cluster)).await
+    within("direct connect", proxy::connect_direct(cluster)).await
 }
 
 async fn run(client: &tokio_postgres::Client, sql: &str) {
-    bounded(sql, client.batch_execute(sql))
+    within(sql, client.batch_execute(sql))
         .await
         .unwrap_or_else(|e| panic!("{sql}: {e}"));
 }
@@ -96,7 +89,7 @@ async fn psql(
         .env("PGCONNECT_TIMEOUT", "10")
         .kill_on_drop(true)
         .output();
-    let output = bounded("psql", output).await.expect("run psql");
+    let output = within("psql", output).await.expect("run psql");
     (
         output.status.success(),
         String::from_utf8_lossy(&output.stdout).trim().to_string(),
@@ -107,7 +100,7 @@ async fn psql(
 /// The authentication exchange as a client sees it, message by message, for a raw
 /// SCRAM client: which steps the proxy takes before it refuses.
 async fn scram_steps(proxy: &RunningProxy, user: &str, password: &str) -> Vec<String> {
-    bounded("raw SCRAM exchange", async {
+    within("raw SCRAM exchange", async {
         let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", proxy.port()))
             .await
             .unwrap();
@@ -165,7 +158,7 @@ async fn scram_steps(proxy: &RunningProxy, user: &str, password: &str) -> Vec<St
 
 /// Number of server sessions of `role` on the primary.
 async fn backends_of(direct: &tokio_postgres::Client, role: &str) -> i64 {
-    bounded(
+    within(
         "count backends",
         direct.query_one(
             "SELECT count(*) FROM pg_stat_activity WHERE usename = $1",
@@ -259,7 +252,7 @@ async fn runtime_roles_log_in_and_password_changes_take_effect() {
     );
 
     // The configured user works as before.
-    let configured = bounded("configured user", proxy::connect_url(&proxy::url(&proxy)))
+    let configured = within("configured user", proxy::connect_url(&proxy::url(&proxy)))
         .await
         .expect("configured user logs in");
     assert_eq!(current_user(&configured).await, USER);
@@ -274,7 +267,7 @@ async fn runtime_roles_log_in_and_password_changes_take_effect() {
     // Clients still connected from before the change: a new server connection would
     // need the new password's keys, which no client has proved yet: a clear error.
     run(&client, "BEGIN").await;
-    let stale = bounded("stale keys", client2.batch_execute("BEGIN"))
+    let stale = within("stale keys", client2.batch_execute("BEGIN"))
         .await
         .expect_err("no keys for the new password yet");
     let stale = stale.as_db_error().expect("server error");
@@ -337,7 +330,7 @@ async fn transaction_pooling_on_two_server_connections_and_a_replica() {
     for i in 0..6 {
         let proxy_url = url(&proxy, "tx_app", "tx");
         tasks.push(tokio::spawn(async move {
-            let client = bounded("connect", proxy::connect_url(&proxy_url))
+            let client = within("connect", proxy::connect_url(&proxy_url))
                 .await
                 .expect("tx_app logs in");
             for j in 0..5 {
@@ -345,7 +338,7 @@ async fn transaction_pooling_on_two_server_connections_and_a_replica() {
                     "BEGIN; INSERT INTO counts VALUES ({}); SELECT pg_sleep(0.02); COMMIT",
                     i * 10 + j
                 );
-                bounded(&sql, client.batch_execute(&sql))
+                within(&sql, client.batch_execute(&sql))
                     .await
                     .unwrap_or_else(|e| panic!("{sql}: {e}"));
             }
@@ -353,9 +346,9 @@ async fn transaction_pooling_on_two_server_connections_and_a_replica() {
         }));
     }
     for task in tasks {
-        assert_eq!(bounded("client task", task).await.unwrap(), "tx_app");
+        assert_eq!(within("client task", task).await.unwrap(), "tx_app");
     }
-    let total: i64 = bounded("count", admin.query_one("SELECT count(*) FROM counts", &[]))
+    let total: i64 = within("count", admin.query_one("SELECT count(*) FROM counts", &[]))
         .await
         .unwrap()
         .get(0);
@@ -367,7 +360,7 @@ async fn transaction_pooling_on_two_server_connections_and_a_replica() {
     let client = connect(&proxy, "tx_app", "tx").await.expect("tx_app");
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let row = bounded(
+        let row = within(
             "read",
             client.query_one("SELECT current_user::text, pg_is_in_recovery()", &[]),
         )
@@ -420,7 +413,7 @@ async fn md5_roles_session_pooling_and_a_security_definer_lookup() {
         cluster.primary().port
     );
     let deadline = Instant::now() + Duration::from_secs(10);
-    while bounded("direct md5", proxy::connect_url(&direct_md5))
+    while within("direct md5", proxy::connect_url(&direct_md5))
         .await
         .is_err()
     {

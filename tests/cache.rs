@@ -21,10 +21,9 @@ use pgwarden::config::{AuthMethod, Config};
 use pgwarden::RunningProxy;
 use support::proxy::{self, DATABASE, USER};
 use support::wire::{first_value, Wire};
+use support::within;
 
 const SOCKETS: &str = "/tmp";
-/// Every client call in this file finishes within this bound.
-const CALL: Duration = Duration::from_secs(20);
 
 fn cluster(replicas: usize, extra: &[&str]) -> LocalCluster {
     let mut extra_conf = vec![format!("unix_socket_directories = '{SOCKETS}'")];
@@ -44,12 +43,6 @@ async fn start(cluster: &LocalCluster, tweak: impl FnOnce(&mut Config)) -> Runni
     .await;
     proxy::wait_for_cache_listen(&proxy).await;
     proxy
-}
-
-async fn within<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
-    tokio::time::timeout(CALL, f)
-        .await
-        .unwrap_or_else(|_| panic!("{what} took longer than {CALL:?}"))
 }
 
 async fn wire(proxy: &RunningProxy) -> Wire {

@@ -13,10 +13,9 @@ use pgwarden::config::{AuthMethod, Config};
 use pgwarden::RunningProxy;
 use support::proxy::{self, DATABASE, USER};
 use support::wire::{cstring, error_code, frame, Wire};
+use support::within;
 
 const SOCKETS: &str = "/tmp";
-/// Every client call in this file finishes within this bound.
-const CALL: Duration = Duration::from_secs(30);
 
 /// Row sizes around and far above the streaming threshold (64 KiB), with small rows
 /// between them so that large and small messages share reads.
@@ -28,12 +27,6 @@ fn cluster() -> LocalCluster {
         extra_conf: vec![format!("unix_socket_directories = '{SOCKETS}'")],
         ..ClusterSpec::default()
     })
-}
-
-async fn within<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
-    tokio::time::timeout(CALL, f)
-        .await
-        .unwrap_or_else(|_| panic!("{what} took longer than {CALL:?}"))
 }
 
 async fn start(cluster: &LocalCluster, tweak: impl FnOnce(&mut Config)) -> RunningProxy {
@@ -249,7 +242,7 @@ async fn a_server_lost_in_the_middle_of_a_streamed_row_closes_only_that_client()
     assert_eq!(support::wire::first_value(&answer).as_deref(), Some("t"));
 
     // The victim gets what was relayed, then its connection closes: never the whole row.
-    let received = victim.read_until_closed(CALL).await;
+    let received = victim.read_until_closed(support::CALL_LIMIT).await;
     assert!(
         received > 0 && received < ROW,
         "{received} bytes of a {ROW}-byte row before the close"

@@ -7,7 +7,6 @@ mod support;
 #[path = "protection/circuit.rs"]
 mod circuit;
 
-use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,13 +14,7 @@ use std::time::{Duration, Instant};
 use pgwarden::config::{AuthMethod, Config, Fairness, LimitRule};
 use pgwarden::RunningProxy;
 use support::proxy::{self, DATABASE, PASSWORD, USER};
-
-/// Every client call is bounded: a hang fails the test instead of stalling CI.
-async fn bounded<T>(what: &str, future: impl Future<Output = T>) -> T {
-    tokio::time::timeout(Duration::from_secs(30), future)
-        .await
-        .unwrap_or_else(|_| panic!("{what} did not finish within 30 s"))
-}
+use support::within;
 
 /// A client of `tenant` with `application_name`.
 fn url_as(proxy: &RunningProxy, tenant: Option<&str>, application: &str) -> String {
@@ -40,7 +33,7 @@ async fn connect_as(
     tenant: Option<&str>,
     application: &str,
 ) -> tokio_postgres::Client {
-    bounded(
+    within(
         "connect",
         proxy::connect_url(&url_as(proxy, tenant, application)),
     )
@@ -80,7 +73,7 @@ async fn lone_tenant_latencies(proxy: &RunningProxy, samples: usize) -> Vec<f64>
         let (stop, served) = (stop.clone(), flood_served.clone());
         flood.push(tokio::spawn(async move {
             while !stop.load(Ordering::Relaxed) {
-                bounded(
+                within(
                     "flood statement",
                     client.simple_query("select pg_sleep(0.01)"),
                 )
@@ -100,7 +93,7 @@ async fn lone_tenant_latencies(proxy: &RunningProxy, samples: usize) -> Vec<f64>
     let mut latencies = Vec::with_capacity(samples);
     for _ in 0..samples {
         let started = Instant::now();
-        bounded("tenant 2 statement", lone.simple_query("select 1"))
+        within("tenant 2 statement", lone.simple_query("select 1"))
             .await
             .expect("tenant 2 statement");
         latencies.push(started.elapsed().as_secs_f64() * 1000.0);
@@ -108,7 +101,7 @@ async fn lone_tenant_latencies(proxy: &RunningProxy, samples: usize) -> Vec<f64>
     }
     stop.store(true, Ordering::Relaxed);
     for task in flood {
-        bounded("flood client", task).await.unwrap();
+        within("flood client", task).await.unwrap();
     }
     latencies
 }
@@ -184,12 +177,12 @@ async fn concurrency_and_rate_limits_hold_and_spare_others() {
 
     // Concurrency per tenant: a second statement of tenant 1 waits, then is refused.
     let holder = connect_as(&proxy, Some("1"), "app").await;
-    bounded("begin", holder.batch_execute("BEGIN; SELECT 1"))
+    within("begin", holder.batch_execute("BEGIN; SELECT 1"))
         .await
         .unwrap();
     let second = connect_as(&proxy, Some("1"), "app").await;
     let started = Instant::now();
-    let err = bounded("over the limit", second.simple_query("SELECT 1"))
+    let err = within("over the limit", second.simple_query("SELECT 1"))
         .await
         .unwrap_err();
     let waited = started.elapsed();
@@ -206,24 +199,24 @@ async fn concurrency_and_rate_limits_hold_and_spare_others() {
     // Tenant 2 is not affected meanwhile: were it limited, it would be refused too
     // (the holder still holds the rule's only place).
     let other = connect_as(&proxy, Some("2"), "app").await;
-    bounded("other tenant", other.simple_query("SELECT 1"))
+    within("other tenant", other.simple_query("SELECT 1"))
         .await
         .unwrap();
     // Once the holder's transaction ends, tenant 1 runs again.
-    bounded("commit", holder.batch_execute("COMMIT"))
+    within("commit", holder.batch_execute("COMMIT"))
         .await
         .unwrap();
-    bounded("after commit", second.simple_query("SELECT 1"))
+    within("after commit", second.simple_query("SELECT 1"))
         .await
         .unwrap();
 
     // Rate per role and application: the burst passes, the next is refused at once.
     let reports = connect_as(&proxy, None, "reports").await;
-    bounded("first report", reports.simple_query("SELECT 2"))
+    within("first report", reports.simple_query("SELECT 2"))
         .await
         .unwrap();
     let started = Instant::now();
-    let err = bounded("second report", reports.simple_query("SELECT 2"))
+    let err = within("second report", reports.simple_query("SELECT 2"))
         .await
         .unwrap_err();
     assert_eq!(code(&err), "53400", "{err}");
@@ -235,13 +228,13 @@ async fn concurrency_and_rate_limits_hold_and_spare_others() {
     // Same role, other application: unaffected.
     let app = connect_as(&proxy, None, "app").await;
     for _ in 0..5 {
-        bounded("unlimited", app.simple_query("SELECT 3"))
+        within("unlimited", app.simple_query("SELECT 3"))
             .await
             .unwrap();
     }
     // The bucket refills.
     tokio::time::sleep(Duration::from_millis(600)).await;
-    bounded("refilled", reports.simple_query("SELECT 2"))
+    within("refilled", reports.simple_query("SELECT 2"))
         .await
         .unwrap();
 
@@ -266,13 +259,13 @@ async fn admin(proxy: &RunningProxy) -> tokio_postgres::Client {
         "postgres://{USER}:{PASSWORD}@127.0.0.1:{}/pgwarden",
         proxy.port()
     );
-    bounded("admin connect", proxy::connect_url(&url))
+    within("admin connect", proxy::connect_url(&url))
         .await
         .expect("admin console")
 }
 
 async fn simple_rows(client: &tokio_postgres::Client, sql: &str) -> Vec<Vec<String>> {
-    bounded(sql, client.simple_query(sql))
+    within(sql, client.simple_query(sql))
         .await
         .unwrap()
         .into_iter()
@@ -292,7 +285,7 @@ async fn a_quarantined_fingerprint_is_refused_until_unblocked() {
     let cluster = support::cluster(0);
     let proxy = proxy::start(&cluster, |_| {}).await;
     let client = proxy::connect(&proxy).await;
-    bounded("runaway", client.simple_query("SELECT 41 + 1"))
+    within("runaway", client.simple_query("SELECT 41 + 1"))
         .await
         .unwrap();
     let admin = admin(&proxy).await;
@@ -306,7 +299,7 @@ async fn a_quarantined_fingerprint_is_refused_until_unblocked() {
 
     // Other literals, same fingerprint: refused at once, in both protocols.
     let started = Instant::now();
-    let err = bounded("blocked", client.simple_query("SELECT 1 + 2"))
+    let err = within("blocked", client.simple_query("SELECT 1 + 2"))
         .await
         .unwrap_err();
     assert_eq!(code(&err), "42501", "{err}");
@@ -319,12 +312,12 @@ async fn a_quarantined_fingerprint_is_refused_until_unblocked() {
         started.elapsed() < Duration::from_millis(1_000),
         "a quarantined statement must not wait"
     );
-    let err = bounded("blocked, extended", client.query("SELECT 5 + 6", &[]))
+    let err = within("blocked, extended", client.query("SELECT 5 + 6", &[]))
         .await
         .unwrap_err();
     assert_eq!(code(&err), "42501", "{err}");
     // Other statements run, and the client's connection survives.
-    bounded("other", client.simple_query("SELECT 1"))
+    within("other", client.simple_query("SELECT 1"))
         .await
         .unwrap();
     let queries = simple_rows(&admin, "SHOW QUERIES").await;
@@ -332,10 +325,10 @@ async fn a_quarantined_fingerprint_is_refused_until_unblocked() {
     assert_eq!(row.last().map(String::as_str), Some("true"), "{row:?}");
 
     simple_rows(&admin, &format!("UNBLOCK QUERY {id}")).await;
-    bounded("unblocked", client.simple_query("SELECT 1 + 2"))
+    within("unblocked", client.simple_query("SELECT 1 + 2"))
         .await
         .unwrap();
-    let err = bounded("bad id", admin.simple_query("BLOCK QUERY nothex"))
+    let err = within("bad id", admin.simple_query("BLOCK QUERY nothex"))
         .await
         .unwrap_err();
     assert_eq!(code(&err), "22023", "{err}");
@@ -375,7 +368,7 @@ async fn past_max_waiting_checkouts_are_refused_at_once() {
             let client = client.clone();
             tokio::spawn(async move {
                 let asked = Instant::now();
-                let result = bounded(
+                let result = within(
                     "shed statement",
                     client.simple_query("select pg_sleep(0.05)"),
                 )
@@ -397,7 +390,7 @@ async fn past_max_waiting_checkouts_are_refused_at_once() {
         peak_waiting =
             peak_waiting.max(proxy.runtime.pools.waiting.waiting.load(Ordering::Relaxed));
         if !overloaded_seen {
-            let ready = bounded(
+            let ready = within(
                 "readyz",
                 support::http::get(proxy.http_address, "/readyz", None),
             )

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use pgwarden::config::{Config, TenancyMode, UserConfig};
 use pgwarden::RunningProxy;
 use support::proxy::{self, DATABASE, PASSWORD, USER};
+use support::within;
 use tokio_postgres::{Client, SimpleQueryMessage};
 
 const APP_USER: &str = "app_rls";
@@ -337,13 +338,6 @@ async fn a_refusal_inside_a_transaction_aborts_it_like_postgres_would() {
         .await
         .unwrap();
     assert_eq!(own, vec!["10"]);
-}
-
-/// Fails the test instead of hanging it.
-async fn within<T>(what: &str, call: impl std::future::Future<Output = T>) -> T {
-    tokio::time::timeout(Duration::from_secs(20), call)
-        .await
-        .unwrap_or_else(|_| panic!("{what}: no answer within 20 s"))
 }
 
 /// Two string literals to the guard, which lexes `'\'` as PostgreSQL does with

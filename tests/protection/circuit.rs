@@ -6,8 +6,9 @@ use std::time::{Duration, Instant};
 
 use pgwarden::route::circuit::CircuitState;
 
+use super::message;
+use super::support::within;
 use super::support::{self, proxy};
-use super::{bounded, message};
 
 /// The postmaster of a node and its children (backends, startup, walreceiver).
 fn instance_pids(data_dir: &std::path::Path) -> Vec<i32> {
@@ -95,7 +96,7 @@ async fn a_frozen_replica_opens_its_circuit_and_reads_go_on_elsewhere() {
         let (stop, errors, on_survivor) = (stop.clone(), errors.clone(), on_survivor.clone());
         readers.push(tokio::spawn(async move {
             while !stop.load(Ordering::Relaxed) {
-                match bounded("read", client.query_one("SELECT inet_server_port()", &[])).await {
+                match within("read", client.query_one("SELECT inet_server_port()", &[])).await {
                     Ok(row) if row.get::<_, i32>(0) == survivor_port => {
                         on_survivor.fetch_add(1, Ordering::Relaxed);
                     }
@@ -124,7 +125,7 @@ async fn a_frozen_replica_opens_its_circuit_and_reads_go_on_elsewhere() {
     let served_before = on_survivor.load(Ordering::Relaxed);
     let fresh = proxy::connect(&proxy).await;
     for _ in 0..20 {
-        let row = bounded(
+        let row = within(
             "fresh read",
             fresh.query_one("SELECT inet_server_port()", &[]),
         )
@@ -137,7 +138,7 @@ async fn a_frozen_replica_opens_its_circuit_and_reads_go_on_elsewhere() {
         on_survivor.load(Ordering::Relaxed) > served_before,
         "no reads went on"
     );
-    let metrics = bounded(
+    let metrics = within(
         "metrics",
         support::http::get(proxy.http_address, "/metrics", None),
     )
@@ -167,7 +168,7 @@ async fn a_frozen_replica_opens_its_circuit_and_reads_go_on_elsewhere() {
     );
     stop.store(true, Ordering::Relaxed);
     for reader in readers {
-        bounded("reader", reader).await.unwrap();
+        within("reader", reader).await.unwrap();
     }
     assert_eq!(errors.load(Ordering::Relaxed), 0, "reads failed");
 }

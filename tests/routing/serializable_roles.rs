@@ -5,19 +5,12 @@
 //! the role, and sends its later sessions' reads to the primary; the replica stays in
 //! rotation for everybody else.
 
-use std::future::Future;
 use std::time::Duration;
 
 use super::{port_of, wait_replicas_healthy, with_replicas};
 use crate::support;
 use support::proxy::{self, DATABASE};
-
-/// Every call to a server is bounded: a hang fails the test.
-async fn within<T>(what: &str, call: impl Future<Output = T>) -> T {
-    tokio::time::timeout(Duration::from_secs(30), call)
-        .await
-        .unwrap_or_else(|_| panic!("{what}: no answer within 30 s"))
-}
+use support::within;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_role_serializable_by_alter_role_reads_from_the_primary() {

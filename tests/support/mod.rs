@@ -9,7 +9,9 @@ pub mod process;
 pub mod proxy;
 pub mod wire;
 
+use std::future::Future;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use pgwarden::cluster::{ClusterSpec, LocalCluster, PgBinaries};
 
@@ -25,6 +27,17 @@ pub fn cluster(replicas: usize) -> LocalCluster {
 /// so that a hung client call fails the test (`proxy/cluster/watchdog.rs`). The
 /// slowest test takes about a minute.
 pub const TEST_DEADLINE: std::time::Duration = std::time::Duration::from_secs(480);
+
+/// How long one client call in a test may take before it counts as hung.
+pub const CALL_LIMIT: Duration = Duration::from_secs(30);
+
+/// Runs one client call under [`CALL_LIMIT`]: a hang fails the test, naming `what`,
+/// instead of stalling CI.
+pub async fn within<T>(what: &str, call: impl Future<Output = T>) -> T {
+    tokio::time::timeout(CALL_LIMIT, call)
+        .await
+        .unwrap_or_else(|_| panic!("{what}: no answer within {CALL_LIMIT:?}"))
+}
 
 pub fn cluster_with(mut spec: ClusterSpec) -> LocalCluster {
     init_logging();
