@@ -49,8 +49,11 @@ impl SerializableRoles {
 /// primary (by the code alone) but not learned.
 pub fn is_serializable_refusal(error_body: &[u8]) -> bool {
     crate::protocol::backend::error_field(error_body, b'M')
-        .is_some_and(|m| m == b"cannot use serializable mode in a hot standby")
+        .is_some_and(|m| m == REFUSAL_MESSAGE.as_bytes())
 }
+
+/// PostgreSQL's message for it (SQLSTATE 0A000).
+pub const REFUSAL_MESSAGE: &str = "cannot use serializable mode in a hot standby";
 
 #[cfg(test)]
 mod tests {

@@ -239,6 +239,23 @@ impl Session {
         }
     }
 
+    /// A replica refused this client's work as serializable while the session set no
+    /// isolation of its own: the role's (or database's) default is serializable. Its
+    /// reads go to the primary from now on, and for a while those of its next
+    /// sessions too (`route/serializable_roles.rs`).
+    pub(super) fn learn_serializable_role(&mut self) {
+        let user = &self.identity.user;
+        let Some(state) = self.routing.as_mut() else {
+            return;
+        };
+        if !state.serializable_role {
+            state.serializable_role = true;
+            state.topology.serializable_roles.learn(user);
+            tracing::info!(%user, database = %state.topology.database,
+                "a replica refused this role's reads as serializable (its default_transaction_isolation, set by ALTER ROLE or ALTER DATABASE): they go to the primary");
+        }
+    }
+
     /// Handles `SET pgwarden.*` in a simple query when no server is attached.
     /// Returns true when answered.
     pub(super) fn answer_proxy_setting(&mut self, frame: &[u8]) -> Result<bool, SessionError> {

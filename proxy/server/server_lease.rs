@@ -141,7 +141,13 @@ impl Session {
                         Ok(()) => break server,
                         Err(e) => {
                             server.mark_broken();
-                            tracing::warn!(user = %self.identity.user, backend, error = %e, "could not apply session settings");
+                            if backend > 0 && refuses_serializable(&e) {
+                                // The proxy's own query on the replica met the role's
+                                // serializable default: learned like a client's read.
+                                self.learn_serializable_role();
+                            } else {
+                                tracing::warn!(user = %self.identity.user, backend, error = %e, "could not apply session settings");
+                            }
                             if backend == 0 {
                                 return Err(SessionError::Pool(e));
                             }
@@ -305,5 +311,17 @@ impl Session {
             }
         }
         self.release();
+    }
+}
+
+/// Whether a proxy-internal query failed because a hot standby refused serializable
+/// mode (`route/serializable_roles.rs`).
+fn refuses_serializable(error: &PoolError) -> bool {
+    use crate::route::serializable_roles::REFUSAL_MESSAGE;
+    match error {
+        PoolError::Unhealthy(message) | PoolError::Refused { message, .. } => {
+            message == REFUSAL_MESSAGE
+        }
+        _ => false,
     }
 }

@@ -284,15 +284,11 @@ impl Session {
     /// is learned for the role (`route/serializable_roles.rs`), so its next reads go
     /// to the primary first.
     fn replica_refused_serializable(&mut self, recognized: bool) {
-        let user = &self.identity.user;
         if let Some(state) = self.routing.as_mut() {
             state.refused_serializable = true;
-            if recognized && !state.serializable_role {
-                state.serializable_role = true;
-                state.topology.serializable_roles.learn(user);
-                tracing::info!(%user, database = %state.topology.database,
-                    "a replica refused this role's reads as serializable (its default_transaction_isolation, set by ALTER ROLE or ALTER DATABASE): they go to the primary");
-            }
+        }
+        if recognized {
+            self.learn_serializable_role();
         }
         self.server_failed();
     }

@@ -23,9 +23,13 @@ async fn a_role_serializable_by_alter_role_reads_from_the_primary() {
         direct.batch_execute(
             "CREATE ROLE careful LOGIN PASSWORD 'careful-secret';
              ALTER ROLE careful SET default_transaction_isolation = 'serializable';
+             CREATE ROLE eager LOGIN PASSWORD 'eager-secret';
+             ALTER ROLE eager SET default_transaction_isolation = 'serializable';
+             CREATE ROLE early LOGIN PASSWORD 'early-secret';
+             ALTER ROLE early SET default_transaction_isolation = 'serializable';
              CREATE TABLE ledger(id int PRIMARY KEY, amount int);
              INSERT INTO ledger VALUES (1, 10), (2, 20);
-             GRANT SELECT ON ledger TO careful",
+             GRANT SELECT ON ledger TO careful, eager, early",
         ),
     )
     .await
@@ -35,11 +39,13 @@ async fn a_role_serializable_by_alter_role_reads_from_the_primary() {
         .expect("the replica replays the role");
     let proxy = proxy::start(&cluster, |c| {
         with_replicas(&cluster)(c);
-        c.auth.users.push(pgwarden::config::UserConfig {
-            name: "careful".into(),
-            password: Some("careful-secret".into()),
-            server_password: None,
-        });
+        for name in ["careful", "eager", "early"] {
+            c.auth.users.push(pgwarden::config::UserConfig {
+                name: name.into(),
+                password: Some(format!("{name}-secret")),
+                server_password: None,
+            });
+        }
     })
     .await;
     wait_replicas_healthy(&proxy).await;
@@ -48,11 +54,54 @@ async fn a_role_serializable_by_alter_role_reads_from_the_primary() {
         proxy.port()
     );
 
+    let topology = proxy.runtime.routing().topology(DATABASE).unwrap();
+    let replica_state = &topology.replicas()[0];
+    let routed = || {
+        replica_state
+            .routed
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+
+    // The very first read through a replica makes the proxy ask it a question of its
+    // own (the database's session-safe functions): as `early`, the replica refuses
+    // that question, and the role is learned from it.
+    let early_url = format!(
+        "postgres://early:early-secret@127.0.0.1:{}/{DATABASE}",
+        proxy.port()
+    );
+    let early = within("connect", proxy::connect_url(&early_url))
+        .await
+        .unwrap();
+    assert_eq!(
+        within("early read", port_of(&early, "SELECT inet_server_port()")).await,
+        primary
+    );
+    assert!(
+        topology.serializable_roles.contains("early"),
+        "the refusal of the proxy's own question was not learned"
+    );
+    // Another role's read loads that question's answer through the replica.
+    let other = proxy::connect(&proxy).await;
+    assert_eq!(
+        within(
+            "another role's read",
+            port_of(&other, "SELECT inet_server_port()")
+        )
+        .await,
+        replica
+    );
+
     // The first read meets the replica's refusal; the client sees only the answer.
     let first = within("connect", proxy::connect_url(&url)).await.unwrap();
+    let routed_before = routed();
     assert_eq!(
         within("first read", port_of(&first, "SELECT inet_server_port()")).await,
         primary
+    );
+    assert_eq!(
+        routed(),
+        routed_before + 1,
+        "the first read went to the replica"
     );
     let sum: i64 = within(
         "extended read",
@@ -76,17 +125,35 @@ async fn a_role_serializable_by_alter_role_reads_from_the_primary() {
         isolation, "serializable",
         "the role's default still applies"
     );
+    assert_eq!(
+        routed(),
+        routed_before + 1,
+        "a read of the learned session went to the replica"
+    );
+
+    // The same when the first read is in the extended protocol (a prepared statement:
+    // the replica refuses its `Parse`).
+    let eager_url = format!(
+        "postgres://eager:eager-secret@127.0.0.1:{}/{DATABASE}",
+        proxy.port()
+    );
+    let eager = within("connect", proxy::connect_url(&eager_url))
+        .await
+        .unwrap();
+    let row = within(
+        "first extended read",
+        eager.query_one(
+            "SELECT sum(amount), inet_server_port() FROM ledger WHERE id = ANY($1)",
+            &[&vec![1i32, 2]],
+        ),
+    )
+    .await
+    .expect("first extended read");
+    assert_eq!((row.get::<_, i64>(0), row.get::<_, i32>(1)), (30, primary));
 
     // A later session of the role starts on the primary, in both protocols and in a
     // read-only transaction: the role was learned, no read of it is sent to the
     // replica again.
-    let topology = proxy.runtime.routing().topology(DATABASE).unwrap();
-    let replica_state = &topology.replicas()[0];
-    let routed = || {
-        replica_state
-            .routed
-            .load(std::sync::atomic::Ordering::Relaxed)
-    };
     let routed_before = routed();
     let second = within("connect", proxy::connect_url(&url)).await.unwrap();
     for _ in 0..3 {
@@ -146,7 +213,6 @@ async fn a_role_serializable_by_alter_role_reads_from_the_primary() {
         0,
         "a refusal counted as a replica error"
     );
-    let other = proxy::connect(&proxy).await;
     assert_eq!(
         within(
             "another role's read",
