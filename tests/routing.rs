@@ -1,8 +1,9 @@
 //! Read/write routing against a primary and two streaming replicas: where each kind of
 //! statement runs, hints, read-your-writes positions shared between instances and
 //! across roles. Read-your-writes under paused replay is in `routing/read_your_writes.rs`,
-//! a replica stopped under load in `routing/replica_faults.rs`, a role serializable by
-//! `ALTER ROLE` in `routing/serializable_roles.rs`.
+//! a replica stopped under load in `routing/replica_faults.rs`, reads a hot standby
+//! refuses (a role serializable by `ALTER ROLE`, an unlogged table) in
+//! `routing/replica_refusals.rs`.
 
 use crate::support;
 
@@ -10,8 +11,8 @@ use crate::support;
 mod read_your_writes;
 #[path = "routing/replica_faults.rs"]
 mod replica_faults;
-#[path = "routing/serializable_roles.rs"]
-mod serializable_roles;
+#[path = "routing/replica_refusals.rs"]
+mod replica_refusals;
 
 use std::time::{Duration, Instant};
 

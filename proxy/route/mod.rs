@@ -9,8 +9,8 @@
 pub mod circuit;
 mod classify;
 mod monitor;
+pub mod replica_refusals;
 pub mod ryw;
-pub mod serializable_roles;
 pub mod topology;
 
 use std::collections::HashMap;

@@ -59,8 +59,10 @@ pub struct Topology {
     /// (when, primary insert LSN) from recent polls, newest last.
     primary_history: Mutex<VecDeque<(Instant, Lsn)>>,
     next: AtomicUsize,
-    /// Roles a replica refused as serializable by default (`serializable_roles.rs`).
-    pub serializable_roles: super::serializable_roles::SerializableRoles,
+    /// Roles a replica refused as serializable by default, and statement shapes it
+    /// refused for another reason (`replica_refusals.rs`).
+    pub serializable_roles: super::replica_refusals::SerializableRoles,
+    pub refused_shapes: super::replica_refusals::RefusedShapes,
 }
 
 const HISTORY: usize = 600;
@@ -104,6 +106,7 @@ impl Topology {
             primary_history: Mutex::new(VecDeque::new()),
             next: AtomicUsize::new(0),
             serializable_roles: Default::default(),
+            refused_shapes: Default::default(),
         }
     }
 

@@ -54,12 +54,13 @@ pub struct SessionRouting {
     /// A replica that just failed this request.
     pub exclude: Option<usize>,
     /// The client's role is serializable by default on the server (`ALTER ROLE` or
-    /// `ALTER DATABASE`), as a replica's refusal showed (`route/serializable_roles.rs`):
+    /// `ALTER DATABASE`), as a replica's refusal showed (`route/replica_refusals.rs`):
     /// its reads go to the primary unless the client set its own isolation.
     pub serializable_role: bool,
-    /// The failed request was a replica's refusal of serializable mode, not a fault:
-    /// retried on the primary, and the replica stays healthy.
-    pub refused_serializable: bool,
+    /// The failed request was a replica's refusal (SQLSTATE 0A000: serializable mode,
+    /// an unlogged table), not a fault: retried on the primary, and the replica stays
+    /// healthy.
+    pub refused_by_replica: bool,
     /// The last unnamed `Parse` classified, with its text (`routing_class.rs`).
     pub(super) last_parse: Option<ParseClass>,
     /// The client's unnamed statement writes nothing (`routing_class.rs`).
@@ -92,7 +93,7 @@ impl SessionRouting {
             failed_frames: Vec::new(),
             exclude: None,
             serializable_role,
-            refused_serializable: false,
+            refused_by_replica: false,
             last_parse: None,
             unnamed_writes_nothing: false,
         };
@@ -174,8 +175,8 @@ impl Session {
         let Some(state) = self.routing.as_ref() else {
             return Ok(0);
         };
-        if state.refused_serializable {
-            return Ok(0); // the retry of a read a replica refused as serializable
+        if state.refused_by_replica {
+            return Ok(0); // the retry of a read a replica refused
         }
         let serializable = || {
             self.settings
@@ -184,7 +185,9 @@ impl Session {
         let wants_replica = match (hint, state.mode, &class) {
             (Some(Hint::Primary), _, _) | (None, RouteMode::Primary, _) => false,
             (Some(Hint::Replica), _, _) | (None, RouteMode::Replica, _) => true,
-            (_, _, StatementClass::Read) => !serializable(),
+            (_, _, StatementClass::Read) => {
+                !serializable() && !self.refused_before(message_tag, frame)
+            }
             (_, _, StatementClass::Begin { read_only }) => *read_only && !serializable(),
             _ => false,
         };
@@ -242,7 +245,7 @@ impl Session {
     /// A replica refused this client's work as serializable while the session set no
     /// isolation of its own: the role's (or database's) default is serializable. Its
     /// reads go to the primary from now on, and for a while those of its next
-    /// sessions too (`route/serializable_roles.rs`).
+    /// sessions too (`route/replica_refusals.rs`).
     pub(super) fn learn_serializable_role(&mut self) {
         let user = &self.identity.user;
         let Some(state) = self.routing.as_mut() else {
@@ -345,18 +348,18 @@ impl Session {
         };
         let frames = std::mem::take(&mut state.failed_frames);
         // Taken here, so that no way out leaves it set; set again for the replay.
-        let refused_serializable = std::mem::take(&mut state.refused_serializable);
+        let refused_by_replica = std::mem::take(&mut state.refused_by_replica);
         let Some(failed) = failed else {
             return Ok(false);
         };
         if failed == 0 || frames.is_empty() || state.exclude.is_some() {
             return Ok(false);
         }
-        state.refused_serializable = refused_serializable;
-        if refused_serializable {
+        state.refused_by_replica = refused_by_replica;
+        if refused_by_replica {
             // Not a fault of the replica: `choose_backend` sends the retry to the
             // primary, and the replica stays healthy.
-            tracing::debug!(replica = %state.topology.backends[failed].address, "a replica refused a read as serializable; retrying it on the primary");
+            tracing::debug!(replica = %state.topology.backends[failed].address, "a replica refused a read (SQLSTATE 0A000); retrying it on the primary");
         } else {
             state.topology.mark_unhealthy(failed);
             state.topology.record_failure(failed);
@@ -379,7 +382,7 @@ impl Session {
         }
         if let Some(state) = self.routing.as_mut() {
             state.exclude = None;
-            state.refused_serializable = false;
+            state.refused_by_replica = false;
         }
         result.map(|_| true)
     }

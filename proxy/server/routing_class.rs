@@ -103,6 +103,36 @@ impl Session {
         answer
     }
 
+    /// A replica refused a read of this shape lately (`route/replica_refusals.rs`).
+    /// Costs an atomic load while no shape is known.
+    pub(super) fn refused_before(&self, message_tag: u8, frame: &[u8]) -> bool {
+        let Some(state) = self.routing.as_ref() else {
+            return false;
+        };
+        let shapes = &state.topology.refused_shapes;
+        shapes.any()
+            && self
+                .refusal_shape(message_tag, frame)
+                .is_some_and(|s| shapes.contains(s))
+    }
+
+    /// The shape a replica's refusal of a request is remembered by: that of the text
+    /// its first message runs, a `Query`, a `Parse`, or the `Bind` of a named
+    /// statement (None for others).
+    pub(super) fn refusal_shape(&self, message_tag: u8, frame: &[u8]) -> Option<u64> {
+        let text = match message_tag {
+            tag::QUERY => query_text(frame),
+            tag::PARSE => ParseView::parse(body(frame)).ok()?.query,
+            tag::BIND => {
+                let view = BindView::parse(body(frame)).ok()?;
+                let definition = &self.statements.get(view.statement)?.definition;
+                crate::protocol::extended::cstr(definition)?.0
+            }
+            _ => return None,
+        };
+        Some(self.query_scan(text).shape.hash)
+    }
+
     /// The class of a prepared statement, from what was remembered of it. One that
     /// changes nothing without only reading (`BEGIN`, `COMMIT`, `SET`, ...) answers
     /// `Control`: it goes to the primary and does not count as writing.

@@ -315,9 +315,9 @@ impl Session {
 }
 
 /// Whether a proxy-internal query failed because a hot standby refused serializable
-/// mode (`route/serializable_roles.rs`).
+/// mode (`route/replica_refusals.rs`).
 fn refuses_serializable(error: &PoolError) -> bool {
-    use crate::route::serializable_roles::REFUSAL_MESSAGE;
+    use crate::route::replica_refusals::REFUSAL_MESSAGE;
     match error {
         PoolError::Unhealthy(message) | PoolError::Refused { message, .. } => {
             message == REFUSAL_MESSAGE

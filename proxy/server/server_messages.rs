@@ -14,7 +14,7 @@ use super::SessionError;
 use crate::protocol::backend::{command_tag, error_code};
 use crate::protocol::frame::check_frame;
 use crate::protocol::tag::{backend as tag, TransactionStatus};
-use crate::route::serializable_roles::is_serializable_refusal;
+use crate::route::replica_refusals::is_serializable_refusal;
 
 /// PostgreSQL's own limit on one message is 1 GiB.
 const MAX_SERVER_MESSAGE: usize = (1 << 30) + 64;
@@ -29,11 +29,9 @@ impl Session {
                     "replica terminated the connection".into(),
                 ));
             }
-            ReplicaAnswer::RefusedSerializable { recognized } => {
-                self.replica_refused_serializable(recognized);
-                return Err(SessionError::ServerLost(
-                    "replica refused serializable mode".into(),
-                ));
+            ReplicaAnswer::Refused { serializable } => {
+                self.replica_refused(serializable);
+                return Err(SessionError::ServerLost("replica refused a read".into()));
             }
         }
         if let Some(state) = self.routing.as_mut() {
@@ -241,18 +239,21 @@ enum ReplicaAnswer {
     /// The replica ended it with a FATAL error (shutting down, restarting): retry
     /// elsewhere, as for a lost connection.
     Failed,
-    /// The replica refused it as serializable, SQLSTATE 0A000 before anything else
-    /// (a hot standby runs no serializable transaction): retry on the primary.
-    /// `recognized`: by PostgreSQL's message too, so the role's default is learned.
-    RefusedSerializable { recognized: bool },
+    /// The replica refused it with SQLSTATE 0A000, as a hot standby does serializable
+    /// mode and unlogged tables (`route/replica_refusals.rs`): retry on the primary.
+    /// `serializable`: PostgreSQL's message says serializable mode, so the role's
+    /// default is learned; otherwise the statement's shape is.
+    Refused { serializable: bool },
 }
 
 impl Session {
     /// A replica ended a request that can still be retried with a FATAL error, or
-    /// refused it as serializable, before the client was sent any of the answer. The
-    /// FATAL need not come first: a backend stopped mid-query sends the
-    /// `RowDescription` it had buffered, then the FATAL, in one write, and none of it
-    /// has reached the client yet.
+    /// refused it (0A000), before the client was sent any of the answer. Neither need
+    /// come first: a backend stopped mid-query sends the `RowDescription` it had
+    /// buffered, then the FATAL, in one write; an unlogged table is refused when the
+    /// query is planned, after the `ParseComplete` of the extended protocol or the
+    /// answers to earlier statements of the same `Query`. None of it has reached the
+    /// client yet, and the request only reads, so all of it can be run again.
     fn replica_answer_before_relay(&self) -> ReplicaAnswer {
         let (Some(state), Some(server)) = (self.routing.as_ref(), self.server.as_ref()) else {
             return ReplicaAnswer::Relay;
@@ -261,33 +262,41 @@ impl Session {
             return ReplicaAnswer::Relay;
         }
         let mut rest = &server.read_buf[..];
-        let mut first = true;
         while let Ok(Some(len)) = check_frame(rest, MAX_SERVER_MESSAGE) {
             match rest[0] {
                 tag::ERROR_RESPONSE if is_fatal(&rest[5..len]) => return ReplicaAnswer::Failed,
-                tag::ERROR_RESPONSE if first && error_code(&rest[5..len]) == Some(b"0A000") => {
-                    return ReplicaAnswer::RefusedSerializable {
-                        recognized: is_serializable_refusal(&rest[5..len]),
+                tag::ERROR_RESPONSE if error_code(&rest[5..len]) == Some(b"0A000") => {
+                    return ReplicaAnswer::Refused {
+                        serializable: is_serializable_refusal(&rest[5..len]),
                     };
                 }
                 tag::READY_FOR_QUERY => return ReplicaAnswer::Relay,
                 _ => rest = &rest[len..],
             }
-            first = false;
         }
         ReplicaAnswer::Relay
     }
 
-    /// The replica refused this read as serializable: the connection is closed (it is
-    /// in the middle of its error), and the read is retried on the primary with the
-    /// replica left healthy (`retry_elsewhere`). A refusal PostgreSQL's message names
-    /// is learned for the role (`route/serializable_roles.rs`), so its next reads go
-    /// to the primary first.
-    fn replica_refused_serializable(&mut self, recognized: bool) {
+    /// The replica refused this read: the connection is closed (it may be in the
+    /// middle of its answer), and the read is retried on the primary with the replica
+    /// left healthy (`retry_elsewhere`). What caused the refusal is learned, so the
+    /// next such reads go to the primary first: the role when PostgreSQL's message
+    /// names serializable mode, else the request's shape.
+    fn replica_refused(&mut self, serializable: bool) {
+        let shape = match self.routing.as_ref() {
+            Some(state) if !serializable => state
+                .retry_frames
+                .first()
+                .and_then(|frame| self.refusal_shape(frame[0], frame)),
+            _ => None,
+        };
         if let Some(state) = self.routing.as_mut() {
-            state.refused_serializable = true;
+            state.refused_by_replica = true;
+            if let Some(shape) = shape {
+                state.topology.refused_shapes.learn(shape);
+            }
         }
-        if recognized {
+        if serializable {
             self.learn_serializable_role();
         }
         self.server_failed();

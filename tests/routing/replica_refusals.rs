@@ -1,15 +1,19 @@
-//! A role whose transactions are serializable by `ALTER ROLE ... SET
-//! default_transaction_isolation` (invisible in the protocol): a hot standby refuses
-//! its reads (SQLSTATE 0A000, "cannot use serializable mode in a hot standby"). The
-//! proxy retries such a read on the primary before the client sees anything, learns
-//! the role, and sends its later sessions' reads to the primary; the replica stays in
-//! rotation for everybody else.
+//! Reads a hot standby refuses while the primary runs them (SQLSTATE 0A000): the proxy
+//! retries them on the primary before the client sees anything, learns why, and sends
+//! the next such reads to the primary first; the replica stays in rotation for
+//! everybody else.
+//! - A role whose transactions are serializable by `ALTER ROLE ... SET
+//!   default_transaction_isolation` (invisible in the protocol): "cannot use
+//!   serializable mode in a hot standby". Learned by role.
+//! - An unlogged table: "cannot access temporary or unlogged relations during
+//!   recovery". Learned by statement shape.
 
 use std::time::Duration;
 
 use super::{port_of, wait_replicas_healthy, with_replicas};
 use crate::support;
 use support::proxy::{self, DATABASE};
+use support::wire::{error_code, first_value, Wire};
 use support::within;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -220,5 +224,200 @@ async fn a_role_serializable_by_alter_role_reads_from_the_primary() {
         )
         .await,
         replica
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unlogged_table_is_read_from_the_primary() {
+    let cluster = support::cluster(1);
+    let primary = i32::from(cluster.primary().port);
+    let replica = i32::from(cluster.replicas()[0].port);
+    let direct = proxy::connect_direct(&cluster).await;
+    within(
+        "create the tables",
+        direct.batch_execute(
+            "CREATE UNLOGGED TABLE sessions(id int PRIMARY KEY, data text);
+             INSERT INTO sessions SELECT i, 'session ' || i FROM generate_series(1, 5) i;
+             CREATE TABLE accounts(id int PRIMARY KEY);
+             INSERT INTO accounts VALUES (1), (2)",
+        ),
+    )
+    .await
+    .unwrap();
+    cluster
+        .wait_for_replication(Duration::from_secs(30))
+        .expect("the replica replays the tables");
+    let proxy = proxy::start(&cluster, |c| {
+        with_replicas(&cluster)(c);
+        c.auth.method = pgwarden::config::AuthMethod::Trust; // for the raw wire client
+    })
+    .await;
+    wait_replicas_healthy(&proxy).await;
+    let topology = proxy.runtime.routing().topology(DATABASE).unwrap();
+    let replica_state = &topology.replicas()[0];
+    let routed = || {
+        replica_state
+            .routed
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    let client = proxy::connect(&proxy).await;
+    // A read of another table loads the proxy's own first question on the replica.
+    assert_eq!(
+        within(
+            "a logged table",
+            port_of(&client, "SELECT inet_server_port() FROM accounts LIMIT 1")
+        )
+        .await,
+        replica
+    );
+
+    // Simple protocol: the replica refuses, the primary answers, the client sees the
+    // rows only.
+    let before = routed();
+    let rows = within(
+        "simple read",
+        client.simple_query("SELECT data, inet_server_port() FROM sessions WHERE id = 3"),
+    )
+    .await
+    .expect("simple read of an unlogged table");
+    let row = rows
+        .iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => Some(r),
+            _ => None,
+        })
+        .expect("a row");
+    assert_eq!(
+        (row.get(0), row.get(1)),
+        (Some("session 3"), Some(primary.to_string().as_str()))
+    );
+    assert_eq!(
+        routed(),
+        before + 1,
+        "the first read was tried on the replica"
+    );
+    // The same shape with another literal goes to the primary first.
+    assert_eq!(
+        within(
+            "learned shape",
+            port_of(
+                &client,
+                "SELECT inet_server_port() FROM sessions WHERE id = 4"
+            )
+        )
+        .await,
+        primary
+    );
+    let rows = within(
+        "learned shape",
+        client.simple_query("SELECT data, inet_server_port() FROM sessions WHERE id = 4"),
+    )
+    .await
+    .unwrap();
+    assert!(rows
+        .iter()
+        .any(|m| matches!(m, tokio_postgres::SimpleQueryMessage::Row(_))));
+
+    // Extended protocol, a prepared statement: refused when it is planned, after the
+    // replica's `ParseComplete`; then learned by its text.
+    let statement = within(
+        "prepare",
+        client.prepare("SELECT data, inet_server_port() FROM sessions WHERE id = $1"),
+    )
+    .await
+    .unwrap();
+    for id in 1..=3i32 {
+        let row = within("extended read", client.query_one(&statement, &[&id]))
+            .await
+            .unwrap_or_else(|e| panic!("extended read {id}: {e}"));
+        assert_eq!(
+            (row.get::<_, String>(0), row.get::<_, i32>(1)),
+            (format!("session {id}"), primary)
+        );
+    }
+    let after_learning = routed();
+    for id in 4..=5i32 {
+        let row = within("extended read", client.query_one(&statement, &[&id]))
+            .await
+            .unwrap();
+        assert_eq!(row.get::<_, i32>(1), primary);
+    }
+    assert_eq!(
+        within(
+            "learned shape",
+            port_of(
+                &client,
+                "SELECT inet_server_port() FROM sessions WHERE id = 5"
+            )
+        )
+        .await,
+        primary
+    );
+    assert_eq!(
+        routed(),
+        after_learning,
+        "a learned shape went to the replica"
+    );
+
+    // Extended protocol, the unnamed statement, as most drivers send it (`Parse`,
+    // `Bind`, `Describe`, `Execute`, `Sync` in one write): the replica answers
+    // `ParseComplete`, then refuses at `Bind`.
+    let mut wire = within(
+        "raw login",
+        Wire::tcp(proxy.port(), support::proxy::USER, DATABASE, &[]),
+    )
+    .await;
+    let before = routed();
+    let answer = within(
+        "unnamed extended read",
+        wire.extended(
+            "",
+            Some("SELECT inet_server_port(), data FROM sessions WHERE id > $1 ORDER BY id LIMIT 1"),
+            &[Some(b"1")],
+            false,
+            0,
+        ),
+    )
+    .await;
+    assert_eq!(error_code(&answer), None, "{answer:?}");
+    let tags: Vec<u8> = answer.iter().map(|f| f[0]).collect();
+    assert_eq!(tags, b"12TDCZ", "the client saw one answer, the primary's");
+    assert_eq!(first_value(&answer), Some(primary.to_string()));
+    assert_eq!(
+        routed(),
+        before + 1,
+        "the unnamed read was tried on the replica"
+    );
+
+    // A statement the primary refuses too gets the primary's error; the session goes on.
+    let error = within(
+        "refused everywhere",
+        client.simple_query("SELECT * FROM accounts a FULL JOIN accounts b ON a.id > b.id"),
+    )
+    .await
+    .expect_err("FULL JOIN on a non-equality condition");
+    assert_eq!(
+        error.code(),
+        Some(&tokio_postgres::error::SqlState::FEATURE_NOT_SUPPORTED),
+        "{error}"
+    );
+    assert_eq!(
+        within(
+            "a logged table",
+            port_of(&client, "SELECT inet_server_port() FROM accounts LIMIT 1")
+        )
+        .await,
+        replica
+    );
+
+    // No refusal counted as a fault of the replica.
+    assert!(replica_state
+        .healthy
+        .load(std::sync::atomic::Ordering::Relaxed));
+    assert_eq!(
+        replica_state
+            .errors
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0
     );
 }
