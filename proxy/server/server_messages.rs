@@ -290,6 +290,8 @@ impl Session {
                 .and_then(|frame| self.refusal_shape(frame[0], frame)),
             _ => None,
         };
+        metrics::counter!("pgwarden_replica_refusals_total", "cause" => if serializable { "serializable" } else { "other" })
+            .increment(1);
         if let Some(state) = self.routing.as_mut() {
             state.refused_by_replica = true;
             if let Some(shape) = shape {
