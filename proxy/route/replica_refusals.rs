@@ -1,12 +1,13 @@
-//! Reads a hot standby refuses while the primary runs them, all with SQLSTATE 0A000:
+//! Reads a hot standby refuses while the primary runs them, both with SQLSTATE 0A000:
 //! a serializable transaction ("cannot use serializable mode in a hot standby"), and
 //! a query of an unlogged table ("cannot access temporary or unlogged relations during
-//! recovery"). Such a read, refused before any of its answer reached the client, is
+//! recovery"). They are told apart by the routine that raised them
+//! ([`standby_refusal`]). Such a read, refused before any of its answer reached the client, is
 //! retried on the primary (`server/server_messages.rs`), and what caused it is
 //! remembered for a while, so the next such reads go to the primary first:
 //! - a serializable default that never shows in the protocol (`ALTER ROLE ... SET
 //!   default_transaction_isolation`, or `ALTER DATABASE`), by role;
-//! - any other refusal, by the statement's shape.
+//! - an unlogged table, by the statement's shape.
 //!
 //! After [`REMEMBER_FOR`] a replica is tried again, in case the default or the table
 //! changed.
@@ -103,17 +104,35 @@ impl RefusedShapes {
     }
 }
 
-/// Whether an `ErrorResponse` body is a hot standby's refusal of serializable mode:
-/// SQLSTATE 0A000 with PostgreSQL's message. A server that answers in another
-/// language is not recognized by the message; its refusal is still retried on the
-/// primary (by the code alone), and learned by shape instead of by role.
-pub fn is_serializable_refusal(error_body: &[u8]) -> bool {
-    crate::protocol::backend::error_field(error_body, b'M')
-        .is_some_and(|m| m == REFUSAL_MESSAGE.as_bytes())
+/// What a hot standby refused, told from an `ErrorResponse` body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StandbyRefusal {
+    /// A serializable transaction: learned for the role.
+    Serializable,
+    /// A temporary or unlogged relation: learned for the statement's shape.
+    UnloggedRelation,
 }
 
-/// PostgreSQL's message for it (SQLSTATE 0A000).
-pub const REFUSAL_MESSAGE: &str = "cannot use serializable mode in a hot standby";
+/// The hot-standby refusal an `ErrorResponse` body is, if any: SQLSTATE 0A000 raised
+/// by the routine that refuses it (the `R` field, which no translation changes).
+/// Nothing else with 0A000 is retried: "cached plan must not change result type",
+/// for one, depends on what the client prepared, and a driver such as pgjdbc must
+/// see it to prepare again.
+pub fn standby_refusal(error_body: &[u8]) -> Option<StandbyRefusal> {
+    use crate::protocol::backend::error_field;
+    if error_field(error_body, b'C') != Some(b"0A000") {
+        return None;
+    }
+    match error_field(error_body, b'R')? {
+        b"GetSerializableTransactionSnapshot" => Some(StandbyRefusal::Serializable),
+        b"get_relation_info" => Some(StandbyRefusal::UnloggedRelation),
+        _ => None,
+    }
+}
+
+/// PostgreSQL's message for a refused serializable transaction (SQLSTATE 0A000), as a
+/// proxy-internal query reports it (message only).
+pub const SERIALIZABLE_REFUSAL_MESSAGE: &str = "cannot use serializable mode in a hot standby";
 
 #[cfg(test)]
 mod tests {
@@ -145,11 +164,34 @@ mod tests {
     }
 
     #[test]
-    fn a_refusal_is_told_by_its_message() {
-        let refusal = b"SERROR\0VERROR\0C0A000\0Mcannot use serializable mode in a hot standby\0\
-            D\"default_transaction_isolation\" is set to \"serializable\".\0\0";
-        assert!(is_serializable_refusal(refusal));
-        let other = b"SERROR\0VERROR\0C0A000\0MFULL JOIN is only supported with merge-joinable join conditions\0\0";
-        assert!(!is_serializable_refusal(other));
+    fn refusals_are_told_by_code_and_routine() {
+        let serializable =
+            b"SERROR\0VERROR\0C0A000\0Mcannot use serializable mode in a hot standby\0\
+            D\"default_transaction_isolation\" is set to \"serializable\".\0Fpredicate.c\0L1697\0\
+            RGetSerializableTransactionSnapshot\0\0";
+        assert_eq!(
+            standby_refusal(serializable),
+            Some(StandbyRefusal::Serializable)
+        );
+        // Another language: the routine still tells.
+        let translated =
+            b"SERREUR\0VERROR\0C0A000\0Mne peut pas utiliser le mode s\xc3\xa9rialisable\0\
+            Fpredicate.c\0L1697\0RGetSerializableTransactionSnapshot\0\0";
+        assert_eq!(
+            standby_refusal(translated),
+            Some(StandbyRefusal::Serializable)
+        );
+        let unlogged = b"SERROR\0VERROR\0C0A000\0Mcannot access temporary or unlogged relations during recovery\0\
+            Fplancat.c\0L150\0Rget_relation_info\0\0";
+        assert_eq!(
+            standby_refusal(unlogged),
+            Some(StandbyRefusal::UnloggedRelation)
+        );
+        let cached_plan = b"SERROR\0VERROR\0C0A000\0Mcached plan must not change result type\0\
+            Fplancache.c\0L717\0RRevalidateCachedQuery\0\0";
+        assert_eq!(standby_refusal(cached_plan), None);
+        let other_code =
+            b"SERROR\0VERROR\0C42P01\0Mrelation does not exist\0Rget_relation_info\0\0";
+        assert_eq!(standby_refusal(other_code), None);
     }
 }

@@ -317,10 +317,10 @@ impl Session {
 /// Whether a proxy-internal query failed because a hot standby refused serializable
 /// mode (`route/replica_refusals.rs`).
 fn refuses_serializable(error: &PoolError) -> bool {
-    use crate::route::replica_refusals::REFUSAL_MESSAGE;
+    use crate::route::replica_refusals::SERIALIZABLE_REFUSAL_MESSAGE;
     match error {
         PoolError::Unhealthy(message) | PoolError::Refused { message, .. } => {
-            message == REFUSAL_MESSAGE
+            message == SERIALIZABLE_REFUSAL_MESSAGE
         }
         _ => false,
     }

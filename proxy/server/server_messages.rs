@@ -14,7 +14,7 @@ use super::SessionError;
 use crate::protocol::backend::{command_tag, error_code};
 use crate::protocol::frame::check_frame;
 use crate::protocol::tag::{backend as tag, TransactionStatus};
-use crate::route::replica_refusals::is_serializable_refusal;
+use crate::route::replica_refusals::{standby_refusal, StandbyRefusal};
 
 /// PostgreSQL's own limit on one message is 1 GiB.
 const MAX_SERVER_MESSAGE: usize = (1 << 30) + 64;
@@ -29,8 +29,8 @@ impl Session {
                     "replica terminated the connection".into(),
                 ));
             }
-            ReplicaAnswer::Refused { serializable } => {
-                self.replica_refused(serializable);
+            ReplicaAnswer::Refused(refusal) => {
+                self.replica_refused(refusal);
                 return Err(SessionError::ServerLost("replica refused a read".into()));
             }
         }
@@ -239,16 +239,14 @@ enum ReplicaAnswer {
     /// The replica ended it with a FATAL error (shutting down, restarting): retry
     /// elsewhere, as for a lost connection.
     Failed,
-    /// The replica refused it with SQLSTATE 0A000, as a hot standby does serializable
-    /// mode and unlogged tables (`route/replica_refusals.rs`): retry on the primary.
-    /// `serializable`: PostgreSQL's message says serializable mode, so the role's
-    /// default is learned; otherwise the statement's shape is.
-    Refused { serializable: bool },
+    /// The replica refused it as a hot standby refuses serializable mode and unlogged
+    /// tables (`route/replica_refusals.rs`): retry on the primary.
+    Refused(StandbyRefusal),
 }
 
 impl Session {
     /// A replica ended a request that can still be retried with a FATAL error, or
-    /// refused it (0A000), before the client was sent any of the answer. Neither need
+    /// refused it as a hot standby, before the client was sent any of the answer. Neither need
     /// come first: a backend stopped mid-query sends the `RowDescription` it had
     /// buffered, then the FATAL, in one write; an unlogged table is refused when the
     /// query is planned, after the `ParseComplete` of the extended protocol or the
@@ -265,10 +263,11 @@ impl Session {
         while let Ok(Some(len)) = check_frame(rest, MAX_SERVER_MESSAGE) {
             match rest[0] {
                 tag::ERROR_RESPONSE if is_fatal(&rest[5..len]) => return ReplicaAnswer::Failed,
-                tag::ERROR_RESPONSE if error_code(&rest[5..len]) == Some(b"0A000") => {
-                    return ReplicaAnswer::Refused {
-                        serializable: is_serializable_refusal(&rest[5..len]),
-                    };
+                tag::ERROR_RESPONSE => {
+                    if let Some(refusal) = standby_refusal(&rest[5..len]) {
+                        return ReplicaAnswer::Refused(refusal);
+                    }
+                    rest = &rest[len..];
                 }
                 tag::READY_FOR_QUERY => return ReplicaAnswer::Relay,
                 _ => rest = &rest[len..],
@@ -280,9 +279,10 @@ impl Session {
     /// The replica refused this read: the connection is closed (it may be in the
     /// middle of its answer), and the read is retried on the primary with the replica
     /// left healthy (`retry_elsewhere`). What caused the refusal is learned, so the
-    /// next such reads go to the primary first: the role when PostgreSQL's message
-    /// names serializable mode, else the request's shape.
-    fn replica_refused(&mut self, serializable: bool) {
+    /// next such reads go to the primary first: the role for serializable mode, the
+    /// request's shape for an unlogged table.
+    fn replica_refused(&mut self, refusal: StandbyRefusal) {
+        let serializable = refusal == StandbyRefusal::Serializable;
         let shape = match self.routing.as_ref() {
             Some(state) if !serializable => state
                 .retry_frames
@@ -290,7 +290,7 @@ impl Session {
                 .and_then(|frame| self.refusal_shape(frame[0], frame)),
             _ => None,
         };
-        metrics::counter!("pgwarden_replica_refusals_total", "cause" => if serializable { "serializable" } else { "other" })
+        metrics::counter!("pgwarden_replica_refusals_total", "cause" => if serializable { "serializable" } else { "unlogged" })
             .increment(1);
         if let Some(state) = self.routing.as_mut() {
             state.refused_by_replica = true;
