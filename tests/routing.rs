@@ -161,6 +161,14 @@ async fn every_statement_kind_lands_where_it_must() {
     reader.batch_execute("BEGIN READ ONLY").await.unwrap();
     assert!(replicas.contains(&port_of(&reader, "SELECT inet_server_port()").await));
     reader.batch_execute("COMMIT").await.unwrap();
+    // The same transaction sent as one string.
+    assert!(replicas.contains(
+        &port_of(
+            &reader,
+            "BEGIN READ ONLY; SELECT inet_server_port(); COMMIT"
+        )
+        .await
+    ));
 
     // Serializable transactions stay on the primary: a hot standby refuses them
     // ("cannot use serializable mode in a hot standby"), so on a replica the read

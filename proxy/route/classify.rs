@@ -22,7 +22,9 @@ pub enum StatementClass {
     Read,
     /// Must run on the primary.
     Write,
-    /// `BEGIN`/`START TRANSACTION`; `read_only` when it says `READ ONLY`.
+    /// `BEGIN`/`START TRANSACTION`; `read_only` when it says `READ ONLY` (and not
+    /// `SERIALIZABLE`). Also a string that begins such a transaction and then only
+    /// reads, ends or marks it (`BEGIN READ ONLY; SELECT ...; COMMIT`).
     Begin { read_only: bool },
     /// Transaction and session control: `COMMIT`/`END`, `ROLLBACK`/`ABORT` (also `TO
     /// SAVEPOINT`), `SAVEPOINT`, `RELEASE`, `SET`/`RESET` of server settings, `DISCARD`,
@@ -226,18 +228,28 @@ impl Classifier {
             return self.classify_one(&statements[0]);
         }
         // Several statements run as one implicit transaction: a replica only if every
-        // part is a plain read; the primary, writing nothing, if the others only begin,
-        // end or mark a transaction (`BEGIN; SELECT ...; COMMIT`).
+        // part is a plain read, or if a read-only transaction begins first and the rest
+        // only read or end or mark it (`BEGIN READ ONLY; SELECT ...; COMMIT`: a
+        // read-only `BEGIN`, as a lone one would be); the primary, writing nothing, if
+        // the others only begin, end or mark a transaction (`BEGIN; SELECT ...;
+        // COMMIT`).
         let mut all_read = true;
-        for statement in &statements {
+        let mut read_only_transaction = false;
+        for (at, statement) in statements.iter().enumerate() {
             match self.classify_one(statement) {
                 StatementClass::Read => {}
-                StatementClass::Begin { .. } | StatementClass::Control => all_read = false,
+                StatementClass::Begin { read_only } => {
+                    read_only_transaction = at == 0 && read_only;
+                    all_read = false;
+                }
+                StatementClass::Control => all_read = false,
                 _ => return StatementClass::Write,
             }
         }
         if all_read {
             StatementClass::Read
+        } else if read_only_transaction {
+            StatementClass::Begin { read_only: true }
         } else {
             StatementClass::Control
         }
@@ -441,6 +453,13 @@ mod tests {
             ("ROLLBACK PREPARED 'x'", Write),
             ("PREPARE TRANSACTION 'x'", Write),
             ("BEGIN; SELECT 1; COMMIT", Control),
+            ("BEGIN READ ONLY; SELECT 1; COMMIT", Begin { read_only: true }),
+            ("BEGIN READ ONLY; SELECT 1", Begin { read_only: true }),
+            ("START TRANSACTION READ ONLY; SELECT 1; SAVEPOINT a; SELECT 2; RELEASE a; END", Begin { read_only: true }),
+            ("BEGIN READ ONLY; SELECT 1; COMMIT; BEGIN; SELECT 2", Control),
+            ("BEGIN ISOLATION LEVEL SERIALIZABLE READ ONLY; SELECT 1; COMMIT", Control),
+            ("SELECT 1; BEGIN READ ONLY; SELECT 2; COMMIT", Control),
+            ("BEGIN READ ONLY; SELECT nextval('s'); COMMIT", Write),
             ("BEGIN; SELECT 1; SELECT nextval('s'); COMMIT", Write),
             ("BEGIN; INSERT INTO t VALUES (1); COMMIT", Write),
             ("SELECT 1; SET pgwarden.route = primary", Write),
