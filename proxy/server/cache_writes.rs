@@ -246,7 +246,7 @@ impl Session {
             }
             _ => return,
         };
-        if idle && !starts_a_transaction(sql) {
+        if idle && !may_begin_read_only(sql) {
             if let Some(state) = self.caching.as_mut() {
                 state.read_only_transaction = false;
             }
@@ -328,38 +328,52 @@ impl Session {
     }
 }
 
-/// Whether a statement text begins with `BEGIN` or `START` (comments aside, a cheap
-/// test before the classifier is asked).
-fn starts_a_transaction(sql: &[u8]) -> bool {
+/// Whether a statement text may begin a read-only transaction: it begins with `BEGIN`
+/// or `START` (comments aside) and has the word `only` somewhere. A cheap test before
+/// the classifier is asked; a plain `BEGIN`, the usual one, never reaches it.
+fn may_begin_read_only(sql: &[u8]) -> bool {
     let text = sql.trim_ascii_start();
     let length = text
         .iter()
         .position(|b| !b.is_ascii_alphabetic())
         .unwrap_or(text.len());
     let word = &text[..length];
-    word.eq_ignore_ascii_case(b"BEGIN")
+    let begins = word.eq_ignore_ascii_case(b"BEGIN")
         || word.eq_ignore_ascii_case(b"START")
         || text.starts_with(b"/*")
-        || text.starts_with(b"--")
+        || text.starts_with(b"--");
+    begins && text.windows(4).any(|w| w.eq_ignore_ascii_case(b"only"))
 }
 
 #[cfg(test)]
 mod tests {
-    use super::starts_a_transaction;
+    use super::may_begin_read_only;
 
     #[test]
-    fn only_texts_that_may_begin_a_transaction_reach_the_classifier() {
+    fn only_texts_that_may_begin_a_read_only_transaction_reach_the_classifier() {
+        for sql in [
+            "  begin read only",
+            "START TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY",
+            "Start Transaction Read Only",
+            "/* x */ BEGIN READ ONLY",
+            "-- c\nBEGIN READ ONLY",
+            "BEGIN TRANSACTION READ\n  ONLY",
+        ] {
+            assert!(may_begin_read_only(sql.as_bytes()), "{sql}");
+        }
         for sql in [
             "BEGIN",
-            "  begin read only",
             "Start Transaction",
-            "/* x */ BEGIN",
-            "-- c\nBEGIN",
+            "BEGIN READ WRITE",
+            "SELECT 1",
+            "SELECT * FROM only_this",
+            "BEGINNING ONLY",
+            "STARTS",
+            "",
+            "  ",
+            "commit",
         ] {
-            assert!(starts_a_transaction(sql.as_bytes()), "{sql}");
-        }
-        for sql in ["SELECT 1", "BEGINNING", "STARTS", "", "  ", "commit"] {
-            assert!(!starts_a_transaction(sql.as_bytes()), "{sql}");
+            assert!(!may_begin_read_only(sql.as_bytes()), "{sql}");
         }
     }
 }
