@@ -8,7 +8,11 @@
 //! - An unlogged table: "cannot access temporary or unlogged relations during
 //!   recovery". Learned by statement shape.
 
+use std::sync::atomic::Ordering;
 use std::time::Duration;
+
+use pgwarden::cluster::LocalCluster;
+use pgwarden::route::BackendState;
 
 use super::{port_of, wait_replicas_healthy, with_replicas};
 use crate::support;
@@ -18,29 +22,20 @@ use support::within;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_role_serializable_by_alter_role_reads_from_the_primary() {
-    let cluster = support::cluster(1);
+    let cluster = replicated_cluster(
+        "CREATE ROLE careful LOGIN PASSWORD 'careful-secret';
+         ALTER ROLE careful SET default_transaction_isolation = 'serializable';
+         CREATE ROLE eager LOGIN PASSWORD 'eager-secret';
+         ALTER ROLE eager SET default_transaction_isolation = 'serializable';
+         CREATE ROLE early LOGIN PASSWORD 'early-secret';
+         ALTER ROLE early SET default_transaction_isolation = 'serializable';
+         CREATE TABLE ledger(id int PRIMARY KEY, amount int);
+         INSERT INTO ledger VALUES (1, 10), (2, 20);
+         GRANT SELECT ON ledger TO careful, eager, early",
+    )
+    .await;
     let primary = i32::from(cluster.primary().port);
     let replica = i32::from(cluster.replicas()[0].port);
-    let direct = proxy::connect_direct(&cluster).await;
-    within(
-        "create the role",
-        direct.batch_execute(
-            "CREATE ROLE careful LOGIN PASSWORD 'careful-secret';
-             ALTER ROLE careful SET default_transaction_isolation = 'serializable';
-             CREATE ROLE eager LOGIN PASSWORD 'eager-secret';
-             ALTER ROLE eager SET default_transaction_isolation = 'serializable';
-             CREATE ROLE early LOGIN PASSWORD 'early-secret';
-             ALTER ROLE early SET default_transaction_isolation = 'serializable';
-             CREATE TABLE ledger(id int PRIMARY KEY, amount int);
-             INSERT INTO ledger VALUES (1, 10), (2, 20);
-             GRANT SELECT ON ledger TO careful, eager, early",
-        ),
-    )
-    .await
-    .unwrap();
-    cluster
-        .wait_for_replication(Duration::from_secs(30))
-        .expect("the replica replays the role");
     let proxy = proxy::start(&cluster, |c| {
         with_replicas(&cluster)(c);
         for name in ["careful", "eager", "early"] {
@@ -60,11 +55,7 @@ async fn a_role_serializable_by_alter_role_reads_from_the_primary() {
 
     let topology = proxy.runtime.routing().topology(DATABASE).unwrap();
     let replica_state = &topology.replicas()[0];
-    let routed = || {
-        replica_state
-            .routed
-            .load(std::sync::atomic::Ordering::Relaxed)
-    };
+    let routed = || replica_state.routed.load(Ordering::Relaxed);
 
     // The very first read through a replica makes the proxy ask it a question of its
     // own (the database's session-safe functions): as `early`, the replica refuses
@@ -207,16 +198,7 @@ async fn a_role_serializable_by_alter_role_reads_from_the_primary() {
     );
 
     // The refusal was no fault of the replica: it stays healthy, and serves others.
-    assert!(replica_state
-        .healthy
-        .load(std::sync::atomic::Ordering::Relaxed));
-    assert_eq!(
-        replica_state
-            .errors
-            .load(std::sync::atomic::Ordering::Relaxed),
-        0,
-        "a refusal counted as a replica error"
-    );
+    assert_unharmed(replica_state);
     assert_eq!(
         within(
             "another role's read",
@@ -229,24 +211,15 @@ async fn a_role_serializable_by_alter_role_reads_from_the_primary() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unlogged_table_is_read_from_the_primary() {
-    let cluster = support::cluster(1);
+    let cluster = replicated_cluster(
+        "CREATE UNLOGGED TABLE sessions(id int PRIMARY KEY, data text);
+         INSERT INTO sessions SELECT i, 'session ' || i FROM generate_series(1, 5) i;
+         CREATE TABLE accounts(id int PRIMARY KEY);
+         INSERT INTO accounts VALUES (1), (2)",
+    )
+    .await;
     let primary = i32::from(cluster.primary().port);
     let replica = i32::from(cluster.replicas()[0].port);
-    let direct = proxy::connect_direct(&cluster).await;
-    within(
-        "create the tables",
-        direct.batch_execute(
-            "CREATE UNLOGGED TABLE sessions(id int PRIMARY KEY, data text);
-             INSERT INTO sessions SELECT i, 'session ' || i FROM generate_series(1, 5) i;
-             CREATE TABLE accounts(id int PRIMARY KEY);
-             INSERT INTO accounts VALUES (1), (2)",
-        ),
-    )
-    .await
-    .unwrap();
-    cluster
-        .wait_for_replication(Duration::from_secs(30))
-        .expect("the replica replays the tables");
     let proxy = proxy::start(&cluster, |c| {
         with_replicas(&cluster)(c);
         c.auth.method = pgwarden::config::AuthMethod::Trust; // for the raw wire client
@@ -255,11 +228,7 @@ async fn an_unlogged_table_is_read_from_the_primary() {
     wait_replicas_healthy(&proxy).await;
     let topology = proxy.runtime.routing().topology(DATABASE).unwrap();
     let replica_state = &topology.replicas()[0];
-    let routed = || {
-        replica_state
-            .routed
-            .load(std::sync::atomic::Ordering::Relaxed)
-    };
+    let routed = || replica_state.routed.load(Ordering::Relaxed);
     let refusals_at_start = unlogged_refusals(&proxy).await;
     let client = proxy::connect(&proxy).await;
     // A read of another table loads the proxy's own first question on the replica.
@@ -400,15 +369,7 @@ async fn an_unlogged_table_is_read_from_the_primary() {
     assert_eq!(refusals, 3, "refusals counted");
 
     // No refusal counted as a fault of the replica.
-    assert!(replica_state
-        .healthy
-        .load(std::sync::atomic::Ordering::Relaxed));
-    assert_eq!(
-        replica_state
-            .errors
-            .load(std::sync::atomic::Ordering::Relaxed),
-        0
-    );
+    assert_unharmed(replica_state);
 }
 
 /// `pgwarden_replica_refusals_total{cause="unlogged"}` from `/metrics` (0 before the
@@ -423,4 +384,25 @@ async fn unlogged_refusals(proxy: &pgwarden::RunningProxy) -> u64 {
         .lines()
         .find_map(|l| l.strip_prefix("pgwarden_replica_refusals_total{cause=\"unlogged\"} "))
         .map_or(0, |v| v.trim().parse().expect("a count"))
+}
+
+/// A primary and one replica that has replayed `setup` (run on the primary).
+async fn replicated_cluster(setup: &str) -> LocalCluster {
+    let cluster = support::cluster(1);
+    let direct = proxy::connect_direct(&cluster).await;
+    within("setup", direct.batch_execute(setup)).await.unwrap();
+    cluster
+        .wait_for_replication(Duration::from_secs(30))
+        .expect("the replica replays the setup");
+    cluster
+}
+
+/// A refusal is no fault of the replica: it stays healthy, with no error counted.
+fn assert_unharmed(replica: &BackendState) {
+    assert!(replica.healthy.load(Ordering::Relaxed));
+    assert_eq!(
+        replica.errors.load(Ordering::Relaxed),
+        0,
+        "a refusal counted as a replica error"
+    );
 }
