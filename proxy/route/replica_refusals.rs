@@ -20,61 +20,111 @@ use std::time::{Duration, Instant};
 /// How long a refusal keeps a role's or a shape's reads on the primary.
 pub const REMEMBER_FOR: Duration = Duration::from_secs(600);
 
+/// Keys learned from refusals, each remembered for [`REMEMBER_FOR`]; past `cap` keys
+/// the oldest goes first.
+#[derive(Debug)]
+struct Remembered<K> {
+    learned: Mutex<HashMap<K, Instant>>,
+    cap: usize,
+}
+
+impl<K: std::hash::Hash + Eq + Clone> Remembered<K> {
+    fn with_cap(cap: usize) -> Remembered<K> {
+        Remembered {
+            learned: Mutex::new(HashMap::new()),
+            cap,
+        }
+    }
+
+    /// Remembers `key`.
+    fn learn(&self, key: K) {
+        let mut learned = self.lock();
+        if learned.len() >= self.cap {
+            learned.retain(|_, at| at.elapsed() < REMEMBER_FOR);
+            if learned.len() >= self.cap {
+                let oldest = learned
+                    .iter()
+                    .min_by_key(|(_, at)| **at)
+                    .map(|(k, _)| k.clone());
+                if let Some(oldest) = oldest {
+                    learned.remove(&oldest);
+                }
+            }
+        }
+        learned.insert(key, Instant::now());
+    }
+
+    /// Whether `key` was learned within [`REMEMBER_FOR`] (an older one is forgotten),
+    /// and how many keys remain.
+    fn contains<Q>(&self, key: &Q) -> (bool, usize)
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: std::hash::Hash + Eq + ?Sized,
+    {
+        let mut learned = self.lock();
+        let found = match learned.get(key) {
+            Some(at) if at.elapsed() < REMEMBER_FOR => true,
+            Some(_) => {
+                learned.remove(key);
+                false
+            }
+            None => false,
+        };
+        (found, learned.len())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<K, Instant>> {
+        self.learned.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
 /// The roles of one database learned to be serializable by default, and when.
-#[derive(Debug, Default)]
-pub struct SerializableRoles {
-    learned: Mutex<HashMap<String, Instant>>,
+#[derive(Debug)]
+pub struct SerializableRoles(Remembered<String>);
+
+impl Default for SerializableRoles {
+    fn default() -> SerializableRoles {
+        SerializableRoles(Remembered::with_cap(usize::MAX))
+    }
 }
 
 impl SerializableRoles {
     /// A replica refused `role`'s read as serializable.
     pub fn learn(&self, role: &str) {
-        self.lock().insert(role.to_string(), Instant::now());
+        self.0.learn(role.to_string());
     }
 
     /// Whether `role`'s transactions were found serializable within [`REMEMBER_FOR`].
     /// Asked once per client login, not per statement.
     pub fn contains(&self, role: &str) -> bool {
-        let mut learned = self.lock();
-        match learned.get(role) {
-            Some(at) if at.elapsed() < REMEMBER_FOR => true,
-            Some(_) => {
-                learned.remove(role);
-                false
-            }
-            None => false,
-        }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Instant>> {
-        self.learned.lock().unwrap_or_else(|e| e.into_inner())
+        self.0.contains(role).0
     }
 }
 
 /// Statement shapes (`crate::scan::Shape::hash`) a replica refused for another reason
 /// (an unlogged table, most often). Asked for every read routed while one is known:
 /// a process without any costs one atomic load.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct RefusedShapes {
     any: AtomicBool,
-    learned: Mutex<HashMap<u64, Instant>>,
+    learned: Remembered<u64>,
 }
 
 /// At most this many shapes are remembered (the oldest go first).
 const MAX_SHAPES: usize = 1024;
 
+impl Default for RefusedShapes {
+    fn default() -> RefusedShapes {
+        RefusedShapes {
+            any: AtomicBool::new(false),
+            learned: Remembered::with_cap(MAX_SHAPES),
+        }
+    }
+}
+
 impl RefusedShapes {
     pub fn learn(&self, shape: u64) {
-        let mut learned = self.lock();
-        if learned.len() >= MAX_SHAPES {
-            learned.retain(|_, at| at.elapsed() < REMEMBER_FOR);
-            if learned.len() >= MAX_SHAPES {
-                if let Some(oldest) = learned.iter().min_by_key(|(_, at)| **at).map(|(k, _)| *k) {
-                    learned.remove(&oldest);
-                }
-            }
-        }
-        learned.insert(shape, Instant::now());
+        self.learned.learn(shape);
         self.any.store(true, Ordering::Relaxed);
     }
 
@@ -84,23 +134,11 @@ impl RefusedShapes {
     }
 
     pub fn contains(&self, shape: u64) -> bool {
-        let mut learned = self.lock();
-        let found = match learned.get(&shape) {
-            Some(at) if at.elapsed() < REMEMBER_FOR => true,
-            Some(_) => {
-                learned.remove(&shape);
-                false
-            }
-            None => false,
-        };
-        if learned.is_empty() {
+        let (found, left) = self.learned.contains(&shape);
+        if left == 0 {
             self.any.store(false, Ordering::Relaxed);
         }
         found
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Instant>> {
-        self.learned.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -156,7 +194,7 @@ mod tests {
         for shape in 100..100 + MAX_SHAPES as u64 {
             shapes.learn(shape);
         }
-        assert!(shapes.lock().len() <= MAX_SHAPES);
+        assert!(shapes.learned.lock().len() <= MAX_SHAPES);
         assert!(
             shapes.contains(100 + MAX_SHAPES as u64 - 1),
             "the newest stays"
