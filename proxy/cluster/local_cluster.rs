@@ -40,6 +40,8 @@ pub struct LocalCluster {
     primary: Node,
     replicas: Vec<Node>,
     _watchdog: Option<super::watchdog::Watchdog>,
+    /// Stops the servers and removes `dir` should this process die without `Drop`.
+    orphan_guard: Option<super::orphan_guard::OrphanGuard>,
     // Declared last: removed after the nodes are stopped.
     dir: tempfile::TempDir,
 }
@@ -62,6 +64,7 @@ impl LocalCluster {
     pub fn start(spec: ClusterSpec) -> Result<LocalCluster, ClusterError> {
         let binaries = PgBinaries::locate()?;
         let dir = tempfile::Builder::new().prefix("pgw-").tempdir_in("/tmp")?;
+        let orphan_guard = super::orphan_guard::OrphanGuard::start(dir.path());
         std::fs::set_permissions(
             dir.path(),
             std::os::unix::fs::PermissionsExt::from_mode(0o755),
@@ -120,6 +123,7 @@ impl LocalCluster {
             primary,
             replicas: Vec::new(),
             _watchdog: watchdog,
+            orphan_guard,
             dir,
         };
         cluster.primary.psql(
@@ -269,6 +273,9 @@ impl Drop for LocalCluster {
             let _ = replica.stop("immediate");
         }
         let _ = self.primary.stop("immediate");
+        if let Some(guard) = self.orphan_guard.take() {
+            guard.disarm();
+        }
     }
 }
 

@@ -9,6 +9,7 @@ mod binaries;
 mod error;
 mod local_cluster;
 mod node;
+mod orphan_guard;
 mod watchdog;
 
 pub use binaries::PgBinaries;
