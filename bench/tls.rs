@@ -3,15 +3,23 @@
 //! that trusts it. pgbench and psql are kept on plain TCP (`PGSSLMODE=disable`), so the
 //! pgbench cells measure what they always did.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use tokio_postgres_rustls::MakeRustlsConnect;
 
+/// The certificate's files; their dir is removed when the run ends.
 pub struct BenchTls {
     pub cert: String,
     pub key: String,
     cert_der: Vec<u8>,
+    dir: PathBuf,
+}
+
+impl Drop for BenchTls {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
 
 /// Writes `server.crt` and `server.key` into `dir`, readable by the `postgres` user
@@ -37,6 +45,7 @@ pub fn files(dir: &Path) -> BenchTls {
         cert: cert_path.display().to_string(),
         key: key_path.display().to_string(),
         cert_der: cert.cert.der().to_vec(),
+        dir: dir.to_path_buf(),
     }
 }
 
