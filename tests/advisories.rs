@@ -9,19 +9,15 @@ use crate::support;
 mod n_plus_one;
 
 use std::future::Future;
-use std::time::Duration;
 
 use pgwarden::advise::{Advisory, AdvisoryKind};
 use pgwarden::RunningProxy;
-use support::proxy;
+use support::{proxy, within};
 
-const TIMEOUT: Duration = Duration::from_secs(30);
-
-/// Every client call is bounded.
+/// Every client call is bounded ([`within`]) and must succeed.
 async fn t<T, E: std::fmt::Debug>(what: &str, future: impl Future<Output = Result<T, E>>) -> T {
-    tokio::time::timeout(TIMEOUT, future)
+    within(what, future)
         .await
-        .unwrap_or_else(|_| panic!("{what}: timed out"))
         .unwrap_or_else(|e| panic!("{what}: {e:?}"))
 }
 
@@ -39,15 +35,14 @@ async fn start(cluster: &pgwarden::cluster::LocalCluster, min_rows: u64) -> Runn
 async fn round(proxy: &RunningProxy) -> Vec<Advisory> {
     proxy.runtime.stats.flush().await;
     let snapshot = proxy.runtime.stats.snapshot();
-    let reports = tokio::time::timeout(
-        TIMEOUT,
+    let reports = within(
+        "advisor round",
         proxy
             .runtime
             .advisors
             .run_round(&proxy.runtime.config(), &snapshot),
     )
-    .await
-    .expect("advisor round timed out");
+    .await;
     for report in reports.values() {
         assert!(
             report.errors.is_empty(),
