@@ -169,6 +169,18 @@ async fn every_statement_kind_lands_where_it_must() {
         )
         .await
     ));
+    // A prepared `BEGIN READ ONLY`: executed again, it is a `Bind` of a named
+    // statement without its text, and still starts the transaction on a replica.
+    let begin_read_only = reader.prepare("BEGIN READ ONLY").await.unwrap();
+    for run in 0..3 {
+        reader.execute(&begin_read_only, &[]).await.unwrap();
+        let port = port_of(&reader, "SELECT inet_server_port()").await;
+        assert!(
+            replicas.contains(&port),
+            "prepared BEGIN READ ONLY, run {run}: on port {port}"
+        );
+        reader.batch_execute("COMMIT").await.unwrap();
+    }
 
     // Serializable transactions stay on the primary: a hot standby refuses them
     // ("cannot use serializable mode in a hot standby"), so on a replica the read
@@ -200,6 +212,13 @@ async fn every_statement_kind_lands_where_it_must() {
             port_of(&reader, "SELECT inet_server_port()").await,
             primary,
             "{set}"
+        );
+        reader.batch_execute("COMMIT").await.unwrap();
+        reader.execute(&begin_read_only, &[]).await.unwrap();
+        assert_eq!(
+            port_of(&reader, "SELECT inet_server_port()").await,
+            primary,
+            "{set}, prepared BEGIN READ ONLY"
         );
         reader.batch_execute("COMMIT").await.unwrap();
         reader

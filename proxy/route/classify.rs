@@ -45,6 +45,9 @@ pub enum DataAccess {
     Reads,
     /// Changes no data but must run where its transaction is (`BEGIN`, `COMMIT`, ...).
     WritesNothing,
+    /// Starts a `READ ONLY` transaction (changes no data): it may start on a replica,
+    /// and its transaction then stays there.
+    BeginsReadOnly,
     /// May write (also: anything not known, and every statement when routing is off).
     MayWrite,
 }
@@ -53,7 +56,8 @@ impl StatementClass {
     pub fn data_access(&self) -> DataAccess {
         match self {
             StatementClass::Read => DataAccess::Reads,
-            StatementClass::Begin { .. }
+            StatementClass::Begin { read_only: true } => DataAccess::BeginsReadOnly,
+            StatementClass::Begin { read_only: false }
             | StatementClass::Control
             | StatementClass::ProxySetting { .. } => DataAccess::WritesNothing,
             StatementClass::Write => DataAccess::MayWrite,

@@ -135,11 +135,14 @@ impl Session {
 
     /// The class of a prepared statement, from what was remembered of it. One that
     /// changes nothing without only reading (`BEGIN`, `COMMIT`, `SET`, ...) answers
-    /// `Control`: it goes to the primary and does not count as writing.
+    /// `Control`: it goes to the primary and does not count as writing. A prepared
+    /// `BEGIN READ ONLY` answers as the text does, so that executing it again (a `Bind`
+    /// without a `Parse`) starts its transaction on a replica too.
     fn stored_class(&self, name: &[u8]) -> (StatementClass, Option<Hint>) {
         let access = self.statements.get(name).map(|s| s.access);
         let class = match access {
             Some(DataAccess::Reads) => StatementClass::Read,
+            Some(DataAccess::BeginsReadOnly) => StatementClass::Begin { read_only: true },
             Some(DataAccess::WritesNothing) => StatementClass::Control,
             Some(DataAccess::MayWrite) | None => StatementClass::Write,
         };
