@@ -125,16 +125,33 @@ impl Resolution {
 /// referenced one (`confrelid`) changes.
 const CASCADING_FOREIGN_KEYS: &str = "con.contype = 'f' AND (con.confupdtype IN ('c', 'n', 'd') OR con.confdeltype IN ('c', 'n', 'd'))";
 
+/// A user trigger function that changes no table but its own row: one of PostgreSQL's
+/// own (`suppress_redundant_updates_trigger`, `tsvector_update_trigger`), or PL/pgSQL
+/// whose body has no statement that writes or runs hidden SQL (`EXECUTE`, `CALL`) and
+/// calls no `VOLATILE` function beyond those that change no table. A name followed by
+/// `(` that is no function in `pg_proc` is a keyword (`IF (`), since a call of it would
+/// fail. What this cannot tell (a word inside a string or comment) counts as writing.
+/// `$1`: the volatile functions that change no table.
+const TRIGGER_WRITES_ONLY_ITS_ROW: &str = r#"(p.pronamespace = 'pg_catalog'::regnamespace
+  OR (p.prolang = (SELECT oid FROM pg_language WHERE lanname = 'plpgsql')
+    AND p.prosrc !~* E'\\m(insert|update|delete|merge|truncate|copy|execute|call|create|alter|drop|grant|revoke|refresh|import|vacuum|cluster|reindex)\\M'
+    AND NOT EXISTS (SELECT 1 FROM regexp_matches(p.prosrc, E'"?([A-Za-z_][A-Za-z0-9_$]*)"?\\s*\\(', 'g') m
+      JOIN pg_proc q ON q.proname IN (m[1], lower(m[1]))
+      WHERE q.provolatile = 'v' AND NOT q.proname = ANY($1))))"#;
+
 /// One row: `everything` (t/f), the table-wide OIDs, and the confirmed keyed writes as
 /// `oid:index` items (index into the shape's `keyed`, in order). A keyed write is
 /// confirmed on an integer column of a plain table without user triggers, rules or
 /// inheritance; an unconfirmed one is table-wide. Table-wide closes over what views
-/// read, partitions, and tables written by cascading foreign keys.
+/// read, partitions, and tables written by cascading foreign keys. A `VOLATILE`
+/// function called, or an enabled user trigger on any of those tables whose function
+/// may write elsewhere ([`TRIGGER_WRITES_ONLY_ITS_ROW`]), makes it `everything`.
 pub fn resolution_question(shape: &WriteShape) -> String {
     let relations: Vec<String> = shape.relations.iter().cloned().collect();
     let key_names: Vec<String> = shape.keyed.iter().map(|(r, _)| r.clone()).collect();
     let key_columns: Vec<String> = shape.keyed.iter().map(|(_, c)| c.clone()).collect();
     let functions: Vec<String> = shape.functions.iter().cloned().collect();
+    let no_table_writes: Vec<String> = NO_TABLE_WRITES.iter().map(|f| f.to_string()).collect();
     format!(
         "WITH RECURSIVE keyed AS (SELECT k.n, k.col, k.i, to_regclass(k.n)::oid AS oid \
            FROM unnest({key_names}, {key_columns}) WITH ORDINALITY AS k(n, col, i)), \
@@ -154,13 +171,18 @@ pub fn resolution_question(shape: &WriteShape) -> String {
              UNION ALL SELECT i.inhrelid FROM pg_inherits i WHERE i.inhparent = r.oid \
              UNION ALL SELECT i.inhparent FROM pg_inherits i WHERE i.inhrelid = r.oid \
              UNION ALL SELECT con.conrelid FROM pg_constraint con WHERE con.confrelid = r.oid AND {CASCADING_FOREIGN_KEYS}) x) \
-         SELECT EXISTS (SELECT 1 FROM pg_proc p WHERE p.proname = ANY({functions}) AND p.provolatile = 'v')::text, \
+         SELECT (EXISTS (SELECT 1 FROM pg_proc p WHERE p.proname = ANY({functions}) AND p.provolatile = 'v') \
+           OR EXISTS (SELECT 1 FROM rels r JOIN pg_trigger t ON t.tgrelid = r.oid \
+             AND NOT t.tgisinternal AND t.tgenabled <> 'D' JOIN pg_proc p ON p.oid = t.tgfoid \
+             WHERE NOT {trigger_writes_only_its_row}))::text, \
            (SELECT string_agg(DISTINCT oid::text, ',') FROM rels), \
            (SELECT string_agg(o.oid::text || ':' || o.i::text, ',') FROM keyed_ok o)",
         wide = text_array_of(&relations),
         key_names = text_array_of(&key_names),
         key_columns = text_array_of(&key_columns),
         functions = text_array_of(&functions),
+        trigger_writes_only_its_row = TRIGGER_WRITES_ONLY_ITS_ROW
+            .replace("$1", &text_array_of(&no_table_writes)),
     )
 }
 

@@ -310,3 +310,67 @@ async fn wal_invalidation_sees_writes_that_bypass_pgwarden() {
         eprintln!("direct write seen after {:?}", written.elapsed());
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn triggers_that_write_other_tables_invalidate_them() {
+    let cluster = cluster(0, &[]);
+    setup(
+        &cluster,
+        "CREATE TABLE src (id int primary key, v int);
+         CREATE TABLE mirror (id int primary key, v int);
+         CREATE TABLE stamped (id int primary key, v int, at timestamptz);
+         CREATE TABLE through_fn (id int primary key, v int);
+         CREATE TABLE untouched (id int primary key, v int);
+         CREATE TABLE calls_fn (id int primary key, v int);
+         INSERT INTO src VALUES (1, 1); INSERT INTO mirror VALUES (1, 1);
+         INSERT INTO stamped VALUES (1, 1, now()); INSERT INTO through_fn VALUES (1, 1);
+         INSERT INTO untouched VALUES (1, 1);
+         CREATE FUNCTION copy_to_mirror() RETURNS trigger LANGUAGE plpgsql AS $$
+           BEGIN UPDATE mirror SET v = NEW.v WHERE id = NEW.id; RETURN NEW; END $$;
+         CREATE TRIGGER src_copies AFTER UPDATE ON src
+           FOR EACH ROW EXECUTE FUNCTION copy_to_mirror();
+         CREATE FUNCTION stamp() RETURNS trigger LANGUAGE plpgsql AS $$
+           BEGIN IF (NEW.v > 0) THEN NEW.at := now(); END IF; RETURN NEW; END $$;
+         CREATE TRIGGER stamped_at BEFORE UPDATE ON stamped
+           FOR EACH ROW EXECUTE FUNCTION stamp();
+         CREATE FUNCTION bump_through_fn(int) RETURNS int LANGUAGE sql VOLATILE
+           AS 'UPDATE through_fn SET v = $1 WHERE id = 1 RETURNING v';
+         CREATE FUNCTION call_bump() RETURNS trigger LANGUAGE plpgsql AS $$
+           BEGIN IF bump_through_fn(NEW.v) > 0 THEN RETURN NEW; END IF; RETURN NEW; END $$;
+         CREATE TRIGGER calls_bump BEFORE INSERT ON calls_fn
+           FOR EACH ROW EXECUTE FUNCTION call_bump();",
+    )
+    .await;
+    let proxy = start(&cluster, |_| {}).await;
+    let mut reader = wire(&proxy).await;
+    let mut writer = wire(&proxy).await;
+    let read = |table: &str| format!("/* pgwarden:cache */ SELECT v FROM {table} WHERE id = 1");
+    let (mirror, through_fn, untouched) = (read("mirror"), read("through_fn"), read("untouched"));
+    for sql in [&mirror, &through_fn, &untouched] {
+        simple_value(&mut reader, sql).await;
+    }
+
+    // An UPDATE of src writes mirror through its trigger.
+    simple_value(&mut writer, "UPDATE src SET v = 2 WHERE id = 1").await;
+    assert_eq!(
+        simple_value(&mut reader, &mirror).await.as_deref(),
+        Some("2")
+    );
+
+    // A trigger that only sets its own row's columns drops nothing else.
+    simple_value(&mut reader, &untouched).await;
+    let before = hits(&proxy);
+    simple_value(&mut writer, "UPDATE stamped SET v = 2 WHERE id = 1").await;
+    assert_eq!(
+        simple_value(&mut reader, &untouched).await.as_deref(),
+        Some("1")
+    );
+    assert_eq!(hits(&proxy), before + 1, "untouched stayed cached");
+
+    // A trigger calling a volatile function that writes another table.
+    simple_value(&mut writer, "INSERT INTO calls_fn VALUES (1, 5)").await;
+    assert_eq!(
+        simple_value(&mut reader, &through_fn).await.as_deref(),
+        Some("5")
+    );
+}
