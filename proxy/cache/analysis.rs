@@ -6,7 +6,9 @@
 use std::collections::BTreeSet;
 use std::ops::ControlFlow;
 
-use sqlparser::ast::{CopySource, Expr, ObjectName, Query, Statement, TableFactor, Visit, Visitor};
+use sqlparser::ast::{
+    CascadeOption, CopySource, Expr, ObjectName, Query, Statement, TableFactor, Visit, Visitor,
+};
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
 
@@ -287,6 +289,11 @@ pub fn write_names(sql: &str) -> WriteNames {
             | Statement::Delete(_)
             | Statement::Merge(_) => {}
             Statement::Truncate(truncate) => {
+                if matches!(truncate.cascade, Some(CascadeOption::Cascade)) {
+                    // Also empties every table that references these, at any depth.
+                    out.everything = true;
+                    continue;
+                }
                 for target in &truncate.table_names {
                     names.relations.insert(target.name.to_string());
                 }
@@ -324,13 +331,21 @@ pub fn write_names(sql: &str) -> WriteNames {
     out
 }
 
+/// Whether a statement the parser could not read changes no table, by its first word.
+/// `COMMIT PREPARED` does: it commits a transaction prepared earlier, perhaps by another
+/// session, whose writes are not known here.
 fn harmless_by_keyword(sql: &str) -> bool {
-    let first = sql
-        .trim_start()
+    let mut words = sql
         .split(|c: char| !c.is_ascii_alphabetic())
-        .next()
-        .unwrap_or("")
-        .to_ascii_uppercase();
+        .filter(|w| !w.is_empty());
+    let first = words.next().unwrap_or("").to_ascii_uppercase();
+    if first == "COMMIT"
+        && words
+            .next()
+            .is_some_and(|w| w.eq_ignore_ascii_case("PREPARED"))
+    {
+        return false;
+    }
     HARMLESS.contains(&first.as_str())
 }
 
@@ -393,6 +408,13 @@ mod tests {
         assert!(w.relations.contains("t"));
         assert!(w.functions.contains("nextval"));
         assert!(write_names("TRUNCATE a, b").relations.contains("b"));
+        assert!(!write_names("TRUNCATE a RESTRICT").everything);
+        assert!(write_names("TRUNCATE a CASCADE").everything);
+        assert!(write_names("COMMIT PREPARED 'tx'").everything);
+        assert!(write_names("commit  prepared 'tx'").everything);
+        assert!(!write_names("PREPARE TRANSACTION 'tx'").everything);
+        assert!(!write_names("ROLLBACK PREPARED 'tx'").everything);
+        assert!(!write_names("COMMIT").everything);
         assert!(write_names("COPY t FROM STDIN").relations.contains("t"));
         assert!(write_names("COPY t TO STDOUT").is_empty());
         assert!(write_names("DELETE FROM \"Odd\" WHERE true")

@@ -1,7 +1,8 @@
 //! The result cache's invalidation against real PostgreSQL: committed writes
 //! invalidate exactly their tables (schema-qualified, same-named in two schemas,
-//! rolled back), keyed writes only their rows, another instance within 100 ms, and
-//! writes that bypass pgwarden through the logical slot (`wal_invalidation`).
+//! rolled back), keyed writes only their rows, writes the statement does not name
+//! (triggers, `TRUNCATE ... CASCADE`, `COMMIT PREPARED`), another instance within
+//! 100 ms, and writes that bypass pgwarden through the logical slot (`wal_invalidation`).
 
 use super::*;
 
@@ -312,8 +313,8 @@ async fn wal_invalidation_sees_writes_that_bypass_pgwarden() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn triggers_that_write_other_tables_invalidate_them() {
-    let cluster = cluster(0, &[]);
+async fn writes_the_statement_does_not_name_invalidate_too() {
+    let cluster = cluster(0, &["max_prepared_transactions = 4"]);
     setup(
         &cluster,
         "CREATE TABLE src (id int primary key, v int);
@@ -322,6 +323,9 @@ async fn triggers_that_write_other_tables_invalidate_them() {
          CREATE TABLE through_fn (id int primary key, v int);
          CREATE TABLE untouched (id int primary key, v int);
          CREATE TABLE calls_fn (id int primary key, v int);
+         CREATE TABLE parent (id int primary key);
+         CREATE TABLE child (id int primary key, parent int REFERENCES parent (id));
+         INSERT INTO parent VALUES (1); INSERT INTO child VALUES (1, 1);
          INSERT INTO src VALUES (1, 1); INSERT INTO mirror VALUES (1, 1);
          INSERT INTO stamped VALUES (1, 1, now()); INSERT INTO through_fn VALUES (1, 1);
          INSERT INTO untouched VALUES (1, 1);
@@ -372,5 +376,37 @@ async fn triggers_that_write_other_tables_invalidate_them() {
     assert_eq!(
         simple_value(&mut reader, &through_fn).await.as_deref(),
         Some("5")
+    );
+
+    // TRUNCATE ... CASCADE empties the tables that reference the one it names.
+    let children = "/* pgwarden:cache */ SELECT count(*) FROM child";
+    assert_eq!(
+        simple_value(&mut reader, children).await.as_deref(),
+        Some("1")
+    );
+    simple_value(&mut writer, "TRUNCATE parent CASCADE").await;
+    assert_eq!(
+        simple_value(&mut reader, children).await.as_deref(),
+        Some("0")
+    );
+
+    // A prepared transaction's writes count when COMMIT PREPARED commits them, from
+    // whichever session: a read in between fills the entry with what was committed.
+    simple_value(&mut writer, "BEGIN").await;
+    simple_value(&mut writer, "UPDATE untouched SET v = 9 WHERE id = 1").await;
+    simple_value(&mut writer, "PREPARE TRANSACTION 'two_phase'").await;
+    assert_eq!(
+        simple_value(&mut reader, &untouched).await.as_deref(),
+        Some("1")
+    );
+    assert_eq!(
+        simple_value(&mut reader, &untouched).await.as_deref(),
+        Some("1")
+    );
+    let mut committer = wire(&proxy).await;
+    simple_value(&mut committer, "COMMIT PREPARED 'two_phase'").await;
+    assert_eq!(
+        simple_value(&mut reader, &untouched).await.as_deref(),
+        Some("9")
     );
 }
