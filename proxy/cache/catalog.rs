@@ -22,8 +22,8 @@ fn text_array<'a>(items: impl IntoIterator<Item = &'a String>) -> String {
     format!("ARRAY[{}]::text[]", quoted.join(","))
 }
 
-/// `roots(n, oid)` from names, and `rels(oid)` closed over what views read and over
-/// partition/inheritance parents and children.
+/// `roots(n, oid)` from names, and `rels(oid)` closed over what views and row security
+/// policies read and over partition/inheritance parents and children.
 fn closure(names: &str) -> String {
     format!(
         "WITH RECURSIVE roots AS (SELECT n, to_regclass(n)::oid AS oid FROM unnest({names}) AS n), \
@@ -31,6 +31,8 @@ fn closure(names: &str) -> String {
            UNION SELECT x.oid FROM rels r CROSS JOIN LATERAL ( \
              SELECT d.refobjid AS oid FROM pg_rewrite rw JOIN pg_depend d ON d.classid = 'pg_rewrite'::regclass \
                AND d.objid = rw.oid AND d.refclassid = 'pg_class'::regclass WHERE rw.ev_class = r.oid AND d.refobjid <> r.oid \
+             UNION ALL SELECT d.refobjid FROM pg_policy pol JOIN pg_depend d ON d.classid = 'pg_policy'::regclass \
+               AND d.objid = pol.oid AND d.refclassid = 'pg_class'::regclass WHERE pol.polrelid = r.oid AND d.refobjid <> r.oid \
              UNION ALL SELECT i.inhrelid FROM pg_inherits i WHERE i.inhparent = r.oid \
              UNION ALL SELECT i.inhparent FROM pg_inherits i WHERE i.inhrelid = r.oid) x)"
     )
@@ -73,7 +75,10 @@ pub fn read_question(
          (SELECT string_agg(c.relname, ',') FROM rels r JOIN pg_class c ON c.oid = r.oid \
             WHERE r.oid IN (SELECT to_regclass(x)::oid FROM unnest({never}) x)), \
          (SELECT string_agg(DISTINCT oid::text, ',') FROM rels), \
-         (SELECT string_agg(pg_get_viewdef(r.oid), ';') FROM rels r JOIN pg_class c ON c.oid = r.oid WHERE c.relkind IN ('v', 'm')){key_check}",
+         (SELECT string_agg(pg_get_viewdef(r.oid), ';') FROM rels r JOIN pg_class c ON c.oid = r.oid WHERE c.relkind IN ('v', 'm')), \
+         (SELECT string_agg('SELECT ' || pg_get_expr(pol.polqual, pol.polrelid), E'\\x1f') FROM rels r \
+            JOIN pg_class c ON c.oid = r.oid JOIN pg_policy pol ON pol.polrelid = r.oid \
+            WHERE c.relrowsecurity AND pol.polqual IS NOT NULL AND pol.polcmd IN ('r', '*')){key_check}",
         closure = closure(&text_array(relations)),
         functions = text_array(functions),
         never = text_array(never),
@@ -91,11 +96,40 @@ pub fn functions_question(functions: &[String]) -> String {
     )
 }
 
-pub fn functions_verdict(answer: &[Option<String>]) -> Result<(), String> {
+/// `caller`: who calls the functions asked about (`view`, `row security policy`).
+pub fn functions_verdict(answer: &[Option<String>], caller: &str) -> Result<(), String> {
     match answer.first().cloned().flatten().filter(|s| !s.is_empty()) {
-        Some(names) => Err(format!("view calls non-IMMUTABLE {names}")),
+        Some(names) => Err(format!("{caller} calls non-IMMUTABLE {names}")),
         None => Ok(()),
     }
+}
+
+/// The functions the read's views and row security policies call, by caller, from
+/// [`view_definitions`] and [`policy_expressions`]; those a policy may call because
+/// the key covers them ([`POLICY_FUNCTIONS_IN_THE_KEY`]) are left out.
+pub fn functions_called(
+    answer: &[Option<String>],
+) -> Result<[(&'static str, Vec<String>); 2], String> {
+    let mut by_views = Vec::new();
+    for definition in view_definitions(answer).as_deref().unwrap_or("").split(';') {
+        match super::read_names(definition) {
+            Ok(names) => by_views.extend(names.functions),
+            Err(_) if definition.trim().is_empty() => {}
+            Err(why) => return Err(format!("view not understood: {why}")),
+        }
+    }
+    let mut by_policies = Vec::new();
+    for expression in policy_expressions(answer) {
+        let names = super::read_names(&expression)
+            .map_err(|why| format!("row security policy not understood: {why}"))?;
+        by_policies.extend(
+            names
+                .functions
+                .into_iter()
+                .filter(|f| !POLICY_FUNCTIONS_IN_THE_KEY.contains(&f.as_str())),
+        );
+    }
+    Ok([("view", by_views), ("row security policy", by_policies)])
 }
 
 /// The definitions of the views among a read's relations (`;`-separated), whose
@@ -104,9 +138,39 @@ pub fn view_definitions(answer: &[Option<String>]) -> Option<String> {
     answer.get(6).cloned().flatten().filter(|s| !s.is_empty())
 }
 
+/// The `USING` expressions of the row security policies that apply to the read's
+/// tables, each as `SELECT expression`, whose function calls must be checked too.
+pub fn policy_expressions(answer: &[Option<String>]) -> Vec<String> {
+    answer
+        .get(7)
+        .cloned()
+        .flatten()
+        .map(|all| {
+            all.split('\u{1f}')
+                .filter(|e| !e.trim().is_empty())
+                .map(String::from)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Functions a row security policy may call although they are not `IMMUTABLE`, because
+/// what they return is part of the cache key: `current_setting` reads the session's
+/// settings (every `SET` and startup setting is in the key; a session-wide
+/// `set_config` pins the session, and a pinned session is not served from the cache),
+/// and `current_user` and its kin name the role (in the key; `SET ROLE` is a `SET`).
+/// A read calling them itself is still never cached.
+pub const POLICY_FUNCTIONS_IN_THE_KEY: &[&str] = &[
+    "current_setting",
+    "current_user",
+    "current_role",
+    "session_user",
+    "user",
+];
+
 /// Whether the catalog confirmed the read's key predicate (see [`read_question`]).
 pub fn key_confirmed(answer: &[Option<String>]) -> bool {
-    answer.get(7).cloned().flatten().as_deref() == Some("true")
+    answer.get(8).cloned().flatten().as_deref() == Some("true")
 }
 
 /// The tables a read depends on, or why it is not cached.

@@ -55,27 +55,26 @@ impl Session {
                     .as_ref()
                     .map_err(Clone::clone)
                     .and_then(|a| cache::catalog::read_verdict(a));
-                let views = answer
-                    .ok()
-                    .and_then(|a| cache::catalog::view_definitions(&a));
-                if let (Ok(_), Some(definitions)) = (&verdict, views) {
-                    // Functions the views call (pg_depend leaves built-ins out).
-                    let mut functions = Vec::new();
-                    for definition in definitions.split(';') {
-                        match cache::read_names(definition) {
-                            Ok(names) => functions.extend(names.functions),
-                            Err(_) if definition.trim().is_empty() => {}
-                            Err(why) => verdict = Err(format!("view not understood: {why}")),
-                        }
-                    }
-                    if verdict.is_ok() && !functions.is_empty() {
-                        let question = cache::catalog::functions_question(&functions);
-                        if let Err(why) = self
-                            .catalog_answer(&question)
-                            .await?
-                            .and_then(|a| cache::catalog::functions_verdict(&a))
-                        {
-                            verdict = Err(why);
+                if let (Ok(_), Ok(answer)) = (&verdict, &answer) {
+                    // Functions the views and row security policies call (pg_depend
+                    // leaves built-ins out), each list asked about on its own.
+                    match cache::catalog::functions_called(answer) {
+                        Err(why) => verdict = Err(why),
+                        Ok(callers) => {
+                            for (caller, functions) in callers {
+                                if functions.is_empty() {
+                                    continue;
+                                }
+                                let question = cache::catalog::functions_question(&functions);
+                                if let Err(why) = self
+                                    .catalog_answer(&question)
+                                    .await?
+                                    .and_then(|a| cache::catalog::functions_verdict(&a, caller))
+                                {
+                                    verdict = Err(why);
+                                    break;
+                                }
+                            }
                         }
                     }
                 }

@@ -1,7 +1,8 @@
 //! The result cache's invalidation against real PostgreSQL: committed writes
 //! invalidate exactly their tables (schema-qualified, same-named in two schemas,
 //! rolled back), keyed writes only their rows, writes the statement does not name
-//! (triggers, `TRUNCATE ... CASCADE`, `COMMIT PREPARED`), another instance within
+//! (triggers, `TRUNCATE ... CASCADE`, `COMMIT PREPARED`), row security policies (what
+//! they read, and whether what they call keeps the result exact), another instance within
 //! 100 ms, and writes that bypass pgwarden through the logical slot (`wal_invalidation`).
 
 use super::*;
@@ -409,4 +410,92 @@ async fn writes_the_statement_does_not_name_invalidate_too() {
         simple_value(&mut reader, &untouched).await.as_deref(),
         Some("9")
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn row_security_policies_count_as_part_of_the_read() {
+    let cluster = cluster(0, &[]);
+    setup(
+        &cluster,
+        "CREATE ROLE member LOGIN PASSWORD 'member-secret';
+         CREATE TABLE memberships (member name, tenant text);
+         INSERT INTO memberships VALUES ('member', 'a');
+         CREATE TABLE docs (tenant text, body text);
+         INSERT INTO docs VALUES ('a', 'doc of a'), ('b', 'doc of b');
+         ALTER TABLE docs ENABLE ROW LEVEL SECURITY;
+         CREATE POLICY member_of ON docs USING
+           (tenant IN (SELECT m.tenant FROM memberships m WHERE m.member = current_user));
+         CREATE TABLE news (body text, expires timestamptz);
+         INSERT INTO news VALUES ('fresh', now() + interval '1 day');
+         ALTER TABLE news ENABLE ROW LEVEL SECURITY;
+         CREATE POLICY unexpired ON news USING (expires > now());
+         CREATE TABLE notes (tenant text, body text);
+         INSERT INTO notes VALUES ('a', 'note of a'), ('b', 'note of b');
+         ALTER TABLE notes ENABLE ROW LEVEL SECURITY;
+         CREATE POLICY by_setting ON notes USING (tenant = current_setting('app.tenant', true));
+         GRANT SELECT ON docs, memberships, news, notes TO member;",
+    )
+    .await;
+    let proxy = start(&cluster, |c| {
+        c.auth.users.push(pgwarden::config::UserConfig {
+            name: "member".into(),
+            password: Some("member-secret".into()),
+            server_password: None,
+        });
+    })
+    .await;
+    let member_login = || Wire::tcp(proxy.port(), "member", DATABASE, &[]);
+    let mut member = within("member", member_login()).await;
+
+    // A policy that reads another table: cached, and a write to that table (the
+    // membership revoked) invalidates what the policy let through.
+    let docs = "/* pgwarden:cache */ SELECT count(*) FROM docs";
+    assert_eq!(simple_value(&mut member, docs).await.as_deref(), Some("1"));
+    let before = hits(&proxy);
+    assert_eq!(simple_value(&mut member, docs).await.as_deref(), Some("1"));
+    assert_eq!(hits(&proxy), before + 1, "cached under its policy");
+    let mut owner = wire(&proxy).await;
+    simple_value(
+        &mut owner,
+        "DELETE FROM memberships WHERE member = 'member'",
+    )
+    .await;
+    assert_eq!(simple_value(&mut member, docs).await.as_deref(), Some("0"));
+
+    // A policy calling now() makes the result depend on the time: never cached.
+    let news = "/* pgwarden:cache */ SELECT count(*) FROM news";
+    let before = hits(&proxy);
+    for _ in 0..2 {
+        assert_eq!(simple_value(&mut member, news).await.as_deref(), Some("1"));
+    }
+    assert_eq!(hits(&proxy), before, "now() in a policy");
+    let reasons: Vec<String> = proxy
+        .runtime
+        .cache
+        .fingerprint_rows()
+        .into_iter()
+        .map(|(row, _, _)| row.why)
+        .collect();
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.contains("row security policy calls non-IMMUTABLE now")),
+        "{reasons:?}"
+    );
+
+    // current_setting in a policy reads the session's settings, which are in the key.
+    let notes = "/* pgwarden:cache */ SELECT string_agg(body, ',') FROM notes";
+    simple_value(&mut member, "SET app.tenant = 'a'").await;
+    let mut other = within("member b", member_login()).await;
+    simple_value(&mut other, "SET app.tenant = 'b'").await;
+    for _ in 0..2 {
+        assert_eq!(
+            simple_value(&mut member, notes).await.as_deref(),
+            Some("note of a")
+        );
+        assert_eq!(
+            simple_value(&mut other, notes).await.as_deref(),
+            Some("note of b")
+        );
+    }
 }
