@@ -7,7 +7,8 @@ use std::collections::BTreeSet;
 use std::ops::ControlFlow;
 
 use sqlparser::ast::{
-    CascadeOption, CopySource, Expr, ObjectName, Query, Statement, TableFactor, Visit, Visitor,
+    CascadeOption, CopySource, Expr, ObjectName, Query, Statement, TableFactor, TableSampleKind,
+    ValueWithSpan, Visit, Visitor,
 };
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
@@ -114,6 +115,21 @@ struct Names {
     non_query: bool,
     /// The next relation name visited is a table function's (`FROM f(...)`).
     function_in_from: bool,
+    /// A string literal PostgreSQL reads as the current time or day (`'now'`).
+    time_literal: bool,
+    /// `TABLESAMPLE` without `REPEATABLE`: another sample each time.
+    random_sample: bool,
+}
+
+/// Words that make a date/time literal the current time or day when it is read
+/// (`'now'::timestamptz`, `date 'today'`, `'tomorrow 10:00'`). A literal containing one
+/// counts whatever it is compared with or cast to: that errs towards not caching.
+const TIME_WORDS: &[&str] = &["now", "today", "tomorrow", "yesterday"];
+
+fn names_a_time(literal: &str) -> bool {
+    literal
+        .split(|c: char| !c.is_ascii_alphabetic())
+        .any(|word| TIME_WORDS.iter().any(|t| word.eq_ignore_ascii_case(t)))
 }
 
 /// A function's name as `pg_proc` spells it: the last part, unquoted or lowercased.
@@ -159,6 +175,28 @@ impl Visitor for Names {
                 self.functions.insert("unnest".into());
             }
             _ => {}
+        }
+        if let TableFactor::Table {
+            sample: Some(sample),
+            ..
+        } = factor
+        {
+            let (TableSampleKind::BeforeTableAlias(sample)
+            | TableSampleKind::AfterTableAlias(sample)) = sample;
+            if sample.seed.is_none() {
+                self.random_sample = true;
+            }
+        }
+        ControlFlow::Continue(())
+    }
+
+    fn pre_visit_value(&mut self, value: &ValueWithSpan) -> ControlFlow<()> {
+        if value
+            .clone()
+            .into_string()
+            .is_some_and(|s| names_a_time(&s))
+        {
+            self.time_literal = true;
         }
         ControlFlow::Continue(())
     }
@@ -222,6 +260,12 @@ pub fn read_names(sql: &str) -> Result<ReadNames, NotCacheable> {
     }
     if names.locking {
         return Err("locking clause");
+    }
+    if names.time_literal {
+        return Err("a literal read as the current time ('now', 'today', ...)");
+    }
+    if names.random_sample {
+        return Err("TABLESAMPLE without REPEATABLE");
     }
     let relations: Vec<String> = names
         .relations
@@ -352,6 +396,27 @@ fn harmless_by_keyword(sql: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_of_the_current_time_or_a_random_sample_are_never_cached() {
+        for sql in [
+            "SELECT 'now'::timestamptz",
+            "SELECT timestamptz 'now'",
+            "SELECT CAST('Today' AS date)",
+            "SELECT * FROM t WHERE at > 'yesterday'",
+            "SELECT * FROM t WHERE d = 'tomorrow 10:00'",
+            "SELECT count(*) FROM t TABLESAMPLE BERNOULLI (10)",
+        ] {
+            assert!(read_names(sql).is_err(), "{sql}");
+        }
+        for sql in [
+            "SELECT 'epoch'::timestamptz, 'infinity'::date",
+            "SELECT * FROM t WHERE name = 'nowhere'",
+            "SELECT count(*) FROM t TABLESAMPLE BERNOULLI (10) REPEATABLE (7)",
+        ] {
+            assert!(read_names(sql).is_ok(), "{sql}");
+        }
+    }
 
     #[test]
     fn functions_in_from_are_calls_not_tables() {

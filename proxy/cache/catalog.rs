@@ -65,7 +65,8 @@ pub fn read_question(
          (SELECT string_agg(n, ',') FROM roots WHERE oid IS NULL), \
          (SELECT string_agg(c.relname, ',') FROM rels r JOIN pg_class c ON c.oid = r.oid \
             JOIN pg_namespace s ON s.oid = c.relnamespace \
-            WHERE c.relpersistence = 't' OR s.nspname IN ('pg_catalog', 'information_schema') OR s.nspname LIKE 'pg\\_%'), \
+            WHERE c.relpersistence = 't' OR c.relkind IN ('S', 'f') \
+               OR s.nspname IN ('pg_catalog', 'information_schema') OR s.nspname LIKE 'pg\\_%'), \
          (SELECT string_agg(f, ',') FROM unnest({functions}) f \
             WHERE NOT EXISTS (SELECT 1 FROM pg_proc p WHERE p.proname = f) \
                OR EXISTS (SELECT 1 FROM pg_proc p WHERE p.proname = f AND p.provolatile <> 'i')), \
@@ -180,7 +181,9 @@ pub fn read_verdict(answer: &[Option<String>]) -> Result<Vec<u32>, String> {
         return Err(format!("unknown relation {names}"));
     }
     if let Some(names) = col(1) {
-        return Err(format!("temporary or system table {names}"));
+        return Err(format!(
+            "temporary, system or foreign table, or sequence {names}"
+        ));
     }
     if let Some(names) = col(2) {
         return Err(format!("calls non-IMMUTABLE {names}"));
