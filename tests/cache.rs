@@ -388,6 +388,21 @@ async fn functions_that_are_not_immutable_are_never_cached() {
         before + 2,
         "an IMMUTABLE function in FROM is cached"
     );
+    // A text parameter read as the current time: that result is not stored, while
+    // another value of the same statement is.
+    let at = "/* pgwarden:cache */ SELECT $1::timestamptz::text";
+    for (value, cached) in [("now", false), ("2020-01-01 00:00:00+00", true)] {
+        let before = hits(&proxy);
+        for _ in 0..2 {
+            let frames = within(
+                "bound time",
+                c.extended("", Some(at), &[Some(value.as_bytes())], false, 0),
+            )
+            .await;
+            assert!(frames.iter().all(|f| f[0] != b'E'), "{value}");
+        }
+        assert_eq!(hits(&proxy) > before, cached, "{value}");
+    }
     let reasons: Vec<String> = proxy
         .runtime
         .cache

@@ -126,10 +126,13 @@ struct Names {
 /// counts whatever it is compared with or cast to: that errs towards not caching.
 const TIME_WORDS: &[&str] = &["now", "today", "tomorrow", "yesterday"];
 
-fn names_a_time(literal: &str) -> bool {
-    literal
-        .split(|c: char| !c.is_ascii_alphabetic())
-        .any(|word| TIME_WORDS.iter().any(|t| word.eq_ignore_ascii_case(t)))
+/// Whether a literal (or a parameter sent as text) has one of [`TIME_WORDS`] in it.
+pub fn names_a_time(literal: &[u8]) -> bool {
+    literal.split(|c| !c.is_ascii_alphabetic()).any(|word| {
+        TIME_WORDS
+            .iter()
+            .any(|t| word.eq_ignore_ascii_case(t.as_bytes()))
+    })
 }
 
 /// A function's name as `pg_proc` spells it: the last part, unquoted or lowercased.
@@ -194,7 +197,7 @@ impl Visitor for Names {
         if value
             .clone()
             .into_string()
-            .is_some_and(|s| names_a_time(&s))
+            .is_some_and(|s| names_a_time(s.as_bytes()))
         {
             self.time_literal = true;
         }

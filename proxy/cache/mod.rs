@@ -30,7 +30,7 @@ use std::time::Duration;
 use bytes::Bytes;
 
 pub use activity::ActivityMemo;
-pub use analysis::{read_names, write_names, ReadNames, WriteNames};
+pub use analysis::{names_a_time, read_names, write_names, ReadNames, WriteNames};
 
 use activity::{Activities, Activity};
 pub use catalog::Invalidation;

@@ -301,6 +301,18 @@ impl<'a> BindParameters<'a> {
         Some(BindParameters { formats, values })
     }
 
+    /// Whether some parameter sent as text satisfies `test`.
+    pub fn any_text(&self, test: impl Fn(&[u8]) -> bool) -> bool {
+        self.values.iter().enumerate().any(|(n, value)| {
+            let binary = match self.formats.as_slice() {
+                [] => false,
+                [one] => *one == 1,
+                many => many.get(n) == Some(&1),
+            };
+            !binary && value.is_some_and(&test)
+        })
+    }
+
     /// Parameter `n` as a canonical integer key, given the statement's declared types.
     pub fn key(&self, n: usize, declared_types: &[u32]) -> Option<String> {
         let value = (*self.values.get(n)?)?;

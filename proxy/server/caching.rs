@@ -185,6 +185,11 @@ impl Session {
                 return Ok(false);
             }
         };
+        if self.binds_a_time(&request) {
+            // `$1::timestamptz` bound to 'now': this result is of the moment. Other
+            // values of the same statement are cached as usual.
+            return Ok(false);
+        }
         let database = self.identity.database.clone();
         if by_auto_only {
             if let Err(why) = cache.read_mostly(
@@ -307,6 +312,23 @@ impl Session {
 
     /// The key a keyed read's result depends on, its value taken from the literal or
     /// from the request's `Bind`.
+    /// Whether the request's `Bind` sends a text parameter PostgreSQL may read as the
+    /// current time or day (`'now'`, `'today'`, ...; see `cache::names_a_time`). An
+    /// unreadable `Bind` counts as one.
+    fn binds_a_time(&self, request: &Request) -> bool {
+        let Some((at, len)) = request.bind else {
+            return false;
+        };
+        let frame = &self.client_buf[at..at + len];
+        match BindView::parse(body(frame))
+            .ok()
+            .and_then(|view| BindParameters::parse(view.rest))
+        {
+            Some(params) => params.any_text(cache::names_a_time),
+            None => true,
+        }
+    }
+
     fn entry_key(&self, request: &Request, predicate: Option<&KeyPredicate>) -> Option<EntryKey> {
         let predicate = predicate?;
         let bind = request.bind.as_ref().map(|(at, len)| {
