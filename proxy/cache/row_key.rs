@@ -301,27 +301,34 @@ impl<'a> BindParameters<'a> {
         Some(BindParameters { formats, values })
     }
 
+    /// Whether parameter `n` is sent in binary (no format code: text; one: for all).
+    fn is_binary(&self, n: usize) -> bool {
+        match self.formats.as_slice() {
+            [] => false,
+            [one] => *one == 1,
+            many => many.get(n) == Some(&1),
+        }
+    }
+
     /// Whether some parameter sent as text satisfies `test`.
     pub fn any_text(&self, test: impl Fn(&[u8]) -> bool) -> bool {
-        self.values.iter().enumerate().any(|(n, value)| {
-            let binary = match self.formats.as_slice() {
-                [] => false,
-                [one] => *one == 1,
-                many => many.get(n) == Some(&1),
-            };
-            !binary && value.is_some_and(&test)
-        })
+        self.values
+            .iter()
+            .enumerate()
+            .any(|(n, value)| !self.is_binary(n) && value.is_some_and(&test))
     }
 
     /// Parameter `n` as a canonical integer key, given the statement's declared types.
     pub fn key(&self, n: usize, declared_types: &[u32]) -> Option<String> {
         let value = (*self.values.get(n)?)?;
-        let binary = match self.formats.as_slice() {
-            [] => false,
-            [one] => *one == 1,
-            many => *many.get(n)? == 1,
-        };
-        param_key(value, binary, declared_types.get(n).copied().unwrap_or(0))
+        if self.formats.len() > 1 && n >= self.formats.len() {
+            return None; // no format code for it: a malformed Bind
+        }
+        param_key(
+            value,
+            self.is_binary(n),
+            declared_types.get(n).copied().unwrap_or(0),
+        )
     }
 }
 

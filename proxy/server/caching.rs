@@ -310,8 +310,6 @@ impl Session {
         )
     }
 
-    /// The key a keyed read's result depends on, its value taken from the literal or
-    /// from the request's `Bind`.
     /// Whether the request's `Bind` sends a text parameter PostgreSQL may read as the
     /// current time or day (`'now'`, `'today'`, ...; see `cache::names_a_time`). An
     /// unreadable `Bind` counts as one.
@@ -329,6 +327,8 @@ impl Session {
         }
     }
 
+    /// The key a keyed read's result depends on, its value taken from the literal or
+    /// from the request's `Bind`.
     fn entry_key(&self, request: &Request, predicate: Option<&KeyPredicate>) -> Option<EntryKey> {
         let predicate = predicate?;
         let bind = request.bind.as_ref().map(|(at, len)| {
