@@ -61,6 +61,17 @@ fn hits(proxy: &RunningProxy) -> u64 {
     proxy.runtime.cache.totals().hits
 }
 
+/// Why each fingerprint is or is not cached (`SHOW CACHE`'s last column).
+fn cache_reasons(proxy: &RunningProxy) -> Vec<String> {
+    proxy
+        .runtime
+        .cache
+        .fingerprint_rows()
+        .into_iter()
+        .map(|(row, _, _)| row.why)
+        .collect()
+}
+
 async fn simple_value(w: &mut Wire, sql: &str) -> Option<String> {
     let frames = within(sql, w.simple(sql)).await;
     assert!(
@@ -403,13 +414,7 @@ async fn functions_that_are_not_immutable_are_never_cached() {
         }
         assert_eq!(hits(&proxy) > before, cached, "{value}");
     }
-    let reasons: Vec<String> = proxy
-        .runtime
-        .cache
-        .fingerprint_rows()
-        .into_iter()
-        .map(|(row, _, _)| row.why)
-        .collect();
+    let reasons = cache_reasons(&proxy);
     assert!(
         reasons.iter().any(|r| r.contains("non-IMMUTABLE now")),
         "{reasons:?}"

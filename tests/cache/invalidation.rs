@@ -469,13 +469,7 @@ async fn row_security_policies_count_as_part_of_the_read() {
         assert_eq!(simple_value(&mut member, news).await.as_deref(), Some("1"));
     }
     assert_eq!(hits(&proxy), before, "now() in a policy");
-    let reasons: Vec<String> = proxy
-        .runtime
-        .cache
-        .fingerprint_rows()
-        .into_iter()
-        .map(|(row, _, _)| row.why)
-        .collect();
+    let reasons = cache_reasons(&proxy);
     assert!(
         reasons
             .iter()
