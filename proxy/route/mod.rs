@@ -7,6 +7,7 @@
 //! decides; the session carries out. It never touches client sockets.
 
 pub mod circuit;
+mod class_memo;
 mod classify;
 mod monitor;
 pub mod replica_refusals;
@@ -14,9 +15,11 @@ pub mod ryw;
 pub mod topology;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use class_memo::ClassMemo;
 pub use classify::{hint, Classifier, DataAccess, Hint, StatementClass};
 pub use ryw::SharedPositions;
 pub use topology::{format_lsn, parse_lsn, BackendState, LagLimits, Lsn, ReplicaChoice, Topology};
@@ -44,6 +47,9 @@ fn class_cache(entries: u64, bytes: u64) -> moka::sync::Cache<u64, StatementClas
         .build()
 }
 
+/// Counts the [`Routing`]s built, so each has its own generation.
+static GENERATIONS: AtomicU64 = AtomicU64::new(0);
+
 /// Routing state of the process, rebuilt on reload.
 pub struct Routing {
     classifier: Classifier,
@@ -52,6 +58,8 @@ pub struct Routing {
     /// collision of that hash. One would send a write to a replica (which refuses it)
     /// or let the result cache miss that write's invalidation until the entry's TTL.
     classes: moka::sync::Cache<u64, StatementClass>,
+    /// Tells this routing from the one a reload replaces ([`ClassMemo`]).
+    generation: u64,
     topologies: HashMap<String, Arc<Topology>>,
     pub positions: Arc<SharedPositions>,
     pub limits: LagLimits,
@@ -99,6 +107,7 @@ impl Routing {
                 routing.classifier_cache_entries,
                 routing.classifier_cache_bytes,
             ),
+            generation: GENERATIONS.fetch_add(1, Ordering::Relaxed) + 1,
             topologies,
             positions,
             limits: LagLimits {

@@ -50,17 +50,9 @@ impl Session {
             state.unknown_writes = true;
             return;
         }
-        let writes_of = |sql: &[u8]| -> Option<Arc<WriteNames>> {
-            let text = crate::protocol::text::lossy(sql);
-            let shape = self.query_scan(sql).shape.hash;
-            match self.runtime.routing().classify_scanned(&text, shape) {
-                StatementClass::Write => Some(self.runtime.cache.write_names(&text)),
-                _ => None,
-            }
-        };
         match message_tag {
             tag::QUERY => {
-                if let Some(writes) = writes_of(query_text(frame)) {
+                if let Some(writes) = self.writes_of(query_text(frame)) {
                     if let Some(state) = self.caching.as_mut() {
                         state.writes.merge(&writes.bound(None));
                     }
@@ -83,7 +75,7 @@ impl Session {
                     return;
                 }
                 let writes = StatementWrites {
-                    writes: writes_of(view.query).unwrap_or_default(),
+                    writes: self.writes_of(view.query).unwrap_or_default(),
                     definition: Bytes::copy_from_slice(view.definition),
                 };
                 let Some(state) = self.caching.as_mut() else {
@@ -114,13 +106,17 @@ impl Session {
                 };
                 if writes.is_none() && !view.statement.is_empty() {
                     // Prepared by the proxy from its registry (never forwarded here).
-                    if let Some(statement) = self.statements.get(view.statement) {
-                        let query_len = crate::protocol::extended::cstr(&statement.definition)
+                    let definition = self
+                        .statements
+                        .get(view.statement)
+                        .map(|statement| statement.definition.clone());
+                    if let Some(definition) = definition {
+                        let query_len = crate::protocol::extended::cstr(&definition)
                             .map_or(0, |(q, _)| q.len());
-                        let query = statement.definition.slice(0..query_len);
+                        let query = definition.slice(0..query_len);
                         writes = Some(StatementWrites {
-                            writes: writes_of(&query).unwrap_or_default(),
-                            definition: statement.definition.clone(),
+                            writes: self.writes_of(&query).unwrap_or_default(),
+                            definition,
                         });
                     }
                 }
@@ -142,6 +138,20 @@ impl Session {
                 }
             }
             _ => {}
+        }
+    }
+
+    /// What a statement text may write, or `None` when it only reads.
+    fn writes_of(&mut self, sql: &[u8]) -> Option<Arc<WriteNames>> {
+        let text = crate::protocol::text::lossy(sql);
+        let shape = self.query_scan(sql).shape.hash;
+        let class = self
+            .runtime
+            .routing()
+            .classify_memoized(&text, shape, &mut self.class_memo);
+        match class {
+            StatementClass::Write => Some(self.runtime.cache.write_names(&text)),
+            _ => None,
         }
     }
 

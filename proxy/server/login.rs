@@ -127,6 +127,7 @@ pub async fn log_in(
                 status: TransactionStatus::Idle,
                 skip_until_sync: false,
                 query_scan: Default::default(),
+                class_memo: Default::default(),
                 max_message: config.proxy.max_message_bytes,
                 idle_timeout: (idle > 0).then(|| Duration::from_millis(idle)),
                 idle_in_transaction_timeout: millis(config.pool.idle_in_transaction_timeout_ms),

@@ -34,7 +34,8 @@ fn writes_nothing(class: &StatementClass) -> bool {
 }
 
 impl Session {
-    /// The read/write class of a message that may start work on a server.
+    /// The read/write class of an extended-protocol message that may start work on a
+    /// server (a `Query`'s is answered from the session's memo, in `classify_message`).
     fn message_class(
         &self,
         routing: &Routing,
@@ -43,12 +44,6 @@ impl Session {
     ) -> (StatementClass, Option<Hint>) {
         let lossy = crate::protocol::text::lossy;
         match message_tag {
-            tag::QUERY => {
-                let sql = query_text(frame);
-                let shape = self.query_scan(sql).shape.hash;
-                let sql = lossy(sql);
-                (routing.classify_scanned(&sql, shape), hint(&sql))
-            }
             tag::PARSE => match ParseView::parse(body(frame)) {
                 Ok(view) => {
                     let sql = lossy(view.query);
@@ -89,6 +84,15 @@ impl Session {
             if known.query[..] == *query {
                 return (known.class.clone(), known.hint);
             }
+        }
+        if message_tag == tag::QUERY {
+            let sql = query_text(frame);
+            let shape = self.query_scan(sql).shape.hash;
+            let sql = crate::protocol::text::lossy(sql);
+            let class = state
+                .routing
+                .classify_memoized(&sql, shape, &mut self.class_memo);
+            return (class, hint(&sql));
         }
         let answer = self.message_class(&state.routing, message_tag, frame);
         if let (Some(query), Some(state)) = (unnamed_query, self.routing.as_deref_mut()) {

@@ -74,6 +74,8 @@ pub struct Session {
     pub(super) skip_until_sync: bool,
     /// The scan of the `Query` being handled (`query_scan.rs`).
     pub(super) query_scan: super::query_scan::ScanMemo,
+    /// The classes of the statement shapes this client sent lately.
+    pub(super) class_memo: crate::route::ClassMemo,
     pub(super) max_message: usize,
     pub(super) idle_timeout: Option<Duration>,
     /// `pool.idle_in_transaction_timeout_ms` and `pool.idle_in_batch_timeout_ms`.
