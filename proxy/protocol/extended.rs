@@ -14,7 +14,7 @@ pub struct Malformed(pub &'static str);
 /// Splits a NUL-terminated string off the front of `buf`.
 #[inline]
 pub fn cstr(buf: &[u8]) -> Option<(&[u8], &[u8])> {
-    let nul = buf.iter().position(|b| *b == 0)?;
+    let nul = memchr::memchr(0, buf)?;
     Some((&buf[..nul], &buf[nul + 1..]))
 }
 
@@ -140,6 +140,17 @@ pub fn write_statement_target(out: &mut BytesMut, tag: u8, statement: &[u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cstr_splits_at_the_first_nul_at_any_length() {
+        for len in [0, 1, 15, 16, 17, 40, 300] {
+            let text = vec![b'a'; len];
+            let mut buf = text.clone();
+            buf.extend_from_slice(b"\0rest\0");
+            assert_eq!(cstr(&buf), Some((&text[..], &b"rest\0"[..])), "{len}");
+            assert_eq!(cstr(&text), None, "{len} without a NUL");
+        }
+    }
 
     fn body(frame: &[u8]) -> &[u8] {
         &frame[5..]
