@@ -99,11 +99,15 @@ impl Session {
                 let Some(state) = self.caching.as_ref() else {
                     return;
                 };
-                let mut writes = if view.statement.is_empty() {
-                    state.unnamed_writes.clone()
+                let known = if view.statement.is_empty() {
+                    state.unnamed_writes.as_ref()
                 } else {
-                    state.statement_writes.get(view.statement).cloned()
+                    state.statement_writes.get(view.statement)
                 };
+                if known.is_some_and(|w| w.writes.is_empty()) {
+                    return; // a read: nothing to note
+                }
+                let mut writes = known.cloned();
                 if writes.is_none() && !view.statement.is_empty() {
                     // Prepared by the proxy from its registry (never forwarded here).
                     let definition = self
@@ -122,12 +126,14 @@ impl Session {
                 }
                 let bound = writes.map(|w| {
                     if w.writes.keyed.is_empty() {
-                        return (*w.writes).clone();
+                        return w.writes; // nothing to fill in from the parameters
                     }
                     let types = declared_types(&w.definition);
                     let params = BindParameters::parse(view.rest);
-                    w.writes
-                        .bound(params.as_ref().map(|p| (p, types.as_slice())))
+                    Arc::new(
+                        w.writes
+                            .bound(params.as_ref().map(|p| (p, types.as_slice()))),
+                    )
                 });
                 let Some(state) = self.caching.as_mut() else {
                     return;
