@@ -6,6 +6,7 @@
 //! `routing/replica_refusals.rs`.
 
 use crate::support;
+use support::within;
 
 #[path = "routing/read_your_writes.rs"]
 mod read_your_writes;
@@ -48,8 +49,7 @@ async fn wait_replicas_healthy(proxy: &RunningProxy) {
 }
 
 async fn port_of(client: &tokio_postgres::Client, sql: &str) -> i32 {
-    let rows = client
-        .simple_query(sql)
+    let rows = within("simple_query sql", client.simple_query(sql))
         .await
         .unwrap_or_else(|e| panic!("{sql}: {e}"));
     rows.iter()
@@ -70,14 +70,16 @@ async fn every_statement_kind_lands_where_it_must() {
         .map(|r| i32::from(r.port))
         .collect();
     let direct = proxy::connect_direct(&cluster).await;
-    direct
-        .batch_execute(
+    within(
+        "batch_execute",
+        direct.batch_execute(
             "CREATE TABLE t (id int primary key, v int);
              INSERT INTO t SELECT g, g FROM generate_series(1, 10) g;
              CREATE SEQUENCE s;",
-        )
-        .await
-        .unwrap();
+        ),
+    )
+    .await
+    .unwrap();
     cluster
         .wait_for_replication(Duration::from_secs(30))
         .unwrap();
@@ -114,12 +116,14 @@ async fn every_statement_kind_lands_where_it_must() {
         ("/* pgwarden:primary */ SELECT inet_server_port()", Primary),
         ("SELECT inet_server_port() -- pgwarden:primary", Primary),
     ];
-    direct
-        .batch_execute(
+    within(
+        "batch_execute CREATE FUNCTION my_unknown_function() RETURNS i...",
+        direct.batch_execute(
             "CREATE FUNCTION my_unknown_function() RETURNS int LANGUAGE sql AS 'SELECT 1'",
-        )
-        .await
-        .unwrap();
+        ),
+    )
+    .await
+    .unwrap();
     cluster
         .wait_for_replication(Duration::from_secs(30))
         .unwrap();
@@ -145,22 +149,37 @@ async fn every_statement_kind_lands_where_it_must() {
     }
 
     // SELECT INTO and multi-statement strings with a write must not fail on a replica.
-    client
-        .batch_execute("SELECT * INTO TEMP copied FROM t")
-        .await
-        .unwrap();
-    client
-        .batch_execute("SELECT 1; INSERT INTO t VALUES (200, 1)")
-        .await
-        .unwrap();
+    within(
+        "batch_execute SELECT * INTO TEMP copied FROM t",
+        client.batch_execute("SELECT * INTO TEMP copied FROM t"),
+    )
+    .await
+    .unwrap();
+    within(
+        "batch_execute SELECT 1; INSERT INTO t VALUES (200, 1)",
+        client.batch_execute("SELECT 1; INSERT INTO t VALUES (200, 1)"),
+    )
+    .await
+    .unwrap();
 
     // Transactions: plain BEGIN on the primary, READ ONLY on a replica.
-    client.batch_execute("BEGIN").await.unwrap();
+    within("batch_execute BEGIN", client.batch_execute("BEGIN"))
+        .await
+        .unwrap();
     assert_eq!(port_of(&client, "SELECT inet_server_port()").await, primary);
-    client.batch_execute("COMMIT").await.unwrap();
-    reader.batch_execute("BEGIN READ ONLY").await.unwrap();
+    within("batch_execute COMMIT", client.batch_execute("COMMIT"))
+        .await
+        .unwrap();
+    within(
+        "batch_execute BEGIN READ ONLY",
+        reader.batch_execute("BEGIN READ ONLY"),
+    )
+    .await
+    .unwrap();
     assert!(replicas.contains(&port_of(&reader, "SELECT inet_server_port()").await));
-    reader.batch_execute("COMMIT").await.unwrap();
+    within("batch_execute COMMIT", reader.batch_execute("COMMIT"))
+        .await
+        .unwrap();
     // The same transaction sent as one string.
     assert!(replicas.contains(
         &port_of(
@@ -171,60 +190,93 @@ async fn every_statement_kind_lands_where_it_must() {
     ));
     // A prepared `BEGIN READ ONLY`: executed again, it is a `Bind` of a named
     // statement without its text, and still starts the transaction on a replica.
-    let begin_read_only = reader.prepare("BEGIN READ ONLY").await.unwrap();
+    let begin_read_only = within("prepare BEGIN READ ONLY", reader.prepare("BEGIN READ ONLY"))
+        .await
+        .unwrap();
     for run in 0..3 {
-        reader.execute(&begin_read_only, &[]).await.unwrap();
+        within(
+            "execute &begin_read_only",
+            reader.execute(&begin_read_only, &[]),
+        )
+        .await
+        .unwrap();
         let port = port_of(&reader, "SELECT inet_server_port()").await;
         assert!(
             replicas.contains(&port),
             "prepared BEGIN READ ONLY, run {run}: on port {port}"
         );
-        reader.batch_execute("COMMIT").await.unwrap();
+        within("batch_execute COMMIT", reader.batch_execute("COMMIT"))
+            .await
+            .unwrap();
     }
 
     // Serializable transactions stay on the primary: a hot standby refuses them
     // ("cannot use serializable mode in a hot standby"), so on a replica the read
     // below would fail.
-    reader
-        .batch_execute("BEGIN ISOLATION LEVEL SERIALIZABLE READ ONLY")
+    within(
+        "batch_execute BEGIN ISOLATION LEVEL SERIALIZABLE READ ONLY",
+        reader.batch_execute("BEGIN ISOLATION LEVEL SERIALIZABLE READ ONLY"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(port_of(&reader, "SELECT inet_server_port()").await, primary);
+    within("batch_execute COMMIT", reader.batch_execute("COMMIT"))
         .await
         .unwrap();
-    assert_eq!(port_of(&reader, "SELECT inet_server_port()").await, primary);
-    reader.batch_execute("COMMIT").await.unwrap();
     for set in [
         "SET default_transaction_isolation = serializable",
         "SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL SERIALIZABLE",
     ] {
-        reader.batch_execute(set).await.unwrap();
-        assert_eq!(
-            port_of(&reader, "SELECT inet_server_port()").await,
-            primary,
-            "{set}"
-        );
-        let port: i32 = reader
-            .query_one("SELECT inet_server_port()", &[])
+        within("batch_execute set", reader.batch_execute(set))
             .await
-            .unwrap_or_else(|e| panic!("{set}, extended: {e}"))
-            .get(0);
-        assert_eq!(port, primary, "{set}, extended");
-        reader.batch_execute("BEGIN READ ONLY").await.unwrap();
+            .unwrap();
         assert_eq!(
             port_of(&reader, "SELECT inet_server_port()").await,
             primary,
             "{set}"
         );
-        reader.batch_execute("COMMIT").await.unwrap();
-        reader.execute(&begin_read_only, &[]).await.unwrap();
+        let port: i32 = within(
+            "query_one SELECT inet_server_port()",
+            reader.query_one("SELECT inet_server_port()", &[]),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{set}, extended: {e}"))
+        .get(0);
+        assert_eq!(port, primary, "{set}, extended");
+        within(
+            "batch_execute BEGIN READ ONLY",
+            reader.batch_execute("BEGIN READ ONLY"),
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            port_of(&reader, "SELECT inet_server_port()").await,
+            primary,
+            "{set}"
+        );
+        within("batch_execute COMMIT", reader.batch_execute("COMMIT"))
+            .await
+            .unwrap();
+        within(
+            "execute &begin_read_only",
+            reader.execute(&begin_read_only, &[]),
+        )
+        .await
+        .unwrap();
         assert_eq!(
             port_of(&reader, "SELECT inet_server_port()").await,
             primary,
             "{set}, prepared BEGIN READ ONLY"
         );
-        reader.batch_execute("COMMIT").await.unwrap();
-        reader
-            .batch_execute("RESET default_transaction_isolation")
+        within("batch_execute COMMIT", reader.batch_execute("COMMIT"))
             .await
             .unwrap();
+        within(
+            "batch_execute RESET default_transaction_isolation",
+            reader.batch_execute("RESET default_transaction_isolation"),
+        )
+        .await
+        .unwrap();
         assert!(replicas.contains(&port_of(&reader, "SELECT inet_server_port()").await));
     }
     let serializable_url = format!(
@@ -239,33 +291,48 @@ async fn every_statement_kind_lands_where_it_must() {
     );
 
     // SET pgwarden.route pins a session.
-    reader
-        .batch_execute("SET pgwarden.route = primary")
-        .await
-        .unwrap();
+    within(
+        "batch_execute SET pgwarden.route = primary",
+        reader.batch_execute("SET pgwarden.route = primary"),
+    )
+    .await
+    .unwrap();
     assert_eq!(port_of(&reader, "SELECT inet_server_port()").await, primary);
-    reader
-        .batch_execute("SET pgwarden.route = auto")
-        .await
-        .unwrap();
+    within(
+        "batch_execute SET pgwarden.route = auto",
+        reader.batch_execute("SET pgwarden.route = auto"),
+    )
+    .await
+    .unwrap();
     assert!(replicas.contains(&port_of(&reader, "SELECT inet_server_port()").await));
-    let err = reader
-        .batch_execute("SET pgwarden.route = sideways")
-        .await
-        .unwrap_err();
+    let err = within(
+        "batch_execute SET pgwarden.route = sideways",
+        reader.batch_execute("SET pgwarden.route = sideways"),
+    )
+    .await
+    .unwrap_err();
     assert_eq!(err.code().unwrap().code(), "22023");
 
     // Extended protocol: prepared reads on replicas, prepared writes on the primary.
-    let read = reader.prepare("SELECT inet_server_port()").await.unwrap();
-    let write = client
-        .prepare("INSERT INTO t VALUES ($1, 0) RETURNING inet_server_port()")
-        .await
-        .unwrap();
+    let read = within(
+        "prepare SELECT inet_server_port()",
+        reader.prepare("SELECT inet_server_port()"),
+    )
+    .await
+    .unwrap();
+    let write = within(
+        "prepare INSERT INTO t VALUES ($1, 0) RETURNING inet_ser...",
+        client.prepare("INSERT INTO t VALUES ($1, 0) RETURNING inet_server_port()"),
+    )
+    .await
+    .unwrap();
     for i in 0..5 {
-        let port: i32 = reader.query_one(&read, &[]).await.unwrap().get(0);
+        let port: i32 = within("query_one &read", reader.query_one(&read, &[]))
+            .await
+            .unwrap()
+            .get(0);
         assert!(replicas.contains(&port));
-        let port: i32 = client
-            .query_one(&write, &[&(1000 + i)])
+        let port: i32 = within("query_one &write", client.query_one(&write, &[&(1000 + i)]))
             .await
             .unwrap()
             .get(0);
@@ -283,8 +350,7 @@ async fn every_statement_kind_lands_where_it_must() {
         ("SELECT inet_server_port() -- pgwarden:primary", Primary),
         ("SELECT inet_server_port()", Replica),
     ] {
-        let port: i32 = reader
-            .query_typed_one(sql, &[])
+        let port: i32 = within(sql, reader.query_typed_one(sql, &[]))
             .await
             .unwrap_or_else(|e| panic!("{sql}: {e}"))
             .get(0);
@@ -314,30 +380,36 @@ async fn without_lag_reads_after_writes_return_to_replicas() {
     let proxy = proxy::start(&cluster, with_replicas(&cluster)).await;
     wait_replicas_healthy(&proxy).await;
     let client = proxy::connect(&proxy).await;
-    client
-        .batch_execute("CREATE TABLE events (id serial primary key, note text)")
-        .await
-        .unwrap();
+    within(
+        "batch_execute CREATE TABLE events (id serial primary key, not...",
+        client.batch_execute("CREATE TABLE events (id serial primary key, note text)"),
+    )
+    .await
+    .unwrap();
     let mut on_replica = 0;
     for round in 0..20 {
-        client
-            .execute(
+        within(
+            "execute INSERT INTO events (note) VALUES ($1)",
+            client.execute(
                 "INSERT INTO events (note) VALUES ($1)",
                 &[&format!("round {round}")],
-            )
-            .await
-            .unwrap();
+            ),
+        )
+        .await
+        .unwrap();
         // Poll (bounded) until the read is served by the replica, which happens as soon
         // as it has replayed the write; every read must see the write.
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
-            let row = client
-                .query_one(
+            let row = within(
+                "query_one SELECT count(*), inet_server_port() FROM events...",
+                client.query_one(
                     "SELECT count(*), inet_server_port() FROM events WHERE note = $1",
                     &[&format!("round {round}")],
-                )
-                .await
-                .unwrap();
+                ),
+            )
+            .await
+            .unwrap();
             assert_eq!(row.get::<_, i64>(0), 1, "read saw its own write");
             if row.get::<_, i32>(1) != primary {
                 on_replica += 1;
@@ -357,10 +429,12 @@ async fn without_lag_reads_after_writes_return_to_replicas() {
 async fn session_key_positions_travel_between_instances() {
     let cluster = support::cluster(1);
     let direct = proxy::connect_direct(&cluster).await;
-    direct
-        .batch_execute("CREATE TABLE notes (id int primary key)")
-        .await
-        .unwrap();
+    within(
+        "batch_execute CREATE TABLE notes (id int primary key)",
+        direct.batch_execute("CREATE TABLE notes (id int primary key)"),
+    )
+    .await
+    .unwrap();
     cluster
         .wait_for_replication(Duration::from_secs(30))
         .unwrap();
@@ -384,10 +458,12 @@ async fn session_key_positions_travel_between_instances() {
     let positions = b.runtime.routing().positions.clone();
     let mut longest = Duration::ZERO;
     for i in 0..50i32 {
-        writer
-            .execute("INSERT INTO notes VALUES ($1)", &[&i])
-            .await
-            .unwrap();
+        within(
+            "execute INSERT INTO notes VALUES ($1)",
+            writer.execute("INSERT INTO notes VALUES ($1)", &[&i]),
+        )
+        .await
+        .unwrap();
         // Instance B learns the write position through NOTIFY, asynchronously: wait
         // (bounded) until it has, then its reads must see the write.
         let known = a
@@ -408,11 +484,13 @@ async fn session_key_positions_travel_between_instances() {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
         longest = longest.max(started.elapsed());
-        let n: i64 = reader
-            .query_one("SELECT count(*) FROM notes WHERE id = $1", &[&i])
-            .await
-            .unwrap()
-            .get(0);
+        let n: i64 = within(
+            "query_one SELECT count(*) FROM notes WHERE id = $1",
+            reader.query_one("SELECT count(*) FROM notes WHERE id = $1", &[&i]),
+        )
+        .await
+        .unwrap()
+        .get(0);
         assert_eq!(n, 1, "instance B read a stale replica");
     }
     eprintln!("longest NOTIFY propagation between instances: {longest:?}");
@@ -426,10 +504,12 @@ async fn a_role_the_replica_does_not_know_yet_reads_from_the_primary() {
     pause_replay(&cluster).await;
     // Created while the replica does not replay: it cannot log this role in.
     let direct = proxy::connect_direct(&cluster).await;
-    direct
-        .batch_execute("CREATE ROLE newcomer LOGIN PASSWORD 'newcomer-secret'")
-        .await
-        .unwrap();
+    within(
+        "batch_execute CREATE ROLE newcomer LOGIN PASSWORD 'newcomer-s...",
+        direct.batch_execute("CREATE ROLE newcomer LOGIN PASSWORD 'newcomer-secret'"),
+    )
+    .await
+    .unwrap();
     let proxy = proxy::start(&cluster, |c| {
         with_replicas(&cluster)(c);
         c.auth.users.push(pgwarden::config::UserConfig {

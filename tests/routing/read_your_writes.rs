@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use super::{pause_replay, port_of, wait_replicas_healthy, with_replicas};
-use crate::support::{self, proxy};
+use crate::support::{self, proxy, within};
 use pgwarden::config::RywScope;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -14,10 +14,12 @@ async fn read_your_writes_under_lag_from_one_and_two_connections() {
     let cluster = support::cluster(2);
     let primary = i32::from(cluster.primary().port);
     let direct = proxy::connect_direct(&cluster).await;
-    direct
-        .batch_execute("CREATE TABLE kv (k int primary key, owner text)")
-        .await
-        .unwrap();
+    within(
+        "batch_execute CREATE TABLE kv (k int primary key, owner text)",
+        direct.batch_execute("CREATE TABLE kv (k int primary key, owner text)"),
+    )
+    .await
+    .unwrap();
     cluster
         .wait_for_replication(Duration::from_secs(30))
         .unwrap();
@@ -42,21 +44,29 @@ async fn read_your_writes_under_lag_from_one_and_two_connections() {
     let shared_writer = proxy::connect_url(&key_url).await.unwrap();
     let shared_reader = proxy::connect_url(&key_url).await.unwrap();
     let bystander = proxy::connect(&proxy).await;
-    let insert = writer
-        .prepare("INSERT INTO kv VALUES ($1, $2)")
-        .await
-        .unwrap();
-    let read = writer
-        .prepare("SELECT count(*), max(inet_server_port()) FROM kv WHERE k = $1")
-        .await
-        .unwrap();
+    let insert = within(
+        "prepare INSERT INTO kv VALUES ($1, $2)",
+        writer.prepare("INSERT INTO kv VALUES ($1, $2)"),
+    )
+    .await
+    .unwrap();
+    let read = within(
+        "prepare SELECT count(*), max(inet_server_port()) FROM k...",
+        writer.prepare("SELECT count(*), max(inet_server_port()) FROM kv WHERE k = $1"),
+    )
+    .await
+    .unwrap();
     let mut stale = 0;
     for i in 0..1000i32 {
-        writer
-            .execute(&insert, &[&i, &"one-connection"])
+        within(
+            "execute &insert",
+            writer.execute(&insert, &[&i, &"one-connection"]),
+        )
+        .await
+        .unwrap();
+        let row = within("query_one &read", writer.query_one(&read, &[&i]))
             .await
             .unwrap();
-        let row = writer.query_one(&read, &[&i]).await.unwrap();
         if row.get::<_, i64>(0) != 1 {
             stale += 1;
         }
@@ -68,45 +78,57 @@ async fn read_your_writes_under_lag_from_one_and_two_connections() {
     // the write and the read: the write's Bind still counts as a write.
     let unnamed_writer = proxy::connect(&proxy).await;
     for i in 3000..3200i32 {
-        unnamed_writer
-            .query_typed(
+        within(
+            "query_typed INSERT INTO kv VALUES ($1, 'unnamed')",
+            unnamed_writer.query_typed(
                 "INSERT INTO kv VALUES ($1, 'unnamed')",
                 &[(&i, tokio_postgres::types::Type::INT4)],
-            )
-            .await
-            .unwrap();
-        unnamed_writer
-            .query_typed("/* pgwarden:primary */ SELECT 1", &[])
-            .await
-            .unwrap();
-        let n: i64 = unnamed_writer
-            .query_typed_one(
+            ),
+        )
+        .await
+        .unwrap();
+        within(
+            "query_typed /* pgwarden:primary */ SELECT 1",
+            unnamed_writer.query_typed("/* pgwarden:primary */ SELECT 1", &[]),
+        )
+        .await
+        .unwrap();
+        let n: i64 = within(
+            "query_typed_one SELECT count(*) FROM kv WHERE k = $1",
+            unnamed_writer.query_typed_one(
                 "SELECT count(*) FROM kv WHERE k = $1",
                 &[(&i, tokio_postgres::types::Type::INT4)],
-            )
-            .await
-            .unwrap()
-            .get(0);
+            ),
+        )
+        .await
+        .unwrap()
+        .get(0);
         if n != 1 {
             stale += 1;
         }
     }
     assert_eq!(stale, 0, "stale reads through unnamed statements");
 
-    let shared_read = shared_reader
-        .prepare("SELECT count(*) FROM kv WHERE k = $1")
+    let shared_read = within(
+        "prepare SELECT count(*) FROM kv WHERE k = $1",
+        shared_reader.prepare("SELECT count(*) FROM kv WHERE k = $1"),
+    )
+    .await
+    .unwrap();
+    for i in 1000..2000i32 {
+        within(
+            "execute INSERT INTO kv VALUES ($1, 'shared')",
+            shared_writer.execute("INSERT INTO kv VALUES ($1, 'shared')", &[&i]),
+        )
         .await
         .unwrap();
-    for i in 1000..2000i32 {
-        shared_writer
-            .execute("INSERT INTO kv VALUES ($1, 'shared')", &[&i])
-            .await
-            .unwrap();
-        let n: i64 = shared_reader
-            .query_one(&shared_read, &[&i])
-            .await
-            .unwrap()
-            .get(0);
+        let n: i64 = within(
+            "query_one &shared_read",
+            shared_reader.query_one(&shared_read, &[&i]),
+        )
+        .await
+        .unwrap()
+        .get(0);
         if n != 1 {
             stale += 1;
         }
@@ -126,9 +148,13 @@ async fn read_your_writes_under_lag_from_one_and_two_connections() {
         ),
     ] {
         for statement in script.split("; ") {
-            writer.batch_execute(statement).await.unwrap();
+            within("batch_execute statement", writer.batch_execute(statement))
+                .await
+                .unwrap();
         }
-        let row = writer.query_one(&read, &[&i]).await.unwrap();
+        let row = within("query_one &read", writer.query_one(&read, &[&i]))
+            .await
+            .unwrap();
         assert_eq!(row.get::<_, i64>(0), 1, "stale read after: {script}");
     }
 
@@ -152,37 +178,66 @@ async fn read_your_writes_under_lag_from_one_and_two_connections() {
         "RESET work_mem",
         "DISCARD SEQUENCES",
     ] {
-        reads_in_transactions
-            .batch_execute(statement)
-            .await
-            .unwrap_or_else(|e| panic!("{statement}: {e}"));
+        within(
+            "batch_execute statement",
+            reads_in_transactions.batch_execute(statement),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{statement}: {e}"));
     }
-    reads_in_transactions
-        .batch_execute("BEGIN; SELECT count(*) FROM kv; SAVEPOINT s; SELECT 1; COMMIT")
+    within(
+        "batch_execute BEGIN; SELECT count(*) FROM kv; SAVEPOINT s; SE...",
+        reads_in_transactions
+            .batch_execute("BEGIN; SELECT count(*) FROM kv; SAVEPOINT s; SELECT 1; COMMIT"),
+    )
+    .await
+    .unwrap();
+    let mut transaction = within("transaction", reads_in_transactions.transaction())
         .await
         .unwrap();
-    let mut transaction = reads_in_transactions.transaction().await.unwrap();
     // A savepoint (tokio-postgres sends it as a simple query), and reads in the
     // extended protocol, named and unnamed.
-    let nested = transaction.transaction().await.unwrap();
-    nested.query("SELECT count(*) FROM kv", &[]).await.unwrap();
-    nested.commit().await.unwrap();
-    transaction
-        .query_typed("SELECT count(*) FROM kv", &[])
+    let nested = within("transaction", transaction.transaction())
         .await
         .unwrap();
-    transaction.commit().await.unwrap();
+    within(
+        "query SELECT count(*) FROM kv",
+        nested.query("SELECT count(*) FROM kv", &[]),
+    )
+    .await
+    .unwrap();
+    within("commit", nested.commit()).await.unwrap();
+    within(
+        "query_typed SELECT count(*) FROM kv",
+        transaction.query_typed("SELECT count(*) FROM kv", &[]),
+    )
+    .await
+    .unwrap();
+    within("commit", transaction.commit()).await.unwrap();
     // The same through named prepared statements (as drivers that prepare BEGIN and
     // COMMIT after a few uses send them).
-    let begin = reads_in_transactions.prepare("BEGIN").await.unwrap();
-    let commit = reads_in_transactions.prepare("COMMIT").await.unwrap();
+    let begin = within("prepare BEGIN", reads_in_transactions.prepare("BEGIN"))
+        .await
+        .unwrap();
+    let commit = within("prepare COMMIT", reads_in_transactions.prepare("COMMIT"))
+        .await
+        .unwrap();
     for _ in 0..3 {
-        reads_in_transactions.execute(&begin, &[]).await.unwrap();
-        reads_in_transactions
-            .query("SELECT count(*) FROM kv", &[])
+        within("execute &begin", reads_in_transactions.execute(&begin, &[]))
             .await
             .unwrap();
-        reads_in_transactions.execute(&commit, &[]).await.unwrap();
+        within(
+            "query SELECT count(*) FROM kv",
+            reads_in_transactions.query("SELECT count(*) FROM kv", &[]),
+        )
+        .await
+        .unwrap();
+        within(
+            "execute &commit",
+            reads_in_transactions.execute(&commit, &[]),
+        )
+        .await
+        .unwrap();
     }
     for _ in 0..5 {
         let port = port_of(&reads_in_transactions, "SELECT inet_server_port()").await;
@@ -194,11 +249,13 @@ async fn read_your_writes_under_lag_from_one_and_two_connections() {
         let port = port_of(&bystander, "SELECT inet_server_port()").await;
         assert_ne!(port, primary, "a session without writes must use replicas");
     }
-    let lagging: i64 = bystander
-        .query_one("SELECT count(*) FROM kv", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let lagging: i64 = within(
+        "query_one SELECT count(*) FROM kv",
+        bystander.query_one("SELECT count(*) FROM kv", &[]),
+    )
+    .await
+    .unwrap()
+    .get(0);
     assert!(
         lagging < 2000,
         "the bystander sees the replicas' (paused) state"
