@@ -3,7 +3,8 @@
 //! [`Routing::classify_scanned`] answers from a process-wide moka cache by shape hash,
 //! and each of those lookups costs about 800 instructions (hashing, the concurrent
 //! map, the frequency sketch's read log, a clock read): 5% of a `pgbench -S`
-//! transaction's work in pgwarden. A client sends the same few shapes again and again,
+//! transaction's work in pgwarden wherever a `Query` is classified (with replicas, or
+//! while the result cache tracks writes). A client sends the same few shapes again and again,
 //! so a handful of slots in the session answers nearly every lookup for a few
 //! comparisons. The memo belongs to one [`Routing`] (by its generation): a reload
 //! builds a new one, and the memo forgets what the old one said.
