@@ -3,7 +3,8 @@
 //! across roles. Read-your-writes under paused replay is in `routing/read_your_writes.rs`,
 //! a replica stopped under load in `routing/replica_faults.rs`, reads a hot standby
 //! refuses (a role serializable by `ALTER ROLE`, an unlogged table) in
-//! `routing/replica_refusals.rs`.
+//! `routing/replica_refusals.rs`, a session's replica pools after the pools are rebuilt
+//! in `routing/replica_pools.rs`.
 
 use crate::support;
 use support::within;
@@ -12,6 +13,8 @@ use support::within;
 mod read_your_writes;
 #[path = "routing/replica_faults.rs"]
 mod replica_faults;
+#[path = "routing/replica_pools.rs"]
+mod replica_pools;
 #[path = "routing/replica_refusals.rs"]
 mod replica_refusals;
 

@@ -394,6 +394,9 @@ pub struct PoolRegistry {
     draining: Mutex<std::collections::HashSet<String>>,
     /// Clients waiting in every pool's gate, and load-shedding counts.
     pub waiting: Arc<WaitingTotal>,
+    /// Moves each time the pools are forgotten ([`PoolRegistry::clear`]), so a session
+    /// that kept a pool at hand knows to look it up again.
+    generation: AtomicU64,
 }
 
 impl PoolRegistry {
@@ -424,10 +427,16 @@ impl PoolRegistry {
     /// Forgets every pool (after a reload changed servers or sizes). Sessions holding a
     /// pool keep using it until they are done; its connections close when it is dropped.
     pub fn clear(&self) {
-        self.pools
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .clear();
+        let mut pools = self.pools.write().unwrap_or_else(|e| e.into_inner());
+        pools.clear();
+        // Moved after the pools are gone: whoever read the old generation and then
+        // found an old pool is told again on its next look.
+        self.generation.fetch_add(1, Ordering::Release);
+    }
+
+    /// Which set of pools is current (see [`PoolRegistry::clear`]).
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
     }
 
     /// Before `DROP DATABASE name` / `ALTER DATABASE name RENAME ...`: refuses new

@@ -13,9 +13,43 @@ pub fn lossy(bytes: &[u8]) -> Cow<'_, str> {
     }
 }
 
+/// Whether `haystack` contains `needle`, ASCII letters compared without case.
+/// `needle` must start with a letter; only the places where its first letter occurs
+/// are compared further, found with memchr.
+pub fn contains_ignoring_case(haystack: &[u8], needle: &[u8]) -> bool {
+    let Some(&first) = needle.first() else {
+        return true;
+    };
+    let (lower, upper) = (first.to_ascii_lowercase(), first.to_ascii_uppercase());
+    memchr::memchr2_iter(lower, upper, haystack).any(|at| {
+        haystack
+            .get(at..at + needle.len())
+            .is_some_and(|candidate| candidate.eq_ignore_ascii_case(needle))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn contains_ignoring_case_finds_any_case_anywhere() {
+        let needle = b"pgwarden.";
+        assert!(contains_ignoring_case(
+            b"SET pgwarden.route = primary",
+            needle
+        ));
+        assert!(contains_ignoring_case(
+            b"set PGWarden.ROUTE to replica",
+            needle
+        ));
+        assert!(contains_ignoring_case(b"pgwarden.", needle));
+        assert!(contains_ignoring_case(b"ppgwarden.x", needle));
+        assert!(!contains_ignoring_case(b"SELECT 1", needle));
+        assert!(!contains_ignoring_case(b"SET pgwarden", needle));
+        assert!(!contains_ignoring_case(b"SET pgwardenx", needle));
+        assert!(!contains_ignoring_case(b"", needle));
+    }
 
     #[test]
     fn valid_text_is_borrowed_invalid_text_is_repaired() {

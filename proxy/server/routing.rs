@@ -14,6 +14,7 @@ use super::routing_class::ParseClass;
 use super::session::Session;
 use super::SessionError;
 use crate::config::{Fallback, RywScope};
+use crate::pool::ServerPool;
 use crate::protocol::backend;
 use crate::protocol::frame::query_text;
 use crate::protocol::tag::TransactionStatus;
@@ -65,6 +66,37 @@ pub struct SessionRouting {
     pub(super) last_parse: Option<ParseClass>,
     /// The client's unnamed statement writes nothing (`routing_class.rs`).
     pub(super) unnamed_writes_nothing: bool,
+    /// The replica pools this session took connections from.
+    pub(super) replica_pools: ReplicaPools,
+}
+
+/// The pools of a session's replicas by backend number, kept while the registry's
+/// pools stay the same: looking one up builds its key (two strings) and searches the
+/// registry, about 1,000 instructions per transaction routed to a replica.
+#[derive(Default)]
+pub(super) struct ReplicaPools {
+    generation: u64,
+    pools: Vec<Option<Arc<ServerPool>>>,
+}
+
+impl ReplicaPools {
+    fn get(&self, generation: u64, backend: usize) -> Option<Arc<ServerPool>> {
+        if self.generation != generation {
+            return None;
+        }
+        self.pools.get(backend).cloned().flatten()
+    }
+
+    fn keep(&mut self, generation: u64, backend: usize, pool: Arc<ServerPool>) {
+        if self.generation != generation {
+            self.generation = generation;
+            self.pools.clear();
+        }
+        if self.pools.len() <= backend {
+            self.pools.resize(backend + 1, None);
+        }
+        self.pools[backend] = Some(pool);
+    }
 }
 
 impl SessionRouting {
@@ -96,6 +128,7 @@ impl SessionRouting {
             refused_by_replica: false,
             last_parse: None,
             unnamed_writes_nothing: false,
+            replica_pools: ReplicaPools::default(),
         };
         for (name, value) in options {
             state.apply_setting(name, value);
@@ -259,16 +292,38 @@ impl Session {
         }
     }
 
+    /// The pool of replica `backend` (1 = the first), kept at hand between transactions.
+    pub(super) fn replica_pool(&mut self, backend: usize) -> Result<Arc<ServerPool>, SessionError> {
+        let generation = self.runtime.pools.generation();
+        let kept = self
+            .routing
+            .as_ref()
+            .and_then(|r| r.replica_pools.get(generation, backend));
+        if let Some(pool) = kept {
+            return Ok(pool);
+        }
+        let pool = self
+            .runtime
+            .pool(&self.identity.database, &self.identity.user, backend)?;
+        if let Some(routing) = self.routing.as_mut() {
+            routing
+                .replica_pools
+                .keep(generation, backend, pool.clone());
+        }
+        Ok(pool)
+    }
+
     /// Handles `SET pgwarden.*` in a simple query when no server is attached.
     /// Returns true when answered.
     pub(super) fn answer_proxy_setting(&mut self, frame: &[u8]) -> Result<bool, SessionError> {
         let Some(state) = self.routing.as_ref() else {
             return Ok(false);
         };
-        let sql = crate::protocol::text::lossy(query_text(frame)).into_owned();
-        if !sql.to_ascii_lowercase().contains("pgwarden.") {
+        let bytes = query_text(frame);
+        if !crate::protocol::text::contains_ignoring_case(bytes, b"pgwarden.") {
             return Ok(false);
         }
+        let sql = crate::protocol::text::lossy(bytes);
         let StatementClass::ProxySetting { name, value } = state.routing.classify(&sql) else {
             return Ok(false);
         };

@@ -114,8 +114,7 @@ impl Session {
             let pool = if backend == 0 {
                 self.pool.clone()
             } else {
-                self.runtime
-                    .pool(&self.identity.database, &self.identity.user, backend)?
+                self.replica_pool(backend)?
             };
             if backend == 0 {
                 self.circuit_allows(0)?;
