@@ -4,9 +4,9 @@
 //! and each of those lookups costs about 800 instructions (hashing, the concurrent
 //! map, the frequency sketch's read log, a clock read): 5% of a `pgbench -S`
 //! transaction's work in pgwarden wherever a `Query` is classified (with replicas, or
-//! while the result cache tracks writes). A client sends the same few shapes again and again,
-//! so a handful of slots in the session answers nearly every lookup for a few
-//! comparisons. The memo belongs to one [`Routing`] (by its generation): a reload
+//! while the result cache tracks writes). A client sends the same few shapes again
+//! and again, so a handful of slots in the session answers nearly every lookup for a
+//! few comparisons. The memo belongs to one [`Routing`] (by its generation): a reload
 //! builds a new one, and the memo forgets what the old one said.
 
 use super::{Routing, StatementClass};
@@ -41,10 +41,8 @@ fn code(class: &StatementClass) -> Option<u8> {
 }
 
 fn class_of(code: u8) -> Option<StatementClass> {
-    if code == EMPTY {
-        return None;
-    }
     Some(match code {
+        EMPTY => return None,
         1 => StatementClass::Read,
         2 => StatementClass::Write,
         3 => StatementClass::Begin { read_only: false },
