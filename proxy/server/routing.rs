@@ -4,7 +4,7 @@
 //! Decisions come from the `route` room; this file applies them to one client.
 
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -72,11 +72,13 @@ pub struct SessionRouting {
 
 /// The pools of a session's replicas by backend number, kept while the registry's
 /// pools stay the same: looking one up builds its key (two strings) and searches the
-/// registry, about 1,000 instructions per transaction routed to a replica.
+/// registry, about 1,000 instructions per transaction routed to a replica. Kept weakly:
+/// an idle session does not keep a pool the registry has let go of (and its
+/// connections) alive.
 #[derive(Default)]
 pub(super) struct ReplicaPools {
     generation: u64,
-    pools: Vec<Option<Arc<ServerPool>>>,
+    pools: Vec<Weak<ServerPool>>,
 }
 
 impl ReplicaPools {
@@ -84,18 +86,18 @@ impl ReplicaPools {
         if self.generation != generation {
             return None;
         }
-        self.pools.get(backend).cloned().flatten()
+        self.pools.get(backend)?.upgrade()
     }
 
-    fn keep(&mut self, generation: u64, backend: usize, pool: Arc<ServerPool>) {
+    fn keep(&mut self, generation: u64, backend: usize, pool: &Arc<ServerPool>) {
         if self.generation != generation {
             self.generation = generation;
             self.pools.clear();
         }
         if self.pools.len() <= backend {
-            self.pools.resize(backend + 1, None);
+            self.pools.resize(backend + 1, Weak::new());
         }
-        self.pools[backend] = Some(pool);
+        self.pools[backend] = Arc::downgrade(pool);
     }
 }
 
@@ -306,9 +308,7 @@ impl Session {
             .runtime
             .pool(&self.identity.database, &self.identity.user, backend)?;
         if let Some(routing) = self.routing.as_mut() {
-            routing
-                .replica_pools
-                .keep(generation, backend, pool.clone());
+            routing.replica_pools.keep(generation, backend, &pool);
         }
         Ok(pool)
     }
