@@ -16,7 +16,7 @@ use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
 use postgres_protocol::message::backend::Message;
 use postgres_protocol::message::frontend;
 use support::proxy::{self, DATABASE, USER};
-use support::within;
+use support::{execute, within};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// The lookup cache TTL the tests run with.
@@ -64,12 +64,6 @@ async fn current_user(client: &tokio_postgres::Client) -> String {
 
 async fn direct(cluster: &LocalCluster) -> tokio_postgres::Client {
     within("direct connect", proxy::connect_direct(cluster)).await
-}
-
-async fn run(client: &tokio_postgres::Client, sql: &str) {
-    within(sql, client.batch_execute(sql))
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"));
 }
 
 /// psql through the proxy: (success, stdout, stderr).
@@ -183,7 +177,7 @@ async fn past_the_cache() {
 async fn runtime_roles_log_in_and_password_changes_take_effect() {
     let cluster = support::cluster(0);
     let admin = direct(&cluster).await;
-    run(&admin, "CREATE ROLE rt_app LOGIN PASSWORD 'x'").await;
+    execute(&admin, "CREATE ROLE rt_app LOGIN PASSWORD 'x'").await;
     let proxy = proxy::start(&cluster, |c| {
         with_auth_query(c);
         c.pool.checkout_timeout_ms = 1000;
@@ -240,7 +234,7 @@ async fn runtime_roles_log_in_and_password_changes_take_effect() {
 
     // A role whose password is stored as md5 is refused under scram-sha-256, as
     // PostgreSQL refuses it, the same way as a wrong password.
-    run(
+    execute(
         &admin,
         "SET password_encryption = 'md5'; CREATE ROLE rt_md5 LOGIN PASSWORD 'm'; RESET password_encryption",
     )
@@ -260,41 +254,41 @@ async fn runtime_roles_log_in_and_password_changes_take_effect() {
     // The password changes in PostgreSQL: once the cache expires, the new one works
     // and the old one is refused.
     assert_eq!(backends_of(&admin, "rt_app").await, 1);
-    run(&admin, "ALTER ROLE rt_app PASSWORD 'y'").await;
+    execute(&admin, "ALTER ROLE rt_app PASSWORD 'y'").await;
     past_the_cache().await;
     let (code, _, _) = refusal(&proxy, "rt_app", "x").await;
     assert_eq!(code, "28P01");
     // Clients still connected from before the change: a new server connection would
     // need the new password's keys, which no client has proved yet: a clear error.
-    run(&client, "BEGIN").await;
+    execute(&client, "BEGIN").await;
     let stale = within("stale keys", client2.batch_execute("BEGIN"))
         .await
         .expect_err("no keys for the new password yet");
     let stale = stale.as_db_error().expect("server error");
     assert_eq!(stale.code().code(), "08001", "{stale:?}");
     assert!(stale.message().contains("salt"), "{stale:?}");
-    run(&client, "COMMIT").await;
+    execute(&client, "COMMIT").await;
     let a = connect(&proxy, "rt_app", "y").await.expect("new password");
     let b = connect(&proxy, "rt_app", "y").await.expect("new password");
     // Two transactions at once need a second server connection, opened now with the
     // keys of the new password (the old keys no longer match the server's salt).
-    run(&a, "BEGIN").await;
-    run(&b, "BEGIN").await;
+    execute(&a, "BEGIN").await;
+    execute(&b, "BEGIN").await;
     assert_eq!(current_user(&a).await, "rt_app");
     assert_eq!(current_user(&b).await, "rt_app");
     assert_eq!(backends_of(&admin, "rt_app").await, 2);
-    run(&a, "COMMIT").await;
-    run(&b, "COMMIT").await;
+    execute(&a, "COMMIT").await;
+    execute(&b, "COMMIT").await;
     let (ok, out, err) = psql(&proxy, "rt_app", "y", "select current_user").await;
     assert!(ok && out == "rt_app", "{err}");
 
     // A role created after the proxy started, and a dropped one.
-    run(&admin, "CREATE ROLE rt_late LOGIN PASSWORD 'late'").await;
+    execute(&admin, "CREATE ROLE rt_late LOGIN PASSWORD 'late'").await;
     past_the_cache().await;
     let late = connect(&proxy, "rt_late", "late").await.expect("new role");
     assert_eq!(current_user(&late).await, "rt_late");
     drop(late);
-    run(&admin, "DROP ROLE rt_late").await;
+    execute(&admin, "DROP ROLE rt_late").await;
     past_the_cache().await;
     let (code, _, message) = refusal(&proxy, "rt_late", "late").await;
     assert_eq!(
@@ -307,7 +301,7 @@ async fn runtime_roles_log_in_and_password_changes_take_effect() {
 async fn transaction_pooling_on_two_server_connections_and_a_replica() {
     let cluster = support::cluster(1);
     let admin = direct(&cluster).await;
-    run(
+    execute(
         &admin,
         "CREATE ROLE tx_app LOGIN PASSWORD 'tx'; CREATE TABLE counts (n int); GRANT INSERT, SELECT ON counts TO tx_app",
     )
@@ -380,7 +374,7 @@ async fn md5_roles_session_pooling_and_a_security_definer_lookup() {
     let cluster = support::cluster(0);
     let admin = direct(&cluster).await;
     // What README.md recommends instead of reading pg_shadow as a superuser.
-    run(
+    execute(
         &admin,
         "CREATE ROLE pgwarden_auth LOGIN PASSWORD 'auth-secret';
          CREATE SCHEMA pgwarden;
@@ -407,7 +401,7 @@ async fn md5_roles_session_pooling_and_a_security_definer_lookup() {
         "local all all trust\nhost all all 127.0.0.1/32 md5\nhost replication all 127.0.0.1/32 md5\n",
     )
     .unwrap();
-    run(&admin, "SELECT pg_reload_conf()").await;
+    execute(&admin, "SELECT pg_reload_conf()").await;
     let direct_md5 = format!(
         "postgres://md5_app:five@127.0.0.1:{}/{DATABASE}",
         cluster.primary().port

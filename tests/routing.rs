@@ -73,16 +73,13 @@ async fn every_statement_kind_lands_where_it_must() {
         .map(|r| i32::from(r.port))
         .collect();
     let direct = proxy::connect_direct(&cluster).await;
-    within(
-        "batch_execute",
-        direct.batch_execute(
-            "CREATE TABLE t (id int primary key, v int);
+    support::execute(
+        &direct,
+        "CREATE TABLE t (id int primary key, v int);
              INSERT INTO t SELECT g, g FROM generate_series(1, 10) g;
              CREATE SEQUENCE s;",
-        ),
     )
-    .await
-    .unwrap();
+    .await;
     cluster
         .wait_for_replication(Duration::from_secs(30))
         .unwrap();
@@ -119,14 +116,11 @@ async fn every_statement_kind_lands_where_it_must() {
         ("/* pgwarden:primary */ SELECT inet_server_port()", Primary),
         ("SELECT inet_server_port() -- pgwarden:primary", Primary),
     ];
-    within(
-        "batch_execute CREATE FUNCTION my_unknown_function() RETURNS i...",
-        direct.batch_execute(
-            "CREATE FUNCTION my_unknown_function() RETURNS int LANGUAGE sql AS 'SELECT 1'",
-        ),
+    support::execute(
+        &direct,
+        "CREATE FUNCTION my_unknown_function() RETURNS int LANGUAGE sql AS 'SELECT 1'",
     )
-    .await
-    .unwrap();
+    .await;
     cluster
         .wait_for_replication(Duration::from_secs(30))
         .unwrap();
@@ -152,37 +146,16 @@ async fn every_statement_kind_lands_where_it_must() {
     }
 
     // SELECT INTO and multi-statement strings with a write must not fail on a replica.
-    within(
-        "batch_execute SELECT * INTO TEMP copied FROM t",
-        client.batch_execute("SELECT * INTO TEMP copied FROM t"),
-    )
-    .await
-    .unwrap();
-    within(
-        "batch_execute SELECT 1; INSERT INTO t VALUES (200, 1)",
-        client.batch_execute("SELECT 1; INSERT INTO t VALUES (200, 1)"),
-    )
-    .await
-    .unwrap();
+    support::execute(&client, "SELECT * INTO TEMP copied FROM t").await;
+    support::execute(&client, "SELECT 1; INSERT INTO t VALUES (200, 1)").await;
 
     // Transactions: plain BEGIN on the primary, READ ONLY on a replica.
-    within("batch_execute BEGIN", client.batch_execute("BEGIN"))
-        .await
-        .unwrap();
+    support::execute(&client, "BEGIN").await;
     assert_eq!(port_of(&client, "SELECT inet_server_port()").await, primary);
-    within("batch_execute COMMIT", client.batch_execute("COMMIT"))
-        .await
-        .unwrap();
-    within(
-        "batch_execute BEGIN READ ONLY",
-        reader.batch_execute("BEGIN READ ONLY"),
-    )
-    .await
-    .unwrap();
+    support::execute(&client, "COMMIT").await;
+    support::execute(&reader, "BEGIN READ ONLY").await;
     assert!(replicas.contains(&port_of(&reader, "SELECT inet_server_port()").await));
-    within("batch_execute COMMIT", reader.batch_execute("COMMIT"))
-        .await
-        .unwrap();
+    support::execute(&reader, "COMMIT").await;
     // The same transaction sent as one string.
     assert!(replicas.contains(
         &port_of(
@@ -208,31 +181,20 @@ async fn every_statement_kind_lands_where_it_must() {
             replicas.contains(&port),
             "prepared BEGIN READ ONLY, run {run}: on port {port}"
         );
-        within("batch_execute COMMIT", reader.batch_execute("COMMIT"))
-            .await
-            .unwrap();
+        support::execute(&reader, "COMMIT").await;
     }
 
     // Serializable transactions stay on the primary: a hot standby refuses them
     // ("cannot use serializable mode in a hot standby"), so on a replica the read
     // below would fail.
-    within(
-        "batch_execute BEGIN ISOLATION LEVEL SERIALIZABLE READ ONLY",
-        reader.batch_execute("BEGIN ISOLATION LEVEL SERIALIZABLE READ ONLY"),
-    )
-    .await
-    .unwrap();
+    support::execute(&reader, "BEGIN ISOLATION LEVEL SERIALIZABLE READ ONLY").await;
     assert_eq!(port_of(&reader, "SELECT inet_server_port()").await, primary);
-    within("batch_execute COMMIT", reader.batch_execute("COMMIT"))
-        .await
-        .unwrap();
+    support::execute(&reader, "COMMIT").await;
     for set in [
         "SET default_transaction_isolation = serializable",
         "SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL SERIALIZABLE",
     ] {
-        within("batch_execute set", reader.batch_execute(set))
-            .await
-            .unwrap();
+        support::execute(&reader, set).await;
         assert_eq!(
             port_of(&reader, "SELECT inet_server_port()").await,
             primary,
@@ -246,20 +208,13 @@ async fn every_statement_kind_lands_where_it_must() {
         .unwrap_or_else(|e| panic!("{set}, extended: {e}"))
         .get(0);
         assert_eq!(port, primary, "{set}, extended");
-        within(
-            "batch_execute BEGIN READ ONLY",
-            reader.batch_execute("BEGIN READ ONLY"),
-        )
-        .await
-        .unwrap();
+        support::execute(&reader, "BEGIN READ ONLY").await;
         assert_eq!(
             port_of(&reader, "SELECT inet_server_port()").await,
             primary,
             "{set}"
         );
-        within("batch_execute COMMIT", reader.batch_execute("COMMIT"))
-            .await
-            .unwrap();
+        support::execute(&reader, "COMMIT").await;
         within(
             "execute &begin_read_only",
             reader.execute(&begin_read_only, &[]),
@@ -271,15 +226,8 @@ async fn every_statement_kind_lands_where_it_must() {
             primary,
             "{set}, prepared BEGIN READ ONLY"
         );
-        within("batch_execute COMMIT", reader.batch_execute("COMMIT"))
-            .await
-            .unwrap();
-        within(
-            "batch_execute RESET default_transaction_isolation",
-            reader.batch_execute("RESET default_transaction_isolation"),
-        )
-        .await
-        .unwrap();
+        support::execute(&reader, "COMMIT").await;
+        support::execute(&reader, "RESET default_transaction_isolation").await;
         assert!(replicas.contains(&port_of(&reader, "SELECT inet_server_port()").await));
     }
     let serializable_url = format!(
@@ -294,19 +242,9 @@ async fn every_statement_kind_lands_where_it_must() {
     );
 
     // SET pgwarden.route pins a session.
-    within(
-        "batch_execute SET pgwarden.route = primary",
-        reader.batch_execute("SET pgwarden.route = primary"),
-    )
-    .await
-    .unwrap();
+    support::execute(&reader, "SET pgwarden.route = primary").await;
     assert_eq!(port_of(&reader, "SELECT inet_server_port()").await, primary);
-    within(
-        "batch_execute SET pgwarden.route = auto",
-        reader.batch_execute("SET pgwarden.route = auto"),
-    )
-    .await
-    .unwrap();
+    support::execute(&reader, "SET pgwarden.route = auto").await;
     assert!(replicas.contains(&port_of(&reader, "SELECT inet_server_port()").await));
     let err = within(
         "batch_execute SET pgwarden.route = sideways",
@@ -383,12 +321,11 @@ async fn without_lag_reads_after_writes_return_to_replicas() {
     let proxy = proxy::start(&cluster, with_replicas(&cluster)).await;
     wait_replicas_healthy(&proxy).await;
     let client = proxy::connect(&proxy).await;
-    within(
-        "batch_execute CREATE TABLE events (id serial primary key, not...",
-        client.batch_execute("CREATE TABLE events (id serial primary key, note text)"),
+    support::execute(
+        &client,
+        "CREATE TABLE events (id serial primary key, note text)",
     )
-    .await
-    .unwrap();
+    .await;
     let mut on_replica = 0;
     for round in 0..20 {
         within(
@@ -432,12 +369,7 @@ async fn without_lag_reads_after_writes_return_to_replicas() {
 async fn session_key_positions_travel_between_instances() {
     let cluster = support::cluster(1);
     let direct = proxy::connect_direct(&cluster).await;
-    within(
-        "batch_execute CREATE TABLE notes (id int primary key)",
-        direct.batch_execute("CREATE TABLE notes (id int primary key)"),
-    )
-    .await
-    .unwrap();
+    support::execute(&direct, "CREATE TABLE notes (id int primary key)").await;
     cluster
         .wait_for_replication(Duration::from_secs(30))
         .unwrap();
@@ -507,12 +439,11 @@ async fn a_role_the_replica_does_not_know_yet_reads_from_the_primary() {
     pause_replay(&cluster).await;
     // Created while the replica does not replay: it cannot log this role in.
     let direct = proxy::connect_direct(&cluster).await;
-    within(
-        "batch_execute CREATE ROLE newcomer LOGIN PASSWORD 'newcomer-s...",
-        direct.batch_execute("CREATE ROLE newcomer LOGIN PASSWORD 'newcomer-secret'"),
+    support::execute(
+        &direct,
+        "CREATE ROLE newcomer LOGIN PASSWORD 'newcomer-secret'",
     )
-    .await
-    .unwrap();
+    .await;
     let proxy = proxy::start(&cluster, |c| {
         with_replicas(&cluster)(c);
         c.auth.users.push(pgwarden::config::UserConfig {

@@ -14,12 +14,7 @@ async fn read_your_writes_under_lag_from_one_and_two_connections() {
     let cluster = support::cluster(2);
     let primary = i32::from(cluster.primary().port);
     let direct = proxy::connect_direct(&cluster).await;
-    within(
-        "batch_execute CREATE TABLE kv (k int primary key, owner text)",
-        direct.batch_execute("CREATE TABLE kv (k int primary key, owner text)"),
-    )
-    .await
-    .unwrap();
+    support::execute(&direct, "CREATE TABLE kv (k int primary key, owner text)").await;
     cluster
         .wait_for_replication(Duration::from_secs(30))
         .unwrap();
@@ -148,9 +143,7 @@ async fn read_your_writes_under_lag_from_one_and_two_connections() {
         ),
     ] {
         for statement in script.split("; ") {
-            within("batch_execute statement", writer.batch_execute(statement))
-                .await
-                .unwrap();
+            support::execute(&writer, statement).await;
         }
         let row = within("query_one &read", writer.query_one(&read, &[&i]))
             .await

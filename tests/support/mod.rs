@@ -39,6 +39,14 @@ pub async fn within<T>(what: &str, call: impl Future<Output = T>) -> T {
         .unwrap_or_else(|_| panic!("{what}: no answer within {CALL_LIMIT:?}"))
 }
 
+/// Runs `sql` (one or more statements) under [`within`]; an error fails the test,
+/// naming the statement.
+pub async fn execute(client: &tokio_postgres::Client, sql: &str) {
+    within(sql, client.batch_execute(sql))
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+}
+
 pub fn cluster_with(mut spec: ClusterSpec) -> LocalCluster {
     init_logging();
     spec.deadline.get_or_insert(TEST_DEADLINE);
