@@ -4,11 +4,14 @@
 //! a replica stopped under load in `routing/replica_faults.rs`, reads a hot standby
 //! refuses (a role serializable by `ALTER ROLE`, an unlogged table) in
 //! `routing/replica_refusals.rs`, a session's replica pools after the pools are rebuilt
-//! in `routing/replica_pools.rs`.
+//! in `routing/replica_pools.rs`, `SET pgwarden.route` inside transactions and
+//! pipelines in `routing/proxy_settings.rs`.
 
 use crate::support;
 use support::within;
 
+#[path = "routing/proxy_settings.rs"]
+mod proxy_settings;
 #[path = "routing/read_your_writes.rs"]
 mod read_your_writes;
 #[path = "routing/replica_faults.rs"]

@@ -472,3 +472,59 @@ async fn guarded_sessions_never_run_where_strings_are_read_differently() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// A tenant change sent right behind a statement still running (one write, no wait
+/// for its answer) waits for it, as PostgreSQL would run them in order, instead of
+/// being refused as a change inside a transaction; behind an open transaction it is
+/// still refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipelined_tenant_change_waits_for_the_statement_before_it() {
+    use support::wire::{cstring, error_code, first_value, frame, Wire};
+    let query = |sql: &str| {
+        let mut body = Vec::new();
+        cstring(&mut body, sql);
+        frame(b'Q', &body)
+    };
+    let cluster = support::cluster(0);
+    let direct = proxy::connect_direct(&cluster).await;
+    support::execute(&direct, SCHEMA).await;
+    let proxy = proxy::start(&cluster, |c| {
+        add_app_user(c);
+        c.auth.method = pgwarden::config::AuthMethod::Trust;
+        c.tenancy.mode = TenancyMode::Audit;
+        c.tenancy.set_config = Some("app.tenant_id".into());
+    })
+    .await;
+    let options = [("options", "-c pgwarden.tenant_id=1")];
+    let login = Wire::tcp(proxy.port(), APP_USER, DATABASE, &options);
+    let mut wire = within("login", login).await;
+    // Row-level security shows which tenant the server was given.
+    let shown = "SELECT DISTINCT tenant_id FROM orders";
+
+    let mut batch = query("SELECT pg_sleep(0.05)");
+    batch.extend(query("SET pgwarden.tenant_id = '2'"));
+    batch.extend(query(shown));
+    within("pipeline", wire.send(&batch)).await;
+    let sleep = within("pg_sleep", wire.answer()).await;
+    assert_eq!(error_code(&sleep), None, "{sleep:?}");
+    let set = within("SET", wire.answer()).await;
+    assert_eq!(error_code(&set), None, "{set:?}");
+    let after = within("shown", wire.answer()).await;
+    assert_eq!(first_value(&after).as_deref(), Some("2"), "{after:?}");
+
+    let mut batch = query("BEGIN");
+    batch.extend(query("SET pgwarden.tenant_id = '3'"));
+    batch.extend(query(shown));
+    batch.extend(query("ROLLBACK"));
+    within("pipeline in a transaction", wire.send(&batch)).await;
+    within("BEGIN", wire.answer()).await;
+    let refused = within("SET", wire.answer()).await;
+    assert_eq!(
+        error_code(&refused).as_deref(),
+        Some("25001"),
+        "{refused:?}"
+    );
+    let during = within("shown", wire.answer()).await;
+    assert_eq!(first_value(&during).as_deref(), Some("2"));
+    within("ROLLBACK", wire.answer()).await;
+}

@@ -36,6 +36,7 @@ impl SqlState {
     pub const SYNTAX_ERROR: SqlState = SqlState("42601");
     pub const CANNOT_CONNECT_NOW: SqlState = SqlState("57P03");
     pub const ACTIVE_SQL_TRANSACTION: SqlState = SqlState("25001");
+    pub const IN_FAILED_SQL_TRANSACTION: SqlState = SqlState("25P02");
 }
 
 /// Severity of an error the proxy reports: `ERROR` keeps the connection, `FATAL` ends it.

@@ -281,8 +281,8 @@ impl Classifier {
             | Statement::Rollback { .. }
             | Statement::Savepoint { .. }
             | Statement::ReleaseSavepoint { .. }
-            | Statement::Reset(_)
             | Statement::Discard { .. } => StatementClass::Control,
+            Statement::Reset(reset) => proxy_reset(reset).unwrap_or(StatementClass::Control),
             Statement::Set(set) => proxy_setting(set).unwrap_or(StatementClass::Control),
             _ => StatementClass::Write,
         }
@@ -382,6 +382,19 @@ fn function_name(name: &ObjectName) -> String {
     }
 }
 
+/// `RESET pgwarden.x`: the proxy setting back to its default (an empty value).
+fn proxy_reset(reset: &sqlparser::ast::ResetStatement) -> Option<StatementClass> {
+    let sqlparser::ast::Reset::ConfigurationParameter(name) = &reset.reset else {
+        return None;
+    };
+    let name = name.to_string().to_lowercase();
+    name.starts_with("pgwarden.")
+        .then_some(StatementClass::ProxySetting {
+            name,
+            value: String::new(),
+        })
+}
+
 fn proxy_setting(set: &sqlparser::ast::Set) -> Option<StatementClass> {
     let text = set.to_string();
     let rest = text
@@ -472,6 +485,8 @@ mod tests {
             ("VACUUM t", Write),
             ("SET pgwarden.route = primary", ProxySetting { name: "pgwarden.route".into(), value: "primary".into() }),
             ("SET pgwarden.session_key TO 'user-7'", ProxySetting { name: "pgwarden.session_key".into(), value: "user-7".into() }),
+            ("RESET pgwarden.route", ProxySetting { name: "pgwarden.route".into(), value: String::new() }),
+            ("RESET search_path", Control),
             ("SET work_mem = '4MB'", Control),
             ("SET LOCAL statement_timeout = 0", Control),
             ("SET TIME ZONE 'UTC'", Control),

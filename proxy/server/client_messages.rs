@@ -196,6 +196,9 @@ impl Session {
         message_tag: u8,
         frame: &Bytes,
     ) -> Result<(), SessionError> {
+        if message_tag == tag::QUERY && self.answer_proxy_setting(frame).await? {
+            return Err(SessionError::Answered);
+        }
         if self.server.is_some()
             && self.backend > 0
             && !self.batch_open
@@ -211,17 +214,15 @@ impl Session {
             self.release();
         }
         if self.server.is_none() {
-            if message_tag == tag::QUERY && self.answer_proxy_setting(frame)? {
-                return Err(SessionError::Answered);
-            }
             let backend = self.choose_backend(message_tag, frame).await?;
             self.acquire(backend).await?;
         }
         Ok(())
     }
 
-    /// Relays the rest of the answers owed by the attached server.
-    async fn settle_in_flight(&mut self) -> Result<(), SessionError> {
+    /// Relays the rest of the answers owed by the attached server, so that what the
+    /// client sent before is finished and the transaction status is known.
+    pub(super) async fn settle_in_flight(&mut self) -> Result<(), SessionError> {
         while !self.responses.is_empty() && self.server.is_some() {
             self.drain().await?;
             self.read_server_once().await?;

@@ -63,6 +63,9 @@ pub enum SessionError {
     TenantGuardUnavailable(String),
     #[error("pgwarden.tenant_id can only change outside a transaction")]
     TenantChangeInTransaction,
+    /// A statement the proxy answers itself, sent in a transaction that failed.
+    #[error("current transaction is aborted, commands ignored until end of transaction block")]
+    TransactionAborted,
     /// A quarantined fingerprint (`BLOCK QUERY`, `protection.blocked_fingerprints`).
     #[error("statement refused: its fingerprint {0} is quarantined by the pgwarden operator")]
     Quarantined(String),
@@ -184,6 +187,9 @@ impl SessionError {
                 ErrorFields::error(SqlState::ACTIVE_SQL_TRANSACTION, message)
                     .with_hint("COMMIT or ROLLBACK first")
             }
+            SessionError::TransactionAborted => {
+                ErrorFields::error(SqlState::IN_FAILED_SQL_TRANSACTION, message)
+            }
             SessionError::Answered => return None,
             SessionError::NotAdmin(_) => {
                 ErrorFields::fatal(SqlState::INSUFFICIENT_PRIVILEGE, message)
@@ -202,6 +208,7 @@ impl SessionError {
                 | SessionError::TenantGuard(_)
                 | SessionError::TenantGuardUnavailable(_)
                 | SessionError::TenantChangeInTransaction
+                | SessionError::TransactionAborted
                 | SessionError::Quarantined(_)
                 | SessionError::CircuitOpen(_)
                 | SessionError::LimitExceeded(_)

@@ -145,7 +145,7 @@ impl SessionRouting {
                 self.mode = match value.to_ascii_lowercase().as_str() {
                     "primary" => RouteMode::Primary,
                     "replica" => RouteMode::Replica,
-                    "auto" | "default" => RouteMode::Auto,
+                    "auto" | "default" | "" => RouteMode::Auto,
                     _ => return false,
                 };
             }
@@ -313,9 +313,16 @@ impl Session {
         Ok(pool)
     }
 
-    /// Handles `SET pgwarden.*` in a simple query when no server is attached.
+    /// Handles `SET pgwarden.*` (and `RESET`) in a simple query, whether or not a
+    /// server is attached: PostgreSQL never sees it. Statements the client sent before
+    /// it finish first, so the answer carries the real transaction status; in a failed
+    /// transaction it is refused as PostgreSQL refuses every statement there. The
+    /// setting applies to the statements after it and is not undone by `ROLLBACK`.
     /// Returns true when answered.
-    pub(super) fn answer_proxy_setting(&mut self, frame: &[u8]) -> Result<bool, SessionError> {
+    pub(super) async fn answer_proxy_setting(
+        &mut self,
+        frame: &[u8],
+    ) -> Result<bool, SessionError> {
         let Some(state) = self.routing.as_ref() else {
             return Ok(false);
         };
@@ -327,13 +334,27 @@ impl Session {
         let StatementClass::ProxySetting { name, value } = state.routing.classify(&sql) else {
             return Ok(false);
         };
+        self.settle_in_flight().await?;
+        let status = match self.server {
+            Some(_) => self.status,
+            None => TransactionStatus::Idle,
+        };
+        if status == TransactionStatus::Failed {
+            return Err(SessionError::TransactionAborted);
+        }
         let state = self.routing.as_mut().expect("checked above");
         if !state.apply_setting(&name, &value) {
             return Err(SessionError::BadProxySetting(format!("{name} = {value}")));
         }
+        let resets = sql
+            .trim_start()
+            .get(..5)
+            .is_some_and(|word| word.eq_ignore_ascii_case("reset"));
+        let command: &[u8] = if resets { b"RESET\0" } else { b"SET\0" };
         let mut answer = BytesMut::new();
-        answer.extend_from_slice(&[b'C', 0, 0, 0, 8, b'S', b'E', b'T', 0]);
-        backend::ready_for_query(&mut answer, TransactionStatus::Idle);
+        answer.extend_from_slice(&[b'C', 0, 0, 0, 4 + command.len() as u8]);
+        answer.extend_from_slice(command);
+        backend::ready_for_query(&mut answer, status);
         self.responses
             .push(Expect::Synthetic(answer.freeze()), &mut self.to_client);
         Ok(true)

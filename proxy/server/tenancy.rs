@@ -440,6 +440,9 @@ impl Session {
                 "changing pgwarden.tenant_id of a role mapped in tenancy.roles",
             )));
         }
+        // A client may send the change right behind statements still running (a
+        // pipeline): they finish first, as they would in PostgreSQL, before judging.
+        self.settle_in_flight().await?;
         let in_transaction = self.server.is_some() && self.status != TransactionStatus::Idle;
         if in_transaction || !self.responses.is_empty() {
             return Err(SessionError::TenantChangeInTransaction);

@@ -1,0 +1,97 @@
+//! `SET pgwarden.route` (and `RESET`) is pgwarden's, wherever the client sends it:
+//! inside a transaction, pipelined right behind statements still running, or in a
+//! transaction that failed. PostgreSQL never sees it (`primary` is a reserved word
+//! there, so it would answer a syntax error), and the answer carries the transaction
+//! status the client would see from PostgreSQL.
+
+use super::{wait_replicas_healthy, with_replicas};
+use crate::support::wire::{cstring, error_code, first_value, frame, Wire};
+use crate::support::{self, proxy, within};
+
+use pgwarden::config::AuthMethod;
+use support::proxy::{DATABASE, USER};
+
+fn query(sql: &str) -> Vec<u8> {
+    let mut body = Vec::new();
+    cstring(&mut body, sql);
+    frame(b'Q', &body)
+}
+
+/// The command tag and the `ReadyForQuery` status of one answer.
+fn tag_and_status(answer: &[Vec<u8>]) -> (Option<String>, u8) {
+    let tag = answer
+        .iter()
+        .find(|f| f[0] == b'C')
+        .map(|f| String::from_utf8_lossy(&f[5..f.len() - 1]).into_owned());
+    let status = answer.last().expect("an answer")[5];
+    (tag, status)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_route_setting_is_answered_by_pgwarden_in_and_between_transactions() {
+    let cluster = support::cluster(1);
+    let proxy = proxy::start(&cluster, |c| {
+        with_replicas(&cluster)(c);
+        c.auth.method = AuthMethod::Trust;
+    })
+    .await;
+    wait_replicas_healthy(&proxy).await;
+    let mut wire = within("login", Wire::tcp(proxy.port(), USER, DATABASE, &[])).await;
+    let on_replica = "SELECT pg_is_in_recovery()";
+
+    // Inside a transaction: answered in place, the transaction goes on, and the
+    // setting holds for the transactions after it.
+    assert_eq!(
+        tag_and_status(&within("BEGIN", wire.simple("BEGIN")).await).1,
+        b'T'
+    );
+    let set = within("SET", wire.simple("SET pgwarden.route = primary")).await;
+    assert_eq!(error_code(&set), None, "{set:?}");
+    assert_eq!(tag_and_status(&set), (Some("SET".into()), b'T'));
+    let commit = within("COMMIT", wire.simple("COMMIT")).await;
+    assert_eq!(tag_and_status(&commit), (Some("COMMIT".into()), b'I'));
+    let read = within("read", wire.simple(on_replica)).await;
+    assert_eq!(
+        first_value(&read).as_deref(),
+        Some("f"),
+        "pinned to the primary"
+    );
+
+    // Pipelined behind a transaction's first statements, in one write: the answers
+    // come in order, with the status each statement left.
+    let mut batch = query("BEGIN");
+    batch.extend(query("SELECT pg_sleep(0.05)"));
+    batch.extend(query("RESET pgwarden.route"));
+    batch.extend(query("COMMIT"));
+    within("pipeline", wire.send(&batch)).await;
+    let begin = within("BEGIN", wire.answer()).await;
+    assert_eq!(tag_and_status(&begin).1, b'T');
+    let sleep = within("pg_sleep", wire.answer()).await;
+    assert_eq!(error_code(&sleep), None, "{sleep:?}");
+    let reset = within("RESET", wire.answer()).await;
+    assert_eq!(tag_and_status(&reset), (Some("RESET".into()), b'T'));
+    let commit = within("COMMIT", wire.answer()).await;
+    assert_eq!(tag_and_status(&commit), (Some("COMMIT".into()), b'I'));
+    let read = within("read", wire.simple(on_replica)).await;
+    assert_eq!(first_value(&read).as_deref(), Some("t"), "back to auto");
+
+    // In a failed transaction, refused as PostgreSQL refuses every statement there.
+    within("BEGIN", wire.simple("BEGIN")).await;
+    let failed = within("1/0", wire.simple("SELECT 1/0")).await;
+    assert_eq!(error_code(&failed).as_deref(), Some("22012"));
+    let refused = within("SET", wire.simple("SET pgwarden.route = primary")).await;
+    assert_eq!(
+        error_code(&refused).as_deref(),
+        Some("25P02"),
+        "{refused:?}"
+    );
+    assert_eq!(tag_and_status(&refused).1, b'E');
+    let rollback = within("ROLLBACK", wire.simple("ROLLBACK")).await;
+    assert_eq!(tag_and_status(&rollback), (Some("ROLLBACK".into()), b'I'));
+    let read = within("read", wire.simple(on_replica)).await;
+    assert_eq!(
+        first_value(&read).as_deref(),
+        Some("t"),
+        "the refused SET did nothing"
+    );
+}
