@@ -528,3 +528,93 @@ async fn a_pipelined_tenant_change_waits_for_the_statement_before_it() {
     assert_eq!(first_value(&during).as_deref(), Some("2"));
     within("ROLLBACK", wire.answer()).await;
 }
+
+/// `SET pgwarden.tenant_id` as a prepared statement (JDBC's `Statement.execute`,
+/// asyncpg's `fetch`) changes the tenant for the guard and for row-level security,
+/// as the simple query does; a statement prepared once changes it again at each
+/// execution, and inside a transaction it is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prepared_tenant_change_changes_the_tenant() {
+    use support::wire::{cstring, error_code, first_value, frame, Wire};
+    let cluster = support::cluster(0);
+    let direct = proxy::connect_direct(&cluster).await;
+    support::execute(&direct, SCHEMA).await;
+    let shown = "SELECT DISTINCT tenant_id FROM orders";
+
+    // Audit mode: only row-level security limits the rows, so they show the setting
+    // the server was given.
+    let audit = proxy::start(&cluster, |c| {
+        add_app_user(c);
+        c.auth.method = pgwarden::config::AuthMethod::Trust;
+        c.tenancy.mode = TenancyMode::Audit;
+        c.tenancy.set_config = Some("app.tenant_id".into());
+    })
+    .await;
+    let options = [("options", "-c pgwarden.tenant_id=1")];
+    let login = Wire::tcp(audit.port(), APP_USER, DATABASE, &options);
+    let mut wire = within("login", login).await;
+    let to_2 = "SET pgwarden.tenant_id = '2'";
+    let set = within(to_2, wire.extended("", Some(to_2), &[], false, 0)).await;
+    assert_eq!(error_code(&set), None, "{set:?}");
+    let rows = within(shown, wire.simple(shown)).await;
+    assert_eq!(first_value(&rows).as_deref(), Some("2"), "{rows:?}");
+    let to_3 = "SET pgwarden.tenant_id = '3'";
+    within(to_3, wire.extended("to_3", Some(to_3), &[], false, 0)).await;
+    let rows = within(shown, wire.extended("", Some(shown), &[], false, 0)).await;
+    assert_eq!(first_value(&rows).as_deref(), Some("3"), "{rows:?}");
+    within("SET 1", wire.simple("SET pgwarden.tenant_id = '1'")).await;
+    let again = within("to_3 again", wire.extended("to_3", None, &[], false, 0)).await;
+    assert_eq!(error_code(&again), None, "{again:?}");
+    let rows = within(shown, wire.simple(shown)).await;
+    assert_eq!(first_value(&rows).as_deref(), Some("3"), "{rows:?}");
+    within("BEGIN", wire.simple("BEGIN")).await;
+    let refused = within(
+        "to_2 in a transaction",
+        wire.extended("", Some(to_2), &[], false, 0),
+    )
+    .await;
+    assert_eq!(
+        error_code(&refused).as_deref(),
+        Some("25001"),
+        "{refused:?}"
+    );
+    within("ROLLBACK", wire.simple("ROLLBACK")).await;
+    let rows = within(shown, wire.simple(shown)).await;
+    assert_eq!(first_value(&rows).as_deref(), Some("3"), "{rows:?}");
+    // Behind a statement executed in the same batch (pgjdbc sends its BEGIN so when
+    // autocommit is off): inside that batch's transaction, refused too.
+    let mut batch = Vec::new();
+    for sql in ["BEGIN", to_2] {
+        let mut parse = Vec::new();
+        cstring(&mut parse, "");
+        cstring(&mut parse, sql);
+        parse.extend_from_slice(&0i16.to_be_bytes());
+        batch.extend(frame(b'P', &parse));
+        batch.extend(frame(b'B', &[0, 0, 0, 0, 0, 0, 0, 0]));
+        batch.extend(frame(b'E', &[0, 0, 0, 0, 0]));
+    }
+    batch.extend(frame(b'S', &[]));
+    within("BEGIN and to_2 in one batch", wire.send(&batch)).await;
+    let refused = within("the batch's answer", wire.answer()).await;
+    assert_eq!(
+        error_code(&refused).as_deref(),
+        Some("25001"),
+        "{refused:?}"
+    );
+    within("ROLLBACK", wire.simple("ROLLBACK")).await;
+    let rows = within(shown, wire.simple(shown)).await;
+    assert_eq!(first_value(&rows).as_deref(), Some("3"), "{rows:?}");
+
+    // Rewrite mode, a role row-level security does not limit: the guard's own
+    // rewrite follows the new tenant.
+    let rewrite = proxy::start(&cluster, |c| {
+        c.auth.method = pgwarden::config::AuthMethod::Trust;
+        c.tenancy.mode = TenancyMode::Rewrite;
+    })
+    .await;
+    let mut wire = within("login", Wire::tcp(rewrite.port(), USER, DATABASE, &options)).await;
+    let set = within(to_2, wire.extended("", Some(to_2), &[], false, 0)).await;
+    assert_eq!(error_code(&set), None, "{set:?}");
+    let rows = within(shown, wire.extended("", Some(shown), &[], false, 0)).await;
+    assert_eq!(first_value(&rows).as_deref(), Some("2"), "{rows:?}");
+}

@@ -37,6 +37,9 @@ impl Session {
         let message_tag = frame[0];
         tracing::trace!(tag = %(message_tag as char), len = frame.len(), "client message");
         self.query_scan.forget();
+        if matches!(message_tag, tag::SYNC | tag::QUERY | tag::FUNCTION_CALL) {
+            self.executed_in_batch = false;
+        }
         if self.lost.is_some() && self.answer_lost_transaction(message_tag) {
             return Ok(());
         }
@@ -97,6 +100,14 @@ impl Session {
             }
             Err(error) => return Err(error),
         };
+        let frame = match self.follow_setting_statements(message_tag, frame) {
+            Ok(frame) => frame,
+            Err(error) if error.is_recoverable() => {
+                self.report_recoverable(message_tag, &error);
+                return Ok(());
+            }
+            Err(error) => return Err(error),
+        };
         if message_tag == tag::QUERY {
             self.query_scan.remember(query_text(&frame));
         }
@@ -143,6 +154,7 @@ impl Session {
         self.cache_note_forwarded(message_tag, &frame);
         self.stats_on_forward(message_tag, &frame);
         self.batch_open = !matches!(message_tag, tag::SYNC | tag::QUERY | tag::FUNCTION_CALL);
+        self.executed_in_batch |= message_tag == tag::EXECUTE;
         let pooled_statements = self.mode == PoolMode::Transaction;
         match message_tag {
             tag::QUERY => self.forward_query(&frame),
@@ -224,6 +236,19 @@ impl Session {
     /// client sent before is finished and the transaction status is known.
     pub(super) async fn settle_in_flight(&mut self) -> Result<(), SessionError> {
         while !self.responses.is_empty() && self.server.is_some() {
+            self.drain().await?;
+            self.read_server_once().await?;
+            self.handle_server_messages()?;
+        }
+        Ok(())
+    }
+
+    /// Relays the answers of the requests (up to their `Sync` or simple `Query`) sent
+    /// before the one in progress; unlike [`Self::settle_in_flight`], it does not wait
+    /// for the unsynced messages of the current batch, which the server answers only
+    /// at its `Sync`.
+    pub(super) async fn settle_earlier_requests(&mut self) -> Result<(), SessionError> {
+        while self.responses.owed_ends() > 0 && self.server.is_some() {
             self.drain().await?;
             self.read_server_once().await?;
             self.handle_server_messages()?;

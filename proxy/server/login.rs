@@ -104,6 +104,7 @@ pub async fn log_in(
                 routing,
                 tenancy: tenancy.map(Box::new),
                 batch_open: false,
+                executed_in_batch: false,
                 stats: runtime.stats.enabled.then(|| {
                     let key = proxy_options
                         .iter()

@@ -25,6 +25,7 @@ mod lost_server;
 pub mod opaque_code;
 mod pooled_state;
 mod protection;
+mod proxy_settings;
 mod pump;
 mod query_scan;
 mod random_seed;
@@ -47,6 +48,7 @@ mod statistics;
 pub mod stream;
 mod streamed_frame;
 mod tenancy;
+mod tenant_change;
 pub mod tls;
 
 pub use error::SessionError;

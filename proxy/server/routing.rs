@@ -1,22 +1,21 @@
 //! The session's side of routing: which backend a message needs, read-your-writes
-//! bookkeeping, proxy-level settings (`SET pgwarden.route`, `pgwarden.session_key`),
-//! and the invisible retry of an autocommit read whose replica failed before answering.
+//! bookkeeping, the values of proxy-level settings (`SET pgwarden.route`,
+//! `pgwarden.session_key`; how they are recognised is `proxy_settings.rs`), and the
+//! invisible retry of an autocommit read whose replica failed before answering.
 //! Decisions come from the `route` room; this file applies them to one client.
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 
-use super::responses::Expect;
+use super::proxy_settings::SettingStatement;
 use super::routing_class::ParseClass;
 use super::session::Session;
 use super::SessionError;
 use crate::config::{Fallback, RywScope};
 use crate::pool::ServerPool;
-use crate::protocol::backend;
-use crate::protocol::frame::query_text;
 use crate::protocol::tag::TransactionStatus;
 use crate::route::{Hint, Lsn, ReplicaChoice, Routing, StatementClass, Topology};
 
@@ -29,6 +28,15 @@ pub enum RouteMode {
     Auto,
     Primary,
     Replica,
+}
+
+fn route_mode(value: &str) -> Option<RouteMode> {
+    match value.to_ascii_lowercase().as_str() {
+        "primary" => Some(RouteMode::Primary),
+        "replica" => Some(RouteMode::Replica),
+        "auto" | "default" | "" => Some(RouteMode::Auto),
+        _ => None,
+    }
 }
 
 /// Per-client routing state; present only when the database has replicas.
@@ -68,6 +76,8 @@ pub struct SessionRouting {
     pub(super) unnamed_writes_nothing: bool,
     /// The replica pools this session took connections from.
     pub(super) replica_pools: ReplicaPools,
+    /// Statements the client prepared from `SET pgwarden.*` (`proxy_settings.rs`).
+    pub(super) setting_statements: Vec<SettingStatement>,
 }
 
 /// The pools of a session's replicas by backend number, kept while the registry's
@@ -131,6 +141,7 @@ impl SessionRouting {
             last_parse: None,
             unnamed_writes_nothing: false,
             replica_pools: ReplicaPools::default(),
+            setting_statements: Vec::new(),
         };
         for (name, value) in options {
             state.apply_setting(name, value);
@@ -141,14 +152,10 @@ impl SessionRouting {
     /// Applies a `pgwarden.*` setting; false when the name or value is unknown.
     pub fn apply_setting(&mut self, name: &str, value: &str) -> bool {
         match name {
-            "pgwarden.route" => {
-                self.mode = match value.to_ascii_lowercase().as_str() {
-                    "primary" => RouteMode::Primary,
-                    "replica" => RouteMode::Replica,
-                    "auto" | "default" | "" => RouteMode::Auto,
-                    _ => return false,
-                };
-            }
+            "pgwarden.route" => match route_mode(value) {
+                Some(mode) => self.mode = mode,
+                None => return false,
+            },
             "pgwarden.session_key" => {
                 self.session_key = Some(value.to_string()).filter(|v| !v.is_empty())
             }
@@ -161,6 +168,15 @@ impl SessionRouting {
             _ => None,
         };
         true
+    }
+
+    /// Whether [`Self::apply_setting`] would take this setting.
+    pub fn accepts_setting(name: &str, value: &str) -> bool {
+        match name {
+            "pgwarden.route" => route_mode(value).is_some(),
+            "pgwarden.session_key" | "pgwarden.tenant_id" => true,
+            _ => false,
+        }
     }
 
     /// The WAL position a replica must have replayed before serving this client.
@@ -311,53 +327,6 @@ impl Session {
             routing.replica_pools.keep(generation, backend, &pool);
         }
         Ok(pool)
-    }
-
-    /// Handles `SET pgwarden.*` (and `RESET`) in a simple query, whether or not a
-    /// server is attached: PostgreSQL never sees it. Statements the client sent before
-    /// it finish first, so the answer carries the real transaction status; in a failed
-    /// transaction it is refused as PostgreSQL refuses every statement there. The
-    /// setting applies to the statements after it and is not undone by `ROLLBACK`.
-    /// Returns true when answered.
-    pub(super) async fn answer_proxy_setting(
-        &mut self,
-        frame: &[u8],
-    ) -> Result<bool, SessionError> {
-        let Some(state) = self.routing.as_ref() else {
-            return Ok(false);
-        };
-        let bytes = query_text(frame);
-        if !crate::protocol::text::contains_ignoring_case(bytes, b"pgwarden.") {
-            return Ok(false);
-        }
-        let sql = crate::protocol::text::lossy(bytes);
-        let StatementClass::ProxySetting { name, value } = state.routing.classify(&sql) else {
-            return Ok(false);
-        };
-        self.settle_in_flight().await?;
-        let status = match self.server {
-            Some(_) => self.status,
-            None => TransactionStatus::Idle,
-        };
-        if status == TransactionStatus::Failed {
-            return Err(SessionError::TransactionAborted);
-        }
-        let state = self.routing.as_mut().expect("checked above");
-        if !state.apply_setting(&name, &value) {
-            return Err(SessionError::BadProxySetting(format!("{name} = {value}")));
-        }
-        let resets = sql
-            .trim_start()
-            .get(..5)
-            .is_some_and(|word| word.eq_ignore_ascii_case("reset"));
-        let command: &[u8] = if resets { b"RESET\0" } else { b"SET\0" };
-        let mut answer = BytesMut::new();
-        answer.extend_from_slice(&[b'C', 0, 0, 0, 4 + command.len() as u8]);
-        answer.extend_from_slice(command);
-        backend::ready_for_query(&mut answer, status);
-        self.responses
-            .push(Expect::Synthetic(answer.freeze()), &mut self.to_client);
-        Ok(true)
     }
 
     /// Whether the transaction just ended wrote, and read-your-writes needs to know

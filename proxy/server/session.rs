@@ -55,6 +55,8 @@ pub struct Session {
     pub(super) tenancy: Option<Box<super::tenancy::TenantSession>>,
     /// An extended-protocol batch is open (messages sent since the last `Sync`).
     pub(super) batch_open: bool,
+    /// That batch executed a statement (so an implicit transaction may be open).
+    pub(super) executed_in_batch: bool,
     /// Statement timings for query statistics (None when `stats.enabled = false`).
     pub(super) stats: Option<super::statistics::SessionStats>,
     /// Bytes read from the client, not yet handled.

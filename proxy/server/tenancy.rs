@@ -1,5 +1,5 @@
-//! The session's side of the tenant guard: which tenant this client is, `SET` /
-//! `RESET pgwarden.tenant_id`, and applying the guard's decisions to the client's
+//! The session's side of the tenant guard: which tenant this client is (changing it
+//! is `tenant_change.rs`), and applying the guard's decisions to the client's
 //! messages before anything reaches a server — `Query` and `Parse` are judged (and
 //! rewritten), `Bind` of a guarded statement is checked against the tenant it was
 //! prepared for and its tenant parameters, `FunctionCall` is refused. Decisions come
@@ -16,18 +16,19 @@ use super::settings::SessionSettings;
 use super::statements::StatementId;
 use super::SessionError;
 use crate::config::{Config, TenancyMode};
-use crate::protocol::backend;
 use crate::protocol::extended::{write_parse, BindView, ParseView, TargetKind, TargetView};
 use crate::protocol::frame::body;
 use crate::protocol::sql_quote::quote_literal;
-use crate::protocol::tag::{frontend as tag, TransactionStatus};
+use crate::protocol::tag::frontend as tag;
 use crate::tenant::{params_are_tenant, Decision, Rejection, RejectionKind, TenantGuard};
 
 /// What the guard remembers of a statement it judged at Parse.
 #[derive(Debug, Clone)]
-struct GuardedStatement {
-    tenant: Option<String>,
-    tenant_params: Vec<usize>,
+pub(super) struct GuardedStatement {
+    pub(super) tenant: Option<String>,
+    pub(super) tenant_params: Vec<usize>,
+    /// The statement changes the tenant (`SET pgwarden.tenant_id`, `tenant_change.rs`).
+    pub(super) sets_tenant: Option<Option<String>>,
 }
 
 /// Per-client tenant state; present when the database's tenancy mode is not `off`,
@@ -39,7 +40,7 @@ pub struct TenantSession {
     pub fixed_by_role: bool,
     /// The role is in `tenancy.bypass_roles`: statements are not judged.
     pub bypass: bool,
-    statements: HashMap<Bytes, GuardedStatement>,
+    pub(super) statements: HashMap<Bytes, GuardedStatement>,
 }
 
 impl TenantSession {
@@ -95,7 +96,7 @@ impl TenantSession {
     }
 
     /// `tenancy.set_config` follows the tenant (and a client cannot set it itself).
-    fn apply_rls_setting(&self, config: &Config, settings: &mut SessionSettings) {
+    pub(super) fn apply_rls_setting(&self, config: &Config, settings: &mut SessionSettings) {
         let Some(name) = config.tenancy.set_config.as_deref() else {
             return;
         };
@@ -103,41 +104,6 @@ impl TenantSession {
         if let Some(tenant) = &self.tenant {
             settings.set_value(name, tenant);
         }
-    }
-}
-
-/// `SET pgwarden.tenant_id = '42'` → Some(Some("42")); `RESET pgwarden.tenant_id`
-/// → Some(None); anything else → None.
-fn tenant_setting(sql: &str) -> Option<Option<String>> {
-    let text = sql.trim().trim_end_matches(';').trim();
-    // Most statements are neither: decide on the first word before copying anything.
-    if !(starts_with_word(text, "set") || starts_with_word(text, "reset")) || text.contains(';') {
-        return None;
-    }
-    let lower = text.to_ascii_lowercase();
-    let mut words = lower.split_whitespace();
-    match words.next()? {
-        "reset" => {
-            (words.next()? == "pgwarden.tenant_id" && words.next().is_none()).then_some(None)
-        }
-        "set" => {
-            let rest = lower["set".len()..].trim_start();
-            let rest = rest.strip_prefix("session ").unwrap_or(rest).trim_start();
-            let rest = rest.strip_prefix("pgwarden.tenant_id")?.trim_start();
-            let value_start = if let Some(v) = rest.strip_prefix('=') {
-                v
-            } else {
-                rest.strip_prefix("to ")?
-            };
-            // Take the value from the original text to keep its case.
-            let value = text[text.len() - value_start.len()..].trim();
-            let value = value.trim_matches('\'').trim_matches('"');
-            match value.to_ascii_lowercase().as_str() {
-                "default" => Some(None),
-                _ => Some(Some(value.to_string())),
-            }
-        }
-        _ => None,
     }
 }
 
@@ -163,7 +129,7 @@ fn may_change_catalog(sql: &str) -> bool {
 }
 
 /// Whether `text` begins with `word`, in any case (a prefix test: `created` counts).
-fn starts_with_word(text: &str, word: &str) -> bool {
+pub(super) fn starts_with_word(text: &str, word: &str) -> bool {
     text.get(..word.len())
         .is_some_and(|head| head.eq_ignore_ascii_case(word))
 }
@@ -197,7 +163,7 @@ impl Session {
             return Ok(frame);
         }
         if let (tag::QUERY, Some(sql)) = (message_tag, &text) {
-            if let Some(change) = tenant_setting(sql) {
+            if let Some(change) = super::tenant_change::tenant_setting(sql) {
                 self.change_tenant(change, sql).await?;
                 return Err(SessionError::Answered);
             }
@@ -222,6 +188,9 @@ impl Session {
                 let view = ParseView::parse(body(&frame))
                     .map_err(|e| SessionError::Protocol(e.to_string()))?;
                 let sql = text.unwrap_or_default();
+                if let Some(change) = super::tenant_change::tenant_setting(&sql) {
+                    return self.prepare_tenant_change(&view, change);
+                }
                 let name = Bytes::copy_from_slice(view.statement);
                 let decision = self.judge(&sql).await?;
                 let state = self.tenancy.as_mut().expect("checked above");
@@ -233,6 +202,7 @@ impl Session {
                             .as_ref()
                             .map(|d| d.tenant_params().to_vec())
                             .unwrap_or_default(),
+                        sets_tenant: None,
                     },
                 );
                 match decision.as_deref() {
@@ -250,7 +220,10 @@ impl Session {
                 }
             }
             tag::BIND => {
-                self.check_bind(&frame)?;
+                match self.bound_tenant_change(&frame)? {
+                    Some(change) => self.bind_tenant_change(change).await?,
+                    None => self.check_bind(&frame)?,
+                }
                 Ok(frame)
             }
             tag::CLOSE => {
@@ -426,66 +399,6 @@ impl Session {
         Ok(())
     }
 
-    /// `SET/RESET pgwarden.tenant_id`, answered by the proxy.
-    async fn change_tenant(
-        &mut self,
-        value: Option<String>,
-        sql: &str,
-    ) -> Result<(), SessionError> {
-        let config = self.runtime.config();
-        let state = self.tenancy.as_ref().expect("guarded session");
-        if state.fixed_by_role {
-            return Err(SessionError::TenantGuard(Rejection::new(
-                RejectionKind::SettingNotAllowed,
-                "changing pgwarden.tenant_id of a role mapped in tenancy.roles",
-            )));
-        }
-        // A client may send the change right behind statements still running (a
-        // pipeline): they finish first, as they would in PostgreSQL, before judging.
-        self.settle_in_flight().await?;
-        let in_transaction = self.server.is_some() && self.status != TransactionStatus::Idle;
-        if in_transaction || !self.responses.is_empty() {
-            return Err(SessionError::TenantChangeInTransaction);
-        }
-        if let Some(value) = &value {
-            config
-                .tenancy
-                .check_tenant_value(value)
-                .map_err(SessionError::BadProxySetting)?;
-        }
-        let state = self.tenancy.as_mut().expect("guarded session");
-        state.tenant = value.clone();
-        if let Some(routing) = self.routing.as_mut() {
-            routing.apply_setting("pgwarden.tenant_id", value.as_deref().unwrap_or(""));
-        }
-        let state = self.tenancy.as_ref().expect("guarded session");
-        state.apply_rls_setting(&config, &mut self.settings);
-        if let (Some(name), Some(server)) =
-            (config.tenancy.set_config.as_deref(), self.server.as_mut())
-        {
-            // Session pooling keeps its server: give it the new setting now.
-            if let Err(e) = server.run_internal(&self.settings.replay_sql()).await {
-                server.mark_broken();
-                tracing::warn!(setting = name, error = %e, "could not apply the tenant setting");
-                return Err(SessionError::Pool(e));
-            }
-            server.settings_hash = self.settings.hash();
-        }
-        let mut answer = BytesMut::new();
-        let command: &[u8] = if sql.trim_start().to_ascii_lowercase().starts_with("reset") {
-            b"RESET\0"
-        } else {
-            b"SET\0"
-        };
-        answer.put_u8(b'C');
-        answer.put_i32(4 + command.len() as i32);
-        answer.put_slice(command);
-        backend::ready_for_query(&mut answer, self.status);
-        self.responses
-            .push(Expect::Synthetic(answer.freeze()), &mut self.to_client);
-        Ok(())
-    }
-
     /// Reports a refusal through the attached server: a statement that raises the
     /// guard's error runs in place of the refused one, so the server's transaction
     /// (or the implicit one of an extended batch) fails exactly as if PostgreSQL had
@@ -526,37 +439,5 @@ impl Session {
                 self.batch_open = true;
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn tenant_settings_are_recognised() {
-        assert_eq!(
-            tenant_setting("SET pgwarden.tenant_id = '42'"),
-            Some(Some("42".into()))
-        );
-        assert_eq!(
-            tenant_setting("set pgwarden.tenant_id to Acme;"),
-            Some(Some("Acme".into()))
-        );
-        assert_eq!(
-            tenant_setting("SET SESSION pgwarden.tenant_id = 7"),
-            Some(Some("7".into()))
-        );
-        assert_eq!(tenant_setting("RESET pgwarden.tenant_id"), Some(None));
-        assert_eq!(
-            tenant_setting("SET pgwarden.tenant_id = DEFAULT"),
-            Some(None)
-        );
-        assert_eq!(
-            tenant_setting("SET pgwarden.tenant_id = 1; DELETE FROM t"),
-            None
-        );
-        assert_eq!(tenant_setting("SET pgwarden.route = primary"), None);
-        assert_eq!(tenant_setting("SELECT 1"), None);
     }
 }

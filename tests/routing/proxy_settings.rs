@@ -95,3 +95,68 @@ async fn the_route_setting_is_answered_by_pgwarden_in_and_between_transactions()
         "the refused SET did nothing"
     );
 }
+
+/// Through the extended protocol (JDBC, asyncpg's `fetch`): PostgreSQL runs a harmless
+/// stand-in, so every answer is its own, and the setting applies when the statement is
+/// bound, a prepared one again at each execution.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_route_setting_works_through_prepared_statements() {
+    let cluster = support::cluster(1);
+    let proxy = proxy::start(&cluster, |c| {
+        with_replicas(&cluster)(c);
+        c.auth.method = AuthMethod::Trust;
+    })
+    .await;
+    wait_replicas_healthy(&proxy).await;
+    let mut wire = within("login", Wire::tcp(proxy.port(), USER, DATABASE, &[])).await;
+    let on_replica = "SELECT pg_is_in_recovery()";
+    let read = |answer: Vec<Vec<u8>>| first_value(&answer);
+
+    let unnamed = "SET pgwarden.route = primary";
+    let set = within(unnamed, wire.extended("", Some(unnamed), &[], false, 0)).await;
+    assert_eq!(error_code(&set), None, "{set:?}");
+    assert_eq!(tag_and_status(&set), (Some("SET".into()), b'I'));
+    let answer = within("read", wire.extended("", Some(on_replica), &[], false, 0)).await;
+    assert_eq!(read(answer).as_deref(), Some("f"), "pinned to the primary");
+
+    // A named statement, prepared once and executed again later.
+    let to_auto = "RESET pgwarden.route";
+    let reset = within(
+        to_auto,
+        wire.extended("to_auto", Some(to_auto), &[], false, 0),
+    )
+    .await;
+    assert_eq!(tag_and_status(&reset), (Some("RESET".into()), b'I'));
+    assert_eq!(
+        read(within("read", wire.simple(on_replica)).await).as_deref(),
+        Some("t")
+    );
+    within("pin", wire.simple("SET pgwarden.route = primary")).await;
+    assert_eq!(
+        read(within("read", wire.simple(on_replica)).await).as_deref(),
+        Some("f")
+    );
+    let again = within(
+        "to_auto again",
+        wire.extended("to_auto", None, &[], false, 0),
+    )
+    .await;
+    assert_eq!(error_code(&again), None, "{again:?}");
+    assert_eq!(
+        read(within("read", wire.simple(on_replica)).await).as_deref(),
+        Some("t")
+    );
+
+    // A value pgwarden does not take is refused at Parse, as the simple protocol does.
+    let bad = "SET pgwarden.route = sideways";
+    let refused = within(bad, wire.extended("", Some(bad), &[], false, 0)).await;
+    assert_eq!(
+        error_code(&refused).as_deref(),
+        Some("22023"),
+        "{refused:?}"
+    );
+    assert_eq!(
+        read(within("read", wire.simple(on_replica)).await).as_deref(),
+        Some("t")
+    );
+}
