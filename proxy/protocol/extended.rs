@@ -4,7 +4,7 @@
 //! Named prepared statements are renamed to proxy-wide names so they survive
 //! transaction pooling; everything else in these messages is copied as exact bytes.
 
-use bytes::{BufMut, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use thiserror::Error;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
@@ -43,6 +43,19 @@ impl<'a> ParseView<'a> {
             definition,
             query,
         })
+    }
+
+    /// The same `Parse` (statement name, parameter types) with another query text.
+    pub fn with_query(&self, query: &str) -> Bytes {
+        // The parameter types stay: the client's Bind must still match them.
+        let types = &self.definition[self.query.len() + 1..];
+        let mut definition = Vec::with_capacity(query.len() + 1 + types.len());
+        definition.extend_from_slice(query.as_bytes());
+        definition.push(0);
+        definition.extend_from_slice(types);
+        let mut out = BytesMut::with_capacity(self.statement.len() + definition.len() + 6);
+        write_parse(&mut out, self.statement, &definition);
+        out.freeze()
     }
 }
 
@@ -168,6 +181,18 @@ mod tests {
         let again = ParseView::parse(body(&out)).unwrap();
         assert_eq!(again.statement, b"pgw_1");
         assert_eq!(again.definition, view.definition);
+    }
+
+    #[test]
+    fn another_query_keeps_the_name_and_parameter_types() {
+        let mut src = BytesMut::new();
+        write_parse(&mut src, b"s1", b"select $1\0\0\x01\0\0\0\x17");
+        let view = ParseView::parse(body(&src)).unwrap();
+        let other = view.with_query("SET x TO DEFAULT");
+        let again = ParseView::parse(body(&other)).unwrap();
+        assert_eq!(again.statement, b"s1");
+        assert_eq!(again.query, b"SET x TO DEFAULT");
+        assert_eq!(&again.definition[again.query.len() + 1..], b"\0\x01\0\0\0\x17");
     }
 
     #[test]

@@ -3,7 +3,7 @@
 
 use bytes::{Bytes, BytesMut};
 
-use super::responses::Expect;
+use super::responses::{Expect, ResponseQueue};
 use super::session::Session;
 use super::session_effects::{effects_of, Effect};
 use super::statements::StatementId;
@@ -235,12 +235,7 @@ impl Session {
     /// Relays the rest of the answers owed by the attached server, so that what the
     /// client sent before is finished and the transaction status is known.
     pub(super) async fn settle_in_flight(&mut self) -> Result<(), SessionError> {
-        while !self.responses.is_empty() && self.server.is_some() {
-            self.drain().await?;
-            self.read_server_once().await?;
-            self.handle_server_messages()?;
-        }
-        Ok(())
+        self.relay_until(ResponseQueue::is_empty).await
     }
 
     /// Relays the answers of the requests (up to their `Sync` or simple `Query`) sent
@@ -248,7 +243,13 @@ impl Session {
     /// for the unsynced messages of the current batch, which the server answers only
     /// at its `Sync`.
     pub(super) async fn settle_earlier_requests(&mut self) -> Result<(), SessionError> {
-        while self.responses.owed_ends() > 0 && self.server.is_some() {
+        self.relay_until(|responses| responses.owed_ends() == 0)
+            .await
+    }
+
+    /// Relays the attached server's answers until `done` (or no server is attached).
+    async fn relay_until(&mut self, done: fn(&ResponseQueue) -> bool) -> Result<(), SessionError> {
+        while !done(&self.responses) && self.server.is_some() {
             self.drain().await?;
             self.read_server_once().await?;
             self.handle_server_messages()?;

@@ -20,7 +20,7 @@ use super::routing::SessionRouting;
 use super::session::Session;
 use super::SessionError;
 use crate::protocol::backend;
-use crate::protocol::extended::{write_parse, BindView, ParseView, TargetKind, TargetView};
+use crate::protocol::extended::{BindView, ParseView, TargetKind, TargetView};
 use crate::protocol::frame::{body, query_text};
 use crate::protocol::tag::{frontend as tag, TransactionStatus};
 use crate::protocol::text::{contains_ignoring_case, lossy};
@@ -44,11 +44,20 @@ fn proxy_setting(routing: &SessionRouting, text: &[u8]) -> Option<(String, Strin
     }
 }
 
-fn is_reset(text: &[u8]) -> bool {
-    let text = lossy(text);
-    text.trim_start()
-        .get(..5)
-        .is_some_and(|word| word.eq_ignore_ascii_case("reset"))
+/// The text is a `RESET` (answered `RESET`, not `SET`).
+pub(super) fn is_reset(text: &[u8]) -> bool {
+    super::tenancy::starts_with_word(lossy(text).trim_start(), "reset")
+}
+
+/// PostgreSQL's answer to a `SET` or `RESET` statement `text` (`CommandComplete`,
+/// `ReadyForQuery` with `status`), for one the proxy answers itself.
+pub(super) fn setting_answer(text: &[u8], status: TransactionStatus) -> Bytes {
+    let command: &[u8] = if is_reset(text) { b"RESET\0" } else { b"SET\0" };
+    let mut answer = BytesMut::with_capacity(16);
+    answer.extend_from_slice(&[b'C', 0, 0, 0, 4 + command.len() as u8]);
+    answer.extend_from_slice(command);
+    backend::ready_for_query(&mut answer, status);
+    answer.freeze()
 }
 
 impl Session {
@@ -75,13 +84,10 @@ impl Session {
         if !state.apply_setting(&name, &value) {
             return Err(SessionError::BadProxySetting(format!("{name} = {value}")));
         }
-        let command: &[u8] = if is_reset(text) { b"RESET\0" } else { b"SET\0" };
-        let mut answer = BytesMut::new();
-        answer.extend_from_slice(&[b'C', 0, 0, 0, 4 + command.len() as u8]);
-        answer.extend_from_slice(command);
-        backend::ready_for_query(&mut answer, status);
-        self.responses
-            .push(Expect::Synthetic(answer.freeze()), &mut self.to_client);
+        self.responses.push(
+            Expect::Synthetic(setting_answer(text, status)),
+            &mut self.to_client,
+        );
         Ok(true)
     }
 
@@ -123,20 +129,12 @@ impl Session {
                 } else {
                     format!("SET {name} TO DEFAULT")
                 };
-                // The client's parameter types stay: its Bind must still match them.
-                let types = &view.definition[view.query.len() + 1..];
-                let mut definition = Vec::with_capacity(replacement.len() + 1 + types.len());
-                definition.extend_from_slice(replacement.as_bytes());
-                definition.push(0);
-                definition.extend_from_slice(types);
-                let mut out = BytesMut::new();
-                write_parse(&mut out, view.statement, &definition);
                 state.setting_statements.push(SettingStatement {
                     statement: Bytes::copy_from_slice(view.statement),
                     name,
                     value,
                 });
-                Ok(out.freeze())
+                Ok(view.with_query(&replacement))
             }
             _ if state.setting_statements.is_empty() => Ok(frame),
             tag::BIND => {

@@ -206,16 +206,7 @@ impl Session {
                     },
                 );
                 match decision.as_deref() {
-                    Some(Decision::Rewritten { sql, .. }) => {
-                        let types = &view.definition[view.query.len() + 1..];
-                        let mut definition = Vec::with_capacity(sql.len() + 1 + types.len());
-                        definition.extend_from_slice(sql.as_bytes());
-                        definition.push(0);
-                        definition.extend_from_slice(types);
-                        let mut out = BytesMut::new();
-                        write_parse(&mut out, view.statement, &definition);
-                        Ok(out.freeze())
-                    }
+                    Some(Decision::Rewritten { sql, .. }) => Ok(view.with_query(sql)),
                     _ => Ok(frame),
                 }
             }

@@ -11,14 +11,14 @@
 //!   tenant. Before, PostgreSQL ran the text as a setting of its own and the guard
 //!   kept judging with the old tenant.
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 
+use super::proxy_settings::{is_reset, setting_answer};
 use super::responses::Expect;
 use super::session::Session;
 use super::tenancy::{starts_with_word, GuardedStatement};
 use super::SessionError;
-use crate::protocol::backend;
-use crate::protocol::extended::{write_parse, BindView, ParseView};
+use crate::protocol::extended::{BindView, ParseView};
 use crate::protocol::frame::body;
 use crate::protocol::sql_quote::quote_literal;
 use crate::protocol::tag::TransactionStatus;
@@ -87,18 +87,9 @@ impl Session {
             }
             server.settings_hash = self.settings.hash();
         }
-        let mut answer = BytesMut::new();
-        let command: &[u8] = if sql.trim_start().to_ascii_lowercase().starts_with("reset") {
-            b"RESET\0"
-        } else {
-            b"SET\0"
-        };
-        answer.put_u8(b'C');
-        answer.put_i32(4 + command.len() as i32);
-        answer.put_slice(command);
-        backend::ready_for_query(&mut answer, self.status);
+        let answer = setting_answer(sql.as_bytes(), self.status);
         self.responses
-            .push(Expect::Synthetic(answer.freeze()), &mut self.to_client);
+            .push(Expect::Synthetic(answer), &mut self.to_client);
         Ok(())
     }
 
@@ -144,10 +135,7 @@ impl Session {
     ) -> Result<Bytes, SessionError> {
         self.check_tenant_change(change.as_deref())?;
         let config = self.runtime.config();
-        let resets = starts_with_word(
-            crate::protocol::text::lossy(view.query).trim_start(),
-            "reset",
-        );
+        let resets = is_reset(view.query);
         let stand_in = match (config.tenancy.set_config.as_deref(), &change) {
             (Some(name), Some(tenant)) => format!("SET {name} = {}", quote_literal(tenant)),
             (Some(name), None) if resets => format!("RESET {name}"),
@@ -155,14 +143,6 @@ impl Session {
             (None, _) if resets => "RESET pgwarden.tenant_id".to_string(),
             (None, _) => "SET pgwarden.tenant_id TO DEFAULT".to_string(),
         };
-        // The client's parameter types stay: its Bind must still match them.
-        let types = &view.definition[view.query.len() + 1..];
-        let mut definition = Vec::with_capacity(stand_in.len() + 1 + types.len());
-        definition.extend_from_slice(stand_in.as_bytes());
-        definition.push(0);
-        definition.extend_from_slice(types);
-        let mut out = BytesMut::new();
-        write_parse(&mut out, view.statement, &definition);
         let state = self.tenancy.as_mut().expect("guarded session");
         state.statements.insert(
             Bytes::copy_from_slice(view.statement),
@@ -172,7 +152,7 @@ impl Session {
                 sets_tenant: Some(change),
             },
         );
-        Ok(out.freeze())
+        Ok(view.with_query(&stand_in))
     }
 
     /// The tenant a `Bind` changes to, when it binds a statement prepared from
