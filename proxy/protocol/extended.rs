@@ -192,7 +192,10 @@ mod tests {
         let again = ParseView::parse(body(&other)).unwrap();
         assert_eq!(again.statement, b"s1");
         assert_eq!(again.query, b"SET x TO DEFAULT");
-        assert_eq!(&again.definition[again.query.len() + 1..], b"\0\x01\0\0\0\x17");
+        assert_eq!(
+            &again.definition[again.query.len() + 1..],
+            b"\0\x01\0\0\0\x17"
+        );
     }
 
     #[test]

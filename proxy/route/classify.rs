@@ -382,6 +382,21 @@ fn function_name(name: &ObjectName) -> String {
     }
 }
 
+/// The `pgwarden.*` setting (name, value) a lone `SET` or `RESET` makes (`RESET`
+/// gives an empty value), whatever the session's routing: pgwarden keeps these itself.
+pub fn proxy_setting_of(sql: &str) -> Option<(String, String)> {
+    let statements = Parser::parse_sql(&PostgreSqlDialect {}, sql).ok()?;
+    let class = match statements.as_slice() {
+        [Statement::Set(set)] => proxy_setting(set),
+        [Statement::Reset(reset)] => proxy_reset(reset),
+        _ => None,
+    };
+    match class? {
+        StatementClass::ProxySetting { name, value } => Some((name, value)),
+        _ => None,
+    }
+}
+
 /// `RESET pgwarden.x`: the proxy setting back to its default (an empty value).
 fn proxy_reset(reset: &sqlparser::ast::ResetStatement) -> Option<StatementClass> {
     let sqlparser::ast::Reset::ConfigurationParameter(name) = &reset.reset else {
@@ -506,5 +521,28 @@ mod tests {
         assert_eq!(hint("/* pgwarden:primary */ SELECT 1"), Some(Hint::Primary));
         assert_eq!(hint("SELECT 1 -- pgwarden:replica"), Some(Hint::Replica));
         assert_eq!(hint("SELECT 1"), None);
+    }
+
+    #[test]
+    fn proxy_settings_without_routing() {
+        let setting = |name: &str, value: &str| Some((name.to_string(), value.to_string()));
+        assert_eq!(
+            proxy_setting_of("SET pgwarden.route = primary"),
+            setting("pgwarden.route", "primary")
+        );
+        assert_eq!(
+            proxy_setting_of("set pgwarden.session_key to 'GET /orders'"),
+            setting("pgwarden.session_key", "GET /orders")
+        );
+        assert_eq!(
+            proxy_setting_of("RESET pgwarden.session_key"),
+            setting("pgwarden.session_key", "")
+        );
+        assert_eq!(proxy_setting_of("SET work_mem = '4MB'"), None);
+        assert_eq!(
+            proxy_setting_of("SET pgwarden.route = primary; SELECT 1"),
+            None
+        );
+        assert_eq!(proxy_setting_of("SELECT 'pgwarden.route'"), None);
     }
 }

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use class_memo::ClassMemo;
-pub use classify::{hint, Classifier, DataAccess, Hint, StatementClass};
+pub use classify::{hint, proxy_setting_of, Classifier, DataAccess, Hint, StatementClass};
 pub use ryw::SharedPositions;
 pub use topology::{format_lsn, parse_lsn, BackendState, LagLimits, Lsn, ReplicaChoice, Topology};
 

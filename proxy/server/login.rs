@@ -102,6 +102,7 @@ pub async fn log_in(
                 backend: 0,
                 failed_backend: None,
                 routing,
+                setting_statements: Vec::new(),
                 tenancy: tenancy.map(Box::new),
                 batch_open: false,
                 executed_in_batch: false,

@@ -21,6 +21,8 @@ pub struct SessionProtection {
     /// `pgwarden.tenant_id` and `pgwarden.session_key` from the startup packet.
     login_tenant: Option<String>,
     login_session_key: Option<String>,
+    /// `SET pgwarden.session_key` (None: never set, or `RESET` to the startup one).
+    session_key: Option<String>,
     /// Places under concurrency limits, held while a server is attached.
     admission: Admission,
 }
@@ -38,8 +40,14 @@ impl SessionProtection {
             fairness: config.pool.fairness,
             login_tenant: option("pgwarden.tenant_id"),
             login_session_key: option("pgwarden.session_key"),
+            session_key: None,
             admission: Admission::default(),
         }
+    }
+
+    /// `SET pgwarden.session_key` (None: `RESET`).
+    pub fn set_session_key(&mut self, key: Option<&str>) {
+        self.session_key = key.map(str::to_string);
     }
 
     /// The statement (transaction) is over: its places under limits go back.
@@ -65,7 +73,7 @@ impl Session {
             Fairness::ApplicationName => &self.identity.application_name,
             Fairness::Tenant => self
                 .protection_tenant()
-                .or_else(|| self.routing.as_ref().and_then(|r| r.session_key.as_deref()))
+                .or(self.protection.session_key.as_deref())
                 .or(self.protection.login_session_key.as_deref())
                 .unwrap_or(""),
         }

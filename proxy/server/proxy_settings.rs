@@ -1,5 +1,6 @@
-//! `SET pgwarden.route`, `pgwarden.session_key` and `pgwarden.tenant_id` (and their
-//! `RESET`) with replicas: settings of the proxy, whichever protocol carries them.
+//! `SET pgwarden.route`, `pgwarden.session_key` and, with replicas,
+//! `pgwarden.tenant_id` (and their `RESET`): settings of the proxy, with or without
+//! replicas, whichever protocol carries them.
 //!
 //! - A simple `Query` is answered by pgwarden itself, with the transaction status the
 //!   statements before it left, or refused with 25P02 in a failed transaction.
@@ -24,24 +25,13 @@ use crate::protocol::extended::{BindView, ParseView, TargetKind, TargetView};
 use crate::protocol::frame::{body, query_text};
 use crate::protocol::tag::{frontend as tag, TransactionStatus};
 use crate::protocol::text::{contains_ignoring_case, lossy};
-use crate::route::StatementClass;
+use crate::route::proxy_setting_of;
 
 /// A statement the client prepared from `SET pgwarden.*`: applied when bound.
 pub struct SettingStatement {
     statement: Bytes,
     name: String,
     value: String,
-}
-
-/// The setting a statement text makes (`RESET` gives an empty value), if it is one.
-fn proxy_setting(routing: &SessionRouting, text: &[u8]) -> Option<(String, String)> {
-    if !contains_ignoring_case(text, b"pgwarden.") {
-        return None;
-    }
-    match routing.routing.classify(&lossy(text)) {
-        StatementClass::ProxySetting { name, value } => Some((name, value)),
-        _ => None,
-    }
 }
 
 /// The text is a `RESET` (answered `RESET`, not `SET`).
@@ -61,6 +51,40 @@ pub(super) fn setting_answer(text: &[u8], status: TransactionStatus) -> Bytes {
 }
 
 impl Session {
+    /// The `pgwarden.*` setting a statement text makes, if pgwarden keeps it: always
+    /// `pgwarden.route` and `pgwarden.session_key`; `pgwarden.tenant_id` with replicas
+    /// (the guard keeps it in a guarded session, `tenant_change.rs`; otherwise it is
+    /// PostgreSQL's, a setting `current_setting` can read).
+    fn proxy_setting(&self, text: &[u8]) -> Option<(String, String)> {
+        if !contains_ignoring_case(text, b"pgwarden.") {
+            return None;
+        }
+        let (name, value) = proxy_setting_of(&lossy(text))?;
+        let guarded = self.tenancy.as_ref().is_some_and(|t| !t.bypass);
+        let tenant_is_ours = self.routing.is_some() && !guarded;
+        (name != "pgwarden.tenant_id" || tenant_is_ours).then_some((name, value))
+    }
+
+    /// Gives a `pgwarden.*` setting to every part of the session that follows it:
+    /// routing, the statistics' session key (the N+1 detector's sessions) and fair
+    /// queueing. False when the name or the value is unknown.
+    fn apply_proxy_setting(&mut self, name: &str, value: &str) -> bool {
+        if !SessionRouting::accepts_setting(name, value) {
+            return false;
+        }
+        if name == "pgwarden.session_key" {
+            let key = (!value.is_empty()).then_some(value);
+            if let Some(stats) = self.stats.as_mut() {
+                stats.set_session_key(key);
+            }
+            self.protection.set_session_key(key);
+        }
+        if let Some(routing) = self.routing.as_mut() {
+            routing.apply_setting(name, value);
+        }
+        true
+    }
+
     /// Handles `SET pgwarden.*` in a simple query, whether or not a server is attached:
     /// PostgreSQL never sees it. Statements the client sent before it finish first, so
     /// the answer carries the real transaction status. Returns true when answered.
@@ -69,7 +93,7 @@ impl Session {
         frame: &[u8],
     ) -> Result<bool, SessionError> {
         let text = query_text(frame);
-        let Some((name, value)) = self.routing.as_ref().and_then(|r| proxy_setting(r, text)) else {
+        let Some((name, value)) = self.proxy_setting(text) else {
             return Ok(false);
         };
         self.settle_in_flight().await?;
@@ -80,8 +104,7 @@ impl Session {
         if status == TransactionStatus::Failed {
             return Err(SessionError::TransactionAborted);
         }
-        let state = self.routing.as_mut().expect("checked above");
-        if !state.apply_setting(&name, &value) {
+        if !self.apply_proxy_setting(&name, &value) {
             return Err(SessionError::BadProxySetting(format!("{name} = {value}")));
         }
         self.responses.push(
@@ -101,24 +124,16 @@ impl Session {
         message_tag: u8,
         frame: Bytes,
     ) -> Result<Bytes, SessionError> {
-        // The guard follows tenant changes itself (`tenant_change.rs`).
-        let guarded = self.tenancy.as_ref().is_some_and(|t| !t.bypass);
-        let Some(state) = self.routing.as_mut() else {
-            return Ok(frame);
-        };
         let malformed =
             |e: crate::protocol::extended::Malformed| SessionError::Protocol(e.to_string());
         match message_tag {
             tag::PARSE => {
                 let view = ParseView::parse(body(&frame)).map_err(malformed)?;
-                if !state.setting_statements.is_empty() {
-                    state
-                        .setting_statements
+                if !self.setting_statements.is_empty() {
+                    self.setting_statements
                         .retain(|s| s.statement[..] != *view.statement);
                 }
-                let Some((name, value)) = proxy_setting(state, view.query)
-                    .filter(|(name, _)| !(guarded && name == "pgwarden.tenant_id"))
-                else {
+                let Some((name, value)) = self.proxy_setting(view.query) else {
                     return Ok(frame);
                 };
                 if !SessionRouting::accepts_setting(&name, &value) {
@@ -129,38 +144,37 @@ impl Session {
                 } else {
                     format!("SET {name} TO DEFAULT")
                 };
-                state.setting_statements.push(SettingStatement {
+                self.setting_statements.push(SettingStatement {
                     statement: Bytes::copy_from_slice(view.statement),
                     name,
                     value,
                 });
                 Ok(view.with_query(&replacement))
             }
-            _ if state.setting_statements.is_empty() => Ok(frame),
+            _ if self.setting_statements.is_empty() => Ok(frame),
             tag::BIND => {
                 let view = BindView::parse(body(&frame)).map_err(malformed)?;
-                let bound = state
+                let bound = self
                     .setting_statements
                     .iter()
                     .find(|s| s.statement[..] == *view.statement)
                     .map(|s| (s.name.clone(), s.value.clone()));
                 if let Some((name, value)) = bound {
-                    state.apply_setting(&name, &value);
+                    self.apply_proxy_setting(&name, &value);
                 }
                 Ok(frame)
             }
             tag::CLOSE => {
                 let target = TargetView::parse(body(&frame), "Close").map_err(malformed)?;
                 if target.kind == TargetKind::Statement {
-                    state
-                        .setting_statements
+                    self.setting_statements
                         .retain(|s| s.statement[..] != *target.name);
                 }
                 Ok(frame)
             }
             tag::QUERY => {
                 // A simple query replaces the unnamed statement.
-                state.setting_statements.retain(|s| !s.statement.is_empty());
+                self.setting_statements.retain(|s| !s.statement.is_empty());
                 Ok(frame)
             }
             _ => Ok(frame),

@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use super::proxy_settings::SettingStatement;
 use super::routing_class::ParseClass;
 use super::session::Session;
 use super::SessionError;
@@ -76,8 +75,6 @@ pub struct SessionRouting {
     pub(super) unnamed_writes_nothing: bool,
     /// The replica pools this session took connections from.
     pub(super) replica_pools: ReplicaPools,
-    /// Statements the client prepared from `SET pgwarden.*` (`proxy_settings.rs`).
-    pub(super) setting_statements: Vec<SettingStatement>,
 }
 
 /// The pools of a session's replicas by backend number, kept while the registry's
@@ -141,7 +138,6 @@ impl SessionRouting {
             last_parse: None,
             unnamed_writes_nothing: false,
             replica_pools: ReplicaPools::default(),
-            setting_statements: Vec::new(),
         };
         for (name, value) in options {
             state.apply_setting(name, value);

@@ -51,6 +51,8 @@ pub struct Session {
     /// optional parts below: every idle client holds a `Session`, most without them
     /// (issue 13: RSS per idle client).
     pub(super) routing: Option<Box<SessionRouting>>,
+    /// Statements the client prepared from `SET pgwarden.*` (`proxy_settings.rs`).
+    pub(super) setting_statements: Vec<super::proxy_settings::SettingStatement>,
     /// Present when the database is guarded or `tenancy.set_config` is set.
     pub(super) tenancy: Option<Box<super::tenancy::TenantSession>>,
     /// An extended-protocol batch is open (messages sent since the last `Sync`).

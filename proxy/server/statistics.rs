@@ -53,16 +53,30 @@ pub struct SessionStats {
     client: u64,
     /// A hash of `pgwarden.session_key` given at startup (0: none).
     startup_session_key: u64,
+    /// A hash of the session key now: the startup one until a `SET`.
+    session_key: u64,
+}
+
+fn key_hash(key: Option<&str>) -> u64 {
+    key.filter(|k| !k.is_empty())
+        .map_or(0, |k| hash_bytes(k.as_bytes()))
 }
 
 impl SessionStats {
+    /// `SET pgwarden.session_key` (None: `RESET`, back to the startup key).
+    pub fn set_session_key(&mut self, key: Option<&str>) {
+        self.session_key = match key {
+            Some(_) => key_hash(key),
+            None => self.startup_session_key,
+        };
+    }
+
     pub fn new(session_key: Option<&str>) -> SessionStats {
         SessionStats {
             portal_params: 0,
             client: NEXT_CLIENT.fetch_add(1, Ordering::Relaxed),
-            startup_session_key: session_key
-                .filter(|k| !k.is_empty())
-                .map_or(0, |k| hash_bytes(k.as_bytes())),
+            startup_session_key: key_hash(session_key),
+            session_key: key_hash(session_key),
             in_flight: VecDeque::new(),
             rows: 0,
             error: false,
@@ -144,14 +158,7 @@ impl Session {
         let Some(stats) = self.stats.as_mut() else {
             return;
         };
-        // `SET pgwarden.session_key` is tracked by routing when there are replicas.
-        let session_key = match self.routing.as_ref() {
-            Some(routing) => routing
-                .session_key
-                .as_deref()
-                .map_or(stats.startup_session_key, |k| hash_bytes(k.as_bytes())),
-            None => stats.startup_session_key,
-        };
+        let session_key = stats.session_key;
         match message_tag {
             tag::QUERY | tag::FUNCTION_CALL => {
                 let end = frame.len().saturating_sub(1).max(HEADER_LEN);

@@ -209,4 +209,23 @@ async fn n_plus_one_advice() {
     let found = n_plus_one(&proxy).await;
     assert_eq!(found.len(), 1, "{found:#?}");
     assert_pair(&found[0], CHILD, 10.0);
+    drop(clients);
+    drop(proxy);
+
+    // The key set with `SET pgwarden.session_key` (as a web app does per request), on
+    // a database without replicas: the pool is one session again (connections alone
+    // would see bursts of 7 or 6).
+    let proxy = start(&cluster, 10_000).await;
+    let mut clients = Vec::new();
+    for _ in 0..3 {
+        let client = within("connect", proxy::connect(&proxy)).await;
+        support::execute(&client, "SET pgwarden.session_key = 'GET /authors/:id'").await;
+        clients.push(client);
+    }
+    for r in 0..10 {
+        request(&clients, r, 20, CHILD, false).await;
+    }
+    let found = n_plus_one(&proxy).await;
+    assert_eq!(found.len(), 1, "{found:#?}");
+    assert_pair(&found[0], CHILD, 20.0);
 }

@@ -160,3 +160,35 @@ async fn the_route_setting_works_through_prepared_statements() {
         Some("t")
     );
 }
+
+/// Without replicas, `SET pgwarden.route` is still pgwarden's (PostgreSQL would answer
+/// a syntax error for `primary`), through either protocol; `pgwarden.tenant_id`, with
+/// no guard and no routing to keep it, stays PostgreSQL's setting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_settings_are_answered_without_replicas_too() {
+    let cluster = support::cluster(0);
+    let proxy = proxy::start(&cluster, |_| {}).await;
+    let client = within("connect", proxy::connect(&proxy)).await;
+    support::execute(&client, "SET pgwarden.route = primary").await;
+    let prepared = "SET pgwarden.route = primary";
+    within(prepared, client.execute(prepared, &[]))
+        .await
+        .unwrap_or_else(|e| panic!("{prepared}: {e}"));
+    support::execute(&client, "RESET pgwarden.route").await;
+    support::execute(&client, "SET pgwarden.session_key = 'k'").await;
+    let refused = within(
+        "bad value",
+        client.batch_execute("SET pgwarden.route = sideways"),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(refused.code().map(|c| c.code()), Some("22023"), "{refused}");
+    support::execute(&client, "SET pgwarden.tenant_id = '5'").await;
+    let row = within(
+        "current_setting",
+        client.query_one("SELECT current_setting('pgwarden.tenant_id')", &[]),
+    )
+    .await
+    .unwrap();
+    assert_eq!(row.get::<_, String>(0), "5");
+}
