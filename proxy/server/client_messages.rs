@@ -100,13 +100,17 @@ impl Session {
             }
             Err(error) => return Err(error),
         };
-        let frame = match self.follow_setting_statements(message_tag, frame) {
-            Ok(frame) => frame,
-            Err(error) if error.is_recoverable() => {
-                self.report_recoverable(message_tag, &error);
-                return Ok(());
+        let frame = if self.follows_setting_statements(message_tag, &frame) {
+            match self.follow_setting_statements(message_tag, frame) {
+                Ok(frame) => frame,
+                Err(error) if error.is_recoverable() => {
+                    self.report_recoverable(message_tag, &error);
+                    return Ok(());
+                }
+                Err(error) => return Err(error),
             }
-            Err(error) => return Err(error),
+        } else {
+            frame
         };
         if message_tag == tag::QUERY {
             self.query_scan.remember(query_text(&frame));

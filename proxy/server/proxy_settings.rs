@@ -34,6 +34,22 @@ pub struct SettingStatement {
     value: String,
 }
 
+/// Whether `text` may be a lone `SET` or `RESET`: it starts with one of them (or
+/// with a comment, which may come first). Every statement pays this test, so it looks
+/// at a few bytes only.
+fn may_be_setting(text: &[u8]) -> bool {
+    let start = text
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .unwrap_or(text.len());
+    let head = &text[start..];
+    let starts_with = |word: &[u8]| {
+        head.get(..word.len())
+            .is_some_and(|h| h.eq_ignore_ascii_case(word))
+    };
+    starts_with(b"set") || starts_with(b"reset") || starts_with(b"/*") || starts_with(b"--")
+}
+
 /// The text is a `RESET` (answered `RESET`, not `SET`).
 pub(super) fn is_reset(text: &[u8]) -> bool {
     super::tenancy::starts_with_word(lossy(text).trim_start(), "reset")
@@ -56,7 +72,7 @@ impl Session {
     /// (the guard keeps it in a guarded session, `tenant_change.rs`; otherwise it is
     /// PostgreSQL's, a setting `current_setting` can read).
     fn proxy_setting(&self, text: &[u8]) -> Option<(String, String)> {
-        if !contains_ignoring_case(text, b"pgwarden.") {
+        if !may_be_setting(text) || !contains_ignoring_case(text, b"pgwarden.") {
             return None;
         }
         let (name, value) = proxy_setting_of(&lossy(text))?;
@@ -112,6 +128,19 @@ impl Session {
             &mut self.to_client,
         );
         Ok(true)
+    }
+
+    /// Whether [`Self::follow_setting_statements`] has anything to do with this
+    /// message. Every message asks, so it decides most of them with a look at the
+    /// first bytes of a `Parse`'s text.
+    #[inline]
+    pub(super) fn follows_setting_statements(&self, message_tag: u8, frame: &[u8]) -> bool {
+        if !self.setting_statements.is_empty() {
+            return true;
+        }
+        message_tag == tag::PARSE
+            && crate::protocol::extended::cstr(body(frame))
+                .is_none_or(|(_, text)| may_be_setting(text))
     }
 
     /// Follows the client's statements made from `SET pgwarden.*` through the extended
@@ -178,6 +207,33 @@ impl Session {
                 Ok(frame)
             }
             _ => Ok(frame),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::may_be_setting;
+
+    #[test]
+    fn only_set_reset_or_a_comment_may_be_a_setting() {
+        for text in [
+            "SET pgwarden.route = primary",
+            "  reset pgwarden.route",
+            "/* x */ SET a = 1",
+            "-- x\nSET a = 1",
+            "Set a = 1",
+        ] {
+            assert!(may_be_setting(text.as_bytes()), "{text}");
+        }
+        for text in [
+            "SELECT 'pgwarden.route'",
+            "select 1",
+            "",
+            "se",
+            "UPDATE t SET a = 1",
+        ] {
+            assert!(!may_be_setting(text.as_bytes()), "{text}");
         }
     }
 }
