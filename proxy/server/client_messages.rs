@@ -212,7 +212,10 @@ impl Session {
         message_tag: u8,
         frame: &Bytes,
     ) -> Result<(), SessionError> {
-        if message_tag == tag::QUERY && self.answer_proxy_setting(frame).await? {
+        if message_tag == tag::QUERY
+            && Session::may_answer_proxy_setting(frame)
+            && self.answer_proxy_setting(frame).await?
+        {
             return Err(SessionError::Answered);
         }
         if self.server.is_some()

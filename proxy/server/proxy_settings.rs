@@ -138,9 +138,22 @@ impl Session {
         if !self.setting_statements.is_empty() {
             return true;
         }
-        message_tag == tag::PARSE
-            && crate::protocol::extended::cstr(body(frame))
-                .is_none_or(|(_, text)| may_be_setting(text))
+        if message_tag != tag::PARSE {
+            return false;
+        }
+        let body = body(frame);
+        match body.split_first() {
+            // The unnamed statement (most `Parse`s): its text starts right away.
+            Some((0, text)) => may_be_setting(text),
+            _ => crate::protocol::extended::cstr(body).is_none_or(|(_, text)| may_be_setting(text)),
+        }
+    }
+
+    /// Whether a simple `Query` may be `SET pgwarden.*` (a look at its first bytes), so
+    /// that [`Self::answer_proxy_setting`] is asked.
+    #[inline]
+    pub(super) fn may_answer_proxy_setting(frame: &[u8]) -> bool {
+        may_be_setting(query_text(frame))
     }
 
     /// Follows the client's statements made from `SET pgwarden.*` through the extended
