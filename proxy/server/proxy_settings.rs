@@ -9,8 +9,9 @@
 //!   extended protocol (`ParseComplete`, `Describe`'s, errors in a failed batch) is
 //!   PostgreSQL's own; but its text becomes `SET pgwarden.x TO DEFAULT` (`RESET
 //!   pgwarden.x`), which PostgreSQL accepts for any value (`primary` is a reserved word
-//!   there) and which leaves no setting behind on a pooled connection. The setting
-//!   takes effect when the statement is bound.
+//!   there) and which leaves no value behind on a pooled connection (an empty
+//!   placeholder setting at most, as any custom setting leaves). The setting takes
+//!   effect when the statement is bound.
 //!
 //! Settings apply from the next statement on and are not undone by `ROLLBACK`.
 
