@@ -13,6 +13,22 @@ pub fn lossy(bytes: &[u8]) -> Cow<'_, str> {
     }
 }
 
+/// Whether a statement text opens with one of `words` (its first run of letters, any
+/// case) or with a comment, which may hide any first word. A cheap test that lets
+/// most statements past a closer look without decoding them.
+pub fn opens_with_word_or_comment(sql: &[u8], words: &[&[u8]]) -> bool {
+    let text = sql.trim_ascii_start();
+    if text.starts_with(b"/*") || text.starts_with(b"--") {
+        return true;
+    }
+    let length = text
+        .iter()
+        .position(|b| !b.is_ascii_alphabetic())
+        .unwrap_or(text.len());
+    let first = &text[..length];
+    words.iter().any(|word| first.eq_ignore_ascii_case(word))
+}
+
 /// Whether `haystack` contains `needle`, ASCII letters compared without case.
 /// `needle` must start with a letter; only the places where its first letter occurs
 /// are compared further, found with memchr.

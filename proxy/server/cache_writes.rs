@@ -348,17 +348,8 @@ impl Session {
 /// or `START` (comments aside) and has the word `only` somewhere. A cheap test before
 /// the classifier is asked; a plain `BEGIN`, the usual one, never reaches it.
 fn may_begin_read_only(sql: &[u8]) -> bool {
-    let text = sql.trim_ascii_start();
-    let length = text
-        .iter()
-        .position(|b| !b.is_ascii_alphabetic())
-        .unwrap_or(text.len());
-    let word = &text[..length];
-    let begins = word.eq_ignore_ascii_case(b"BEGIN")
-        || word.eq_ignore_ascii_case(b"START")
-        || text.starts_with(b"/*")
-        || text.starts_with(b"--");
-    begins && text.windows(4).any(|w| w.eq_ignore_ascii_case(b"only"))
+    crate::protocol::text::opens_with_word_or_comment(sql, &[b"begin", b"start"])
+        && sql.windows(4).any(|w| w.eq_ignore_ascii_case(b"only"))
 }
 
 #[cfg(test)]

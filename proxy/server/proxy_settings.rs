@@ -35,20 +35,10 @@ pub struct SettingStatement {
     value: String,
 }
 
-/// Whether `text` may be a lone `SET` or `RESET`: it starts with one of them (or
-/// with a comment, which may come first). Every statement pays this test, so it looks
-/// at a few bytes only.
+/// Whether `text` may be a lone `SET` or `RESET`: it opens with one of them (or with
+/// a comment). Every statement pays this test, so it looks at a few bytes only.
 fn may_be_setting(text: &[u8]) -> bool {
-    let start = text
-        .iter()
-        .position(|b| !b.is_ascii_whitespace())
-        .unwrap_or(text.len());
-    let head = &text[start..];
-    let starts_with = |word: &[u8]| {
-        head.get(..word.len())
-            .is_some_and(|h| h.eq_ignore_ascii_case(word))
-    };
-    starts_with(b"set") || starts_with(b"reset") || starts_with(b"/*") || starts_with(b"--")
+    crate::protocol::text::opens_with_word_or_comment(text, &[b"set", b"reset"])
 }
 
 /// The text is a `RESET` (answered `RESET`, not `SET`).
