@@ -12,7 +12,7 @@ use pgwarden::cluster::{ClusterSpec, LocalCluster};
 use pgwarden::config::{AuthMethod, Config};
 use pgwarden::RunningProxy;
 use support::proxy::{self, DATABASE, USER};
-use support::wire::{cstring, error_code, frame, Wire};
+use support::wire::{cstring, error_code, frame, query, Wire};
 use support::within;
 
 const SOCKETS: &str = "/tmp";
@@ -135,9 +135,7 @@ async fn pipelined_requests_wait_for_a_streamed_row_and_errors_mid_result_are_re
     // whose Parse/Bind answers come while the proxy may still be streaming.
     let mut batch = Vec::new();
     for sql in ["SELECT v FROM big ORDER BY id", "SELECT 1"] {
-        let mut body = Vec::new();
-        cstring(&mut body, sql);
-        batch.extend(frame(b'Q', &body));
+        batch.extend(query(sql));
     }
     let mut body = Vec::new();
     cstring(&mut body, "");

@@ -1,7 +1,8 @@
 //! The tenant guard around the edges: row-level security as a second wall
 //! (`tenancy.set_config`), roles mapped to tenants, bypass roles whose DDL refreshes
 //! the guard's catalog, and violations visible in `SHOW TENANCY`, `/api/tenancy`
-//! and `/metrics`.
+//! and `/metrics`. Changing the tenant (pipelined, prepared) is
+//! `tenant_defense/tenant_changes.rs`.
 
 use crate::support;
 
@@ -12,6 +13,9 @@ use pgwarden::RunningProxy;
 use support::proxy::{self, DATABASE, PASSWORD, USER};
 use support::within;
 use tokio_postgres::{Client, SimpleQueryMessage};
+
+#[path = "tenant_defense/tenant_changes.rs"]
+mod tenant_changes;
 
 const APP_USER: &str = "app_rls";
 const APP_PASSWORD: &str = "rls-secret";
@@ -471,150 +475,4 @@ async fn guarded_sessions_never_run_where_strings_are_read_differently() {
         .unwrap();
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-}
-
-/// A tenant change sent right behind a statement still running (one write, no wait
-/// for its answer) waits for it, as PostgreSQL would run them in order, instead of
-/// being refused as a change inside a transaction; behind an open transaction it is
-/// still refused.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_pipelined_tenant_change_waits_for_the_statement_before_it() {
-    use support::wire::{cstring, error_code, first_value, frame, Wire};
-    let query = |sql: &str| {
-        let mut body = Vec::new();
-        cstring(&mut body, sql);
-        frame(b'Q', &body)
-    };
-    let cluster = support::cluster(0);
-    let direct = proxy::connect_direct(&cluster).await;
-    support::execute(&direct, SCHEMA).await;
-    let proxy = proxy::start(&cluster, |c| {
-        add_app_user(c);
-        c.auth.method = pgwarden::config::AuthMethod::Trust;
-        c.tenancy.mode = TenancyMode::Audit;
-        c.tenancy.set_config = Some("app.tenant_id".into());
-    })
-    .await;
-    let options = [("options", "-c pgwarden.tenant_id=1")];
-    let login = Wire::tcp(proxy.port(), APP_USER, DATABASE, &options);
-    let mut wire = within("login", login).await;
-    // Row-level security shows which tenant the server was given.
-    let shown = "SELECT DISTINCT tenant_id FROM orders";
-
-    let mut batch = query("SELECT pg_sleep(0.05)");
-    batch.extend(query("SET pgwarden.tenant_id = '2'"));
-    batch.extend(query(shown));
-    within("pipeline", wire.send(&batch)).await;
-    let sleep = within("pg_sleep", wire.answer()).await;
-    assert_eq!(error_code(&sleep), None, "{sleep:?}");
-    let set = within("SET", wire.answer()).await;
-    assert_eq!(error_code(&set), None, "{set:?}");
-    let after = within("shown", wire.answer()).await;
-    assert_eq!(first_value(&after).as_deref(), Some("2"), "{after:?}");
-
-    let mut batch = query("BEGIN");
-    batch.extend(query("SET pgwarden.tenant_id = '3'"));
-    batch.extend(query(shown));
-    batch.extend(query("ROLLBACK"));
-    within("pipeline in a transaction", wire.send(&batch)).await;
-    within("BEGIN", wire.answer()).await;
-    let refused = within("SET", wire.answer()).await;
-    assert_eq!(
-        error_code(&refused).as_deref(),
-        Some("25001"),
-        "{refused:?}"
-    );
-    let during = within("shown", wire.answer()).await;
-    assert_eq!(first_value(&during).as_deref(), Some("2"));
-    within("ROLLBACK", wire.answer()).await;
-}
-
-/// `SET pgwarden.tenant_id` as a prepared statement (JDBC's `Statement.execute`,
-/// asyncpg's `fetch`) changes the tenant for the guard and for row-level security,
-/// as the simple query does; a statement prepared once changes it again at each
-/// execution, and inside a transaction it is refused.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_prepared_tenant_change_changes_the_tenant() {
-    use support::wire::{cstring, error_code, first_value, frame, Wire};
-    let cluster = support::cluster(0);
-    let direct = proxy::connect_direct(&cluster).await;
-    support::execute(&direct, SCHEMA).await;
-    let shown = "SELECT DISTINCT tenant_id FROM orders";
-
-    // Audit mode: only row-level security limits the rows, so they show the setting
-    // the server was given.
-    let audit = proxy::start(&cluster, |c| {
-        add_app_user(c);
-        c.auth.method = pgwarden::config::AuthMethod::Trust;
-        c.tenancy.mode = TenancyMode::Audit;
-        c.tenancy.set_config = Some("app.tenant_id".into());
-    })
-    .await;
-    let options = [("options", "-c pgwarden.tenant_id=1")];
-    let login = Wire::tcp(audit.port(), APP_USER, DATABASE, &options);
-    let mut wire = within("login", login).await;
-    let to_2 = "SET pgwarden.tenant_id = '2'";
-    let set = within(to_2, wire.extended("", Some(to_2), &[], false, 0)).await;
-    assert_eq!(error_code(&set), None, "{set:?}");
-    let rows = within(shown, wire.simple(shown)).await;
-    assert_eq!(first_value(&rows).as_deref(), Some("2"), "{rows:?}");
-    let to_3 = "SET pgwarden.tenant_id = '3'";
-    within(to_3, wire.extended("to_3", Some(to_3), &[], false, 0)).await;
-    let rows = within(shown, wire.extended("", Some(shown), &[], false, 0)).await;
-    assert_eq!(first_value(&rows).as_deref(), Some("3"), "{rows:?}");
-    within("SET 1", wire.simple("SET pgwarden.tenant_id = '1'")).await;
-    let again = within("to_3 again", wire.extended("to_3", None, &[], false, 0)).await;
-    assert_eq!(error_code(&again), None, "{again:?}");
-    let rows = within(shown, wire.simple(shown)).await;
-    assert_eq!(first_value(&rows).as_deref(), Some("3"), "{rows:?}");
-    within("BEGIN", wire.simple("BEGIN")).await;
-    let refused = within(
-        "to_2 in a transaction",
-        wire.extended("", Some(to_2), &[], false, 0),
-    )
-    .await;
-    assert_eq!(
-        error_code(&refused).as_deref(),
-        Some("25001"),
-        "{refused:?}"
-    );
-    within("ROLLBACK", wire.simple("ROLLBACK")).await;
-    let rows = within(shown, wire.simple(shown)).await;
-    assert_eq!(first_value(&rows).as_deref(), Some("3"), "{rows:?}");
-    // Behind a statement executed in the same batch (pgjdbc sends its BEGIN so when
-    // autocommit is off): inside that batch's transaction, refused too.
-    let mut batch = Vec::new();
-    for sql in ["BEGIN", to_2] {
-        let mut parse = Vec::new();
-        cstring(&mut parse, "");
-        cstring(&mut parse, sql);
-        parse.extend_from_slice(&0i16.to_be_bytes());
-        batch.extend(frame(b'P', &parse));
-        batch.extend(frame(b'B', &[0, 0, 0, 0, 0, 0, 0, 0]));
-        batch.extend(frame(b'E', &[0, 0, 0, 0, 0]));
-    }
-    batch.extend(frame(b'S', &[]));
-    within("BEGIN and to_2 in one batch", wire.send(&batch)).await;
-    let refused = within("the batch's answer", wire.answer()).await;
-    assert_eq!(
-        error_code(&refused).as_deref(),
-        Some("25001"),
-        "{refused:?}"
-    );
-    within("ROLLBACK", wire.simple("ROLLBACK")).await;
-    let rows = within(shown, wire.simple(shown)).await;
-    assert_eq!(first_value(&rows).as_deref(), Some("3"), "{rows:?}");
-
-    // Rewrite mode, a role row-level security does not limit: the guard's own
-    // rewrite follows the new tenant.
-    let rewrite = proxy::start(&cluster, |c| {
-        c.auth.method = pgwarden::config::AuthMethod::Trust;
-        c.tenancy.mode = TenancyMode::Rewrite;
-    })
-    .await;
-    let mut wire = within("login", Wire::tcp(rewrite.port(), USER, DATABASE, &options)).await;
-    let set = within(to_2, wire.extended("", Some(to_2), &[], false, 0)).await;
-    assert_eq!(error_code(&set), None, "{set:?}");
-    let rows = within(shown, wire.extended("", Some(shown), &[], false, 0)).await;
-    assert_eq!(first_value(&rows).as_deref(), Some("2"), "{rows:?}");
 }

@@ -5,16 +5,24 @@
 //! status the client would see from PostgreSQL.
 
 use super::{wait_replicas_healthy, with_replicas};
-use crate::support::wire::{cstring, error_code, first_value, frame, Wire};
+use crate::support::wire::{error_code, first_value, query, Wire};
 use crate::support::{self, proxy, within};
 
+use pgwarden::cluster::LocalCluster;
 use pgwarden::config::AuthMethod;
+use pgwarden::RunningProxy;
 use support::proxy::{DATABASE, USER};
 
-fn query(sql: &str) -> Vec<u8> {
-    let mut body = Vec::new();
-    cstring(&mut body, sql);
-    frame(b'Q', &body)
+/// A proxy in front of `cluster` with its replica healthy, and a raw client of it.
+async fn proxy_with_replica(cluster: &LocalCluster) -> (RunningProxy, Wire) {
+    let proxy = proxy::start(cluster, |c| {
+        with_replicas(cluster)(c);
+        c.auth.method = AuthMethod::Trust;
+    })
+    .await;
+    wait_replicas_healthy(&proxy).await;
+    let wire = within("login", Wire::tcp(proxy.port(), USER, DATABASE, &[])).await;
+    (proxy, wire)
 }
 
 /// The command tag and the `ReadyForQuery` status of one answer.
@@ -30,13 +38,7 @@ fn tag_and_status(answer: &[Vec<u8>]) -> (Option<String>, u8) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_route_setting_is_answered_by_pgwarden_in_and_between_transactions() {
     let cluster = support::cluster(1);
-    let proxy = proxy::start(&cluster, |c| {
-        with_replicas(&cluster)(c);
-        c.auth.method = AuthMethod::Trust;
-    })
-    .await;
-    wait_replicas_healthy(&proxy).await;
-    let mut wire = within("login", Wire::tcp(proxy.port(), USER, DATABASE, &[])).await;
+    let (_proxy, mut wire) = proxy_with_replica(&cluster).await;
     let on_replica = "SELECT pg_is_in_recovery()";
 
     // Inside a transaction: answered in place, the transaction goes on, and the
@@ -102,13 +104,7 @@ async fn the_route_setting_is_answered_by_pgwarden_in_and_between_transactions()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_route_setting_works_through_prepared_statements() {
     let cluster = support::cluster(1);
-    let proxy = proxy::start(&cluster, |c| {
-        with_replicas(&cluster)(c);
-        c.auth.method = AuthMethod::Trust;
-    })
-    .await;
-    wait_replicas_healthy(&proxy).await;
-    let mut wire = within("login", Wire::tcp(proxy.port(), USER, DATABASE, &[])).await;
+    let (_proxy, mut wire) = proxy_with_replica(&cluster).await;
     let on_replica = "SELECT pg_is_in_recovery()";
     let read = |answer: Vec<Vec<u8>>| first_value(&answer);
 

@@ -28,6 +28,13 @@ pub fn cstring(out: &mut Vec<u8>, s: &str) {
     out.push(0);
 }
 
+/// A simple `Query` message (several can go in one write, as a pipeline).
+pub fn query(sql: &str) -> Vec<u8> {
+    let mut body = Vec::new();
+    cstring(&mut body, sql);
+    frame(b'Q', &body)
+}
+
 impl Wire {
     /// Through TCP to `port` (the proxy, trust auth).
     pub async fn tcp(port: u16, user: &str, database: &str, options: &[(&str, &str)]) -> Wire {
@@ -87,9 +94,7 @@ impl Wire {
 
     /// `Query` without waiting for its answer.
     pub async fn send_query(&mut self, sql: &str) {
-        let mut body = Vec::new();
-        cstring(&mut body, sql);
-        self.send(&frame(b'Q', &body)).await;
+        self.send(&query(sql)).await;
     }
 
     /// Reads up to `ReadyForQuery`, counting `DataRow`s instead of keeping them (for
@@ -160,9 +165,7 @@ impl Wire {
     }
 
     pub async fn simple(&mut self, sql: &str) -> Vec<Vec<u8>> {
-        let mut body = Vec::new();
-        cstring(&mut body, sql);
-        self.stream.write_all(&frame(b'Q', &body)).await.unwrap();
+        self.stream.write_all(&query(sql)).await.unwrap();
         self.answer().await
     }
 
