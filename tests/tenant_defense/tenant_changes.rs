@@ -140,3 +140,23 @@ async fn a_prepared_tenant_change_changes_the_tenant() {
     let rows = within(SHOWN, wire.extended("", Some(SHOWN), &[], false, 0)).await;
     assert_eq!(first_value(&rows).as_deref(), Some("2"), "{rows:?}");
 }
+
+/// The stand-in a prepared tenant change runs sets `app.tenant_id` on the server
+/// connection itself. With one connection for two clients, the other client (still
+/// tenant 1) never sees it, and the changed client keeps its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prepared_tenant_change_stays_with_its_client_on_a_shared_connection() {
+    let (_cluster, proxy) = audited(|c| c.pool.size = 1).await;
+    let mut changed = tenant_1(&proxy, APP_USER).await;
+    let mut other = tenant_1(&proxy, APP_USER).await;
+    assert_code(
+        &within(TO_2, changed.extended("", Some(TO_2), &[], false, 0)).await,
+        None,
+    );
+    for _ in 0..3 {
+        assert_eq!(shown(&mut other, SHOWN).await.as_deref(), Some("1"));
+        assert_eq!(shown(&mut changed, SHOWN).await.as_deref(), Some("2"));
+        let rows = within(SHOWN, other.extended("", Some(SHOWN), &[], false, 0)).await;
+        assert_eq!(first_value(&rows).as_deref(), Some("1"), "{rows:?}");
+    }
+}
