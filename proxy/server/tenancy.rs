@@ -211,9 +211,8 @@ impl Session {
                 }
             }
             tag::BIND => {
-                match self.bound_tenant_change(&frame)? {
-                    Some(change) => self.bind_tenant_change(change).await?,
-                    None => self.check_bind(&frame)?,
+                if let Some(change) = self.check_bind(&frame)? {
+                    self.bind_tenant_change(change).await?;
                 }
                 Ok(frame)
             }
@@ -351,20 +350,27 @@ impl Session {
     }
 
     /// A guarded statement runs only for the tenant it was judged for, and with its
-    /// tenant parameters equal to that tenant.
-    fn check_bind(&self, frame: &[u8]) -> Result<(), SessionError> {
+    /// tenant parameters equal to that tenant. One prepared from `SET/RESET
+    /// pgwarden.tenant_id` is not checked: the tenant it changes to is returned, for
+    /// [`Self::bind_tenant_change`].
+    fn check_bind(&self, frame: &[u8]) -> Result<Option<Option<String>>, SessionError> {
         let view =
             BindView::parse(body(frame)).map_err(|e| SessionError::Protocol(e.to_string()))?;
         let state = self.tenancy.as_ref().expect("guarded session");
         let Some(statement) = state.statements.get(view.statement) else {
-            return Ok(());
+            return Ok(None);
         };
+        if let Some(change) = &statement.sets_tenant {
+            return Ok(Some(change.clone()));
+        }
         let name = crate::protocol::text::lossy(view.statement).into_owned();
         if statement.tenant != state.tenant {
-            return self.refuse(
-                Rejection::new(RejectionKind::PreparedForOtherTenant, format!("{name:?}")),
-                &name,
-            );
+            return self
+                .refuse(
+                    Rejection::new(RejectionKind::PreparedForOtherTenant, format!("{name:?}")),
+                    &name,
+                )
+                .map(|_| None);
         }
         if !statement.tenant_params.is_empty() {
             let tenant = state.tenant.as_deref().unwrap_or_default();
@@ -375,19 +381,21 @@ impl Session {
                 config.value_type,
                 tenant,
             ) {
-                return self.refuse(
-                    Rejection::new(
-                        RejectionKind::ForeignTenantValue,
-                        format!(
-                            "a parameter compared with or written to {} is not the session's tenant",
-                            config.column
+                return self
+                    .refuse(
+                        Rejection::new(
+                            RejectionKind::ForeignTenantValue,
+                            format!(
+                                "a parameter compared with or written to {} is not the session's tenant",
+                                config.column
+                            ),
                         ),
-                    ),
-                    &name,
-                );
+                        &name,
+                    )
+                    .map(|_| None);
             }
         }
-        Ok(())
+        Ok(None)
     }
 
     /// Reports a refusal through the attached server: a statement that raises the

@@ -18,8 +18,7 @@ use super::responses::Expect;
 use super::session::Session;
 use super::tenancy::{starts_with_word, GuardedStatement};
 use super::SessionError;
-use crate::protocol::extended::{BindView, ParseView};
-use crate::protocol::frame::body;
+use crate::protocol::extended::ParseView;
 use crate::protocol::sql_quote::quote_literal;
 use crate::protocol::tag::TransactionStatus;
 use crate::tenant::{Rejection, RejectionKind};
@@ -153,21 +152,6 @@ impl Session {
             },
         );
         Ok(view.with_query(&stand_in))
-    }
-
-    /// The tenant a `Bind` changes to, when it binds a statement prepared from
-    /// `SET/RESET pgwarden.tenant_id`.
-    pub(super) fn bound_tenant_change(
-        &self,
-        frame: &[u8],
-    ) -> Result<Option<Option<String>>, SessionError> {
-        let view =
-            BindView::parse(body(frame)).map_err(|e| SessionError::Protocol(e.to_string()))?;
-        let state = self.tenancy.as_ref().expect("guarded session");
-        Ok(state
-            .statements
-            .get(view.statement)
-            .and_then(|statement| statement.sets_tenant.clone()))
     }
 
     /// The `Bind` of a tenant change: requests the client sent before this one finish
