@@ -14,6 +14,10 @@ pub struct Malformed(pub &'static str);
 /// Splits a NUL-terminated string off the front of `buf`.
 #[inline]
 pub fn cstr(buf: &[u8]) -> Option<(&[u8], &[u8])> {
+    if let Some((&0, rest)) = buf.split_first() {
+        // The unnamed statement or portal: most names the extended protocol sends.
+        return Some((&[], rest));
+    }
     let nul = memchr::memchr(0, buf)?;
     Some((&buf[..nul], &buf[nul + 1..]))
 }
