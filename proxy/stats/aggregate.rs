@@ -15,16 +15,12 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 use tokio::sync::mpsc;
 
+use super::drain_pace::{next_pause, BUSY_PAUSE};
 use super::fingerprint::{fingerprint, FingerprintId};
 use super::latency::{LatencyCounts, LatencyHistogram};
 use super::observer::{Call, CallObserver};
 use super::{Event, MemoryGauges, Served, StatementEvent};
 
-/// The pause between two drains of the event channel while statements flow.
-const BUSY_PAUSE: Duration = Duration::from_millis(2);
-/// The longest pause, reached by doubling while nothing arrives: an idle proxy wakes
-/// this task 50 times a second, and a `Flush` waits at most this long.
-const IDLE_PAUSE: Duration = Duration::from_millis(20);
 /// How often the observer's tick and the memory gauges run, however short the pause.
 const HOUSEKEEPING_EVERY: Duration = Duration::from_millis(20);
 /// Events taken from the channel at a time.
@@ -255,12 +251,10 @@ pub(super) async fn run(
     let mut by_text = TextMap::new(limits.text_map_bytes, limits.max_fingerprints);
     let mut latency_counts = LatencyCounts::default();
     // Drain on a timer instead of waiting on the channel: senders then never have to
-    // wake this task, which keeps recording nearly free for the sessions. The pause is
-    // short while statements flow, so each drain is a small batch: one drain of 20 ms
-    // worth (over a thousand events at 60k statements/s) held a worker for most of a
-    // millisecond and stalled every client at once, fifty times a second
-    // (bench/runs/2026-12-01-stats-drain.md).
+    // wake this task, which keeps recording nearly free for the sessions. The pause
+    // follows the rate, so each drain is a small batch (`drain_pace`).
     let mut pause = BUSY_PAUSE;
+    let mut last_drain = Instant::now();
     let mut last_housekeeping = Instant::now();
     let mut last_publish = Instant::now();
     let mut dirty = false;
@@ -268,7 +262,7 @@ pub(super) async fn run(
     loop {
         tokio::time::sleep(pause).await;
         let mut waiting = Vec::new();
-        let mut drained = false;
+        let mut drained = 0;
         loop {
             let Some(taken) = take_batch(&mut rx, &mut batch) else {
                 return;
@@ -292,19 +286,16 @@ pub(super) async fn run(
                             &limits,
                             observer.as_deref_mut(),
                         );
-                        drained = true;
+                        drained += 1;
                     }
                     Event::Flush(done) => waiting.push(done),
                 }
             }
         }
-        dirty |= drained;
-        pause = if drained {
-            BUSY_PAUSE
-        } else {
-            (pause * 2).min(IDLE_PAUSE)
-        };
+        dirty |= drained > 0;
         let now = Instant::now();
+        pause = next_pause(pause, drained, now.duration_since(last_drain));
+        last_drain = now;
         if !waiting.is_empty() || now.duration_since(last_housekeeping) >= HOUSEKEEPING_EVERY {
             last_housekeeping = now;
             if let Some(observer) = observer.as_deref_mut() {

@@ -7,6 +7,7 @@
 //! admin console, the HTTP API, metrics) see the last published snapshot.
 
 mod aggregate;
+mod drain_pace;
 mod event_text;
 pub mod fingerprint;
 mod latency;

@@ -1,0 +1,74 @@
+//! How long the aggregator sleeps between two drains of the event channel.
+//!
+//! Each drain is a timer, and on tokio a timer that becomes the earliest one wakes the
+//! I/O driver with a write to its eventfd (and, with two workers, often the other
+//! worker with a futex). A fixed 2 ms pause cost a lightly loaded proxy about 0.3 of
+//! each of those calls per transaction at one client, where the socket calls are
+//! four. A long pause is no better under load: one drain of 20 ms worth of events at
+//! 60k statements/s held a worker for most of a millisecond and stalled every client
+//! (bench/runs/2026-12-01-stats-drain.md). So the pause follows the rate: long enough
+//! to gather about [`TARGET_DRAIN`] events, within [`BUSY_PAUSE`] and [`IDLE_PAUSE`].
+
+use std::time::Duration;
+
+/// The shortest pause, for the busiest proxy.
+pub(super) const BUSY_PAUSE: Duration = Duration::from_millis(2);
+/// The longest pause: an idle proxy wakes the aggregator 50 times a second, and a
+/// `Flush` waits at most this long.
+pub(super) const IDLE_PAUSE: Duration = Duration::from_millis(20);
+/// Events one drain should handle: about a tenth of a millisecond of work.
+const TARGET_DRAIN: u128 = 128;
+
+/// The pause before the next drain, given how many events the last one took and how
+/// long ago the drain before it ran.
+pub(super) fn next_pause(
+    previous: Duration,
+    drained: usize,
+    since_last_drain: Duration,
+) -> Duration {
+    if drained == 0 {
+        return (previous * 2).min(IDLE_PAUSE);
+    }
+    let gather_nanos = since_last_drain.as_nanos() * TARGET_DRAIN / drained as u128;
+    let gather = Duration::from_nanos(u64::try_from(gather_nanos).unwrap_or(u64::MAX));
+    gather.clamp(BUSY_PAUSE, IDLE_PAUSE)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    #[test]
+    fn nothing_drained_doubles_the_pause_up_to_the_idle_pause() {
+        assert_eq!(next_pause(BUSY_PAUSE, 0, ms(2)), ms(4));
+        assert_eq!(next_pause(ms(16), 0, ms(16)), IDLE_PAUSE);
+        assert_eq!(next_pause(IDLE_PAUSE, 0, IDLE_PAUSE), IDLE_PAUSE);
+    }
+
+    #[test]
+    fn a_trickle_of_events_waits_the_idle_pause() {
+        // 3,000 statements a second: 60 in 20 ms, fewer than one drain's worth.
+        assert_eq!(next_pause(IDLE_PAUSE, 60, ms(20)), IDLE_PAUSE);
+    }
+
+    #[test]
+    fn a_steady_rate_gathers_about_one_target_drain() {
+        // 32,000 statements a second: 128 arrive in 4 ms.
+        assert_eq!(next_pause(IDLE_PAUSE, 640, ms(20)), ms(4));
+        assert_eq!(next_pause(ms(4), 128, ms(4)), ms(4));
+    }
+
+    #[test]
+    fn a_flood_drains_every_busy_pause() {
+        // 60,000 statements a second and more: never longer apart than the busy pause.
+        assert_eq!(next_pause(ms(4), 300, ms(4)), BUSY_PAUSE);
+        assert_eq!(next_pause(BUSY_PAUSE, 256, ms(1)), BUSY_PAUSE);
+        assert_eq!(next_pause(BUSY_PAUSE, usize::MAX, ms(3)), BUSY_PAUSE);
+        // A stalled task (a long gap, few events) still pauses at most the idle pause.
+        assert_eq!(next_pause(BUSY_PAUSE, 1, Duration::MAX), IDLE_PAUSE);
+    }
+}
