@@ -132,12 +132,7 @@ impl Session {
         if message_tag != tag::PARSE {
             return false;
         }
-        let body = body(frame);
-        match body.split_first() {
-            // The unnamed statement (most `Parse`s): its text starts right away.
-            Some((0, text)) => may_be_setting(text),
-            _ => crate::protocol::extended::cstr(body).is_none_or(|(_, text)| may_be_setting(text)),
-        }
+        crate::protocol::extended::cstr(body(frame)).is_none_or(|(_, text)| may_be_setting(text))
     }
 
     /// Whether a simple `Query` may be `SET pgwarden.*` (a look at its first bytes), so
