@@ -88,10 +88,10 @@ impl Session {
         let frame = match self.guard_message(message_tag, frame).await {
             Ok(frame) => frame,
             Err(SessionError::Answered) => return Ok(()),
-            Err(SessionError::TenantGuard(rejection)) if self.server.is_some() => {
-                // Part of this transaction already ran: fail it on the server, as
-                // PostgreSQL would, so it cannot commit.
-                self.raise_on_server(message_tag, &rejection);
+            Err(error @ SessionError::TenantGuard(_)) if self.server.is_some() => {
+                // Part of this transaction may already have run: fail it on the
+                // server, as PostgreSQL would, so it cannot commit.
+                self.raise_error_on_server(message_tag, &error);
                 return Ok(());
             }
             Err(error) if error.is_recoverable() => {
@@ -147,9 +147,9 @@ impl Session {
             return Ok(());
         }
         if let Err(error) = self.check_string_syntax(message_tag, &frame) {
-            if let SessionError::TenantGuard(rejection) = &error {
+            if let SessionError::TenantGuard(_) = &error {
                 // Attached: fail the statement on the server, as for any refusal there.
-                self.raise_on_server(message_tag, rejection);
+                self.raise_error_on_server(message_tag, &error);
                 return Ok(());
             }
             return Err(error);
@@ -330,6 +330,11 @@ impl Session {
     /// shape: a simple query gets `ErrorResponse` + `ReadyForQuery`; an extended batch gets
     /// `ErrorResponse` and the rest of the batch is ignored up to its `Sync`.
     fn report_recoverable(&mut self, message_tag: u8, error: &SessionError) {
+        if self.error_fails_server_transaction(message_tag) {
+            // PostgreSQL's error would fail the open transaction: let the server raise it.
+            self.raise_error_on_server(message_tag, error);
+            return;
+        }
         // Through the answer queue: answers still owed by an attached server go first.
         let mut answer = BytesMut::new();
         if let Some(fields) = error.to_error_fields() {

@@ -28,6 +28,7 @@ mod protection;
 mod proxy_settings;
 mod pump;
 mod query_scan;
+mod raised_error;
 mod random_seed;
 mod responses;
 mod routing;

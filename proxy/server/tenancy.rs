@@ -10,15 +10,12 @@ use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use super::responses::Expect;
 use super::session::Session;
 use super::settings::SessionSettings;
-use super::statements::StatementId;
 use super::SessionError;
 use crate::config::{Config, TenancyMode};
-use crate::protocol::extended::{write_parse, BindView, ParseView, TargetKind, TargetView};
+use crate::protocol::extended::{BindView, ParseView, TargetKind, TargetView};
 use crate::protocol::frame::body;
-use crate::protocol::sql_quote::quote_literal;
 use crate::protocol::tag::frontend as tag;
 use crate::tenant::{params_are_tenant, Decision, Rejection, RejectionKind, TenantGuard};
 
@@ -111,7 +108,7 @@ fn query_text(frame: &[u8]) -> String {
     crate::protocol::text::lossy(crate::protocol::frame::query_text(frame)).into_owned()
 }
 
-fn query_frame(sql: &str) -> Bytes {
+pub(super) fn query_frame(sql: &str) -> Bytes {
     let mut out = BytesMut::with_capacity(sql.len() + 6);
     out.put_u8(tag::QUERY);
     out.put_i32((sql.len() + 5) as i32);
@@ -396,47 +393,5 @@ impl Session {
             }
         }
         Ok(None)
-    }
-
-    /// Reports a refusal through the attached server: a statement that raises the
-    /// guard's error runs in place of the refused one, so the server's transaction
-    /// (or the implicit one of an extended batch) fails exactly as if PostgreSQL had
-    /// refused it, and the client's next messages get PostgreSQL's own answers.
-    pub(super) fn raise_on_server(&mut self, message_tag: u8, rejection: &Rejection) {
-        let clean = |text: &str| text.replace("$pgwarden$", "");
-        let sql = format!(
-            "DO $pgwarden$BEGIN RAISE EXCEPTION USING ERRCODE = '42501', MESSAGE = {}, HINT = {}; END$pgwarden$",
-            quote_literal(&clean(&format!("pgwarden: {}", rejection.message()))),
-            quote_literal(&clean(rejection.hint())),
-        );
-        match message_tag {
-            tag::QUERY | tag::FUNCTION_CALL => {
-                self.to_server.extend_from_slice(&query_frame(&sql));
-                self.responses.push(Expect::Query, &mut self.to_client);
-            }
-            _ => {
-                let mut definition = Vec::with_capacity(sql.len() + 3);
-                definition.extend_from_slice(sql.as_bytes());
-                definition.extend_from_slice(&[0, 0, 0]);
-                let mut out = BytesMut::new();
-                write_parse(&mut out, b"", &definition);
-                // Bind: unnamed portal and statement, no formats, no parameters.
-                out.put_u8(tag::BIND);
-                out.put_i32(4 + 1 + 1 + 2 + 2 + 2);
-                out.put_slice(&[0, 0, 0, 0, 0, 0, 0, 0]);
-                // Execute: unnamed portal, no row limit.
-                out.put_u8(tag::EXECUTE);
-                out.put_i32(4 + 1 + 4);
-                out.put_slice(&[0, 0, 0, 0, 0]);
-                self.to_server.extend_from_slice(&out);
-                self.responses
-                    .push(Expect::Swallow(StatementId(0)), &mut self.to_client);
-                self.responses
-                    .push(Expect::SwallowBind, &mut self.to_client);
-                self.responses.push(Expect::Execute, &mut self.to_client);
-                self.skip_until_sync = true;
-                self.batch_open = true;
-            }
-        }
     }
 }

@@ -5,7 +5,7 @@
 //! status the client would see from PostgreSQL.
 
 use super::{wait_replicas_healthy, with_replicas};
-use crate::support::wire::{error_code, first_value, query, Wire};
+use crate::support::wire::{cstring, error_code, first_value, frame, query, Wire};
 use crate::support::{self, proxy, within};
 
 use pgwarden::cluster::LocalCluster;
@@ -187,4 +187,70 @@ async fn proxy_settings_are_answered_without_replicas_too() {
     .await
     .unwrap();
     assert_eq!(row.get::<_, String>(0), "5");
+}
+
+/// Parse, Bind and Execute of `sql` as the unnamed statement, without a Sync.
+fn unnamed_statement(sql: &str) -> Vec<u8> {
+    let mut parse = Vec::new();
+    cstring(&mut parse, "");
+    cstring(&mut parse, sql);
+    parse.extend_from_slice(&0i16.to_be_bytes());
+    let mut out = frame(b'P', &parse);
+    out.extend(frame(b'B', &[0, 0, 0, 0, 0, 0, 0, 0]));
+    out.extend(frame(b'E', &[0, 0, 0, 0, 0]));
+    out
+}
+
+/// A value pgwarden refuses is an error like PostgreSQL's own: inside a transaction
+/// it fails the transaction (status `E`, then 25P02), and inside an extended batch it
+/// undoes what the batch already ran, as its implicit transaction fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_setting_fails_the_transaction_it_is_in() {
+    let cluster = support::cluster(0);
+    let direct = proxy::connect_direct(&cluster).await;
+    support::execute(&direct, "CREATE TABLE refused_marks (n int)").await;
+    let proxy = proxy::start(&cluster, |c| c.auth.method = AuthMethod::Trust).await;
+    let mut wire = within("login", Wire::tcp(proxy.port(), USER, DATABASE, &[])).await;
+    let bad = "SET pgwarden.route = sideways";
+
+    within("BEGIN", wire.simple("BEGIN")).await;
+    within(
+        "INSERT",
+        wire.simple("INSERT INTO refused_marks VALUES (1)"),
+    )
+    .await;
+    let refused = within("bad SET", wire.simple(bad)).await;
+    assert_eq!(
+        error_code(&refused).as_deref(),
+        Some("22023"),
+        "{refused:?}"
+    );
+    assert_eq!(tag_and_status(&refused).1, b'E');
+    let after = within("SELECT", wire.simple("SELECT 1")).await;
+    assert_eq!(error_code(&after).as_deref(), Some("25P02"), "{after:?}");
+    let rollback = within("ROLLBACK", wire.simple("ROLLBACK")).await;
+    assert_eq!(tag_and_status(&rollback), (Some("ROLLBACK".into()), b'I'));
+
+    let mut batch = unnamed_statement("INSERT INTO refused_marks VALUES (2)");
+    batch.extend(unnamed_statement(bad));
+    batch.extend(unnamed_statement("INSERT INTO refused_marks VALUES (3)"));
+    batch.extend(frame(b'S', &[]));
+    within("batch", wire.send(&batch)).await;
+    let answer = within("the batch's answer", wire.answer()).await;
+    assert_eq!(error_code(&answer).as_deref(), Some("22023"), "{answer:?}");
+    assert_eq!(tag_and_status(&answer).1, b'I');
+    let still = within("next", wire.simple("SELECT 1")).await;
+    assert_eq!(first_value(&still).as_deref(), Some("1"), "{still:?}");
+
+    let count = within(
+        "count",
+        direct.query_one("SELECT count(*) FROM refused_marks", &[]),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        count.get::<_, i64>(0),
+        0,
+        "nothing of either transaction stayed"
+    );
 }

@@ -235,3 +235,8 @@ pub fn error_code(frames: &[Vec<u8>]) -> Option<String> {
         .find(|field| field.first() == Some(&b'C'))
         .map(|field| String::from_utf8_lossy(&field[1..]).into_owned())
 }
+
+/// The transaction status of the last `ReadyForQuery` (`I`, `T` or `E`).
+pub fn ready_status(frames: &[Vec<u8>]) -> Option<u8> {
+    frames.iter().rev().find(|f| f[0] == b'Z').map(|f| f[5])
+}

@@ -4,7 +4,7 @@
 //! which tenant the server was given; the guard's rewrite shows its own.
 
 use super::{add_app_user, APP_USER, SCHEMA};
-use crate::support::wire::{cstring, error_code, first_value, frame, query, Wire};
+use crate::support::wire::{cstring, error_code, first_value, frame, query, ready_status, Wire};
 use crate::support::{self, proxy, within};
 
 use pgwarden::cluster::LocalCluster;
@@ -72,10 +72,13 @@ async fn a_pipelined_tenant_change_waits_for_the_statement_before_it() {
     batch.extend(query("ROLLBACK"));
     within("pipeline in a transaction", wire.send(&batch)).await;
     within("BEGIN", wire.answer()).await;
-    assert_code(&within("SET", wire.answer()).await, Some("25001"));
-    let during = within("shown", wire.answer()).await;
-    assert_eq!(first_value(&during).as_deref(), Some("2"));
+    // Refused as PostgreSQL refuses anything in a transaction: the transaction fails.
+    let refused = within("SET", wire.answer()).await;
+    assert_code(&refused, Some("25001"));
+    assert_eq!(ready_status(&refused), Some(b'E'), "{refused:?}");
+    assert_code(&within("shown", wire.answer()).await, Some("25P02"));
     within("ROLLBACK", wire.answer()).await;
+    assert_eq!(shown(&mut wire, SHOWN).await.as_deref(), Some("2"));
 }
 
 /// `SET pgwarden.tenant_id` as a prepared statement changes the tenant for the guard
@@ -98,10 +101,9 @@ async fn a_prepared_tenant_change_changes_the_tenant() {
     assert_eq!(shown(&mut wire, SHOWN).await.as_deref(), Some("3"));
     within("BEGIN", wire.simple("BEGIN")).await;
     let in_transaction = wire.extended("", Some(TO_2), &[], false, 0);
-    assert_code(
-        &within("to_2 in a transaction", in_transaction).await,
-        Some("25001"),
-    );
+    let refused = within("to_2 in a transaction", in_transaction).await;
+    assert_code(&refused, Some("25001"));
+    assert_eq!(ready_status(&refused), Some(b'E'), "{refused:?}");
     within("ROLLBACK", wire.simple("ROLLBACK")).await;
     assert_eq!(shown(&mut wire, SHOWN).await.as_deref(), Some("3"));
     // Behind a statement executed in the same batch (pgjdbc sends its BEGIN so when
@@ -118,10 +120,9 @@ async fn a_prepared_tenant_change_changes_the_tenant() {
     }
     batch.extend(frame(b'S', &[]));
     within("BEGIN and to_2 in one batch", wire.send(&batch)).await;
-    assert_code(
-        &within("the batch's answer", wire.answer()).await,
-        Some("25001"),
-    );
+    let refused = within("the batch's answer", wire.answer()).await;
+    assert_code(&refused, Some("25001"));
+    assert_eq!(ready_status(&refused), Some(b'E'), "{refused:?}");
     within("ROLLBACK", wire.simple("ROLLBACK")).await;
     assert_eq!(shown(&mut wire, SHOWN).await.as_deref(), Some("3"));
 
