@@ -15,7 +15,7 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 use tokio::sync::mpsc;
 
-use super::drain_pace::{next_pause, BUSY_PAUSE};
+use super::drain_pace::{may_park, next_pause, BUSY_PAUSE, PARKED_TICK};
 use super::fingerprint::{fingerprint, FingerprintId};
 use super::latency::{LatencyCounts, LatencyHistogram};
 use super::observer::{Call, CallObserver};
@@ -259,11 +259,25 @@ pub(super) async fn run(
     let mut last_publish = Instant::now();
     let mut dirty = false;
     let mut batch = Vec::with_capacity(DRAIN_BATCH);
+    let mut parked = false;
     loop {
-        tokio::time::sleep(pause).await;
+        if parked {
+            // Nothing to record: wait for the next event itself (its sender wakes this
+            // task once), or for the housekeeping tick.
+            tokio::select! {
+                first = rx.recv() => match first {
+                    Some(event) => batch.push(event),
+                    None => return,
+                },
+                _ = tokio::time::sleep(PARKED_TICK) => {}
+            }
+        } else {
+            tokio::time::sleep(pause).await;
+        }
         let mut waiting = Vec::new();
         let mut drained = 0;
         loop {
+            // `batch` may already hold the event a parked wait received.
             let Some(taken) = take_batch(&mut rx, &mut batch) else {
                 return;
             };
@@ -323,6 +337,7 @@ pub(super) async fn run(
                 let _ = done.send(());
             }
         }
+        parked = may_park(pause, drained, dirty);
     }
 }
 

@@ -8,6 +8,8 @@
 //! 60k statements/s held a worker for most of a millisecond and stalled every client
 //! (bench/runs/2026-12-01-stats-drain.md). So the pause follows the rate: long enough
 //! to gather about [`TARGET_DRAIN`] events, within [`BUSY_PAUSE`] and [`IDLE_PAUSE`].
+//! And a proxy with nothing to record stops the timer ([`may_park`]): the aggregator
+//! then waits on the channel, so an idle pgwarden is not woken 50 times a second.
 
 use std::time::Duration;
 
@@ -16,6 +18,9 @@ pub(super) const BUSY_PAUSE: Duration = Duration::from_millis(2);
 /// The longest pause: an idle proxy wakes the aggregator 50 times a second, and a
 /// `Flush` waits at most this long.
 pub(super) const IDLE_PAUSE: Duration = Duration::from_millis(20);
+/// How long a parked aggregator waits for the next event before its housekeeping
+/// (the N+1 detector's idle check, which has the same period, and the gauges).
+pub(super) const PARKED_TICK: Duration = Duration::from_millis(250);
 /// Events one drain should handle: about a tenth of a millisecond of work.
 const TARGET_DRAIN: u128 = 128;
 
@@ -32,6 +37,14 @@ pub(super) fn next_pause(
     let gather_nanos = since_last_drain.as_nanos() * TARGET_DRAIN / drained as u128;
     let gather = Duration::from_nanos(u64::try_from(gather_nanos).unwrap_or(u64::MAX));
     gather.clamp(BUSY_PAUSE, IDLE_PAUSE)
+}
+
+/// Whether the aggregator may stop draining on a timer and wait on the channel
+/// itself: the last drain, at the idle pause already, found nothing, and everything
+/// drained before is published. The next sender then wakes it, once, and a quiet
+/// proxy wakes it [`PARKED_TICK`] apart instead of every [`IDLE_PAUSE`].
+pub(super) fn may_park(pause: Duration, drained: usize, unpublished: bool) -> bool {
+    pause >= IDLE_PAUSE && drained == 0 && !unpublished
 }
 
 #[cfg(test)]
@@ -70,5 +83,15 @@ mod tests {
         assert_eq!(next_pause(BUSY_PAUSE, usize::MAX, ms(3)), BUSY_PAUSE);
         // A stalled task (a long gap, few events) still pauses at most the idle pause.
         assert_eq!(next_pause(BUSY_PAUSE, 1, Duration::MAX), IDLE_PAUSE);
+    }
+
+    #[test]
+    fn only_a_quiet_published_aggregator_parks() {
+        assert!(may_park(IDLE_PAUSE, 0, false));
+        // Still slowing down from a busy stretch, or events just drained.
+        assert!(!may_park(ms(16), 0, false));
+        assert!(!may_park(IDLE_PAUSE, 1, false));
+        // Drained events not published yet: keep the timer until they are.
+        assert!(!may_park(IDLE_PAUSE, 0, true));
     }
 }
