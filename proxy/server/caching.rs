@@ -489,8 +489,12 @@ impl Session {
             .tracks_writes_memoized(&self.identity.database, &mut state.activity)
         {
             // No instance caches this database: the writes are forgotten here, as
-            // `invalidate_writes` would, without a boxed future per transaction.
-            state.writes = Default::default();
+            // `invalidate_writes` would, without a boxed future per transaction. (Most
+            // often only `unknown_writes` is set: dropping an empty `WriteNames`, four
+            // B-trees, would cost more than the test.)
+            if !state.writes.is_empty() {
+                state.writes = Default::default();
+            }
             state.unknown_writes = false;
             return false;
         }
