@@ -23,23 +23,35 @@ use crate::protocol::tag::{frontend as tag, TransactionStatus};
 
 /// A `DO` block that raises `fields` as an error, with pgwarden's message prefix.
 fn raising_statement(fields: &ErrorFields) -> String {
-    // The dollar quote must not appear inside: drop it from proxy-made text.
-    let clean = |text: &str| quote_literal(&text.replace("$pgwarden$", ""));
-    let mut sql = format!(
-        "DO $pgwarden$BEGIN RAISE EXCEPTION USING ERRCODE = {}, MESSAGE = {}",
+    let mut body = format!(
+        "BEGIN RAISE EXCEPTION USING ERRCODE = {}, MESSAGE = {}",
         quote_literal(fields.code.0),
-        clean(&format!("pgwarden: {}", fields.message)),
+        quote_literal(&format!("pgwarden: {}", fields.message)),
     );
     if let Some(detail) = &fields.detail {
-        sql.push_str(", DETAIL = ");
-        sql.push_str(&clean(detail));
+        body.push_str(", DETAIL = ");
+        body.push_str(&quote_literal(detail));
     }
     if let Some(hint) = &fields.hint {
-        sql.push_str(", HINT = ");
-        sql.push_str(&clean(hint));
+        body.push_str(", HINT = ");
+        body.push_str(&quote_literal(hint));
     }
-    sql.push_str("; END$pgwarden$");
-    sql
+    body.push_str("; END");
+    format!("DO {}", dollar_quoted(&body))
+}
+
+/// `body` between dollar quotes whose tag it does not contain. Messages carry text a
+/// client chose (a refused setting's value): a fixed tag, even with its occurrences
+/// removed from that text, could be closed from inside it (`$pgw$pgwarden$arden$`
+/// loses its middle and becomes the tag), and what followed would run as SQL.
+fn dollar_quoted(body: &str) -> String {
+    let mut tag = String::from("$pgwarden$");
+    let mut n = 0u32;
+    while body.contains(tag.as_str()) {
+        n += 1;
+        tag = format!("$pgwarden{n}$");
+    }
+    format!("{tag}{body}{tag}")
 }
 
 impl Session {
@@ -115,9 +127,24 @@ mod tests {
     }
 
     #[test]
-    fn the_dollar_quote_cannot_be_closed_from_inside() {
-        let fields = ErrorFields::error(SqlState::INSUFFICIENT_PRIVILEGE, "a$pgwarden$b");
-        let sql = raising_statement(&fields);
-        assert_eq!(sql.matches("$pgwarden$").count(), 2, "{sql}");
+    fn text_from_a_client_cannot_close_the_dollar_quote() {
+        for value in [
+            "a$pgwarden$b",
+            "$pgw$pgwarden$arden$; DROP TABLE t; --",
+            "$pgwarden$ $pgwarden1$ $pgwarden2$",
+        ] {
+            let fields = ErrorFields::error(SqlState::INVALID_PARAMETER_VALUE, value);
+            let sql = raising_statement(&fields);
+            let tag = &sql[3..sql.find("BEGIN").unwrap()];
+            assert!(tag.starts_with("$pgwarden") && tag.ends_with('$'), "{sql}");
+            assert_eq!(sql.matches(tag).count(), 2, "{sql}");
+            assert!(sql.starts_with(&format!("DO {tag}BEGIN")), "{sql}");
+            assert!(sql.ends_with(&format!("END{tag}")), "{sql}");
+            // The message itself arrives whole.
+            assert!(
+                sql.contains(&quote_literal(&format!("pgwarden: {value}"))),
+                "{sql}"
+            );
+        }
     }
 }
