@@ -15,8 +15,9 @@ use std::time::Duration;
 
 /// The shortest pause, for the busiest proxy.
 pub(super) const BUSY_PAUSE: Duration = Duration::from_millis(2);
-/// The longest pause: an idle proxy wakes the aggregator 50 times a second, and a
-/// `Flush` waits at most this long.
+/// The longest pause: a trickle of statements wakes the aggregator 50 times a second,
+/// and a `Flush` waits at most this long (a parked aggregator, [`may_park`], takes it
+/// at once).
 pub(super) const IDLE_PAUSE: Duration = Duration::from_millis(20);
 /// How long a parked aggregator waits for the next event before its housekeeping
 /// (the N+1 detector's idle check, which has the same period, and the gauges).
