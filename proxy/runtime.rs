@@ -64,6 +64,9 @@ pub struct Runtime {
     pub shutdown: crate::server::shutdown::Shutdown,
     pub started_at: std::time::SystemTime,
     clients: AtomicUsize,
+    /// The most clients connected at once since [`Runtime::take_client_peak`] last
+    /// ran: a burst shorter than the memory trimmer's tick still counts.
+    clients_peak: AtomicUsize,
 }
 
 /// Counts a connected client; the count drops when this is dropped.
@@ -129,6 +132,7 @@ impl Runtime {
             pools: PoolRegistry::default(),
             cancels: Arc::new(CancelRegistry::default()),
             clients: AtomicUsize::new(0),
+            clients_peak: AtomicUsize::new(0),
         }))
     }
 
@@ -167,10 +171,18 @@ impl Runtime {
         self.clients.load(Ordering::Relaxed)
     }
 
+    /// The most clients connected at once since the last call (at least as many as
+    /// now), and starts the next period from now.
+    pub fn take_client_peak(&self) -> usize {
+        let now = self.client_count();
+        self.clients_peak.swap(now, Ordering::Relaxed).max(now)
+    }
+
     /// Admits one more client, or refuses past `proxy.max_client_connections`.
     pub fn admit_client(self: &Arc<Self>) -> Result<ClientSlot, SessionError> {
         let max = self.config.load().proxy.max_client_connections;
         let previous = self.clients.fetch_add(1, Ordering::Relaxed);
+        self.clients_peak.fetch_max(previous + 1, Ordering::Relaxed);
         let slot = ClientSlot {
             runtime: self.clone(),
         };
@@ -298,5 +310,25 @@ fn build_tls(config: &Config) -> Result<Option<TlsAcceptor>, ConfigError> {
     match (&config.proxy.tls_cert, &config.proxy.tls_key) {
         (Some(cert), Some(key)) => crate::server::tls::acceptor(cert, key).map(Some),
         _ => Ok(None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_client_peak_counts_a_burst_that_came_and_went() {
+        let runtime = Runtime::new(Config::default(), ConfigSource::Fixed).unwrap();
+        let burst: Vec<_> = (0..3).map(|_| runtime.admit_client().unwrap()).collect();
+        let stays = runtime.admit_client().unwrap();
+        drop(burst);
+        assert_eq!(runtime.client_count(), 1);
+        assert_eq!(runtime.take_client_peak(), 4, "the burst, never sampled");
+        // The next period starts from the clients connected now.
+        assert_eq!(runtime.take_client_peak(), 1);
+        drop(stays);
+        assert_eq!(runtime.take_client_peak(), 1);
+        assert_eq!(runtime.take_client_peak(), 0);
     }
 }
