@@ -185,11 +185,11 @@ fn spawn_reload_on_sighup(state: std::sync::Arc<pgwarden::Runtime>) {
 
 /// Clients that leave free their memory, but glibc malloc keeps freed pages in its
 /// arenas: after 10,000 idle clients came and went, the process stayed at the RSS it
-/// had with them connected. When the client count has fallen by `TRIM_AFTER` since its
-/// highest point (sampled once a second), the free pages are given back with
-/// `malloc_trim` on a blocking thread (issue 13: RSS left after clients go). 200
-/// clients are about 800 KiB; at 1,000 the sampled peak could miss the threshold, and
-/// 1,000 idle clients that came and went left 4-5 KiB each behind.
+/// had with them connected. When the client count, checked once a second, has fallen
+/// by `TRIM_AFTER` since its highest point (recorded at every admission, so a burst
+/// between two checks counts), the free pages are given back with `malloc_trim` on a
+/// blocking thread (issue 13: RSS left after clients go). 200 clients are about
+/// 800 KiB.
 fn spawn_memory_trim(state: std::sync::Arc<pgwarden::Runtime>) {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     tokio::spawn(async move {
@@ -208,7 +208,9 @@ fn spawn_memory_trim(state: std::sync::Arc<pgwarden::Runtime>) {
             // The peak since the last tick, not a sample: 1,000 clients that log in
             // and leave between two ticks were never seen by a sample, and their
             // memory stayed (bench run of 2026-12-03 evening: 4.3 KiB each).
-            peak = state.take_client_peak().max(peak);
+            // (With `clients` too: it was read first, and the peak, reset to the count
+            // of its own moment, may race an admission by a hair.)
+            peak = state.take_client_peak().max(peak).max(clients);
             let follow_up_due = follow_up_in == 1;
             follow_up_in = follow_up_in.saturating_sub(1);
             if peak - clients >= TRIM_AFTER {
