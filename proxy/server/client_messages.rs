@@ -91,7 +91,7 @@ impl Session {
             Err(error @ SessionError::TenantGuard(_)) if self.server.is_some() => {
                 // Part of this transaction may already have run: fail it on the
                 // server, as PostgreSQL would, so it cannot commit.
-                self.raise_error_on_server(message_tag, &error);
+                self.raise_on_server(message_tag, &error);
                 return Ok(());
             }
             Err(error) if error.is_recoverable() => {
@@ -149,7 +149,7 @@ impl Session {
         if let Err(error) = self.check_string_syntax(message_tag, &frame) {
             if let SessionError::TenantGuard(_) = &error {
                 // Attached: fail the statement on the server, as for any refusal there.
-                self.raise_error_on_server(message_tag, &error);
+                self.raise_on_server(message_tag, &error);
                 return Ok(());
             }
             return Err(error);
@@ -332,7 +332,7 @@ impl Session {
     fn report_recoverable(&mut self, message_tag: u8, error: &SessionError) {
         if self.error_fails_server_transaction(message_tag) {
             // PostgreSQL's error would fail the open transaction: let the server raise it.
-            self.raise_error_on_server(message_tag, error);
+            self.raise_on_server(message_tag, error);
             return;
         }
         // Through the answer queue: answers still owed by an attached server go first.

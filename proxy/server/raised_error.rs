@@ -64,18 +64,14 @@ impl Session {
             && (self.status == TransactionStatus::InTransaction || self.executed_in_batch)
     }
 
-    /// Reports `error` through the attached server (see [`Self::raise_on_server`]).
-    pub(super) fn raise_error_on_server(&mut self, message_tag: u8, error: &SessionError) {
-        if let Some(fields) = error.to_error_fields() {
-            self.raise_on_server(message_tag, &fields);
-        }
-    }
-
-    /// Reports `fields` through the attached server: a statement that raises it runs
+    /// Reports `error` through the attached server: a statement that raises it runs
     /// in place of the refused message (`message_tag`), and the rest of an extended
     /// batch is skipped up to its `Sync`, as PostgreSQL skips it after an error.
-    pub(super) fn raise_on_server(&mut self, message_tag: u8, fields: &ErrorFields) {
-        let sql = raising_statement(fields);
+    pub(super) fn raise_on_server(&mut self, message_tag: u8, error: &SessionError) {
+        let Some(fields) = error.to_error_fields() else {
+            return;
+        };
+        let sql = raising_statement(&fields);
         match message_tag {
             tag::QUERY | tag::FUNCTION_CALL => {
                 self.to_server.extend_from_slice(&query_frame(&sql));
