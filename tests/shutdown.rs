@@ -365,7 +365,7 @@ fn frame_code(tag: u8, body: &[u8]) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_lets_an_open_copy_and_batch_finish() {
     use support::proxy::{DATABASE, USER};
-    use support::wire::{cstring, frame, Wire};
+    use support::wire::{frame, unnamed_statement, Wire};
     let cluster = support::cluster(0);
     let direct = support::proxy::connect_direct(&cluster).await;
     direct
@@ -386,17 +386,7 @@ async fn sigterm_lets_an_open_copy_and_batch_finish() {
         copy.send(&frame(b'd', b"copied\n")).await;
     }
     let mut batch = Wire::tcp(process.port, USER, DATABASE, &[]).await;
-    let mut out = Vec::new();
-    let mut parse = Vec::new();
-    cstring(&mut parse, "");
-    cstring(&mut parse, "INSERT INTO shutdown_marks VALUES ('batched')");
-    parse.extend_from_slice(&0i16.to_be_bytes());
-    out.extend(frame(b'P', &parse));
-    out.extend(frame(b'B', &[0, 0, 0, 0, 0, 0, 0, 0]));
-    let mut execute = Vec::new();
-    cstring(&mut execute, "");
-    execute.extend_from_slice(&0i32.to_be_bytes());
-    out.extend(frame(b'E', &execute));
+    let mut out = unnamed_statement("INSERT INTO shutdown_marks VALUES ('batched')");
     out.extend(frame(b'H', &[]));
     batch.send(&out).await;
     for expected in [b'1', b'2', b'C'] {

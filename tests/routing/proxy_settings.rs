@@ -5,7 +5,7 @@
 //! status the client would see from PostgreSQL.
 
 use super::{wait_replicas_healthy, with_replicas};
-use crate::support::wire::{cstring, error_code, first_value, frame, query, Wire};
+use crate::support::wire::{error_code, first_value, frame, query, unnamed_statement, Wire};
 use crate::support::{self, proxy, within};
 
 use pgwarden::cluster::LocalCluster;
@@ -187,18 +187,6 @@ async fn proxy_settings_are_answered_without_replicas_too() {
     .await
     .unwrap();
     assert_eq!(row.get::<_, String>(0), "5");
-}
-
-/// Parse, Bind and Execute of `sql` as the unnamed statement, without a Sync.
-fn unnamed_statement(sql: &str) -> Vec<u8> {
-    let mut parse = Vec::new();
-    cstring(&mut parse, "");
-    cstring(&mut parse, sql);
-    parse.extend_from_slice(&0i16.to_be_bytes());
-    let mut out = frame(b'P', &parse);
-    out.extend(frame(b'B', &[0, 0, 0, 0, 0, 0, 0, 0]));
-    out.extend(frame(b'E', &[0, 0, 0, 0, 0]));
-    out
 }
 
 /// A value pgwarden refuses is an error like PostgreSQL's own: inside a transaction

@@ -217,6 +217,19 @@ impl Wire {
     }
 }
 
+/// `Parse`, `Bind` and `Execute` of `sql` as the unnamed statement and portal (no
+/// parameters, no row limit), without a `Sync`: one statement of a hand-built batch.
+pub fn unnamed_statement(sql: &str) -> Vec<u8> {
+    let mut parse = Vec::new();
+    cstring(&mut parse, "");
+    cstring(&mut parse, sql);
+    parse.extend_from_slice(&0i16.to_be_bytes());
+    let mut out = frame(b'P', &parse);
+    out.extend(frame(b'B', &[0, 0, 0, 0, 0, 0, 0, 0]));
+    out.extend(frame(b'E', &[0, 0, 0, 0, 0]));
+    out
+}
+
 /// The text of the first column of the first `DataRow` (text format).
 pub fn first_value(frames: &[Vec<u8>]) -> Option<String> {
     let row = frames.iter().find(|f| f[0] == b'D')?;

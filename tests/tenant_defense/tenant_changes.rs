@@ -4,7 +4,9 @@
 //! which tenant the server was given; the guard's rewrite shows its own.
 
 use super::{add_app_user, APP_USER, SCHEMA};
-use crate::support::wire::{cstring, error_code, first_value, frame, query, ready_status, Wire};
+use crate::support::wire::{
+    error_code, first_value, frame, query, ready_status, unnamed_statement, Wire,
+};
 use crate::support::{self, proxy, within};
 
 use pgwarden::cluster::LocalCluster;
@@ -110,13 +112,7 @@ async fn a_prepared_tenant_change_changes_the_tenant() {
     // autocommit is off): inside that batch's transaction, refused too.
     let mut batch = Vec::new();
     for sql in ["BEGIN", TO_2] {
-        let mut parse = Vec::new();
-        cstring(&mut parse, "");
-        cstring(&mut parse, sql);
-        parse.extend_from_slice(&0i16.to_be_bytes());
-        batch.extend(frame(b'P', &parse));
-        batch.extend(frame(b'B', &[0, 0, 0, 0, 0, 0, 0, 0]));
-        batch.extend(frame(b'E', &[0, 0, 0, 0, 0]));
+        batch.extend(unnamed_statement(sql));
     }
     batch.extend(frame(b'S', &[]));
     within("BEGIN and to_2 in one batch", wire.send(&batch)).await;
