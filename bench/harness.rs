@@ -37,7 +37,7 @@ mod tls;
 use pgbench::{run_pgbench, transactions_per_node, Measure};
 use proxies::{
     http_port_of, pgwarden_command, server_pid, start_pgbouncer, start_pgwarden,
-    start_pgwarden_binary, wait_ready, Guard, Pgwarden, TLS_FILES,
+    start_pgwarden_binary, start_pgwarden_per_core, wait_ready, Guard, Pgwarden, TLS_FILES,
 };
 use report::{render, render_csv};
 
@@ -185,6 +185,14 @@ fn main() {
         .any(|t| t == "pgwarden_nofair")
         .then(|| Guard(protection::start_nofair(&cluster, nofair_port, pool_size)));
 
+    // One single-threaded pgwarden per core on one port (`proxy.worker_threads = 1`).
+    let per_core_port = free_port();
+    let per_core: Vec<Guard> = if targets.iter().any(|t| t == "pgwarden_per_core") {
+        start_pgwarden_per_core(&cluster, &Pgwarden::scram(per_core_port, pool_size))
+    } else {
+        Vec::new()
+    };
+
     // Another pgwarden build (BASELINE_BIN, e.g. main before a change) in the same run.
     let baseline_port = free_port();
     let _baseline = targets.iter().any(|t| t == "pgwarden_baseline").then(|| {
@@ -209,6 +217,7 @@ fn main() {
         "pgwarden_rewrite" => rewrite_port,
         "pgwarden_nofair" => nofair_port,
         "pgwarden_nocache" => nocache_port,
+        "pgwarden_per_core" => per_core_port,
         _ => warden_port,
     };
     for target in &targets {
@@ -227,13 +236,16 @@ fn main() {
         };
         guard.map(|g| g.0.id())
     };
-    // The process whose CPU time a target costs: the proxy (pgbouncer's worker under runuser).
-    let cpu_pid_of = |target: &str| -> Option<u32> {
+    // The processes whose CPU time a target costs: the proxy (pgbouncer's worker under
+    // runuser; every process of the per-core layout).
+    let cpu_pids_of = |target: &str| -> Vec<u32> {
         match target {
-            "pgbouncer" => _bouncer.as_ref().map(|g| server_pid(g.0.id())),
-            _ => pid_of(target),
+            "pgbouncer" => _bouncer.iter().map(|g| server_pid(g.0.id())).collect(),
+            "pgwarden_per_core" => per_core.iter().map(|g| g.0.id()).collect(),
+            _ => pid_of(target).into_iter().collect(),
         }
     };
+    let cpu_of = |pids: &[u32]| -> f64 { pids.iter().copied().map(cpu::cpu_seconds).sum() };
     let mut cpu_rows: Vec<String> = Vec::new();
     let mut rss_rows: Vec<String> = Vec::new();
     for target in &targets {
@@ -261,7 +273,8 @@ fn main() {
                 let mut measures: Vec<Measure> = Vec::new();
                 for target in &targets {
                     let before = transactions_per_node(&cluster);
-                    let cpu_before = cpu_pid_of(target).map(cpu::cpu_seconds);
+                    let cpu_pids = cpu_pids_of(target);
+                    let cpu_before = cpu_of(&cpu_pids);
                     let http = http_port_of(port_of(target));
                     let cache_before = http.and_then(cache::hits_and_misses);
                     let m = run_pgbench(
@@ -313,8 +326,8 @@ fn main() {
                         m.latency_ms,
                         if m.failed { "  (errors)" } else { "" }
                     );
-                    if let (Some(pid), Some(cpu_before)) = (cpu_pid_of(target), cpu_before) {
-                        let spent = cpu::cpu_seconds(pid) - cpu_before;
+                    if !cpu_pids.is_empty() {
+                        let spent = cpu_of(&cpu_pids) - cpu_before;
                         let transactions = m.tps * duration as f64;
                         let per_txn_us = spent * 1e6 / transactions.max(1.0);
                         // Mean latency added to direct's, measured just before in this row.
@@ -369,7 +382,7 @@ fn main() {
                     "postgres://{USER}:{PASSWORD}@127.0.0.1:{}/{DATABASE}",
                     port_of(target)
                 );
-                let result = bulk::measure(&url, cpu_pid_of(target), tls);
+                let result = bulk::measure(&url, &cpu_pids_of(target), tls);
                 eprintln!("bulk {target}{label}: {result:?}");
                 bulk_rows.push((format!("{target}{label}"), result));
             }

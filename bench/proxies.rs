@@ -91,6 +91,7 @@ pub fn start_pgbouncer(dir: &Path, pg_port: u16, port: u16, pool_size: u64, auth
 
 /// How to run one pgwarden: its port, pool size, login method, statistics, and
 /// `tenancy` (which may carry ":nocache": the same proxy with the result cache off).
+#[derive(Clone, Copy)]
 pub struct Pgwarden<'a> {
     pub port: u16,
     pub pool_size: u64,
@@ -112,11 +113,35 @@ impl Pgwarden<'_> {
     }
 }
 
+/// The pgwarden binary built next to this harness.
+fn built_pgwarden() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    exe.parent().unwrap().parent().unwrap().join("pgwarden")
+}
+
 /// Starts the pgwarden built next to this harness.
 pub fn start_pgwarden(cluster: &LocalCluster, spec: &Pgwarden) -> Guard {
-    let exe = std::env::current_exe().unwrap();
-    let bin = exe.parent().unwrap().parent().unwrap().join("pgwarden");
-    start_pgwarden_binary(pgwarden_command(bin), cluster, spec)
+    start_pgwarden_binary(pgwarden_command(built_pgwarden()), cluster, spec)
+}
+
+/// The `pgwarden_per_core` target: one single-threaded pgwarden per core
+/// (`proxy.worker_threads = 1`) on one client port (`proxy.reuse_port`), the kernel
+/// spreading connections over them, with `spec`'s pool split between them.
+pub fn start_pgwarden_per_core(cluster: &LocalCluster, spec: &Pgwarden) -> Vec<Guard> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let share = Pgwarden {
+        pool_size: spec.pool_size.div_ceil(cores as u64),
+        ..*spec
+    };
+    (0..cores)
+        .map(|_| {
+            let mut command = pgwarden_command(built_pgwarden());
+            command
+                .env("PGWARDEN_PROXY_WORKER_THREADS", "1")
+                .env("PGWARDEN_PROXY_REUSE_PORT", "true");
+            start_pgwarden_binary(command, cluster, &share)
+        })
+        .collect()
 }
 
 /// The command that runs the pgwarden binary `bin`.

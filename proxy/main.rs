@@ -133,6 +133,20 @@ fn check_config(file: Option<PathBuf>) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The runtime sessions run on (`proxy.worker_threads`): 1 is a current-thread runtime,
+/// which skips work stealing's bookkeeping; otherwise tokio's multi-thread runtime with
+/// that many workers (0: one per core).
+fn session_runtime(worker_threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut builder = match worker_threads {
+        1 => tokio::runtime::Builder::new_current_thread(),
+        _ => tokio::runtime::Builder::new_multi_thread(),
+    };
+    if worker_threads > 1 {
+        builder.worker_threads(worker_threads);
+    }
+    builder.enable_all().build()
+}
+
 fn run(file: Option<PathBuf>) -> anyhow::Result<()> {
     let config = pgwarden::config::load(file.as_deref())?;
     if config.databases.is_empty() {
@@ -140,9 +154,7 @@ fn run(file: Option<PathBuf>) -> anyhow::Result<()> {
             "no databases configured: set PGWARDEN_PRIMARY_URL=postgres://USER:PASS@HOST:PORT/DB or add [databases.NAME] to the config file"
         );
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let runtime = session_runtime(config.proxy.worker_threads)?;
     let result = runtime.block_on(async move {
         let databases = config.databases.len();
         let proxy = pgwarden::RunningProxy::start_from(

@@ -52,6 +52,7 @@ mod shutdown;
 mod tenant_defense;
 mod tenant_guard;
 mod tenant_shape;
+mod worker_threads;
 
 /// Every `tests/*.rs` file is either a module of this binary or a test target of its
 /// own in Cargo.toml; with `autotests = false` a forgotten file would never run.

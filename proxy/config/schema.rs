@@ -63,6 +63,10 @@ pub struct ProxyConfig {
     /// Bind `listen` and `http_listen` with `SO_REUSEPORT`, so a new pgwarden can
     /// start on the same ports while the old one drains (see docs/operations.md).
     pub reuse_port: bool,
+    /// Threads that run sessions: 0 = one per CPU core (a work-stealing runtime);
+    /// 1 = one thread running everything, with no work stealing (for one pgwarden
+    /// process per core sharing a port with `reuse_port`, see docs/operations.md).
+    pub worker_threads: usize,
 }
 
 impl Default for ProxyConfig {
@@ -82,6 +86,7 @@ impl Default for ProxyConfig {
             tcp_keepalive_count: 6,
             tcp_user_timeout_ms: 120_000,
             reuse_port: false,
+            worker_threads: 0,
         }
     }
 }
