@@ -12,7 +12,7 @@ from collections import Counter
 GROUPS = [
     ("allocation (malloc/free/realloc)", re.compile(r"^(__libc_malloc|malloc|_int_malloc|_int_free|free|cfree|__libc_free|realloc|_int_realloc|__libc_realloc|malloc_consolidate|alloc::alloc|__rust_alloc|__rust_dealloc|__rdl_)")),
     ("syscalls and kernel network stack", re.compile(r"(entry_SYSCALL|do_syscall_64|\[kernel|^__x64_sys|^tcp_|^__libc_(send|recv|write|read)|epoll_wait)")),
-    ("statement scanner / classifier / routing", re.compile(r"^pgwarden::(sql|route)::")),
+    ("statement scanner / classifier / routing", re.compile(r"^pgwarden::(sql|route|scan)::")),
     ("statistics", re.compile(r"^pgwarden::(stats::|server::statistics::)")),
     ("result cache bookkeeping", re.compile(r"^pgwarden::(cache::|server::caching::|server::cache_writes::)")),
     ("pool checkout/return (bb8, fair gate)", re.compile(r"^(bb8::|pgwarden::pool::)")),
