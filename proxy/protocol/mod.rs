@@ -17,6 +17,7 @@ pub mod sql_quote;
 pub mod startup;
 pub mod tag;
 pub mod text;
+pub mod word_bytes;
 
 pub use error::{ErrorFields, SqlState};
 pub use frame::{check_frame, FrameError};

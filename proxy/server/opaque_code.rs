@@ -24,6 +24,8 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
+use crate::protocol::word_bytes::{is_word_byte, is_word_start};
+
 /// The question that loads [`SessionSafeFunctions`]: one text value, a JSON array of
 /// names (a quoted name may contain any character).
 pub const SESSION_SAFE_FUNCTIONS_SQL: &str = "SELECT coalesce(json_agg(proname), '[]')::text \
@@ -244,7 +246,7 @@ enum Token {
 fn runs_opaque_code(sql: &[u8], safe_functions: Option<&SessionSafeFunctions>) -> bool {
     // A call needs `(`; a `DO` block needs a quoted body. Most statements have neither
     // a parenthesis nor a quote outside bound parameters: one quick look.
-    if !sql.iter().any(|b| matches!(b, b'(' | b'$' | b'\'')) {
+    if memchr::memchr3(b'(', b'$', b'\'', sql).is_none() {
         return false;
     }
     let mut scan = Scan {
@@ -424,19 +426,8 @@ fn is_one_of(word: &[u8], quoted: bool, list: &[&[u8]]) -> bool {
 /// The length of the longest word in the lists above.
 const LONGEST_LISTED_WORD: usize = 18;
 
-fn is_word_start(byte: u8) -> bool {
-    byte.is_ascii_alphabetic() || byte == b'_' || byte >= 0x80
-}
-
-fn is_word_byte(byte: u8) -> bool {
-    byte.is_ascii_alphanumeric() || byte == b'_' || byte == b'$' || byte >= 0x80
-}
-
 fn memchr_from(sql: &[u8], from: usize, byte: u8) -> Option<usize> {
-    sql[from..]
-        .iter()
-        .position(|b| *b == byte)
-        .map(|i| from + i)
+    memchr::memchr(byte, &sql[from..]).map(|i| from + i)
 }
 
 /// Past a (nested) `/* ... */` comment starting at `at`.

@@ -10,11 +10,12 @@
 //! copied verbatim. All functions are pure; anything unexpected gives `None` or
 //! `false` (the full path).
 
-use std::fmt::Write as _;
 use std::ops::Range;
 
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::tokenizer::{Location, Token, Tokenizer};
+
+use crate::protocol::word_bytes::is_word_byte;
 
 /// A statement text split into its shape and its literals.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -113,10 +114,6 @@ fn fits_after_literal(b: u8) -> bool {
                 | b'%'
                 | b'|'
         )
-}
-
-fn is_word_byte(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b == b'_' || b == b'$' || b >= 0x80
 }
 
 /// Whether `text` holds `$` followed by a digit: it could be mistaken for a slot.
@@ -234,7 +231,7 @@ pub fn split(sql: &str) -> Option<Shaped> {
         }
         shape.push_str(&sql[copied..i]);
         literals.push(i..end);
-        let _ = write!(shape, " ${} ", literals.len());
+        push_placeholder(&mut shape, literals.len());
         copied = end;
         i = end;
     }
@@ -243,6 +240,26 @@ pub fn split(sql: &str) -> Option<Shaped> {
     }
     shape.push_str(&sql[copied..]);
     Some(Shaped { shape, literals })
+}
+
+/// Appends ` $k ` (what [`split`] puts in place of the k-th literal) without the
+/// formatting machinery: this runs for every literal of every statement.
+fn push_placeholder(shape: &mut String, k: usize) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    let mut n = k;
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    shape.push_str(" $");
+    // ASCII digits.
+    shape.push_str(std::str::from_utf8(&digits[at..]).unwrap_or_default());
+    shape.push(' ');
 }
 
 /// Whether sqlparser's tokenizer sees `literals` in `sql` exactly as literal tokens
@@ -365,6 +382,11 @@ mod tests {
         let sql = "SELECT 1;\nSELECT 'a\n'  -- 1\n";
         assert_eq!(literal_texts(sql), ["1", "'a\n'"]);
         assert!(spans_are_literal_tokens(sql, &split(sql).unwrap().literals));
+        // Placeholders past nine, and past ninety-nine.
+        let many: Vec<String> = (0..120).map(|n| n.to_string()).collect();
+        let shaped = split(&format!("SELECT {}", many.join(", "))).unwrap();
+        let expected: Vec<String> = (1..=120).map(|k| format!(" ${k} ")).collect();
+        assert_eq!(shaped.shape, format!("SELECT {}", expected.join(", ")));
     }
 
     #[test]
