@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use super::KeyHasher;
+use crate::stats::ProcessHashState;
 
 /// Whether a database's cache is in use anywhere, as this process knows it.
 #[derive(Debug, Default, Clone, Copy)]
@@ -38,7 +38,7 @@ pub struct ActivityMemo {
 
 /// Every database's [`Activity`].
 pub(super) struct Activities {
-    map: arc_swap::ArcSwap<HashMap<String, Activity, KeyHasher>>,
+    map: arc_swap::ArcSwap<HashMap<String, Activity, ProcessHashState>>,
     /// Moves after every change (from 1: a default memo is never current).
     epoch: AtomicU64,
     writer: Mutex<()>,

@@ -42,12 +42,9 @@ pub use versions::{EntryKey, KeyedChange, Snapshot};
 
 use crate::config::{CacheMode, Config};
 use crate::route::Lsn;
+use crate::stats::ProcessHashState;
 
 /// Bytes the analysis memo may take.
-/// Cache keys are client-chosen bytes (statement texts, parameters): hashed with the
-/// process's seeded foldhash, several times cheaper than SipHash on long texts.
-type KeyHasher = foldhash::fast::FixedState;
-
 const ANALYSIS_BYTES: u64 = 4 << 20;
 /// Bytes the memo of write statements' names may take.
 const WRITES_BYTES: u64 = 2 << 20;
@@ -68,8 +65,8 @@ pub enum Miss {
 }
 
 pub struct ResultCache {
-    entries: moka::sync::Cache<Bytes, Arc<Entry>, KeyHasher>,
-    analyses: moka::sync::Cache<Bytes, Arc<Analysis>, KeyHasher>,
+    entries: moka::sync::Cache<Bytes, Arc<Entry>, ProcessHashState>,
+    analyses: moka::sync::Cache<Bytes, Arc<Analysis>, ProcessHashState>,
     /// What a write statement's text may change, by text.
     writes: moka::sync::Cache<String, Arc<WriteNames>>,
     /// The catalog's word on each shape of write, by (database, settings, shape).

@@ -47,6 +47,7 @@ pub use violations::{ViolationRow, Violations};
 use shape::{Shaped, Template};
 
 use crate::config::{Config, TenancyConfig, TenancyMode};
+use crate::stats::ProcessHashState;
 
 /// Parses a query the guard wrote itself (templates); they always parse.
 fn parse_query(sql: &str) -> Query {
@@ -254,15 +255,12 @@ fn cache_budget(config: &TenancyConfig) -> u64 {
     config.cache_bytes.min(by_entries).max(2)
 }
 
-/// The caches' hasher: the seeded process hash, several times cheaper than SipHash on
-/// statement texts (a hit is hashed on every statement). Keys are compared whole, so
-/// a collision costs a probe, never another text's decision.
-type KeyHasher = foldhash::fast::FixedState;
-
-/// The decision cache (exact texts): three quarters of the budget.
+/// The decision cache (exact texts): three quarters of the budget. Both caches hash
+/// with the seeded process hash (a hit is hashed on every statement); keys are compared
+/// whole, so a collision costs a probe, never another text's decision.
 fn decision_cache(
     config: &TenancyConfig,
-) -> moka::sync::Cache<DecisionKey, Arc<Decision>, KeyHasher> {
+) -> moka::sync::Cache<DecisionKey, Arc<Decision>, ProcessHashState> {
     let budget = cache_budget(config);
     moka::sync::Cache::builder()
         .max_capacity(budget - budget / 4)
@@ -271,7 +269,9 @@ fn decision_cache(
 }
 
 /// The shape cache: the other quarter (shapes are few; texts are many).
-fn shape_cache(config: &TenancyConfig) -> moka::sync::Cache<ShapeKey, Arc<ShapeEntry>, KeyHasher> {
+fn shape_cache(
+    config: &TenancyConfig,
+) -> moka::sync::Cache<ShapeKey, Arc<ShapeEntry>, ProcessHashState> {
     moka::sync::Cache::builder()
         .max_capacity(cache_budget(config) / 4)
         .weigher(shape_weight)
@@ -303,8 +303,8 @@ pub struct TenantGuard {
     pub config: TenancyConfig,
     safe_functions: HashSet<String>,
     catalogs: HashMap<String, Arc<CatalogHandle>>,
-    decisions: moka::sync::Cache<DecisionKey, Arc<Decision>, KeyHasher>,
-    shapes: moka::sync::Cache<ShapeKey, Arc<ShapeEntry>, KeyHasher>,
+    decisions: moka::sync::Cache<DecisionKey, Arc<Decision>, ProcessHashState>,
+    shapes: moka::sync::Cache<ShapeKey, Arc<ShapeEntry>, ProcessHashState>,
     shape_counts: ShapeCounts,
     pub violations: Arc<Violations>,
 }
@@ -321,7 +321,8 @@ impl TenantGuard {
                 continue;
             }
             let handle = CatalogHandle::new();
-            let cache: moka::sync::Cache<DecisionKey, Arc<Decision>, KeyHasher> = decisions.clone();
+            let cache: moka::sync::Cache<DecisionKey, Arc<Decision>, ProcessHashState> =
+                decisions.clone();
             let shape_cache = shapes.clone();
             refresh::spawn(
                 handle.clone(),
