@@ -245,20 +245,8 @@ pub fn split(sql: &str) -> Option<Shaped> {
 /// Appends ` $k ` (what [`split`] puts in place of the k-th literal) without the
 /// formatting machinery: this runs for every literal of every statement.
 fn push_placeholder(shape: &mut String, k: usize) {
-    let mut digits = [0u8; 20];
-    let mut at = digits.len();
-    let mut n = k;
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
     shape.push_str(" $");
-    // ASCII digits.
-    shape.push_str(std::str::from_utf8(&digits[at..]).unwrap_or_default());
+    shape.push_str(itoa::Buffer::new().format(k));
     shape.push(' ');
 }
 
