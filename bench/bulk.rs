@@ -38,10 +38,6 @@ fn median(mut v: Vec<f64>) -> f64 {
     v.get(v.len() / 2).copied().unwrap_or(0.0)
 }
 
-fn cpu(pids: &[u32]) -> f64 {
-    pids.iter().copied().map(crate::cpu::cpu_seconds).sum()
-}
-
 const MILLION_ROWS: &str = "SELECT g, repeat('x', 100) FROM generate_series(1, 1000000) g";
 const VALUE_16MIB: &str = "SELECT repeat('x', 16 * 1024 * 1024)";
 
@@ -83,26 +79,28 @@ pub fn measure(url: &str, pids: &[u32], tls: Option<&MakeRustlsConnect>) -> Bulk
         let mut result = BulkResult::default();
         // Every session pulls the large result once, one after the other.
         let mut times = Vec::new();
-        let cpu_before = cpu(pids);
+        let cpu_before = crate::cpu::cpu_seconds_of(pids);
         for client in &clients {
             let started = Instant::now();
             let rows = count_rows(client, MILLION_ROWS).await;
             assert_eq!(rows, 1_000_000, "bulk: the 1M-row result");
             times.push(started.elapsed().as_secs_f64());
         }
-        result.million_rows_cpu_s = (cpu(pids) - cpu_before) / SESSIONS as f64;
+        result.million_rows_cpu_s =
+            (crate::cpu::cpu_seconds_of(pids) - cpu_before) / SESSIONS as f64;
         result.million_rows_s = median(times);
         let mut times = Vec::new();
-        let cpu_before = cpu(pids);
+        let cpu_before = crate::cpu::cpu_seconds_of(pids);
         for _ in 0..VALUE_RUNS {
             let started = Instant::now();
             assert_eq!(value_len(first, VALUE_16MIB).await, 16 * 1024 * 1024);
             times.push(started.elapsed().as_secs_f64());
         }
-        result.value_16mib_cpu_s = (cpu(pids) - cpu_before) / VALUE_RUNS as f64;
+        result.value_16mib_cpu_s =
+            (crate::cpu::cpu_seconds_of(pids) - cpu_before) / VALUE_RUNS as f64;
         result.value_16mib_s = median(times);
         let mut times = Vec::new();
-        let cpu_before = cpu(pids);
+        let cpu_before = crate::cpu::cpu_seconds_of(pids);
         for _ in 0..COPY_RUNS {
             let started = Instant::now();
             copy_in(first, 100 * 1024 * 1024).await;
@@ -112,7 +110,8 @@ pub fn measure(url: &str, pids: &[u32], tls: Option<&MakeRustlsConnect>) -> Bulk
                 .await
                 .expect("bulk: truncate");
         }
-        result.copy_in_100mb_cpu_s = (cpu(pids) - cpu_before) / COPY_RUNS as f64;
+        result.copy_in_100mb_cpu_s =
+            (crate::cpu::cpu_seconds_of(pids) - cpu_before) / COPY_RUNS as f64;
         result.copy_in_100mb_s = median(times);
         first
             .batch_execute("DROP TABLE bench_bulk")

@@ -19,3 +19,8 @@ pub fn cpu_seconds(pid: u32) -> f64 {
     let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
     ticks as f64 / per_second
 }
+
+/// [`cpu_seconds`] summed over `pids` (a proxy of several processes); 0 for none.
+pub fn cpu_seconds_of(pids: &[u32]) -> f64 {
+    pids.iter().copied().map(cpu_seconds).sum()
+}

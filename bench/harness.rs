@@ -245,7 +245,6 @@ fn main() {
             _ => pid_of(target).into_iter().collect(),
         }
     };
-    let cpu_of = |pids: &[u32]| -> f64 { pids.iter().copied().map(cpu::cpu_seconds).sum() };
     let mut cpu_rows: Vec<String> = Vec::new();
     let mut rss_rows: Vec<String> = Vec::new();
     for target in &targets {
@@ -274,7 +273,7 @@ fn main() {
                 for target in &targets {
                     let before = transactions_per_node(&cluster);
                     let cpu_pids = cpu_pids_of(target);
-                    let cpu_before = cpu_of(&cpu_pids);
+                    let cpu_before = cpu::cpu_seconds_of(&cpu_pids);
                     let http = http_port_of(port_of(target));
                     let cache_before = http.and_then(cache::hits_and_misses);
                     let m = run_pgbench(
@@ -327,7 +326,7 @@ fn main() {
                         if m.failed { "  (errors)" } else { "" }
                     );
                     if !cpu_pids.is_empty() {
-                        let spent = cpu_of(&cpu_pids) - cpu_before;
+                        let spent = cpu::cpu_seconds_of(&cpu_pids) - cpu_before;
                         let transactions = m.tps * duration as f64;
                         let per_txn_us = spent * 1e6 / transactions.max(1.0);
                         // Mean latency added to direct's, measured just before in this row.
