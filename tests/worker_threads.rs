@@ -24,7 +24,11 @@ fn threads(process: &ProxyProcess) -> u64 {
 
 /// Server checkouts this process made (`pgwarden_pool_checkouts_total`, every pool).
 async fn checkouts(process: &ProxyProcess) -> f64 {
-    let (status, body) = support::http::get(process.http, "/metrics", None).await;
+    let (status, body) = support::within(
+        "GET /metrics",
+        support::http::get(process.http, "/metrics", None),
+    )
+    .await;
     assert_eq!(status, 200, "/metrics");
     body.lines()
         .filter(|l| l.starts_with("pgwarden_pool_checkouts_total"))
