@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use pgwarden::config::SessionThreads;
 
 #[derive(Parser)]
 #[command(
@@ -133,17 +134,29 @@ fn check_config(file: Option<PathBuf>) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The runtime sessions run on (`proxy.worker_threads`): 1 is a current-thread runtime,
-/// which skips work stealing's bookkeeping; otherwise tokio's multi-thread runtime with
-/// that many workers (0: one per core).
+/// The runtime sessions run on (`proxy.worker_threads`, resolved against this
+/// machine's cores by `SessionThreads`): one thread is a current-thread runtime, which
+/// skips work stealing's bookkeeping; otherwise tokio's multi-thread runtime.
 fn session_runtime(worker_threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
-    let mut builder = match worker_threads {
-        1 => tokio::runtime::Builder::new_current_thread(),
-        _ => tokio::runtime::Builder::new_multi_thread(),
+    let (layout, cores) = SessionThreads::on_this_machine(worker_threads);
+    tracing::info!(
+        threads = layout.threads(),
+        cores,
+        worker_threads,
+        "sessions run on {}",
+        match layout {
+            SessionThreads::One => "one thread (no work stealing)",
+            SessionThreads::WorkStealing(_) => "a work-stealing runtime",
+        }
+    );
+    let mut builder = match layout {
+        SessionThreads::One => tokio::runtime::Builder::new_current_thread(),
+        SessionThreads::WorkStealing(workers) => {
+            let mut builder = tokio::runtime::Builder::new_multi_thread();
+            builder.worker_threads(workers);
+            builder
+        }
     };
-    if worker_threads > 1 {
-        builder.worker_threads(worker_threads);
-    }
     builder.enable_all().build()
 }
 

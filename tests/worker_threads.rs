@@ -1,8 +1,11 @@
-//! `proxy.worker_threads = 1`: pgwarden on one thread (a current-thread runtime), and
-//! the layout it is for, one such process per core sharing the client port with
+//! `proxy.worker_threads`: the default picks one thread (a current-thread runtime) on
+//! machines with up to two cores and work stealing above; `worker_threads = 1` is one
+//! thread anywhere, also for one such process per core sharing the client port with
 //! `proxy.reuse_port`. The real binary runs here, as an operator would start it.
 
 use std::time::Duration;
+
+use pgwarden::config::SessionThreads;
 
 use crate::support;
 use support::process::ProxyProcess;
@@ -34,6 +37,54 @@ async fn checkouts(process: &ProxyProcess) -> f64 {
         .filter(|l| l.starts_with("pgwarden_pool_checkouts_total"))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
+}
+
+/// Without `worker_threads` in the configuration, the binary runs the layout this
+/// machine's cores call for (one thread with up to two cores), says so in its log,
+/// serves clients on it and exits cleanly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_default_layout_follows_the_cores() {
+    let cluster = support::cluster(0);
+    let (expected, cores) = SessionThreads::on_this_machine(0);
+    let mut process = ProxyProcess::start(&cluster, "[pool]\nsize = 2\n", &[("RUST_LOG", "info")]);
+    let db = support::proxy::connect_url(&process.url())
+        .await
+        .expect("connect");
+    let row = support::within(
+        "select through the proxy",
+        db.query_one("SELECT 41 + $1::int", &[&1i32]),
+    )
+    .await
+    .unwrap();
+    assert_eq!(row.get::<_, i32>(0), 42);
+    let running = threads(&process);
+    let log = process.log();
+    println!("{cores} cores: {expected:?}, {running} threads");
+    match expected {
+        SessionThreads::One => {
+            assert_eq!(running, 1, "threads with {cores} cores");
+            assert!(log.contains("sessions run on one thread"), "{log}");
+        }
+        SessionThreads::WorkStealing(workers) => {
+            // The workers plus the thread that started the runtime.
+            assert!(
+                running > workers as u64,
+                "threads with {cores} cores: {running}"
+            );
+            assert!(
+                log.contains("sessions run on a work-stealing runtime"),
+                "{log}"
+            );
+        }
+    }
+    drop(db);
+    process.signal(libc::SIGTERM);
+    let status = tokio::task::block_in_place(|| process.wait_exit(Duration::from_secs(15)));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "exit {status:?}:\n{}",
+        process.log()
+    );
 }
 
 /// Two one-thread processes on one port: each runs on a single thread, the kernel

@@ -17,6 +17,7 @@ mod protection;
 mod redact;
 mod schema;
 mod tenancy;
+mod threads;
 
 pub use advise::{AdviseConfig, NPlusOneConfig};
 pub use auth::{is_md5_hash, AuthConfig, AuthMethod, UserConfig, DEFAULT_AUTH_QUERY};
@@ -31,3 +32,4 @@ pub use schema::{
     RoutingConfig, RywConfig, RywScope, StatsConfig,
 };
 pub use tenancy::{TenancyConfig, TenancyMode, TenantValueType};
+pub use threads::{SessionThreads, ONE_THREAD_UP_TO_CORES};

@@ -63,9 +63,10 @@ pub struct ProxyConfig {
     /// Bind `listen` and `http_listen` with `SO_REUSEPORT`, so a new pgwarden can
     /// start on the same ports while the old one drains (see docs/operations.md).
     pub reuse_port: bool,
-    /// Threads that run sessions: 0 = one per CPU core (a work-stealing runtime);
-    /// 1 = one thread running everything, with no work stealing (for one pgwarden
-    /// process per core sharing a port with `reuse_port`, see docs/operations.md).
+    /// Threads that run sessions: 0 = by the machine (one thread with up to 2 cores,
+    /// else one per core, work stealing; `threads.rs` says why); 1 = one thread running
+    /// everything, with no work stealing (also for one pgwarden process per core sharing
+    /// a port with `reuse_port`, see docs/operations.md); more = that many workers.
     pub worker_threads: usize,
 }
 
