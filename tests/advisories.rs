@@ -414,3 +414,51 @@ async fn tpcb_with_abalance_reads() {
         println!("{}", serde_json::to_string(a).unwrap());
     }
 }
+
+/// The planner folds `repeat('x', 2 MiB)` into the plan as the 2 MiB value itself. The
+/// advisor skips such a statement without parsing its plan, and the round goes on to
+/// advise the next one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plan_holding_a_folded_large_constant_is_skipped() {
+    const LARGE_CONSTANT: &str = "SELECT repeat('x', 2 * 1024 * 1024)";
+    const WIDE_BY_U: &str = "SELECT id, payload FROM wide WHERE u = $1";
+    let cluster = support::cluster(0);
+    let direct = proxy::connect_direct(&cluster).await;
+    t(
+        "setup",
+        direct.batch_execute(
+            "CREATE TABLE wide (id int PRIMARY KEY, u int, payload text);
+             INSERT INTO wide SELECT g, g % 5000, 'p' || g FROM generate_series(1, 50000) g;
+             ANALYZE wide;",
+        ),
+    )
+    .await;
+    let proxy = start(&cluster, 10_000).await;
+    let client = proxy::connect(&proxy).await;
+    for _ in 0..6 {
+        t("large constant", client.simple_query(LARGE_CONSTANT)).await;
+    }
+    let by_u = t("prepare", client.prepare(WIDE_BY_U)).await;
+    for i in 0..8i32 {
+        t("query", client.query(&by_u, &[&i])).await;
+    }
+
+    proxy.runtime.stats.flush().await;
+    let snapshot = proxy.runtime.stats.snapshot();
+    let reports = within(
+        "advisor round",
+        proxy
+            .runtime
+            .advisors
+            .run_round(&proxy.runtime.config(), &snapshot),
+    )
+    .await;
+    let report = reports.values().next().expect("a round report");
+    assert!(report.errors.is_empty(), "round errors: {report:?}");
+    assert_eq!(report.oversized_plans, 1, "{report:?}");
+    let list = proxy.runtime.advisors.list();
+    assert!(
+        index_advice(&list).iter().any(|a| helps(a, WIDE_BY_U)),
+        "{list:#?}"
+    );
+}

@@ -19,6 +19,11 @@ pub enum AdviseError {
     Timeout(&'static str),
     #[error("unexpected plan: {0}")]
     Plan(String),
+    /// The plan's text is larger than the advisor reads (`plan::MAX_PLAN_BYTES`): the
+    /// planner folded a large constant into it (`SELECT repeat('x', 16 * 1024 * 1024)`
+    /// plans as the 16 MiB value itself). The statement is skipped, not the round.
+    #[error("plan of {0} bytes is larger than the advisor reads")]
+    PlanTooLarge(usize),
 }
 
 impl AdviseError {

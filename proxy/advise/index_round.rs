@@ -35,6 +35,9 @@ pub struct RoundReport {
     pub catalog_queries: u32,
     pub elapsed_ms: f64,
     pub hypopg: bool,
+    /// Statements skipped because their plan was larger than the advisor reads
+    /// (`plan::MAX_PLAN_BYTES`).
+    pub oversized_plans: u32,
     pub errors: Vec<String>,
 }
 
@@ -178,6 +181,11 @@ impl DatabaseAdvisor {
                 Ok(plan) => plan,
                 Err(AdviseError::Query { source, .. }) if source.as_db_error().is_some() => {
                     // Not this database's statement, or not plannable: next.
+                    continue;
+                }
+                Err(AdviseError::PlanTooLarge(bytes)) => {
+                    tracing::debug!(query = %query.id, bytes, "plan too large to read; skipped");
+                    ctx.report.oversized_plans += 1;
                     continue;
                 }
                 Err(e) => return Err(e),

@@ -117,16 +117,30 @@ pub async fn explain(client: &Client, sql: &str) -> Result<Plan, AdviseError> {
     Ok(plan)
 }
 
+/// The longest plan text the advisor parses. A plan is a few KiB; one larger than this
+/// holds a constant the planner folded (a large `repeat(...)`), and parsing it would
+/// hold it three times more (the copy, the JSON tree, its strings) on the thread that
+/// may also serve clients.
+pub const MAX_PLAN_BYTES: usize = 1 << 20;
+
 async fn explain_json(client: &Client, sql: &str) -> Result<Plan, AdviseError> {
     let messages = bounded("EXPLAIN", client.simple_query(sql)).await?;
     let text = messages
         .iter()
         .find_map(|m| match m {
-            SimpleQueryMessage::Row(row) => row.get(0).map(str::to_string),
+            SimpleQueryMessage::Row(row) => row.get(0),
             _ => None,
         })
         .ok_or_else(|| AdviseError::Plan("EXPLAIN returned no row".into()))?;
-    parse(&text)
+    parse(within_limit(text)?)
+}
+
+/// `text`, if the advisor reads a plan that long.
+fn within_limit(text: &str) -> Result<&str, AdviseError> {
+    if text.len() > MAX_PLAN_BYTES {
+        return Err(AdviseError::PlanTooLarge(text.len()));
+    }
+    Ok(text)
 }
 
 /// The root of `EXPLAIN (FORMAT JSON)` output.
@@ -147,6 +161,20 @@ pub fn parse(text: &str) -> Result<Plan, AdviseError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_plan_past_the_limit_is_refused_before_it_is_parsed() {
+        let small = r#"[{"Plan": {"Node Type": "Result", "Total Cost": 0.01}}]"#;
+        assert_eq!(within_limit(small).unwrap(), small);
+        let folded = format!(
+            r#"[{{"Plan": {{"Node Type": "Result", "Output": ["'{}'::text"]}}}}]"#,
+            "x".repeat(MAX_PLAN_BYTES)
+        );
+        match within_limit(&folded) {
+            Err(AdviseError::PlanTooLarge(bytes)) => assert_eq!(bytes, folded.len()),
+            other => panic!("a {} byte plan was read: {other:?}", folded.len()),
+        }
+    }
 
     #[test]
     fn only_single_reads_are_planned() {
