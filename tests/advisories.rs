@@ -417,10 +417,10 @@ async fn tpcb_with_abalance_reads() {
 
 /// The planner folds `repeat('x', 2 MiB)` into the plan as the 2 MiB value itself. The
 /// advisor skips such a statement without parsing its plan, and the round goes on to
-/// advise the next one.
+/// advise the next one. (Without `FROM` it would not be planned at all.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_plan_holding_a_folded_large_constant_is_skipped() {
-    const LARGE_CONSTANT: &str = "SELECT repeat('x', 2 * 1024 * 1024)";
+    const LARGE_CONSTANT: &str = "SELECT repeat('x', 2 * 1024 * 1024) FROM wide WHERE id = 1";
     const WIDE_BY_U: &str = "SELECT id, payload FROM wide WHERE u = $1";
     let cluster = support::cluster(0);
     let direct = proxy::connect_direct(&cluster).await;

@@ -16,7 +16,7 @@ use super::connection::NodeConnection;
 use super::error::AdviseError;
 use super::hypothetical::cheapest;
 use super::index_advice::{Helped, IndexAdvice};
-use super::plan::{explain, is_plannable_read};
+use super::plan::{explain, is_plannable_read, may_scan_a_table};
 use super::predicates::{self, Use};
 use super::redundant;
 use super::scans::wasteful_scans;
@@ -145,7 +145,11 @@ impl DatabaseAdvisor {
         let mut queue: Vec<&QuerySummary> = snapshot
             .queries
             .iter()
-            .filter(|q| q.plan_sample.as_deref().is_some_and(is_plannable_read))
+            .filter(|q| {
+                q.plan_sample
+                    .as_deref()
+                    .is_some_and(|sql| is_plannable_read(sql) && may_scan_a_table(sql))
+            })
             .take(CONSIDERED)
             .collect();
         queue.sort_by(|a, b| {

@@ -46,6 +46,17 @@ pub fn is_plannable_read(sql: &str) -> bool {
     reads && !writes
 }
 
+/// Whether `sql` may scan a table: it names one with `FROM` (anywhere, subqueries
+/// included) or is `TABLE name`. A statement that cannot has no scan an index could
+/// help, so the advisor does not plan it. That also spares it the plans of
+/// `SELECT repeat('x', 16 * 1024 * 1024)` and the like, where the planner folds the
+/// call into its 16 MiB result and EXPLAIN sends all of it. Errs toward yes: `from` is
+/// looked for as bytes, so `from_date` counts too.
+pub fn may_scan_a_table(sql: &str) -> bool {
+    let lower = sql.trim_start().to_ascii_lowercase();
+    lower.starts_with("table") || lower.contains("from")
+}
+
 /// The highest `$n` in `sql` outside quotes (0 when none).
 pub fn parameter_count(sql: &str) -> usize {
     let bytes = sql.as_bytes();
@@ -161,6 +172,20 @@ pub fn parse(text: &str) -> Result<Plan, AdviseError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn statements_that_name_no_table_are_not_planned() {
+        assert!(!may_scan_a_table("SELECT repeat('x', 16 * 1024 * 1024)"));
+        assert!(!may_scan_a_table("select now(), 1 + $1"));
+        assert!(!may_scan_a_table("VALUES (1), (2)"));
+        assert!(may_scan_a_table("SELECT id FROM t WHERE u = $1"));
+        assert!(may_scan_a_table("select (select max(a) from t)"));
+        assert!(may_scan_a_table(
+            "WITH x AS (SELECT * FROM t) SELECT * FROM x"
+        ));
+        assert!(may_scan_a_table("TABLE t"));
+        assert!(may_scan_a_table("  table t"));
+    }
 
     #[test]
     fn a_plan_past_the_limit_is_refused_before_it_is_parsed() {
