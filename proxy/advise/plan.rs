@@ -130,8 +130,7 @@ pub async fn explain(client: &Client, sql: &str) -> Result<Plan, AdviseError> {
 
 /// The longest plan text the advisor parses. A plan is a few KiB; one larger than this
 /// holds a constant the planner folded (a large `repeat(...)`), and parsing it would
-/// hold it three times more (the copy, the JSON tree, its strings) on the thread that
-/// may also serve clients.
+/// hold it again in the JSON tree, on the thread that may also serve clients.
 pub const MAX_PLAN_BYTES: usize = 1 << 20;
 
 async fn explain_json(client: &Client, sql: &str) -> Result<Plan, AdviseError> {
