@@ -25,6 +25,17 @@ fn threads(process: &ProxyProcess) -> u64 {
         .expect("a Threads line")
 }
 
+/// Sends SIGTERM and asserts the process exits with status 0 within 15 s.
+fn exits_cleanly_on_sigterm(process: &mut ProxyProcess) {
+    process.signal(libc::SIGTERM);
+    let status = tokio::task::block_in_place(|| process.wait_exit(Duration::from_secs(15)));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "exit {status:?}:\n{}",
+        process.log()
+    );
+}
+
 /// Server checkouts this process made (`pgwarden_pool_checkouts_total`, every pool).
 async fn checkouts(process: &ProxyProcess) -> f64 {
     let (status, body) = support::within(
@@ -78,13 +89,7 @@ async fn the_default_layout_follows_the_cores() {
         }
     }
     drop(db);
-    process.signal(libc::SIGTERM);
-    let status = tokio::task::block_in_place(|| process.wait_exit(Duration::from_secs(15)));
-    assert!(
-        status.is_some_and(|s| s.success()),
-        "exit {status:?}:\n{}",
-        process.log()
-    );
+    exits_cleanly_on_sigterm(&mut process);
 }
 
 /// Two one-thread processes on one port: each runs on a single thread, the kernel
@@ -174,12 +179,6 @@ async fn one_thread_processes_share_a_port() {
     assert_eq!(threads(&second), 1, "threads after the load");
 
     for process in [&mut first, &mut second] {
-        process.signal(libc::SIGTERM);
-        let status = tokio::task::block_in_place(|| process.wait_exit(Duration::from_secs(15)));
-        assert!(
-            status.is_some_and(|s| s.success()),
-            "exit {status:?}:\n{}",
-            process.log()
-        );
+        exits_cleanly_on_sigterm(process);
     }
 }
