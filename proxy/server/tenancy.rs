@@ -142,12 +142,17 @@ impl Session {
         let Some(state) = self.tenancy.as_ref() else {
             return Ok(frame);
         };
-        // The statement text, decoded once: only `Query` and `Parse` carry one.
+        // The statement text, decoded once: only `Query` and `Parse` carry one. It is
+        // borrowed from a second handle on the frame's bytes (valid UTF-8 is not
+        // copied), since `frame` itself is handed back.
+        let bytes = frame.clone();
         let text = match message_tag {
-            tag::QUERY => Some(query_text(&frame)),
-            tag::PARSE if !state.bypass => ParseView::parse(body(&frame))
+            tag::QUERY => Some(crate::protocol::text::lossy(
+                crate::protocol::frame::query_text(&bytes),
+            )),
+            tag::PARSE if !state.bypass => ParseView::parse(body(&bytes))
                 .ok()
-                .map(|view| crate::protocol::text::lossy(view.query).into_owned()),
+                .map(|view| crate::protocol::text::lossy(view.query)),
             _ => None,
         };
         if message_tag == tag::QUERY && text.as_deref().is_some_and(may_change_catalog) {

@@ -113,33 +113,63 @@ fn guard_context<'a>(
 enum ShapeEntry {
     /// Every text of this shape runs as it is.
     Pass,
-    /// Every text of this shape runs as the template with its literals put back.
-    Rewritten(Template),
+    /// Every text of this shape runs as it is when its literals at these (1-based)
+    /// places are the session's tenant: the shape pins the tenant with them, as a
+    /// prepared statement's parameters checked at Bind would. Other texts of the shape
+    /// take the full path.
+    PassIfTenant(Box<[usize]>),
+    /// Every text of this shape runs as the template with its literals put back,
+    /// but for a read whose literals at `pinned` (1-based; none when empty) are the
+    /// session's tenant: it runs as it is (see [`ShapeEntry::PassIfTenant`]).
+    Rewritten {
+        template: Template,
+        pinned: Box<[usize]>,
+    },
     /// Texts of this shape take the full path (parse, walk, print).
     Full,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-struct ShapeKey {
-    database: Arc<str>,
-    mode: TenancyMode,
-    tenant: Option<Arc<str>>,
-    shape: Arc<str>,
+/// The start of a shape cache key: database, mode and tenant, each length-prefixed
+/// so that no two keys run into each other. The shape follows in the same string
+/// ([`shape::split_after`]), so a lookup allocates nothing more.
+fn shape_key_prefix(database: &str, mode: TenancyMode, tenant: Option<&str>) -> String {
+    fn field(prefix: &mut String, text: &str) {
+        prefix.push_str(itoa::Buffer::new().format(text.len()));
+        prefix.push(':');
+        prefix.push_str(text);
+    }
+    let mut prefix = String::with_capacity(database.len() + tenant.map_or(0, str::len) + 16);
+    field(&mut prefix, database);
+    field(&mut prefix, mode.as_str());
+    match tenant {
+        Some(tenant) => field(&mut prefix, tenant),
+        None => prefix.push('-'),
+    }
+    prefix
 }
+
+/// A shape cache key: [`shape_key_prefix`], then the shape.
+type ShapeKey = Arc<str>;
 
 fn shape_weight(key: &ShapeKey, entry: &Arc<ShapeEntry>) -> u32 {
     let value = match entry.as_ref() {
-        ShapeEntry::Rewritten(template) => template.bytes(),
+        ShapeEntry::Rewritten { template, pinned } => {
+            template.bytes() + std::mem::size_of_val(pinned.as_ref())
+        }
+        ShapeEntry::PassIfTenant(places) => std::mem::size_of_val(places.as_ref()),
         ShapeEntry::Pass | ShapeEntry::Full => 0,
     };
-    entry_weight(&key.database, key.tenant.as_deref(), &key.shape, value)
+    entry_weight("", None, key, value)
 }
 
 /// What the shape cache learns from the first text of a shape: the shape is judged
 /// as a prepared statement would be (literals as parameters), and its decision is
 /// used for later texts only when it is Pass or Rewritten without parameters the
 /// tenant must be bound to, and when it gives exactly the full path's decision for
-/// this text. None: learn nothing (the catalog may not know a relation yet).
+/// this text. A text that passes because literals pin the tenant (`WHERE tenant_id =
+/// 7`) passes again when the same literals are the tenant (the enforce walk of the
+/// shape names them as tenant parameters). None: learn nothing (the catalog may not
+/// know a relation yet).
 fn learn_shape(
     ctx: &GuardContext<'_>,
     mode: TenancyMode,
@@ -150,12 +180,26 @@ fn learn_shape(
     if !shape::spans_are_literal_tokens(sql, &shaped.literals) {
         return Some(ShapeEntry::Full);
     }
-    let Some(by_shape) = decide::decide_shape(ctx, mode, &shaped.shape) else {
+    let Some(by_shape) = decide::decide_shape(ctx, mode, shaped.shape_text()) else {
         return Some(ShapeEntry::Full);
     };
     Some(match (&by_shape, full) {
         (Decision::Reject(rejection), _) if may_be_unknown_yet(rejection) => return None,
         (Decision::Pass, Decision::Pass) => ShapeEntry::Pass,
+        (_, Decision::Pass) => {
+            let by_enforce_walk = match (mode, by_shape) {
+                (TenancyMode::Enforce | TenancyMode::Audit, walked) => Some(walked),
+                _ => decide::decide_shape(ctx, TenancyMode::Enforce, shaped.shape_text()),
+            };
+            match by_enforce_walk {
+                Some(Decision::PassWithParams { tenant_params })
+                    if literals_are_tenant(ctx, sql, &shaped.literals, &tenant_params) =>
+                {
+                    ShapeEntry::PassIfTenant(tenant_params.into_boxed_slice())
+                }
+                _ => ShapeEntry::Full,
+            }
+        }
         (
             Decision::Rewritten {
                 sql: template,
@@ -172,13 +216,49 @@ fn learn_shape(
                         .apply(sql, &shaped.literals)
                         .is_some_and(|applied| same_text(&applied, expected)) =>
                 {
-                    ShapeEntry::Rewritten(template)
+                    ShapeEntry::Rewritten {
+                        template,
+                        pinned: decide::pinned_read_places(ctx, shaped.shape_text())
+                            .unwrap_or_default()
+                            .into_boxed_slice(),
+                    }
                 }
                 _ => ShapeEntry::Full,
             }
         }
         _ => ShapeEntry::Full,
     })
+}
+
+/// Whether the literals of `sql` at `places` (1-based, as the shape's parameters)
+/// are each the session's tenant, read as [`params_are_tenant`] reads a text
+/// parameter: a number as written, a string without its quotes. A string with a
+/// quote inside is not taken apart here: it is not the tenant (the full path judges
+/// it).
+fn literals_are_tenant(
+    ctx: &GuardContext<'_>,
+    sql: &str,
+    literals: &[std::ops::Range<usize>],
+    places: &[usize],
+) -> bool {
+    let Some(tenant) = ctx.tenant else {
+        return false;
+    };
+    !places.is_empty()
+        && places.iter().all(|&place| {
+            let Some(literal) = place.checked_sub(1).and_then(|i| literals.get(i)) else {
+                return false;
+            };
+            let text = &sql[literal.clone()];
+            let value = match text.strip_prefix('\'') {
+                Some(quoted) => match quoted.strip_suffix('\'') {
+                    Some(inner) if !inner.contains('\'') => inner,
+                    _ => return false,
+                },
+                None => text,
+            };
+            policy::same_tenant(ctx.value_type, value, tenant)
+        })
 }
 
 /// Whether two texts the guard would send are the same statements: equal, or
@@ -211,11 +291,11 @@ pub fn same_statements(a: &str, b: &str) -> bool {
 }
 
 /// The shape of `sql` when the shape path may be tried for it.
-fn shape_of(sql: &str) -> Option<Shaped> {
-    let shaped = shape::split(sql)?;
+fn shape_of(key_prefix: &str, sql: &str) -> Option<Shaped> {
+    let shaped = shape::split_after(key_prefix, sql)?;
     // A routing hint is looked for in the whole text, literals included; the shape
     // path applies only when the shape's hint is the text's.
-    (crate::route::hint(sql) == crate::route::hint(&shaped.shape)).then_some(shaped)
+    (crate::route::hint(sql) == crate::route::hint(shaped.shape_text())).then_some(shaped)
 }
 
 /// Bytes a cached decision costs beyond its texts (key, `Arc`, moka bookkeeping).
@@ -306,6 +386,8 @@ pub struct TenantGuard {
     decisions: moka::sync::Cache<DecisionKey, Arc<Decision>, ProcessHashState>,
     shapes: moka::sync::Cache<ShapeKey, Arc<ShapeEntry>, ProcessHashState>,
     shape_counts: ShapeCounts,
+    /// The one `Pass` the shape path hands out (no allocation per statement).
+    pass: Arc<Decision>,
     pub violations: Arc<Violations>,
 }
 
@@ -347,6 +429,7 @@ impl TenantGuard {
             decisions,
             shapes,
             shape_counts: ShapeCounts::default(),
+            pass: Arc::new(Decision::Pass),
             violations,
         }
     }
@@ -415,6 +498,7 @@ impl TenantGuard {
             decisions: decision_cache(config),
             shapes: shape_cache(config),
             shape_counts: ShapeCounts::default(),
+            pass: Arc::new(Decision::Pass),
             violations: Arc::new(Violations::default()),
         }
     }
@@ -432,22 +516,30 @@ impl TenantGuard {
         sql: &str,
     ) -> Result<Arc<Decision>, Arc<Decision>> {
         // The shape path first: a text with literals whose shape was judged before.
-        let database: Arc<str> = database.into();
-        let tenant_key: Option<Arc<str>> = tenant.map(Arc::from);
         let mut learn = None;
-        if let Some(shaped) = shape_of(sql) {
-            let shape_key = ShapeKey {
-                database: database.clone(),
-                mode,
-                tenant: tenant_key.clone(),
-                shape: shaped.shape.as_str().into(),
-            };
-            match self.shapes.get(&shape_key).as_deref() {
+        if let Some(shaped) = shape_of(&shape_key_prefix(database, mode, tenant), sql) {
+            match self.shapes.get(shaped.shape.as_str()).as_deref() {
                 Some(ShapeEntry::Pass) => {
                     self.shape_counts.hits.fetch_add(1, Ordering::Relaxed);
-                    return Ok(Arc::new(Decision::Pass));
+                    return Ok(self.pass.clone());
                 }
-                Some(ShapeEntry::Rewritten(template)) => {
+                Some(ShapeEntry::PassIfTenant(places)) => {
+                    let ctx = guard_context(&self.config, &self.safe_functions, catalog, tenant);
+                    if literals_are_tenant(&ctx, sql, &shaped.literals, places) {
+                        self.shape_counts.hits.fetch_add(1, Ordering::Relaxed);
+                        return Ok(self.pass.clone());
+                    }
+                    self.shape_counts.full.fetch_add(1, Ordering::Relaxed);
+                }
+                Some(ShapeEntry::Rewritten { template, pinned }) => {
+                    if !pinned.is_empty() {
+                        let ctx =
+                            guard_context(&self.config, &self.safe_functions, catalog, tenant);
+                        if literals_are_tenant(&ctx, sql, &shaped.literals, pinned) {
+                            self.shape_counts.hits.fetch_add(1, Ordering::Relaxed);
+                            return Ok(self.pass.clone());
+                        }
+                    }
                     if let Some(text) = template.apply(sql, &shaped.literals) {
                         self.shape_counts.hits.fetch_add(1, Ordering::Relaxed);
                         return Ok(Arc::new(Decision::Rewritten {
@@ -462,14 +554,14 @@ impl TenantGuard {
                 }
                 None => {
                     self.shape_counts.misses.fetch_add(1, Ordering::Relaxed);
-                    learn = Some((shape_key, shaped));
+                    learn = Some(shaped);
                 }
             }
         }
         let key = DecisionKey {
-            database,
+            database: database.into(),
             mode,
-            tenant: tenant_key,
+            tenant: tenant.map(Arc::from),
             sql: sql.into(),
         };
         if let Some(decision) = self.decisions.get(&key) {
@@ -487,10 +579,11 @@ impl TenantGuard {
         {
             return Err(decision);
         }
-        if let Some((shape_key, shaped)) = learn {
+        if let Some(shaped) = learn {
             let ctx = guard_context(&self.config, &self.safe_functions, catalog, tenant);
             if let Some(entry) = learn_shape(&ctx, mode, sql, &shaped, &decision) {
-                self.shapes.insert(shape_key, Arc::new(entry));
+                self.shapes
+                    .insert(Arc::from(shaped.shape.as_str()), Arc::new(entry));
             }
         }
         self.decisions.insert(key, decision.clone());

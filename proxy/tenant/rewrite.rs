@@ -490,9 +490,33 @@ fn is_placeholder(name: &ObjectName) -> bool {
 }
 
 /// `(existing) AND extra`.
+/// `existing AND extra`, where `extra` is a predicate the guard built. `existing` is
+/// put in parentheses unless it is itself an `AND` or a comparison: those bind
+/// tighter than the added `AND` (their own operands came from the parser, which keeps
+/// any parentheses they had). An `OR` and everything else get them, so the client's
+/// own `OR`s cannot widen the result. Fewer parentheses keep the printed text free of
+/// `(` for the session's look for function calls (`server/opaque_code.rs`).
 pub fn and(existing: Expr, extra: Expr) -> Expr {
+    let binds_tighter = matches!(
+        &existing,
+        Expr::BinaryOp {
+            op: BinaryOperator::And
+                | BinaryOperator::Eq
+                | BinaryOperator::NotEq
+                | BinaryOperator::Lt
+                | BinaryOperator::LtEq
+                | BinaryOperator::Gt
+                | BinaryOperator::GtEq,
+            ..
+        }
+    );
+    let left = if binds_tighter {
+        existing
+    } else {
+        Expr::Nested(Box::new(existing))
+    };
     Expr::BinaryOp {
-        left: Box::new(Expr::Nested(Box::new(existing))),
+        left: Box::new(left),
         op: BinaryOperator::And,
         right: Box::new(extra),
     }

@@ -20,9 +20,11 @@ use crate::protocol::word_bytes::is_word_byte;
 /// A statement text split into its shape and its literals.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Shaped {
-    /// The text with the k-th literal replaced by ` $k ` (spaces keep the
-    /// placeholder from running into a neighbouring token).
+    /// The caller's prefix (its first `prefix` bytes, see [`split_after`]), then the
+    /// text with the k-th literal replaced by ` $k ` (spaces keep the placeholder from
+    /// running into a neighbouring token).
     pub shape: String,
+    pub prefix: usize,
     /// Byte ranges of the literals in the text, in order.
     pub literals: Vec<Range<usize>>,
 }
@@ -118,8 +120,14 @@ fn fits_after_literal(b: u8) -> bool {
 
 /// Whether `text` holds `$` followed by a digit: it could be mistaken for a slot.
 fn has_dollar_digit(text: &[u8]) -> bool {
-    text.windows(2)
-        .any(|pair| pair[0] == b'$' && pair[1].is_ascii_digit())
+    memchr::memchr_iter(b'$', text).any(|at| text.get(at + 1).is_some_and(u8::is_ascii_digit))
+}
+
+impl Shaped {
+    /// The shape without the caller's prefix.
+    pub fn shape_text(&self) -> &str {
+        &self.shape[self.prefix..]
+    }
 }
 
 /// The shape of `sql`: its literals replaced by ` $1 `, ` $2 `, ... None when it has
@@ -136,8 +144,15 @@ fn has_dollar_digit(text: &[u8]) -> bool {
 /// [`spans_are_literal_tokens`] checks these spans against sqlparser's own
 /// tokenizer; a later text with the same shape differs only inside them.
 pub fn split(sql: &str) -> Option<Shaped> {
+    split_after("", sql)
+}
+
+/// [`split`], with the shape written after `prefix` in the same string (a cache key
+/// built without a second allocation).
+pub fn split_after(prefix: &str, sql: &str) -> Option<Shaped> {
     let b = sql.as_bytes();
-    let mut shape = String::with_capacity(sql.len() + 16);
+    let mut shape = String::with_capacity(prefix.len() + sql.len() + 16);
+    shape.push_str(prefix);
     let mut literals: Vec<Range<usize>> = Vec::new();
     let mut copied = 0;
     let mut i = 0;
@@ -239,7 +254,11 @@ pub fn split(sql: &str) -> Option<Shaped> {
         return None;
     }
     shape.push_str(&sql[copied..]);
-    Some(Shaped { shape, literals })
+    Some(Shaped {
+        shape,
+        prefix: prefix.len(),
+        literals,
+    })
 }
 
 /// Appends ` $k ` (what [`split`] puts in place of the k-th literal) without the

@@ -33,7 +33,7 @@ fn every_reference_is_limited_to_the_tenant() {
     );
     assert_eq!(
         rewritten("SELECT c.name FROM customers c LEFT JOIN orders ON orders.customer_id = c.id"),
-        "SELECT c.name FROM customers c LEFT JOIN orders ON (orders.customer_id = c.id) AND orders.\"tenant_id\" = 1 WHERE c.\"tenant_id\" = 1"
+        "SELECT c.name FROM customers c LEFT JOIN orders ON orders.customer_id = c.id AND orders.\"tenant_id\" = 1 WHERE c.\"tenant_id\" = 1"
     );
     // ...everything else becomes a filtered derived table.
     assert_eq!(
@@ -64,7 +64,7 @@ fn only_ctes_and_qualified_references_keep_their_meaning() {
     );
     assert_eq!(
         rewritten("DELETE FROM ONLY orders WHERE id = 1"),
-        "DELETE FROM ONLY orders WHERE (id = 1) AND orders.\"tenant_id\" = 1"
+        "DELETE FROM ONLY orders WHERE id = 1 AND orders.\"tenant_id\" = 1"
     );
     assert_eq!(
         rewritten("SELECT public.orders.id FROM public.orders"),
@@ -98,6 +98,99 @@ fn only_ctes_and_qualified_references_keep_their_meaning() {
 }
 
 #[test]
+fn the_added_predicate_is_never_inside_the_clients_or() {
+    // Comparisons and ANDs bind tighter than the added AND: no parentheses needed.
+    assert_eq!(
+        rewritten("SELECT * FROM orders WHERE id = 1 AND total > 2"),
+        "SELECT * FROM orders WHERE id = 1 AND total > 2 AND orders.\"tenant_id\" = 1"
+    );
+    // Everything else is parenthesized: OR, NOT, IS, IN, LIKE, and a comparison whose
+    // operand the client parenthesized keeps its own parentheses.
+    for (sql, kept) in [
+        (
+            "SELECT * FROM orders WHERE id = 1 OR true",
+            "(id = 1 OR true)",
+        ),
+        (
+            "SELECT * FROM orders WHERE NOT id = 1 OR true",
+            "(NOT id = 1 OR true)",
+        ),
+        (
+            "SELECT * FROM orders WHERE id = 1 AND total = 2 OR true",
+            "(id = 1 AND total = 2 OR true)",
+        ),
+        (
+            "SELECT * FROM orders WHERE id IN (1, 2) OR true",
+            "(id IN (1, 2) OR true)",
+        ),
+        (
+            "SELECT * FROM orders WHERE note LIKE 'a%' OR true",
+            "(note LIKE 'a%' OR true)",
+        ),
+        (
+            "SELECT * FROM orders WHERE id = (1 OR true)",
+            "id = (1 OR true) AND",
+        ),
+        (
+            "SELECT * FROM orders WHERE true = (id = 1 OR true)",
+            "true = (id = 1 OR true) AND",
+        ),
+    ] {
+        let text = rewritten(sql);
+        assert!(text.contains(kept), "{sql}: {text}");
+        assert!(
+            text.ends_with("AND orders.\"tenant_id\" = 1"),
+            "{sql}: {text}"
+        );
+        // The tenant conjunct is at the top of WHERE: the enforce walk accepts the text.
+        assert_eq!(
+            decide_as(TenancyMode::Enforce, Some("1"), &text),
+            Decision::Pass,
+            "{text}"
+        );
+    }
+}
+
+#[test]
+fn rewrite_mode_runs_reads_already_pinned_to_the_tenant_as_written() {
+    let rewrite = TenancyMode::Rewrite;
+    for sql in [
+        "SELECT * FROM orders o JOIN customers c ON c.id = o.customer_id \
+         WHERE o.tenant_id = 1 AND c.tenant_id = 1 AND o.id = 5",
+        "SELECT name FROM products",
+        "SELECT (SELECT count(*) FROM orders WHERE tenant_id = 1), 2",
+    ] {
+        assert_eq!(decide_as(rewrite, Some("1"), sql), Decision::Pass, "{sql}");
+    }
+    // One table left unpinned, a predicate that does not pin (OR), a parameter to
+    // check at Bind, another tenant: rewritten, as before.
+    for sql in [
+        "SELECT * FROM orders o JOIN customers c ON c.id = o.customer_id WHERE o.tenant_id = 1",
+        "SELECT * FROM orders WHERE tenant_id = 1 OR id = 5",
+        "SELECT * FROM orders WHERE tenant_id = $1",
+        "SELECT * FROM orders WHERE tenant_id = 2",
+    ] {
+        let decision = decide_as(rewrite, Some("1"), sql);
+        assert!(
+            matches!(&decision, Decision::Rewritten { sql: text, .. } if text.contains("\"tenant_id\" = 1")),
+            "{sql}: {decision:?}"
+        );
+    }
+    // Writes are rewritten even when pinned: a data-modifying WITH, and an INSERT
+    // without a column list (the rewrite names the tenant column).
+    let sql = "WITH w AS (UPDATE orders SET total = 0 WHERE tenant_id = 1 RETURNING id) \
+               SELECT * FROM w";
+    assert!(
+        matches!(
+            decide_as(rewrite, Some("1"), sql),
+            Decision::Rewritten { .. }
+        ),
+        "{sql}"
+    );
+    assert!(rewritten("INSERT INTO orders VALUES (5, 1, 3, 9)").contains("\"tenant_id\""));
+}
+
+#[test]
 fn writes_are_limited_and_filled() {
     assert_eq!(
         rewritten("UPDATE orders SET total = 0 WHERE id = 7 OR true"),
@@ -105,7 +198,7 @@ fn writes_are_limited_and_filled() {
     );
     assert_eq!(
         rewritten("DELETE FROM orders o USING customers c WHERE o.customer_id = c.id"),
-        "DELETE FROM orders o USING (SELECT * FROM customers WHERE \"tenant_id\" = 1) c WHERE (o.customer_id = c.id) AND o.\"tenant_id\" = 1"
+        "DELETE FROM orders o USING (SELECT * FROM customers WHERE \"tenant_id\" = 1) c WHERE o.customer_id = c.id AND o.\"tenant_id\" = 1"
     );
     assert_eq!(
         rewritten("INSERT INTO orders (id, total) VALUES (1, 2), (3, 4)"),
@@ -350,7 +443,7 @@ fn a_passing_shape_passes_new_literals() {
 }
 
 #[test]
-fn literals_in_tenant_positions_take_the_full_path() {
+fn literals_in_tenant_positions_are_checked_against_the_tenant() {
     let g = ShapeGuard::new();
     // Rewrite mode: an INSERT giving the tenant column a literal.
     let rewrite = TenancyMode::Rewrite;
@@ -363,20 +456,64 @@ fn literals_in_tenant_positions_take_the_full_path() {
         "{decision:?}"
     );
     assert_eq!(decision, g.full(rewrite, "1", foreign));
-    // Enforce mode: the predicate's literal is what makes the statement safe.
+    assert_eq!(
+        g.hits(),
+        0,
+        "an INSERT's tenant literal is never served by shape"
+    );
+    // Enforce mode: the predicate's literal is what makes the statement safe. The
+    // shape passes texts whose literal there is the tenant, and only those.
     let enforce = TenancyMode::Enforce;
     let own = "SELECT * FROM orders WHERE tenant_id = 1 AND id = 3";
     assert_eq!(g.decide(enforce, "1", own), Decision::Pass);
-    let foreign = "SELECT * FROM orders WHERE tenant_id = 2 AND id = 3";
-    let decision = g.decide(enforce, "1", foreign);
-    assert!(
-        matches!(&decision, Decision::Reject(r) if r.kind == RejectionKind::MissingTenantPredicate),
-        "{decision:?}"
+    let again = "SELECT * FROM orders WHERE tenant_id = 1 AND id = 4";
+    assert_eq!(g.decide(enforce, "1", again), Decision::Pass);
+    assert_eq!(g.hits(), 1, "the second text passed by shape");
+    for foreign in [
+        "SELECT * FROM orders WHERE tenant_id = 2 AND id = 3",
+        "SELECT * FROM orders WHERE tenant_id = 12 AND id = 3",
+        "SELECT * FROM orders WHERE tenant_id = 1.5 AND id = 3",
+    ] {
+        let decision = g.decide(enforce, "1", foreign);
+        assert!(
+            matches!(&decision, Decision::Reject(r) if r.kind == RejectionKind::MissingTenantPredicate),
+            "{foreign}: {decision:?}"
+        );
+    }
+    // A quoted tenant literal is the tenant too; another quoted value is not.
+    assert_eq!(
+        g.decide(
+            enforce,
+            "1",
+            "SELECT * FROM orders WHERE tenant_id = '1' AND id = 5"
+        ),
+        Decision::Pass
     );
-    // Rewrite mode: a predicate on another tenant is kept and ANDed with the tenant's.
+    assert!(matches!(
+        g.decide(
+            enforce,
+            "1",
+            "SELECT * FROM orders WHERE tenant_id = '2' AND id = 5"
+        ),
+        Decision::Reject(_)
+    ));
+    assert_eq!(g.hits(), 2);
+    // Another tenant's session does not use tenant 1's shape.
+    assert!(matches!(
+        g.decide(
+            enforce,
+            "2",
+            "SELECT * FROM orders WHERE tenant_id = 1 AND id = 9"
+        ),
+        Decision::Reject(_)
+    ));
+    assert_eq!(g.hits(), 2);
+    // Rewrite mode: a read pinned to the tenant runs as written (by shape too); one
+    // pinned to another tenant keeps its predicate and gets the tenant's.
     let first = "SELECT * FROM orders WHERE tenant_id = 1";
+    assert_eq!(g.decide(rewrite, "1", first), Decision::Pass);
+    assert_eq!(g.full(rewrite, "1", first), Decision::Pass);
     let second = "SELECT * FROM orders WHERE tenant_id = 2";
-    assert_eq!(g.decide(rewrite, "1", first), g.full(rewrite, "1", first));
     let decision = g.decide(rewrite, "1", second);
     let Decision::Rewritten { sql: text, .. } = &decision else {
         panic!("{decision:?}");
@@ -385,7 +522,12 @@ fn literals_in_tenant_positions_take_the_full_path() {
         text.contains("tenant_id = 2") && text.contains("\"tenant_id\" = 1"),
         "{text}"
     );
-    assert_eq!(g.hits(), 1, "only the last SELECT came from the shape");
+    assert_eq!(decision, g.full(rewrite, "1", second));
+    assert_eq!(
+        g.decide(rewrite, "1", "SELECT * FROM orders WHERE tenant_id = 1"),
+        Decision::Pass
+    );
+    assert_eq!(g.hits(), 3);
 }
 
 #[test]
