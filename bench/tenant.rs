@@ -1,10 +1,14 @@
-//! The `tenant` script: tenant-scoped selects as an application under the tenant
+//! The tenant scripts: tenant-scoped selects as an application under the tenant
 //! guard would send them, for comparing pgwarden with the guard off and in rewrite
-//! mode (`TARGETS="pgwarden pgwarden_rewrite" SCRIPTS=tenant`).
+//! mode (`TARGETS="pgwarden pgwarden_rewrite" SCRIPTS="tenant tenant_unscoped"`).
 //!
-//! `tenant_accounts` is `pgbench_accounts` spread over 10 tenants; the script reads
-//! one account of tenant 1 joined to its (global, unscoped) branch. Every target
-//! connects with `options=-c pgwarden.tenant_id=1` so they run the same work.
+//! `tenant_accounts` is `pgbench_accounts` spread over 10 tenants; the scripts read
+//! one account of tenant 1 joined to its (global, unscoped) branch. `tenant` writes
+//! the tenant predicate itself (as an app under `enforce` would; rewrite mode runs it
+//! as written), `tenant_unscoped` leaves it to the guard (rewrite mode adds it; the
+//! accounts read all belong to tenant 1, so every target returns the same rows).
+//! Every target connects with `options=-c pgwarden.tenant_id=1` so they run the same
+//! work.
 
 use std::path::{Path, PathBuf};
 
@@ -21,11 +25,17 @@ const SCRIPT: &str = "\\set n random(1, 10000 * :scale)
 SELECT a.abalance, b.bbalance FROM tenant_accounts a JOIN pgbench_branches b ON b.bid = a.bid WHERE a.aid = :aid AND a.tenant_id = 1;
 ";
 
-/// `tenant_rewritten`: the text the guard sends for `SCRIPT`, sent by pgbench itself,
+/// `tenant_unscoped`: the same read without the tenant predicate.
+const UNSCOPED: &str = "\\set n random(1, 10000 * :scale)
+\\set aid :n * 10
+SELECT a.abalance, b.bbalance FROM tenant_accounts a JOIN pgbench_branches b ON b.bid = a.bid WHERE a.aid = :aid;
+";
+
+/// `tenant_rewritten`: the text the guard sends for `UNSCOPED`, sent by pgbench itself,
 /// to tell PostgreSQL's share of the cost (`direct`) from pgwarden's.
 const REWRITTEN: &str = "\\set n random(1, 10000 * :scale)
 \\set aid :n * 10
-SELECT a.abalance, b.bbalance FROM (SELECT * FROM tenant_accounts WHERE \"tenant_id\" = 1) a JOIN pgbench_branches b ON b.bid = a.bid WHERE a.aid = :aid AND a.tenant_id = 1;
+SELECT a.abalance, b.bbalance FROM tenant_accounts a JOIN pgbench_branches b ON b.bid = a.bid WHERE a.aid = :aid AND a.\"tenant_id\" = 1
 ";
 
 /// `PGOPTIONS` for every target of the script.
@@ -33,16 +43,16 @@ pub const PGOPTIONS: &str = "-c pgwarden.tenant_id=1";
 
 /// Whether `script` is one of these scripts.
 pub fn is_tenant_script(script: &str) -> bool {
-    script == "tenant" || script == "tenant_rewritten"
+    matches!(script, "tenant" | "tenant_unscoped" | "tenant_rewritten")
 }
 
 /// Writes the pgbench script into `dir`.
 pub fn script_file(dir: &Path, script: &str) -> PathBuf {
     let path = dir.join(format!("{script}.sql"));
-    let text = if script == "tenant" {
-        SCRIPT
-    } else {
-        REWRITTEN
+    let text = match script {
+        "tenant" => SCRIPT,
+        "tenant_unscoped" => UNSCOPED,
+        _ => REWRITTEN,
     };
     std::fs::write(&path, text).expect("write the tenant script");
     path
