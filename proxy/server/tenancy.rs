@@ -272,7 +272,8 @@ impl Session {
     async fn judge(&mut self, sql: &str) -> Result<Option<Arc<Decision>>, SessionError> {
         let state = self.tenancy.as_ref().expect("guarded session");
         let guard: Arc<TenantGuard> = self.runtime.tenancy();
-        let started = std::time::Instant::now();
+        // Timed only when traced: no clock read per statement otherwise.
+        let started = tracing::enabled!(tracing::Level::TRACE).then(std::time::Instant::now);
         let decision = guard
             .decide(
                 &self.identity.database,
@@ -282,10 +283,12 @@ impl Session {
             )
             .await
             .map_err(SessionError::TenantGuardUnavailable)?;
-        tracing::trace!(
-            micros = started.elapsed().as_micros() as u64,
-            "tenant guard decided"
-        );
+        if let Some(started) = started {
+            tracing::trace!(
+                micros = started.elapsed().as_micros() as u64,
+                "tenant guard decided"
+            );
+        }
         if let Decision::Reject(rejection) = decision.as_ref() {
             self.refuse(rejection.clone(), sql)?;
             return Ok(None);
