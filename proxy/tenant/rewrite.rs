@@ -489,7 +489,6 @@ fn is_placeholder(name: &ObjectName) -> bool {
     name.0.len() == 1 && last_ident(name).is_some_and(|i| i.value == TARGET_PLACEHOLDER)
 }
 
-/// `(existing) AND extra`.
 /// `existing AND extra`, where `extra` is a predicate the guard built. `existing` is
 /// put in parentheses unless it is itself an `AND` or a comparison: those bind
 /// tighter than the added `AND` (their own operands came from the parser, which keeps

@@ -24,6 +24,7 @@ pub struct Shaped {
     /// text with the k-th literal replaced by ` $k ` (spaces keep the placeholder from
     /// running into a neighbouring token).
     pub shape: String,
+    /// How many bytes of `shape` are the caller's prefix (0 from [`split`]).
     pub prefix: usize,
     /// Byte ranges of the literals in the text, in order.
     pub literals: Vec<Range<usize>>,
