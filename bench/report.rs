@@ -71,6 +71,7 @@ pub fn render(
         }
         let _ = writeln!(out, "{line}");
     }
+    out.push_str(&super::tenant::guard_share_table(targets, rows));
     if !idle.is_empty() {
         let _ = writeln!(out, "\n| idle clients | proxy | login | logged in | RSS before (KiB) | RSS with clients (KiB) | KiB per client | RSS after they left (KiB) | KiB left per client |");
         let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|");

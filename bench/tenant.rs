@@ -57,3 +57,53 @@ pub fn script_file(dir: &Path, script: &str) -> PathBuf {
     std::fs::write(&path, text).expect("write the tenant script");
     path
 }
+
+/// The guard's own share of rewrite mode's cost on `tenant_unscoped`. Rewrite mode
+/// sends PostgreSQL a longer statement (the added tenant predicate), which PostgreSQL
+/// runs more slowly whoever sends it: `direct` on `tenant_rewritten` against `direct`
+/// on `tenant_unscoped` measures that part. The rest is pgwarden's: (rewrite ÷ off) ÷
+/// (direct rewritten ÷ direct unscoped). Empty unless the run has all four cells.
+pub fn guard_share_table(
+    targets: &[String],
+    rows: &[(String, String, String, Vec<super::pgbench::Measure>)],
+) -> String {
+    use std::fmt::Write as _;
+    let idx = |name: &str| targets.iter().position(|t| t == name);
+    let (Some(direct), Some(off), Some(rewrite)) =
+        (idx("direct"), idx("pgwarden"), idx("pgwarden_rewrite"))
+    else {
+        return String::new();
+    };
+    let mut out = String::new();
+    for (script, mode, clients, unscoped) in rows {
+        if script != "tenant_unscoped" {
+            continue;
+        }
+        let Some((_, _, _, rewritten)) = rows
+            .iter()
+            .find(|(s, m, c, _)| s == "tenant_rewritten" && m == mode && c == clients)
+        else {
+            continue;
+        };
+        let cells = [
+            &unscoped[direct],
+            &unscoped[off],
+            &unscoped[rewrite],
+            &rewritten[direct],
+        ];
+        if cells.iter().any(|m| m.failed || m.tps == 0.0) {
+            continue;
+        }
+        if out.is_empty() {
+            out.push_str("\n| mode | clients | rewrite ÷ off (`tenant_unscoped`) | PostgreSQL's part: direct `tenant_rewritten` ÷ direct `tenant_unscoped` | the guard's own: first ÷ second |\n|---|---|---|---|---|\n");
+        }
+        let proxy = unscoped[rewrite].tps / unscoped[off].tps;
+        let server = rewritten[direct].tps / unscoped[direct].tps;
+        let _ = writeln!(
+            out,
+            "| {mode} | {clients} | {proxy:.2} | {server:.2} | {:.2} |",
+            proxy / server
+        );
+    }
+    out
+}

@@ -11,6 +11,8 @@
 //! - `rewrite` (mode `rewrite`) and `enforce` (modes `enforce`, `audit`): the walks.
 //! - `writes`: the tenant column of written rows; `predicates`: tenant conjuncts.
 //! - `bind`: parameters checked at Bind; `violations`: what was refused, counted.
+//! - `shape` and `shape_cache`: decisions kept per statement shape (literals aside),
+//!   applied again to later texts with other literals.
 
 mod bind;
 pub mod catalog;
@@ -23,11 +25,11 @@ mod refresh;
 mod rewrite;
 mod sample;
 mod shape;
+mod shape_cache;
 mod violations;
 mod writes;
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -44,7 +46,7 @@ pub use refresh::CatalogHandle;
 pub use sample::sample_catalog;
 pub use violations::{ViolationRow, Violations};
 
-use shape::{Shaped, Template};
+use shape_cache::{same_text, ShapeCache, ShapeLookup};
 
 use crate::config::{Config, TenancyConfig, TenancyMode};
 use crate::stats::ProcessHashState;
@@ -108,169 +110,6 @@ fn guard_context<'a>(
     }
 }
 
-/// What the shape cache remembers about one statement shape.
-#[derive(Debug)]
-enum ShapeEntry {
-    /// Every text of this shape runs as it is.
-    Pass,
-    /// Every text of this shape runs as it is when its literals at these (1-based)
-    /// places are the session's tenant: the shape pins the tenant with them, as a
-    /// prepared statement's parameters checked at Bind would. Other texts of the shape
-    /// take the full path.
-    PassIfTenant(Box<[usize]>),
-    /// Every text of this shape runs as the template with its literals put back,
-    /// but for a read whose literals at `pinned` (1-based; none when empty) are the
-    /// session's tenant: it runs as it is (see [`ShapeEntry::PassIfTenant`]).
-    Rewritten {
-        template: Template,
-        pinned: Box<[usize]>,
-    },
-    /// Texts of this shape take the full path (parse, walk, print).
-    Full,
-}
-
-/// The start of a shape cache key: database, mode and tenant, each length-prefixed
-/// so that no two keys run into each other. The shape follows in the same string
-/// ([`shape::split_after`]), so a lookup allocates nothing more.
-fn shape_key_prefix(database: &str, mode: TenancyMode, tenant: Option<&str>) -> String {
-    fn field(prefix: &mut String, text: &str) {
-        prefix.push_str(itoa::Buffer::new().format(text.len()));
-        prefix.push(':');
-        prefix.push_str(text);
-    }
-    let mut prefix = String::with_capacity(database.len() + tenant.map_or(0, str::len) + 16);
-    field(&mut prefix, database);
-    field(&mut prefix, mode.as_str());
-    match tenant {
-        Some(tenant) => field(&mut prefix, tenant),
-        None => prefix.push('-'),
-    }
-    prefix
-}
-
-/// A shape cache key: [`shape_key_prefix`], then the shape.
-type ShapeKey = Arc<str>;
-
-fn shape_weight(key: &ShapeKey, entry: &Arc<ShapeEntry>) -> u32 {
-    let value = match entry.as_ref() {
-        ShapeEntry::Rewritten { template, pinned } => {
-            template.bytes() + std::mem::size_of_val(pinned.as_ref())
-        }
-        ShapeEntry::PassIfTenant(places) => std::mem::size_of_val(places.as_ref()),
-        ShapeEntry::Pass | ShapeEntry::Full => 0,
-    };
-    entry_weight("", None, key, value)
-}
-
-/// What the shape cache learns from the first text of a shape: the shape is judged
-/// as a prepared statement would be (literals as parameters), and its decision is
-/// used for later texts only when it is Pass or Rewritten without parameters the
-/// tenant must be bound to, and when it gives exactly the full path's decision for
-/// this text. A text that passes because literals pin the tenant (`WHERE tenant_id =
-/// 7`) passes again when the same literals are the tenant (the enforce walk of the
-/// shape names them as tenant parameters). None: learn nothing (the catalog may not
-/// know a relation yet).
-fn learn_shape(
-    ctx: &GuardContext<'_>,
-    mode: TenancyMode,
-    sql: &str,
-    shaped: &Shaped,
-    full: &Decision,
-) -> Option<ShapeEntry> {
-    if !shape::spans_are_literal_tokens(sql, &shaped.literals) {
-        return Some(ShapeEntry::Full);
-    }
-    let Some(by_shape) = decide::decide_shape(ctx, mode, shaped.shape_text()) else {
-        return Some(ShapeEntry::Full);
-    };
-    Some(match (&by_shape, full) {
-        (Decision::Reject(rejection), _) if may_be_unknown_yet(rejection) => return None,
-        (Decision::Pass, Decision::Pass) => ShapeEntry::Pass,
-        (_, Decision::Pass) => {
-            let by_enforce_walk = match (mode, by_shape) {
-                (TenancyMode::Enforce | TenancyMode::Audit, walked) => Some(walked),
-                _ => decide::decide_shape(ctx, TenancyMode::Enforce, shaped.shape_text()),
-            };
-            match by_enforce_walk {
-                Some(Decision::PassWithParams { tenant_params })
-                    if literals_are_tenant(ctx, sql, &shaped.literals, &tenant_params) =>
-                {
-                    ShapeEntry::PassIfTenant(tenant_params.into_boxed_slice())
-                }
-                _ => ShapeEntry::Full,
-            }
-        }
-        (
-            Decision::Rewritten {
-                sql: template,
-                tenant_params,
-            },
-            Decision::Rewritten {
-                sql: expected,
-                tenant_params: expected_params,
-            },
-        ) if tenant_params.is_empty() && expected_params.is_empty() => {
-            match Template::new(template, shaped.literals.len()) {
-                Some(template)
-                    if template
-                        .apply(sql, &shaped.literals)
-                        .is_some_and(|applied| same_text(&applied, expected)) =>
-                {
-                    ShapeEntry::Rewritten {
-                        template,
-                        pinned: decide::pinned_read_places(ctx, shaped.shape_text())
-                            .unwrap_or_default()
-                            .into_boxed_slice(),
-                    }
-                }
-                _ => ShapeEntry::Full,
-            }
-        }
-        _ => ShapeEntry::Full,
-    })
-}
-
-/// Whether the literals of `sql` at `places` (1-based, as the shape's parameters)
-/// are each the session's tenant, read as [`params_are_tenant`] reads a text
-/// parameter: a number as written, a string without its quotes. A string with a
-/// quote inside is not taken apart here: it is not the tenant (the full path judges
-/// it).
-fn literals_are_tenant(
-    ctx: &GuardContext<'_>,
-    sql: &str,
-    literals: &[std::ops::Range<usize>],
-    places: &[usize],
-) -> bool {
-    let Some(tenant) = ctx.tenant else {
-        return false;
-    };
-    !places.is_empty()
-        && places.iter().all(|&place| {
-            let Some(literal) = place.checked_sub(1).and_then(|i| literals.get(i)) else {
-                return false;
-            };
-            let text = &sql[literal.clone()];
-            let value = match text.strip_prefix('\'') {
-                Some(quoted) => match quoted.strip_suffix('\'') {
-                    Some(inner) if !inner.contains('\'') => inner,
-                    _ => return false,
-                },
-                None => text,
-            };
-            policy::same_tenant(ctx.value_type, value, tenant)
-        })
-}
-
-/// Whether two texts the guard would send are the same statements: equal, or
-/// parsed to equal statements with the same routing hint.
-fn same_text(a: &str, b: &str) -> bool {
-    if a == b {
-        return true;
-    }
-    let parse = |sql: &str| Parser::parse_sql(&PostgreSqlDialect {}, sql).ok();
-    crate::route::hint(a) == crate::route::hint(b) && parse(a).is_some_and(|a| Some(a) == parse(b))
-}
-
 /// Refusals that may go away once the catalog reloads: not remembered.
 fn may_be_unknown_yet(rejection: &Rejection) -> bool {
     rejection.kind == RejectionKind::UnknownRelation
@@ -288,14 +127,6 @@ pub fn shape_literals(sql: &str) -> Option<Vec<std::ops::Range<usize>>> {
 #[doc(hidden)]
 pub fn same_statements(a: &str, b: &str) -> bool {
     same_text(a, b)
-}
-
-/// The shape of `sql` when the shape path may be tried for it.
-fn shape_of(key_prefix: &str, sql: &str) -> Option<Shaped> {
-    let shaped = shape::split_after(key_prefix, sql)?;
-    // A routing hint is looked for in the whole text, literals included; the shape
-    // path applies only when the shape's hint is the text's.
-    (crate::route::hint(sql) == crate::route::hint(shaped.shape_text())).then_some(shaped)
 }
 
 /// Bytes a cached decision costs beyond its texts (key, `Arc`, moka bookkeeping).
@@ -348,27 +179,6 @@ fn decision_cache(
         .build_with_hasher(crate::stats::process_hasher())
 }
 
-/// The shape cache: the other quarter (shapes are few; texts are many).
-fn shape_cache(
-    config: &TenancyConfig,
-) -> moka::sync::Cache<ShapeKey, Arc<ShapeEntry>, ProcessHashState> {
-    moka::sync::Cache::builder()
-        .max_capacity(cache_budget(config) / 4)
-        .weigher(shape_weight)
-        .build_with_hasher(crate::stats::process_hasher())
-}
-
-/// How the shape cache served statement texts with literals.
-#[derive(Debug, Default)]
-struct ShapeCounts {
-    /// Decided from a cached shape (Pass or template).
-    hits: AtomicU64,
-    /// First text of a shape: decided on the full path, and the shape judged.
-    misses: AtomicU64,
-    /// Shape known to need the full path, or a template that did not apply.
-    full: AtomicU64,
-}
-
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct DecisionKey {
     database: Arc<str>,
@@ -384,10 +194,7 @@ pub struct TenantGuard {
     safe_functions: HashSet<String>,
     catalogs: HashMap<String, Arc<CatalogHandle>>,
     decisions: moka::sync::Cache<DecisionKey, Arc<Decision>, ProcessHashState>,
-    shapes: moka::sync::Cache<ShapeKey, Arc<ShapeEntry>, ProcessHashState>,
-    shape_counts: ShapeCounts,
-    /// The one `Pass` the shape path hands out (no allocation per statement).
-    pass: Arc<Decision>,
+    shapes: ShapeCache,
     pub violations: Arc<Violations>,
 }
 
@@ -396,7 +203,7 @@ impl TenantGuard {
     /// not `off`. Must run inside a tokio runtime when any database is guarded.
     pub fn start(config: &Config, violations: Arc<Violations>) -> TenantGuard {
         let decisions = decision_cache(&config.tenancy);
-        let shapes = shape_cache(&config.tenancy);
+        let shapes = ShapeCache::new(&config.tenancy);
         let mut catalogs = HashMap::new();
         for (name, db) in &config.databases {
             if config.tenancy_mode_for(name) == TenancyMode::Off {
@@ -405,14 +212,14 @@ impl TenantGuard {
             let handle = CatalogHandle::new();
             let cache: moka::sync::Cache<DecisionKey, Arc<Decision>, ProcessHashState> =
                 decisions.clone();
-            let shape_cache = shapes.clone();
+            let forget_shapes = shapes.invalidator();
             refresh::spawn(
                 handle.clone(),
                 db.primary.clone(),
                 config.tenancy.clone(),
                 move || {
                     cache.invalidate_all();
-                    shape_cache.invalidate_all();
+                    forget_shapes();
                 },
             );
             catalogs.insert(name.clone(), handle);
@@ -428,18 +235,16 @@ impl TenantGuard {
             catalogs,
             decisions,
             shapes,
-            shape_counts: ShapeCounts::default(),
-            pass: Arc::new(Decision::Pass),
             violations,
         }
     }
 
     /// Bytes the decision and shape caches hold now, and their bound.
     pub fn cache_bytes(&self) -> (u64, u64) {
+        let (shape_bytes, shape_bound) = self.shapes.bytes();
         (
-            self.decisions.weighted_size() + self.shapes.weighted_size(),
-            self.decisions.policy().max_capacity().unwrap_or(0)
-                + self.shapes.policy().max_capacity().unwrap_or(0),
+            self.decisions.weighted_size() + shape_bytes,
+            self.decisions.policy().max_capacity().unwrap_or(0) + shape_bound,
         )
     }
 
@@ -496,9 +301,7 @@ impl TenantGuard {
                 .collect(),
             catalogs: HashMap::new(),
             decisions: decision_cache(config),
-            shapes: shape_cache(config),
-            shape_counts: ShapeCounts::default(),
-            pass: Arc::new(Decision::Pass),
+            shapes: ShapeCache::new(config),
             violations: Arc::new(Violations::default()),
         }
     }
@@ -516,48 +319,12 @@ impl TenantGuard {
         sql: &str,
     ) -> Result<Arc<Decision>, Arc<Decision>> {
         // The shape path first: a text with literals whose shape was judged before.
-        let mut learn = None;
-        if let Some(shaped) = shape_of(&shape_key_prefix(database, mode, tenant), sql) {
-            match self.shapes.get(shaped.shape.as_str()).as_deref() {
-                Some(ShapeEntry::Pass) => {
-                    self.shape_counts.hits.fetch_add(1, Ordering::Relaxed);
-                    return Ok(self.pass.clone());
-                }
-                Some(ShapeEntry::PassIfTenant(places)) => {
-                    let ctx = guard_context(&self.config, &self.safe_functions, catalog, tenant);
-                    if literals_are_tenant(&ctx, sql, &shaped.literals, places) {
-                        self.shape_counts.hits.fetch_add(1, Ordering::Relaxed);
-                        return Ok(self.pass.clone());
-                    }
-                    self.shape_counts.full.fetch_add(1, Ordering::Relaxed);
-                }
-                Some(ShapeEntry::Rewritten { template, pinned }) => {
-                    if !pinned.is_empty() {
-                        let ctx =
-                            guard_context(&self.config, &self.safe_functions, catalog, tenant);
-                        if literals_are_tenant(&ctx, sql, &shaped.literals, pinned) {
-                            self.shape_counts.hits.fetch_add(1, Ordering::Relaxed);
-                            return Ok(self.pass.clone());
-                        }
-                    }
-                    if let Some(text) = template.apply(sql, &shaped.literals) {
-                        self.shape_counts.hits.fetch_add(1, Ordering::Relaxed);
-                        return Ok(Arc::new(Decision::Rewritten {
-                            sql: text,
-                            tenant_params: Vec::new(),
-                        }));
-                    }
-                    self.shape_counts.full.fetch_add(1, Ordering::Relaxed);
-                }
-                Some(ShapeEntry::Full) => {
-                    self.shape_counts.full.fetch_add(1, Ordering::Relaxed);
-                }
-                None => {
-                    self.shape_counts.misses.fetch_add(1, Ordering::Relaxed);
-                    learn = Some(shaped);
-                }
-            }
-        }
+        let ctx = || guard_context(&self.config, &self.safe_functions, catalog, tenant);
+        let learn = match self.shapes.lookup(ctx, database, mode, tenant, sql) {
+            ShapeLookup::Decided(decision) => return Ok(decision),
+            ShapeLookup::Learn(shaped) => Some(shaped),
+            ShapeLookup::Full => None,
+        };
         let key = DecisionKey {
             database: database.into(),
             mode,
@@ -580,11 +347,7 @@ impl TenantGuard {
             return Err(decision);
         }
         if let Some(shaped) = learn {
-            let ctx = guard_context(&self.config, &self.safe_functions, catalog, tenant);
-            if let Some(entry) = learn_shape(&ctx, mode, sql, &shaped, &decision) {
-                self.shapes
-                    .insert(Arc::from(shaped.shape.as_str()), Arc::new(entry));
-            }
+            self.shapes.learn(&ctx(), mode, sql, shaped, &decision);
         }
         self.decisions.insert(key, decision.clone());
         Ok(decision)
@@ -592,11 +355,7 @@ impl TenantGuard {
 
     /// Shape cache counts: (hits, misses, full-path texts).
     pub fn shape_counts(&self) -> (u64, u64, u64) {
-        (
-            self.shape_counts.hits.load(Ordering::Relaxed),
-            self.shape_counts.misses.load(Ordering::Relaxed),
-            self.shape_counts.full.load(Ordering::Relaxed),
-        )
+        self.shapes.counts()
     }
 }
 
