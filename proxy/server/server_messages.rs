@@ -81,6 +81,13 @@ impl Session {
                 }
             };
             let message_tag = rest[0];
+            if message_tag == tag::DATA_ROW || message_tag == tag::COPY_DATA {
+                // Rows and COPY data are only relayed: the response queue, settings
+                // and statistics read the messages around them, never these. A large
+                // result is a million of them, so they skip the rest of the loop.
+                relay_run += len;
+                continue;
+            }
             tracing::trace!(tag = %(message_tag as char), len, "server message");
             if message_tag == tag::NOTIFICATION_RESPONSE && len >= 9 {
                 // The client knows its own backend by the pid it was given.
