@@ -72,17 +72,26 @@ pub enum Hint {
     Replica,
 }
 
+/// Where a hint's mark starts; prebuilt once (a `str::contains` builds its searcher on
+/// every call, and the tenant guard asks twice per statement).
+static HINT_MARK: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+    std::sync::LazyLock::new(|| memchr::memmem::Finder::new("pgwarden:"));
+
+/// The hint in `sql`, if any: `pgwarden:primary` wins over `pgwarden:replica`
+/// wherever each is, as before either was looked for.
 pub fn hint(sql: &str) -> Option<Hint> {
-    if !sql.contains("pgwarden:") {
-        return None;
+    let bytes = sql.as_bytes();
+    let mut replica = false;
+    let mut from = 0;
+    while let Some(at) = HINT_MARK.find(&bytes[from..]) {
+        let after = &bytes[from + at + "pgwarden:".len()..];
+        if after.starts_with(b"primary") {
+            return Some(Hint::Primary);
+        }
+        replica |= after.starts_with(b"replica");
+        from += at + 1;
     }
-    if sql.contains("pgwarden:primary") {
-        Some(Hint::Primary)
-    } else if sql.contains("pgwarden:replica") {
-        Some(Hint::Replica)
-    } else {
-        None
-    }
+    replica.then_some(Hint::Replica)
 }
 
 /// Functions that only read, beyond the user's `routing.read_only_functions`.
@@ -521,6 +530,46 @@ mod tests {
         assert_eq!(hint("/* pgwarden:primary */ SELECT 1"), Some(Hint::Primary));
         assert_eq!(hint("SELECT 1 -- pgwarden:replica"), Some(Hint::Replica));
         assert_eq!(hint("SELECT 1"), None);
+    }
+
+    /// The search for the mark answers as a plain search for each whole hint would, on
+    /// texts built from pieces of marks (repeated, nested, cut short, both hints).
+    #[test]
+    fn hints_match_a_search_for_each_whole_hint() {
+        let by_contains = |sql: &str| {
+            if sql.contains("pgwarden:primary") {
+                Some(Hint::Primary)
+            } else if sql.contains("pgwarden:replica") {
+                Some(Hint::Replica)
+            } else {
+                None
+            }
+        };
+        let pieces = [
+            "pgwarden:",
+            "primary",
+            "replica",
+            "pgwarden",
+            ":",
+            "prim",
+            "x",
+            " ",
+            "*/",
+            "pgwarden:pgwarden:",
+        ];
+        let mut checked = 0;
+        for a in pieces {
+            for b in pieces {
+                for c in pieces {
+                    for d in pieces {
+                        let sql = format!("{a}{b}{c}{d}");
+                        assert_eq!(hint(&sql), by_contains(&sql), "{sql}");
+                        checked += 1;
+                    }
+                }
+            }
+        }
+        assert_eq!(checked, 10_000);
     }
 
     #[test]
