@@ -72,10 +72,13 @@ pub enum Hint {
     Replica,
 }
 
-/// Where a hint's mark starts; prebuilt once (a `str::contains` builds its searcher on
-/// every call, and the tenant guard asks twice per statement).
-static HINT_MARK: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
-    std::sync::LazyLock::new(|| memchr::memmem::Finder::new("pgwarden:"));
+/// What every hint starts with.
+const HINT_MARK: &str = "pgwarden:";
+
+/// The search for [`HINT_MARK`], prebuilt once (a `str::contains` builds its searcher
+/// on every call, and the tenant guard asks twice per statement).
+static HINT_MARK_FINDER: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+    std::sync::LazyLock::new(|| memchr::memmem::Finder::new(HINT_MARK));
 
 /// The hint in `sql`, if any: `pgwarden:primary` wins over `pgwarden:replica`
 /// wherever each is, as before either was looked for.
@@ -83,8 +86,8 @@ pub fn hint(sql: &str) -> Option<Hint> {
     let bytes = sql.as_bytes();
     let mut replica = false;
     let mut from = 0;
-    while let Some(at) = HINT_MARK.find(&bytes[from..]) {
-        let after = &bytes[from + at + "pgwarden:".len()..];
+    while let Some(at) = HINT_MARK_FINDER.find(&bytes[from..]) {
+        let after = &bytes[from + at + HINT_MARK.len()..];
         if after.starts_with(b"primary") {
             return Some(Hint::Primary);
         }

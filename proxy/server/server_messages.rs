@@ -84,7 +84,10 @@ impl Session {
             if message_tag == tag::DATA_ROW || message_tag == tag::COPY_DATA {
                 // Rows and COPY data are only relayed: the response queue, settings
                 // and statistics read the messages around them, never these. A large
-                // result is a million of them, so they skip the rest of the loop.
+                // result is a million of them, so they skip the rest of the loop. (The
+                // queue's one effect of any message, dropping `CopyEnd` marks at its
+                // head, has already happened: rows always follow a RowDescription,
+                // BindComplete or CopyOutResponse, which pass through it.)
                 relay_run += len;
                 continue;
             }
