@@ -3,19 +3,21 @@
 //! statement is closed. Statements used since the current batch began are never
 //! chosen (closing a statement closes its portals).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
+
+use crate::stats::ProcessMap;
 
 #[derive(Debug, Default)]
 pub struct PreparedStatements {
     /// Statement id → tick of its last use.
-    last_used: HashMap<u64, u64>,
+    last_used: ProcessMap<u64, u64>,
     tick: u64,
     /// Uses at or after this tick belong to the batch in flight.
     batch_start: u64,
     /// Statements that may still exist on the server although the proxy no longer
     /// counts on them (a stale plan, a `Close` the server skipped after an error):
     /// closed before they are prepared again.
-    stale: HashSet<u64>,
+    stale: HashSet<u64, crate::stats::ProcessState>,
 }
 
 impl PreparedStatements {
@@ -31,11 +33,15 @@ impl PreparedStatements {
         self.last_used.is_empty()
     }
 
-    /// Notes a use of a statement the server has.
-    pub fn touch(&mut self, id: u64) {
+    /// Notes a use of the statement if the server has it; whether it has.
+    pub fn touch(&mut self, id: u64) -> bool {
         self.tick += 1;
-        if let Some(t) = self.last_used.get_mut(&id) {
-            *t = self.tick;
+        match self.last_used.get_mut(&id) {
+            Some(t) => {
+                *t = self.tick;
+                true
+            }
+            None => false,
         }
     }
 
@@ -100,12 +106,12 @@ mod tests {
         let mut p = PreparedStatements::default();
         assert!(p.insert(1, 2).is_empty());
         assert!(p.insert(2, 2).is_empty());
-        p.touch(1);
+        assert!(p.touch(1));
         p.start_batch();
         assert_eq!(p.insert(3, 2), vec![2]);
         assert!(p.contains(1) && p.contains(3) && !p.contains(2));
         // Both remaining were used in this batch: the bound is exceeded, not violated.
-        p.touch(1);
+        assert!(p.touch(1));
         assert!(p.insert(4, 2).is_empty());
         assert_eq!(p.len(), 3);
         p.start_batch();
@@ -118,6 +124,7 @@ mod tests {
         p.insert(7, 10);
         p.mark_stale(7);
         assert!(!p.contains(7));
+        assert!(!p.touch(7), "a stale statement is not one the server has");
         assert_eq!(p.insert(7, 10), vec![7]);
         assert!(p.insert(8, 10).is_empty());
     }

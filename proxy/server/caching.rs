@@ -8,7 +8,6 @@
 //! Statements without the hint cost one byte scan here (in `hinted` mode with no
 //! `cache.rules`): no parse, no lock.
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -37,7 +36,8 @@ pub struct SessionCache {
     fill: Option<Box<Fill>>,
     /// What the open transaction (or autocommit statement) on the primary may change.
     pub(super) writes: WriteNames,
-    pub(super) statement_writes: HashMap<Vec<u8>, super::cache_writes::StatementWrites>,
+    pub(super) statement_writes:
+        crate::stats::ProcessMap<Vec<u8>, super::cache_writes::StatementWrites>,
     pub(super) unnamed_writes: Option<super::cache_writes::StatementWrites>,
     /// The `Bind` of a statement whose effects are unknown was sent.
     pub(super) unknown_writes: bool,

@@ -423,8 +423,7 @@ impl Session {
             self.statements
                 .define(view.statement, view.definition, view.query, access, opaque);
         let server = self.server.as_mut().expect("acquired");
-        if server.prepared.contains(id.0) {
-            server.prepared.touch(id.0);
+        if server.prepared.touch(id.0) {
             let mut answer = BytesMut::with_capacity(5);
             backend::parse_complete(&mut answer);
             self.responses
@@ -456,8 +455,7 @@ impl Session {
         let statement = self.statements.get(name)?;
         let (id, definition) = (statement.id, statement.definition.clone());
         let server = self.server.as_mut().expect("acquired");
-        if server.prepared.contains(id.0) {
-            server.prepared.touch(id.0);
+        if server.prepared.touch(id.0) {
         } else {
             self.close_before_prepare(id);
             write_parse(&mut self.to_server, &id.server_name(), &definition);

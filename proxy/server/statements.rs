@@ -7,7 +7,6 @@
 //! first use. Names come from a counter, never from a hash: two definitions can never
 //! share a server name.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 
@@ -16,6 +15,7 @@ use bytes::Bytes;
 use super::opaque_code::OpaqueCheck;
 use super::session_effects::{effects_of, Effect};
 use crate::route::DataAccess;
+use crate::stats::ProcessMap;
 
 /// Server-side identity of a statement definition.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -31,7 +31,7 @@ pub fn registry_bytes() -> usize {
 }
 
 struct Registry {
-    by_definition: HashMap<Box<[u8]>, u64>,
+    by_definition: ProcessMap<Box<[u8]>, u64>,
     bytes: usize,
 }
 
@@ -41,7 +41,7 @@ fn registry() -> &'static Mutex<Registry> {
     static REGISTRY: OnceLock<Mutex<Registry>> = OnceLock::new();
     REGISTRY.get_or_init(|| {
         Mutex::new(Registry {
-            by_definition: HashMap::new(),
+            by_definition: ProcessMap::default(),
             bytes: 0,
         })
     })
@@ -145,7 +145,7 @@ const MAX_STATEMENTS_PER_CLIENT: usize = 10_000;
 
 #[derive(Debug, Default)]
 pub struct ClientStatements {
-    by_name: HashMap<Bytes, PooledStatement>,
+    by_name: ProcessMap<Bytes, PooledStatement>,
 }
 
 impl ClientStatements {

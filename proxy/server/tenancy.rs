@@ -5,7 +5,6 @@
 //! prepared for and its tenant parameters, `FunctionCall` is refused. Decisions come
 //! from the `tenant` room.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -37,7 +36,7 @@ pub struct TenantSession {
     pub fixed_by_role: bool,
     /// The role is in `tenancy.bypass_roles`: statements are not judged.
     pub bypass: bool,
-    pub(super) statements: HashMap<Bytes, GuardedStatement>,
+    pub(super) statements: crate::stats::ProcessMap<Bytes, GuardedStatement>,
 }
 
 impl TenantSession {
@@ -84,7 +83,7 @@ impl TenantSession {
             tenant,
             fixed_by_role: role_tenant.is_some(),
             bypass,
-            statements: HashMap::new(),
+            statements: crate::stats::ProcessMap::default(),
         };
         if !bypass {
             session.apply_rls_setting(config, settings);
