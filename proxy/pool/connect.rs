@@ -3,7 +3,7 @@
 //! `scram_passthrough`), then `ParameterStatus`/`BackendKeyData` up to `ReadyForQuery`.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::BytesMut;
 use fallible_iterator::FallibleIterator;
@@ -17,7 +17,7 @@ use tokio::net::TcpStream;
 use super::scram_passthrough::{
     md5_answer, PassthroughClient, PassthroughError, PassthroughSecret, PassthroughSlot,
 };
-use super::{BackendKey, PoolError, ServerConnection};
+use super::{BackendKey, CoarseInstant, PoolError, ServerConnection};
 
 /// Where and as whom a pool logs in.
 #[derive(Debug, Clone)]
@@ -74,8 +74,8 @@ impl ServerTarget {
             prepared: Default::default(),
             settings_hash: 0,
             broken: false,
-            last_used: Instant::now(),
-            opened: Instant::now(),
+            last_used: CoarseInstant::now(),
+            opened: CoarseInstant::now(),
             nonstandard_strings,
             needs_reset: false,
             sequences_of: 0,

@@ -40,7 +40,7 @@ impl bb8::ManageConnection for ServerConnector {
         }
         match tokio::time::timeout(self.connect_timeout, connection.run_internal("")).await {
             Ok(Ok(())) => {
-                connection.last_used = std::time::Instant::now();
+                connection.last_used = super::CoarseInstant::now();
                 Ok(())
             }
             // Whatever failed, this is one connection gone bad, not a server that

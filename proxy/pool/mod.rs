@@ -11,6 +11,7 @@
 //! string the session gives.
 
 pub mod background;
+mod coarse_clock;
 mod connect;
 mod connector;
 mod error;
@@ -23,6 +24,7 @@ mod server_connection;
 mod warm_stack;
 
 pub use background::{connect_background, BACKGROUND_APPLICATION_PREFIX};
+pub use coarse_clock::CoarseInstant;
 pub use connect::ServerTarget;
 pub use connector::ServerConnector;
 pub use error::PoolError;

@@ -1,9 +1,9 @@
 //! One authenticated connection to a PostgreSQL server, as the pool holds it.
 
-use std::time::Instant;
-
 use bytes::BytesMut;
 use tokio::net::TcpStream;
+
+use super::coarse_clock::CoarseInstant;
 
 /// `BackendKeyData` of a server connection: what a `CancelRequest` must name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,9 +31,10 @@ pub struct ServerConnection {
     /// Set when the connection's state is unknown (error mid-message, client vanished
     /// mid-transaction): the pool discards it instead of reusing it.
     pub broken: bool,
-    pub last_used: Instant,
+    /// When it was last returned or checked (coarse: the pool needs milliseconds).
+    pub last_used: CoarseInstant,
     /// When it logged in (for `pool.max_lifetime_ms` while it is parked warm).
-    pub opened: Instant,
+    pub opened: CoarseInstant,
     /// The server session reads `'\'` as a quote escape: `standard_conforming_strings`
     /// is off, at login (a role, database or server default) or since (a
     /// `ParameterStatus`). The tenant guard lexes as PostgreSQL does with it on, so a

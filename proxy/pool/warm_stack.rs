@@ -21,7 +21,7 @@
 
 use std::sync::atomic::{fence, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::ServerConnector;
 
@@ -65,7 +65,7 @@ impl WarmStack {
         if self.len.load(Ordering::Relaxed) == 0 {
             return None;
         }
-        let now = Instant::now();
+        let now = super::CoarseInstant::now();
         loop {
             let mut connection = self.with_parked(Vec::pop)?;
             if !connection.is_quiet_while_idle() {

@@ -3,7 +3,7 @@
 //! it failed, and reset it when the client leaves.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::BytesMut;
 
@@ -65,7 +65,7 @@ impl Session {
             }
             // A pooled connection keeps no large read buffer for its next client.
             shrink_if_idle(&mut server.read_buf);
-            server.last_used = Instant::now();
+            server.last_used = crate::pool::CoarseInstant::now();
             self.cancel.slot.detach();
             if let Some(state) = self.routing.as_mut() {
                 state.forget_frames();
