@@ -36,6 +36,9 @@ impl Session {
             return;
         }
         self.note_transaction_kind(message_tag, frame);
+        if message_tag == tag::PARSE {
+            self.forget_redefined_writes(frame);
+        }
         if self.backend != 0 || !matches!(message_tag, tag::QUERY | tag::PARSE | tag::BIND) {
             return;
         }
@@ -84,12 +87,7 @@ impl Session {
                 if view.statement.is_empty() {
                     state.unnamed_writes = Some(writes);
                 } else {
-                    if state.statement_writes.len() >= MAX_STATEMENT_EFFECTS {
-                        state.statement_writes.clear();
-                    }
-                    state
-                        .statement_writes
-                        .insert(view.statement.to_vec(), writes);
+                    remember_statement_writes(state, view.statement, writes);
                 }
             }
             tag::BIND => {
@@ -118,10 +116,16 @@ impl Session {
                         let query_len = crate::protocol::extended::cstr(&definition)
                             .map_or(0, |(q, _)| q.len());
                         let query = definition.slice(0..query_len);
-                        writes = Some(StatementWrites {
+                        let worked_out = StatementWrites {
                             writes: self.writes_of(&query).unwrap_or_default(),
                             definition,
-                        });
+                        };
+                        // Kept, so the next `Bind` of it does not scan and classify the
+                        // text again (until a `Parse` redefines the name).
+                        if let Some(state) = self.caching.as_mut() {
+                            remember_statement_writes(state, view.statement, worked_out.clone());
+                        }
+                        writes = Some(worked_out);
                     }
                 }
                 let bound = writes.map(|w| {
@@ -144,6 +148,30 @@ impl Session {
                 }
             }
             _ => {}
+        }
+    }
+
+    /// A `Parse` redefines its statement: what was noted for the old text no longer
+    /// holds. Forgotten before anything decides whether this `Parse` is noted: it is
+    /// not when it goes to a replica (a `BEGIN READ ONLY` transaction may prepare an
+    /// `UPDATE`) or while no instance caches the database, and a later `Bind` on the
+    /// primary would otherwise take the new text for the old one (a read, "nothing to
+    /// note") and leave its writes uninvalidated.
+    fn forget_redefined_writes(&mut self, frame: &[u8]) {
+        let Some(state) = self.caching.as_mut() else {
+            return;
+        };
+        let Some((name, definition)) = crate::protocol::extended::cstr(body(frame)) else {
+            return;
+        };
+        if !name.is_empty() {
+            state.statement_writes.remove(name);
+        } else if state
+            .unnamed_writes
+            .as_ref()
+            .is_some_and(|known| known.definition != definition)
+        {
+            state.unnamed_writes = None;
         }
     }
 
@@ -383,4 +411,16 @@ mod tests {
             assert!(!may_begin_read_only(sql.as_bytes()), "{sql}");
         }
     }
+}
+
+/// Remembers what the named statement `name` may write, within the session's bound.
+fn remember_statement_writes(
+    state: &mut super::caching::SessionCache,
+    name: &[u8],
+    writes: StatementWrites,
+) {
+    if state.statement_writes.len() >= MAX_STATEMENT_EFFECTS {
+        state.statement_writes.clear();
+    }
+    state.statement_writes.insert(name.to_vec(), writes);
 }

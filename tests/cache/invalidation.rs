@@ -258,6 +258,88 @@ async fn another_instance_invalidates_within_100ms() {
     assert!(worst < Duration::from_millis(100), "{worst:?}");
 }
 
+/// A named statement prepared again with another text where its writes are not noted
+/// (a `BEGIN READ ONLY` transaction runs on the replica, which may prepare an `UPDATE`)
+/// is not taken for its old text (a read, "nothing to note") when it runs on the
+/// primary: the `UPDATE`'s commit invalidates what it changed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_statement_prepared_again_on_a_replica_is_not_taken_for_its_old_text() {
+    use crate::support::wire::{cstring, error_code, frame};
+    let cluster = cluster(1, &[]);
+    setup(
+        &cluster,
+        "CREATE TABLE t (id int primary key, v int); INSERT INTO t VALUES (1, 0);",
+    )
+    .await;
+    cluster
+        .wait_for_replication(Duration::from_secs(10))
+        .unwrap();
+    let proxy = start(&cluster, |c| {
+        if let Some(db) = c.databases.get_mut(DATABASE) {
+            db.replicas = cluster.replica_urls();
+        }
+        c.routing.lag_poll_ms = 20;
+        c.cache.ttl_ms = 600_000;
+    })
+    .await;
+    let cached = "/* pgwarden:cache */ SELECT v FROM t WHERE id = 1";
+    let mut reader = wire(&proxy).await;
+    assert_eq!(simple_value(&mut reader, cached).await, Some("0".into()));
+
+    let mut app = wire(&proxy).await;
+    let no_error = |step: &str, frames: &[Vec<u8>]| {
+        assert_eq!(error_code(frames), None, "{step}");
+    };
+    // "w" reads first, prepared and run on the primary: noted as a read.
+    no_error("BEGIN", &within("BEGIN", app.simple("BEGIN")).await);
+    let read = within(
+        "w as a read",
+        app.extended("w", Some("SELECT v FROM t WHERE id = 1"), &[], false, 0),
+    )
+    .await;
+    assert_eq!(first_value(&read), Some("0".into()));
+    no_error("COMMIT", &within("COMMIT", app.simple("COMMIT")).await);
+
+    // Closed, and prepared again as an UPDATE in a read-only transaction (the replica).
+    no_error(
+        "BEGIN READ ONLY",
+        &within("BEGIN READ ONLY", app.simple("BEGIN READ ONLY")).await,
+    );
+    let mut again = frame(b'C', b"Sw\0");
+    let mut parse = Vec::new();
+    cstring(&mut parse, "w");
+    cstring(
+        &mut parse,
+        "UPDATE t SET v = v + 1 WHERE id = 1 RETURNING v",
+    );
+    parse.extend_from_slice(&0i16.to_be_bytes());
+    again.extend(frame(b'P', &parse));
+    again.extend(frame(b'S', &[]));
+    app.send(&again).await;
+    let prepared = within("w prepared again", app.answer()).await;
+    no_error("prepared again", &prepared);
+    assert!(prepared.iter().any(|f| f[0] == b'1'), "ParseComplete");
+    no_error("COMMIT", &within("COMMIT", app.simple("COMMIT")).await);
+
+    // Run on the primary, outside a transaction: its commit invalidates the entry.
+    let updated = within("w as an UPDATE", app.extended("w", None, &[], false, 0)).await;
+    no_error("w as an UPDATE", &updated);
+    assert_eq!(first_value(&updated), Some("1".into()));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        // Another client, so read-your-writes does not stand in for the invalidation.
+        let seen = simple_value(&mut reader, cached).await;
+        if seen == Some("1".into()) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the cached read still answers {seen:?} after the UPDATE committed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wal_invalidation_sees_writes_that_bypass_pgwarden() {
     let cluster = cluster(0, &["wal_level = logical", "max_replication_slots = 10"]);
