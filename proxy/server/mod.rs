@@ -31,6 +31,7 @@ mod query_scan;
 mod raised_error;
 mod random_seed;
 mod responses;
+mod retry_frames;
 mod routing;
 mod routing_class;
 mod scram_server;

@@ -18,9 +18,6 @@ use crate::pool::ServerPool;
 use crate::protocol::tag::TransactionStatus;
 use crate::route::{Hint, Lsn, ReplicaChoice, Routing, StatementClass, Topology};
 
-/// Requests bigger than this are not kept for a retry.
-const MAX_RETRY_BYTES: usize = 256 * 1024;
-
 /// `SET pgwarden.route = ...`
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RouteMode {
@@ -55,8 +52,7 @@ pub struct SessionRouting {
     /// The current primary transaction wrote something.
     pub wrote: bool,
     /// Frames of the autocommit request in flight on a replica, until its first answer.
-    pub retry_frames: Vec<Bytes>,
-    retry_bytes: usize,
+    pub retry_frames: super::retry_frames::RetryFrames,
     /// The frames of a request whose replica just failed, waiting to be retried.
     pub failed_frames: Vec<Bytes>,
     /// A replica that just failed this request.
@@ -129,8 +125,7 @@ impl SessionRouting {
             tenant: None,
             last_write: None,
             wrote: false,
-            retry_frames: Vec::new(),
-            retry_bytes: 0,
+            retry_frames: Default::default(),
             failed_frames: Vec::new(),
             exclude: None,
             serializable_role,
@@ -190,21 +185,8 @@ impl SessionRouting {
         }
     }
 
-    pub fn remember_frame(&mut self, frame: &Bytes) {
-        if self.retry_bytes + frame.len() <= MAX_RETRY_BYTES {
-            self.retry_bytes += frame.len();
-            // Kept until the replica's first answer, possibly longer than the read
-            // buffer the frame came from: copy it, so it pins no buffer.
-            self.retry_frames.push(Bytes::copy_from_slice(frame));
-        } else {
-            self.retry_bytes = usize::MAX / 2; // too big: no retry for this request
-            self.retry_frames.clear();
-        }
-    }
-
     pub fn forget_frames(&mut self) {
-        self.retry_frames.clear();
-        self.retry_bytes = 0;
+        self.retry_frames.forget();
     }
 }
 
@@ -284,7 +266,7 @@ impl Session {
         }
         if backend_index != 0 && status == TransactionStatus::Idle {
             if let Some(state) = self.routing.as_mut() {
-                state.remember_frame(frame);
+                state.retry_frames.remember(frame);
             }
         }
     }

@@ -24,7 +24,7 @@ impl Session {
             self.note_lost_server();
             self.failed_backend = Some(self.backend);
             if let Some(state) = self.routing.as_mut() {
-                state.failed_frames = std::mem::take(&mut state.retry_frames);
+                state.failed_frames = state.retry_frames.take();
             }
         }
         self.release();
