@@ -29,7 +29,7 @@ mod shape_cache;
 mod violations;
 mod writes;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -192,7 +192,7 @@ struct DecisionKey {
 pub struct TenantGuard {
     pub config: TenancyConfig,
     safe_functions: HashSet<String>,
-    catalogs: HashMap<String, Arc<CatalogHandle>>,
+    catalogs: crate::stats::ProcessMap<String, Arc<CatalogHandle>>,
     decisions: moka::sync::Cache<DecisionKey, Arc<Decision>, ProcessHashState>,
     shapes: ShapeCache,
     pub violations: Arc<Violations>,
@@ -204,7 +204,7 @@ impl TenantGuard {
     pub fn start(config: &Config, violations: Arc<Violations>) -> TenantGuard {
         let decisions = decision_cache(&config.tenancy);
         let shapes = ShapeCache::new(&config.tenancy);
-        let mut catalogs = HashMap::new();
+        let mut catalogs = crate::stats::ProcessMap::default();
         for (name, db) in &config.databases {
             if config.tenancy_mode_for(name) == TenancyMode::Off {
                 continue;
@@ -299,7 +299,7 @@ impl TenantGuard {
                 .iter()
                 .map(|f| f.to_lowercase())
                 .collect(),
-            catalogs: HashMap::new(),
+            catalogs: Default::default(),
             decisions: decision_cache(config),
             shapes: ShapeCache::new(config),
             violations: Arc::new(Violations::default()),
