@@ -7,7 +7,7 @@
 //! first use. Names come from a counter, never from a hash: two definitions can never
 //! share a server name.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock};
 
 use bytes::Bytes;
@@ -140,12 +140,20 @@ pub fn statement_effects(
     (!effects.is_empty()).then(|| effects.into())
 }
 
-/// Cap on statements one client may keep; past it the oldest name is forgotten.
+/// Cap on statements one client may keep; past it one of the names is forgotten.
 const MAX_STATEMENTS_PER_CLIENT: usize = 10_000;
 
 #[derive(Debug, Default)]
 pub struct ClientStatements {
-    by_name: ProcessMap<Bytes, PooledStatement>,
+    /// The statements with their names, in no particular order.
+    named: Vec<(Bytes, PooledStatement)>,
+    /// Name → place in `named`.
+    by_name: ProcessMap<Bytes, usize>,
+    /// The place of the statement looked up last. A `Bind` asks for its statement
+    /// five or six times (routing, statistics, the result cache, the server's prepared
+    /// set), and a client runs the same statement again and again: comparing the name
+    /// is cheaper than hashing it. An atomic only so that sessions stay `Sync`.
+    last: AtomicUsize,
 }
 
 impl ClientStatements {
@@ -159,32 +167,57 @@ impl ClientStatements {
     ) -> StatementId {
         let statement = PooledStatement::new(definition, query, access, opaque);
         let id = statement.id;
-        if self.by_name.len() >= MAX_STATEMENTS_PER_CLIENT && !self.by_name.contains_key(name) {
-            if let Some(victim) = self.by_name.keys().next().cloned() {
-                self.by_name.remove(&victim);
+        if let Some(&at) = self.by_name.get(name) {
+            self.named[at].1 = statement;
+            return id;
+        }
+        if self.named.len() >= MAX_STATEMENTS_PER_CLIENT {
+            if let Some(victim) = self.named.first().map(|(victim, _)| victim.clone()) {
+                self.remove(&victim);
             }
         }
-        self.by_name.insert(Bytes::copy_from_slice(name), statement);
+        let name = Bytes::copy_from_slice(name);
+        self.by_name.insert(name.clone(), self.named.len());
+        self.named.push((name, statement));
         id
     }
 
     /// The definition behind a server id, if this client still uses it.
     pub fn definition_of(&self, id: StatementId) -> Option<Bytes> {
-        self.by_name
-            .values()
-            .find(|s| s.id == id)
-            .map(|s| s.definition.clone())
+        self.named
+            .iter()
+            .find(|(_, s)| s.id == id)
+            .map(|(_, s)| s.definition.clone())
     }
 
     pub fn get(&self, name: &[u8]) -> Option<&PooledStatement> {
-        self.by_name.get(name)
+        let last = self.last.load(Ordering::Relaxed);
+        if let Some((known, statement)) = self.named.get(last) {
+            if known[..] == *name {
+                return Some(statement);
+            }
+        }
+        let at = *self.by_name.get(name)?;
+        self.last.store(at, Ordering::Relaxed);
+        Some(&self.named[at].1)
     }
 
     pub fn remove(&mut self, name: &[u8]) -> bool {
-        self.by_name.remove(name).is_some()
+        let Some(at) = self.by_name.remove(name) else {
+            return false;
+        };
+        self.named.swap_remove(at);
+        // The last statement moved into the gap.
+        if let Some((moved, _)) = self.named.get(at) {
+            if let Some(place) = self.by_name.get_mut(&moved[..]) {
+                *place = at;
+            }
+        }
+        true
     }
 
     pub fn clear(&mut self) {
+        self.named.clear();
         self.by_name.clear();
     }
 }
@@ -232,5 +265,55 @@ mod tests {
         assert!(ia.server_name().starts_with(b"pgw_"));
         assert!(a.remove(b"s1"));
         assert!(a.get(b"s1").is_none());
+    }
+
+    /// Lookups find each name's own statement through redefinitions, removals (which
+    /// move another statement into the gap) and the remembered last lookup.
+    #[test]
+    fn names_find_their_statements_through_removals() {
+        let mut statements = ClientStatements::default();
+        let define = |statements: &mut ClientStatements, name: &str, sql: &str| {
+            let definition = format!("{sql}\0\0\0");
+            statements.define(
+                name.as_bytes(),
+                definition.as_bytes(),
+                sql.as_bytes(),
+                DataAccess::Reads,
+                None,
+            )
+        };
+        let query_of = |statements: &ClientStatements, name: &str| {
+            statements.get(name.as_bytes()).map(|s| {
+                let text = &s.definition[..s.definition.len() - 3];
+                String::from_utf8(text.to_vec()).unwrap()
+            })
+        };
+        for i in 0..5 {
+            define(&mut statements, &format!("s{i}"), &format!("select {i}"));
+        }
+        assert_eq!(query_of(&statements, "s1").as_deref(), Some("select 1"));
+        // s1 is remembered; removing it puts s4 in its place.
+        assert!(statements.remove(b"s1"));
+        assert!(!statements.remove(b"s1"));
+        assert_eq!(query_of(&statements, "s1"), None);
+        assert_eq!(query_of(&statements, "s4").as_deref(), Some("select 4"));
+        assert_eq!(query_of(&statements, "s0").as_deref(), Some("select 0"));
+        // The last one removed: nothing moves.
+        assert!(statements.remove(b"s3"));
+        assert_eq!(query_of(&statements, "s3"), None);
+        define(&mut statements, "s4", "select 44");
+        assert_eq!(query_of(&statements, "s4").as_deref(), Some("select 44"));
+        define(&mut statements, "s1", "select 11");
+        for (name, sql) in [
+            ("s0", "select 0"),
+            ("s1", "select 11"),
+            ("s2", "select 2"),
+            ("s4", "select 44"),
+        ] {
+            assert_eq!(query_of(&statements, name).as_deref(), Some(sql), "{name}");
+        }
+        assert!(statements.get(b"s").is_none() && statements.get(b"s10").is_none());
+        statements.clear();
+        assert_eq!(query_of(&statements, "s0"), None);
     }
 }
