@@ -380,6 +380,18 @@ fn may_begin_read_only(sql: &[u8]) -> bool {
         && sql.windows(4).any(|w| w.eq_ignore_ascii_case(b"only"))
 }
 
+/// Remembers what the named statement `name` may write, within the session's bound.
+fn remember_statement_writes(
+    state: &mut super::caching::SessionCache,
+    name: &[u8],
+    writes: StatementWrites,
+) {
+    if state.statement_writes.len() >= MAX_STATEMENT_EFFECTS {
+        state.statement_writes.clear();
+    }
+    state.statement_writes.insert(name.to_vec(), writes);
+}
+
 #[cfg(test)]
 mod tests {
     use super::may_begin_read_only;
@@ -411,16 +423,4 @@ mod tests {
             assert!(!may_begin_read_only(sql.as_bytes()), "{sql}");
         }
     }
-}
-
-/// Remembers what the named statement `name` may write, within the session's bound.
-fn remember_statement_writes(
-    state: &mut super::caching::SessionCache,
-    name: &[u8],
-    writes: StatementWrites,
-) {
-    if state.statement_writes.len() >= MAX_STATEMENT_EFFECTS {
-        state.statement_writes.clear();
-    }
-    state.statement_writes.insert(name.to_vec(), writes);
 }

@@ -453,10 +453,10 @@ impl Session {
     /// Makes sure the server has the pooled statement `name`; returns its server name.
     fn ensure_prepared(&mut self, name: &[u8]) -> Option<StatementId> {
         let statement = self.statements.get(name)?;
-        let (id, definition) = (statement.id, statement.definition.clone());
+        let id = statement.id;
         let server = self.server.as_mut().expect("acquired");
-        if server.prepared.touch(id.0) {
-        } else {
+        if !server.prepared.touch(id.0) {
+            let definition = statement.definition.clone();
             self.close_before_prepare(id);
             write_parse(&mut self.to_server, &id.server_name(), &definition);
             self.responses
