@@ -68,9 +68,9 @@ pub struct ResultCache {
     entries: moka::sync::Cache<Bytes, Arc<Entry>, ProcessHashState>,
     analyses: moka::sync::Cache<Bytes, Arc<Analysis>, ProcessHashState>,
     /// What a write statement's text may change, by text.
-    writes: moka::sync::Cache<String, Arc<WriteNames>>,
+    writes: moka::sync::Cache<String, Arc<WriteNames>, ProcessHashState>,
     /// The catalog's word on each shape of write, by (database, settings, shape).
-    resolutions: moka::sync::Cache<ResolutionKey, Arc<commit_hook::Resolution>>,
+    resolutions: moka::sync::Cache<ResolutionKey, Arc<commit_hook::Resolution>, ProcessHashState>,
     versions: versions::Versions,
     pub flights: flight::Flights,
     book: fingerprints::FingerprintBook,
@@ -171,7 +171,7 @@ impl ResultCache {
                         .sum();
                     u32::try_from(key.len() + names + 96).unwrap_or(u32::MAX)
                 })
-                .build(),
+                .build_with_hasher(crate::stats::process_hasher()),
             resolutions: moka::sync::Cache::builder()
                 .max_capacity(RESOLUTIONS_BYTES)
                 .weigher(|key: &ResolutionKey, r: &Arc<commit_hook::Resolution>| {
@@ -180,7 +180,7 @@ impl ResultCache {
                     u32::try_from(bytes).unwrap_or(u32::MAX)
                 })
                 .time_to_live(commit_hook::RESOLUTION_TTL)
-                .build(),
+                .build_with_hasher(crate::stats::process_hasher()),
             versions: versions::Versions::new(need_listen),
             flights: flight::Flights::default(),
             book: fingerprints::FingerprintBook::default(),
