@@ -35,6 +35,14 @@ fn cluster(replicas: usize, extra: &[&str]) -> LocalCluster {
     })
 }
 
+/// Routes the test database's reads to `cluster`'s replicas, with a short lag poll.
+fn route_to_replicas(c: &mut Config, cluster: &LocalCluster) {
+    if let Some(db) = c.databases.get_mut(DATABASE) {
+        db.replicas = cluster.replica_urls();
+    }
+    c.routing.lag_poll_ms = 20;
+}
+
 async fn start(cluster: &LocalCluster, tweak: impl FnOnce(&mut Config)) -> RunningProxy {
     let proxy = proxy::start(cluster, |c| {
         c.auth.method = AuthMethod::Trust;
@@ -508,12 +516,7 @@ async fn randomized_reads_are_never_older_than_own_writes() {
     cluster
         .wait_for_replication(Duration::from_secs(10))
         .unwrap();
-    let with_replica = |c: &mut Config| {
-        if let Some(db) = c.databases.get_mut(DATABASE) {
-            db.replicas = cluster.replica_urls();
-        }
-        c.routing.lag_poll_ms = 20;
-    };
+    let with_replica = |c: &mut Config| route_to_replicas(c, &cluster);
     let a = start(&cluster, with_replica).await;
     let b = start(&cluster, with_replica).await;
     let history: Arc<Vec<std::sync::Mutex<KeyHistory>>> =

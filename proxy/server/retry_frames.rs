@@ -9,6 +9,8 @@
 
 use bytes::{Bytes, BytesMut};
 
+use crate::protocol::frame::check_frame;
+
 /// A request larger than this is not kept: it is not retried.
 const MAX_RETRY_BYTES: usize = 256 * 1024;
 
@@ -70,12 +72,12 @@ impl RetryFrames {
     }
 }
 
-/// The whole frames at the start of `bytes`, each with its tag and length.
+/// The whole frames at the start of `bytes`, each with its tag and length (they were
+/// checked when the client sent them: no bound applies here).
 fn frames(mut bytes: &[u8]) -> impl Iterator<Item = &[u8]> {
     std::iter::from_fn(move || {
-        let length = bytes.get(1..5)?;
-        let total = 1 + u32::from_be_bytes(length.try_into().ok()?) as usize;
-        let (frame, rest) = bytes.split_at_checked(total)?;
+        let total = check_frame(bytes, usize::MAX).ok()??;
+        let (frame, rest) = bytes.split_at(total);
         bytes = rest;
         Some(frame)
     })

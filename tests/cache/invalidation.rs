@@ -275,10 +275,7 @@ async fn a_statement_prepared_again_on_a_replica_is_not_taken_for_its_old_text()
         .wait_for_replication(Duration::from_secs(10))
         .unwrap();
     let proxy = start(&cluster, |c| {
-        if let Some(db) = c.databases.get_mut(DATABASE) {
-            db.replicas = cluster.replica_urls();
-        }
-        c.routing.lag_poll_ms = 20;
+        route_to_replicas(c, &cluster);
         c.cache.ttl_ms = 600_000;
     })
     .await;
@@ -315,7 +312,7 @@ async fn a_statement_prepared_again_on_a_replica_is_not_taken_for_its_old_text()
     parse.extend_from_slice(&0i16.to_be_bytes());
     again.extend(frame(b'P', &parse));
     again.extend(frame(b'S', &[]));
-    app.send(&again).await;
+    within("send Close, Parse, Sync", app.send(&again)).await;
     let prepared = within("w prepared again", app.answer()).await;
     no_error("prepared again", &prepared);
     assert!(prepared.iter().any(|f| f[0] == b'1'), "ParseComplete");
