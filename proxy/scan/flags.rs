@@ -110,7 +110,7 @@ impl Flags {
     pub(super) fn byte(&mut self, sql: &[u8], at: usize) {
         let class = class_of(sql[at]);
         if class & ALPHANUMERIC != 0 {
-            if !self.previous_alphanumeric && self.word_may_matter(class) {
+            if !self.previous_alphanumeric && self.word_may_matter(sql, at, class) {
                 self.word_start(sql, at, class);
             }
             if class & VEE != 0 && !self.sequences {
@@ -123,30 +123,55 @@ impl Flags {
         }
     }
 
-    /// Reads the run of letters and digits that starts at `start`; returns its end.
+    /// Reads the plain run that starts at `start` (a letter, or a digit right after a
+    /// word byte) and returns its end: letters and digits, and the separators that
+    /// only end a word, where a word follows them at once: `_` before a letter or
+    /// digit, and one space before a letter. Those separators are plain in the shape
+    /// too (an inner `_` is punctuation that starts nothing, a single space between
+    /// two words is the shape's own byte), so the walk takes
+    /// `SELECT abalance FROM pgbench_accounts WHERE aid` as one run, while every word
+    /// in it still gets its own [`Flags::word_start`] look.
     #[inline(always)]
     pub(super) fn alphanumeric_run(&mut self, sql: &[u8], start: usize) -> usize {
-        let class = class_of(sql[start]);
-        if !self.previous_alphanumeric && self.word_may_matter(class) {
-            self.word_start(sql, start, class);
-        }
+        let mut class = class_of(sql[start]);
         let mut at = start;
         loop {
-            // Letters and digits but `v` need no look: the tight loop.
-            while at < sql.len() && class_of(sql[at]) & (ALPHANUMERIC | VEE) == ALPHANUMERIC {
+            if !self.previous_alphanumeric && self.word_may_matter(sql, at, class) {
+                self.word_start(sql, at, class);
+            }
+            loop {
+                // Letters and digits but `v` need no look: the tight loop.
+                while at < sql.len() && class_of(sql[at]) & (ALPHANUMERIC | VEE) == ALPHANUMERIC {
+                    at += 1;
+                }
+                if at == sql.len() || class_of(sql[at]) & VEE == 0 {
+                    break;
+                }
+                if !self.sequences {
+                    self.sequences = names_nextval_or_setval(sql, at);
+                }
                 at += 1;
             }
-            if at == sql.len() || class_of(sql[at]) & VEE == 0 {
-                break;
+            self.previous_alphanumeric = true;
+            self.statement_start = false;
+            // A separator that only ends this word, and the word after it.
+            let (Some(&separator), Some(&next)) = (sql.get(at), sql.get(at + 1)) else {
+                return at;
+            };
+            let next_class = class_of(next);
+            let word_follows = match separator {
+                b'_' => next_class & ALPHANUMERIC != 0,
+                b' ' => next_class & LETTER != 0,
+                _ => false,
+            };
+            if !word_follows {
+                return at;
             }
-            if !self.sequences {
-                self.sequences = names_nextval_or_setval(sql, at);
-            }
+            // What `not_alphanumeric` does with `_` or a space inside a statement.
+            self.previous_alphanumeric = false;
             at += 1;
+            class = next_class;
         }
-        self.previous_alphanumeric = true;
-        self.statement_start = false;
-        at
     }
 
     /// Reads a byte that is not a letter or digit (`class` is its class).
@@ -170,12 +195,15 @@ impl Flags {
         self.call_syntax |= class & CALL_SYNTAX != 0;
     }
 
-    /// Whether a word (or number) starting with a byte of `class` can change a
-    /// verdict: where a statement starts, or when it may be one of the effect words
-    /// (or a seed word, whose letter is one of theirs).
+    /// Whether a word (or number) starting at `at` (a byte of `class`) can change a
+    /// verdict: where a statement starts, or when its first two letters are those of
+    /// one of the effect words (or a seed word, which opens like `set`).
     #[inline(always)]
-    fn word_may_matter(&self, class: u8) -> bool {
-        self.statement_start || (!(self.effects && self.seed) && class & EFFECT_LETTER != 0)
+    fn word_may_matter(&self, sql: &[u8], at: usize, class: u8) -> bool {
+        self.statement_start
+            || (!(self.effects && self.seed)
+                && class & EFFECT_LETTER != 0
+                && opens_like_an_effect_word(sql, at))
     }
 
     /// An alphanumeric byte after a byte that is not.
@@ -201,6 +229,28 @@ impl Flags {
             self.seed = is_seed_word(text);
         }
     }
+}
+
+/// Whether the two bytes at `at` (the first a letter) are, in any case, the first two
+/// letters of a word [`word_may_have_effects`] or [`is_seed_word`] looks for: most
+/// words of a statement (`abalance`, `accounts`, `pgbench`) are let past here without
+/// the closer look. `|0x20` makes no byte but the two cases of a letter equal it.
+#[inline(always)]
+fn opens_like_an_effect_word(sql: &[u8], at: usize) -> bool {
+    let Some(&second) = sql.get(at + 1) else {
+        return false; // every word looked for has three letters or more
+    };
+    matches!(
+        (sql[at] | 0x20, second | 0x20),
+        (b's' | b'r' | b't', b'e')
+            | (b'u', b'n')
+            | (b'd', b'i' | b'e')
+            | (b'l', b'i')
+            | (b'p', b'r')
+            | (b'a', b'd')
+            | (b'h', b'o')
+            | (b'c', b'l')
+    )
 }
 
 /// A word of up to 8 ASCII letters folded to lower case, as the first bytes of a

@@ -48,7 +48,8 @@ pub(super) fn walk(sql: &[u8], out: &mut impl ShapeSink) -> Walked {
         let b = sql[i];
         let class = class_of(b);
         if class & ALPHANUMERIC != 0 && (!b.is_ascii_digit() || prev_is_word(sql, i)) {
-            // Letters and digits: plain (a digit right after a word byte too).
+            // Letters and digits: plain (a digit right after a word byte too), with
+            // the `_` and single spaces between words (`Flags::alphanumeric_run`).
             if plain == NONE {
                 plain = i;
             }
