@@ -27,6 +27,7 @@ mod bulk;
 mod cache;
 mod cpu;
 mod idle;
+mod latency;
 mod pgbench;
 mod protection;
 mod proxies;
@@ -365,6 +366,27 @@ fn main() {
         }
     }
 
+    // Added latency at one client in alternating rounds (`latency.rs`): the main
+    // table's one run per target cannot tell a few µs on this machine.
+    let latency_rounds = env_num("LATENCY_ROUNDS", 7) as u32;
+    let latency_seconds = env_num("LATENCY_SECONDS", 3);
+    let latency_table = (latency_rounds > 0
+        && scripts.iter().any(|s| s == "select")
+        && targets.iter().any(|t| t == "direct")
+        && targets.len() > 1)
+        .then(|| {
+            let results = latency::measure(
+                &pgbench,
+                work.path(),
+                scale,
+                &modes,
+                &targets,
+                port_of,
+                (latency_rounds, latency_seconds),
+            );
+            latency::report(&results, latency_rounds, latency_seconds)
+        });
+
     let mut bulk_rows = Vec::new();
     if env_num("BULK", 1) == 1 {
         let connector = bench_tls.as_ref().map(|t| t.connector());
@@ -489,6 +511,9 @@ fn main() {
             "\n| script | mode | clients | proxy | proxy CPU (s) | proxy CPU per transaction (us) | added latency vs direct (us) |\n|---|---|---|---|---|---|---|\n{}\n",
             cpu_rows.join("\n")
         );
+    }
+    if let Some(table) = &latency_table {
+        report.push_str(table);
     }
     if fairness_run {
         report.push_str(&protection::fairness_report(
