@@ -13,8 +13,27 @@ const COMMENT_START: u8 = 8;
 const CALL_SYNTAX: u8 = 16;
 /// `v`/`V`, the letter `nextval` and `setval` are found by.
 const VEE: u8 = 32;
-/// First letters of the words [`word_may_have_effects`] looks for.
+/// First letters of the [`LOOKED_FOR`] words.
 const EFFECT_LETTER: u8 = 64;
+
+/// The words [`word_may_have_effects`] and [`is_seed_word`] look for. The byte class
+/// [`EFFECT_LETTER`] and the pairs of [`opens_like_an_effect_word`] are made from this
+/// list, so a word added here is looked at.
+const LOOKED_FOR: [&[u8]; 13] = [
+    b"set",
+    b"reset",
+    b"unlisten",
+    b"disc",
+    b"deal",
+    b"temp",
+    b"listen",
+    b"prepare",
+    b"advisory",
+    b"hold",
+    b"close",
+    b"setseed",
+    b"seed",
+];
 
 /// The class of `byte`.
 #[inline(always)]
@@ -29,11 +48,7 @@ static BYTE_CLASS: [u8; 256] = {
         let b = byte as u8;
         table[byte] = if b == b'v' || b == b'V' {
             ALPHANUMERIC | LETTER | VEE
-        } else if matches!(
-            b | 0x20,
-            b's' | b'r' | b'u' | b'd' | b't' | b'l' | b'p' | b'a' | b'h' | b'c'
-        ) && b.is_ascii_alphabetic()
-        {
+        } else if b.is_ascii_alphabetic() && SECOND_LETTERS[(b & 0x1f) as usize] != 0 {
             ALPHANUMERIC | LETTER | EFFECT_LETTER
         } else if b.is_ascii_alphabetic() {
             ALPHANUMERIC | LETTER
@@ -231,26 +246,31 @@ impl Flags {
     }
 }
 
+/// For each first letter (its low five bits), the second letters (a bit each, by their
+/// low five bits) of the [`LOOKED_FOR`] words.
+static SECOND_LETTERS: [u32; 32] = {
+    let mut table = [0u32; 32];
+    let mut i = 0;
+    while i < LOOKED_FOR.len() {
+        let word = LOOKED_FOR[i];
+        assert!(word.len() >= 2 && word[0].is_ascii_lowercase() && word[1].is_ascii_lowercase());
+        table[(word[0] & 0x1f) as usize] |= 1 << (word[1] & 0x1f);
+        i += 1;
+    }
+    table
+};
+
 /// Whether the two bytes at `at` (the first a letter) are, in any case, the first two
-/// letters of a word [`word_may_have_effects`] or [`is_seed_word`] looks for: most
-/// words of a statement (`abalance`, `accounts`, `pgbench`) are let past here without
-/// the closer look. `|0x20` makes no byte but the two cases of a letter equal it.
+/// letters of a [`LOOKED_FOR`] word: most words of a statement (`abalance`,
+/// `accounts`, `pgbench`) are let past here without the closer look. Only the two
+/// cases of a letter have `|0x20` in `a..=z`.
 #[inline(always)]
 fn opens_like_an_effect_word(sql: &[u8], at: usize) -> bool {
     let Some(&second) = sql.get(at + 1) else {
-        return false; // every word looked for has three letters or more
+        return false; // every word looked for has two letters or more
     };
-    matches!(
-        (sql[at] | 0x20, second | 0x20),
-        (b's' | b'r' | b't', b'e')
-            | (b'u', b'n')
-            | (b'd', b'i' | b'e')
-            | (b'l', b'i')
-            | (b'p', b'r')
-            | (b'a', b'd')
-            | (b'h', b'o')
-            | (b'c', b'l')
-    )
+    (second | 0x20).is_ascii_lowercase()
+        && SECOND_LETTERS[(sql[at] & 0x1f) as usize] & (1 << (second & 0x1f)) != 0
 }
 
 /// A word of up to 8 ASCII letters folded to lower case, as the first bytes of a
@@ -319,19 +339,19 @@ fn folded_prefix(text: &[u8]) -> u64 {
     u64::from_le_bytes(bytes) | LOWER
 }
 
-const SET: Folded = fold(b"set");
-const RESET: Folded = fold(b"reset");
-const UNLISTEN: Folded = fold(b"unlisten");
-const DISC: Folded = fold(b"disc");
-const DEAL: Folded = fold(b"deal");
-const TEMP: Folded = fold(b"temp");
-const LISTEN: Folded = fold(b"listen");
-const PREPARE: Folded = fold(b"prepare");
-const ADVISORY: Folded = fold(b"advisory");
-const HOLD: Folded = fold(b"hold");
-const CLOSE: Folded = fold(b"close");
-const SETSEED: Folded = fold(b"setseed");
-const SEED: Folded = fold(b"seed");
+const SET: Folded = fold(LOOKED_FOR[0]);
+const RESET: Folded = fold(LOOKED_FOR[1]);
+const UNLISTEN: Folded = fold(LOOKED_FOR[2]);
+const DISC: Folded = fold(LOOKED_FOR[3]);
+const DEAL: Folded = fold(LOOKED_FOR[4]);
+const TEMP: Folded = fold(LOOKED_FOR[5]);
+const LISTEN: Folded = fold(LOOKED_FOR[6]);
+const PREPARE: Folded = fold(LOOKED_FOR[7]);
+const ADVISORY: Folded = fold(LOOKED_FOR[8]);
+const HOLD: Folded = fold(LOOKED_FOR[9]);
+const CLOSE: Folded = fold(LOOKED_FOR[10]);
+const SETSEED: Folded = fold(LOOKED_FOR[11]);
+const SEED: Folded = fold(LOOKED_FOR[12]);
 
 /// Whether the letters that start `text` are the whole word `setseed` or `seed`.
 fn is_seed_word(text: &[u8]) -> bool {
