@@ -33,7 +33,8 @@ pub const SESSIONS: usize = 4;
 const VALUE_RUNS: usize = 7;
 const COPY_RUNS: usize = 3;
 
-fn median(mut v: Vec<f64>) -> f64 {
+/// The median (the upper of the middle two for an even count; 0 for none).
+pub(super) fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v.get(v.len() / 2).copied().unwrap_or(0.0)
 }

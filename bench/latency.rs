@@ -23,15 +23,7 @@ pub struct AddedLatency {
 
 impl AddedLatency {
     pub fn median_us(&self) -> f64 {
-        let n = self.rounds_us.len();
-        if n == 0 {
-            return f64::NAN;
-        }
-        if n % 2 == 1 {
-            self.rounds_us[n / 2]
-        } else {
-            (self.rounds_us[n / 2 - 1] + self.rounds_us[n / 2]) / 2.0
-        }
+        super::bulk::median(self.rounds_us.clone())
     }
 }
 
