@@ -28,7 +28,7 @@ impl Session {
             self.handle_client_message(frame).await?;
         }
         if self.client_buf.is_empty() && self.server.is_none() {
-            self.client_buf = BytesMut::new();
+            super::read_buffers::give_back(&mut self.client_buf);
         }
         Ok(())
     }

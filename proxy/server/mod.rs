@@ -30,6 +30,7 @@ mod pump;
 mod query_scan;
 mod raised_error;
 mod random_seed;
+mod read_buffers;
 mod responses;
 mod retry_frames;
 mod routing;

@@ -47,14 +47,19 @@ pub fn shrink_if_idle(buf: &mut BytesMut) {
 
 /// Readies the client buffer for a read.
 /// - No buffer (an idle client keeps none; it is released with the server connection,
-///   so taken again for nearly every transaction): one small enough for the
-///   allocator's per-thread cache.
+///   so taken again for nearly every transaction): one given back on this thread
+///   (`read_buffers.rs`), else one small enough for the allocator's per-thread cache.
 /// - Every byte read is consumed: room at the front of the same allocation is taken
 ///   back in place when little is left. It is not grown: the next request may well fit,
 ///   and the buffer is given back soon (growing it here cost a `realloc` to 9 KiB per
 ///   transaction, about 540 instructions, for bytes that never came).
 /// - A message is partly read: grown, so a long one arrives in few reads.
 fn make_read_room(buf: &mut BytesMut) {
+    if buf.capacity() == 0 {
+        if let Some(stashed) = super::read_buffers::take() {
+            *buf = stashed;
+        }
+    }
     let spare = buf.capacity() - buf.len();
     if buf.capacity() == 0 {
         buf.reserve(FIRST_CLIENT_READ);

@@ -5,8 +5,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::BytesMut;
-
 use super::opaque_code::{SessionSafeFunctions, SESSION_SAFE_FUNCTIONS_SQL};
 use super::pump::shrink_if_idle;
 use super::random_seed;
@@ -86,7 +84,7 @@ impl Session {
             // Dropping returns it to the pool (or closes it if marked broken).
         }
         if self.client_buf.is_empty() && self.client_buf.capacity() > 0 {
-            self.client_buf = BytesMut::new();
+            super::read_buffers::give_back(&mut self.client_buf);
         }
     }
 
