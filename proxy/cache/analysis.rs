@@ -64,6 +64,23 @@ impl WriteNames {
         self.keys.extend(other.keys.iter().cloned());
     }
 
+    /// [`WriteNames::merge`] of effects this one may keep: their names are moved, not
+    /// copied, and the first statement of a transaction becomes its effects whole.
+    pub fn merge_owned(&mut self, mut other: WriteNames) {
+        if self.is_empty() {
+            std::mem::swap(self, &mut other);
+            self.everything |= other.everything;
+            return;
+        }
+        // `extend`, not `append`: `BTreeSet::append` builds a new tree, dearer for the
+        // few names of a statement.
+        self.everything |= other.everything;
+        self.relations.extend(other.relations);
+        self.functions.extend(other.functions);
+        self.keyed.append(&mut other.keyed);
+        self.keys.extend(other.keys);
+    }
+
     /// These effects with their key predicates' values filled in from a `Bind` (or from
     /// literals only, without one). A key whose value is not known, or not canonical,
     /// makes its table change as a whole.
@@ -399,6 +416,40 @@ fn harmless_by_keyword(sql: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn merging_owned_effects_gives_what_merging_copies_does() {
+        let names = |list: &[&str]| list.iter().map(|n| n.to_string()).collect();
+        let key = |value: &str| RowKey {
+            relation: "acc".into(),
+            column: "id".into(),
+            value: value.into(),
+        };
+        let first = WriteNames {
+            relations: names(&["acc", "history"]),
+            keys: [key("1")].into(),
+            ..WriteNames::default()
+        };
+        let second = WriteNames {
+            everything: true,
+            relations: names(&["acc", "tellers"]),
+            functions: names(&["my_fn"]),
+            keys: [key("1"), key("2")].into(),
+            ..WriteNames::default()
+        };
+        for parts in [
+            vec![first.clone()],
+            vec![first.clone(), second.clone()],
+            vec![second, first],
+        ] {
+            let (mut copied, mut moved) = (WriteNames::default(), WriteNames::default());
+            for part in parts {
+                copied.merge(&part);
+                moved.merge_owned(part);
+            }
+            assert_eq!(moved, copied);
+        }
+    }
 
     #[test]
     fn reads_of_the_current_time_or_a_random_sample_are_never_cached() {

@@ -11,10 +11,11 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use super::catalog::{parse_changes, parse_oids, text_array_of, Invalidation, CHANNEL};
-use super::row_key::RowKey;
+use super::catalog::{parse_oids, text_array_of, Invalidation, CHANNEL};
+use super::row_key::{column_hash, key_hash, RowKey};
+use super::versions::KeyedChange;
 use crate::protocol::sql_quote::quote_literal;
-use crate::route::parse_lsn;
+use crate::route::{parse_lsn, Lsn};
 
 /// How long a resolution is trusted: DDL made outside pgwarden (a new trigger, a new
 /// foreign key) is seen by writes after at most this long.
@@ -100,15 +101,47 @@ pub struct Resolution {
 }
 
 impl Resolution {
-    /// The change list for one commit: table-wide OIDs and `oid:column=value` items, or
-    /// `*` (see `catalog::parse_changes`).
+    /// What one commit changed, for this process: what [`Resolution::changes`] lists,
+    /// without writing the list out and reading it back.
+    pub fn invalidation(&self, keys: &BTreeSet<RowKey>, lsn: Lsn) -> Invalidation {
+        if self.everything {
+            return Invalidation::everything(lsn);
+        }
+        let keys = keys
+            .iter()
+            .filter_map(|key| {
+                Some(KeyedChange {
+                    table: self.table_of(key)?,
+                    column: column_hash(&key.column),
+                    key: key_hash(&key.column, &key.value),
+                })
+            })
+            .collect();
+        Invalidation {
+            lsn,
+            tables: Some(self.tables.clone()),
+            keys,
+        }
+    }
+
+    /// The table of a keyed write the catalog confirmed (a statement has a few: a
+    /// look at each beats copying the names into a key).
+    fn table_of(&self, key: &RowKey) -> Option<u32> {
+        self.keyed
+            .iter()
+            .find(|((relation, column), _)| *relation == key.relation && *column == key.column)
+            .map(|(_, table)| *table)
+    }
+
+    /// The change list for one commit, for the other instances: table-wide OIDs and
+    /// `oid:column=value` items, or `*` (see `catalog::parse_changes`).
     pub fn changes(&self, keys: &BTreeSet<RowKey>) -> String {
         if self.everything {
             return "*".into();
         }
         let mut items: Vec<String> = self.tables.iter().map(u32::to_string).collect();
         for key in keys {
-            if let Some(oid) = self.keyed.get(&(key.relation.clone(), key.column.clone())) {
+            if let Some(oid) = self.table_of(key) {
                 items.push(format!("{oid}:{}={}", key.column, key.value));
             }
         }
@@ -224,11 +257,9 @@ pub fn notify_question(instance: u64, database: &str, changes: &str, notify: boo
     )
 }
 
-/// Reads the per-commit statement's answer into what this process invalidates.
-pub fn notify_answer(answer: &[Option<String>], changes: &str) -> Option<Invalidation> {
-    let lsn = parse_lsn(answer.first()?.as_deref()?)?;
-    let (tables, keys) = parse_changes(changes);
-    Some(Invalidation { lsn, tables, keys })
+/// Reads the commit position from the per-commit statement's answer.
+pub fn notify_answer(answer: &[Option<String>]) -> Option<Lsn> {
+    parse_lsn(answer.first()?.as_deref()?)
 }
 
 #[cfg(test)]
@@ -256,6 +287,15 @@ mod tests {
         assert_eq!(resolution.changes(&keys), "10,11,20:id=5");
         let everything = resolution_answer(&shape, &[Some("true".into()), None, None]).unwrap();
         assert_eq!(everything.changes(&keys), "*");
+        // This process's own invalidation is what the other instances read from the list.
+        for resolution in [&resolution, &everything] {
+            let local = resolution.invalidation(&keys, 7);
+            let (tables, listed) = super::super::catalog::parse_changes(&resolution.changes(&keys));
+            assert_eq!(
+                (local.lsn, &local.tables, &local.keys),
+                (7, &tables, &listed)
+            );
+        }
         assert!(resolution_question(&shape).contains("'acc'"));
     }
 

@@ -52,7 +52,7 @@ const WRITES_BYTES: u64 = 2 << 20;
 const RESOLUTIONS_BYTES: u64 = 1 << 20;
 
 /// (database, settings hash, shape): what a write's catalog facts depend on.
-type ResolutionKey = (String, u64, commit_hook::WriteShape);
+pub type ResolutionKey = (String, u64, commit_hook::WriteShape);
 
 /// Why a lookup found nothing to serve.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -278,25 +278,16 @@ impl ResultCache {
     }
 
     /// The remembered catalog facts of a shape of write, if still fresh.
-    pub fn resolution(
-        &self,
-        database: &str,
-        settings: u64,
-        shape: &commit_hook::WriteShape,
-    ) -> Option<Arc<commit_hook::Resolution>> {
-        self.resolutions
-            .get(&(database.to_string(), settings, shape.clone()))
+    pub fn resolution(&self, key: &ResolutionKey) -> Option<Arc<commit_hook::Resolution>> {
+        self.resolutions.get(key)
     }
 
     pub fn remember_resolution(
         &self,
-        database: &str,
-        settings: u64,
-        shape: commit_hook::WriteShape,
+        key: ResolutionKey,
         resolution: Arc<commit_hook::Resolution>,
     ) {
-        self.resolutions
-            .insert((database.to_string(), settings, shape), resolution);
+        self.resolutions.insert(key, resolution);
     }
 
     /// Before a miss runs its query: `None` when nothing of `database` may be stored now.

@@ -46,10 +46,11 @@ pub struct RowKey {
 }
 
 /// The hash of a (column, value) pair, as the invalidation marks keep it. A collision
-/// only invalidates more entries than needed.
+/// only invalidates more entries than needed. The process's seeded hash: marks are only
+/// compared within a process (another instance hashes the change list it is sent).
 pub fn key_hash(column: &str, value: &str) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
+    use std::hash::{BuildHasher, Hash, Hasher};
+    let mut h = crate::stats::process_hasher().build_hasher();
     column.hash(&mut h);
     value.hash(&mut h);
     h.finish()

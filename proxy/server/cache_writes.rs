@@ -57,7 +57,7 @@ impl Session {
             tag::QUERY => {
                 if let Some(writes) = self.writes_of(query_text(frame)) {
                     if let Some(state) = self.caching.as_mut() {
-                        state.writes.merge(&writes.bound(None));
+                        state.writes.merge_owned(writes.bound(None));
                     }
                 }
             }
@@ -128,23 +128,24 @@ impl Session {
                         writes = Some(worked_out);
                     }
                 }
-                let bound = writes.map(|w| {
-                    if w.writes.keyed.is_empty() {
-                        return w.writes; // nothing to fill in from the parameters
-                    }
-                    let types = declared_types(&w.definition);
-                    let params = BindParameters::parse(view.rest);
-                    Arc::new(
-                        w.writes
-                            .bound(params.as_ref().map(|p| (p, types.as_slice()))),
-                    )
-                });
                 let Some(state) = self.caching.as_mut() else {
                     return;
                 };
-                match bound {
-                    Some(writes) => state.writes.merge(&writes),
-                    None => state.unknown_writes = true,
+                let Some(writes) = writes else {
+                    state.unknown_writes = true;
+                    return;
+                };
+                if writes.writes.keyed.is_empty() {
+                    // Nothing to fill in from the parameters.
+                    state.writes.merge(&writes.writes);
+                } else {
+                    let types = declared_types(&writes.definition);
+                    let params = BindParameters::parse(view.rest);
+                    state.writes.merge_owned(
+                        writes
+                            .writes
+                            .bound(params.as_ref().map(|p| (p, types.as_slice()))),
+                    );
                 }
             }
             _ => {}
@@ -208,24 +209,27 @@ impl Session {
                 keyed: Default::default(),
             })
         } else {
-            let shape = WriteShape::new(&writes.relations, &writes.keys, &writes.functions);
-            match cache.resolution(&database, settings, &shape) {
+            let key = (
+                database.clone(),
+                settings,
+                WriteShape::new(&writes.relations, &writes.keys, &writes.functions),
+            );
+            match cache.resolution(&key) {
                 Some(resolution) => resolution,
                 None => {
                     let answer = server
-                        .query_values(&commit_hook::resolution_question(&shape))
+                        .query_values(&commit_hook::resolution_question(&key.2))
                         .await
                         .map_err(|e| e.to_string())?;
                     let resolution = Arc::new(
-                        commit_hook::resolution_answer(&shape, &answer)
+                        commit_hook::resolution_answer(&key.2, &answer)
                             .ok_or("unreadable catalog answer")?,
                     );
-                    cache.remember_resolution(&database, settings, shape, resolution.clone());
+                    cache.remember_resolution(key, resolution.clone());
                     resolution
                 }
             }
         };
-        let changes = resolution.changes(&writes.keys);
         let has_replicas = self
             .routing
             .as_ref()
@@ -233,25 +237,20 @@ impl Session {
         if !has_replicas && !cache.others_may_cache(&database) {
             // Nobody else to tell, and no replica whose fills need the commit position:
             // invalidating here is all there is to do (no round trip).
-            let (tables, keys) = cache::catalog::parse_changes(&changes);
-            return Ok(cache::Invalidation {
-                lsn: 0,
-                tables,
-                keys,
-            });
+            return Ok(resolution.invalidation(&writes.keys, 0));
         }
         let server = self.server.as_mut().ok_or("no server")?;
         let answer = server
             .query_values(&commit_hook::notify_question(
                 cache.instance,
                 &database,
-                &changes,
+                &resolution.changes(&writes.keys),
                 notify,
             ))
             .await
             .map_err(|e| e.to_string())?;
-        commit_hook::notify_answer(&answer, &changes)
-            .ok_or_else(|| "unreadable commit position".into())
+        let lsn = commit_hook::notify_answer(&answer).ok_or("unreadable commit position")?;
+        Ok(resolution.invalidation(&writes.keys, lsn))
     }
 
     /// Whether the transaction is one whose reads the cache may answer: it began with a
