@@ -21,6 +21,7 @@ mod listen;
 pub mod row_key;
 mod versions;
 mod wal;
+mod write_shapes;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -69,6 +70,8 @@ pub struct ResultCache {
     analyses: moka::sync::Cache<Bytes, Arc<Analysis>, ProcessHashState>,
     /// What a write statement's text may change, by text.
     writes: moka::sync::Cache<String, Arc<WriteNames>, ProcessHashState>,
+    /// What a write with inline values may change, by its shape.
+    write_shapes: write_shapes::WriteShapes,
     /// The catalog's word on each shape of write, by (database, settings, shape).
     resolutions: moka::sync::Cache<ResolutionKey, Arc<commit_hook::Resolution>, ProcessHashState>,
     versions: versions::Versions,
@@ -172,6 +175,7 @@ impl ResultCache {
                     u32::try_from(key.len() + names + 96).unwrap_or(u32::MAX)
                 })
                 .build_with_hasher(crate::stats::process_hasher()),
+            write_shapes: write_shapes::WriteShapes::new(),
             resolutions: moka::sync::Cache::builder()
                 .max_capacity(RESOLUTIONS_BYTES)
                 .weigher(|key: &ResolutionKey, r: &Arc<commit_hook::Resolution>| {
@@ -268,6 +272,9 @@ impl ResultCache {
         if let Some(names) = self.writes.get(sql) {
             return names;
         }
+        if let Some(names) = self.write_shapes.names_of(sql) {
+            return Arc::new(names);
+        }
         let names = Arc::new(write_names(sql));
         self.writes.insert(sql.to_string(), names.clone());
         names
@@ -332,6 +339,7 @@ impl ResultCache {
         self.versions.clear(database);
         self.analyses.invalidate_all();
         self.writes.invalidate_all();
+        self.write_shapes.clear();
         self.resolutions.invalidate_all();
     }
 
@@ -393,8 +401,13 @@ impl ResultCache {
             self.entries.weighted_size()
                 + self.analyses.weighted_size()
                 + self.writes.weighted_size()
+                + self.write_shapes.weighted_size()
                 + self.resolutions.weighted_size(),
-            self.max_bytes + ANALYSIS_BYTES + WRITES_BYTES + RESOLUTIONS_BYTES,
+            self.max_bytes
+                + ANALYSIS_BYTES
+                + WRITES_BYTES
+                + write_shapes::WRITE_SHAPES_BYTES
+                + RESOLUTIONS_BYTES,
         )
     }
 

@@ -302,6 +302,14 @@ impl<'a> BindParameters<'a> {
         Some(BindParameters { formats, values })
     }
 
+    /// Parameters sent as text, with these values.
+    pub fn text(values: Vec<&'a [u8]>) -> BindParameters<'a> {
+        BindParameters {
+            formats: Vec::new(),
+            values: values.into_iter().map(Some).collect(),
+        }
+    }
+
     /// Whether parameter `n` is sent in binary (no format code: text; one: for all).
     fn is_binary(&self, n: usize) -> bool {
         match self.formats.as_slice() {

@@ -24,7 +24,7 @@ mod predicates;
 mod refresh;
 mod rewrite;
 mod sample;
-mod shape;
+pub(crate) mod shape;
 mod shape_cache;
 mod violations;
 mod writes;

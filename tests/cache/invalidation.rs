@@ -169,6 +169,19 @@ async fn keyed_writes_invalidate_only_their_rows() {
     assert_eq!(simple_value(&mut c, total).await.as_deref(), Some("101"));
     assert_eq!(hits(&proxy), before + 1, "grp and total were invalidated");
 
+    // Later texts of that shape get their names from the shape: still only their row.
+    for value in ["25", "20"] {
+        warm(&proxy, vec![by_id(1), by_id(2)]).await;
+        simple_value(&mut c, &format!("UPDATE acc SET v = {value} WHERE id = 2")).await;
+        let before = hits(&proxy);
+        assert_eq!(
+            simple_value(&mut c, &by_id(2)).await.as_deref(),
+            Some(value)
+        );
+        assert_eq!(simple_value(&mut c, &by_id(1)).await.as_deref(), Some("11"));
+        assert_eq!(hits(&proxy), before + 1, "only id = 1 was a hit");
+    }
+
     // A keyed write through the extended protocol, its key a text parameter, then a
     // binary int4 parameter.
     warm(&proxy, vec![by_id(1), by_id(2)]).await;
