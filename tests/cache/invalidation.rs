@@ -209,6 +209,24 @@ async fn keyed_writes_invalidate_only_their_rows() {
         assert_eq!(simple_value(&mut c, &by_id(1)).await.as_deref(), Some("11"));
         assert_eq!(hits(&proxy), before + 1, "only id = 1 was a hit");
     }
+    // The same unnamed text again after another one: its effects are the session's
+    // remembered ones, and still its row's.
+    warm(&proxy, vec![by_id(1), by_id(2)]).await;
+    for (sql, param) in [
+        ("SELECT v FROM acc WHERE id = $1", b"1"),
+        ("UPDATE acc SET v = v + 1 WHERE id = $1", b"2"),
+    ] {
+        let frames = within(
+            "unnamed",
+            c.extended("", Some(sql), &[Some(param)], false, 0),
+        )
+        .await;
+        assert!(frames.iter().all(|f| f[0] != b'E'));
+    }
+    let before = hits(&proxy);
+    assert_eq!(simple_value(&mut c, &by_id(2)).await.as_deref(), Some("23"));
+    assert_eq!(simple_value(&mut c, &by_id(1)).await.as_deref(), Some("11"));
+    assert_eq!(hits(&proxy), before + 1, "only id = 1 was a hit");
 
     // Moving a row to another key is table-wide.
     warm(&proxy, vec![by_id(1), by_id(4)]).await;
