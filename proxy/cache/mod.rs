@@ -267,13 +267,14 @@ impl ResultCache {
         self.analyses.get(key)
     }
 
-    /// What a statement run on the primary may change (memoized by text).
+    /// What a statement run on the primary may change (memoized by shape, or by text).
     pub fn write_names(&self, sql: &str) -> Arc<WriteNames> {
-        if let Some(names) = self.writes.get(sql) {
-            return names;
-        }
+        // By shape first: a text with inline values is seldom seen twice.
         if let Some(names) = self.write_shapes.names_of(sql) {
             return Arc::new(names);
+        }
+        if let Some(names) = self.writes.get(sql) {
+            return names;
         }
         let names = Arc::new(write_names(sql));
         self.writes.insert(sql.to_string(), names.clone());
