@@ -3,13 +3,17 @@
 //! bypass pgwarden with `wal_invalidation`), keys that never cross tenants, roles or
 //! `search_path`, functions that are never cached, TTL, the memory bound, single flight,
 //! and a randomized consistency check with two instances and a replica. The invalidation
-//! tests live in `cache/invalidation.rs`, the single-flight ones in `cache/flights.rs`,
-//! the randomized consistency check in `cache/read_your_writes.rs`.
+//! tests live in `cache/invalidation.rs` and `cache/keyed_writes.rs`, the single-flight
+//! ones in `cache/flights.rs`, the randomized consistency check in
+//! `cache/read_your_writes.rs`.
 
 use crate::support;
 
 #[path = "cache/invalidation.rs"]
 mod invalidation;
+
+#[path = "cache/keyed_writes.rs"]
+mod keyed_writes;
 
 #[path = "cache/flights.rs"]
 mod flights;
