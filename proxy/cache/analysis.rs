@@ -56,6 +56,15 @@ impl WriteNames {
             && self.keys.is_empty()
     }
 
+    /// Bytes the relation and function names take in a memo.
+    pub fn names_weight(&self) -> usize {
+        self.relations
+            .iter()
+            .chain(&self.functions)
+            .map(|n| n.len() + 32)
+            .sum()
+    }
+
     pub fn merge(&mut self, other: &WriteNames) {
         self.everything |= other.everything;
         self.relations.extend(other.relations.iter().cloned());
@@ -420,11 +429,7 @@ mod tests {
     #[test]
     fn merging_owned_effects_gives_what_merging_copies_does() {
         let names = |list: &[&str]| list.iter().map(|n| n.to_string()).collect();
-        let key = |value: &str| RowKey {
-            relation: "acc".into(),
-            column: "id".into(),
-            value: value.into(),
-        };
+        let key = |value: &str| RowKey::new("acc", "id", value);
         let first = WriteNames {
             relations: names(&["acc", "history"]),
             keys: [key("1")].into(),

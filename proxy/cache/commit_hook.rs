@@ -266,17 +266,13 @@ pub fn notify_answer(answer: &[Option<String>]) -> Option<Lsn> {
 mod tests {
     use super::*;
 
-    fn key(relation: &str, column: &str, value: &str) -> RowKey {
-        RowKey {
-            relation: relation.into(),
-            column: column.into(),
-            value: value.into(),
-        }
-    }
-
     #[test]
     fn a_resolution_lists_each_commits_changes() {
-        let keys: BTreeSet<RowKey> = [key("acc", "id", "5"), key("other", "id", "1")].into();
+        let keys: BTreeSet<RowKey> = [
+            RowKey::new("acc", "id", "5"),
+            RowKey::new("other", "id", "1"),
+        ]
+        .into();
         let shape = WriteShape::new(&["t".to_string()].into(), &keys, &BTreeSet::new());
         let answer = vec![
             Some("false".into()),

@@ -166,13 +166,7 @@ impl ResultCache {
             writes: moka::sync::Cache::builder()
                 .max_capacity(WRITES_BYTES)
                 .weigher(|key: &String, w: &Arc<WriteNames>| {
-                    let names: usize = w
-                        .relations
-                        .iter()
-                        .chain(&w.functions)
-                        .map(|n| n.len() + 32)
-                        .sum();
-                    u32::try_from(key.len() + names + 96).unwrap_or(u32::MAX)
+                    u32::try_from(key.len() + w.names_weight() + 96).unwrap_or(u32::MAX)
                 })
                 .build_with_hasher(crate::stats::process_hasher()),
             write_shapes: write_shapes::WriteShapes::new(),

@@ -45,6 +45,17 @@ pub struct RowKey {
     pub value: String,
 }
 
+#[cfg(test)]
+impl RowKey {
+    pub fn new(relation: &str, column: &str, value: &str) -> RowKey {
+        RowKey {
+            relation: relation.into(),
+            column: column.into(),
+            value: value.into(),
+        }
+    }
+}
+
 /// The hash of a (column, value) pair, as the invalidation marks keep it. A collision
 /// only invalidates more entries than needed. The process's seeded hash: marks are only
 /// compared within a process (another instance hashes the change list it is sent).

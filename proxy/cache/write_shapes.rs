@@ -34,14 +34,9 @@ impl WriteShapes {
             shapes: moka::sync::Cache::builder()
                 .max_capacity(WRITE_SHAPES_BYTES)
                 .weigher(|shape: &String, names: &Option<Arc<WriteNames>>| {
-                    let names: usize = names.as_ref().map_or(0, |w| {
-                        w.relations
-                            .iter()
-                            .chain(&w.functions)
-                            .map(|n| n.len() + 32)
-                            .sum::<usize>()
-                            + w.keyed.len() * 96
-                    });
+                    let names = names
+                        .as_ref()
+                        .map_or(0, |w| w.names_weight() + w.keyed.len() * 96);
                     u32::try_from(shape.len() + names + 96).unwrap_or(u32::MAX)
                 })
                 .build_with_hasher(crate::stats::process_hasher()),
@@ -101,14 +96,6 @@ mod tests {
     use super::*;
     use crate::cache::row_key::RowKey;
 
-    fn key(relation: &str, column: &str, value: &str) -> RowKey {
-        RowKey {
-            relation: relation.into(),
-            column: column.into(),
-            value: value.into(),
-        }
-    }
-
     #[test]
     fn texts_of_one_shape_get_their_own_keys() {
         let shapes = WriteShapes::new();
@@ -119,7 +106,7 @@ mod tests {
         ] {
             let names = shapes.names_of(sql).expect("a trusted shape");
             assert_eq!(names, write_names(sql).bound(None), "{sql}");
-            assert_eq!(names.keys, [key("acc", "id", id)].into(), "{sql}");
+            assert_eq!(names.keys, [RowKey::new("acc", "id", id)].into(), "{sql}");
         }
         // Not a canonical integer: the table as a whole, as the text's own names say.
         let sql = "UPDATE acc SET v = v + 1 WHERE id = 007";

@@ -16,6 +16,16 @@ async fn keyed_writes_invalidate_only_their_rows() {
             simple_value(&mut c, sql).await;
         }
     }
+    fn by_id(id: u32) -> String {
+        format!("/* pgwarden:cache */ SELECT v FROM acc WHERE id = {id}")
+    }
+    /// Row 2 reads `value` afresh, row 1 (value 11) is still a hit.
+    async fn only_row_2_was_invalidated(proxy: &RunningProxy, c: &mut Wire, value: &str) {
+        let before = hits(proxy);
+        assert_eq!(simple_value(c, &by_id(2)).await.as_deref(), Some(value));
+        assert_eq!(simple_value(c, &by_id(1)).await.as_deref(), Some("11"));
+        assert_eq!(hits(proxy), before + 1, "only id = 1 was a hit");
+    }
     let cluster = cluster(0, &[]);
     setup(
         &cluster,
@@ -33,7 +43,6 @@ async fn keyed_writes_invalidate_only_their_rows() {
     .await;
     let proxy = start(&cluster, |_| {}).await;
     let mut c = wire(&proxy).await;
-    let by_id = |id: u32| format!("/* pgwarden:cache */ SELECT v FROM acc WHERE id = {id}");
     let by_grp = "/* pgwarden:cache */ SELECT sum(v) FROM acc WHERE grp = 0";
     let total = "/* pgwarden:cache */ SELECT sum(v) FROM acc";
     warm(
@@ -58,13 +67,7 @@ async fn keyed_writes_invalidate_only_their_rows() {
     for value in ["25", "20"] {
         warm(&proxy, vec![by_id(1), by_id(2)]).await;
         simple_value(&mut c, &format!("UPDATE acc SET v = {value} WHERE id = 2")).await;
-        let before = hits(&proxy);
-        assert_eq!(
-            simple_value(&mut c, &by_id(2)).await.as_deref(),
-            Some(value)
-        );
-        assert_eq!(simple_value(&mut c, &by_id(1)).await.as_deref(), Some("11"));
-        assert_eq!(hits(&proxy), before + 1, "only id = 1 was a hit");
+        only_row_2_was_invalidated(&proxy, &mut c, value).await;
     }
 
     // A keyed write through the extended protocol, its key a text parameter, then a
@@ -86,13 +89,7 @@ async fn keyed_writes_invalidate_only_their_rows() {
         )
         .await;
         assert!(frames.iter().all(|f| f[0] != b'E'));
-        let before = hits(&proxy);
-        assert_eq!(
-            simple_value(&mut c, &by_id(2)).await.as_deref(),
-            Some(value)
-        );
-        assert_eq!(simple_value(&mut c, &by_id(1)).await.as_deref(), Some("11"));
-        assert_eq!(hits(&proxy), before + 1, "only id = 1 was a hit");
+        only_row_2_was_invalidated(&proxy, &mut c, value).await;
     }
     // The same unnamed text again after another one: its effects are the session's
     // remembered ones, and still its row's.
@@ -108,10 +105,7 @@ async fn keyed_writes_invalidate_only_their_rows() {
         .await;
         assert!(frames.iter().all(|f| f[0] != b'E'));
     }
-    let before = hits(&proxy);
-    assert_eq!(simple_value(&mut c, &by_id(2)).await.as_deref(), Some("23"));
-    assert_eq!(simple_value(&mut c, &by_id(1)).await.as_deref(), Some("11"));
-    assert_eq!(hits(&proxy), before + 1, "only id = 1 was a hit");
+    only_row_2_was_invalidated(&proxy, &mut c, "23").await;
 
     // Moving a row to another key is table-wide.
     warm(&proxy, vec![by_id(1), by_id(4)]).await;
