@@ -181,17 +181,35 @@ async fn vanish_mid_request(
     assert_eq!(after.0, after.1, "server connections disagree");
 }
 
-/// Keepalive timers of TCP sockets matching an `ss` filter.
-fn keepalive_timers(filter: &str) -> Vec<String> {
+/// Keepalive timers of TCP sockets matching an `ss` filter, and what `ss` printed.
+fn keepalive_timers(filter: &str) -> (Vec<String>, String) {
     let output = std::process::Command::new("ss")
         .args(["-tnoi", "state", "established", filter])
         .output()
         .expect("run ss");
-    String::from_utf8_lossy(&output.stdout)
+    let printed = String::from_utf8_lossy(&output.stdout).into_owned();
+    let timers = printed
         .split_whitespace()
         .filter(|w| w.starts_with("timer:(keepalive"))
         .map(str::to_string)
-        .collect()
+        .collect();
+    (timers, printed)
+}
+
+/// The keepalive timers of sockets matching `filter`, asked until one shows or
+/// [`STEP`] has passed. The kernel reports one timer per socket: while sent data
+/// waits for its ACK the retransmission or loss-probe timer (`timer:(on,..)`) is
+/// the one shown, so a socket that has just answered may show keepalive a moment
+/// later.
+async fn keepalive_timers_settled(filter: &str) -> (Vec<String>, String) {
+    let deadline = Instant::now() + STEP;
+    loop {
+        let (timers, printed) = keepalive_timers(filter);
+        if !timers.is_empty() || Instant::now() >= deadline {
+            return (timers, printed);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -220,16 +238,18 @@ async fn accepted_and_server_sockets_have_tcp_keepalive() {
     .unwrap()
     .unwrap()
     .get(0);
-    let accepted = keepalive_timers(&format!("( sport = :{} )", proxy.port()));
-    let server = keepalive_timers(&format!("( sport = :{server_port} )"));
+    let (accepted, accepted_ss) =
+        keepalive_timers_settled(&format!("( sport = :{} )", proxy.port())).await;
+    let (server, server_ss) =
+        keepalive_timers_settled(&format!("( sport = :{server_port} )")).await;
     println!("keepalive: accepted client sockets {accepted:?}; server socket {server:?}");
     assert!(
         !accepted.is_empty(),
-        "no keepalive timer on the accepted socket"
+        "no keepalive timer on the accepted socket; ss printed:\n{accepted_ss}"
     );
     assert!(
         !server.is_empty(),
-        "no keepalive timer on the server socket"
+        "no keepalive timer on the server socket; ss printed:\n{server_ss}"
     );
     // ss shows the time left to the first probe: at most the idle time set.
     for timer in accepted.iter().chain(&server) {
