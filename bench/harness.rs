@@ -12,7 +12,8 @@
 //!   BASELINE_BIN=<pgwarden binary> for the target pgwarden_baseline, and
 //!   BASELINE_PRELOAD=<shared library> to run it under LD_PRELOAD (e.g. another malloc)
 //!   BULK=1 (0 to skip): a 1M-row result, a 16 MiB value and a 100 MB COPY per target,
-//!   timed, and the proxy's RSS after, with the sessions that did them still idle
+//!   timed, and the proxy's RSS after, with the sessions that did them still idle;
+//!   BULK_ROUNDS=5: rounds in which the targets take turns
 //! Each proxy's CPU time per transaction (user + system, from /proc) is reported too.
 //! Results: a table on stdout, bench/results/latest.md and latest.csv.
 
@@ -388,26 +389,35 @@ fn main() {
         });
 
     let mut bulk_rows = Vec::new();
+    let mut bulk_rounds = 0;
     if env_num("BULK", 1) == 1 {
         let connector = bench_tls.as_ref().map(|t| t.connector());
         let mut passes = vec![(None, "")];
         if let Some(connector) = &connector {
             passes.push((Some(connector), " (TLS)"));
         }
+        // BULK_ROUNDS: rounds in which every target runs every transfer once.
+        let rounds = env_num("BULK_ROUNDS", 5).max(1) as usize;
         for (tls, label) in passes {
-            for target in &targets {
-                if tls.is_some() && target == "pgbouncer" {
-                    continue; // not configured for TLS
-                }
-                let url = format!(
-                    "postgres://{USER}:{PASSWORD}@127.0.0.1:{}/{DATABASE}",
-                    port_of(target)
-                );
-                let result = bulk::measure(&url, &cpu_pids_of(target), tls);
-                eprintln!("bulk {target}{label}: {result:?}");
-                bulk_rows.push((format!("{target}{label}"), result));
+            let bulk_targets: Vec<bulk::BulkTarget> = targets
+                .iter()
+                // PgBouncer is not configured for TLS.
+                .filter(|target| tls.is_none() || target.as_str() != "pgbouncer")
+                .map(|target| bulk::BulkTarget {
+                    name: format!("{target}{label}"),
+                    url: format!(
+                        "postgres://{USER}:{PASSWORD}@127.0.0.1:{}/{DATABASE}",
+                        port_of(target)
+                    ),
+                    pids: cpu_pids_of(target),
+                })
+                .collect();
+            for (name, result) in bulk::measure(&bulk_targets, tls, rounds) {
+                eprintln!("bulk {name}: {result:?}");
+                bulk_rows.push((name, result));
             }
         }
+        bulk_rounds = rounds;
     }
 
     let mut idle_rows = Vec::new();
@@ -480,7 +490,7 @@ fn main() {
         };
         let _ = write!(
             report,
-            "\n{} sessions each fetch the 1M-row result (median time); then the median of 7 fetches of one 16 MiB value and of 3 100 MB COPY FROM STDIN. CPU: the proxy's user+system ms per transfer. RSS: the proxy's, with those sessions still connected and idle.\n\n| target | 1M rows (s) | vs direct | CPU ms | 16 MiB value (s) | vs direct | CPU ms | COPY 100 MB (s) | vs direct | CPU ms | RSS idle after (MiB) | peak RSS (MiB) |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+            "\n{bulk_rounds} rounds; in each, every target (in an order rotated by one per round) fetches the 1M-row result once (through the next of its {} sessions), one 16 MiB value twice, and runs one 100 MB COPY FROM STDIN. Times: medians over the rounds. CPU: the proxy's user+system ms per transfer. RSS: the proxy's, with those sessions still connected and idle.\n\n| target | 1M rows (s) | vs direct | CPU ms | 16 MiB value (s) | vs direct | CPU ms | COPY 100 MB (s) | vs direct | CPU ms | RSS idle after (MiB) | peak RSS (MiB) |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n",
             bulk::SESSIONS
         );
         for (target, r) in &bulk_rows {
