@@ -16,7 +16,7 @@ use super::connection::NodeConnection;
 use super::error::AdviseError;
 use super::hypothetical::cheapest;
 use super::index_advice::{Helped, IndexAdvice};
-use super::plan::{explain, is_plannable_read, may_scan_a_table};
+use super::plan::{explain, is_plannable_table_read};
 use super::predicates::{self, Use};
 use super::redundant;
 use super::scans::wasteful_scans;
@@ -148,7 +148,7 @@ impl DatabaseAdvisor {
             .filter(|q| {
                 q.plan_sample
                     .as_deref()
-                    .is_some_and(|sql| is_plannable_read(sql) && may_scan_a_table(sql))
+                    .is_some_and(is_plannable_table_read)
             })
             .take(CONSIDERED)
             .collect();

@@ -22,9 +22,20 @@ pub struct Plan {
 /// Whether the advisor may plan `sql`: one read (`SELECT`, `WITH ... SELECT`,
 /// `TABLE`, `VALUES`) with nothing that writes.
 pub fn is_plannable_read(sql: &str) -> bool {
+    plannable_read_lowered(sql).is_some()
+}
+
+/// Whether the index advisor should plan `sql`: [`is_plannable_read`], and it may
+/// scan a table ([`names_a_table`]); the text is lowercased once for both.
+pub fn is_plannable_table_read(sql: &str) -> bool {
+    plannable_read_lowered(sql).is_some_and(|lower| names_a_table(&lower))
+}
+
+/// The trimmed text in lower case, when it is a plannable read.
+fn plannable_read_lowered(sql: &str) -> Option<String> {
     let trimmed = sql.trim().trim_end_matches(';').trim();
     if trimmed.is_empty() || trimmed.contains(';') {
-        return false;
+        return None;
     }
     let lower = trimmed.to_ascii_lowercase();
     let first = lower.split_whitespace().next().unwrap_or("");
@@ -43,17 +54,16 @@ pub fn is_plannable_read(sql: &str) -> bool {
     ]
     .iter()
     .any(|w| lower.contains(w));
-    reads && !writes
+    (reads && !writes).then_some(lower)
 }
 
-/// Whether `sql` may scan a table: it names one with `FROM` (anywhere, subqueries
-/// included) or is `TABLE name`. A statement that cannot has no scan an index could
-/// help, so the advisor does not plan it. That also spares it the plans of
-/// `SELECT repeat('x', 16 * 1024 * 1024)` and the like, where the planner folds the
-/// call into its 16 MiB result and EXPLAIN sends all of it. Errs toward yes: `from` is
-/// looked for as bytes, so `from_date` counts too.
-pub fn may_scan_a_table(sql: &str) -> bool {
-    let lower = sql.trim_start().to_ascii_lowercase();
+/// Whether a statement (lowercased, trimmed at its start) may scan a table: it names
+/// one with `FROM` (anywhere, subqueries included) or is `TABLE name`. A statement that
+/// cannot has no scan an index could help, so the advisor does not plan it. That also
+/// spares it the plans of `SELECT repeat('x', 16 * 1024 * 1024)` and the like, where
+/// the planner folds the call into its 16 MiB result and EXPLAIN sends all of it. Errs
+/// toward yes: `from` is looked for as bytes, so `from_date` counts too.
+fn names_a_table(lower: &str) -> bool {
     lower.starts_with("table") || lower.contains("from")
 }
 
@@ -172,6 +182,10 @@ pub fn parse(text: &str) -> Result<Plan, AdviseError> {
 mod tests {
     use super::*;
 
+    fn may_scan_a_table(sql: &str) -> bool {
+        names_a_table(&sql.trim_start().to_ascii_lowercase())
+    }
+
     #[test]
     fn statements_that_name_no_table_are_not_planned() {
         assert!(!may_scan_a_table("SELECT repeat('x', 16 * 1024 * 1024)"));
@@ -211,6 +225,31 @@ mod tests {
         assert!(!is_plannable_read("SELECT * FROM t FOR UPDATE"));
         assert!(!is_plannable_read("SELECT 1; DROP TABLE t"));
         assert!(!is_plannable_read("SELECT nextval('s')"));
+    }
+
+    #[test]
+    fn the_index_advisor_plans_reads_that_may_scan_a_table() {
+        for sql in [
+            "SELECT * FROM t WHERE a = $1",
+            "  table t;",
+            "with x as (select 1) select * from x;",
+            "SELECT repeat('x', 16 * 1024 * 1024)",
+            "VALUES (1), (2)",
+            "UPDATE t SET a = 1 FROM u",
+            "SELECT * FROM t FOR UPDATE",
+            "SELECT 1 FROM t; DROP TABLE t",
+            "",
+        ] {
+            assert_eq!(
+                is_plannable_table_read(sql),
+                is_plannable_read(sql) && may_scan_a_table(sql),
+                "{sql}"
+            );
+        }
+        assert!(is_plannable_table_read("SELECT * FROM t WHERE a = $1"));
+        assert!(!is_plannable_table_read(
+            "SELECT repeat('x', 16 * 1024 * 1024)"
+        ));
     }
 
     #[test]
