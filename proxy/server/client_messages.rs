@@ -3,6 +3,7 @@
 
 use bytes::{Bytes, BytesMut};
 
+use super::database_ddl::database_ddl_target;
 use super::responses::{Expect, ResponseQueue};
 use super::session::Session;
 use super::session_effects::{effects_of, Effect};
@@ -85,7 +86,16 @@ impl Session {
                 )))
             }
         }
-        let frame = match self.guard_message(message_tag, frame).await {
+        // Each check below is awaited only where it has something to do, and then
+        // as a boxed future: without a tenant guard, a `DROP DATABASE` or protection
+        // limits, the handling future (boxed once per transaction by `serve`) holds
+        // none of their state and stays in malloc's per-thread cache.
+        let guarded = if self.tenancy.is_none() {
+            Ok(frame)
+        } else {
+            Box::pin(self.guard_message(message_tag, frame)).await
+        };
+        let frame = match guarded {
             Ok(frame) => frame,
             Err(SessionError::Answered) => return Ok(()),
             Err(error @ SessionError::TenantGuard(_)) if self.server.is_some() => {
@@ -118,20 +128,27 @@ impl Session {
         if self.answer_without_server(message_tag, &frame)? {
             return Ok(());
         }
-        match message_tag {
-            tag::QUERY => self.before_database_ddl(body(&frame)).await,
-            tag::PARSE => {
-                if let Ok(view) = ParseView::parse(body(&frame)) {
-                    self.before_database_ddl(view.query).await;
-                }
+        let ddl_database = match message_tag {
+            tag::QUERY => database_ddl_target(body(&frame)),
+            tag::PARSE => ParseView::parse(body(&frame))
+                .ok()
+                .and_then(|view| database_ddl_target(view.query)),
+            _ => None,
+        };
+        if let Some(database) = ddl_database {
+            Box::pin(self.before_database_ddl(database)).await;
+        }
+        if self.protection_applies(message_tag) {
+            if let Err(error) = Box::pin(self.protect_statement(message_tag, &frame)).await {
+                self.report_recoverable(message_tag, &error);
+                return Ok(());
             }
-            _ => {}
         }
-        if let Err(error) = self.protect_statement(message_tag, &frame).await {
-            self.report_recoverable(message_tag, &error);
-            return Ok(());
-        }
-        let attached = self.attach_for(message_tag, &frame).await;
+        let attached = if self.attach_has_work(message_tag, &frame) {
+            self.attach_for(message_tag, &frame).await
+        } else {
+            Ok(())
+        };
         if self.server.is_none() {
             // Answered without a server, or none could be had: no place under limits.
             self.protection.release();
@@ -202,6 +219,16 @@ impl Session {
             _ => unreachable!("filtered above"),
         }
         Ok(())
+    }
+
+    /// Whether [`Session::attach_for`] may do anything for this message: no server is
+    /// attached, the attached one is a replica (it may have to be left), or the text
+    /// may be a proxy setting. Most messages of a transaction find the primary
+    /// attached, and skip the call.
+    fn attach_has_work(&self, message_tag: u8, frame: &Bytes) -> bool {
+        self.server.is_none()
+            || self.backend > 0
+            || (message_tag == tag::QUERY && Session::may_answer_proxy_setting(frame))
     }
 
     /// Makes sure the right server is attached for this message: chooses a backend

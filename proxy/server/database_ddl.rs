@@ -39,12 +39,10 @@ pub fn database_ddl_target(sql: &[u8]) -> Option<String> {
 }
 
 impl Session {
-    /// Before forwarding a statement: if it drops or renames a database, close the
-    /// pool's idle connections to it and hold new checkouts until it has finished.
-    pub(super) async fn before_database_ddl(&mut self, sql: &[u8]) {
-        let Some(database) = database_ddl_target(sql) else {
-            return;
-        };
+    /// Before forwarding a statement that drops or renames `database` (its
+    /// [`database_ddl_target`]): close the pool's idle connections to it and hold new
+    /// checkouts until it has finished.
+    pub(super) async fn before_database_ddl(&mut self, database: String) {
         tracing::info!(database = %database, "closing idle server connections before DROP/ALTER DATABASE");
         self.runtime.cache.pause_database(&database);
         // Boxed: closing idle connections is a large future, and rare.

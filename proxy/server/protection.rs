@@ -79,6 +79,24 @@ impl Session {
         }
     }
 
+    /// Whether [`Session::protect_statement`] has anything to do for this message: a
+    /// quarantine is in force, or the message starts a transaction and limits are set.
+    pub(super) fn protection_applies(&self, message_tag: u8) -> bool {
+        let protection = &self.runtime.protection;
+        protection.quarantine.is_active()
+            || (self.starts_a_transaction(message_tag) && protection.has_limits())
+    }
+
+    /// Whether the message starts a transaction: one that runs something, with no
+    /// server attached.
+    fn starts_a_transaction(&self, message_tag: u8) -> bool {
+        self.server.is_none()
+            && matches!(
+                message_tag,
+                tag::QUERY | tag::PARSE | tag::BIND | tag::EXECUTE | tag::FUNCTION_CALL
+            )
+    }
+
     /// Refuses a quarantined statement, and admits one that starts a transaction
     /// under the `[[limits]]` rules it matches (waiting at most each rule's wait).
     pub(super) async fn protect_statement(
@@ -88,11 +106,7 @@ impl Session {
     ) -> Result<(), SessionError> {
         let protection = &self.runtime.protection;
         let quarantine = protection.quarantine.is_active();
-        let starts = self.server.is_none()
-            && matches!(
-                message_tag,
-                tag::QUERY | tag::PARSE | tag::BIND | tag::EXECUTE | tag::FUNCTION_CALL
-            );
+        let starts = self.starts_a_transaction(message_tag);
         let limits = (starts && protection.has_limits()).then(|| protection.limits());
         if !quarantine && limits.is_none() {
             return Ok(());
