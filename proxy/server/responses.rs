@@ -294,7 +294,18 @@ impl ResponseQueue {
     /// Writes synthetic answers now at the head of the queue. When the client's own
     /// message made them due (`hold`), answers to extended-protocol messages wait in
     /// `held` for its `Sync` or `Flush`, as PostgreSQL's output buffer would.
+    ///
+    /// Called after every push and server message, and most find no synthetic answer
+    /// at the head: that check is inlined, the writing is not.
+    #[inline(always)]
     fn write_synthetic(&mut self, out: &mut BytesMut, hold: bool) {
+        if matches!(self.entries.front(), Some(Expect::Synthetic(_))) {
+            self.write_synthetic_now(out, hold);
+        }
+    }
+
+    #[inline(never)]
+    fn write_synthetic_now(&mut self, out: &mut BytesMut, hold: bool) {
         while let Some(Expect::Synthetic(_)) = self.entries.front() {
             let Some(Expect::Synthetic(bytes)) = self.entries.pop_front() else {
                 break;
