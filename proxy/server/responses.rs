@@ -285,6 +285,13 @@ impl ResponseQueue {
         (Disposition::Relay, None)
     }
 
+    /// Whether a synthetic answer is at the head of the queue: only then does
+    /// [`ResponseQueue::flush_synthetic`] write anything.
+    #[inline(always)]
+    pub fn synthetic_due(&self) -> bool {
+        matches!(self.entries.front(), Some(Expect::Synthetic(_)))
+    }
+
     /// Writes synthetic answers that a server answer just brought to the head of the
     /// queue (the server answered, so the client's `Sync` or `Flush` came already).
     pub fn flush_synthetic(&mut self, out: &mut BytesMut) {
@@ -299,7 +306,7 @@ impl ResponseQueue {
     /// at the head: that check is inlined, the writing is not.
     #[inline(always)]
     fn write_synthetic(&mut self, out: &mut BytesMut, hold: bool) {
-        if matches!(self.entries.front(), Some(Expect::Synthetic(_))) {
+        if self.synthetic_due() {
             self.write_synthetic_now(out, hold);
         }
     }

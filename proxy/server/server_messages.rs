@@ -210,11 +210,14 @@ impl Session {
                 }
             }
             if popped.is_some() {
-                self.to_client
-                    .extend_from_slice(&server.read_buf[..relay_run]);
-                server.read_buf.advance(relay_run);
-                relay_run = 0;
-                self.responses.flush_synthetic(&mut self.to_client);
+                if self.responses.synthetic_due() {
+                    // The server's answers so far go before the proxy's own.
+                    self.to_client
+                        .extend_from_slice(&server.read_buf[..relay_run]);
+                    server.read_buf.advance(relay_run);
+                    relay_run = 0;
+                    self.responses.flush_synthetic(&mut self.to_client);
+                }
                 for id in self.responses.take_failed_parses() {
                     server.prepared.remove(id.0);
                 }
