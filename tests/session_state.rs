@@ -408,3 +408,44 @@ async fn a_random_seed_does_not_reach_the_next_client() {
         .expect("connect timed out");
     assert_ne!(outcome(&b, "SELECT random()").await, Ok(first));
 }
+
+/// A driver that parses a few unnamed texts in turn (pgbench, most ORMs): a text
+/// parsed again after others keeps its effects. Had the proxy taken the last `SET` for
+/// nothing, it would believe the setting reset while the shared server connection
+/// (pool of one) kept it, and the next client would run under it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unnamed_texts_parsed_in_turn_keep_their_effects() {
+    use support::proxy::{DATABASE, USER};
+    use support::wire::{error_code, first_value, Wire};
+    let step = Duration::from_secs(20);
+    let cluster = support::cluster(0);
+    let proxy = proxy::start(&cluster, |c| {
+        c.pool.size = 1;
+        c.auth.method = pgwarden::config::AuthMethod::Trust;
+    })
+    .await;
+    let mut wire = tokio::time::timeout(step, Wire::tcp(proxy.port(), USER, DATABASE, &[]))
+        .await
+        .expect("connect");
+    let set = "SET statement_timeout = '4321ms'";
+    for sql in [set, "SELECT 1", "RESET statement_timeout", "SELECT 2", set] {
+        let answer = tokio::time::timeout(step, wire.extended("", Some(sql), &[], false, 0))
+            .await
+            .expect(sql);
+        assert_eq!(error_code(&answer), None, "{sql}");
+    }
+    let other = tokio::time::timeout(step, proxy::connect(&proxy))
+        .await
+        .expect("connect");
+    let theirs = tokio::time::timeout(step, show(&other, "statement_timeout"))
+        .await
+        .expect("SHOW");
+    assert_eq!(
+        theirs, "0",
+        "the first client's setting reached the next client"
+    );
+    let own = tokio::time::timeout(step, wire.simple("SHOW statement_timeout"))
+        .await
+        .expect("SHOW");
+    assert_eq!(first_value(&own).as_deref(), Some("4321ms"));
+}

@@ -21,11 +21,6 @@ use crate::route::{DataAccess, StatementClass};
 /// (then their `Bind`s count as "writes everything").
 const MAX_STATEMENT_EFFECTS: usize = 4096;
 
-/// Unnamed texts whose write effects a session remembers (a driver running a few
-/// statements in turn, each parsed unnamed, gets each one's from here): pgbench's
-/// seven, an ORM's usual handful.
-const RECENT_UNNAMED: usize = 8;
-
 /// What one prepared statement may write, with its `Parse` definition (for the declared
 /// types of the parameters its keys are bound from).
 #[derive(Clone)]
@@ -84,11 +79,7 @@ impl Session {
                 }
                 if view.statement.is_empty() {
                     if let Some(state) = self.caching.as_mut() {
-                        let seen = state
-                            .recent_unnamed
-                            .iter()
-                            .find(|known| known.definition == view.definition);
-                        if let Some(known) = seen {
+                        if let Some(known) = state.recent_unnamed.get(view.definition) {
                             state.unnamed_writes = Some(known.clone());
                             return;
                         }
@@ -102,10 +93,9 @@ impl Session {
                     return;
                 };
                 if view.statement.is_empty() {
-                    if state.recent_unnamed.len() >= RECENT_UNNAMED {
-                        state.recent_unnamed.remove(0);
-                    }
-                    state.recent_unnamed.push(writes.clone());
+                    state
+                        .recent_unnamed
+                        .remember(view.definition, writes.clone());
                     state.unnamed_writes = Some(writes);
                 } else {
                     remember_statement_writes(state, view.statement, writes);

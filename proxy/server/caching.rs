@@ -41,7 +41,8 @@ pub struct SessionCache {
     pub(super) unnamed_writes: Option<super::cache_writes::StatementWrites>,
     /// What the last few unnamed texts may write, oldest first: drivers cycle through
     /// a handful (`cache_writes.rs`).
-    pub(super) recent_unnamed: Vec<super::cache_writes::StatementWrites>,
+    pub(super) recent_unnamed:
+        super::recent_texts::RecentTexts<super::cache_writes::StatementWrites>,
     /// The `Bind` of a statement whose effects are unknown was sent.
     pub(super) unknown_writes: bool,
     /// This session's copy of whether its database's cache is in use anywhere.

@@ -31,6 +31,7 @@ mod query_scan;
 mod raised_error;
 mod random_seed;
 mod read_buffers;
+mod recent_texts;
 mod responses;
 mod retry_frames;
 mod routing;

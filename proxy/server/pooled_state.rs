@@ -9,6 +9,7 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 
 use super::opaque_code::{OpaqueCheck, SessionSafeFunctions};
+use super::recent_texts::RecentTexts;
 use super::responses::Expect;
 use super::session::Session;
 use super::session_effects::{Effect, Pins};
@@ -30,6 +31,21 @@ pub struct UnnamedStatement {
     /// The attached server has it (parsed there since it was attached).
     pub on_server: bool,
     pub exists: bool,
+    /// What the last few unnamed texts do, for a driver that parses a few in turn.
+    pub recent: RecentTexts<UnnamedVerdicts>,
+}
+
+/// What an unnamed statement's text does to the server session, as worked out when it
+/// was parsed.
+#[derive(Debug, Clone)]
+pub struct UnnamedVerdicts {
+    effects: Option<Arc<[Effect]>>,
+    sets_sequences: bool,
+    seeds: bool,
+    /// Whether the database's session-safe functions were known when the text was
+    /// judged: once they are, a text judged without them is judged again (a call
+    /// counted as opaque may turn out safe).
+    with_safe_functions: bool,
 }
 
 #[derive(Debug)]
@@ -160,16 +176,41 @@ impl Session {
 
     /// A client `Parse` of the unnamed statement is being forwarded.
     pub(super) fn on_unnamed_parse(&mut self, definition: &[u8], query: &[u8]) {
-        // Drivers send the same unnamed text again and again: its effects are known.
+        // Drivers send the same unnamed text again and again, or a few in turn: their
+        // effects are known.
         if self.pooled.unnamed.definition != definition {
-            let scanned = crate::scan::scan(query);
-            let effects = statement_effects(query, &scanned, self.pooled.opaque_check(self.mode));
+            let with_safe_functions = self.pooled.safe_functions.is_some();
+            let known = self
+                .pooled
+                .unnamed
+                .recent
+                .get(definition)
+                .filter(|known| known.with_safe_functions == with_safe_functions)
+                .cloned();
+            let verdicts = known.unwrap_or_else(|| {
+                let scanned = crate::scan::scan(query);
+                let verdicts = UnnamedVerdicts {
+                    effects: statement_effects(
+                        query,
+                        &scanned,
+                        self.pooled.opaque_check(self.mode),
+                    ),
+                    sets_sequences: scanned.may_set_sequences,
+                    seeds: scanned.may_seed,
+                    with_safe_functions,
+                };
+                self.pooled
+                    .unnamed
+                    .recent
+                    .remember(definition, verdicts.clone());
+                verdicts
+            });
             let unnamed = &mut self.pooled.unnamed;
             unnamed.definition.clear();
             unnamed.definition.extend_from_slice(definition);
-            unnamed.effects = effects;
-            unnamed.sets_sequences = scanned.may_set_sequences;
-            unnamed.seeds = scanned.may_seed;
+            unnamed.effects = verdicts.effects;
+            unnamed.sets_sequences = verdicts.sets_sequences;
+            unnamed.seeds = verdicts.seeds;
         }
         let unnamed = &mut self.pooled.unnamed;
         unnamed.on_server = true;
