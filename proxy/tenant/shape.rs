@@ -227,9 +227,12 @@ pub fn split_after(prefix: &str, sql: &str) -> Option<Shaped> {
                 Some(j)
             }
             c if is_word_byte(c) => {
-                while b.get(i).is_some_and(|&x| is_word_byte(x)) {
-                    i += 1;
-                }
+                // One slice walk: most of a statement's bytes are in words.
+                let rest = &b[i..];
+                i += rest
+                    .iter()
+                    .position(|&x| !is_word_byte(x))
+                    .unwrap_or(rest.len());
                 None
             }
             _ => {
