@@ -105,6 +105,9 @@ impl Runtime {
                 max_fingerprints: config.stats.max_fingerprints.max(10),
                 ..config.stats.clone()
             },
+            crate::config::SessionThreads::on_this_machine(config.proxy.worker_threads)
+                .0
+                .threads(),
             memory,
             Some(Box::new(detector)),
         );

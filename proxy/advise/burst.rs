@@ -109,11 +109,29 @@ impl Closed {
     }
 }
 
+/// What tells two statements of one fingerprint apart: a hash of the bound values, or
+/// (simple protocol, whose text carries its values) the text, hashed only when a burst
+/// needs it (most statements open or extend none).
+#[derive(Debug, Clone, Copy)]
+pub enum Params<'a> {
+    Bound(u64),
+    Text(&'a [u8]),
+}
+
+impl Params<'_> {
+    fn hash(self) -> u64 {
+        match self {
+            Params::Bound(hash) => hash,
+            Params::Text(text) => crate::stats::process_hash(text),
+        }
+    }
+}
+
 /// One statement as the detector sees it.
 pub struct Statement<'a> {
     pub fingerprint: FingerprintId,
     pub query: &'a Arc<str>,
-    pub params: u64,
+    pub params: Params<'a>,
     pub duration: Duration,
     pub ended: Instant,
 }
@@ -157,7 +175,7 @@ impl Scope {
         }
         if let Some(burst) = self.open.iter_mut().find(|b| b.child == fingerprint) {
             burst.count += 1;
-            burst.params.insert(statement.params);
+            burst.params.insert(statement.params.hash());
             burst.child_time += statement.duration;
             burst.last = statement.ended;
             burst.last_seq = seq;
@@ -178,7 +196,7 @@ impl Scope {
                 parent: *parent,
                 parent_query: parent_query.clone(),
                 count: 1,
-                params: ParamSet::of(statement.params),
+                params: ParamSet::of(statement.params.hash()),
                 child_time: statement.duration,
                 started: statement
                     .ended
@@ -230,7 +248,7 @@ mod tests {
                 &Statement {
                     fingerprint: *fingerprint,
                     query: &query,
-                    params: *params,
+                    params: Params::Bound(*params),
                     duration: Duration::from_millis(1),
                     ended: start + Duration::from_millis(2 * i as u64 + 1),
                 },
@@ -322,7 +340,7 @@ mod tests {
             let statement = Statement {
                 fingerprint,
                 query: &query,
-                params,
+                params: Params::Bound(params),
                 duration: Duration::from_millis(1),
                 ended: start + Duration::from_millis(i as u64 + 1),
             };

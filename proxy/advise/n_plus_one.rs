@@ -1,5 +1,5 @@
-//! The N+1 detector: fed every fingerprinted statement by the statistics aggregator
-//! (on its task, so no lock), it follows each session's bursts (see `burst`) and
+//! The N+1 detector: fed every fingerprinted statement by the statistics (on the
+//! session's thread, under its lock, as statements finish), it follows each session's bursts (see `burst`) and
 //! counts the (parent, child) pairs whose bursts repeat, then publishes them as
 //! advisories.
 //!
@@ -17,7 +17,7 @@ use arc_swap::ArcSwap;
 use super::advisory::{
     now_secs, per_hour, Advisory, AdvisoryKind, FingerprintRef, NPlusOneDetails,
 };
-use super::burst::{scope_bytes, Closed, Scope, Statement};
+use super::burst::{scope_bytes, Closed, Params, Scope, Statement};
 use crate::config::NPlusOneConfig;
 use crate::stats::fingerprint::FingerprintId;
 use crate::stats::{process_map, Call, CallObserver, MemoryGauges, ProcessMap};
@@ -259,7 +259,11 @@ impl CallObserver for Detector {
         }
         self.total_time += call.duration;
         let context = call.context;
-        let key = if let Some(trace) = super::traceparent::trace_id(call.sql) {
+        let trace = call
+            .may_trace
+            .then(|| super::traceparent::trace_id(call.sql))
+            .flatten();
+        let key = if let Some(trace) = trace {
             ScopeKey::Trace(hash(trace))
         } else if context.session_key != 0 {
             ScopeKey::SessionKey(context.session_key)
@@ -278,9 +282,9 @@ impl CallObserver for Detector {
                 fingerprint: call.fingerprint,
                 query: call.query,
                 params: if context.params != 0 {
-                    context.params
+                    Params::Bound(context.params)
                 } else {
-                    call.text_hash
+                    Params::Text(call.sql)
                 },
                 duration: call.duration,
                 ended: context.ended,

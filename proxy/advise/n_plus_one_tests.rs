@@ -38,7 +38,7 @@ impl Feed {
             fingerprint,
             query: &query,
             sql,
-            text_hash: 0,
+            may_trace: true,
             duration: Duration::from_micros(300),
             context: CallContext {
                 client,

@@ -66,6 +66,11 @@ pub fn error_field(body: &[u8], kind: u8) -> Option<&[u8]> {
 }
 
 /// The tag of a `CommandComplete` body, without the trailing NUL.
+#[inline]
 pub fn command_tag(body: &[u8]) -> &[u8] {
-    body.split(|b| *b == 0).next().unwrap_or(body)
+    match body.split_last() {
+        // The body PostgreSQL sends: the tag and its NUL (a tag has no NUL of its own).
+        Some((0, tag)) => tag,
+        _ => body,
+    }
 }

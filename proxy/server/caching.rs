@@ -425,7 +425,7 @@ impl Session {
         if let Some(stats) = self.stats.as_ref() {
             stats.record_cache_hit(
                 &self.runtime.stats,
-                crate::stats::EventText::new(&request.sql),
+                &request.sql,
                 started.elapsed(),
                 entry.rows,
             );

@@ -1,10 +1,11 @@
 //! The session's side of query statistics: when each statement was sent, which text it
-//! ran, the rows and errors its answer reported, handed to the stats recorder when the
-//! answer is complete. Only timestamps and cheap `Bytes` handles on the data path.
+//! ran, the rows and errors its answer reported, counted by the stats recorder (in this
+//! thread's shard) when the answer is complete. Only timestamps and cheap `Bytes`
+//! handles on the data path.
 //!
-//! A statement's text goes into its event copied when short (`EventText`), so the
-//! client's read buffer is neither held until the answer nor freed on the aggregator's
-//! thread; a long `Query` text shares the buffer until then. A text remembered beyond
+//! A statement in flight keeps its text copied when short (`EventText`), so the
+//! client's read buffer is not held until the answer and can be reused in place; a
+//! long `Query` text shares the buffer until then. A text remembered beyond
 //! its message (the last unnamed `Parse`, the statement a portal ran) is copied, so it
 //! never pins a whole read buffer for the life of the session.
 
@@ -102,8 +103,8 @@ impl SessionStats {
     pub fn finish_one(&mut self, recorder: &StatsRecorder, served: Served, error: bool) {
         if let Some(statement) = self.in_flight.pop_front() {
             let ended = Instant::now();
-            recorder.record(StatementEvent {
-                sql: statement.sql,
+            recorder.record(&StatementEvent {
+                sql: &statement.sql,
                 shape: statement.shape,
                 duration: ended.saturating_duration_since(statement.started),
                 rows: self.rows,
@@ -125,11 +126,11 @@ impl SessionStats {
     pub fn record_cache_hit(
         &self,
         recorder: &StatsRecorder,
-        sql: EventText,
+        sql: &[u8],
         duration: std::time::Duration,
         rows: u64,
     ) {
-        recorder.record(StatementEvent {
+        recorder.record(&StatementEvent {
             sql,
             shape: None,
             duration,

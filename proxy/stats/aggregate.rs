@@ -1,30 +1,29 @@
-//! The aggregator task: per-fingerprint counters and histograms, bounded memory,
-//! a per-second time series for the dashboard, and the published snapshot.
+//! The aggregator task: collects the recording shards' sums (`shard`) every few
+//! milliseconds into per-fingerprint counters and histograms with bounded memory, a
+//! per-second time series for the dashboard, and the published snapshot.
 //!
-//! Nothing here keeps a slice of a session's buffers: the text map holds a 64-bit hash
-//! of each statement text, and fingerprints own compact strings. Both are bounded by
-//! bytes, and their sizes are published in [`MemoryGauges`].
+//! Nothing here keeps a slice of a session's buffers: fingerprints own compact
+//! strings and one sample each, bounded by bytes, and their sizes are published in
+//! [`MemoryGauges`] with the shards'.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
 use hdrhistogram::Histogram;
 use serde::Serialize;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use super::drain_pace::{may_park, next_pause, BUSY_PAUSE, PARKED_TICK};
-use super::fingerprint::{fingerprint, FingerprintId};
+use super::fingerprint::FingerprintId;
 use super::latency::{LatencyCounts, LatencyHistogram};
-use super::observer::{Call, CallObserver};
-use super::{Event, MemoryGauges, Served, StatementEvent};
+use super::shard::{Collector, SecondSums, Sighting, Sums};
+use super::{MemoryGauges, Shared};
 
 /// How often the observer's tick and the memory gauges run, however short the pause.
 const HOUSEKEEPING_EVERY: Duration = Duration::from_millis(20);
-/// Events taken from the channel at a time.
-const DRAIN_BATCH: usize = 256;
 /// How often the snapshot readers see is rebuilt while statements flow.
 const PUBLISH_EVERY: Duration = Duration::from_millis(500);
 
@@ -74,6 +73,8 @@ pub struct Snapshot {
     pub queries: Vec<QuerySummary>,
     /// The last five minutes, oldest first.
     pub timeline: Vec<TimePoint>,
+    /// Statements not counted. Sessions count into their shard directly, so none
+    /// are dropped any more; the field (and its metric) stays for existing readers.
     pub dropped_events: u64,
 }
 
@@ -104,86 +105,6 @@ struct SecondTotals {
     max_us: u64,
 }
 
-/// Bytes one text-map slot costs (hash key, fingerprint id, control byte).
-const TEXT_SLOT_BYTES: usize = 2 * std::mem::size_of::<u64>() + 1;
-
-/// The exact-text → fingerprint map: hashes only, bounded by bytes.
-struct TextMap {
-    map: super::ProcessMap<u64, FingerprintId>,
-    max_entries: usize,
-    /// Exact hashes of recent texts with literals, direct-mapped (a new text takes
-    /// its slot from whatever was there): a hot text's repeats skip the shape scan,
-    /// and a stream of fresh literals costs no more than this fixed table.
-    recent: Box<[(u64, FingerprintId)]>,
-}
-
-/// Slots of [`TextMap::recent`] at most (a power of two), and the bytes of one.
-const RECENT_SLOTS: usize = 1024;
-const RECENT_SLOT_BYTES: usize = std::mem::size_of::<(u64, FingerprintId)>();
-
-impl TextMap {
-    /// A map whose table never grows past `max_bytes`: the largest power-of-two table
-    /// that fits, filled to its load factor (7/8) at most.
-    fn new(max_bytes: usize, max_fingerprints: usize) -> TextMap {
-        // The recent-text table takes at most an eighth of the budget.
-        let mut recent_slots = RECENT_SLOTS;
-        while recent_slots > 1 && recent_slots * RECENT_SLOT_BYTES > max_bytes / 8 {
-            recent_slots /= 2;
-        }
-        let max_bytes = max_bytes.saturating_sub(recent_slots * RECENT_SLOT_BYTES);
-        let mut buckets = 8usize;
-        while buckets * 2 * TEXT_SLOT_BYTES <= max_bytes {
-            buckets *= 2;
-        }
-        let max_entries = (buckets / 8 * 7).min(max_fingerprints.saturating_mul(8).max(1));
-        TextMap {
-            map: super::process_map(),
-            max_entries,
-            recent: vec![(0, 0); recent_slots].into_boxed_slice(),
-        }
-    }
-
-    fn recent_slot(&self, hash: u64) -> usize {
-        hash as usize & (self.recent.len() - 1)
-    }
-
-    fn recent(&self, hash: u64) -> Option<FingerprintId> {
-        let (at, id) = self.recent[self.recent_slot(hash)];
-        (at == hash && hash != 0).then_some(id)
-    }
-
-    fn remember_recent(&mut self, hash: u64, id: FingerprintId) {
-        let slot = self.recent_slot(hash);
-        self.recent[slot] = (hash, id);
-    }
-
-    fn hash(sql: &[u8]) -> u64 {
-        super::process_hash(sql)
-    }
-
-    fn get(&self, hash: u64) -> Option<FingerprintId> {
-        self.map.get(&hash).copied()
-    }
-
-    fn insert(&mut self, hash: u64, id: FingerprintId) {
-        if self.map.len() >= self.max_entries {
-            self.map.clear();
-        }
-        self.map.insert(hash, id);
-    }
-
-    /// Bytes of the table (allocated capacity, not only the entries in use).
-    fn bytes(&self) -> u64 {
-        let recent = (self.recent.len() * RECENT_SLOT_BYTES) as u64;
-        let capacity = self.map.capacity();
-        if capacity == 0 {
-            return recent;
-        }
-        // hashbrown keeps 1/8 of its buckets free.
-        (capacity.div_ceil(7) * 8 * TEXT_SLOT_BYTES) as u64 + recent
-    }
-}
-
 /// Bytes one fingerprint entry holds: the entry, its histogram counts, its strings.
 fn entry_bytes(entry: &Entry) -> u64 {
     (std::mem::size_of::<Entry>()
@@ -198,7 +119,6 @@ fn entry_bytes(entry: &Entry) -> u64 {
 pub(super) struct Limits {
     pub max_fingerprints: usize,
     pub max_bytes: u64,
-    pub text_map_bytes: usize,
     pub show_parameters: bool,
 }
 
@@ -215,295 +135,247 @@ fn now_secs() -> u64 {
         .unwrap_or(0)
 }
 
-/// Takes what the channel holds now, up to [`DRAIN_BATCH`] events, without waiting:
-/// `None` once every sender is gone. A batch gives the senders' permits back in one
-/// step (`try_recv` takes the semaphore's lock for every event). The no-op waker this
-/// polls with is never woken: the aggregator drains on its timer.
-fn take_batch<'a>(
-    rx: &mut mpsc::Receiver<Event>,
-    batch: &'a mut Vec<Event>,
-) -> Option<&'a mut Vec<Event>> {
-    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-    match rx.poll_recv_many(&mut cx, batch, DRAIN_BATCH) {
-        std::task::Poll::Ready(0) => None,
-        // Pending: empty now (or this task's cooperative budget is spent: the next
-        // drain takes the rest).
-        std::task::Poll::Ready(_) | std::task::Poll::Pending => Some(batch),
+/// Everything the aggregator keeps, and the second a collection counts in.
+struct Aggregation {
+    entries: Entries,
+    timeline: VecDeque<(TimePoint, SecondTotals)>,
+    latency_counts: LatencyCounts,
+    /// The wall-clock second of this collection: a collection gathers a few
+    /// milliseconds of statements, and entries and the timeline count whole seconds.
+    now: u64,
+}
+
+impl Aggregation {
+    fn new_entry(query: Arc<str>, sample: Arc<str>, now: u64) -> Entry {
+        Entry {
+            query,
+            sample,
+            calls: 0,
+            errors: 0,
+            rows: 0,
+            total_us: 0,
+            min_us: u64::MAX,
+            max_us: 0,
+            histogram: Histogram::new_with_bounds(1, 3_600_000_000, 2).expect("valid bounds"),
+            primary_calls: 0,
+            replica_calls: 0,
+            cache_hits: 0,
+            first_seen: now,
+            last_seen: now,
+        }
     }
 }
 
+impl Collector for Aggregation {
+    fn sighting(&mut self, sighting: Sighting) {
+        if self.entries.map.contains_key(&sighting.id) {
+            return;
+        }
+        let entry = Self::new_entry(sighting.query, sighting.sample, self.now);
+        self.entries.bytes += entry_bytes(&entry);
+        self.entries.map.insert(sighting.id, entry);
+    }
+
+    fn sums(&mut self, id: FingerprintId, query: &Arc<str>, sums: &Sums) {
+        let now = self.now;
+        let entries = &mut self.entries;
+        let entry = entries.map.entry(id).or_insert_with(|| {
+            // Dropped here while a shard still counted it, and not seen since: the
+            // normalized text stands in for a sample until the shard sends one.
+            let entry = Self::new_entry(query.clone(), query.clone(), now);
+            entries.bytes += entry_bytes(&entry);
+            entry
+        });
+        entry.calls += sums.calls;
+        entry.errors += sums.errors;
+        entry.rows += sums.rows;
+        entry.total_us += sums.total_us;
+        entry.min_us = entry.min_us.min(sums.min_us);
+        entry.max_us = entry.max_us.max(sums.max_us);
+        for micros in &sums.durations {
+            let _ = entry
+                .histogram
+                .record(u64::from(*micros).clamp(1, 3_600_000_000));
+        }
+        entry.primary_calls += sums.primary;
+        entry.replica_calls += sums.replica;
+        entry.cache_hits += sums.cache_hits;
+        entry.last_seen = now;
+    }
+
+    fn second(&mut self, second: &SecondSums, latency: &LatencyCounts) {
+        if second.calls == 0 {
+            return;
+        }
+        self.latency_counts.add(latency);
+        let now = self.now;
+        let timeline = &mut self.timeline;
+        if timeline.back().is_none_or(|(p, _)| p.second != now) {
+            timeline.push_back((
+                TimePoint {
+                    second: now,
+                    ..TimePoint::default()
+                },
+                SecondTotals::default(),
+            ));
+            while timeline.len() > TIMELINE_SECONDS {
+                timeline.pop_front();
+            }
+        }
+        if let Some((point, totals)) = timeline.back_mut() {
+            point.calls += second.calls;
+            point.errors += second.errors;
+            point.primary += second.primary;
+            point.replica += second.replica;
+            totals.total_us += second.total_us;
+            totals.max_us = totals.max_us.max(second.max_us);
+        }
+    }
+}
+
+/// Collects every shard; returns the statements collected.
+fn collect(shared: &Shared, aggregation: &mut Aggregation) -> u64 {
+    aggregation.now = now_secs();
+    shared
+        .shards
+        .iter()
+        .map(|shard| shard.lock().collect(aggregation))
+        .sum()
+}
+
+/// Bytes the shards hold: their shape maps, and their fingerprints.
+fn shard_bytes(shared: &Shared) -> (u64, u64) {
+    shared.shards.iter().fold((0, 0), |(keys, entries), shard| {
+        let shard = shard.lock();
+        (keys + shard.key_bytes(), entries + shard.entry_bytes())
+    })
+}
+
 pub(super) async fn run(
-    mut rx: mpsc::Receiver<Event>,
+    shared: Arc<Shared>,
+    mut flushes: mpsc::Receiver<oneshot::Sender<()>>,
     snapshot: Arc<ArcSwap<Snapshot>>,
-    dropped: Arc<AtomicU64>,
     memory: Arc<MemoryGauges>,
     latency: Arc<LatencyHistogram>,
     limits: Limits,
-    mut observer: Option<Box<dyn CallObserver>>,
 ) {
-    let mut entries = Entries {
-        map: super::process_map(),
-        bytes: 0,
+    let mut aggregation = Aggregation {
+        entries: Entries {
+            map: super::process_map(),
+            bytes: 0,
+        },
+        timeline: VecDeque::new(),
+        latency_counts: LatencyCounts::default(),
+        now: 0,
     };
-    let mut timeline: VecDeque<(TimePoint, SecondTotals)> = VecDeque::new();
-    // Fingerprints by a hash of the exact text, so repeated statements skip
-    // normalization.
-    let mut by_text = TextMap::new(limits.text_map_bytes, limits.max_fingerprints);
-    let mut latency_counts = LatencyCounts::default();
-    // Drain on a timer instead of waiting on the channel: senders then never have to
-    // wake this task, which keeps recording nearly free for the sessions. The pause
-    // follows the rate, so each drain is a small batch (`drain_pace`).
+    // Collect on a timer: sessions then never have to wake this task, which keeps
+    // recording nearly free for them. The pause follows the rate, so each collection
+    // is a small batch (`drain_pace`).
     let mut pause = BUSY_PAUSE;
     let mut last_drain = Instant::now();
     let mut last_housekeeping = Instant::now();
     let mut last_publish = Instant::now();
     let mut dirty = false;
-    let mut batch = Vec::with_capacity(DRAIN_BATCH);
     let mut parked = false;
+    let mut shard_entry_bytes = 0;
+    let mut waiting: Vec<oneshot::Sender<()>> = Vec::new();
     loop {
-        if parked {
-            // Nothing to record: wait for the next event itself (its sender wakes this
-            // task once), or for the housekeeping tick.
-            tokio::select! {
-                first = rx.recv() => match first {
-                    Some(event) => batch.push(event),
-                    None => return,
-                },
-                _ = tokio::time::sleep(PARKED_TICK) => {}
-            }
-        } else {
-            tokio::time::sleep(pause).await;
+        let wait = if parked { PARKED_TICK } else { pause };
+        tokio::select! {
+            request = flushes.recv() => match request {
+                Some(done) => waiting.push(done),
+                None => return,
+            },
+            // Nothing to record while parked: the next statement wakes this task once.
+            _ = shared.wake.notified(), if parked => {}
+            _ = tokio::time::sleep(wait) => {}
         }
-        let mut waiting = Vec::new();
-        let mut drained = 0;
-        loop {
-            // `batch` may already hold the event a parked wait received.
-            let Some(taken) = take_batch(&mut rx, &mut batch) else {
-                return;
-            };
-            if taken.is_empty() {
-                break;
-            }
-            // One wall-clock read per batch: a batch spans a couple of milliseconds,
-            // and entries and the timeline count whole seconds.
-            let second = now_secs();
-            for event in taken.drain(..) {
-                match event {
-                    Event::Statement(event) => {
-                        latency_counts.record(event.served, event.duration.as_micros() as u64);
-                        add(
-                            &mut entries,
-                            &mut by_text,
-                            &mut timeline,
-                            event,
-                            second,
-                            &limits,
-                            observer.as_deref_mut(),
-                        );
-                        drained += 1;
-                    }
-                    Event::Flush(done) => waiting.push(done),
+        shared.parked.store(false, Ordering::Relaxed);
+        while let Ok(done) = flushes.try_recv() {
+            waiting.push(done);
+        }
+        let collected = collect(&shared, &mut aggregation);
+        dirty |= collected > 0;
+        let now = Instant::now();
+        pause = next_pause(pause, collected as usize, now.duration_since(last_drain));
+        last_drain = now;
+        let housekeeping =
+            !waiting.is_empty() || now.duration_since(last_housekeeping) >= HOUSEKEEPING_EVERY;
+        let mut shard_key_bytes = 0;
+        if housekeeping {
+            (shard_key_bytes, shard_entry_bytes) = shard_bytes(&shared);
+        }
+        let entries = &mut aggregation.entries;
+        if entries.map.len() > limits.max_fingerprints
+            || entries.bytes + shard_entry_bytes > limits.max_bytes
+        {
+            for id in evict(entries, &limits, shard_entry_bytes) {
+                for shard in shared.shards.iter() {
+                    shard.lock().forget(id);
                 }
             }
         }
-        dirty |= drained > 0;
-        let now = Instant::now();
-        pause = next_pause(pause, drained, now.duration_since(last_drain));
-        last_drain = now;
-        if !waiting.is_empty() || now.duration_since(last_housekeeping) >= HOUSEKEEPING_EVERY {
+        if housekeeping {
             last_housekeeping = now;
-            if let Some(observer) = observer.as_deref_mut() {
-                observer.tick(now);
+            if let Some(observer) = &shared.observer {
+                observer.lock().tick(now);
             }
-            latency.publish(&latency_counts);
-            memory.text_map.store(by_text.bytes(), Ordering::Relaxed);
-            memory.fingerprints.store(entries.bytes, Ordering::Relaxed);
+            latency.publish(&aggregation.latency_counts);
+            memory.text_map.store(shard_key_bytes, Ordering::Relaxed);
+            memory.fingerprints.store(
+                aggregation.entries.bytes + shard_entry_bytes,
+                Ordering::Relaxed,
+            );
         }
         if !waiting.is_empty() {
-            if let Some(observer) = observer.as_deref_mut() {
-                observer.flush();
+            if let Some(observer) = &shared.observer {
+                observer.lock().flush();
             }
         }
         if !waiting.is_empty() || (dirty && now.duration_since(last_publish) >= PUBLISH_EVERY) {
             snapshot.store(Arc::new(build(
-                &entries.map,
-                &timeline,
-                &dropped,
+                &aggregation.entries.map,
+                &aggregation.timeline,
                 limits.show_parameters,
             )));
             dirty = false;
             last_publish = now;
-            for done in waiting {
+            for done in waiting.drain(..) {
                 let _ = done.send(());
             }
         }
-        parked = may_park(pause, drained, dirty);
-    }
-}
-
-/// The fingerprint of a text whose shape the session already scanned
-/// (`crate::scan`): found by the shape's hash, normalized only for a shape not seen
-/// yet.
-fn fingerprint_of_shape(
-    sql: &[u8],
-    shape: crate::scan::Shape,
-    by_text: &mut TextMap,
-    entries: &Entries,
-) -> (FingerprintId, Option<String>) {
-    if let Some(id) = by_text
-        .get(shape.hash)
-        .filter(|id| entries.map.contains_key(id))
-    {
-        return (id, None);
-    }
-    let (id, normalized) = fingerprint(&crate::protocol::text::lossy(sql));
-    by_text.insert(shape.hash, id);
-    (id, Some(normalized))
-}
-
-/// The fingerprint of `sql` (whose hash is `exact`), normalized only for a text whose shape was not seen yet:
-/// texts without literals are found by their own hash; texts that differ only in
-/// their literals (`WHERE aid = 17` / `= 42`) share the hash of their shape (the
-/// statement scanner's one pass, far cheaper than normalizing), which is what they are
-/// remembered by, so a stream of fresh literals does not flood the map.
-fn fingerprint_of(
-    sql: &[u8],
-    exact: u64,
-    by_text: &mut TextMap,
-    entries: &Entries,
-) -> (FingerprintId, Option<String>) {
-    let known = |id: Option<FingerprintId>| id.filter(|id| entries.map.contains_key(id));
-    if let Some(id) = known(by_text.get(exact).or_else(|| by_text.recent(exact))) {
-        return (id, None);
-    }
-    let shape = crate::scan::scan(sql).shape;
-    if shape.has_literals {
-        let (id, normalized) = fingerprint_of_shape(sql, shape, by_text, entries);
-        by_text.remember_recent(exact, id);
-        return (id, normalized);
-    }
-    let (id, normalized) = fingerprint(&crate::protocol::text::lossy(sql));
-    by_text.insert(exact, id);
-    (id, Some(normalized))
-}
-
-fn add(
-    entries: &mut Entries,
-    by_text: &mut TextMap,
-    timeline: &mut VecDeque<(TimePoint, SecondTotals)>,
-    event: StatementEvent,
-    now: u64,
-    limits: &Limits,
-    observer: Option<&mut dyn CallObserver>,
-) {
-    let micros = event.duration.as_micros() as u64;
-    let (id, normalized, exact) = match event.shape {
-        Some(shape) => {
-            let (id, normalized) = fingerprint_of_shape(&event.sql, shape, by_text, entries);
-            (id, normalized, None)
+        parked = may_park(pause, collected as usize, dirty);
+        if parked {
+            // A statement recorded after the collection above, but before it could see
+            // the flag, is collected by the next tick; one recorded after, wakes it.
+            shared.parked.store(true, Ordering::Relaxed);
         }
-        None => {
-            let hash = TextMap::hash(&event.sql);
-            let (id, normalized) = fingerprint_of(&event.sql, hash, by_text, entries);
-            (id, normalized, Some(hash))
-        }
-    };
-    let entry = match entries.map.entry(id) {
-        std::collections::hash_map::Entry::Occupied(slot) => slot.into_mut(),
-        std::collections::hash_map::Entry::Vacant(slot) => {
-            let query: Arc<str> = Arc::from(normalized.unwrap_or_default());
-            let entry = Entry {
-                query,
-                sample: Arc::from(crate::protocol::text::lossy(&event.sql)),
-                calls: 0,
-                errors: 0,
-                rows: 0,
-                total_us: 0,
-                min_us: u64::MAX,
-                max_us: 0,
-                histogram: Histogram::new_with_bounds(1, 3_600_000_000, 2).expect("valid bounds"),
-                primary_calls: 0,
-                replica_calls: 0,
-                cache_hits: 0,
-                first_seen: now,
-                last_seen: now,
-            };
-            entries.bytes += entry_bytes(&entry);
-            slot.insert(entry)
-        }
-    };
-    entry.calls += 1;
-    entry.errors += u64::from(event.error);
-    entry.rows += event.rows;
-    entry.total_us += micros;
-    entry.min_us = entry.min_us.min(micros);
-    entry.max_us = entry.max_us.max(micros);
-    let _ = entry.histogram.record(micros.clamp(1, 3_600_000_000));
-    match event.served {
-        Served::Primary => entry.primary_calls += 1,
-        Served::Replica => entry.replica_calls += 1,
-        Served::Cache => entry.cache_hits += 1,
-    }
-    entry.last_seen = now;
-    if let (Some(observer), Some(context)) = (observer, event.call) {
-        observer.observe(&Call {
-            fingerprint: id,
-            query: &entry.query,
-            sql: &event.sql,
-            text_hash: exact.unwrap_or_else(|| TextMap::hash(&event.sql)),
-            duration: event.duration,
-            context,
-        });
-    }
-
-    if timeline.back().is_none_or(|(p, _)| p.second != now) {
-        timeline.push_back((
-            TimePoint {
-                second: now,
-                ..TimePoint::default()
-            },
-            SecondTotals::default(),
-        ));
-        while timeline.len() > TIMELINE_SECONDS {
-            timeline.pop_front();
-        }
-    }
-    if let Some((point, totals)) = timeline.back_mut() {
-        point.calls += 1;
-        point.errors += u64::from(event.error);
-        match event.served {
-            Served::Primary => point.primary += 1,
-            Served::Replica => point.replica += 1,
-            Served::Cache => {}
-        }
-        totals.total_us += micros;
-        totals.max_us = totals.max_us.max(micros);
-    }
-    if entries.map.len() > limits.max_fingerprints || entries.bytes > limits.max_bytes {
-        evict(entries, limits, id);
     }
 }
 
 /// Drops the tenth of fingerprints that cost the least total time (more while the
-/// entries still exceed their byte bound), never `keep`, the one just recorded.
-fn evict(entries: &mut Entries, limits: &Limits, keep: FingerprintId) {
+/// entries, with the shards' `shard_bytes`, still exceed their bounds); returns them.
+fn evict(entries: &mut Entries, limits: &Limits, shard_bytes: u64) -> Vec<FingerprintId> {
     let mut costs: Vec<(u64, FingerprintId)> = entries
         .map
         .iter()
-        .filter(|(id, _)| **id != keep)
         .map(|(id, e)| (e.total_us, *id))
         .collect();
     costs.sort_unstable();
-    let tenth = (limits.max_fingerprints / 10).max(1);
+    let tenth = (costs.len() / 10).max(1);
+    let mut evicted = Vec::new();
     for (removed, (_, id)) in costs.into_iter().enumerate() {
-        let over = entries.map.len() > limits.max_fingerprints || entries.bytes > limits.max_bytes;
+        let over = entries.map.len() > limits.max_fingerprints
+            || entries.bytes + shard_bytes > limits.max_bytes;
         if removed >= tenth && !over {
             break;
         }
         if let Some(entry) = entries.map.remove(&id) {
             entries.bytes = entries.bytes.saturating_sub(entry_bytes(&entry));
+            evicted.push(id);
         }
     }
+    evicted
 }
 
 /// A percentile from the histogram, kept within what was observed (histogram buckets
@@ -518,7 +390,6 @@ fn quantile(entry: &Entry, q: f64) -> u64 {
 fn build(
     entries: &super::ProcessMap<FingerprintId, Entry>,
     timeline: &VecDeque<(TimePoint, SecondTotals)>,
-    dropped: &AtomicU64,
     show_parameters: bool,
 ) -> Snapshot {
     let ms = |us: u64| us as f64 / 1000.0;
@@ -557,6 +428,6 @@ fn build(
                 ..*point
             })
             .collect(),
-        dropped_events: dropped.load(std::sync::atomic::Ordering::Relaxed),
+        dropped_events: 0,
     }
 }

@@ -1,6 +1,7 @@
 //! The `pgwarden_query_duration_seconds` histogram, one per route: bucket counts the
-//! aggregator keeps in plain integers per statement and publishes to atomics every few
-//! milliseconds, rendered as Prometheus text when `/metrics` is scraped.
+//! recording shards keep in plain integers per statement, which the aggregator sums
+//! and publishes to atomics every few milliseconds, rendered as Prometheus text when
+//! `/metrics` is scraped.
 //!
 //! The `metrics` crate's histogram kept every sample until an upkeep pass drained it
 //! (about 150 instructions per statement, plus the samples' memory); these buckets cost
@@ -52,6 +53,18 @@ impl LatencyCounts {
         let slot = BOUNDS_US.partition_point(|bound| *bound < micros);
         self.slots[route][slot] += 1;
         self.sum_us[route] = self.sum_us[route].saturating_add(micros);
+    }
+
+    /// Adds a shard's counts to these.
+    pub(super) fn add(&mut self, other: &LatencyCounts) {
+        for (mine, theirs) in self.slots.iter_mut().zip(&other.slots) {
+            for (count, more) in mine.iter_mut().zip(theirs) {
+                *count += more;
+            }
+        }
+        for (sum, more) in self.sum_us.iter_mut().zip(other.sum_us) {
+            *sum = sum.saturating_add(more);
+        }
     }
 }
 

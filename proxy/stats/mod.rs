@@ -1,10 +1,12 @@
 //! Query statistics: every statement is fingerprinted and counted (calls, errors,
-//! rows, time percentiles, route) by a background aggregator.
+//! rows, time percentiles, route).
 //!
-//! Sessions only hand over a small event with `try_send`; when the channel is full the
-//! event is dropped and counted, so recording never blocks the data path.
-//! Fingerprinting, histograms and eviction happen on the aggregator task. Readers (the
-//! admin console, the HTTP API, metrics) see the last published snapshot.
+//! A session counts its finished statement itself, into its thread's recording shard
+//! (`shard`): a lookup by the statement's shape and a few additions, under a lock
+//! only the aggregator also takes. The N+1 detector is told about the statement right
+//! there, in the order statements finish. A background aggregator collects the shards'
+//! sums every few milliseconds, keeps the histograms, the timeline and the bounds, and
+//! publishes the snapshot readers (the admin console, the HTTP API, metrics) see.
 
 mod aggregate;
 mod drain_pace;
@@ -12,14 +14,17 @@ mod event_text;
 pub mod fingerprint;
 mod latency;
 mod observer;
+mod shard;
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::cell::Cell;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use parking_lot::Mutex;
 use serde::Serialize;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Notify};
 
 pub use aggregate::{QuerySummary, Snapshot, TimePoint};
 pub use event_text::EventText;
@@ -27,15 +32,17 @@ pub use latency::LatencyHistogram;
 pub use observer::{Call, CallContext, CallObserver};
 
 use crate::config::StatsConfig;
+use shard::Shard;
 
 /// Bytes the aggregator holds, updated by it every few milliseconds.
 #[derive(Debug, Default)]
 pub struct MemoryGauges {
-    /// The exact-text → fingerprint map (hashes only).
+    /// The shards' shape → fingerprint maps (hashes only).
     pub text_map: AtomicU64,
     /// The N+1 detector's sessions and patterns (written by the detector).
     pub n_plus_one: AtomicU64,
-    /// Fingerprint entries: counters, histograms, normalized text, samples.
+    /// Fingerprint entries: counters, histograms, normalized text, samples; the
+    /// aggregator's and the shards'.
     pub fingerprints: AtomicU64,
 }
 
@@ -51,12 +58,11 @@ pub enum Served {
 
 /// One finished statement.
 #[derive(Debug)]
-pub struct StatementEvent {
-    /// The text as sent, copied when short (`EventText`); the aggregator keeps only a
-    /// hash of it.
-    pub sql: EventText,
+pub struct StatementEvent<'a> {
+    /// The text as sent.
+    pub sql: &'a [u8],
     /// The text's shape, when the session scanned it already (simple queries); else
-    /// the aggregator works it out.
+    /// the shard works it out (once per text it remembers).
     pub shape: Option<crate::scan::Shape>,
     pub duration: Duration,
     pub rows: u64,
@@ -66,17 +72,38 @@ pub struct StatementEvent {
     pub call: Option<CallContext>,
 }
 
-enum Event {
-    Statement(StatementEvent),
-    Flush(oneshot::Sender<()>),
+/// What the recorders and the aggregator share.
+struct Shared {
+    shards: Box<[Mutex<Shard>]>,
+    observer: Option<Mutex<Box<dyn CallObserver>>>,
+    /// Set by an aggregator with nothing to collect before it waits for `wake`; the
+    /// next statement clears it and wakes it.
+    parked: AtomicBool,
+    wake: Notify,
+}
+
+/// Numbers the threads that record, so each takes its own shard.
+static NEXT_THREAD: AtomicUsize = AtomicUsize::new(0);
+
+thread_local! {
+    static THREAD_NUMBER: Cell<usize> = const { Cell::new(usize::MAX) };
+}
+
+fn thread_number() -> usize {
+    THREAD_NUMBER.with(|number| {
+        if number.get() == usize::MAX {
+            number.set(NEXT_THREAD.fetch_add(1, Ordering::Relaxed));
+        }
+        number.get()
+    })
 }
 
 /// Handle sessions record through; cheap to clone.
 #[derive(Clone)]
 pub struct StatsRecorder {
-    tx: mpsc::Sender<Event>,
+    shared: Arc<Shared>,
+    flushes: mpsc::Sender<oneshot::Sender<()>>,
     snapshot: Arc<ArcSwap<Snapshot>>,
-    dropped: Arc<AtomicU64>,
     memory: Arc<MemoryGauges>,
     latency: Arc<LatencyHistogram>,
     limits: StatsLimits,
@@ -91,40 +118,56 @@ pub struct StatsLimits {
 }
 
 impl StatsRecorder {
-    /// Starts the aggregator task (needs a tokio runtime).
+    /// Starts the aggregator task (needs a tokio runtime), with one shard.
     pub fn start(config: &StatsConfig) -> StatsRecorder {
-        Self::start_observed(config, Arc::new(MemoryGauges::default()), None)
+        Self::start_observed(config, 1, Arc::new(MemoryGauges::default()), None)
     }
 
-    /// Starts the aggregator with an observer of every fingerprinted statement;
-    /// `memory` is shared with the observer so it can report its bytes.
+    /// Starts the aggregator with `shards` recording shards (one per session thread)
+    /// and an observer of every fingerprinted statement; `memory` is shared with the
+    /// observer so it can report its bytes.
     pub fn start_observed(
         config: &StatsConfig,
+        shards: usize,
         memory: Arc<MemoryGauges>,
         observer: Option<Box<dyn CallObserver>>,
     ) -> StatsRecorder {
-        let (tx, rx) = mpsc::channel(65_536);
+        let shards = shards.max(1);
+        let text_map_bytes = usize::try_from(config.text_map_bytes).unwrap_or(usize::MAX);
+        let max_fingerprints = config.max_fingerprints.max(1);
+        // A shard knows at most the fingerprints the aggregator may keep, and its
+        // entries stay within a quarter of the fingerprints' bytes.
+        let max_bytes = usize::try_from(config.max_bytes).unwrap_or(usize::MAX);
+        let shard_entries = max_fingerprints
+            .min(max_bytes / 4 / shard::ENTRY_COST / shards)
+            .max(16);
+        let shared = Arc::new(Shared {
+            shards: (0..shards)
+                .map(|_| Mutex::new(Shard::new(text_map_bytes / shards, shard_entries)))
+                .collect(),
+            observer: observer.map(Mutex::new),
+            parked: AtomicBool::new(false),
+            wake: Notify::new(),
+        });
+        let (flushes, requests) = mpsc::channel(64);
         let snapshot = Arc::new(ArcSwap::from_pointee(Snapshot::default()));
-        let dropped = Arc::new(AtomicU64::new(0));
         let latency = Arc::new(LatencyHistogram::default());
         tokio::spawn(aggregate::run(
-            rx,
+            shared.clone(),
+            requests,
             snapshot.clone(),
-            dropped.clone(),
             memory.clone(),
             latency.clone(),
             aggregate::Limits {
-                max_fingerprints: config.max_fingerprints.max(1),
+                max_fingerprints,
                 max_bytes: config.max_bytes,
-                text_map_bytes: usize::try_from(config.text_map_bytes).unwrap_or(usize::MAX),
                 show_parameters: config.show_parameters,
             },
-            observer,
         ));
         StatsRecorder {
-            tx,
+            shared,
+            flushes,
             snapshot,
-            dropped,
             memory,
             latency,
             limits: StatsLimits {
@@ -149,27 +192,46 @@ impl StatsRecorder {
         self.limits
     }
 
-    /// Records a statement; never waits.
-    pub fn record(&self, event: StatementEvent) {
-        if self.tx.try_send(Event::Statement(event)).is_err() {
-            self.dropped.fetch_add(1, Ordering::Relaxed);
+    /// Counts a finished statement in this thread's shard, and tells the N+1 detector.
+    /// Never waits on anything but the shard's lock (held by the aggregator for one
+    /// collection at most).
+    pub fn record(&self, event: &StatementEvent<'_>) {
+        let shards = &self.shared.shards;
+        let shard = if shards.len() == 1 {
+            &shards[0]
+        } else {
+            &shards[thread_number() % shards.len()]
+        };
+        let mut shard = shard.lock();
+        let (entry, may_trace) = shard.record(event);
+        if let (Some(observer), Some(context)) = (&self.shared.observer, event.call) {
+            observer.lock().observe(&Call {
+                fingerprint: entry.id,
+                query: &entry.query,
+                sql: event.sql,
+                may_trace,
+                duration: event.duration,
+                context,
+            });
+        }
+        drop(shard);
+        if self.shared.parked.load(Ordering::Relaxed)
+            && self.shared.parked.swap(false, Ordering::Relaxed)
+        {
+            self.shared.wake.notify_one();
         }
     }
 
-    /// Waits until every event recorded before this call is in the snapshot.
+    /// Waits until every statement recorded before this call is in the snapshot.
     pub async fn flush(&self) {
         let (tx, rx) = oneshot::channel();
-        if self.tx.send(Event::Flush(tx)).await.is_ok() {
+        if self.flushes.send(tx).await.is_ok() {
             let _ = rx.await;
         }
     }
 
     pub fn snapshot(&self) -> Arc<Snapshot> {
         self.snapshot.load_full()
-    }
-
-    pub fn dropped(&self) -> u64 {
-        self.dropped.load(Ordering::Relaxed)
     }
 }
 
@@ -226,21 +288,32 @@ pub fn process_map<K, V>() -> ProcessMap<K, V> {
     ProcessMap::default()
 }
 
-/// Rows a `CommandComplete` tag reports (`SELECT 5`, `INSERT 0 3`, `UPDATE 2`).
+/// Rows a `CommandComplete` tag reports (`SELECT 5`, `INSERT 0 3`, `UPDATE 2`): the
+/// digits after its last space (or the whole tag), 0 when there are none or they
+/// overflow.
 pub fn rows_from_tag(tag: &[u8]) -> u64 {
-    let count = tag.rsplit(|b| *b == b' ').next().unwrap_or(b"");
-    if count.is_empty() {
+    let start = tag
+        .iter()
+        .rposition(|b| *b == b' ')
+        .map_or(0, |space| space + 1);
+    let count = &tag[start..];
+    if count.is_empty() || count.len() > 20 {
         return 0;
     }
-    count
-        .iter()
-        .try_fold(0u64, |n, &digit| {
-            if !digit.is_ascii_digit() {
-                return None;
-            }
-            n.checked_mul(10)?.checked_add(u64::from(digit - b'0'))
-        })
-        .unwrap_or(0)
+    let mut rows = 0u64;
+    for &digit in count {
+        if !digit.is_ascii_digit() {
+            return 0;
+        }
+        rows = match rows
+            .checked_mul(10)
+            .and_then(|n| n.checked_add(u64::from(digit - b'0')))
+        {
+            Some(n) => n,
+            None => return 0,
+        };
+    }
+    rows
 }
 
 #[cfg(test)]
@@ -262,9 +335,9 @@ mod tests {
     }
 
     /// A successful statement event of no rows, outside any call context.
-    fn event(sql: impl Into<EventText>, duration: Duration, served: Served) -> StatementEvent {
+    fn event(sql: &str, duration: Duration, served: Served) -> StatementEvent<'_> {
         StatementEvent {
-            sql: sql.into(),
+            sql: sql.as_bytes(),
             shape: None,
             duration,
             rows: 0,
@@ -291,8 +364,8 @@ mod tests {
         });
         for i in 0..20_000 {
             // Distinct texts, a few hundred distinct fingerprints.
-            stats.record(event(
-                format!("SELECT c{} FROM t WHERE id = {i}", i % 300),
+            stats.record(&event(
+                &format!("SELECT c{} FROM t WHERE id = {i}", i % 300),
                 Duration::from_micros(10),
                 Served::Primary,
             ));
@@ -322,7 +395,7 @@ mod tests {
             "SELECT b FROM t WHERE id = 1",
             "SELECT a FROM t WHERE id = 2",
         ] {
-            stats.record(StatementEvent {
+            stats.record(&StatementEvent {
                 rows: 1,
                 ..event(sql, Duration::from_micros(5), Served::Cache)
             });
@@ -361,7 +434,7 @@ mod tests {
             ("select 2", false),
             ("SELECT x FROM t", true),
         ] {
-            stats.record(StatementEvent {
+            stats.record(&StatementEvent {
                 rows: 1,
                 error,
                 ..event(sql, Duration::from_millis(2), Served::Primary)
@@ -392,14 +465,14 @@ mod tests {
     #[tokio::test]
     async fn memory_is_bounded_and_cheap_fingerprints_go_first() {
         let stats = StatsRecorder::start(&config(10));
-        stats.record(event(
+        stats.record(&event(
             "SELECT expensive FROM t",
             Duration::from_secs(1),
             Served::Replica,
         ));
         for i in 0..50 {
-            stats.record(event(
-                format!("SELECT c{i} FROM t"),
+            stats.record(&event(
+                &format!("SELECT c{i} FROM t"),
                 Duration::from_micros(10),
                 Served::Primary,
             ));

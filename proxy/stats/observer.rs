@@ -1,6 +1,7 @@
-//! What the aggregator tells an observer about each finished statement, after it has
-//! fingerprinted it: the N+1 detector of the `advise` room is fed from here, off the
-//! data path, on the aggregator task (so it needs no lock).
+//! What the statistics tell an observer about each finished statement, once its
+//! recording shard has fingerprinted it: the N+1 detector of the `advise` room is fed
+//! from here, on the session's thread, under the observer's lock, in the order
+//! statements finish.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -26,10 +27,13 @@ pub struct Call<'a> {
     pub fingerprint: FingerprintId,
     /// The normalized text (shared with the statistics entry).
     pub query: &'a Arc<str>,
-    /// The text as sent (for a sqlcommenter `traceparent`).
+    /// The text as sent (for a sqlcommenter `traceparent`, and told apart by its
+    /// hash when it has no bound parameters).
     pub sql: &'a [u8],
-    /// A hash of the exact text.
-    pub text_hash: u64,
+    /// Whether the text may carry a `traceparent`: the first text of its shape did
+    /// (comments are part of the shape; a `traceparent=` inside a string literal of
+    /// a later text of the shape is not looked for).
+    pub may_trace: bool,
     pub duration: Duration,
     pub context: CallContext,
 }
@@ -37,7 +41,8 @@ pub struct Call<'a> {
 /// Receives every fingerprinted statement that has a [`CallContext`].
 pub trait CallObserver: Send + 'static {
     fn observe(&mut self, call: &Call<'_>);
-    /// Called about every 20 ms while the aggregator runs: close idle state, publish.
+    /// Called about every 20 ms by the aggregator while statements flow: close idle
+    /// state, publish.
     fn tick(&mut self, now: Instant);
     /// Publish now: someone waits for every statement recorded so far to show.
     fn flush(&mut self);
