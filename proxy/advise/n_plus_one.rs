@@ -270,7 +270,8 @@ impl CallObserver for Detector {
         } else {
             ScopeKey::Client(context.client)
         };
-        if !self.scopes.contains_key(&key) && self.scopes.len() >= self.max_scopes() {
+        // The size first: the lookup below is the only one a statement pays.
+        if self.scopes.len() >= self.max_scopes() && !self.scopes.contains_key(&key) {
             self.forget_stalest_scopes();
         }
         let scope = self

@@ -485,4 +485,34 @@ mod tests {
             .iter()
             .any(|q| q.query == "select expensive from t"));
     }
+
+    /// Threads record at once, each into its shard (more threads than shards, so
+    /// some share one): every statement is counted once, and the timeline agrees.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn statements_recorded_on_many_threads_are_all_counted() {
+        let stats =
+            StatsRecorder::start_observed(&config(100), 3, Arc::new(MemoryGauges::default()), None);
+        let threads: Vec<_> = (0..6)
+            .map(|t| {
+                let stats = stats.clone();
+                std::thread::spawn(move || {
+                    for i in 0..5_000 {
+                        let sql = format!("SELECT c{} FROM t WHERE id = {i}", (t + i) % 4);
+                        stats.record(&event(&sql, Duration::from_micros(3), Served::Replica));
+                    }
+                })
+            })
+            .collect();
+        for thread in threads {
+            thread.join().expect("recording thread");
+        }
+        stats.flush().await;
+        let snapshot = stats.snapshot();
+        let calls: u64 = snapshot.queries.iter().map(|q| q.calls).sum();
+        let replica: u64 = snapshot.queries.iter().map(|q| q.replica_calls).sum();
+        assert_eq!((calls, replica), (30_000, 30_000));
+        assert_eq!(snapshot.queries.len(), 4);
+        let timeline: u64 = snapshot.timeline.iter().map(|p| p.calls).sum();
+        assert_eq!(timeline, 30_000);
+    }
 }
