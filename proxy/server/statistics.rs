@@ -46,9 +46,16 @@ pub struct SessionStats {
     in_flight: VecDeque<InFlight>,
     rows: u64,
     error: bool,
-    /// Text of the last unnamed `Parse`, and of the statement the last `Bind` bound.
-    unnamed_sql: Option<Bytes>,
-    portal_sql: Option<Bytes>,
+    /// Text of the last unnamed `Parse` (`None` before the first), in a buffer each
+    /// later one reuses: a driver that cycles through unnamed texts (pgbench's TPC-B:
+    /// seven) costs a copy per `Parse`, not an allocation.
+    unnamed_sql: Option<Vec<u8>>,
+    /// Text of the statement the last `Bind` bound.
+    portal_sql: PortalText,
+    /// The text of an unnamed statement a portal was bound to, kept when the next
+    /// unnamed `Parse` came before the portal's `Execute` (the two buffers trade
+    /// places).
+    portal_kept: Vec<u8>,
     /// A hash of the parameters the last `Bind` bound.
     portal_params: u64,
     client: u64,
@@ -57,6 +64,23 @@ pub struct SessionStats {
     /// A hash of the session key now: the startup one until a `SET`.
     session_key: u64,
 }
+
+/// What the last `Bind` bound, for the statement its `Execute` runs.
+enum PortalText {
+    /// No statement we know of.
+    Unknown,
+    /// The unnamed statement, whose text is `unnamed_sql` until the next unnamed
+    /// `Parse` (which moves it to `portal_kept` first).
+    Unnamed,
+    /// An unnamed statement's text in `portal_kept`.
+    Kept,
+    /// A named statement's text.
+    Named(Bytes),
+}
+
+/// Above this capacity, the unnamed text's buffer is let go of when a much shorter text
+/// follows, so a session does not keep one huge statement's room for its life.
+const UNNAMED_KEEP: usize = 8 * 1024;
 
 fn key_hash(key: Option<&str>) -> u64 {
     key.filter(|k| !k.is_empty())
@@ -82,7 +106,8 @@ impl SessionStats {
             rows: 0,
             error: false,
             unnamed_sql: None,
-            portal_sql: None,
+            portal_sql: PortalText::Unknown,
+            portal_kept: Vec::new(),
         }
     }
 
@@ -142,6 +167,40 @@ impl SessionStats {
         });
     }
 
+    /// A new unnamed `Parse` text: a portal still bound to the old one keeps it.
+    fn remember_unnamed(&mut self, query: &[u8]) {
+        let text = self.unnamed_sql.get_or_insert_with(Vec::new);
+        if matches!(self.portal_sql, PortalText::Unnamed) {
+            std::mem::swap(text, &mut self.portal_kept);
+            self.portal_sql = PortalText::Kept;
+        }
+        if text.capacity() > UNNAMED_KEEP && query.len() < text.capacity() / 4 {
+            *text = Vec::new();
+        }
+        text.clear();
+        text.extend_from_slice(query);
+    }
+
+    /// The text of the statement the bound portal runs.
+    fn portal_text(&self) -> EventText {
+        let copied = |text: &[u8]| EventText::copied_or(text, || Bytes::copy_from_slice(text));
+        match (&self.portal_sql, &self.unnamed_sql) {
+            (PortalText::Unnamed, Some(text)) => copied(text),
+            (PortalText::Kept, _) => copied(&self.portal_kept),
+            (PortalText::Named(text), _) => EventText::new(text),
+            _ => EventText::from("<unknown portal>"),
+        }
+    }
+
+    /// `Bind` of the unnamed statement.
+    fn bind_unnamed(&mut self) {
+        self.portal_sql = if self.unnamed_sql.is_some() {
+            PortalText::Unnamed
+        } else {
+            PortalText::Unknown
+        };
+    }
+
     pub fn clear(&mut self) {
         self.in_flight.clear();
         self.rows = 0;
@@ -183,7 +242,7 @@ impl Session {
                         let query = &frame[start..start + view.query.len()];
                         // The same text again (the usual case): keep the copy.
                         if stats.unnamed_sql.as_deref() != Some(query) {
-                            stats.unnamed_sql = Some(Bytes::copy_from_slice(query));
+                            stats.remember_unnamed(query);
                         }
                     }
                 }
@@ -195,21 +254,21 @@ impl Session {
                     // bytes and the length.
                     let end = frame.len().min(HEADER_LEN + 512);
                     stats.portal_params = hash_bytes(&frame[HEADER_LEN..end]) ^ frame.len() as u64;
-                    stats.portal_sql = if view.statement.is_empty() {
-                        stats.unnamed_sql.clone()
+                    if view.statement.is_empty() {
+                        stats.bind_unnamed();
                     } else {
-                        self.statements.get(view.statement).map(|s| {
-                            let query_len = cstr(&s.definition).map_or(0, |(q, _)| q.len());
-                            s.definition.slice(0..query_len)
-                        })
-                    };
+                        stats.portal_sql =
+                            self.statements
+                                .get(view.statement)
+                                .map_or(PortalText::Unknown, |s| {
+                                    let query_len = cstr(&s.definition).map_or(0, |(q, _)| q.len());
+                                    PortalText::Named(s.definition.slice(0..query_len))
+                                });
+                    }
                 }
             }
             tag::EXECUTE => {
-                let sql = stats
-                    .portal_sql
-                    .as_ref()
-                    .map_or_else(|| EventText::from("<unknown portal>"), EventText::new);
+                let sql = stats.portal_text();
                 stats.in_flight.push_back(InFlight {
                     started: Instant::now(),
                     sql,
@@ -220,5 +279,36 @@ impl Session {
             }
             _ => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_portal_runs_the_text_it_was_bound_to() {
+        let mut stats = SessionStats::new(None);
+        assert_eq!(&*stats.portal_text(), b"<unknown portal>");
+        stats.remember_unnamed(b"SELECT 1");
+        stats.bind_unnamed();
+        assert_eq!(&*stats.portal_text(), b"SELECT 1");
+        // The next unnamed Parse before the portal's Execute: the portal keeps its text.
+        stats.remember_unnamed(b"SELECT 2");
+        assert_eq!(&*stats.portal_text(), b"SELECT 1");
+        stats.bind_unnamed();
+        assert_eq!(&*stats.portal_text(), b"SELECT 2");
+        // Texts in turn reuse the two buffers.
+        for round in 0..3 {
+            let text = format!("SELECT {round} + 10");
+            stats.remember_unnamed(text.as_bytes());
+            stats.bind_unnamed();
+            assert_eq!(&*stats.portal_text(), text.as_bytes());
+        }
+        // A text longer than an event holds inline reads back whole too.
+        let long = "x".repeat(1000);
+        stats.remember_unnamed(long.as_bytes());
+        stats.bind_unnamed();
+        assert_eq!(&*stats.portal_text(), long.as_bytes());
     }
 }
