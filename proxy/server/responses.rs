@@ -112,6 +112,11 @@ impl ResponseQueue {
         self.entries.is_empty()
     }
 
+    /// Whether the answer being read is a simple `Query`'s.
+    pub fn answering_query(&self) -> bool {
+        matches!(self.entries.front(), Some(Expect::Query))
+    }
+
     /// How many `ReadyForQuery` the client is owed (its `Query`s and `Sync`s in flight).
     pub fn owed_ends(&self) -> usize {
         self.entries

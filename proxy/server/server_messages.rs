@@ -173,13 +173,19 @@ impl Session {
                         }
                         stats.reset_error();
                     }
+                    tag::ERROR_RESPONSE if self.responses.answering_query() => {
+                        // A simple query ends at its error: drivers return it to the
+                        // application before `ReadyForQuery` arrives.
+                        stats.finish_query_at_error(&self.runtime.stats, served);
+                    }
                     tag::ERROR_RESPONSE => stats.on_error(),
                     _ => {}
                 }
-                if message_tag != tag::ERROR_RESPONSE
-                    && matches!(popped, Some(Expect::Query) | Some(Expect::Execute))
-                {
-                    stats.finish_one(&self.runtime.stats, served, false);
+                match popped {
+                    _ if message_tag == tag::ERROR_RESPONSE => {}
+                    Some(Expect::Query) => stats.query_answered(&self.runtime.stats, served),
+                    Some(Expect::Execute) => stats.finish_one(&self.runtime.stats, served, false),
+                    _ => {}
                 }
             }
             if reported {

@@ -58,6 +58,8 @@ pub struct SessionStats {
     portal_kept: Vec<u8>,
     /// A hash of the parameters the last `Bind` bound.
     portal_params: u64,
+    /// The simple query being answered was counted at its `ErrorResponse`.
+    query_finished_at_error: bool,
     client: u64,
     /// A hash of `pgwarden.session_key` given at startup (0: none).
     startup_session_key: u64,
@@ -99,6 +101,7 @@ impl SessionStats {
     pub fn new(session_key: Option<&str>) -> SessionStats {
         SessionStats {
             portal_params: 0,
+            query_finished_at_error: false,
             client: NEXT_CLIENT.fetch_add(1, Ordering::Relaxed),
             startup_session_key: key_hash(session_key),
             session_key: key_hash(session_key),
@@ -145,6 +148,21 @@ impl SessionStats {
         }
         self.rows = 0;
         self.error = false;
+    }
+
+    /// A simple query failed: it is counted now, and its `ReadyForQuery` then
+    /// finishes nothing more.
+    pub fn finish_query_at_error(&mut self, recorder: &StatsRecorder, served: Served) {
+        self.finish_one(recorder, served, true);
+        self.query_finished_at_error = true;
+    }
+
+    /// A simple query's `ReadyForQuery`.
+    pub fn query_answered(&mut self, recorder: &StatsRecorder, served: Served) {
+        if std::mem::take(&mut self.query_finished_at_error) {
+            return;
+        }
+        self.finish_one(recorder, served, false);
     }
 
     /// A statement the result cache answered.
@@ -202,6 +220,7 @@ impl SessionStats {
     }
 
     pub fn clear(&mut self) {
+        self.query_finished_at_error = false;
         self.in_flight.clear();
         self.rows = 0;
         self.error = false;
