@@ -242,9 +242,7 @@ impl Session {
             }
         }
         if relay_run > 0 {
-            self.to_client
-                .extend_from_slice(&server.read_buf[..relay_run]);
-            server.read_buf.advance(relay_run);
+            super::pump::move_relayed(&mut self.to_client, &mut server.read_buf, relay_run);
         }
         Ok(())
     }
