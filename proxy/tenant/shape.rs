@@ -148,6 +148,30 @@ pub fn split(sql: &str) -> Option<Shaped> {
     split_after("", sql)
 }
 
+/// What [`split_after`] does at a byte outside quotes and comments.
+const PASS: u8 = 0;
+/// A word starts here (letter, `_`, non-ASCII): skipped with the rest of the word.
+const WORD: u8 = 1;
+/// A byte that may start a comment, quote, literal or `$`: looked at closely.
+const LOOK: u8 = 2;
+
+/// Most bytes of a statement are words, spaces and punctuation that start nothing:
+/// one table lookup each, instead of the full match (half the split's instructions).
+static SPLIT_CLASS: [u8; 256] = {
+    let mut table = [PASS; 256];
+    let mut byte = 0;
+    while byte < 256 {
+        let b = byte as u8;
+        if b.is_ascii_alphabetic() || b == b'_' || b >= 0x80 {
+            table[byte] = WORD;
+        } else if b.is_ascii_digit() || matches!(b, b'-' | b'/' | b'"' | b'$' | b'\'') {
+            table[byte] = LOOK;
+        }
+        byte += 1;
+    }
+    table
+};
+
 /// [`split`], with the shape written after `prefix` in the same string (a cache key
 /// built without a second allocation).
 pub fn split_after(prefix: &str, sql: &str) -> Option<Shaped> {
@@ -159,6 +183,20 @@ pub fn split_after(prefix: &str, sql: &str) -> Option<Shaped> {
     let mut i = 0;
     while i < b.len() {
         let c = b[i];
+        match SPLIT_CLASS[c as usize] {
+            PASS => {
+                i += 1;
+                continue;
+            }
+            WORD => {
+                i += 1;
+                while i < b.len() && is_word_byte(b[i]) {
+                    i += 1;
+                }
+                continue;
+            }
+            _ => {}
+        }
         let literal_end = match c {
             b'-' if b.get(i + 1) == Some(&b'-') => {
                 i = b[i..]
@@ -225,15 +263,6 @@ pub fn split_after(prefix: &str, sql: &str) -> Option<Shaped> {
                     j = digits(j + 1);
                 }
                 Some(j)
-            }
-            c if is_word_byte(c) => {
-                // One slice walk: most of a statement's bytes are in words.
-                let rest = &b[i..];
-                i += rest
-                    .iter()
-                    .position(|&x| !is_word_byte(x))
-                    .unwrap_or(rest.len());
-                None
             }
             _ => {
                 i += 1;
@@ -378,6 +407,20 @@ mod tests {
             .into_iter()
             .map(|r| &sql[r])
             .collect()
+    }
+
+    #[test]
+    fn the_split_table_sends_every_byte_that_can_start_something_to_the_full_match() {
+        for byte in 0..=255u8 {
+            let expected = if crate::protocol::word_bytes::is_word_start(byte) {
+                WORD
+            } else if byte.is_ascii_digit() || b"-/\"$'".contains(&byte) {
+                LOOK
+            } else {
+                PASS
+            };
+            assert_eq!(SPLIT_CLASS[byte as usize], expected, "byte {byte}");
+        }
     }
 
     #[test]
