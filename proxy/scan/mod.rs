@@ -10,13 +10,20 @@
 //!   forwarded query: may it change the server session, leave `currval` state, or
 //!   call a function.
 //!
+//! - **Repeats** (`repeat.rs`): a text that is a recent one of this thread but for its
+//!   numbers (`WHERE aid = 17`, then `WHERE aid = 42`) is not walked again: it has
+//!   that text's scan.
+//!
 //! Not here: the statistics' normalized text (`stats/fingerprint.rs`, computed once
 //! per new shape, off the per-statement path) and the tenant guard's literal spans
 //! (`tenant/shape.rs`, checked against sqlparser's tokenizer because the guard's
 //! exactness rests on them; it runs only with the guard on).
 
 mod flags;
+mod repeat;
 mod walk;
+
+pub use repeat::scan_recent;
 
 #[cfg(test)]
 mod tests;
@@ -58,10 +65,24 @@ pub struct StatementScan {
     /// Whether the text has a `(`, `$` or `'`: without one it calls no function and
     /// has no `DO` body.
     pub may_call: bool,
+    /// The texts this one belongs with: equal to it but for the digits of its numbers
+    /// (`repeat.rs`), when [`scan_recent`] knows them. Any verdict that treats every
+    /// digit alike is the same for all of them. `None` from [`scan`].
+    pub family: Option<Family>,
 }
+
+/// One family of texts that are equal but for the digits of their numbers. Never
+/// given to two families, on any thread.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Family(pub u64);
 
 /// Scans `sql` (one or more statements, as sent).
 pub fn scan(sql: &[u8]) -> StatementScan {
+    scan_numbered(sql).0
+}
+
+/// [`scan`], and where the text's numbers are (`repeat.rs`).
+fn scan_numbered(sql: &[u8]) -> (StatementScan, walk::Numbers) {
     let mut sink = HashSink {
         hasher: crate::stats::process_hasher().build_hasher(),
         buffer: [0; HASH_CHUNK],
@@ -69,7 +90,7 @@ pub fn scan(sql: &[u8]) -> StatementScan {
     };
     let walked = walk::walk(sql, &mut sink);
     sink.hasher.write(&sink.buffer[..sink.filled]);
-    StatementScan {
+    let scanned = StatementScan {
         shape: Shape {
             hash: sink.hasher.finish() ^ SHAPE_HASH_SALT,
             has_literals: walked.has_literals,
@@ -78,7 +99,9 @@ pub fn scan(sql: &[u8]) -> StatementScan {
         may_set_sequences: walked.flags.sequences,
         may_seed: walked.flags.seed,
         may_call: walked.flags.call_syntax,
-    }
+        family: None,
+    };
+    (scanned, walked.numbers)
 }
 
 /// The statement's shape as text (for display, tests and fuzzing; the hot path uses

@@ -21,6 +21,39 @@ impl ShapeSink for Vec<u8> {
 pub(super) struct Walked {
     pub has_literals: bool,
     pub flags: Flags,
+    pub numbers: Numbers,
+}
+
+/// The most numbers [`Numbers`] holds.
+pub(super) const MAX_NUMBERS: usize = 8;
+
+/// Where a text's literals are, when every one of them is a run of plain digits
+/// (`42`, not `4.2`, `4e2` or `'x'`) and there are at most [`MAX_NUMBERS`]: what
+/// `repeat.rs` needs to know that another text is this one but for its numbers.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct Numbers {
+    pub spans: [(u32, u32); MAX_NUMBERS],
+    pub count: usize,
+    /// A literal that is not a plain digit run, or too many numbers.
+    pub other: bool,
+}
+
+impl Numbers {
+    fn push(&mut self, sql: &[u8], start: usize, end: usize) {
+        let digits = sql[start..end].iter().all(u8::is_ascii_digit);
+        match (digits, u32::try_from(start), u32::try_from(end)) {
+            (true, Ok(start), Ok(end)) if self.count < MAX_NUMBERS => {
+                self.spans[self.count] = (start, end);
+                self.count += 1;
+            }
+            _ => self.other = true,
+        }
+    }
+
+    /// Whether the text's literals are all here (and there is one at least).
+    pub fn all(&self) -> bool {
+        self.count > 0 && !self.other
+    }
 }
 
 /// Walks `sql`, writing its shape to `out`.
@@ -39,6 +72,7 @@ pub(super) fn walk(sql: &[u8], out: &mut impl ShapeSink) -> Walked {
         written: false,
     };
     let mut literals = false;
+    let mut numbers = Numbers::default();
     let mut last_space = false;
     // Where the plain part being gathered starts (`NONE`: no part).
     const NONE: usize = usize::MAX;
@@ -103,12 +137,14 @@ pub(super) fn walk(sql: &[u8], out: &mut impl ShapeSink) -> Walked {
                 i = string_end(sql, i);
                 w.literal();
                 literals = true;
+                numbers.other = true;
                 last_space = false;
             }
             b'0'..=b'9' => {
                 while i < n && matches!(sql[i], b'0'..=b'9' | b'.' | b'e' | b'E') {
                     i += 1;
                 }
+                numbers.push(sql, start, i);
                 w.literal();
                 literals = true;
                 last_space = false;
@@ -142,6 +178,7 @@ pub(super) fn walk(sql: &[u8], out: &mut impl ShapeSink) -> Walked {
     Walked {
         has_literals: literals,
         flags,
+        numbers,
     }
 }
 

@@ -3,7 +3,7 @@
 //! the cache's classification, transaction pooling's session verdicts, and the
 //! statistics' shape.
 
-use crate::scan::{scan, StatementScan};
+use crate::scan::{scan, scan_recent, StatementScan};
 
 use super::session::Session;
 
@@ -21,7 +21,7 @@ impl ScanMemo {
     /// Scans `sql` and remembers it: once the tenant guard has had its say, so the
     /// text is the one that will be forwarded.
     pub fn remember(&mut self, sql: &[u8]) {
-        self.0 = Some((sql.as_ptr() as usize, sql.len(), scan(sql)));
+        self.0 = Some((sql.as_ptr() as usize, sql.len(), scan_recent(sql)));
     }
 }
 
