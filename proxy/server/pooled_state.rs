@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 
-use super::opaque_code::{OpaqueCheck, SessionSafeFunctions};
+use super::opaque_code::{FamilyVerdicts, OpaqueCheck, SessionSafeFunctions};
 use super::recent_texts::RecentTexts;
 use super::responses::Expect;
 use super::session::Session;
@@ -62,6 +62,8 @@ pub struct PooledState {
     /// The database's session-safe function names (`opaque_code.rs`); loaded at
     /// the first checkout (`server_lease.rs`) when pins are on.
     pub safe_functions: Option<Arc<SessionSafeFunctions>>,
+    /// Whether simple queries of a text family run opaque code (`opaque_code.rs`).
+    family_verdicts: FamilyVerdicts,
     warned_unpinned: bool,
 }
 
@@ -78,6 +80,7 @@ impl PooledState {
             unnamed: UnnamedStatement::default(),
             portal_effects: Vec::new(),
             safe_functions,
+            family_verdicts: FamilyVerdicts::default(),
             warned_unpinned: false,
         }
     }
@@ -96,6 +99,22 @@ impl PooledState {
     pub fn opaque_check(&self, mode: PoolMode) -> Option<OpaqueCheck<'_>> {
         self.checks_opaque_code(mode)
             .then_some(OpaqueCheck(self.safe_functions.as_deref()))
+    }
+
+    /// Whether the simple query `sql` (scanned as `scanned`) runs code the proxy cannot
+    /// see into, when that is checked at all.
+    fn query_runs_opaque_code(
+        &mut self,
+        mode: PoolMode,
+        sql: &[u8],
+        scanned: &StatementScan,
+    ) -> bool {
+        if !scanned.may_call || !self.checks_opaque_code(mode) {
+            return false;
+        }
+        let check = OpaqueCheck(self.safe_functions.as_deref());
+        self.family_verdicts
+            .runs_opaque_code(check, sql, scanned.family)
     }
 }
 
@@ -163,12 +182,11 @@ impl Session {
     pub(super) fn on_simple_query(&mut self, sql: &[u8], scanned: &StatementScan) {
         self.pooled.unnamed.exists = false;
         self.pooled.unnamed.on_server = false;
-        let opaque = self.pooled.opaque_check(self.mode);
-        let runs_opaque_code =
-            || scanned.may_call && opaque.is_some_and(|check| check.runs_opaque_code(sql));
-        if !scanned.may_have_effects && !runs_opaque_code() {
+        if !scanned.may_have_effects && !self.pooled.query_runs_opaque_code(self.mode, sql, scanned)
+        {
             return;
         }
+        let opaque = self.pooled.opaque_check(self.mode);
         if let Some(effects) = statement_effects(sql, scanned, opaque) {
             self.apply_effects(&effects);
         }
