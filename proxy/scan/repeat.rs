@@ -30,14 +30,33 @@ const MAX_TEXT: usize = 512;
 
 /// One remembered text, its numbers and its scan; `numbers == 0` when empty.
 struct Remembered {
+    /// [`head`] of the text, and the mask of its bytes before the first number: every
+    /// text of the family has those, so most others are passed over on one compare.
+    head: u128,
+    head_mask: u128,
     text: Vec<u8>,
     spans: [(u32, u32); MAX_NUMBERS],
     numbers: usize,
     scan: StatementScan,
 }
 
+/// The first 16 bytes of `sql` (zeros past its end), as one number.
+#[inline(always)]
+fn head(sql: &[u8]) -> u128 {
+    match sql.first_chunk::<16>() {
+        Some(first) => u128::from_le_bytes(*first),
+        None => {
+            let mut bytes = [0u8; 16];
+            bytes[..sql.len()].copy_from_slice(sql);
+            u128::from_le_bytes(bytes)
+        }
+    }
+}
+
 impl Remembered {
     const EMPTY: Remembered = Remembered {
+        head: 0,
+        head_mask: 0,
         text: Vec::new(),
         spans: [(0, 0); MAX_NUMBERS],
         numbers: 0,
@@ -86,7 +105,11 @@ struct Recent {
 
 impl Recent {
     fn find(&self, sql: &[u8]) -> Option<StatementScan> {
-        self.texts.iter().find(|r| r.matches(sql)).map(|r| r.scan)
+        let head = head(sql);
+        self.texts
+            .iter()
+            .find(|r| r.numbers != 0 && (head ^ r.head) & r.head_mask == 0 && r.matches(sql))
+            .map(|r| r.scan)
     }
 
     /// Remembers `sql` as a new family; returns its scan with the family.
@@ -103,6 +126,9 @@ impl Recent {
         slot.text.extend_from_slice(sql);
         slot.spans = numbers.spans;
         slot.numbers = numbers.count;
+        slot.head = head(sql);
+        let fixed = (numbers.spans[0].0 as usize).min(16);
+        slot.head_mask = u128::MAX.checked_shr(8 * (16 - fixed) as u32).unwrap_or(0);
         slot.scan = scan;
         scan
     }
