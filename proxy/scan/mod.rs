@@ -9,10 +9,10 @@
 //! - The **session verdicts** (`flags.rs`) that transaction pooling needs on every
 //!   forwarded query: may it change the server session, leave `currval` state, or
 //!   call a function.
-//!
 //! - **Repeats** (`repeat.rs`): a text that is a recent one of this thread but for its
 //!   numbers (`WHERE aid = 17`, then `WHERE aid = 42`) is not walked again: it has
-//!   that text's scan.
+//!   that text's scan, and its [`Family`], by which consumers keep other verdicts that
+//!   treat every digit alike.
 //!
 //! Not here: the statistics' normalized text (`stats/fingerprint.rs`, computed once
 //! per new shape, off the per-statement path) and the tenant guard's literal spans
