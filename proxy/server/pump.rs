@@ -50,7 +50,8 @@ const TRADE_FROM: usize = 16 * 1024;
 
 /// Moves the first `n` bytes of `from` (the server's read buffer) to the end of `to`
 /// (the bytes owed to the client). A large result arrives in runs of tens of KiB, and
-/// copying each run was an eighth of the proxy's CPU on a 1M-row result: when nothing
+/// copying each run was an eighth of the proxy's profile samples and most of its
+/// user-space instructions on a 1M-row result: when nothing
 /// is owed yet and the run is most of what was read, the two buffers trade places and
 /// only the unfinished message after the run, if any, is copied back. Small runs (the
 /// common answer of a few hundred bytes) are copied, so the server's buffer keeps its

@@ -156,7 +156,8 @@ const WORD: u8 = 1;
 const LOOK: u8 = 2;
 
 /// Most bytes of a statement are words, spaces and punctuation that start nothing:
-/// one table lookup each, instead of the full match (half the split's instructions).
+/// one table lookup each instead of the full match (about a tenth fewer instructions
+/// per split on the bench's tenant statement).
 static SPLIT_CLASS: [u8; 256] = {
     let mut table = [PASS; 256];
     let mut byte = 0;
