@@ -130,6 +130,54 @@ async fn state_made_inside_functions_never_reaches_the_next_client() {
     leave(b).await;
 }
 
+/// A statement repeated with other numbers (`SELECT set_state(1)`, then `(2)`) reuses
+/// the first one's verdict on opaque code (`FamilyVerdicts`): every call still resets the
+/// connection before the next client. Pool size 1: B always gets the connection A just
+/// used.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_repeated_with_other_numbers_is_judged_like_the_first() {
+    let (cluster, proxy) = setup(|c| c.pool.size = 1).await;
+    let direct = proxy::connect_direct(&cluster).await;
+    tokio::time::timeout(
+        STEP,
+        direct.batch_execute(
+            "CREATE FUNCTION set_state(n int) RETURNS int LANGUAGE plpgsql AS $f$ BEGIN \
+             PERFORM set_config('work_mem', (64 + n) || 'MB', false); \
+             CREATE TEMP TABLE IF NOT EXISTS left_behind(x int); RETURN n; END $f$;",
+        ),
+    )
+    .await
+    .expect("setup hung")
+    .expect("setup");
+    let probe = "SELECT concat_ws(' ', current_setting('work_mem'), \
+                 (SELECT count(*) FROM pg_class WHERE relname = 'left_behind' AND relpersistence = 't'))";
+    let a = connect(&proxy::url(&proxy)).await;
+    let b = connect(&proxy::url(&proxy)).await;
+    for n in [1, 2, 37, 4] {
+        assert_eq!(
+            answer(&a.0, &format!("SELECT set_state({n})")).await,
+            n.to_string()
+        );
+        assert_eq!(
+            answer(&b.0, probe).await,
+            "4MB 0",
+            "call {n}: state made inside the function reached the next client"
+        );
+    }
+    // Built-in calls with changing numbers (a family judged safe) run as before.
+    assert_eq!(
+        answer(&a.0, "SELECT count(*) FROM generate_series(1, 5)").await,
+        "5"
+    );
+    assert_eq!(
+        answer(&a.0, "SELECT count(*) FROM generate_series(1, 12)").await,
+        "12"
+    );
+    assert_eq!(answer(&b.0, probe).await, "4MB 0");
+    leave(a).await;
+    leave(b).await;
+}
+
 /// `pin_session_state = false` brings back the old behaviour: state may leak, but
 /// nothing waits for a pinned connection.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
