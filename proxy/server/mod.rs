@@ -17,6 +17,7 @@ mod client_messages;
 pub mod credentials;
 mod database_ddl;
 mod error;
+mod family_verdicts;
 pub(crate) mod handshake;
 pub mod keepalive;
 mod listener;

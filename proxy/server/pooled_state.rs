@@ -8,7 +8,8 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 
-use super::opaque_code::{FamilyVerdicts, OpaqueCheck, SessionSafeFunctions};
+use super::family_verdicts::FamilyVerdicts;
+use super::opaque_code::{OpaqueCheck, SessionSafeFunctions};
 use super::recent_texts::RecentTexts;
 use super::responses::Expect;
 use super::session::Session;
