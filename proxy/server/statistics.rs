@@ -50,6 +50,11 @@ pub struct SessionStats {
     /// later one reuses: a driver that cycles through unnamed texts (pgbench's TPC-B:
     /// seven) costs a copy per `Parse`, not an allocation.
     unnamed_sql: Option<Vec<u8>>,
+    /// A shared copy of `unnamed_sql`, made at the first `Execute` whose event holds it
+    /// shared (texts longer than an event holds inline) and dropped when the text
+    /// changes: a driver repeating one long unnamed text copies it once, not per
+    /// statement.
+    unnamed_shared: Option<Bytes>,
     /// Text of the statement the last `Bind` bound.
     portal_sql: PortalText,
     /// The text of an unnamed statement a portal was bound to, kept when the next
@@ -109,6 +114,7 @@ impl SessionStats {
             rows: 0,
             error: false,
             unnamed_sql: None,
+            unnamed_shared: None,
             portal_sql: PortalText::Unknown,
             portal_kept: Vec::new(),
         }
@@ -187,6 +193,7 @@ impl SessionStats {
 
     /// A new unnamed `Parse` text: a portal still bound to the old one keeps it.
     fn remember_unnamed(&mut self, query: &[u8]) {
+        self.unnamed_shared = None;
         let text = self.unnamed_sql.get_or_insert_with(Vec::new);
         if matches!(self.portal_sql, PortalText::Unnamed) {
             std::mem::swap(text, &mut self.portal_kept);
@@ -200,10 +207,14 @@ impl SessionStats {
     }
 
     /// The text of the statement the bound portal runs.
-    fn portal_text(&self) -> EventText {
+    fn portal_text(&mut self) -> EventText {
         let copied = |text: &[u8]| EventText::copied_or(text, || Bytes::copy_from_slice(text));
         match (&self.portal_sql, &self.unnamed_sql) {
-            (PortalText::Unnamed, Some(text)) => copied(text),
+            (PortalText::Unnamed, Some(text)) => EventText::copied_or(text, || {
+                self.unnamed_shared
+                    .get_or_insert_with(|| Bytes::copy_from_slice(text))
+                    .clone()
+            }),
             (PortalText::Kept, _) => copied(&self.portal_kept),
             (PortalText::Named(text), _) => EventText::new(text),
             _ => EventText::from("<unknown portal>"),
@@ -324,10 +335,19 @@ mod tests {
             stats.bind_unnamed();
             assert_eq!(&*stats.portal_text(), text.as_bytes());
         }
-        // A text longer than an event holds inline reads back whole too.
+        // A text longer than an event holds inline reads back whole too, from one
+        // shared copy while it repeats, and a new text gets its own.
         let long = "x".repeat(1000);
         stats.remember_unnamed(long.as_bytes());
         stats.bind_unnamed();
-        assert_eq!(&*stats.portal_text(), long.as_bytes());
+        let first = stats.portal_text();
+        assert_eq!(&*first, long.as_bytes());
+        stats.bind_unnamed();
+        let again = stats.portal_text();
+        assert_eq!(first.as_ptr(), again.as_ptr(), "one shared copy");
+        let other = "y".repeat(1000);
+        stats.remember_unnamed(other.as_bytes());
+        stats.bind_unnamed();
+        assert_eq!(&*stats.portal_text(), other.as_bytes());
     }
 }
