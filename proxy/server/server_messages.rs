@@ -4,6 +4,7 @@
 
 use bytes::Buf;
 
+use super::pump::move_relayed;
 use super::responses::{Disposition, Expect};
 use super::session::{PendingSettings, Session};
 use super::session_effects::{Effect, Pins};
@@ -209,18 +210,15 @@ impl Session {
             match disposition {
                 Disposition::Relay => relay_run += len,
                 Disposition::Drop => {
-                    self.to_client
-                        .extend_from_slice(&server.read_buf[..relay_run]);
-                    server.read_buf.advance(relay_run + len);
+                    move_relayed(&mut self.to_client, &mut server.read_buf, relay_run);
+                    server.read_buf.advance(len);
                     relay_run = 0;
                 }
             }
             if popped.is_some() {
                 if self.responses.synthetic_due() {
                     // The server's answers so far go before the proxy's own.
-                    self.to_client
-                        .extend_from_slice(&server.read_buf[..relay_run]);
-                    server.read_buf.advance(relay_run);
+                    move_relayed(&mut self.to_client, &mut server.read_buf, relay_run);
                     relay_run = 0;
                     self.responses.flush_synthetic(&mut self.to_client);
                 }
@@ -242,7 +240,7 @@ impl Session {
             }
         }
         if relay_run > 0 {
-            super::pump::move_relayed(&mut self.to_client, &mut server.read_buf, relay_run);
+            move_relayed(&mut self.to_client, &mut server.read_buf, relay_run);
         }
         Ok(())
     }
