@@ -271,8 +271,15 @@ fn main() {
                 continue;
             }
             for n in &clients {
-                let mut measures: Vec<Measure> = Vec::new();
-                for target in &targets {
+                // The targets take turns going first, one more per cell: a run leaves
+                // PostgreSQL busier (checkpoints, autovacuum, cold caches after a
+                // write-heavy turn), and no target should always follow the same one.
+                let first = rows.len() % targets.len();
+                let mut measures: Vec<Option<Measure>> = targets.iter().map(|_| None).collect();
+                let mut cpu_of: Vec<Option<(f64, f64)>> = targets.iter().map(|_| None).collect();
+                let mut rss_of: Vec<Option<String>> = targets.iter().map(|_| None).collect();
+                for index in (first..targets.len()).chain(0..first) {
+                    let target = &targets[index];
                     let before = transactions_per_node(&cluster);
                     let cpu_pids = cpu_pids_of(target);
                     let cpu_before = cpu::cpu_seconds_of(&cpu_pids);
@@ -331,20 +338,8 @@ fn main() {
                         let spent = cpu::cpu_seconds_of(&cpu_pids) - cpu_before;
                         let transactions = m.tps * duration as f64;
                         let per_txn_us = spent * 1e6 / transactions.max(1.0);
-                        // Mean latency added to direct's, measured just before in this row.
-                        let added_us = targets
-                            .iter()
-                            .zip(&measures)
-                            .find(|(t, _)| *t == "direct")
-                            .map_or("n/a".to_string(), |(_, d)| {
-                                format!("{:.0}", (m.latency_ms - d.latency_ms) * 1000.0)
-                            });
-                        eprintln!(
-                            "    {target} CPU {spent:.2} s, {per_txn_us:.1} us/txn, {added_us} us added latency"
-                        );
-                        cpu_rows.push(format!(
-                            "| {script} | {mode} | {n} | {target} | {spent:.2} | {per_txn_us:.1} | {added_us} |"
-                        ));
+                        eprintln!("    {target} CPU {spent:.2} s, {per_txn_us:.1} us/txn");
+                        cpu_of[index] = Some((spent, per_txn_us));
                     }
                     if let Some(pid) = pid_of(target) {
                         let rss = idle::status_kib(pid, "VmRSS:");
@@ -354,14 +349,33 @@ fn main() {
                             mib(rss),
                             mib(peak)
                         );
-                        rss_rows.push(format!(
+                        rss_of[index] = Some(format!(
                             "| {script} {mode} c={n} | {target} | {:.1} | {:.1} |",
                             mib(rss),
                             mib(peak)
                         ));
                     }
-                    measures.push(m);
+                    measures[index] = Some(m);
                 }
+                let measures: Vec<Measure> = measures.into_iter().flatten().collect();
+                // Mean latency added to direct's, measured in the same cell.
+                let direct = targets
+                    .iter()
+                    .zip(&measures)
+                    .find(|(t, _)| *t == "direct")
+                    .map(|(_, d)| d.latency_ms);
+                for ((target, m), cpu) in targets.iter().zip(&measures).zip(&cpu_of) {
+                    let Some((spent, per_txn_us)) = cpu else {
+                        continue;
+                    };
+                    let added_us = direct.map_or("n/a".to_string(), |d| {
+                        format!("{:.0}", (m.latency_ms - d) * 1000.0)
+                    });
+                    cpu_rows.push(format!(
+                        "| {script} | {mode} | {n} | {target} | {spent:.2} | {per_txn_us:.1} | {added_us} |"
+                    ));
+                }
+                rss_rows.extend(rss_of.into_iter().flatten());
                 rows.push((script.clone(), mode.clone(), n.clone(), measures));
             }
         }
