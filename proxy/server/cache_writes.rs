@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
+use super::client_messages::ParsedParse;
 use super::session::Session;
 use crate::cache::commit_hook::{self, Resolution, WriteShape};
 use crate::cache::row_key::{declared_types, BindParameters};
@@ -31,13 +32,18 @@ pub(super) struct StatementWrites {
 
 impl Session {
     /// Notes what a message forwarded to the primary may write.
-    pub(super) fn cache_note_forwarded(&mut self, message_tag: u8, frame: &[u8]) {
+    pub(super) fn cache_note_forwarded(
+        &mut self,
+        message_tag: u8,
+        frame: &[u8],
+        parse: ParsedParse<'_>,
+    ) {
         if self.caching.is_none() {
             return;
         }
-        self.note_transaction_kind(message_tag, frame);
-        if message_tag == tag::PARSE {
-            self.forget_redefined_writes(frame);
+        self.note_transaction_kind(message_tag, frame, parse);
+        if let Some(Ok(view)) = parse {
+            self.forget_redefined_writes(view);
         }
         if self.backend != 0 || !matches!(message_tag, tag::QUERY | tag::PARSE | tag::BIND) {
             return;
@@ -62,7 +68,7 @@ impl Session {
                 }
             }
             tag::PARSE => {
-                let Ok(view) = ParseView::parse(body(frame)) else {
+                let Some(Ok(view)) = parse else {
                     return;
                 };
                 // Drivers parse the same unnamed text again and again: what it writes
@@ -169,19 +175,16 @@ impl Session {
     /// `UPDATE`) or while no instance caches the database, and a later `Bind` on the
     /// primary would otherwise take the new text for the old one (a read, "nothing to
     /// note") and leave its writes uninvalidated.
-    fn forget_redefined_writes(&mut self, frame: &[u8]) {
+    fn forget_redefined_writes(&mut self, view: ParseView<'_>) {
         let Some(state) = self.caching.as_mut() else {
             return;
         };
-        let Some((name, definition)) = crate::protocol::extended::cstr(body(frame)) else {
-            return;
-        };
-        if !name.is_empty() {
-            state.statement_writes.remove(name);
+        if !view.statement.is_empty() {
+            state.statement_writes.remove(view.statement);
         } else if state
             .unnamed_writes
             .as_ref()
-            .is_some_and(|known| known.definition != definition)
+            .is_some_and(|known| known.definition != view.definition)
         {
             state.unnamed_writes = None;
         }
@@ -268,7 +271,7 @@ impl Session {
     /// lone `BEGIN ... READ ONLY` (not `REPEATABLE READ` or `SERIALIZABLE`, and the
     /// session did not change `default_transaction_isolation`) and has forwarded
     /// nothing but reads since. Anything else (`SET LOCAL`, a savepoint) ends that.
-    fn note_transaction_kind(&mut self, message_tag: u8, frame: &[u8]) {
+    fn note_transaction_kind(&mut self, message_tag: u8, frame: &[u8], parse: ParsedParse<'_>) {
         let idle = self.status == crate::protocol::tag::TransactionStatus::Idle;
         let read_only_now = self
             .caching
@@ -279,9 +282,9 @@ impl Session {
         }
         let sql: &[u8] = match message_tag {
             tag::QUERY => query_text(frame),
-            tag::PARSE => match ParseView::parse(body(frame)) {
-                Ok(view) => view.query,
-                Err(_) => b"",
+            tag::PARSE => match parse {
+                Some(Ok(view)) => view.query,
+                _ => b"",
             },
             tag::BIND => {
                 let read = BindView::parse(body(frame)).is_ok_and(|view| {

@@ -12,7 +12,8 @@ use super::SessionError;
 use crate::config::PoolMode;
 use crate::protocol::backend;
 use crate::protocol::extended::{
-    write_bind, write_parse, write_statement_target, BindView, ParseView, TargetKind, TargetView,
+    write_bind, write_parse, write_statement_target, BindView, Malformed, ParseView, TargetKind,
+    TargetView,
 };
 use crate::protocol::frame::{body, check_frame, query_text};
 use crate::protocol::tag::{frontend as tag, TransactionStatus};
@@ -125,13 +126,17 @@ impl Session {
         if message_tag == tag::QUERY {
             self.query_scan.remember(query_text(&frame));
         }
-        if self.answer_without_server(message_tag, &frame)? {
+        // The frame is final from here on: a `Parse` is read once, for everything
+        // below that looks into it.
+        let parse: ParsedParse<'_> =
+            (message_tag == tag::PARSE).then(|| ParseView::parse(body(&frame)));
+        if self.answer_without_server(message_tag, &frame, parse)? {
             return Ok(());
         }
         let ddl_database = match message_tag {
             tag::QUERY => database_ddl_target(body(&frame)),
-            tag::PARSE => ParseView::parse(body(&frame))
-                .ok()
+            tag::PARSE => parse
+                .and_then(Result::ok)
                 .and_then(|view| database_ddl_target(view.query)),
             _ => None,
         };
@@ -172,8 +177,8 @@ impl Session {
             return Err(error);
         }
         self.note_forwarded(message_tag, &frame);
-        self.cache_note_forwarded(message_tag, &frame);
-        self.stats_on_forward(message_tag, &frame);
+        self.cache_note_forwarded(message_tag, &frame, parse);
+        self.stats_on_forward(message_tag, &frame, parse);
         self.batch_open = !matches!(message_tag, tag::SYNC | tag::QUERY | tag::FUNCTION_CALL);
         self.executed_in_batch |= message_tag == tag::EXECUTE;
         let pooled_statements = self.mode == PoolMode::Transaction;
@@ -210,7 +215,7 @@ impl Session {
                 }
                 self.forward(&frame, Expect::Execute)
             }
-            tag::PARSE if pooled_statements => self.forward_parse(&frame)?,
+            tag::PARSE if pooled_statements => self.forward_parse(&frame, parse)?,
             tag::PARSE => self.forward(&frame, Expect::Parse(None)),
             tag::BIND if pooled_statements => self.forward_bind(&frame)?,
             tag::BIND => self.forward(&frame, Expect::Bind(None)),
@@ -296,6 +301,7 @@ impl Session {
         &mut self,
         message_tag: u8,
         frame: &[u8],
+        parse: ParsedParse<'_>,
     ) -> Result<bool, SessionError> {
         match message_tag {
             tag::CLOSE if self.mode == PoolMode::Transaction => {
@@ -319,8 +325,7 @@ impl Session {
                 // A statement some server already accepted: remember it for this client
                 // and prepare it lazily where it is used. Taking a server here would
                 // make clients that prepare synchronously (pgbench) wait for each other.
-                let view = ParseView::parse(body(frame))
-                    .map_err(|e| SessionError::Protocol(e.to_string()))?;
+                let view = parsed(parse)?;
                 if view.statement.is_empty()
                     || !self
                         .pool
@@ -436,9 +441,8 @@ impl Session {
         true
     }
 
-    fn forward_parse(&mut self, frame: &[u8]) -> Result<(), SessionError> {
-        let view =
-            ParseView::parse(body(frame)).map_err(|e| SessionError::Protocol(e.to_string()))?;
+    fn forward_parse(&mut self, frame: &[u8], parse: ParsedParse<'_>) -> Result<(), SessionError> {
+        let view = parsed(parse)?;
         if view.statement.is_empty() {
             self.on_unnamed_parse(view.definition, view.query);
             self.forward(frame, Expect::Parse(None));
@@ -544,5 +548,19 @@ impl Session {
             None => self.forward(frame, Expect::DescribeStatement(None)),
         }
         Ok(())
+    }
+}
+
+/// A `Parse` message read once by [`Session::handle_client_message`] (`None` for
+/// every other message), handed to what looks into it after.
+pub(super) type ParsedParse<'a> = Option<Result<ParseView<'a>, Malformed>>;
+
+/// The `Parse` itself, or the protocol error its malformed frame is.
+#[inline]
+fn parsed(parse: ParsedParse<'_>) -> Result<ParseView<'_>, SessionError> {
+    match parse {
+        Some(Ok(view)) => Ok(view),
+        Some(Err(error)) => Err(SessionError::Protocol(error.to_string())),
+        None => Err(SessionError::Protocol(Malformed("Parse").to_string())),
     }
 }

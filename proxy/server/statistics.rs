@@ -15,8 +15,9 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
+use super::client_messages::ParsedParse;
 use super::session::Session;
-use crate::protocol::extended::{cstr, BindView, ParseView};
+use crate::protocol::extended::{cstr, BindView};
 use crate::protocol::frame::{query_text, HEADER_LEN};
 use crate::protocol::tag::frontend as tag;
 use crate::stats::{rows_from_tag, CallContext, EventText, Served, StatementEvent, StatsRecorder};
@@ -240,7 +241,12 @@ impl SessionStats {
 
 impl Session {
     /// Notes a forwarded message that starts a statement or names its text.
-    pub(super) fn stats_on_forward(&mut self, message_tag: u8, frame: &Bytes) {
+    pub(super) fn stats_on_forward(
+        &mut self,
+        message_tag: u8,
+        frame: &Bytes,
+        parse: ParsedParse<'_>,
+    ) {
         if self.stats.is_none() {
             return;
         }
@@ -266,7 +272,7 @@ impl Session {
                 });
             }
             tag::PARSE => {
-                if let Ok(view) = ParseView::parse(&frame[HEADER_LEN..]) {
+                if let Some(Ok(view)) = parse {
                     if view.statement.is_empty() {
                         let start = HEADER_LEN + 1;
                         let query = &frame[start..start + view.query.len()];
