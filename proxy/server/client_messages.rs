@@ -126,17 +126,13 @@ impl Session {
         if message_tag == tag::QUERY {
             self.query_scan.remember(query_text(&frame));
         }
-        // The frame is final from here on: a `Parse` is read once, for everything
-        // below that looks into it.
-        let parse: ParsedParse<'_> =
-            (message_tag == tag::PARSE).then(|| ParseView::parse(body(&frame)));
-        if self.answer_without_server(message_tag, &frame, parse)? {
+        if self.answer_without_server(message_tag, &frame)? {
             return Ok(());
         }
         let ddl_database = match message_tag {
             tag::QUERY => database_ddl_target(body(&frame)),
-            tag::PARSE => parse
-                .and_then(Result::ok)
+            tag::PARSE => ParseView::parse(body(&frame))
+                .ok()
                 .and_then(|view| database_ddl_target(view.query)),
             _ => None,
         };
@@ -176,6 +172,10 @@ impl Session {
             }
             return Err(error);
         }
+        // Read once for the rest, and only now: the view does not live across the
+        // awaits above, where it would widen this future's state for every message.
+        let parse: ParsedParse<'_> =
+            (message_tag == tag::PARSE).then(|| ParseView::parse(body(&frame)));
         self.note_forwarded(message_tag, &frame);
         self.cache_note_forwarded(message_tag, &frame, parse);
         self.stats_on_forward(message_tag, &frame, parse);
@@ -301,7 +301,6 @@ impl Session {
         &mut self,
         message_tag: u8,
         frame: &[u8],
-        parse: ParsedParse<'_>,
     ) -> Result<bool, SessionError> {
         match message_tag {
             tag::CLOSE if self.mode == PoolMode::Transaction => {
@@ -325,7 +324,8 @@ impl Session {
                 // A statement some server already accepted: remember it for this client
                 // and prepare it lazily where it is used. Taking a server here would
                 // make clients that prepare synchronously (pgbench) wait for each other.
-                let view = parsed(parse)?;
+                let view = ParseView::parse(body(frame))
+                    .map_err(|e| SessionError::Protocol(e.to_string()))?;
                 if view.statement.is_empty()
                     || !self
                         .pool
