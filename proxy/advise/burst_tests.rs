@@ -50,8 +50,6 @@ fn a_child_loop_closes_when_the_parent_runs_again() {
 
 #[test]
 fn a_statement_once_per_transaction_is_no_loop() {
-    let start = Instant::now();
-    let mut scope = Scope::new(start);
     // TPC-B-like: the child once per transaction with five other statements in
     // between, after one of two "parents" (pgbench's UPDATE with a positive or a
     // negative literal fingerprints apart), so a parent does not recur to close it.
@@ -68,11 +66,9 @@ fn a_statement_once_per_transaction_is_no_loop() {
             (8, 0),
         ]);
     }
-    let mut closed = Closed::new(0);
-    closed.bursts = run(&mut scope, start, &steps);
-    scope.close_all(&mut closed);
     // Not even two children: each opening fell out of reach before it repeated.
-    assert!(closed.bursts.is_empty(), "{:?}", closed.bursts);
+    let closed = closed_after(Instant::now(), &steps, 0);
+    assert!(closed.is_empty(), "{closed:?}");
 }
 
 #[test]
@@ -80,34 +76,34 @@ fn a_child_repeated_at_the_edge_of_reach_is_a_burst_and_one_past_it_is_not() {
     let start = Instant::now();
     // Child 2 after parent 1, then MAX_GAP + 1 unrelated statements (all distinct
     // and none of them the parent), then 2 again: still one burst.
-    let mut steps = vec![(1, 0), (2, 1)];
-    steps.extend((0..=MAX_GAP).map(|i| (100 + i, 0)));
-    steps.push((2, 2));
-    let mut scope = Scope::new(start);
-    let mut closed = Closed::new(2);
-    closed.bursts = run(&mut scope, start, &steps);
-    scope.close_all(&mut closed);
+    let with_between = |others: u64| {
+        let mut steps = vec![(1, 0), (2, 1)];
+        steps.extend((0..others).map(|i| (100 + i, 0)));
+        steps.push((2, 2));
+        closed_after(start, &steps, 2)
+    };
+    let closed = with_between(MAX_GAP + 1);
     assert!(
         closed
-            .bursts
             .iter()
             .any(|b| b.child == 2 && b.parent == 1 && b.count == 2),
-        "{:?}",
-        closed.bursts
+        "{closed:?}"
     );
     // One more statement between them: the opening is gone.
-    let mut steps = vec![(1, 0), (2, 1)];
-    steps.extend((0..=MAX_GAP + 1).map(|i| (100 + i, 0)));
-    steps.push((2, 2));
-    let mut scope = Scope::new(start);
-    let mut closed = Closed::new(2);
-    closed.bursts = run(&mut scope, start, &steps);
-    scope.close_all(&mut closed);
+    let closed = with_between(MAX_GAP + 2);
     assert!(
-        closed.bursts.iter().all(|b| b.child != 2 || b.parent != 1),
-        "{:?}",
-        closed.bursts
+        closed.iter().all(|b| b.child != 2 || b.parent != 1),
+        "{closed:?}"
     );
+}
+
+/// The bursts a fresh session closes over `steps`, and those still open at the end.
+fn closed_after(start: Instant, steps: &[(u64, u64)], min: usize) -> Vec<Burst> {
+    let mut scope = Scope::new(start);
+    let mut closed = Closed::new(min);
+    closed.bursts = run(&mut scope, start, steps);
+    scope.close_all(&mut closed);
+    closed.bursts
 }
 
 /// The detector before pending openings: every child seen after a different
@@ -185,12 +181,7 @@ fn pending_openings_report_the_bursts_eager_ones_did() {
                 }
             }
         }
-        let mut scope = Scope::new(start);
-        let mut closed = Closed::new(2);
-        closed.bursts = run(&mut scope, start, &steps);
-        scope.close_all(&mut closed);
-        let mut ours: Vec<_> = closed
-            .bursts
+        let mut ours: Vec<_> = closed_after(start, &steps, 2)
             .iter()
             .map(|b| (b.child, b.parent, b.count, b.distinct_params()))
             .collect();
@@ -206,17 +197,9 @@ fn pending_openings_report_the_bursts_eager_ones_did() {
 
 #[test]
 fn an_opening_is_dropped_when_its_parent_runs_before_the_child_repeats() {
-    let start = Instant::now();
-    let mut scope = Scope::new(start);
-    let mut closed = Closed::new(2);
     // 1, 2, 1, 2: each 2 follows a new request of 1, so no burst of 2 repeats.
-    closed.bursts = run(&mut scope, start, &[(1, 0), (2, 1), (1, 0), (2, 2)]);
-    scope.close_all(&mut closed);
-    assert!(
-        closed.bursts.iter().all(|b| b.child != 2),
-        "{:?}",
-        closed.bursts
-    );
+    let closed = closed_after(Instant::now(), &[(1, 0), (2, 1), (1, 0), (2, 2)], 2);
+    assert!(closed.iter().all(|b| b.child != 2), "{closed:?}");
 }
 
 #[test]
