@@ -172,8 +172,8 @@ impl Session {
             }
             return Err(error);
         }
-        // Read once for the rest, and only now: the view does not live across the
-        // awaits above, where it would widen this future's state for every message.
+        // Read once for the rest, and only now, so that the view is not part of this
+        // future's state across the awaits above.
         let parse: ParsedParse<'_> =
             (message_tag == tag::PARSE).then(|| ParseView::parse(body(&frame)));
         self.note_forwarded(message_tag, &frame);
