@@ -27,10 +27,10 @@ pub const MAX_OPEN: usize = 8;
 /// Distinct parameter hashes a burst remembers (enough to count up to this many).
 pub const MAX_PARAMS: usize = 16;
 /// Other statements allowed between two children of one burst.
-pub const MAX_GAP: u64 = 3;
+pub const MAX_GAP: u64 = 4;
 /// A burst's child runs again at most this many statements after the last one (an
 /// open burst closes at the first other statement past it).
-const REACH: u64 = MAX_GAP + 2;
+const REACH: u64 = MAX_GAP + 1;
 /// Pending openings a session keeps: one per statement within [`REACH`].
 const PENDING_SLOTS: usize = REACH as usize;
 

@@ -74,7 +74,7 @@ fn a_statement_once_per_transaction_is_no_loop() {
 #[test]
 fn a_child_repeated_at_the_edge_of_reach_is_a_burst_and_one_past_it_is_not() {
     let start = Instant::now();
-    // Child 2 after parent 1, then MAX_GAP + 1 unrelated statements (all distinct
+    // Child 2 after parent 1, then MAX_GAP unrelated statements (all distinct
     // and none of them the parent), then 2 again: still one burst.
     let with_between = |others: u64| {
         let mut steps = vec![(1, 0), (2, 1)];
@@ -82,7 +82,7 @@ fn a_child_repeated_at_the_edge_of_reach_is_a_burst_and_one_past_it_is_not() {
         steps.push((2, 2));
         closed_after(start, &steps, 2)
     };
-    let closed = with_between(MAX_GAP + 1);
+    let closed = with_between(MAX_GAP);
     assert!(
         closed
             .iter()
@@ -90,7 +90,7 @@ fn a_child_repeated_at_the_edge_of_reach_is_a_burst_and_one_past_it_is_not() {
         "{closed:?}"
     );
     // One more statement between them: the opening is gone.
-    let closed = with_between(MAX_GAP + 2);
+    let closed = with_between(MAX_GAP + 1);
     assert!(
         closed.iter().all(|b| b.child != 2 || b.parent != 1),
         "{closed:?}"
@@ -124,7 +124,7 @@ fn eager_bursts(steps: &[(u64, u64)], min: u32) -> Vec<(u64, u64, u32, usize)> {
     for (i, &(fingerprint, param)) in steps.iter().enumerate() {
         let seq = i as u64 + 1;
         open.retain(|b| {
-            let stopped = b.child != fingerprint && seq - b.last_seq > MAX_GAP + 1;
+            let stopped = b.child != fingerprint && seq - b.last_seq > MAX_GAP;
             let close = b.parent == fingerprint || stopped;
             if close {
                 out.push((b.child, b.parent, b.count, b.params.len()));
