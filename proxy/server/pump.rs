@@ -56,6 +56,7 @@ const TRADE_FROM: usize = 16 * 1024;
 /// only the unfinished message after the run, if any, is copied back. Small runs (the
 /// common answer of a few hundred bytes) are copied, so the server's buffer keeps its
 /// read room and no allocation moves between the two.
+#[inline]
 pub fn move_relayed(to: &mut BytesMut, from: &mut BytesMut, n: usize) {
     let tail = from.len() - n;
     if to.is_empty() && n >= TRADE_FROM && tail <= n / 4 {
