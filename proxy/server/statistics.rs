@@ -274,11 +274,9 @@ impl Session {
             tag::PARSE => {
                 if let Some(Ok(view)) = parse {
                     if view.statement.is_empty() {
-                        let start = HEADER_LEN + 1;
-                        let query = &frame[start..start + view.query.len()];
                         // The same text again (the usual case): keep the copy.
-                        if stats.unnamed_sql.as_deref() != Some(query) {
-                            stats.remember_unnamed(query);
+                        if stats.unnamed_sql.as_deref() != Some(view.query) {
+                            stats.remember_unnamed(view.query);
                         }
                     }
                 }
