@@ -161,13 +161,9 @@ fn eager_bursts(steps: &[(u64, u64)], min: u32) -> Vec<(u64, u64, u32, usize)> {
 fn pending_openings_report_the_bursts_eager_ones_did() {
     let start = Instant::now();
     // A fixed pseudo-random walk over 6 fingerprints, with loops mixed in.
-    let mut state = 0x2545_f491_4f6c_dd1d_u64;
-    let mut next = move || {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        state
-    };
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0x2545_f491_4f6c_dd1d);
+    let mut next = move || rng.random::<u64>();
     let mut bursts_seen = 0;
     for _ in 0..300 {
         let mut steps = Vec::new();
