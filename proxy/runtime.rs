@@ -5,7 +5,7 @@
 //! is locked across an `.await`.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -34,6 +34,9 @@ pub enum ConfigSource {
 
 pub struct Runtime {
     config: ArcSwap<Config>,
+    /// `cache.mode = "hinted"` with no `cache.rules`: a statement without the cache
+    /// hint is passed over on this flag, without loading `config`.
+    cache_hints_only: AtomicBool,
     credentials: ArcSwap<Credentials>,
     /// Lookups of roles not in the configuration; `None` when `auth.auth_user` is unset.
     auth_query: ArcSwapOption<AuthQuery>,
@@ -129,6 +132,7 @@ impl Runtime {
             credentials: ArcSwap::from_pointee(Credentials::from_config(&config)),
             auth_query: ArcSwapOption::from(AuthQuery::from_config(&config).map(Arc::new)),
             passthrough: PassthroughStore::default(),
+            cache_hints_only: AtomicBool::new(cache_hints_only(&config)),
             config: ArcSwap::from_pointee(config),
             tls: ArcSwapOption::from(tls.map(Arc::new)),
             source,
@@ -149,6 +153,12 @@ impl Runtime {
 
     pub fn config(&self) -> Arc<Config> {
         self.config.load_full()
+    }
+
+    /// Whether the result cache looks only at statements with its hint
+    /// (`cache.mode = "hinted"` and no `cache.rules`).
+    pub fn cache_hints_only(&self) -> bool {
+        self.cache_hints_only.load(Ordering::Relaxed)
     }
 
     pub fn credentials(&self) -> Arc<Credentials> {
@@ -236,6 +246,8 @@ impl Runtime {
                 .store(AuthQuery::from_config(&fresh).map(Arc::new));
         }
         self.protection.reload(&fresh);
+        self.cache_hints_only
+            .store(cache_hints_only(&fresh), Ordering::Relaxed);
         self.config.store(Arc::new(fresh));
         if pools_changed {
             self.pools.clear();
@@ -314,6 +326,11 @@ fn build_tls(config: &Config) -> Result<Option<TlsAcceptor>, ConfigError> {
         (Some(cert), Some(key)) => crate::server::tls::acceptor(cert, key).map(Some),
         _ => Ok(None),
     }
+}
+
+/// `cache.mode = "hinted"` without `cache.rules`.
+fn cache_hints_only(config: &Config) -> bool {
+    config.cache.mode == crate::config::CacheMode::Hinted && config.cache.rules.is_empty()
 }
 
 #[cfg(test)]

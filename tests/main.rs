@@ -44,6 +44,7 @@ mod large_messages;
 mod limits;
 mod pool_reuse;
 mod real_clients;
+mod reload;
 mod routing;
 mod session_fidelity;
 mod session_pinning;

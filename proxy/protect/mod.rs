@@ -4,11 +4,12 @@
 //! room only decides whether a statement may go on and how long it waits.
 //!
 //! It must cost nothing when unused: with no quarantined fingerprint and no rule, a
-//! session reads one flag and one empty list, and never fingerprints a statement.
+//! session reads two flags, and never fingerprints a statement.
 
 pub mod limits;
 pub mod quarantine;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -24,6 +25,9 @@ pub use quarantine::Quarantine;
 pub struct Protection {
     pub quarantine: Quarantine,
     limits: ArcSwap<Limits>,
+    /// Whether `limits` has a rule: read once per transaction, where a load of
+    /// `limits` would cost an `ArcSwap` load.
+    any_limits: AtomicBool,
 }
 
 impl Protection {
@@ -53,6 +57,8 @@ impl Protection {
         if !same {
             self.limits.store(Arc::new(Limits::new(&config.limits)));
         }
+        self.any_limits
+            .store(!config.limits.is_empty(), Ordering::Relaxed);
     }
 
     pub fn limits(&self) -> Arc<Limits> {
@@ -66,7 +72,7 @@ impl Protection {
 
     /// Whether any rule exists (statements must be admitted).
     pub fn has_limits(&self) -> bool {
-        !self.limits.load().is_empty()
+        self.any_limits.load(Ordering::Relaxed)
     }
 }
 

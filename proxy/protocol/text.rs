@@ -21,12 +21,16 @@ pub fn opens_with_word_or_comment(sql: &[u8], words: &[&[u8]]) -> bool {
     if text.starts_with(b"/*") || text.starts_with(b"--") {
         return true;
     }
-    let length = text
-        .iter()
-        .position(|b| !b.is_ascii_alphabetic())
-        .unwrap_or(text.len());
-    let first = &text[..length];
-    words.iter().any(|word| first.eq_ignore_ascii_case(word))
+    // Each word is compared with the text's start, and must end where the run of
+    // letters does: no walk over the whole first word (`SELECT` fails on its second
+    // letter against `set`).
+    words.iter().any(|word| {
+        text.get(..word.len())
+            .is_some_and(|start| start.eq_ignore_ascii_case(word))
+            && !text
+                .get(word.len())
+                .is_some_and(|next| next.is_ascii_alphabetic())
+    })
 }
 
 /// Whether `haystack` contains `needle`, ASCII letters compared without case.
@@ -47,6 +51,35 @@ pub fn contains_ignoring_case(haystack: &[u8], needle: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn opens_with_word_or_comment_takes_whole_first_words_only() {
+        let words: &[&[u8]] = &[b"set", b"reset"];
+        for yes in [
+            &b"SET x = 1"[..],
+            b"set",
+            b"  \n\tReSeT all",
+            b"set(",
+            b"reset;",
+            b"/* a */ select 1",
+            b"-- a\nselect 1",
+        ] {
+            assert!(opens_with_word_or_comment(yes, words), "{yes:?}");
+        }
+        for no in [
+            &b"SELECT 1"[..],
+            b"settings",
+            b"resets",
+            b"se",
+            b"",
+            b"   ",
+            b"- 1",
+            b"/ 2",
+            b"show x",
+        ] {
+            assert!(!opens_with_word_or_comment(no, words), "{no:?}");
+        }
+    }
 
     #[test]
     fn contains_ignoring_case_finds_any_case_anywhere() {

@@ -85,11 +85,11 @@ impl Session {
         {
             return Ok(false);
         }
-        let config = self.runtime.config();
-        let settings = &config.cache;
         let Some(request) = self.front_request() else {
             return Ok(false);
         };
+        let config = self.runtime.config();
+        let settings = &config.cache;
         let hint = cache::cache_hint(&request.sql);
         let by_rule = !settings.rules.is_empty() && self.rules_match(&request.sql, &settings.rules);
         let by_auto_only = hint.is_none() && !by_rule;
@@ -277,8 +277,7 @@ impl Session {
     /// Whether a statement without the hint can be skipped without more work
     /// (`hinted` mode without rules).
     pub(super) fn cheap_skip(&self) -> bool {
-        let config = self.runtime.config();
-        config.cache.mode == CacheMode::Hinted && config.cache.rules.is_empty()
+        self.runtime.cache_hints_only()
     }
 
     fn rules_match(&self, sql: &[u8], rules: &[String]) -> bool {
