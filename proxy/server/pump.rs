@@ -15,6 +15,7 @@ use bytes::{Buf, BytesMut};
 use tokio::io::AsyncWrite;
 use tokio_util::io::poll_read_buf;
 
+use super::shutdown::{Phase, SessionShutdown};
 use super::stream::ClientStream;
 use crate::pool::ServerConnection;
 
@@ -113,6 +114,8 @@ pub enum PumpError {
     ClientClosed,
     Server(io::Error),
     ServerClosed,
+    /// The graceful shutdown reached the phase the pump was told to stop at.
+    Shutdown,
 }
 
 /// The buffers and streams of one session, borrowed for one pump call.
@@ -127,6 +130,9 @@ pub struct Pump<'a> {
     pub read_client: bool,
     /// Return `Drained` once all writes are done, instead of waiting for reads.
     pub until_drained: bool,
+    /// Stop with [`PumpError::Shutdown`] once the shutdown reaches this phase (looked
+    /// at without a lock on every poll; see `shutdown.rs`).
+    pub shutdown: Option<(&'a SessionShutdown, Phase)>,
 }
 
 impl Pump<'_> {
@@ -135,6 +141,11 @@ impl Pump<'_> {
     }
 
     fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Result<Pumped, PumpError>> {
+        if let Some((shutdown, phase)) = self.shutdown {
+            if shutdown.poll_reached(cx, phase).is_ready() {
+                return Poll::Ready(Err(PumpError::Shutdown));
+            }
+        }
         // Writes first: they free buffer space and unblock the peers.
         while !self.to_client.is_empty() {
             match Pin::new(&mut *self.client).poll_write(cx, self.to_client) {

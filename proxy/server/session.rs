@@ -232,28 +232,15 @@ impl Session {
         } else {
             Phase::Closing
         };
-        let shutdown = self.shutdown.clone();
-        if shutdown.has_reached(leave_at) {
+        if self.shutdown.has_reached(leave_at) {
             return Err(SessionError::Shutdown);
         }
         // While a message is cut in two, nothing else may be written to the client, so
         // its next messages wait (PostgreSQL does not read while it sends, either).
         let read_client = !self.streamed.is_open();
-        let pumped = {
-            let pump = self.pump(read_client, false, deadline);
-            let mut pump = std::pin::pin!(pump);
-            // The shutdown is looked at without a lock on every poll (see `shutdown.rs`).
-            std::future::poll_fn(|cx| {
-                if shutdown.poll_reached(cx, leave_at).is_ready() {
-                    return std::task::Poll::Ready(None);
-                }
-                std::future::Future::poll(pump.as_mut(), cx).map(Some)
-            })
-            .await
-        };
-        let Some(pumped) = pumped else {
-            return Err(SessionError::Shutdown);
-        };
+        let pumped = self
+            .pump(read_client, false, deadline, Some(leave_at))
+            .await;
         match pumped {
             Err(None) if server_owes => {
                 let ms = limit.map_or(0, |l| l.as_millis() as u64);
@@ -304,7 +291,7 @@ impl Session {
 
     /// Waits for more bytes from the attached server (not reading the client).
     pub(super) async fn read_server_once(&mut self) -> Result<(), SessionError> {
-        self.pump(false, false, None)
+        self.pump(false, false, None, None)
             .await
             .map(|_| ())
             .map_err(without_deadline)
@@ -312,22 +299,26 @@ impl Session {
 
     /// Writes everything owed to both sides.
     pub(super) async fn drain(&mut self) -> Result<(), SessionError> {
-        self.pump(false, true, None)
+        self.pump(false, true, None, None)
             .await
             .map(|_| ())
             .map_err(without_deadline)
     }
 
     /// Moves bytes in both directions until something needs handling. `Err(None)`
-    /// means `deadline` passed first.
+    /// means `deadline` passed first; with `leave_at`, the pump also stops with
+    /// [`SessionError::Shutdown`] once the graceful shutdown reaches that phase.
     async fn pump(
         &mut self,
         read_client: bool,
         until_drained: bool,
         deadline: Option<Instant>,
+        leave_at: Option<Phase>,
     ) -> Result<Pumped, Option<SessionError>> {
         self.cache_capture();
-        let result = self.pump_inner(read_client, until_drained, deadline).await;
+        let result = self
+            .pump_inner(read_client, until_drained, deadline, leave_at)
+            .await;
         self.cache_captured();
         result
     }
@@ -337,6 +328,7 @@ impl Session {
         read_client: bool,
         until_drained: bool,
         deadline: Option<Instant>,
+        leave_at: Option<Phase>,
     ) -> Result<Pumped, Option<SessionError>> {
         let mut pump = Pump {
             client: &mut self.client,
@@ -346,6 +338,7 @@ impl Session {
             to_server: &mut self.to_server,
             read_client,
             until_drained,
+            shutdown: leave_at.map(|phase| (&*self.shutdown, phase)),
         };
         let result = match deadline {
             Some(deadline) => match tokio::time::timeout_at(deadline.into(), pump.run()).await {
@@ -380,6 +373,7 @@ impl Session {
                 self.server_failed();
                 SessionError::ServerLost("server closed the connection".into())
             }
+            PumpError::Shutdown => SessionError::Shutdown,
         }
     }
 }

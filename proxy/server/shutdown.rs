@@ -4,10 +4,10 @@
 //! held across an await: the phase is a `tokio::sync::watch` channel (read with
 //! `borrow`, awaited with `wait_for`) for the few long-lived waiters, and an atomic
 //! with one `AtomicWaker` per session (`SessionShutdown`) for the sessions. A session
-//! looks at the shutdown on every pump, several times per transaction, so that look
-//! takes no lock: an atomic load, and a waker registration that is a no-op while the
-//! session's task stays the same. Only entering a phase walks the sessions (under the
-//! registry's lock) to wake them.
+//! looks at the shutdown on every pump poll, several times per transaction, so that
+//! look takes no lock and no locked instruction: atomic loads, and a waker registration
+//! only when the task or the phase changed since the last one (`RegisteredFor`). Only
+//! entering a phase walks the sessions (under the registry's lock) to wake them.
 //!
 //! What each phase means:
 //! - `NotReady`: `/readyz` answers 503 "shutting down"; everything else still works
@@ -20,9 +20,9 @@
 //! - `Closing`: `proxy.shutdown_timeout_ms` passed: every client left gets 57P01 now;
 //!   an unfinished transaction's server connection is closed, so PostgreSQL rolls it back.
 
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicPtr, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, Weak};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, RawWakerVTable, Waker};
 use std::time::{Duration, Instant};
 
 use futures_util::task::AtomicWaker;
@@ -82,7 +82,39 @@ impl Default for Shutdown {
 pub struct SessionShutdown {
     registry: Arc<SessionRegistry>,
     waker: AtomicWaker,
+    registered: RegisteredFor,
     slot: usize,
+}
+
+/// Which waker `SessionShutdown::waker` holds (its data and vtable pointers, as
+/// `Waker::will_wake` compares them) and the phase read just before it was registered.
+/// The phase only moves forward and only a move wakes (and so takes) the waker: while
+/// the phase is still the one read then, that waker is still registered, and a poll by
+/// the same task need not register again. `AtomicWaker::register` costs two locked
+/// instructions, a plain load of these none.
+#[derive(Debug, Default)]
+struct RegisteredFor {
+    data: AtomicPtr<()>,
+    vtable: AtomicPtr<RawWakerVTable>,
+    /// The phase + 1; 0 before the first registration.
+    phase: AtomicU8,
+}
+
+impl RegisteredFor {
+    fn holds(&self, waker: &Waker, phase: u8) -> bool {
+        self.phase.load(Ordering::Relaxed) == phase + 1
+            && std::ptr::eq(self.data.load(Ordering::Relaxed), waker.data())
+            && std::ptr::eq(self.vtable.load(Ordering::Relaxed), waker.vtable())
+    }
+
+    fn remember(&self, waker: &Waker, phase: u8) {
+        self.data.store(waker.data().cast_mut(), Ordering::Relaxed);
+        self.vtable.store(
+            (waker.vtable() as *const RawWakerVTable).cast_mut(),
+            Ordering::Relaxed,
+        );
+        self.phase.store(phase + 1, Ordering::Relaxed);
+    }
 }
 
 impl SessionShutdown {
@@ -95,8 +127,13 @@ impl SessionShutdown {
     /// Ready once the shutdown has reached `phase`; until then the task of `cx` is
     /// woken when the phase moves. Registering before looking means a phase entered in
     /// between is seen now or wakes the task.
+    /// One task polls a session's shutdown at a time (the session's own).
     pub fn poll_reached(&self, cx: &mut Context<'_>, phase: Phase) -> Poll<()> {
-        self.waker.register(cx.waker());
+        let before = self.registry.phase.load(Ordering::Acquire);
+        if !self.registered.holds(cx.waker(), before) {
+            self.waker.register(cx.waker());
+            self.registered.remember(cx.waker(), before);
+        }
         if self.has_reached(phase) {
             Poll::Ready(())
         } else {
@@ -160,6 +197,7 @@ impl Shutdown {
         let session = Arc::new(SessionShutdown {
             registry: registry.clone(),
             waker: AtomicWaker::new(),
+            registered: RegisteredFor::default(),
             slot,
         });
         entry.insert(Arc::downgrade(&session));
@@ -250,6 +288,57 @@ mod tests {
             .unwrap();
         shutdown.enter(Phase::Running);
         assert_eq!(shutdown.phase(), Phase::Draining);
+    }
+
+    /// Counts its wakes.
+    struct Counter(std::sync::atomic::AtomicUsize);
+
+    impl std::task::Wake for Counter {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn counting_waker() -> (Arc<Counter>, Waker) {
+        let counter = Arc::new(Counter(Default::default()));
+        (counter.clone(), Waker::from(counter))
+    }
+
+    #[test]
+    fn a_session_polled_again_without_registering_is_still_woken_by_each_phase() {
+        let shutdown = Shutdown::default();
+        let session = shutdown.session();
+        let (woken, waker) = counting_waker();
+        let mut cx = Context::from_waker(&waker);
+        for _ in 0..3 {
+            assert!(session.poll_reached(&mut cx, Phase::Closing).is_pending());
+        }
+        shutdown.enter(Phase::Draining);
+        assert_eq!(woken.0.load(Ordering::SeqCst), 1, "woken by draining");
+        // The wake took the waker: the next poll, in a new phase, registers again.
+        for _ in 0..3 {
+            assert!(session.poll_reached(&mut cx, Phase::Closing).is_pending());
+        }
+        shutdown.enter(Phase::Closing);
+        assert_eq!(woken.0.load(Ordering::SeqCst), 2, "woken by closing");
+        assert!(session.poll_reached(&mut cx, Phase::Closing).is_ready());
+    }
+
+    #[test]
+    fn another_task_polling_a_session_takes_its_wakes() {
+        let shutdown = Shutdown::default();
+        let session = shutdown.session();
+        let (first, first_waker) = counting_waker();
+        let (second, second_waker) = counting_waker();
+        assert!(session
+            .poll_reached(&mut Context::from_waker(&first_waker), Phase::Draining)
+            .is_pending());
+        assert!(session
+            .poll_reached(&mut Context::from_waker(&second_waker), Phase::Draining)
+            .is_pending());
+        shutdown.enter(Phase::Draining);
+        assert_eq!(second.0.load(Ordering::SeqCst), 1);
+        assert_eq!(first.0.load(Ordering::SeqCst), 0);
     }
 
     #[tokio::test]
