@@ -62,7 +62,9 @@ pub struct Runtime {
     /// Each database's `pg_catalog` function names (`server/opaque_code.rs`).
     pub session_safe_functions: crate::server::opaque_code::SessionSafeRegistry,
     /// `PAUSE` from the admin console: new transactions wait while true.
-    pub paused: tokio::sync::watch::Sender<bool>,
+    paused: tokio::sync::watch::Sender<bool>,
+    /// `paused` again, read without the watch channel's lock by every checkout.
+    paused_now: AtomicBool,
     /// Graceful shutdown: the phase `/readyz`, the listener and the sessions observe.
     pub shutdown: crate::server::shutdown::Shutdown,
     pub started_at: std::time::SystemTime,
@@ -127,6 +129,7 @@ impl Runtime {
             stats,
             advisors,
             paused: tokio::sync::watch::Sender::new(false),
+            paused_now: AtomicBool::new(false),
             shutdown: Default::default(),
             started_at: std::time::SystemTime::now(),
             credentials: ArcSwap::from_pointee(Credentials::from_config(&config)),
@@ -172,6 +175,17 @@ impl Runtime {
 
     pub fn tls(&self) -> Option<Arc<TlsAcceptor>> {
         self.tls.load_full()
+    }
+
+    /// `PAUSE` (true) and `RESUME` (false) from the admin console.
+    pub fn set_paused(&self, paused: bool) {
+        self.paused_now.store(paused, Ordering::Release);
+        self.paused.send_replace(paused);
+    }
+
+    /// Whether new transactions must wait ([`Runtime::wait_unpaused`]).
+    pub fn is_paused(&self) -> bool {
+        self.paused_now.load(Ordering::Acquire)
     }
 
     /// Waits while the admin console has paused the proxy.
@@ -287,8 +301,10 @@ impl Runtime {
             // pools log in with what its clients proved.
             let passthrough = (password.is_none() && config.auth.auth_query_enabled())
                 .then(|| self.passthrough.slot(database, user));
+            let address = endpoint.address();
             let target = ServerTarget {
-                address: endpoint.address(),
+                shared_address: Arc::from(address.as_str()),
+                address,
                 user: user.to_string(),
                 password,
                 passthrough,

@@ -152,11 +152,11 @@ async fn run_command(runtime: &Runtime, sql: &str) -> Result<Reply, ErrorFields>
             .map(|()| Reply::Done("RELOAD".into()))
             .map_err(|e| ErrorFields::error(SqlState::INVALID_PARAMETER_VALUE, e.to_string())),
         ["PAUSE"] => {
-            runtime.paused.send_replace(true);
+            runtime.set_paused(true);
             Ok(Reply::Done("PAUSE".into()))
         }
         ["RESUME"] => {
-            runtime.paused.send_replace(false);
+            runtime.set_paused(false);
             Ok(Reply::Done("RESUME".into()))
         }
         _ => Err(ErrorFields::error(

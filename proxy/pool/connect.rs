@@ -24,6 +24,10 @@ use super::{BackendKey, CoarseInstant, PoolError, ServerConnection};
 pub struct ServerTarget {
     /// `host:port`.
     pub address: String,
+    /// `address` again, one allocation shared by every connection the pool opens: a
+    /// session attaching a connection tells the cancel slot its address, which then
+    /// compares by pointer (`server/cancel.rs`).
+    pub shared_address: Arc<str>,
     pub user: String,
     pub password: Option<String>,
     pub database: String,
@@ -68,7 +72,7 @@ impl ServerTarget {
         Ok(ServerConnection {
             stream: login.stream,
             read_buf: login.buf,
-            address: self.address.as_str().into(),
+            address: self.shared_address.clone(),
             key,
             parameters,
             prepared: Default::default(),

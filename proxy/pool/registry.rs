@@ -5,7 +5,7 @@
 //! still hold the old pool finish their transactions on it.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -392,6 +392,8 @@ pub struct PoolRegistry {
     pools: RwLock<HashMap<PoolKey, Arc<ServerPool>>>,
     /// Databases a client is dropping or renaming right now: no new checkouts.
     draining: Mutex<std::collections::HashSet<String>>,
+    /// `draining`'s length, read without the lock by every checkout (almost always 0).
+    draining_count: AtomicUsize,
     /// Clients waiting in every pool's gate, and load-shedding counts.
     pub waiting: Arc<WaitingTotal>,
     /// Moves each time the pools are forgotten ([`PoolRegistry::clear`]), so a session
@@ -443,10 +445,11 @@ impl PoolRegistry {
     /// checkouts for `name` and closes its idle server connections, which PostgreSQL
     /// would otherwise count as "other users" of the database.
     pub async fn start_draining(&self, database: &str) {
-        self.draining
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(database.to_string());
+        {
+            let mut draining = self.draining.lock().unwrap_or_else(|e| e.into_inner());
+            draining.insert(database.to_string());
+            self.draining_count.store(draining.len(), Ordering::Release);
+        }
         let pools: Vec<_> = self
             .read()
             .values()
@@ -460,15 +463,17 @@ impl PoolRegistry {
 
     /// The statement that dropped or renamed `database` has finished.
     pub fn stop_draining(&self, database: &str) {
-        self.draining
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(database);
+        let mut draining = self.draining.lock().unwrap_or_else(|e| e.into_inner());
+        draining.remove(database);
+        self.draining_count.store(draining.len(), Ordering::Release);
     }
 
     pub fn is_draining(&self, database: &str) -> bool {
+        if self.draining_count.load(Ordering::Acquire) == 0 {
+            return false;
+        }
         let draining = self.draining.lock().unwrap_or_else(|e| e.into_inner());
-        !draining.is_empty() && draining.contains(database)
+        draining.contains(database)
     }
 
     /// At shutdown, once no client holds a server connection: closes every idle one

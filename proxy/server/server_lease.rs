@@ -100,7 +100,7 @@ impl Session {
         {
             self.lost = None; // told already, or retried elsewhere
         }
-        if *self.runtime.paused.borrow() {
+        if self.runtime.is_paused() {
             self.runtime.wait_unpaused().await;
         }
         if self.runtime.pools.is_draining(&self.identity.database) {
@@ -109,20 +109,22 @@ impl Session {
             ));
         }
         let mut server = loop {
-            let pool = if backend == 0 {
-                self.pool.clone()
-            } else {
-                self.replica_pool(backend)?
-            };
-            if backend == 0 {
+            let replica = if backend == 0 {
                 self.circuit_allows(0)?;
-            }
-            // A warm connection needs no future; the general checkout's future is
-            // large (fair gate, bb8, timers), so it is boxed to keep every session's
-            // own future small.
-            let checked_out = match pool.checkout_now() {
+                None
+            } else {
+                Some(self.replica_pool(backend)?)
+            };
+            // A warm connection needs no future (nor a reference of its own to the
+            // pool); the general checkout's future is large (fair gate, bb8, timers),
+            // so it is boxed to keep every session's own future small.
+            let warm = replica.as_deref().unwrap_or(&self.pool).checkout_now();
+            let checked_out = match warm {
                 Some(server) => Ok(server),
-                None => Box::pin(pool.checkout_as(self.fair_group())).await,
+                None => {
+                    let pool = replica.unwrap_or_else(|| self.pool.clone());
+                    Box::pin(pool.checkout_as(self.fair_group())).await
+                }
             };
             match checked_out {
                 Ok(mut server) => {
