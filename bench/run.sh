@@ -10,5 +10,8 @@ if ! command -v pgbouncer >/dev/null && [ ! -x /usr/sbin/pgbouncer ]; then
   echo "pgbouncer is missing: apt-get install -y pgbouncer (or TARGETS=\"direct pgwarden\")" >&2
 fi
 ulimit -n "$(ulimit -Hn)" || true
-cargo build --release --bin pgwarden --example bench
+# Two builds: an example pulls in the dev-dependencies' features (tokio's process
+# driver), which the proxy as users build it does not have.
+cargo build --release --bin pgwarden
+cargo build --release --example bench
 exec target/release/examples/bench
