@@ -97,6 +97,29 @@ fn make_read_room(buf: &mut BytesMut) {
     }
 }
 
+/// Writes what the client is owed until all of it is written or the socket is full
+/// (then `cx` is woken when it has room); `Err` when the client is gone.
+pub fn write_client(
+    client: &mut ClientStream,
+    to_client: &mut BytesMut,
+    cx: &mut Context<'_>,
+) -> Result<(), PumpError> {
+    while !to_client.is_empty() {
+        match Pin::new(&mut *client).poll_write(cx, to_client) {
+            Poll::Ready(Ok(0)) => return Err(PumpError::ClientClosed),
+            Poll::Ready(Ok(n)) => to_client.advance(n),
+            Poll::Ready(Err(e)) => return Err(PumpError::Client(e)),
+            Poll::Pending => return Ok(()),
+        }
+    }
+    if client.is_tls() {
+        if let Poll::Ready(Err(e)) = Pin::new(&mut *client).poll_flush(cx) {
+            return Err(PumpError::Client(e));
+        }
+    }
+    Ok(())
+}
+
 /// What the pump saw.
 #[derive(Debug)]
 pub enum Pumped {
@@ -147,18 +170,8 @@ impl Pump<'_> {
             }
         }
         // Writes first: they free buffer space and unblock the peers.
-        while !self.to_client.is_empty() {
-            match Pin::new(&mut *self.client).poll_write(cx, self.to_client) {
-                Poll::Ready(Ok(0)) => return Poll::Ready(Err(PumpError::ClientClosed)),
-                Poll::Ready(Ok(n)) => self.to_client.advance(n),
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(PumpError::Client(e))),
-                Poll::Pending => break,
-            }
-        }
-        if self.to_client.is_empty() && self.client.is_tls() {
-            if let Poll::Ready(Err(e)) = Pin::new(&mut *self.client).poll_flush(cx) {
-                return Poll::Ready(Err(PumpError::Client(e)));
-            }
+        if let Err(e) = write_client(self.client, self.to_client, cx) {
+            return Poll::Ready(Err(e));
         }
         if let Some(server) = self.server.as_deref_mut() {
             while !self.to_server.is_empty() {

@@ -5,14 +5,16 @@
 //! both directions), `responses` (the order of answers owed), `server_lease` (taking a
 //! server connection from the pool and giving it back).
 
+use std::future::poll_fn;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 
 use super::cancel::CancelRegistration;
 use super::pooled_state::PooledState;
-use super::pump::{shrink_if_idle, Pump, PumpError, Pumped};
+use super::pump::{shrink_if_idle, write_client, Pump, PumpError, Pumped};
 use super::responses::ResponseQueue;
 use super::routing::SessionRouting;
 use super::session_effects::Effect;
@@ -191,6 +193,15 @@ impl Session {
             if step.is_ok() && self.caching.is_some() {
                 self.cache_after_step().await;
             }
+            // The answer goes out before the bookkeeping behind it (statistics, the
+            // server's return to its pool), which then runs while the client reads.
+            let written = if step.is_ok() {
+                self.write_client_now().await
+            } else {
+                Ok(())
+            };
+            self.record_finished_statements();
+            let step = step.and(written);
             match step {
                 Ok(()) => {}
                 Err(SessionError::ServerLost(reason)) if self.cut_message => {
@@ -348,6 +359,20 @@ impl Session {
             None => pump.run().await,
         };
         result.map_err(|e| Some(self.pump_error(e)))
+    }
+
+    /// Writes what the client is owed now, without waiting: whatever the socket does not
+    /// take, the pump writes later.
+    async fn write_client_now(&mut self) -> Result<(), SessionError> {
+        if self.to_client.is_empty() {
+            return Ok(());
+        }
+        self.cache_capture();
+        let written =
+            poll_fn(|cx| Poll::Ready(write_client(&mut self.client, &mut self.to_client, cx)))
+                .await;
+        self.cache_captured();
+        written.map_err(|e| self.pump_error(e))
     }
 
     /// Gives back buffer capacity a large result or COPY left behind, once the buffers
