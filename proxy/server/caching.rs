@@ -432,6 +432,7 @@ impl Session {
     }
 
     /// Before the pump writes to the client: the bytes a fill has not captured yet.
+    #[inline]
     pub(super) fn cache_capture(&mut self) {
         let Some(fill) = self.caching.as_mut().and_then(|c| c.fill.as_mut()) else {
             return;
@@ -448,6 +449,7 @@ impl Session {
     }
 
     /// After the pump wrote: what is left in `to_client` is already captured.
+    #[inline]
     pub(super) fn cache_captured(&mut self) {
         if let Some(fill) = self.caching.as_mut().and_then(|c| c.fill.as_mut()) {
             fill.offset = self.to_client.len();

@@ -32,7 +32,8 @@ impl Session {
         if self.client_buf.is_empty() && self.server.is_none() {
             super::read_buffers::give_back(&mut self.client_buf);
         }
-        Ok(())
+        // The request goes out now, not after the session loop's turn.
+        self.write_server_now().await
     }
 
     pub(super) async fn handle_client_message(&mut self, frame: Bytes) -> Result<(), SessionError> {

@@ -99,6 +99,7 @@ fn make_read_room(buf: &mut BytesMut) {
 
 /// Writes what the client is owed until all of it is written or the socket is full
 /// (then `cx` is woken when it has room); `Err` when the client is gone.
+#[inline]
 pub fn write_client(
     client: &mut ClientStream,
     to_client: &mut BytesMut,
@@ -115,6 +116,25 @@ pub fn write_client(
     if client.is_tls() {
         if let Poll::Ready(Err(e)) = Pin::new(&mut *client).poll_flush(cx) {
             return Err(PumpError::Client(e));
+        }
+    }
+    Ok(())
+}
+
+/// Writes what the server is owed until all of it is written or the socket is full
+/// (then `cx` is woken when it has room); `Err` when the server is gone.
+#[inline]
+pub fn write_server(
+    server: &mut ServerConnection,
+    to_server: &mut BytesMut,
+    cx: &mut Context<'_>,
+) -> Result<(), PumpError> {
+    while !to_server.is_empty() {
+        match Pin::new(&mut server.stream).poll_write(cx, to_server) {
+            Poll::Ready(Ok(0)) => return Err(PumpError::ServerClosed),
+            Poll::Ready(Ok(n)) => to_server.advance(n),
+            Poll::Ready(Err(e)) => return Err(PumpError::Server(e)),
+            Poll::Pending => return Ok(()),
         }
     }
     Ok(())
@@ -174,13 +194,8 @@ impl Pump<'_> {
             return Poll::Ready(Err(e));
         }
         if let Some(server) = self.server.as_deref_mut() {
-            while !self.to_server.is_empty() {
-                match Pin::new(&mut server.stream).poll_write(cx, self.to_server) {
-                    Poll::Ready(Ok(0)) => return Poll::Ready(Err(PumpError::ServerClosed)),
-                    Poll::Ready(Ok(n)) => self.to_server.advance(n),
-                    Poll::Ready(Err(e)) => return Poll::Ready(Err(PumpError::Server(e))),
-                    Poll::Pending => break,
-                }
+            if let Err(e) = write_server(server, self.to_server, cx) {
+                return Poll::Ready(Err(e));
             }
         }
         if self.until_drained && self.to_client.is_empty() && self.to_server.is_empty() {

@@ -170,22 +170,22 @@ impl Session {
                     tag::ERROR_RESPONSE if popped.is_some() => {
                         // Extended protocol: the batch failed up to its Sync.
                         for _ in 0..self.responses.take_failed_executes() {
-                            stats.finish_one(served, true);
+                            stats.finish_one(&self.runtime.stats, served, true);
                         }
                         stats.reset_error();
                     }
                     tag::ERROR_RESPONSE if self.responses.answering_query() => {
                         // A simple query ends at its error: drivers return it to the
                         // application before `ReadyForQuery` arrives.
-                        stats.finish_query_at_error(served);
+                        stats.finish_query_at_error(&self.runtime.stats, served);
                     }
                     tag::ERROR_RESPONSE => stats.on_error(),
                     _ => {}
                 }
                 match popped {
                     _ if message_tag == tag::ERROR_RESPONSE => {}
-                    Some(Expect::Query) => stats.query_answered(served),
-                    Some(Expect::Execute) => stats.finish_one(served, false),
+                    Some(Expect::Query) => stats.query_answered(&self.runtime.stats, served),
+                    Some(Expect::Execute) => stats.finish_one(&self.runtime.stats, served, false),
                     _ => {}
                 }
             }

@@ -14,7 +14,7 @@ use bytes::BytesMut;
 
 use super::cancel::CancelRegistration;
 use super::pooled_state::PooledState;
-use super::pump::{shrink_if_idle, write_client, Pump, PumpError, Pumped};
+use super::pump::{shrink_if_idle, write_client, write_server, Pump, PumpError, Pumped};
 use super::responses::ResponseQueue;
 use super::routing::SessionRouting;
 use super::session_effects::Effect;
@@ -193,15 +193,13 @@ impl Session {
             if step.is_ok() && self.caching.is_some() {
                 self.cache_after_step().await;
             }
-            // The answer goes out before the bookkeeping behind it (statistics, the
-            // server's return to its pool), which then runs while the client reads.
-            let written = if step.is_ok() {
-                self.write_client_now().await
-            } else {
-                Ok(())
+            // The answer goes out before the server's return to its pool, which then
+            // runs while the client reads. (Statements are counted before: once a
+            // client has an answer, a statistics flush includes its statement.)
+            let step = match step {
+                Ok(()) => self.write_client_now().await,
+                failed => failed,
             };
-            self.record_finished_statements();
-            let step = step.and(written);
             match step {
                 Ok(()) => {}
                 Err(SessionError::ServerLost(reason)) if self.cut_message => {
@@ -364,7 +362,10 @@ impl Session {
     /// Writes what the client is owed now, without waiting: whatever the socket does not
     /// take, the pump writes later.
     async fn write_client_now(&mut self) -> Result<(), SessionError> {
-        if self.to_client.is_empty() {
+        // Once the graceful shutdown started, a session about to leave sends its last
+        // answer together with the notice that ends it (`pump_once`), so the client
+        // reads both before it can send anything more.
+        if self.to_client.is_empty() || self.shutdown.has_reached(Phase::Draining) {
             return Ok(());
         }
         self.cache_capture();
@@ -372,6 +373,20 @@ impl Session {
             poll_fn(|cx| Poll::Ready(write_client(&mut self.client, &mut self.to_client, cx)))
                 .await;
         self.cache_captured();
+        written.map_err(|e| self.pump_error(e))
+    }
+
+    /// Writes what the attached server is owed now, without waiting: whatever the socket
+    /// does not take, the pump writes later.
+    pub(super) async fn write_server_now(&mut self) -> Result<(), SessionError> {
+        let Some(server) = self.server.as_deref_mut() else {
+            return Ok(());
+        };
+        if self.to_server.is_empty() {
+            return Ok(());
+        }
+        let to_server = &mut self.to_server;
+        let written = poll_fn(|cx| Poll::Ready(write_server(server, to_server, cx))).await;
         written.map_err(|e| self.pump_error(e))
     }
 

@@ -31,16 +31,6 @@ struct InFlight {
     /// A hash of the bound parameters (0: simple query).
     params: u64,
     session_key: u64,
-    /// How its answer ended, once it has; counted when the session gets to it.
-    answer: Option<Answer>,
-}
-
-/// How a statement's answer ended.
-struct Answer {
-    ended: Instant,
-    rows: u64,
-    error: bool,
-    served: Served,
 }
 
 /// Numbers client connections for the N+1 detector's sessions.
@@ -55,9 +45,6 @@ fn hash_bytes(bytes: &[u8]) -> u64 {
 /// (issue 13: RSS per idle client).
 pub struct SessionStats {
     in_flight: VecDeque<InFlight>,
-    /// How many of `in_flight`, from its front, are answered and wait to be counted
-    /// ([`SessionStats::record_finished`]).
-    answered: usize,
     rows: u64,
     error: bool,
     /// Text of the last unnamed `Parse` (`None` before the first), in a buffer each
@@ -125,7 +112,6 @@ impl SessionStats {
             startup_session_key: key_hash(session_key),
             session_key: key_hash(session_key),
             in_flight: VecDeque::new(),
-            answered: 0,
             rows: 0,
             error: false,
             unnamed_sql: None,
@@ -148,62 +134,42 @@ impl SessionStats {
         self.rows = 0;
     }
 
-    /// The oldest statement not answered yet finished (its terminal message arrived).
-    /// It is counted by [`SessionStats::record_finished`], which the session calls once
-    /// the answer is on its way to the client.
-    pub fn finish_one(&mut self, served: Served, error: bool) {
-        if let Some(statement) = self.in_flight.get_mut(self.answered) {
-            statement.answer = Some(Answer {
-                ended: Instant::now(),
+    /// The statement at the head finished (its terminal message arrived).
+    pub fn finish_one(&mut self, recorder: &StatsRecorder, served: Served, error: bool) {
+        if let Some(statement) = self.in_flight.pop_front() {
+            let ended = Instant::now();
+            recorder.record(&StatementEvent {
+                sql: &statement.sql,
+                shape: statement.shape,
+                duration: ended.saturating_duration_since(statement.started),
                 rows: self.rows,
                 error: error || self.error,
                 served,
+                call: Some(CallContext {
+                    client: self.client,
+                    session_key: statement.session_key,
+                    params: statement.params,
+                    ended,
+                }),
             });
-            self.answered += 1;
         }
         self.rows = 0;
         self.error = false;
     }
 
-    /// Counts the answered statements.
-    pub fn record_finished(&mut self, recorder: &StatsRecorder) {
-        for _ in 0..std::mem::take(&mut self.answered) {
-            let Some(statement) = self.in_flight.pop_front() else {
-                break;
-            };
-            let Some(answer) = statement.answer else {
-                continue;
-            };
-            recorder.record(&StatementEvent {
-                sql: &statement.sql,
-                shape: statement.shape,
-                duration: answer.ended.saturating_duration_since(statement.started),
-                rows: answer.rows,
-                error: answer.error,
-                served: answer.served,
-                call: Some(CallContext {
-                    client: self.client,
-                    session_key: statement.session_key,
-                    params: statement.params,
-                    ended: answer.ended,
-                }),
-            });
-        }
-    }
-
-    /// A simple query failed: it is finished now, and its `ReadyForQuery` then
+    /// A simple query failed: it is counted now, and its `ReadyForQuery` then
     /// finishes nothing more.
-    pub fn finish_query_at_error(&mut self, served: Served) {
-        self.finish_one(served, true);
+    pub fn finish_query_at_error(&mut self, recorder: &StatsRecorder, served: Served) {
+        self.finish_one(recorder, served, true);
         self.query_finished_at_error = true;
     }
 
     /// A simple query's `ReadyForQuery`.
-    pub fn query_answered(&mut self, served: Served) {
+    pub fn query_answered(&mut self, recorder: &StatsRecorder, served: Served) {
         if std::mem::take(&mut self.query_finished_at_error) {
             return;
         }
-        self.finish_one(served, false);
+        self.finish_one(recorder, served, false);
     }
 
     /// A statement the result cache answered.
@@ -267,21 +233,13 @@ impl SessionStats {
 
     pub fn clear(&mut self) {
         self.query_finished_at_error = false;
-        // Answered statements stay until they are counted.
-        self.in_flight.truncate(self.answered);
+        self.in_flight.clear();
         self.rows = 0;
         self.error = false;
     }
 }
 
 impl Session {
-    /// Counts the statements answered since the last call.
-    pub(super) fn record_finished_statements(&mut self) {
-        if let Some(stats) = self.stats.as_mut() {
-            stats.record_finished(&self.runtime.stats);
-        }
-    }
-
     /// Notes a forwarded message that starts a statement or names its text.
     pub(super) fn stats_on_forward(
         &mut self,
@@ -311,7 +269,6 @@ impl Session {
                     shape,
                     params: 0,
                     session_key,
-                    answer: None,
                 });
             }
             tag::PARSE => {
@@ -352,7 +309,6 @@ impl Session {
                     shape: None,
                     params: stats.portal_params,
                     session_key,
-                    answer: None,
                 });
             }
             _ => {}
@@ -363,53 +319,6 @@ impl Session {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::StatsConfig;
-
-    fn send(stats: &mut SessionStats, sql: &'static str) {
-        stats.in_flight.push_back(InFlight {
-            started: Instant::now(),
-            sql: EventText::from(sql),
-            shape: None,
-            params: 0,
-            session_key: 0,
-            answer: None,
-        });
-    }
-
-    /// Answered statements are counted when the session records them (once their
-    /// answer is on its way), each with its own rows, error and route; a lost server
-    /// (`clear`) drops only the statements still unanswered.
-    #[tokio::test]
-    async fn answered_statements_are_counted_when_recorded() {
-        let recorder = StatsRecorder::start(&StatsConfig::default());
-        let mut stats = SessionStats::new(None);
-        send(&mut stats, "SELECT 1");
-        send(&mut stats, "SELECT 1, 2");
-        send(&mut stats, "SELECT 1, 2, 3");
-        stats.on_command_complete(b"SELECT 4\0");
-        stats.finish_one(Served::Replica, false);
-        stats.on_error();
-        stats.finish_one(Served::Primary, false);
-        recorder.flush().await;
-        assert!(recorder.snapshot().queries.is_empty(), "not counted yet");
-
-        stats.clear();
-        stats.record_finished(&recorder);
-        stats.record_finished(&recorder);
-        recorder.flush().await;
-        let snapshot = recorder.snapshot();
-        let counted = |query: &str| {
-            snapshot
-                .queries
-                .iter()
-                .find(|q| q.query == query)
-                .map(|q| (q.calls, q.rows, q.errors, q.replica_calls))
-        };
-        assert_eq!(counted("select ?"), Some((1, 4, 0, 1)));
-        assert_eq!(counted("select ?, ?"), Some((1, 0, 1, 0)));
-        assert_eq!(snapshot.queries.len(), 2, "{:?}", snapshot.queries);
-        assert!(stats.in_flight.is_empty());
-    }
 
     #[test]
     fn a_portal_runs_the_text_it_was_bound_to() {
