@@ -108,6 +108,49 @@ fn collapse_repeated_group(out: &mut Vec<String>, start: usize) {
     }
 }
 
+/// Characters of operator tokens (`?` also stands for a literal, and is left out).
+const OPERATOR_CHARS: &[u8] = b"+-*/<>=~!@#%^&|`";
+
+/// Words an expression may follow, so that a minus after them is a sign.
+const KEYWORDS_BEFORE_EXPRESSION: &[&str] = &[
+    "and", "between", "case", "else", "having", "in", "like", "limit", "not", "offset", "or",
+    "return", "select", "then", "values", "when", "where",
+];
+
+/// Before a number's `?` is pushed: a minus sign just before it is the number's own
+/// sign when it cannot be a binary operator (at the start, after `(`, `,`, `[`, another
+/// operator, or a word an expression follows), and is dropped, as PostgreSQL folds it
+/// into the constant: `b + -5` and `b + 5` are one statement, as `pg_stat_statements`
+/// counts them. The sign may be the end of an operator run written without a space
+/// (`=-5`, `+-5`), which PostgreSQL's lexer cuts before a trailing `-` unless the run
+/// holds one of `~!@#%^&|\``.
+fn absorb_sign(tokens: &mut Vec<String>) {
+    let Some(last) = tokens.last_mut() else {
+        return;
+    };
+    if last == "-" {
+        let before = tokens.len().checked_sub(2).map(|i| tokens[i].as_str());
+        if sign_may_follow(before) {
+            tokens.pop();
+        }
+    } else if last.len() > 1 && last.ends_with('-') && last.bytes().all(|b| b"+-*/<>=".contains(&b))
+    {
+        // `=-5`: the operator `=`, then the sign.
+        last.pop();
+    }
+}
+
+/// Whether a `-` after `before` (a token, `None` at the start) is a sign.
+fn sign_may_follow(before: Option<&str>) -> bool {
+    match before {
+        None | Some("(" | "," | "[") => true,
+        Some(token) => {
+            token.bytes().all(|b| OPERATOR_CHARS.contains(&b))
+                || KEYWORDS_BEFORE_EXPRESSION.contains(&token)
+        }
+    }
+}
+
 fn tokens(sql: &str) -> Vec<String> {
     let bytes = sql.as_bytes();
     let mut tokens = Vec::new();
@@ -176,15 +219,7 @@ fn tokens(sql: &str) -> Vec<String> {
             while i < bytes.len() && (bytes[i].is_ascii_alphanumeric() || bytes[i] == b'.') {
                 i += 1;
             }
-            // A leading minus sign belongs to the literal when it cannot be an operator.
-            if tokens.last().map(String::as_str) == Some("-")
-                && matches!(
-                    tokens.get(tokens.len().wrapping_sub(2)).map(String::as_str),
-                    Some("(" | "," | "=" | "<" | ">" | "in" | "values" | "and" | "or") | None
-                )
-            {
-                tokens.pop();
-            }
+            absorb_sign(&mut tokens);
             tokens.push("?".into());
         } else if b == b'"' {
             let end = sql[i + 1..]
@@ -302,6 +337,33 @@ mod tests {
         ),
         ("select 1e10", "select 3"),
         ("select .5", "select 7"),
+        // A negative number is a number (pgbench's TPC-B sends both signs).
+        (
+            "UPDATE pgbench_branches SET bbalance = bbalance + -2741 WHERE bid = 3",
+            "UPDATE pgbench_branches SET bbalance = bbalance + 4410 WHERE bid = 7",
+        ),
+        (
+            "select a from t where b >= -1",
+            "select a from t where b >= 1",
+        ),
+        ("select a from t where b=-1", "select a from t where b = 1"),
+        (
+            "select a from t where b <>-1",
+            "select a from t where b <> 1",
+        ),
+        ("select a * -2 from t", "select a * 2 from t"),
+        ("select a - -2 from t", "select a - 2 from t"),
+        ("select -5", "select 5"),
+        ("select f(-1, -2)", "select f(1, 2)"),
+        ("select a[-1] from t", "select a[1] from t"),
+        (
+            "select case when a then -1 else -2 end from t",
+            "select case when a then 1 else 2 end from t",
+        ),
+        (
+            "select a from t where b between -1 and -2",
+            "select a from t where b between 1 and 2",
+        ),
     ];
 
     const DIFFERENT: &[(&str, &str)] = &[
@@ -338,13 +400,19 @@ mod tests {
             "SELECT * FROM t WHERE id = 1",
         ),
         ("SELECT a - 1 FROM t", "SELECT a + 1 FROM t"),
+        // A minus after an operand is an operator, spaced or not.
+        ("SELECT a - 1 FROM t", "SELECT a 1 FROM t"),
+        ("SELECT a -1 FROM t", "SELECT a + 1 FROM t"),
+        ("SELECT f(x) -1 FROM t", "SELECT f(x) FROM t"),
+        ("SELECT 2 - 1", "SELECT 2"),
+        ("SELECT $1 -1", "SELECT $1"),
         ("SELECT 'a' || b FROM t", "SELECT b FROM t"),
         ("SELECT * FROM s.t", "SELECT * FROM t"),
     ];
 
     #[test]
     fn equivalence_classes() {
-        // 26 same + 20 different pairs, each checked both ways, plus pairwise across
+        // 37 same + 25 different pairs, each checked both ways, plus pairwise across
         // the groups below (well over 100 comparisons).
         for (a, b) in SAME {
             assert!(
@@ -365,7 +433,7 @@ mod tests {
             distinct.insert(fingerprint(s).0);
         }
         // Several pairs share a shape on purpose (e.g. three spellings of `select * from t`).
-        assert_eq!(distinct.len(), 16, "distinct shapes among the SAME pairs");
+        assert_eq!(distinct.len(), 26, "distinct shapes among the SAME pairs");
     }
 
     /// Twenty distinct shapes, each written with `{}` where a literal goes.
@@ -439,6 +507,10 @@ mod tests {
         assert_eq!(
             fingerprint("INSERT INTO t(a,b) VALUES (1,'x'),(2,'y')").1,
             "insert into t(a, b) values (?, ?)"
+        );
+        assert_eq!(
+            fingerprint("UPDATE t SET b = b + -5, c = c*-1 WHERE id = -7 AND d >= -2").1,
+            "update t set b = b + ?, c = c * ? where id = ? and d >= ?"
         );
         for garbage in ["'", "$a$", "/*", "\"", "-", "é'", "$", "1."] {
             let _ = fingerprint(garbage);
