@@ -42,6 +42,7 @@ mod fuzz_smoke;
 mod jdbc;
 mod large_messages;
 mod limits;
+mod local_sockets;
 mod pool_reuse;
 mod real_clients;
 mod reload;

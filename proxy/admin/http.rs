@@ -132,7 +132,7 @@ async fn readyz(State(runtime): State<Arc<Runtime>>) -> impl IntoResponse {
         };
         let reachable = tokio::time::timeout(
             Duration::from_secs(1),
-            tokio::net::TcpStream::connect(endpoint.address()),
+            crate::pool::ServerStream::connect(&endpoint.address()),
         )
         .await
         .is_ok_and(|r| r.is_ok());

@@ -200,6 +200,21 @@ impl LocalCluster {
         )
     }
 
+    /// The URL of `node` through its Unix-domain socket (the directory as the host,
+    /// percent-encoded, as libpq writes it). Local connections log in with `trust`; the
+    /// password is there for a proxy that checks its clients' logins with it.
+    pub fn socket_url_for(&self, node: &Node) -> String {
+        let directory = self.dir.path().join("s").display().to_string();
+        format!(
+            "postgres://{}:{}@{}:{}/{}",
+            self.spec.user,
+            self.spec.password,
+            directory.replace('%', "%25").replace('/', "%2F"),
+            node.port,
+            self.spec.database
+        )
+    }
+
     pub fn primary_url(&self) -> String {
         self.url_for(&self.primary)
     }

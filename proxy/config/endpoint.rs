@@ -1,10 +1,14 @@
-//! A PostgreSQL server address parsed from a `postgres://` URL.
+//! A PostgreSQL server address parsed from a `postgres://` URL: a TCP host and port,
+//! or, as libpq reads them, a directory holding the server's Unix-domain socket (a
+//! host that starts with `/`, written percent-encoded in the URL's host,
+//! `postgres://app@%2Frun%2Fpostgresql/shop`, or as `?host=/run/postgresql`).
 
 use super::ConfigError;
 
 /// Where a server lives and the credentials pgwarden uses to reach it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Endpoint {
+    /// A host name or address, or the directory of a Unix-domain socket.
     pub host: String,
     pub port: u16,
     pub user: Option<String>,
@@ -13,8 +17,9 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
-    /// Parses `postgres://user:pass@host:port/db` (also `postgresql://`). `key` names the
-    /// config key the URL came from, for the error message.
+    /// Parses `postgres://user:pass@host:port/db` (also `postgresql://`; `host` and
+    /// `port` query parameters override the URL's own). `key` names the config key the
+    /// URL came from, for the error message.
     pub fn parse(key: &str, text: &str) -> Result<Endpoint, ConfigError> {
         let url = url::Url::parse(text.trim()).map_err(|e| {
             let shown = super::redact_url(text);
@@ -26,32 +31,47 @@ impl Endpoint {
                 format!("scheme must be postgres:// (got {}://)", url.scheme()),
             ));
         }
-        let host = url
-            .host_str()
-            .filter(|h| !h.is_empty())
-            .ok_or_else(|| ConfigError::invalid(key, "URL has no host"))?
-            .trim_matches(|c| c == '[' || c == ']')
-            .to_string();
         let decode = |s: &str| {
             percent_encoding::percent_decode_str(s)
                 .decode_utf8_lossy()
                 .into_owned()
+        };
+        let query = |name: &str| {
+            url.query_pairs()
+                .find(|(key, _)| key == name)
+                .map(|(_, value)| value.into_owned())
+        };
+        let host = query("host")
+            .or_else(|| url.host_str().map(decode))
+            .filter(|h| !h.is_empty())
+            .ok_or_else(|| ConfigError::invalid(key, "URL has no host"))?
+            .trim_matches(|c| c == '[' || c == ']')
+            .to_string();
+        let port = match query("port") {
+            Some(port) => port
+                .parse()
+                .map_err(|_| ConfigError::invalid(key, format!("port {port:?} is not a number")))?,
+            None => url.port().unwrap_or(5432),
         };
         let user = Some(decode(url.username())).filter(|u| !u.is_empty());
         let password = url.password().map(decode);
         let database = Some(decode(url.path().trim_start_matches('/'))).filter(|d| !d.is_empty());
         Ok(Endpoint {
             host,
-            port: url.port().unwrap_or(5432),
+            port,
             user,
             password,
             database,
         })
     }
 
-    /// `host:port`, for connecting and for logs (never includes the password).
+    /// `host:port`, or for a socket directory the socket's path
+    /// (`/run/postgresql/.s.PGSQL.5432`, see `pool::ServerStream`): for connecting and
+    /// for logs (never includes the password).
     pub fn address(&self) -> String {
-        if self.host.contains(':') {
+        if self.host.starts_with('/') {
+            format!("{}/.s.PGSQL.{}", self.host.trim_end_matches('/'), self.port)
+        } else if self.host.contains(':') {
             format!("[{}]:{}", self.host, self.port)
         } else {
             format!("{}:{}", self.host, self.port)
@@ -80,5 +100,33 @@ mod tests {
         assert!(e.user.is_none() && e.password.is_none());
         let err = Endpoint::parse("databases.app.primary", "mysql://h/db").unwrap_err();
         assert!(err.to_string().contains("databases.app.primary"));
+    }
+
+    #[test]
+    fn a_host_that_is_a_directory_names_the_servers_local_socket() {
+        let encoded =
+            Endpoint::parse("k", "postgres://app:pw@%2Frun%2Fpostgresql:5433/shop").unwrap();
+        assert_eq!(encoded.host, "/run/postgresql");
+        assert_eq!(encoded.address(), "/run/postgresql/.s.PGSQL.5433");
+        assert_eq!(encoded.user.as_deref(), Some("app"));
+        assert_eq!(encoded.database.as_deref(), Some("shop"));
+        let queried =
+            Endpoint::parse("k", "postgres://app@localhost/shop?host=/tmp/pg/&port=6000").unwrap();
+        assert_eq!(queried.address(), "/tmp/pg/.s.PGSQL.6000");
+        let default_port = Endpoint::parse("k", "postgresql://app@%2Ftmp/shop").unwrap();
+        assert_eq!(default_port.address(), "/tmp/.s.PGSQL.5432");
+        // TCP hosts are as before.
+        assert_eq!(
+            Endpoint::parse("k", "postgres://h:7/d").unwrap().address(),
+            "h:7"
+        );
+        assert_eq!(
+            Endpoint::parse("k", "postgres://[::1]:7/d")
+                .unwrap()
+                .address(),
+            "[::1]:7"
+        );
+        let bad = Endpoint::parse("k", "postgres://h/d?port=x").unwrap_err();
+        assert!(bad.to_string().contains("port"), "{bad}");
     }
 }

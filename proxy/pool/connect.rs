@@ -1,4 +1,4 @@
-//! Opening a server connection: TCP, `StartupMessage`, authentication with
+//! Opening a server connection: TCP or a local socket, `StartupMessage`, authentication with
 //! postgres-protocol (or, for `auth_query` roles, with the pass-through secret of
 //! `scram_passthrough`), then `ParameterStatus`/`BackendKeyData` up to `ReadyForQuery`.
 
@@ -12,17 +12,16 @@ use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256, SCRAM
 use postgres_protocol::message::backend::{ErrorFields, Message};
 use postgres_protocol::message::frontend;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 use super::scram_passthrough::{
     md5_answer, PassthroughClient, PassthroughError, PassthroughSecret, PassthroughSlot,
 };
-use super::{BackendKey, CoarseInstant, PoolError, ServerConnection};
+use super::{BackendKey, CoarseInstant, PoolError, ServerConnection, ServerStream};
 
 /// Where and as whom a pool logs in.
 #[derive(Debug, Clone)]
 pub struct ServerTarget {
-    /// `host:port`.
+    /// `host:port`, or the path of a Unix-domain socket (`/run/postgresql/.s.PGSQL.5432`).
     pub address: String,
     /// `address` again, one allocation shared by every connection the pool opens: a
     /// session attaching a connection tells the cancel slot its address, which then
@@ -47,15 +46,16 @@ impl ServerTarget {
     }
 
     async fn connect_unbounded(&self) -> Result<ServerConnection, PoolError> {
-        let stream =
-            TcpStream::connect(&self.address)
-                .await
-                .map_err(|source| PoolError::Connect {
-                    address: self.address.clone(),
-                    source,
-                })?;
-        let _ = stream.set_nodelay(true);
-        self.keepalive.apply(&stream);
+        let stream = ServerStream::connect(&self.address)
+            .await
+            .map_err(|source| PoolError::Connect {
+                address: self.address.clone(),
+                source,
+            })?;
+        if let Some(tcp) = stream.tcp() {
+            let _ = tcp.set_nodelay(true);
+            self.keepalive.apply(tcp);
+        }
         let mut login = Login {
             target: self,
             stream,
@@ -90,7 +90,7 @@ impl ServerTarget {
 
 struct Login<'a> {
     target: &'a ServerTarget,
-    stream: TcpStream,
+    stream: ServerStream,
     buf: BytesMut,
 }
 

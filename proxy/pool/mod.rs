@@ -21,6 +21,7 @@ mod prepared;
 mod registry;
 pub mod scram_passthrough;
 mod server_connection;
+mod server_stream;
 mod warm_stack;
 
 pub use background::{connect_background, BACKGROUND_APPLICATION_PREFIX};
@@ -33,3 +34,4 @@ pub use pooled::PooledServer;
 pub use prepared::PreparedStatements;
 pub use registry::{PoolKey, PoolRegistry, PoolSettings, PoolStats, ServerPool};
 pub use server_connection::{nonstandard_strings_in, BackendKey, ServerConnection};
+pub use server_stream::{is_socket_path, ServerStream};

@@ -1,7 +1,6 @@
 //! One authenticated connection to a PostgreSQL server, as the pool holds it.
 
 use bytes::BytesMut;
-use tokio::net::TcpStream;
 
 use super::coarse_clock::CoarseInstant;
 
@@ -15,7 +14,7 @@ pub struct BackendKey {
 /// The socket plus what the proxy must remember about the server session behind it.
 #[derive(Debug)]
 pub struct ServerConnection {
-    pub stream: TcpStream,
+    pub stream: super::ServerStream,
     /// Bytes read from the server and not yet relayed.
     pub read_buf: BytesMut,
     /// `host:port`, for cancel requests and logs (shared: a checkout hands it to the

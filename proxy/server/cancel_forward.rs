@@ -10,21 +10,21 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
-use crate::pool::BackendKey;
+use crate::pool::{BackendKey, ServerStream};
 
 /// Longest wait for the server to accept the cancel connection.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest wait for the server to close it after the request was written.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Sends the cancel for `key` to `address` and waits (bounded) for the server to act.
+/// Sends the cancel for `key` to `address` (`host:port` or a socket path) and waits (bounded) for the server to act.
 /// Failures are logged; the client learns nothing either way, as with PostgreSQL.
 pub(super) async fn forward(address: &str, key: BackendKey) {
     let mut request = BytesMut::new();
     postgres_protocol::message::frontend::cancel_request(key.pid, key.secret, &mut request);
-    let mut stream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(address)).await
+    let mut stream = match tokio::time::timeout(CONNECT_TIMEOUT, ServerStream::connect(address))
+        .await
     {
         Ok(Ok(stream)) => stream,
         Ok(Err(e)) => {

@@ -1,0 +1,150 @@
+//! PostgreSQL reached over its Unix-domain socket (a `host` that is a directory, as
+//! libpq reads it): the pools, forwarded cancel requests and the readiness probe all
+//! use the socket, and a socket that is not there is a clear error, not a hang.
+
+use crate::support::{self, proxy, within};
+
+use std::time::Duration;
+
+use support::proxy::DATABASE;
+
+/// Whether this server session came in over a local socket (`client_port` is -1 then).
+async fn over_local_socket(client: &tokio_postgres::Client) -> bool {
+    let port: i32 = within(
+        "read client_port",
+        client.query_one(
+            "SELECT client_port FROM pg_stat_activity WHERE pid = pg_backend_pid()",
+            &[],
+        ),
+    )
+    .await
+    .unwrap()
+    .get(0);
+    port == -1
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_primary_behind_its_local_socket_serves_statements_transactions_and_cancels() {
+    let cluster = support::cluster(0);
+    let socket_url = cluster.socket_url_for(cluster.primary());
+    let proxy = proxy::start(&cluster, |c| {
+        c.pool.size = 2;
+        c.databases.get_mut(DATABASE).unwrap().primary = socket_url.clone();
+    })
+    .await;
+    let client = proxy::connect(&proxy).await;
+    assert!(
+        over_local_socket(&client).await,
+        "the pool's server connection is not a local-socket one"
+    );
+    // Statements, a transaction, prepared statements: the plain path over the socket.
+    within(
+        "create a table",
+        client.batch_execute("CREATE TABLE IF NOT EXISTS over_socket (n int)"),
+    )
+    .await
+    .unwrap();
+    within(
+        "a transaction",
+        client.batch_execute(
+            "BEGIN; INSERT INTO over_socket SELECT generate_series(1, 1000); COMMIT",
+        ),
+    )
+    .await
+    .unwrap();
+    let sum: i64 = within(
+        "a prepared read",
+        client.query_one(
+            "SELECT sum(n)::int8 FROM over_socket WHERE n > $1",
+            &[&0i32],
+        ),
+    )
+    .await
+    .unwrap()
+    .get(0);
+    assert_eq!(sum, 500_500);
+    // A large answer crosses the socket whole.
+    let long: String = within(
+        "a 4 MiB value",
+        client.query_one("SELECT repeat('x', 4194304)", &[]),
+    )
+    .await
+    .unwrap()
+    .get(0);
+    assert_eq!(long.len(), 4_194_304);
+
+    // A cancel sent to the proxy reaches the server over its socket: the sleep ends
+    // with 57014 long before its minute (a lost cancel fails `within` at 30 s).
+    let token = client.cancel_token();
+    let canceller = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        token.cancel_query(tokio_postgres::NoTls).await
+    });
+    let error = within(
+        "a cancelled sleep",
+        client.batch_execute("SELECT pg_sleep(60)"),
+    )
+    .await
+    .unwrap_err();
+    within("the canceller", canceller)
+        .await
+        .unwrap()
+        .expect("cancel request accepted by the proxy");
+    assert_eq!(error.code().map(|c| c.code()), Some("57014"), "{error}");
+    let one: i32 = within(
+        "a statement after the cancel",
+        client.query_one("SELECT 1", &[]),
+    )
+    .await
+    .unwrap()
+    .get(0);
+    assert_eq!(one, 1);
+
+    // The readiness probe reaches the primary over the socket too.
+    let (status, body) = within(
+        "GET /readyz",
+        support::http::get(proxy.http_address, "/readyz", None),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_socket_directory_without_a_server_is_an_error_for_the_client_not_a_hang() {
+    let cluster = support::cluster(0);
+    let missing = tempfile::tempdir().unwrap();
+    let url = format!(
+        "postgres://{}:{}@localhost/{DATABASE}?host={}&port={}",
+        proxy::USER,
+        proxy::PASSWORD,
+        missing.path().display(),
+        cluster.primary().port
+    );
+    let proxy = proxy::start(&cluster, |c| {
+        c.pool.connect_timeout_ms = 2_000;
+        c.pool.checkout_timeout_ms = 3_000;
+        c.databases.get_mut(DATABASE).unwrap().primary = url.clone();
+    })
+    .await;
+    // The login needs a server: it fails with 08006, naming the socket it tried, and
+    // the proxy goes on answering the next login the same way.
+    for attempt in ["first", "second"] {
+        let error = proxy::connect_url(&proxy::url(&proxy))
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("{attempt} login succeeded with no server"));
+        let db = error.as_db_error().unwrap_or_else(|| panic!("{error}"));
+        assert_eq!(db.code().code(), "08006", "{db:?}");
+        assert!(
+            db.message().contains(".s.PGSQL.") && db.message().contains("unreachable"),
+            "{}",
+            db.message()
+        );
+    }
+    let (status, _) = within(
+        "GET /readyz",
+        support::http::get(proxy.http_address, "/readyz", None),
+    )
+    .await;
+    assert_eq!(status, 503);
+}
