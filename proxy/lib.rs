@@ -33,7 +33,11 @@ pub struct RunningProxy {
     pub address: std::net::SocketAddr,
     /// Where the dashboard, `/api/`, `/metrics` and the probes are served.
     pub http_address: std::net::SocketAddr,
+    /// The Unix-domain socket clients may also connect to (`proxy.unix_socket_dir`);
+    /// its file is removed when the proxy is dropped.
+    pub local_socket: Option<server::LocalSocket>,
     task: tokio::task::JoinHandle<()>,
+    local_task: Option<tokio::task::JoinHandle<()>>,
     http_task: tokio::task::JoinHandle<()>,
     advise_task: tokio::task::JoinHandle<()>,
 }
@@ -56,13 +60,27 @@ impl RunningProxy {
         let http_listener =
             server::bind("proxy.http_listen", &config.proxy.http_listen, reuse).await?;
         let http_address = http_listener.local_addr()?;
+        let mut local_socket = match &config.proxy.unix_socket_dir {
+            Some(directory) => Some(server::LocalSocket::bind(server::socket_path(
+                directory,
+                address.port(),
+            ))?),
+            None => None,
+        };
         let runtime = Runtime::new(config, source).map_err(std::io::Error::other)?;
-        let serving = runtime.clone();
-        let task = tokio::spawn(async move {
-            if let Err(e) = server::serve(serving, listener).await {
-                tracing::error!(error = %e, "listener failed");
-            }
-        });
+        let accept = |listener: server::ClientListener| {
+            let serving = runtime.clone();
+            tokio::spawn(async move {
+                if let Err(e) = server::serve(serving, listener).await {
+                    tracing::error!(error = %e, "listener failed");
+                }
+            })
+        };
+        let task = accept(server::ClientListener::Tcp(listener));
+        let local_task = local_socket
+            .as_mut()
+            .and_then(server::LocalSocket::take_listener)
+            .map(|listener| accept(server::ClientListener::Local(listener)));
         let http_runtime = runtime.clone();
         let http_task = tokio::spawn(async move {
             if let Err(e) = admin::serve_http(http_runtime, http_listener).await {
@@ -75,7 +93,9 @@ impl RunningProxy {
             advise_task,
             address,
             http_address,
+            local_socket,
             task,
+            local_task,
             http_task,
         })
     }
@@ -88,6 +108,9 @@ impl RunningProxy {
 impl Drop for RunningProxy {
     fn drop(&mut self) {
         self.task.abort();
+        if let Some(task) = &self.local_task {
+            task.abort();
+        }
         self.http_task.abort();
         self.advise_task.abort();
     }

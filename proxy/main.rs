@@ -175,7 +175,8 @@ fn run(file: Option<PathBuf>) -> anyhow::Result<()> {
             pgwarden::runtime::ConfigSource::FileAndEnvironment(file),
         )
         .await?;
-        tracing::info!(listen = %proxy.address, http = %proxy.http_address, databases, "pgwarden listening");
+        let local = proxy.local_socket.as_ref().map(|s| s.path.display().to_string());
+        tracing::info!(listen = %proxy.address, http = %proxy.http_address, local = ?local, databases, "pgwarden listening");
         spawn_reload_on_sighup(proxy.runtime.clone());
         spawn_memory_trim(proxy.runtime.clone());
         shutdown_signal().await;

@@ -1,12 +1,15 @@
-//! PostgreSQL reached over its Unix-domain socket (a `host` that is a directory, as
-//! libpq reads it): the pools, forwarded cancel requests and the readiness probe all
-//! use the socket, and a socket that is not there is a clear error, not a hang.
+//! Unix-domain sockets on both sides of the proxy. PostgreSQL reached over its socket
+//! (a `host` that is a directory, as libpq reads it): the pools, forwarded cancel
+//! requests and the readiness probe all use it, and a socket that is not there is a
+//! clear error, not a hang. Clients reaching pgwarden over its own socket
+//! (`proxy.unix_socket_dir`): logins, both protocols, cancels, no TLS, and the file
+//! removed when the proxy stops.
 
 use crate::support::{self, proxy, within};
 
 use std::time::Duration;
 
-use support::proxy::DATABASE;
+use support::proxy::{DATABASE, PASSWORD, USER};
 
 /// Whether this server session came in over a local socket (`client_port` is -1 then).
 async fn over_local_socket(client: &tokio_postgres::Client) -> bool {
@@ -147,4 +150,97 @@ async fn a_socket_directory_without_a_server_is_an_error_for_the_client_not_a_ha
     )
     .await;
     assert_eq!(status, 503);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_on_this_host_log_in_query_and_cancel_through_the_proxys_local_socket() {
+    let cluster = support::cluster(0);
+    let directory = tempfile::tempdir().unwrap();
+    let dir = directory.path().to_str().unwrap().to_string();
+    let proxy = proxy::start(&cluster, |c| {
+        c.pool.size = 2;
+        c.proxy.unix_socket_dir = Some(dir.clone());
+    })
+    .await;
+    let socket = directory.path().join(format!(".s.PGSQL.{}", proxy.port()));
+    assert_eq!(proxy.local_socket.as_ref().map(|s| &s.path), Some(&socket));
+
+    // tokio-postgres with `host=<dir>`: the login (SCRAM, as on TCP) and both protocols.
+    let url = format!(
+        "host={dir} port={} user={USER} password={PASSWORD} dbname={DATABASE}",
+        proxy.port()
+    );
+    let client = proxy::connect_url(&url)
+        .await
+        .expect("login over the local socket");
+    within("a simple query", client.batch_execute("SELECT 1"))
+        .await
+        .unwrap();
+    let doubled: i32 = within(
+        "an extended query",
+        client.query_one("SELECT $1::int * 2", &[&21i32]),
+    )
+    .await
+    .unwrap()
+    .get(0);
+    assert_eq!(doubled, 42);
+
+    // Its cancel goes to the same socket and reaches the server.
+    let token = client.cancel_token();
+    let canceller = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        token.cancel_query(tokio_postgres::NoTls).await
+    });
+    let error = within(
+        "a cancelled sleep",
+        client.batch_execute("SELECT pg_sleep(60)"),
+    )
+    .await
+    .unwrap_err();
+    within("the canceller", canceller)
+        .await
+        .unwrap()
+        .expect("cancel request accepted on the local socket");
+    assert_eq!(error.code().map(|c| c.code()), Some("57014"), "{error}");
+
+    // No TLS on a local socket, as with PostgreSQL: SSLRequest is answered `N`.
+    let mut raw = within("connect", tokio::net::UnixStream::connect(&socket))
+        .await
+        .unwrap();
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    within("SSLRequest", raw.write_all(&[0, 0, 0, 8, 4, 210, 22, 47]))
+        .await
+        .unwrap();
+    let mut answer = [0u8; 1];
+    within("its answer", raw.read_exact(&mut answer))
+        .await
+        .unwrap();
+    assert_eq!(&answer, b"N");
+    drop(raw);
+
+    // psql, as a user would run it.
+    let output = within(
+        "psql over the local socket",
+        tokio::process::Command::new(support::psql_path())
+            .args(["-X", "-A", "-t", "-c", "SELECT 'over ' || 'the socket'"])
+            .arg(format!(
+                "host={dir} port={} user={USER} dbname={DATABASE}",
+                proxy.port()
+            ))
+            .env("PGPASSWORD", PASSWORD)
+            .output(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout).trim(),
+        "over the socket",
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+
+    // The socket file goes with the proxy.
+    drop(client);
+    drop(proxy);
+    assert!(!socket.exists(), "{} left behind", socket.display());
 }

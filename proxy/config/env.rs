@@ -103,6 +103,7 @@ fn is_known_optional(section: &str, key: &str) -> bool {
         (section, key),
         ("proxy", "tls_cert")
             | ("proxy", "tls_key")
+            | ("proxy", "unix_socket_dir")
             | ("auth", "auth_user")
             | ("admin", "http_token")
             | ("tenancy", "set_config")

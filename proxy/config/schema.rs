@@ -44,6 +44,10 @@ pub struct ProxyConfig {
     pub max_message_bytes: usize,
     pub tls_cert: Option<String>,
     pub tls_key: Option<String>,
+    /// A directory to also listen in on a Unix-domain socket, `.s.PGSQL.<port>` with
+    /// the port of `listen`, as PostgreSQL and PgBouncer name theirs: clients on this
+    /// host connect with `host=<dir>`. Unset: TCP only.
+    pub unix_socket_dir: Option<String>,
     /// Graceful shutdown (SIGTERM): clients inside a transaction, batch or COPY get
     /// this long to finish it; then every client left gets 57P01.
     pub shutdown_timeout_ms: u64,
@@ -80,6 +84,7 @@ impl Default for ProxyConfig {
             max_message_bytes: 64 * 1024 * 1024,
             tls_cert: None,
             tls_key: None,
+            unix_socket_dir: None,
             shutdown_timeout_ms: 30_000,
             shutdown_readyz_delay_ms: 0,
             tcp_keepalive_idle_secs: 60,
@@ -377,6 +382,20 @@ impl Config {
                 "proxy.tls_cert",
                 "tls_cert and tls_key must be set together",
             ));
+        }
+        if let Some(directory) = &self.proxy.unix_socket_dir {
+            if !directory.starts_with('/') {
+                return Err(ConfigError::invalid(
+                    "proxy.unix_socket_dir",
+                    "must be an absolute path",
+                ));
+            }
+            if self.proxy.reuse_port {
+                return Err(ConfigError::invalid(
+                    "proxy.unix_socket_dir",
+                    "cannot be shared between processes: not with proxy.reuse_port",
+                ));
+            }
         }
         if self.pool.size == 0 {
             return Err(ConfigError::invalid("pool.size", "must be at least 1"));

@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::time::{timeout_at, Instant};
 
 use super::stream::ClientStream;
@@ -33,9 +32,12 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Runs the startup phase. `Ok(None)` means the connection was fully handled (a cancel
 /// request). Errors are reported to the client before returning, where PostgreSQL
-/// would report them.
-pub async fn open(tcp: TcpStream, runtime: &Runtime) -> Result<Option<Opened>, SessionError> {
-    let mut stream = ClientStream::Plain(tcp);
+/// would report them. TLS is offered on TCP only: a local socket answers `N` to
+/// `SSLRequest`, as PostgreSQL does.
+pub async fn open(
+    mut stream: ClientStream,
+    runtime: &Runtime,
+) -> Result<Option<Opened>, SessionError> {
     let mut buf = BytesMut::with_capacity(256);
     let deadline = Instant::now() + LOGIN_TIMEOUT;
     let (mut ssl_done, mut gss_done) = (false, false);

@@ -1,16 +1,17 @@
-//! The accept loop: one task per client connection, admission against
-//! `proxy.max_client_connections`, TCP keepalive on accepted sockets, and the
-//! connection-level log lines. It stops (closing the listening socket, so new
+//! The accept loop: one task per client connection (TCP, or the local socket of
+//! `proxy.unix_socket_dir`), admission against `proxy.max_client_connections`, TCP
+//! keepalive on accepted sockets, and the connection-level log lines. It stops (closing the listening socket, so new
 //! connections are refused) when graceful shutdown starts draining.
 
 use std::sync::Arc;
 
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, UnixListener};
 
 use super::handshake::open;
 use super::login::log_in;
 use super::session::Session;
 use super::shutdown::Phase;
+use super::stream::ClientStream;
 use super::{report, SessionError};
 use crate::runtime::Runtime;
 
@@ -41,8 +42,32 @@ pub async fn bind(key: &str, address: &str, reuse_port: bool) -> std::io::Result
     socket.listen(1024).map_err(failed)
 }
 
+/// Where clients connect.
+pub enum ClientListener {
+    Tcp(TcpListener),
+    Local(UnixListener),
+}
+
+impl ClientListener {
+    /// The next client, its socket set up (`TCP_NODELAY` and keepalive on TCP).
+    async fn accept(&self, runtime: &Runtime) -> std::io::Result<ClientStream> {
+        match self {
+            ClientListener::Tcp(listener) => {
+                let (tcp, _) = listener.accept().await?;
+                let _ = tcp.set_nodelay(true);
+                super::keepalive::apply(&tcp, &runtime.config().proxy);
+                Ok(ClientStream::Plain(tcp))
+            }
+            ClientListener::Local(listener) => {
+                let (unix, _) = listener.accept().await?;
+                Ok(ClientStream::Local(unix))
+            }
+        }
+    }
+}
+
 /// Accepts clients until shutdown drains (the listener is dropped on return).
-pub async fn serve(runtime: Arc<Runtime>, listener: TcpListener) -> std::io::Result<()> {
+pub async fn serve(runtime: Arc<Runtime>, listener: ClientListener) -> std::io::Result<()> {
     let draining = super::shutdown::reached(runtime.shutdown.subscribe(), Phase::Draining);
     tokio::pin!(draining);
     loop {
@@ -52,9 +77,9 @@ pub async fn serve(runtime: Arc<Runtime>, listener: TcpListener) -> std::io::Res
                 tracing::info!("shutting down: no longer accepting client connections");
                 return Ok(());
             }
-            accepted = listener.accept() => accepted,
+            accepted = listener.accept(&runtime) => accepted,
         };
-        let (tcp, peer) = match accepted {
+        let stream = match accepted {
             Ok(accepted) => accepted,
             Err(e) => {
                 // EMFILE and friends: back off briefly instead of spinning.
@@ -63,11 +88,10 @@ pub async fn serve(runtime: Arc<Runtime>, listener: TcpListener) -> std::io::Res
                 continue;
             }
         };
-        let _ = tcp.set_nodelay(true);
-        super::keepalive::apply(&tcp, &runtime.config().proxy);
         let runtime = runtime.clone();
         let task = async move {
-            if let Err(e) = handle_client(runtime, tcp).await {
+            let peer = stream.peer();
+            if let Err(e) = handle_client(runtime, stream).await {
                 match e {
                     SessionError::ClientClosed | SessionError::ClientIo(_) => {
                         tracing::debug!(%peer, error = %e, "client connection ended")
@@ -82,11 +106,11 @@ pub async fn serve(runtime: Arc<Runtime>, listener: TcpListener) -> std::io::Res
     }
 }
 
-async fn handle_client(runtime: Arc<Runtime>, tcp: TcpStream) -> Result<(), SessionError> {
+async fn handle_client(runtime: Arc<Runtime>, stream: ClientStream) -> Result<(), SessionError> {
     let slot = match runtime.admit_client() {
         Ok(slot) => slot,
         Err(e) => {
-            let mut stream = super::stream::ClientStream::Plain(tcp);
+            let mut stream = stream;
             report(&mut stream, &e).await;
             return Err(e);
         }
@@ -100,7 +124,7 @@ async fn handle_client(runtime: Arc<Runtime>, tcp: TcpStream) -> Result<(), Sess
     // place of its own in this task beside it.
     let identity;
     let result = {
-        let session = match Box::pin(open_and_log_in(runtime.clone(), tcp)).await {
+        let session = match Box::pin(open_and_log_in(runtime.clone(), stream)).await {
             Ok(Some(session)) => session,
             Ok(None) => return Ok(()), // a cancel request or an admin console, handled
             Err(e) => return Err(e),
@@ -132,9 +156,9 @@ async fn handle_client(runtime: Arc<Runtime>, tcp: TcpStream) -> Result<(), Sess
 /// admin console session, served here.
 async fn open_and_log_in(
     runtime: Arc<Runtime>,
-    tcp: TcpStream,
+    stream: ClientStream,
 ) -> Result<Option<Session>, SessionError> {
-    let Some(opened) = open(tcp, &runtime).await? else {
+    let Some(opened) = open(stream, &runtime).await? else {
         return Ok(None); // a cancel request, handled
     };
     if opened.params.get("database").map(String::as_str) == Some(crate::admin::console::DATABASE) {

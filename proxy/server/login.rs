@@ -310,10 +310,7 @@ async fn log_in_inner(
     }
     let identity = ClientIdentity {
         application_name: params.get("application_name").cloned().unwrap_or_default(),
-        peer: stream
-            .peer_addr()
-            .map(|a| a.to_string())
-            .unwrap_or_default(),
+        peer: stream.peer(),
         user,
         database,
     };

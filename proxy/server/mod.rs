@@ -21,6 +21,7 @@ mod family_verdicts;
 pub(crate) mod handshake;
 pub mod keepalive;
 mod listener;
+mod local_socket;
 mod login;
 mod lost_server;
 pub mod opaque_code;
@@ -57,7 +58,8 @@ mod tenant_change;
 pub mod tls;
 
 pub use error::SessionError;
-pub use listener::{bind, serve};
+pub use listener::{bind, serve, ClientListener};
+pub use local_socket::{socket_path, LocalSocket};
 
 use tokio::io::AsyncWriteExt;
 

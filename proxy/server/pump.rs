@@ -218,12 +218,10 @@ impl Pump<'_> {
         if self.read_client && self.to_server.len() < CLIENT_HIGH_WATER {
             if self.client_buf.capacity() == 0 {
                 // Idle clients keep no read buffer: wait for readability first.
-                if let ClientStream::Plain(tcp) = &*self.client {
-                    match tcp.poll_read_ready(cx) {
-                        Poll::Ready(Err(e)) => return Poll::Ready(Err(PumpError::Client(e))),
-                        Poll::Ready(Ok(())) => {}
-                        Poll::Pending => return Poll::Pending,
-                    }
+                match self.client.poll_read_ready(cx) {
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(PumpError::Client(e))),
+                    Poll::Ready(Ok(())) => {}
+                    Poll::Pending => return Poll::Pending,
                 }
             }
             make_read_room(self.client_buf);

@@ -1,16 +1,18 @@
-//! The client's byte stream: plain TCP or TLS (rustls) after `SSLRequest`.
+//! The client's byte stream: plain TCP, TLS (rustls) after `SSLRequest`, or a
+//! Unix-domain socket (`proxy.unix_socket_dir`; no TLS there, as with PostgreSQL).
 
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
+use tokio::net::{TcpStream, UnixStream};
 use tokio_rustls::server::TlsStream;
 
 pub enum ClientStream {
     Plain(TcpStream),
     Tls(Box<TlsStream<TcpStream>>),
+    Local(UnixStream),
 }
 
 impl ClientStream {
@@ -19,15 +21,31 @@ impl ClientStream {
     pub async fn readable(&self) -> io::Result<()> {
         match self {
             ClientStream::Plain(tcp) => tcp.readable().await,
+            ClientStream::Local(unix) => unix.readable().await,
             // rustls may hold decrypted bytes already; let the read itself wait.
             ClientStream::Tls(_) => Ok(()),
         }
     }
 
-    pub fn peer_addr(&self) -> Option<std::net::SocketAddr> {
+    /// The client's address (`ip:port`), or `[local]` for a Unix-domain socket, as
+    /// PostgreSQL's logs write it; empty when the socket no longer knows.
+    pub fn peer(&self) -> String {
+        let tcp = match self {
+            ClientStream::Plain(tcp) => tcp,
+            ClientStream::Tls(tls) => tls.get_ref().0,
+            ClientStream::Local(_) => return "[local]".to_string(),
+        };
+        tcp.peer_addr().map(|a| a.to_string()).unwrap_or_default()
+    }
+
+    /// Waits (registering `cx`) until the socket is readable; for TLS, at once (rustls
+    /// may hold decrypted bytes already).
+    #[inline]
+    pub fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self {
-            ClientStream::Plain(tcp) => tcp.peer_addr().ok(),
-            ClientStream::Tls(tls) => tls.get_ref().0.peer_addr().ok(),
+            ClientStream::Plain(tcp) => tcp.poll_read_ready(cx),
+            ClientStream::Local(unix) => unix.poll_read_ready(cx),
+            ClientStream::Tls(_) => Poll::Ready(Ok(())),
         }
     }
 
@@ -45,6 +63,7 @@ impl AsyncRead for ClientStream {
         match self.get_mut() {
             ClientStream::Plain(s) => Pin::new(s).poll_read(cx, buf),
             ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            ClientStream::Local(s) => Pin::new(s).poll_read(cx, buf),
         }
     }
 }
@@ -58,6 +77,7 @@ impl AsyncWrite for ClientStream {
         match self.get_mut() {
             ClientStream::Plain(s) => Pin::new(s).poll_write(cx, buf),
             ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            ClientStream::Local(s) => Pin::new(s).poll_write(cx, buf),
         }
     }
 
@@ -65,6 +85,7 @@ impl AsyncWrite for ClientStream {
         match self.get_mut() {
             ClientStream::Plain(s) => Pin::new(s).poll_flush(cx),
             ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            ClientStream::Local(s) => Pin::new(s).poll_flush(cx),
         }
     }
 
@@ -72,6 +93,7 @@ impl AsyncWrite for ClientStream {
         match self.get_mut() {
             ClientStream::Plain(s) => Pin::new(s).poll_shutdown(cx),
             ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            ClientStream::Local(s) => Pin::new(s).poll_shutdown(cx),
         }
     }
 }
