@@ -14,6 +14,7 @@
 //!   BULK=1 (0 to skip): a 1M-row result, a 16 MiB value and a 100 MB COPY per target,
 //!   timed, and the proxy's RSS after, with the sessions that did them still idle;
 //!   BULK_ROUNDS=5: rounds in which the targets take turns
+//!   SOCKETS=1: the pgbench cells over Unix-domain sockets on every leg (`sockets.rs`)
 //! Each proxy's CPU time per transaction (user + system, from /proc) is reported too.
 //! Results: a table on stdout, bench/results/latest.md and latest.csv.
 
@@ -33,6 +34,7 @@ mod pgbench;
 mod protection;
 mod proxies;
 mod report;
+mod sockets;
 mod tenant;
 mod tls;
 
@@ -131,6 +133,12 @@ fn main() {
         .prefix("pgw-bench-")
         .tempdir_in("/tmp")
         .unwrap();
+    if let Some(sockets) = sockets::init(cluster.socket_dir(), work.path()) {
+        println!(
+            "SOCKETS=1: every leg over Unix-domain sockets (proxies in {})",
+            sockets.proxy_dir.display()
+        );
+    }
     let bouncer_port = free_port();
     let _bouncer = targets.iter().any(|t| t == "pgbouncer").then(|| {
         start_pgbouncer(
@@ -287,7 +295,7 @@ fn main() {
                     let cache_before = http.and_then(cache::hits_and_misses);
                     let m = run_pgbench(
                         &pgbench,
-                        port_of(target),
+                        (&sockets::host_for(target), port_of(target)),
                         (script, work.path(), scale),
                         mode,
                         n,

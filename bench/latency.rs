@@ -46,7 +46,7 @@ pub fn measure(
         for round in 0..rounds {
             let direct = run_pgbench(
                 pgbench,
-                port_of("direct"),
+                (&super::sockets::host_for("direct"), port_of("direct")),
                 ("select", work, scale),
                 mode,
                 "1",
@@ -55,7 +55,7 @@ pub fn measure(
             for (i, proxy) in proxies.iter().enumerate() {
                 let m = run_pgbench(
                     pgbench,
-                    port_of(proxy),
+                    (&super::sockets::host_for(proxy), port_of(proxy)),
                     ("select", work, scale),
                     mode,
                     "1",

@@ -36,7 +36,7 @@ pub fn transactions_per_node(cluster: &LocalCluster) -> Vec<u64> {
 
 pub fn run_pgbench(
     pgbench: &Path,
-    port: u16,
+    (host, port): (&str, u16),
     (script, work, scale): (&str, &Path, u64),
     mode: &str,
     clients: &str,
@@ -45,7 +45,7 @@ pub fn run_pgbench(
     let threads = clients.parse::<u32>().unwrap_or(1).min(2).to_string();
     let mut command = Command::new(pgbench);
     command
-        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", USER])
+        .args(["-h", host, "-p", &port.to_string(), "-U", USER])
         .args([
             "-c",
             clients,

@@ -47,12 +47,20 @@ pub fn start_pgbouncer(dir: &Path, pg_port: u16, port: u16, pool_size: u64, auth
     let ini = dir.join("pgbouncer.ini");
     let users = dir.join("userlist.txt");
     std::fs::write(&users, format!("\"{USER}\" \"{PASSWORD}\"\n")).unwrap();
+    // SOCKETS=1: PostgreSQL over its socket, and a socket of PgBouncer's own.
+    let (server_host, socket_dir) = match super::sockets::get() {
+        Some(sockets) => (
+            sockets.server_dir.display().to_string(),
+            sockets.proxy_dir.display().to_string(),
+        ),
+        None => ("127.0.0.1".to_string(), String::new()),
+    };
     std::fs::write(
         &ini,
         format!(
-            "[databases]\n{DATABASE} = host=127.0.0.1 port={pg_port} dbname={DATABASE}\n\
+            "[databases]\n{DATABASE} = host={server_host} port={pg_port} dbname={DATABASE}\n\
              [pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {port}\n\
-             unix_socket_dir =\nauth_type = {auth}\nauth_file = {}\n\
+             unix_socket_dir = {socket_dir}\nauth_type = {auth}\nauth_file = {}\n\
              pool_mode = transaction\ndefault_pool_size = {pool_size}\n\
              max_client_conn = 20000\nmax_db_connections = 0\nlogfile = {}\n\
              server_reset_query =\nignore_startup_parameters = extra_float_digits,options\n",
@@ -172,12 +180,31 @@ pub fn start_pgwarden_binary(
     };
     let http_port = free_port();
     HTTP_PORTS.lock().unwrap().push((port, http_port));
+    // SOCKETS=1: PostgreSQL over its socket; a socket of its own unless it shares its
+    // port with another process.
+    let (primary, replicas) = match super::sockets::get() {
+        Some(sockets) => {
+            let shares_port = command
+                .get_envs()
+                .any(|(key, _)| key == "PGWARDEN_PROXY_REUSE_PORT");
+            if !shares_port {
+                command.env("PGWARDEN_PROXY_UNIX_SOCKET_DIR", &sockets.proxy_dir);
+            }
+            let replicas: Vec<String> = cluster
+                .replicas()
+                .iter()
+                .map(|r| cluster.socket_url_for(r))
+                .collect();
+            (cluster.socket_url_for(cluster.primary()), replicas)
+        }
+        None => (cluster.primary_url(), cluster.replica_urls()),
+    };
     let child = command
         .env("PGWARDEN_LISTEN", format!("127.0.0.1:{port}"))
         .env("PGWARDEN_HTTP_LISTEN", format!("127.0.0.1:{http_port}"))
         .env("PGWARDEN_CACHE_MODE", cache_mode)
-        .env("PGWARDEN_PRIMARY_URL", cluster.primary_url())
-        .env("PGWARDEN_REPLICA_URLS", cluster.replica_urls().join(","))
+        .env("PGWARDEN_PRIMARY_URL", primary)
+        .env("PGWARDEN_REPLICA_URLS", replicas.join(","))
         .env("PGWARDEN_POOL_SIZE", pool_size.to_string())
         .env("PGWARDEN_AUTH_METHOD", auth)
         .env("PGWARDEN_STATS_ENABLED", stats.to_string())

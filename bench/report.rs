@@ -17,7 +17,12 @@ pub fn render(
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "pgbench {duration}s per cell, scale {scale}, pool size {pool}, 2 pgbench threads; PgBouncer transaction mode\n"
+        "pgbench {duration}s per cell, scale {scale}, pool size {pool}, 2 pgbench threads; PgBouncer transaction mode{}\n",
+        if super::sockets::get().is_some() {
+            "; every leg over Unix-domain sockets (SOCKETS=1)"
+        } else {
+            ""
+        }
     );
     let idx = |name: &str| targets.iter().position(|t| t == name);
     let mut header = "| script | mode | clients |".to_string();

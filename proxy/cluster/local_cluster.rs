@@ -1,6 +1,6 @@
 //! A primary plus streaming replicas, made with `initdb` and `pg_basebackup -R`.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::node::{check, free_port, give_to_postgres, run_tool};
@@ -200,11 +200,16 @@ impl LocalCluster {
         )
     }
 
+    /// The directory of every node's Unix-domain socket (`.s.PGSQL.<port>`).
+    pub fn socket_dir(&self) -> PathBuf {
+        self.dir.path().join("s")
+    }
+
     /// The URL of `node` through its Unix-domain socket (the directory as the host,
     /// percent-encoded, as libpq writes it). Local connections log in with `trust`; the
     /// password is there for a proxy that checks its clients' logins with it.
     pub fn socket_url_for(&self, node: &Node) -> String {
-        let directory = self.dir.path().join("s").display().to_string();
+        let directory = self.socket_dir().display().to_string();
         format!(
             "postgres://{}:{}@{}:{}/{}",
             self.spec.user,
