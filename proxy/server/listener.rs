@@ -48,19 +48,35 @@ pub enum ClientListener {
     Local(UnixListener),
 }
 
+/// Who connected, for the connection's log lines.
+#[derive(Clone, Copy)]
+enum Peer {
+    Tcp(std::net::SocketAddr),
+    Local,
+}
+
+impl std::fmt::Display for Peer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Peer::Tcp(address) => address.fmt(f),
+            Peer::Local => f.write_str("[local]"),
+        }
+    }
+}
+
 impl ClientListener {
     /// The next client, its socket set up (`TCP_NODELAY` and keepalive on TCP).
-    async fn accept(&self, runtime: &Runtime) -> std::io::Result<ClientStream> {
+    async fn accept(&self, runtime: &Runtime) -> std::io::Result<(ClientStream, Peer)> {
         match self {
             ClientListener::Tcp(listener) => {
-                let (tcp, _) = listener.accept().await?;
+                let (tcp, peer) = listener.accept().await?;
                 let _ = tcp.set_nodelay(true);
                 super::keepalive::apply(&tcp, &runtime.config().proxy);
-                Ok(ClientStream::Plain(tcp))
+                Ok((ClientStream::Plain(tcp), Peer::Tcp(peer)))
             }
             ClientListener::Local(listener) => {
                 let (unix, _) = listener.accept().await?;
-                Ok(ClientStream::Local(unix))
+                Ok((ClientStream::Local(unix), Peer::Local))
             }
         }
     }
@@ -79,7 +95,7 @@ pub async fn serve(runtime: Arc<Runtime>, listener: ClientListener) -> std::io::
             }
             accepted = listener.accept(&runtime) => accepted,
         };
-        let stream = match accepted {
+        let (stream, peer) = match accepted {
             Ok(accepted) => accepted,
             Err(e) => {
                 // EMFILE and friends: back off briefly instead of spinning.
@@ -90,7 +106,6 @@ pub async fn serve(runtime: Arc<Runtime>, listener: ClientListener) -> std::io::
         };
         let runtime = runtime.clone();
         let task = async move {
-            let peer = stream.peer();
             if let Err(e) = handle_client(runtime, stream).await {
                 match e {
                     SessionError::ClientClosed | SessionError::ClientIo(_) => {
