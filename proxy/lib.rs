@@ -21,6 +21,7 @@ pub mod runtime;
 pub mod scan;
 pub mod server;
 pub mod stats;
+mod stream_enum;
 pub mod tenant;
 
 use std::sync::Arc;

@@ -26,6 +26,28 @@ async fn over_local_socket(client: &tokio_postgres::Client) -> bool {
     port == -1
 }
 
+/// Cancels a minute's `pg_sleep` on `client` with its cancel token (which goes where the
+/// client connected): the sleep must end with 57014, and a lost cancel fails `within`
+/// at 30 s.
+async fn cancel_a_sleep(client: &tokio_postgres::Client) {
+    let token = client.cancel_token();
+    let canceller = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        token.cancel_query(tokio_postgres::NoTls).await
+    });
+    let error = within(
+        "a cancelled sleep",
+        client.batch_execute("SELECT pg_sleep(60)"),
+    )
+    .await
+    .unwrap_err();
+    within("the canceller", canceller)
+        .await
+        .unwrap()
+        .expect("cancel request accepted by the proxy");
+    assert_eq!(error.code().map(|c| c.code()), Some("57014"), "{error}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_primary_behind_its_local_socket_serves_statements_transactions_and_cancels() {
     let cluster = support::cluster(0);
@@ -76,24 +98,8 @@ async fn a_primary_behind_its_local_socket_serves_statements_transactions_and_ca
     .get(0);
     assert_eq!(long.len(), 4_194_304);
 
-    // A cancel sent to the proxy reaches the server over its socket: the sleep ends
-    // with 57014 long before its minute (a lost cancel fails `within` at 30 s).
-    let token = client.cancel_token();
-    let canceller = tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        token.cancel_query(tokio_postgres::NoTls).await
-    });
-    let error = within(
-        "a cancelled sleep",
-        client.batch_execute("SELECT pg_sleep(60)"),
-    )
-    .await
-    .unwrap_err();
-    within("the canceller", canceller)
-        .await
-        .unwrap()
-        .expect("cancel request accepted by the proxy");
-    assert_eq!(error.code().map(|c| c.code()), Some("57014"), "{error}");
+    // A cancel sent to the proxy reaches the server over its socket.
+    cancel_a_sleep(&client).await;
     let one: i32 = within(
         "a statement after the cancel",
         client.query_one("SELECT 1", &[]),
@@ -186,22 +192,7 @@ async fn clients_on_this_host_log_in_query_and_cancel_through_the_proxys_local_s
     assert_eq!(doubled, 42);
 
     // Its cancel goes to the same socket and reaches the server.
-    let token = client.cancel_token();
-    let canceller = tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        token.cancel_query(tokio_postgres::NoTls).await
-    });
-    let error = within(
-        "a cancelled sleep",
-        client.batch_execute("SELECT pg_sleep(60)"),
-    )
-    .await
-    .unwrap_err();
-    within("the canceller", canceller)
-        .await
-        .unwrap()
-        .expect("cancel request accepted on the local socket");
-    assert_eq!(error.code().map(|c| c.code()), Some("57014"), "{error}");
+    cancel_a_sleep(&client).await;
 
     // No TLS on a local socket, as with PostgreSQL: SSLRequest is answered `N`.
     let mut raw = within("connect", tokio::net::UnixStream::connect(&socket))

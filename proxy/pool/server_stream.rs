@@ -8,10 +8,7 @@
 //! [`crate::config::Endpoint::address`]); anything else is `host:port`.
 
 use std::io;
-use std::pin::Pin;
-use std::task::{Context, Poll};
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpStream, UnixStream};
 
 #[derive(Debug)]
@@ -53,44 +50,7 @@ impl ServerStream {
     }
 }
 
-impl AsyncRead for ServerStream {
-    #[inline]
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            ServerStream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
-            ServerStream::Unix(s) => Pin::new(s).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for ServerStream {
-    #[inline]
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            ServerStream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
-            ServerStream::Unix(s) => Pin::new(s).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            ServerStream::Tcp(s) => Pin::new(s).poll_flush(cx),
-            ServerStream::Unix(s) => Pin::new(s).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            ServerStream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
-            ServerStream::Unix(s) => Pin::new(s).poll_shutdown(cx),
-        }
-    }
-}
+crate::stream_enum::delegate_async_io!(ServerStream {
+    Tcp(s) => s,
+    Unix(s) => s,
+});
