@@ -109,6 +109,19 @@ async fn a_primary_behind_its_local_socket_serves_statements_transactions_and_ca
     .get(0);
     assert_eq!(one, 1);
 
+    // Background connections (lag monitor, advisors, read-your-writes notifications)
+    // read the same URL through tokio-postgres: over the socket too.
+    let (background, connection) = within(
+        "a background connection",
+        pgwarden::pool::connect_background(&socket_url, "socket check"),
+    )
+    .await
+    .expect("background connection over the socket");
+    let connection = tokio::spawn(connection);
+    assert!(over_local_socket(&background).await);
+    drop(background);
+    let _ = within("the background connection's end", connection).await;
+
     // The readiness probe reaches the primary over the socket too.
     let (status, body) = within(
         "GET /readyz",

@@ -18,13 +18,23 @@ pub struct Endpoint {
 
 impl Endpoint {
     /// Parses `postgres://user:pass@host:port/db` (also `postgresql://`; `host` and
-    /// `port` query parameters override the URL's own). `key` names the config key the
-    /// URL came from, for the error message.
+    /// `port` query parameters override the URL's own, and the URL's host may then be
+    /// empty, as libpq allows: `postgres://app@/shop?host=/run/postgresql`). `key` names
+    /// the config key the URL came from, for the error message.
     pub fn parse(key: &str, text: &str) -> Result<Endpoint, ConfigError> {
-        let url = url::Url::parse(text.trim()).map_err(|e| {
+        let text = text.trim();
+        let invalid = |e: url::ParseError| {
             let shown = super::redact_url(text);
             ConfigError::invalid(key, format!("not a URL ({e}): {shown:?}"))
-        })?;
+        };
+        let url = match url::Url::parse(text) {
+            // `user@/db?host=...`: the url crate wants a host after credentials; the
+            // query's `host` replaces this stand-in below (and one is required then).
+            Err(url::ParseError::EmptyHost) if text.contains("host=") => {
+                url::Url::parse(&text.replacen("@/", "@query-host/", 1)).map_err(invalid)?
+            }
+            parsed => parsed.map_err(invalid)?,
+        };
         if url.scheme() != "postgres" && url.scheme() != "postgresql" {
             return Err(ConfigError::invalid(
                 key,
@@ -42,7 +52,7 @@ impl Endpoint {
                 .map(|(_, value)| value.into_owned())
         };
         let host = query("host")
-            .or_else(|| url.host_str().map(decode))
+            .or_else(|| url.host_str().filter(|h| *h != "query-host").map(decode))
             .filter(|h| !h.is_empty())
             .ok_or_else(|| ConfigError::invalid(key, "URL has no host"))?
             .trim_matches(|c| c == '[' || c == ']')
@@ -113,6 +123,9 @@ mod tests {
         let queried =
             Endpoint::parse("k", "postgres://app@localhost/shop?host=/tmp/pg/&port=6000").unwrap();
         assert_eq!(queried.address(), "/tmp/pg/.s.PGSQL.6000");
+        let no_host = Endpoint::parse("k", "postgres://app:pw@/shop?host=/tmp/pg").unwrap();
+        assert_eq!(no_host.address(), "/tmp/pg/.s.PGSQL.5432");
+        assert_eq!(no_host.user.as_deref(), Some("app"));
         let default_port = Endpoint::parse("k", "postgresql://app@%2Ftmp/shop").unwrap();
         assert_eq!(default_port.address(), "/tmp/.s.PGSQL.5432");
         // TCP hosts are as before.
@@ -126,6 +139,23 @@ mod tests {
                 .address(),
             "[::1]:7"
         );
+        // The background connections read the same URLs with tokio-postgres: the socket
+        // there too, and only it.
+        for url in [
+            "postgres://app:pw@%2Ftmp%2Fpg:6000/shop",
+            "postgres://app:pw@/shop?host=/tmp/pg&port=6000",
+        ] {
+            let config: tokio_postgres::Config = url.parse().unwrap();
+            assert_eq!(
+                config.get_hosts(),
+                [tokio_postgres::config::Host::Unix("/tmp/pg".into())],
+                "{url}"
+            );
+            assert_eq!(
+                Endpoint::parse("k", url).unwrap().address(),
+                "/tmp/pg/.s.PGSQL.6000"
+            );
+        }
         let bad = Endpoint::parse("k", "postgres://h/d?port=x").unwrap_err();
         assert!(bad.to_string().contains("port"), "{bad}");
     }
