@@ -11,7 +11,7 @@ use super::handshake::open;
 use super::login::log_in;
 use super::session::Session;
 use super::shutdown::Phase;
-use super::stream::ClientStream;
+use super::stream::{ClientStream, Peer};
 use super::{report, SessionError};
 use crate::runtime::Runtime;
 
@@ -46,22 +46,6 @@ pub async fn bind(key: &str, address: &str, reuse_port: bool) -> std::io::Result
 pub enum ClientListener {
     Tcp(TcpListener),
     Local(UnixListener),
-}
-
-/// Who connected, for the connection's log lines.
-#[derive(Clone, Copy)]
-enum Peer {
-    Tcp(std::net::SocketAddr),
-    Local,
-}
-
-impl std::fmt::Display for Peer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Peer::Tcp(address) => address.fmt(f),
-            Peer::Local => f.write_str("[local]"),
-        }
-    }
 }
 
 impl ClientListener {

@@ -310,7 +310,7 @@ async fn log_in_inner(
     }
     let identity = ClientIdentity {
         application_name: params.get("application_name").cloned().unwrap_or_default(),
-        peer: stream.peer(),
+        peer: stream.peer().to_string(),
         user,
         database,
     };

@@ -7,6 +7,25 @@ use std::task::{Context, Poll};
 use tokio::net::{TcpStream, UnixStream};
 use tokio_rustls::server::TlsStream;
 
+/// Who connected, as PostgreSQL's logs write it: `ip:port`, or `[local]` for a
+/// Unix-domain socket; empty when the socket no longer knows.
+#[derive(Debug, Clone, Copy)]
+pub enum Peer {
+    Tcp(std::net::SocketAddr),
+    Local,
+    Unknown,
+}
+
+impl std::fmt::Display for Peer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Peer::Tcp(address) => address.fmt(f),
+            Peer::Local => f.write_str("[local]"),
+            Peer::Unknown => Ok(()),
+        }
+    }
+}
+
 pub enum ClientStream {
     Plain(TcpStream),
     Tls(Box<TlsStream<TcpStream>>),
@@ -14,30 +33,19 @@ pub enum ClientStream {
 }
 
 impl ClientStream {
-    /// Waits until a read would make progress, without needing a buffer. Idle plain-TCP
-    /// clients thus hold no read buffer at all.
-    pub async fn readable(&self) -> io::Result<()> {
-        match self {
-            ClientStream::Plain(tcp) => tcp.readable().await,
-            ClientStream::Local(unix) => unix.readable().await,
-            // rustls may hold decrypted bytes already; let the read itself wait.
-            ClientStream::Tls(_) => Ok(()),
-        }
-    }
-
-    /// The client's address (`ip:port`), or `[local]` for a Unix-domain socket, as
-    /// PostgreSQL's logs write it; empty when the socket no longer knows.
-    pub fn peer(&self) -> String {
+    /// Who is connected (`getpeername` on TCP).
+    pub fn peer(&self) -> Peer {
         let tcp = match self {
             ClientStream::Plain(tcp) => tcp,
             ClientStream::Tls(tls) => tls.get_ref().0,
-            ClientStream::Local(_) => return "[local]".to_string(),
+            ClientStream::Local(_) => return Peer::Local,
         };
-        tcp.peer_addr().map(|a| a.to_string()).unwrap_or_default()
+        tcp.peer_addr().map_or(Peer::Unknown, Peer::Tcp)
     }
 
-    /// Waits (registering `cx`) until the socket is readable; for TLS, at once (rustls
-    /// may hold decrypted bytes already).
+    /// Waits (registering `cx`) until a read would make progress, without needing a
+    /// buffer (idle clients hold none); for TLS, at once (rustls may hold decrypted
+    /// bytes already, so the read itself waits).
     #[inline]
     pub fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self {
