@@ -2,6 +2,7 @@
 //! psql, and the HTTP API and Prometheus metrics.
 
 use crate::support;
+use crate::support::command::{OutputWithin, SHORT_RUN};
 
 use std::process::Command;
 use std::time::Duration;
@@ -16,8 +17,7 @@ fn psql_admin(port: u16, user: &str, password: &str, sql: &str) -> std::process:
             "host=127.0.0.1 port={port} user={user} dbname=pgwarden"
         ))
         .env("PGPASSWORD", password)
-        .output()
-        .unwrap()
+        .output_within(SHORT_RUN)
 }
 
 fn stdout(output: &std::process::Output) -> String {

@@ -4,6 +4,7 @@
 //! N+1 tests live in `advisories/n_plus_one.rs`.
 
 use crate::support;
+use crate::support::command::{OutputWithin, LONG_RUN, SHORT_RUN};
 
 #[path = "advisories/n_plus_one.rs"]
 mod n_plus_one;
@@ -367,8 +368,7 @@ async fn tpcb_with_abalance_reads() {
         let output = std::process::Command::new(support::pgbench_path())
             .args(args)
             .arg(&url)
-            .output()
-            .expect("pgbench");
+            .output_within(LONG_RUN);
         assert!(
             output.status.success(),
             "pgbench {args:?}: {}",
@@ -379,8 +379,7 @@ async fn tpcb_with_abalance_reads() {
     let direct_url = cluster.primary_url();
     let init = std::process::Command::new(support::pgbench_path())
         .args(["-i", "-s", "2", "-q", &direct_url])
-        .output()
-        .expect("pgbench -i");
+        .output_within(SHORT_RUN);
     assert!(
         init.status.success(),
         "{}",

@@ -1,6 +1,7 @@
 //! Client authentication (SCRAM-SHA-256, md5, trust) and TLS, through real clients.
 
 use crate::support;
+use crate::support::command::{OutputWithin, SHORT_RUN};
 
 use std::process::Command;
 use std::sync::Arc;
@@ -20,8 +21,7 @@ fn psql(port: u16, conninfo_extra: &str, password: &str, sql: &str) -> std::proc
         ))
         .env("PGPASSWORD", password)
         .env("PGCONNECT_TIMEOUT", "10")
-        .output()
-        .expect("run psql")
+        .output_within(SHORT_RUN)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -145,8 +145,7 @@ async fn tls_with_sslmode_require() {
             proxy.port()
         ))
         .env("PGPASSWORD", PASSWORD)
-        .output()
-        .unwrap();
+        .output_within(SHORT_RUN);
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("SSL connection"),
         "{out:?}"

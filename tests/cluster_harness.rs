@@ -92,3 +92,32 @@ async fn a_cluster_past_its_deadline_ends_calls_waiting_on_it() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// A child process that outlives its limit is killed and fails its test, showing what
+/// it printed: psql, pgbench and the driver scripts all run this way.
+#[test]
+fn a_child_process_past_its_limit_is_killed_and_fails_the_test() {
+    use crate::support::command::OutputWithin;
+    let started = std::time::Instant::now();
+    let hung = std::panic::catch_unwind(|| {
+        std::process::Command::new("sh")
+            .args(["-c", "echo started; exec sleep 60"])
+            .output_within(Duration::from_millis(300))
+    });
+    let message = hung.expect_err("a hung child must fail the test");
+    let message = message
+        .downcast_ref::<String>()
+        .cloned()
+        .unwrap_or_default();
+    assert!(message.contains("hung: killed after"), "{message}");
+    assert!(message.contains("started"), "{message}");
+    assert!(started.elapsed() < Duration::from_secs(30), "not killed");
+    let done = std::process::Command::new("sh")
+        .args(["-c", "echo out; echo err >&2; exit 3"])
+        .output_within(Duration::from_secs(30));
+    assert_eq!(done.status.code(), Some(3));
+    assert_eq!(
+        (&done.stdout[..], &done.stderr[..]),
+        (&b"out\n"[..], &b"err\n"[..])
+    );
+}

@@ -8,6 +8,7 @@
 //! The scripts live in `tests/connection_fidelity/`; each prints one JSON line with what
 //! every step answered (`{"ok": ...}`, `{"error": "SQLSTATE"}` or `{"hung": ...}`).
 
+use crate::support::command::{OutputWithin, SHORT_RUN};
 #[path = "connection_fidelity/common.rs"]
 mod common;
 use crate::support;
@@ -365,8 +366,7 @@ replicas = ["postgres://app:file-secret-replica@replica.internal:5432/shop"]
             "PGWARDEN_PRIMARY_URL",
             "postgres://envuser:env-secret-primary@db2.internal:5432/envdb",
         )
-        .output()
-        .expect("run pgwarden check-config");
+        .output_within(SHORT_RUN);
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stdout}\n{stderr}");

@@ -3,6 +3,7 @@
 //! kept as tests/artifacts/dashboard.png.
 
 use crate::support;
+use crate::support::command::{OutputWithin, SHORT_RUN};
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -42,8 +43,7 @@ fn browse(url: &str, extra: &[&str]) -> std::process::Output {
         .arg(format!("--user-data-dir={}", profile.path().display()))
         .args(extra)
         .arg(url)
-        .output()
-        .expect("run chromium")
+        .output_within(SHORT_RUN)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

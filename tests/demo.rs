@@ -2,6 +2,7 @@
 //! the replica, the tenant guard holding, the statistics, and the advisories it found
 //! (a confirmed missing index, the N+1 page loop).
 
+use crate::support::command::{OutputWithin, LONG_RUN};
 use std::process::Command;
 
 #[test]
@@ -9,8 +10,7 @@ fn demo_runs_and_reports() {
     let output = Command::new(env!("CARGO_BIN_EXE_pgwarden"))
         .arg("demo")
         .env("RUST_LOG", "warn")
-        .output()
-        .expect("run pgwarden demo");
+        .output_within(LONG_RUN);
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
         output.status.success(),

@@ -1,6 +1,7 @@
 //! psql scripts and pgbench through the proxy.
 
 use crate::support;
+use crate::support::command::{OutputWithin, LONG_RUN, SHORT_RUN};
 
 use std::process::Command;
 
@@ -41,8 +42,7 @@ SELECT count(*) AS n FROM items \gset
             proxy.port()
         ))
         .env("PGPASSWORD", PASSWORD)
-        .output()
-        .unwrap();
+        .output_within(SHORT_RUN);
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
@@ -73,8 +73,7 @@ async fn pgbench_prepared_in_transaction_mode_has_no_errors() {
         .args(conn(cluster.primary().port))
         .args(["-i", "-s", "1", "-q", DATABASE])
         .env("PGPASSWORD", PASSWORD)
-        .output()
-        .unwrap();
+        .output_within(SHORT_RUN);
     assert!(init.status.success(), "{init:?}");
     for mode in ["prepared", "extended", "simple"] {
         let run = Command::new(&pgbench)
@@ -92,8 +91,7 @@ async fn pgbench_prepared_in_transaction_mode_has_no_errors() {
                 DATABASE,
             ])
             .env("PGPASSWORD", PASSWORD)
-            .output()
-            .unwrap();
+            .output_within(LONG_RUN);
         let stdout = String::from_utf8_lossy(&run.stdout);
         let stderr = String::from_utf8_lossy(&run.stderr);
         assert!(run.status.success(), "mode {mode}: {stdout}\n{stderr}");

@@ -3,6 +3,7 @@
 //! reported with the batched query that replaces the burst.
 
 use super::*;
+use crate::support::command::{OutputWithin, SHORT_RUN};
 
 const PARENT: &str = "SELECT id FROM posts WHERE author_id = $1 ORDER BY id LIMIT $2";
 const CHILD: &str = "SELECT id, body FROM comments WHERE post_id = $1";
@@ -134,8 +135,7 @@ async fn n_plus_one_advice() {
     let cli = tokio::task::spawn_blocking(move || {
         std::process::Command::new(env!("CARGO_BIN_EXE_pgwarden"))
             .args(["advise", "--url", &address])
-            .output()
-            .expect("pgwarden advise")
+            .output_within(SHORT_RUN)
     });
     let cli = t("pgwarden advise", async {
         cli.await.map_err(|e| e.to_string())

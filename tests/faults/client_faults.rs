@@ -3,6 +3,7 @@
 //!    client that stops reading a large result holds the proxy's memory bounded
 //!    (backpressure); accepted and server sockets carry TCP keepalive.
 
+use crate::support::command::{OutputWithin, SHORT_RUN};
 use std::time::{Duration, Instant};
 
 use pgwarden::config::{AuthMethod, PoolMode};
@@ -185,8 +186,7 @@ async fn vanish_mid_request(
 fn keepalive_timers(filter: &str) -> (Vec<String>, String) {
     let output = std::process::Command::new("ss")
         .args(["-tnoi", "state", "established", filter])
-        .output()
-        .expect("run ss");
+        .output_within(SHORT_RUN);
     let printed = String::from_utf8_lossy(&output.stdout).into_owned();
     let timers = printed
         .split_whitespace()

@@ -8,6 +8,7 @@
 //!     Needs root (network namespaces and a veth pair); without it the test says why
 //!     and passes.
 
+use crate::support::command::{OutputWithin, SHORT_RUN};
 use std::io::Write;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -30,7 +31,7 @@ struct Namespace {
 fn ip(args: &[&str]) -> Result<(), String> {
     let output = Command::new("ip")
         .args(args)
-        .output()
+        .try_output_within(SHORT_RUN)
         .map_err(|e| format!("ip: {e}"))?;
     if output.status.success() {
         Ok(())
@@ -151,7 +152,7 @@ async fn wait_for(direct: &tokio_postgres::Client, condition: &str) {
 fn socket_timers(port: &str) -> Vec<String> {
     let output = Command::new("ss")
         .args(["-tno", &format!("( sport = :{port} )")])
-        .output()
+        .try_output_within(SHORT_RUN)
         .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
         .unwrap_or_default();
     output

@@ -1,6 +1,9 @@
 //! Load and bookkeeping shared by the fault scenarios: pgbench runs through the proxy,
 //! the TPC-B invariant, and the server connections the proxy and PostgreSQL each count.
+
 #![allow(dead_code)]
+
+use crate::support::command::{OutputWithin, LONG_RUN};
 
 use std::process::{Command, Output};
 use std::time::Duration;
@@ -28,8 +31,7 @@ pub fn pgbench(port: u16, args: &[&str]) -> Output {
         .arg(DATABASE)
         .env("PGPASSWORD", PASSWORD)
         .env("PGCONNECT_TIMEOUT", "10")
-        .output()
-        .expect("run pgbench")
+        .output_within(LONG_RUN)
 }
 
 /// A number pgbench printed after `prefix`, or 0.

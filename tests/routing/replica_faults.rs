@@ -1,6 +1,7 @@
 //! A replica that stops while reads flow: under pgbench load no client sees an error,
 //! and a read that was running on it when it stopped runs again elsewhere.
 
+use crate::support::command::{OutputWithin, LONG_RUN, SHORT_RUN};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -22,8 +23,7 @@ async fn a_replica_stopped_under_load_costs_no_client_errors() {
         ])
         .args(["-i", "-s", "1", "-q", DATABASE])
         .env("PGPASSWORD", PASSWORD)
-        .output()
-        .unwrap();
+        .output_within(SHORT_RUN);
     assert!(init.status.success(), "{init:?}");
     cluster
         .wait_for_replication(Duration::from_secs(30))
@@ -47,8 +47,7 @@ async fn a_replica_stopped_under_load_costs_no_client_errors() {
                 DATABASE,
             ])
             .env("PGPASSWORD", PASSWORD)
-            .output()
-            .unwrap()
+            .output_within(LONG_RUN)
     });
     tokio::time::sleep(Duration::from_secs(2)).await;
     let stopped_at = Instant::now();

@@ -14,11 +14,12 @@
 //! `{"hung": "<step> did not answer within N s"}`, and `emit` prints the JSON line that
 //! [`json_line`] reads back, so a failing assertion shows what each step did.
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
+
+use super::command::OutputWithin;
 use std::sync::OnceLock;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 /// Pinned, so a driver release cannot change what the tests see. Changing a version
 /// changes the install directory, so the new versions are installed on next use.
@@ -142,16 +143,18 @@ fn remove_stale_builds(parent: &Path) {
     }
 }
 
+/// An install step (venv, pip, npm) from the registries: generous, but not forever.
+const INSTALL_LIMIT: Duration = Duration::from_secs(900);
+
 fn run_step(command: &mut Command, what: &str) {
-    match command.output() {
-        Ok(out) if out.status.success() => {}
-        Ok(out) => panic!(
+    let out = command.output_within(INSTALL_LIMIT);
+    if !out.status.success() {
+        panic!(
             "{what} failed ({}):\n{}\n{}",
             out.status,
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
-        ),
-        Err(e) => panic!("{what}: cannot run {:?}: {e}", command.get_program()),
+        );
     }
 }
 
@@ -225,49 +228,18 @@ fn run_script(
     for (name, value) in env {
         command.env(name, value);
     }
-    let mut child = command
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
-    let stdout = drain(&mut child, true);
-    let stderr = drain(&mut child, false);
-    let deadline = Instant::now() + timeout;
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break Some(status);
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let (stdout, stderr) = (stdout.join().unwrap(), stderr.join().unwrap());
-    match status {
-        None => panic!(
-            "driver script hung: {what} killed after {timeout:?}\n--- stdout\n{stdout}\n--- stderr\n{stderr}"
-        ),
-        Some(s) if !s.success() => {
-            panic!("{what} script failed ({s})\n--- stdout\n{stdout}\n--- stderr\n{stderr}")
-        }
-        Some(_) => stdout,
+    let output = command.output_within(timeout);
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr),
+    );
+    if !output.status.success() {
+        panic!(
+            "{what} script failed ({})\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
+            output.status
+        );
     }
-}
-
-fn drain(child: &mut Child, stdout: bool) -> std::thread::JoinHandle<String> {
-    let mut pipe: Box<dyn Read + Send> = if stdout {
-        Box::new(child.stdout.take().unwrap())
-    } else {
-        Box::new(child.stderr.take().unwrap())
-    };
-    std::thread::spawn(move || {
-        let mut bytes = Vec::new();
-        let _ = pipe.read_to_end(&mut bytes);
-        String::from_utf8_lossy(&bytes).into_owned()
-    })
+    stdout.into_owned()
 }
 
 /// The last line of `stdout` that is a JSON object (what a script's `emit` printed).

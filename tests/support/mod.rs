@@ -3,6 +3,7 @@
 //! started in-process in front of it.
 #![allow(dead_code)]
 
+pub mod command;
 pub mod drivers;
 pub mod http;
 pub mod process;
