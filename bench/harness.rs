@@ -15,7 +15,10 @@
 //!   timed, and the proxy's RSS after, with the sessions that did them still idle;
 //!   BULK_ROUNDS=5: rounds in which the targets take turns
 //!   SOCKETS=1: the pgbench cells over Unix-domain sockets on every leg (`sockets.rs`)
-//! Each proxy's CPU time per transaction (user + system, from /proc) is reported too.
+//! Each proxy's CPU time per transaction (user + system, from /proc) is reported too,
+//! and again in rounds that alternate the proxies (`cpu_rounds.rs`):
+//!   CPU_ROUNDS=5 (0 to skip)  CPU_SECONDS=4  CPU_CLIENTS=16, for the select and tpcb
+//!   scripts in the simple and extended modes of the run
 //! Results: a table on stdout, bench/results/latest.md and latest.csv.
 
 use std::fmt::Write as _;
@@ -28,6 +31,7 @@ use pgwarden::cluster::{free_port, ClusterSpec, LocalCluster, PgBinaries};
 mod bulk;
 mod cache;
 mod cpu;
+mod cpu_rounds;
 mod idle;
 mod latency;
 mod pgbench;
@@ -410,6 +414,43 @@ fn main() {
             latency::report(&results, latency_rounds, latency_seconds)
         });
 
+    // CPU per transaction in rounds that alternate the proxies (`cpu_rounds.rs`): the
+    // main table's one run per proxy and cell drifts more than the ratios it reports.
+    let cpu_cells: Vec<(String, String)> = scripts
+        .iter()
+        .filter(|s| *s == "select" || *s == "tpcb")
+        .flat_map(|s| {
+            modes
+                .iter()
+                .filter(|m| *m == "simple" || *m == "extended")
+                .map(move |m| (s.clone(), m.clone()))
+        })
+        .collect();
+    let cpu_proxies: Vec<String> = targets
+        .iter()
+        .filter(|t| !cpu_pids_of(t).is_empty())
+        .cloned()
+        .collect();
+    let cpu_clients = std::env::var("CPU_CLIENTS").unwrap_or_else(|_| "16".into());
+    let cpu_plan = cpu_rounds::Plan {
+        cells: &cpu_cells,
+        clients: &cpu_clients,
+        rounds: env_num("CPU_ROUNDS", 5) as u32,
+        seconds: env_num("CPU_SECONDS", 4),
+    };
+    let cpu_rounds_table = (cpu_plan.rounds > 0 && cpu_proxies.len() > 1 && !cpu_cells.is_empty())
+        .then(|| {
+            let results = cpu_rounds::measure(
+                &pgbench,
+                (work.path(), scale),
+                &cpu_plan,
+                &cpu_proxies,
+                port_of,
+                cpu_pids_of,
+            );
+            cpu_rounds::report(&results, &cpu_plan)
+        });
+
     let mut bulk_rows = Vec::new();
     let mut bulk_rounds = 0;
     if env_num("BULK", 1) == 1 {
@@ -545,6 +586,9 @@ fn main() {
         );
     }
     if let Some(table) = &latency_table {
+        report.push_str(table);
+    }
+    if let Some(table) = &cpu_rounds_table {
         report.push_str(table);
     }
     if fairness_run {

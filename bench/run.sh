@@ -2,7 +2,7 @@
 # Builds pgwarden in release and runs the load harness (bench/harness.rs):
 # pgbench direct vs PgBouncer vs pgwarden in one run, then idle-connection RSS.
 # Knobs: DURATION CLIENTS MODES SCRIPTS SCALE TARGETS IDLE POOL_SIZE LATENCY_ROUNDS
-# LATENCY_SECONDS BULK (see harness.rs and README.md).
+# LATENCY_SECONDS CPU_ROUNDS CPU_SECONDS CPU_CLIENTS BULK (see harness.rs and README.md).
 # The tenant guard's cost: SCRIPTS=tenant TARGETS="direct pgbouncer pgwarden pgwarden_rewrite".
 set -euo pipefail
 cd "$(dirname "$0")/.."
