@@ -7,7 +7,8 @@
 //! The main table gives each proxy one run per cell, minutes apart from the other
 //! proxies' runs of the same cell; on a shared 2-core VM the same build's CPU per
 //! transaction moved by 10% between two such runs, more than the 3% the statistics
-//! target allows. Runs seconds apart, repeated, see the same machine.
+//! target allows. Runs seconds apart, repeated, see more nearly the same machine; the
+//! spread of the rounds is printed with the medians, as it is still not small.
 
 use std::path::Path;
 

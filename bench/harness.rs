@@ -19,6 +19,8 @@
 //! and again in rounds that alternate the proxies (`cpu_rounds.rs`):
 //!   CPU_ROUNDS=5 (0 to skip)  CPU_SECONDS=4  CPU_CLIENTS=16, for the select and tpcb
 //!   scripts in the simple and extended modes of the run
+//!   PROXY_SESSION=shared: the proxies in the harness's session, with pgbench (`own`:
+//!   each in a session of its own, as a daemon)
 //! Results: a table on stdout, bench/results/latest.md and latest.csv.
 
 use std::fmt::Write as _;

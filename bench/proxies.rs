@@ -89,6 +89,7 @@ pub fn start_pgbouncer(dir: &Path, pg_port: u16, port: u16, pool_size: u64, auth
         c.args(["-c", &launch]);
         c
     };
+    in_own_session(&mut command);
     let child = command
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -199,6 +200,7 @@ pub fn start_pgwarden_binary(
         }
         None => (cluster.primary_url(), cluster.replica_urls()),
     };
+    in_own_session(&mut command);
     let child = command
         .env("PGWARDEN_LISTEN", format!("127.0.0.1:{port}"))
         .env("PGWARDEN_HTTP_LISTEN", format!("127.0.0.1:{http_port}"))
@@ -225,6 +227,30 @@ pub fn start_pgwarden_binary(
         .spawn()
         .expect("start pgwarden");
     Guard(child)
+}
+
+/// With `PROXY_SESSION=own`, starts the proxy in a session of its own (`setsid`), as
+/// a daemon runs; by default it stays in the harness's session, with pgbench. The
+/// kernel shares the CPU between sessions first
+/// (`/proc/sys/kernel/sched_autogroup_enabled`), and every PostgreSQL backend has a
+/// session of its own: neither placement is a deployment's (where a service's cgroup
+/// holds all its processes), and they move the ratios differently
+/// (`bench/runs/2026-12-05-evening-own-sessions-full.md`).
+fn in_own_session(command: &mut Command) {
+    if std::env::var("PROXY_SESSION").as_deref() != Ok("own") {
+        return;
+    }
+    use std::os::unix::process::CommandExt;
+    // SAFETY: setsid(2) is async-signal-safe and touches nothing of this process's
+    // memory: the child only becomes the leader of a new session.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::setsid() < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
 }
 
 /// With `PROXY_LOG` set (a `RUST_LOG` filter), each pgwarden logs to
