@@ -11,12 +11,14 @@
 //!
 //! It does not know about server connections; `registry` pairs a permit with one.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
+
+use crate::stats::ProcessMap;
 
 /// One waiting client (`state` counts these in its high half).
 const ONE_WAITER: u64 = 1 << 32;
@@ -71,7 +73,9 @@ struct Waiter {
 
 #[derive(Debug, Default)]
 struct Queues {
-    groups: HashMap<Arc<str>, VecDeque<Waiter>>,
+    /// On the seeded process hash (group names come from clients): while a pool is
+    /// saturated every checkout and every release looks its group up here.
+    groups: ProcessMap<Arc<str>, VecDeque<Waiter>>,
     /// Groups with waiters, in turn order; the front one is being served.
     ring: VecDeque<Arc<str>>,
     served_in_turn: u32,
@@ -172,7 +176,8 @@ impl FairGate {
             )));
         }
         let mut queues = self.lock();
-        if let Some(oldest) = oldest_wait(&queues) {
+        let now = Instant::now();
+        if let Some(oldest) = oldest_wait(&queues, now) {
             if oldest >= self.timeout {
                 drop(queues);
                 self.total.waiting.fetch_sub(1, Ordering::Relaxed);
@@ -205,16 +210,19 @@ impl FairGate {
         let (grant, receiver) = oneshot::channel();
         queues.next_id += 1;
         let id = queues.next_id;
-        let key: Arc<str> = Arc::from(group);
-        let queue = queues.groups.entry(key.clone()).or_default();
-        let new_group = queue.is_empty();
-        queue.push_back(Waiter {
+        let waiter = Waiter {
             id,
-            since: Instant::now(),
+            since: now,
             grant,
-        });
-        if new_group {
-            queues.ring.push_back(key);
+        };
+        // A group already waiting keeps its key: no allocation for the name.
+        match queues.groups.get_mut(group) {
+            Some(queue) => queue.push_back(waiter),
+            None => {
+                let key: Arc<str> = Arc::from(group);
+                queues.groups.insert(key.clone(), VecDeque::from([waiter]));
+                queues.ring.push_back(key);
+            }
         }
         Ok(Some((id, receiver)))
     }
@@ -256,18 +264,22 @@ impl FairGate {
     /// Round robin between groups, `weight` turns each, FIFO inside a group.
     fn next_in_turn(&self, queues: &mut Queues) -> Option<Waiter> {
         loop {
-            let key = queues.ring.front()?.clone();
-            let weight = self.policy.weights.get(&*key).copied().unwrap_or(1).max(1);
-            let queue = queues.groups.get_mut(&key);
-            let waiter = queue.and_then(|q| q.pop_front());
-            let empty = queues.groups.get(&key).is_none_or(|q| q.is_empty());
+            let Queues { groups, ring, .. } = &mut *queues;
+            let key = ring.front()?;
+            let (waiter, empty) = match groups.get_mut(&**key) {
+                Some(queue) => (queue.pop_front(), queue.is_empty()),
+                None => (None, true),
+            };
             if empty {
-                queues.groups.remove(&key);
-                queues.ring.pop_front();
+                groups.remove(&**key);
+                ring.pop_front();
                 queues.served_in_turn = 0;
             }
             if let Some(waiter) = waiter {
                 if !empty {
+                    // Weights are looked up only where a group's turn can end.
+                    let key = queues.ring.front().expect("not empty");
+                    let weight = self.policy.weights.get(&**key).copied().unwrap_or(1).max(1);
                     queues.served_in_turn += 1;
                     if queues.served_in_turn >= weight {
                         queues.ring.rotate_left(1);
@@ -332,7 +344,7 @@ impl FairGate {
 
     /// How long the oldest waiter has waited.
     pub fn oldest_wait(&self) -> Option<Duration> {
-        oldest_wait(&self.lock())
+        oldest_wait(&self.lock(), Instant::now())
     }
 
     fn lock(&self) -> MutexGuard<'_, Queues> {
@@ -340,12 +352,13 @@ impl FairGate {
     }
 }
 
-fn oldest_wait(queues: &Queues) -> Option<Duration> {
+/// How long the longest-waiting client has waited at `now`.
+fn oldest_wait(queues: &Queues, now: Instant) -> Option<Duration> {
     queues
         .groups
         .values()
         .filter_map(|q| q.front())
-        .map(|w| w.since.elapsed())
+        .map(|w| now.saturating_duration_since(w.since))
         .max()
 }
 

@@ -210,7 +210,13 @@ impl ServerPool {
                 },
             },
         };
-        self.checkout_with(permit, started, deadline).await
+        // A client that waited at the gate usually got the permit of one that just
+        // gave its server back to the warm stack: that server is here, and the bb8
+        // checkout's large future (boxed) is not needed.
+        if let Some(connection) = self.warm.take() {
+            return Ok(self.lend(connection, permit));
+        }
+        Box::pin(self.checkout_with(permit, started, deadline)).await
     }
 
     fn timed_out(&self, started: Instant) -> PoolError {
