@@ -85,6 +85,14 @@ pub fn report(results: &[AddedLatency], rounds: u32, seconds: u64) -> String {
         "\nAdded latency at 1 client (`-S`), in {rounds} rounds of {seconds} s per target, direct first in each round: the proxy's mean latency minus direct's of the same round.\n\n| mode | proxy | median added (us) | rounds, lowest to highest (us) |\n|---|---|---|---|\n"
     );
     for r in results {
+        if r.rounds_us.is_empty() {
+            // Every round failed through this proxy (PgBouncer 1.18 and `prepared`).
+            table.push_str(&format!(
+                "| {} | {} | n/a | failed in every round |\n",
+                r.mode, r.target
+            ));
+            continue;
+        }
         let rounds: Vec<String> = r.rounds_us.iter().map(|v| format!("{v:.0}")).collect();
         table.push_str(&format!(
             "| {} | {} | {:.1} | {} |\n",
