@@ -93,6 +93,53 @@ pub fn measure(
     out
 }
 
+/// The rounds as the run's knobs ask for them (`CPU_ROUNDS`, `CPU_SECONDS`,
+/// `CPU_CLIENTS`): the `select` and `tpcb` scripts in the `simple` and `extended` modes
+/// among the run's, through every target with a CPU time of its own (the proxies). The
+/// report, or `None` when there is nothing to compare.
+pub fn run_configured(
+    pgbench: &Path,
+    (work, scale): (&Path, u64),
+    (scripts, modes, targets): (&[String], &[String], &[String]),
+    port_of: impl Fn(&str) -> u16,
+    cpu_pids_of: impl Fn(&str) -> Vec<u32>,
+) -> Option<String> {
+    let cells: Vec<(String, String)> = scripts
+        .iter()
+        .filter(|s| *s == "select" || *s == "tpcb")
+        .flat_map(|s| {
+            modes
+                .iter()
+                .filter(|m| *m == "simple" || *m == "extended")
+                .map(move |m| (s.clone(), m.clone()))
+        })
+        .collect();
+    let proxies: Vec<String> = targets
+        .iter()
+        .filter(|t| !cpu_pids_of(t).is_empty())
+        .cloned()
+        .collect();
+    let clients = std::env::var("CPU_CLIENTS").unwrap_or_else(|_| "16".into());
+    let plan = Plan {
+        cells: &cells,
+        clients: &clients,
+        rounds: super::env_num("CPU_ROUNDS", 5) as u32,
+        seconds: super::env_num("CPU_SECONDS", 4),
+    };
+    if plan.rounds == 0 || proxies.len() < 2 || cells.is_empty() {
+        return None;
+    }
+    let results = measure(
+        pgbench,
+        (work, scale),
+        &plan,
+        &proxies,
+        port_of,
+        cpu_pids_of,
+    );
+    Some(report(&results, &plan))
+}
+
 /// The median of the figures that are numbers; NaN when none is.
 fn median_of(values: impl Iterator<Item = f64>) -> f64 {
     let numbers: Vec<f64> = values.filter(|v| !v.is_nan()).collect();

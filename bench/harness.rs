@@ -418,40 +418,13 @@ fn main() {
 
     // CPU per transaction in rounds that alternate the proxies (`cpu_rounds.rs`): the
     // main table's one run per proxy and cell drifts more than the ratios it reports.
-    let cpu_cells: Vec<(String, String)> = scripts
-        .iter()
-        .filter(|s| *s == "select" || *s == "tpcb")
-        .flat_map(|s| {
-            modes
-                .iter()
-                .filter(|m| *m == "simple" || *m == "extended")
-                .map(move |m| (s.clone(), m.clone()))
-        })
-        .collect();
-    let cpu_proxies: Vec<String> = targets
-        .iter()
-        .filter(|t| !cpu_pids_of(t).is_empty())
-        .cloned()
-        .collect();
-    let cpu_clients = std::env::var("CPU_CLIENTS").unwrap_or_else(|_| "16".into());
-    let cpu_plan = cpu_rounds::Plan {
-        cells: &cpu_cells,
-        clients: &cpu_clients,
-        rounds: env_num("CPU_ROUNDS", 5) as u32,
-        seconds: env_num("CPU_SECONDS", 4),
-    };
-    let cpu_rounds_table = (cpu_plan.rounds > 0 && cpu_proxies.len() > 1 && !cpu_cells.is_empty())
-        .then(|| {
-            let results = cpu_rounds::measure(
-                &pgbench,
-                (work.path(), scale),
-                &cpu_plan,
-                &cpu_proxies,
-                port_of,
-                cpu_pids_of,
-            );
-            cpu_rounds::report(&results, &cpu_plan)
-        });
+    let cpu_rounds_table = cpu_rounds::run_configured(
+        &pgbench,
+        (work.path(), scale),
+        (&scripts, &modes, &targets),
+        port_of,
+        cpu_pids_of,
+    );
 
     let mut bulk_rows = Vec::new();
     let mut bulk_rounds = 0;

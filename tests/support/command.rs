@@ -17,26 +17,21 @@ pub trait OutputWithin {
     /// Runs the command as `Command::output` does (stdin closed, stdout and stderr
     /// collected). One that runs longer than `limit` is killed and fails the test,
     /// naming the program and showing its output so far.
-    fn output_within(&mut self, limit: Duration) -> Output {
-        let what = self.program_name();
-        self.try_output_within(limit)
-            .unwrap_or_else(|e| panic!("cannot start {what}: {e}"))
-    }
+    fn output_within(&mut self, limit: Duration) -> Output;
 
     /// As [`OutputWithin::output_within`], but a program that cannot be started (not
     /// installed) is an error for the caller to judge.
     fn try_output_within(&mut self, limit: Duration) -> std::io::Result<Output>;
-
-    fn program_name(&self) -> String;
 }
 
 impl OutputWithin for Command {
-    fn program_name(&self) -> String {
-        self.get_program().to_string_lossy().into_owned()
+    fn output_within(&mut self, limit: Duration) -> Output {
+        self.try_output_within(limit)
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", program_name(self)))
     }
 
     fn try_output_within(&mut self, limit: Duration) -> std::io::Result<Output> {
-        let what = self.program_name();
+        let what = program_name(self);
         let mut child = self
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -70,6 +65,10 @@ impl OutputWithin for Command {
             ),
         }
     }
+}
+
+fn program_name(command: &Command) -> String {
+    command.get_program().to_string_lossy().into_owned()
 }
 
 /// Reads one of the child's pipes to its end on a thread of its own, so a child that

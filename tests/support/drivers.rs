@@ -16,10 +16,10 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-
-use super::command::OutputWithin;
 use std::sync::OnceLock;
 use std::time::{Duration, SystemTime};
+
+use super::command::OutputWithin;
 
 /// Pinned, so a driver release cannot change what the tests see. Changing a version
 /// changes the install directory, so the new versions are installed on next use.
