@@ -106,7 +106,7 @@ pub fn run_configured(
 ) -> Option<String> {
     let cells: Vec<(String, String)> = scripts
         .iter()
-        .filter(|s| *s == "select" || *s == "tpcb")
+        .filter(|s| *s == "select" || *s == "tpcb" || super::tenant::is_tenant_script(s))
         .flat_map(|s| {
             modes
                 .iter()

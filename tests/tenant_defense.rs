@@ -277,6 +277,75 @@ async fn roles_map_to_tenants_and_bypass_ddl_refreshes_the_catalog() {
     assert_eq!(bodies, vec!["two"]);
 }
 
+/// Waits until the guard has finished a catalog load that started after this call.
+async fn catalog_loaded_again(proxy: &RunningProxy) {
+    let handle = proxy
+        .runtime
+        .tenancy()
+        .catalog_handle(DATABASE)
+        .expect("the database is guarded")
+        .clone();
+    within("a catalog load", handle.refreshed(Duration::from_secs(20)))
+        .await
+        .expect("the catalog loads again");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_finds_the_same_catalog_keeps_the_guards_shapes() {
+    let cluster = support::cluster(0);
+    let direct = proxy::connect_direct(&cluster).await;
+    within("schema", direct.batch_execute(SCHEMA))
+        .await
+        .unwrap();
+    let proxy = proxy::start(&cluster, |c| {
+        c.tenancy.mode = TenancyMode::Rewrite;
+        c.tenancy.refresh_interval_ms = 100;
+    })
+    .await;
+    let url = format!("{}?options=-c%20pgwarden.tenant_id%3D1", proxy::url(&proxy));
+    let client = within("connect", proxy::connect_url(&url)).await.unwrap();
+    // Orders 3, 6 and 9 are tenant 1's.
+    let note = |id: u32| format!("SELECT note FROM orders WHERE id = {id}");
+    let guard = || proxy.runtime.tenancy();
+    assert_eq!(
+        within("first", column(&client, &note(3))).await.unwrap(),
+        vec!["order 3"]
+    );
+    let (_, learned, _) = guard().shape_counts();
+    assert_eq!(learned, 1, "the first text of the shape is judged");
+    // Periodic loads (every 100 ms) find the same catalog: the shape stays known.
+    for _ in 0..3 {
+        catalog_loaded_again(&proxy).await;
+    }
+    assert_eq!(
+        within("same shape", column(&client, &note(6)))
+            .await
+            .unwrap(),
+        vec!["order 6"]
+    );
+    let (hits, misses, _) = guard().shape_counts();
+    assert_eq!((hits, misses), (1, 1), "served by the shape judged before");
+    // A catalog that changed empties the caches: the shape is judged again, and the
+    // session's memo of shapes does not answer for it.
+    within(
+        "ddl",
+        direct.batch_execute("CREATE TABLE audit_notes (id int, tenant_id bigint)"),
+    )
+    .await
+    .unwrap();
+    catalog_loaded_again(&proxy).await;
+    let memo_before = guard().shape_memo_hits();
+    assert_eq!(
+        within("after ddl", column(&client, &note(9)))
+            .await
+            .unwrap(),
+        vec!["order 9"]
+    );
+    let (_, misses, _) = guard().shape_counts();
+    assert_eq!(misses, 2, "judged again after the catalog changed");
+    assert_eq!(guard().shape_memo_hits(), memo_before);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refusal_inside_a_transaction_aborts_it_like_postgres_would() {
     let cluster = support::cluster(0);

@@ -98,6 +98,8 @@ pub fn render(runtime: &Runtime) -> String {
     for (result, count) in [("hit", hits), ("miss", misses), ("full", full)] {
         metrics::counter!("pgwarden_tenant_shape_cache_total", "result" => result).absolute(count);
     }
+    metrics::counter!("pgwarden_tenant_shape_memo_hits_total")
+        .absolute(runtime.tenancy().shape_memo_hits());
     for part in super::memory::parts(runtime) {
         metrics::gauge!("pgwarden_memory_bytes", "part" => part.part).set(part.bytes as f64);
     }

@@ -16,7 +16,9 @@ use crate::config::{Config, TenancyMode};
 use crate::protocol::extended::{BindView, ParseView, TargetKind, TargetView};
 use crate::protocol::frame::body;
 use crate::protocol::tag::frontend as tag;
-use crate::tenant::{params_are_tenant, Decision, Rejection, RejectionKind, TenantGuard};
+use crate::tenant::{
+    params_are_tenant, Decision, Rejection, RejectionKind, ShapeMemo, TenantGuard,
+};
 
 /// What the guard remembers of a statement it judged at Parse.
 #[derive(Debug, Clone)]
@@ -37,6 +39,8 @@ pub struct TenantSession {
     /// The role is in `tenancy.bypass_roles`: statements are not judged.
     pub bypass: bool,
     pub(super) statements: crate::stats::ProcessMap<Bytes, GuardedStatement>,
+    /// The shapes this session's texts had last (`tenant/shape_memo.rs`).
+    pub(super) shapes: ShapeMemo,
 }
 
 impl TenantSession {
@@ -84,6 +88,7 @@ impl TenantSession {
             fixed_by_role: role_tenant.is_some(),
             bypass,
             statements: crate::stats::ProcessMap::default(),
+            shapes: ShapeMemo::default(),
         };
         if !bypass {
             session.apply_rls_setting(config, settings);
@@ -269,12 +274,13 @@ impl Session {
     /// The guard's decision for `sql`; None when it may run unchanged. Refusals are
     /// counted, and returned as errors unless the mode is `audit`.
     async fn judge(&mut self, sql: &str) -> Result<Option<Arc<Decision>>, SessionError> {
-        let state = self.tenancy.as_ref().expect("guarded session");
+        let state = self.tenancy.as_mut().expect("guarded session");
         let guard: Arc<TenantGuard> = self.runtime.tenancy();
         // Timed only when traced: no clock read per statement otherwise.
         let started = tracing::enabled!(tracing::Level::TRACE).then(std::time::Instant::now);
         let decision = guard
             .decide(
+                &mut state.shapes,
                 &self.identity.database,
                 state.mode,
                 state.tenant.as_deref(),

@@ -26,9 +26,14 @@ use crate::tenant::{Rejection, RejectionKind};
 /// `SET pgwarden.tenant_id = '42'` → Some(Some("42")); `RESET pgwarden.tenant_id`
 /// → Some(None); anything else → None.
 pub(super) fn tenant_setting(sql: &str) -> Option<Option<String>> {
-    let text = sql.trim().trim_end_matches(';').trim();
-    // Most statements are neither: decide on the first word before copying anything.
-    if !(starts_with_word(text, "set") || starts_with_word(text, "reset")) || text.contains(';') {
+    // Most statements are neither: decide on the first word before trimming the end
+    // or copying anything.
+    let start = sql.trim_start();
+    if !(starts_with_word(start, "set") || starts_with_word(start, "reset")) {
+        return None;
+    }
+    let text = start.trim_end().trim_end_matches(';').trim_end();
+    if text.contains(';') {
         return None;
     }
     let lower = text.to_ascii_lowercase();

@@ -7,10 +7,14 @@
 //! tenant: references to it are refused.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio_postgres::Client;
 
 use crate::config::TenancyConfig;
+
+/// Catalog ids, never given twice in a process.
+static NEXT_CATALOG_ID: AtomicU64 = AtomicU64::new(1);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scope {
@@ -22,7 +26,7 @@ pub enum Scope {
     Global,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RelationInfo {
     pub schema: String,
     pub name: String,
@@ -40,6 +44,10 @@ pub enum Lookup<'a> {
 
 #[derive(Debug, Default, Clone)]
 pub struct Catalog {
+    /// This load among the process's catalogs (0: empty, never loaded). What the
+    /// guard decides is remembered with the id of the catalog it decided against and
+    /// used only with that catalog, so no decision outlives its catalog.
+    id: u64,
     relations: HashMap<(String, String), RelationInfo>,
     /// Relation name → schemas that have a relation of that name.
     by_name: HashMap<String, Vec<String>>,
@@ -129,12 +137,28 @@ impl Catalog {
             }
         }
         Catalog {
+            id: NEXT_CATALOG_ID.fetch_add(1, Ordering::Relaxed),
             relations,
             by_name,
             schemas,
             builtin_functions,
             user_functions,
         }
+    }
+
+    /// See [`Catalog::id`](field@Catalog::id).
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Whether `other` knows the same relations, schemas and functions (whatever
+    /// their ids): a load that finds the same catalog changes nothing.
+    pub fn same_contents(&self, other: &Catalog) -> bool {
+        self.relations == other.relations
+            && self.by_name == other.by_name
+            && self.schemas == other.schemas
+            && self.builtin_functions == other.builtin_functions
+            && self.user_functions == other.user_functions
     }
 
     /// Finds a relation. An unqualified name matches every schema that has it; the

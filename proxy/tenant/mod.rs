@@ -12,7 +12,8 @@
 //! - `writes`: the tenant column of written rows; `predicates`: tenant conjuncts.
 //! - `bind`: parameters checked at Bind; `violations`: what was refused, counted.
 //! - `shape` and `shape_cache`: decisions kept per statement shape (literals aside),
-//!   applied again to later texts with other literals.
+//!   applied again to later texts with other literals; `shape_pattern` and
+//!   `shape_memo`: a session's last shapes, matched in place.
 
 mod bind;
 pub mod catalog;
@@ -26,6 +27,8 @@ mod rewrite;
 mod sample;
 pub(crate) mod shape;
 mod shape_cache;
+mod shape_memo;
+mod shape_pattern;
 mod violations;
 mod writes;
 
@@ -47,6 +50,7 @@ pub use sample::sample_catalog;
 pub use violations::{ViolationRow, Violations};
 
 use shape_cache::{same_text, ShapeCache, ShapeLookup};
+pub use shape_memo::ShapeMemo;
 
 use crate::config::{Config, TenancyConfig, TenancyMode};
 use crate::stats::ProcessHashState;
@@ -181,6 +185,8 @@ fn decision_cache(
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct DecisionKey {
+    /// The catalog decided against ([`Catalog::id`]).
+    catalog: u64,
     database: Arc<str>,
     mode: TenancyMode,
     tenant: Option<Arc<str>>,
@@ -263,6 +269,7 @@ impl TenantGuard {
     /// (literals aside) was.
     pub async fn decide(
         &self,
+        memo: &mut ShapeMemo,
         database: &str,
         mode: TenancyMode,
         tenant: Option<&str>,
@@ -273,14 +280,14 @@ impl TenantGuard {
             .get(database)
             .ok_or_else(|| format!("database {database} has no tenant catalog"))?;
         let catalog = handle.ready(Duration::from_secs(10)).await?;
-        match self.decide_on(&catalog, database, mode, tenant, sql) {
+        match self.decide_on(memo, &catalog, database, mode, tenant, sql) {
             Ok(decision) => Ok(decision),
             Err(unknown) => {
                 // Perhaps created a moment ago (by another connection): decide again on
                 // a catalog loaded after this statement arrived.
                 match handle.refreshed(Duration::from_secs(2)).await {
                     Some(fresh) => Ok(self
-                        .decide_on(&fresh, database, mode, tenant, sql)
+                        .decide_on(memo, &fresh, database, mode, tenant, sql)
                         .unwrap_or_else(|unknown| unknown)),
                     None => Ok(unknown), // not remembered: the next load may know it
                 }
@@ -306,12 +313,13 @@ impl TenantGuard {
         }
     }
 
-    /// The decision for `sql` against `catalog`, through both caches. `Err` is a
-    /// refusal naming a relation or function the catalog may not know yet: it is
-    /// not remembered.
+    /// The decision for `sql` against `catalog`, through the session's `memo` of
+    /// shapes and both caches. `Err` is a refusal naming a relation or function the
+    /// catalog may not know yet: it is not remembered.
     #[doc(hidden)]
     pub fn decide_on(
         &self,
+        memo: &mut ShapeMemo,
         catalog: &Catalog,
         database: &str,
         mode: TenancyMode,
@@ -320,12 +328,16 @@ impl TenantGuard {
     ) -> Result<Arc<Decision>, Arc<Decision>> {
         // The shape path first: a text with literals whose shape was judged before.
         let ctx = || guard_context(&self.config, &self.safe_functions, catalog, tenant);
-        let learn = match self.shapes.lookup(ctx, database, mode, tenant, sql) {
+        let learn = match self
+            .shapes
+            .lookup(memo, catalog.id(), ctx, database, mode, tenant, sql)
+        {
             ShapeLookup::Decided(decision) => return Ok(decision),
             ShapeLookup::Learn(shaped) => Some(shaped),
             ShapeLookup::Full => None,
         };
         let key = DecisionKey {
+            catalog: catalog.id(),
             database: database.into(),
             mode,
             tenant: tenant.map(Arc::from),
@@ -347,7 +359,8 @@ impl TenantGuard {
             return Err(decision);
         }
         if let Some(shaped) = learn {
-            self.shapes.learn(&ctx(), mode, sql, shaped, &decision);
+            self.shapes
+                .learn(memo, catalog.id(), &ctx(), mode, sql, shaped, &decision);
         }
         self.decisions.insert(key, decision.clone());
         Ok(decision)
@@ -356,6 +369,12 @@ impl TenantGuard {
     /// Shape cache counts: (hits, misses, full-path texts).
     pub fn shape_counts(&self) -> (u64, u64, u64) {
         self.shapes.counts()
+    }
+
+    /// How many texts were matched in their session's memo of shapes (each also
+    /// counted in [`TenantGuard::shape_counts`]).
+    pub fn shape_memo_hits(&self) -> u64 {
+        self.shapes.memo_hits()
     }
 }
 

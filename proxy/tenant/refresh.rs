@@ -82,8 +82,12 @@ impl CatalogHandle {
         self.started.fetch_add(1, Ordering::SeqCst) + 1
     }
 
-    fn store(&self, catalog: Catalog, load: u64) {
-        self.current.store(Some(Arc::new(catalog)));
+    /// Stores what load number `load` found: a new catalog, or None when it found the
+    /// one held (kept, with its id and the decisions made against it).
+    fn store(&self, catalog: Option<Catalog>, load: u64) {
+        if let Some(catalog) = catalog {
+            self.current.store(Some(Arc::new(catalog)));
+        }
         if let Ok(mut error) = self.last_error.lock() {
             *error = None;
         }
@@ -98,7 +102,10 @@ impl CatalogHandle {
 }
 
 /// Starts the refresh task; it ends when the handle is dropped everywhere else.
-/// `on_change` runs after each successful load (it clears decision caches).
+/// `on_change` runs after a successful load that differs from the catalog held (it
+/// clears the decision and shape caches, whose entries made against the old catalog
+/// are no longer used anyway): a periodic load that finds the same catalog keeps it,
+/// and what was decided against it.
 pub fn spawn(
     handle: Arc<CatalogHandle>,
     url: String,
@@ -115,8 +122,13 @@ pub fn spawn(
             let number = handle.start_load();
             match load(&mut client, &url, &config).await {
                 Ok(catalog) => {
-                    handle.store(catalog, number);
-                    on_change();
+                    let changed = handle
+                        .current()
+                        .is_none_or(|held| !held.same_contents(&catalog));
+                    handle.store(changed.then_some(catalog), number);
+                    if changed {
+                        on_change();
+                    }
                 }
                 Err(error) => {
                     tracing::warn!(%error, "tenant guard: could not load the catalog");

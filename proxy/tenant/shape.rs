@@ -240,31 +240,9 @@ pub fn split_after(prefix: &str, sql: &str) -> Option<Shaped> {
                 None
             }
             b'$' => return None,
-            b'\'' => {
-                let mut j = i + 1;
-                loop {
-                    match b.get(j)? {
-                        b'\\' => return None,
-                        b'\'' if b.get(j + 1) == Some(&b'\'') => j += 2,
-                        b'\'' => break,
-                        _ => j += 1,
-                    }
-                }
-                Some(j + 1)
-            }
-            b'0'..=b'9' => {
-                let digits = |mut j: usize| {
-                    while b.get(j).is_some_and(u8::is_ascii_digit) {
-                        j += 1;
-                    }
-                    j
-                };
-                let mut j = digits(i);
-                if b.get(j) == Some(&b'.') && b.get(j + 1).is_some_and(u8::is_ascii_digit) {
-                    j = digits(j + 1);
-                }
-                Some(j)
-            }
+            // Unterminated, or a backslash inside: not for the shape path.
+            b'\'' => Some(literal_at(b, i)?),
+            b'0'..=b'9' => literal_at(b, i),
             _ => {
                 i += 1;
                 None
@@ -293,6 +271,41 @@ pub fn split_after(prefix: &str, sql: &str) -> Option<Shaped> {
         prefix: prefix.len(),
         literals,
     })
+}
+
+/// The end of the literal starting at `b[i]`, as [`split_after`] takes literals: a
+/// backslash-free standard string (`'it''s'`), or a plain number (`17`, `1.5`).
+/// None for anything else, and for a string that is unterminated or holds a
+/// backslash.
+pub(super) fn literal_at(b: &[u8], i: usize) -> Option<usize> {
+    match *b.get(i)? {
+        b'\'' => {
+            let mut j = i + 1;
+            loop {
+                match b.get(j)? {
+                    b'\\' => return None,
+                    b'\'' if b.get(j + 1) == Some(&b'\'') => j += 2,
+                    b'\'' => break,
+                    _ => j += 1,
+                }
+            }
+            Some(j + 1)
+        }
+        b'0'..=b'9' => {
+            let digits = |mut j: usize| {
+                while b.get(j).is_some_and(u8::is_ascii_digit) {
+                    j += 1;
+                }
+                j
+            };
+            let mut j = digits(i);
+            if b.get(j) == Some(&b'.') && b.get(j + 1).is_some_and(u8::is_ascii_digit) {
+                j = digits(j + 1);
+            }
+            Some(j)
+        }
+        _ => None,
+    }
 }
 
 /// Appends ` $k ` (what [`split`] puts in place of the k-th literal) without the

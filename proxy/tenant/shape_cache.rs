@@ -14,6 +14,8 @@ use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
 
 use super::shape::{self, Shaped, Template};
+use super::shape_memo::ShapeMemo;
+use super::shape_pattern::ShapePattern;
 use super::{cache_budget, decide, entry_weight, may_be_unknown_yet, policy};
 use super::{Decision, GuardContext};
 use crate::config::{TenancyConfig, TenancyMode};
@@ -23,11 +25,26 @@ use crate::stats::ProcessHashState;
 /// texts are many), hashed with the seeded process hash. Keys are compared whole, so
 /// a collision costs a probe, never another shape's decision.
 pub(super) struct ShapeCache {
-    entries: moka::sync::Cache<ShapeKey, Arc<ShapeEntry>, ProcessHashState>,
+    entries: moka::sync::Cache<ShapeKey, Arc<CachedShape>, ProcessHashState>,
     counts: ShapeCounts,
     /// The one `Pass` the shape path hands out (no allocation per statement).
     pass: Arc<Decision>,
+    /// This cache among the guards the process builds (a configuration change builds
+    /// a new one): a session's memo holds shapes of one cache only.
+    id: u64,
 }
+
+/// A shape in the cache: what a later text must repeat, and what was decided.
+#[derive(Debug)]
+pub(super) struct CachedShape {
+    pub(super) pattern: ShapePattern,
+    entry: ShapeEntry,
+    /// The catalog it was judged against ([`Catalog::id`]): used with that one only.
+    catalog: u64,
+}
+
+/// The ids of shape caches, never given twice in a process.
+static NEXT_CACHE_ID: AtomicU64 = AtomicU64::new(1);
 
 /// What the shape cache says of one text.
 pub(super) enum ShapeLookup {
@@ -50,10 +67,12 @@ impl ShapeCache {
                 .build_with_hasher(crate::stats::process_hasher()),
             counts: ShapeCounts::default(),
             pass: Arc::new(Decision::Pass),
+            id: NEXT_CACHE_ID.fetch_add(1, Ordering::Relaxed),
         }
     }
 
-    /// Forgets every shape (the catalog changed); callable from the refresh task.
+    /// Forgets every shape (the catalog changed: they are no longer used, see
+    /// [`CachedShape::catalog`]); callable from the refresh task.
     pub(super) fn invalidator(&self) -> impl Fn() + Send + Sync + 'static {
         let entries = self.entries.clone();
         move || entries.invalidate_all()
@@ -67,47 +86,78 @@ impl ShapeCache {
         )
     }
 
-    /// Looks `sql` up by its shape. `ctx` gives the guard context, built only when a
-    /// cached entry must read the text's literals.
+    /// Looks `sql` up by its shape, among the shapes judged against the catalog
+    /// `catalog`: in the session's `memo` of the shapes its texts had last (matched
+    /// in place), then in the cache (the text's shape built and hashed). `ctx` gives
+    /// the guard context, built only when a cached entry must read the text's
+    /// literals.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn lookup<'c>(
         &self,
+        memo: &mut ShapeMemo,
+        catalog: u64,
         ctx: impl Fn() -> GuardContext<'c>,
         database: &str,
         mode: TenancyMode,
         tenant: Option<&str>,
         sql: &str,
     ) -> ShapeLookup {
+        memo.serve(self.id, catalog, database, mode, tenant);
+        if let Some(cached) = memo.find(sql) {
+            self.counts.memo_hits.fetch_add(1, Ordering::Relaxed);
+            return self.decide_cached(&cached.entry, &ctx, sql, memo.literals());
+        }
         let Some(shaped) = shape_of(&shape_key_prefix(database, mode, tenant), sql) else {
             return ShapeLookup::Full;
         };
+        match self
+            .entries
+            .get(shaped.shape.as_str())
+            .filter(|cached| cached.catalog == catalog)
+        {
+            Some(cached) => {
+                let lookup = self.decide_cached(&cached.entry, &ctx, sql, &shaped.literals);
+                memo.remember(cached);
+                lookup
+            }
+            None => {
+                self.counts.misses.fetch_add(1, Ordering::Relaxed);
+                ShapeLookup::Learn(shaped)
+            }
+        }
+    }
+
+    /// What a cached entry decides for `sql`, whose literals are at `literals`.
+    fn decide_cached<'c>(
+        &self,
+        entry: &ShapeEntry,
+        ctx: &impl Fn() -> GuardContext<'c>,
+        sql: &str,
+        literals: &[std::ops::Range<usize>],
+    ) -> ShapeLookup {
         let hit = |decision: Arc<Decision>| {
             self.counts.hits.fetch_add(1, Ordering::Relaxed);
             ShapeLookup::Decided(decision)
         };
-        match self.entries.get(shaped.shape.as_str()).as_deref() {
-            Some(ShapeEntry::Pass) => return hit(self.pass.clone()),
-            Some(ShapeEntry::PassIfTenant(places)) => {
-                if literals_are_tenant(&ctx(), sql, &shaped.literals, places) {
+        match entry {
+            ShapeEntry::Pass => return hit(self.pass.clone()),
+            ShapeEntry::PassIfTenant(places) => {
+                if literals_are_tenant(&ctx(), sql, literals, places) {
                     return hit(self.pass.clone());
                 }
             }
-            Some(ShapeEntry::Rewritten { template, pinned }) => {
-                if !pinned.is_empty() && literals_are_tenant(&ctx(), sql, &shaped.literals, pinned)
-                {
+            ShapeEntry::Rewritten { template, pinned } => {
+                if !pinned.is_empty() && literals_are_tenant(&ctx(), sql, literals, pinned) {
                     return hit(self.pass.clone());
                 }
-                if let Some(text) = template.apply(sql, &shaped.literals) {
+                if let Some(text) = template.apply(sql, literals) {
                     return hit(Arc::new(Decision::Rewritten {
                         sql: text,
                         tenant_params: Vec::new(),
                     }));
                 }
             }
-            Some(ShapeEntry::Full) => {}
-            None => {
-                self.counts.misses.fetch_add(1, Ordering::Relaxed);
-                return ShapeLookup::Learn(shaped);
-            }
+            ShapeEntry::Full => {}
         }
         self.counts.full.fetch_add(1, Ordering::Relaxed);
         ShapeLookup::Full
@@ -115,8 +165,11 @@ impl ShapeCache {
 
     /// Remembers what the full path decided for the first text of a shape (see
     /// [`learn_shape`]).
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn learn(
         &self,
+        memo: &mut ShapeMemo,
+        catalog: u64,
         ctx: &GuardContext<'_>,
         mode: TenancyMode,
         sql: &str,
@@ -124,8 +177,14 @@ impl ShapeCache {
         decision: &Decision,
     ) {
         if let Some(entry) = learn_shape(ctx, mode, sql, &shaped, decision) {
+            let cached = Arc::new(CachedShape {
+                pattern: ShapePattern::of(sql, &shaped),
+                entry,
+                catalog,
+            });
             self.entries
-                .insert(Arc::from(shaped.shape.as_str()), Arc::new(entry));
+                .insert(Arc::from(shaped.shape.as_str()), cached.clone());
+            memo.remember(cached);
         }
     }
 
@@ -136,6 +195,12 @@ impl ShapeCache {
             self.counts.misses.load(Ordering::Relaxed),
             self.counts.full.load(Ordering::Relaxed),
         )
+    }
+
+    /// How many texts were matched to a shape in their session's memo (counted among
+    /// the hits or the full-path texts too).
+    pub(super) fn memo_hits(&self) -> u64 {
+        self.counts.memo_hits.load(Ordering::Relaxed)
     }
 }
 
@@ -182,14 +247,15 @@ fn shape_key_prefix(database: &str, mode: TenancyMode, tenant: Option<&str>) -> 
 /// A shape cache key: [`shape_key_prefix`], then the shape.
 type ShapeKey = Arc<str>;
 
-fn shape_weight(key: &ShapeKey, entry: &Arc<ShapeEntry>) -> u32 {
-    let value = match entry.as_ref() {
-        ShapeEntry::Rewritten { template, pinned } => {
-            template.bytes() + std::mem::size_of_val(pinned.as_ref())
-        }
-        ShapeEntry::PassIfTenant(places) => std::mem::size_of_val(places.as_ref()),
-        ShapeEntry::Pass | ShapeEntry::Full => 0,
-    };
+fn shape_weight(key: &ShapeKey, cached: &Arc<CachedShape>) -> u32 {
+    let value = cached.pattern.bytes()
+        + match &cached.entry {
+            ShapeEntry::Rewritten { template, pinned } => {
+                template.bytes() + std::mem::size_of_val(pinned.as_ref())
+            }
+            ShapeEntry::PassIfTenant(places) => std::mem::size_of_val(places.as_ref()),
+            ShapeEntry::Pass | ShapeEntry::Full => 0,
+        };
     entry_weight("", None, key, value)
 }
 
@@ -319,4 +385,6 @@ struct ShapeCounts {
     misses: AtomicU64,
     /// Shape known to need the full path, or a template that did not apply.
     full: AtomicU64,
+    /// Matched in the session's memo, without building the shape.
+    memo_hits: AtomicU64,
 }

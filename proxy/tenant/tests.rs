@@ -360,6 +360,8 @@ struct ShapeGuard {
     guard: TenantGuard,
     catalog: Catalog,
     config: TenancyConfig,
+    /// One session's memo of shapes, kept across the texts it decides.
+    memo: std::cell::RefCell<ShapeMemo>,
 }
 
 impl ShapeGuard {
@@ -369,13 +371,21 @@ impl ShapeGuard {
             guard: TenantGuard::detached(&config),
             catalog: sample_catalog(&config),
             config,
+            memo: Default::default(),
         }
     }
 
     fn decide(&self, mode: TenancyMode, tenant: &str, sql: &str) -> Decision {
         let decision = self
             .guard
-            .decide_on(&self.catalog, "app", mode, Some(tenant), sql)
+            .decide_on(
+                &mut self.memo.borrow_mut(),
+                &self.catalog,
+                "app",
+                mode,
+                Some(tenant),
+                sql,
+            )
             .unwrap_or_else(|unknown| unknown);
         Decision::clone(&decision)
     }
@@ -573,4 +583,109 @@ fn routing_hints_in_literals_keep_the_full_path() {
     assert_eq!(g.decide(mode, "1", plain), g.full(mode, "1", plain));
     assert_eq!(g.decide(mode, "1", hinted), g.full(mode, "1", hinted));
     assert_eq!(g.hits(), 0);
+}
+
+#[test]
+fn a_sessions_memo_serves_the_shapes_it_used_last() {
+    let g = ShapeGuard::new();
+    let mode = TenancyMode::Rewrite;
+    let texts = |id: u32| {
+        [
+            format!("SELECT o.total FROM orders o WHERE o.id = {id}"),
+            format!("SELECT name FROM products WHERE id = {id}"),
+            format!("UPDATE orders SET total = total + {id} WHERE id = {id}"),
+        ]
+    };
+    for sql in texts(1) {
+        assert_eq!(g.decide(mode, "1", &sql), g.full(mode, "1", &sql), "{sql}");
+    }
+    assert_eq!(g.guard.shape_memo_hits(), 0);
+    // The same statements with other literals, in another order: from the memo.
+    for id in [22, 333, 4] {
+        for sql in texts(id).iter().rev() {
+            let decision = g.decide(mode, "1", sql);
+            match g.full(mode, "1", sql) {
+                Decision::Rewritten { sql: expected, .. } => {
+                    let Decision::Rewritten { sql: text, .. } = &decision else {
+                        panic!("{sql}: {decision:?}");
+                    };
+                    assert!(same_text(text, &expected), "{text}\n{expected}");
+                }
+                expected => assert_eq!(decision, expected, "{sql}"),
+            }
+        }
+    }
+    assert_eq!(g.guard.shape_memo_hits(), 9);
+    assert_eq!(g.hits(), 9);
+    // Another session (a memo of its own) finds them in the shared cache.
+    let mut other = ShapeMemo::default();
+    let sql = "SELECT name FROM products WHERE id = 5";
+    let decision = g
+        .guard
+        .decide_on(&mut other, &g.catalog, "app", mode, Some("1"), sql)
+        .unwrap();
+    assert_eq!(*decision, Decision::Pass);
+    assert_eq!((g.hits(), g.guard.shape_memo_hits()), (10, 9));
+}
+
+#[test]
+fn decisions_are_used_with_the_catalog_they_were_made_against_only() {
+    let g = ShapeGuard::new();
+    let mode = TenancyMode::Rewrite;
+    assert_eq!(
+        g.decide(mode, "1", "SELECT name FROM products WHERE id = 1"),
+        Decision::Pass
+    );
+    assert_eq!(
+        g.decide(mode, "1", "SELECT name FROM products WHERE id = 2"),
+        Decision::Pass
+    );
+    assert_eq!(g.guard.shape_memo_hits(), 1);
+    // A catalog loaded since (here the same contents, but another load): neither the
+    // session's memo nor the shared caches answer with what the old one decided.
+    let reloaded = sample_catalog(&g.config);
+    assert_ne!(reloaded.id(), g.catalog.id());
+    assert!(reloaded.same_contents(&g.catalog));
+    let mut memo = g.memo.borrow_mut();
+    for sql in [
+        "SELECT name FROM products WHERE id = 3",
+        "SELECT name FROM products WHERE id = 4",
+    ] {
+        let decision = g
+            .guard
+            .decide_on(&mut memo, &reloaded, "app", mode, Some("1"), sql)
+            .unwrap();
+        assert_eq!(*decision, Decision::Pass);
+    }
+    assert_eq!(g.guard.shape_counts().1, 2, "judged again: a second miss");
+    assert_eq!(g.guard.shape_memo_hits(), 2, "then from the memo again");
+    // The same text as before, against the new catalog: decided anew, not from the
+    // decision cache (a text without literals, which the shape path leaves alone).
+    let plain = "SELECT name FROM products";
+    g.guard.decisions.run_pending_tasks();
+    let before = g.guard.decisions.entry_count();
+    g.guard
+        .decide_on(&mut memo, &g.catalog, "app", mode, Some("1"), plain)
+        .unwrap();
+    g.guard
+        .decide_on(&mut memo, &reloaded, "app", mode, Some("1"), plain)
+        .unwrap();
+    g.guard.decisions.run_pending_tasks();
+    assert_eq!(g.guard.decisions.entry_count(), before + 2);
+}
+
+#[test]
+fn a_memo_holds_one_tenants_shapes() {
+    let g = ShapeGuard::new();
+    let enforce = TenancyMode::Enforce;
+    let own = "SELECT * FROM orders WHERE tenant_id = 1 AND id = 3";
+    assert_eq!(g.decide(enforce, "1", own), Decision::Pass);
+    // Tenant 2's session with the same memo: tenant 1's pinned shape must not pass.
+    let decision = g.decide(
+        enforce,
+        "2",
+        "SELECT * FROM orders WHERE tenant_id = 1 AND id = 4",
+    );
+    assert!(matches!(decision, Decision::Reject(_)), "{decision:?}");
+    assert_eq!(g.guard.shape_memo_hits(), 0);
 }
