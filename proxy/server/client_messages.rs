@@ -92,7 +92,7 @@ impl Session {
         // as a boxed future: without a tenant guard, a `DROP DATABASE` or protection
         // limits, the handling future (boxed once per transaction by `serve`) holds
         // none of their state and stays in malloc's per-thread cache.
-        let guarded = if self.tenancy.is_none() {
+        let guarded = if self.tenancy.is_none() || !super::tenancy::judges(message_tag) {
             Ok(frame)
         } else {
             Box::pin(self.guard_message(message_tag, frame)).await

@@ -135,8 +135,18 @@ pub(super) fn starts_with_word(text: &str, word: &str) -> bool {
         .is_some_and(|head| head.eq_ignore_ascii_case(word))
 }
 
+/// Whether the guard looks at messages with this tag at all: the others (`Describe`,
+/// `Execute`, `Sync`, copy data...) carry no statement, name or call, and go by
+/// without the guard's (boxed) future.
+pub(super) fn judges(message_tag: u8) -> bool {
+    matches!(
+        message_tag,
+        tag::QUERY | tag::PARSE | tag::BIND | tag::CLOSE | tag::FUNCTION_CALL
+    )
+}
+
 impl Session {
-    /// Judges a client message before it goes anywhere. Returns the frame to use
+    /// Judges a client message before it goes anywhere (one [`judges`] names). Returns the frame to use
     /// (the same one, or a rewritten one). `Answered` means the proxy answered it.
     pub(super) async fn guard_message(
         &mut self,
@@ -239,6 +249,8 @@ impl Session {
                 );
                 self.refuse(rejection, "<function call>").map(|_| frame)
             }
+            // Only the tags `judges` names are handed to this function: a tag given a
+            // case here must be added there.
             _ => Ok(frame),
         }
     }
