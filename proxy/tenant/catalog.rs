@@ -146,7 +146,7 @@ impl Catalog {
         }
     }
 
-    /// See [`Catalog::id`](field@Catalog::id).
+    /// This load's id: decisions made against it are used with it only.
     pub fn id(&self) -> u64 {
         self.id
     }

@@ -39,7 +39,7 @@ pub(super) struct ShapeCache {
 pub(super) struct CachedShape {
     pub(super) pattern: ShapePattern,
     entry: ShapeEntry,
-    /// The catalog it was judged against ([`Catalog::id`]): used with that one only.
+    /// The catalog it was judged against (`Catalog::id`): used with that one only.
     catalog: u64,
 }
 
@@ -72,7 +72,7 @@ impl ShapeCache {
     }
 
     /// Forgets every shape (the catalog changed: they are no longer used, see
-    /// [`CachedShape::catalog`]); callable from the refresh task.
+    /// `CachedShape::catalog`); callable from the refresh task.
     pub(super) fn invalidator(&self) -> impl Fn() + Send + Sync + 'static {
         let entries = self.entries.clone();
         move || entries.invalidate_all()
