@@ -379,4 +379,6 @@ impl TenantGuard {
 }
 
 #[cfg(test)]
+mod shape_tests;
+#[cfg(test)]
 mod tests;
