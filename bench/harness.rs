@@ -17,8 +17,8 @@
 //!   SOCKETS=1: the pgbench cells over Unix-domain sockets on every leg (`sockets.rs`)
 //! Each proxy's CPU time per transaction (user + system, from /proc) is reported too,
 //! and again in rounds that alternate the proxies (`cpu_rounds.rs`):
-//!   CPU_ROUNDS=5 (0 to skip)  CPU_SECONDS=4  CPU_CLIENTS=16, for the select and tpcb
-//!   scripts in the simple and extended modes of the run
+//!   CPU_ROUNDS=5 (0 to skip)  CPU_SECONDS=4  CPU_CLIENTS=16, for the select, tpcb and
+//!   tenant scripts in the simple and extended modes of the run
 //!   PROXY_SESSION=shared: the proxies in the harness's session, with pgbench (`own`:
 //!   each in a session of its own, as a daemon)
 //! Results: a table on stdout, bench/results/latest.md and latest.csv.

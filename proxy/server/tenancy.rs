@@ -146,8 +146,9 @@ pub(super) fn judges(message_tag: u8) -> bool {
 }
 
 impl Session {
-    /// Judges a client message before it goes anywhere (one [`judges`] names). Returns the frame to use
-    /// (the same one, or a rewritten one). `Answered` means the proxy answered it.
+    /// Judges a client message before it goes anywhere (one [`judges`] names).
+    /// Returns the frame to use (the same one, or a rewritten one). `Answered` means
+    /// the proxy answered it.
     pub(super) async fn guard_message(
         &mut self,
         message_tag: u8,

@@ -49,7 +49,7 @@ pub use refresh::CatalogHandle;
 pub use sample::sample_catalog;
 pub use violations::{ViolationRow, Violations};
 
-use shape_cache::{same_text, ShapeCache, ShapeLookup};
+use shape_cache::{same_text, ShapeCache, ShapeLookup, ShapeScope};
 pub use shape_memo::ShapeMemo;
 
 use crate::config::{Config, TenancyConfig, TenancyMode};
@@ -328,10 +328,13 @@ impl TenantGuard {
     ) -> Result<Arc<Decision>, Arc<Decision>> {
         // The shape path first: a text with literals whose shape was judged before.
         let ctx = || guard_context(&self.config, &self.safe_functions, catalog, tenant);
-        let learn = match self
-            .shapes
-            .lookup(memo, catalog.id(), ctx, database, mode, tenant, sql)
-        {
+        let scope = ShapeScope {
+            catalog: catalog.id(),
+            database,
+            mode,
+            tenant,
+        };
+        let learn = match self.shapes.lookup(memo, scope, ctx, sql) {
             ShapeLookup::Decided(decision) => return Ok(decision),
             ShapeLookup::Learn(shaped) => Some(shaped),
             ShapeLookup::Full => None,
@@ -360,7 +363,7 @@ impl TenantGuard {
         }
         if let Some(shaped) = learn {
             self.shapes
-                .learn(memo, catalog.id(), &ctx(), mode, sql, shaped, &decision);
+                .learn(memo, scope, &ctx(), sql, shaped, &decision);
         }
         self.decisions.insert(key, decision.clone());
         Ok(decision)

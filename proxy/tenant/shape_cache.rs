@@ -43,6 +43,16 @@ pub(super) struct CachedShape {
     catalog: u64,
 }
 
+/// Which shapes a text is looked up among: those judged against this catalog
+/// (`Catalog::id`) for this database, mode and tenant.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct ShapeScope<'a> {
+    pub(super) catalog: u64,
+    pub(super) database: &'a str,
+    pub(super) mode: TenancyMode,
+    pub(super) tenant: Option<&'a str>,
+}
+
 /// The ids of shape caches, never given twice in a process.
 static NEXT_CACHE_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -86,34 +96,29 @@ impl ShapeCache {
         )
     }
 
-    /// Looks `sql` up by its shape, among the shapes judged against the catalog
-    /// `catalog`: in the session's `memo` of the shapes its texts had last (matched
-    /// in place), then in the cache (the text's shape built and hashed). `ctx` gives
-    /// the guard context, built only when a cached entry must read the text's
-    /// literals.
-    #[allow(clippy::too_many_arguments)]
+    /// Looks `sql` up by its shape, among the shapes of `scope`: in the session's
+    /// `memo` of the shapes its texts had last (matched in place), then in the cache
+    /// (the text's shape built and hashed). `ctx` gives the guard context, built only
+    /// when a cached entry must read the text's literals.
     pub(super) fn lookup<'c>(
         &self,
         memo: &mut ShapeMemo,
-        catalog: u64,
+        scope: ShapeScope<'_>,
         ctx: impl Fn() -> GuardContext<'c>,
-        database: &str,
-        mode: TenancyMode,
-        tenant: Option<&str>,
         sql: &str,
     ) -> ShapeLookup {
-        memo.serve(self.id, catalog, database, mode, tenant);
+        memo.serve(self.id, scope);
         if let Some(cached) = memo.find(sql) {
             self.counts.memo_hits.fetch_add(1, Ordering::Relaxed);
             return self.decide_cached(&cached.entry, &ctx, sql, memo.literals());
         }
-        let Some(shaped) = shape_of(&shape_key_prefix(database, mode, tenant), sql) else {
+        let Some(shaped) = shape_of(&shape_key_prefix(scope), sql) else {
             return ShapeLookup::Full;
         };
         match self
             .entries
             .get(shaped.shape.as_str())
-            .filter(|cached| cached.catalog == catalog)
+            .filter(|cached| cached.catalog == scope.catalog)
         {
             Some(cached) => {
                 let lookup = self.decide_cached(&cached.entry, &ctx, sql, &shaped.literals);
@@ -165,22 +170,20 @@ impl ShapeCache {
 
     /// Remembers what the full path decided for the first text of a shape (see
     /// [`learn_shape`]).
-    #[allow(clippy::too_many_arguments)]
     pub(super) fn learn(
         &self,
         memo: &mut ShapeMemo,
-        catalog: u64,
+        scope: ShapeScope<'_>,
         ctx: &GuardContext<'_>,
-        mode: TenancyMode,
         sql: &str,
         shaped: Shaped,
         decision: &Decision,
     ) {
-        if let Some(entry) = learn_shape(ctx, mode, sql, &shaped, decision) {
+        if let Some(entry) = learn_shape(ctx, scope.mode, sql, &shaped, decision) {
             let cached = Arc::new(CachedShape {
                 pattern: ShapePattern::of(sql, &shaped),
                 entry,
-                catalog,
+                catalog: scope.catalog,
             });
             self.entries
                 .insert(Arc::from(shaped.shape.as_str()), cached.clone());
@@ -228,7 +231,13 @@ enum ShapeEntry {
 /// The start of a shape cache key: database, mode and tenant, each length-prefixed
 /// so that no two keys run into each other. The shape follows in the same string
 /// ([`shape::split_after`]), so a lookup allocates nothing more.
-fn shape_key_prefix(database: &str, mode: TenancyMode, tenant: Option<&str>) -> String {
+fn shape_key_prefix(scope: ShapeScope<'_>) -> String {
+    let ShapeScope {
+        database,
+        mode,
+        tenant,
+        ..
+    } = scope;
     fn field(prefix: &mut String, text: &str) {
         prefix.push_str(itoa::Buffer::new().format(text.len()));
         prefix.push(':');

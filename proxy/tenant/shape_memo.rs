@@ -11,7 +11,7 @@
 use std::ops::Range;
 use std::sync::Arc;
 
-use super::shape_cache::CachedShape;
+use super::shape_cache::{CachedShape, ShapeScope};
 use crate::config::TenancyMode;
 
 /// How many shapes a session keeps: TPC-B's transaction has five statements.
@@ -37,31 +37,24 @@ struct Owner {
 }
 
 impl ShapeMemo {
-    /// Makes the memo one of `cache` and `catalog` for this database, mode and
-    /// tenant, emptying it when it held another's shapes.
-    pub(super) fn serve(
-        &mut self,
-        cache: u64,
-        catalog: u64,
-        database: &str,
-        mode: TenancyMode,
-        tenant: Option<&str>,
-    ) {
+    /// Makes the memo one of `cache` and `scope`, emptying it when it held
+    /// another's shapes.
+    pub(super) fn serve(&mut self, cache: u64, scope: ShapeScope<'_>) {
         let same = self.owner.as_ref().is_some_and(|owner| {
             owner.cache == cache
-                && owner.catalog == catalog
-                && owner.mode == mode
-                && owner.database == database
-                && owner.tenant.as_deref() == tenant
+                && owner.catalog == scope.catalog
+                && owner.mode == scope.mode
+                && owner.database == scope.database
+                && owner.tenant.as_deref() == scope.tenant
         });
         if !same {
             self.shapes.clear();
             self.owner = Some(Owner {
                 cache,
-                catalog,
-                database: database.to_string(),
-                mode,
-                tenant: tenant.map(str::to_string),
+                catalog: scope.catalog,
+                database: scope.database.to_string(),
+                mode: scope.mode,
+                tenant: scope.tenant.map(str::to_string),
             });
         }
     }
