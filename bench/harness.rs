@@ -24,7 +24,7 @@
 //! Results: a table on stdout, bench/results/latest.md and latest.csv.
 
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
@@ -41,15 +41,16 @@ mod protection;
 mod proxies;
 mod report;
 mod sockets;
+mod targets;
 mod tenant;
 mod tls;
 
 use pgbench::{run_pgbench, transactions_per_node, Measure};
 use proxies::{
-    http_port_of, pgwarden_command, server_pid, start_pgbouncer, start_pgwarden,
-    start_pgwarden_binary, start_pgwarden_per_core, wait_ready, Guard, Pgwarden, TLS_FILES,
+    http_port_of, server_pid, start_pgbouncer, start_pgwarden, wait_ready, Pgwarden, TLS_FILES,
 };
-use report::{render, render_csv};
+use report::{render, render_bulk, render_csv};
+use targets::RunningTargets;
 
 const USER: &str = "pgwarden";
 const PASSWORD: &str = "pgwarden-secret";
@@ -145,126 +146,13 @@ fn main() {
             sockets.proxy_dir.display()
         );
     }
-    let bouncer_port = free_port();
-    let _bouncer = targets.iter().any(|t| t == "pgbouncer").then(|| {
-        start_pgbouncer(
-            work.path(),
-            pg_port,
-            bouncer_port,
-            pool_size,
-            "scram-sha-256",
-        )
-    });
-    let warden_port = free_port();
-    let _warden = targets
-        .iter()
-        .any(|t| t == "pgwarden")
-        .then(|| start_pgwarden(&cluster, &Pgwarden::scram(warden_port, pool_size)));
-    // The same proxy with query statistics off, to measure what they cost.
-    let nostats_port = free_port();
-    let _nostats = targets.iter().any(|t| t == "pgwarden_nostats").then(|| {
-        start_pgwarden(
-            &cluster,
-            &Pgwarden {
-                stats: false,
-                ..Pgwarden::scram(nostats_port, pool_size)
-            },
-        )
-    });
-    // The same proxy with the result cache off.
-    let nocache_port = free_port();
-    let _nocache = targets.iter().any(|t| t == "pgwarden_nocache").then(|| {
-        start_pgwarden(
-            &cluster,
-            &Pgwarden {
-                tenancy: "off:nocache",
-                ..Pgwarden::scram(nocache_port, pool_size)
-            },
-        )
-    });
-    // The same proxy with the tenant guard rewriting every statement.
-    let rewrite_port = free_port();
-    let _rewrite = targets.iter().any(|t| t == "pgwarden_rewrite").then(|| {
-        start_pgwarden(
-            &cluster,
-            &Pgwarden {
-                tenancy: "rewrite",
-                ..Pgwarden::scram(rewrite_port, pool_size)
-            },
-        )
-    });
+    // The proxies among TARGETS, stopped when `running` drops at the end of main.
+    let running = RunningTargets::start(&targets, &cluster, work.path(), pool_size);
 
-    // The same proxy with fairness off (no fair gate at all): the cost of fairness.
-    let nofair_port = free_port();
-    let _nofair = targets
-        .iter()
-        .any(|t| t == "pgwarden_nofair")
-        .then(|| Guard(protection::start_nofair(&cluster, nofair_port, pool_size)));
-
-    // One single-threaded pgwarden per core on one port (`proxy.worker_threads = 1`).
-    let per_core_port = free_port();
-    let per_core: Vec<Guard> = if targets.iter().any(|t| t == "pgwarden_per_core") {
-        start_pgwarden_per_core(&cluster, &Pgwarden::scram(per_core_port, pool_size))
-    } else {
-        Vec::new()
-    };
-
-    // Another pgwarden build (BASELINE_BIN, e.g. main before a change) in the same run.
-    let baseline_port = free_port();
-    let _baseline = targets.iter().any(|t| t == "pgwarden_baseline").then(|| {
-        let bin = std::env::var("BASELINE_BIN")
-            .expect("the pgwarden_baseline target needs BASELINE_BIN=/path/to/pgwarden");
-        let mut command = pgwarden_command(PathBuf::from(bin));
-        if let Ok(preload) = std::env::var("BASELINE_PRELOAD") {
-            command.env("LD_PRELOAD", preload);
-        }
-        start_pgwarden_binary(
-            command,
-            &cluster,
-            &Pgwarden::scram(baseline_port, pool_size),
-        )
-    });
-
-    let port_of = |target: &str| match target {
-        "direct" => pg_port,
-        "pgbouncer" => bouncer_port,
-        "pgwarden_baseline" => baseline_port,
-        "pgwarden_nostats" => nostats_port,
-        "pgwarden_rewrite" => rewrite_port,
-        "pgwarden_nofair" => nofair_port,
-        "pgwarden_nocache" => nocache_port,
-        "pgwarden_per_core" => per_core_port,
-        _ => warden_port,
-    };
-    for target in &targets {
-        wait_ready(port_of(target), target);
-    }
-    // pgwarden processes by target, for RSS after every phase.
-    let pid_of = |target: &str| -> Option<u32> {
-        let guard = match target {
-            "pgwarden" => _warden.as_ref(),
-            "pgwarden_nostats" => _nostats.as_ref(),
-            "pgwarden_rewrite" => _rewrite.as_ref(),
-            "pgwarden_nocache" => _nocache.as_ref(),
-            "pgwarden_baseline" => _baseline.as_ref(),
-            "pgwarden_nofair" => _nofair.as_ref(),
-            _ => None,
-        };
-        guard.map(|g| g.0.id())
-    };
-    // The processes whose CPU time a target costs: the proxy (pgbouncer's worker under
-    // runuser; every process of the per-core layout).
-    let cpu_pids_of = |target: &str| -> Vec<u32> {
-        match target {
-            "pgbouncer" => _bouncer.iter().map(|g| server_pid(g.0.id())).collect(),
-            "pgwarden_per_core" => per_core.iter().map(|g| g.0.id()).collect(),
-            _ => pid_of(target).into_iter().collect(),
-        }
-    };
     let mut cpu_rows: Vec<String> = Vec::new();
     let mut rss_rows: Vec<String> = Vec::new();
     for target in &targets {
-        if let Some(pid) = pid_of(target) {
+        if let Some(pid) = running.pid(target) {
             let rss = idle::status_kib(pid, "VmRSS:");
             eprintln!("{target} RSS at start: {} KiB", rss);
             rss_rows.push(format!(
@@ -295,13 +183,13 @@ fn main() {
                 for index in (first..targets.len()).chain(0..first) {
                     let target = &targets[index];
                     let before = transactions_per_node(&cluster);
-                    let cpu_pids = cpu_pids_of(target);
+                    let cpu_pids = running.cpu_pids(target);
                     let cpu_before = cpu::cpu_seconds_of(&cpu_pids);
-                    let http = http_port_of(port_of(target));
+                    let http = http_port_of(running.port(target));
                     let cache_before = http.and_then(cache::hits_and_misses);
                     let m = run_pgbench(
                         &pgbench,
-                        (&sockets::host_for(target), port_of(target)),
+                        (&sockets::host_for(target), running.port(target)),
                         (script, work.path(), scale),
                         mode,
                         n,
@@ -355,7 +243,7 @@ fn main() {
                         eprintln!("    {target} CPU {spent:.2} s, {per_txn_us:.1} us/txn");
                         cpu_of[index] = Some((spent, per_txn_us));
                     }
-                    if let Some(pid) = pid_of(target) {
+                    if let Some(pid) = running.pid(target) {
                         let rss = idle::status_kib(pid, "VmRSS:");
                         let peak = idle::status_kib(pid, "VmHWM:");
                         eprintln!(
@@ -410,7 +298,7 @@ fn main() {
                 scale,
                 &modes,
                 &targets,
-                port_of,
+                |target| running.port(target),
                 (latency_rounds, latency_seconds),
             );
             latency::report(&results, latency_rounds, latency_seconds)
@@ -422,8 +310,8 @@ fn main() {
         &pgbench,
         (work.path(), scale),
         (&scripts, &modes, &targets),
-        port_of,
-        cpu_pids_of,
+        |target| running.port(target),
+        |target| running.cpu_pids(target),
     );
 
     let mut bulk_rows = Vec::new();
@@ -445,9 +333,9 @@ fn main() {
                     name: format!("{target}{label}"),
                     url: format!(
                         "postgres://{USER}:{PASSWORD}@127.0.0.1:{}/{DATABASE}",
-                        port_of(target)
+                        running.port(target)
                     ),
-                    pids: cpu_pids_of(target),
+                    pids: running.cpu_pids(target),
                 })
                 .collect();
             for (name, result) in bulk::measure(&bulk_targets, tls, rounds) {
@@ -512,46 +400,7 @@ fn main() {
 
     let mut report = render(&targets, &rows, &idle_rows, duration, scale, pool_size);
     if !bulk_rows.is_empty() {
-        // Against the mean of every direct measurement (TARGETS may list it twice).
-        // A TLS row is compared with direct over TLS.
-        let direct_mean = |tls: bool, f: fn(&bulk::BulkResult) -> f64| {
-            let directs: Vec<f64> = bulk_rows
-                .iter()
-                .filter(|(t, _)| t.starts_with("direct") && t.ends_with("(TLS)") == tls)
-                .map(|(_, r)| f(r))
-                .collect();
-            (!directs.is_empty()).then(|| directs.iter().sum::<f64>() / directs.len() as f64)
-        };
-        let ratio = |a: f64, b: Option<f64>| match b {
-            Some(b) if b > 0.0 => format!("{:.2}", a / b),
-            _ => "n/a".to_string(),
-        };
-        let _ = write!(
-            report,
-            "\n{bulk_rounds} rounds; in each, every target (in an order rotated by one per round) fetches the 1M-row result once (through the next of its {} sessions), one 16 MiB value twice, and runs one 100 MB COPY FROM STDIN. Times: medians over the rounds. CPU: the proxy's user+system ms per transfer. RSS: the proxy's, with those sessions still connected and idle.\n\n| target | 1M rows (s) | vs direct | CPU ms | 16 MiB value (s) | vs direct | CPU ms | COPY 100 MB (s) | vs direct | CPU ms | RSS idle after (MiB) | peak RSS (MiB) |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n",
-            bulk::SESSIONS
-        );
-        for (target, r) in &bulk_rows {
-            let tls = target.ends_with("(TLS)");
-            let direct_rows = direct_mean(tls, |r| r.million_rows_s);
-            let direct_value = direct_mean(tls, |r| r.value_16mib_s);
-            let direct_copy = direct_mean(tls, |r| r.copy_in_100mb_s);
-            let _ = writeln!(
-                report,
-                "| {target} | {:.3} | {} | {:.0} | {:.4} | {} | {:.1} | {:.3} | {} | {:.0} | {:.1} | {:.1} |",
-                r.million_rows_s,
-                ratio(r.million_rows_s, direct_rows),
-                r.million_rows_cpu_s * 1000.0,
-                r.value_16mib_s,
-                ratio(r.value_16mib_s, direct_value),
-                r.value_16mib_cpu_s * 1000.0,
-                r.copy_in_100mb_s,
-                ratio(r.copy_in_100mb_s, direct_copy),
-                r.copy_in_100mb_cpu_s * 1000.0,
-                mib(r.rss_idle_kib),
-                mib(r.rss_peak_kib),
-            );
-        }
+        report.push_str(&render_bulk(&bulk_rows, bulk_rounds));
     }
     if !cpu_rows.is_empty() {
         let _ = write!(

@@ -1,10 +1,10 @@
 //! The run's tables: TPS and latency per cell against direct and PgBouncer, idle
-//! memory, as Markdown (`bench/results/latest.md`) and CSV.
+//! memory, bulk transfers, as Markdown (`bench/results/latest.md`) and CSV.
 
 use std::fmt::Write as _;
 
-use super::idle;
 use super::pgbench::Measure;
+use super::{bulk, idle, mib};
 
 pub fn render(
     targets: &[String],
@@ -93,6 +93,53 @@ pub fn render(
                 per(r.rss_gone_kib)
             );
         }
+    }
+    out
+}
+
+/// The bulk phase's table: each target's transfer times (medians over `rounds`) against
+/// direct's, the proxy's CPU per transfer and its RSS after.
+pub fn render_bulk(rows: &[(String, bulk::BulkResult)], rounds: usize) -> String {
+    let mut out = String::new();
+    // Against the mean of every direct measurement (TARGETS may list it twice).
+    // A TLS row is compared with direct over TLS.
+    let direct_mean = |tls: bool, f: fn(&bulk::BulkResult) -> f64| {
+        let directs: Vec<f64> = rows
+            .iter()
+            .filter(|(t, _)| t.starts_with("direct") && t.ends_with("(TLS)") == tls)
+            .map(|(_, r)| f(r))
+            .collect();
+        (!directs.is_empty()).then(|| directs.iter().sum::<f64>() / directs.len() as f64)
+    };
+    let ratio = |a: f64, b: Option<f64>| match b {
+        Some(b) if b > 0.0 => format!("{:.2}", a / b),
+        _ => "n/a".to_string(),
+    };
+    let _ = write!(
+        out,
+        "\n{rounds} rounds; in each, every target (in an order rotated by one per round) fetches the 1M-row result once (through the next of its {} sessions), one 16 MiB value twice, and runs one 100 MB COPY FROM STDIN. Times: medians over the rounds. CPU: the proxy's user+system ms per transfer. RSS: the proxy's, with those sessions still connected and idle.\n\n| target | 1M rows (s) | vs direct | CPU ms | 16 MiB value (s) | vs direct | CPU ms | COPY 100 MB (s) | vs direct | CPU ms | RSS idle after (MiB) | peak RSS (MiB) |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+        bulk::SESSIONS
+    );
+    for (target, r) in rows {
+        let tls = target.ends_with("(TLS)");
+        let direct_rows = direct_mean(tls, |r| r.million_rows_s);
+        let direct_value = direct_mean(tls, |r| r.value_16mib_s);
+        let direct_copy = direct_mean(tls, |r| r.copy_in_100mb_s);
+        let _ = writeln!(
+            out,
+            "| {target} | {:.3} | {} | {:.0} | {:.4} | {} | {:.1} | {:.3} | {} | {:.0} | {:.1} | {:.1} |",
+            r.million_rows_s,
+            ratio(r.million_rows_s, direct_rows),
+            r.million_rows_cpu_s * 1000.0,
+            r.value_16mib_s,
+            ratio(r.value_16mib_s, direct_value),
+            r.value_16mib_cpu_s * 1000.0,
+            r.copy_in_100mb_s,
+            ratio(r.copy_in_100mb_s, direct_copy),
+            r.copy_in_100mb_cpu_s * 1000.0,
+            mib(r.rss_idle_kib),
+            mib(r.rss_peak_kib),
+        );
     }
     out
 }
