@@ -130,6 +130,71 @@ async fn statistics_match_pg_stat_statements() {
     );
 }
 
+/// Drivers that run every statement unnamed (psycopg, asyncpg, node-postgres) parse a
+/// few texts in turn. Each statement is counted under the text it ran, whether its
+/// shape came from the session's memory of recent texts or from a new scan, and
+/// whether the text fits in a statistics event or is shared (longer than 118 bytes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unnamed_statements_in_turn_are_counted_under_their_own_texts() {
+    use tokio_postgres::types::Type;
+    let cluster = support::cluster(0);
+    let direct = proxy::connect_direct(&cluster).await;
+    support::execute(
+        &direct,
+        "CREATE TABLE parts (id int primary key, name text);
+         INSERT INTO parts SELECT g, 'part ' || g FROM generate_series(1, 100) g;",
+    )
+    .await;
+    let proxy = proxy::start(&cluster, |c| c.pool.size = 2).await;
+    let client = proxy::connect(&proxy).await;
+    let long_filter = (0..12)
+        .map(|n| format!("name <> 'excluded part number {n}'"))
+        .collect::<Vec<_>>()
+        .join(" AND ");
+    let texts = [
+        "SELECT name FROM parts WHERE id = $1".to_string(),
+        "SELECT count(*) FROM parts WHERE id < $1".to_string(),
+        format!("SELECT id FROM parts WHERE id > $1 AND {long_filter}"),
+    ];
+    assert!(
+        texts[2].len() > 118,
+        "one text longer than an event holds inline"
+    );
+    // Uneven counts, so that a statement counted under a neighbour's text shows.
+    let runs = [7, 5, 3];
+    for round in 0..7 {
+        for (text, runs) in texts.iter().zip(runs) {
+            if round < runs {
+                support::within(
+                    text,
+                    client.query_typed(text, &[(&(round + 1), Type::INT4)]),
+                )
+                .await
+                .unwrap_or_else(|e| panic!("{text}: {e}"));
+            }
+        }
+    }
+    support::within("flush", proxy.runtime.stats.flush()).await;
+    let snapshot = proxy.runtime.stats.snapshot();
+    let calls = |fingerprint: &str| {
+        snapshot
+            .queries
+            .iter()
+            .filter(|q| q.query == fingerprint)
+            .map(|q| q.calls)
+            .sum::<u64>()
+    };
+    assert_eq!(calls("select name from parts where id = ?"), 7);
+    assert_eq!(calls("select count(*) from parts where id < ?"), 5);
+    let long = snapshot
+        .queries
+        .iter()
+        .find(|q| q.query.starts_with("select id from parts where id > ?"))
+        .unwrap_or_else(|| panic!("no stats for the long text: {:#?}", snapshot.queries));
+    assert_eq!(long.calls, 3);
+    assert!(long.query.ends_with("name <> ?"), "{}", long.query);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_console_through_psql() {
     let cluster = support::cluster(0);

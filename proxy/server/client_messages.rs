@@ -179,7 +179,7 @@ impl Session {
             (message_tag == tag::PARSE).then(|| ParseView::parse(body(&frame)));
         self.note_forwarded(message_tag, &frame);
         self.cache_note_forwarded(message_tag, &frame, parse);
-        self.stats_on_forward(message_tag, &frame, parse);
+        self.stats_on_forward(message_tag, &frame);
         self.batch_open = !matches!(message_tag, tag::SYNC | tag::QUERY | tag::FUNCTION_CALL);
         self.executed_in_batch |= message_tag == tag::EXECUTE;
         let pooled_statements = self.mode == PoolMode::Transaction;

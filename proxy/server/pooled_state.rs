@@ -17,13 +17,28 @@ use super::session_effects::{Effect, Pins};
 use super::statements::statement_effects;
 use crate::config::PoolMode;
 use crate::protocol::extended::write_parse;
-use crate::scan::StatementScan;
+use crate::scan::{Shape, StatementScan};
+use crate::stats::EventText;
+
+/// Above this capacity, the unnamed statement's buffer is let go of when a much
+/// shorter text follows, so a session does not keep one huge statement's room for its
+/// life.
+const UNNAMED_KEEP: usize = 8 * 1024;
 
 /// The client's unnamed statement, as last parsed.
 #[derive(Debug, Default)]
 pub struct UnnamedStatement {
     /// Reused buffer: query, NUL, parameter types, exactly as sent.
     pub definition: BytesMut,
+    /// Bytes of `definition` before its NUL: the query.
+    query_len: usize,
+    /// The query's shape (None before the first `Parse`), for the statistics of the
+    /// statements that run it: they need not scan the text again.
+    pub shape: Option<Shape>,
+    /// A shared copy of the query, made for the first statistics event that holds
+    /// the text shared (longer than an event holds inline) and dropped when the text
+    /// changes: a driver repeating one long unnamed text copies it once.
+    shared_query: Option<Bytes>,
     pub effects: Option<Arc<[Effect]>>,
     /// Executing it may leave `currval`/`lastval` state (`sequence_state.rs`).
     pub sets_sequences: bool,
@@ -38,8 +53,44 @@ pub struct UnnamedStatement {
 
 /// What an unnamed statement's text does to the server session, as worked out when it
 /// was parsed.
+impl UnnamedStatement {
+    /// Hands the definition over into `into` (whose buffer it takes in exchange, to
+    /// be filled by the next `Parse`); returns the query's length in it.
+    pub fn take_definition(&mut self, into: &mut BytesMut) -> usize {
+        std::mem::swap(&mut self.definition, into);
+        self.query_len
+    }
+
+    /// The query as a statistics event holds it: copied when short, else shared
+    /// from one copy per text.
+    pub fn event_text(&mut self) -> EventText {
+        let query = &self.definition[..self.query_len];
+        let shared = &mut self.shared_query;
+        EventText::copied_or(query, || {
+            shared
+                .get_or_insert_with(|| Bytes::copy_from_slice(query))
+                .clone()
+        })
+    }
+
+    /// An unnamed statement of `query` (no parameter types), as a `Parse` leaves it.
+    #[cfg(test)]
+    pub fn parsed(query: &[u8]) -> UnnamedStatement {
+        let mut definition = BytesMut::from(query);
+        definition.extend_from_slice(&[0, 0, 0]);
+        UnnamedStatement {
+            definition,
+            query_len: query.len(),
+            shape: Some(crate::scan::scan(query).shape),
+            exists: true,
+            ..UnnamedStatement::default()
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct UnnamedVerdicts {
+    shape: Shape,
     effects: Option<Arc<[Effect]>>,
     sets_sequences: bool,
     seeds: bool,
@@ -209,6 +260,7 @@ impl Session {
             let verdicts = known.unwrap_or_else(|| {
                 let scanned = crate::scan::scan(query);
                 let verdicts = UnnamedVerdicts {
+                    shape: scanned.shape,
                     effects: statement_effects(
                         query,
                         &scanned,
@@ -225,8 +277,20 @@ impl Session {
                 verdicts
             });
             let unnamed = &mut self.pooled.unnamed;
+            if let Some(stats) = self.stats.as_mut() {
+                // A portal bound to the old text still runs it.
+                stats.unnamed_replaced(unnamed);
+            }
+            if unnamed.definition.capacity() > UNNAMED_KEEP
+                && definition.len() < unnamed.definition.capacity() / 4
+            {
+                unnamed.definition = BytesMut::new();
+            }
             unnamed.definition.clear();
             unnamed.definition.extend_from_slice(definition);
+            unnamed.query_len = query.len();
+            unnamed.shape = Some(verdicts.shape);
+            unnamed.shared_query = None;
             unnamed.effects = verdicts.effects;
             unnamed.sets_sequences = verdicts.sets_sequences;
             unnamed.seeds = verdicts.seeds;

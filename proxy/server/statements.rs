@@ -100,6 +100,8 @@ pub struct PooledStatement {
     pub sets_sequences: bool,
     /// Executing it may seed the session's random numbers (`random_seed.rs`).
     pub seeds: bool,
+    /// The query's shape, for the statistics of the statements that run it.
+    pub shape: crate::scan::Shape,
 }
 
 impl PooledStatement {
@@ -117,6 +119,7 @@ impl PooledStatement {
             effects: statement_effects(query, &scanned, opaque),
             sets_sequences: scanned.may_set_sequences,
             seeds: scanned.may_seed,
+            shape: scanned.shape,
         }
     }
 }

@@ -6,28 +6,33 @@
 //! A statement in flight keeps its text copied when short (`EventText`), so the
 //! client's read buffer is not held until the answer and can be reused in place; a
 //! long `Query` text shares the buffer until then. A text remembered beyond
-//! its message (the last unnamed `Parse`, the statement a portal ran) is copied, so it
-//! never pins a whole read buffer for the life of the session.
+//! its message (a portal's statement) is copied, so it never pins a whole read buffer
+//! for the life of the session. The unnamed statement's text and shape are the
+//! session's (`UnnamedStatement`, worked out once per text at its `Parse`); a
+//! statement's shape travels with its event, so the recorder scans no text a session
+//! scanned already.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 
-use super::client_messages::ParsedParse;
+use super::pooled_state::UnnamedStatement;
 use super::session::Session;
 use crate::protocol::extended::{cstr, BindView};
 use crate::protocol::frame::{query_text, HEADER_LEN};
 use crate::protocol::tag::frontend as tag;
+use crate::scan::Shape;
 use crate::stats::{rows_from_tag, CallContext, EventText, Served, StatementEvent, StatsRecorder};
 
 struct InFlight {
     started: Instant,
     /// Copied when short, so the client's read buffer is not held until the answer.
     sql: EventText,
-    /// Its shape, from the session's scan of a simple query.
-    shape: Option<crate::scan::Shape>,
+    /// Its shape, from the session's scan of a simple query or of the prepared
+    /// statement's `Parse`.
+    shape: Option<Shape>,
     /// A hash of the bound parameters (0: simple query).
     params: u64,
     session_key: u64,
@@ -47,21 +52,11 @@ pub struct SessionStats {
     in_flight: VecDeque<InFlight>,
     rows: u64,
     error: bool,
-    /// Text of the last unnamed `Parse` (`None` before the first), in a buffer each
-    /// later one reuses: a driver that cycles through unnamed texts (pgbench's TPC-B:
-    /// seven) costs a copy per `Parse`, not an allocation.
-    unnamed_sql: Option<Vec<u8>>,
-    /// A shared copy of `unnamed_sql`, made at the first `Execute` whose event holds it
-    /// shared (texts longer than an event holds inline) and dropped when the text
-    /// changes: a driver repeating one long unnamed text copies it once, not per
-    /// statement.
-    unnamed_shared: Option<Bytes>,
-    /// Text of the statement the last `Bind` bound.
-    portal_sql: PortalText,
-    /// The text of an unnamed statement a portal was bound to, kept when the next
-    /// unnamed `Parse` came before the portal's `Execute` (the two buffers trade
-    /// places).
-    portal_kept: Vec<u8>,
+    /// Text and shape of the statement the last `Bind` bound.
+    portal: PortalText,
+    /// The definition of an unnamed statement a portal was bound to, kept when the
+    /// next unnamed `Parse` came before the portal's `Execute`.
+    portal_kept: BytesMut,
     /// A hash of the parameters the last `Bind` bound.
     portal_params: u64,
     /// The simple query being answered was counted at its `ErrorResponse`.
@@ -77,18 +72,16 @@ pub struct SessionStats {
 enum PortalText {
     /// No statement we know of.
     Unknown,
-    /// The unnamed statement, whose text is `unnamed_sql` until the next unnamed
-    /// `Parse` (which moves it to `portal_kept` first).
+    /// The unnamed statement, whose text and shape are the session's
+    /// (`UnnamedStatement`) until the next unnamed `Parse` (which keeps them here
+    /// first, `Kept`).
     Unnamed,
-    /// An unnamed statement's text in `portal_kept`.
-    Kept,
-    /// A named statement's text.
-    Named(Bytes),
+    /// An unnamed statement's definition in `portal_kept` (the query is the first
+    /// this many bytes), and its shape.
+    Kept(usize, Option<Shape>),
+    /// A named statement's text and shape.
+    Named(Bytes, Shape),
 }
-
-/// Above this capacity, the unnamed text's buffer is let go of when a much shorter text
-/// follows, so a session does not keep one huge statement's room for its life.
-const UNNAMED_KEEP: usize = 8 * 1024;
 
 fn key_hash(key: Option<&str>) -> u64 {
     key.filter(|k| !k.is_empty())
@@ -114,10 +107,8 @@ impl SessionStats {
             in_flight: VecDeque::new(),
             rows: 0,
             error: false,
-            unnamed_sql: None,
-            unnamed_shared: None,
-            portal_sql: PortalText::Unknown,
-            portal_kept: Vec::new(),
+            portal: PortalText::Unknown,
+            portal_kept: BytesMut::new(),
         }
     }
 
@@ -192,39 +183,35 @@ impl SessionStats {
         });
     }
 
-    /// A new unnamed `Parse` text: a portal still bound to the old one keeps it.
-    fn remember_unnamed(&mut self, query: &[u8]) {
-        self.unnamed_shared = None;
-        let text = self.unnamed_sql.get_or_insert_with(Vec::new);
-        if matches!(self.portal_sql, PortalText::Unnamed) {
-            std::mem::swap(text, &mut self.portal_kept);
-            self.portal_sql = PortalText::Kept;
-        }
-        if text.capacity() > UNNAMED_KEEP && query.len() < text.capacity() / 4 {
-            *text = Vec::new();
-        }
-        text.clear();
-        text.extend_from_slice(query);
-    }
-
-    /// The text of the statement the bound portal runs.
-    fn portal_text(&mut self) -> EventText {
-        let copied = |text: &[u8]| EventText::copied_or(text, || Bytes::copy_from_slice(text));
-        match (&self.portal_sql, &self.unnamed_sql) {
-            (PortalText::Unnamed, Some(text)) => EventText::copied_or(text, || {
-                self.unnamed_shared
-                    .get_or_insert_with(|| Bytes::copy_from_slice(text))
-                    .clone()
-            }),
-            (PortalText::Kept, _) => copied(&self.portal_kept),
-            (PortalText::Named(text), _) => EventText::new(text),
-            _ => EventText::from("<unknown portal>"),
+    /// The unnamed statement's text is about to be replaced by a new `Parse`: a
+    /// portal still bound to it keeps its text and shape. The two buffers trade
+    /// places, so nothing is copied.
+    pub(super) fn unnamed_replaced(&mut self, unnamed: &mut UnnamedStatement) {
+        if matches!(self.portal, PortalText::Unnamed) {
+            let query_len = unnamed.take_definition(&mut self.portal_kept);
+            self.portal = PortalText::Kept(query_len, unnamed.shape);
         }
     }
 
-    /// `Bind` of the unnamed statement.
-    fn bind_unnamed(&mut self) {
-        self.portal_sql = if self.unnamed_sql.is_some() {
+    /// The text and shape of the statement the bound portal runs.
+    fn portal_text(&self, unnamed: &mut UnnamedStatement) -> (EventText, Option<Shape>) {
+        match &self.portal {
+            PortalText::Unnamed => (unnamed.event_text(), unnamed.shape),
+            PortalText::Kept(query_len, shape) => {
+                let query = &self.portal_kept[..*query_len];
+                (
+                    EventText::copied_or(query, || Bytes::copy_from_slice(query)),
+                    *shape,
+                )
+            }
+            PortalText::Named(text, shape) => (EventText::new(text), Some(*shape)),
+            PortalText::Unknown => (EventText::from("<unknown portal>"), None),
+        }
+    }
+
+    /// `Bind` of the unnamed statement (`parsed`: a `Parse` gave it a text).
+    fn bind_unnamed(&mut self, parsed: bool) {
+        self.portal = if parsed {
             PortalText::Unnamed
         } else {
             PortalText::Unknown
@@ -241,12 +228,7 @@ impl SessionStats {
 
 impl Session {
     /// Notes a forwarded message that starts a statement or names its text.
-    pub(super) fn stats_on_forward(
-        &mut self,
-        message_tag: u8,
-        frame: &Bytes,
-        parse: ParsedParse<'_>,
-    ) {
+    pub(super) fn stats_on_forward(&mut self, message_tag: u8, frame: &Bytes) {
         if self.stats.is_none() {
             return;
         }
@@ -271,16 +253,6 @@ impl Session {
                     session_key,
                 });
             }
-            tag::PARSE => {
-                if let Some(Ok(view)) = parse {
-                    if view.statement.is_empty() {
-                        // The same text again (the usual case): keep the copy.
-                        if stats.unnamed_sql.as_deref() != Some(view.query) {
-                            stats.remember_unnamed(view.query);
-                        }
-                    }
-                }
-            }
             tag::BIND => {
                 if let Ok(view) = BindView::parse(&frame[HEADER_LEN..]) {
                     // Portal and statement names precede the values; the body is a
@@ -289,24 +261,24 @@ impl Session {
                     let end = frame.len().min(HEADER_LEN + 512);
                     stats.portal_params = hash_bytes(&frame[HEADER_LEN..end]) ^ frame.len() as u64;
                     if view.statement.is_empty() {
-                        stats.bind_unnamed();
+                        stats.bind_unnamed(self.pooled.unnamed.shape.is_some());
                     } else {
-                        stats.portal_sql =
+                        stats.portal =
                             self.statements
                                 .get(view.statement)
                                 .map_or(PortalText::Unknown, |s| {
                                     let query_len = cstr(&s.definition).map_or(0, |(q, _)| q.len());
-                                    PortalText::Named(s.definition.slice(0..query_len))
+                                    PortalText::Named(s.definition.slice(0..query_len), s.shape)
                                 });
                     }
                 }
             }
             tag::EXECUTE => {
-                let sql = stats.portal_text();
+                let (sql, shape) = stats.portal_text(&mut self.pooled.unnamed);
                 stats.in_flight.push_back(InFlight {
                     started: Instant::now(),
                     sql,
-                    shape: None,
+                    shape,
                     params: stats.portal_params,
                     session_key,
                 });
@@ -320,38 +292,55 @@ impl Session {
 mod tests {
     use super::*;
 
+    /// A `Parse` of the unnamed statement, as the session makes it.
+    fn parse(stats: &mut SessionStats, unnamed: &mut UnnamedStatement, query: &str) {
+        stats.unnamed_replaced(unnamed);
+        *unnamed = UnnamedStatement::parsed(query.as_bytes());
+    }
+
+    fn text(stats: &SessionStats, unnamed: &mut UnnamedStatement) -> Vec<u8> {
+        stats.portal_text(unnamed).0.to_vec()
+    }
+
     #[test]
     fn a_portal_runs_the_text_it_was_bound_to() {
         let mut stats = SessionStats::new(None);
-        assert_eq!(&*stats.portal_text(), b"<unknown portal>");
-        stats.remember_unnamed(b"SELECT 1");
-        stats.bind_unnamed();
-        assert_eq!(&*stats.portal_text(), b"SELECT 1");
-        // The next unnamed Parse before the portal's Execute: the portal keeps its text.
-        stats.remember_unnamed(b"SELECT 2");
-        assert_eq!(&*stats.portal_text(), b"SELECT 1");
-        stats.bind_unnamed();
-        assert_eq!(&*stats.portal_text(), b"SELECT 2");
-        // Texts in turn reuse the two buffers.
+        let mut unnamed = UnnamedStatement::default();
+        assert_eq!(text(&stats, &mut unnamed), b"<unknown portal>");
+        stats.bind_unnamed(unnamed.shape.is_some());
+        assert_eq!(text(&stats, &mut unnamed), b"<unknown portal>");
+        parse(&mut stats, &mut unnamed, "SELECT 1");
+        stats.bind_unnamed(unnamed.shape.is_some());
+        assert_eq!(text(&stats, &mut unnamed), b"SELECT 1");
+        // The next unnamed Parse before the portal's Execute: the portal keeps its
+        // text and its shape.
+        parse(&mut stats, &mut unnamed, "SELECT 2");
+        let (kept, shape) = stats.portal_text(&mut unnamed);
+        assert_eq!(&*kept, b"SELECT 1");
+        assert_eq!(shape, Some(crate::scan::scan(b"SELECT 1").shape));
+        stats.bind_unnamed(true);
+        assert_eq!(text(&stats, &mut unnamed), b"SELECT 2");
         for round in 0..3 {
-            let text = format!("SELECT {round} + 10");
-            stats.remember_unnamed(text.as_bytes());
-            stats.bind_unnamed();
-            assert_eq!(&*stats.portal_text(), text.as_bytes());
+            let query = format!("SELECT {round} + 10");
+            parse(&mut stats, &mut unnamed, &query);
+            stats.bind_unnamed(true);
+            let (sql, shape) = stats.portal_text(&mut unnamed);
+            assert_eq!(&*sql, query.as_bytes());
+            assert_eq!(shape, Some(crate::scan::scan(query.as_bytes()).shape));
         }
         // A text longer than an event holds inline reads back whole too, from one
         // shared copy while it repeats, and a new text gets its own.
         let long = "x".repeat(1000);
-        stats.remember_unnamed(long.as_bytes());
-        stats.bind_unnamed();
-        let first = stats.portal_text();
+        parse(&mut stats, &mut unnamed, &long);
+        stats.bind_unnamed(true);
+        let first = stats.portal_text(&mut unnamed).0;
         assert_eq!(&*first, long.as_bytes());
-        stats.bind_unnamed();
-        let again = stats.portal_text();
+        let again = stats.portal_text(&mut unnamed).0;
         assert_eq!(first.as_ptr(), again.as_ptr(), "one shared copy");
         let other = "y".repeat(1000);
-        stats.remember_unnamed(other.as_bytes());
-        stats.bind_unnamed();
-        assert_eq!(&*stats.portal_text(), other.as_bytes());
+        parse(&mut stats, &mut unnamed, &other);
+        assert_eq!(&*stats.portal_text(&mut unnamed).0, long.as_bytes(), "kept");
+        stats.bind_unnamed(true);
+        assert_eq!(&*stats.portal_text(&mut unnamed).0, other.as_bytes());
     }
 }
