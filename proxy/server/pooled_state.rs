@@ -51,8 +51,6 @@ pub struct UnnamedStatement {
     pub recent: RecentTexts<UnnamedVerdicts>,
 }
 
-/// What an unnamed statement's text does to the server session, as worked out when it
-/// was parsed.
 impl UnnamedStatement {
     /// Hands the definition over into `into` (whose buffer it takes in exchange, to
     /// be filled by the next `Parse`); returns the query's length in it.
@@ -88,6 +86,8 @@ impl UnnamedStatement {
     }
 }
 
+/// What an unnamed statement's text does to the server session, and its shape, as
+/// worked out when it was parsed.
 #[derive(Debug, Clone)]
 pub struct UnnamedVerdicts {
     shape: Shape,
