@@ -50,41 +50,29 @@ impl RunningTargets {
         let bouncer_port = free_port();
         let bouncer = listed("pgbouncer")
             .then(|| start_pgbouncer(work, pg_port, bouncer_port, pool_size, "scram-sha-256"));
+        // pgwarden, and the same proxy with one setting changed, each on a port of its own.
+        let variant = |name: &str, port: u16, change: fn(Pgwarden) -> Pgwarden| {
+            listed(name).then(|| start_pgwarden(cluster, &change(Pgwarden::scram(port, pool_size))))
+        };
         let warden_port = free_port();
-        let warden = listed("pgwarden")
-            .then(|| start_pgwarden(cluster, &Pgwarden::scram(warden_port, pool_size)));
-        // The same proxy with query statistics off, to measure what they cost.
+        let warden = variant("pgwarden", warden_port, |p| p);
+        // Query statistics off, to measure what they cost.
         let nostats_port = free_port();
-        let nostats = listed("pgwarden_nostats").then(|| {
-            start_pgwarden(
-                cluster,
-                &Pgwarden {
-                    stats: false,
-                    ..Pgwarden::scram(nostats_port, pool_size)
-                },
-            )
+        let nostats = variant("pgwarden_nostats", nostats_port, |p| Pgwarden {
+            stats: false,
+            ..p
         });
-        // The same proxy with the result cache off.
+        // The result cache off.
         let nocache_port = free_port();
-        let nocache = listed("pgwarden_nocache").then(|| {
-            start_pgwarden(
-                cluster,
-                &Pgwarden {
-                    tenancy: "off:nocache",
-                    ..Pgwarden::scram(nocache_port, pool_size)
-                },
-            )
+        let nocache = variant("pgwarden_nocache", nocache_port, |p| Pgwarden {
+            tenancy: "off:nocache",
+            ..p
         });
-        // The same proxy with the tenant guard rewriting every statement.
+        // The tenant guard rewriting every statement.
         let rewrite_port = free_port();
-        let rewrite = listed("pgwarden_rewrite").then(|| {
-            start_pgwarden(
-                cluster,
-                &Pgwarden {
-                    tenancy: "rewrite",
-                    ..Pgwarden::scram(rewrite_port, pool_size)
-                },
-            )
+        let rewrite = variant("pgwarden_rewrite", rewrite_port, |p| Pgwarden {
+            tenancy: "rewrite",
+            ..p
         });
 
         // The same proxy with fairness off (no fair gate at all): the cost of fairness.
