@@ -8,6 +8,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use pgwarden::cluster::ClusterSpec;
+use pgwarden::config::PoolMode;
 use support::proxy::{self, DATABASE, PASSWORD, USER};
 
 fn psql_admin(port: u16, user: &str, password: &str, sql: &str) -> std::process::Output {
@@ -136,6 +137,12 @@ async fn statistics_match_pg_stat_statements() {
 /// whether the text fits in a statistics event or is shared (longer than 118 bytes).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unnamed_statements_in_turn_are_counted_under_their_own_texts() {
+    for mode in [PoolMode::Transaction, PoolMode::Session] {
+        unnamed_statements_in_turn_counted_in(mode).await;
+    }
+}
+
+async fn unnamed_statements_in_turn_counted_in(mode: PoolMode) {
     use tokio_postgres::types::Type;
     let cluster = support::cluster(0);
     let direct = proxy::connect_direct(&cluster).await;
@@ -145,7 +152,11 @@ async fn unnamed_statements_in_turn_are_counted_under_their_own_texts() {
          INSERT INTO parts SELECT g, 'part ' || g FROM generate_series(1, 100) g;",
     )
     .await;
-    let proxy = proxy::start(&cluster, |c| c.pool.size = 2).await;
+    let proxy = proxy::start(&cluster, |c| {
+        c.pool.size = 2;
+        c.pool.mode = mode;
+    })
+    .await;
     let client = proxy::connect(&proxy).await;
     let long_filter = (0..12)
         .map(|n| format!("name <> 'excluded part number {n}'"))
@@ -184,14 +195,18 @@ async fn unnamed_statements_in_turn_are_counted_under_their_own_texts() {
             .map(|q| q.calls)
             .sum::<u64>()
     };
-    assert_eq!(calls("select name from parts where id = ?"), 7);
-    assert_eq!(calls("select count(*) from parts where id < ?"), 5);
+    assert_eq!(calls("select name from parts where id = ?"), 7, "{mode:?}");
+    assert_eq!(
+        calls("select count(*) from parts where id < ?"),
+        5,
+        "{mode:?}"
+    );
     let long = snapshot
         .queries
         .iter()
         .find(|q| q.query.starts_with("select id from parts where id > ?"))
         .unwrap_or_else(|| panic!("no stats for the long text: {:#?}", snapshot.queries));
-    assert_eq!(long.calls, 3);
+    assert_eq!(long.calls, 3, "{mode:?}");
     assert!(long.query.ends_with("name <> ?"), "{}", long.query);
 }
 

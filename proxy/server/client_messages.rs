@@ -217,7 +217,16 @@ impl Session {
                 self.forward(&frame, Expect::Execute)
             }
             tag::PARSE if pooled_statements => self.forward_parse(&frame, parse)?,
-            tag::PARSE => self.forward(&frame, Expect::Parse(None)),
+            tag::PARSE => {
+                // Session pooling: the unnamed statement matters to the statistics only
+                // (the text and shape its portals run).
+                if let Some(Ok(view)) = parse.filter(|_| self.stats.is_some()) {
+                    if view.statement.is_empty() {
+                        self.on_unnamed_parse(view.definition, view.query);
+                    }
+                }
+                self.forward(&frame, Expect::Parse(None))
+            }
             tag::BIND if pooled_statements => self.forward_bind(&frame)?,
             tag::BIND => self.forward(&frame, Expect::Bind(None)),
             tag::DESCRIBE => self.forward_describe(&frame, pooled_statements)?,
