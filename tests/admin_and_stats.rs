@@ -210,6 +210,94 @@ async fn unnamed_statements_in_turn_counted_in(mode: PoolMode) {
     assert!(long.query.ends_with("name <> ?"), "{}", long.query);
 }
 
+/// Drivers that prepare named statements (JDBC, asyncpg, tokio-postgres): each execution
+/// is counted under its statement's text in either pool mode, also after another
+/// statement was closed, and none as an unknown portal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn named_statements_are_counted_under_their_texts() {
+    for mode in [PoolMode::Transaction, PoolMode::Session] {
+        named_statements_counted_in(mode).await;
+    }
+}
+
+async fn named_statements_counted_in(mode: PoolMode) {
+    let cluster = support::cluster(0);
+    let direct = proxy::connect_direct(&cluster).await;
+    support::execute(
+        &direct,
+        "CREATE TABLE gears (id int primary key, teeth int);
+         INSERT INTO gears SELECT g, g * 3 FROM generate_series(1, 50) g;",
+    )
+    .await;
+    let proxy = proxy::start(&cluster, |c| {
+        c.pool.size = 2;
+        c.pool.mode = mode;
+    })
+    .await;
+    let client = proxy::connect(&proxy).await;
+    let prepare = |text: &'static str| {
+        let client = &client;
+        async move {
+            support::within(text, client.prepare(text))
+                .await
+                .unwrap_or_else(|e| panic!("{text}: {e}"))
+        }
+    };
+    let by_id = prepare("SELECT teeth FROM gears WHERE id = $1").await;
+    let below = prepare("SELECT count(*) FROM gears WHERE teeth < $1").await;
+    for n in 0..4 {
+        support::within("below", client.query(&below, &[&(n * 10)]))
+            .await
+            .expect("below");
+    }
+    // Dropping the statement closes it on the connection.
+    drop(below);
+    let above = prepare("SELECT max(id) FROM gears WHERE teeth > $1").await;
+    for n in 0..6 {
+        support::within("by id", client.query(&by_id, &[&(n + 1)]))
+            .await
+            .expect("by id");
+        if n < 2 {
+            support::within("above", client.query(&above, &[&(n * 10)]))
+                .await
+                .expect("above");
+        }
+    }
+    support::within("flush", proxy.runtime.stats.flush()).await;
+    let snapshot = proxy.runtime.stats.snapshot();
+    let calls = |fingerprint: &str| {
+        snapshot
+            .queries
+            .iter()
+            .filter(|q| q.query == fingerprint)
+            .map(|q| q.calls)
+            .sum::<u64>()
+    };
+    let counted = format!("{mode:?}: {:#?}", snapshot.queries);
+    assert_eq!(
+        calls("select teeth from gears where id = ?"),
+        6,
+        "{counted}"
+    );
+    assert_eq!(
+        calls("select count(*) from gears where teeth < ?"),
+        4,
+        "{counted}"
+    );
+    assert_eq!(
+        calls("select max(id) from gears where teeth > ?"),
+        2,
+        "{counted}"
+    );
+    assert!(
+        !snapshot
+            .queries
+            .iter()
+            .any(|q| q.query.contains("unknown portal")),
+        "{counted}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_console_through_psql() {
     let cluster = support::cluster(0);

@@ -218,11 +218,13 @@ impl Session {
             }
             tag::PARSE if pooled_statements => self.forward_parse(&frame, parse)?,
             tag::PARSE => {
-                // Session pooling: the unnamed statement matters to the statistics only
-                // (the text and shape its portals run).
+                // Session pooling: the statements' texts matter to the statistics only
+                // (the text and shape their portals run).
                 if let Some(Ok(view)) = parse.filter(|_| self.stats.is_some()) {
                     if view.statement.is_empty() {
                         self.on_unnamed_parse(view.definition, view.query);
+                    } else if let Some(stats) = self.stats.as_mut() {
+                        stats.named_statement_parsed(view.statement, view.query);
                     }
                 }
                 self.forward(&frame, Expect::Parse(None))
@@ -230,7 +232,16 @@ impl Session {
             tag::BIND if pooled_statements => self.forward_bind(&frame)?,
             tag::BIND => self.forward(&frame, Expect::Bind(None)),
             tag::DESCRIBE => self.forward_describe(&frame, pooled_statements)?,
-            tag::CLOSE => self.forward(&frame, Expect::Close),
+            tag::CLOSE => {
+                if let Some(stats) = self.stats.as_mut() {
+                    if let Ok(target) = TargetView::parse(body(&frame), "Close") {
+                        if target.kind == TargetKind::Statement {
+                            stats.named_statement_closed(target.name);
+                        }
+                    }
+                }
+                self.forward(&frame, Expect::Close)
+            }
             _ => unreachable!("filtered above"),
         }
         Ok(())

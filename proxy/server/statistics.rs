@@ -24,7 +24,9 @@ use crate::protocol::extended::{cstr, BindView};
 use crate::protocol::frame::{query_text, HEADER_LEN};
 use crate::protocol::tag::frontend as tag;
 use crate::scan::Shape;
-use crate::stats::{rows_from_tag, CallContext, EventText, Served, StatementEvent, StatsRecorder};
+use crate::stats::{
+    rows_from_tag, CallContext, EventText, ProcessMap, Served, StatementEvent, StatsRecorder,
+};
 
 struct InFlight {
     started: Instant,
@@ -66,7 +68,22 @@ pub struct SessionStats {
     startup_session_key: u64,
     /// A hash of the session key now: the startup one until a `SET`.
     session_key: u64,
+    /// Session pooling: the client's named statements' texts and shapes (transaction
+    /// pooling keeps them in the session's pooled statements). Boxed: most sessions
+    /// never name a statement.
+    named: Option<Box<NamedTexts>>,
 }
+
+/// A session-pooled client's named statements, by name: the query text and its shape.
+#[derive(Default)]
+struct NamedTexts {
+    by_name: ProcessMap<Bytes, (Bytes, Shape)>,
+    bytes: usize,
+}
+
+/// The named statements' texts a session-pooled client may keep before they are
+/// forgotten (their executions are then counted as `<unknown portal>`).
+const NAMED_TEXTS_MAX_BYTES: usize = 4 << 20;
 
 /// What the last `Bind` bound, for the statement its `Execute` runs.
 enum PortalText {
@@ -109,7 +126,39 @@ impl SessionStats {
             error: false,
             portal: PortalText::Unknown,
             portal_kept: BytesMut::new(),
+            named: None,
         }
+    }
+
+    /// Session pooling: a `Parse` of a named statement (a later `Parse` of the name,
+    /// after the client closed it, replaces it).
+    pub(super) fn named_statement_parsed(&mut self, name: &[u8], query: &[u8]) {
+        let named = self.named.get_or_insert_with(Default::default);
+        let size = name.len() + query.len();
+        if named.bytes + size > NAMED_TEXTS_MAX_BYTES {
+            **named = NamedTexts::default();
+        }
+        let shape = crate::scan::scan(query).shape;
+        let text = (Bytes::copy_from_slice(query), shape);
+        if let Some((old, _)) = named.by_name.insert(Bytes::copy_from_slice(name), text) {
+            named.bytes -= name.len() + old.len();
+        }
+        named.bytes += size;
+    }
+
+    /// Session pooling: a `Close` of a named statement.
+    pub(super) fn named_statement_closed(&mut self, name: &[u8]) {
+        if let Some(named) = self.named.as_mut() {
+            if let Some((old, _)) = named.by_name.remove(name) {
+                named.bytes -= name.len() + old.len();
+            }
+        }
+    }
+
+    /// Session pooling: the text and shape of a named statement.
+    fn named_text(&self, name: &[u8]) -> Option<PortalText> {
+        let (text, shape) = self.named.as_ref()?.by_name.get(name)?;
+        Some(PortalText::Named(text.clone(), *shape))
     }
 
     pub fn on_command_complete(&mut self, body: &[u8]) {
@@ -263,13 +312,15 @@ impl Session {
                     if view.statement.is_empty() {
                         stats.bind_unnamed(self.pooled.unnamed.shape.is_some());
                     } else {
-                        stats.portal =
-                            self.statements
-                                .get(view.statement)
-                                .map_or(PortalText::Unknown, |s| {
-                                    let query_len = cstr(&s.definition).map_or(0, |(q, _)| q.len());
-                                    PortalText::Named(s.definition.slice(0..query_len), s.shape)
-                                });
+                        stats.portal = self
+                            .statements
+                            .get(view.statement)
+                            .map(|s| {
+                                let query_len = cstr(&s.definition).map_or(0, |(q, _)| q.len());
+                                PortalText::Named(s.definition.slice(0..query_len), s.shape)
+                            })
+                            .or_else(|| stats.named_text(view.statement))
+                            .unwrap_or(PortalText::Unknown);
                     }
                 }
             }
@@ -342,5 +393,43 @@ mod tests {
         assert_eq!(&*stats.portal_text(&mut unnamed).0, long.as_bytes(), "kept");
         stats.bind_unnamed(true);
         assert_eq!(&*stats.portal_text(&mut unnamed).0, other.as_bytes());
+    }
+
+    fn named(stats: &SessionStats, name: &str) -> Option<Vec<u8>> {
+        match stats.named_text(name.as_bytes())? {
+            PortalText::Named(text, shape) => {
+                assert_eq!(shape, crate::scan::scan(&text).shape);
+                Some(text.to_vec())
+            }
+            _ => unreachable!("named_text gives named texts"),
+        }
+    }
+
+    #[test]
+    fn session_pooled_named_statements_keep_their_texts_until_closed() {
+        let mut stats = SessionStats::new(None);
+        assert_eq!(named(&stats, "s1"), None);
+        stats.named_statement_parsed(b"s1", b"SELECT 1");
+        stats.named_statement_parsed(b"s2", b"SELECT 2");
+        assert_eq!(named(&stats, "s1").as_deref(), Some(&b"SELECT 1"[..]));
+        assert_eq!(named(&stats, "s2").as_deref(), Some(&b"SELECT 2"[..]));
+        stats.named_statement_closed(b"s1");
+        assert_eq!(named(&stats, "s1"), None);
+        stats.named_statement_closed(b"never");
+        // A name parsed again (after a DEALLOCATE the proxy did not see) runs the new text.
+        stats.named_statement_parsed(b"s2", b"SELECT 22");
+        assert_eq!(named(&stats, "s2").as_deref(), Some(&b"SELECT 22"[..]));
+        assert_eq!(stats.named.as_ref().map(|n| n.bytes), Some(2 + 9));
+        stats.named_statement_closed(b"s2");
+        assert_eq!(stats.named.as_ref().map(|n| n.bytes), Some(0));
+        // Bounded: past the limit the texts kept so far are forgotten.
+        let long = vec![b'x'; NAMED_TEXTS_MAX_BYTES / 3];
+        for n in 0..4 {
+            stats.named_statement_parsed(format!("big{n}").as_bytes(), &long);
+        }
+        let kept = stats.named.as_ref().unwrap();
+        assert!(kept.bytes <= NAMED_TEXTS_MAX_BYTES, "{}", kept.bytes);
+        assert_eq!(named(&stats, "big0"), None);
+        assert_eq!(named(&stats, "big3"), Some(long));
     }
 }
