@@ -208,6 +208,18 @@ async fn a_hit_returns_the_bytes_of_a_direct_query() {
         assert!(metrics.contains(name), "{name} in /metrics");
     }
     assert!(metrics.contains("part=\"result_cache\""));
+
+    // The statistics count each hit under its statement, as its misses are.
+    within("stats flush", proxy.runtime.stats.flush()).await;
+    let snapshot = proxy.runtime.stats.snapshot();
+    let queries = &snapshot.queries;
+    let summary = |text: &str| {
+        let found: Vec<_> = queries.iter().filter(|q| q.query.contains(text)).collect();
+        assert_eq!(found.len(), 1, "{text}: {queries:#?}");
+        (found[0].calls, found[0].cache_hits)
+    };
+    assert_eq!(summary("from items where id <= ?"), (2, 1));
+    assert_eq!(summary("from items where id > ?"), (12, 5));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -31,6 +31,8 @@ pub struct Entry {
     /// A WAL position the result is known to reflect (a lower bound).
     pub lsn: Lsn,
     pub fingerprint: u64,
+    /// The statement's shape, which the statistics of its hits carry.
+    pub shape: crate::scan::Shape,
     pub ttl: Duration,
     pub rows: u64,
     pub stored: Instant,

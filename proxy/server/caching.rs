@@ -56,6 +56,7 @@ pub struct SessionCache {
 struct Fill {
     key: Bytes,
     fingerprint: u64,
+    shape: crate::scan::Shape,
     database: String,
     tables: Box<[u32]>,
     row_key: Option<EntryKey>,
@@ -244,6 +245,7 @@ impl Session {
             state.fill = Some(Box::new(Fill {
                 key,
                 fingerprint: analysis.fingerprint,
+                shape: crate::scan::scan(&request.sql).shape,
                 database,
                 tables,
                 row_key,
@@ -425,6 +427,7 @@ impl Session {
             stats.record_cache_hit(
                 &self.runtime.stats,
                 &request.sql,
+                entry.shape,
                 started.elapsed(),
                 entry.rows,
             );
@@ -534,6 +537,7 @@ impl Session {
             at: fill.at,
             lsn: fill.lsn,
             fingerprint: fill.fingerprint,
+            shape: fill.shape,
             ttl: fill.ttl,
             rows,
             stored: Instant::now(),

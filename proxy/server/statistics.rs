@@ -212,17 +212,18 @@ impl SessionStats {
         self.finish_one(recorder, served, false);
     }
 
-    /// A statement the result cache answered.
+    /// A statement the result cache answered (`shape`: its text's, kept in the entry).
     pub fn record_cache_hit(
         &self,
         recorder: &StatsRecorder,
         sql: &[u8],
+        shape: Shape,
         duration: std::time::Duration,
         rows: u64,
     ) {
         recorder.record(&StatementEvent {
             sql,
-            shape: None,
+            shape: Some(shape),
             duration,
             rows,
             error: false,
