@@ -212,7 +212,8 @@ async fn unnamed_statements_in_turn_counted_in(mode: PoolMode) {
 
 /// Drivers that prepare named statements (JDBC, asyncpg, tokio-postgres): each execution
 /// is counted under its statement's text in either pool mode, also after another
-/// statement was closed, and none as an unknown portal.
+/// statement was closed and when a named portal is read in steps between other
+/// statements, and none as an unknown portal.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn named_statements_are_counted_under_their_texts() {
     for mode in [PoolMode::Transaction, PoolMode::Session] {
@@ -234,17 +235,14 @@ async fn named_statements_counted_in(mode: PoolMode) {
         c.pool.mode = mode;
     })
     .await;
-    let client = proxy::connect(&proxy).await;
-    let prepare = |text: &'static str| {
-        let client = &client;
-        async move {
-            support::within(text, client.prepare(text))
-                .await
-                .unwrap_or_else(|e| panic!("{text}: {e}"))
-        }
-    };
-    let by_id = prepare("SELECT teeth FROM gears WHERE id = $1").await;
-    let below = prepare("SELECT count(*) FROM gears WHERE teeth < $1").await;
+    let mut client = proxy::connect(&proxy).await;
+    async fn prepare(client: &tokio_postgres::Client, text: &str) -> tokio_postgres::Statement {
+        support::within(text, client.prepare(text))
+            .await
+            .unwrap_or_else(|e| panic!("{text}: {e}"))
+    }
+    let by_id = prepare(&client, "SELECT teeth FROM gears WHERE id = $1").await;
+    let below = prepare(&client, "SELECT count(*) FROM gears WHERE teeth < $1").await;
     for n in 0..4 {
         support::within("below", client.query(&below, &[&(n * 10)]))
             .await
@@ -252,7 +250,7 @@ async fn named_statements_counted_in(mode: PoolMode) {
     }
     // Dropping the statement closes it on the connection.
     drop(below);
-    let above = prepare("SELECT max(id) FROM gears WHERE teeth > $1").await;
+    let above = prepare(&client, "SELECT max(id) FROM gears WHERE teeth > $1").await;
     for n in 0..6 {
         support::within("by id", client.query(&by_id, &[&(n + 1)]))
             .await
@@ -263,6 +261,28 @@ async fn named_statements_counted_in(mode: PoolMode) {
                 .expect("above");
         }
     }
+    // A result read in steps through a named portal (JDBC's fetch size), with other
+    // statements run between its steps: each step is counted under the portal's text.
+    let window = prepare(&client, "SELECT id FROM gears WHERE id <= $1 ORDER BY id").await;
+    let transaction = support::within("begin", client.transaction())
+        .await
+        .expect("begin");
+    let portal = support::within("bind", transaction.bind(&window, &[&9]))
+        .await
+        .expect("bind");
+    for step in 0..3 {
+        let rows = support::within("fetch", transaction.query_portal(&portal, 3))
+            .await
+            .expect("fetch");
+        assert_eq!(rows.len(), 3, "step {step}");
+        support::within("between", transaction.query(&by_id, &[&(step + 1)]))
+            .await
+            .expect("between");
+    }
+    drop(portal);
+    support::within("commit", transaction.commit())
+        .await
+        .expect("commit");
     support::within("flush", proxy.runtime.stats.flush()).await;
     let snapshot = proxy.runtime.stats.snapshot();
     let calls = |fingerprint: &str| {
@@ -276,7 +296,12 @@ async fn named_statements_counted_in(mode: PoolMode) {
     let counted = format!("{mode:?}: {:#?}", snapshot.queries);
     assert_eq!(
         calls("select teeth from gears where id = ?"),
-        6,
+        9,
+        "{counted}"
+    );
+    assert_eq!(
+        calls("select id from gears where id <= ? order by id"),
+        3,
         "{counted}"
     );
     assert_eq!(

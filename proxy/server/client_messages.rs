@@ -235,8 +235,9 @@ impl Session {
             tag::CLOSE => {
                 if let Some(stats) = self.stats.as_mut() {
                     if let Ok(target) = TargetView::parse(body(&frame), "Close") {
-                        if target.kind == TargetKind::Statement {
-                            stats.named_statement_closed(target.name);
+                        match target.kind {
+                            TargetKind::Statement => stats.named_statement_closed(target.name),
+                            TargetKind::Portal => stats.portal_closed(target.name),
                         }
                     }
                 }

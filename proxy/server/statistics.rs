@@ -61,6 +61,9 @@ pub struct SessionStats {
     portal_kept: BytesMut,
     /// A hash of the parameters the last `Bind` bound.
     portal_params: u64,
+    /// Named portals (JDBC's fetches in steps): what each runs, with its parameters'
+    /// hash; at most [`NAMED_PORTALS_KEPT`], the oldest forgotten first.
+    named_portals: Vec<(Bytes, PortalText, u64)>,
     /// The simple query being answered was counted at its `ErrorResponse`.
     query_finished_at_error: bool,
     client: u64,
@@ -81,11 +84,16 @@ struct NamedTexts {
     bytes: usize,
 }
 
+/// Named portals a session keeps track of at once (a driver keeps a few open, one per
+/// result it reads in steps).
+const NAMED_PORTALS_KEPT: usize = 16;
+
 /// The named statements' texts a session-pooled client may keep before they are
 /// forgotten (their executions are then counted as `<unknown portal>`).
 const NAMED_TEXTS_MAX_BYTES: usize = 4 << 20;
 
 /// What the last `Bind` bound, for the statement its `Execute` runs.
+#[derive(Clone)]
 enum PortalText {
     /// No statement we know of.
     Unknown,
@@ -98,6 +106,17 @@ enum PortalText {
     Kept(usize, Option<Shape>),
     /// A named statement's text and shape.
     Named(Bytes, Shape),
+}
+
+impl PortalText {
+    /// The unnamed statement (`parsed`: a `Parse` gave it a text).
+    fn unnamed(parsed: bool) -> PortalText {
+        if parsed {
+            PortalText::Unnamed
+        } else {
+            PortalText::Unknown
+        }
+    }
 }
 
 fn key_hash(key: Option<&str>) -> u64 {
@@ -126,7 +145,53 @@ impl SessionStats {
             error: false,
             portal: PortalText::Unknown,
             portal_kept: BytesMut::new(),
+            named_portals: Vec::new(),
             named: None,
+        }
+    }
+
+    /// A `Bind` to a named portal: what it runs, kept under its name (a text the
+    /// session's unnamed statement holds is copied, since a later `Parse` replaces it).
+    fn bind_named_portal(
+        &mut self,
+        name: &[u8],
+        text: PortalText,
+        unnamed: &mut UnnamedStatement,
+        params: u64,
+    ) {
+        let text = match (text, unnamed.shape) {
+            (PortalText::Unnamed, Some(shape)) => {
+                PortalText::Named(Bytes::copy_from_slice(&unnamed.event_text()), shape)
+            }
+            (PortalText::Unnamed, None) => PortalText::Unknown,
+            (text, _) => text,
+        };
+        self.named_portals
+            .retain(|(kept, _, _)| kept.as_ref() != name);
+        if self.named_portals.len() >= NAMED_PORTALS_KEPT {
+            self.named_portals.remove(0);
+        }
+        self.named_portals
+            .push((Bytes::copy_from_slice(name), text, params));
+    }
+
+    /// A `Close` of a portal.
+    pub(super) fn portal_closed(&mut self, name: &[u8]) {
+        self.named_portals
+            .retain(|(kept, _, _)| kept.as_ref() != name);
+    }
+
+    /// The text, shape and parameters' hash of a named portal's statement.
+    fn named_portal_text(&self, name: &[u8]) -> (EventText, Option<Shape>, u64) {
+        match self
+            .named_portals
+            .iter()
+            .find(|(kept, _, _)| kept.as_ref() == name)
+        {
+            Some((_, PortalText::Named(text, shape), params)) => {
+                (EventText::new(text), Some(*shape), *params)
+            }
+            _ => (EventText::from("<unknown portal>"), None, 0),
         }
     }
 
@@ -259,13 +324,10 @@ impl SessionStats {
         }
     }
 
-    /// `Bind` of the unnamed statement (`parsed`: a `Parse` gave it a text).
+    /// `Bind` of the unnamed statement to the unnamed portal.
+    #[cfg(test)]
     fn bind_unnamed(&mut self, parsed: bool) {
-        self.portal = if parsed {
-            PortalText::Unnamed
-        } else {
-            PortalText::Unknown
-        };
+        self.portal = PortalText::unnamed(parsed);
     }
 
     pub fn clear(&mut self) {
@@ -309,29 +371,48 @@ impl Session {
                     // fine stand-in for "these parameters". Bounded: the first 512
                     // bytes and the length.
                     let end = frame.len().min(HEADER_LEN + 512);
-                    stats.portal_params = hash_bytes(&frame[HEADER_LEN..end]) ^ frame.len() as u64;
-                    if view.statement.is_empty() {
-                        stats.bind_unnamed(self.pooled.unnamed.shape.is_some());
+                    let params = hash_bytes(&frame[HEADER_LEN..end]) ^ frame.len() as u64;
+                    let text = if view.statement.is_empty() {
+                        PortalText::unnamed(self.pooled.unnamed.shape.is_some())
                     } else {
-                        stats.portal = self
-                            .statements
+                        self.statements
                             .get(view.statement)
                             .map(|s| {
                                 let query_len = cstr(&s.definition).map_or(0, |(q, _)| q.len());
                                 PortalText::Named(s.definition.slice(0..query_len), s.shape)
                             })
                             .or_else(|| stats.named_text(view.statement))
-                            .unwrap_or(PortalText::Unknown);
+                            .unwrap_or(PortalText::Unknown)
+                    };
+                    if view.portal.is_empty() {
+                        stats.portal = text;
+                        stats.portal_params = params;
+                    } else {
+                        stats.bind_named_portal(
+                            view.portal,
+                            text,
+                            &mut self.pooled.unnamed,
+                            params,
+                        );
                     }
                 }
             }
             tag::EXECUTE => {
-                let (sql, shape) = stats.portal_text(&mut self.pooled.unnamed);
+                let (sql, shape, params) = match frame.get(HEADER_LEN) {
+                    Some(0) | None => {
+                        let (sql, shape) = stats.portal_text(&mut self.pooled.unnamed);
+                        (sql, shape, stats.portal_params)
+                    }
+                    Some(_) => {
+                        let name = cstr(&frame[HEADER_LEN..]).map_or(&b""[..], |(name, _)| name);
+                        stats.named_portal_text(name)
+                    }
+                };
                 stats.in_flight.push_back(InFlight {
                     started: Instant::now(),
                     sql,
                     shape,
-                    params: stats.portal_params,
+                    params,
                     session_key,
                 });
             }
@@ -432,5 +513,42 @@ mod tests {
         assert!(kept.bytes <= NAMED_TEXTS_MAX_BYTES, "{}", kept.bytes);
         assert_eq!(named(&stats, "big0"), None);
         assert_eq!(named(&stats, "big3"), Some(long));
+    }
+
+    fn portal(stats: &SessionStats, name: &str) -> Vec<u8> {
+        stats.named_portal_text(name.as_bytes()).0.to_vec()
+    }
+
+    #[test]
+    fn named_portals_run_what_they_were_bound_to() {
+        let mut stats = SessionStats::new(None);
+        let mut unnamed = UnnamedStatement::default();
+        parse(&mut stats, &mut unnamed, "SELECT 1");
+        stats.bind_named_portal(b"C_1", PortalText::Unnamed, &mut unnamed, 7);
+        // The unnamed statement is parsed anew: the portal still runs its own text.
+        parse(&mut stats, &mut unnamed, "SELECT 2");
+        stats.bind_unnamed(true);
+        assert_eq!(portal(&stats, "C_1"), b"SELECT 1");
+        assert_eq!(stats.named_portal_text(b"C_1").2, 7, "its parameters");
+        assert_eq!(
+            text(&stats, &mut unnamed),
+            b"SELECT 2",
+            "the unnamed portal"
+        );
+        stats.portal_closed(b"C_1");
+        assert_eq!(portal(&stats, "C_1"), b"<unknown portal>");
+        // A few kept at once, the oldest forgotten first.
+        let named = PortalText::Named(Bytes::from_static(b"SELECT 3"), unnamed.shape.unwrap());
+        for n in 0..=NAMED_PORTALS_KEPT {
+            let name = format!("C_{n}");
+            stats.bind_named_portal(name.as_bytes(), named.clone(), &mut unnamed, 0);
+        }
+        assert_eq!(stats.named_portals.len(), NAMED_PORTALS_KEPT);
+        assert_eq!(portal(&stats, "C_0"), b"<unknown portal>");
+        assert_eq!(portal(&stats, "C_1"), b"SELECT 3");
+        // A name bound again replaces its entry.
+        stats.bind_named_portal(b"C_1", PortalText::Unnamed, &mut unnamed, 0);
+        assert_eq!(stats.named_portals.len(), NAMED_PORTALS_KEPT);
+        assert_eq!(portal(&stats, "C_1"), b"SELECT 2");
     }
 }
