@@ -59,6 +59,9 @@ impl Session {
         // Bytes at the front of the server buffer already known to be relayed: first
         // the rest of a large message being streamed (streamed_frame.rs).
         let mut relay_run = self.streamed.take(server.read_buf.len());
+        // Rows relayed since the statistics last looked (they count the rows of an
+        // `Execute` that ends suspended, whose answer has no command tag).
+        let mut data_rows = 0u64;
         loop {
             if self.streamed.is_open() {
                 break;
@@ -69,6 +72,7 @@ impl Session {
                 Ok(None) => {
                     let total = announced_len(rest).unwrap_or(0);
                     if self.streamed.start(rest, total) {
+                        data_rows += u64::from(rest[0] == tag::DATA_ROW);
                         // Only DataRow/CopyData: relayed, never the end of an answer.
                         let (disposition, popped) = self.responses.on_server_message(rest[0]);
                         debug_assert!(disposition == Disposition::Relay && popped.is_none());
@@ -90,6 +94,7 @@ impl Session {
                 // head, has already happened: rows always follow a RowDescription,
                 // BindComplete or CopyOutResponse, which pass through it.)
                 relay_run += len;
+                data_rows += u64::from(message_tag == tag::DATA_ROW);
                 continue;
             }
             tracing::trace!(tag = %(message_tag as char), len, "server message");
@@ -165,8 +170,10 @@ impl Session {
                 _ => {}
             }
             if let Some(stats) = self.stats.as_mut() {
+                stats.on_data_rows(std::mem::take(&mut data_rows));
                 match message_tag {
                     tag::COMMAND_COMPLETE => stats.on_command_complete(&rest[5..len]),
+                    tag::PORTAL_SUSPENDED => stats.on_portal_suspended(),
                     tag::ERROR_RESPONSE if popped.is_some() => {
                         // Extended protocol: the batch failed up to its Sync.
                         for _ in 0..self.responses.take_failed_executes() {
@@ -241,6 +248,9 @@ impl Session {
         }
         if relay_run > 0 {
             move_relayed(&mut self.to_client, &mut server.read_buf, relay_run);
+        }
+        if let Some(stats) = self.stats.as_mut() {
+            stats.on_data_rows(data_rows);
         }
         Ok(())
     }

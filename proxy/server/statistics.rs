@@ -53,6 +53,9 @@ fn hash_bytes(bytes: &[u8]) -> u64 {
 pub struct SessionStats {
     in_flight: VecDeque<InFlight>,
     rows: u64,
+    /// Rows relayed since the last command tag: an `Execute` that ends suspended
+    /// (a portal read in steps) reports no count, so its rows are these.
+    data_rows: u64,
     error: bool,
     /// Text and shape of the statement the last `Bind` bound.
     portal: PortalText,
@@ -142,6 +145,7 @@ impl SessionStats {
             session_key: key_hash(session_key),
             in_flight: VecDeque::new(),
             rows: 0,
+            data_rows: 0,
             error: false,
             portal: PortalText::Unknown,
             portal_kept: BytesMut::new(),
@@ -228,6 +232,18 @@ impl SessionStats {
 
     pub fn on_command_complete(&mut self, body: &[u8]) {
         self.rows += rows_from_tag(crate::protocol::backend::command_tag(body));
+        self.data_rows = 0;
+    }
+
+    /// `DataRow`s relayed.
+    #[inline]
+    pub fn on_data_rows(&mut self, rows: u64) {
+        self.data_rows += rows;
+    }
+
+    /// An `Execute` stopped at its row limit: the rows it returned are its count.
+    pub fn on_portal_suspended(&mut self) {
+        self.rows += std::mem::take(&mut self.data_rows);
     }
 
     pub fn on_error(&mut self) {
@@ -237,6 +253,7 @@ impl SessionStats {
     pub fn reset_error(&mut self) {
         self.error = false;
         self.rows = 0;
+        self.data_rows = 0;
     }
 
     /// The statement at the head finished (its terminal message arrived).
@@ -259,6 +276,7 @@ impl SessionStats {
             });
         }
         self.rows = 0;
+        self.data_rows = 0;
         self.error = false;
     }
 
@@ -334,6 +352,7 @@ impl SessionStats {
         self.query_finished_at_error = false;
         self.in_flight.clear();
         self.rows = 0;
+        self.data_rows = 0;
         self.error = false;
     }
 }
