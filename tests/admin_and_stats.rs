@@ -131,6 +131,32 @@ async fn statistics_match_pg_stat_statements() {
     );
 }
 
+/// A cluster whose primary ran `setup`, and a proxy in `mode` (a pool of 2) before it.
+async fn counting_proxy(
+    mode: PoolMode,
+    setup: &str,
+) -> (pgwarden::cluster::LocalCluster, pgwarden::RunningProxy) {
+    let cluster = support::cluster(0);
+    let direct = proxy::connect_direct(&cluster).await;
+    support::execute(&direct, setup).await;
+    let proxy = proxy::start(&cluster, |c| {
+        c.pool.size = 2;
+        c.pool.mode = mode;
+    })
+    .await;
+    (cluster, proxy)
+}
+
+/// The calls counted under `fingerprint`.
+fn calls_of(snapshot: &pgwarden::stats::Snapshot, fingerprint: &str) -> u64 {
+    snapshot
+        .queries
+        .iter()
+        .filter(|q| q.query == fingerprint)
+        .map(|q| q.calls)
+        .sum()
+}
+
 /// Drivers that run every statement unnamed (psycopg, asyncpg, node-postgres) parse a
 /// few texts in turn. Each statement is counted under the text it ran, whether its
 /// shape came from the session's memory of recent texts or from a new scan, and
@@ -144,18 +170,11 @@ async fn unnamed_statements_in_turn_are_counted_under_their_own_texts() {
 
 async fn unnamed_statements_in_turn_counted_in(mode: PoolMode) {
     use tokio_postgres::types::Type;
-    let cluster = support::cluster(0);
-    let direct = proxy::connect_direct(&cluster).await;
-    support::execute(
-        &direct,
+    let (_cluster, proxy) = counting_proxy(
+        mode,
         "CREATE TABLE parts (id int primary key, name text);
          INSERT INTO parts SELECT g, 'part ' || g FROM generate_series(1, 100) g;",
     )
-    .await;
-    let proxy = proxy::start(&cluster, |c| {
-        c.pool.size = 2;
-        c.pool.mode = mode;
-    })
     .await;
     let client = proxy::connect(&proxy).await;
     let long_filter = (0..12)
@@ -187,14 +206,7 @@ async fn unnamed_statements_in_turn_counted_in(mode: PoolMode) {
     }
     support::within("flush", proxy.runtime.stats.flush()).await;
     let snapshot = proxy.runtime.stats.snapshot();
-    let calls = |fingerprint: &str| {
-        snapshot
-            .queries
-            .iter()
-            .filter(|q| q.query == fingerprint)
-            .map(|q| q.calls)
-            .sum::<u64>()
-    };
+    let calls = |fingerprint: &str| calls_of(&snapshot, fingerprint);
     assert_eq!(calls("select name from parts where id = ?"), 7, "{mode:?}");
     assert_eq!(
         calls("select count(*) from parts where id < ?"),
@@ -222,18 +234,11 @@ async fn named_statements_are_counted_under_their_texts() {
 }
 
 async fn named_statements_counted_in(mode: PoolMode) {
-    let cluster = support::cluster(0);
-    let direct = proxy::connect_direct(&cluster).await;
-    support::execute(
-        &direct,
+    let (_cluster, proxy) = counting_proxy(
+        mode,
         "CREATE TABLE gears (id int primary key, teeth int);
          INSERT INTO gears SELECT g, g * 3 FROM generate_series(1, 50) g;",
     )
-    .await;
-    let proxy = proxy::start(&cluster, |c| {
-        c.pool.size = 2;
-        c.pool.mode = mode;
-    })
     .await;
     let mut client = proxy::connect(&proxy).await;
     async fn prepare(client: &tokio_postgres::Client, text: &str) -> tokio_postgres::Statement {
@@ -286,14 +291,7 @@ async fn named_statements_counted_in(mode: PoolMode) {
         .expect("commit");
     support::within("flush", proxy.runtime.stats.flush()).await;
     let snapshot = proxy.runtime.stats.snapshot();
-    let calls = |fingerprint: &str| {
-        snapshot
-            .queries
-            .iter()
-            .filter(|q| q.query == fingerprint)
-            .map(|q| q.calls)
-            .sum::<u64>()
-    };
+    let calls = |fingerprint: &str| calls_of(&snapshot, fingerprint);
     let counted = format!("{mode:?}: {:#?}", snapshot.queries);
     assert_eq!(
         calls("select teeth from gears where id = ?"),
