@@ -10,7 +10,8 @@
 //! for the life of the session. The unnamed statement's text and shape are the
 //! session's (`UnnamedStatement`, worked out once per text at its `Parse`); a
 //! statement's shape travels with its event, so the recorder scans no text a session
-//! scanned already.
+//! scanned already. A session-pooled client's named statements, and every client's
+//! named portals (a result read in steps), are kept here by name, bounded.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
