@@ -54,8 +54,8 @@ fn hash_bytes(bytes: &[u8]) -> u64 {
 pub struct SessionStats {
     in_flight: VecDeque<InFlight>,
     rows: u64,
-    /// Rows relayed since the last command tag: an `Execute` that ends suspended
-    /// (a portal read in steps) reports no count, so its rows are these.
+    /// Rows relayed since the last statement finished: an `Execute` that ends
+    /// suspended (a portal read in steps) reports no count, so its rows are these.
     data_rows: u64,
     error: bool,
     /// Text and shape of the statement the last `Bind` bound.
@@ -187,17 +187,20 @@ impl SessionStats {
     }
 
     /// The text, shape and parameters' hash of a named portal's statement.
-    fn named_portal_text(&self, name: &[u8]) -> (EventText, Option<Shape>, u64) {
-        match self
+    fn named_portal_text(
+        &self,
+        name: &[u8],
+        unnamed: &mut UnnamedStatement,
+    ) -> (EventText, Option<Shape>, u64) {
+        let (portal, params) = self
             .named_portals
             .iter()
             .find(|(kept, _, _)| kept.as_ref() == name)
-        {
-            Some((_, PortalText::Named(text, shape), params)) => {
-                (EventText::new(text), Some(*shape), *params)
-            }
-            _ => (EventText::from("<unknown portal>"), None, 0),
-        }
+            .map_or((&PortalText::Unknown, 0), |(_, portal, params)| {
+                (portal, *params)
+            });
+        let (sql, shape) = self.text_of(portal, unnamed);
+        (sql, shape, params)
     }
 
     /// Session pooling: a `Parse` of a named statement (a later `Parse` of the name,
@@ -233,7 +236,6 @@ impl SessionStats {
 
     pub fn on_command_complete(&mut self, body: &[u8]) {
         self.rows += rows_from_tag(crate::protocol::backend::command_tag(body));
-        self.data_rows = 0;
     }
 
     /// `DataRow`s relayed.
@@ -329,7 +331,16 @@ impl SessionStats {
 
     /// The text and shape of the statement the bound portal runs.
     fn portal_text(&self, unnamed: &mut UnnamedStatement) -> (EventText, Option<Shape>) {
-        match &self.portal {
+        self.text_of(&self.portal, unnamed)
+    }
+
+    /// The text and shape of the statement `portal` runs.
+    fn text_of(
+        &self,
+        portal: &PortalText,
+        unnamed: &mut UnnamedStatement,
+    ) -> (EventText, Option<Shape>) {
+        match portal {
             PortalText::Unnamed => (unnamed.event_text(), unnamed.shape),
             PortalText::Kept(query_len, shape) => {
                 let query = &self.portal_kept[..*query_len];
@@ -425,7 +436,7 @@ impl Session {
                     }
                     Some(_) => {
                         let name = cstr(&frame[HEADER_LEN..]).map_or(&b""[..], |(name, _)| name);
-                        stats.named_portal_text(name)
+                        stats.named_portal_text(name, &mut self.pooled.unnamed)
                     }
                 };
                 stats.in_flight.push_back(InFlight {
@@ -536,7 +547,11 @@ mod tests {
     }
 
     fn portal(stats: &SessionStats, name: &str) -> Vec<u8> {
-        stats.named_portal_text(name.as_bytes()).0.to_vec()
+        let mut unnamed = UnnamedStatement::default();
+        stats
+            .named_portal_text(name.as_bytes(), &mut unnamed)
+            .0
+            .to_vec()
     }
 
     #[test]
@@ -549,7 +564,11 @@ mod tests {
         parse(&mut stats, &mut unnamed, "SELECT 2");
         stats.bind_unnamed(true);
         assert_eq!(portal(&stats, "C_1"), b"SELECT 1");
-        assert_eq!(stats.named_portal_text(b"C_1").2, 7, "its parameters");
+        assert_eq!(
+            stats.named_portal_text(b"C_1", &mut unnamed).2,
+            7,
+            "its parameters"
+        );
         assert_eq!(
             text(&stats, &mut unnamed),
             b"SELECT 2",
