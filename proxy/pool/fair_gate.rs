@@ -9,16 +9,23 @@
 //! while `max_waiting` clients already wait (across all pools), or while the oldest
 //! waiter has waited a whole checkout timeout, is refused at once.
 //!
+//! A waiter costs no allocation and no timer of its own: it waits in its queue with its
+//! task's waker, and is told its outcome there (`decided`). Deadlines are kept by one
+//! task per gate (`fair_gate_expiry`), which runs only while clients wait and sleeps
+//! until the earliest deadline, as PgBouncer's janitor does for its waiting clients.
+//!
 //! It does not know about server connections; `registry` pairs a permit with one.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
-use tokio::sync::oneshot;
-
-use crate::stats::ProcessMap;
+use super::fair_gate_expiry::Expiry;
+use crate::stats::{process_map, ProcessMap};
 
 /// One waiting client (`state` counts these in its high half).
 const ONE_WAITER: u64 = 1 << 32;
@@ -68,11 +75,13 @@ pub struct GatePolicy {
 struct Waiter {
     id: u64,
     since: Instant,
-    grant: oneshot::Sender<()>,
+    deadline: Instant,
+    /// Woken when the waiter is granted its permit or its deadline passes.
+    waker: Waker,
 }
 
 #[derive(Debug, Default)]
-struct Queues {
+pub(super) struct Queues {
     /// On the seeded process hash (group names come from clients): while a pool is
     /// saturated every checkout and every release looks its group up here.
     groups: ProcessMap<Arc<str>, VecDeque<Waiter>>,
@@ -80,6 +89,11 @@ struct Queues {
     ring: VecDeque<Arc<str>>,
     served_in_turn: u32,
     next_id: u64,
+    /// Waiters out of their queues whose future has not yet seen why: `true` granted a
+    /// permit, `false` past their deadline.
+    decided: ProcessMap<u64, bool>,
+    /// The task that times waiters out (see `fair_gate_expiry`).
+    pub(super) expiry: Expiry,
 }
 
 #[derive(Debug)]
@@ -91,6 +105,8 @@ pub struct FairGate {
     total: Arc<WaitingTotal>,
     /// Longest a client may wait; a waiter this old means the pool is overloaded.
     timeout: Duration,
+    /// Wakes the expiry task when a waiter's deadline is earlier than the one it sleeps to.
+    pub(super) expiry_wake: Arc<tokio::sync::Notify>,
 }
 
 /// A place in the pool; given back (to the next waiter in turn) when dropped.
@@ -114,10 +130,14 @@ impl FairGate {
     ) -> Arc<FairGate> {
         Arc::new(FairGate {
             state: AtomicU64::new(u64::from(permits)),
-            queues: Mutex::new(Queues::default()),
+            queues: Mutex::new(Queues {
+                decided: process_map(),
+                ..Queues::default()
+            }),
             policy,
             total,
             timeout,
+            expiry_wake: Arc::new(tokio::sync::Notify::new()),
         })
     }
 
@@ -147,25 +167,22 @@ impl FairGate {
         if let Some(permit) = self.try_acquire() {
             return Ok(permit);
         }
-        let Some((id, receiver)) = self.enqueue(group)? else {
-            return Ok(GatePermit { gate: self.clone() });
-        };
-        let waiting = Waiting {
+        Waiting {
             gate: self,
             group,
-            id,
-            receiver,
-            done: false,
-        };
-        waiting.wait(deadline).await
+            deadline,
+            queued: None,
+        }
+        .await
     }
 
-    /// Joins `group`'s queue (its id and where the grant arrives), or takes a permit
-    /// freed meanwhile (`None`).
+    /// Joins `group`'s queue (its id), or takes a permit freed meanwhile (`None`).
     fn enqueue(
         self: &Arc<Self>,
         group: &str,
-    ) -> Result<Option<(u64, oneshot::Receiver<()>)>, GateRefusal> {
+        deadline: Instant,
+        waker: &Waker,
+    ) -> Result<Option<u64>, GateRefusal> {
         // A place in the line is reserved first, so the bound is never overshot.
         let max = self.policy.max_waiting;
         let before = self.total.waiting.fetch_add(1, Ordering::Relaxed);
@@ -207,13 +224,13 @@ impl FairGate {
                 Err(now) => state = now,
             }
         }
-        let (grant, receiver) = oneshot::channel();
         queues.next_id += 1;
         let id = queues.next_id;
         let waiter = Waiter {
             id,
             since: now,
-            grant,
+            deadline,
+            waker: waker.clone(),
         };
         // A group already waiting keeps its key: no allocation for the name.
         match queues.groups.get_mut(group) {
@@ -224,7 +241,8 @@ impl FairGate {
                 queues.ring.push_back(key);
             }
         }
-        Ok(Some((id, receiver)))
+        self.keep_deadline(&mut queues, deadline);
+        Ok(Some(id))
     }
 
     fn shed(&self, reason: String) -> GateRefusal {
@@ -250,15 +268,20 @@ impl FairGate {
             }
         }
         let mut queues = self.lock();
-        while let Some(waiter) = self.next_in_turn(&mut queues) {
-            self.state.fetch_sub(ONE_WAITER, Ordering::AcqRel);
-            self.total.waiting.fetch_sub(1, Ordering::Relaxed);
-            // The receiver lives until its owner took the queue lock (see `Waiting`).
-            if waiter.grant.send(()).is_ok() {
-                return;
+        match self.next_in_turn(&mut queues) {
+            // Every waiter in a queue is alive: one that gives up leaves its queue
+            // under the lock first (see `Waiting`'s drop).
+            Some(waiter) => {
+                self.state.fetch_sub(ONE_WAITER, Ordering::AcqRel);
+                self.total.waiting.fetch_sub(1, Ordering::Relaxed);
+                queues.decided.insert(waiter.id, true);
+                drop(queues);
+                waiter.waker.wake();
+            }
+            None => {
+                self.state.fetch_add(1, Ordering::AcqRel);
             }
         }
-        self.state.fetch_add(1, Ordering::AcqRel);
     }
 
     /// Round robin between groups, `weight` turns each, FIFO inside a group.
@@ -291,22 +314,16 @@ impl FairGate {
         }
     }
 
-    /// A waiter gives up (timeout, or its client left): out of its queue, or, if it
-    /// was granted meanwhile, the permit goes on to the next one.
-    fn leave(&self, group: &str, id: u64, receiver: &mut oneshot::Receiver<()>) {
+    /// A waiter gives up (its client left): out of its queue, or, if it was granted
+    /// meanwhile, the permit goes on to the next one.
+    fn leave(&self, group: &str, id: u64) {
         let mut queues = self.lock();
         let removed = match queues.groups.get_mut(group) {
             Some(queue) => match queue.iter().position(|w| w.id == id) {
                 Some(at) => {
                     queue.remove(at);
                     if queue.is_empty() {
-                        queues.groups.remove(group);
-                        if let Some(at) = queues.ring.iter().position(|g| &**g == group) {
-                            queues.ring.remove(at);
-                            if at == 0 {
-                                queues.served_in_turn = 0;
-                            }
-                        }
+                        forget_group(&mut queues, group);
                     }
                     true
                 }
@@ -319,10 +336,56 @@ impl FairGate {
             self.total.waiting.fetch_sub(1, Ordering::Relaxed);
             return;
         }
+        let granted = queues.decided.remove(&id) == Some(true);
         drop(queues);
-        if receiver.try_recv().is_ok() {
+        if granted {
             self.release();
         }
+    }
+
+    /// Takes out of their queues the waiters whose deadline is not after `now`, and
+    /// wakes them to their refusal; returns the earliest deadline still waited for.
+    pub(super) fn expire(&self, now: Instant) -> Option<Instant> {
+        let mut expired = Vec::new();
+        let mut queues = self.lock();
+        let Queues {
+            groups, decided, ..
+        } = &mut *queues;
+        let mut earliest: Option<Instant> = None;
+        let mut emptied = Vec::new();
+        for (key, queue) in groups.iter_mut() {
+            queue.retain_mut(|waiter| {
+                if waiter.deadline <= now {
+                    decided.insert(waiter.id, false);
+                    expired.push(std::mem::replace(&mut waiter.waker, Waker::noop().clone()));
+                    return false;
+                }
+                earliest = Some(earliest.map_or(waiter.deadline, |e| e.min(waiter.deadline)));
+                true
+            });
+            if queue.is_empty() {
+                emptied.push(key.clone());
+            }
+        }
+        for key in emptied {
+            forget_group(&mut queues, &key);
+        }
+        let gone = expired.len();
+        if gone > 0 {
+            self.state
+                .fetch_sub(ONE_WAITER * gone as u64, Ordering::AcqRel);
+            self.total.waiting.fetch_sub(gone, Ordering::Relaxed);
+        }
+        if earliest.is_none() {
+            queues.expiry.stopped();
+        } else {
+            queues.expiry.sleeps_until(earliest);
+        }
+        drop(queues);
+        for waker in expired {
+            waker.wake();
+        }
+        earliest
     }
 
     /// Waiting clients per group (`""` = clients with no group), for `SHOW POOLS`.
@@ -362,32 +425,77 @@ fn oldest_wait(queues: &Queues, now: Instant) -> Option<Duration> {
         .max()
 }
 
-/// A client in a queue; leaves it on drop unless it got its permit.
+/// Removes an emptied group's queue and its place in the ring.
+fn forget_group(queues: &mut Queues, group: &str) {
+    queues.groups.remove(group);
+    if let Some(at) = queues.ring.iter().position(|g| &**g == group) {
+        queues.ring.remove(at);
+        if at == 0 {
+            queues.served_in_turn = 0;
+        }
+    }
+}
+
+/// A client waiting for a permit: joins its queue when first polled, then waits to be
+/// told its outcome; leaves the queue if dropped before that.
 struct Waiting<'a> {
     gate: &'a Arc<FairGate>,
     group: &'a str,
-    id: u64,
-    receiver: oneshot::Receiver<()>,
-    done: bool,
+    deadline: Instant,
+    /// Its id in the queue, and the waker the queue holds.
+    queued: Option<(u64, Waker)>,
 }
 
-impl Waiting<'_> {
-    async fn wait(mut self, deadline: Instant) -> Result<GatePermit, GateRefusal> {
-        let granted = tokio::time::timeout_at(deadline.into(), &mut self.receiver).await;
-        if let Ok(Ok(())) = granted {
-            self.done = true;
-            return Ok(GatePermit {
-                gate: self.gate.clone(),
+impl Future for Waiting<'_> {
+    type Output = Result<GatePermit, GateRefusal>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = &mut *self;
+        let Some((id, registered)) = &mut this.queued else {
+            return match this.gate.enqueue(this.group, this.deadline, cx.waker()) {
+                Err(refusal) => Poll::Ready(Err(refusal)),
+                Ok(None) => Poll::Ready(Ok(GatePermit {
+                    gate: this.gate.clone(),
+                })),
+                Ok(Some(id)) => {
+                    this.queued = Some((id, cx.waker().clone()));
+                    Poll::Pending
+                }
+            };
+        };
+        let id = *id;
+        let mut queues = this.gate.lock();
+        if let Some(granted) = queues.decided.remove(&id) {
+            drop(queues);
+            this.queued = None;
+            return Poll::Ready(if granted {
+                Ok(GatePermit {
+                    gate: this.gate.clone(),
+                })
+            } else {
+                Err(GateRefusal::TimedOut)
             });
         }
-        Err(GateRefusal::TimedOut)
+        // Polled again undecided (the future moved to another task, or a wake-up of
+        // its own task for something else): the queue must hold the current waker.
+        if !registered.will_wake(cx.waker()) {
+            if let Some(waiter) = queues
+                .groups
+                .get_mut(this.group)
+                .and_then(|queue| queue.iter_mut().find(|w| w.id == id))
+            {
+                waiter.waker = cx.waker().clone();
+            }
+            *registered = cx.waker().clone();
+        }
+        Poll::Pending
     }
 }
 
 impl Drop for Waiting<'_> {
     fn drop(&mut self) {
-        if !self.done {
-            self.gate.leave(self.group, self.id, &mut self.receiver);
+        if let Some((id, _)) = self.queued.take() {
+            self.gate.leave(self.group, id);
         }
     }
 }

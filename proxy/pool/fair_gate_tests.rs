@@ -201,3 +201,125 @@ async fn permits_survive_waiters_giving_up_at_any_moment() {
     assert_eq!(all.len(), 3);
     assert!(gate.try_acquire().is_none());
 }
+
+#[tokio::test]
+async fn a_later_waiter_with_an_earlier_deadline_is_timed_out_first() {
+    let gate = gate(1, GatePolicy::default());
+    let _held = gate.try_acquire().unwrap();
+    let patient = {
+        let gate = gate.clone();
+        tokio::spawn(async move {
+            gate.acquire("a", Instant::now() + Duration::from_secs(30))
+                .await
+                .is_ok()
+        })
+    };
+    until(|| gate.waiting() == 1).await;
+    // The expiry task sleeps until the patient waiter's deadline: this one must wake it.
+    let hasty = tokio::time::timeout(
+        Duration::from_secs(5),
+        gate.acquire("b", Instant::now() + Duration::from_millis(20)),
+    )
+    .await
+    .expect("the earlier deadline was kept");
+    assert_eq!(hasty.err(), Some(GateRefusal::TimedOut));
+    assert_eq!(gate.waiting_by_group(), [("a".to_string(), 1)]);
+    patient.abort();
+}
+
+#[tokio::test]
+async fn waiters_of_many_groups_time_out_together_and_no_permit_is_lost() {
+    let gate = gate(2, GatePolicy::default());
+    let held: Vec<_> = (0..2).map(|_| gate.try_acquire().unwrap()).collect();
+    let deadline = Instant::now() + Duration::from_millis(30);
+    let mut waiters = Vec::new();
+    for i in 0..20 {
+        let gate = gate.clone();
+        waiters.push(tokio::spawn(async move {
+            gate.acquire(&(i % 4).to_string(), deadline).await.err()
+        }));
+    }
+    for waiter in waiters {
+        let refused = tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .expect("every waiter was told")
+            .unwrap();
+        assert_eq!(refused, Some(GateRefusal::TimedOut));
+    }
+    assert_eq!(gate.waiting(), 0);
+    assert!(gate.waiting_by_group().is_empty());
+    drop(held);
+    let all: Vec<_> = (0..2).filter_map(|_| gate.try_acquire()).collect();
+    assert_eq!(all.len(), 2);
+}
+
+#[test]
+fn the_expiry_task_is_started_again_on_a_new_runtime() {
+    let gate = gate(1, GatePolicy::default());
+    let _held = gate.try_acquire().unwrap();
+    let runtime = || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    };
+    // A waiter on a runtime that shuts down while it waits, taking the expiry task with it.
+    let first = runtime();
+    first.block_on(async {
+        let waiting = gate.acquire("a", Instant::now() + Duration::from_secs(30));
+        assert!(
+            tokio::time::timeout(Duration::from_millis(20), waiting)
+                .await
+                .is_err(),
+            "the permit is held"
+        );
+    });
+    drop(first);
+    assert_eq!(gate.waiting(), 0);
+    let refused = runtime().block_on(async {
+        tokio::time::timeout(
+            Duration::from_secs(5),
+            gate.acquire("b", Instant::now() + Duration::from_millis(20)),
+        )
+        .await
+        .expect("timed out by a new expiry task")
+    });
+    assert_eq!(refused.err(), Some(GateRefusal::TimedOut));
+}
+
+/// Counts its wake-ups.
+#[derive(Default)]
+struct CountingWaker(std::sync::atomic::AtomicUsize);
+
+impl std::task::Wake for CountingWaker {
+    fn wake(self: Arc<Self>) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+#[tokio::test]
+async fn a_waiter_polled_by_another_task_is_woken_there() {
+    let gate = gate(1, GatePolicy::default());
+    let held = gate.try_acquire().unwrap();
+    let mut waiting = Box::pin(gate.acquire("a", soon()));
+    // First polled by one task, then by another: the queue must wake the second.
+    let first = Arc::new(CountingWaker::default());
+    let second = Arc::new(CountingWaker::default());
+    let (first_waker, second_waker) = (first.clone().into(), second.clone().into());
+    let mut by_first = std::task::Context::from_waker(&first_waker);
+    let mut by_second = std::task::Context::from_waker(&second_waker);
+    assert!(waiting.as_mut().poll(&mut by_first).is_pending());
+    assert!(waiting.as_mut().poll(&mut by_second).is_pending());
+    assert_eq!(gate.waiting(), 1);
+    drop(held);
+    assert_eq!(
+        second.0.load(Ordering::SeqCst),
+        1,
+        "the task awaiting it was woken"
+    );
+    assert_eq!(first.0.load(Ordering::SeqCst), 0);
+    assert!(matches!(
+        waiting.as_mut().poll(&mut by_second),
+        std::task::Poll::Ready(Ok(_))
+    ));
+}

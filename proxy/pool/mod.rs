@@ -16,6 +16,7 @@ mod connect;
 mod connector;
 mod error;
 pub mod fair_gate;
+mod fair_gate_expiry;
 mod pooled;
 mod prepared;
 mod registry;
