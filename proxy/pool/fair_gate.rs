@@ -25,7 +25,7 @@ use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use super::fair_gate_expiry::Expiry;
-use crate::stats::{process_map, ProcessMap};
+use crate::stats::ProcessMap;
 
 /// One waiting client (`state` counts these in its high half).
 const ONE_WAITER: u64 = 1 << 32;
@@ -89,9 +89,10 @@ pub(super) struct Queues {
     ring: VecDeque<Arc<str>>,
     served_in_turn: u32,
     next_id: u64,
-    /// Waiters out of their queues whose future has not yet seen why: `true` granted a
-    /// permit, `false` past their deadline.
-    decided: ProcessMap<u64, bool>,
+    /// Waiters out of their queues whose future has not yet seen why (`true`: granted
+    /// a permit, `false`: past their deadline). A granted waiter's task runs next, so
+    /// this holds a few entries: searched, not hashed.
+    decided: Decided,
     /// The task that times waiters out (see `fair_gate_expiry`).
     pub(super) expiry: Expiry,
 }
@@ -130,10 +131,7 @@ impl FairGate {
     ) -> Arc<FairGate> {
         Arc::new(FairGate {
             state: AtomicU64::new(u64::from(permits)),
-            queues: Mutex::new(Queues {
-                decided: process_map(),
-                ..Queues::default()
-            }),
+            queues: Mutex::new(Queues::default()),
             policy,
             total,
             timeout,
@@ -274,7 +272,7 @@ impl FairGate {
             Some(waiter) => {
                 self.state.fetch_sub(ONE_WAITER, Ordering::AcqRel);
                 self.total.waiting.fetch_sub(1, Ordering::Relaxed);
-                queues.decided.insert(waiter.id, true);
+                queues.decided.push(waiter.id, true);
                 drop(queues);
                 waiter.waker.wake();
             }
@@ -336,7 +334,7 @@ impl FairGate {
             self.total.waiting.fetch_sub(1, Ordering::Relaxed);
             return;
         }
-        let granted = queues.decided.remove(&id) == Some(true);
+        let granted = queues.decided.take(id) == Some(true);
         drop(queues);
         if granted {
             self.release();
@@ -356,7 +354,7 @@ impl FairGate {
         for (key, queue) in groups.iter_mut() {
             queue.retain_mut(|waiter| {
                 if waiter.deadline <= now {
-                    decided.insert(waiter.id, false);
+                    decided.push(waiter.id, false);
                     expired.push(std::mem::replace(&mut waiter.waker, Waker::noop().clone()));
                     return false;
                 }
@@ -425,6 +423,21 @@ fn oldest_wait(queues: &Queues, now: Instant) -> Option<Duration> {
         .max()
 }
 
+/// Outcomes told to waiters that have not looked yet.
+#[derive(Debug, Default)]
+struct Decided(Vec<(u64, bool)>);
+
+impl Decided {
+    fn push(&mut self, id: u64, granted: bool) {
+        self.0.push((id, granted));
+    }
+
+    fn take(&mut self, id: u64) -> Option<bool> {
+        let at = self.0.iter().position(|(waiter, _)| *waiter == id)?;
+        Some(self.0.swap_remove(at).1)
+    }
+}
+
 /// Removes an emptied group's queue and its place in the ring.
 fn forget_group(queues: &mut Queues, group: &str) {
     queues.groups.remove(group);
@@ -465,7 +478,7 @@ impl Future for Waiting<'_> {
         };
         let id = *id;
         let mut queues = this.gate.lock();
-        if let Some(granted) = queues.decided.remove(&id) {
+        if let Some(granted) = queues.decided.take(id) {
             drop(queues);
             this.queued = None;
             return Poll::Ready(if granted {
