@@ -374,10 +374,9 @@ impl FairGate {
                 .fetch_sub(ONE_WAITER * gone as u64, Ordering::AcqRel);
             self.total.waiting.fetch_sub(gone, Ordering::Relaxed);
         }
-        if earliest.is_none() {
-            queues.expiry.stopped();
-        } else {
-            queues.expiry.sleeps_until(earliest);
+        match earliest {
+            Some(at) => queues.expiry.sleeps_until(at),
+            None => queues.expiry.stopped(),
         }
         drop(queues);
         for waker in expired {

@@ -27,8 +27,9 @@ impl Expiry {
         self.sleeps_until = None;
     }
 
-    pub(super) fn sleeps_until(&mut self, at: Option<Instant>) {
-        self.sleeps_until = at;
+    /// The task sleeps until `at`, the earliest deadline in the queues.
+    pub(super) fn sleeps_until(&mut self, at: Instant) {
+        self.sleeps_until = Some(at);
     }
 
     /// Whether a task runs. One that ended without saying so (its runtime shut down)

@@ -22,6 +22,13 @@ pub fn cstr(buf: &[u8]) -> Option<(&[u8], &[u8])> {
     Some((&buf[..nul], &buf[nul + 1..]))
 }
 
+/// The portal an `Execute` (its body) runs: empty for the unnamed one, or when the
+/// body has no name to read.
+#[inline]
+pub fn execute_portal(body: &[u8]) -> &[u8] {
+    cstr(body).map_or(&b""[..], |(portal, _)| portal)
+}
+
 /// `Parse`: statement name, then the query and parameter types (`definition`).
 #[derive(Debug, Clone, Copy)]
 pub struct ParseView<'a> {

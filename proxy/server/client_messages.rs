@@ -210,9 +210,7 @@ impl Session {
             }
             tag::EXECUTE => {
                 if pooled_statements {
-                    let portal = crate::protocol::extended::cstr(body(&frame))
-                        .map_or(&b""[..], |(portal, _)| portal);
-                    self.on_execute_portal(portal);
+                    self.on_execute_portal(crate::protocol::extended::execute_portal(body(&frame)));
                 }
                 self.forward(&frame, Expect::Execute)
             }

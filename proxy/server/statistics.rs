@@ -21,8 +21,8 @@ use bytes::{Bytes, BytesMut};
 
 use super::pooled_state::UnnamedStatement;
 use super::session::Session;
-use crate::protocol::extended::{cstr, BindView};
-use crate::protocol::frame::{query_text, HEADER_LEN};
+use crate::protocol::extended::{cstr, execute_portal, BindView};
+use crate::protocol::frame::{body, query_text, HEADER_LEN};
 use crate::protocol::tag::frontend as tag;
 use crate::scan::Shape;
 use crate::stats::{
@@ -429,15 +429,12 @@ impl Session {
                 }
             }
             tag::EXECUTE => {
-                let (sql, shape, params) = match frame.get(HEADER_LEN) {
-                    Some(0) | None => {
-                        let (sql, shape) = stats.portal_text(&mut self.pooled.unnamed);
-                        (sql, shape, stats.portal_params)
-                    }
-                    Some(_) => {
-                        let name = cstr(&frame[HEADER_LEN..]).map_or(&b""[..], |(name, _)| name);
-                        stats.named_portal_text(name, &mut self.pooled.unnamed)
-                    }
+                let portal = execute_portal(body(frame));
+                let (sql, shape, params) = if portal.is_empty() {
+                    let (sql, shape) = stats.portal_text(&mut self.pooled.unnamed);
+                    (sql, shape, stats.portal_params)
+                } else {
+                    stats.named_portal_text(portal, &mut self.pooled.unnamed)
                 };
                 stats.in_flight.push_back(InFlight {
                     started: Instant::now(),
