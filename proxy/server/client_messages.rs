@@ -146,8 +146,12 @@ impl Session {
                 return Ok(());
             }
         }
+        // Boxed: choosing a backend and checking a server out is the largest state of
+        // this future, and it runs once per transaction; the statements after the first
+        // find the server attached. Unboxed, it made `serve` box this whole future for
+        // every client message instead (issue 13: a copy, malloc and free per statement).
         let attached = if self.attach_has_work(message_tag, &frame) {
-            self.attach_for(message_tag, &frame).await
+            Box::pin(self.attach_for(message_tag, &frame)).await
         } else {
             Ok(())
         };

@@ -183,9 +183,10 @@ impl Session {
     async fn serve(&mut self) -> Result<(), SessionError> {
         loop {
             let step = match self.pump_once().await {
-                // Boxed: the handling future (pool checkout, settings replay) is large
-                // and would otherwise be part of every idle client's task.
-                Ok(Pumped::ClientData) => Box::pin(self.handle_client_messages()).await,
+                // Inline: its large parts (a server's checkout, the tenant guard,
+                // limits, the cache's miss) are boxed where they run, so this future is
+                // no larger than the idle wait beside it (`session_step_futures_are_small`).
+                Ok(Pumped::ClientData) => self.handle_client_messages().await,
                 Ok(Pumped::ServerData) => self.handle_server_messages(),
                 Ok(Pumped::Drained) => Ok(()),
                 Err(e) => Err(e),
@@ -480,6 +481,30 @@ mod tests {
     /// The size of what `f` returns (a future), without making one.
     fn output_size<A, R>(_: impl FnOnce(A) -> R) -> usize {
         std::mem::size_of::<R>()
+    }
+
+    /// The size of the future a `&mut Session` method returns.
+    fn step_size<'a, F>(_: impl FnOnce(&'a mut Session) -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    /// `serve` awaits its steps inline, once per client message: a step's future must
+    /// stay within the idle wait's (`pump_once`), or every idle client's task grows
+    /// with it (issue 13: RSS per idle client). Their large parts are boxed where they
+    /// run instead.
+    #[test]
+    fn session_step_futures_are_small() {
+        let idle_wait = step_size(Session::pump_once);
+        let client_step = step_size(Session::handle_client_messages);
+        let serve = step_size(Session::serve);
+        println!(
+            "pump_once: {idle_wait}, handle_client_messages: {client_step}, serve: {serve} bytes"
+        );
+        assert!(
+            client_step <= idle_wait,
+            "handle_client_messages' future ({client_step} bytes) is larger than the idle wait's ({idle_wait})"
+        );
+        assert!(serve <= 640, "serve's future: {serve} bytes");
     }
 
     /// An async fn's future keeps a by-value argument twice; `run` must keep the
