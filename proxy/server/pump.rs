@@ -6,7 +6,7 @@
 //! backpressure: the proxy stops reading a side while the bytes it owes the other side
 //! pile up past a high-water mark.
 
-use std::future::poll_fn;
+use std::future::{poll_fn, Future};
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -178,9 +178,11 @@ pub struct Pump<'a> {
     pub shutdown: Option<(&'a SessionShutdown, Phase)>,
 }
 
-impl Pump<'_> {
-    pub async fn run(&mut self) -> Result<Pumped, PumpError> {
-        poll_fn(|cx| self.poll(cx)).await
+impl<'a> Pump<'a> {
+    /// Pumps until something needs handling. The `poll_fn` future itself, not an
+    /// async fn around it: one state machine less to resume on every poll.
+    pub fn run(&mut self) -> impl Future<Output = Result<Pumped, PumpError>> + use<'_, 'a> {
+        poll_fn(move |cx| self.poll(cx))
     }
 
     fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Result<Pumped, PumpError>> {

@@ -325,39 +325,32 @@ impl Session {
         deadline: Option<Instant>,
         leave_at: Option<Phase>,
     ) -> Result<Pumped, Option<SessionError>> {
+        // One async level between the session's steps and the pump's poll: every poll
+        // of an idle or waiting session resumes each level it passes through.
         self.cache_capture();
-        let result = self
-            .pump_inner(read_client, until_drained, deadline, leave_at)
-            .await;
+        let pumped = {
+            let mut pump = Pump {
+                client: &mut self.client,
+                client_buf: &mut self.client_buf,
+                to_client: &mut self.to_client,
+                server: self.server.as_deref_mut(),
+                to_server: &mut self.to_server,
+                read_client,
+                until_drained,
+                shutdown: leave_at.map(|phase| (&*self.shutdown, phase)),
+            };
+            match deadline {
+                Some(deadline) => tokio::time::timeout_at(deadline.into(), pump.run())
+                    .await
+                    .ok(),
+                None => Some(pump.run().await),
+            }
+        };
         self.cache_captured();
-        result
-    }
-
-    async fn pump_inner(
-        &mut self,
-        read_client: bool,
-        until_drained: bool,
-        deadline: Option<Instant>,
-        leave_at: Option<Phase>,
-    ) -> Result<Pumped, Option<SessionError>> {
-        let mut pump = Pump {
-            client: &mut self.client,
-            client_buf: &mut self.client_buf,
-            to_client: &mut self.to_client,
-            server: self.server.as_deref_mut(),
-            to_server: &mut self.to_server,
-            read_client,
-            until_drained,
-            shutdown: leave_at.map(|phase| (&*self.shutdown, phase)),
-        };
-        let result = match deadline {
-            Some(deadline) => match tokio::time::timeout_at(deadline.into(), pump.run()).await {
-                Ok(result) => result,
-                Err(_) => return Err(None),
-            },
-            None => pump.run().await,
-        };
-        result.map_err(|e| Some(self.pump_error(e)))
+        match pumped {
+            Some(result) => result.map_err(|e| Some(self.pump_error(e))),
+            None => Err(None),
+        }
     }
 
     /// Writes what the client is owed now, without waiting: whatever the socket does not
@@ -488,10 +481,12 @@ mod tests {
         std::mem::size_of::<F>()
     }
 
-    /// `serve` awaits its steps inline, once per client message: a step's future must
-    /// stay within the idle wait's (`pump_once`), or every idle client's task grows
-    /// with it (issue 13: RSS per idle client). Their large parts are boxed where they
-    /// run instead.
+    /// `serve` awaits its steps inline, once per client message, and every idle
+    /// client's task holds `serve`'s future: a step's future must stay about as small
+    /// as the idle wait beside it (`pump_once`), its large parts boxed where they run
+    /// (issue 13: RSS per idle client). Budgets from the sizes when this was written
+    /// (release: 280, 296 and 560 bytes); with the server's checkout inline, the
+    /// client step was 784 bytes.
     #[test]
     fn session_step_futures_are_small() {
         let idle_wait = step_size(Session::pump_once);
@@ -501,8 +496,8 @@ mod tests {
             "pump_once: {idle_wait}, handle_client_messages: {client_step}, serve: {serve} bytes"
         );
         assert!(
-            client_step <= idle_wait,
-            "handle_client_messages' future ({client_step} bytes) is larger than the idle wait's ({idle_wait})"
+            client_step <= 384,
+            "handle_client_messages' future: {client_step} bytes"
         );
         assert!(serve <= 640, "serve's future: {serve} bytes");
     }
