@@ -24,10 +24,11 @@ pub struct CpuRounds {
 }
 
 /// The pairs whose ratio the report gives, when both targets ran.
-const PAIRS: [(&str, &str); 3] = [
+const PAIRS: [(&str, &str); 4] = [
     ("pgwarden", "pgbouncer"),
     ("pgwarden", "pgwarden_nostats"),
     ("pgwarden_rewrite", "pgwarden"),
+    ("pgwarden", "pgwarden_baseline"),
 ];
 
 /// The run's shape: cells, clients, and how many rounds of how many seconds.
