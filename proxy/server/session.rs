@@ -185,7 +185,8 @@ impl Session {
             let step = match self.pump_once().await {
                 // Inline: its large parts (a server's checkout, the tenant guard,
                 // limits, the cache's miss) are boxed where they run, so this future is
-                // no larger than the idle wait beside it (`session_step_futures_are_small`).
+                // about as small as the idle wait beside it and `serve`'s does not grow
+                // (`session_step_futures_are_small`).
                 Ok(Pumped::ClientData) => self.handle_client_messages().await,
                 Ok(Pumped::ServerData) => self.handle_server_messages(),
                 Ok(Pumped::Drained) => Ok(()),
