@@ -477,11 +477,6 @@ mod tests {
         std::mem::size_of::<R>()
     }
 
-    /// The size of the future a `&mut Session` method returns.
-    fn step_size<'a, F>(_: impl FnOnce(&'a mut Session) -> F) -> usize {
-        std::mem::size_of::<F>()
-    }
-
     /// `serve` awaits its steps inline, once per client message, and every idle
     /// client's task holds `serve`'s future: a step's future must stay about as small
     /// as the idle wait beside it (`pump_once`), its large parts boxed where they run
@@ -490,9 +485,9 @@ mod tests {
     /// client step was 784 bytes.
     #[test]
     fn session_step_futures_are_small() {
-        let idle_wait = step_size(Session::pump_once);
-        let client_step = step_size(Session::handle_client_messages);
-        let serve = step_size(Session::serve);
+        let idle_wait = output_size(Session::pump_once);
+        let client_step = output_size(Session::handle_client_messages);
+        let serve = output_size(Session::serve);
         println!(
             "pump_once: {idle_wait}, handle_client_messages: {client_step}, serve: {serve} bytes"
         );
