@@ -267,8 +267,9 @@ async fn named_statements_counted_in(mode: PoolMode) {
         }
     }
     // A result read in steps through a named portal (JDBC's fetch size), with other
-    // statements run between its steps: each step is counted under the portal's text,
-    // with the rows it returned (a suspended step's answer has no command tag).
+    // statements run between its steps: the steps are one call of the portal's text,
+    // as pg_stat_statements counts it, with the rows they returned (a suspended
+    // step's answer has no command tag), counted once the portal is closed.
     let window = prepare(&client, "SELECT id FROM gears WHERE id <= $1 ORDER BY id").await;
     let transaction = support::within("begin", client.transaction())
         .await
@@ -289,6 +290,32 @@ async fn named_statements_counted_in(mode: PoolMode) {
     support::within("commit", transaction.commit())
         .await
         .expect("commit");
+    // One portal read to its end in steps (the last step completes it), and one left
+    // open by its transaction's end: one call each, with the rows of all their steps.
+    let upto = prepare(&client, "SELECT id FROM gears WHERE id < $1").await;
+    let transaction = support::within("begin", client.transaction())
+        .await
+        .expect("begin");
+    let whole = support::within("bind", transaction.bind(&upto, &[&6]))
+        .await
+        .expect("bind");
+    for expected in [2, 2, 1] {
+        let rows = support::within("fetch", transaction.query_portal(&whole, 2))
+            .await
+            .expect("fetch");
+        assert_eq!(rows.len(), expected);
+    }
+    let left_open = support::within("bind", transaction.bind(&upto, &[&20]))
+        .await
+        .expect("bind");
+    let rows = support::within("fetch", transaction.query_portal(&left_open, 4))
+        .await
+        .expect("fetch");
+    assert_eq!(rows.len(), 4);
+    support::within("commit", transaction.commit())
+        .await
+        .expect("commit");
+    drop((whole, left_open));
     support::within("flush", proxy.runtime.stats.flush()).await;
     let snapshot = proxy.runtime.stats.snapshot();
     let calls = |fingerprint: &str| calls_of(&snapshot, fingerprint);
@@ -303,7 +330,13 @@ async fn named_statements_counted_in(mode: PoolMode) {
         .iter()
         .find(|q| q.query == "select id from gears where id <= ? order by id")
         .unwrap_or_else(|| panic!("{counted}"));
-    assert_eq!((window.calls, window.rows), (3, 9), "{counted}");
+    assert_eq!((window.calls, window.rows), (1, 9), "{counted}");
+    let upto = snapshot
+        .queries
+        .iter()
+        .find(|q| q.query == "select id from gears where id < ?")
+        .unwrap_or_else(|| panic!("{counted}"));
+    assert_eq!((upto.calls, upto.rows), (2, 9), "{counted}");
     assert_eq!(
         calls("select count(*) from gears where teeth < ?"),
         4,

@@ -66,4 +66,14 @@ async fn pgjdbc_behaves_through_pgwarden_as_against_postgresql() {
     }
     assert_eq!(through, direct, "through pgwarden");
     assert_eq!(through_tls, direct, "through pgwarden with TLS");
+    // The fetch-size cursor read its 500 rows in steps of 7: one call per run, as
+    // pg_stat_statements counts it, not one per step.
+    support::within("flush", proxy.runtime.stats.flush()).await;
+    let snapshot = proxy.runtime.stats.snapshot();
+    let cursor = snapshot
+        .queries
+        .iter()
+        .find(|q| q.query == "select id from jt order by id")
+        .unwrap_or_else(|| panic!("{:#?}", snapshot.queries));
+    assert_eq!((cursor.calls, cursor.rows), (2, 1000), "{cursor:#?}");
 }

@@ -239,7 +239,9 @@ impl Session {
                     if let Ok(target) = TargetView::parse(body(&frame), "Close") {
                         match target.kind {
                             TargetKind::Statement => stats.named_statement_closed(target.name),
-                            TargetKind::Portal => stats.portal_closed(target.name),
+                            TargetKind::Portal => {
+                                stats.portal_closed(&self.runtime.stats, target.name)
+                            }
                         }
                     }
                 }

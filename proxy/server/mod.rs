@@ -26,6 +26,7 @@ mod login;
 mod lost_server;
 pub mod opaque_code;
 mod pooled_state;
+mod portal_steps;
 mod protection;
 mod proxy_settings;
 mod pump;

@@ -187,6 +187,9 @@ impl Session {
                         stats.finish_query_at_error(&self.runtime.stats, served);
                     }
                     tag::ERROR_RESPONSE => stats.on_error(),
+                    tag::READY_FOR_QUERY if self.status != TransactionStatus::InTransaction => {
+                        stats.transaction_ended(&self.runtime.stats)
+                    }
                     _ => {}
                 }
                 match popped {

@@ -20,14 +20,13 @@ use std::time::Instant;
 use bytes::{Bytes, BytesMut};
 
 use super::pooled_state::UnnamedStatement;
+use super::portal_steps::{portal_key, OpenPortals, PortalKey, Run};
 use super::session::Session;
 use crate::protocol::extended::{cstr, execute_portal, BindView};
 use crate::protocol::frame::{body, query_text, HEADER_LEN};
 use crate::protocol::tag::frontend as tag;
 use crate::scan::Shape;
-use crate::stats::{
-    rows_from_tag, CallContext, EventText, ProcessMap, Served, StatementEvent, StatsRecorder,
-};
+use crate::stats::{rows_from_tag, EventText, ProcessMap, Served, StatementEvent, StatsRecorder};
 
 struct InFlight {
     started: Instant,
@@ -39,6 +38,8 @@ struct InFlight {
     /// A hash of the bound parameters (0: simple query).
     params: u64,
     session_key: u64,
+    /// The portal an `Execute` ran (`None`: a simple query or function call).
+    portal: Option<PortalKey>,
 }
 
 /// Numbers client connections for the N+1 detector's sessions.
@@ -66,8 +67,13 @@ pub struct SessionStats {
     /// A hash of the parameters the last `Bind` bound.
     portal_params: u64,
     /// Named portals (JDBC's fetches in steps): what each runs, with its parameters'
-    /// hash; at most [`NAMED_PORTALS_KEPT`], the oldest forgotten first.
+    /// hash; at most [`NAMED_PORTALS_KEPT`], the oldest forgotten first, and all of
+    /// them when their transaction ends.
     named_portals: Vec<(Bytes, PortalText, u64)>,
+    /// The answer being read ended with `PortalSuspended` (a row limit reached).
+    suspended: bool,
+    /// Portals read in steps, counted once they are done (`portal_steps.rs`).
+    open_portals: OpenPortals,
     /// The simple query being answered was counted at its `ErrorResponse`.
     query_finished_at_error: bool,
     client: u64,
@@ -151,6 +157,8 @@ impl SessionStats {
             portal: PortalText::Unknown,
             portal_kept: BytesMut::new(),
             named_portals: Vec::new(),
+            suspended: false,
+            open_portals: OpenPortals::default(),
             named: None,
         }
     }
@@ -180,10 +188,35 @@ impl SessionStats {
             .push((Bytes::copy_from_slice(name), text, params));
     }
 
-    /// A `Close` of a portal.
-    pub(super) fn portal_closed(&mut self, name: &[u8]) {
+    /// A `Close` of a portal: a result it was reading in steps is counted now.
+    pub(super) fn portal_closed(&mut self, recorder: &StatsRecorder, name: &[u8]) {
         self.named_portals
             .retain(|(kept, _, _)| kept.as_ref() != name);
+        self.portal_gone(recorder, portal_key(name));
+    }
+
+    /// Portal `key` is gone (closed, or bound anew): its steps so far are one call.
+    fn portal_gone(&mut self, recorder: &StatsRecorder, key: PortalKey) {
+        if self.open_portals.is_empty() {
+            return;
+        }
+        if let Some(run) = self.open_portals.end(key) {
+            run.record(recorder, self.client);
+        }
+    }
+
+    /// The transaction ended (`ReadyForQuery` outside a transaction block, or in a
+    /// failed one): PostgreSQL dropped its portals, so results read in steps are
+    /// counted and the named portals' texts forgotten.
+    pub fn transaction_ended(&mut self, recorder: &StatsRecorder) {
+        if self.open_portals.is_empty() && self.named_portals.is_empty() {
+            return;
+        }
+        self.named_portals.clear();
+        let client = self.client;
+        for run in self.open_portals.end_all() {
+            run.record(recorder, client);
+        }
     }
 
     /// The text, shape and parameters' hash of a named portal's statement.
@@ -244,9 +277,11 @@ impl SessionStats {
         self.data_rows += rows;
     }
 
-    /// An `Execute` stopped at its row limit: the rows it returned are its count.
+    /// An `Execute` stopped at its row limit: the rows it returned are its count, and
+    /// the portal stays open for the next step.
     pub fn on_portal_suspended(&mut self) {
         self.rows += std::mem::take(&mut self.data_rows);
+        self.suspended = true;
     }
 
     pub fn on_error(&mut self) {
@@ -259,24 +294,32 @@ impl SessionStats {
         self.data_rows = 0;
     }
 
-    /// The statement at the head finished (its terminal message arrived).
+    /// The statement at the head finished (its terminal message arrived). A step of a
+    /// portal read in steps is counted with the portal's other steps, once it is done.
     pub fn finish_one(&mut self, recorder: &StatsRecorder, served: Served, error: bool) {
+        let suspended = std::mem::take(&mut self.suspended);
         if let Some(statement) = self.in_flight.pop_front() {
             let ended = Instant::now();
-            recorder.record(&StatementEvent {
-                sql: &statement.sql,
+            let run = Run {
+                sql: statement.sql,
                 shape: statement.shape,
+                params: statement.params,
+                session_key: statement.session_key,
+                served,
                 duration: ended.saturating_duration_since(statement.started),
                 rows: self.rows,
                 error: error || self.error,
-                served,
-                call: Some(CallContext {
-                    client: self.client,
-                    session_key: statement.session_key,
-                    params: statement.params,
-                    ended,
-                }),
-            });
+                ended,
+            };
+            let counted = match statement.portal {
+                Some(key) if suspended || !self.open_portals.is_empty() => {
+                    self.open_portals.step(key, run, suspended)
+                }
+                _ => Some(run),
+            };
+            if let Some(run) = counted {
+                run.record(recorder, self.client);
+            }
         }
         self.rows = 0;
         self.data_rows = 0;
@@ -362,6 +405,9 @@ impl SessionStats {
 
     pub fn clear(&mut self) {
         self.query_finished_at_error = false;
+        self.suspended = false;
+        // Like the statements in flight, runs cut off with their server are not counted.
+        self.open_portals = OpenPortals::default();
         self.in_flight.clear();
         self.rows = 0;
         self.data_rows = 0;
@@ -394,6 +440,7 @@ impl Session {
                     shape,
                     params: 0,
                     session_key,
+                    portal: None,
                 });
             }
             tag::BIND => {
@@ -415,6 +462,8 @@ impl Session {
                             .or_else(|| stats.named_text(view.statement))
                             .unwrap_or(PortalText::Unknown)
                     };
+                    // A portal of that name is bound anew: the old one is gone.
+                    stats.portal_gone(&self.runtime.stats, portal_key(view.portal));
                     if view.portal.is_empty() {
                         stats.portal = text;
                         stats.portal_params = params;
@@ -442,6 +491,7 @@ impl Session {
                     shape,
                     params,
                     session_key,
+                    portal: Some(portal_key(portal)),
                 });
             }
             _ => {}
@@ -450,141 +500,5 @@ impl Session {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A `Parse` of the unnamed statement, as the session makes it.
-    fn parse(stats: &mut SessionStats, unnamed: &mut UnnamedStatement, query: &str) {
-        stats.unnamed_replaced(unnamed);
-        *unnamed = UnnamedStatement::parsed(query.as_bytes());
-    }
-
-    fn text(stats: &SessionStats, unnamed: &mut UnnamedStatement) -> Vec<u8> {
-        stats.portal_text(unnamed).0.to_vec()
-    }
-
-    #[test]
-    fn a_portal_runs_the_text_it_was_bound_to() {
-        let mut stats = SessionStats::new(None);
-        let mut unnamed = UnnamedStatement::default();
-        assert_eq!(text(&stats, &mut unnamed), b"<unknown portal>");
-        stats.bind_unnamed(unnamed.shape.is_some());
-        assert_eq!(text(&stats, &mut unnamed), b"<unknown portal>");
-        parse(&mut stats, &mut unnamed, "SELECT 1");
-        stats.bind_unnamed(unnamed.shape.is_some());
-        assert_eq!(text(&stats, &mut unnamed), b"SELECT 1");
-        // The next unnamed Parse before the portal's Execute: the portal keeps its
-        // text and its shape.
-        parse(&mut stats, &mut unnamed, "SELECT 2");
-        let (kept, shape) = stats.portal_text(&mut unnamed);
-        assert_eq!(&*kept, b"SELECT 1");
-        assert_eq!(shape, Some(crate::scan::scan(b"SELECT 1").shape));
-        stats.bind_unnamed(true);
-        assert_eq!(text(&stats, &mut unnamed), b"SELECT 2");
-        for round in 0..3 {
-            let query = format!("SELECT {round} + 10");
-            parse(&mut stats, &mut unnamed, &query);
-            stats.bind_unnamed(true);
-            let (sql, shape) = stats.portal_text(&mut unnamed);
-            assert_eq!(&*sql, query.as_bytes());
-            assert_eq!(shape, Some(crate::scan::scan(query.as_bytes()).shape));
-        }
-        // A text longer than an event holds inline reads back whole too, from one
-        // shared copy while it repeats, and a new text gets its own.
-        let long = "x".repeat(1000);
-        parse(&mut stats, &mut unnamed, &long);
-        stats.bind_unnamed(true);
-        let first = stats.portal_text(&mut unnamed).0;
-        assert_eq!(&*first, long.as_bytes());
-        let again = stats.portal_text(&mut unnamed).0;
-        assert_eq!(first.as_ptr(), again.as_ptr(), "one shared copy");
-        let other = "y".repeat(1000);
-        parse(&mut stats, &mut unnamed, &other);
-        assert_eq!(&*stats.portal_text(&mut unnamed).0, long.as_bytes(), "kept");
-        stats.bind_unnamed(true);
-        assert_eq!(&*stats.portal_text(&mut unnamed).0, other.as_bytes());
-    }
-
-    fn named(stats: &SessionStats, name: &str) -> Option<Vec<u8>> {
-        match stats.named_text(name.as_bytes())? {
-            PortalText::Named(text, shape) => {
-                assert_eq!(shape, crate::scan::scan(&text).shape);
-                Some(text.to_vec())
-            }
-            _ => unreachable!("named_text gives named texts"),
-        }
-    }
-
-    #[test]
-    fn session_pooled_named_statements_keep_their_texts_until_closed() {
-        let mut stats = SessionStats::new(None);
-        assert_eq!(named(&stats, "s1"), None);
-        stats.named_statement_parsed(b"s1", b"SELECT 1");
-        stats.named_statement_parsed(b"s2", b"SELECT 2");
-        assert_eq!(named(&stats, "s1").as_deref(), Some(&b"SELECT 1"[..]));
-        assert_eq!(named(&stats, "s2").as_deref(), Some(&b"SELECT 2"[..]));
-        stats.named_statement_closed(b"s1");
-        assert_eq!(named(&stats, "s1"), None);
-        stats.named_statement_closed(b"never");
-        // A name parsed again (after a DEALLOCATE the proxy did not see) runs the new text.
-        stats.named_statement_parsed(b"s2", b"SELECT 22");
-        assert_eq!(named(&stats, "s2").as_deref(), Some(&b"SELECT 22"[..]));
-        assert_eq!(stats.named.as_ref().map(|n| n.bytes), Some(2 + 9));
-        stats.named_statement_closed(b"s2");
-        assert_eq!(stats.named.as_ref().map(|n| n.bytes), Some(0));
-        // Bounded: past the limit the texts kept so far are forgotten.
-        let long = vec![b'x'; NAMED_TEXTS_MAX_BYTES / 3];
-        for n in 0..4 {
-            stats.named_statement_parsed(format!("big{n}").as_bytes(), &long);
-        }
-        let kept = stats.named.as_ref().unwrap();
-        assert!(kept.bytes <= NAMED_TEXTS_MAX_BYTES, "{}", kept.bytes);
-        assert_eq!(named(&stats, "big0"), None);
-        assert_eq!(named(&stats, "big3"), Some(long));
-    }
-
-    fn portal(stats: &SessionStats, name: &str) -> Vec<u8> {
-        let mut unnamed = UnnamedStatement::default();
-        stats
-            .named_portal_text(name.as_bytes(), &mut unnamed)
-            .0
-            .to_vec()
-    }
-
-    #[test]
-    fn named_portals_run_what_they_were_bound_to() {
-        let mut stats = SessionStats::new(None);
-        let mut unnamed = UnnamedStatement::default();
-        parse(&mut stats, &mut unnamed, "SELECT 1");
-        stats.bind_named_portal(b"C_1", PortalText::Unnamed, &mut unnamed, 7);
-        // The unnamed statement is parsed anew: the portal still runs its own text.
-        parse(&mut stats, &mut unnamed, "SELECT 2");
-        stats.bind_unnamed(true);
-        assert_eq!(portal(&stats, "C_1"), b"SELECT 1");
-        assert_eq!(
-            stats.named_portal_text(b"C_1", &mut unnamed).2,
-            7,
-            "its parameters"
-        );
-        assert_eq!(
-            text(&stats, &mut unnamed),
-            b"SELECT 2",
-            "the unnamed portal"
-        );
-        stats.portal_closed(b"C_1");
-        assert_eq!(portal(&stats, "C_1"), b"<unknown portal>");
-        // A few kept at once, the oldest forgotten first.
-        let named = PortalText::Named(Bytes::from_static(b"SELECT 3"), unnamed.shape.unwrap());
-        for n in 0..=NAMED_PORTALS_KEPT {
-            let name = format!("C_{n}");
-            stats.bind_named_portal(name.as_bytes(), named.clone(), &mut unnamed, 0);
-        }
-        assert_eq!(stats.named_portals.len(), NAMED_PORTALS_KEPT);
-        assert_eq!(portal(&stats, "C_0"), b"<unknown portal>");
-        assert_eq!(portal(&stats, "C_1"), b"SELECT 3");
-        // A name bound again replaces its entry.
-        stats.bind_named_portal(b"C_1", PortalText::Unnamed, &mut unnamed, 0);
-        assert_eq!(stats.named_portals.len(), NAMED_PORTALS_KEPT);
-        assert_eq!(portal(&stats, "C_1"), b"SELECT 2");
-    }
-}
+#[path = "statistics_tests.rs"]
+mod tests;
