@@ -33,10 +33,10 @@ pub(super) fn portal_key(name: &[u8]) -> PortalKey {
 /// counted as it stands.
 const OPEN_PORTALS_KEPT: usize = 16;
 
-/// One statement's run so far: a finished `Execute` or simple query, or the steps of
-/// a portal up to now.
-pub(super) struct Run {
-    pub sql: EventText,
+/// What is counted of one statement's run, but its text: a finished `Execute` or
+/// simple query, or the steps of a portal up to now.
+#[derive(Clone, Copy)]
+pub(super) struct Tally {
     pub shape: Option<Shape>,
     /// A hash of the bound parameters (0: simple query).
     pub params: u64,
@@ -50,11 +50,11 @@ pub(super) struct Run {
     pub ended: Instant,
 }
 
-impl Run {
-    /// Counts the run as one call of its statement.
-    pub fn record(&self, recorder: &StatsRecorder, client: u64) {
+impl Tally {
+    /// Counts the run of `sql` as one call.
+    pub fn record(&self, sql: &[u8], recorder: &StatsRecorder, client: u64) {
         recorder.record(&StatementEvent {
-            sql: &self.sql,
+            sql,
             shape: self.shape,
             duration: self.duration,
             rows: self.rows,
@@ -70,12 +70,24 @@ impl Run {
     }
 
     /// Adds the next step to the steps before it.
-    fn add(&mut self, step: Run) {
+    fn add(&mut self, step: &Tally) {
         self.duration += step.duration;
         self.rows += step.rows;
         self.error |= step.error;
         self.ended = step.ended;
         self.served = step.served;
+    }
+}
+
+/// A portal's text and its steps' tally.
+pub(super) struct Run {
+    pub sql: EventText,
+    pub tally: Tally,
+}
+
+impl Run {
+    pub fn record(&self, recorder: &StatsRecorder, client: u64) {
+        self.tally.record(&self.sql, recorder, client);
     }
 }
 
@@ -97,12 +109,12 @@ impl OpenPortals {
         let run = match self.open.iter().position(|(open, _)| *open == key) {
             Some(at) => {
                 let mut run = self.open.remove(at).1;
-                run.add(step);
+                run.tally.add(&step.tally);
                 run
             }
             None => step,
         };
-        if !suspended || run.error {
+        if !suspended || run.tally.error {
             return Some(run);
         }
         let pushed_out = (self.open.len() == OPEN_PORTALS_KEPT).then(|| self.open.remove(0).1);
@@ -129,14 +141,16 @@ mod tests {
     fn step(rows: u64, micros: u64) -> Run {
         Run {
             sql: EventText::from("SELECT id FROM gears"),
-            shape: None,
-            params: 7,
-            session_key: 0,
-            served: Served::Primary,
-            duration: Duration::from_micros(micros),
-            rows,
-            error: false,
-            ended: Instant::now(),
+            tally: Tally {
+                shape: None,
+                params: 7,
+                session_key: 0,
+                served: Served::Primary,
+                duration: Duration::from_micros(micros),
+                rows,
+                error: false,
+                ended: Instant::now(),
+            },
         }
     }
 
@@ -151,18 +165,21 @@ mod tests {
         );
         assert!(open.step(c1, step(3, 20), true).is_none());
         let done = open.step(c1, step(1, 5), false).expect("completed");
-        assert_eq!((done.rows, done.duration), (7, Duration::from_micros(35)));
+        assert_eq!(
+            (done.tally.rows, done.tally.duration),
+            (7, Duration::from_micros(35))
+        );
         assert!(open.is_empty());
         // A statement that was never suspended is its own run.
         let single = open.step(0, step(2, 4), false).expect("one step");
-        assert_eq!(single.rows, 2);
+        assert_eq!(single.tally.rows, 2);
         // A failing step ends the run, with the rows before it.
         open.step(c1, step(3, 10), true);
         let mut failed = step(0, 1);
-        failed.error = true;
+        failed.tally.error = true;
         let run = open.step(c1, failed, true).expect("failed");
-        assert!(run.error);
-        assert_eq!(run.rows, 3);
+        assert!(run.tally.error);
+        assert_eq!(run.tally.rows, 3);
         assert!(open.is_empty());
     }
 
@@ -172,8 +189,11 @@ mod tests {
         open.step(portal_key(b"C_1"), step(3, 10), true);
         open.step(0, step(5, 10), true);
         assert!(open.end(portal_key(b"C_2")).is_none(), "never opened");
-        assert_eq!(open.end(portal_key(b"C_1")).map(|r| r.rows), Some(3));
-        assert_eq!(open.end_all().map(|r| r.rows).collect::<Vec<_>>(), [5]);
+        assert_eq!(open.end(portal_key(b"C_1")).map(|r| r.tally.rows), Some(3));
+        assert_eq!(
+            open.end_all().map(|r| r.tally.rows).collect::<Vec<_>>(),
+            [5]
+        );
         assert!(open.is_empty());
         // Bounded: the oldest open portal is counted when one more is kept.
         for n in 0..OPEN_PORTALS_KEPT {
@@ -186,7 +206,7 @@ mod tests {
                 .is_none());
         }
         let oldest = open.step(portal_key(b"C_new"), step(9, 1), true);
-        assert_eq!(oldest.map(|r| r.rows), Some(0), "C_0 counted");
+        assert_eq!(oldest.map(|r| r.tally.rows), Some(0), "C_0 counted");
         assert_eq!(open.open.len(), OPEN_PORTALS_KEPT);
     }
 }

@@ -20,7 +20,7 @@ use std::time::Instant;
 use bytes::{Bytes, BytesMut};
 
 use super::pooled_state::UnnamedStatement;
-use super::portal_steps::{portal_key, OpenPortals, PortalKey, Run};
+use super::portal_steps::{portal_key, OpenPortals, PortalKey, Run, Tally};
 use super::session::Session;
 use crate::protocol::extended::{cstr, execute_portal, BindView};
 use crate::protocol::frame::{body, query_text, HEADER_LEN};
@@ -196,6 +196,7 @@ impl SessionStats {
     }
 
     /// Portal `key` is gone (closed, or bound anew): its steps so far are one call.
+    #[inline]
     fn portal_gone(&mut self, recorder: &StatsRecorder, key: PortalKey) {
         if self.open_portals.is_empty() {
             return;
@@ -208,10 +209,15 @@ impl SessionStats {
     /// The transaction ended (`ReadyForQuery` outside a transaction block, or in a
     /// failed one): PostgreSQL dropped its portals, so results read in steps are
     /// counted and the named portals' texts forgotten.
+    #[inline]
     pub fn transaction_ended(&mut self, recorder: &StatsRecorder) {
         if self.open_portals.is_empty() && self.named_portals.is_empty() {
             return;
         }
+        self.portals_dropped(recorder);
+    }
+
+    fn portals_dropped(&mut self, recorder: &StatsRecorder) {
         self.named_portals.clear();
         let client = self.client;
         for run in self.open_portals.end_all() {
@@ -300,8 +306,7 @@ impl SessionStats {
         let suspended = std::mem::take(&mut self.suspended);
         if let Some(statement) = self.in_flight.pop_front() {
             let ended = Instant::now();
-            let run = Run {
-                sql: statement.sql,
+            let tally = Tally {
                 shape: statement.shape,
                 params: statement.params,
                 session_key: statement.session_key,
@@ -311,14 +316,18 @@ impl SessionStats {
                 error: error || self.error,
                 ended,
             };
-            let counted = match statement.portal {
+            match statement.portal {
                 Some(key) if suspended || !self.open_portals.is_empty() => {
-                    self.open_portals.step(key, run, suspended)
+                    let step = Run {
+                        sql: statement.sql,
+                        tally,
+                    };
+                    if let Some(run) = self.open_portals.step(key, step, suspended) {
+                        run.record(recorder, self.client);
+                    }
                 }
-                _ => Some(run),
-            };
-            if let Some(run) = counted {
-                run.record(recorder, self.client);
+                // The text is read where it is: the common case copies nothing.
+                _ => tally.record(&statement.sql, recorder, self.client),
             }
         }
         self.rows = 0;
