@@ -137,7 +137,9 @@ pub fn rewrite_and_check(sql: &str) -> RewriteOutcome {
             return RewriteOutcome::Unparseable
         }
         Decision::Reject(_) => return RewriteOutcome::Rejected,
-        Decision::Rewritten { sql: rewritten, .. } => (rewritten, RewriteOutcome::Rewritten),
+        Decision::Rewritten { sql: rewritten, .. } => {
+            (rewritten.to_string(), RewriteOutcome::Rewritten)
+        }
         Decision::Pass | Decision::PassWithParams { .. } => {
             (sql.to_string(), RewriteOutcome::Passed)
         }

@@ -195,7 +195,7 @@ impl Session {
                 let sql = text.unwrap_or_default();
                 match self.judge(&sql).await? {
                     Some(decision) => match decision.as_ref() {
-                        Decision::Rewritten { sql, .. } => Ok(query_frame(sql)),
+                        Decision::Rewritten { sql, .. } => Ok(sql.query_frame()),
                         _ => Ok(frame),
                     },
                     None => Ok(frame),

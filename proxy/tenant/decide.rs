@@ -93,7 +93,7 @@ fn judge(
             let printed: Vec<String> = statements.iter().map(Statement::to_string).collect();
             text.push_str(&printed.join("; "));
             Decision::Rewritten {
-                sql: text,
+                sql: text.into(),
                 tenant_params,
             }
         }

@@ -2,6 +2,8 @@
 
 use std::fmt;
 
+use super::rewritten_sql::RewrittenSql;
+
 /// Why a statement was refused (or, in audit mode, counted).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rejection {
@@ -165,7 +167,7 @@ pub enum Decision {
     /// Run this text instead. `tenant_params` lists the (1-based) parameters that must
     /// equal the session's tenant when the statement is bound.
     Rewritten {
-        sql: String,
+        sql: RewrittenSql,
         tenant_params: Vec<usize>,
     },
     /// Run as it is, but the parameters listed must equal the tenant at Bind.

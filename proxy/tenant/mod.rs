@@ -24,6 +24,7 @@ pub(crate) mod policy;
 mod predicates;
 mod refresh;
 mod rewrite;
+mod rewritten_sql;
 mod sample;
 pub(crate) mod shape;
 mod shape_cache;
@@ -45,6 +46,7 @@ pub use catalog::Catalog;
 pub use decision::{Decision, Rejection, RejectionKind};
 pub use policy::GuardContext;
 pub use refresh::CatalogHandle;
+pub use rewritten_sql::RewrittenSql;
 #[doc(hidden)]
 pub use sample::sample_catalog;
 pub use violations::{ViolationRow, Violations};

@@ -15,6 +15,7 @@ use std::ops::Range;
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::tokenizer::{Location, Token, Tokenizer};
 
+use super::rewritten_sql::RewrittenSql;
 use crate::protocol::word_bytes::is_word_byte;
 
 /// A statement text split into its shape and its literals.
@@ -388,19 +389,22 @@ impl Template {
         Some(Template { fragments, slots })
     }
 
-    /// The template with the literals of `sql` (at `literals`) put back.
-    pub fn apply(&self, sql: &str, literals: &[Range<usize>]) -> Option<String> {
+    /// The template with the literals of `sql` (at `literals`) put back, written as
+    /// the `Query` message that runs it.
+    pub fn apply(&self, sql: &str, literals: &[Range<usize>]) -> Option<RewrittenSql> {
         if literals.len() != self.slots.len() {
             return None;
         }
-        let size = self.bytes() + literals.iter().map(|r| r.len()).sum::<usize>();
-        let mut out = String::with_capacity(size);
-        for (fragment, slot) in self.fragments.iter().zip(&self.slots) {
-            out.push_str(fragment);
-            out.push_str(sql.get(literals.get(*slot)?.clone())?);
-        }
-        out.push_str(self.fragments.last()?);
-        Some(out)
+        let size = self.fragments.iter().map(String::len).sum::<usize>()
+            + literals.iter().map(|r| r.len()).sum::<usize>();
+        RewrittenSql::build(size, |out| {
+            for (fragment, slot) in self.fragments.iter().zip(&self.slots) {
+                out.push(fragment);
+                out.push(sql.get(literals.get(*slot)?.clone())?);
+            }
+            out.push(self.fragments.last()?);
+            Some(())
+        })
     }
 
     /// Bytes of text the template holds.
@@ -539,7 +543,7 @@ mod tests {
         let swapped = Template::new("SELECT $2, $1", 2).unwrap();
         assert_eq!(
             swapped.apply("SELECT 1, 'a'", &split("SELECT 1, 'a'").unwrap().literals),
-            Some("SELECT 'a', 1".to_string())
+            Some("SELECT 'a', 1".into())
         );
     }
 
@@ -555,7 +559,7 @@ mod tests {
         let template = Template::new("SELECT \"$1\", '$1', $1 /* $1 */", 1).unwrap();
         assert_eq!(
             template.apply("SELECT 9", &split("SELECT 9").unwrap().literals),
-            Some("SELECT \"$1\", '$1', 9 /* $1 */".to_string())
+            Some("SELECT \"$1\", '$1', 9 /* $1 */".into())
         );
     }
 }

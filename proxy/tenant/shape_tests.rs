@@ -65,7 +65,7 @@ impl ShapeGuard {
             panic!("{sql}: the full path does not rewrite it");
         };
         assert!(same_text(&text, &expected), "{text}\n{expected}");
-        text
+        text.to_string()
     }
 }
 

@@ -12,7 +12,7 @@ fn decide_as(mode: TenancyMode, tenant: Option<&str>, sql: &str) -> Decision {
 
 fn rewritten(sql: &str) -> String {
     match decide_as(TenancyMode::Rewrite, Some("1"), sql) {
-        Decision::Rewritten { sql, .. } => sql,
+        Decision::Rewritten { sql, .. } => sql.to_string(),
         other => panic!("{sql}: expected a rewrite, got {other:?}"),
     }
 }
