@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 
 use super::session::Session;
 use super::settings::SessionSettings;
@@ -112,13 +112,10 @@ fn query_text(frame: &[u8]) -> String {
     crate::protocol::text::lossy(crate::protocol::frame::query_text(frame)).into_owned()
 }
 
+/// A simple-protocol `Query` message running `sql`, written by the one writer of
+/// such messages, the guard's (`RewrittenSql`).
 pub(super) fn query_frame(sql: &str) -> Bytes {
-    let mut out = BytesMut::with_capacity(sql.len() + 6);
-    out.put_u8(tag::QUERY);
-    out.put_i32((sql.len() + 5) as i32);
-    out.put_slice(sql.as_bytes());
-    out.put_u8(0);
-    out.freeze()
+    crate::tenant::RewrittenSql::from(sql).query_frame()
 }
 
 /// Looks like DDL: the catalog may have changed.
