@@ -18,8 +18,9 @@
 //! burst out of the `MAX_OPEN` slots.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use crate::stats::clock::Instant;
 use crate::stats::fingerprint::FingerprintId;
 
 /// Bursts one session keeps open at once; past it the stalest is closed.

@@ -10,7 +10,7 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 
@@ -19,6 +19,7 @@ use super::advisory::{
 };
 use super::burst::{scope_bytes, Closed, Params, Scope, Statement};
 use crate::config::NPlusOneConfig;
+use crate::stats::clock::Instant;
 use crate::stats::fingerprint::FingerprintId;
 use crate::stats::{process_map, Call, CallObserver, MemoryGauges, ProcessMap};
 

@@ -12,9 +12,10 @@
 //! what its steps added up so far. A session keeps few (one per result it reads in
 //! steps), bounded like the named portals' texts.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::scan::Shape;
+use crate::stats::clock::Instant;
 use crate::stats::{CallContext, EventText, Served, StatementEvent, StatsRecorder};
 
 /// Which portal an `Execute` ran: 0 for the unnamed portal, else a hash of its name.

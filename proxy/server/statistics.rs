@@ -15,7 +15,6 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 
@@ -26,6 +25,7 @@ use crate::protocol::extended::{cstr, execute_portal, BindView};
 use crate::protocol::frame::{body, query_text, HEADER_LEN};
 use crate::protocol::tag::frontend as tag;
 use crate::scan::Shape;
+use crate::stats::clock::{self, Instant};
 use crate::stats::{rows_from_tag, EventText, ProcessMap, Served, StatementEvent, StatsRecorder};
 
 struct InFlight {
@@ -305,7 +305,7 @@ impl SessionStats {
     pub fn finish_one(&mut self, recorder: &StatsRecorder, served: Served, error: bool) {
         let suspended = std::mem::take(&mut self.suspended);
         if let Some(statement) = self.in_flight.pop_front() {
-            let ended = Instant::now();
+            let ended = clock::now();
             let tally = Tally {
                 shape: statement.shape,
                 params: statement.params,
@@ -444,7 +444,7 @@ impl Session {
                     EventText::from("<function call>")
                 };
                 stats.in_flight.push_back(InFlight {
-                    started: Instant::now(),
+                    started: clock::now(),
                     sql,
                     shape,
                     params: 0,
@@ -495,7 +495,7 @@ impl Session {
                     stats.named_portal_text(portal, &mut self.pooled.unnamed)
                 };
                 stats.in_flight.push_back(InFlight {
-                    started: Instant::now(),
+                    started: clock::now(),
                     sql,
                     shape,
                     params,

@@ -318,7 +318,7 @@ pub(super) async fn run(
         if housekeeping {
             last_housekeeping = now;
             if let Some(observer) = &shared.observer {
-                observer.lock().tick(now);
+                observer.lock().tick(super::clock::now());
             }
             latency.publish(&aggregation.latency_counts);
             memory.text_map.store(shard_key_bytes, Ordering::Relaxed);

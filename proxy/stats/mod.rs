@@ -9,6 +9,7 @@
 //! publishes the snapshot readers (the admin console, the HTTP API, metrics) see.
 
 mod aggregate;
+pub mod clock;
 mod drain_pace;
 mod event_text;
 pub mod fingerprint;
@@ -132,6 +133,7 @@ impl StatsRecorder {
         memory: Arc<MemoryGauges>,
         observer: Option<Box<dyn CallObserver>>,
     ) -> StatsRecorder {
+        clock::calibrate();
         let shards = shards.max(1);
         let text_map_bytes = usize::try_from(config.text_map_bytes).unwrap_or(usize::MAX);
         let max_fingerprints = config.max_fingerprints.max(1);

@@ -4,8 +4,9 @@
 //! statements finish.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use super::clock::Instant;
 use super::fingerprint::FingerprintId;
 
 /// Where a statement came from, taken on the data path (a few integers).
