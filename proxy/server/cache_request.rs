@@ -42,6 +42,12 @@ impl Session {
                 bind: None,
             });
         }
+        // A batch that starts with `Parse` carries its text: when the hint is not
+        // anywhere in the buffer, it is not in the text either, and nothing needs
+        // walking (a `Bind` alone binds a text kept elsewhere, and is walked).
+        if buf[0] == tag::PARSE && self.cheap_skip() && !cache::has_mark(buf) {
+            return None;
+        }
         let mut at = 0;
         let mut parse = None;
         let mut sql = None;

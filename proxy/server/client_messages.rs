@@ -3,7 +3,7 @@
 
 use bytes::{Bytes, BytesMut};
 
-use super::database_ddl::database_ddl_target;
+use super::database_ddl::{database_ddl_target, may_be_database_ddl};
 use super::responses::{Expect, ResponseQueue};
 use super::session::Session;
 use super::session_effects::{effects_of, Effect};
@@ -132,8 +132,9 @@ impl Session {
         }
         let ddl_database = match message_tag {
             tag::QUERY => database_ddl_target(body(&frame)),
-            tag::PARSE => ParseView::parse(body(&frame))
-                .ok()
+            tag::PARSE => crate::protocol::extended::cstr(body(&frame))
+                .filter(|(_, definition)| may_be_database_ddl(definition))
+                .and_then(|_| ParseView::parse(body(&frame)).ok())
                 .and_then(|view| database_ddl_target(view.query)),
             _ => None,
         };

@@ -8,13 +8,22 @@ use super::session::Session;
 /// How long a `DROP`/`ALTER DATABASE` waits for the cache's LISTEN connection to close.
 const LISTEN_CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// The database a `DROP DATABASE` or `ALTER DATABASE ... RENAME` statement names.
-pub fn database_ddl_target(sql: &[u8]) -> Option<String> {
+/// Whether `sql` (or any text that starts as it does) may be a `DROP` or `ALTER`
+/// statement: the cheap look [`database_ddl_target`] starts with, on its own for a
+/// `Parse`, whose text need not be found first.
+pub fn may_be_database_ddl(sql: &[u8]) -> bool {
+    ddl_start(sql).is_some()
+}
+
+fn ddl_start(sql: &[u8]) -> Option<usize> {
     let start = sql.iter().position(|b| !b.is_ascii_whitespace())?;
     let head = sql.get(start..start + 5)?;
-    if !head.eq_ignore_ascii_case(b"drop ") && !head.eq_ignore_ascii_case(b"alter") {
-        return None;
-    }
+    (head.eq_ignore_ascii_case(b"drop ") || head.eq_ignore_ascii_case(b"alter")).then_some(start)
+}
+
+/// The database a `DROP DATABASE` or `ALTER DATABASE ... RENAME` statement names.
+pub fn database_ddl_target(sql: &[u8]) -> Option<String> {
+    let start = ddl_start(sql)?;
     let text = crate::protocol::text::lossy(&sql[start..]);
     let mut words = text.split_whitespace();
     let verb = words.next()?.to_ascii_lowercase();
@@ -89,5 +98,17 @@ mod tests {
         assert_eq!(database_ddl_target(b"ALTER DATABASE shop SET x = 1"), None);
         assert_eq!(database_ddl_target(b"DROP TABLE shop"), None);
         assert_eq!(database_ddl_target(b"select 1"), None);
+    }
+
+    #[test]
+    fn a_parse_text_is_looked_at_only_when_it_may_drop_or_alter() {
+        // A Parse's definition: the text, its NUL, then the parameter types.
+        assert!(may_be_database_ddl(b"  DROP DATABASE shop\0\0\0"));
+        assert!(may_be_database_ddl(
+            b"alter database shop rename to s\0\0\0"
+        ));
+        assert!(!may_be_database_ddl(b"SELECT 1\0\0\0"));
+        assert!(!may_be_database_ddl(b"DROP\0\0\0"));
+        assert!(!may_be_database_ddl(b"\0\0\0"));
     }
 }
